@@ -1,0 +1,562 @@
+//! Configuration: the YAML file, its defaults, and the checks that turn a
+//! mistake into a message naming the field, the value and what was expected.
+//!
+//! Precedence is flag > `RINGSIDE_*` environment variable > file > default
+//! (the flags and variables themselves are declared in `main.rs`; this module
+//! only applies them through [`Overrides`]). Every struct denies unknown keys,
+//! so a typo such as `capacty:` is an error rather than a silently ignored line.
+
+use serde::de::{self, Deserializer};
+use serde::Deserialize;
+use std::fmt;
+use std::net::SocketAddr;
+use std::path::Path;
+use std::time::Duration;
+
+/// A configuration mistake. The message always starts with the field's path.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read {path}: {source}")]
+    Read {
+        path: String,
+        source: std::io::Error,
+    },
+    #[error("{0}")]
+    Invalid(String),
+}
+
+fn invalid(field: &str, value: impl fmt::Display, expected: &str) -> ConfigError {
+    ConfigError::Invalid(format!("{field}: {value} is invalid; expected {expected}"))
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    /// Where the app's requests come in.
+    pub listen: String,
+    /// Metrics, health and readiness.
+    pub admin_listen: String,
+    /// Worker threads for the proxy; 0 = one per available CPU.
+    pub threads: usize,
+    /// Seconds to finish in-flight requests after SIGTERM.
+    #[serde(deserialize_with = "de_duration")]
+    pub shutdown_grace: Duration,
+    pub log_level: LogLevel,
+    pub origin: OriginConfig,
+    pub forward_proxy: ForwardProxyConfig,
+    pub cache: CacheConfig,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct OriginConfig {
+    /// `http://host:port` or `https://host[:port]`; no path.
+    pub url: Option<String>,
+    #[serde(deserialize_with = "de_duration")]
+    pub connect_timeout: Duration,
+    #[serde(deserialize_with = "de_duration")]
+    pub read_timeout: Duration,
+    /// Idle keep-alive connections to the origin are closed after this long.
+    #[serde(deserialize_with = "de_duration")]
+    pub idle_timeout: Duration,
+    /// Verify the origin's TLS certificate (https origins).
+    pub verify_tls: bool,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ForwardProxyConfig {
+    /// Origins an app may reach with absolute-form requests (`HTTP_PROXY`),
+    /// as `http://host[:port]` or `https://host[:port]`. Empty = forward proxy off.
+    pub allow: Vec<String>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct CacheConfig {
+    /// Upper bound on cached bytes (body + headers + key of every entry).
+    #[serde(deserialize_with = "de_size")]
+    pub capacity: u64,
+    /// Larger responses stream through uncached.
+    #[serde(deserialize_with = "de_size")]
+    pub max_object_size: u64,
+    /// Whether the query string is part of the cache key.
+    pub include_query: bool,
+    /// Store responses that set cookies (off: such responses are usually per user).
+    pub cache_set_cookie: bool,
+    /// Honour request `Cache-Control: no-cache` / `max-age=0` from the app.
+    pub honor_client_no_cache: bool,
+    /// How long concurrent misses wait for the one origin fetch they share.
+    #[serde(deserialize_with = "de_duration")]
+    pub collapse_timeout: Duration,
+    /// Per-path behaviour, first matching prefix wins.
+    pub rules: Vec<PathRule>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PathRule {
+    /// Path prefix, starting with `/`.
+    pub prefix: String,
+    /// TTL for responses under this prefix that carry no freshness information.
+    #[serde(default, deserialize_with = "de_opt_duration")]
+    pub ttl: Option<Duration>,
+    /// Never cache under this prefix: pass straight through.
+    #[serde(default)]
+    pub bypass: bool,
+}
+
+#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum LogLevel {
+    Error,
+    Warn,
+    Info,
+    Debug,
+    Trace,
+}
+
+impl LogLevel {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            LogLevel::Error => "error",
+            LogLevel::Warn => "warn",
+            LogLevel::Info => "info",
+            LogLevel::Debug => "debug",
+            LogLevel::Trace => "trace",
+        }
+    }
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            listen: "127.0.0.1:8080".into(),
+            admin_listen: "127.0.0.1:9090".into(),
+            threads: 0,
+            shutdown_grace: Duration::from_secs(10),
+            log_level: LogLevel::Info,
+            origin: OriginConfig::default(),
+            forward_proxy: ForwardProxyConfig::default(),
+            cache: CacheConfig::default(),
+        }
+    }
+}
+
+impl Default for OriginConfig {
+    fn default() -> Self {
+        OriginConfig {
+            url: None,
+            connect_timeout: Duration::from_secs(2),
+            read_timeout: Duration::from_secs(30),
+            idle_timeout: Duration::from_secs(60),
+            verify_tls: true,
+        }
+    }
+}
+
+impl Default for ForwardProxyConfig {
+    fn default() -> Self {
+        ForwardProxyConfig { allow: Vec::new() }
+    }
+}
+
+impl Default for CacheConfig {
+    fn default() -> Self {
+        CacheConfig {
+            capacity: 256 << 20,
+            max_object_size: 8 << 20,
+            include_query: true,
+            cache_set_cookie: false,
+            honor_client_no_cache: true,
+            collapse_timeout: Duration::from_secs(35),
+            rules: Vec::new(),
+        }
+    }
+}
+
+/// Command-line and environment overrides, applied on top of the file.
+#[derive(Debug, Default, Clone)]
+pub struct Overrides {
+    pub listen: Option<String>,
+    pub admin_listen: Option<String>,
+    pub origin: Option<String>,
+    pub capacity: Option<String>,
+    pub log_level: Option<String>,
+}
+
+impl Config {
+    /// Parse YAML text; `source` names it in messages.
+    pub fn from_yaml(text: &str, source: &str) -> Result<Config, ConfigError> {
+        if text.trim().is_empty() {
+            return Ok(Config::default());
+        }
+        serde_yaml::from_str(text).map_err(|e| ConfigError::Invalid(format!("{source}: {e}")))
+    }
+
+    pub fn from_file(path: &Path) -> Result<Config, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.display().to_string(),
+            source,
+        })?;
+        Config::from_yaml(&text, &path.display().to_string())
+    }
+
+    /// Apply overrides, then validate everything.
+    pub fn finish(mut self, o: Overrides) -> Result<Config, ConfigError> {
+        if let Some(v) = o.listen {
+            self.listen = v;
+        }
+        if let Some(v) = o.admin_listen {
+            self.admin_listen = v;
+        }
+        if let Some(v) = o.origin {
+            self.origin.url = Some(v);
+        }
+        if let Some(v) = o.capacity {
+            self.cache.capacity =
+                parse_size(&v).ok_or_else(|| invalid("cache.capacity", quoted(&v), SIZE_HINT))?;
+        }
+        if let Some(v) = o.log_level {
+            self.log_level = serde_yaml::from_str(&v).map_err(|_| {
+                invalid(
+                    "log_level",
+                    quoted(&v),
+                    "one of error, warn, info, debug, trace",
+                )
+            })?;
+        }
+        self.validate()?;
+        Ok(self)
+    }
+
+    fn validate(&self) -> Result<(), ConfigError> {
+        check_addr("listen", &self.listen)?;
+        check_addr("admin_listen", &self.admin_listen)?;
+        if self.listen == self.admin_listen {
+            return Err(invalid(
+                "admin_listen",
+                quoted(&self.admin_listen),
+                "an address different from listen",
+            ));
+        }
+        match &self.origin.url {
+            None => {
+                return Err(ConfigError::Invalid(
+                    "origin.url: missing; set it in the file, with --origin or RINGSIDE_ORIGIN \
+                     (e.g. http://127.0.0.1:8000)"
+                        .into(),
+                ))
+            }
+            Some(url) => {
+                OriginUrl::parse(url).map_err(|why| invalid("origin.url", quoted(url), why))?;
+            }
+        }
+        for (field, d) in [
+            ("origin.connect_timeout", self.origin.connect_timeout),
+            ("origin.read_timeout", self.origin.read_timeout),
+            ("cache.collapse_timeout", self.cache.collapse_timeout),
+        ] {
+            if d.is_zero() {
+                return Err(invalid(field, "0", "a positive duration such as \"2s\""));
+            }
+        }
+        for (i, url) in self.forward_proxy.allow.iter().enumerate() {
+            OriginUrl::parse(url)
+                .map_err(|why| invalid(&format!("forward_proxy.allow[{i}]"), quoted(url), why))?;
+        }
+        if self.cache.capacity == 0 {
+            return Err(invalid("cache.capacity", 0, "a size above zero"));
+        }
+        if self.cache.max_object_size == 0 || self.cache.max_object_size > self.cache.capacity {
+            return Err(invalid(
+                "cache.max_object_size",
+                self.cache.max_object_size,
+                "a size above zero and at most cache.capacity",
+            ));
+        }
+        if self.threads > 1024 {
+            return Err(invalid("threads", self.threads, "0 (one per CPU) to 1024"));
+        }
+        for (i, rule) in self.cache.rules.iter().enumerate() {
+            let field = format!("cache.rules[{i}]");
+            if !rule.prefix.starts_with('/') {
+                return Err(invalid(
+                    &format!("{field}.prefix"),
+                    quoted(&rule.prefix),
+                    "a path starting with /",
+                ));
+            }
+            if rule.bypass && rule.ttl.is_some() {
+                return Err(invalid(
+                    &field,
+                    "bypass together with ttl",
+                    "either bypass: true or a ttl, not both",
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    pub fn origin_url(&self) -> OriginUrl {
+        // validate() has checked it; fall back to a harmless value rather than panic.
+        self.origin
+            .url
+            .as_deref()
+            .and_then(|u| OriginUrl::parse(u).ok())
+            .unwrap_or_else(|| OriginUrl {
+                tls: false,
+                host: "127.0.0.1".into(),
+                port: 80,
+            })
+    }
+
+    /// The rule for a path: the first whose prefix matches.
+    pub fn rule_for(&self, path: &str) -> Option<&PathRule> {
+        self.cache
+            .rules
+            .iter()
+            .find(|r| path.starts_with(&r.prefix))
+    }
+}
+
+/// An origin as the config names it: scheme, host and port, nothing else.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct OriginUrl {
+    pub tls: bool,
+    pub host: String,
+    pub port: u16,
+}
+
+impl OriginUrl {
+    pub fn parse(url: &str) -> Result<OriginUrl, &'static str> {
+        const WANT: &str =
+            "a URL like http://host:port or https://host (scheme, host, optional port, no path)";
+        let uri: http::Uri = url.parse().map_err(|_| WANT)?;
+        let tls = match uri.scheme_str() {
+            Some("http") => false,
+            Some("https") => true,
+            _ => return Err(WANT),
+        };
+        let authority = uri.authority().ok_or(WANT)?;
+        if authority.as_str().contains('@') {
+            return Err("a URL without user:password@");
+        }
+        if !matches!(uri.path(), "" | "/") || uri.query().is_some() {
+            return Err(WANT);
+        }
+        let host = authority
+            .host()
+            .trim_start_matches('[')
+            .trim_end_matches(']');
+        if host.is_empty() {
+            return Err(WANT);
+        }
+        Ok(OriginUrl {
+            tls,
+            host: host.to_ascii_lowercase(),
+            port: authority.port_u16().unwrap_or(if tls { 443 } else { 80 }),
+        })
+    }
+
+    /// `scheme://host:port`, the prefix of every cache key for this origin.
+    pub fn key_prefix(&self) -> String {
+        let scheme = if self.tls { "https" } else { "http" };
+        if self.host.contains(':') {
+            format!("{scheme}://[{}]:{}", self.host, self.port)
+        } else {
+            format!("{scheme}://{}:{}", self.host, self.port)
+        }
+    }
+
+    /// The value of the Host header to send: the port is omitted when it is the scheme's default.
+    pub fn host_header(&self) -> String {
+        let default_port = if self.tls { 443 } else { 80 };
+        let host = if self.host.contains(':') {
+            format!("[{}]", self.host)
+        } else {
+            self.host.clone()
+        };
+        if self.port == default_port {
+            host
+        } else {
+            format!("{host}:{}", self.port)
+        }
+    }
+}
+
+fn check_addr(field: &str, value: &str) -> Result<(), ConfigError> {
+    value.parse::<SocketAddr>().map(|_| ()).map_err(|_| {
+        invalid(
+            field,
+            quoted(value),
+            "an IP:port address such as 127.0.0.1:8080",
+        )
+    })
+}
+
+fn quoted(s: &str) -> String {
+    format!("{s:?}")
+}
+
+const SIZE_HINT: &str =
+    "a byte count such as 268435456 or \"256MiB\" (units: B, KB, KiB, MB, MiB, GB, GiB)";
+const DURATION_HINT: &str =
+    "a duration such as \"250ms\", \"2s\", \"5m\" or \"1h\", or a number of seconds";
+
+/// `"256MiB"`, `"1.5GB"`, `"4096"`, `4096`.
+pub fn parse_size(s: &str) -> Option<u64> {
+    let s = s.trim();
+    let split = s
+        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+        .unwrap_or(s.len());
+    let (num, unit) = s.split_at(split);
+    let num: f64 = num.parse().ok()?;
+    let mult: f64 = match unit.trim() {
+        "" | "B" => 1.0,
+        "KB" | "kB" => 1e3,
+        "MB" => 1e6,
+        "GB" => 1e9,
+        "KiB" => 1024.0,
+        "MiB" => 1024.0 * 1024.0,
+        "GiB" => 1024.0 * 1024.0 * 1024.0,
+        _ => return None,
+    };
+    let bytes = num * mult;
+    (bytes.is_finite() && bytes >= 0.0 && bytes < 1.8e19).then_some(bytes as u64)
+}
+
+/// `"250ms"`, `"2s"`, `"5m"`, `"1h"`, `"1d"`, or a bare number of seconds.
+pub fn parse_duration(s: &str) -> Option<Duration> {
+    let s = s.trim();
+    let split = s
+        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+        .unwrap_or(s.len());
+    let (num, unit) = s.split_at(split);
+    let num: f64 = num.parse().ok()?;
+    let secs = match unit.trim() {
+        "ms" => num / 1000.0,
+        "" | "s" => num,
+        "m" => num * 60.0,
+        "h" => num * 3600.0,
+        "d" => num * 86400.0,
+        _ => return None,
+    };
+    (secs.is_finite() && (0.0..1e10).contains(&secs)).then(|| Duration::from_secs_f64(secs))
+}
+
+/// A YAML scalar that may be written as a number or a string.
+#[derive(Deserialize)]
+#[serde(untagged)]
+enum Scalar {
+    Int(u64),
+    Float(f64),
+    Str(String),
+}
+
+impl Scalar {
+    fn text(self) -> String {
+        match self {
+            Scalar::Int(n) => n.to_string(),
+            Scalar::Float(f) => f.to_string(),
+            Scalar::Str(s) => s,
+        }
+    }
+}
+
+fn scalar<'de, D: Deserializer<'de>>(d: D, hint: &'static str) -> Result<String, D::Error> {
+    Scalar::deserialize(d)
+        .map(Scalar::text)
+        .map_err(|_| de::Error::custom(format!("not a scalar; expected {hint}")))
+}
+
+fn de_size<'de, D: Deserializer<'de>>(d: D) -> Result<u64, D::Error> {
+    let s = scalar(d, SIZE_HINT)?;
+    parse_size(&s)
+        .ok_or_else(|| de::Error::custom(format!("{s:?} is invalid; expected {SIZE_HINT}")))
+}
+
+fn de_duration<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
+    let s = scalar(d, DURATION_HINT)?;
+    parse_duration(&s)
+        .ok_or_else(|| de::Error::custom(format!("{s:?} is invalid; expected {DURATION_HINT}")))
+}
+
+fn de_opt_duration<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Duration>, D::Error> {
+    de_duration(d).map(Some)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn load(yaml: &str) -> Result<Config, String> {
+        Config::from_yaml(yaml, "test.yaml")
+            .and_then(|c| c.finish(Overrides::default()))
+            .map_err(|e| e.to_string())
+    }
+
+    #[test]
+    fn the_shipped_config_is_valid() {
+        let text = include_str!("../config.yaml");
+        let c = load(text).expect("config.yaml must be valid");
+        assert_eq!(c.origin_url().port, 8000);
+    }
+
+    #[test]
+    fn sizes_and_durations_parse() {
+        assert_eq!(parse_size("256MiB"), Some(256 << 20));
+        assert_eq!(parse_size("4096"), Some(4096));
+        assert_eq!(parse_size("1GB"), Some(1_000_000_000));
+        assert_eq!(parse_size("12XB"), None);
+        assert_eq!(parse_size("-1"), None);
+        assert_eq!(parse_duration("250ms"), Some(Duration::from_millis(250)));
+        assert_eq!(parse_duration("2"), Some(Duration::from_secs(2)));
+        assert_eq!(parse_duration("1h"), Some(Duration::from_secs(3600)));
+        assert_eq!(parse_duration("soon"), None);
+    }
+
+    #[test]
+    fn errors_name_the_field_and_value() {
+        let e = load("origin: {url: http://a:1}\ncache: {capacty: 5}").unwrap_err();
+        assert!(e.contains("capacty"), "{e}");
+        let e = load("origin: {url: http://a:1}\ncache: {capacity: 12XB}").unwrap_err();
+        assert!(e.contains("cache.capacity") && e.contains("12XB"), "{e}");
+        let e = load("origin: {url: ftp://a}").unwrap_err();
+        assert!(e.contains("origin.url") && e.contains("ftp://a"), "{e}");
+        let e = load("listen: nowhere\norigin: {url: http://a:1}").unwrap_err();
+        assert!(e.contains("listen") && e.contains("nowhere"), "{e}");
+        let e = load("origin: {url: http://a:1, read_timeout: soon}").unwrap_err();
+        assert!(
+            e.contains("origin.read_timeout") && e.contains("soon"),
+            "{e}"
+        );
+        let e = load("log_level: loud\norigin: {url: http://a:1}").unwrap_err();
+        assert!(e.contains("log_level") && e.contains("loud"), "{e}");
+        let e = load("").unwrap_err();
+        assert!(e.contains("origin.url: missing"), "{e}");
+        let e = load("origin: {url: http://a:1}\ncache: {rules: [{prefix: api}]}").unwrap_err();
+        assert!(e.contains("cache.rules[0].prefix"), "{e}");
+    }
+
+    #[test]
+    fn overrides_win_over_the_file() {
+        let c = Config::from_yaml("origin: {url: http://a:1}", "t")
+            .unwrap()
+            .finish(Overrides {
+                origin: Some("https://b".into()),
+                capacity: Some("1MiB".into()),
+                ..Default::default()
+            })
+            .unwrap();
+        assert_eq!(
+            c.origin_url(),
+            OriginUrl {
+                tls: true,
+                host: "b".into(),
+                port: 443
+            }
+        );
+        assert_eq!(c.cache.capacity, 1 << 20);
+    }
+}

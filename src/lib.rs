@@ -1,0 +1,16 @@
+//! ringside: an HTTP caching sidecar.
+//!
+//! Start with `ARCHITECTURE.md`; the request's way through the code is
+//! told at the top of [`proxy`].
+
+pub mod admin;
+pub mod cache_rules;
+pub mod config;
+pub mod demo;
+pub mod fill;
+pub mod metrics;
+pub mod origin;
+pub mod proxy;
+pub mod server;
+pub mod singleflight;
+pub mod store;

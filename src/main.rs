@@ -1,0 +1,98 @@
+//! The `ringside` command: run the proxy, check a config file, or run the demo.
+
+use clap::{Parser, Subcommand};
+use ringside::config::{Config, ConfigError, Overrides};
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+#[derive(Parser)]
+#[command(name = "ringside", version, about = "HTTP caching sidecar")]
+struct Cli {
+    /// Configuration file (YAML). Without one, defaults plus flags and RINGSIDE_* variables.
+    #[arg(long, short, env = "RINGSIDE_CONFIG", global = true)]
+    config: Option<PathBuf>,
+    /// App-facing listen address, e.g. 127.0.0.1:8080.
+    #[arg(long, env = "RINGSIDE_LISTEN", global = true)]
+    listen: Option<String>,
+    /// Admin listen address (metrics, health), e.g. 127.0.0.1:9090.
+    #[arg(long, env = "RINGSIDE_ADMIN_LISTEN", global = true)]
+    admin_listen: Option<String>,
+    /// Origin URL, e.g. http://127.0.0.1:8000 or https://api.example.com.
+    #[arg(long, env = "RINGSIDE_ORIGIN", global = true)]
+    origin: Option<String>,
+    /// Cache capacity in bytes, e.g. 268435456 or 256MiB.
+    #[arg(long, env = "RINGSIDE_CAPACITY", global = true)]
+    capacity: Option<String>,
+    /// error, warn, info, debug or trace.
+    #[arg(long, env = "RINGSIDE_LOG_LEVEL", global = true)]
+    log_level: Option<String>,
+    #[command(subcommand)]
+    command: Option<Command>,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Validate a configuration file (with any overrides) and exit.
+    CheckConfig {
+        /// The file to check.
+        file: PathBuf,
+    },
+    /// Run a local demo: a slow sample origin, ringside in front, a burst of clients.
+    Demo(ringside::demo::DemoArgs),
+}
+
+impl Cli {
+    fn overrides(&self) -> Overrides {
+        Overrides {
+            listen: self.listen.clone(),
+            admin_listen: self.admin_listen.clone(),
+            origin: self.origin.clone(),
+            capacity: self.capacity.clone(),
+            log_level: self.log_level.clone(),
+        }
+    }
+
+    fn load(&self, file: Option<&PathBuf>) -> Result<Config, ConfigError> {
+        let base = match file {
+            Some(path) => Config::from_file(path)?,
+            None => Config::default(),
+        };
+        base.finish(self.overrides())
+    }
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match &cli.command {
+        Some(Command::CheckConfig { file }) => match cli.load(Some(file)) {
+            Ok(_) => {
+                println!("{}: ok", file.display());
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("ringside: invalid configuration: {e}");
+                ExitCode::from(2)
+            }
+        },
+        Some(Command::Demo(args)) => ringside::demo::run(args),
+        None => match cli.load(cli.config.as_ref()) {
+            Ok(config) => {
+                init_logging(config.log_level.as_str());
+                ringside::server::run(config)
+            }
+            Err(e) => {
+                eprintln!("ringside: invalid configuration: {e}");
+                ExitCode::from(2)
+            }
+        },
+    }
+}
+
+fn init_logging(level: &str) {
+    env_logger::Builder::new()
+        .parse_filters(&format!(
+            "{level},pingora=warn,pingora_core=warn,pingora_proxy=warn"
+        ))
+        .format_timestamp_millis()
+        .init();
+}

@@ -1,0 +1,316 @@
+//! Origins: where a request goes, and the client that fetches cache fills.
+//!
+//! An [`OriginTarget`] is one upstream (scheme, host, port) with its resolved
+//! address and connection options; the reverse-proxy origin and each
+//! forward-proxy allowlist entry are one each. Both the pass-through path
+//! (pingora's proxy, via [`OriginTarget::peer`]) and cache fills
+//! ([`OriginClient::fetch`]) connect through pingora connectors, which keep
+//! idle keep-alive connections pooled per target.
+//!
+//! Fills use their own client rather than pingora's proxy phase because a
+//! fill must outlive the client that triggered it: it runs in a spawned task
+//! so that the waiters it serves still get the object when that client
+//! disconnects (see `fill.rs`).
+
+use crate::config::{Config, OriginUrl};
+use bytes::Bytes;
+use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+use pingora::connectors::http::Connector;
+use pingora::http::{RequestHeader, ResponseHeader};
+use pingora::protocols::http::client::HttpSession;
+use pingora::upstreams::peer::HttpPeer;
+use pingora::{Error, ErrorType};
+use std::net::SocketAddr;
+use std::sync::Mutex;
+use std::time::{Duration, Instant, SystemTime};
+
+/// How long a DNS answer for an origin host is reused.
+const DNS_TTL: Duration = Duration::from_secs(30);
+
+/// One upstream origin.
+pub struct OriginTarget {
+    pub url: OriginUrl,
+    /// `scheme://host:port`: the first part of every cache key for this origin.
+    pub key_prefix: String,
+    /// The Host header sent to the origin.
+    pub host_header: HeaderValue,
+    connect_timeout: Duration,
+    read_timeout: Duration,
+    idle_timeout: Duration,
+    verify_tls: bool,
+    resolved: Mutex<Option<(Instant, SocketAddr)>>,
+}
+
+impl OriginTarget {
+    pub fn new(url: OriginUrl, config: &Config) -> OriginTarget {
+        let host_header = HeaderValue::from_str(&url.host_header())
+            .unwrap_or_else(|_| HeaderValue::from_static("localhost"));
+        OriginTarget {
+            key_prefix: url.key_prefix(),
+            host_header,
+            connect_timeout: config.origin.connect_timeout,
+            read_timeout: config.origin.read_timeout,
+            idle_timeout: config.origin.idle_timeout,
+            verify_tls: config.origin.verify_tls,
+            resolved: Mutex::new(None),
+            url,
+        }
+    }
+
+    /// The connection options and current address of this origin.
+    pub async fn peer(&self) -> pingora::Result<HttpPeer> {
+        let addr = self.resolve().await?;
+        let mut peer = HttpPeer::new(addr, self.url.tls, self.url.host.clone());
+        let options = &mut peer.options;
+        options.connection_timeout = Some(self.connect_timeout);
+        options.total_connection_timeout = Some(self.connect_timeout);
+        options.read_timeout = Some(self.read_timeout);
+        options.write_timeout = Some(self.read_timeout);
+        options.idle_timeout = Some(self.idle_timeout);
+        options.verify_cert = self.verify_tls;
+        options.verify_hostname = self.verify_tls;
+        Ok(peer)
+    }
+
+    async fn resolve(&self) -> pingora::Result<SocketAddr> {
+        if let Ok(ip) = self.url.host.parse::<std::net::IpAddr>() {
+            return Ok(SocketAddr::new(ip, self.url.port));
+        }
+        if let Some((at, addr)) = *lock(&self.resolved) {
+            if at.elapsed() < DNS_TTL {
+                return Ok(addr);
+            }
+        }
+        let lookup = tokio::net::lookup_host((self.url.host.as_str(), self.url.port));
+        let addr = match tokio::time::timeout(self.connect_timeout, lookup).await {
+            Ok(Ok(mut addrs)) => addrs.next(),
+            _ => None,
+        };
+        match addr {
+            Some(addr) => {
+                *lock(&self.resolved) = Some((Instant::now(), addr));
+                Ok(addr)
+            }
+            None => Error::e_explain(
+                ErrorType::ConnectNoRoute,
+                format!("cannot resolve origin host {}", self.url.host),
+            ),
+        }
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// Why a fetch produced no response.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FetchError {
+    /// Connecting or reading took longer than configured: 504.
+    Timeout,
+    /// Refused, unreachable, reset, or garbled: 502.
+    Unreachable,
+}
+
+impl FetchError {
+    pub fn status(self) -> u16 {
+        match self {
+            FetchError::Timeout => 504,
+            FetchError::Unreachable => 502,
+        }
+    }
+
+    pub fn from_pingora(e: &Error) -> FetchError {
+        match e.etype() {
+            ErrorType::ConnectTimedout | ErrorType::ReadTimedout | ErrorType::WriteTimedout => {
+                FetchError::Timeout
+            }
+            _ => FetchError::Unreachable,
+        }
+    }
+}
+
+/// The client for cache fills: a pooled connector shared by every fill.
+pub struct OriginClient {
+    connector: Connector,
+}
+
+/// An origin response whose headers have arrived; the body is read on demand.
+pub struct OriginResponse {
+    session: HttpSession,
+    peer: HttpPeer,
+    idle_timeout: Duration,
+    pub header: ResponseHeader,
+    pub request_time: SystemTime,
+    pub response_time: SystemTime,
+}
+
+impl Default for OriginClient {
+    fn default() -> Self {
+        OriginClient {
+            connector: Connector::new(None),
+        }
+    }
+}
+
+impl OriginClient {
+    /// Send `request` (origin-form path, headers already cleaned) and wait for
+    /// the response headers.
+    pub async fn fetch(
+        &self,
+        target: &OriginTarget,
+        request: &RequestHeader,
+    ) -> Result<OriginResponse, FetchError> {
+        let started = Instant::now();
+        let result = self.fetch_inner(target, request).await;
+        let status = result.as_ref().ok().map(|r| r.header.status.as_u16());
+        crate::metrics::observe_origin(status, started.elapsed().as_secs_f64());
+        result.map_err(|e| {
+            log::warn!(
+                "origin {} fetch {} failed: {e}",
+                target.key_prefix,
+                request.uri
+            );
+            FetchError::from_pingora(&e)
+        })
+    }
+
+    async fn fetch_inner(
+        &self,
+        target: &OriginTarget,
+        request: &RequestHeader,
+    ) -> pingora::Result<OriginResponse> {
+        let peer = target.peer().await?;
+        let request_time = SystemTime::now();
+        // A pooled connection may have been closed by the origin while idle;
+        // for these idempotent fills one retry on a fresh connection is safe.
+        for attempt in 0..2 {
+            let (mut session, reused) = self.connector.get_http_session(&peer).await?;
+            session.set_read_timeout(Some(target.read_timeout));
+            session.set_write_timeout(Some(target.read_timeout));
+            let sent = async {
+                session
+                    .write_request_header(Box::new(request.clone()))
+                    .await?;
+                session.finish_request_body().await?;
+                session.read_response_header().await
+            }
+            .await;
+            match sent {
+                Ok(()) => {
+                    let header = session
+                        .response_header()
+                        .cloned()
+                        .ok_or_else(|| Error::explain(ErrorType::InvalidHTTPHeader, "no header"))?;
+                    return Ok(OriginResponse {
+                        session,
+                        peer,
+                        idle_timeout: target.idle_timeout,
+                        header,
+                        request_time,
+                        response_time: SystemTime::now(),
+                    });
+                }
+                Err(e) if reused && attempt == 0 && !is_timeout(&e) => continue,
+                Err(e) => return Err(e),
+            }
+        }
+        Error::e_explain(ErrorType::ConnectError, "origin connection failed twice")
+    }
+}
+
+fn is_timeout(e: &Error) -> bool {
+    FetchError::from_pingora(e) == FetchError::Timeout
+}
+
+impl OriginResponse {
+    /// The next body chunk, or None at the end.
+    pub async fn read_chunk(&mut self) -> Result<Option<Bytes>, FetchError> {
+        self.session
+            .read_response_body()
+            .await
+            .map_err(|e| FetchError::from_pingora(&e))
+    }
+
+    /// The body length the origin announced, if it did.
+    pub fn content_length(&self) -> Option<u64> {
+        self.header
+            .headers
+            .get(header::CONTENT_LENGTH)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.trim().parse().ok())
+    }
+
+    /// Return the connection to the pool once the body has been read whole;
+    /// otherwise close it (a half-read connection cannot be reused).
+    pub async fn finish(mut self, connector: &OriginClient) {
+        if self.session.response_done() {
+            connector
+                .connector
+                .release_http_session(self.session, &self.peer, Some(self.idle_timeout))
+                .await;
+        } else {
+            self.session.shutdown().await;
+        }
+    }
+}
+
+/// Headers that describe one connection, not the message (RFC 9110 §7.6.1).
+const HOP_BY_HOP: [&str; 9] = [
+    "connection",
+    "keep-alive",
+    "proxy-connection",
+    "proxy-authenticate",
+    "proxy-authorization",
+    "te",
+    "trailer",
+    "transfer-encoding",
+    "upgrade",
+];
+
+/// The hop-by-hop headers present, including those the Connection header names.
+pub fn hop_by_hop_names(headers: &HeaderMap) -> Vec<HeaderName> {
+    let nominated = headers
+        .get_all(header::CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .filter_map(|name| HeaderName::from_bytes(name.trim().as_bytes()).ok());
+    let standard = HOP_BY_HOP.iter().map(|n| HeaderName::from_static(n));
+    nominated
+        .chain(standard)
+        .filter(|n| headers.contains_key(n))
+        .collect()
+}
+
+/// Remove hop-by-hop headers from a header map.
+pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
+    for name in hop_by_hop_names(headers) {
+        headers.remove(name);
+    }
+}
+
+/// Remove hop-by-hop headers from a response header.
+pub fn strip_response_hop_by_hop(header: &mut ResponseHeader) {
+    for name in hop_by_hop_names(&header.headers) {
+        header.remove_header(&name);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn hop_by_hop_headers_and_nominated_ones_are_removed() {
+        let mut h = HeaderMap::new();
+        h.insert("connection", HeaderValue::from_static("close, x-secret"));
+        h.insert("x-secret", HeaderValue::from_static("1"));
+        h.insert("keep-alive", HeaderValue::from_static("timeout=5"));
+        h.insert("transfer-encoding", HeaderValue::from_static("chunked"));
+        h.insert("cache-control", HeaderValue::from_static("max-age=5"));
+        strip_hop_by_hop(&mut h);
+        assert_eq!(h.len(), 1);
+        assert!(h.contains_key("cache-control"));
+    }
+}

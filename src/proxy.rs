@@ -1,0 +1,616 @@
+//! The proxy: a client request's whole way through ringside, in one place.
+//!
+//! ```text
+//! request_filter
+//!   route ............ which origin? (reverse: the configured one; forward:
+//!                      an absolute-form URL on the allowlist; else 403/405)
+//!   not GET/HEAD ..... pass: pingora proxies it untouched (upstream_peer...)
+//!   bypass? .......... a path rule, Range, no-store, upgrade: pass as well
+//!   look up .......... plain key, or the variant key when the origin varies
+//!   fresh? ........... hit: answer from memory (304 if the client's validators match)
+//!   stale-while-rev .. answer stale now, refresh once in the background
+//!   otherwise ........ fill (fill.rs): one origin fetch per key, shared
+//!                      by every concurrent request for it, revalidating
+//!                      the stale copy when there is one
+//! response_filter .... Cache-Status on responses pingora proxied
+//! fail_to_proxy ...... origin down: 502, origin slow: 504
+//! logging ............ one metrics observation per request
+//! ```
+//!
+//! Responses answered from the cache or by a fill are written in
+//! `request_filter` (which then returns `Ok(true)`); everything else returns
+//! `Ok(false)` and pingora's proxy phases stream it both ways.
+
+use crate::cache_rules::{self, CacheControl, RuleOptions};
+use crate::config::{Config, OriginUrl};
+use crate::fill::{self, Filler, Job, LeaderResult, Outcome, Started};
+use crate::metrics::{self, CacheResult};
+use crate::origin::{strip_hop_by_hop, OriginTarget};
+use crate::server::InFlight;
+use crate::singleflight::WaitError;
+use crate::store::{CachedObject, Entry};
+use async_trait::async_trait;
+use bytes::Bytes;
+use http::{header, Method, StatusCode};
+use pingora::http::{RequestHeader, ResponseHeader};
+use pingora::prelude::*;
+use pingora::proxy::{FailToProxy, ProxyHttp, Session};
+use pingora::upstreams::peer::HttpPeer;
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Instant;
+
+const CACHE_STATUS: &str = "cache-status";
+
+/// The proxy's shared state: configuration, origins and the cache.
+pub struct Ringside {
+    pub config: Arc<Config>,
+    pub filler: Arc<Filler>,
+    /// The reverse-proxy origin.
+    pub origin: Arc<OriginTarget>,
+    /// Forward-proxy allowlist (the reverse origin included), by origin URL.
+    pub forward: HashMap<OriginUrl, Arc<OriginTarget>>,
+}
+
+/// Per-request state carried across pingora's phases.
+pub struct RequestCtx {
+    _in_flight: InFlight,
+    started: Instant,
+    target: Option<Arc<OriginTarget>>,
+    result: CacheResult,
+    /// The Cache-Status value for a response pingora proxies.
+    cache_status: &'static str,
+}
+
+impl Ringside {
+    pub fn new(config: Arc<Config>, filler: Arc<Filler>) -> Ringside {
+        let origin = Arc::new(OriginTarget::new(config.origin_url(), &config));
+        let mut forward = HashMap::new();
+        forward.insert(origin.url.clone(), origin.clone());
+        for url in &config.forward_proxy.allow {
+            if let Ok(url) = OriginUrl::parse(url) {
+                let target = Arc::new(OriginTarget::new(url.clone(), &config));
+                forward.entry(url).or_insert(target);
+            }
+        }
+        Ringside {
+            config,
+            filler,
+            origin,
+            forward,
+        }
+    }
+
+    /// Which origin a request is for; an error status and message if none.
+    fn route(&self, req: &RequestHeader) -> Result<Arc<OriginTarget>, (u16, &'static str)> {
+        if req.method == Method::CONNECT {
+            return Err((405, "CONNECT tunnels are not supported\n"));
+        }
+        let (Some(scheme), Some(authority)) = (req.uri.scheme_str(), req.uri.authority()) else {
+            return Ok(self.origin.clone());
+        };
+        // Absolute-form: the app uses ringside as its HTTP proxy.
+        let tls = match scheme {
+            "http" => false,
+            "https" => true,
+            _ => return Err((400, "unsupported URL scheme\n")),
+        };
+        let url = OriginUrl {
+            tls,
+            host: authority
+                .host()
+                .trim_matches(['[', ']'])
+                .to_ascii_lowercase(),
+            port: authority.port_u16().unwrap_or(if tls { 443 } else { 80 }),
+        };
+        self.forward
+            .get(&url)
+            .cloned()
+            .ok_or((403, "origin is not on ringside's forward_proxy allowlist\n"))
+    }
+
+    /// The cache key: origin, path, and the query unless configured out.
+    fn cache_key(&self, target: &OriginTarget, uri: &http::Uri) -> String {
+        let path = if uri.path().is_empty() {
+            "/"
+        } else {
+            uri.path()
+        };
+        match uri.query() {
+            Some(q) if self.config.cache.include_query => {
+                format!("{}{path}?{q}", target.key_prefix)
+            }
+            _ => format!("{}{path}", target.key_prefix),
+        }
+    }
+
+    /// The stored entry for a request: the object under the plain key, or
+    /// under the variant key when the origin varies. Returns the key a fill
+    /// would use and the object found, if any.
+    fn lookup(&self, key: String, req: &RequestHeader) -> (String, Option<Arc<CachedObject>>) {
+        match self.filler.store.get(&key) {
+            Some(Entry::Object(object)) => (key, Some(object)),
+            Some(Entry::Variants { headers, .. }) => {
+                let fingerprint = cache_rules::vary_fingerprint(&headers, &req.headers);
+                let variant_key = fill::variant_key_for(&key, fingerprint);
+                match self.filler.store.get(&variant_key) {
+                    Some(Entry::Object(object)) => (variant_key, Some(object)),
+                    _ => (variant_key, None),
+                }
+            }
+            None => (key, None),
+        }
+    }
+
+    /// Serve a GET or HEAD that the cache may answer.
+    async fn serve_cacheable(
+        &self,
+        session: &mut Session,
+        ctx: &mut RequestCtx,
+        target: Arc<OriginTarget>,
+        rules: RuleOptions,
+    ) -> Result<bool> {
+        let req = session.req_header();
+        let plain_key = self.cache_key(&target, &req.uri);
+        let (lookup_key, stored) = self.lookup(plain_key.clone(), req);
+        let client_cc = if self.config.cache.honor_client_no_cache {
+            cache_rules::request_cache_control(&req.headers)
+        } else {
+            CacheControl::default()
+        };
+        let now = Instant::now();
+
+        if let Some(object) = &stored {
+            let age = object.age(now);
+            let forced =
+                cache_rules::request_requires_revalidation(&client_cc, age, object.freshness);
+            if !forced && object.is_fresh(now) {
+                ctx.result = CacheResult::Hit;
+                let status = format!("ringside; hit; ttl={}", object.ttl_secs(now));
+                return send_object(session, object, &status).await;
+            }
+            let swr = object.stale_while_revalidate;
+            if !forced && !swr.is_zero() && object.staleness(now) <= swr {
+                let job = self.fill_job(req, &target, &plain_key, stored.clone(), rules);
+                // Refresh in the background unless someone already is.
+                let _ = fill::start(&self.filler, lookup_key, job, false);
+                ctx.result = CacheResult::Stale;
+                let status = format!(
+                    "ringside; hit; ttl={}; detail=stale-while-revalidate",
+                    object.ttl_secs(now)
+                );
+                return send_object(session, object, &status).await;
+            }
+        }
+        if client_cc.only_if_cached {
+            ctx.result = CacheResult::Error;
+            let status = "ringside; fwd=miss; detail=only-if-cached";
+            return send_error(session, 504, "not in cache (only-if-cached)\n", status).await;
+        }
+
+        let job = self.fill_job(req, &target, &plain_key, stored.clone(), rules);
+        let timeout = self.config.cache.collapse_timeout;
+        match fill::start(&self.filler, lookup_key, job, true) {
+            Started::Leading(rx) => match tokio::time::timeout(timeout, rx).await {
+                Ok(Ok(LeaderResult::Shared(outcome))) => {
+                    self.send_outcome(session, ctx, outcome, false).await
+                }
+                Ok(Ok(LeaderResult::Stream {
+                    header,
+                    body,
+                    reason,
+                })) => send_stream(session, ctx, header, body, reason).await,
+                // The fill task always answers; a lost answer means it died.
+                _ => {
+                    ctx.result = CacheResult::Error;
+                    send_error(
+                        session,
+                        504,
+                        "origin fetch did not finish\n",
+                        "ringside; fwd=miss",
+                    )
+                    .await
+                }
+            },
+            Started::Following(waiter) => match waiter.wait(timeout).await {
+                Ok(outcome) => self.send_outcome(session, ctx, outcome, true).await,
+                Err(WaitError::Timeout) => {
+                    ctx.result = CacheResult::Error;
+                    let status = "ringside; fwd=miss; collapsed; detail=collapse-timeout";
+                    send_error(
+                        session,
+                        504,
+                        "origin fetch did not finish in time\n",
+                        status,
+                    )
+                    .await
+                }
+                Err(WaitError::Abandoned) => {
+                    // The leader's fill died; fetch for ourselves, uncached.
+                    self.pass(
+                        ctx,
+                        CacheResult::Miss,
+                        "ringside; fwd=miss; detail=abandoned",
+                    )
+                }
+            },
+        }
+    }
+
+    /// Answer with what a fill produced.
+    async fn send_outcome(
+        &self,
+        session: &mut Session,
+        ctx: &mut RequestCtx,
+        outcome: Outcome,
+        collapsed: bool,
+    ) -> Result<bool> {
+        match outcome {
+            Outcome::Stored {
+                object,
+                revalidated,
+            } => {
+                // A follower may want another variant than the leader fetched.
+                if !object.vary.is_empty()
+                    && cache_rules::vary_fingerprint(&object.vary, &session.req_header().headers)
+                        != object.vary_fingerprint
+                {
+                    return self.pass(ctx, CacheResult::Miss, "ringside; fwd=vary-miss");
+                }
+                let (result, status) = match (revalidated, collapsed) {
+                    (true, false) => (
+                        CacheResult::Revalidated,
+                        "ringside; fwd=stale; fwd-status=304",
+                    ),
+                    (true, true) => (
+                        CacheResult::Revalidated,
+                        "ringside; fwd=stale; fwd-status=304; collapsed",
+                    ),
+                    (false, false) => (CacheResult::Miss, "ringside; fwd=uri-miss; stored"),
+                    (false, true) => (
+                        CacheResult::Miss,
+                        "ringside; fwd=uri-miss; stored; collapsed",
+                    ),
+                };
+                ctx.result = result;
+                send_object(session, &object, status).await
+            }
+            Outcome::UseStale {
+                object,
+                origin_status,
+            } => {
+                ctx.result = CacheResult::Stale;
+                let status = format!(
+                    "ringside; fwd=stale; fwd-status={origin_status}; detail=stale-if-error"
+                );
+                send_object(session, &object, &status).await
+            }
+            Outcome::NotStored => self.pass(
+                ctx,
+                CacheResult::Miss,
+                "ringside; fwd=uri-miss; detail=not-stored",
+            ),
+            Outcome::Failed(e) => {
+                ctx.result = CacheResult::Error;
+                let (body, status) = match e.status() {
+                    504 => (
+                        "origin timed out\n",
+                        "ringside; fwd=uri-miss; detail=origin-timeout",
+                    ),
+                    _ => (
+                        "origin unreachable\n",
+                        "ringside; fwd=uri-miss; detail=origin-unreachable",
+                    ),
+                };
+                send_error(session, e.status(), body, status).await
+            }
+        }
+    }
+
+    /// Let pingora proxy this request to the origin, uncached.
+    fn pass(
+        &self,
+        ctx: &mut RequestCtx,
+        result: CacheResult,
+        status: &'static str,
+    ) -> Result<bool> {
+        ctx.result = result;
+        ctx.cache_status = status;
+        Ok(false)
+    }
+
+    fn fill_job(
+        &self,
+        req: &RequestHeader,
+        target: &Arc<OriginTarget>,
+        key: &str,
+        stale: Option<Arc<CachedObject>>,
+        rules: RuleOptions,
+    ) -> Job {
+        Job {
+            target: target.clone(),
+            request: fill_request(req, target),
+            key: key.to_owned(),
+            stale,
+            rules,
+            max_object_size: self.config.cache.max_object_size,
+        }
+    }
+
+    fn rules_for(&self, path: &str) -> (bool, RuleOptions) {
+        let rule = self.config.rule_for(path);
+        let options = RuleOptions {
+            default_ttl: rule.and_then(|r| r.ttl),
+            cache_set_cookie: self.config.cache.cache_set_cookie,
+        };
+        (rule.is_some_and(|r| r.bypass), options)
+    }
+}
+
+/// Why a GET/HEAD skips the cache, if it does.
+fn bypass_reason(req: &RequestHeader, rule_bypass: bool) -> Option<&'static str> {
+    let h = &req.headers;
+    if rule_bypass {
+        Some("ringside; fwd=bypass; detail=rule")
+    } else if h.contains_key(header::RANGE) {
+        Some("ringside; fwd=bypass; detail=range")
+    } else if h.contains_key(header::UPGRADE) {
+        Some("ringside; fwd=bypass; detail=upgrade")
+    } else if cache_rules::request_cache_control(h).no_store {
+        Some("ringside; fwd=bypass; detail=no-store")
+    } else {
+        None
+    }
+}
+
+/// The request a fill sends: GET, origin-form, the client's end-to-end
+/// headers minus its own conditionals (the fill is for the cache; the
+/// client's validators are checked against the result).
+fn fill_request(req: &RequestHeader, target: &OriginTarget) -> RequestHeader {
+    let path = req.uri.path_and_query().map_or("/", |p| p.as_str());
+    let mut headers = req.headers.clone();
+    strip_hop_by_hop(&mut headers);
+    for name in [
+        header::IF_NONE_MATCH,
+        header::IF_MODIFIED_SINCE,
+        header::IF_MATCH,
+        header::IF_UNMODIFIED_SINCE,
+        header::IF_RANGE,
+        header::RANGE,
+        header::HOST,
+    ] {
+        headers.remove(name);
+    }
+    let mut fill =
+        RequestHeader::build_no_case(Method::GET, path.as_bytes(), Some(headers.len() + 3))
+            .unwrap_or_else(|_| {
+                RequestHeader::build_no_case(Method::GET, b"/", None).expect("static")
+            });
+    let _ = fill.insert_header(header::HOST, target.host_header.clone());
+    for (name, value) in headers.iter() {
+        let _ = fill.append_header(name.clone(), value.clone());
+    }
+    fill
+}
+
+/// Answer from a stored object: 304 when the client's validators match,
+/// else the stored response with Age and Cache-Status.
+async fn send_object(
+    session: &mut Session,
+    object: &CachedObject,
+    cache_status: &str,
+) -> Result<bool> {
+    let req = session.req_header();
+    let head = req.method == Method::HEAD;
+    let age = object.age(Instant::now()).as_secs();
+    if cache_rules::client_validators_match(&req.headers, &object.header.headers) {
+        let mut h = not_modified_header(&object.header)?;
+        h.insert_header(header::AGE, age)?;
+        h.insert_header(CACHE_STATUS, cache_status)?;
+        session.write_response_header(Box::new(h), true).await?;
+        return Ok(true);
+    }
+    let mut h = object.header.clone();
+    h.insert_header(header::AGE, age)?;
+    h.insert_header(CACHE_STATUS, cache_status)?;
+    let no_body = head || object.body.is_empty();
+    session.write_response_header(Box::new(h), no_body).await?;
+    if !no_body {
+        session
+            .write_response_body(Some(object.body.clone()), true)
+            .await?;
+    }
+    Ok(true)
+}
+
+/// A 304 carries the validators and caching headers of the 200 it stands for
+/// (RFC 9110 §15.4.5).
+fn not_modified_header(stored: &ResponseHeader) -> Result<ResponseHeader> {
+    let mut h = ResponseHeader::build(StatusCode::NOT_MODIFIED, Some(8))?;
+    for name in [
+        header::CACHE_CONTROL,
+        header::CONTENT_LOCATION,
+        header::DATE,
+        header::ETAG,
+        header::EXPIRES,
+        header::LAST_MODIFIED,
+        header::VARY,
+    ] {
+        for value in stored.headers.get_all(&name) {
+            h.append_header(name.clone(), value.clone())?;
+        }
+    }
+    Ok(h)
+}
+
+/// Stream an unshared origin response to this (leader) client.
+async fn send_stream(
+    session: &mut Session,
+    ctx: &mut RequestCtx,
+    mut header: ResponseHeader,
+    mut body: tokio::sync::mpsc::Receiver<std::result::Result<Bytes, crate::origin::FetchError>>,
+    reason: &str,
+) -> Result<bool> {
+    ctx.result = CacheResult::Miss;
+    let status = format!(
+        "ringside; fwd=uri-miss; fwd-status={}; detail={reason}",
+        header.status.as_u16()
+    );
+    header.insert_header(CACHE_STATUS, status)?;
+    let head = session.req_header().method == Method::HEAD;
+    session
+        .write_response_header(Box::new(header), head)
+        .await?;
+    if head {
+        return Ok(true); // dropping `body` stops the fill's read
+    }
+    while let Some(chunk) = body.recv().await {
+        match chunk {
+            Ok(chunk) => session.write_response_body(Some(chunk), false).await?,
+            Err(_) => {
+                // Headers are out; all we can do is cut the response short.
+                return Error::e_explain(ErrorType::ReadError, "origin body failed mid-stream");
+            }
+        }
+    }
+    session.write_response_body(None, true).await?;
+    Ok(true)
+}
+
+/// A short plain-text error generated by ringside itself.
+async fn send_error(
+    session: &mut Session,
+    code: u16,
+    body: &'static str,
+    cache_status: &str,
+) -> Result<bool> {
+    let mut h = ResponseHeader::build(code, Some(4))?;
+    h.insert_header(header::CONTENT_TYPE, "text/plain")?;
+    h.insert_header(header::CONTENT_LENGTH, body.len())?;
+    h.insert_header(header::CACHE_CONTROL, "no-store")?;
+    h.insert_header(CACHE_STATUS, cache_status)?;
+    session.write_response_header(Box::new(h), false).await?;
+    session
+        .write_response_body(Some(Bytes::from_static(body.as_bytes())), true)
+        .await?;
+    Ok(true)
+}
+
+#[async_trait]
+impl ProxyHttp for Ringside {
+    type CTX = RequestCtx;
+
+    fn new_ctx(&self) -> RequestCtx {
+        RequestCtx {
+            _in_flight: InFlight::enter(),
+            started: Instant::now(),
+            target: None,
+            result: CacheResult::Pass,
+            cache_status: "ringside; fwd=method",
+        }
+    }
+
+    async fn request_filter(&self, session: &mut Session, ctx: &mut RequestCtx) -> Result<bool> {
+        let req = session.req_header();
+        let target = match self.route(req) {
+            Ok(target) => target,
+            Err((code, message)) => {
+                ctx.result = CacheResult::Error;
+                return send_error(
+                    session,
+                    code,
+                    message,
+                    "ringside; fwd=bypass; detail=refused",
+                )
+                .await;
+            }
+        };
+        ctx.target = Some(target.clone());
+        if req.method != Method::GET && req.method != Method::HEAD {
+            return self.pass(ctx, CacheResult::Pass, "ringside; fwd=method");
+        }
+        let (rule_bypass, rules) = self.rules_for(req.uri.path());
+        if let Some(status) = bypass_reason(req, rule_bypass) {
+            return self.pass(ctx, CacheResult::Bypass, status);
+        }
+        self.serve_cacheable(session, ctx, target, rules).await
+    }
+
+    async fn upstream_peer(
+        &self,
+        _session: &mut Session,
+        ctx: &mut RequestCtx,
+    ) -> Result<Box<HttpPeer>> {
+        let target = ctx.target.clone().unwrap_or_else(|| self.origin.clone());
+        Ok(Box::new(target.peer().await?))
+    }
+
+    async fn upstream_request_filter(
+        &self,
+        _session: &mut Session,
+        upstream: &mut RequestHeader,
+        ctx: &mut RequestCtx,
+    ) -> Result<()> {
+        let target = ctx.target.as_ref().unwrap_or(&self.origin);
+        if upstream.uri.scheme().is_some() {
+            // Absolute-form from a forward-proxy client: origins want origin-form.
+            let path = upstream
+                .uri
+                .path_and_query()
+                .map_or("/", |p| p.as_str())
+                .to_owned();
+            upstream.set_uri(
+                path.parse()
+                    .map_err(|_| Error::new(ErrorType::InvalidHTTPHeader))?,
+            );
+        }
+        upstream.insert_header(header::HOST, target.host_header.clone())?;
+        Ok(())
+    }
+
+    async fn response_filter(
+        &self,
+        _session: &mut Session,
+        upstream: &mut ResponseHeader,
+        ctx: &mut RequestCtx,
+    ) -> Result<()> {
+        upstream.insert_header(CACHE_STATUS, ctx.cache_status)?;
+        Ok(())
+    }
+
+    async fn fail_to_proxy(
+        &self,
+        session: &mut Session,
+        e: &Error,
+        ctx: &mut RequestCtx,
+    ) -> FailToProxy {
+        let (code, body): (u16, &'static str) = match e.etype() {
+            ErrorType::HTTPStatus(code) => (*code, "error\n"),
+            ErrorType::ConnectTimedout | ErrorType::ReadTimedout | ErrorType::WriteTimedout => {
+                (504, "origin timed out\n")
+            }
+            _ => match e.esource() {
+                ErrorSource::Upstream => (502, "origin unreachable\n"),
+                ErrorSource::Downstream => (400, "bad request\n"),
+                _ => (500, "internal error\n"),
+            },
+        };
+        ctx.result = CacheResult::Error;
+        let client_gone = matches!(
+            e.etype(),
+            ErrorType::WriteError | ErrorType::ReadError | ErrorType::ConnectionClosed
+        ) && e.esource() == &ErrorSource::Downstream;
+        if session.response_written().is_none() && !client_gone {
+            let _ = send_error(session, code, body, ctx.cache_status).await;
+        }
+        FailToProxy {
+            error_code: code,
+            can_reuse_downstream: false,
+        }
+    }
+
+    async fn logging(&self, session: &mut Session, _e: Option<&Error>, ctx: &mut RequestCtx) {
+        let method = &session.req_header().method;
+        metrics::observe_request(ctx.result, method, ctx.started.elapsed().as_secs_f64());
+    }
+}

@@ -1,0 +1,131 @@
+//! Assembly: build the store, the proxy and the admin service from a
+//! [`Config`], and run them on pingora until a signal ends the process.
+//!
+//! Shutdown: SIGTERM stops the listeners, lets in-flight requests finish
+//! (counted by [`InFlight`]) and exits as soon as none is left, or after
+//! `shutdown_grace` at the latest. SIGINT exits at once.
+
+use crate::admin::Admin;
+use crate::config::Config;
+use crate::fill::Filler;
+use crate::metrics;
+use crate::origin::OriginClient;
+use crate::proxy::Ringside;
+use crate::singleflight::Group;
+use crate::store::Store;
+use async_trait::async_trait;
+use pingora::server::configuration::ServerConf;
+use pingora::server::{RunArgs, Server, ShutdownSignal, ShutdownSignalWatch};
+use pingora::services::listening::Service;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+/// Requests being served right now (a guard per request).
+pub struct InFlight;
+
+static IN_FLIGHT: AtomicUsize = AtomicUsize::new(0);
+
+impl InFlight {
+    pub fn enter() -> InFlight {
+        IN_FLIGHT.fetch_add(1, Ordering::Relaxed);
+        InFlight
+    }
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        IN_FLIGHT.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+/// Run ringside with `config` until a signal ends the process.
+pub fn run(config: Config) -> ! {
+    let config = Arc::new(config);
+    metrics::init(config.cache.capacity);
+    let store = Arc::new(Store::new(config.cache.capacity));
+    let filler = Arc::new(Filler {
+        flights: Group::new(),
+        client: OriginClient::default(),
+        store: store.clone(),
+    });
+    let threads = match config.threads {
+        0 => std::thread::available_parallelism().map_or(1, |n| n.get()),
+        n => n,
+    };
+    let grace = config.shutdown_grace;
+    let conf = ServerConf {
+        threads,
+        // pingora sleeps this long after SIGTERM; our watcher exits earlier
+        // once the last in-flight request is done.
+        grace_period_seconds: Some(grace.as_secs() + 1),
+        graceful_shutdown_timeout_seconds: Some(1),
+        ..ServerConf::default()
+    };
+    let mut server = Server::new_with_opt_and_conf(None, conf);
+    server.bootstrap();
+
+    let proxy_addr = config.listen.parse().expect("validated by config");
+    let mut proxy = pingora::proxy::http_proxy_service_with_name(
+        &server.configuration,
+        Ringside::new(config.clone(), filler),
+        "ringside proxy",
+    );
+    proxy.add_tcp(&config.listen);
+    let mut admin = Service::new("ringside admin".into(), Admin { store, proxy_addr });
+    admin.add_tcp(&config.admin_listen);
+    server.add_service(proxy);
+    server.add_service(admin);
+    log::info!(
+        "ringside listening on {} (admin {}), origin {}",
+        config.listen,
+        config.admin_listen,
+        config.origin_url().key_prefix()
+    );
+    server.run(RunArgs {
+        shutdown_signal: Box::new(DrainOnTerm { grace }),
+    });
+    std::process::exit(0)
+}
+
+/// SIGTERM: graceful, exiting when drained. SIGINT: immediate.
+struct DrainOnTerm {
+    grace: Duration,
+}
+
+#[async_trait]
+impl ShutdownSignalWatch for DrainOnTerm {
+    async fn recv(&self) -> ShutdownSignal {
+        use tokio::signal::unix::{signal, SignalKind};
+        let (Ok(mut term), Ok(mut int)) = (
+            signal(SignalKind::terminate()),
+            signal(SignalKind::interrupt()),
+        ) else {
+            log::error!("cannot install signal handlers");
+            return std::future::pending().await;
+        };
+        tokio::select! {
+            _ = int.recv() => ShutdownSignal::FastShutdown,
+            _ = term.recv() => {
+                let grace = self.grace;
+                std::thread::spawn(move || exit_when_drained(grace));
+                ShutdownSignal::GracefulTerminate
+            }
+        }
+    }
+}
+
+fn exit_when_drained(grace: Duration) {
+    let started = Instant::now();
+    // Give the listeners a moment to stop accepting.
+    std::thread::sleep(Duration::from_millis(100));
+    while IN_FLIGHT.load(Ordering::Relaxed) > 0 && started.elapsed() < grace {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    log::info!(
+        "shutdown: drained with {} request(s) left after {:?}",
+        IN_FLIGHT.load(Ordering::Relaxed),
+        started.elapsed()
+    );
+    std::process::exit(0);
+}

@@ -1,0 +1,241 @@
+//! Singleflight: concurrent requests for one key share one load.
+//!
+//! The first caller of [`Group::join`] for a key becomes the *leader* and gets
+//! a [`Flight`]; everyone arriving while that flight is open becomes a
+//! *follower* and gets a [`Waiter`]. The leader publishes one value with
+//! [`Flight::complete`]; every waiter receives a clone of it.
+//!
+//! The subtle parts, in the order they bite:
+//! - A follower subscribes while holding the map lock, so it can never miss a
+//!   value published between its look-up and its wait.
+//! - The flight leaves the map *before* its value is published. A caller that
+//!   arrives after that starts a new flight instead of reading an old value; the
+//!   caller is expected to have stored anything reusable (in the cache) first.
+//! - A leader that is dropped without completing (its task panicked or was
+//!   cancelled) publishes nothing; waiters see [`WaitError::Abandoned`] at once
+//!   rather than waiting out their timeout, and may retry.
+//! - Waiting is bounded: [`Waiter::wait`] gives up after its timeout.
+//!
+//! The leader should run its load in a spawned task that owns the `Flight`, so
+//! that the load completes for the waiters even if the leader's own client
+//! goes away. The cluster reuses this module for peer fetches.
+
+use std::collections::HashMap;
+use std::hash::Hash;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+use tokio::sync::watch;
+
+/// A set of in-flight loads, keyed.
+pub struct Group<K, V> {
+    flights: Mutex<HashMap<K, watch::Receiver<Option<V>>>>,
+}
+
+/// What [`Group::join`] made of the caller.
+pub enum Join<K: Hash + Eq + Clone, V: Clone> {
+    /// Nobody was loading this key: the caller must load it and complete the flight.
+    Leader(Flight<K, V>),
+    /// Someone is loading it: wait for their value.
+    Follower(Waiter<V>),
+}
+
+/// The leader's side of a load. Completing or dropping it closes the flight.
+pub struct Flight<K: Hash + Eq + Clone, V: Clone> {
+    group: Arc<Group<K, V>>,
+    key: K,
+    sender: watch::Sender<Option<V>>,
+}
+
+/// A follower's side of a load.
+pub struct Waiter<V> {
+    receiver: watch::Receiver<Option<V>>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum WaitError {
+    #[error("the load did not finish in time")]
+    Timeout,
+    #[error("the leader gave up without a result")]
+    Abandoned,
+}
+
+impl<K: Hash + Eq + Clone, V: Clone> Group<K, V> {
+    pub fn new() -> Arc<Self> {
+        Arc::new(Group {
+            flights: Mutex::new(HashMap::new()),
+        })
+    }
+
+    /// Join the flight for `key`, starting one if there is none.
+    pub fn join(self: &Arc<Self>, key: K) -> Join<K, V> {
+        let mut flights = self.lock();
+        if let Some(receiver) = flights.get(&key) {
+            return Join::Follower(Waiter {
+                receiver: receiver.clone(),
+            });
+        }
+        let (sender, receiver) = watch::channel(None);
+        flights.insert(key.clone(), receiver);
+        Join::Leader(Flight {
+            group: Arc::clone(self),
+            key,
+            sender,
+        })
+    }
+
+    /// Number of keys being loaded right now.
+    pub fn in_flight(&self) -> usize {
+        self.lock().len()
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<K, watch::Receiver<Option<V>>>> {
+        // A panic while holding this lock cannot leave the map inconsistent
+        // (every operation is a single insert/remove), so poisoning is ignored.
+        self.flights.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+impl<K: Hash + Eq + Clone, V: Clone> Flight<K, V> {
+    pub fn key(&self) -> &K {
+        &self.key
+    }
+
+    /// Publish the value to every waiter and close the flight.
+    pub fn complete(self, value: V) {
+        self.group.lock().remove(&self.key);
+        self.sender.send_replace(Some(value));
+        // Drop runs next; removing an absent key is a no-op.
+    }
+}
+
+impl<K: Hash + Eq + Clone, V: Clone> Drop for Flight<K, V> {
+    fn drop(&mut self) {
+        // Completed flights were removed already. An abandoned one is removed
+        // here, and dropping `sender` wakes the waiters with Abandoned.
+        let mut flights = self.group.lock();
+        if let Some(receiver) = flights.get(&self.key) {
+            if receiver.same_channel(&self.sender.subscribe()) {
+                flights.remove(&self.key);
+            }
+        }
+    }
+}
+
+impl<V: Clone> Waiter<V> {
+    /// Wait for the leader's value, at most `timeout`.
+    pub async fn wait(mut self, timeout: Duration) -> Result<V, WaitError> {
+        let wait = self.receiver.wait_for(|value| value.is_some());
+        match tokio::time::timeout(timeout, wait).await {
+            Err(_) => Err(WaitError::Timeout),
+            Ok(Err(_)) => Err(WaitError::Abandoned),
+            Ok(Ok(value)) => value.clone().ok_or(WaitError::Abandoned),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    #[tokio::test]
+    async fn concurrent_joins_share_one_load() {
+        let group: Arc<Group<&str, u32>> = Group::new();
+        let loads = Arc::new(AtomicUsize::new(0));
+        let mut tasks = Vec::new();
+        for _ in 0..100 {
+            let group = group.clone();
+            let loads = loads.clone();
+            tasks.push(tokio::spawn(async move {
+                match group.join("k") {
+                    Join::Leader(flight) => {
+                        loads.fetch_add(1, Ordering::SeqCst);
+                        tokio::time::sleep(Duration::from_millis(50)).await;
+                        flight.complete(7);
+                        7
+                    }
+                    Join::Follower(w) => w.wait(Duration::from_secs(5)).await.unwrap(),
+                }
+            }));
+        }
+        for t in tasks {
+            assert_eq!(t.await.unwrap(), 7);
+        }
+        assert_eq!(loads.load(Ordering::SeqCst), 1);
+        assert_eq!(group.in_flight(), 0);
+    }
+
+    #[tokio::test]
+    async fn an_abandoned_flight_releases_waiters_at_once() {
+        let group: Arc<Group<u8, u8>> = Group::new();
+        let Join::Leader(flight) = group.join(1) else {
+            panic!("first join leads")
+        };
+        let Join::Follower(waiter) = group.join(1) else {
+            panic!("second join follows")
+        };
+        let started = std::time::Instant::now();
+        drop(flight);
+        assert_eq!(
+            waiter.wait(Duration::from_secs(10)).await,
+            Err(WaitError::Abandoned)
+        );
+        assert!(started.elapsed() < Duration::from_secs(1));
+        assert!(
+            matches!(group.join(1), Join::Leader(_)),
+            "a new flight can start"
+        );
+    }
+
+    #[tokio::test]
+    async fn waiting_is_bounded() {
+        let group: Arc<Group<u8, u8>> = Group::new();
+        let _flight = group.join(1);
+        let Join::Follower(waiter) = group.join(1) else {
+            panic!("second join follows")
+        };
+        assert_eq!(
+            waiter.wait(Duration::from_millis(30)).await,
+            Err(WaitError::Timeout)
+        );
+    }
+
+    #[tokio::test]
+    async fn after_completion_the_next_join_leads_again() {
+        let group: Arc<Group<u8, u8>> = Group::new();
+        let Join::Leader(flight) = group.join(1) else {
+            panic!()
+        };
+        flight.complete(1);
+        assert!(matches!(group.join(1), Join::Leader(_)));
+    }
+
+    #[tokio::test]
+    async fn keys_are_independent() {
+        let group: Arc<Group<u8, u8>> = Group::new();
+        let _a = group.join(1);
+        assert!(matches!(group.join(2), Join::Leader(_)));
+    }
+
+    #[tokio::test]
+    async fn the_load_outlives_the_leaders_caller() {
+        // The leader hands its flight to a spawned task and then goes away (as
+        // a disconnected client would): the waiter still gets the value.
+        let group: Arc<Group<u8, u8>> = Group::new();
+        let Join::Leader(flight) = group.join(1) else {
+            panic!()
+        };
+        let Join::Follower(waiter) = group.join(1) else {
+            panic!()
+        };
+        let caller = tokio::spawn(async move {
+            tokio::spawn(async move {
+                tokio::time::sleep(Duration::from_millis(20)).await;
+                flight.complete(9);
+            });
+            std::future::pending::<()>().await;
+        });
+        caller.abort();
+        assert_eq!(waiter.wait(Duration::from_secs(5)).await, Ok(9));
+    }
+}
