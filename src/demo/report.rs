@@ -1,0 +1,312 @@
+//! The demo's numbers: what each phase measured, what ringside says about
+//! itself on `/metrics`, and the table that puts them side by side.
+//!
+//! Kept apart from the code that produces the numbers so that the arithmetic
+//! (percentiles, ratios) and the parsing of the Prometheus text can be tested
+//! without starting anything.
+
+use std::collections::BTreeMap;
+use std::fmt::Write as _;
+use std::time::Duration;
+
+/// What one run of the workload measured.
+#[derive(Debug, Clone, Default)]
+pub struct PhaseResult {
+    /// Requests the clients set out to send.
+    pub requests: u64,
+    /// Requests that failed: no response, a timeout, or a wrong answer.
+    pub errors: u64,
+    /// What went wrong first, for the message under the table.
+    pub first_error: Option<String>,
+    /// Requests that reached the origin, by the origin's own counter.
+    pub origin_requests: u64,
+    /// The latency of each successful request.
+    pub latencies: Vec<Duration>,
+    /// Wall time of the whole phase.
+    pub elapsed: Duration,
+}
+
+impl PhaseResult {
+    /// The `p`th percentile (0–100) of successful latencies, nearest rank.
+    pub fn percentile(&self, p: f64) -> Option<Duration> {
+        let mut sorted = self.latencies.clone();
+        sorted.sort_unstable();
+        percentile_of_sorted(&sorted, p)
+    }
+}
+
+fn percentile_of_sorted(sorted: &[Duration], p: f64) -> Option<Duration> {
+    if sorted.is_empty() {
+        return None;
+    }
+    let rank = (p / 100.0 * sorted.len() as f64).ceil() as usize;
+    Some(sorted[rank.clamp(1, sorted.len()) - 1])
+}
+
+/// ringside's own account of the phase, from its `/metrics`.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct RingsideView {
+    /// `ringside_requests_total` summed over methods, by `result` label.
+    pub requests: BTreeMap<String, u64>,
+    /// `ringside_origin_requests_total` summed over status classes.
+    pub origin_requests: u64,
+    /// `ringside_singleflight_coalesced_total`.
+    pub coalesced: u64,
+}
+
+impl RingsideView {
+    /// Read the counters the demo reports from Prometheus text.
+    pub fn parse(metrics: &str) -> RingsideView {
+        let mut view = RingsideView::default();
+        for (name, labels, value) in metrics.lines().filter_map(parse_sample) {
+            match name {
+                "ringside_requests_total" => {
+                    let result = label(labels, "result").unwrap_or("unknown");
+                    *view.requests.entry(result.to_owned()).or_default() += value;
+                }
+                "ringside_origin_requests_total" => view.origin_requests += value,
+                "ringside_singleflight_coalesced_total" => view.coalesced += value,
+                _ => {}
+            }
+        }
+        view
+    }
+
+    /// Requests answered with this `result` label.
+    pub fn count(&self, result: &str) -> u64 {
+        self.requests.get(result).copied().unwrap_or(0)
+    }
+
+    pub fn total(&self) -> u64 {
+        self.requests.values().sum()
+    }
+}
+
+/// `name{a="x",b="y"} 12` → (`name`, `a="x",b="y"`, 12). Comments and
+/// anything unparsable give `None`.
+fn parse_sample(line: &str) -> Option<(&str, &str, u64)> {
+    let line = line.trim();
+    if line.starts_with('#') {
+        return None;
+    }
+    let (series, value) = line.rsplit_once(' ')?;
+    let value: f64 = value.parse().ok()?;
+    let (name, labels) = match series.split_once('{') {
+        Some((name, rest)) => (name, rest.strip_suffix('}')?),
+        None => (series, ""),
+    };
+    let value = (value.is_finite() && value >= 0.0).then_some(value.round() as u64)?;
+    Some((name, labels, value))
+}
+
+/// The value of label `name` in `a="x",b="y"`.
+fn label<'a>(labels: &'a str, name: &str) -> Option<&'a str> {
+    labels.split(',').find_map(|pair| {
+        let (key, value) = pair.split_once('=')?;
+        (key.trim() == name).then(|| value.trim().trim_matches('"'))
+    })
+}
+
+/// Everything the table needs.
+pub struct Report<'a> {
+    pub without: &'a PhaseResult,
+    pub with: &'a PhaseResult,
+    /// `None` when `/metrics` could not be read.
+    pub ringside: Option<&'a RingsideView>,
+}
+
+impl Report<'_> {
+    /// The table, the notes under it, and the takeaway.
+    pub fn render(&self) -> String {
+        let mut out = String::new();
+        let hit_ratio = self
+            .ringside
+            .map(|v| ratio(v.count("hit"), self.with.requests));
+        let _ = writeln!(
+            out,
+            "{:<18}{:>9}{:>8}{:>17}{:>11}{:>10}{:>10}{:>8}",
+            "", "requests", "errors", "origin requests", "hit ratio", "p50", "p99", "time"
+        );
+        out.push_str(&row("without ringside", self.without, "-".into()));
+        let hit_ratio = match hit_ratio {
+            Some(Some(r)) => format!("{:.1} %", r * 100.0),
+            _ => "?".into(),
+        };
+        out.push_str(&row("with ringside", self.with, hit_ratio));
+        out.push('\n');
+        out.push_str(&self.ringside_notes());
+        out.push_str(&error_notes("without ringside", self.without));
+        out.push_str(&error_notes("with ringside", self.with));
+        out.push('\n');
+        out.push_str(&self.takeaway());
+        out
+    }
+
+    fn ringside_notes(&self) -> String {
+        let Some(view) = self.ringside else {
+            return "hit ratio: unknown, ringside's /metrics could not be read\n".into();
+        };
+        let mut out = format!(
+            "hit ratio = cache hits / requests, as ringside counts them on /metrics:\n  \
+             {} hit, {} miss ({} of them shared another request's origin fetch), \
+             {} stale, {} revalidated, {} error; {} origin fetches\n",
+            view.count("hit"),
+            view.count("miss"),
+            view.coalesced,
+            view.count("stale"),
+            view.count("revalidated"),
+            view.count("error"),
+            view.origin_requests,
+        );
+        if view.total() != self.with.requests {
+            let _ = writeln!(
+                out,
+                "  note: ringside counted {} requests, the clients sent {}",
+                view.total(),
+                self.with.requests
+            );
+        }
+        if view.origin_requests != self.with.origin_requests {
+            let _ = writeln!(
+                out,
+                "  note: ringside counted {} origin fetches, the origin counted {} requests",
+                view.origin_requests, self.with.origin_requests
+            );
+        }
+        out
+    }
+
+    fn takeaway(&self) -> String {
+        let (before, after) = (self.without.origin_requests, self.with.origin_requests);
+        let load = match after {
+            0 => format!("the origin served none of the {before} requests"),
+            _ => format!(
+                "origin load cut {:.1}x ({before} -> {after} requests)",
+                before as f64 / after as f64
+            ),
+        };
+        let median = match (self.without.percentile(50.0), self.with.percentile(50.0)) {
+            (Some(a), Some(b)) => format!("; median latency {} -> {}", ms(a), ms(b)),
+            _ => String::new(),
+        };
+        format!("With ringside: {load}{median}.\n")
+    }
+}
+
+fn row(name: &str, phase: &PhaseResult, hit_ratio: String) -> String {
+    let p50 = phase.percentile(50.0).map_or("-".into(), ms);
+    let p99 = phase.percentile(99.0).map_or("-".into(), ms);
+    format!(
+        "{:<18}{:>9}{:>8}{:>17}{:>11}{:>10}{:>10}{:>8}\n",
+        name,
+        phase.requests,
+        phase.errors,
+        phase.origin_requests,
+        hit_ratio,
+        p50,
+        p99,
+        format!("{:.1} s", phase.elapsed.as_secs_f64()),
+    )
+}
+
+fn error_notes(name: &str, phase: &PhaseResult) -> String {
+    match (&phase.first_error, phase.errors) {
+        (Some(first), n) if n > 0 => {
+            format!("{name}: {n} request(s) failed; the first: {first}\n")
+        }
+        _ => String::new(),
+    }
+}
+
+fn ratio(part: u64, whole: u64) -> Option<f64> {
+    (whole > 0).then(|| part as f64 / whole as f64)
+}
+
+/// Milliseconds, with two decimals below 1 ms where one would say little.
+fn ms(d: Duration) -> String {
+    let ms = d.as_secs_f64() * 1000.0;
+    if ms < 1.0 {
+        format!("{ms:.2} ms")
+    } else {
+        format!("{ms:.1} ms")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const METRICS: &str = r#"# HELP ringside_requests_total Client requests answered, by cache result and method.
+# TYPE ringside_requests_total counter
+ringside_requests_total{method="GET",result="hit"} 2790
+ringside_requests_total{method="HEAD",result="hit"} 10
+ringside_requests_total{method="GET",result="miss"} 200
+ringside_requests_total{method="GET",result="error"} 0
+ringside_origin_requests_total{status_class="2xx"} 140
+ringside_origin_requests_total{status_class="error"} 1
+ringside_singleflight_coalesced_total 59
+ringside_request_duration_seconds_bucket{result="hit",le="0.00005"} 12
+"#;
+
+    #[test]
+    fn metrics_are_summed_over_methods_and_classes() {
+        let view = RingsideView::parse(METRICS);
+        assert_eq!(view.count("hit"), 2800);
+        assert_eq!(view.count("miss"), 200);
+        assert_eq!(view.count("stale"), 0);
+        assert_eq!(view.total(), 3000);
+        assert_eq!(view.origin_requests, 141);
+        assert_eq!(view.coalesced, 59);
+    }
+
+    #[test]
+    fn label_order_does_not_matter() {
+        let view = RingsideView::parse(r#"ringside_requests_total{result="hit",method="GET"} 3"#);
+        assert_eq!(view.count("hit"), 3);
+    }
+
+    #[test]
+    fn percentiles_use_nearest_rank() {
+        let phase = PhaseResult {
+            latencies: (1..=100).rev().map(Duration::from_millis).collect(),
+            ..PhaseResult::default()
+        };
+        assert_eq!(phase.percentile(50.0), Some(Duration::from_millis(50)));
+        assert_eq!(phase.percentile(99.0), Some(Duration::from_millis(99)));
+        assert_eq!(phase.percentile(100.0), Some(Duration::from_millis(100)));
+        assert_eq!(phase.percentile(0.0), Some(Duration::from_millis(1)));
+        assert_eq!(PhaseResult::default().percentile(50.0), None);
+    }
+
+    #[test]
+    fn table_shows_errors_and_the_takeaway() {
+        let without = PhaseResult {
+            requests: 3000,
+            origin_requests: 3000,
+            latencies: vec![Duration::from_millis(50); 3000],
+            elapsed: Duration::from_secs(5),
+            ..PhaseResult::default()
+        };
+        let with = PhaseResult {
+            requests: 3000,
+            errors: 2,
+            first_error: Some("timed out".into()),
+            origin_requests: 150,
+            latencies: vec![Duration::from_micros(200); 2998],
+            elapsed: Duration::from_secs(1),
+        };
+        let view = RingsideView::parse(METRICS);
+        let text = Report {
+            without: &without,
+            with: &with,
+            ringside: Some(&view),
+        }
+        .render();
+        assert!(text.contains("93.3 %"), "{text}");
+        assert!(text.contains("50.0 ms"), "{text}");
+        assert!(text.contains("0.20 ms"), "{text}");
+        assert!(text.contains("with ringside: 2 request(s) failed; the first: timed out"));
+        assert!(text.contains("origin load cut 20.0x (3000 -> 150 requests)"));
+        assert!(text.contains("ringside counted 141 origin fetches, the origin counted 150"));
+    }
+}

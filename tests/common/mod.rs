@@ -1,0 +1,184 @@
+//! Shared test harness: a real origin ([`origin::Origin`]), real ringside
+//! processes ([`Ringside`]) and a real HTTP/1.1 client (the demo's).
+//!
+//! Every server listens on 127.0.0.1 with a port picked free by the OS, and
+//! is stopped when its handle drops.
+#![allow(dead_code)]
+
+pub mod origin;
+
+pub use ringside::demo::client::{get, Conn, Response};
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+/// A port the OS just handed out and released.
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("a free port")
+}
+
+/// A running ringside process.
+pub struct Ringside {
+    child: Option<Child>,
+    pub addr: SocketAddr,
+    pub admin: SocketAddr,
+    config_path: PathBuf,
+    log_path: PathBuf,
+}
+
+impl Ringside {
+    /// Start ringside in front of `origin_url`; `extra` is YAML appended at
+    /// the top level (e.g. a `cache:` section).
+    pub async fn start(origin_url: &str, extra: &str) -> Ringside {
+        let origin =
+            format!("origin:\n  url: {origin_url}\n  connect_timeout: 1s\n  read_timeout: 2s\n");
+        Ringside::start_yaml(&format!("{origin}{extra}")).await
+    }
+
+    /// Start ringside with `yaml` plus generated listen addresses.
+    pub async fn start_yaml(yaml: &str) -> Ringside {
+        let addr: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+        let admin: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+        let dir = std::env::temp_dir();
+        let config_path = dir.join(format!("ringside-test-{}.yaml", addr.port()));
+        let log_path = dir.join(format!("ringside-test-{}.log", addr.port()));
+        let config = format!(
+            "listen: {addr}\nadmin_listen: {admin}\nthreads: 2\nshutdown_grace: 5s\nlog_level: info\n{yaml}"
+        );
+        std::fs::write(&config_path, config).expect("write config");
+        let log = std::fs::File::create(&log_path).expect("log file");
+        let child = Command::new(env!("CARGO_BIN_EXE_ringside"))
+            .arg("--config")
+            .arg(&config_path)
+            .stdout(log.try_clone().expect("log"))
+            .stderr(log)
+            .spawn()
+            .expect("start ringside");
+        let mut ringside = Ringside {
+            child: Some(child),
+            addr,
+            admin,
+            config_path,
+            log_path,
+        };
+        ringside.wait_ready().await;
+        ringside
+    }
+
+    async fn wait_ready(&mut self) {
+        let deadline = Instant::now() + Duration::from_secs(15);
+        while Instant::now() < deadline {
+            if let Ok(r) = get(self.admin, "/readyz").await {
+                if r.status == 200 {
+                    return;
+                }
+            }
+            if let Some(Ok(Some(status))) = self.child.as_mut().map(|c| c.try_wait()) {
+                panic!("ringside exited with {status}: {}", self.log());
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        panic!("ringside never became ready: {}", self.log());
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().map(|c| c.id()).unwrap_or(0)
+    }
+
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(&self.log_path).unwrap_or_default()
+    }
+
+    /// GET `path` from the app-facing listener on a fresh connection.
+    pub async fn get(&self, path: &str) -> Response {
+        get(self.addr, path).await.expect("request to ringside")
+    }
+
+    /// A request with headers, on a fresh connection.
+    pub async fn request(&self, method: &str, path: &str, headers: &[(&str, &str)]) -> Response {
+        let mut conn = Conn::connect(self.addr).await.expect("connect to ringside");
+        conn.request(method, path, headers)
+            .await
+            .expect("request to ringside")
+    }
+
+    /// The admin listener's /metrics text.
+    pub async fn metrics(&self) -> String {
+        get(self.admin, "/metrics").await.expect("metrics").text()
+    }
+
+    /// Sum of every sample of `name` whose labels contain all of `labels`
+    /// (each like `result="hit"`).
+    pub async fn metric(&self, name: &str, labels: &[&str]) -> f64 {
+        metric_sum(&self.metrics().await, name, labels)
+    }
+
+    /// Send SIGTERM and wait for the exit; returns how long it took.
+    pub fn terminate(&mut self) -> Option<Duration> {
+        let child = self.child.as_mut()?;
+        let started = Instant::now();
+        let _ = Command::new("kill")
+            .arg("-TERM")
+            .arg(child.id().to_string())
+            .status();
+        while started.elapsed() < Duration::from_secs(15) {
+            if let Ok(Some(_)) = child.try_wait() {
+                self.child = None;
+                return Some(started.elapsed());
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        None
+    }
+
+    pub fn is_running(&mut self) -> bool {
+        matches!(self.child.as_mut().map(|c| c.try_wait()), Some(Ok(None)))
+    }
+}
+
+impl Drop for Ringside {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+        let _ = std::fs::remove_file(&self.config_path);
+        let _ = std::fs::remove_file(&self.log_path);
+    }
+}
+
+/// Sum the samples of `name` (exact metric name, no suffix) matching `labels`.
+pub fn metric_sum(text: &str, name: &str, labels: &[&str]) -> f64 {
+    text.lines()
+        .filter(|l| !l.starts_with('#'))
+        .filter(|l| {
+            l.starts_with(name) && matches!(l.as_bytes().get(name.len()), Some(b'{') | Some(b' '))
+        })
+        .filter(|l| labels.iter().all(|want| l.contains(want)))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
+}
+
+/// Send raw bytes to `addr` and return whatever comes back before the
+/// server closes or 2 s pass. For malformed-request tests.
+pub fn raw_exchange(addr: SocketAddr, bytes: &[u8]) -> String {
+    let mut stream = TcpStream::connect(addr).expect("connect");
+    stream
+        .set_read_timeout(Some(Duration::from_secs(2)))
+        .expect("timeout");
+    let _ = stream.write_all(bytes);
+    let mut out = Vec::new();
+    let mut buf = [0u8; 4096];
+    loop {
+        match stream.read(&mut buf) {
+            Ok(0) | Err(_) => break,
+            Ok(n) => out.extend_from_slice(&buf[..n]),
+        }
+    }
+    String::from_utf8_lossy(&out).to_string()
+}

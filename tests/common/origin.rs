@@ -1,0 +1,319 @@
+//! A real HTTP/1.1 origin for the tests, on 127.0.0.1 and an ephemeral port.
+//!
+//! Each response is described by the request's query string, so a test says
+//! what the origin should answer in the URL it asks ringside for:
+//!
+//! | parameter      | effect                                                        |
+//! |----------------|---------------------------------------------------------------|
+//! | `cc=V`         | `Cache-Control: V`                                            |
+//! | `status=N`     | status code (default 200)                                     |
+//! | `etag=V`       | `ETag: "V"`; answers 304 when If-None-Match carries it        |
+//! | `lm=1`         | `Last-Modified` fixed in the past; 304 on If-Modified-Since   |
+//! | `expires=N`    | `Expires` N seconds from now (negative: past)                 |
+//! | `age=N`        | `Age: N`                                                      |
+//! | `vary=H`       | `Vary: H`; the body echoes the request's H                    |
+//! | `cookie=1`     | `Set-Cookie: session=...`                                     |
+//! | `size=N`       | body of N bytes (default: a short text naming the hit count)  |
+//! | `chunked=1`    | chunked transfer encoding instead of Content-Length           |
+//! | `delay_ms=N`   | wait N ms before answering                                    |
+//! | `nodate=1`     | no Date header                                                |
+//!
+//! The origin counts requests per path-and-query and keeps the last request's
+//! headers, so tests assert from the origin's own view. [`Origin::set_failing`]
+//! makes it answer 503 to everything; [`Origin::stop`] closes the listener.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+
+#[derive(Default)]
+struct State {
+    hits: Mutex<HashMap<String, u64>>,
+    last_headers: Mutex<HashMap<String, Vec<(String, String)>>>,
+    total: AtomicU64,
+    failing: AtomicBool,
+    stopped: AtomicBool,
+}
+
+pub struct Origin {
+    pub addr: SocketAddr,
+    state: Arc<State>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Origin {
+    pub async fn start() -> Origin {
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind origin");
+        let addr = listener.local_addr().expect("origin addr");
+        let state = Arc::new(State::default());
+        let accept_state = state.clone();
+        let task = tokio::spawn(async move {
+            while let Ok((stream, _)) = listener.accept().await {
+                tokio::spawn(serve_connection(stream, accept_state.clone()));
+            }
+        });
+        Origin { addr, state, task }
+    }
+
+    pub fn url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    /// Requests seen for exactly this path and query.
+    pub fn hits(&self, target: &str) -> u64 {
+        let hits = self.state.hits.lock().unwrap();
+        hits.get(target).copied().unwrap_or(0)
+    }
+
+    pub fn total_hits(&self) -> u64 {
+        self.state.total.load(Ordering::SeqCst)
+    }
+
+    /// The headers of the last request for this path and query (lowercase names).
+    pub fn last_request_header(&self, target: &str, name: &str) -> Option<String> {
+        let all = self.state.last_headers.lock().unwrap();
+        all.get(target)?
+            .iter()
+            .find(|(n, _)| n == name)
+            .map(|(_, v)| v.clone())
+    }
+
+    pub fn set_failing(&self, failing: bool) {
+        self.state.failing.store(failing, Ordering::SeqCst);
+    }
+
+    /// Stop: new connections are refused, open ones are closed unanswered.
+    pub fn stop(&self) {
+        self.state.stopped.store(true, Ordering::SeqCst);
+        self.task.abort();
+    }
+}
+
+impl Drop for Origin {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+async fn serve_connection(mut stream: TcpStream, state: Arc<State>) {
+    let mut buf = Vec::with_capacity(4096);
+    loop {
+        let Some(head_end) = read_head(&mut stream, &mut buf).await else {
+            return;
+        };
+        if state.stopped.load(Ordering::SeqCst) {
+            return;
+        }
+        let head = String::from_utf8_lossy(&buf[..head_end]).to_string();
+        buf.drain(..head_end + 4);
+        let mut lines = head.split("\r\n");
+        let request_line = lines.next().unwrap_or("");
+        let mut parts = request_line.split(' ');
+        let method = parts.next().unwrap_or("").to_string();
+        let target = parts.next().unwrap_or("/").to_string();
+        let headers: Vec<(String, String)> = lines
+            .filter_map(|l| l.split_once(':'))
+            .map(|(n, v)| (n.trim().to_ascii_lowercase(), v.trim().to_string()))
+            .collect();
+        // Discard a request body announced by Content-Length.
+        let body_len: usize = header(&headers, "content-length")
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(0);
+        while buf.len() < body_len {
+            let mut chunk = [0u8; 8192];
+            match stream.read(&mut chunk).await {
+                Ok(0) | Err(_) => return,
+                Ok(n) => buf.extend_from_slice(&chunk[..n]),
+            }
+        }
+        let request_body: Vec<u8> = buf.drain(..body_len).collect();
+        let count = {
+            let mut hits = state.hits.lock().unwrap();
+            let n = hits.entry(target.clone()).or_insert(0);
+            *n += 1;
+            *n
+        };
+        state.total.fetch_add(1, Ordering::SeqCst);
+        state
+            .last_headers
+            .lock()
+            .unwrap()
+            .insert(target.clone(), headers.clone());
+        let response = respond(&method, &target, &headers, &request_body, count, &state).await;
+        if stream.write_all(&response).await.is_err() {
+            return;
+        }
+    }
+}
+
+async fn read_head(stream: &mut TcpStream, buf: &mut Vec<u8>) -> Option<usize> {
+    loop {
+        if let Some(pos) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+            return Some(pos);
+        }
+        let mut chunk = [0u8; 8192];
+        match stream.read(&mut chunk).await {
+            Ok(0) | Err(_) => return None,
+            Ok(n) => buf.extend_from_slice(&chunk[..n]),
+        }
+    }
+}
+
+fn header<'a>(headers: &'a [(String, String)], name: &str) -> Option<&'a str> {
+    headers
+        .iter()
+        .find(|(n, _)| n == name)
+        .map(|(_, v)| v.as_str())
+}
+
+fn query(target: &str) -> HashMap<String, String> {
+    let q = target.split_once('?').map(|(_, q)| q).unwrap_or("");
+    q.split('&')
+        .filter_map(|kv| kv.split_once('='))
+        .map(|(k, v)| (k.to_string(), percent_decode(v)))
+        .collect()
+}
+
+fn percent_decode(s: &str) -> String {
+    let bytes = s.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        match bytes[i] {
+            b'%' if i + 2 < bytes.len() => {
+                let hex = std::str::from_utf8(&bytes[i + 1..i + 3]).unwrap_or("");
+                match u8::from_str_radix(hex, 16) {
+                    Ok(b) => {
+                        out.push(b);
+                        i += 3;
+                    }
+                    Err(_) => {
+                        out.push(b'%');
+                        i += 1;
+                    }
+                }
+            }
+            b'+' => {
+                out.push(b' ');
+                i += 1;
+            }
+            b => {
+                out.push(b);
+                i += 1;
+            }
+        }
+    }
+    String::from_utf8_lossy(&out).to_string()
+}
+
+const LAST_MODIFIED: &str = "Wed, 21 Oct 2015 07:28:00 GMT";
+
+async fn respond(
+    method: &str,
+    target: &str,
+    req: &[(String, String)],
+    request_body: &[u8],
+    count: u64,
+    state: &State,
+) -> Vec<u8> {
+    let q = query(target);
+    if let Some(ms) = q.get("delay_ms").and_then(|v| v.parse().ok()) {
+        tokio::time::sleep(Duration::from_millis(ms)).await;
+    }
+    let mut status: u16 = q.get("status").and_then(|v| v.parse().ok()).unwrap_or(200);
+    if state.failing.load(Ordering::SeqCst) {
+        status = 503;
+    }
+    let mut headers: Vec<(String, String)> = Vec::new();
+    if !q.contains_key("nodate") {
+        headers.push((
+            "Date".into(),
+            httpdate::fmt_http_date(std::time::SystemTime::now()),
+        ));
+    }
+    if let Some(cc) = q.get("cc") {
+        headers.push(("Cache-Control".into(), cc.clone()));
+    }
+    if let Some(secs) = q.get("expires").and_then(|v| v.parse::<i64>().ok()) {
+        let now = std::time::SystemTime::now();
+        let at = if secs >= 0 {
+            now + Duration::from_secs(secs as u64)
+        } else {
+            now - Duration::from_secs((-secs) as u64)
+        };
+        headers.push(("Expires".into(), httpdate::fmt_http_date(at)));
+    }
+    if let Some(age) = q.get("age") {
+        headers.push(("Age".into(), age.clone()));
+    }
+    if q.contains_key("cookie") {
+        headers.push(("Set-Cookie".into(), format!("session={count}; Path=/")));
+    }
+    let mut not_modified = false;
+    if let Some(etag) = q.get("etag") {
+        let quoted = format!("\"{etag}\"");
+        if header(req, "if-none-match").is_some_and(|v| v.contains(&quoted)) {
+            not_modified = true;
+        }
+        headers.push(("ETag".into(), quoted));
+    }
+    if q.contains_key("lm") {
+        if header(req, "if-modified-since") == Some(LAST_MODIFIED) {
+            not_modified = true;
+        }
+        headers.push(("Last-Modified".into(), LAST_MODIFIED.into()));
+    }
+    let mut body = match q.get("size").and_then(|v| v.parse::<usize>().ok()) {
+        Some(n) => vec![b'x'; n],
+        None => format!("{method} {target} #{count}").into_bytes(),
+    };
+    if let Some(vary) = q.get("vary") {
+        headers.push(("Vary".into(), vary.clone()));
+        let value = header(req, &vary.to_ascii_lowercase()).unwrap_or("-");
+        body = format!("{vary}={value} #{count}").into_bytes();
+    }
+    if method == "POST" || method == "PUT" {
+        body = [b"echo:".as_slice(), request_body].concat();
+    }
+    if not_modified && status == 200 {
+        status = 304;
+    }
+    let reason = match status {
+        200 => "OK",
+        304 => "Not Modified",
+        404 => "Not Found",
+        500 => "Internal Server Error",
+        503 => "Service Unavailable",
+        _ => "Status",
+    };
+    let mut out = format!("HTTP/1.1 {status} {reason}\r\n");
+    for (n, v) in &headers {
+        out.push_str(&format!("{n}: {v}\r\n"));
+    }
+    out.push_str(&format!("X-Origin-Count: {count}\r\n"));
+    let no_body = status == 304 || status == 204 || method == "HEAD";
+    if no_body {
+        out.push_str("\r\n");
+        return out.into_bytes();
+    }
+    let mut bytes;
+    if q.contains_key("chunked") {
+        out.push_str("Transfer-Encoding: chunked\r\n\r\n");
+        bytes = out.into_bytes();
+        for piece in body.chunks(16 * 1024) {
+            bytes.extend_from_slice(format!("{:x}\r\n", piece.len()).as_bytes());
+            bytes.extend_from_slice(piece);
+            bytes.extend_from_slice(b"\r\n");
+        }
+        bytes.extend_from_slice(b"0\r\n\r\n");
+    } else {
+        out.push_str(&format!("Content-Length: {}\r\n\r\n", body.len()));
+        bytes = out.into_bytes();
+        bytes.extend_from_slice(&body);
+    }
+    bytes
+}

@@ -1,0 +1,420 @@
+//! RFC 9111 behaviour of a real ringside process in front of a real origin:
+//! what is stored, for how long, how it is revalidated, and what each
+//! response says about it in Cache-Status.
+
+mod common;
+use common::origin::Origin;
+use common::Ringside;
+use std::time::Duration;
+
+/// ringside with no default TTL: only the origin's own headers make things cacheable.
+async fn setup() -> (Origin, Ringside) {
+    let origin = Origin::start().await;
+    let ringside = Ringside::start(&origin.url(), "").await;
+    (origin, ringside)
+}
+
+#[tokio::test]
+async fn max_age_response_is_served_from_cache_with_age() {
+    let (origin, rs) = setup().await;
+    let path = "/a?cc=max-age%3D60";
+    let first = rs.get(path).await;
+    assert_eq!(first.status, 200);
+    assert!(first
+        .header("cache-status")
+        .unwrap()
+        .contains("fwd=uri-miss"));
+    assert!(first.header("cache-status").unwrap().contains("stored"));
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    let second = rs.get(path).await;
+    assert_eq!(second.status, 200);
+    assert_eq!(second.body, first.body);
+    assert!(second.header("cache-status").unwrap().contains("hit"));
+    let age: u64 = second.header("age").unwrap().parse().unwrap();
+    assert!(age >= 1, "age {age}");
+    assert_eq!(origin.hits(path), 1);
+}
+
+#[tokio::test]
+async fn s_maxage_wins_over_max_age() {
+    let (origin, rs) = setup().await;
+    let path = "/s?cc=max-age%3D60%2C%20s-maxage%3D1";
+    rs.get(path).await;
+    rs.get(path).await;
+    assert_eq!(origin.hits(path), 1);
+    tokio::time::sleep(Duration::from_millis(1200)).await;
+    rs.get(path).await;
+    assert_eq!(origin.hits(path), 2, "s-maxage=1 expired the entry");
+}
+
+#[tokio::test]
+async fn origin_age_counts_against_freshness() {
+    let (origin, rs) = setup().await;
+    // Already 100 s old with a 60 s lifetime: stale on arrival, not served from cache.
+    let path = "/old?cc=max-age%3D60&age=100";
+    rs.get(path).await;
+    let second = rs.get(path).await;
+    assert_eq!(origin.hits(path), 2);
+    assert!(second.header("age").is_some());
+}
+
+#[tokio::test]
+async fn expires_gives_freshness_and_past_expires_does_not() {
+    let (origin, rs) = setup().await;
+    let fresh = "/e?expires=60";
+    rs.get(fresh).await;
+    rs.get(fresh).await;
+    assert_eq!(origin.hits(fresh), 1);
+    let past = "/e?expires=-60";
+    rs.get(past).await;
+    rs.get(past).await;
+    assert_eq!(origin.hits(past), 2);
+}
+
+#[tokio::test]
+async fn no_freshness_information_is_not_stored_without_a_rule() {
+    let (origin, rs) = setup().await;
+    let path = "/plain";
+    let r = rs.get(path).await;
+    assert!(r
+        .header("cache-status")
+        .unwrap()
+        .contains("detail=no-freshness"));
+    rs.get(path).await;
+    assert_eq!(origin.hits(path), 2);
+}
+
+#[tokio::test]
+async fn rule_ttl_applies_only_where_the_origin_says_nothing() {
+    let origin = Origin::start().await;
+    let rs = Ringside::start(
+        &origin.url(),
+        "cache:\n  rules:\n    - {prefix: /ttl/, ttl: 60s}\n    - {prefix: /never/, bypass: true}\n",
+    )
+    .await;
+    rs.get("/ttl/x").await;
+    rs.get("/ttl/x").await;
+    assert_eq!(origin.hits("/ttl/x"), 1, "rule TTL made it cacheable");
+    // The origin's max-age=0 wins over the rule.
+    let zero = "/ttl/y?cc=max-age%3D0";
+    rs.get(zero).await;
+    rs.get(zero).await;
+    assert_eq!(origin.hits(zero), 2);
+    let bypass = "/never/z?cc=max-age%3D60";
+    let r = rs.get(bypass).await;
+    assert!(r.header("cache-status").unwrap().contains("fwd=bypass"));
+    rs.get(bypass).await;
+    assert_eq!(origin.hits(bypass), 2);
+}
+
+#[tokio::test]
+async fn no_store_and_private_are_never_stored() {
+    let (origin, rs) = setup().await;
+    for path in [
+        "/ns?cc=no-store%2C%20max-age%3D60",
+        "/pv?cc=private%2C%20max-age%3D60",
+    ] {
+        rs.get(path).await;
+        let r = rs.get(path).await;
+        assert_eq!(origin.hits(path), 2, "{path}");
+        assert!(!r.header("cache-status").unwrap().contains("hit"), "{path}");
+    }
+}
+
+#[tokio::test]
+async fn private_response_is_never_served_to_another_user() {
+    let (origin, rs) = setup().await;
+    let path = "/me?cc=private%2C%20max-age%3D60";
+    let alice = rs
+        .request("GET", path, &[("authorization", "Bearer alice")])
+        .await;
+    let bob = rs
+        .request("GET", path, &[("authorization", "Bearer bob")])
+        .await;
+    assert_ne!(alice.body, bob.body, "bob got alice's private response");
+    assert_eq!(origin.hits(path), 2);
+}
+
+#[tokio::test]
+async fn authorization_requests_are_stored_only_when_the_origin_allows() {
+    let (origin, rs) = setup().await;
+    let auth = [("authorization", "Bearer t")];
+    let plain = "/auth?cc=max-age%3D60";
+    rs.request("GET", plain, &auth).await;
+    rs.request("GET", plain, &auth).await;
+    assert_eq!(
+        origin.hits(plain),
+        2,
+        "max-age alone does not allow sharing"
+    );
+    for allowed in [
+        "/auth?cc=public%2C%20max-age%3D60",
+        "/auth?cc=s-maxage%3D60",
+        "/auth?cc=must-revalidate%2C%20max-age%3D60",
+    ] {
+        rs.request("GET", allowed, &auth).await;
+        rs.request("GET", allowed, &auth).await;
+        assert_eq!(origin.hits(allowed), 1, "{allowed}");
+    }
+}
+
+#[tokio::test]
+async fn set_cookie_responses_are_not_stored_by_default() {
+    let (origin, rs) = setup().await;
+    let path = "/c?cc=max-age%3D60&cookie=1";
+    let first = rs.get(path).await;
+    let second = rs.get(path).await;
+    assert_eq!(origin.hits(path), 2);
+    assert_ne!(first.header("set-cookie"), second.header("set-cookie"));
+}
+
+#[tokio::test]
+async fn set_cookie_responses_are_stored_when_configured() {
+    let origin = Origin::start().await;
+    let rs = Ringside::start(&origin.url(), "cache:\n  cache_set_cookie: true\n").await;
+    let path = "/c?cc=max-age%3D60&cookie=1";
+    rs.get(path).await;
+    rs.get(path).await;
+    assert_eq!(origin.hits(path), 1);
+}
+
+#[tokio::test]
+async fn vary_star_is_not_stored() {
+    let (origin, rs) = setup().await;
+    let path = "/v?cc=max-age%3D60&vary=*";
+    rs.get(path).await;
+    rs.get(path).await;
+    assert_eq!(origin.hits(path), 2);
+}
+
+#[tokio::test]
+async fn vary_keys_variants_separately() {
+    let (origin, rs) = setup().await;
+    let path = "/lang?cc=max-age%3D60&vary=Accept-Language";
+    let en = rs.request("GET", path, &[("accept-language", "en")]).await;
+    let fr = rs.request("GET", path, &[("accept-language", "fr")]).await;
+    assert!(en.text().starts_with("Accept-Language=en"), "{}", en.text());
+    assert!(fr.text().starts_with("Accept-Language=fr"), "{}", fr.text());
+    let en2 = rs.request("GET", path, &[("accept-language", "en")]).await;
+    let fr2 = rs.request("GET", path, &[("accept-language", "fr")]).await;
+    assert_eq!(en2.body, en.body);
+    assert_eq!(fr2.body, fr.body);
+    assert!(en2.header("cache-status").unwrap().contains("hit"));
+    assert!(fr2.header("cache-status").unwrap().contains("hit"));
+    assert_eq!(origin.hits(path), 2, "one fetch per variant");
+}
+
+#[tokio::test]
+async fn no_cache_response_is_revalidated_every_time_and_304_refreshes() {
+    let (origin, rs) = setup().await;
+    let path = "/nc?cc=no-cache&etag=v1";
+    let first = rs.get(path).await;
+    assert_eq!(first.status, 200);
+    let second = rs.get(path).await;
+    assert_eq!(second.status, 200);
+    assert_eq!(
+        second.body, first.body,
+        "served the stored body after a 304"
+    );
+    assert!(second
+        .header("cache-status")
+        .unwrap()
+        .contains("fwd-status=304"));
+    assert_eq!(origin.hits(path), 2);
+    assert_eq!(
+        origin.last_request_header(path, "if-none-match").as_deref(),
+        Some("\"v1\"")
+    );
+}
+
+#[tokio::test]
+async fn stale_entry_is_revalidated_with_if_modified_since() {
+    let (origin, rs) = setup().await;
+    let path = "/lm?cc=max-age%3D1&lm=1";
+    let first = rs.get(path).await;
+    tokio::time::sleep(Duration::from_millis(1200)).await;
+    let second = rs.get(path).await;
+    assert_eq!(second.body, first.body);
+    assert!(second
+        .header("cache-status")
+        .unwrap()
+        .contains("fwd-status=304"));
+    assert!(origin
+        .last_request_header(path, "if-modified-since")
+        .is_some());
+    // The 304 refreshed freshness: the next request is a plain hit.
+    let third = rs.get(path).await;
+    assert!(third.header("cache-status").unwrap().contains("hit"));
+    assert_eq!(origin.hits(path), 2);
+}
+
+#[tokio::test]
+async fn client_conditional_requests_get_304_from_cache() {
+    let (origin, rs) = setup().await;
+    let path = "/cond?cc=max-age%3D60&etag=abc&lm=1";
+    rs.get(path).await;
+    let inm = rs
+        .request("GET", path, &[("if-none-match", "\"abc\"")])
+        .await;
+    assert_eq!(inm.status, 304);
+    assert!(inm.body.is_empty());
+    assert_eq!(inm.header("etag"), Some("\"abc\""));
+    let weak = rs
+        .request("GET", path, &[("if-none-match", "W/\"abc\"")])
+        .await;
+    assert_eq!(weak.status, 304, "weak comparison for If-None-Match");
+    let other = rs
+        .request("GET", path, &[("if-none-match", "\"zzz\"")])
+        .await;
+    assert_eq!(other.status, 200);
+    let ims = rs
+        .request(
+            "GET",
+            path,
+            &[("if-modified-since", "Thu, 22 Oct 2015 07:28:00 GMT")],
+        )
+        .await;
+    assert_eq!(ims.status, 304);
+    assert_eq!(origin.hits(path), 1);
+}
+
+#[tokio::test]
+async fn head_is_answered_from_a_stored_get() {
+    let (origin, rs) = setup().await;
+    let path = "/h?cc=max-age%3D60";
+    let get = rs.get(path).await;
+    let head = rs.request("HEAD", path, &[]).await;
+    assert_eq!(head.status, 200);
+    assert!(head.body.is_empty());
+    assert_eq!(head.header("content-length"), get.header("content-length"));
+    assert!(head.header("cache-status").unwrap().contains("hit"));
+    assert_eq!(origin.hits(path), 1);
+}
+
+#[tokio::test]
+async fn stale_while_revalidate_serves_stale_and_refreshes_once() {
+    let (origin, rs) = setup().await;
+    let path = "/swr?cc=max-age%3D1%2C%20stale-while-revalidate%3D30";
+    rs.get(path).await;
+    tokio::time::sleep(Duration::from_millis(1200)).await;
+    let mut stale = 0;
+    for _ in 0..5 {
+        let r = rs.get(path).await;
+        assert_eq!(r.status, 200);
+        if r.header("cache-status")
+            .unwrap()
+            .contains("stale-while-revalidate")
+        {
+            stale += 1;
+        }
+    }
+    assert!(
+        stale >= 1,
+        "at least the first request after expiry is served stale"
+    );
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(origin.hits(path), 2, "exactly one background refresh");
+    let fresh = rs.get(path).await;
+    assert!(fresh.header("cache-status").unwrap().contains("hit"));
+}
+
+#[tokio::test]
+async fn stale_if_error_serves_stale_when_the_origin_fails() {
+    let (origin, rs) = setup().await;
+    let path = "/sie?cc=max-age%3D1%2C%20stale-if-error%3D60";
+    let first = rs.get(path).await;
+    tokio::time::sleep(Duration::from_millis(1200)).await;
+    origin.set_failing(true);
+    let r = rs.get(path).await;
+    assert_eq!(r.status, 200);
+    assert_eq!(r.body, first.body);
+    assert!(r.header("cache-status").unwrap().contains("stale-if-error"));
+    // Unreachable origin: still stale.
+    origin.stop();
+    let r = rs.get(path).await;
+    assert_eq!(r.status, 200);
+    assert_eq!(r.body, first.body);
+}
+
+#[tokio::test]
+async fn without_stale_if_error_the_origin_error_is_passed_on() {
+    let (origin, rs) = setup().await;
+    let path = "/nosie?cc=max-age%3D1&etag=x";
+    rs.get(path).await;
+    tokio::time::sleep(Duration::from_millis(1200)).await;
+    origin.set_failing(true);
+    let r = rs.get(path).await;
+    assert_eq!(r.status, 503);
+}
+
+#[tokio::test]
+async fn must_revalidate_forbids_serving_stale_on_error() {
+    let (origin, rs) = setup().await;
+    let path = "/mr?cc=max-age%3D1%2C%20must-revalidate%2C%20stale-if-error%3D60";
+    rs.get(path).await;
+    tokio::time::sleep(Duration::from_millis(1200)).await;
+    origin.stop();
+    let r = rs.get(path).await;
+    assert_eq!(r.status, 502);
+}
+
+#[tokio::test]
+async fn client_no_cache_forces_revalidation_when_honoured() {
+    let (origin, rs) = setup().await;
+    let path = "/force?cc=max-age%3D60";
+    rs.get(path).await;
+    rs.request("GET", path, &[("cache-control", "no-cache")])
+        .await;
+    assert_eq!(origin.hits(path), 2);
+    rs.request("GET", path, &[("cache-control", "max-age=0")])
+        .await;
+    assert_eq!(origin.hits(path), 3);
+}
+
+#[tokio::test]
+async fn client_no_cache_is_ignored_when_configured() {
+    let origin = Origin::start().await;
+    let rs = Ringside::start(&origin.url(), "cache:\n  honor_client_no_cache: false\n").await;
+    let path = "/force?cc=max-age%3D60";
+    rs.get(path).await;
+    let r = rs
+        .request("GET", path, &[("cache-control", "no-cache")])
+        .await;
+    assert!(r.header("cache-status").unwrap().contains("hit"));
+    assert_eq!(origin.hits(path), 1);
+}
+
+#[tokio::test]
+async fn query_string_is_part_of_the_key_unless_configured_out() {
+    let (origin, rs) = setup().await;
+    rs.get("/q?cc=max-age%3D60&x=1").await;
+    rs.get("/q?cc=max-age%3D60&x=2").await;
+    assert_eq!(origin.total_hits(), 2);
+
+    let origin = Origin::start().await;
+    let rs = Ringside::start(
+        &origin.url(),
+        "cache:\n  include_query: false\n  rules: [{prefix: /, ttl: 60s}]\n",
+    )
+    .await;
+    rs.get("/q?x=1").await;
+    rs.get("/q?x=2").await;
+    assert_eq!(origin.total_hits(), 1);
+}
+
+#[tokio::test]
+async fn other_methods_pass_through_with_their_bodies() {
+    let (origin, rs) = setup().await;
+    let mut conn = common::Conn::connect(rs.addr).await.unwrap();
+    let r = conn
+        .request_with_body("POST", "/p?cc=max-age%3D60", &[], b"payload")
+        .await
+        .unwrap();
+    assert_eq!(r.status, 200);
+    assert_eq!(r.text(), "echo:payload");
+    assert!(r.header("cache-status").unwrap().contains("fwd=method"));
+    conn.request_with_body("POST", "/p?cc=max-age%3D60", &[], b"again")
+        .await
+        .unwrap();
+    assert_eq!(origin.hits("/p?cc=max-age%3D60"), 2);
+}
