@@ -191,7 +191,24 @@ impl Config {
         if text.trim().is_empty() {
             return Ok(Config::default());
         }
-        serde_yaml::from_str(text).map_err(|e| ConfigError::Invalid(format!("{source}: {e}")))
+        // serde_path_to_error names the exact field (`cache.capacity`), where
+        // serde_yaml alone names only the enclosing map.
+        serde_path_to_error::deserialize(serde_yaml::Deserializer::from_str(text)).map_err(|e| {
+            let field = e.path().to_string();
+            let inner = e.into_inner();
+            let at = inner
+                .location()
+                .map(|l| format!(" (line {}, column {})", l.line(), l.column()))
+                .unwrap_or_default();
+            let message = inner.to_string();
+            // serde_yaml appends its own position and sometimes a partial path; keep the reason.
+            let reason = message.split(" at line ").next().unwrap_or(&message);
+            let reason = match reason.split_once(": ") {
+                Some((path, rest)) if !path.contains([' ', '"', '`']) => rest,
+                _ => reason,
+            };
+            ConfigError::Invalid(format!("{source}{at}: {field}: {reason}"))
+        })
     }
 
     pub fn from_file(path: &Path) -> Result<Config, ConfigError> {
@@ -216,6 +233,8 @@ impl Config {
         if let Some(v) = o.capacity {
             self.cache.capacity =
                 parse_size(&v).ok_or_else(|| invalid("cache.capacity", quoted(&v), SIZE_HINT))?;
+            // A small capacity from the command line shrinks the object limit with it.
+            self.cache.max_object_size = self.cache.max_object_size.min(self.cache.capacity);
         }
         if let Some(v) = o.log_level {
             self.log_level = serde_yaml::from_str(&v).map_err(|_| {

@@ -228,13 +228,16 @@ mod tests {
         let Join::Follower(waiter) = group.join(1) else {
             panic!()
         };
+        let (spawned_tx, spawned_rx) = tokio::sync::oneshot::channel();
         let caller = tokio::spawn(async move {
             tokio::spawn(async move {
                 tokio::time::sleep(Duration::from_millis(20)).await;
                 flight.complete(9);
             });
+            let _ = spawned_tx.send(());
             std::future::pending::<()>().await;
         });
+        spawned_rx.await.unwrap();
         caller.abort();
         assert_eq!(waiter.wait(Duration::from_secs(5)).await, Ok(9));
     }
