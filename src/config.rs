@@ -464,41 +464,51 @@ pub fn parse_duration(s: &str) -> Option<Duration> {
     (secs.is_finite() && (0.0..1e10).contains(&secs)).then(|| Duration::from_secs_f64(secs))
 }
 
-/// A YAML scalar that may be written as a number or a string.
-#[derive(Deserialize)]
-#[serde(untagged)]
-enum Scalar {
-    Int(u64),
-    Float(f64),
-    Str(String),
+/// A size or duration written as a number or a string. The value is parsed
+/// inside the visitor so that serde_yaml reports an error at the value's own
+/// line (not the enclosing map's), and YAML syntax errors pass through as such.
+struct ParseVisitor<T> {
+    hint: &'static str,
+    parse: fn(&str) -> Option<T>,
 }
 
-impl Scalar {
-    fn text(self) -> String {
-        match self {
-            Scalar::Int(n) => n.to_string(),
-            Scalar::Float(f) => f.to_string(),
-            Scalar::Str(s) => s,
-        }
+impl<'de, T> de::Visitor<'de> for ParseVisitor<T> {
+    type Value = T;
+
+    fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+        f.write_str(self.hint)
+    }
+
+    fn visit_str<E: de::Error>(self, s: &str) -> Result<T, E> {
+        (self.parse)(s)
+            .ok_or_else(|| E::custom(format!("{s:?} is invalid; expected {}", self.hint)))
+    }
+
+    fn visit_u64<E: de::Error>(self, n: u64) -> Result<T, E> {
+        self.visit_str(&n.to_string())
+    }
+
+    fn visit_i64<E: de::Error>(self, n: i64) -> Result<T, E> {
+        self.visit_str(&n.to_string())
+    }
+
+    fn visit_f64<E: de::Error>(self, n: f64) -> Result<T, E> {
+        self.visit_str(&n.to_string())
     }
 }
 
-fn scalar<'de, D: Deserializer<'de>>(d: D, hint: &'static str) -> Result<String, D::Error> {
-    Scalar::deserialize(d)
-        .map(Scalar::text)
-        .map_err(|_| de::Error::custom(format!("not a scalar; expected {hint}")))
-}
-
 fn de_size<'de, D: Deserializer<'de>>(d: D) -> Result<u64, D::Error> {
-    let s = scalar(d, SIZE_HINT)?;
-    parse_size(&s)
-        .ok_or_else(|| de::Error::custom(format!("{s:?} is invalid; expected {SIZE_HINT}")))
+    d.deserialize_any(ParseVisitor {
+        hint: SIZE_HINT,
+        parse: parse_size,
+    })
 }
 
 fn de_duration<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
-    let s = scalar(d, DURATION_HINT)?;
-    parse_duration(&s)
-        .ok_or_else(|| de::Error::custom(format!("{s:?} is invalid; expected {DURATION_HINT}")))
+    d.deserialize_any(ParseVisitor {
+        hint: DURATION_HINT,
+        parse: parse_duration,
+    })
 }
 
 fn de_opt_duration<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Duration>, D::Error> {

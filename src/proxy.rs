@@ -31,7 +31,9 @@ use crate::singleflight::WaitError;
 use crate::store::{CachedObject, Entry};
 use async_trait::async_trait;
 use bytes::Bytes;
-use http::{header, Method, StatusCode};
+use http::header::{self, HeaderName, HeaderValue};
+use http::{Method, StatusCode};
+use pingora::http::authority::{raw_target_authority, RawTargetAuthority};
 use pingora::http::{RequestHeader, ResponseHeader};
 use pingora::prelude::*;
 use pingora::proxy::{FailToProxy, ProxyHttp, Session};
@@ -40,7 +42,10 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Instant;
 
-const CACHE_STATUS: &str = "cache-status";
+static CACHE_STATUS: HeaderName = HeaderName::from_static("cache-status");
+static HIT: HeaderValue = HeaderValue::from_static("ringside; hit");
+static STALE_WHILE_REVALIDATE: HeaderValue =
+    HeaderValue::from_static("ringside; hit; detail=stale-while-revalidate");
 
 /// The proxy's shared state: configuration, origins and the cache.
 pub struct Ringside {
@@ -60,6 +65,9 @@ pub struct RequestCtx {
     result: CacheResult,
     /// The Cache-Status value for a response pingora proxies.
     cache_status: &'static str,
+    /// When pingora started proxying this request to the origin; taken when
+    /// its outcome is counted in the origin metrics (fills count their own).
+    origin_started: Option<Instant>,
 }
 
 impl Ringside {
@@ -86,13 +94,22 @@ impl Ringside {
         if req.method == Method::CONNECT {
             return Err((405, "CONNECT tunnels are not supported\n"));
         }
-        let (Some(scheme), Some(authority)) = (req.uri.scheme_str(), req.uri.authority()) else {
-            return Ok(self.origin.clone());
+        // Absolute-form: the app uses ringside as its HTTP proxy. pingora keeps
+        // only the path in `req.uri`; scheme and authority are in the raw target.
+        let (scheme, authority) = match raw_target_authority(req.raw_path()) {
+            RawTargetAuthority::None => return Ok(self.origin.clone()),
+            RawTargetAuthority::AmbiguousAuthority => {
+                return Err((400, "ambiguous request target\n"))
+            }
+            RawTargetAuthority::Absolute {
+                scheme, authority, ..
+            } => (scheme, authority),
         };
-        // Absolute-form: the app uses ringside as its HTTP proxy.
-        let tls = match scheme {
-            "http" => false,
-            "https" => true,
+        let authority = http::uri::Authority::try_from(authority)
+            .map_err(|_| (400, "invalid request target\n"))?;
+        let tls = match scheme.to_ascii_lowercase().as_slice() {
+            b"http" => false,
+            b"https" => true,
             _ => return Err((400, "unsupported URL scheme\n")),
         };
         let url = OriginUrl {
@@ -125,20 +142,24 @@ impl Ringside {
     }
 
     /// The stored entry for a request: the object under the plain key, or
-    /// under the variant key when the origin varies. Returns the key a fill
-    /// would use and the object found, if any.
-    fn lookup(&self, key: String, req: &RequestHeader) -> (String, Option<Arc<CachedObject>>) {
-        match self.filler.store.get(&key) {
-            Some(Entry::Object(object)) => (key, Some(object)),
+    /// under the variant key when the origin varies. Returns the variant key
+    /// (None: the plain key is the one to fill) and the object found, if any.
+    fn lookup(
+        &self,
+        key: &str,
+        req: &RequestHeader,
+    ) -> (Option<String>, Option<Arc<CachedObject>>) {
+        match self.filler.store.get(key) {
+            Some(Entry::Object(object)) => (None, Some(object)),
             Some(Entry::Variants { headers, .. }) => {
                 let fingerprint = cache_rules::vary_fingerprint(&headers, &req.headers);
-                let variant_key = fill::variant_key_for(&key, fingerprint);
+                let variant_key = fill::variant_key_for(key, fingerprint);
                 match self.filler.store.get(&variant_key) {
-                    Some(Entry::Object(object)) => (variant_key, Some(object)),
-                    _ => (variant_key, None),
+                    Some(Entry::Object(object)) => (Some(variant_key), Some(object)),
+                    _ => (Some(variant_key), None),
                 }
             }
-            None => (key, None),
+            None => (None, None),
         }
     }
 
@@ -149,37 +170,30 @@ impl Ringside {
         ctx: &mut RequestCtx,
         target: Arc<OriginTarget>,
         rules: RuleOptions,
+        client_cc: CacheControl,
     ) -> Result<bool> {
         let req = session.req_header();
         let plain_key = self.cache_key(&target, &req.uri);
-        let (lookup_key, stored) = self.lookup(plain_key.clone(), req);
-        let client_cc = if self.config.cache.honor_client_no_cache {
-            cache_rules::request_cache_control(&req.headers)
-        } else {
-            CacheControl::default()
-        };
-        let now = Instant::now();
+        let (variant_key, stored) = self.lookup(&plain_key, req);
+        // The request's arrival is "now" for freshness: one clock read less per hit.
+        let now = ctx.started;
 
         if let Some(object) = &stored {
             let age = object.age(now);
-            let forced =
-                cache_rules::request_requires_revalidation(&client_cc, age, object.freshness);
+            let forced = self.config.cache.honor_client_no_cache
+                && cache_rules::request_requires_revalidation(&client_cc, age, object.freshness);
             if !forced && object.is_fresh(now) {
                 ctx.result = CacheResult::Hit;
-                let status = format!("ringside; hit; ttl={}", object.ttl_secs(now));
-                return send_object(session, object, &status).await;
+                return send_object(session, object, HIT.clone(), now).await;
             }
             let swr = object.stale_while_revalidate;
             if !forced && !swr.is_zero() && object.staleness(now) <= swr {
                 let job = self.fill_job(req, &target, &plain_key, stored.clone(), rules);
+                let flight_key = variant_key.unwrap_or_else(|| plain_key.clone());
                 // Refresh in the background unless someone already is.
-                let _ = fill::start(&self.filler, lookup_key, job, false);
+                let _ = fill::start(&self.filler, flight_key, job, false);
                 ctx.result = CacheResult::Stale;
-                let status = format!(
-                    "ringside; hit; ttl={}; detail=stale-while-revalidate",
-                    object.ttl_secs(now)
-                );
-                return send_object(session, object, &status).await;
+                return send_object(session, object, STALE_WHILE_REVALIDATE.clone(), now).await;
             }
         }
         if client_cc.only_if_cached {
@@ -189,8 +203,9 @@ impl Ringside {
         }
 
         let job = self.fill_job(req, &target, &plain_key, stored.clone(), rules);
+        let flight_key = variant_key.unwrap_or(plain_key);
         let timeout = self.config.cache.collapse_timeout;
-        match fill::start(&self.filler, lookup_key, job, true) {
+        match fill::start(&self.filler, flight_key, job, true) {
             Started::Leading(rx) => match tokio::time::timeout(timeout, rx).await {
                 Ok(Ok(LeaderResult::Shared(outcome))) => {
                     self.send_outcome(session, ctx, outcome, false).await
@@ -273,7 +288,13 @@ impl Ringside {
                     ),
                 };
                 ctx.result = result;
-                send_object(session, &object, status).await
+                send_object(
+                    session,
+                    &object,
+                    HeaderValue::from_static(status),
+                    Instant::now(),
+                )
+                .await
             }
             Outcome::UseStale {
                 object,
@@ -283,7 +304,8 @@ impl Ringside {
                 let status = format!(
                     "ringside; fwd=stale; fwd-status={origin_status}; detail=stale-if-error"
                 );
-                send_object(session, &object, &status).await
+                let status = HeaderValue::from_str(&status).unwrap_or_else(|_| HIT.clone());
+                send_object(session, &object, status, Instant::now()).await
             }
             Outcome::NotStored => self.pass(
                 ctx,
@@ -347,20 +369,24 @@ impl Ringside {
     }
 }
 
-/// Why a GET/HEAD skips the cache, if it does.
-fn bypass_reason(req: &RequestHeader, rule_bypass: bool) -> Option<&'static str> {
+/// Why a GET/HEAD skips the cache, if it does; else the request's own
+/// Cache-Control, parsed once here for the lookup.
+fn bypass_reason(req: &RequestHeader, rule_bypass: bool) -> Result<CacheControl, &'static str> {
     let h = &req.headers;
     if rule_bypass {
-        Some("ringside; fwd=bypass; detail=rule")
-    } else if h.contains_key(header::RANGE) {
-        Some("ringside; fwd=bypass; detail=range")
-    } else if h.contains_key(header::UPGRADE) {
-        Some("ringside; fwd=bypass; detail=upgrade")
-    } else if cache_rules::request_cache_control(h).no_store {
-        Some("ringside; fwd=bypass; detail=no-store")
-    } else {
-        None
+        return Err("ringside; fwd=bypass; detail=rule");
     }
+    if h.contains_key(header::RANGE) {
+        return Err("ringside; fwd=bypass; detail=range");
+    }
+    if h.contains_key(header::UPGRADE) {
+        return Err("ringside; fwd=bypass; detail=upgrade");
+    }
+    let client_cc = cache_rules::request_cache_control(h);
+    if client_cc.no_store {
+        return Err("ringside; fwd=bypass; detail=no-store");
+    }
+    Ok(client_cc)
 }
 
 /// The request a fill sends: GET, origin-form, the client's end-to-end
@@ -395,26 +421,33 @@ fn fill_request(req: &RequestHeader, target: &OriginTarget) -> RequestHeader {
 
 /// Answer from a stored object: 304 when the client's validators match,
 /// else the stored response with Age and Cache-Status.
+///
+/// This is the hit path: the stored head is cloned as plain `http` parts
+/// (no case map to copy, header names static) and the body is a refcounted
+/// `Bytes`, so a hit costs one header-map clone and no body copy.
 async fn send_object(
     session: &mut Session,
     object: &CachedObject,
-    cache_status: &str,
+    cache_status: HeaderValue,
+    now: Instant,
 ) -> Result<bool> {
     let req = session.req_header();
     let head = req.method == Method::HEAD;
-    let age = object.age(Instant::now()).as_secs();
+    let age = HeaderValue::from(object.age(now).as_secs());
     if cache_rules::client_validators_match(&req.headers, &object.header.headers) {
         let mut h = not_modified_header(&object.header)?;
         h.insert_header(header::AGE, age)?;
-        h.insert_header(CACHE_STATUS, cache_status)?;
+        h.insert_header(CACHE_STATUS.clone(), cache_status)?;
         session.write_response_header(Box::new(h), true).await?;
         return Ok(true);
     }
-    let mut h = object.header.clone();
-    h.insert_header(header::AGE, age)?;
-    h.insert_header(CACHE_STATUS, cache_status)?;
+    let mut parts: http::response::Parts = (*object.header).clone();
+    parts.headers.insert(header::AGE, age);
+    parts.headers.insert(CACHE_STATUS.clone(), cache_status);
     let no_body = head || object.body.is_empty();
-    session.write_response_header(Box::new(h), no_body).await?;
+    session
+        .write_response_header(Box::new(ResponseHeader::from(parts)), no_body)
+        .await?;
     if !no_body {
         session
             .write_response_body(Some(object.body.clone()), true)
@@ -456,7 +489,7 @@ async fn send_stream(
         "ringside; fwd=uri-miss; fwd-status={}; detail={reason}",
         header.status.as_u16()
     );
-    header.insert_header(CACHE_STATUS, status)?;
+    header.insert_header(CACHE_STATUS.clone(), status)?;
     let head = session.req_header().method == Method::HEAD;
     session
         .write_response_header(Box::new(header), head)
@@ -488,7 +521,7 @@ async fn send_error(
     h.insert_header(header::CONTENT_TYPE, "text/plain")?;
     h.insert_header(header::CONTENT_LENGTH, body.len())?;
     h.insert_header(header::CACHE_CONTROL, "no-store")?;
-    h.insert_header(CACHE_STATUS, cache_status)?;
+    h.insert_header(CACHE_STATUS.clone(), cache_status)?;
     session.write_response_header(Box::new(h), false).await?;
     session
         .write_response_body(Some(Bytes::from_static(body.as_bytes())), true)
@@ -507,6 +540,7 @@ impl ProxyHttp for Ringside {
             target: None,
             result: CacheResult::Pass,
             cache_status: "ringside; fwd=method",
+            origin_started: None,
         }
     }
 
@@ -530,10 +564,13 @@ impl ProxyHttp for Ringside {
             return self.pass(ctx, CacheResult::Pass, "ringside; fwd=method");
         }
         let (rule_bypass, rules) = self.rules_for(req.uri.path());
-        if let Some(status) = bypass_reason(req, rule_bypass) {
-            return self.pass(ctx, CacheResult::Bypass, status);
+        match bypass_reason(req, rule_bypass) {
+            Err(status) => self.pass(ctx, CacheResult::Bypass, status),
+            Ok(client_cc) => {
+                self.serve_cacheable(session, ctx, target, rules, client_cc)
+                    .await
+            }
         }
-        self.serve_cacheable(session, ctx, target, rules).await
     }
 
     async fn upstream_peer(
@@ -541,6 +578,7 @@ impl ProxyHttp for Ringside {
         _session: &mut Session,
         ctx: &mut RequestCtx,
     ) -> Result<Box<HttpPeer>> {
+        ctx.origin_started.get_or_insert_with(Instant::now);
         let target = ctx.target.clone().unwrap_or_else(|| self.origin.clone());
         Ok(Box::new(target.peer().await?))
     }
@@ -552,7 +590,10 @@ impl ProxyHttp for Ringside {
         ctx: &mut RequestCtx,
     ) -> Result<()> {
         let target = ctx.target.as_ref().unwrap_or(&self.origin);
-        if upstream.uri.scheme().is_some() {
+        if raw_target_authority(upstream.raw_path())
+            .authority()
+            .is_some()
+        {
             // Absolute-form from a forward-proxy client: origins want origin-form.
             let path = upstream
                 .uri
@@ -568,13 +609,29 @@ impl ProxyHttp for Ringside {
         Ok(())
     }
 
+    async fn upstream_response_filter(
+        &self,
+        _session: &mut Session,
+        upstream: &mut ResponseHeader,
+        ctx: &mut RequestCtx,
+    ) -> Result<()> {
+        // Interim responses (100 Continue, 103 Early Hints) are not the answer.
+        if !matches!(upstream.status.as_u16(), 100 | 102 | 103) {
+            if let Some(started) = ctx.origin_started.take() {
+                let status = Some(upstream.status.as_u16());
+                metrics::observe_origin(status, started.elapsed().as_secs_f64());
+            }
+        }
+        Ok(())
+    }
+
     async fn response_filter(
         &self,
         _session: &mut Session,
         upstream: &mut ResponseHeader,
         ctx: &mut RequestCtx,
     ) -> Result<()> {
-        upstream.insert_header(CACHE_STATUS, ctx.cache_status)?;
+        upstream.insert_header(CACHE_STATUS.clone(), ctx.cache_status)?;
         Ok(())
     }
 
@@ -596,6 +653,11 @@ impl ProxyHttp for Ringside {
             },
         };
         ctx.result = CacheResult::Error;
+        if let Some(started) = ctx.origin_started.take() {
+            if e.esource() == &ErrorSource::Upstream {
+                metrics::observe_origin(None, started.elapsed().as_secs_f64());
+            }
+        }
         let client_gone = matches!(
             e.etype(),
             ErrorType::WriteError | ErrorType::ReadError | ErrorType::ConnectionClosed

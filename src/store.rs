@@ -78,12 +78,6 @@ impl CachedObject {
             .min(MAX_LIFE)
     }
 
-    /// Remaining life in seconds, for Cache-Status `ttl`.
-    pub fn ttl_secs(&self, now: Instant) -> i64 {
-        let age = self.age(now).as_secs() as i64;
-        self.freshness.as_secs() as i64 - age
-    }
-
     fn weight(&self, key: &str) -> u64 {
         let headers: usize = self
             .header

@@ -97,7 +97,7 @@ async fn demo(args: &DemoArgs) -> Result<(), String> {
     let workload = Arc::new(Workload::new(args));
     let without = run_phase("without ringside", origin_addr, &workload, &origin).await;
     let with = run_phase("with ringside", ringside.proxy_addr, &workload, &origin).await;
-    let metrics = fetch_metrics(ringside.admin_addr).await;
+    let metrics = settled_metrics(ringside.admin_addr, with.requests).await;
     let stopped = ringside.stop();
 
     let view = metrics.as_ref().ok();
@@ -158,6 +158,20 @@ fn verdict(
     }
 }
 
+/// ringside's `/metrics`, once it has counted `requests` requests. ringside
+/// counts a request just after sending its response, so the last few may
+/// need a moment; after a second, take whatever it says.
+async fn settled_metrics(admin: SocketAddr, requests: u64) -> Result<RingsideView, String> {
+    let deadline = Instant::now() + Duration::from_secs(1);
+    loop {
+        let view = fetch_metrics(admin).await?;
+        if view.total() >= requests || Instant::now() > deadline {
+            return Ok(view);
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
 async fn fetch_metrics(admin: SocketAddr) -> Result<RingsideView, String> {
     let response = tokio::time::timeout(REQUEST_TIMEOUT, client::get(admin, "/metrics"))
         .await
@@ -181,6 +195,8 @@ struct RingsideProcess {
     admin_addr: SocketAddr,
     /// The last lines ringside printed (stdout and stderr).
     log: Arc<Mutex<Vec<String>>>,
+    /// The threads copying ringside's output into `log`.
+    log_readers: Vec<std::thread::JoinHandle<()>>,
 }
 
 impl RingsideProcess {
@@ -211,17 +227,19 @@ impl RingsideProcess {
             .spawn()
             .map_err(|e| format!("cannot start ringside ({}): {e}", exe.display()))?;
         let log = Arc::new(Mutex::new(Vec::new()));
+        let mut log_readers = Vec::new();
         if let Some(out) = child.stdout.take() {
-            keep_lines(out, log.clone());
+            log_readers.push(keep_lines(out, log.clone()));
         }
         if let Some(err) = child.stderr.take() {
-            keep_lines(err, log.clone());
+            log_readers.push(keep_lines(err, log.clone()));
         }
         Ok(RingsideProcess {
             child,
             proxy_addr,
             admin_addr,
             log,
+            log_readers,
         })
     }
 
@@ -239,6 +257,7 @@ impl RingsideProcess {
     async fn wait_for_200(&mut self, path: &str, deadline: Instant) -> Result<(), String> {
         loop {
             if let Ok(Some(status)) = self.child.try_wait() {
+                self.wait_for_last_output();
                 let why = format!("ringside exited during startup ({status})");
                 return Err(self.with_log(why));
             }
@@ -271,7 +290,13 @@ impl RingsideProcess {
         let deadline = Instant::now() + STOP_TIMEOUT;
         while signalled && Instant::now() < deadline {
             match self.child.try_wait() {
-                Ok(Some(_)) => return Ok(()),
+                Ok(Some(status)) => {
+                    self.wait_for_last_output();
+                    return match status.success() {
+                        true => Ok(()),
+                        false => Err(format!("ringside exited with {status} after SIGTERM")),
+                    };
+                }
                 Ok(None) => std::thread::sleep(Duration::from_millis(20)),
                 Err(_) => break,
             }
@@ -285,6 +310,15 @@ impl RingsideProcess {
             ),
             false => "could not send SIGTERM to ringside (is `kill` installed?); killed it".into(),
         })
+    }
+
+    /// After the process exited: give the log threads a moment to copy
+    /// its last words (they end when the pipes close).
+    fn wait_for_last_output(&self) {
+        let deadline = Instant::now() + Duration::from_millis(500);
+        while Instant::now() < deadline && !self.log_readers.iter().all(|t| t.is_finished()) {
+            std::thread::sleep(Duration::from_millis(10));
+        }
     }
 
     fn log_lines(&self) -> Vec<String> {
@@ -335,7 +369,10 @@ fn two_free_ports() -> Result<(SocketAddr, SocketAddr), String> {
 
 /// Keep the last lines of `output` in `log`, on a thread of their own so
 /// that the child never blocks on a full pipe.
-fn keep_lines(output: impl Read + Send + 'static, log: Arc<Mutex<Vec<String>>>) {
+fn keep_lines(
+    output: impl Read + Send + 'static,
+    log: Arc<Mutex<Vec<String>>>,
+) -> std::thread::JoinHandle<()> {
     std::thread::spawn(move || {
         for line in BufReader::new(output).lines().map_while(Result::ok) {
             if let Ok(mut log) = log.lock() {
@@ -345,7 +382,7 @@ fn keep_lines(output: impl Read + Send + 'static, log: Arc<Mutex<Vec<String>>>) 
                 log.push(line);
             }
         }
-    });
+    })
 }
 
 /// The status of `GET path`, or why there was none.

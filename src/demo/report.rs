@@ -148,15 +148,15 @@ impl Report<'_> {
         };
         let mut out = format!(
             "hit ratio = cache hits / requests, as ringside counts them on /metrics:\n  \
-             {} hit, {} miss ({} of them shared another request's origin fetch), \
-             {} stale, {} revalidated, {} error; {} origin fetches\n",
+             {} hit, {} miss, {} stale, {} revalidated, {} error; {} origin fetches \
+             ({} requests waited for another's fetch of the same key)\n",
             view.count("hit"),
             view.count("miss"),
-            view.coalesced,
             view.count("stale"),
             view.count("revalidated"),
             view.count("error"),
             view.origin_requests,
+            view.coalesced,
         );
         if view.total() != self.with.requests {
             let _ = writeln!(

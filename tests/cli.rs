@@ -1,0 +1,454 @@
+//! The `ringside` command line: `check-config` accepts the shipped config
+//! and rejects each class of mistake with exit code 2 and a message naming
+//! the field and the value; flags and `RINGSIDE_*` variables override the
+//! file; ringside runs from flags alone.
+
+mod common;
+use common::origin::Origin;
+use common::{free_port, get, metric_sum};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+const ENV_VARS: [&str; 6] = [
+    "RINGSIDE_CONFIG",
+    "RINGSIDE_LISTEN",
+    "RINGSIDE_ADMIN_LISTEN",
+    "RINGSIDE_ORIGIN",
+    "RINGSIDE_CAPACITY",
+    "RINGSIDE_LOG_LEVEL",
+];
+
+/// The ringside binary with no RINGSIDE_* variables inherited from the
+/// environment running the tests.
+fn ringside() -> Command {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_ringside"));
+    for var in ENV_VARS {
+        cmd.env_remove(var);
+    }
+    cmd.stdin(Stdio::null());
+    cmd
+}
+
+fn run(cmd: &mut Command) -> (Option<i32>, String, String) {
+    let Output {
+        status,
+        stdout,
+        stderr,
+    } = cmd.output().expect("run ringside");
+    (
+        status.code(),
+        String::from_utf8_lossy(&stdout).into_owned(),
+        String::from_utf8_lossy(&stderr).into_owned(),
+    )
+}
+
+/// A config file in the temp directory, removed on drop.
+struct TempConfig(PathBuf);
+
+impl TempConfig {
+    fn new(yaml: &str) -> TempConfig {
+        static N: AtomicUsize = AtomicUsize::new(0);
+        let n = N.fetch_add(1, Ordering::SeqCst);
+        let path =
+            std::env::temp_dir().join(format!("ringside-cli-test-{}-{n}.yaml", std::process::id()));
+        std::fs::write(&path, yaml).expect("write temp config");
+        TempConfig(path)
+    }
+
+    fn path(&self) -> &Path {
+        &self.0
+    }
+}
+
+impl Drop for TempConfig {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.0);
+    }
+}
+
+/// `ringside check-config <yaml in a temp file> [args]`.
+fn check(yaml: &str, args: &[&str], env: &[(&str, &str)]) -> (Option<i32>, String, String) {
+    let file = TempConfig::new(yaml);
+    let mut cmd = ringside();
+    cmd.arg("check-config").arg(file.path()).args(args);
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    run(&mut cmd)
+}
+
+/// Assert `check-config` rejects `yaml` with exit code 2 and a message
+/// containing every one of `wanted`.
+fn assert_rejected(what: &str, yaml: &str, wanted: &[&str]) {
+    assert_rejected_with(what, yaml, &[], &[], wanted);
+}
+
+fn assert_rejected_with(
+    what: &str,
+    yaml: &str,
+    args: &[&str],
+    env: &[(&str, &str)],
+    wanted: &[&str],
+) {
+    let (code, stdout, stderr) = check(yaml, args, env);
+    assert_eq!(code, Some(2), "{what}: exit code; stderr: {stderr}");
+    assert!(!stdout.contains(": ok"), "{what}: stdout says ok: {stdout}");
+    assert!(
+        stderr.starts_with("ringside: invalid configuration: "),
+        "{what}: {stderr}"
+    );
+    for want in wanted {
+        assert!(
+            stderr.contains(want),
+            "{what}: stderr lacks {want:?}: {stderr}"
+        );
+    }
+}
+
+const ORIGIN: &str = "origin: {url: \"http://127.0.0.1:8000\"}\n";
+
+#[test]
+fn the_shipped_config_passes_check_config() {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("config.yaml");
+    let (code, stdout, stderr) = run(ringside().arg("check-config").arg(&path));
+    assert_eq!(code, Some(0), "stderr: {stderr}");
+    assert!(stdout.contains(": ok"), "{stdout}");
+    assert!(stderr.is_empty(), "{stderr}");
+}
+
+#[test]
+fn unknown_keys_are_errors() {
+    assert_rejected(
+        "unknown top-level key",
+        &format!("{ORIGIN}listen_adress: 127.0.0.1:8080\n"),
+        &["listen_adress", "unknown field"],
+    );
+    assert_rejected(
+        "unknown nested key",
+        &format!("{ORIGIN}cache: {{capacty: 1}}\n"),
+        &["cache.capacty", "unknown field `capacty`", "capacity"],
+    );
+    assert_rejected(
+        "unknown key in a rule",
+        &format!("{ORIGIN}cache:\n  rules:\n    - {{prefix: /a, tll: 5s}}\n"),
+        &["cache.rules[0].tll", "unknown field"],
+    );
+}
+
+#[test]
+fn bad_sizes_and_durations_name_field_and_value() {
+    assert_rejected(
+        "bad size",
+        &format!("{ORIGIN}cache: {{capacity: 12XB}}\n"),
+        &["cache.capacity", "12XB"],
+    );
+    assert_rejected(
+        "bad duration",
+        "origin:\n  url: http://127.0.0.1:8000\n  read_timeout: soon\n",
+        &["origin.read_timeout", "soon", "line 3"],
+    );
+    assert_rejected(
+        "zero duration",
+        "origin: {url: \"http://127.0.0.1:8000\", connect_timeout: 0}\n",
+        &["origin.connect_timeout", "0"],
+    );
+    assert_rejected(
+        "zero capacity",
+        &format!("{ORIGIN}cache: {{capacity: 0}}\n"),
+        &["cache.capacity", "0"],
+    );
+    assert_rejected(
+        "a list where a duration goes",
+        &format!("{ORIGIN}shutdown_grace: [1, 2]\n"),
+        &["shutdown_grace", "sequence", "line 2"],
+    );
+    // The line is the value's own, deep inside a block mapping.
+    assert_rejected(
+        "bad size in a block mapping",
+        &format!("{ORIGIN}cache:\n  include_query: true\n  cache_set_cookie: false\n  max_object_size: huge\n"),
+        &["cache.max_object_size", "huge", "line 5"],
+    );
+}
+
+#[test]
+fn bad_origin_urls_name_field_and_value() {
+    for url in [
+        "ftp://x",
+        "http://h/path",
+        "http://user:pw@h",
+        "http://h?q=1",
+        "h:80",
+    ] {
+        assert_rejected(
+            url,
+            &format!("origin: {{url: \"{url}\"}}\n"),
+            &["origin.url", url],
+        );
+    }
+    assert_rejected(
+        "bad forward-proxy entry",
+        &format!("{ORIGIN}forward_proxy:\n  allow: [\"http://ok:1\", \"ftp://y\"]\n"),
+        &["forward_proxy.allow[1]", "ftp://y"],
+    );
+    assert_rejected(
+        "missing origin",
+        "listen: 127.0.0.1:8081\n",
+        &["origin.url", "missing"],
+    );
+    assert_rejected("empty file", "", &["origin.url", "missing"]);
+}
+
+#[test]
+fn bad_addresses_and_levels_name_field_and_value() {
+    assert_rejected(
+        "bad listen",
+        &format!("{ORIGIN}listen: nowhere\n"),
+        &["listen", "nowhere"],
+    );
+    assert_rejected(
+        "bad admin_listen",
+        &format!("{ORIGIN}admin_listen: \"127.0.0.1:99999\"\n"),
+        &["admin_listen", "127.0.0.1:99999"],
+    );
+    assert_rejected(
+        "same listen and admin_listen",
+        &format!("{ORIGIN}listen: 127.0.0.1:8080\nadmin_listen: 127.0.0.1:8080\n"),
+        &["admin_listen", "127.0.0.1:8080", "different from listen"],
+    );
+    assert_rejected(
+        "bad log level",
+        &format!("{ORIGIN}log_level: loud\n"),
+        &["log_level", "loud"],
+    );
+    assert_rejected(
+        "too many threads",
+        &format!("{ORIGIN}threads: 5000\n"),
+        &["threads", "5000"],
+    );
+}
+
+#[test]
+fn bad_cache_rules_and_limits_name_field_and_value() {
+    assert_rejected(
+        "rule prefix without /",
+        &format!(
+            "{ORIGIN}cache:\n  rules:\n    - {{prefix: /ok, ttl: 1s}}\n    - {{prefix: api}}\n"
+        ),
+        &["cache.rules[1].prefix", "api"],
+    );
+    assert_rejected(
+        "rule with bypass and ttl",
+        &format!("{ORIGIN}cache:\n  rules:\n    - {{prefix: /a, bypass: true, ttl: 5s}}\n"),
+        &["cache.rules[0]", "bypass", "ttl"],
+    );
+    assert_rejected(
+        "max_object_size above capacity",
+        &format!("{ORIGIN}cache: {{capacity: 1MiB, max_object_size: 2MiB}}\n"),
+        &["cache.max_object_size", "2097152", "cache.capacity"],
+    );
+}
+
+#[test]
+fn yaml_syntax_errors_name_the_file_and_line() {
+    let cases = [
+        (
+            "unclosed flow mapping",
+            "origin: {url: \"http://127.0.0.1:8000\"\ncache: {}\n",
+            "line 2",
+        ),
+        (
+            "bad indentation",
+            "origin:\n  url: \"http://127.0.0.1:8000\"\n bad: 1\n",
+            "line 3",
+        ),
+        (
+            "a tab for indentation",
+            "origin:\n\turl: \"http://127.0.0.1:8000\"\n",
+            "line 2",
+        ),
+    ];
+    for (what, yaml, line) in cases {
+        let file = TempConfig::new(yaml);
+        let (code, _, stderr) = run(ringside().arg("check-config").arg(file.path()));
+        assert_eq!(code, Some(2), "{what}: {stderr}");
+        let shown = file.path().display().to_string();
+        assert!(stderr.contains(&shown), "{what}: names the file: {stderr}");
+        assert!(stderr.contains(line), "{what}: names {line}: {stderr}");
+    }
+}
+
+#[test]
+fn a_yaml_syntax_error_inside_a_value_is_reported_as_such() {
+    // An unterminated quote where a size goes is a syntax error, not a
+    // value of the wrong type.
+    let yaml = format!("{ORIGIN}cache:\n  capacity: \"256MiB\n");
+    let (code, _, stderr) = check(&yaml, &[], &[]);
+    assert_eq!(code, Some(2), "{stderr}");
+    assert!(stderr.contains("cache.capacity"), "{stderr}");
+    assert!(
+        !stderr.contains("not a scalar"),
+        "misleading reason: {stderr}"
+    );
+    assert!(stderr.contains("end of stream"), "{stderr}");
+}
+
+#[test]
+fn unreadable_config_paths_are_errors() {
+    let missing = std::env::temp_dir().join(format!(
+        "ringside-cli-test-{}-does-not-exist.yaml",
+        std::process::id()
+    ));
+    let (code, _, stderr) = run(ringside().arg("check-config").arg(&missing));
+    assert_eq!(code, Some(2), "{stderr}");
+    assert!(stderr.contains("cannot read"), "{stderr}");
+    assert!(stderr.contains(&missing.display().to_string()), "{stderr}");
+    // A directory is not a file either.
+    let dir = std::env::temp_dir();
+    let (code, _, stderr) = run(ringside().arg("check-config").arg(&dir));
+    assert_eq!(code, Some(2), "{stderr}");
+    assert!(stderr.contains("cannot read"), "{stderr}");
+    // Running (not just checking) with a missing --config fails the same way.
+    let (code, _, stderr) = run(ringside().arg("--config").arg(&missing));
+    assert_eq!(code, Some(2), "{stderr}");
+    assert!(stderr.contains("cannot read"), "{stderr}");
+}
+
+#[test]
+fn flags_and_environment_override_the_file() {
+    let good = format!("{ORIGIN}cache: {{capacity: 64MiB}}\n");
+    assert_rejected_with(
+        "--capacity",
+        &good,
+        &["--capacity", "12XB"],
+        &[],
+        &["cache.capacity", "12XB"],
+    );
+    assert_rejected_with(
+        "RINGSIDE_CAPACITY",
+        &good,
+        &[],
+        &[("RINGSIDE_CAPACITY", "lots")],
+        &["cache.capacity", "lots"],
+    );
+    assert_rejected_with(
+        "RINGSIDE_ORIGIN",
+        &good,
+        &[],
+        &[("RINGSIDE_ORIGIN", "ftp://x")],
+        &["origin.url", "ftp://x"],
+    );
+    assert_rejected_with(
+        "--log-level",
+        &good,
+        &["--log-level", "loud"],
+        &[],
+        &["log_level", "loud"],
+    );
+    assert_rejected_with(
+        "--listen equal to the admin address",
+        &good,
+        &["--listen", "127.0.0.1:9090"],
+        &[],
+        &["admin_listen", "127.0.0.1:9090"],
+    );
+
+    // The overrides win over a bad value in the file...
+    let bad_origin = "origin: {url: \"ftp://bad\"}\n";
+    let (code, _, stderr) = check(bad_origin, &["--origin", "http://127.0.0.1:1"], &[]);
+    assert_eq!(code, Some(0), "--origin over the file: {stderr}");
+    let (code, _, stderr) = check(
+        bad_origin,
+        &[],
+        &[("RINGSIDE_ORIGIN", "http://127.0.0.1:1")],
+    );
+    assert_eq!(code, Some(0), "RINGSIDE_ORIGIN over the file: {stderr}");
+    // ... and the flag wins over the variable.
+    let (code, _, stderr) = check(
+        bad_origin,
+        &["--origin", "http://127.0.0.1:1"],
+        &[("RINGSIDE_ORIGIN", "ftp://x")],
+    );
+    assert_eq!(code, Some(0), "--origin over RINGSIDE_ORIGIN: {stderr}");
+    // A small --capacity shrinks the default max_object_size (8MiB) with it.
+    let (code, _, stderr) = check(ORIGIN, &["--capacity", "1MiB"], &[]);
+    assert_eq!(code, Some(0), "{stderr}");
+}
+
+#[test]
+fn help_mentions_the_subcommands() {
+    let (code, stdout, stderr) = run(ringside().arg("--help"));
+    assert_eq!(code, Some(0), "{stderr}");
+    assert!(stdout.contains("check-config"), "{stdout}");
+    assert!(stdout.contains("demo"), "{stdout}");
+    assert!(stdout.contains("--origin"), "{stdout}");
+    let (code, stdout, _) = run(ringside().args(["check-config", "--help"]));
+    assert_eq!(code, Some(0));
+    assert!(stdout.to_ascii_lowercase().contains("file"), "{stdout}");
+    // A mistyped subcommand is a usage error, not a silent run.
+    let (code, _, stderr) = run(ringside().arg("chek-config"));
+    assert_eq!(code, Some(2), "{stderr}");
+}
+
+/// A ringside started by a test, killed when dropped.
+struct Running(Child);
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+#[tokio::test]
+async fn runs_from_flags_and_environment_alone() {
+    let origin = Origin::start().await;
+    let listen: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+    let admin: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+    let child = ringside()
+        .arg("--listen")
+        .arg(listen.to_string())
+        .arg("--admin-listen")
+        .arg(admin.to_string())
+        .arg("--origin")
+        .arg(origin.url())
+        .env("RINGSIDE_CAPACITY", "1MiB")
+        .env("RINGSIDE_LOG_LEVEL", "warn")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("start ringside");
+    let mut running = Running(child);
+
+    let deadline = Instant::now() + Duration::from_secs(15);
+    loop {
+        if let Ok(r) = get(admin, "/readyz").await {
+            if r.status == 200 {
+                break;
+            }
+        }
+        if let Ok(Some(status)) = running.0.try_wait() {
+            panic!("ringside exited with {status}");
+        }
+        assert!(Instant::now() < deadline, "ringside never became ready");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+
+    let path = "/cli?cc=max-age%3D60";
+    let r = get(listen, path).await.expect("GET through ringside");
+    assert_eq!(r.status, 200);
+    assert_eq!(r.text(), format!("GET {path} #1"));
+    let again = get(listen, path).await.expect("GET through ringside");
+    assert!(again.header("cache-status").unwrap().contains("hit"));
+    assert_eq!(origin.hits(path), 1);
+
+    let metrics = get(admin, "/metrics").await.expect("metrics").text();
+    assert_eq!(
+        metric_sum(&metrics, "ringside_cache_capacity_bytes", &[]),
+        1_048_576.0,
+        "{metrics}"
+    );
+    assert!(running.0.try_wait().unwrap().is_none(), "still running");
+}

@@ -1,0 +1,438 @@
+//! When the origin fails: refused connections, slow answers and 5xx, for
+//! cacheable GETs and passed-through POSTs alike; what the client sees, that
+//! ringside keeps serving, and what /metrics counts.
+
+mod common;
+use common::origin::Origin;
+use common::{Conn, Response, Ringside};
+use std::time::{Duration, Instant};
+
+/// ringside in front of a port nothing listens on.
+async fn refused() -> Ringside {
+    let dead = common::free_port();
+    Ringside::start(&format!("http://127.0.0.1:{dead}"), "").await
+}
+
+async fn post(rs: &Ringside, path: &str, body: &[u8]) -> Response {
+    let mut conn = Conn::connect(rs.addr).await.expect("connect");
+    conn.request_with_body("POST", path, &[], body)
+        .await
+        .expect("POST to ringside")
+}
+
+/// Poll until `name`{labels} reaches `at_least`, or 2 s pass; returns the last
+/// value. (A request is counted just after its response is written.)
+async fn metric_reaches(rs: &Ringside, name: &str, labels: &[&str], at_least: f64) -> f64 {
+    let deadline = Instant::now() + Duration::from_secs(2);
+    loop {
+        let v = rs.metric(name, labels).await;
+        if v >= at_least || Instant::now() > deadline {
+            return v;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+#[tokio::test]
+async fn refused_origin_answers_502_quickly_for_get_and_post() {
+    let mut rs = refused().await;
+    for path in ["/down?cc=max-age%3D60", "/down-plain"] {
+        let started = Instant::now();
+        let r = rs.get(path).await;
+        assert_eq!(r.status, 502, "{path}: {}", r.text());
+        assert!(
+            started.elapsed() < Duration::from_secs(1),
+            "{:?}",
+            started.elapsed()
+        );
+        assert!(
+            !r.body.is_empty() && r.body.len() < 100,
+            "short body: {:?}",
+            r.text()
+        );
+        assert_eq!(r.header("cache-control"), Some("no-store"));
+    }
+    let started = Instant::now();
+    let r = post(&rs, "/down", b"payload").await;
+    assert_eq!(r.status, 502, "{}", r.text());
+    assert!(
+        started.elapsed() < Duration::from_secs(1),
+        "{:?}",
+        started.elapsed()
+    );
+    assert!(r.body.len() < 100, "short body: {:?}", r.text());
+    let r = rs.request("HEAD", "/down-head", &[]).await;
+    assert_eq!(r.status, 502);
+
+    // Still alive and serving.
+    assert!(rs.is_running());
+    let health = common::get(rs.admin, "/healthz").await.unwrap();
+    assert_eq!(health.status, 200);
+    assert_eq!(rs.get("/down?cc=max-age%3D60").await.status, 502);
+}
+
+#[tokio::test]
+async fn fresh_hits_keep_answering_while_the_origin_is_down() {
+    let origin = Origin::start().await;
+    let rs = Ringside::start(&origin.url(), "").await;
+    let path = "/flap?cc=max-age%3D60";
+    let ok = rs.get(path).await;
+    assert_eq!(ok.status, 200);
+    let other = "/flap2?cc=max-age%3D60";
+    origin.stop();
+    assert_eq!(rs.get(other).await.status, 502);
+    // The stored key still answers from the cache while the origin is down.
+    let hit = rs.get(path).await;
+    assert_eq!(hit.status, 200);
+    assert_eq!(hit.body, ok.body);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn slow_origin_answers_504_for_get_and_post() {
+    let origin = Origin::start().await;
+    let rs = Ringside::start(&origin.url(), "").await;
+    // read_timeout is 2 s in the harness.
+    let (get, post_r) = tokio::join!(
+        async {
+            let started = Instant::now();
+            (
+                rs.get("/slow?delay_ms=3000&cc=max-age%3D60").await,
+                started.elapsed(),
+            )
+        },
+        async {
+            let started = Instant::now();
+            (
+                post(&rs, "/slow?delay_ms=3000", b"x").await,
+                started.elapsed(),
+            )
+        },
+    );
+    for (what, (r, took)) in [("GET", get), ("POST", post_r)] {
+        assert_eq!(r.status, 504, "{what}: {}", r.text());
+        assert!(
+            took >= Duration::from_millis(1800) && took < Duration::from_millis(3500),
+            "{what}: 504 after {took:?}"
+        );
+        assert!(r.body.len() < 100, "{what}: {:?}", r.text());
+    }
+    assert_eq!(origin.hits("/slow?delay_ms=3000&cc=max-age%3D60"), 1);
+    assert_eq!(
+        origin.hits("/slow?delay_ms=3000"),
+        1,
+        "a POST is not retried"
+    );
+}
+
+#[tokio::test]
+async fn errors_are_counted() {
+    let rs = refused().await;
+    let errors = rs
+        .metric("ringside_requests_total", &["result=\"error\""])
+        .await;
+    let origin_errors = rs
+        .metric(
+            "ringside_origin_requests_total",
+            &["status_class=\"error\""],
+        )
+        .await;
+    assert_eq!(errors, 0.0);
+    assert_eq!(origin_errors, 0.0);
+
+    rs.get("/e1?cc=max-age%3D60").await;
+    rs.get("/e2").await;
+    post(&rs, "/e3", b"x").await;
+
+    let get_errors = metric_reaches(
+        &rs,
+        "ringside_requests_total",
+        &["result=\"error\"", "method=\"GET\""],
+        2.0,
+    )
+    .await;
+    assert_eq!(get_errors, 2.0);
+    let post_errors = metric_reaches(
+        &rs,
+        "ringside_requests_total",
+        &["result=\"error\"", "method=\"POST\""],
+        1.0,
+    )
+    .await;
+    assert_eq!(post_errors, 1.0);
+    let origin_errors = rs
+        .metric(
+            "ringside_origin_requests_total",
+            &["status_class=\"error\""],
+        )
+        .await;
+    assert_eq!(
+        origin_errors, 3.0,
+        "two GET fills and one passed POST found no origin"
+    );
+    assert_eq!(
+        rs.metric("ringside_origin_requests_total", &["status_class=\"2xx\""])
+            .await,
+        0.0
+    );
+}
+
+#[tokio::test]
+async fn origin_requests_are_counted_for_passed_requests_too() {
+    let origin = Origin::start().await;
+    let rs = Ringside::start(&origin.url(), "").await;
+    post(&rs, "/p", b"x").await; // pass: a method that is never cached
+    rs.request("GET", "/b?cc=max-age%3D60", &[("range", "bytes=0-1")])
+        .await; // bypass
+    rs.get("/ok?cc=max-age%3D60").await; // fill
+    assert_eq!(origin.total_hits(), 3);
+    let counted = metric_reaches(
+        &rs,
+        "ringside_origin_requests_total",
+        &["status_class=\"2xx\""],
+        3.0,
+    )
+    .await;
+    assert_eq!(counted, 3.0, "every request sent to the origin is counted");
+}
+
+#[tokio::test]
+async fn origin_5xx_without_a_stale_copy_is_passed_on_and_not_cached() {
+    let origin = Origin::start().await;
+    let rs = Ringside::start(&origin.url(), "").await;
+    for path in ["/err?status=500&cc=max-age%3D60", "/err?status=500"] {
+        let first = rs.get(path).await;
+        let second = rs.get(path).await;
+        for r in [&first, &second] {
+            assert_eq!(r.status, 500, "{path}");
+            assert!(
+                r.text().starts_with("GET /err"),
+                "the origin's body: {}",
+                r.text()
+            );
+        }
+        assert_ne!(
+            first.body, second.body,
+            "{path}: second came from the origin too"
+        );
+        assert_eq!(origin.hits(path), 2, "{path}: a 500 is not stored");
+    }
+    // And for a POST, as is.
+    let r = post(&rs, "/err?status=500", b"x").await;
+    assert_eq!(r.status, 500);
+    assert_eq!(r.text(), "echo:x");
+    let counted = metric_reaches(
+        &rs,
+        "ringside_origin_requests_total",
+        &["status_class=\"5xx\""],
+        5.0,
+    )
+    .await;
+    assert_eq!(counted, 5.0, "four GET fills and one POST");
+}
+
+#[tokio::test]
+async fn metrics_add_up_after_a_mixed_workload() {
+    let origin = Origin::start().await;
+    let rs = Ringside::start(&origin.url(), "").await;
+    let cached = "/m?cc=max-age%3D60";
+    rs.get(cached).await; // GET miss
+    rs.get(cached).await; // GET hit
+    rs.get(cached).await; // GET hit
+    rs.request("HEAD", cached, &[]).await; // HEAD hit
+    rs.request("HEAD", "/mh?cc=max-age%3D60", &[]).await; // HEAD miss
+    rs.get("/m-uncached").await; // GET miss (no freshness: not stored)
+    post(&rs, "/m", b"a").await; // POST pass
+    post(&rs, "/m", b"b").await; // POST pass
+    rs.request("GET", cached, &[("range", "bytes=0-1")]).await; // GET bypass
+    let total = 9.0;
+
+    let expect = [
+        ("hit", "GET", 2.0),
+        ("hit", "HEAD", 1.0),
+        ("miss", "GET", 2.0),
+        ("miss", "HEAD", 1.0),
+        ("pass", "POST", 2.0),
+        ("bypass", "GET", 1.0),
+    ];
+    let all = metric_reaches(&rs, "ringside_requests_total", &[], total).await;
+    assert_eq!(all, total);
+    let text = rs.metrics().await;
+    for (result, method, n) in expect {
+        let labels = [
+            format!("result=\"{result}\""),
+            format!("method=\"{method}\""),
+        ];
+        let labels: Vec<&str> = labels.iter().map(String::as_str).collect();
+        assert_eq!(
+            common::metric_sum(&text, "ringside_requests_total", &labels),
+            n,
+            "{result} {method}"
+        );
+    }
+    let durations = common::metric_sum(&text, "ringside_request_duration_seconds_count", &[]);
+    assert_eq!(durations, total, "one duration per request");
+    for result in ["hit", "miss", "pass", "bypass"] {
+        let label = format!("result=\"{result}\"");
+        assert_eq!(
+            common::metric_sum(&text, "ringside_request_duration_seconds_count", &[&label]),
+            common::metric_sum(&text, "ringside_requests_total", &[&label]),
+            "{result}"
+        );
+    }
+    assert_eq!(
+        common::metric_sum(&text, "ringside_requests_total", &["result=\"error\""]),
+        0.0
+    );
+    // The admin listener's own requests are not counted as app requests.
+    rs.metrics().await;
+    assert_eq!(rs.metric("ringside_requests_total", &[]).await, total);
+}
+
+/// An origin that answers each request with canned bytes chosen by path, then
+/// closes the connection; counts requests per path.
+struct RawOrigin {
+    addr: std::net::SocketAddr,
+    hits: std::sync::Arc<std::sync::Mutex<std::collections::HashMap<String, u64>>>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl RawOrigin {
+    async fn start() -> RawOrigin {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let hits = std::sync::Arc::new(std::sync::Mutex::new(std::collections::HashMap::new()));
+        let counts = hits.clone();
+        let task = tokio::spawn(async move {
+            while let Ok((mut stream, _)) = listener.accept().await {
+                let counts = counts.clone();
+                tokio::spawn(async move {
+                    let mut head = Vec::new();
+                    let mut buf = [0u8; 4096];
+                    while !head.windows(4).any(|w| w == b"\r\n\r\n") {
+                        match stream.read(&mut buf).await {
+                            Ok(0) | Err(_) => return,
+                            Ok(n) => head.extend_from_slice(&buf[..n]),
+                        }
+                    }
+                    let head = String::from_utf8_lossy(&head).to_string();
+                    let path = head.split(' ').nth(1).unwrap_or("").to_owned();
+                    *counts.lock().unwrap().entry(path.clone()).or_insert(0) += 1;
+                    let cacheable = "HTTP/1.1 200 OK\r\nCache-Control: max-age=60\r\n";
+                    match path.as_str() {
+                        "/truncated" => {
+                            let r = format!("{cacheable}Content-Length: 100\r\n\r\nshort");
+                            let _ = stream.write_all(r.as_bytes()).await;
+                        }
+                        "/stall" => {
+                            let r = format!("{cacheable}Content-Length: 100\r\n\r\n0123456789");
+                            let _ = stream.write_all(r.as_bytes()).await;
+                            tokio::time::sleep(Duration::from_secs(4)).await;
+                        }
+                        "/truncated-nostore" => {
+                            let r = "HTTP/1.1 200 OK\r\nCache-Control: no-store\r\n\
+                                     Content-Length: 100\r\n\r\nshort";
+                            let _ = stream.write_all(r.as_bytes()).await;
+                        }
+                        "/truncated-chunked" => {
+                            let r = "HTTP/1.1 200 OK\r\nCache-Control: no-store\r\n\
+                                     Transfer-Encoding: chunked\r\n\r\n5\r\nshort\r\n";
+                            let _ = stream.write_all(r.as_bytes()).await;
+                        }
+                        "/garbage" => {
+                            let _ = stream.write_all(b"SSH-2.0-OpenSSH_9.6\r\n\r\n").await;
+                        }
+                        _ => {} // "/hangup": closed without a word
+                    }
+                });
+            }
+        });
+        RawOrigin { addr, hits, task }
+    }
+
+    fn hits(&self, path: &str) -> u64 {
+        self.hits.lock().unwrap().get(path).copied().unwrap_or(0)
+    }
+}
+
+impl Drop for RawOrigin {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+#[tokio::test]
+async fn broken_origin_responses_are_errors_and_never_stored() {
+    let origin = RawOrigin::start().await;
+    let mut rs = Ringside::start(&format!("http://{}", origin.addr), "").await;
+    for path in ["/truncated", "/garbage", "/hangup"] {
+        for _ in 0..2 {
+            let started = Instant::now();
+            let r = rs.get(path).await;
+            assert_eq!(r.status, 502, "{path}: {}", r.text());
+            assert!(started.elapsed() < Duration::from_secs(1), "{path}");
+        }
+        assert_eq!(
+            origin.hits(path),
+            2,
+            "{path}: the broken response was not stored"
+        );
+    }
+    assert_eq!(rs.metric("ringside_cache_entries", &[]).await, 0.0);
+    assert!(rs.is_running());
+}
+
+#[tokio::test]
+async fn an_origin_stalling_mid_body_answers_504() {
+    let origin = RawOrigin::start().await;
+    let rs = Ringside::start(&format!("http://{}", origin.addr), "").await;
+    let started = Instant::now();
+    let r = rs.get("/stall").await;
+    let took = started.elapsed();
+    assert_eq!(r.status, 504, "{}", r.text());
+    assert!(
+        took >= Duration::from_millis(1800) && took < Duration::from_millis(3500),
+        "{took:?}"
+    );
+    assert_eq!(rs.metric("ringside_cache_entries", &[]).await, 0.0);
+}
+
+/// Once the headers of an unshared response are on their way, an origin that
+/// dies mid-body must show as a cut connection, never as a complete response.
+#[tokio::test]
+async fn a_body_cut_short_by_the_origin_is_never_passed_off_as_complete() {
+    let origin = RawOrigin::start().await;
+    let mut rs = Ringside::start(&format!("http://{}", origin.addr), "").await;
+    for path in ["/truncated-nostore", "/truncated-chunked"] {
+        let mut conn = Conn::connect(rs.addr).await.unwrap();
+        let r = tokio::time::timeout(Duration::from_secs(5), conn.request("GET", path, &[]))
+            .await
+            .expect("no hang");
+        match r {
+            Err(_) => {}
+            Ok(r) => assert!(
+                r.status >= 500,
+                "{path}: a cut body was delivered as {} {:?}",
+                r.status,
+                r.text()
+            ),
+        }
+        // POST goes through pingora's own proxying: same rule.
+        let mut conn = Conn::connect(rs.addr).await.unwrap();
+        let r = tokio::time::timeout(
+            Duration::from_secs(5),
+            conn.request_with_body("POST", path, &[], b"x"),
+        )
+        .await
+        .expect("no hang");
+        if let Ok(r) = r {
+            assert!(
+                r.status >= 500,
+                "POST {path}: a cut body was delivered as {} {:?}",
+                r.status,
+                r.text()
+            );
+        }
+    }
+    assert!(rs.is_running());
+}

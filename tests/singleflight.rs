@@ -1,0 +1,360 @@
+//! Request collapsing through a real ringside process: concurrent misses for
+//! one key share one origin fetch (and its failure), fills outlive the client
+//! that started them, and responses that cannot be shared do not queue
+//! requests behind each other.
+
+mod common;
+use common::origin::Origin;
+use common::{Response, Ringside};
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+
+/// No client may wait longer than this for any answer: a hang fails the test.
+const HANG: Duration = Duration::from_secs(10);
+
+/// `n` concurrent GETs of `path`, each on its own connection. Returns every
+/// response with the time it took (from the common start).
+async fn concurrent_gets(addr: SocketAddr, path: &str, n: usize) -> Vec<(Response, Duration)> {
+    let start = Instant::now();
+    let tasks: Vec<_> = (0..n)
+        .map(|_| {
+            let path = path.to_owned();
+            tokio::spawn(async move {
+                let r = tokio::time::timeout(HANG, common::get(addr, &path))
+                    .await
+                    .unwrap_or_else(|_| panic!("GET {path} hung for {HANG:?}"))
+                    .unwrap_or_else(|e| panic!("GET {path} failed: {e}"));
+                (r, start.elapsed())
+            })
+        })
+        .collect();
+    let mut out = Vec::with_capacity(n);
+    for t in tasks {
+        out.push(t.await.expect("client task"));
+    }
+    out
+}
+
+/// Poll a metric until `ok` holds or 2 s pass (request metrics are recorded
+/// just after the response is written, so a client can be a moment ahead).
+async fn metric_eventually(
+    rs: &Ringside,
+    name: &str,
+    labels: &[&str],
+    ok: impl Fn(f64) -> bool,
+) -> f64 {
+    let deadline = Instant::now() + Duration::from_secs(2);
+    loop {
+        let v = rs.metric(name, labels).await;
+        if ok(v) || Instant::now() > deadline {
+            return v;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn two_hundred_concurrent_misses_make_one_origin_request() {
+    let origin = Origin::start().await;
+    let rs = Ringside::start(&origin.url(), "").await;
+    let path = "/herd?delay_ms=300&cc=max-age%3D60";
+
+    let responses = concurrent_gets(rs.addr, path, 200).await;
+
+    assert_eq!(
+        origin.hits(path),
+        1,
+        "one origin fetch for 200 concurrent misses"
+    );
+    let first = &responses[0].0;
+    for (r, _) in &responses {
+        assert_eq!(r.status, 200, "{}", r.text());
+        assert_eq!(r.body, first.body, "every client got the one fetched body");
+    }
+    assert_eq!(first.text(), format!("GET {path} #1"));
+    let coalesced = rs
+        .metric("ringside_singleflight_coalesced_total", &[])
+        .await;
+    assert!(
+        coalesced >= 150.0,
+        "most of the 200 waited on the leader's fetch: coalesced={coalesced}"
+    );
+    assert!(coalesced <= 199.0, "the leader is not counted: {coalesced}");
+    let collapsed = responses
+        .iter()
+        .filter(|(r, _)| r.header("cache-status").unwrap_or("").contains("collapsed"))
+        .count();
+    assert!(
+        collapsed >= 150,
+        "Cache-Status says collapsed on {collapsed}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn the_fill_survives_its_leader_disconnecting() {
+    let origin = Origin::start().await;
+    let rs = Ringside::start(&origin.url(), "").await;
+    let path = "/leaver?delay_ms=500&cc=max-age%3D60";
+
+    // The leader: a raw connection that asks and then goes away.
+    let mut leader = TcpStream::connect(rs.addr).await.unwrap();
+    leader
+        .write_all(format!("GET {path} HTTP/1.1\r\nHost: test\r\n\r\n").as_bytes())
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(20)).await;
+    let addr = rs.addr;
+    let before_close = tokio::spawn(async move { concurrent_gets(addr, path, 10).await });
+    tokio::time::sleep(Duration::from_millis(30)).await;
+    drop(leader);
+    // Some arrive after the leader left, while its fill is still running.
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    let after_close = concurrent_gets(rs.addr, path, 10).await;
+    let before_close = before_close.await.unwrap();
+
+    for (r, _) in before_close.iter().chain(after_close.iter()) {
+        assert_eq!(r.status, 200, "{}", r.text());
+        assert_eq!(r.text(), format!("GET {path} #1"));
+    }
+    assert_eq!(origin.hits(path), 1);
+    let later = rs.get(path).await;
+    assert_eq!(later.status, 200);
+    assert!(
+        later.header("cache-status").unwrap().contains("hit"),
+        "{:?}",
+        later.header("cache-status")
+    );
+    assert_eq!(origin.hits(path), 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn the_fill_is_stored_even_when_every_client_left() {
+    let origin = Origin::start().await;
+    let rs = Ringside::start(&origin.url(), "").await;
+    let path = "/orphan?delay_ms=300&cc=max-age%3D60";
+    let mut leader = TcpStream::connect(rs.addr).await.unwrap();
+    leader
+        .write_all(format!("GET {path} HTTP/1.1\r\nHost: test\r\n\r\n").as_bytes())
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    drop(leader);
+    // Wait for the origin to answer the orphaned fill.
+    tokio::time::sleep(Duration::from_millis(600)).await;
+    let r = rs.get(path).await;
+    assert_eq!(r.status, 200);
+    assert!(r.header("cache-status").unwrap().contains("hit"));
+    assert_eq!(r.text(), format!("GET {path} #1"));
+    assert_eq!(origin.hits(path), 1);
+}
+
+/// Responses that may not be shared are published to the waiters as soon as
+/// their headers arrive: the waiters then fetch their own at once, in
+/// parallel, rather than one after another.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn uncacheable_responses_do_not_serialise_requests() {
+    let origin = Origin::start().await;
+    let rs = Ringside::start(&origin.url(), "").await;
+    for path in [
+        "/nostore?delay_ms=300&cc=no-store",
+        "/private?delay_ms=300&cc=private%2C%20max-age%3D60",
+    ] {
+        let started = Instant::now();
+        let responses = concurrent_gets(rs.addr, path, 20).await;
+        let wall = started.elapsed();
+        assert!(
+            wall < Duration::from_secs(2),
+            "{path}: 20 x 300 ms took {wall:?}: requests were serialised"
+        );
+        assert_eq!(
+            origin.hits(path),
+            20,
+            "{path}: each client got its own response"
+        );
+        let mut bodies: Vec<String> = responses
+            .iter()
+            .map(|(r, _)| {
+                assert_eq!(r.status, 200, "{path}");
+                r.text()
+            })
+            .collect();
+        bodies.sort();
+        bodies.dedup();
+        assert_eq!(bodies.len(), 20, "{path}: no response was shared");
+    }
+}
+
+/// A stand-in origin that, while `failing`, accepts a request and closes the
+/// connection without an answer after `delay`; otherwise it relays the
+/// connection to `backend`. Counts the connections it saw while failing.
+struct FlakyFront {
+    addr: SocketAddr,
+    failing: Arc<AtomicBool>,
+    failed_connections: Arc<AtomicU64>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl FlakyFront {
+    async fn start(backend: SocketAddr, delay: Duration) -> FlakyFront {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let failing = Arc::new(AtomicBool::new(true));
+        let failed_connections = Arc::new(AtomicU64::new(0));
+        let (f, c) = (failing.clone(), failed_connections.clone());
+        let task = tokio::spawn(async move {
+            while let Ok((mut stream, _)) = listener.accept().await {
+                let (f, c) = (f.clone(), c.clone());
+                tokio::spawn(async move {
+                    if f.load(Ordering::SeqCst) {
+                        c.fetch_add(1, Ordering::SeqCst);
+                        let mut buf = [0u8; 4096];
+                        let _ = stream.read(&mut buf).await;
+                        tokio::time::sleep(delay).await;
+                        // Dropped unanswered.
+                    } else if let Ok(mut up) = TcpStream::connect(backend).await {
+                        let _ = tokio::io::copy_bidirectional(&mut stream, &mut up).await;
+                    }
+                });
+            }
+        });
+        FlakyFront {
+            addr,
+            failing,
+            failed_connections,
+            task,
+        }
+    }
+}
+
+impl Drop for FlakyFront {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_failed_fill_fails_every_waiter_promptly_and_the_key_recovers() {
+    let origin = Origin::start().await;
+    let front = FlakyFront::start(origin.addr, Duration::from_millis(400)).await;
+    let rs = Ringside::start(&format!("http://{}", front.addr), "").await;
+    let path = "/fails?cc=max-age%3D60";
+
+    let responses = concurrent_gets(rs.addr, path, 30).await;
+    for (r, took) in &responses {
+        assert_eq!(r.status, 502, "{}", r.text());
+        assert!(*took < Duration::from_secs(3), "took {took:?}");
+        assert_eq!(r.header("cache-control"), Some("no-store"));
+    }
+    assert_eq!(
+        front.failed_connections.load(Ordering::SeqCst),
+        1,
+        "the waiters shared the leader's failed fetch"
+    );
+
+    // The failure was not remembered: once the origin is back, the key loads.
+    front.failing.store(false, Ordering::SeqCst);
+    let r = rs.get(path).await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    let again = rs.get(path).await;
+    assert!(again.header("cache-status").unwrap().contains("hit"));
+    assert_eq!(origin.hits(path), 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn origin_errors_reach_every_waiter_and_are_not_cached() {
+    let origin = Origin::start().await;
+    let rs = Ringside::start(&origin.url(), "").await;
+    let path = "/503?delay_ms=300&cc=max-age%3D60";
+    origin.set_failing(true);
+    let started = Instant::now();
+    let responses = concurrent_gets(rs.addr, path, 20).await;
+    assert!(
+        started.elapsed() < Duration::from_secs(3),
+        "{:?}",
+        started.elapsed()
+    );
+    for (r, _) in &responses {
+        assert_eq!(r.status, 503, "{}", r.text());
+    }
+
+    origin.set_failing(false);
+    let r = rs.get(path).await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    let hits = origin.hits(path);
+    let again = rs.get(path).await;
+    assert_eq!(again.status, 200);
+    assert!(again.header("cache-status").unwrap().contains("hit"));
+    assert_eq!(origin.hits(path), hits);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_stopped_origin_fails_every_waiter_at_once() {
+    let origin = Origin::start().await;
+    let rs = Ringside::start(&origin.url(), "").await;
+    origin.stop();
+    let responses = concurrent_gets(rs.addr, "/gone?cc=max-age%3D60", 20).await;
+    for (r, took) in &responses {
+        assert_eq!(r.status, 502, "{}", r.text());
+        assert!(*took < Duration::from_secs(2), "took {took:?}");
+    }
+    let failed = metric_eventually(&rs, "ringside_requests_total", &["result=\"error\""], |v| {
+        v >= 20.0
+    })
+    .await;
+    assert_eq!(failed, 20.0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn an_origin_slower_than_read_timeout_gives_every_waiter_504() {
+    let origin = Origin::start().await;
+    let rs = Ringside::start(&origin.url(), "").await;
+    // The harness's read_timeout is 2 s.
+    let path = "/slow?delay_ms=3000&cc=max-age%3D60";
+    let responses = concurrent_gets(rs.addr, path, 20).await;
+    for (r, took) in &responses {
+        assert_eq!(r.status, 504, "{}", r.text());
+        assert!(
+            *took >= Duration::from_millis(1800) && *took < Duration::from_millis(3500),
+            "504 after {took:?}, read_timeout is 2 s"
+        );
+        assert!(r.header("cache-status").unwrap().contains("origin-timeout"));
+    }
+    assert_eq!(origin.hits(path), 1, "the timeout was shared, not repeated");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn waiting_is_bounded_by_collapse_timeout_and_the_fill_still_lands() {
+    let origin = Origin::start().await;
+    let rs = Ringside::start(&origin.url(), "cache:\n  collapse_timeout: 500ms\n").await;
+    let path = "/patience?delay_ms=1500&cc=max-age%3D60";
+    let responses = concurrent_gets(rs.addr, path, 20).await;
+    for (r, took) in &responses {
+        assert_eq!(r.status, 504, "{}", r.text());
+        assert!(
+            *took >= Duration::from_millis(450) && *took < Duration::from_millis(1300),
+            "gave up after {took:?}, collapse_timeout is 500 ms"
+        );
+    }
+    let timed_out = responses
+        .iter()
+        .filter(|(r, _)| {
+            r.header("cache-status")
+                .unwrap_or("")
+                .contains("collapse-timeout")
+        })
+        .count();
+    assert!(
+        timed_out >= 15,
+        "{timed_out} followers say collapse-timeout"
+    );
+    // The fill kept going and stored the object for the next request.
+    tokio::time::sleep(Duration::from_millis(1300)).await;
+    let r = rs.get(path).await;
+    assert_eq!(r.status, 200);
+    assert!(r.header("cache-status").unwrap().contains("hit"));
+    assert_eq!(origin.hits(path), 1);
+}
