@@ -8,6 +8,7 @@ pub mod cache_rules;
 pub mod config;
 pub mod demo;
 pub mod fill;
+pub mod membership;
 pub mod metrics;
 pub mod origin;
 pub mod proxy;

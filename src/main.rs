@@ -32,6 +32,14 @@ struct Cli {
     /// error, warn, info, debug or trace.
     #[arg(long, env = "RINGSIDE_LOG_LEVEL", global = true)]
     log_level: Option<String>,
+    /// Shared secret of the cluster's peers (prefer the environment variable).
+    #[arg(
+        long,
+        env = "RINGSIDE_CLUSTER_SECRET",
+        global = true,
+        hide_env_values = true
+    )]
+    cluster_secret: Option<String>,
     #[command(subcommand)]
     command: Option<Command>,
 }
@@ -55,6 +63,7 @@ impl Cli {
             origin: self.origin.clone(),
             capacity: self.capacity.clone(),
             log_level: self.log_level.clone(),
+            cluster_secret: self.cluster_secret.clone(),
         }
     }
 

@@ -401,18 +401,31 @@ async fn sigterm_lets_an_in_flight_request_finish_then_exits() {
         (took, rs)
     });
 
-    // While draining, the listener no longer takes new requests.
-    tokio::time::sleep(Duration::from_millis(400)).await;
+    // Not gone yet: a request is in flight (the drain watcher first looks after 100 ms).
+    tokio::time::sleep(Duration::from_millis(250)).await;
     assert!(
         !terminating.is_finished(),
         "exited before the in-flight request finished"
     );
+    // While draining, the listener closes: new connections are refused.
+    let refused_by = Instant::now() + Duration::from_secs(1);
+    loop {
+        match tokio::net::TcpStream::connect(addr).await {
+            Err(e) if e.kind() == std::io::ErrorKind::ConnectionRefused => break,
+            other => {
+                assert!(
+                    Instant::now() < refused_by,
+                    "still accepting 1 s after SIGTERM: {other:?}"
+                );
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        }
+    }
     let late = tokio::time::timeout(Duration::from_millis(500), get(addr, "/late")).await;
     assert!(
         !matches!(late, Ok(Ok(_))),
         "a new request was served during the drain: {late:?}"
     );
-
     let (response, elapsed) = request.await.expect("request task");
     let response = response.expect("the in-flight request completed");
     assert_eq!(response.status, 200);

@@ -86,6 +86,7 @@ async fn demo(args: &DemoArgs) -> Result<(), String> {
         max_age: MAX_AGE,
         ..SampleOrigin::default()
     };
+    println!("starting the sample origin and ringside ...");
     let origin_addr = start_origin(&origin).await?;
     let mut ringside = RingsideProcess::start(origin_addr)?;
     ringside.wait_until_ready().await?;
@@ -98,7 +99,7 @@ async fn demo(args: &DemoArgs) -> Result<(), String> {
     let without = run_phase("without ringside", origin_addr, &workload, &origin).await;
     let with = run_phase("with ringside", ringside.proxy_addr, &workload, &origin).await;
     let metrics = settled_metrics(ringside.admin_addr, with.requests).await;
-    let stopped = ringside.stop();
+    let stopped = ringside.stop().await;
 
     let view = metrics.as_ref().ok();
     let report = Report {
@@ -152,9 +153,10 @@ fn verdict(
     }
     problems.extend(metrics_error);
     problems.extend(stopped.err());
-    match problems.is_empty() {
-        true => Ok(()),
-        false => Err(problems.join("; ")),
+    if problems.is_empty() {
+        Ok(())
+    } else {
+        Err(problems.join("; "))
     }
 }
 
@@ -257,7 +259,7 @@ impl RingsideProcess {
     async fn wait_for_200(&mut self, path: &str, deadline: Instant) -> Result<(), String> {
         loop {
             if let Ok(Some(status)) = self.child.try_wait() {
-                self.wait_for_last_output();
+                self.wait_for_last_output().await;
                 let why = format!("ringside exited during startup ({status})");
                 return Err(self.with_log(why));
             }
@@ -279,7 +281,7 @@ impl RingsideProcess {
     }
 
     /// SIGTERM, then wait; SIGKILL if it does not exit in time.
-    fn stop(&mut self) -> Result<(), String> {
+    async fn stop(&mut self) -> Result<(), String> {
         let pid = self.child.id().to_string();
         let signalled = Command::new("kill")
             .args(["-TERM", &pid])
@@ -291,33 +293,34 @@ impl RingsideProcess {
         while signalled && Instant::now() < deadline {
             match self.child.try_wait() {
                 Ok(Some(status)) => {
-                    self.wait_for_last_output();
-                    return match status.success() {
-                        true => Ok(()),
-                        false => Err(format!("ringside exited with {status} after SIGTERM")),
-                    };
+                    self.wait_for_last_output().await;
+                    if status.success() {
+                        return Ok(());
+                    }
+                    return Err(format!("ringside exited with {status} after SIGTERM"));
                 }
-                Ok(None) => std::thread::sleep(Duration::from_millis(20)),
+                Ok(None) => tokio::time::sleep(Duration::from_millis(20)).await,
                 Err(_) => break,
             }
         }
         let _ = self.child.kill();
         let _ = self.child.wait();
-        Err(match signalled {
-            true => format!(
+        if signalled {
+            Err(format!(
                 "ringside did not exit within {} s of SIGTERM and was killed",
                 STOP_TIMEOUT.as_secs()
-            ),
-            false => "could not send SIGTERM to ringside (is `kill` installed?); killed it".into(),
-        })
+            ))
+        } else {
+            Err("could not send SIGTERM to ringside (is `kill` installed?); killed it".into())
+        }
     }
 
     /// After the process exited: give the log threads a moment to copy
     /// its last words (they end when the pipes close).
-    fn wait_for_last_output(&self) {
+    async fn wait_for_last_output(&self) {
         let deadline = Instant::now() + Duration::from_millis(500);
         while Instant::now() < deadline && !self.log_readers.iter().all(|t| t.is_finished()) {
-            std::thread::sleep(Duration::from_millis(10));
+            tokio::time::sleep(Duration::from_millis(10)).await;
         }
     }
 
@@ -328,9 +331,10 @@ impl RingsideProcess {
     /// `why`, followed by the last lines ringside printed.
     fn with_log(&self, why: String) -> String {
         let lines = self.log_lines();
-        match lines.is_empty() {
-            true => format!("{why}; it printed nothing"),
-            false => format!("{why}; its last output:\n  {}", lines.join("\n  ")),
+        if lines.is_empty() {
+            format!("{why}; it printed nothing")
+        } else {
+            format!("{why}; its last output:\n  {}", lines.join("\n  "))
         }
     }
 

@@ -6,6 +6,11 @@
 //! only applies them through [`Overrides`]). Every struct denies unknown keys,
 //! so a typo such as `capacty:` is an error rather than a silently ignored line.
 
+mod cluster;
+
+pub use cluster::{
+    ClusterConfig, DnsMembership, EtcdMembership, HotConfig, MembershipConfig, StaticMember,
+};
 use serde::de::{self, Deserializer};
 use serde::Deserialize;
 use std::fmt;
@@ -45,6 +50,7 @@ pub struct Config {
     pub origin: OriginConfig,
     pub forward_proxy: ForwardProxyConfig,
     pub cache: CacheConfig,
+    pub cluster: ClusterConfig,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -139,6 +145,7 @@ impl Default for Config {
             origin: OriginConfig::default(),
             forward_proxy: ForwardProxyConfig::default(),
             cache: CacheConfig::default(),
+            cluster: ClusterConfig::default(),
         }
     }
 }
@@ -183,6 +190,7 @@ pub struct Overrides {
     pub origin: Option<String>,
     pub capacity: Option<String>,
     pub log_level: Option<String>,
+    pub cluster_secret: Option<String>,
 }
 
 impl Config {
@@ -235,6 +243,9 @@ impl Config {
                 parse_size(&v).ok_or_else(|| invalid("cache.capacity", quoted(&v), SIZE_HINT))?;
             // A small capacity from the command line shrinks the object limit with it.
             self.cache.max_object_size = self.cache.max_object_size.min(self.cache.capacity);
+        }
+        if let Some(v) = o.cluster_secret {
+            self.cluster.secret = v;
         }
         if let Some(v) = o.log_level {
             self.log_level = serde_yaml::from_str(&v).map_err(|_| {
@@ -294,6 +305,7 @@ impl Config {
                 "a size above zero and at most cache.capacity",
             ));
         }
+        self.cluster.validate(&self.listen, &self.admin_listen)?;
         if self.threads > 1024 {
             return Err(invalid("threads", self.threads, "0 (one per CPU) to 1024"));
         }
@@ -527,7 +539,7 @@ mod tests {
 
     #[test]
     fn the_shipped_config_is_valid() {
-        let text = include_str!("../config.yaml");
+        let text = include_str!("../../config.yaml");
         let c = load(text).expect("config.yaml must be valid");
         assert_eq!(c.origin_url().port, 8000);
     }

@@ -1,0 +1,271 @@
+//! The `cluster:` section: how sidecars find each other and share one cache.
+//!
+//! Off unless `cluster.enabled` is true; a lone sidecar needs none of it.
+
+use super::{de_duration, invalid, quoted, ConfigError};
+use serde::Deserialize;
+use std::net::SocketAddr;
+use std::time::Duration;
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ClusterConfig {
+    pub enabled: bool,
+    /// Where other sidecars reach this one (never the app-facing listener).
+    pub peer_listen: String,
+    /// This node's peer address as the others know it (`host:port`). Empty:
+    /// `$POD_IP` with peer_listen's port when POD_IP is set, else peer_listen.
+    pub advertise: String,
+    /// Shared secret that peers prove knowledge of (never sent in clear).
+    /// Prefer the RINGSIDE_CLUSTER_SECRET environment variable.
+    pub secret: String,
+    /// Cluster-wide key for the ring's SipHash: every node must use the same one.
+    pub hash_key: String,
+    /// Virtual nodes per member (times its weight).
+    pub vnodes: u32,
+    /// Bound on one request to a peer; past it the node loads from the origin itself.
+    #[serde(deserialize_with = "de_duration")]
+    pub peer_timeout: Duration,
+    /// After a peer fails, how long before it is tried again (doubles up to 16x).
+    #[serde(deserialize_with = "de_duration")]
+    pub peer_backoff: Duration,
+    pub hot: HotConfig,
+    pub membership: MembershipConfig,
+}
+
+/// Local mirrors of keys owned elsewhere but requested often here.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct HotConfig {
+    /// Share of cache.capacity given to mirrors (0 disables them).
+    pub fraction: f64,
+    /// Requests per second for one key, measured on this node, that make it hot.
+    pub min_rate: f64,
+}
+
+/// Where the member list comes from: exactly one of the three.
+#[derive(Debug, Clone, Deserialize, Default)]
+#[serde(deny_unknown_fields, default)]
+pub struct MembershipConfig {
+    /// Fixed peer addresses (`host:port`, or `{addr, weight}`), this node included or not.
+    #[serde(rename = "static")]
+    pub static_members: Vec<StaticMember>,
+    pub dns: Option<DnsMembership>,
+    pub etcd: Option<EtcdMembership>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(untagged)]
+pub enum StaticMember {
+    Addr(String),
+    Weighted { addr: String, weight: u32 },
+}
+
+impl StaticMember {
+    pub fn addr(&self) -> &str {
+        match self {
+            StaticMember::Addr(a) | StaticMember::Weighted { addr: a, .. } => a,
+        }
+    }
+    pub fn weight(&self) -> u32 {
+        match self {
+            StaticMember::Addr(_) => 1,
+            StaticMember::Weighted { weight, .. } => *weight,
+        }
+    }
+}
+
+/// Members are the addresses a DNS name resolves to (e.g. a Kubernetes headless Service).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DnsMembership {
+    pub name: String,
+    /// Peer port on every member (default: peer_listen's port).
+    #[serde(default)]
+    pub port: Option<u16>,
+    #[serde(default = "default_dns_interval", deserialize_with = "de_duration")]
+    pub interval: Duration,
+    /// A specific DNS server (`ip:port`); default: the system's resolv.conf.
+    #[serde(default)]
+    pub nameserver: Option<String>,
+}
+
+/// Members register under a prefix with a lease and watch it.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EtcdMembership {
+    /// etcd client URLs, e.g. http://127.0.0.1:2379.
+    pub endpoints: Vec<String>,
+    #[serde(default = "default_etcd_prefix")]
+    pub prefix: String,
+    #[serde(default = "default_lease_ttl", deserialize_with = "de_duration")]
+    pub lease_ttl: Duration,
+}
+
+fn default_dns_interval() -> Duration {
+    Duration::from_secs(5)
+}
+fn default_etcd_prefix() -> String {
+    "/ringside/members/".into()
+}
+fn default_lease_ttl() -> Duration {
+    Duration::from_secs(10)
+}
+
+impl Default for ClusterConfig {
+    fn default() -> Self {
+        ClusterConfig {
+            enabled: false,
+            peer_listen: "127.0.0.1:7070".into(),
+            advertise: String::new(),
+            secret: String::new(),
+            hash_key: "ringside".into(),
+            vnodes: 512,
+            peer_timeout: Duration::from_secs(2),
+            peer_backoff: Duration::from_secs(1),
+            hot: HotConfig::default(),
+            membership: MembershipConfig::default(),
+        }
+    }
+}
+
+impl Default for HotConfig {
+    fn default() -> Self {
+        HotConfig {
+            fraction: 0.1,
+            min_rate: 5.0,
+        }
+    }
+}
+
+impl ClusterConfig {
+    /// This node's peer address as other members see it.
+    pub fn advertise_addr(&self) -> String {
+        if !self.advertise.is_empty() {
+            return self.advertise.clone();
+        }
+        match (
+            std::env::var("POD_IP"),
+            self.peer_listen.parse::<SocketAddr>(),
+        ) {
+            (Ok(ip), Ok(listen)) if !ip.is_empty() => format!("{ip}:{}", listen.port()),
+            _ => self.peer_listen.clone(),
+        }
+    }
+
+    pub(super) fn validate(&self, listen: &str, admin_listen: &str) -> Result<(), ConfigError> {
+        if !self.enabled {
+            return Ok(());
+        }
+        super::check_addr("cluster.peer_listen", &self.peer_listen)?;
+        if self.peer_listen == listen || self.peer_listen == admin_listen {
+            return Err(invalid(
+                "cluster.peer_listen",
+                quoted(&self.peer_listen),
+                "an address different from listen and admin_listen",
+            ));
+        }
+        if self.secret.len() < 16 {
+            return Err(ConfigError::Invalid(
+                "cluster.secret: missing or shorter than 16 characters; set it (same on every node) \
+                 in the file or with RINGSIDE_CLUSTER_SECRET"
+                    .into(),
+            ));
+        }
+        if self.hash_key.is_empty() {
+            return Err(invalid(
+                "cluster.hash_key",
+                "\"\"",
+                "a non-empty string, the same on every node",
+            ));
+        }
+        if !(1..=10_000).contains(&self.vnodes) {
+            return Err(invalid("cluster.vnodes", self.vnodes, "1 to 10000"));
+        }
+        if self.peer_timeout.is_zero() {
+            return Err(invalid(
+                "cluster.peer_timeout",
+                "0",
+                "a positive duration such as \"2s\"",
+            ));
+        }
+        if !(0.0..=0.5).contains(&self.hot.fraction) {
+            return Err(invalid(
+                "cluster.hot.fraction",
+                self.hot.fraction,
+                "a number from 0 to 0.5",
+            ));
+        }
+        if self.hot.min_rate.is_nan() || self.hot.min_rate <= 0.0 {
+            return Err(invalid(
+                "cluster.hot.min_rate",
+                self.hot.min_rate,
+                "a rate above 0 (requests per second)",
+            ));
+        }
+        let m = &self.membership;
+        let sources = usize::from(!m.static_members.is_empty())
+            + usize::from(m.dns.is_some())
+            + usize::from(m.etcd.is_some());
+        if sources != 1 {
+            return Err(ConfigError::Invalid(format!(
+                "cluster.membership: {sources} sources given; expected exactly one of static, dns, etcd"
+            )));
+        }
+        for (i, member) in m.static_members.iter().enumerate() {
+            if member
+                .addr()
+                .rsplit_once(':')
+                .and_then(|(_, p)| p.parse::<u16>().ok())
+                .is_none()
+            {
+                return Err(invalid(
+                    &format!("cluster.membership.static[{i}]"),
+                    quoted(member.addr()),
+                    "host:port",
+                ));
+            }
+            if !(1..=100).contains(&member.weight()) {
+                return Err(invalid(
+                    &format!("cluster.membership.static[{i}].weight"),
+                    member.weight(),
+                    "1 to 100",
+                ));
+            }
+        }
+        if let Some(dns) = &m.dns {
+            if dns.name.is_empty() {
+                return Err(invalid("cluster.membership.dns.name", "\"\"", "a DNS name"));
+            }
+            if let Some(ns) = &dns.nameserver {
+                super::check_addr("cluster.membership.dns.nameserver", ns)?;
+            }
+        }
+        if let Some(etcd) = &m.etcd {
+            if etcd.endpoints.is_empty() {
+                return Err(invalid(
+                    "cluster.membership.etcd.endpoints",
+                    "[]",
+                    "at least one http://host:port",
+                ));
+            }
+            for (i, e) in etcd.endpoints.iter().enumerate() {
+                super::OriginUrl::parse(e).map_err(|why| {
+                    invalid(
+                        &format!("cluster.membership.etcd.endpoints[{i}]"),
+                        quoted(e),
+                        why,
+                    )
+                })?;
+            }
+            if !etcd.prefix.starts_with('/') {
+                return Err(invalid(
+                    "cluster.membership.etcd.prefix",
+                    quoted(&etcd.prefix),
+                    "a key prefix starting with /",
+                ));
+            }
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,89 @@
+//! Membership: who is in the cluster right now.
+//!
+//! A source (a static list, DNS, or etcd) publishes the current member list
+//! on a `watch` channel; the cluster rebuilds its ring from each new list
+//! (see `cluster.rs`). Every list is sorted, de-duplicated and includes this
+//! node itself, so two nodes that see the same members build the same ring.
+
+mod dns;
+mod etcd;
+
+use crate::config::ClusterConfig;
+use tokio::sync::watch;
+
+/// One sidecar, by the peer address the others reach it at.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct Member {
+    /// `host:port` of its peer listener.
+    pub addr: String,
+    /// Relative share of the key space (1 = normal).
+    pub weight: u32,
+}
+
+impl Member {
+    pub fn new(addr: impl Into<String>, weight: u32) -> Member {
+        Member {
+            addr: addr.into(),
+            weight: weight.max(1),
+        }
+    }
+}
+
+/// Sort, de-duplicate (by address, keeping the largest weight) and make sure `me` is present.
+pub fn normalize(mut members: Vec<Member>, me: &Member) -> Vec<Member> {
+    if !members.iter().any(|m| m.addr == me.addr) {
+        members.push(me.clone());
+    }
+    members.sort_by(|a, b| a.addr.cmp(&b.addr).then(b.weight.cmp(&a.weight)));
+    members.dedup_by(|a, b| a.addr == b.addr);
+    members
+}
+
+/// Start the configured source. The receiver holds the current list at all
+/// times (this node alone until the source first answers).
+pub async fn start(config: &ClusterConfig) -> Result<watch::Receiver<Vec<Member>>, String> {
+    let me = Member::new(config.advertise_addr(), 1);
+    let m = &config.membership;
+    if let Some(dns) = &m.dns {
+        return dns::start(dns.clone(), config, me).await;
+    }
+    if let Some(etcd) = &m.etcd {
+        return etcd::start(etcd.clone(), me).await;
+    }
+    let members = m
+        .static_members
+        .iter()
+        .map(|s| Member::new(s.addr(), s.weight()))
+        .collect();
+    let (tx, rx) = watch::channel(normalize(members, &me));
+    // Static lists never change; keep the sender alive so receivers never see "closed".
+    std::mem::forget(tx);
+    Ok(rx)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn normalize_sorts_dedups_and_adds_self() {
+        let me = Member::new("10.0.0.2:7070", 1);
+        let list = normalize(
+            vec![
+                Member::new("10.0.0.3:7070", 1),
+                Member::new("10.0.0.1:7070", 1),
+                Member::new("10.0.0.3:7070", 2),
+            ],
+            &me,
+        );
+        let addrs: Vec<_> = list.iter().map(|m| (m.addr.as_str(), m.weight)).collect();
+        assert_eq!(
+            addrs,
+            vec![
+                ("10.0.0.1:7070", 1),
+                ("10.0.0.2:7070", 1),
+                ("10.0.0.3:7070", 2)
+            ]
+        );
+    }
+}
