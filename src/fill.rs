@@ -258,7 +258,7 @@ async fn stream_to_leader(
     let (tx, rx) = mpsc::channel(16);
     let mut header = response.header.clone();
     header.set_version(http::Version::HTTP_11);
-    if header.headers.get(header::CONTENT_LENGTH).is_none() {
+    if has_body(header.status) && header.headers.get(header::CONTENT_LENGTH).is_none() {
         let _ = header.insert_header(header::TRANSFER_ENCODING, "chunked");
     }
     let stream = LeaderResult::Stream {
@@ -305,6 +305,14 @@ pub fn variant_key_for(key: &str, fingerprint: u64) -> String {
     format!("{key}\u{1f}vary={fingerprint:016x}")
 }
 
+/// Whether a response with this status has a body to frame: 1xx, 204 and 304
+/// never do, and must not announce one (RFC 9112 §6.1, §6.3).
+fn has_body(status: http::StatusCode) -> bool {
+    !(status.is_informational()
+        || status == http::StatusCode::NO_CONTENT
+        || status == http::StatusCode::NOT_MODIFIED)
+}
+
 /// Turn an origin response and its body into a stored object.
 fn build_object(
     response: &OriginResponse,
@@ -313,8 +321,11 @@ fn build_object(
     rules: &RuleOptions,
 ) -> Arc<CachedObject> {
     let mut header = response.header.clone();
-    // The stored copy is sent with a known length, whatever the origin's framing was.
-    let _ = header.insert_header(header::CONTENT_LENGTH, body.len());
+    // The stored copy is sent with a known length, whatever the origin's framing was
+    // (a 204 has no body and may not carry a length, RFC 9110 §8.6).
+    if has_body(header.status) {
+        let _ = header.insert_header(header::CONTENT_LENGTH, body.len());
+    }
     ensure_date(&mut header, response.response_time);
     Arc::new(describe(
         header,

@@ -12,6 +12,7 @@ pub mod membership;
 pub mod metrics;
 pub mod origin;
 pub mod proxy;
+pub mod ring;
 pub mod server;
 pub mod singleflight;
 pub mod store;
