@@ -1,26 +1,151 @@
-//! The admin listener: `/metrics`, `/healthz`, `/readyz`.
+//! The admin listener: `/metrics`, `/healthz`, `/readyz`, and purge.
 //!
 //! It is a separate pingora service on its own address so that scrapes and
 //! probes never queue behind app traffic, and so that it can be firewalled
 //! apart from the app-facing port.
+//!
+//! The read-only endpoints are open (kubelet probes and Prometheus scrapes
+//! carry no credentials by default; metrics hold no keys, paths or payloads).
+//! Purge changes the cache, so it needs `Authorization: Bearer <token>` with
+//! `admin_token` (or, when that is unset, `cluster.secret`); without a
+//! configured token purge is refused outright.
+//!
+//! Purge: `PURGE /path?query` or `DELETE /cache/path?query` removes that key
+//! (all its Vary variants) for the configured origin; header
+//! `ringside-purge: prefix` removes every key starting with the path, and
+//! `ringside-origin: https://host` selects a forward-proxy origin. The purge
+//! runs on this node and on every other member (see `purge.rs`).
 
+use crate::config::OriginUrl;
 use crate::metrics;
-use crate::store::Store;
+use crate::proxy::Ringside;
+use crate::purge;
 use async_trait::async_trait;
-use http::{Response, StatusCode};
+use http::{Method, Response, StatusCode};
 use pingora::apps::http_app::ServeHttp;
 use pingora::protocols::http::ServerSession;
 use std::net::SocketAddr;
-use std::sync::Arc;
 use std::time::Duration;
 
 pub struct Admin {
-    pub store: Arc<Store>,
+    proxy: Ringside,
     /// The app-facing listener, probed by `/readyz`.
-    pub proxy_addr: SocketAddr,
+    proxy_addr: SocketAddr,
+    /// Bearer token for purge; None: purge disabled.
+    token: Option<String>,
 }
 
-fn text(status: StatusCode, content_type: &str, body: Vec<u8>) -> Response<Vec<u8>> {
+impl Admin {
+    pub fn new(proxy: Ringside, proxy_addr: SocketAddr) -> Admin {
+        let config = &proxy.config;
+        let token = [&config.admin_token, &config.cluster.secret]
+            .into_iter()
+            .find(|t| !t.is_empty())
+            .cloned();
+        Admin {
+            proxy,
+            proxy_addr,
+            token,
+        }
+    }
+
+    fn update_gauges(&self) {
+        self.proxy.filler.store.update_gauges();
+        if let Some(cluster) = &self.proxy.filler.cluster {
+            let hot = &cluster.hot.store;
+            hot.run_pending_tasks();
+            metrics::HOT_ENTRIES.set(hot.entry_count() as i64);
+            metrics::HOT_BYTES.set(hot.weighted_bytes() as i64);
+        }
+    }
+
+    fn authorized(&self, session: &ServerSession) -> bool {
+        let Some(token) = &self.token else {
+            return false;
+        };
+        let given = session
+            .req_header()
+            .headers
+            .get(http::header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.strip_prefix("Bearer "));
+        given.is_some_and(|g| g.as_bytes() == token.as_bytes())
+    }
+
+    async fn purge(&self, session: &ServerSession) -> Response<Vec<u8>> {
+        if !self.authorized(session) {
+            metrics::PEER_AUTH_FAILURES.inc();
+            let why: &[u8] = match self.token {
+                None => b"purge is disabled: set admin_token (or cluster.secret)\n",
+                Some(_) => b"purge needs Authorization: Bearer <admin token>\n",
+            };
+            return text(StatusCode::UNAUTHORIZED, why.to_vec());
+        }
+        let req = session.req_header();
+        let target = match req
+            .headers
+            .get("ringside-origin")
+            .and_then(|v| v.to_str().ok())
+        {
+            None => self.proxy.origin.clone(),
+            Some(url) => match OriginUrl::parse(url)
+                .ok()
+                .and_then(|u| self.proxy.forward.get(&u))
+            {
+                Some(target) => target.clone(),
+                None => {
+                    return text(
+                        StatusCode::BAD_REQUEST,
+                        b"unknown ringside-origin\n".to_vec(),
+                    )
+                }
+            },
+        };
+        let path_and_query = req.uri.path_and_query().map_or("/", |p| p.as_str());
+        let path = match req.method {
+            Method::DELETE => path_and_query
+                .strip_prefix("/cache")
+                .unwrap_or(path_and_query),
+            _ => path_and_query,
+        };
+        let Ok(uri) = path.parse::<http::Uri>() else {
+            return text(StatusCode::BAD_REQUEST, b"bad path\n".to_vec());
+        };
+        let prefix = req
+            .headers
+            .get("ringside-purge")
+            .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"prefix"));
+        let key = self.proxy.cache_key(&target, &uri);
+        let filler = &self.proxy.filler;
+        let mut stores = vec![&*filler.store];
+        if let Some(cluster) = &filler.cluster {
+            stores.push(&cluster.hot.store);
+        }
+        purge::apply_local(&stores, &key, prefix);
+        let (confirmed, asked) = match &filler.cluster {
+            Some(cluster) => {
+                purge::broadcast(cluster, &filler.client, &target.key_prefix, path, prefix).await
+            }
+            None => (0, 0),
+        };
+        let body = format!(
+            "purged {}{key} on this node and {confirmed} of {asked} other member(s)\n",
+            if prefix { "prefix " } else { "" }
+        );
+        let status = if confirmed == asked {
+            StatusCode::OK
+        } else {
+            StatusCode::BAD_GATEWAY
+        };
+        text(status, body.into_bytes())
+    }
+}
+
+fn text(status: StatusCode, body: Vec<u8>) -> Response<Vec<u8>> {
+    with_type(status, "text/plain", body)
+}
+
+fn with_type(status: StatusCode, content_type: &str, body: Vec<u8>) -> Response<Vec<u8>> {
     Response::builder()
         .status(status)
         .header(http::header::CONTENT_TYPE, content_type)
@@ -33,29 +158,33 @@ fn text(status: StatusCode, content_type: &str, body: Vec<u8>) -> Response<Vec<u
 #[async_trait]
 impl ServeHttp for Admin {
     async fn response(&self, session: &mut ServerSession) -> Response<Vec<u8>> {
-        let path = session.req_header().uri.path().to_owned();
-        match path.as_str() {
+        let req = session.req_header();
+        if req.method.as_str() == "PURGE"
+            || (req.method == Method::DELETE && req.uri.path().starts_with("/cache/"))
+        {
+            return self.purge(session).await;
+        }
+        match req.uri.path() {
             "/metrics" => {
-                self.store.update_gauges();
-                text(
+                self.update_gauges();
+                with_type(
                     StatusCode::OK,
                     "text/plain; version=0.0.4",
                     metrics::render(),
                 )
             }
-            "/healthz" => text(StatusCode::OK, "text/plain", b"ok\n".to_vec()),
+            "/healthz" => text(StatusCode::OK, b"ok\n".to_vec()),
             "/readyz" => {
                 let probe = tokio::net::TcpStream::connect(self.proxy_addr);
                 match tokio::time::timeout(Duration::from_secs(1), probe).await {
-                    Ok(Ok(_)) => text(StatusCode::OK, "text/plain", b"ready\n".to_vec()),
+                    Ok(Ok(_)) => text(StatusCode::OK, b"ready\n".to_vec()),
                     _ => text(
                         StatusCode::SERVICE_UNAVAILABLE,
-                        "text/plain",
                         b"proxy listener not accepting\n".to_vec(),
                     ),
                 }
             }
-            _ => text(StatusCode::NOT_FOUND, "text/plain", b"not found\n".to_vec()),
+            _ => text(StatusCode::NOT_FOUND, b"not found\n".to_vec()),
         }
     }
 }

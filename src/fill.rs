@@ -7,7 +7,7 @@
 //!
 //! What a fill produces:
 //! - a storable response small enough to keep is read whole, stored, and
-//!   published to everyone as [`Outcome::Stored`];
+//!   published to everyone as [`Outcome::Fetched`];
 //! - anything else (uncacheable, too large, a 304 with nothing to refresh) is
 //!   published as [`Outcome::NotStored`] *as soon as its headers arrive*, so
 //!   the followers go to the origin on their own at once instead of queueing
@@ -17,12 +17,14 @@
 //!   [`Outcome::UseStale`].
 
 use crate::cache_rules::{self, RuleOptions};
+use crate::cluster::Cluster;
 use crate::metrics;
 use crate::origin::{
     strip_response_hop_by_hop, FetchError, OriginClient, OriginResponse, OriginTarget,
 };
+use crate::peers;
 use crate::singleflight::{Flight, Group, Join, Waiter};
-use crate::store::{CachedObject, Store};
+use crate::store::{CachedObject, Entry, Store};
 use bytes::{Bytes, BytesMut};
 use http::header;
 use pingora::http::{RequestHeader, ResponseHeader};
@@ -33,10 +35,13 @@ use tokio::sync::{mpsc, oneshot};
 /// What a fill published to everyone waiting on the key.
 #[derive(Clone)]
 pub enum Outcome {
-    /// Fetched (or revalidated with a 304) and stored.
-    Stored {
+    /// Fetched (or revalidated with a 304), shareable, and stored where it
+    /// belongs (this node's cache; a hot mirror or nowhere when a peer owns it).
+    Fetched {
         object: Arc<CachedObject>,
         revalidated: bool,
+        /// Answered by the key's owner on another node.
+        via_peer: bool,
     },
     /// The origin's answer is not for sharing: fetch your own.
     NotStored,
@@ -70,6 +75,11 @@ pub struct Job {
     pub stale: Option<Arc<CachedObject>>,
     pub rules: RuleOptions,
     pub max_object_size: u64,
+    /// The key's owner when it is another node: asked first, the origin
+    /// only if it fails (still inside this one flight).
+    pub owner: Option<String>,
+    /// Where a copy from the owner is kept: the hot area when the key is hot here.
+    pub mirror: Option<Arc<Store>>,
 }
 
 /// Shared by every fill.
@@ -77,6 +87,7 @@ pub struct Filler {
     pub flights: Arc<Group<String, Outcome>>,
     pub client: OriginClient,
     pub store: Arc<Store>,
+    pub cluster: Option<Arc<Cluster>>,
 }
 
 /// Either lead a fill (the receiver yields this request's own result) or follow one.
@@ -114,8 +125,22 @@ async fn run(
             let _ = job.request.insert_header(name, value);
         }
     }
+    if job.stale.is_none() {
+        // A fill that finished between our lookup and our joining the
+        // flight has stored the object already: use it, don't fetch again.
+        if let Some(Entry::Object(object)) = filler.store.get(flight.key()) {
+            if object.is_fresh(Instant::now()) {
+                let outcome = Outcome::Fetched {
+                    object,
+                    revalidated: false,
+                    via_peer: false,
+                };
+                return publish(flight, leader, outcome);
+            }
+        }
+    }
     let request_headers = job.request.headers.clone();
-    let response = filler.client.fetch(&job.target, &job.request).await;
+    let (response, via_peer) = fetch(&filler, &job).await;
     let mut response = match response {
         Ok(r) => r,
         Err(e) => {
@@ -131,6 +156,14 @@ async fn run(
     };
     let status = response.header.status;
     strip_response_hop_by_hop(&mut response.header);
+    if via_peer {
+        // The owner's own Cache-Status describes its cache, not ours.
+        response.header.remove_header("cache-status");
+    }
+    let store = match via_peer {
+        true => job.mirror.clone(),
+        false => Some(filler.store.clone()),
+    };
 
     if status.is_server_error() {
         if let Some(object) = usable_if_error(job.stale.as_ref()) {
@@ -151,12 +184,13 @@ async fn run(
         if let Some(stale) = &job.stale {
             let object = refreshed(stale, &response, &job.rules);
             response.finish(&filler.client).await;
-            filler
-                .store
-                .insert(&job.key, variant_key(&job.key, &object), object.clone());
-            let outcome = Outcome::Stored {
+            if let Some(store) = &store {
+                store.insert(&job.key, variant_key(&job.key, &object), object.clone());
+            }
+            let outcome = Outcome::Fetched {
                 object,
                 revalidated: true,
+                via_peer,
             };
             return publish(flight, leader, outcome);
         }
@@ -180,7 +214,12 @@ async fn run(
             "too-large"
         }
         Ok(()) => {
-            return store_whole(filler, flight, job, request_headers, response, leader).await;
+            let whole = Whole {
+                store,
+                via_peer,
+                request_headers,
+            };
+            return store_whole(filler, flight, job, whole, response, leader).await;
         }
     };
     flight.complete(Outcome::NotStored);
@@ -189,11 +228,18 @@ async fn run(
 
 /// Read a storable response whole, store it and publish it. Falls back to
 /// streaming when the body turns out larger than the limit.
+/// Where a whole response goes once read.
+struct Whole {
+    store: Option<Arc<Store>>,
+    via_peer: bool,
+    request_headers: http::HeaderMap,
+}
+
 async fn store_whole(
     filler: Arc<Filler>,
     flight: Flight<String, Outcome>,
     job: Job,
-    request_headers: http::HeaderMap,
+    whole: Whole,
     mut response: OriginResponse,
     leader: Option<oneshot::Sender<LeaderResult>>,
 ) {
@@ -216,19 +262,78 @@ async fn store_whole(
             }
         }
     }
-    let object = build_object(&response, body.freeze(), &request_headers, &job.rules);
+    let object = build_object(&response, body.freeze(), &whole.request_headers, &job.rules);
     response.finish(&filler.client).await;
-    filler
-        .store
-        .insert(&job.key, variant_key(&job.key, &object), object.clone());
-    publish(
-        flight,
-        leader,
-        Outcome::Stored {
-            object,
-            revalidated: false,
+    if let Some(store) = &whole.store {
+        store.insert(&job.key, variant_key(&job.key, &object), object.clone());
+    }
+    let outcome = Outcome::Fetched {
+        object,
+        revalidated: false,
+        via_peer: whole.via_peer,
+    };
+    publish(flight, leader, outcome);
+}
+
+/// Ask the owner when another node owns the key; the origin otherwise, or
+/// when the owner fails (then it is skipped for a while). True: from a peer.
+async fn fetch(filler: &Filler, job: &Job) -> (Result<OriginResponse, FetchError>, bool) {
+    if let (Some(owner), Some(cluster)) = (&job.owner, &filler.cluster) {
+        let request = peer_request(job, cluster);
+        let started = Instant::now();
+        match filler
+            .client
+            .fetch_peer(owner, &request, cluster.peer_timeout)
+            .await
+        {
+            Ok(response) => {
+                cluster.health.record_success(owner);
+                metrics::observe_peer(owner, "ok", Some(started.elapsed().as_secs_f64()));
+                return (Ok(response), true);
+            }
+            Err(_) => {
+                cluster.health.record_failure(owner);
+                metrics::observe_peer(owner, "error", None);
+            }
+        }
+    }
+    (filler.client.fetch(&job.target, &job.request).await, false)
+}
+
+/// The fill request plus the peer protocol's headers (see `peers.rs`).
+fn peer_request(job: &Job, cluster: &Cluster) -> RequestHeader {
+    let mut request = job.request.clone();
+    let path = request
+        .uri
+        .path_and_query()
+        .map_or("/", |p| p.as_str())
+        .to_owned();
+    let mut headers = Vec::new();
+    cluster.auth.sign(
+        &mut headers,
+        &peers::Signed {
+            timestamp: peers::now_secs(),
+            from: &cluster.me,
+            method: "GET",
+            origin: &job.target.key_prefix,
+            path: &path,
         },
     );
+    headers.push((
+        peers::ORIGIN.clone(),
+        job.target
+            .key_prefix
+            .parse()
+            .unwrap_or_else(|_| http::HeaderValue::from_static("")),
+    ));
+    headers.push((
+        peers::GENERATION.clone(),
+        http::HeaderValue::from(cluster.ring().generation()),
+    ));
+    for (name, value) in headers {
+        let _ = request.insert_header(name, value);
+    }
+    request
 }
 
 fn publish(

@@ -5,13 +5,18 @@
 
 pub mod admin;
 pub mod cache_rules;
+pub mod cluster;
 pub mod config;
 pub mod demo;
 pub mod fill;
+pub mod hot;
+pub mod inject;
 pub mod membership;
 pub mod metrics;
 pub mod origin;
+pub mod peers;
 pub mod proxy;
+pub mod purge;
 pub mod ring;
 pub mod server;
 pub mod singleflight;

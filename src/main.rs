@@ -40,6 +40,14 @@ struct Cli {
         hide_env_values = true
     )]
     cluster_secret: Option<String>,
+    /// Bearer token for purge on the admin listener (prefer the environment variable).
+    #[arg(
+        long,
+        env = "RINGSIDE_ADMIN_TOKEN",
+        global = true,
+        hide_env_values = true
+    )]
+    admin_token: Option<String>,
     #[command(subcommand)]
     command: Option<Command>,
 }
@@ -53,6 +61,8 @@ enum Command {
     },
     /// Run a local demo: a slow sample origin, ringside in front, a burst of clients.
     Demo(ringside::demo::DemoArgs),
+    /// Run the Kubernetes admission webhook that injects the ringside sidecar (HTTPS on --listen).
+    Inject(ringside::inject::InjectArgs),
 }
 
 impl Cli {
@@ -64,6 +74,7 @@ impl Cli {
             capacity: self.capacity.clone(),
             log_level: self.log_level.clone(),
             cluster_secret: self.cluster_secret.clone(),
+            admin_token: self.admin_token.clone(),
         }
     }
 
@@ -90,6 +101,9 @@ fn main() -> ExitCode {
             }
         },
         Some(Command::Demo(args)) => ringside::demo::run(args),
+        Some(Command::Inject(args)) => {
+            ringside::inject::run(args, cli.listen.as_deref(), cli.log_level.as_deref())
+        }
         None => match cli.load(cli.config.as_ref()) {
             Ok(config) => {
                 init_logging(config.log_level.as_str());

@@ -175,19 +175,59 @@ impl OriginClient {
         })
     }
 
+    /// Send `request` to another ringside's peer listener at `addr` (`host:port`),
+    /// bounded by `timeout` for connecting and for each read.
+    pub async fn fetch_peer(
+        &self,
+        addr: &str,
+        request: &RequestHeader,
+        timeout: Duration,
+    ) -> Result<OriginResponse, FetchError> {
+        let resolved = match tokio::time::timeout(timeout, tokio::net::lookup_host(addr)).await {
+            Ok(Ok(mut addrs)) => addrs.next(),
+            _ => None,
+        };
+        let Some(socket) = resolved else {
+            return Err(FetchError::Unreachable);
+        };
+        let mut peer = HttpPeer::new(socket, false, String::new());
+        peer.options.connection_timeout = Some(timeout);
+        peer.options.total_connection_timeout = Some(timeout);
+        peer.options.read_timeout = Some(timeout);
+        peer.options.write_timeout = Some(timeout);
+        peer.options.idle_timeout = Some(Duration::from_secs(60));
+        self.send(peer, request, timeout, Duration::from_secs(60))
+            .await
+            .map_err(|e| {
+                log::warn!("peer {addr} fetch {} failed: {e}", request.uri);
+                FetchError::from_pingora(&e)
+            })
+    }
+
     async fn fetch_inner(
         &self,
         target: &OriginTarget,
         request: &RequestHeader,
     ) -> pingora::Result<OriginResponse> {
         let peer = target.peer().await?;
+        self.send(peer, request, target.read_timeout, target.idle_timeout)
+            .await
+    }
+
+    async fn send(
+        &self,
+        peer: HttpPeer,
+        request: &RequestHeader,
+        read_timeout: Duration,
+        idle_timeout: Duration,
+    ) -> pingora::Result<OriginResponse> {
         let request_time = SystemTime::now();
         // A pooled connection may have been closed by the origin while idle;
         // for these idempotent fills one retry on a fresh connection is safe.
         for attempt in 0..2 {
             let (mut session, reused) = self.connector.get_http_session(&peer).await?;
-            session.set_read_timeout(Some(target.read_timeout));
-            session.set_write_timeout(Some(target.read_timeout));
+            session.set_read_timeout(Some(read_timeout));
+            session.set_write_timeout(Some(read_timeout));
             let sent = async {
                 session
                     .write_request_header(Box::new(request.clone()))
@@ -205,7 +245,7 @@ impl OriginClient {
                     return Ok(OriginResponse {
                         session,
                         peer,
-                        idle_timeout: target.idle_timeout,
+                        idle_timeout,
                         header,
                         request_time,
                         response_time: SystemTime::now(),

@@ -6,6 +6,7 @@
 //! `shutdown_grace` at the latest. SIGINT exits at once.
 
 use crate::admin::Admin;
+use crate::cluster::Cluster;
 use crate::config::Config;
 use crate::fill::Filler;
 use crate::metrics;
@@ -43,11 +44,28 @@ impl Drop for InFlight {
 pub fn run(config: Config) -> ! {
     let config = Arc::new(config);
     metrics::init(config.cache.capacity);
-    let store = Arc::new(Store::new(config.cache.capacity));
+    // Membership sources and the ring updater run on a small runtime of
+    // their own, started before pingora's (which start in `server.run`).
+    let background = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .thread_name("ringside-cluster")
+        .enable_all()
+        .build()
+        .unwrap_or_else(|e| fatal(&format!("cannot start a runtime: {e}")));
+    let (main_capacity, hot_capacity) = split_capacity(&config);
+    let cluster = match config.cluster.enabled {
+        false => None,
+        true => Some(
+            background
+                .block_on(Cluster::start(&config.cluster, hot_capacity))
+                .unwrap_or_else(|e| fatal(&format!("cluster membership: {e}"))),
+        ),
+    };
     let filler = Arc::new(Filler {
         flights: Group::new(),
         client: OriginClient::default(),
-        store: store.clone(),
+        store: Arc::new(Store::new(main_capacity)),
+        cluster,
     });
     let threads = match config.threads {
         0 => std::thread::available_parallelism().map_or(1, |n| n.get()),
@@ -66,13 +84,24 @@ pub fn run(config: Config) -> ! {
     server.bootstrap();
 
     let proxy_addr = config.listen.parse().expect("validated by config");
+    let ringside = Ringside::new(config.clone(), filler);
+    if config.cluster.enabled {
+        let mut peers = pingora::proxy::http_proxy_service_with_name(
+            &server.configuration,
+            ringside.for_peers(),
+            "ringside peers",
+        );
+        peers.add_tcp(&config.cluster.peer_listen);
+        server.add_service(peers);
+    }
+    let admin = Admin::new(ringside.clone(), proxy_addr);
     let mut proxy = pingora::proxy::http_proxy_service_with_name(
         &server.configuration,
-        Ringside::new(config.clone(), filler),
+        ringside,
         "ringside proxy",
     );
     proxy.add_tcp(&config.listen);
-    let mut admin = Service::new("ringside admin".into(), Admin { store, proxy_addr });
+    let mut admin = Service::new("ringside admin".into(), admin);
     admin.add_tcp(&config.admin_listen);
     server.add_service(proxy);
     server.add_service(admin);
@@ -85,7 +114,24 @@ pub fn run(config: Config) -> ! {
     server.run(RunArgs {
         shutdown_signal: Box::new(DrainOnTerm { grace }),
     });
+    drop(background);
     std::process::exit(0)
+}
+
+/// Bytes for this node's own keys and for hot mirrors: together, the capacity.
+fn split_capacity(config: &Config) -> (u64, u64) {
+    let capacity = config.cache.capacity;
+    if !config.cluster.enabled {
+        return (capacity, 0);
+    }
+    let hot = (capacity as f64 * config.cluster.hot.fraction) as u64;
+    (capacity - hot, hot)
+}
+
+fn fatal(message: &str) -> ! {
+    log::error!("{message}");
+    eprintln!("ringside: {message}");
+    std::process::exit(1)
 }
 
 /// SIGTERM: graceful, exiting when drained. SIGINT: immediate.

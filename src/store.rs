@@ -225,6 +225,11 @@ impl Store {
         self.capacity
     }
 
+    /// Apply moka's pending work now (evictions, expiries, counts).
+    pub fn run_pending_tasks(&self) {
+        self.cache.run_pending_tasks();
+    }
+
     /// Copy the store's size into the gauges (called before each scrape).
     pub fn update_gauges(&self) {
         self.cache.run_pending_tasks();

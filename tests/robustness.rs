@@ -203,8 +203,6 @@ async fn malformed_requests_are_refused_and_ringside_keeps_serving() {
 }
 
 #[tokio::test]
-#[ignore = "policy gap: ringside forwards request heads up to pingora's 1 MiB limit; \
-            common proxies refuse a 100 KB header (nginx 8 KB, Envoy 60 KB)"]
 async fn a_100_kb_header_is_refused() {
     let (origin, mut rs) = setup().await;
     let value = "a".repeat(100 * 1024);

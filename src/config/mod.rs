@@ -41,6 +41,8 @@ pub struct Config {
     pub listen: String,
     /// Metrics, health and readiness.
     pub admin_listen: String,
+    /// Bearer token for the admin listener's purge endpoint (default: cluster.secret).
+    pub admin_token: String,
     /// Worker threads for the proxy; 0 = one per available CPU.
     pub threads: usize,
     /// Seconds to finish in-flight requests after SIGTERM.
@@ -139,6 +141,7 @@ impl Default for Config {
         Config {
             listen: "127.0.0.1:8080".into(),
             admin_listen: "127.0.0.1:9090".into(),
+            admin_token: String::new(),
             threads: 0,
             shutdown_grace: Duration::from_secs(10),
             log_level: LogLevel::Info,
@@ -191,6 +194,7 @@ pub struct Overrides {
     pub capacity: Option<String>,
     pub log_level: Option<String>,
     pub cluster_secret: Option<String>,
+    pub admin_token: Option<String>,
 }
 
 impl Config {
@@ -243,6 +247,9 @@ impl Config {
                 parse_size(&v).ok_or_else(|| invalid("cache.capacity", quoted(&v), SIZE_HINT))?;
             // A small capacity from the command line shrinks the object limit with it.
             self.cache.max_object_size = self.cache.max_object_size.min(self.cache.capacity);
+        }
+        if let Some(v) = o.admin_token {
+            self.admin_token = v;
         }
         if let Some(v) = o.cluster_secret {
             self.cluster.secret = v;

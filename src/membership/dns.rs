@@ -1,14 +1,416 @@
-//! DNS membership (placeholder; being written).
-use super::Member;
+//! DNS membership: the members are the addresses one name resolves to, such
+//! as a Kubernetes headless Service that lists the ready sidecar pods.
+//!
+//! A task polls the name every `interval` and publishes `ip:port` for every
+//! A and AAAA record (port: `dns.port`, else `cluster.peer_listen`'s), with
+//! this node added by [`normalize`]. It publishes only when the list
+//! changed, and logs who joined and who left. The task owns the
+//! `watch::Sender` and ends when every receiver has been dropped.
+//!
+//! DNS is a poor witness of absence, so the list shrinks cautiously:
+//! - A lookup that fails (timeout, SERVFAIL, refused, unreadable
+//!   resolv.conf) keeps the previous list, is logged, and the next poll
+//!   backs off. A DNS hiccup must not shrink the ring: every key owned by a
+//!   vanished member would move, and move back a moment later.
+//! - A and AAAA are asked separately, and a family whose query failed keeps
+//!   its previous addresses, so a server that answers A but chokes on AAAA
+//!   cannot make the IPv6 members "leave".
+//! - "No such name" or an empty answer (for both families) must persist over
+//!   [`EMPTY_POLLS_TO_SHRINK`] consecutive polls before the list shrinks to
+//!   this node alone: a Service briefly has no ready endpoints while it is
+//!   being rewritten.
+//!
+//! The resolver is `hickory-resolver`: with `dns.nameserver` it asks that
+//! server only (UDP, falling back to TCP on truncation or error), without
+//! it it follows the system's resolv.conf (search domains, ndots, servers).
+//! Its cache is cleared before every poll so that `interval`, not the
+//! records' TTL, decides how fresh the list is.
+
+use super::{normalize, Member};
 use crate::config::{ClusterConfig, DnsMembership};
+use hickory_resolver::config::{NameServerConfig, ResolveHosts, ResolverConfig};
+use hickory_resolver::net::runtime::TokioRuntimeProvider;
+use hickory_resolver::net::NetError;
+use hickory_resolver::proto::rr::{RData, RecordType};
+use hickory_resolver::TokioResolver;
+use log::{debug, info, warn};
+use std::collections::BTreeSet;
+use std::net::{IpAddr, SocketAddr};
+use std::time::Duration;
 use tokio::sync::watch;
 
+/// Consecutive "no such name / no addresses" answers before the list shrinks
+/// to this node alone.
+pub const EMPTY_POLLS_TO_SHRINK: u32 = 3;
+
+/// Upper bound on the wait between polls while lookups keep failing (unless
+/// `interval` itself is longer).
+const MAX_BACKOFF: Duration = Duration::from_secs(30);
+
+/// Bound on one poll (both queries, every retry); hickory has its own
+/// per-query timeouts, this only guards against a lookup that never ends.
+const POLL_DEADLINE: Duration = Duration::from_secs(30);
+
 pub async fn start(
-    _dns: DnsMembership,
-    _config: &ClusterConfig,
+    dns: DnsMembership,
+    config: &ClusterConfig,
     me: Member,
 ) -> Result<watch::Receiver<Vec<Member>>, String> {
-    let (tx, rx) = watch::channel(vec![me]);
-    std::mem::forget(tx);
+    let port = match dns.port {
+        Some(port) => port,
+        None => listen_port(&config.peer_listen).ok_or_else(|| {
+            format!(
+                "cluster.membership.dns.port is not set and cluster.peer_listen {:?} has no port to use instead",
+                config.peer_listen
+            )
+        })?,
+    };
+    let nameserver =
+        match &dns.nameserver {
+            Some(ns) => Some(ns.parse::<SocketAddr>().map_err(|_| {
+                format!("cluster.membership.dns.nameserver {ns:?}: expected ip:port")
+            })?),
+            None => None,
+        };
+    let (tx, rx) = watch::channel(normalize(Vec::new(), &me));
+    let poller = Poller {
+        name: dns.name,
+        port,
+        nameserver,
+        interval: dns.interval.max(Duration::from_millis(10)),
+        me,
+        resolver: None,
+        v4: BTreeSet::new(),
+        v6: BTreeSet::new(),
+        empty_polls: 0,
+        failed_polls: 0,
+    };
+    tokio::spawn(poller.run(tx));
     Ok(rx)
+}
+
+fn listen_port(listen: &str) -> Option<u16> {
+    match listen.parse::<SocketAddr>() {
+        Ok(addr) => Some(addr.port()),
+        Err(_) => listen.rsplit_once(':')?.1.parse().ok(),
+    }
+}
+
+/// What one query (one address family) said.
+#[derive(Debug)]
+enum Answer {
+    Addrs(BTreeSet<IpAddr>),
+    /// NXDOMAIN, or the name exists without records of this type.
+    NoRecords,
+    Failed(String),
+}
+
+struct Poller {
+    name: String,
+    port: u16,
+    nameserver: Option<SocketAddr>,
+    interval: Duration,
+    me: Member,
+    /// Built on the first poll, and again after a poll that could not build it
+    /// (a missing resolv.conf may appear later).
+    resolver: Option<TokioResolver>,
+    /// Last known addresses of each family.
+    v4: BTreeSet<IpAddr>,
+    v6: BTreeSet<IpAddr>,
+    /// Consecutive polls where both families said "no records".
+    empty_polls: u32,
+    /// Consecutive polls where no family answered at all.
+    failed_polls: u32,
+}
+
+impl Poller {
+    async fn run(mut self, tx: watch::Sender<Vec<Member>>) {
+        loop {
+            // Every receiver gone means nobody wants the list any more; end
+            // the task (and drop the sender) instead of polling for no one.
+            let delay = tokio::select! {
+                _ = tx.closed() => return,
+                delay = self.poll(&tx) => delay,
+            };
+            tokio::select! {
+                _ = tx.closed() => return,
+                _ = tokio::time::sleep(delay) => {}
+            }
+        }
+    }
+
+    /// One poll; returns how long to wait before the next.
+    async fn poll(&mut self, tx: &watch::Sender<Vec<Member>>) -> Duration {
+        let resolver = match &self.resolver {
+            Some(r) => r,
+            None => match build_resolver(self.nameserver, self.interval) {
+                Ok(r) => self.resolver.insert(r),
+                Err(e) => return self.failed(&e),
+            },
+        };
+        // Fresh answers every poll: the cache would otherwise hide changes
+        // for the records' TTL, which is not what `interval` promises.
+        resolver.clear_cache();
+        let lookups = async {
+            tokio::join!(
+                lookup(resolver, &self.name, RecordType::A),
+                lookup(resolver, &self.name, RecordType::AAAA)
+            )
+        };
+        let (a, aaaa) = match tokio::time::timeout(POLL_DEADLINE, lookups).await {
+            Ok(answers) => answers,
+            Err(_) => {
+                let why = format!("no answer within {POLL_DEADLINE:?}");
+                return self.failed(&why);
+            }
+        };
+
+        let mut failures = Vec::new();
+        let mut any_records = false;
+        let mut no_records = 0;
+        let mut answers = Vec::with_capacity(2);
+        for (family, answer) in [("A", a), ("AAAA", aaaa)] {
+            match &answer {
+                Answer::Addrs(_) => any_records = true,
+                Answer::NoRecords => no_records += 1,
+                Answer::Failed(e) => failures.push(format!("{family}: {e}")),
+            }
+            answers.push(answer);
+        }
+
+        if any_records {
+            // The name resolves, so every family's answer stands, "none" included;
+            // only a family whose query failed keeps what it had.
+            for (answer, known) in answers.into_iter().zip([&mut self.v4, &mut self.v6]) {
+                match answer {
+                    Answer::Addrs(addrs) => *known = addrs,
+                    Answer::NoRecords => known.clear(),
+                    Answer::Failed(_) => {}
+                }
+            }
+            if self.empty_polls > 0 {
+                info!("membership (dns {}): the name resolves again", self.name);
+            }
+            self.empty_polls = 0;
+        } else if no_records == 2 {
+            self.empty_polls = self.empty_polls.saturating_add(1);
+            if self.empty_polls <= EMPTY_POLLS_TO_SHRINK {
+                info!(
+                    "membership (dns {}): no addresses ({} of {} polls before the list shrinks to this node)",
+                    self.name, self.empty_polls, EMPTY_POLLS_TO_SHRINK
+                );
+            }
+            if self.empty_polls >= EMPTY_POLLS_TO_SHRINK {
+                self.v4.clear();
+                self.v6.clear();
+            }
+        } else {
+            // Nothing usable came back (at least one query failed, none found
+            // records): keep the list, leave the empty streak as it is, back off.
+            return self.failed(&failures.join("; "));
+        }
+
+        if failures.is_empty() {
+            if self.failed_polls > 0 {
+                info!(
+                    "membership (dns {}): lookups answer again after {} failed polls",
+                    self.name, self.failed_polls
+                );
+            }
+            self.failed_polls = 0;
+        } else {
+            // One family answered, the other failed and kept its addresses.
+            debug!(
+                "membership (dns {}): partial lookup failure, that family keeps its addresses: {}",
+                self.name,
+                failures.join("; ")
+            );
+        }
+        self.publish(tx);
+        self.interval
+    }
+
+    fn publish(&self, tx: &watch::Sender<Vec<Member>>) {
+        let members = self
+            .v4
+            .iter()
+            .chain(self.v6.iter())
+            .map(|ip| Member::new(SocketAddr::new(*ip, self.port).to_string(), 1))
+            .collect();
+        let source = format!("dns {}", self.name);
+        publish_if_changed(tx, normalize(members, &self.me), &source);
+    }
+
+    /// Log a failed poll and return the backed-off delay before the next.
+    fn failed(&mut self, why: &str) -> Duration {
+        self.failed_polls = self.failed_polls.saturating_add(1);
+        let delay = backoff(self.interval, self.failed_polls);
+        // Loud on the first failure, then once in a while: a DNS outage
+        // should not flood the log at the polling rate.
+        if self.failed_polls == 1 || self.failed_polls % 20 == 0 {
+            warn!(
+                "membership (dns {}): lookup failed ({} in a row), keeping the current members, next try in {:?}: {}",
+                self.name, self.failed_polls, delay, why
+            );
+        } else {
+            debug!(
+                "membership (dns {}): lookup failed again: {}",
+                self.name, why
+            );
+        }
+        delay
+    }
+}
+
+/// `interval` doubled per consecutive failure, capped at
+/// `max(interval, MAX_BACKOFF)`.
+fn backoff(interval: Duration, failures: u32) -> Duration {
+    let cap = interval.max(MAX_BACKOFF);
+    let factor = 1u32 << failures.min(16);
+    interval.saturating_mul(factor).min(cap)
+}
+
+fn build_resolver(
+    nameserver: Option<SocketAddr>,
+    interval: Duration,
+) -> Result<TokioResolver, String> {
+    let provider = TokioRuntimeProvider::default();
+    let mut builder = match nameserver {
+        Some(ns) => {
+            let mut server = NameServerConfig::udp_and_tcp(ns.ip());
+            for connection in &mut server.connections {
+                connection.port = ns.port();
+            }
+            let mut builder = TokioResolver::builder_with_config(
+                ResolverConfig::from_name_servers(vec![server]),
+                provider,
+            );
+            // The operator named a server: ask it, not /etc/hosts.
+            builder.options_mut().use_hosts_file = ResolveHosts::Never;
+            builder
+        }
+        None => TokioResolver::builder(provider)
+            .map_err(|e| format!("reading the system DNS configuration: {e}"))?,
+    };
+    let options = builder.options_mut();
+    // A poll should end well before the next is due; 5 s (resolv.conf's
+    // default) at most.
+    options.timeout = interval.clamp(Duration::from_millis(500), Duration::from_secs(5));
+    options.attempts = 2;
+    options.try_tcp_on_error = true;
+    builder
+        .build()
+        .map_err(|e| format!("building the DNS resolver: {e}"))
+}
+
+async fn lookup(resolver: &TokioResolver, name: &str, record_type: RecordType) -> Answer {
+    match resolver.lookup(name, record_type).await {
+        Ok(lookup) => {
+            let addrs: BTreeSet<IpAddr> = lookup
+                .answers()
+                .iter()
+                .filter_map(|record| match &record.data {
+                    RData::A(a) => Some(IpAddr::V4(a.0)),
+                    RData::AAAA(aaaa) => Some(IpAddr::V6(aaaa.0)),
+                    // CNAMEs on the way to the addresses.
+                    _ => None,
+                })
+                .collect();
+            if addrs.is_empty() {
+                Answer::NoRecords
+            } else {
+                Answer::Addrs(addrs)
+            }
+        }
+        Err(e) => classify(e),
+    }
+}
+
+fn classify(e: NetError) -> Answer {
+    if e.is_no_records_found() {
+        Answer::NoRecords
+    } else {
+        Answer::Failed(e.to_string())
+    }
+}
+
+/// Replace the published list with `new` if it differs, logging who joined,
+/// who left and whose weight changed. Shared by the DNS and etcd sources.
+pub(super) fn publish_if_changed(
+    tx: &watch::Sender<Vec<Member>>,
+    new: Vec<Member>,
+    source: &str,
+) -> bool {
+    tx.send_if_modified(|current| {
+        if *current == new {
+            return false;
+        }
+        let joined: Vec<&str> = new
+            .iter()
+            .filter(|m| !current.iter().any(|c| c.addr == m.addr))
+            .map(|m| m.addr.as_str())
+            .collect();
+        let left: Vec<&str> = current
+            .iter()
+            .filter(|c| !new.iter().any(|m| m.addr == c.addr))
+            .map(|c| c.addr.as_str())
+            .collect();
+        let reweighted: Vec<String> = new
+            .iter()
+            .filter_map(|m| {
+                let old = current.iter().find(|c| c.addr == m.addr)?;
+                (old.weight != m.weight).then(|| format!("{} {}->{}", m.addr, old.weight, m.weight))
+            })
+            .collect();
+        info!(
+            "membership ({source}): {} members; joined [{}], left [{}]{}",
+            new.len(),
+            joined.join(", "),
+            left.join(", "),
+            if reweighted.is_empty() {
+                String::new()
+            } else {
+                format!(", reweighted [{}]", reweighted.join(", "))
+            }
+        );
+        *current = new;
+        true
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_doubles_and_caps() {
+        let i = Duration::from_millis(200);
+        assert_eq!(backoff(i, 1), Duration::from_millis(400));
+        assert_eq!(backoff(i, 3), Duration::from_millis(1600));
+        assert_eq!(backoff(i, 1000), MAX_BACKOFF);
+        // An interval above the cap is never shortened.
+        let long = Duration::from_secs(60);
+        assert_eq!(backoff(long, 5), long);
+    }
+
+    #[test]
+    fn listen_port_reads_ip_and_host_forms() {
+        assert_eq!(listen_port("0.0.0.0:7070"), Some(7070));
+        assert_eq!(listen_port("[::]:7071"), Some(7071));
+        assert_eq!(listen_port("peers.local:7072"), Some(7072));
+        assert_eq!(listen_port("nope"), None);
+    }
+
+    #[test]
+    fn publish_only_on_change() {
+        let me = Member::new("10.0.0.9:7070", 1);
+        let (tx, mut rx) = watch::channel(normalize(Vec::new(), &me));
+        rx.mark_unchanged();
+        let two = normalize(vec![Member::new("10.0.0.1:7070", 1)], &me);
+        assert!(publish_if_changed(&tx, two.clone(), "test"));
+        assert!(rx.has_changed().unwrap_or(false));
+        rx.mark_unchanged();
+        assert!(!publish_if_changed(&tx, two, "test"));
+        assert!(!rx.has_changed().unwrap_or(true));
+    }
 }

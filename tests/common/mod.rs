@@ -182,3 +182,32 @@ pub fn raw_exchange(addr: SocketAddr, bytes: &[u8]) -> String {
     }
     String::from_utf8_lossy(&out).to_string()
 }
+
+pub const CLUSTER_SECRET: &str = "test-secret-0123456789";
+
+/// The `cluster:` YAML for a node whose peer listener is `me`, in a static
+/// cluster of `members`.
+pub fn cluster_yaml(me: &str, members: &[String], extra: &str) -> String {
+    let list = members
+        .iter()
+        .map(|m| format!("\"{m}\""))
+        .collect::<Vec<_>>()
+        .join(", ");
+    format!(
+        "cluster:\n  enabled: true\n  peer_listen: {me}\n  secret: {CLUSTER_SECRET}\n  peer_timeout: 1s\n  membership:\n    static: [{list}]\n{extra}"
+    )
+}
+
+/// Start `n` ringside nodes in one static cluster in front of `origin_url`.
+/// `extra` is appended inside each node's `cluster:` section (indented 2).
+pub async fn start_cluster(origin_url: &str, n: usize, extra: &str) -> Vec<Ringside> {
+    let peers: Vec<String> = (0..n)
+        .map(|_| format!("127.0.0.1:{}", free_port()))
+        .collect();
+    let mut nodes = Vec::new();
+    for me in &peers {
+        let yaml = cluster_yaml(me, &peers, extra);
+        nodes.push(Ringside::start(origin_url, &yaml).await);
+    }
+    nodes
+}

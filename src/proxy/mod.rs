@@ -22,17 +22,18 @@
 //! `Ok(false)` and pingora's proxy phases stream it both ways.
 
 use crate::cache_rules::{self, CacheControl, RuleOptions};
+use crate::cluster::Cluster;
 use crate::config::{Config, OriginUrl};
 use crate::fill::{self, Filler, Job, LeaderResult, Outcome, Started};
 use crate::metrics::{self, CacheResult};
 use crate::origin::{strip_hop_by_hop, OriginTarget};
+use crate::peers;
 use crate::server::InFlight;
 use crate::singleflight::WaitError;
-use crate::store::{CachedObject, Entry};
+use crate::store::{CachedObject, Entry, Store};
 use async_trait::async_trait;
-use bytes::Bytes;
-use http::header::{self, HeaderName, HeaderValue};
-use http::{Method, StatusCode};
+use http::header::{self, HeaderValue};
+use http::Method;
 use pingora::http::authority::{raw_target_authority, RawTargetAuthority};
 use pingora::http::{RequestHeader, ResponseHeader};
 use pingora::prelude::*;
@@ -42,19 +43,38 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Instant;
 
-static CACHE_STATUS: HeaderName = HeaderName::from_static("cache-status");
-static HIT: HeaderValue = HeaderValue::from_static("ringside; hit");
-static STALE_WHILE_REVALIDATE: HeaderValue =
-    HeaderValue::from_static("ringside; hit; detail=stale-while-revalidate");
+mod peer;
+mod respond;
+
+use respond::{send_error, send_object, send_stream, CACHE_STATUS, HIT, STALE_WHILE_REVALIDATE};
+
+/// Which listener a [`Ringside`] serves.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Role {
+    /// The app-facing listener: may ask the key's owner on another node.
+    App,
+    /// The peer listener: authenticated requests from other sidecars, served
+    /// from this node's cache or origin and never forwarded again.
+    Peer,
+}
 
 /// The proxy's shared state: configuration, origins and the cache.
+#[derive(Clone)]
 pub struct Ringside {
+    pub role: Role,
     pub config: Arc<Config>,
     pub filler: Arc<Filler>,
     /// The reverse-proxy origin.
     pub origin: Arc<OriginTarget>,
     /// Forward-proxy allowlist (the reverse origin included), by origin URL.
     pub forward: HashMap<OriginUrl, Arc<OriginTarget>>,
+}
+
+/// Where a miss is filled from: the owner (and whether to mirror its answer) or the origin.
+#[derive(Default)]
+struct Route {
+    owner: Option<String>,
+    mirror: Option<Arc<Store>>,
 }
 
 /// Per-request state carried across pingora's phases.
@@ -82,10 +102,19 @@ impl Ringside {
             }
         }
         Ringside {
+            role: Role::App,
             config,
             filler,
             origin,
             forward,
+        }
+    }
+
+    /// The same proxy, serving the peer listener.
+    pub fn for_peers(&self) -> Ringside {
+        Ringside {
+            role: Role::Peer,
+            ..self.clone()
         }
     }
 
@@ -127,7 +156,7 @@ impl Ringside {
     }
 
     /// The cache key: origin, path, and the query unless configured out.
-    fn cache_key(&self, target: &OriginTarget, uri: &http::Uri) -> String {
+    pub fn cache_key(&self, target: &OriginTarget, uri: &http::Uri) -> String {
         let path = if uri.path().is_empty() {
             "/"
         } else {
@@ -145,16 +174,16 @@ impl Ringside {
     /// under the variant key when the origin varies. Returns the variant key
     /// (None: the plain key is the one to fill) and the object found, if any.
     fn lookup(
-        &self,
+        store: &Store,
         key: &str,
         req: &RequestHeader,
     ) -> (Option<String>, Option<Arc<CachedObject>>) {
-        match self.filler.store.get(key) {
+        match store.get(key) {
             Some(Entry::Object(object)) => (None, Some(object)),
             Some(Entry::Variants { headers, .. }) => {
                 let fingerprint = cache_rules::vary_fingerprint(&headers, &req.headers);
                 let variant_key = fill::variant_key_for(key, fingerprint);
-                match self.filler.store.get(&variant_key) {
+                match store.get(&variant_key) {
                     Some(Entry::Object(object)) => (Some(variant_key), Some(object)),
                     _ => (Some(variant_key), None),
                 }
@@ -174,9 +203,26 @@ impl Ringside {
     ) -> Result<bool> {
         let req = session.req_header();
         let plain_key = self.cache_key(&target, &req.uri);
-        let (variant_key, stored) = self.lookup(&plain_key, req);
+        let (mut variant_key, mut stored) = Self::lookup(&self.filler.store, &plain_key, req);
         // The request's arrival is "now" for freshness: one clock read less per hit.
         let now = ctx.started;
+        // Keys owned by another node: maybe mirrored here (hot), else ask the owner.
+        let cluster = self
+            .filler
+            .cluster
+            .as_ref()
+            .filter(|_| self.role == Role::App);
+        let mut route = Route::default();
+        if let (Some(cluster), None) = (cluster, &stored) {
+            let ring = cluster.ring();
+            if let Some(owner) = cluster.remote_owner(&ring, &plain_key) {
+                (variant_key, stored) = Self::lookup(&cluster.hot.store, &plain_key, req);
+                if stored.as_ref().is_some_and(|o| o.is_fresh(now)) {
+                    metrics::HOT_HITS.inc();
+                }
+                route = self.route_to_owner(cluster, owner, &plain_key);
+            }
+        }
 
         if let Some(object) = &stored {
             let age = object.age(now);
@@ -188,7 +234,7 @@ impl Ringside {
             }
             let swr = object.stale_while_revalidate;
             if !forced && !swr.is_zero() && object.staleness(now) <= swr {
-                let job = self.fill_job(req, &target, &plain_key, stored.clone(), rules);
+                let job = self.fill_job(req, &target, &plain_key, stored.clone(), rules, route);
                 let flight_key = variant_key.unwrap_or_else(|| plain_key.clone());
                 // Refresh in the background unless someone already is.
                 let _ = fill::start(&self.filler, flight_key, job, false);
@@ -202,7 +248,7 @@ impl Ringside {
             return send_error(session, 504, "not in cache (only-if-cached)\n", status).await;
         }
 
-        let job = self.fill_job(req, &target, &plain_key, stored.clone(), rules);
+        let job = self.fill_job(req, &target, &plain_key, stored.clone(), rules, route);
         let flight_key = variant_key.unwrap_or(plain_key);
         let timeout = self.config.cache.collapse_timeout;
         match fill::start(&self.filler, flight_key, job, true) {
@@ -261,9 +307,10 @@ impl Ringside {
         collapsed: bool,
     ) -> Result<bool> {
         match outcome {
-            Outcome::Stored {
+            Outcome::Fetched {
                 object,
                 revalidated,
+                via_peer,
             } => {
                 // A follower may want another variant than the leader fetched.
                 if !object.vary.is_empty()
@@ -272,17 +319,22 @@ impl Ringside {
                 {
                     return self.pass(ctx, CacheResult::Miss, "ringside; fwd=vary-miss");
                 }
-                let (result, status) = match (revalidated, collapsed) {
-                    (true, false) => (
+                let (result, status) = match (via_peer, revalidated, collapsed) {
+                    (true, _, false) => (CacheResult::Peer, "ringside; fwd=uri-miss; detail=peer"),
+                    (true, _, true) => (
+                        CacheResult::Peer,
+                        "ringside; fwd=uri-miss; collapsed; detail=peer",
+                    ),
+                    (false, true, false) => (
                         CacheResult::Revalidated,
                         "ringside; fwd=stale; fwd-status=304",
                     ),
-                    (true, true) => (
+                    (false, true, true) => (
                         CacheResult::Revalidated,
                         "ringside; fwd=stale; fwd-status=304; collapsed",
                     ),
-                    (false, false) => (CacheResult::Miss, "ringside; fwd=uri-miss; stored"),
-                    (false, true) => (
+                    (false, false, false) => (CacheResult::Miss, "ringside; fwd=uri-miss; stored"),
+                    (false, false, true) => (
                         CacheResult::Miss,
                         "ringside; fwd=uri-miss; stored; collapsed",
                     ),
@@ -341,6 +393,19 @@ impl Ringside {
         Ok(false)
     }
 
+    /// Ask `owner` unless it is backing off; mirror its answer if the key is hot here.
+    fn route_to_owner(&self, cluster: &Cluster, owner: String, key: &str) -> Route {
+        let hot = cluster.hot.touch(key);
+        if !cluster.health.is_available(&owner) {
+            metrics::observe_peer(&owner, "skipped", None);
+            return Route::default();
+        }
+        Route {
+            owner: Some(owner),
+            mirror: hot.then(|| cluster.hot.store.clone()),
+        }
+    }
+
     fn fill_job(
         &self,
         req: &RequestHeader,
@@ -348,8 +413,11 @@ impl Ringside {
         key: &str,
         stale: Option<Arc<CachedObject>>,
         rules: RuleOptions,
+        route: Route,
     ) -> Job {
         Job {
+            owner: route.owner,
+            mirror: route.mirror,
             target: target.clone(),
             request: fill_request(req, target),
             key: key.to_owned(),
@@ -367,6 +435,19 @@ impl Ringside {
         };
         (rule.is_some_and(|r| r.bypass), options)
     }
+}
+
+/// Request heads larger than this are refused with 431, as nginx and Envoy
+/// refuse theirs (pingora alone would accept up to 1 MiB and pass it on).
+const MAX_REQUEST_HEADER_BYTES: usize = 64 * 1024;
+
+fn header_bytes(req: &RequestHeader) -> usize {
+    req.raw_path().len()
+        + req
+            .headers
+            .iter()
+            .map(|(n, v)| n.as_str().len() + v.len() + 4)
+            .sum::<usize>()
 }
 
 /// Why a GET/HEAD skips the cache, if it does; else the request's own
@@ -396,6 +477,7 @@ fn fill_request(req: &RequestHeader, target: &OriginTarget) -> RequestHeader {
     let path = req.uri.path_and_query().map_or("/", |p| p.as_str());
     let mut headers = req.headers.clone();
     strip_hop_by_hop(&mut headers);
+    peers::strip_peer_headers(&mut headers);
     for name in [
         header::IF_NONE_MATCH,
         header::IF_MODIFIED_SINCE,
@@ -419,116 +501,6 @@ fn fill_request(req: &RequestHeader, target: &OriginTarget) -> RequestHeader {
     fill
 }
 
-/// Answer from a stored object: 304 when the client's validators match,
-/// else the stored response with Age and Cache-Status.
-///
-/// This is the hit path: the stored head is cloned as plain `http` parts
-/// (no case map to copy, header names static) and the body is a refcounted
-/// `Bytes`, so a hit costs one header-map clone and no body copy.
-async fn send_object(
-    session: &mut Session,
-    object: &CachedObject,
-    cache_status: HeaderValue,
-    now: Instant,
-) -> Result<bool> {
-    let req = session.req_header();
-    let head = req.method == Method::HEAD;
-    let age = HeaderValue::from(object.age(now).as_secs());
-    if cache_rules::client_validators_match(&req.headers, &object.header.headers) {
-        let mut h = not_modified_header(&object.header)?;
-        h.insert_header(header::AGE, age)?;
-        h.insert_header(CACHE_STATUS.clone(), cache_status)?;
-        session.write_response_header(Box::new(h), true).await?;
-        return Ok(true);
-    }
-    let mut parts: http::response::Parts = (*object.header).clone();
-    parts.headers.insert(header::AGE, age);
-    parts.headers.insert(CACHE_STATUS.clone(), cache_status);
-    let no_body = head || object.body.is_empty();
-    session
-        .write_response_header(Box::new(ResponseHeader::from(parts)), no_body)
-        .await?;
-    if !no_body {
-        session
-            .write_response_body(Some(object.body.clone()), true)
-            .await?;
-    }
-    Ok(true)
-}
-
-/// A 304 carries the validators and caching headers of the 200 it stands for
-/// (RFC 9110 §15.4.5).
-fn not_modified_header(stored: &ResponseHeader) -> Result<ResponseHeader> {
-    let mut h = ResponseHeader::build(StatusCode::NOT_MODIFIED, Some(8))?;
-    for name in [
-        header::CACHE_CONTROL,
-        header::CONTENT_LOCATION,
-        header::DATE,
-        header::ETAG,
-        header::EXPIRES,
-        header::LAST_MODIFIED,
-        header::VARY,
-    ] {
-        for value in stored.headers.get_all(&name) {
-            h.append_header(name.clone(), value.clone())?;
-        }
-    }
-    Ok(h)
-}
-
-/// Stream an unshared origin response to this (leader) client.
-async fn send_stream(
-    session: &mut Session,
-    ctx: &mut RequestCtx,
-    mut header: ResponseHeader,
-    mut body: tokio::sync::mpsc::Receiver<std::result::Result<Bytes, crate::origin::FetchError>>,
-    reason: &str,
-) -> Result<bool> {
-    ctx.result = CacheResult::Miss;
-    let status = format!(
-        "ringside; fwd=uri-miss; fwd-status={}; detail={reason}",
-        header.status.as_u16()
-    );
-    header.insert_header(CACHE_STATUS.clone(), status)?;
-    let head = session.req_header().method == Method::HEAD;
-    session
-        .write_response_header(Box::new(header), head)
-        .await?;
-    if head {
-        return Ok(true); // dropping `body` stops the fill's read
-    }
-    while let Some(chunk) = body.recv().await {
-        match chunk {
-            Ok(chunk) => session.write_response_body(Some(chunk), false).await?,
-            Err(_) => {
-                // Headers are out; all we can do is cut the response short.
-                return Error::e_explain(ErrorType::ReadError, "origin body failed mid-stream");
-            }
-        }
-    }
-    session.write_response_body(None, true).await?;
-    Ok(true)
-}
-
-/// A short plain-text error generated by ringside itself.
-async fn send_error(
-    session: &mut Session,
-    code: u16,
-    body: &'static str,
-    cache_status: &str,
-) -> Result<bool> {
-    let mut h = ResponseHeader::build(code, Some(4))?;
-    h.insert_header(header::CONTENT_TYPE, "text/plain")?;
-    h.insert_header(header::CONTENT_LENGTH, body.len())?;
-    h.insert_header(header::CACHE_CONTROL, "no-store")?;
-    h.insert_header(CACHE_STATUS.clone(), cache_status)?;
-    session.write_response_header(Box::new(h), false).await?;
-    session
-        .write_response_body(Some(Bytes::from_static(body.as_bytes())), true)
-        .await?;
-    Ok(true)
-}
-
 #[async_trait]
 impl ProxyHttp for Ringside {
     type CTX = RequestCtx;
@@ -545,8 +517,21 @@ impl ProxyHttp for Ringside {
     }
 
     async fn request_filter(&self, session: &mut Session, ctx: &mut RequestCtx) -> Result<bool> {
+        if header_bytes(session.req_header()) > MAX_REQUEST_HEADER_BYTES {
+            ctx.result = CacheResult::Error;
+            let status = "ringside; fwd=bypass; detail=header-too-large";
+            return send_error(session, 431, "request headers too large\n", status).await;
+        }
+        let target = if self.role == Role::Peer {
+            match peer::admit(self, session, ctx).await? {
+                Some(target) => Ok(target),
+                None => return Ok(true),
+            }
+        } else {
+            self.route(session.req_header())
+        };
         let req = session.req_header();
-        let target = match self.route(req) {
+        let target = match target {
             Ok(target) => target,
             Err((code, message)) => {
                 ctx.result = CacheResult::Error;
@@ -606,6 +591,9 @@ impl ProxyHttp for Ringside {
             );
         }
         upstream.insert_header(header::HOST, target.host_header.clone())?;
+        for name in peers::HEADERS {
+            upstream.remove_header(name);
+        }
         Ok(())
     }
 
@@ -672,6 +660,10 @@ impl ProxyHttp for Ringside {
     }
 
     async fn logging(&self, session: &mut Session, _e: Option<&Error>, ctx: &mut RequestCtx) {
+        if self.role == Role::Peer {
+            metrics::observe_peer_served(ctx.result);
+            return;
+        }
         let method = &session.req_header().method;
         metrics::observe_request(ctx.result, method, ctx.started.elapsed().as_secs_f64());
     }

@@ -1,0 +1,197 @@
+{{/*
+Names. Every helper takes a context with .Values and .Release, so they also
+work when a parent chart calls them with its own context (see ringside.sidecar).
+*/}}
+{{- define "ringside.name" -}}
+{{- default "ringside" .Values.nameOverride | trunc 40 | trimSuffix "-" -}}
+{{- end -}}
+
+{{- define "ringside.fullname" -}}
+{{- if .Values.fullnameOverride -}}
+{{- .Values.fullnameOverride | trunc 40 | trimSuffix "-" -}}
+{{- else -}}
+{{- $name := include "ringside.name" . -}}
+{{- if contains $name .Release.Name -}}
+{{- .Release.Name | trunc 40 | trimSuffix "-" -}}
+{{- else -}}
+{{- printf "%s-%s" .Release.Name $name | trunc 40 | trimSuffix "-" -}}
+{{- end -}}
+{{- end -}}
+{{- end -}}
+
+{{- define "ringside.labels" -}}
+app.kubernetes.io/name: {{ include "ringside.name" . }}
+app.kubernetes.io/instance: {{ .Release.Name }}
+app.kubernetes.io/managed-by: {{ .Release.Service }}
+{{- if .Chart }}
+helm.sh/chart: {{ printf "%s-%s" .Chart.Name .Chart.Version | replace "+" "_" | trunc 63 }}
+app.kubernetes.io/version: {{ .Chart.AppVersion | quote }}
+{{- end }}
+{{- end -}}
+
+{{- define "ringside.webhookSelectorLabels" -}}
+app.kubernetes.io/name: {{ include "ringside.name" . }}
+app.kubernetes.io/instance: {{ .Release.Name }}
+app.kubernetes.io/component: webhook
+{{- end -}}
+
+{{- define "ringside.image" -}}
+{{- printf "%s:%s" .Values.image.repository (default (.Chart | default dict).AppVersion .Values.image.tag | default "latest") -}}
+{{- end -}}
+
+{{- define "ringside.configMapName" -}}{{ include "ringside.fullname" . }}-config{{- end -}}
+{{- define "ringside.secretName" -}}{{ include "ringside.fullname" . }}-peer-secret{{- end -}}
+{{- define "ringside.webhookName" -}}{{ include "ringside.fullname" . }}-webhook{{- end -}}
+
+{{/* Namespace of an app: (dict "root" $ "app" $app). */}}
+{{- define "ringside.appNamespace" -}}
+{{- default .root.Release.Namespace .app.namespace -}}
+{{- end -}}
+
+{{/* Headless Service of an app's peers: (dict "root" $ "app" $app). */}}
+{{- define "ringside.peersService" -}}
+{{- printf "%s-%s-peers" (include "ringside.fullname" .root) .app.name | trunc 63 | trimSuffix "-" -}}
+{{- end -}}
+
+{{/* Every namespace that needs the ConfigMaps and the Secret: release + apps. */}}
+{{- define "ringside.namespaces" -}}
+{{- $root := . -}}
+{{- $list := list .Release.Namespace -}}
+{{- range .Values.apps -}}
+{{- $list = append $list (include "ringside.appNamespace" (dict "root" $root "app" .)) -}}
+{{- end -}}
+{{- $list | uniq | toJson -}}
+{{- end -}}
+
+{{/*
+ringside config.yaml: (dict "root" $ "app" $app-or-nil). With an app, the
+cluster is on and finds its peers through the app's headless Service.
+Listen addresses are also set per pod by RINGSIDE_LISTEN/RINGSIDE_ADMIN_LISTEN.
+*/}}
+{{- define "ringside.config" -}}
+{{- $v := .root.Values -}}
+{{- $s := $v.sidecar -}}
+{{- $cfg := dict
+  "listen" (printf "127.0.0.1:%d" (int $s.port))
+  "admin_listen" (printf "0.0.0.0:%d" (int $s.adminPort))
+  "log_level" $s.logLevel
+  "cache" (dict "capacity" $s.capacity) -}}
+{{- $origin := $s.origin -}}
+{{- if and .app .app.origin }}{{ $origin = .app.origin }}{{ end -}}
+{{- if $origin }}{{ $_ := set $cfg "origin" (dict "url" $origin) }}{{ end -}}
+{{- if .app -}}
+{{- $dns := printf "%s.%s.svc.%s" (include "ringside.peersService" .) (include "ringside.appNamespace" .) $v.clusterDomain -}}
+{{- $_ := set $cfg "cluster" (dict
+  "enabled" true
+  "peer_listen" (printf "0.0.0.0:%d" (int $s.peerPort))
+  "membership" (dict "dns" (dict "name" $dns "port" (int $s.peerPort)))) -}}
+{{- end -}}
+{{- $cfg = mustMergeOverwrite $cfg (deepCopy $s.extraConfig) -}}
+{{- toYaml $cfg -}}
+{{- end -}}
+
+{{/*
+ringside.sidecar: the ringside container for manual injection, the same one
+the webhook injects. Include it in your pod's `containers` (or, for a native
+sidecar on Kubernetes 1.29+, in `initContainers` with "native" true):
+
+  containers:
+    {{- include "ringside.sidecar" (dict "Values" .Values.ringside "Release" .Release "app" "catalog") | nindent 4 }}
+  volumes:
+    {{- include "ringside.sidecarVolumes" (dict "Values" .Values.ringside "Release" .Release "app" "catalog") | nindent 4 }}
+
+Keys: Values (this chart's values), Release, app (optional: an apps[].name,
+for the cluster config), native (optional bool).
+*/}}
+{{- define "ringside.sidecar" -}}
+{{- $s := .Values.sidecar -}}
+{{- $capacityMi := include "ringside.toMi" $s.capacity | int64 -}}
+{{- $overheadMi := include "ringside.toMi" (replace "i" "iB" $s.memoryOverhead) | int64 -}}
+{{- $requestMi := add $capacityMi $overheadMi -}}
+{{- $limitMi := div (add (mul $requestMi 3) 1) 2 -}}
+- name: ringside
+  image: {{ include "ringside.image" . }}
+  imagePullPolicy: {{ .Values.image.pullPolicy }}
+  {{- if .native }}
+  restartPolicy: Always
+  {{- end }}
+  ports:
+    - name: ringside-admin
+      containerPort: {{ $s.adminPort }}
+      protocol: TCP
+    - name: ringside-peer
+      containerPort: {{ $s.peerPort }}
+      protocol: TCP
+  env:
+    - name: POD_IP
+      valueFrom:
+        fieldRef:
+          fieldPath: status.podIP
+    - name: RINGSIDE_CONFIG
+      value: /etc/ringside/config.yaml
+    - name: RINGSIDE_LISTEN
+      value: "127.0.0.1:{{ $s.port }}"
+    - name: RINGSIDE_ADMIN_LISTEN
+      value: "0.0.0.0:{{ $s.adminPort }}"
+    - name: RINGSIDE_CLUSTER_SECRET
+      valueFrom:
+        secretKeyRef:
+          name: {{ include "ringside.secretName" . }}
+          key: secret
+          optional: true
+  resources:
+    requests:
+      cpu: {{ $s.cpuRequest }}
+      memory: {{ $requestMi }}Mi
+    limits:
+      memory: {{ $limitMi }}Mi
+      {{- with $s.cpuLimit }}
+      cpu: {{ . }}
+      {{- end }}
+  startupProbe:
+    httpGet: {path: /readyz, port: ringside-admin}
+    periodSeconds: 1
+    failureThreshold: 30
+  readinessProbe:
+    httpGet: {path: /readyz, port: ringside-admin}
+    periodSeconds: 5
+  livenessProbe:
+    httpGet: {path: /healthz, port: ringside-admin}
+    periodSeconds: 10
+  securityContext:
+    runAsNonRoot: true
+    runAsUser: 65532
+    runAsGroup: 65532
+    readOnlyRootFilesystem: true
+    allowPrivilegeEscalation: false
+    capabilities:
+      drop: [ALL]
+    seccompProfile:
+      type: RuntimeDefault
+  volumeMounts:
+    - name: ringside-config
+      mountPath: /etc/ringside
+      readOnly: true
+    - name: ringside-tmp
+      mountPath: /tmp
+  terminationMessagePolicy: FallbackToLogsOnError
+{{- end -}}
+
+{{- define "ringside.sidecarVolumes" -}}
+- name: ringside-config
+  configMap:
+    name: {{ include "ringside.configMapName" . }}{{ with .app }}-{{ . }}{{ end }}
+- name: ringside-tmp
+  emptyDir:
+    medium: Memory
+    sizeLimit: 16Mi
+{{- end -}}
+
+{{/* "256MiB" / "1GiB" / "1048576" -> MiB, rounded up. */}}
+{{- define "ringside.toMi" -}}
+{{- $v := toString . -}}
+{{- $n := regexFind "^[0-9.]+" $v | float64 -}}
+{{- $unit := trimPrefix (regexFind "^[0-9.]+" $v) $v -}}
+{{- $mult := dict "" (divf 1 1048576) "B" (divf 1 1048576) "KB" (divf 1000 1048576) "KiB" (divf 1 1024) "MB" (divf 1000000 1048576) "MiB" 1.0 "GB" (divf 1000000000 1048576) "GiB" 1024.0 -}}
+{{- ceil (mulf $n (get $mult $unit)) | int64 -}}
+{{- end -}}

@@ -1,0 +1,98 @@
+//! The cluster: this node's view of the ring and its relations to peers.
+//!
+//! [`Cluster::start`] starts the membership source and a task that rebuilds
+//! the ring whenever the member list changes. The ring sits behind an
+//! `RwLock<Arc<Ring>>`: a rebuild swaps the `Arc` in one write, and a request
+//! clones the `Arc` it started with, so requests in flight during a
+//! membership change finish against the ring they began with, and none sees
+//! a half-built one. Hits never look at the ring at all.
+
+use crate::config::ClusterConfig;
+use crate::hot::HotKeys;
+use crate::membership::{self, Member};
+use crate::metrics;
+use crate::peers::{PeerAuth, PeerHealth};
+use crate::ring::Ring;
+use std::sync::{Arc, RwLock};
+use std::time::Duration;
+
+pub struct Cluster {
+    /// This node's advertised peer address.
+    pub me: String,
+    ring: RwLock<Arc<Ring>>,
+    pub auth: PeerAuth,
+    pub health: PeerHealth,
+    pub hot: HotKeys,
+    pub peer_timeout: Duration,
+}
+
+impl Cluster {
+    /// Start membership and the ring. `hot_capacity` is the byte budget of mirrors.
+    pub async fn start(config: &ClusterConfig, hot_capacity: u64) -> Result<Arc<Cluster>, String> {
+        let mut members = membership::start(config).await?;
+        let first = members.borrow_and_update().clone();
+        let min_rate = if hot_capacity == 0 {
+            f64::INFINITY
+        } else {
+            config.hot.min_rate
+        };
+        let cluster = Arc::new(Cluster {
+            me: config.advertise_addr(),
+            ring: RwLock::new(Arc::new(Ring::new(
+                Vec::new(),
+                &config.hash_key,
+                config.vnodes,
+            ))),
+            auth: PeerAuth::new(&config.secret),
+            health: PeerHealth::new(config.peer_backoff),
+            hot: HotKeys::new(hot_capacity, min_rate),
+            peer_timeout: config.peer_timeout,
+        });
+        cluster.install(first, &config.hash_key, config.vnodes);
+        let (hash_key, vnodes) = (config.hash_key.clone(), config.vnodes);
+        let weak = Arc::downgrade(&cluster);
+        tokio::spawn(async move {
+            while members.changed().await.is_ok() {
+                let list = members.borrow_and_update().clone();
+                let Some(cluster) = weak.upgrade() else { break };
+                cluster.install(list, &hash_key, vnodes);
+            }
+        });
+        Ok(cluster)
+    }
+
+    /// Build and swap in the ring for `members`.
+    fn install(&self, members: Vec<Member>, hash_key: &str, vnodes: u32) {
+        let ring = Arc::new(Ring::new(members, hash_key, vnodes));
+        let addrs: Vec<String> = ring.members().iter().map(|m| m.addr.clone()).collect();
+        let previous = {
+            let mut slot = self.ring.write().unwrap_or_else(|p| p.into_inner());
+            std::mem::replace(&mut *slot, ring.clone())
+        };
+        if previous.generation() == ring.generation() {
+            return;
+        }
+        self.health.retain(&addrs);
+        metrics::RING_MEMBERS.set(addrs.len() as i64);
+        metrics::RING_GENERATION.set(ring.generation() as i64);
+        if !previous.members().is_empty() {
+            metrics::MEMBERSHIP_CHANGES.inc();
+        }
+        log::info!(
+            "ring generation {:x}: {} member(s): {}",
+            ring.generation(),
+            addrs.len(),
+            addrs.join(", ")
+        );
+    }
+
+    pub fn ring(&self) -> Arc<Ring> {
+        self.ring.read().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    /// The peer that owns `key`, or None when this node does (or is alone).
+    pub fn remote_owner(&self, ring: &Ring, key: &str) -> Option<String> {
+        let owner = ring.owner(key)?;
+        (owner.addr != self.me).then(|| owner.addr.clone())
+    }
+}

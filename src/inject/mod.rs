@@ -1,0 +1,260 @@
+//! `ringside inject`: the mutating admission webhook that adds the ringside
+//! sidecar to Pods annotated `ringside.io/inject: "true"`.
+//!
+//! This module owns the command's flags ([`InjectArgs`]) and the HTTPS
+//! server; what is injected lives in [`sidecar`], the AdmissionReview
+//! envelope in [`review`]. The server is a pingora HTTP app on a rustls TLS
+//! listener (the same runtime as the proxy, no second HTTP stack):
+//!
+//! * `POST /mutate`: AdmissionReview v1 in, AdmissionReview out; an
+//!   unparseable body gets 400 with a message, never a crash.
+//! * `GET /healthz`, `GET /readyz`: probes for the webhook Deployment.
+//!
+//! Certificates are read once at start; a rotated certificate (cert-manager
+//! renewal) takes effect when the pod restarts.
+
+pub mod review;
+pub mod sidecar;
+
+use async_trait::async_trait;
+use http::{Method, Response, StatusCode};
+use pingora::apps::http_app::ServeHttp;
+use pingora::protocols::http::ServerSession;
+use pingora::server::configuration::ServerConf;
+use pingora::server::Server;
+use pingora::services::listening::Service;
+use sidecar::{NativeSidecar, Settings};
+use std::process::ExitCode;
+
+/// Largest AdmissionReview accepted (the API server's own limit is 3 MiB objects).
+const MAX_BODY: usize = 8 << 20;
+
+/// HTTPS address when `--listen` is not given.
+pub const DEFAULT_LISTEN: &str = "0.0.0.0:8443";
+
+/// Flags of `ringside inject`. The HTTPS address is the global `--listen`
+/// (default `0.0.0.0:8443`), the log level the global `--log-level`.
+#[derive(Debug, Clone, clap::Args)]
+pub struct InjectArgs {
+    /// PEM certificate (chain) served by the webhook.
+    #[arg(long, env = "RINGSIDE_INJECT_TLS_CERT")]
+    pub tls_cert: String,
+    /// PEM private key of --tls-cert.
+    #[arg(long, env = "RINGSIDE_INJECT_TLS_KEY")]
+    pub tls_key: String,
+    /// Image of the injected ringside container.
+    #[arg(long, env = "RINGSIDE_INJECT_SIDECAR_IMAGE")]
+    pub sidecar_image: String,
+    /// imagePullPolicy of the injected container.
+    #[arg(long, default_value = "IfNotPresent")]
+    pub image_pull_policy: String,
+    /// ConfigMap with config.yaml, in the pod's namespace. A pod annotated
+    /// `ringside.io/app: NAME` gets `<config-map>-NAME` instead.
+    #[arg(long, default_value = "ringside")]
+    pub config_map: String,
+    /// Secret with the cluster's peer secret, in the pod's namespace.
+    #[arg(long, default_value = "ringside-peer-secret")]
+    pub secret: String,
+    /// Key of the peer secret inside --secret.
+    #[arg(long, default_value = "secret")]
+    pub secret_key: String,
+    /// Inject as a native sidecar (init container with restartPolicy: Always).
+    #[arg(long, value_enum, default_value = "auto")]
+    pub native_sidecar: NativeSidecar,
+    /// The cluster's Kubernetes version, used by --native-sidecar auto (1.29+ = native).
+    #[arg(long, env = "RINGSIDE_INJECT_KUBE_VERSION")]
+    pub kube_version: Option<String>,
+    /// Default cache capacity of injected sidecars (e.g. 256MiB or 256Mi).
+    #[arg(long = "sidecar-capacity", default_value = "256MiB")]
+    pub sidecar_capacity: String,
+    /// Memory requested on top of the capacity (e.g. 64Mi).
+    #[arg(long, default_value = "64Mi")]
+    pub memory_overhead: String,
+    /// CPU request of the injected container.
+    #[arg(long, default_value = "50m")]
+    pub cpu_request: String,
+    /// CPU limit of the injected container (none by default).
+    #[arg(long)]
+    pub cpu_limit: Option<String>,
+    /// App-facing port (ringside listens on 127.0.0.1:PORT in the pod).
+    #[arg(long = "sidecar-port", default_value_t = 8080)]
+    pub port: u16,
+    /// Admin port (probes and /metrics, on all pod addresses).
+    #[arg(long = "sidecar-admin-port", default_value_t = 9090)]
+    pub admin_port: u16,
+    /// Peer port declared on the container; must match cluster.peer_listen in the ConfigMap.
+    #[arg(long = "sidecar-peer-port", default_value_t = 7070)]
+    pub peer_port: u16,
+}
+
+impl InjectArgs {
+    /// Check the flags and turn them into injection [`Settings`].
+    pub fn settings(&self) -> Result<Settings, String> {
+        let capacity = sidecar::parse_capacity(&self.sidecar_capacity)
+            .filter(|c| *c > 0)
+            .ok_or_else(|| {
+                format!(
+                    "--sidecar-capacity: {:?} is invalid; expected a size such as 256MiB",
+                    self.sidecar_capacity
+                )
+            })?;
+        let memory_overhead = sidecar::parse_capacity(&self.memory_overhead).ok_or_else(|| {
+            format!(
+                "--memory-overhead: {:?} is invalid; expected a size such as 64Mi",
+                self.memory_overhead
+            )
+        })?;
+        if self.sidecar_image.trim().is_empty() {
+            return Err("--sidecar-image: empty; expected an image reference".into());
+        }
+        for (flag, port) in [
+            ("--sidecar-port", self.port),
+            ("--sidecar-admin-port", self.admin_port),
+            ("--sidecar-peer-port", self.peer_port),
+        ] {
+            if port == 0 {
+                return Err(format!("{flag}: 0 is invalid; expected 1-65535"));
+            }
+        }
+        Ok(Settings {
+            image: self.sidecar_image.clone(),
+            image_pull_policy: self.image_pull_policy.clone(),
+            config_map: self.config_map.clone(),
+            secret: self.secret.clone(),
+            secret_key: self.secret_key.clone(),
+            native_sidecar: self.native_sidecar,
+            kube_version: self.kube_version.clone(),
+            capacity,
+            memory_overhead,
+            cpu_request: self.cpu_request.clone(),
+            cpu_limit: self.cpu_limit.clone(),
+            port: self.port,
+            admin_port: self.admin_port,
+            peer_port: self.peer_port,
+        })
+    }
+}
+
+/// The webhook's HTTP app.
+pub struct Webhook {
+    pub settings: Settings,
+}
+
+fn reply(status: StatusCode, content_type: &str, body: Vec<u8>) -> Response<Vec<u8>> {
+    Response::builder()
+        .status(status)
+        .header(http::header::CONTENT_TYPE, content_type)
+        .header(http::header::CONTENT_LENGTH, body.len())
+        .body(body)
+        .unwrap_or_default()
+}
+
+fn error(status: StatusCode, message: &str) -> Response<Vec<u8>> {
+    reply(status, "text/plain", format!("{message}\n").into_bytes())
+}
+
+#[async_trait]
+impl ServeHttp for Webhook {
+    async fn response(&self, session: &mut ServerSession) -> Response<Vec<u8>> {
+        let method = session.req_header().method.clone();
+        let path = session.req_header().uri.path().to_owned();
+        match (method, path.as_str()) {
+            (Method::GET, "/healthz" | "/readyz") => {
+                reply(StatusCode::OK, "text/plain", b"ok\n".to_vec())
+            }
+            (Method::POST, "/mutate") => {
+                let mut body = Vec::new();
+                loop {
+                    match session.read_request_body().await {
+                        Ok(Some(chunk)) => {
+                            if body.len() + chunk.len() > MAX_BODY {
+                                return error(
+                                    StatusCode::PAYLOAD_TOO_LARGE,
+                                    "AdmissionReview larger than 8 MiB",
+                                );
+                            }
+                            body.extend_from_slice(&chunk);
+                        }
+                        Ok(None) => break,
+                        Err(e) => {
+                            return error(
+                                StatusCode::BAD_REQUEST,
+                                &format!("cannot read request body: {e}"),
+                            )
+                        }
+                    }
+                }
+                match review::respond(&body, &self.settings) {
+                    Ok(out) => {
+                        let bytes = serde_json::to_vec(&out).unwrap_or_default();
+                        reply(StatusCode::OK, "application/json", bytes)
+                    }
+                    Err(review::BadReview(why)) => {
+                        log::warn!("rejected AdmissionReview: {why}");
+                        error(StatusCode::BAD_REQUEST, &why)
+                    }
+                }
+            }
+            (_, "/mutate") => error(StatusCode::METHOD_NOT_ALLOWED, "use POST /mutate"),
+            _ => error(
+                StatusCode::NOT_FOUND,
+                "not found; the webhook is POST /mutate",
+            ),
+        }
+    }
+}
+
+fn check_pem(flag: &str, path: &str, marker: &str) -> Result<(), String> {
+    let text =
+        std::fs::read_to_string(path).map_err(|e| format!("{flag}: cannot read {path}: {e}"))?;
+    if !text.contains("-----BEGIN") || !text.contains(marker) {
+        return Err(format!("{flag}: {path} holds no PEM {marker}"));
+    }
+    Ok(())
+}
+
+/// Run the webhook until a signal ends the process.
+pub fn run(args: &InjectArgs, listen: Option<&str>, log_level: Option<&str>) -> ExitCode {
+    let listen = listen.unwrap_or(DEFAULT_LISTEN);
+    let log_level = log_level.unwrap_or("info");
+    let _ = env_logger::Builder::new()
+        .parse_filters(&format!("{log_level},pingora=warn,pingora_core=warn"))
+        .format_timestamp_millis()
+        .try_init();
+    let settings = match args.settings() {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("ringside inject: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    if let Err(e) = listen
+        .parse::<std::net::SocketAddr>()
+        .map_err(|_| format!("--listen: {listen:?} is invalid; expected IP:port"))
+        .and_then(|_| check_pem("--tls-cert", &args.tls_cert, "CERTIFICATE"))
+        .and_then(|_| check_pem("--tls-key", &args.tls_key, "PRIVATE KEY"))
+    {
+        eprintln!("ringside inject: {e}");
+        return ExitCode::from(2);
+    }
+    let conf = ServerConf {
+        threads: 2,
+        grace_period_seconds: Some(1),
+        graceful_shutdown_timeout_seconds: Some(1),
+        ..ServerConf::default()
+    };
+    let mut server = Server::new_with_opt_and_conf(None, conf);
+    server.bootstrap();
+    let native = settings.native_by_default();
+    let mut service = Service::new("ringside inject".into(), Webhook { settings });
+    if let Err(e) = service.add_tls(&listen, &args.tls_cert, &args.tls_key) {
+        eprintln!("ringside inject: cannot use the TLS certificate or key: {e}");
+        return ExitCode::from(2);
+    }
+    server.add_service(service);
+    log::info!(
+        "ringside inject listening on https://{} (POST /mutate), native sidecar: {native}",
+        listen
+    );
+    server.run_forever()
+}

@@ -1,0 +1,473 @@
+//! The ringside container that the webhook adds to a pod, and the JSONPatch
+//! that adds it.
+//!
+//! Owns everything about *what* is injected (image, ports, probes,
+//! resources, security context, env, volumes, annotation overrides) so that
+//! the HTTP side in [`super`] and the AdmissionReview envelope in
+//! [`super::review`] stay free of pod details. Pure functions over
+//! `serde_json::Value`: unit-testable without a server, and tolerant of any
+//! pod shape the API server may send (missing arrays, maps or fields).
+
+use crate::config::{parse_size, OriginUrl};
+use serde_json::{json, Map, Value};
+
+/// Annotation that asks for injection (`"true"`).
+pub const ANNOTATION_INJECT: &str = "ringside.io/inject";
+/// Annotation the webhook sets on pods it has mutated.
+pub const ANNOTATION_INJECTED: &str = "ringside.io/injected";
+/// Per-pod origin override (`http://host:port`).
+pub const ANNOTATION_ORIGIN: &str = "ringside.io/origin";
+/// Per-pod cache capacity override (`512MiB`, `512Mi`, bytes).
+pub const ANNOTATION_CAPACITY: &str = "ringside.io/capacity";
+/// Per-pod app-facing port (listens on 127.0.0.1).
+pub const ANNOTATION_PORT: &str = "ringside.io/port";
+/// Per-pod admin port (probes, metrics).
+pub const ANNOTATION_ADMIN_PORT: &str = "ringside.io/admin-port";
+/// Per-pod peer port (declared container port; see [`Settings::peer_port`]).
+pub const ANNOTATION_PEER_PORT: &str = "ringside.io/peer-port";
+/// Which app's ConfigMap to mount (`<config-map>-<app>`), as listed in the chart's `apps`.
+pub const ANNOTATION_APP: &str = "ringside.io/app";
+/// Per-pod native-sidecar override (`"true"` / `"false"`).
+pub const ANNOTATION_NATIVE: &str = "ringside.io/native-sidecar";
+
+/// Name of the injected container; its presence marks a pod as injected.
+pub const CONTAINER_NAME: &str = "ringside";
+/// Volume holding the ConfigMap's `config.yaml`.
+pub const CONFIG_VOLUME: &str = "ringside-config";
+/// Writable scratch space (the root filesystem is read-only).
+pub const TMP_VOLUME: &str = "ringside-tmp";
+/// Where the config file is mounted.
+pub const CONFIG_DIR: &str = "/etc/ringside";
+
+const MIB: u64 = 1 << 20;
+
+/// Whether the sidecar goes into `initContainers` with `restartPolicy: Always`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum NativeSidecar {
+    /// Native when the cluster's Kubernetes version (--kube-version) is 1.29 or newer.
+    Auto,
+    Always,
+    Never,
+}
+
+/// Everything the injected container depends on that is not in the pod.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    pub image: String,
+    pub image_pull_policy: String,
+    /// ConfigMap with `config.yaml`, in the pod's namespace.
+    pub config_map: String,
+    /// Secret holding the cluster secret, in the pod's namespace.
+    pub secret: String,
+    pub secret_key: String,
+    pub native_sidecar: NativeSidecar,
+    /// The cluster's version (`1.29.3`, `v1.30.0-gke.1`), for `auto`.
+    pub kube_version: Option<String>,
+    /// Default cache capacity in bytes.
+    pub capacity: u64,
+    /// Memory on top of the capacity for the process itself.
+    pub memory_overhead: u64,
+    pub cpu_request: String,
+    pub cpu_limit: Option<String>,
+    pub port: u16,
+    pub admin_port: u16,
+    /// Declared as the container's `ringside-peer` port. The listening address
+    /// itself is `cluster.peer_listen` in the ConfigMap, which must agree.
+    pub peer_port: u16,
+}
+
+impl Default for Settings {
+    fn default() -> Self {
+        Settings {
+            image: "ghcr.io/ringside/ringside:latest".into(),
+            image_pull_policy: "IfNotPresent".into(),
+            config_map: "ringside".into(),
+            secret: "ringside-peer-secret".into(),
+            secret_key: "secret".into(),
+            native_sidecar: NativeSidecar::Auto,
+            kube_version: None,
+            capacity: 256 * MIB,
+            memory_overhead: 64 * MIB,
+            cpu_request: "50m".into(),
+            cpu_limit: None,
+            port: 8080,
+            admin_port: 9090,
+            peer_port: 7070,
+        }
+    }
+}
+
+/// What the webhook decided for one pod.
+#[derive(Debug, PartialEq)]
+pub enum Decision {
+    /// Not asked for, or already injected: allow unchanged.
+    Skip(&'static str),
+    /// Allow with this JSONPatch (a JSON array of operations).
+    Patch(Value),
+    /// The pod asked for injection with an annotation that cannot be used.
+    Deny(String),
+}
+
+/// The effective per-pod values after annotation overrides.
+#[derive(Debug, Clone, PartialEq)]
+pub struct PodOptions {
+    pub origin: Option<String>,
+    pub capacity: u64,
+    pub port: u16,
+    pub admin_port: u16,
+    pub peer_port: u16,
+    pub native: bool,
+    pub config_map: String,
+}
+
+fn annotations(pod: &Value) -> Option<&Map<String, Value>> {
+    pod.get("metadata")?.get("annotations")?.as_object()
+}
+
+fn annotation<'a>(pod: &'a Value, key: &str) -> Option<&'a str> {
+    annotations(pod)?.get(key)?.as_str()
+}
+
+fn is_true(v: Option<&str>) -> bool {
+    v.map(str::trim) == Some("true")
+}
+
+/// Does the pod already carry the sidecar (by container name or annotation)?
+pub fn already_injected(pod: &Value) -> bool {
+    if is_true(annotation(pod, ANNOTATION_INJECTED)) {
+        return true;
+    }
+    let spec = pod.get("spec");
+    ["containers", "initContainers"].iter().any(|list| {
+        spec.and_then(|s| s.get(*list))
+            .and_then(Value::as_array)
+            .is_some_and(|cs| {
+                cs.iter()
+                    .any(|c| c.get("name").and_then(Value::as_str) == Some(CONTAINER_NAME))
+            })
+    })
+}
+
+/// `1.29`, `v1.30.2`, `1.31.0-gke.100` -> (major, minor).
+fn major_minor(version: &str) -> Option<(u32, u32)> {
+    let v = version.trim().trim_start_matches('v');
+    let mut parts = v.split('.');
+    let major = parts.next()?.parse().ok()?;
+    let minor: String = parts
+        .next()?
+        .chars()
+        .take_while(|c| c.is_ascii_digit())
+        .collect();
+    Some((major, minor.parse().ok()?))
+}
+
+impl Settings {
+    /// Native sidecars are on by default from Kubernetes 1.29 (beta, enabled).
+    /// `auto` without a known version falls back to a regular container: on
+    /// an older API server an init container with `restartPolicy: Always`
+    /// would block the pod from ever starting.
+    pub fn native_by_default(&self) -> bool {
+        match self.native_sidecar {
+            NativeSidecar::Always => true,
+            NativeSidecar::Never => false,
+            NativeSidecar::Auto => self
+                .kube_version
+                .as_deref()
+                .and_then(major_minor)
+                .is_some_and(|v| v >= (1, 29)),
+        }
+    }
+
+    /// Apply the pod's annotations; an unusable value is an error naming the annotation.
+    pub fn pod_options(&self, pod: &Value) -> Result<PodOptions, String> {
+        let port = |key: &str, default: u16| -> Result<u16, String> {
+            match annotation(pod, key) {
+                None => Ok(default),
+                Some(v) => match v.trim().parse::<u16>() {
+                    Ok(p) if p > 0 => Ok(p),
+                    _ => Err(format!(
+                        "annotation {key}: {v:?} is invalid; expected a port number 1-65535"
+                    )),
+                },
+            }
+        };
+        let origin = match annotation(pod, ANNOTATION_ORIGIN) {
+            None => None,
+            Some(v) => {
+                OriginUrl::parse(v.trim()).map_err(|why| {
+                    format!("annotation {ANNOTATION_ORIGIN}: {v:?} is invalid; expected {why}")
+                })?;
+                Some(v.trim().to_string())
+            }
+        };
+        let capacity = match annotation(pod, ANNOTATION_CAPACITY) {
+            None => self.capacity,
+            Some(v) => match parse_capacity(v) {
+                Some(c) if c > 0 => c,
+                _ => {
+                    return Err(format!(
+                        "annotation {ANNOTATION_CAPACITY}: {v:?} is invalid; expected a size \
+                         such as \"512MiB\", \"512Mi\", \"1GiB\" or a byte count"
+                    ))
+                }
+            },
+        };
+        let native = match annotation(pod, ANNOTATION_NATIVE).map(str::trim) {
+            None => self.native_by_default(),
+            Some("true") => true,
+            Some("false") => false,
+            Some(v) => {
+                return Err(format!(
+                "annotation {ANNOTATION_NATIVE}: {v:?} is invalid; expected \"true\" or \"false\""
+            ))
+            }
+        };
+        let config_map = match annotation(pod, ANNOTATION_APP).map(str::trim) {
+            None => self.config_map.clone(),
+            Some(app) if is_dns_label(app) => format!("{}-{app}", self.config_map),
+            Some(app) => {
+                return Err(format!(
+                    "annotation {ANNOTATION_APP}: {app:?} is invalid; expected an app name from \
+                     the chart's apps list (lowercase letters, digits and '-')"
+                ))
+            }
+        };
+        let opts = PodOptions {
+            origin,
+            capacity,
+            port: port(ANNOTATION_PORT, self.port)?,
+            admin_port: port(ANNOTATION_ADMIN_PORT, self.admin_port)?,
+            peer_port: port(ANNOTATION_PEER_PORT, self.peer_port)?,
+            native,
+            config_map,
+        };
+        if opts.port == opts.admin_port
+            || opts.port == opts.peer_port
+            || opts.admin_port == opts.peer_port
+        {
+            return Err(format!(
+                "annotations {ANNOTATION_PORT}, {ANNOTATION_ADMIN_PORT}, {ANNOTATION_PEER_PORT}: \
+                 ports {}, {}, {} must all differ",
+                opts.port, opts.admin_port, opts.peer_port
+            ));
+        }
+        Ok(opts)
+    }
+
+    /// The container spec for these options.
+    pub fn container(&self, o: &PodOptions) -> Value {
+        let request = o.capacity.saturating_add(self.memory_overhead);
+        let request_mi = request.div_ceil(MIB);
+        let limit_mi = (request_mi.saturating_mul(3)).div_ceil(2);
+        let mut env = vec![
+            json!({"name": "POD_IP", "valueFrom": {"fieldRef": {"fieldPath": "status.podIP"}}}),
+            json!({"name": "RINGSIDE_CONFIG", "value": format!("{CONFIG_DIR}/config.yaml")}),
+            json!({"name": "RINGSIDE_LISTEN", "value": format!("127.0.0.1:{}", o.port)}),
+            json!({"name": "RINGSIDE_ADMIN_LISTEN", "value": format!("0.0.0.0:{}", o.admin_port)}),
+            json!({"name": "RINGSIDE_CAPACITY", "value": o.capacity.to_string()}),
+            json!({"name": "RINGSIDE_CLUSTER_SECRET", "valueFrom": {"secretKeyRef": {
+                "name": self.secret, "key": self.secret_key, "optional": true}}}),
+        ];
+        if let Some(origin) = &o.origin {
+            env.push(json!({"name": "RINGSIDE_ORIGIN", "value": origin}));
+        }
+        let probe = |path: &str, period: u32, failures: u32| {
+            json!({
+                "httpGet": {"path": path, "port": "ringside-admin", "scheme": "HTTP"},
+                "periodSeconds": period,
+                "timeoutSeconds": 2,
+                "failureThreshold": failures,
+            })
+        };
+        let mut limits = json!({"memory": format!("{limit_mi}Mi")});
+        if let Some(cpu) = &self.cpu_limit {
+            limits["cpu"] = json!(cpu);
+        }
+        let mut c = json!({
+            "name": CONTAINER_NAME,
+            "image": self.image,
+            "imagePullPolicy": self.image_pull_policy,
+            "ports": [
+                {"name": "ringside-admin", "containerPort": o.admin_port, "protocol": "TCP"},
+                {"name": "ringside-peer", "containerPort": o.peer_port, "protocol": "TCP"},
+            ],
+            "env": env,
+            "resources": {
+                "requests": {"cpu": self.cpu_request, "memory": format!("{request_mi}Mi")},
+                "limits": limits,
+            },
+            // The app waits for this before starting when ringside is a native sidecar.
+            "startupProbe": probe("/readyz", 1, 30),
+            "readinessProbe": probe("/readyz", 5, 3),
+            "livenessProbe": probe("/healthz", 10, 3),
+            "securityContext": {
+                "runAsNonRoot": true,
+                "runAsUser": 65532,
+                "runAsGroup": 65532,
+                "readOnlyRootFilesystem": true,
+                "allowPrivilegeEscalation": false,
+                "capabilities": {"drop": ["ALL"]},
+                "seccompProfile": {"type": "RuntimeDefault"},
+            },
+            "volumeMounts": [
+                {"name": CONFIG_VOLUME, "mountPath": CONFIG_DIR, "readOnly": true},
+                {"name": TMP_VOLUME, "mountPath": "/tmp"},
+            ],
+            "terminationMessagePolicy": "FallbackToLogsOnError",
+        });
+        if o.native {
+            c["restartPolicy"] = json!("Always");
+        }
+        c
+    }
+
+    /// Decide what to do with one pod object.
+    pub fn decide(&self, pod: &Value) -> Decision {
+        if !is_true(annotation(pod, ANNOTATION_INJECT)) {
+            return Decision::Skip(
+                "injection not requested (annotation ringside.io/inject is not \"true\")",
+            );
+        }
+        if already_injected(pod) {
+            return Decision::Skip("ringside sidecar already present");
+        }
+        let opts = match self.pod_options(pod) {
+            Ok(o) => o,
+            Err(e) => return Decision::Deny(e),
+        };
+        Decision::Patch(self.patch(pod, &opts))
+    }
+
+    /// JSONPatch adding the container, volumes and the injected annotation.
+    /// Every `add` creates its array or map when the pod has none.
+    pub fn patch(&self, pod: &Value, o: &PodOptions) -> Value {
+        let mut ops = Vec::new();
+        let spec = pod.get("spec");
+        let has = |key: &str| spec.and_then(|s| s.get(key)).is_some_and(|v| v.is_array());
+        let container = self.container(o);
+        let list = if o.native {
+            "initContainers"
+        } else {
+            "containers"
+        };
+        if has(list) {
+            ops.push(json!({"op": "add", "path": format!("/spec/{list}/-"), "value": container}));
+        } else {
+            ops.push(json!({"op": "add", "path": format!("/spec/{list}"), "value": [container]}));
+        }
+        let volumes = [
+            json!({"name": CONFIG_VOLUME, "configMap": {"name": o.config_map}}),
+            json!({"name": TMP_VOLUME, "emptyDir": {"medium": "Memory", "sizeLimit": "16Mi"}}),
+        ];
+        if has("volumes") {
+            for v in volumes {
+                ops.push(json!({"op": "add", "path": "/spec/volumes/-", "value": v}));
+            }
+        } else {
+            ops.push(json!({"op": "add", "path": "/spec/volumes", "value": volumes}));
+        }
+        let key = escape_pointer(ANNOTATION_INJECTED);
+        match pod.get("metadata") {
+            Some(m) if m.get("annotations").is_some_and(Value::is_object) => ops.push(
+                json!({"op": "add", "path": format!("/metadata/annotations/{key}"), "value": "true"}),
+            ),
+            Some(m) if m.is_object() => ops.push(json!({"op": "add", "path": "/metadata/annotations",
+                "value": {ANNOTATION_INJECTED: "true"}})),
+            _ => ops.push(json!({"op": "add", "path": "/metadata",
+                "value": {"annotations": {ANNOTATION_INJECTED: "true"}}})),
+        }
+        Value::Array(ops)
+    }
+}
+
+/// JSON Pointer escaping (RFC 6901): `~` -> `~0`, `/` -> `~1`.
+pub fn escape_pointer(key: &str) -> String {
+    key.replace('~', "~0").replace('/', "~1")
+}
+
+/// ringside sizes (`512MiB`) and Kubernetes quantities (`512Mi`, `1Gi`).
+pub fn parse_capacity(v: &str) -> Option<u64> {
+    let v = v.trim();
+    for (k8s, ours) in [("Ki", "KiB"), ("Mi", "MiB"), ("Gi", "GiB")] {
+        if let Some(num) = v.strip_suffix(k8s) {
+            return parse_size(&format!("{num}{ours}"));
+        }
+    }
+    parse_size(v)
+}
+
+fn is_dns_label(s: &str) -> bool {
+    !s.is_empty()
+        && s.len() <= 63
+        && s.bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+        && !s.starts_with('-')
+        && !s.ends_with('-')
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn pod(annotations: Value) -> Value {
+        json!({"metadata": {"annotations": annotations},
+               "spec": {"containers": [{"name": "app", "image": "app"}]}})
+    }
+
+    #[test]
+    fn versions() {
+        assert_eq!(major_minor("v1.29.3"), Some((1, 29)));
+        assert_eq!(major_minor("1.31+"), Some((1, 31)));
+        assert_eq!(major_minor("1.30.0-gke.1"), Some((1, 30)));
+        assert_eq!(major_minor("x"), None);
+        let mut s = Settings {
+            kube_version: Some("1.28.5".into()),
+            ..Settings::default()
+        };
+        assert!(!s.native_by_default());
+        s.kube_version = Some("v1.29.0".into());
+        assert!(s.native_by_default());
+        s.kube_version = None;
+        assert!(!s.native_by_default());
+    }
+
+    #[test]
+    fn sizes() {
+        assert_eq!(parse_capacity("512Mi"), Some(512 * MIB));
+        assert_eq!(parse_capacity("512MiB"), Some(512 * MIB));
+        assert_eq!(parse_capacity("1Gi"), Some(1024 * MIB));
+        assert_eq!(parse_capacity("lots"), None);
+    }
+
+    #[test]
+    fn resources_follow_capacity() {
+        let s = Settings::default();
+        let o = s
+            .pod_options(&pod(json!({ANNOTATION_CAPACITY: "128Mi"})))
+            .unwrap();
+        let c = s.container(&o);
+        assert_eq!(c["resources"]["requests"]["memory"], "192Mi");
+        assert_eq!(c["resources"]["limits"]["memory"], "288Mi");
+    }
+
+    #[test]
+    fn skip_and_deny() {
+        let s = Settings::default();
+        assert!(matches!(s.decide(&pod(json!({}))), Decision::Skip(_)));
+        assert!(matches!(s.decide(&json!(null)), Decision::Skip(_)));
+        let bad = pod(json!({ANNOTATION_INJECT: "true", ANNOTATION_PORT: "0"}));
+        match s.decide(&bad) {
+            Decision::Deny(m) => assert!(m.contains("ringside.io/port"), "{m}"),
+            d => panic!("{d:?}"),
+        }
+    }
+
+    #[test]
+    fn escapes() {
+        assert_eq!(
+            escape_pointer("ringside.io/injected"),
+            "ringside.io~1injected"
+        );
+        assert_eq!(escape_pointer("a~b"), "a~0b");
+    }
+}

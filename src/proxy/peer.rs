@@ -1,0 +1,104 @@
+//! The peer listener's gate: what a request from another sidecar must pass
+//! before the owner serves it (see `peers.rs` for the protocol).
+//!
+//! - credentials: a valid signature, else 401 (counted);
+//! - origin: the `x-ringside-origin` it names must be one this node may
+//!   reach too (its origin or forward-proxy allowlist), else 403;
+//! - `PURGE`: applied to this node's stores and answered here;
+//! - other methods than GET/HEAD: 405 (peers only exchange cacheable reads);
+//! - ring views: a different generation is counted, and a key this node does
+//!   not think it owns is still served here (never forwarded: the loop guard).
+
+use super::respond::send_error;
+use super::{RequestCtx, Ringside};
+use crate::config::OriginUrl;
+use crate::metrics::{self, CacheResult};
+use crate::origin::OriginTarget;
+use crate::peers;
+use crate::purge;
+use http::Method;
+use pingora::prelude::*;
+use pingora::proxy::Session;
+use std::sync::Arc;
+
+const REFUSED: &str = "ringside; fwd=bypass; detail=peer-refused";
+
+/// Check a peer request. `Ok(Some(target))`: serve it for that origin;
+/// `Ok(None)`: already answered.
+pub async fn admit(
+    rs: &Ringside,
+    session: &mut Session,
+    ctx: &mut RequestCtx,
+) -> Result<Option<Arc<OriginTarget>>> {
+    let Some(cluster) = rs.filler.cluster.clone() else {
+        return refuse(session, ctx, 404, "not a cluster member\n").await;
+    };
+    let req = session.req_header();
+    let path = req
+        .uri
+        .path_and_query()
+        .map_or("/", |p| p.as_str())
+        .to_owned();
+    if let Err(why) = cluster
+        .auth
+        .verify(&req.headers, req.method.as_str(), &path)
+    {
+        metrics::PEER_AUTH_FAILURES.inc();
+        log::warn!("peer request refused: {why}");
+        return refuse(session, ctx, 401, "peer credentials missing or invalid\n").await;
+    }
+    let origin = req
+        .headers
+        .get(&peers::ORIGIN)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| OriginUrl::parse(v).ok());
+    let Some(target) = origin.and_then(|url| rs.forward.get(&url).cloned()) else {
+        return refuse(session, ctx, 403, "origin not served by this node\n").await;
+    };
+    let key = rs.cache_key(&target, &req.uri);
+    if req.method.as_str() == "PURGE" {
+        let prefix = req.headers.contains_key(&peers::PURGE_PREFIX);
+        purge::apply_local(&[&rs.filler.store, &cluster.hot.store], &key, prefix);
+        ctx.result = CacheResult::Pass;
+        send_error(
+            session,
+            200,
+            "purged\n",
+            "ringside; fwd=bypass; detail=purge",
+        )
+        .await?;
+        return Ok(None);
+    }
+    if req.method != Method::GET && req.method != Method::HEAD {
+        return refuse(session, ctx, 405, "peers only exchange GET and HEAD\n").await;
+    }
+    let ring = cluster.ring();
+    let theirs = req
+        .headers
+        .get(&peers::GENERATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    if theirs.is_some_and(|g| g != ring.generation()) {
+        metrics::GENERATION_MISMATCHES.inc();
+        log::debug!(
+            "peer {:?} has ring generation {theirs:?}, ours is {}",
+            req.headers.get(&peers::FROM),
+            ring.generation()
+        );
+    }
+    if cluster.remote_owner(&ring, &key).is_some() {
+        metrics::LOOP_GUARD.inc();
+    }
+    Ok(Some(target))
+}
+
+async fn refuse(
+    session: &mut Session,
+    ctx: &mut RequestCtx,
+    code: u16,
+    body: &'static str,
+) -> Result<Option<Arc<OriginTarget>>> {
+    ctx.result = CacheResult::Error;
+    send_error(session, code, body, REFUSED).await?;
+    Ok(None)
+}

@@ -1,0 +1,412 @@
+//! `ringside inject` end to end: the real binary serving HTTPS with a test
+//! CA (rcgen), real AdmissionReview requests sent with `curl --cacert`, the
+//! returned JSONPatch applied with the json-patch crate, and the patched Pod
+//! checked by `kubernetes-validate --strict` for Kubernetes 1.29.
+//!
+//! Needs `curl` and `kubernetes-validate` (tests/tools/install-k8s-tools.sh);
+//! missing tools fail the test with that hint rather than skipping.
+
+use base64::Engine;
+use serde_json::{json, Value};
+use std::net::{IpAddr, Ipv4Addr, TcpListener};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+struct Webhook {
+    child: Child,
+    port: u16,
+    dir: PathBuf,
+}
+
+impl Drop for Webhook {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+fn require(tool: &str) {
+    let ok = Command::new(tool)
+        .arg("--version")
+        .output()
+        .map(|o| o.status.success())
+        .unwrap_or(false);
+    assert!(
+        ok,
+        "`{tool}` is not installed: run `bash tests/tools/install-k8s-tools.sh` (CI runs it from .ci/run)"
+    );
+}
+
+fn write_certs(dir: &Path) {
+    use rcgen::{BasicConstraints, CertificateParams, IsCa, KeyPair, SanType};
+    let ca_key = KeyPair::generate().unwrap();
+    let mut ca_params = CertificateParams::new(Vec::<String>::new()).unwrap();
+    ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    let ca = ca_params.self_signed(&ca_key).unwrap();
+    let key = KeyPair::generate().unwrap();
+    let mut params = CertificateParams::new(vec!["localhost".to_string()]).unwrap();
+    params
+        .subject_alt_names
+        .push(SanType::IpAddress(IpAddr::V4(Ipv4Addr::LOCALHOST)));
+    let cert = params.signed_by(&key, &ca, &ca_key).unwrap();
+    std::fs::write(dir.join("ca.pem"), ca.pem()).unwrap();
+    std::fs::write(dir.join("tls.crt"), cert.pem()).unwrap();
+    std::fs::write(dir.join("tls.key"), key.serialize_pem()).unwrap();
+}
+
+fn start(name: &str, extra: &[&str]) -> Webhook {
+    require("curl");
+    let dir = std::env::temp_dir().join(format!("ringside-inject-{}-{name}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    write_certs(&dir);
+    let port = TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let child = Command::new(env!("CARGO_BIN_EXE_ringside"))
+        .arg("inject")
+        .arg(format!("--listen=127.0.0.1:{port}"))
+        .arg(format!("--tls-cert={}", dir.join("tls.crt").display()))
+        .arg(format!("--tls-key={}", dir.join("tls.key").display()))
+        .args([
+            "--sidecar-image=ghcr.io/ringside/ringside:test",
+            "--config-map=ringside-config",
+        ])
+        .args(["--secret=ringside-peer-secret"])
+        .args(extra)
+        .env_remove("RINGSIDE_LISTEN")
+        .stdout(Stdio::null())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .unwrap();
+    let hook = Webhook { child, port, dir };
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let (status, _) = hook.call("GET", "/healthz", None);
+        if status == 200 {
+            return hook;
+        }
+        assert!(Instant::now() < deadline, "webhook did not become healthy");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+impl Webhook {
+    /// (HTTP status, body) over verified HTTPS.
+    fn call(&self, method: &str, path: &str, body: Option<&[u8]>) -> (u16, String) {
+        let mut cmd = Command::new("curl");
+        cmd.args(["-sS", "--max-time", "5", "-X", method])
+            .arg("--cacert")
+            .arg(self.dir.join("ca.pem"))
+            .args(["-w", "\n%{http_code}"]);
+        if let Some(b) = body {
+            let file = self.dir.join("body.json");
+            std::fs::write(&file, b).unwrap();
+            cmd.args(["-H", "Content-Type: application/json", "--data-binary"])
+                .arg(format!("@{}", file.display()));
+        }
+        let out = cmd
+            .arg(format!("https://127.0.0.1:{}{path}", self.port))
+            .output()
+            .unwrap();
+        let text = String::from_utf8_lossy(&out.stdout).into_owned();
+        let (body, code) = text.rsplit_once('\n').unwrap_or(("", "0"));
+        (code.trim().parse().unwrap_or(0), body.to_string())
+    }
+
+    fn review(&self, object: Value) -> Value {
+        let kind = object["kind"].as_str().unwrap_or("Pod").to_string();
+        let review = json!({
+            "apiVersion": "admission.k8s.io/v1", "kind": "AdmissionReview",
+            "request": {"uid": "7f0c-test", "kind": {"group": "", "version": "v1", "kind": kind},
+                        "resource": {"group": "", "version": "v1", "resource": "pods"},
+                        "namespace": "shop", "operation": "CREATE", "object": object}
+        });
+        let (status, body) = self.call(
+            "POST",
+            "/mutate",
+            Some(&serde_json::to_vec(&review).unwrap()),
+        );
+        assert_eq!(status, 200, "{body}");
+        let out: Value = serde_json::from_str(&body).unwrap();
+        assert_eq!(out["kind"], "AdmissionReview");
+        assert_eq!(out["response"]["uid"], "7f0c-test");
+        out["response"].clone()
+    }
+
+    /// Send the pod, apply the patch, validate, check idempotency.
+    fn inject(&self, pod: &Value) -> Value {
+        let response = self.review(pod.clone());
+        assert_eq!(response["allowed"], true, "{response}");
+        assert_eq!(response["patchType"], "JSONPatch");
+        let raw = base64::engine::general_purpose::STANDARD
+            .decode(response["patch"].as_str().unwrap())
+            .unwrap();
+        let patch: json_patch::Patch = serde_json::from_slice(&raw).unwrap();
+        let mut patched = pod.clone();
+        json_patch::patch(&mut patched, &patch).unwrap_or_else(|e| panic!("patch failed: {e}"));
+        validate(&patched);
+        // Idempotent: the patched pod gets no second patch.
+        let again = self.review(patched.clone());
+        assert_eq!(again["allowed"], true);
+        assert!(
+            again.get("patch").is_none(),
+            "second pass patched again: {again}"
+        );
+        patched
+    }
+}
+
+fn validate(pod: &Value) {
+    require("kubernetes-validate");
+    let file = std::env::temp_dir().join(format!(
+        "ringside-inject-pod-{}-{}.json",
+        std::process::id(),
+        pod["metadata"]["name"].as_str().unwrap_or("pod")
+    ));
+    std::fs::write(&file, serde_json::to_vec_pretty(pod).unwrap()).unwrap();
+    let out = Command::new("kubernetes-validate")
+        .args(["--strict", "--quiet", "-k", "1.29.0"])
+        .arg(&file)
+        .output()
+        .unwrap();
+    let _ = std::fs::remove_file(&file);
+    assert!(
+        out.status.success(),
+        "patched pod is not valid for 1.29:\n{}{}\n{pod:#}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// The Pod that examples/kubernetes/app.yaml's Deployment creates.
+fn example_pod() -> Value {
+    let text = std::fs::read_to_string(
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/kubernetes/app.yaml"),
+    )
+    .unwrap();
+    let deploy: Value = serde_yaml::from_str(&text).unwrap();
+    let template = &deploy["spec"]["template"];
+    let mut metadata = template["metadata"].clone();
+    metadata["name"] = json!("catalog-7d9f8-abcde");
+    metadata["namespace"] = deploy["metadata"]["namespace"].clone();
+    json!({"apiVersion": "v1", "kind": "Pod", "metadata": metadata, "spec": template["spec"]})
+}
+
+fn container<'a>(pod: &'a Value, list: &str) -> &'a Value {
+    pod["spec"][list]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["name"] == "ringside")
+        .unwrap_or_else(|| panic!("no ringside in {list}: {pod:#}"))
+}
+
+fn env<'a>(c: &'a Value, name: &str) -> Option<&'a Value> {
+    c["env"].as_array()?.iter().find(|e| e["name"] == name)
+}
+
+#[test]
+fn injects_native_sidecar_into_example_pod() {
+    let hook = start("native", &["--native-sidecar=always"]);
+    let pod = hook.inject(&example_pod());
+    assert_eq!(
+        pod["metadata"]["annotations"]["ringside.io/injected"],
+        "true"
+    );
+    let c = container(&pod, "initContainers");
+    assert_eq!(c["restartPolicy"], "Always");
+    assert_eq!(c["image"], "ghcr.io/ringside/ringside:test");
+    assert_eq!(c["readinessProbe"]["httpGet"]["path"], "/readyz");
+    assert_eq!(c["livenessProbe"]["httpGet"]["path"], "/healthz");
+    assert_eq!(c["readinessProbe"]["httpGet"]["port"], "ringside-admin");
+    let admin = c["ports"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|p| p["name"] == "ringside-admin")
+        .unwrap();
+    assert_eq!(admin["containerPort"], 9090);
+    let sc = &c["securityContext"];
+    assert_eq!(sc["runAsNonRoot"], true);
+    assert_eq!(sc["readOnlyRootFilesystem"], true);
+    assert_eq!(sc["allowPrivilegeEscalation"], false);
+    assert_eq!(sc["capabilities"]["drop"], json!(["ALL"]));
+    assert_eq!(sc["seccompProfile"]["type"], "RuntimeDefault");
+    assert_eq!(
+        env(c, "POD_IP").unwrap()["valueFrom"]["fieldRef"]["fieldPath"],
+        "status.podIP"
+    );
+    let secret = &env(c, "RINGSIDE_CLUSTER_SECRET").unwrap()["valueFrom"]["secretKeyRef"];
+    assert_eq!(secret["name"], "ringside-peer-secret");
+    // ringside.io/capacity: 512MiB -> request 512 + 64 Mi, limit 1.5x.
+    assert_eq!(
+        env(c, "RINGSIDE_CAPACITY").unwrap()["value"],
+        (512u64 << 20).to_string()
+    );
+    assert_eq!(c["resources"]["requests"]["memory"], "576Mi");
+    assert_eq!(c["resources"]["limits"]["memory"], "864Mi");
+    // ringside.io/app: catalog -> the app's ConfigMap.
+    let vol = pod["spec"]["volumes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|v| v["name"] == "ringside-config")
+        .unwrap();
+    assert_eq!(vol["configMap"]["name"], "ringside-config-catalog");
+    // The app container is untouched.
+    assert_eq!(pod["spec"]["containers"].as_array().unwrap().len(), 1);
+}
+
+#[test]
+fn overrides_and_existing_lists() {
+    let hook = start(
+        "regular",
+        &["--native-sidecar=auto", "--kube-version=v1.28.9"],
+    );
+    let pod = json!({
+        "apiVersion": "v1", "kind": "Pod",
+        "metadata": {"name": "legacy", "namespace": "shop", "annotations": {
+            "ringside.io/inject": "true",
+            "ringside.io/origin": "https://api.example.com",
+            "ringside.io/port": "8181",
+            "ringside.io/admin-port": "9191",
+            "ringside.io/peer-port": "7171",
+            "ringside.io/capacity": "1Gi",
+            "team": "search"}},
+        "spec": {
+            "initContainers": [{"name": "migrate", "image": "migrate:1"}],
+            "containers": [{"name": "app", "image": "app:1"}],
+            "volumes": [{"name": "data", "emptyDir": {}}]
+        }
+    });
+    let patched = hook.inject(&pod);
+    // auto on 1.28: a regular container, existing lists extended, not replaced.
+    assert_eq!(
+        patched["spec"]["initContainers"].as_array().unwrap().len(),
+        1
+    );
+    assert_eq!(patched["spec"]["containers"].as_array().unwrap().len(), 2);
+    assert_eq!(patched["spec"]["volumes"].as_array().unwrap().len(), 3);
+    assert_eq!(patched["metadata"]["annotations"]["team"], "search");
+    let c = container(&patched, "containers");
+    assert!(c.get("restartPolicy").is_none());
+    assert_eq!(
+        env(c, "RINGSIDE_ORIGIN").unwrap()["value"],
+        "https://api.example.com"
+    );
+    assert_eq!(
+        env(c, "RINGSIDE_LISTEN").unwrap()["value"],
+        "127.0.0.1:8181"
+    );
+    assert_eq!(
+        env(c, "RINGSIDE_ADMIN_LISTEN").unwrap()["value"],
+        "0.0.0.0:9191"
+    );
+    let ports: Vec<u64> = c["ports"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| p["containerPort"].as_u64().unwrap())
+        .collect();
+    assert_eq!(ports, vec![9191, 7171]);
+    assert_eq!(c["resources"]["requests"]["memory"], "1088Mi");
+    assert_eq!(c["resources"]["limits"]["memory"], "1632Mi");
+    let vol = patched["spec"]["volumes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|v| v["name"] == "ringside-config")
+        .unwrap();
+    assert_eq!(vol["configMap"]["name"], "ringside-config");
+
+    // Per-pod native override on the same (1.28) webhook.
+    let mut native = pod.clone();
+    native["metadata"]["name"] = json!("native");
+    native["metadata"]["annotations"]["ringside.io/native-sidecar"] = json!("true");
+    let patched = hook.inject(&native);
+    assert_eq!(
+        container(&patched, "initContainers")["restartPolicy"],
+        "Always"
+    );
+    assert_eq!(patched["spec"]["initContainers"][0]["name"], "migrate");
+}
+
+#[test]
+fn skips_and_errors() {
+    let hook = start("errors", &[]);
+    // Not annotated: allowed, no patch.
+    let plain = json!({"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "plain"},
+                       "spec": {"containers": [{"name": "app", "image": "app"}]}});
+    let r = hook.review(plain);
+    assert_eq!(r["allowed"], true);
+    assert!(r.get("patch").is_none());
+    // Already carrying a container named ringside.
+    let manual = json!({"apiVersion": "v1", "kind": "Pod",
+        "metadata": {"name": "manual", "annotations": {"ringside.io/inject": "true"}},
+        "spec": {"containers": [{"name": "app", "image": "app"}, {"name": "ringside", "image": "r"}]}});
+    let r = hook.review(manual);
+    assert_eq!(r["allowed"], true);
+    assert!(r.get("patch").is_none());
+    // Not a Pod: allowed with a message.
+    let cm = json!({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "x"}});
+    let r = hook.review(cm);
+    assert_eq!(r["allowed"], true);
+    assert!(
+        r["status"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("only into Pods"),
+        "{r}"
+    );
+    // An unusable annotation: denied, naming it.
+    let bad = json!({"apiVersion": "v1", "kind": "Pod",
+        "metadata": {"name": "bad", "annotations": {"ringside.io/inject": "true", "ringside.io/capacity": "lots"}},
+        "spec": {"containers": [{"name": "app", "image": "app"}]}});
+    let r = hook.review(bad);
+    assert_eq!(r["allowed"], false);
+    assert!(
+        r["status"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("ringside.io/capacity"),
+        "{r}"
+    );
+    // A pod with no annotations map at all but... nothing to inject, and no metadata.
+    let r = hook.review(json!({"kind": "Pod", "spec": {}}));
+    assert_eq!(r["allowed"], true);
+    // Malformed bodies: 400 with a message, and the server lives on.
+    let (status, body) = hook.call("POST", "/mutate", Some(b"{not json"));
+    assert_eq!(status, 400);
+    assert!(body.contains("not JSON"), "{body}");
+    let (status, body) = hook.call(
+        "POST",
+        "/mutate",
+        Some(br#"{"kind":"AdmissionReview","apiVersion":"admission.k8s.io/v1"}"#),
+    );
+    assert_eq!(status, 400);
+    assert!(body.contains("no request"), "{body}");
+    let (status, _) = hook.call("GET", "/mutate", None);
+    assert_eq!(status, 405);
+    assert_eq!(hook.call("GET", "/healthz", None).0, 200);
+}
+
+#[test]
+fn refuses_bad_flags() {
+    let out = Command::new(env!("CARGO_BIN_EXE_ringside"))
+        .args([
+            "inject",
+            "--tls-cert=/nonexistent.pem",
+            "--tls-key=/nonexistent.key",
+            "--sidecar-image=x",
+        ])
+        .env_remove("RINGSIDE_LISTEN")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("--tls-cert"));
+}
