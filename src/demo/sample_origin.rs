@@ -32,6 +32,8 @@ pub struct SampleOrigin {
     pub delay: Duration,
     /// The `max-age` of `Cache-Control: public, max-age=N` on every item.
     pub max_age: u32,
+    /// Pad every item's JSON to about this many bytes (0: no padding).
+    pub body_bytes: usize,
     /// Requests received so far (every parsed request, whatever its path).
     /// Clone the `Arc` before calling [`serve`] to read it while it runs.
     pub hits: Arc<AtomicU64>,
@@ -42,6 +44,7 @@ impl Default for SampleOrigin {
         SampleOrigin {
             delay: Duration::from_millis(50),
             max_age: 5,
+            body_bytes: 0,
             hits: Arc::new(AtomicU64::new(0)),
         }
     }
@@ -236,7 +239,7 @@ async fn answer(request: &Request, opts: &SampleOrigin) -> Answer {
     let body = if matches {
         String::new()
     } else {
-        item_json(id)
+        item_json(id, opts.body_bytes)
     };
     Answer::new(status, "application/json", body)
         .with_header(
@@ -255,9 +258,18 @@ fn item_id(path: &str) -> Option<u64> {
     id.parse().ok()
 }
 
-fn item_json(id: u64) -> String {
+fn item_json(id: u64, body_bytes: usize) -> String {
     let served_at = httpdate::fmt_http_date(SystemTime::now());
-    format!("{{\"id\":{id},\"name\":\"item {id}\",\"served_at\":\"{served_at}\"}}\n")
+    let json = format!("{{\"id\":{id},\"name\":\"item {id}\",\"served_at\":\"{served_at}\"}}\n");
+    // `,"pad":""` adds 9 bytes around the padding itself.
+    match body_bytes.checked_sub(json.len() + 9) {
+        Some(pad) => format!(
+            "{},\"pad\":\"{}\"}}\n",
+            &json[..json.len() - 2],
+            "x".repeat(pad)
+        ),
+        None => json,
+    }
 }
 
 /// A response about to be written.

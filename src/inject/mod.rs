@@ -247,7 +247,7 @@ pub fn run(args: &InjectArgs, listen: Option<&str>, log_level: Option<&str>) -> 
     server.bootstrap();
     let native = settings.native_by_default();
     let mut service = Service::new("ringside inject".into(), Webhook { settings });
-    if let Err(e) = service.add_tls(&listen, &args.tls_cert, &args.tls_key) {
+    if let Err(e) = service.add_tls(listen, &args.tls_cert, &args.tls_key) {
         eprintln!("ringside inject: cannot use the TLS certificate or key: {e}");
         return ExitCode::from(2);
     }

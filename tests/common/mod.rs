@@ -51,14 +51,8 @@ impl Ringside {
             "listen: {addr}\nadmin_listen: {admin}\nthreads: 2\nshutdown_grace: 5s\nlog_level: info\n{yaml}"
         );
         std::fs::write(&config_path, config).expect("write config");
-        let log = std::fs::File::create(&log_path).expect("log file");
-        let child = Command::new(env!("CARGO_BIN_EXE_ringside"))
-            .arg("--config")
-            .arg(&config_path)
-            .stdout(log.try_clone().expect("log"))
-            .stderr(log)
-            .spawn()
-            .expect("start ringside");
+        let _ = std::fs::remove_file(&log_path);
+        let child = spawn(&config_path, &log_path);
         let mut ringside = Ringside {
             child: Some(child),
             addr,
@@ -84,6 +78,35 @@ impl Ringside {
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
         panic!("ringside never became ready: {}", self.log());
+    }
+
+    /// The config file this process was started with.
+    pub fn config_text(&self) -> String {
+        std::fs::read_to_string(&self.config_path).unwrap_or_default()
+    }
+
+    /// The peer listener (`cluster.peer_listen`), when clustered.
+    pub fn peer_addr(&self) -> Option<SocketAddr> {
+        self.config_text()
+            .lines()
+            .find_map(|l| l.trim().strip_prefix("peer_listen: "))
+            .and_then(|a| a.trim().parse().ok())
+    }
+
+    /// SIGKILL the process (no graceful shutdown) and reap it.
+    pub fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// Start a new process from the same config file: same listen, admin
+    /// and peer addresses, empty cache. Kills the running one first, if any.
+    pub async fn restart(&mut self) {
+        self.kill();
+        self.child = Some(spawn(&self.config_path, &self.log_path));
+        self.wait_ready().await;
     }
 
     pub fn pid(&self) -> u32 {
@@ -150,6 +173,22 @@ impl Drop for Ringside {
         let _ = std::fs::remove_file(&self.config_path);
         let _ = std::fs::remove_file(&self.log_path);
     }
+}
+
+/// Run ringside on `config_path`, appending its output to `log_path`.
+fn spawn(config_path: &PathBuf, log_path: &PathBuf) -> Child {
+    let log = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(log_path)
+        .expect("log file");
+    Command::new(env!("CARGO_BIN_EXE_ringside"))
+        .arg("--config")
+        .arg(config_path)
+        .stdout(log.try_clone().expect("log"))
+        .stderr(log)
+        .spawn()
+        .expect("start ringside")
 }
 
 /// Sum the samples of `name` (exact metric name, no suffix) matching `labels`.

@@ -1,0 +1,380 @@
+//! DNS membership against a real (tiny) authoritative DNS server.
+//!
+//! The server runs in the test on a free UDP port of 127.0.0.1 and answers
+//! for one name whose records the test changes while ringside polls it, or
+//! stops answering, or says NXDOMAIN. The member list is read from the
+//! receiver that `ringside::membership::start` returns, as the cluster
+//! reads it.
+
+use hickory_proto::op::{Message, MessageType, ResponseCode};
+use hickory_proto::rr::rdata::{A, AAAA};
+use hickory_proto::rr::{RData, Record, RecordType};
+use ringside::config::{ClusterConfig, DnsMembership, MembershipConfig};
+use ringside::membership::{start, Member};
+use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+use tokio::net::UdpSocket;
+use tokio::sync::watch;
+
+const NAME: &str = "peers.ringside.test.";
+const INTERVAL: Duration = Duration::from_millis(200);
+
+#[derive(Clone, Debug)]
+enum Mode {
+    /// Answer A and AAAA queries for NAME with these addresses.
+    Answer(Vec<Ipv4Addr>, Vec<Ipv6Addr>),
+    /// Say NXDOMAIN for the next `n` A queries (and the AAAA queries
+    /// meanwhile), then go back to answering.
+    NxDomainFor(u32, Vec<Ipv4Addr>),
+    /// NXDOMAIN for good.
+    NxDomain,
+    /// Drop every query (the resolver times out).
+    Silent,
+}
+
+struct DnsServer {
+    addr: SocketAddr,
+    mode: Arc<Mutex<Mode>>,
+    /// A queries answered NXDOMAIN, A queries answered with records.
+    counts: Arc<Mutex<(u32, u32)>>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Drop for DnsServer {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+impl DnsServer {
+    async fn start(mode: Mode) -> DnsServer {
+        let socket = UdpSocket::bind("127.0.0.1:0")
+            .await
+            .expect("bind a UDP port");
+        let addr = socket.local_addr().expect("local addr");
+        let mode = Arc::new(Mutex::new(mode));
+        let counts = Arc::new(Mutex::new((0, 0)));
+        let (m, c) = (mode.clone(), counts.clone());
+        let task = tokio::spawn(async move {
+            let mut buf = vec![0u8; 4096];
+            loop {
+                let Ok((n, peer)) = socket.recv_from(&mut buf).await else {
+                    continue;
+                };
+                let Ok(query) = Message::from_vec(&buf[..n]) else {
+                    continue;
+                };
+                if let Some(answer) = respond(&query, &m, &c) {
+                    let _ = socket.send_to(&answer, peer).await;
+                }
+            }
+        });
+        DnsServer {
+            addr,
+            mode,
+            counts,
+            task,
+        }
+    }
+
+    fn set(&self, mode: Mode) {
+        *self.mode.lock().unwrap() = mode;
+    }
+
+    fn nxdomain_a_answers(&self) -> u32 {
+        self.counts.lock().unwrap().0
+    }
+
+    fn record_a_answers(&self) -> u32 {
+        self.counts.lock().unwrap().1
+    }
+}
+
+fn respond(query: &Message, mode: &Mutex<Mode>, counts: &Mutex<(u32, u32)>) -> Option<Vec<u8>> {
+    if query.metadata.message_type != MessageType::Query {
+        return None;
+    }
+    let q = query.queries.first()?.clone();
+    let mut response = Message::response(query.metadata.id, query.metadata.op_code);
+    response.metadata.authoritative = true;
+    response.metadata.recursion_desired = query.metadata.recursion_desired;
+    response.add_query(q.clone());
+    let ours = q.name().to_ascii().eq_ignore_ascii_case(NAME);
+    let mut mode = mode.lock().unwrap();
+    let is_a = q.query_type() == RecordType::A;
+    let (v4, v6, nxdomain) = match &mut *mode {
+        Mode::Silent => return None,
+        Mode::NxDomain => (vec![], vec![], true),
+        Mode::NxDomainFor(0, addrs) => {
+            let addrs = addrs.clone();
+            *mode = Mode::Answer(addrs.clone(), vec![]);
+            (addrs, vec![], false)
+        }
+        Mode::NxDomainFor(left, _) => {
+            if is_a {
+                *left -= 1;
+            }
+            (vec![], vec![], true)
+        }
+        Mode::Answer(v4, v6) => (v4.clone(), v6.clone(), false),
+    };
+    drop(mode);
+    if !ours || nxdomain {
+        response.metadata.response_code = ResponseCode::NXDomain;
+        if ours && is_a {
+            counts.lock().unwrap().0 += 1;
+        }
+    } else {
+        match q.query_type() {
+            RecordType::A => {
+                counts.lock().unwrap().1 += 1;
+                for ip in v4 {
+                    response.add_answer(Record::from_rdata(q.name().clone(), 1, RData::A(A(ip))));
+                }
+            }
+            RecordType::AAAA => {
+                for ip in v6 {
+                    response.add_answer(Record::from_rdata(
+                        q.name().clone(),
+                        1,
+                        RData::AAAA(AAAA(ip)),
+                    ));
+                }
+            }
+            // The name exists, without records of that type: NOERROR, empty.
+            _ => {}
+        }
+    }
+    response.to_vec().ok()
+}
+
+fn logs() {
+    let _ = env_logger::builder().is_test(true).try_init();
+}
+
+fn cluster(advertise: &str, peer_listen: &str, dns: DnsMembership) -> ClusterConfig {
+    ClusterConfig {
+        enabled: true,
+        peer_listen: peer_listen.into(),
+        advertise: advertise.into(),
+        membership: MembershipConfig {
+            dns: Some(dns),
+            ..Default::default()
+        },
+        ..Default::default()
+    }
+}
+
+fn dns(server: &DnsServer, port: Option<u16>) -> DnsMembership {
+    DnsMembership {
+        name: NAME.into(),
+        port,
+        interval: INTERVAL,
+        nameserver: Some(server.addr.to_string()),
+    }
+}
+
+fn addrs(rx: &watch::Receiver<Vec<Member>>) -> Vec<String> {
+    rx.borrow().iter().map(|m| m.addr.clone()).collect()
+}
+
+/// Wait until the published list's addresses are `want` (sorted), or fail
+/// showing the last list seen.
+async fn wait_for(rx: &mut watch::Receiver<Vec<Member>>, want: &[&str], within: Duration) {
+    let deadline = Instant::now() + within;
+    loop {
+        if addrs(rx) == want {
+            return;
+        }
+        let left = deadline.saturating_duration_since(Instant::now());
+        if left.is_zero() || tokio::time::timeout(left, rx.changed()).await.is_err() {
+            panic!(
+                "members still {:?} after {within:?}, expected {want:?}",
+                addrs(rx)
+            );
+        }
+    }
+}
+
+fn ip(s: &str) -> Ipv4Addr {
+    s.parse().unwrap()
+}
+
+const ME: &str = "127.0.1.9:7071";
+
+#[tokio::test]
+async fn members_join_and_leave_and_self_is_always_there() {
+    logs();
+    let server =
+        DnsServer::start(Mode::Answer(vec![ip("127.0.1.1"), ip("127.0.1.2")], vec![])).await;
+    let mut rx = start(&cluster(ME, "127.0.0.1:7070", dns(&server, Some(7070))))
+        .await
+        .expect("start");
+    // Never empty: this node alone until the first answer.
+    assert!(addrs(&rx).contains(&ME.to_string()));
+
+    wait_for(
+        &mut rx,
+        &["127.0.1.1:7070", "127.0.1.2:7070", ME],
+        Duration::from_secs(5),
+    )
+    .await;
+
+    // A join.
+    server.set(Mode::Answer(
+        vec![ip("127.0.1.1"), ip("127.0.1.2"), ip("127.0.1.3")],
+        vec![],
+    ));
+    wait_for(
+        &mut rx,
+        &["127.0.1.1:7070", "127.0.1.2:7070", "127.0.1.3:7070", ME],
+        Duration::from_secs(5),
+    )
+    .await;
+
+    // A leave.
+    server.set(Mode::Answer(vec![ip("127.0.1.2"), ip("127.0.1.3")], vec![]));
+    wait_for(
+        &mut rx,
+        &["127.0.1.2:7070", "127.0.1.3:7070", ME],
+        Duration::from_secs(5),
+    )
+    .await;
+
+    // Unchanged answers publish nothing.
+    rx.mark_unchanged();
+    let polled = server.record_a_answers();
+    while server.record_a_answers() < polled + 3 {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(!rx.has_changed().unwrap(), "republished an unchanged list");
+}
+
+#[tokio::test]
+async fn an_unanswering_server_keeps_the_list_and_persistent_nxdomain_shrinks_it() {
+    logs();
+    let server =
+        DnsServer::start(Mode::Answer(vec![ip("127.0.1.1"), ip("127.0.1.2")], vec![])).await;
+    let mut rx = start(&cluster(ME, "127.0.0.1:7070", dns(&server, Some(7070))))
+        .await
+        .expect("start");
+    let full = ["127.0.1.1:7070", "127.0.1.2:7070", ME];
+    wait_for(&mut rx, &full, Duration::from_secs(5)).await;
+
+    // The server stops answering: lookups time out, the list stays.
+    server.set(Mode::Silent);
+    rx.mark_unchanged();
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert!(
+        !rx.has_changed().unwrap(),
+        "list changed while DNS was silent"
+    );
+    assert_eq!(addrs(&rx), full);
+
+    // NXDOMAIN for good: the list shrinks to this node, but only after
+    // several answers in a row said so.
+    server.set(Mode::NxDomain);
+    let nx_before = server.nxdomain_a_answers();
+    wait_for(&mut rx, &[ME], Duration::from_secs(40)).await;
+    let nx = server.nxdomain_a_answers() - nx_before;
+    assert!(
+        nx >= 3,
+        "shrank after {nx} NXDOMAIN answers; expected at least 3"
+    );
+
+    // The name comes back: so do the members.
+    server.set(Mode::Answer(vec![ip("127.0.1.1")], vec![]));
+    wait_for(&mut rx, &["127.0.1.1:7070", ME], Duration::from_secs(40)).await;
+}
+
+#[tokio::test]
+async fn a_short_nxdomain_blip_does_not_shrink_the_list() {
+    let members = vec![ip("127.0.1.1"), ip("127.0.1.2")];
+    logs();
+    let server = DnsServer::start(Mode::Answer(members.clone(), vec![])).await;
+    let mut rx = start(&cluster(ME, "127.0.0.1:7070", dns(&server, Some(7070))))
+        .await
+        .expect("start");
+    let full = ["127.0.1.1:7070", "127.0.1.2:7070", ME];
+    wait_for(&mut rx, &full, Duration::from_secs(5)).await;
+    rx.mark_unchanged();
+
+    // Two polls see NXDOMAIN, then the records are back.
+    server.set(Mode::NxDomainFor(2, members));
+    let answered = server.record_a_answers();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while server.record_a_answers() < answered + 3 {
+        assert!(Instant::now() < deadline, "the poller stopped asking");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(server.nxdomain_a_answers(), 2);
+    assert!(
+        !rx.has_changed().unwrap(),
+        "a 2-poll NXDOMAIN blip changed the list"
+    );
+    assert_eq!(addrs(&rx), full);
+}
+
+#[tokio::test]
+async fn ipv6_members_and_the_port_of_peer_listen() {
+    logs();
+    let server = DnsServer::start(Mode::Answer(
+        vec![ip("127.0.1.1")],
+        vec!["::1".parse().unwrap()],
+    ))
+    .await;
+    // No dns.port: peer_listen's port is used for every member.
+    let mut rx = start(&cluster(
+        "127.0.1.9:7443",
+        "127.0.0.1:7443",
+        dns(&server, None),
+    ))
+    .await
+    .expect("start");
+    wait_for(
+        &mut rx,
+        &["127.0.1.1:7443", "127.0.1.9:7443", "[::1]:7443"],
+        Duration::from_secs(5),
+    )
+    .await;
+    // The AAAA records go, the A stays: only the IPv6 member leaves.
+    server.set(Mode::Answer(vec![ip("127.0.1.1")], vec![]));
+    wait_for(
+        &mut rx,
+        &["127.0.1.1:7443", "127.0.1.9:7443"],
+        Duration::from_secs(5),
+    )
+    .await;
+}
+
+#[tokio::test]
+async fn the_poller_stops_when_every_receiver_is_dropped() {
+    logs();
+    let server = DnsServer::start(Mode::Answer(vec![ip("127.0.1.1")], vec![])).await;
+    let mut rx = start(&cluster(ME, "127.0.0.1:7070", dns(&server, Some(7070))))
+        .await
+        .expect("start");
+    wait_for(&mut rx, &["127.0.1.1:7070", ME], Duration::from_secs(5)).await;
+    drop(rx);
+    tokio::time::sleep(INTERVAL * 2).await;
+    let asked = server.record_a_answers();
+    tokio::time::sleep(INTERVAL * 5).await;
+    assert_eq!(server.record_a_answers(), asked, "still polling for nobody");
+}
+
+#[tokio::test]
+async fn a_bad_nameserver_is_a_start_error() {
+    let config = cluster(
+        ME,
+        "127.0.0.1:7070",
+        DnsMembership {
+            name: NAME.into(),
+            port: None,
+            interval: INTERVAL,
+            nameserver: Some("not-an-address".into()),
+        },
+    );
+    let err = start(&config).await.expect_err("must refuse");
+    assert!(err.contains("nameserver"), "{err}");
+}
