@@ -40,6 +40,9 @@ struct Cli {
         hide_env_values = true
     )]
     cluster_secret: Option<String>,
+    /// Peer listen address in a cluster, e.g. 0.0.0.0:7070.
+    #[arg(long, env = "RINGSIDE_PEER_LISTEN", global = true)]
+    peer_listen: Option<String>,
     /// Bearer token for purge on the admin listener (prefer the environment variable).
     #[arg(
         long,
@@ -75,6 +78,7 @@ impl Cli {
             log_level: self.log_level.clone(),
             cluster_secret: self.cluster_secret.clone(),
             admin_token: self.admin_token.clone(),
+            peer_listen: self.peer_listen.clone(),
         }
     }
 

@@ -195,6 +195,7 @@ pub struct Overrides {
     pub log_level: Option<String>,
     pub cluster_secret: Option<String>,
     pub admin_token: Option<String>,
+    pub peer_listen: Option<String>,
 }
 
 impl Config {
@@ -247,6 +248,9 @@ impl Config {
                 parse_size(&v).ok_or_else(|| invalid("cache.capacity", quoted(&v), SIZE_HINT))?;
             // A small capacity from the command line shrinks the object limit with it.
             self.cache.max_object_size = self.cache.max_object_size.min(self.cache.capacity);
+        }
+        if let Some(v) = o.peer_listen {
+            self.cluster.peer_listen = v;
         }
         if let Some(v) = o.admin_token {
             self.admin_token = v;

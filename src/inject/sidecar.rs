@@ -23,7 +23,7 @@ pub const ANNOTATION_CAPACITY: &str = "ringside.io/capacity";
 pub const ANNOTATION_PORT: &str = "ringside.io/port";
 /// Per-pod admin port (probes, metrics).
 pub const ANNOTATION_ADMIN_PORT: &str = "ringside.io/admin-port";
-/// Per-pod peer port (declared container port; see [`Settings::peer_port`]).
+/// Per-pod peer port (the container port and RINGSIDE_PEER_LISTEN).
 pub const ANNOTATION_PEER_PORT: &str = "ringside.io/peer-port";
 /// Which app's ConfigMap to mount (`<config-map>-<app>`), as listed in the chart's `apps`.
 pub const ANNOTATION_APP: &str = "ringside.io/app";
@@ -71,8 +71,8 @@ pub struct Settings {
     pub cpu_limit: Option<String>,
     pub port: u16,
     pub admin_port: u16,
-    /// Declared as the container's `ringside-peer` port. The listening address
-    /// itself is `cluster.peer_listen` in the ConfigMap, which must agree.
+    /// The container's `ringside-peer` port, set as RINGSIDE_PEER_LISTEN
+    /// (the DNS membership port in the app's ConfigMap must agree).
     pub peer_port: u16,
 }
 
@@ -264,6 +264,7 @@ impl Settings {
             json!({"name": "RINGSIDE_CONFIG", "value": format!("{CONFIG_DIR}/config.yaml")}),
             json!({"name": "RINGSIDE_LISTEN", "value": format!("127.0.0.1:{}", o.port)}),
             json!({"name": "RINGSIDE_ADMIN_LISTEN", "value": format!("0.0.0.0:{}", o.admin_port)}),
+            json!({"name": "RINGSIDE_PEER_LISTEN", "value": format!("0.0.0.0:{}", o.peer_port)}),
             json!({"name": "RINGSIDE_CAPACITY", "value": o.capacity.to_string()}),
             json!({"name": "RINGSIDE_CLUSTER_SECRET", "valueFrom": {"secretKeyRef": {
                 "name": self.secret, "key": self.secret_key, "optional": true}}}),
