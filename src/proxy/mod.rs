@@ -2,16 +2,21 @@
 //!
 //! ```text
 //! request_filter
-//!   route ............ which origin? (reverse: the configured one; forward:
-//!                      an absolute-form URL on the allowlist; else 403/405)
+//!   too large? ....... request head over 64 KiB: 431
+//!   admit / route .... peer listener: signature, origin, PURGE (peer.rs);
+//!                      app listener: the configured origin, or an
+//!                      absolute-form URL on the allowlist (else 403/405)
 //!   not GET/HEAD ..... pass: pingora proxies it untouched (upstream_peer...)
 //!   bypass? .......... a path rule, Range, no-store, upgrade: pass as well
-//!   look up .......... plain key, or the variant key when the origin varies
+//!   look up .......... plain key, or the variant key when the origin varies;
+//!                      a key owned by another node: its hot mirror, if any
 //!   fresh? ........... hit: answer from memory (304 if the client's validators match)
 //!   stale-while-rev .. answer stale now, refresh once in the background
-//!   otherwise ........ fill (fill.rs): one origin fetch per key, shared
-//!                      by every concurrent request for it, revalidating
-//!                      the stale copy when there is one
+//!   otherwise ........ fill (fill.rs): one fetch per key, shared by every
+//!                      concurrent request for it, from the key's owner
+//!                      (cluster, app listener only) or the origin,
+//!                      revalidating the stale copy when there is one
+//! upstream_* ......... pass-through: origin-form URI, Host, no peer headers
 //! response_filter .... Cache-Status on responses pingora proxied
 //! fail_to_proxy ...... origin down: 502, origin slow: 504
 //! logging ............ one metrics observation per request
@@ -213,13 +218,12 @@ impl Ringside {
             .as_ref()
             .filter(|_| self.role == Role::App);
         let mut route = Route::default();
+        let mut mirrored = false;
         if let (Some(cluster), None) = (cluster, &stored) {
             let ring = cluster.ring();
             if let Some(owner) = cluster.remote_owner(&ring, &plain_key) {
                 (variant_key, stored) = Self::lookup(&cluster.hot.store, &plain_key, req);
-                if stored.as_ref().is_some_and(|o| o.is_fresh(now)) {
-                    metrics::HOT_HITS.inc();
-                }
+                mirrored = stored.is_some();
                 route = self.route_to_owner(cluster, owner, &plain_key);
             }
         }
@@ -230,12 +234,16 @@ impl Ringside {
                 && cache_rules::request_requires_revalidation(&client_cc, age, object.freshness);
             if !forced && object.is_fresh(now) {
                 ctx.result = CacheResult::Hit;
+                if mirrored {
+                    metrics::HOT_HITS.inc();
+                }
                 return send_object(session, object, HIT.clone(), now).await;
             }
             let swr = object.stale_while_revalidate;
             if !forced && !swr.is_zero() && object.staleness(now) <= swr {
+                let flight_key =
+                    flight_key(variant_key.unwrap_or_else(|| plain_key.clone()), &route);
                 let job = self.fill_job(req, &target, &plain_key, stored.clone(), rules, route);
-                let flight_key = variant_key.unwrap_or_else(|| plain_key.clone());
                 // Refresh in the background unless someone already is.
                 let _ = fill::start(&self.filler, flight_key, job, false);
                 ctx.result = CacheResult::Stale;
@@ -248,8 +256,8 @@ impl Ringside {
             return send_error(session, 504, "not in cache (only-if-cached)\n", status).await;
         }
 
+        let flight_key = flight_key(variant_key.unwrap_or_else(|| plain_key.clone()), &route);
         let job = self.fill_job(req, &target, &plain_key, stored.clone(), rules, route);
-        let flight_key = variant_key.unwrap_or(plain_key);
         let timeout = self.config.cache.collapse_timeout;
         match fill::start(&self.filler, flight_key, job, true) {
             Started::Leading(rx) => match tokio::time::timeout(timeout, rx).await {
@@ -434,6 +442,19 @@ impl Ringside {
             cache_set_cookie: self.config.cache.cache_set_cookie,
         };
         (rule.is_some_and(|r| r.bypass), options)
+    }
+}
+
+/// The singleflight key of a fill. A fill that asks the owner on another
+/// node gets a key of its own, so that a request from a peer (which always
+/// fills from this node's cache or origin) never joins it: with views that
+/// disagree, two nodes each forwarding to the other would otherwise wait on
+/// each other until peer_timeout, and the key would not be stored where the
+/// asking peer expects it.
+fn flight_key(key: String, route: &Route) -> String {
+    match route.owner {
+        Some(_) => format!("{key}\u{1f}via-peer"),
+        None => key,
     }
 }
 
