@@ -41,5 +41,4 @@ else
     (cd "$schema_dir" && npm install --no-audit --no-fund --loglevel=error)
   fi
 fi
-"$bin/ajv" help >/dev/null 2>&1 || true
 echo "dashboard schema tools: $(cd "$schema_dir" && npm ls --depth=0 2>/dev/null | tail -n +2 | tr '\n' ' ')"
