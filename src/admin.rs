@@ -74,7 +74,7 @@ impl Admin {
 
     async fn purge(&self, session: &ServerSession) -> Response<Vec<u8>> {
         if !self.authorized(session) {
-            metrics::PEER_AUTH_FAILURES.inc();
+            metrics::ADMIN_AUTH_FAILURES.inc();
             let why: &[u8] = match self.token {
                 None => b"purge is disabled: set admin_token (or cluster.secret)\n",
                 Some(_) => b"purge needs Authorization: Bearer <admin token>\n",

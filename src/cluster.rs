@@ -23,12 +23,21 @@ pub struct Cluster {
     pub auth: PeerAuth,
     pub health: PeerHealth,
     pub hot: HotKeys,
+    /// Bound on connecting to a peer: a dead peer costs at most this.
     pub peer_timeout: Duration,
+    /// Bound on a peer's answer: enough for the owner's own origin fetch, so
+    /// a slow origin does not make a healthy owner look dead.
+    pub peer_read_timeout: Duration,
 }
 
 impl Cluster {
     /// Start membership and the ring. `hot_capacity` is the byte budget of mirrors.
-    pub async fn start(config: &ClusterConfig, hot_capacity: u64) -> Result<Arc<Cluster>, String> {
+    /// `origin_budget` is the longest an origin fetch may take (connect + read timeouts).
+    pub async fn start(
+        config: &ClusterConfig,
+        hot_capacity: u64,
+        origin_budget: Duration,
+    ) -> Result<Arc<Cluster>, String> {
         let mut members = membership::start(config).await?;
         let first = members.borrow_and_update().clone();
         let min_rate = if hot_capacity == 0 {
@@ -47,6 +56,7 @@ impl Cluster {
             health: PeerHealth::new(config.peer_backoff),
             hot: HotKeys::new(hot_capacity, min_rate),
             peer_timeout: config.peer_timeout,
+            peer_read_timeout: config.peer_timeout + origin_budget,
         });
         cluster.install(first, &config.hash_key, config.vnodes);
         let (hash_key, vnodes) = (config.hash_key.clone(), config.vnodes);
@@ -72,6 +82,14 @@ impl Cluster {
         if previous.generation() == ring.generation() {
             return;
         }
+        let before: Vec<String> = previous.members().iter().map(|m| m.addr.clone()).collect();
+        let others = |list: &[String], than: &[String]| -> Vec<String> {
+            list.iter()
+                .filter(|a| !than.contains(a) && **a != self.me)
+                .cloned()
+                .collect()
+        };
+        metrics::peers_changed(&others(&addrs, &before), &others(&before, &addrs));
         self.health.retain(&addrs);
         metrics::RING_MEMBERS.set(addrs.len() as i64);
         metrics::RING_GENERATION.set(ring.generation() as i64);

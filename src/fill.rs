@@ -283,7 +283,12 @@ async fn fetch(filler: &Filler, job: &Job) -> (Result<OriginResponse, FetchError
         let started = Instant::now();
         match filler
             .client
-            .fetch_peer(owner, &request, cluster.peer_timeout)
+            .fetch_peer(
+                owner,
+                &request,
+                cluster.peer_timeout,
+                cluster.peer_read_timeout,
+            )
             .await
         {
             Ok(response) => {

@@ -256,6 +256,12 @@ static PEER_REQUESTS: Lazy<IntCounterVec> = Lazy::new(|| {
     )
 });
 
+/// Fewer buckets than LATENCY_BUCKETS: this histogram is per peer, so its
+/// series grow with the cluster.
+const PEER_BUCKETS: &[f64] = &[
+    0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.01, 0.05, 0.25, 1.0, 5.0,
+];
+
 static PEER_DURATION: Lazy<HistogramVec> = Lazy::new(|| {
     register(
         HistogramVec::new(
@@ -263,12 +269,31 @@ static PEER_DURATION: Lazy<HistogramVec> = Lazy::new(|| {
                 "ringside_peer_request_duration_seconds",
                 "Time from sending a request to a peer to its response headers, by peer.",
             )
-            .buckets(LATENCY_BUCKETS.to_vec()),
+            .buckets(PEER_BUCKETS.to_vec()),
             &["peer"],
         )
         .expect("valid metric"),
     )
 });
+
+const PEER_OUTCOMES: [&str; 3] = ["ok", "error", "skipped"];
+
+/// A peer joined: its series start at zero. A peer left: its series go, so
+/// the label set stays bounded by the current cluster.
+pub fn peers_changed(joined: &[String], left: &[String]) {
+    for peer in joined {
+        for outcome in PEER_OUTCOMES {
+            PEER_REQUESTS.with_label_values(&[peer.as_str(), outcome]);
+        }
+        PEER_DURATION.with_label_values(&[peer.as_str()]);
+    }
+    for peer in left {
+        for outcome in PEER_OUTCOMES {
+            let _ = PEER_REQUESTS.remove_label_values(&[peer.as_str(), outcome]);
+        }
+        let _ = PEER_DURATION.remove_label_values(&[peer.as_str()]);
+    }
+}
 
 pub fn observe_peer(peer: &str, outcome: &'static str, seconds: Option<f64>) {
     PEER_REQUESTS.with_label_values(&[peer, outcome]).inc();
@@ -334,7 +359,14 @@ pub static LOOP_GUARD: Lazy<IntCounter> = Lazy::new(|| {
 pub static PEER_AUTH_FAILURES: Lazy<IntCounter> = Lazy::new(|| {
     counter(
         "ringside_peer_auth_failures_total",
-        "Requests to the peer listener or purge endpoint rejected for missing or bad credentials.",
+        "Requests to the peer listener rejected for missing or bad credentials.",
+    )
+});
+
+pub static ADMIN_AUTH_FAILURES: Lazy<IntCounter> = Lazy::new(|| {
+    counter(
+        "ringside_admin_auth_failures_total",
+        "Purge requests on the admin listener rejected for missing or bad credentials.",
     )
 });
 
@@ -390,10 +422,21 @@ pub fn init(capacity_bytes: u64) {
         &GENERATION_MISMATCHES,
         &LOOP_GUARD,
         &PEER_AUTH_FAILURES,
+        &ADMIN_AUTH_FAILURES,
         &HOT_HITS,
         &PURGES,
     ] {
         Lazy::force(m);
+    }
+    // Every label value known in advance starts at zero, so dashboards show 0, not "no data".
+    for class in ["1xx", "2xx", "3xx", "4xx", "5xx", "error"] {
+        ORIGIN_REQUESTS.with_label_values(&[class]);
+    }
+    for result in CacheResult::ALL {
+        PEER_SERVED.with_label_values(&[result.as_str()]);
+    }
+    for reason in crate::cache_rules::NotStorable::ALL {
+        NOT_STORED.with_label_values(&[reason.as_str()]);
     }
     Lazy::force(&PEER_REQUESTS);
     Lazy::force(&PEER_DURATION);

@@ -175,14 +175,17 @@ impl OriginClient {
         })
     }
 
-    /// Send `request` to another ringside's peer listener at `addr` (`host:port`),
-    /// bounded by `timeout` for connecting and for each read.
+    /// Send `request` to another ringside's peer listener at `addr` (`host:port`).
+    /// Connecting is bounded by `connect_timeout`; waiting for the answer by
+    /// `read_timeout`, which must leave the owner time for its own origin fetch.
     pub async fn fetch_peer(
         &self,
         addr: &str,
         request: &RequestHeader,
-        timeout: Duration,
+        connect_timeout: Duration,
+        read_timeout: Duration,
     ) -> Result<OriginResponse, FetchError> {
+        let timeout = connect_timeout;
         let resolved = match tokio::time::timeout(timeout, tokio::net::lookup_host(addr)).await {
             Ok(Ok(mut addrs)) => addrs.next(),
             _ => None,
@@ -193,10 +196,10 @@ impl OriginClient {
         let mut peer = HttpPeer::new(socket, false, String::new());
         peer.options.connection_timeout = Some(timeout);
         peer.options.total_connection_timeout = Some(timeout);
-        peer.options.read_timeout = Some(timeout);
-        peer.options.write_timeout = Some(timeout);
+        peer.options.read_timeout = Some(read_timeout);
+        peer.options.write_timeout = Some(read_timeout);
         peer.options.idle_timeout = Some(Duration::from_secs(60));
-        self.send(peer, request, timeout, Duration::from_secs(60))
+        self.send(peer, request, read_timeout, Duration::from_secs(60))
             .await
             .map_err(|e| {
                 log::warn!("peer {addr} fetch {} failed: {e}", request.uri);

@@ -67,7 +67,7 @@ pub async fn broadcast(
         }
         let _ = request.insert_header(http::header::HOST, *addr);
         match client
-            .fetch_peer(addr, &request, cluster.peer_timeout)
+            .fetch_peer(addr, &request, cluster.peer_timeout, cluster.peer_timeout)
             .await
         {
             Ok(response) => {

@@ -57,7 +57,11 @@ pub fn run(config: Config) -> ! {
         false => None,
         true => Some(
             background
-                .block_on(Cluster::start(&config.cluster, hot_capacity))
+                .block_on(Cluster::start(
+                    &config.cluster,
+                    hot_capacity,
+                    config.origin.connect_timeout + config.origin.read_timeout,
+                ))
                 .unwrap_or_else(|e| fatal(&format!("cluster membership: {e}"))),
         ),
     };

@@ -238,6 +238,17 @@ pub enum NotStorable {
 }
 
 impl NotStorable {
+    pub const ALL: [NotStorable; 8] = [
+        NotStorable::Method,
+        NotStorable::Status,
+        NotStorable::NoStore,
+        NotStorable::Private,
+        NotStorable::Authorization,
+        NotStorable::SetCookie,
+        NotStorable::VaryStar,
+        NotStorable::NoFreshness,
+    ];
+
     pub fn as_str(&self) -> &'static str {
         match self {
             NotStorable::Method => "method",

@@ -23,7 +23,8 @@ pub struct ClusterConfig {
     pub hash_key: String,
     /// Virtual nodes per member (times its weight).
     pub vnodes: u32,
-    /// Bound on one request to a peer; past it the node loads from the origin itself.
+    /// Bound on connecting to a peer; past it the node loads from the origin itself.
+    /// The answer may take this plus the origin's connect and read timeouts.
     #[serde(deserialize_with = "de_duration")]
     pub peer_timeout: Duration,
     /// After a peer fails, how long before it is tried again (doubles up to 16x).
