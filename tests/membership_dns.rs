@@ -12,9 +12,11 @@ use hickory_proto::rr::{RData, Record, RecordType};
 use ringside::config::{ClusterConfig, DnsMembership, MembershipConfig};
 use ringside::membership::{start, Member};
 use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
-use tokio::net::UdpSocket;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, UdpSocket};
 use tokio::sync::watch;
 
 const NAME: &str = "peers.ringside.test.";
@@ -33,30 +35,46 @@ enum Mode {
     Silent,
 }
 
+/// Answers over UDP and, on the same port, over TCP (for truncated answers).
 struct DnsServer {
     addr: SocketAddr,
     mode: Arc<Mutex<Mode>>,
     /// A queries answered NXDOMAIN, A queries answered with records.
     counts: Arc<Mutex<(u32, u32)>>,
-    task: tokio::task::JoinHandle<()>,
+    /// Answer UDP queries with TC=1 and no records, as for an answer too
+    /// large for UDP: the client must ask again over TCP.
+    truncate_udp: Arc<AtomicBool>,
+    tcp_queries: Arc<AtomicU32>,
+    tasks: Vec<tokio::task::JoinHandle<()>>,
 }
 
 impl Drop for DnsServer {
     fn drop(&mut self) {
-        self.task.abort();
+        for task in &self.tasks {
+            task.abort();
+        }
     }
 }
 
 impl DnsServer {
     async fn start(mode: Mode) -> DnsServer {
-        let socket = UdpSocket::bind("127.0.0.1:0")
-            .await
-            .expect("bind a UDP port");
+        // A UDP port whose number is free for TCP too.
+        let (socket, listener) = loop {
+            let socket = UdpSocket::bind("127.0.0.1:0")
+                .await
+                .expect("bind a UDP port");
+            let addr = socket.local_addr().expect("local addr");
+            if let Ok(listener) = TcpListener::bind(addr).await {
+                break (socket, listener);
+            }
+        };
         let addr = socket.local_addr().expect("local addr");
         let mode = Arc::new(Mutex::new(mode));
         let counts = Arc::new(Mutex::new((0, 0)));
-        let (m, c) = (mode.clone(), counts.clone());
-        let task = tokio::spawn(async move {
+        let truncate_udp = Arc::new(AtomicBool::new(false));
+        let tcp_queries = Arc::new(AtomicU32::new(0));
+        let (m, c, t) = (mode.clone(), counts.clone(), truncate_udp.clone());
+        let udp = tokio::spawn(async move {
             let mut buf = vec![0u8; 4096];
             loop {
                 let Ok((n, peer)) = socket.recv_from(&mut buf).await else {
@@ -65,16 +83,55 @@ impl DnsServer {
                 let Ok(query) = Message::from_vec(&buf[..n]) else {
                     continue;
                 };
-                if let Some(answer) = respond(&query, &m, &c) {
+                let truncate = t.load(Ordering::SeqCst);
+                if let Some(answer) = respond(&query, &m, &c, truncate) {
                     let _ = socket.send_to(&answer, peer).await;
                 }
+            }
+        });
+        let (m, c, q) = (mode.clone(), counts.clone(), tcp_queries.clone());
+        let tcp = tokio::spawn(async move {
+            loop {
+                let Ok((mut conn, _)) = listener.accept().await else {
+                    continue;
+                };
+                let (m, c, q) = (m.clone(), c.clone(), q.clone());
+                tokio::spawn(async move {
+                    // DNS over TCP: each message behind a 2-byte length.
+                    loop {
+                        let Ok(len) = conn.read_u16().await else {
+                            return;
+                        };
+                        let mut buf = vec![0u8; usize::from(len)];
+                        if conn.read_exact(&mut buf).await.is_err() {
+                            return;
+                        }
+                        let Ok(query) = Message::from_vec(&buf) else {
+                            return;
+                        };
+                        q.fetch_add(1, Ordering::SeqCst);
+                        let Some(answer) = respond(&query, &m, &c, false) else {
+                            return;
+                        };
+                        let Ok(len) = u16::try_from(answer.len()) else {
+                            return;
+                        };
+                        if conn.write_u16(len).await.is_err()
+                            || conn.write_all(&answer).await.is_err()
+                        {
+                            return;
+                        }
+                    }
+                });
             }
         });
         DnsServer {
             addr,
             mode,
             counts,
-            task,
+            truncate_udp,
+            tcp_queries,
+            tasks: vec![udp, tcp],
         }
     }
 
@@ -91,7 +148,12 @@ impl DnsServer {
     }
 }
 
-fn respond(query: &Message, mode: &Mutex<Mode>, counts: &Mutex<(u32, u32)>) -> Option<Vec<u8>> {
+fn respond(
+    query: &Message,
+    mode: &Mutex<Mode>,
+    counts: &Mutex<(u32, u32)>,
+    truncate: bool,
+) -> Option<Vec<u8>> {
     if query.metadata.message_type != MessageType::Query {
         return None;
     }
@@ -145,6 +207,10 @@ fn respond(query: &Message, mode: &Mutex<Mode>, counts: &Mutex<(u32, u32)>) -> O
             // The name exists, without records of that type: NOERROR, empty.
             _ => {}
         }
+    }
+    if truncate && !response.answers.is_empty() {
+        response.answers.clear();
+        response.metadata.truncation = true;
     }
     response.to_vec().ok()
 }
@@ -346,6 +412,24 @@ async fn ipv6_members_and_the_port_of_peer_listen() {
         Duration::from_secs(5),
     )
     .await;
+}
+
+#[tokio::test]
+async fn answers_too_large_for_udp_are_fetched_over_tcp() {
+    logs();
+    let server =
+        DnsServer::start(Mode::Answer(vec![ip("127.0.1.1"), ip("127.0.1.2")], vec![])).await;
+    server.truncate_udp.store(true, Ordering::SeqCst);
+    let mut rx = start(&cluster(ME, "127.0.0.1:7070", dns(&server, Some(7070))))
+        .await
+        .expect("start");
+    wait_for(
+        &mut rx,
+        &["127.0.1.1:7070", "127.0.1.2:7070", ME],
+        Duration::from_secs(5),
+    )
+    .await;
+    assert!(server.tcp_queries.load(Ordering::SeqCst) > 0);
 }
 
 #[tokio::test]

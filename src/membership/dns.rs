@@ -21,7 +21,7 @@
 //!   being rewritten.
 //!
 //! The resolver is `hickory-resolver`: with `dns.nameserver` it asks that
-//! server only (UDP, falling back to TCP on truncation or error), without
+//! server only (UDP, and TCP for an answer too large for UDP), without
 //! it it follows the system's resolv.conf (search domains, ndots, servers).
 //! Its cache is cleared before every poll so that `interval`, not the
 //! records' TTL, decides how fresh the list is.
@@ -247,7 +247,7 @@ impl Poller {
         let delay = backoff(self.interval, self.failed_polls);
         // Loud on the first failure, then once in a while: a DNS outage
         // should not flood the log at the polling rate.
-        if self.failed_polls == 1 || self.failed_polls % 20 == 0 {
+        if self.failed_polls == 1 || self.failed_polls.is_multiple_of(20) {
             warn!(
                 "membership (dns {}): lookup failed ({} in a row), keeping the current members, next try in {:?}: {}",
                 self.name, self.failed_polls, delay, why
@@ -297,7 +297,6 @@ fn build_resolver(
     // default) at most.
     options.timeout = interval.clamp(Duration::from_millis(500), Duration::from_secs(5));
     options.attempts = 2;
-    options.try_tcp_on_error = true;
     builder
         .build()
         .map_err(|e| format!("building the DNS resolver: {e}"))
@@ -363,6 +362,7 @@ pub(super) fn publish_if_changed(
             })
             .collect();
         info!(
+            target: "ringside::membership",
             "membership ({source}): {} members; joined [{}], left [{}]{}",
             new.len(),
             joined.join(", "),

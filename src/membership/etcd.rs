@@ -37,12 +37,12 @@ use crate::config::{EtcdMembership, OriginUrl};
 use base64::engine::general_purpose::STANDARD as B64;
 use base64::Engine as _;
 use bytes::BytesMut;
-use log::{debug, info, warn};
+use log::{debug, info, log, warn, Level};
 use serde_json::{json, Value};
 use std::collections::BTreeMap;
 use std::convert::Infallible;
 use std::fmt;
-use std::sync::atomic::{AtomicI64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI64, AtomicUsize, Ordering};
 use std::time::Duration;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
@@ -70,6 +70,7 @@ pub async fn start(
         me,
         client,
         lease: AtomicI64::new(0),
+        registered: AtomicBool::new(false),
         resync: Notify::new(),
         reput: Notify::new(),
     };
@@ -113,6 +114,8 @@ struct Node {
     client: Client,
     /// The lease our key is (being) put under; 0 = none. Read at exit to revoke it.
     lease: AtomicI64,
+    /// Our key has been put under the current lease (as far as we know).
+    registered: AtomicBool,
     /// Register -> watch: re-list and re-watch.
     resync: Notify,
     /// Watch -> register: our key is gone while the lease may live; put it again.
@@ -153,12 +156,18 @@ impl Node {
 
     async fn register_loop(&self) -> Infallible {
         let mut backoff = Backoff::new(Duration::from_millis(200), Duration::from_secs(10));
+        let mut failures = 0u32;
         loop {
+            self.registered.store(false, Ordering::Release);
             let (lease, ttl) = match self.grant().await {
                 Ok(granted) => granted,
                 Err(e) => {
+                    failures += 1;
                     let delay = backoff.next();
-                    warn!("membership (etcd): lease grant failed, retrying in {delay:?}: {e}");
+                    log!(
+                        level(failures),
+                        "membership (etcd): lease grant failed ({failures} in a row), retrying in {delay:?}: {e}"
+                    );
                     tokio::time::sleep(delay).await;
                     continue;
                 }
@@ -166,9 +175,11 @@ impl Node {
             // Recorded before the put, so that a revoke at exit covers a put in flight.
             self.lease.store(lease, Ordering::Release);
             if let Err(e) = self.put(lease).await {
+                failures += 1;
                 let delay = backoff.next();
-                warn!(
-                    "membership (etcd): registering {} failed, retrying in {delay:?}: {e}",
+                log!(
+                    level(failures),
+                    "membership (etcd): registering {} failed ({failures} in a row), retrying in {delay:?}: {e}",
                     self.me.addr
                 );
                 // The unused lease expires by itself.
@@ -176,6 +187,8 @@ impl Node {
                 continue;
             }
             backoff.reset();
+            failures = 0;
+            self.registered.store(true, Ordering::Release);
             info!(
                 "membership (etcd): registered {} (lease {lease:x}, ttl {ttl}s)",
                 self.me.addr
@@ -187,7 +200,11 @@ impl Node {
     /// Renew `lease` every TTL/3 until etcd says it is gone.
     async fn keep_alive(&self, lease: i64, ttl: i64) {
         let period = Duration::from_millis((ttl.max(1) as u64) * 1000 / 3);
-        let mut backoff = Backoff::new(period, period.max(Duration::from_secs(5)));
+        // Retries back off from a quarter of the period up to the period, no
+        // further: etcd renews every lease when it comes back (leader
+        // election), and a node that then waits longer than the TTL to renew
+        // loses its lease after all.
+        let mut backoff = Backoff::new(period / 4, period);
         let mut delay = period;
         let mut failures = 0u32;
         loop {
@@ -195,8 +212,11 @@ impl Node {
                 _ = tokio::time::sleep(delay) => {}
                 _ = self.reput.notified() => {
                     match self.put(lease).await {
-                        Ok(()) => info!("membership (etcd): {} put again (its key had gone)", self.me.addr),
-                        Err(CallError::Status { status: 404, .. }) => return,
+                        Ok(()) => info!("membership (etcd): {} put again (its key was missing)", self.me.addr),
+                        Err(CallError::Status { status: 404, message }) => {
+                            warn!("membership (etcd): lease {lease:x} is gone ({message}); registering again");
+                            return;
+                        }
                         Err(e) => warn!("membership (etcd): putting {} again: {e}", self.me.addr),
                     }
                     continue;
@@ -206,6 +226,8 @@ impl Node {
                 Ok(remaining) if remaining > 0 => {
                     if failures > 0 {
                         info!("membership (etcd): lease {lease:x} renewed again after {failures} failures");
+                        // etcd is back: the watcher need not sit out its backoff.
+                        self.resync.notify_one();
                     }
                     failures = 0;
                     backoff.reset();
@@ -224,17 +246,13 @@ impl Node {
                         // The watch may sit on a connection just as dead.
                         self.resync.notify_one();
                     }
-                    // Keep trying: etcd renews every lease when it comes
-                    // back (leader election), so the lease may well survive;
-                    // granting a new one now would only orphan it.
+                    // Keep renewing the same lease: it may well survive the
+                    // outage, and granting a new one now would orphan it.
                     delay = backoff.next();
-                    if failures == 1 || failures % 10 == 0 {
-                        warn!(
-                            "membership (etcd): renewing lease {lease:x} failed ({failures} in a row), retrying in {delay:?}: {e}"
-                        );
-                    } else {
-                        debug!("membership (etcd): renewing lease {lease:x} failed: {e}");
-                    }
+                    log!(
+                        level(failures),
+                        "membership (etcd): renewing lease {lease:x} failed ({failures} in a row), retrying in {delay:?}: {e}"
+                    );
                 }
             }
         }
@@ -300,18 +318,29 @@ impl Node {
 
     async fn watch_loop(&self, tx: &watch::Sender<Vec<Member>>) -> Infallible {
         let mut backoff = Backoff::new(Duration::from_millis(200), Duration::from_secs(10));
+        let mut failures = 0u32;
         loop {
             let (revision, mut members) = match self.list().await {
                 Ok(listed) => listed,
                 Err(e) => {
+                    failures += 1;
                     let delay = backoff.next();
-                    warn!("membership (etcd): listing members failed, keeping the current list, retrying in {delay:?}: {e}");
-                    tokio::time::sleep(delay).await;
+                    log!(
+                        level(failures),
+                        "membership (etcd): listing members failed ({failures} in a row), keeping the current list, retrying in {delay:?}: {e}"
+                    );
+                    self.pause(delay).await;
                     continue;
                 }
             };
-            if !members.contains_key(&self.key) {
-                // Also true at startup, before the first put: a spare put is harmless.
+            if failures > 0 {
+                info!("membership (etcd): listing works again after {failures} failures");
+                failures = 0;
+            }
+            // Our key missing while we think it is there: deleted by someone,
+            // or etcd lost its data. (A put racing this listing can make a
+            // spare put; that is harmless.)
+            if !members.contains_key(&self.key) && self.registered.load(Ordering::Acquire) {
                 self.reput.notify_one();
             }
             self.publish(tx, &members);
@@ -329,7 +358,15 @@ impl Node {
                 Err(e) => warn!("membership (etcd): watch ended ({e}); listing again in {delay:?}"),
                 Ok(()) => debug!("membership (etcd): re-listing (resync)"),
             }
-            tokio::time::sleep(delay).await;
+            self.pause(delay).await;
+        }
+    }
+
+    /// Sleep `delay`, or less if the register loop says etcd answers again.
+    async fn pause(&self, delay: Duration) {
+        tokio::select! {
+            _ = tokio::time::sleep(delay) => {}
+            _ = self.resync.notified() => {}
         }
     }
 
@@ -438,7 +475,7 @@ impl Node {
                     else {
                         continue;
                     };
-                    if key == self.key {
+                    if key == self.key && self.registered.load(Ordering::Acquire) {
                         // Lease expiry deletes it too; then the put fails and
                         // the register loop grants a new lease.
                         self.reput.notify_one();
@@ -499,6 +536,16 @@ fn parse_member(key_suffix: &[u8], value: &[u8]) -> Option<Member> {
         text
     };
     (!addr.is_empty()).then(|| Member::new(addr, 1))
+}
+
+/// Warn on the first failure of a streak and every tenth, debug otherwise:
+/// an outage should be visible without flooding the log at the retry rate.
+fn level(failures: u32) -> Level {
+    if failures <= 1 || failures.is_multiple_of(10) {
+        Level::Warn
+    } else {
+        Level::Debug
+    }
 }
 
 /// proto3 JSON writes 64-bit integers as strings; accept numbers too.

@@ -55,9 +55,9 @@ pub async fn start(config: &ClusterConfig) -> Result<watch::Receiver<Vec<Member>
         .iter()
         .map(|s| Member::new(s.addr(), s.weight()))
         .collect();
-    let (tx, rx) = watch::channel(normalize(members, &me));
-    // Static lists never change; keep the sender alive so receivers never see "closed".
-    std::mem::forget(tx);
+    // A static list never changes: the sender goes at once, and the ring
+    // updater, seeing the channel closed, simply keeps this first list.
+    let (_, rx) = watch::channel(normalize(members, &me));
     Ok(rx)
 }
 
