@@ -291,10 +291,19 @@ async fn fetch(filler: &Filler, job: &Job) -> (Result<OriginResponse, FetchError
             )
             .await
         {
-            Ok(response) => {
+            // A refusal by the peer's gate (bad credentials, say mid secret
+            // rotation; an origin it does not serve) is the peer failing, not
+            // an answer for the client: load from the origin instead.
+            Ok(response) if !refused_by_peer(&response) => {
                 cluster.health.record_success(owner);
                 metrics::observe_peer(owner, "ok", Some(started.elapsed().as_secs_f64()));
                 return (Ok(response), true);
+            }
+            Ok(refusal) => {
+                log::warn!("peer {owner} refused us: {}", refusal.header.status);
+                refusal.finish(&filler.client).await;
+                cluster.health.record_failure(owner);
+                metrics::observe_peer(owner, "error", None);
             }
             Err(_) => {
                 cluster.health.record_failure(owner);
@@ -303,6 +312,15 @@ async fn fetch(filler: &Filler, job: &Job) -> (Result<OriginResponse, FetchError
         }
     }
     (filler.client.fetch(&job.target, &job.request).await, false)
+}
+
+/// Whether a peer's answer is its gate refusing the request (`proxy/peer.rs`).
+fn refused_by_peer(response: &OriginResponse) -> bool {
+    response
+        .header
+        .headers
+        .get("cache-status")
+        .is_some_and(|v| v.as_bytes() == peers::REFUSED_STATUS.as_bytes())
 }
 
 /// The fill request plus the peer protocol's headers (see `peers.rs`).

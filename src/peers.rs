@@ -55,6 +55,10 @@ pub fn strip_peer_headers(headers: &mut HeaderMap) {
     }
 }
 
+/// The Cache-Status a peer listener puts on its refusals (401, 403, 405...),
+/// so that the asking node tells "the peer refused us" from an origin answer.
+pub const REFUSED_STATUS: &str = "ringside; fwd=bypass; detail=peer-refused";
+
 const MAX_CLOCK_SKEW_SECS: u64 = 30;
 
 /// Signs and verifies peer requests with the cluster secret.
@@ -179,6 +183,7 @@ impl PeerHealth {
         let mut down = self.lock();
         if down.remove(peer).is_some() {
             log::info!("peer {peer} is answering again");
+            metrics::PEERS_DOWN.set(down.len() as i64);
         }
     }
 

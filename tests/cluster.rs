@@ -3,8 +3,14 @@
 
 mod common;
 use common::origin::Origin;
-use common::{start_cluster, Conn};
-use std::time::Duration;
+use common::{cluster_yaml, free_port, start_cluster, Conn, Ringside};
+use ringside::config::OriginUrl;
+use ringside::membership::{self, Member};
+use ringside::peers::{self, PeerAuth, Signed};
+use ringside::ring::Ring;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn one_origin_fetch_per_key_for_the_whole_cluster() {
@@ -140,4 +146,669 @@ async fn purge_removes_a_key_cluster_wide_and_needs_the_token() {
         node.get(path).await;
     }
     assert_eq!(origin.hits(path), 2, "refetched once after the purge");
+}
+
+// ---- helpers ----
+
+/// The member that owns `path` (as an app asks for it, query included) in
+/// the ring node `me` builds from `members` (default hash_key and vnodes).
+fn owner_of(me: &str, members: &[String], origin_url: &str, path: &str) -> String {
+    let list = members.iter().map(|m| Member::new(m.clone(), 1)).collect();
+    let members = membership::normalize(list, &Member::new(me, 1));
+    let ring = Ring::new(members, "ringside", 512);
+    let key = format!(
+        "{}{path}",
+        OriginUrl::parse(origin_url)
+            .expect("origin url")
+            .key_prefix()
+    );
+    ring.owner(&key).expect("a member").addr.clone()
+}
+
+fn peer_addrs(nodes: &[Ringside]) -> Vec<String> {
+    nodes
+        .iter()
+        .map(|n| n.peer_addr().expect("a peer listener").to_string())
+        .collect()
+}
+
+fn cache_status(r: &common::Response) -> String {
+    r.header("cache-status").unwrap_or("").to_string()
+}
+
+/// The origin's default body for a GET of `path` starts with this.
+fn body_ok(r: &common::Response, path: &str) -> bool {
+    r.text().starts_with(&format!("GET {path} #"))
+}
+
+/// Request `path` from `node` until it answers from its hot mirror; panics
+/// if it never does within `max` requests. Returns how many it took.
+async fn heat(node: &Ringside, path: &str, max: usize) -> usize {
+    for i in 1..=max {
+        let r = node.get(path).await;
+        assert_eq!(r.status, 200, "{}", r.text());
+        assert!(body_ok(&r, path), "{}", r.text());
+        if cache_status(&r) == "ringside; hit" {
+            return i;
+        }
+    }
+    panic!("{path} never became a hot hit in {max} requests");
+}
+
+/// Peer-request counters and warnings of every node, for failure messages.
+async fn diag(nodes: &[Ringside]) -> String {
+    let mut out = String::new();
+    for node in nodes {
+        let metrics = node.metrics().await;
+        let counters = metrics
+            .lines()
+            .filter(|l| l.starts_with("ringside_peer_requests_total{"));
+        let warnings = node.log();
+        let warnings = warnings
+            .lines()
+            .filter(|l| l.contains("WARN") || l.contains("ERROR"))
+            .take(10);
+        out.push_str(&format!("node {}:\n", node.addr));
+        for line in counters.chain(warnings) {
+            out.push_str(&format!("  {line}\n"));
+        }
+    }
+    out
+}
+
+// ---- failures ----
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn kill_9_of_a_peer_under_load_costs_no_client_errors() {
+    let origin = Origin::start().await;
+    // No mirrors: every request for a victim-owned key must go to the victim.
+    let extra = "  hot: {fraction: 0}\n  peer_backoff: 300ms\n";
+    let mut nodes = start_cluster(&origin.url(), 3, extra).await;
+    let peers = peer_addrs(&nodes);
+    let keys: Vec<String> = (0..90)
+        .map(|k| format!("/load{k}?cc=max-age%3D60"))
+        .collect();
+    let victim_owned = keys
+        .iter()
+        .filter(|k| owner_of(&peers[0], &peers, &origin.url(), k) == peers[2])
+        .count();
+    assert!(victim_owned >= 10, "only {victim_owned} keys on the victim");
+    let keys = Arc::new(keys);
+    let survivors = [nodes[0].addr, nodes[1].addr];
+    let stop = Arc::new(AtomicBool::new(false));
+    let mut clients = Vec::new();
+    for c in 0..8usize {
+        let (keys, stop) = (keys.clone(), stop.clone());
+        clients.push(tokio::spawn(async move {
+            let mut results = Vec::new();
+            let mut round = c * 11;
+            while !stop.load(Ordering::Relaxed) {
+                let path = &keys[round % keys.len()];
+                let addr = survivors[(round / keys.len() + c) % 2];
+                let started = Instant::now();
+                let r = common::get(addr, path).await;
+                let ok = matches!(&r, Ok(r) if r.status == 200 && body_ok(r, path));
+                let what = match r {
+                    Ok(r) => format!("{path} via {addr}: {} {}", r.status, r.text()),
+                    Err(e) => format!("{path} via {addr}: {e}"),
+                };
+                results.push((ok, started.elapsed(), what));
+                round += 1;
+            }
+            results
+        }));
+    }
+    tokio::time::sleep(Duration::from_millis(600)).await;
+    let killed_at = Instant::now();
+    nodes[2].kill();
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    stop.store(true, Ordering::Relaxed);
+    let mut total = 0;
+    let mut slowest = Duration::ZERO;
+    for client in clients {
+        for (ok, took, what) in client.await.unwrap() {
+            assert!(ok, "client error: {what}");
+            slowest = slowest.max(took);
+            total += 1;
+        }
+    }
+    assert!(total > 200, "only {total} requests under load");
+    assert!(
+        killed_at.elapsed() < Duration::from_secs(3),
+        "the load did not drain promptly"
+    );
+    // A refused connection must never cost a peer_timeout (1 s) per request.
+    assert!(slowest < Duration::from_millis(900), "slowest {slowest:?}");
+    let mut skipped = 0.0;
+    for node in &nodes[..2] {
+        let errors = node
+            .metric("ringside_peer_requests_total", &["outcome=\"error\""])
+            .await;
+        assert!(errors > 0.0, "a survivor never saw the victim fail");
+        assert!(node.metric("ringside_peers_down", &[]).await >= 1.0);
+        skipped += node
+            .metric("ringside_peer_requests_total", &["outcome=\"skipped\""])
+            .await;
+    }
+    assert!(skipped > 0.0, "survivors kept asking the dead peer");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_restarted_peer_is_used_again_after_its_backoff() {
+    let origin = Origin::start().await;
+    let extra = "  hot: {fraction: 0}\n  peer_backoff: 200ms\n";
+    let mut nodes = start_cluster(&origin.url(), 3, extra).await;
+    let peers = peer_addrs(&nodes);
+    let owned: Vec<String> = (0..)
+        .map(|k| format!("/r{k}?cc=max-age%3D60"))
+        .filter(|k| owner_of(&peers[0], &peers, &origin.url(), k) == peers[2])
+        .take(12)
+        .collect();
+    let r = nodes[0].get(&owned[0]).await;
+    assert_eq!(r.status, 200);
+    assert!(
+        cache_status(&r).contains("detail=peer"),
+        "{r:?}\n{}",
+        diag(&nodes).await
+    );
+
+    nodes[2].kill();
+    let r = nodes[0].get(&owned[1]).await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert!(!cache_status(&r).contains("detail=peer"), "{r:?}");
+    assert!(
+        nodes[0]
+            .metric("ringside_peer_requests_total", &["outcome=\"error\""])
+            .await
+            >= 1.0
+    );
+
+    nodes[2].restart().await;
+    assert_eq!(nodes[2].peer_addr().unwrap().to_string(), peers[2]);
+    assert_eq!(
+        nodes[2].metric("ringside_peer_served_total", &[]).await,
+        0.0
+    );
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let mut via_peer = None;
+    for (i, path) in owned[2..].iter().enumerate() {
+        let r = nodes[0].get(path).await;
+        assert_eq!(r.status, 200, "{}", r.text());
+        assert!(body_ok(&r, path));
+        if cache_status(&r).contains("detail=peer") {
+            via_peer = Some(i);
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    let attempts = via_peer.expect("the restarted owner was never asked again");
+    // The owner counts a request it served after answering it: poll briefly.
+    let deadline = Instant::now() + Duration::from_secs(2);
+    while nodes[2].metric("ringside_peer_served_total", &[]).await < 1.0 {
+        assert!(
+            Instant::now() < deadline,
+            "the restarted owner served nothing\n{}{}",
+            diag(&nodes).await,
+            nodes[2].log()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    // Stale pooled connections to the dead process may cost one more try, no more.
+    assert!(
+        attempts <= 1,
+        "took {attempts} extra attempts\n{}",
+        diag(&nodes).await
+    );
+}
+
+// ---- disagreeing member lists ----
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn disagreeing_member_lists_never_loop_or_deadlock() {
+    let origin = Origin::start().await;
+    let [a, b, c, dead] = [0; 4].map(|_| format!("127.0.0.1:{}", free_port()));
+    let extra = "  hot: {fraction: 0}\n  peer_backoff: 200ms\n";
+    let views = [
+        (&a, vec![a.clone(), b.clone(), c.clone()]),
+        (&b, vec![a.clone(), b.clone()]),
+        // C also lists a member that never started.
+        (&c, vec![a.clone(), c.clone(), dead.clone()]),
+    ];
+    let mut nodes = Vec::new();
+    for (me, members) in &views {
+        let yaml = cluster_yaml(me, members, extra);
+        nodes.push(Ringside::start(&origin.url(), &yaml).await);
+    }
+    let keys: Vec<String> = (0..60)
+        .map(|k| format!("/dis{k}?cc=max-age%3D60"))
+        .collect();
+    let disagree = keys
+        .iter()
+        .filter(|k| {
+            let owners: Vec<String> = views
+                .iter()
+                .map(|(me, m)| owner_of(me, m, &origin.url(), k))
+                .collect();
+            owners.windows(2).any(|w| w[0] != w[1])
+        })
+        .count();
+    assert!(
+        disagree >= 10,
+        "only {disagree} keys with disagreeing owners"
+    );
+
+    let mut after_first_round = 0;
+    for round in 0..3 {
+        if round == 1 {
+            after_first_round = origin.total_hits();
+        }
+        let mut tasks = Vec::new();
+        for path in &keys {
+            for node in &nodes {
+                let (addr, path) = (node.addr, path.clone());
+                tasks.push(tokio::spawn(async move {
+                    let r = tokio::time::timeout(Duration::from_secs(5), common::get(addr, &path))
+                        .await;
+                    (path, addr, r)
+                }));
+            }
+        }
+        for t in tasks {
+            let (path, addr, r) = t.await.unwrap();
+            let r = r
+                .unwrap_or_else(|_| panic!("{path} via {addr} hung"))
+                .unwrap_or_else(|e| panic!("{path} via {addr}: {e}"));
+            assert_eq!(r.status, 200, "{path} via {addr}: {}", r.text());
+            assert!(body_ok(&r, &path), "{path} via {addr}: {}", r.text());
+        }
+    }
+    assert_eq!(
+        origin.total_hits(),
+        after_first_round,
+        "after one round every key is cached where each view (and each loop guard) puts it"
+    );
+    // Each node's view stores a key on one node at most (its owner by that
+    // view, or the node itself when the owner is down), so three views can
+    // cost at most three origin fetches per key however often it is asked.
+    for path in &keys {
+        let hits = origin.hits(path);
+        assert!(
+            (1..=3).contains(&hits),
+            "{path}: {hits} origin hits after 3 rounds (at most one per node)"
+        );
+    }
+    let mut loop_guard = 0.0;
+    let mut mismatches = 0.0;
+    let mut generations = Vec::new();
+    for node in &nodes {
+        loop_guard += node.metric("ringside_loop_guard_total", &[]).await;
+        mismatches += node
+            .metric("ringside_ring_generation_mismatches_total", &[])
+            .await;
+        generations.push(node.metric("ringside_ring_generation", &[]).await);
+    }
+    assert!(loop_guard > 0.0, "no peer request hit a disagreement");
+    assert!(mismatches > 0.0, "no generation mismatch was seen");
+    assert_ne!(generations[0], generations[1]);
+    assert_ne!(generations[0], generations[2]);
+    assert_ne!(generations[1], generations[2]);
+    assert_eq!(nodes[1].metric("ringside_ring_members", &[]).await, 2.0);
+    assert_eq!(nodes[2].metric("ringside_ring_members", &[]).await, 3.0);
+}
+
+// ---- hot keys ----
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_hot_key_is_mirrored_but_never_outlives_the_owners_freshness() {
+    let origin = Origin::start().await;
+    let extra = "  hot: {fraction: 0.2, min_rate: 5}\n";
+    let nodes = start_cluster(&origin.url(), 3, extra).await;
+    let peers = peer_addrs(&nodes);
+    let (owner, asker) = (&nodes[0], &nodes[1]);
+    let path = (0..)
+        .map(|k| format!("/hot{k}?cc=max-age%3D2"))
+        .find(|k| owner_of(&peers[1], &peers, &origin.url(), k) == peers[0])
+        .unwrap();
+    let fetched_at = Instant::now();
+    let r = asker.get(&path).await;
+    assert!(
+        cache_status(&r).contains("detail=peer"),
+        "{r:?}\n{}",
+        diag(&nodes).await
+    );
+    let took = heat(asker, &path, 40).await;
+    assert!(took >= 5, "hot after only {took} requests");
+    assert!(asker.metric("ringside_hot_hits_total", &[]).await > 0.0);
+    assert!(asker.metric("ringside_hot_entries", &[]).await >= 1.0);
+    let served = owner.metric("ringside_peer_served_total", &[]).await;
+    for _ in 0..20 {
+        let r = asker.get(&path).await;
+        assert_eq!(cache_status(&r), "ringside; hit");
+        assert!(body_ok(&r, &path));
+    }
+    assert_eq!(
+        owner.metric("ringside_peer_served_total", &[]).await,
+        served,
+        "the owner kept serving a mirrored key"
+    );
+    assert!(
+        fetched_at.elapsed() < Duration::from_millis(1500),
+        "too slow to test freshness"
+    );
+    assert_eq!(origin.hits(&path), 1);
+
+    // The owner's copy is stale after 2 s; the mirror must be too.
+    tokio::time::sleep(Duration::from_millis(2500).saturating_sub(fetched_at.elapsed())).await;
+    let r = asker.get(&path).await;
+    assert_eq!(r.status, 200);
+    assert_ne!(
+        cache_status(&r),
+        "ringside; hit",
+        "the mirror outlived the owner's freshness"
+    );
+    assert!(body_ok(&r, &path));
+    assert_eq!(origin.hits(&path), 2, "the owner refetched once");
+}
+
+// ---- singleflight ----
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn one_origin_fetch_for_150_concurrent_clients_on_three_nodes() {
+    let origin = Origin::start().await;
+    let nodes = start_cluster(&origin.url(), 3, "").await;
+    let path = "/crowd?cc=max-age%3D60&delay_ms=300";
+    let mut tasks = Vec::new();
+    for node in &nodes {
+        for _ in 0..50 {
+            let addr = node.addr;
+            tasks.push(tokio::spawn(async move {
+                tokio::time::timeout(Duration::from_secs(10), common::get(addr, path)).await
+            }));
+        }
+    }
+    for t in tasks {
+        let r = t.await.unwrap().expect("hung").expect("request");
+        assert_eq!(r.status, 200, "{}", r.text());
+        assert!(body_ok(&r, path), "{}", r.text());
+    }
+    assert_eq!(
+        origin.hits(path),
+        1,
+        "one origin request cluster-wide\n{}",
+        diag(&nodes).await
+    );
+}
+
+// ---- peer auth ----
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn peer_listener_checks_signature_age_and_origin() {
+    let origin = Origin::start().await;
+    let nodes = start_cluster(&origin.url(), 2, "").await;
+    let peer = nodes[0].peer_addr().unwrap();
+    let origin_url = OriginUrl::parse(&origin.url()).unwrap().key_prefix();
+    let send = |secret: &'static str,
+                ts: u64,
+                signed_path: String,
+                sent_path: String,
+                o: String| {
+        async move {
+            let mut headers = Vec::new();
+            PeerAuth::new(secret).sign(
+                &mut headers,
+                &Signed {
+                    timestamp: ts,
+                    from: "127.0.0.1:1",
+                    method: "GET",
+                    origin: &o,
+                    path: &signed_path,
+                },
+            );
+            let mut pairs: Vec<(String, String)> = headers
+                .iter()
+                .map(|(n, v)| (n.to_string(), v.to_str().unwrap().to_string()))
+                .collect();
+            pairs.push((peers::ORIGIN.to_string(), o.clone()));
+            let pairs: Vec<(&str, &str)> = pairs
+                .iter()
+                .map(|(n, v)| (n.as_str(), v.as_str()))
+                .collect();
+            let mut conn = Conn::connect(peer).await.unwrap();
+            conn.request("GET", &sent_path, &pairs).await.unwrap()
+        }
+    };
+    let now = peers::now_secs();
+    let secret = common::CLUSTER_SECRET;
+    let p = |s: &str| s.to_string();
+
+    let ok = send(
+        secret,
+        now,
+        p("/a?cc=max-age%3D60"),
+        p("/a?cc=max-age%3D60"),
+        origin_url.clone(),
+    )
+    .await;
+    assert_eq!(ok.status, 200, "{}", ok.text());
+    assert!(body_ok(&ok, "/a?cc=max-age%3D60"));
+
+    let wrong = send(
+        "not-the-secret-at-all",
+        now,
+        p("/b"),
+        p("/b"),
+        origin_url.clone(),
+    )
+    .await;
+    assert_eq!(wrong.status, 401, "wrong secret");
+    let replayed = send(
+        secret,
+        now,
+        p("/a?cc=max-age%3D60"),
+        p("/b"),
+        origin_url.clone(),
+    )
+    .await;
+    assert_eq!(replayed.status, 401, "signature for another path");
+    let expired = send(secret, now - 120, p("/b"), p("/b"), origin_url.clone()).await;
+    assert_eq!(expired.status, 401, "expired timestamp");
+    let future = send(secret, now + 120, p("/b"), p("/b"), origin_url.clone()).await;
+    assert_eq!(future.status, 401, "timestamp from the future");
+    assert!(
+        nodes[0]
+            .metric("ringside_peer_auth_failures_total", &[])
+            .await
+            >= 4.0
+    );
+
+    let elsewhere = send(secret, now, p("/b"), p("/b"), p("http://127.0.0.1:9")).await;
+    assert_eq!(elsewhere.status, 403, "{}", elsewhere.text());
+    assert_eq!(origin.hits("/b"), 0);
+    assert_eq!(
+        origin.total_hits(),
+        1,
+        "only the valid request reached the origin (/a: {} hits)\n{}",
+        origin.hits("/a?cc=max-age%3D60"),
+        diag(&nodes).await
+    );
+}
+
+// ---- purge ----
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn purge_by_prefix_reaches_every_node() {
+    let origin = Origin::start().await;
+    let nodes = start_cluster(&origin.url(), 3, "  hot: {fraction: 0}\n").await;
+    let purged: Vec<String> = (0..12)
+        .map(|k| format!("/pp/{k}?cc=max-age%3D600"))
+        .collect();
+    let kept = "/keep/1?cc=max-age%3D600";
+    for path in purged.iter().map(String::as_str).chain([kept]) {
+        for node in &nodes {
+            assert_eq!(node.get(path).await.status, 200);
+        }
+        assert_eq!(origin.hits(path), 1, "{path}\n{}", diag(&nodes).await);
+    }
+    let auth = format!("Bearer {}", common::CLUSTER_SECRET);
+    let mut admin = Conn::connect(nodes[1].admin).await.unwrap();
+    let r = admin
+        .request(
+            "PURGE",
+            "/pp/",
+            &[("authorization", &auth), ("ringside-purge", "prefix")],
+        )
+        .await
+        .unwrap();
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert!(r.text().contains("2 of 2"), "{}", r.text());
+    for path in purged.iter().map(String::as_str).chain([kept]) {
+        for node in &nodes {
+            let r = node.get(path).await;
+            assert_eq!(r.status, 200);
+            assert!(body_ok(&r, path));
+        }
+    }
+    for path in &purged {
+        assert_eq!(
+            origin.hits(path),
+            2,
+            "{path} refetched once after the purge"
+        );
+    }
+    assert_eq!(origin.hits(kept), 1, "outside the prefix: untouched");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn purge_clears_hot_mirrors() {
+    let origin = Origin::start().await;
+    let extra = "  hot: {fraction: 0.2, min_rate: 5}\n";
+    let nodes = start_cluster(&origin.url(), 3, extra).await;
+    let peers = peer_addrs(&nodes);
+    let (owner, asker) = (&nodes[0], &nodes[1]);
+    let path = (0..)
+        .map(|k| format!("/hp{k}?cc=max-age%3D600"))
+        .find(|k| owner_of(&peers[1], &peers, &origin.url(), k) == peers[0])
+        .unwrap();
+    heat(asker, &path, 40).await;
+    assert_eq!(origin.hits(&path), 1);
+
+    let auth = format!("Bearer {}", common::CLUSTER_SECRET);
+    let mut admin = Conn::connect(owner.admin).await.unwrap();
+    let r = admin
+        .request("PURGE", &path, &[("authorization", &auth)])
+        .await
+        .unwrap();
+    assert_eq!(r.status, 200, "{}", r.text());
+
+    let r = asker.get(&path).await;
+    assert_eq!(r.status, 200);
+    assert_ne!(cache_status(&r), "ringside; hit", "served a purged mirror");
+    assert!(body_ok(&r, &path));
+    assert_eq!(origin.hits(&path), 2, "the owner refetched after the purge");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn crossed_owner_views_do_not_wait_on_each_other() {
+    // A weighs B three times, B weighs everyone alike: for some keys A thinks
+    // B owns them and B thinks A does. Asked at once on both nodes, neither
+    // peer request may wait for the other's forwarded fill (a wait cycle
+    // that only peer_timeout would break, marking a healthy peer down).
+    let origin = Origin::start().await;
+    let [a, b] = [0; 2].map(|_| format!("127.0.0.1:{}", free_port()));
+    let yaml = |me: &str, b_weight: u32| {
+        format!(
+            "cluster:\n  enabled: true\n  peer_listen: {me}\n  secret: {}\n  peer_timeout: 2s\n  \
+             hot: {{fraction: 0}}\n  membership:\n    static: [\"{a}\", {{addr: \"{b}\", weight: {b_weight}}}]\n",
+            common::CLUSTER_SECRET
+        )
+    };
+    let ring_owner = |me: &str, b_weight: u32, path: &str| {
+        let members = vec![Member::new(a.clone(), 1), Member::new(b.clone(), b_weight)];
+        let ring = Ring::new(
+            membership::normalize(members, &Member::new(me, 1)),
+            "ringside",
+            512,
+        );
+        let key = format!(
+            "{}{path}",
+            OriginUrl::parse(&origin.url()).unwrap().key_prefix()
+        );
+        ring.owner(&key).unwrap().addr.clone()
+    };
+    let nodes = [
+        Ringside::start(&origin.url(), &yaml(&a, 3)).await,
+        Ringside::start(&origin.url(), &yaml(&b, 1)).await,
+    ];
+    let crossed: Vec<String> = (0..2000)
+        .map(|k| format!("/x{k}?cc=max-age%3D60&delay_ms=200"))
+        .filter(|k| ring_owner(&a, 3, k) == b && ring_owner(&b, 1, k) == a)
+        .take(5)
+        .collect();
+    assert_eq!(crossed.len(), 5, "no keys with crossed owners");
+    let mut tasks = Vec::new();
+    for path in &crossed {
+        for node in &nodes {
+            let (addr, path) = (node.addr, path.clone());
+            tasks.push(tokio::spawn(async move {
+                let started = Instant::now();
+                let r =
+                    tokio::time::timeout(Duration::from_secs(10), common::get(addr, &path)).await;
+                (path, addr, r, started.elapsed())
+            }));
+        }
+    }
+    let mut slowest = Duration::ZERO;
+    for t in tasks {
+        let (path, addr, r, took) = t.await.unwrap();
+        let r = r
+            .unwrap_or_else(|_| panic!("{path} via {addr} hung"))
+            .unwrap_or_else(|e| panic!("{path} via {addr}: {e}"));
+        assert_eq!(r.status, 200, "{path} via {addr}: {}", r.text());
+        assert!(body_ok(&r, &path));
+        slowest = slowest.max(took);
+    }
+    for node in &nodes {
+        assert_eq!(
+            node.metric("ringside_peer_requests_total", &["outcome=\"error\""])
+                .await,
+            0.0,
+            "a healthy peer was counted as failed"
+        );
+    }
+    assert!(
+        slowest < Duration::from_millis(1500),
+        "crossed requests waited on each other: slowest {slowest:?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_peer_that_refuses_us_costs_no_client_errors() {
+    // B was given another secret (say, half-way through a rotation): it
+    // answers A's peer requests with 401. A's clients must still get the
+    // origin's answer, not B's refusal.
+    let origin = Origin::start().await;
+    let [a, b] = [0; 2].map(|_| format!("127.0.0.1:{}", free_port()));
+    let members = [a.clone(), b.clone()];
+    let extra = "  hot: {fraction: 0}\n";
+    let node_a = Ringside::start(&origin.url(), &cluster_yaml(&a, &members, extra)).await;
+    let yaml_b = cluster_yaml(&b, &members, extra)
+        .replace(common::CLUSTER_SECRET, "another-secret-0123456789");
+    let _node_b = Ringside::start(&origin.url(), &yaml_b).await;
+    let owned_by_b: Vec<String> = (0..)
+        .map(|k| format!("/refused{k}?cc=max-age%3D60"))
+        .filter(|k| owner_of(&a, &members, &origin.url(), k) == b)
+        .take(5)
+        .collect();
+    for path in &owned_by_b {
+        let r = node_a.get(path).await;
+        assert_eq!(r.status, 200, "{path}: {r:?}");
+        assert!(body_ok(&r, path), "{path}: {}", r.text());
+    }
+    assert!(
+        node_a
+            .metric("ringside_peer_requests_total", &["outcome=\"error\""])
+            .await
+            >= 1.0,
+        "the refusal was not counted as a peer failure"
+    );
 }

@@ -21,7 +21,6 @@ use pingora::prelude::*;
 use pingora::proxy::Session;
 use std::sync::Arc;
 
-const REFUSED: &str = "ringside; fwd=bypass; detail=peer-refused";
 
 /// Check a peer request. `Ok(Some(target))`: serve it for that origin;
 /// `Ok(None)`: already answered.
@@ -99,6 +98,6 @@ async fn refuse(
     body: &'static str,
 ) -> Result<Option<Arc<OriginTarget>>> {
     ctx.result = CacheResult::Error;
-    send_error(session, code, body, REFUSED).await?;
+    send_error(session, code, body, peers::REFUSED_STATUS).await?;
     Ok(None)
 }

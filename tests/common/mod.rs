@@ -5,21 +5,42 @@
 //! is stopped when its handle drops.
 #![allow(dead_code)]
 
+pub mod dns;
+pub mod etcd;
 pub mod origin;
 
 pub use ringside::demo::client::{get, Conn, Response};
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Command};
 use std::time::{Duration, Instant};
 
-/// A port the OS just handed out and released.
+/// A port free right now, for a server a test is about to start.
+///
+/// Picked at random below Linux's ephemeral range (32768 and up), so that no
+/// outgoing connection of a process under test can take it before its server
+/// binds it, and never handed out twice by one test binary (tests run in
+/// parallel threads, and a cluster's ports are chosen before any node binds).
 pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("a free port")
+    use std::collections::hash_map::RandomState;
+    use std::collections::HashSet;
+    use std::hash::BuildHasher;
+    use std::sync::Mutex;
+    static GIVEN: Mutex<Option<HashSet<u16>>> = Mutex::new(None);
+    let random = RandomState::new();
+    for attempt in 0u64.. {
+        let port = 20_000 + (random.hash_one(attempt) % 12_000) as u16;
+        let mut given = GIVEN.lock().unwrap_or_else(|p| p.into_inner());
+        let given = given.get_or_insert_with(HashSet::new);
+        if given.contains(&port) || TcpListener::bind(("127.0.0.1", port)).is_err() {
+            assert!(attempt < 10_000, "no free port");
+            continue;
+        }
+        given.insert(port);
+        return port;
+    }
+    unreachable!()
 }
 
 /// A running ringside process.
