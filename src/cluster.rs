@@ -11,7 +11,9 @@ use crate::config::ClusterConfig;
 use crate::hot::HotKeys;
 use crate::membership::{self, Member};
 use crate::metrics;
-use crate::peers::{PeerAuth, PeerHealth};
+use crate::peers::{self, PeerAuth, PeerHealth};
+use http::HeaderValue;
+use pingora::http::RequestHeader;
 use crate::ring::Ring;
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
@@ -106,6 +108,33 @@ impl Cluster {
 
     pub fn ring(&self) -> Arc<Ring> {
         self.ring.read().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    /// Add the peer protocol's headers to a request for `origin`: who sends
+    /// it, from which ring generation, and the signature (see `peers.rs`).
+    pub fn sign_request(&self, request: &mut RequestHeader, origin: &str) {
+        let path = request
+            .uri
+            .path_and_query()
+            .map_or("/", |p| p.as_str())
+            .to_owned();
+        let mut headers = Vec::new();
+        self.auth.sign(
+            &mut headers,
+            &peers::Signed {
+                timestamp: peers::now_secs(),
+                from: &self.me,
+                method: request.method.as_str(),
+                origin,
+                path: &path,
+            },
+        );
+        headers.extend(HeaderValue::from_str(origin).ok().map(|v| (peers::ORIGIN.clone(), v)));
+        headers.push((peers::GENERATION.clone(), HeaderValue::from(self.ring().generation())));
+        for (name, value) in headers {
+            // Names are static and values were validated as header values above.
+            let _ = request.insert_header(name, value);
+        }
     }
 
     /// The peer that owns `key`, or None when this node does (or is alone).

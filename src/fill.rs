@@ -326,36 +326,7 @@ fn refused_by_peer(response: &OriginResponse) -> bool {
 /// The fill request plus the peer protocol's headers (see `peers.rs`).
 fn peer_request(job: &Job, cluster: &Cluster) -> RequestHeader {
     let mut request = job.request.clone();
-    let path = request
-        .uri
-        .path_and_query()
-        .map_or("/", |p| p.as_str())
-        .to_owned();
-    let mut headers = Vec::new();
-    cluster.auth.sign(
-        &mut headers,
-        &peers::Signed {
-            timestamp: peers::now_secs(),
-            from: &cluster.me,
-            method: "GET",
-            origin: &job.target.key_prefix,
-            path: &path,
-        },
-    );
-    headers.push((
-        peers::ORIGIN.clone(),
-        job.target
-            .key_prefix
-            .parse()
-            .unwrap_or_else(|_| http::HeaderValue::from_static("")),
-    ));
-    headers.push((
-        peers::GENERATION.clone(),
-        http::HeaderValue::from(cluster.ring().generation()),
-    ));
-    for (name, value) in headers {
-        let _ = request.insert_header(name, value);
-    }
+    cluster.sign_request(&mut request, &job.target.key_prefix);
     request
 }
 

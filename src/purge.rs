@@ -47,21 +47,7 @@ pub async fn broadcast(
         let Ok(mut request) = RequestHeader::build("PURGE", path.as_bytes(), None) else {
             continue;
         };
-        let mut headers = Vec::new();
-        cluster.auth.sign(
-            &mut headers,
-            &peers::Signed {
-                timestamp: peers::now_secs(),
-                from: &cluster.me,
-                method: "PURGE",
-                origin,
-                path,
-            },
-        );
-        for (name, value) in headers {
-            let _ = request.insert_header(name, value);
-        }
-        let _ = request.insert_header(peers::ORIGIN.clone(), origin);
+        cluster.sign_request(&mut request, origin);
         if prefix {
             let _ = request.insert_header(peers::PURGE_PREFIX.clone(), "1");
         }
