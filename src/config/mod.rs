@@ -446,15 +446,20 @@ const SIZE_HINT: &str =
 const DURATION_HINT: &str =
     "a duration such as \"250ms\", \"2s\", \"5m\" or \"1h\", or a number of seconds";
 
-/// `"256MiB"`, `"1.5GB"`, `"4096"`, `4096`.
-pub fn parse_size(s: &str) -> Option<u64> {
+/// `"1.5GB"` → `(1.5, "GB")`: the leading number and the unit after it.
+fn number_and_unit(s: &str) -> Option<(f64, &str)> {
     let s = s.trim();
     let split = s
         .find(|c: char| !(c.is_ascii_digit() || c == '.'))
         .unwrap_or(s.len());
     let (num, unit) = s.split_at(split);
-    let num: f64 = num.parse().ok()?;
-    let mult: f64 = match unit.trim() {
+    Some((num.parse().ok()?, unit.trim()))
+}
+
+/// `"256MiB"`, `"1.5GB"`, `"4096"`, `4096`.
+pub fn parse_size(s: &str) -> Option<u64> {
+    let (num, unit) = number_and_unit(s)?;
+    let mult: f64 = match unit {
         "" | "B" => 1.0,
         "KB" | "kB" => 1e3,
         "MB" => 1e6,
@@ -470,13 +475,8 @@ pub fn parse_size(s: &str) -> Option<u64> {
 
 /// `"250ms"`, `"2s"`, `"5m"`, `"1h"`, `"1d"`, or a bare number of seconds.
 pub fn parse_duration(s: &str) -> Option<Duration> {
-    let s = s.trim();
-    let split = s
-        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
-        .unwrap_or(s.len());
-    let (num, unit) = s.split_at(split);
-    let num: f64 = num.parse().ok()?;
-    let secs = match unit.trim() {
+    let (num, unit) = number_and_unit(s)?;
+    let secs = match unit {
         "ms" => num / 1000.0,
         "" | "s" => num,
         "m" => num * 60.0,
