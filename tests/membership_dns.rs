@@ -6,214 +6,17 @@
 //! receiver that `ringside::membership::start` returns, as the cluster
 //! reads it.
 
-use hickory_proto::op::{Message, MessageType, ResponseCode};
-use hickory_proto::rr::rdata::{A, AAAA};
-use hickory_proto::rr::{RData, Record, RecordType};
+mod common;
+use common::dns::{DnsServer, Mode};
 use ringside::config::{ClusterConfig, DnsMembership, MembershipConfig};
 use ringside::membership::{start, Member};
-use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr};
-use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
-use std::sync::{Arc, Mutex};
+use std::net::Ipv4Addr;
+use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::{TcpListener, UdpSocket};
 use tokio::sync::watch;
 
 const NAME: &str = "peers.ringside.test.";
 const INTERVAL: Duration = Duration::from_millis(200);
-
-#[derive(Clone, Debug)]
-enum Mode {
-    /// Answer A and AAAA queries for NAME with these addresses.
-    Answer(Vec<Ipv4Addr>, Vec<Ipv6Addr>),
-    /// Say NXDOMAIN for the next `n` A queries (and the AAAA queries
-    /// meanwhile), then go back to answering.
-    NxDomainFor(u32, Vec<Ipv4Addr>),
-    /// NXDOMAIN for good.
-    NxDomain,
-    /// Drop every query (the resolver times out).
-    Silent,
-}
-
-/// Answers over UDP and, on the same port, over TCP (for truncated answers).
-struct DnsServer {
-    addr: SocketAddr,
-    mode: Arc<Mutex<Mode>>,
-    /// A queries answered NXDOMAIN, A queries answered with records.
-    counts: Arc<Mutex<(u32, u32)>>,
-    /// Answer UDP queries with TC=1 and no records, as for an answer too
-    /// large for UDP: the client must ask again over TCP.
-    truncate_udp: Arc<AtomicBool>,
-    tcp_queries: Arc<AtomicU32>,
-    tasks: Vec<tokio::task::JoinHandle<()>>,
-}
-
-impl Drop for DnsServer {
-    fn drop(&mut self) {
-        for task in &self.tasks {
-            task.abort();
-        }
-    }
-}
-
-impl DnsServer {
-    async fn start(mode: Mode) -> DnsServer {
-        // A UDP port whose number is free for TCP too.
-        let (socket, listener) = loop {
-            let socket = UdpSocket::bind("127.0.0.1:0")
-                .await
-                .expect("bind a UDP port");
-            let addr = socket.local_addr().expect("local addr");
-            if let Ok(listener) = TcpListener::bind(addr).await {
-                break (socket, listener);
-            }
-        };
-        let addr = socket.local_addr().expect("local addr");
-        let mode = Arc::new(Mutex::new(mode));
-        let counts = Arc::new(Mutex::new((0, 0)));
-        let truncate_udp = Arc::new(AtomicBool::new(false));
-        let tcp_queries = Arc::new(AtomicU32::new(0));
-        let (m, c, t) = (mode.clone(), counts.clone(), truncate_udp.clone());
-        let udp = tokio::spawn(async move {
-            let mut buf = vec![0u8; 4096];
-            loop {
-                let Ok((n, peer)) = socket.recv_from(&mut buf).await else {
-                    continue;
-                };
-                let Ok(query) = Message::from_vec(&buf[..n]) else {
-                    continue;
-                };
-                let truncate = t.load(Ordering::SeqCst);
-                if let Some(answer) = respond(&query, &m, &c, truncate) {
-                    let _ = socket.send_to(&answer, peer).await;
-                }
-            }
-        });
-        let (m, c, q) = (mode.clone(), counts.clone(), tcp_queries.clone());
-        let tcp = tokio::spawn(async move {
-            loop {
-                let Ok((mut conn, _)) = listener.accept().await else {
-                    continue;
-                };
-                let (m, c, q) = (m.clone(), c.clone(), q.clone());
-                tokio::spawn(async move {
-                    // DNS over TCP: each message behind a 2-byte length.
-                    loop {
-                        let Ok(len) = conn.read_u16().await else {
-                            return;
-                        };
-                        let mut buf = vec![0u8; usize::from(len)];
-                        if conn.read_exact(&mut buf).await.is_err() {
-                            return;
-                        }
-                        let Ok(query) = Message::from_vec(&buf) else {
-                            return;
-                        };
-                        q.fetch_add(1, Ordering::SeqCst);
-                        let Some(answer) = respond(&query, &m, &c, false) else {
-                            return;
-                        };
-                        let Ok(len) = u16::try_from(answer.len()) else {
-                            return;
-                        };
-                        if conn.write_u16(len).await.is_err()
-                            || conn.write_all(&answer).await.is_err()
-                        {
-                            return;
-                        }
-                    }
-                });
-            }
-        });
-        DnsServer {
-            addr,
-            mode,
-            counts,
-            truncate_udp,
-            tcp_queries,
-            tasks: vec![udp, tcp],
-        }
-    }
-
-    fn set(&self, mode: Mode) {
-        *self.mode.lock().unwrap() = mode;
-    }
-
-    fn nxdomain_a_answers(&self) -> u32 {
-        self.counts.lock().unwrap().0
-    }
-
-    fn record_a_answers(&self) -> u32 {
-        self.counts.lock().unwrap().1
-    }
-}
-
-fn respond(
-    query: &Message,
-    mode: &Mutex<Mode>,
-    counts: &Mutex<(u32, u32)>,
-    truncate: bool,
-) -> Option<Vec<u8>> {
-    if query.metadata.message_type != MessageType::Query {
-        return None;
-    }
-    let q = query.queries.first()?.clone();
-    let mut response = Message::response(query.metadata.id, query.metadata.op_code);
-    response.metadata.authoritative = true;
-    response.metadata.recursion_desired = query.metadata.recursion_desired;
-    response.add_query(q.clone());
-    let ours = q.name().to_ascii().eq_ignore_ascii_case(NAME);
-    let mut mode = mode.lock().unwrap();
-    let is_a = q.query_type() == RecordType::A;
-    let (v4, v6, nxdomain) = match &mut *mode {
-        Mode::Silent => return None,
-        Mode::NxDomain => (vec![], vec![], true),
-        Mode::NxDomainFor(0, addrs) => {
-            let addrs = addrs.clone();
-            *mode = Mode::Answer(addrs.clone(), vec![]);
-            (addrs, vec![], false)
-        }
-        Mode::NxDomainFor(left, _) => {
-            if is_a {
-                *left -= 1;
-            }
-            (vec![], vec![], true)
-        }
-        Mode::Answer(v4, v6) => (v4.clone(), v6.clone(), false),
-    };
-    drop(mode);
-    if !ours || nxdomain {
-        response.metadata.response_code = ResponseCode::NXDomain;
-        if ours && is_a {
-            counts.lock().unwrap().0 += 1;
-        }
-    } else {
-        match q.query_type() {
-            RecordType::A => {
-                counts.lock().unwrap().1 += 1;
-                for ip in v4 {
-                    response.add_answer(Record::from_rdata(q.name().clone(), 1, RData::A(A(ip))));
-                }
-            }
-            RecordType::AAAA => {
-                for ip in v6 {
-                    response.add_answer(Record::from_rdata(
-                        q.name().clone(),
-                        1,
-                        RData::AAAA(AAAA(ip)),
-                    ));
-                }
-            }
-            // The name exists, without records of that type: NOERROR, empty.
-            _ => {}
-        }
-    }
-    if truncate && !response.answers.is_empty() {
-        response.answers.clear();
-        response.metadata.truncation = true;
-    }
-    response.to_vec().ok()
-}
 
 fn logs() {
     let _ = env_logger::builder().is_test(true).try_init();
@@ -272,8 +75,11 @@ const ME: &str = "127.0.1.9:7071";
 #[tokio::test]
 async fn members_join_and_leave_and_self_is_always_there() {
     logs();
-    let server =
-        DnsServer::start(Mode::Answer(vec![ip("127.0.1.1"), ip("127.0.1.2")], vec![])).await;
+    let server = DnsServer::start(
+        NAME,
+        Mode::Answer(vec![ip("127.0.1.1"), ip("127.0.1.2")], vec![]),
+    )
+    .await;
     let mut rx = start(&cluster(ME, "127.0.0.1:7070", dns(&server, Some(7070))))
         .await
         .expect("start");
@@ -320,8 +126,11 @@ async fn members_join_and_leave_and_self_is_always_there() {
 #[tokio::test]
 async fn an_unanswering_server_keeps_the_list_and_persistent_nxdomain_shrinks_it() {
     logs();
-    let server =
-        DnsServer::start(Mode::Answer(vec![ip("127.0.1.1"), ip("127.0.1.2")], vec![])).await;
+    let server = DnsServer::start(
+        NAME,
+        Mode::Answer(vec![ip("127.0.1.1"), ip("127.0.1.2")], vec![]),
+    )
+    .await;
     let mut rx = start(&cluster(ME, "127.0.0.1:7070", dns(&server, Some(7070))))
         .await
         .expect("start");
@@ -358,7 +167,7 @@ async fn an_unanswering_server_keeps_the_list_and_persistent_nxdomain_shrinks_it
 async fn a_short_nxdomain_blip_does_not_shrink_the_list() {
     let members = vec![ip("127.0.1.1"), ip("127.0.1.2")];
     logs();
-    let server = DnsServer::start(Mode::Answer(members.clone(), vec![])).await;
+    let server = DnsServer::start(NAME, Mode::Answer(members.clone(), vec![])).await;
     let mut rx = start(&cluster(ME, "127.0.0.1:7070", dns(&server, Some(7070))))
         .await
         .expect("start");
@@ -385,10 +194,10 @@ async fn a_short_nxdomain_blip_does_not_shrink_the_list() {
 #[tokio::test]
 async fn ipv6_members_and_the_port_of_peer_listen() {
     logs();
-    let server = DnsServer::start(Mode::Answer(
-        vec![ip("127.0.1.1")],
-        vec!["::1".parse().unwrap()],
-    ))
+    let server = DnsServer::start(
+        NAME,
+        Mode::Answer(vec![ip("127.0.1.1")], vec!["::1".parse().unwrap()]),
+    )
     .await;
     // No dns.port: peer_listen's port is used for every member.
     let mut rx = start(&cluster(
@@ -417,8 +226,11 @@ async fn ipv6_members_and_the_port_of_peer_listen() {
 #[tokio::test]
 async fn answers_too_large_for_udp_are_fetched_over_tcp() {
     logs();
-    let server =
-        DnsServer::start(Mode::Answer(vec![ip("127.0.1.1"), ip("127.0.1.2")], vec![])).await;
+    let server = DnsServer::start(
+        NAME,
+        Mode::Answer(vec![ip("127.0.1.1"), ip("127.0.1.2")], vec![]),
+    )
+    .await;
     server.truncate_udp.store(true, Ordering::SeqCst);
     let mut rx = start(&cluster(ME, "127.0.0.1:7070", dns(&server, Some(7070))))
         .await
@@ -435,7 +247,7 @@ async fn answers_too_large_for_udp_are_fetched_over_tcp() {
 #[tokio::test]
 async fn the_poller_stops_when_every_receiver_is_dropped() {
     logs();
-    let server = DnsServer::start(Mode::Answer(vec![ip("127.0.1.1")], vec![])).await;
+    let server = DnsServer::start(NAME, Mode::Answer(vec![ip("127.0.1.1")], vec![])).await;
     let mut rx = start(&cluster(ME, "127.0.0.1:7070", dns(&server, Some(7070))))
         .await
         .expect("start");
