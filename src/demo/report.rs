@@ -52,6 +52,13 @@ pub struct RingsideView {
     pub origin_requests: u64,
     /// `ringside_singleflight_coalesced_total`.
     pub coalesced: u64,
+    /// `ringside_hot_hits_total`: hits on local mirrors of others' keys.
+    pub hot_hits: u64,
+    /// `ringside_peer_served_total` (requests answered for other nodes, as
+    /// the key's owner), by `result` label.
+    pub peer_served: BTreeMap<String, u64>,
+    /// `ringside_ring_members`.
+    pub ring_members: u64,
 }
 
 impl RingsideView {
@@ -66,6 +73,12 @@ impl RingsideView {
                 }
                 "ringside_origin_requests_total" => view.origin_requests += value,
                 "ringside_singleflight_coalesced_total" => view.coalesced += value,
+                "ringside_hot_hits_total" => view.hot_hits += value,
+                "ringside_peer_served_total" => {
+                    let result = label(labels, "result").unwrap_or("unknown");
+                    *view.peer_served.entry(result.to_owned()).or_default() += value;
+                }
+                "ringside_ring_members" => view.ring_members = value,
                 _ => {}
             }
         }
@@ -79,6 +92,11 @@ impl RingsideView {
 
     pub fn total(&self) -> u64 {
         self.requests.values().sum()
+    }
+
+    /// Requests answered for other nodes.
+    pub fn served_for_peers(&self) -> u64 {
+        self.peer_served.values().sum()
     }
 }
 
@@ -107,97 +125,154 @@ fn label<'a>(labels: &'a str, name: &str) -> Option<&'a str> {
     })
 }
 
-/// Everything the table needs.
-pub struct Report<'a> {
-    pub without: &'a PhaseResult,
-    pub with: &'a PhaseResult,
-    /// `None` when `/metrics` could not be read.
-    pub ringside: Option<&'a RingsideView>,
+/// One way of serving the workload, for the comparison table.
+pub struct Setup<'a> {
+    pub name: &'a str,
+    pub phase: &'a PhaseResult,
+    /// Each node's `/metrics`; `None` without ringside, empty when unreadable.
+    pub nodes: Option<&'a [RingsideView]>,
 }
 
-impl Report<'_> {
-    /// The table, the notes under it, and the takeaway.
-    pub fn render(&self) -> String {
-        let mut out = String::new();
-        let hit_ratio = self
-            .ringside
-            .map(|v| ratio(v.count("hit"), self.with.requests));
+impl Setup<'_> {
+    /// Requests answered from a ringside cache (a local hit, a hot mirror,
+    /// or the owner's cache via a peer hop), as a share of all requests.
+    pub fn hit_ratio(&self) -> Option<f64> {
+        let nodes = self.nodes.filter(|n| !n.is_empty())?;
+        let local: u64 = nodes.iter().map(|v| v.count("hit")).sum();
+        let via_owner: u64 = nodes
+            .iter()
+            .map(|v| v.peer_served.get("hit").copied().unwrap_or(0))
+            .sum();
+        ratio(local + via_owner, self.phase.requests)
+    }
+}
+
+/// Per-node rows: what each node of `nodes` counted on its `/metrics`.
+pub fn node_table(title: &str, nodes: &[RingsideView]) -> String {
+    let mut out = format!(
+        "{title}
+"
+    );
+    let _ = writeln!(
+        out,
+        "  {:<8}{:>9}{:>8}{:>13}{:>11}{:>8}{:>18}{:>16}",
+        "",
+        "requests",
+        "hits",
+        "(hot mirror)",
+        "peer hops",
+        "misses",
+        "served for peers",
+        "origin fetches"
+    );
+    for (i, v) in nodes.iter().enumerate() {
         let _ = writeln!(
             out,
-            "{:<18}{:>9}{:>8}{:>17}{:>11}{:>10}{:>10}{:>8}",
-            "", "requests", "errors", "origin requests", "hit ratio", "p50", "p99", "time"
+            "  {:<8}{:>9}{:>8}{:>13}{:>11}{:>8}{:>18}{:>16}",
+            format!("node {}", i + 1),
+            v.total(),
+            v.count("hit"),
+            v.hot_hits,
+            v.count("peer"),
+            v.count("miss"),
+            v.served_for_peers(),
+            v.origin_requests,
         );
-        out.push_str(&row("without ringside", self.without, "-".into()));
-        let hit_ratio = match hit_ratio {
-            Some(Some(r)) => format!("{:.1} %", r * 100.0),
-            _ => "?".into(),
-        };
-        out.push_str(&row("with ringside", self.with, hit_ratio));
-        out.push('\n');
-        out.push_str(&self.ringside_notes());
-        out.push_str(&error_notes("without ringside", self.without));
-        out.push_str(&error_notes("with ringside", self.with));
-        out.push('\n');
-        out.push_str(&self.takeaway());
-        out
     }
+    out
+}
 
-    fn ringside_notes(&self) -> String {
-        let Some(view) = self.ringside else {
-            return "hit ratio: unknown, ringside's /metrics could not be read\n".into();
+/// The comparison table, the notes under it, and the takeaway.
+pub fn comparison(setups: &[Setup]) -> String {
+    let mut out = String::new();
+    let _ = writeln!(
+        out,
+        "{:<22}{:>9}{:>8}{:>17}{:>11}{:>10}{:>10}{:>8}",
+        "", "requests", "errors", "origin requests", "hit ratio", "p50", "p99", "time"
+    );
+    for setup in setups {
+        let hit_ratio = match (setup.nodes, setup.hit_ratio()) {
+            (None, _) => "-".into(),
+            (Some(_), Some(r)) => format!("{:.1} %", r * 100.0),
+            (Some(_), None) => "?".into(),
         };
-        let mut out = format!(
-            "hit ratio = cache hits / requests, as ringside counts them on /metrics:\n  \
-             {} hit, {} miss, {} stale, {} revalidated, {} error; {} origin fetches \
-             ({} requests waited for another's fetch of the same key)\n",
-            view.count("hit"),
-            view.count("miss"),
-            view.count("stale"),
-            view.count("revalidated"),
-            view.count("error"),
-            view.origin_requests,
-            view.coalesced,
+        out.push_str(&row(setup.name, setup.phase, hit_ratio));
+    }
+    out.push_str(
+        "\norigin requests: counted by the sample origin itself.\n\
+         hit ratio: requests answered from a ringside cache (a local hit, a hot mirror, or the\n\
+         \x20 owner's cache via a peer hop) / requests sent, from the nodes' /metrics.\n",
+    );
+    for setup in setups {
+        out.push_str(&counting_notes(setup));
+        out.push_str(&error_notes(setup.name, setup.phase));
+    }
+    out.push('\n');
+    out.push_str(&takeaway(setups));
+    out
+}
+
+/// Where the nodes' own counts disagree with the clients' or the origin's.
+fn counting_notes(setup: &Setup) -> String {
+    let Some(nodes) = setup.nodes else {
+        return String::new();
+    };
+    if nodes.is_empty() {
+        return format!("{}: the nodes' /metrics could not be read\n", setup.name);
+    }
+    let mut out = String::new();
+    let counted: u64 = nodes.iter().map(RingsideView::total).sum();
+    if counted != setup.phase.requests {
+        let _ = writeln!(
+            out,
+            "  note ({}): the nodes counted {counted} requests, the clients sent {}",
+            setup.name, setup.phase.requests
         );
-        if view.total() != self.with.requests {
-            let _ = writeln!(
-                out,
-                "  note: ringside counted {} requests, the clients sent {}",
-                view.total(),
-                self.with.requests
-            );
-        }
-        if view.origin_requests != self.with.origin_requests {
-            let _ = writeln!(
-                out,
-                "  note: ringside counted {} origin fetches, the origin counted {} requests",
-                view.origin_requests, self.with.origin_requests
-            );
-        }
-        out
     }
+    let fetched: u64 = nodes.iter().map(|v| v.origin_requests).sum();
+    if fetched != setup.phase.origin_requests {
+        let _ = writeln!(
+            out,
+            "  note ({}): the nodes counted {fetched} origin fetches, the origin counted {}",
+            setup.name, setup.phase.origin_requests
+        );
+    }
+    out
+}
 
-    fn takeaway(&self) -> String {
-        let (before, after) = (self.without.origin_requests, self.with.origin_requests);
-        let load = match after {
-            0 => format!("the origin served none of the {before} requests"),
+/// The first setup against each of the others, in one line each.
+fn takeaway(setups: &[Setup]) -> String {
+    let Some((first, others)) = setups.split_first() else {
+        return String::new();
+    };
+    let mut out = String::new();
+    for other in others {
+        let (mine, theirs) = (first.phase.origin_requests, other.phase.origin_requests);
+        let load = match mine {
+            0 => format!(
+                "the origin served none of the requests ({theirs} {})",
+                other.name
+            ),
             _ => format!(
-                "origin load cut {:.1}x ({before} -> {after} requests)",
-                before as f64 / after as f64
+                "{:.1}x fewer origin requests than {} ({theirs} -> {mine})",
+                theirs as f64 / mine as f64,
+                other.name
             ),
         };
-        let median = match (self.without.percentile(50.0), self.with.percentile(50.0)) {
-            (Some(a), Some(b)) => format!("; median latency {} -> {}", ms(a), ms(b)),
+        let median = match (other.phase.percentile(50.0), first.phase.percentile(50.0)) {
+            (Some(a), Some(b)) => format!(", median latency {} -> {}", ms(a), ms(b)),
             _ => String::new(),
         };
-        format!("With ringside: {load}{median}.\n")
+        let _ = writeln!(out, "{}: {load}{median}.", first.name);
     }
+    out
 }
 
 fn row(name: &str, phase: &PhaseResult, hit_ratio: String) -> String {
     let p50 = phase.percentile(50.0).map_or("-".into(), ms);
     let p99 = phase.percentile(99.0).map_or("-".into(), ms);
     format!(
-        "{:<18}{:>9}{:>8}{:>17}{:>11}{:>10}{:>10}{:>8}\n",
+        "{:<22}{:>9}{:>8}{:>17}{:>11}{:>10}{:>10}{:>8}\n",
         name,
         phase.requests,
         phase.errors,
@@ -223,7 +298,7 @@ fn ratio(part: u64, whole: u64) -> Option<f64> {
 }
 
 /// Milliseconds, with two decimals below 1 ms where one would say little.
-fn ms(d: Duration) -> String {
+pub fn ms(d: Duration) -> String {
     let ms = d.as_secs_f64() * 1000.0;
     if ms < 1.0 {
         format!("{ms:.2} ms")
@@ -279,6 +354,19 @@ ringside_request_duration_seconds_bucket{result="hit",le="0.00005"} 12
     }
 
     #[test]
+    fn cluster_counters_are_read() {
+        let view = RingsideView::parse(
+            "ringside_hot_hits_total 7\n\
+             ringside_peer_served_total{result=\"hit\"} 40\n\
+             ringside_peer_served_total{result=\"miss\"} 5\n\
+             ringside_ring_members 3\n",
+        );
+        assert_eq!(view.hot_hits, 7);
+        assert_eq!(view.served_for_peers(), 45);
+        assert_eq!(view.ring_members, 3);
+    }
+
+    #[test]
     fn table_shows_errors_and_the_takeaway() {
         let without = PhaseResult {
             requests: 3000,
@@ -296,17 +384,26 @@ ringside_request_duration_seconds_bucket{result="hit",le="0.00005"} 12
             elapsed: Duration::from_secs(1),
         };
         let view = RingsideView::parse(METRICS);
-        let text = Report {
-            without: &without,
-            with: &with,
-            ringside: Some(&view),
-        }
-        .render();
+        let views = [view];
+        let text = comparison(&[
+            Setup {
+                name: "cluster",
+                phase: &with,
+                nodes: Some(&views),
+            },
+            Setup {
+                name: "no cache",
+                phase: &without,
+                nodes: None,
+            },
+        ]);
         assert!(text.contains("93.3 %"), "{text}");
         assert!(text.contains("50.0 ms"), "{text}");
         assert!(text.contains("0.20 ms"), "{text}");
-        assert!(text.contains("with ringside: 2 request(s) failed; the first: timed out"));
-        assert!(text.contains("origin load cut 20.0x (3000 -> 150 requests)"));
-        assert!(text.contains("ringside counted 141 origin fetches, the origin counted 150"));
+        assert!(text.contains("cluster: 2 request(s) failed; the first: timed out"));
+        assert!(text.contains("20.0x fewer origin requests than no cache (3000 -> 150)"));
+        assert!(text.contains("the nodes counted 141 origin fetches, the origin counted 150"));
+        let nodes = node_table("cluster", &views);
+        assert!(nodes.contains("node 1"), "{nodes}");
     }
 }

@@ -1,0 +1,129 @@
+#!/usr/bin/env bash
+# Peer hop vs local hit: latency and throughput of a cached response served
+# through the key's owner (node A -> node B) vs one served from A's own cache.
+#
+#   benches/peer_hop.sh            # DURATION=10s CONNS=8 KEYS=200 by default
+#   BUILD=1 benches/peer_hop.sh    # rebuild the release binaries first
+#
+# Starts the sample origin and a 2-node cluster (hot fraction 0, so A never
+# mirrors B's keys), warms KEYS keys through A, sorts them by the
+# Cache-Status A answers (`detail=peer`: owned by B), then runs wrk --latency
+# against A for each set. Every process is stopped by PID on exit.
+set -euo pipefail
+
+DURATION=${DURATION:-10s}
+CONNS=${CONNS:-8}
+KEYS=${KEYS:-200}
+BODY_BYTES=${BODY_BYTES:-1024}
+
+cd "$(dirname "$0")/.."
+command -v wrk >/dev/null || { apt-get update -qq && apt-get install -y -qq wrk; }
+command -v curl >/dev/null || { apt-get update -qq && apt-get install -y -qq curl; }
+# Build if a binary is missing (BUILD=1: always, to pick up source changes).
+if [ "${BUILD:-0}" = 1 ] || [ ! -x target/release/ringside ] || [ ! -x target/release/examples/cluster_bench ]; then
+    cargo build --release --quiet --bin ringside --example cluster_bench
+fi
+
+WORK=$(mktemp -d)
+PIDS=()
+cleanup() {
+    for pid in "${PIDS[@]}"; do kill -TERM "$pid" 2>/dev/null || true; done
+    sleep 0.5
+    for pid in "${PIDS[@]}"; do kill -KILL "$pid" 2>/dev/null || true; done
+    rm -rf "$WORK"
+}
+trap cleanup EXIT INT TERM
+
+free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+ORIGIN=127.0.0.1:$(free_port)
+A=127.0.0.1:$(free_port); A_ADMIN=127.0.0.1:$(free_port); A_PEER=127.0.0.1:$(free_port)
+B=127.0.0.1:$(free_port); B_ADMIN=127.0.0.1:$(free_port); B_PEER=127.0.0.1:$(free_port)
+SECRET=$(head -c 24 /dev/urandom | od -An -tx1 | tr -d ' \n')
+
+target/release/examples/cluster_bench origin --listen "$ORIGIN" --delay-ms 20 \
+    --max-age 3600 --body-bytes "$BODY_BYTES" >"$WORK/origin.log" 2>&1 &
+PIDS+=($!)
+
+node_yaml() { # listen admin peer
+    cat <<EOF
+listen: $1
+admin_listen: $2
+threads: 1
+shutdown_grace: 1s
+log_level: warn
+origin:
+  url: http://$ORIGIN
+cache:
+  capacity: 64MiB
+cluster:
+  enabled: true
+  peer_listen: $3
+  secret: "$SECRET"
+  hot:
+    fraction: 0
+  membership:
+    static: ["$A_PEER", "$B_PEER"]
+EOF
+}
+(umask 077; node_yaml "$A" "$A_ADMIN" "$A_PEER" >"$WORK/a.yaml"; node_yaml "$B" "$B_ADMIN" "$B_PEER" >"$WORK/b.yaml")
+target/release/ringside --config "$WORK/a.yaml" >"$WORK/a.log" 2>&1 &
+PIDS+=($!)
+target/release/ringside --config "$WORK/b.yaml" >"$WORK/b.log" 2>&1 &
+PIDS+=($!)
+
+for admin in "$A_ADMIN" "$B_ADMIN"; do
+    for _ in $(seq 100); do
+        members=$(curl -sf "http://$admin/metrics" | awk '$1=="ringside_ring_members"{print $2}') || true
+        [ "${members:-0}" = 2 ] && break
+        sleep 0.1
+    done
+    [ "${members:-0}" = 2 ] || { echo "node on $admin not ready"; cat "$WORK"/*.log; exit 1; }
+done
+
+# Warm every key through A (the owner loads it), then ask again and sort by Cache-Status.
+: >"$WORK/local.txt"; : >"$WORK/peer.txt"
+for i in $(seq "$KEYS"); do curl -sf -o /dev/null "http://$A/items/$i"; done
+for i in $(seq "$KEYS"); do
+    status=$(curl -sf -o /dev/null -D - "http://$A/items/$i" | tr -d '\r' | awk -F': ' 'tolower($1)=="cache-status"{print $2}')
+    case "$status" in
+        *detail=peer*) echo "/items/$i" >>"$WORK/peer.txt" ;;
+        *"; hit"*) echo "/items/$i" >>"$WORK/local.txt" ;;
+        *) echo "unexpected Cache-Status for /items/$i: $status" >&2 ;;
+    esac
+done
+echo "keys: $(wc -l <"$WORK/local.txt") owned by A (local hits), $(wc -l <"$WORK/peer.txt") owned by B (peer hops)"
+
+lua_for() { # key list -> wrk script cycling through it
+    {
+        echo "local paths = {"
+        sed 's/.*/  "&",/' "$1"
+        echo "}"
+        echo 'local i = 0'
+        echo 'request = function() i = i + 1; return wrk.format("GET", paths[(i % #paths) + 1]) end'
+    } >"$1.lua"
+}
+lua_for "$WORK/local.txt"
+lua_for "$WORK/peer.txt"
+
+to_us() { # wrk latency (e.g. 412.00us, 1.20ms, 2.00s) -> microseconds
+    awk -v v="$1" 'BEGIN{ n=v+0; if (v ~ /us$/) m=1; else if (v ~ /ms$/) m=1000; else m=1000000; printf "%.0f", n*m }'
+}
+peer_before=$(curl -sf "http://$A_ADMIN/metrics" | awk '/^ringside_requests_total/ && /result="peer"/{s+=$2} END{print s+0}')
+declare -A P50 P99 RPS
+for kind in local peer; do
+    wrk -t1 -c"$CONNS" -d"$DURATION" --latency -s "$WORK/$kind.txt.lua" "http://$A" >"$WORK/$kind.wrk"
+    P50[$kind]=$(to_us "$(awk '$1=="50%"{print $2}' "$WORK/$kind.wrk")")
+    P99[$kind]=$(to_us "$(awk '$1=="99%"{print $2}' "$WORK/$kind.wrk")")
+    RPS[$kind]=$(awk '$1=="Requests/sec:"{printf "%.0f", $2}' "$WORK/$kind.wrk")
+    errors=$(awk '/Non-2xx|Socket errors/' "$WORK/$kind.wrk")
+    [ -z "$errors" ] || echo "$kind: $errors"
+done
+peer_after=$(curl -sf "http://$A_ADMIN/metrics" | awk '/^ringside_requests_total/ && /result="peer"/{s+=$2} END{print s+0}')
+
+echo
+echo "peer hop vs local hit: 2-node cluster, hot fraction 0, wrk -t1 -c$CONNS -d$DURATION, ${BODY_BYTES}-byte bodies, $(nproc) CPUs"
+printf '%-28s %10s %10s %12s\n' "" "p50 (us)" "p99 (us)" "requests/s"
+printf '%-28s %10s %10s %12s\n' "local hit (A owns the key)" "${P50[local]}" "${P99[local]}" "${RPS[local]}"
+printf '%-28s %10s %10s %12s\n' "peer hop (B owns the key)" "${P50[peer]}" "${P99[peer]}" "${RPS[peer]}"
+echo "added latency of the hop at p50: $((P50[peer] - P50[local])) us"
+echo "A counted $((peer_after - peer_before)) peer hops during the runs (result=\"peer\")"

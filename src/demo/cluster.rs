@@ -1,0 +1,287 @@
+//! A set of local ringside nodes in front of one origin: either one cluster
+//! (static membership of their peer listeners, a shared random secret) or
+//! the same number of independent caches (cluster disabled).
+//!
+//! Each node gets its own YAML config in a private temporary directory that
+//! is removed when the [`Nodes`] are dropped; every node is a child process
+//! stopped by PID.
+
+use super::process::{free_ports, RingsideProcess};
+use super::report::RingsideView;
+use super::{client, report};
+use std::collections::hash_map::RandomState;
+use std::hash::{BuildHasher, Hasher};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant, SystemTime};
+
+/// How the nodes are set up.
+#[derive(Debug, Clone)]
+pub struct NodeOptions {
+    /// Share one cache on a consistent-hash ring, or run as independent caches.
+    pub clustered: bool,
+    /// `cache.capacity` of each node, e.g. `64MiB`.
+    pub capacity: String,
+    /// `cache.max_object_size` of each node (at most `capacity`).
+    pub max_object_size: String,
+    /// `cluster.hot.fraction` (0 disables local mirrors of others' keys).
+    pub hot_fraction: f64,
+    /// `cluster.hot.min_rate`.
+    pub hot_min_rate: f64,
+    /// Proxy worker threads per node.
+    pub threads: u32,
+}
+
+impl Default for NodeOptions {
+    fn default() -> Self {
+        NodeOptions {
+            clustered: true,
+            capacity: "64MiB".into(),
+            max_object_size: "1MiB".into(),
+            hot_fraction: 0.1,
+            hot_min_rate: 5.0,
+            threads: 2,
+        }
+    }
+}
+
+/// Running ringside nodes and the directory holding their configs.
+pub struct Nodes {
+    pub nodes: Vec<RingsideProcess>,
+    dir: PathBuf,
+}
+
+impl Nodes {
+    /// Start `n` nodes of `exe` in front of `origin`, and wait until all are ready.
+    pub async fn start(
+        exe: &Path,
+        origin: SocketAddr,
+        n: usize,
+        options: &NodeOptions,
+    ) -> Result<Nodes, String> {
+        let dir = private_temp_dir()?;
+        let mut nodes = Nodes {
+            nodes: Vec::new(),
+            dir,
+        };
+        // Three ports a node: app-facing, admin, peer.
+        let ports = free_ports(3 * n)?;
+        let peers: Vec<SocketAddr> = ports[2 * n..].to_vec();
+        let secret = random_secret();
+        for i in 0..n {
+            let (proxy, admin, peer) = (ports[i], ports[n + i], peers[i]);
+            let mut yaml = node_yaml(proxy, admin, origin, options);
+            if options.clustered {
+                yaml.push_str(&cluster_yaml(peer, &peers, &secret, options));
+            }
+            let path = nodes.dir.join(format!("node-{}.yaml", i + 1));
+            write_private(&path, &yaml)?;
+            let name = format!("node {}", i + 1);
+            let node = RingsideProcess::start(&name, exe, &path, proxy, admin)?;
+            nodes.nodes.push(node);
+        }
+        for node in &mut nodes.nodes {
+            node.wait_until_ready().await?;
+        }
+        if options.clustered {
+            nodes.wait_for_ring(n).await?;
+        }
+        Ok(nodes)
+    }
+
+    /// The app-facing addresses, in node order.
+    pub fn proxy_addrs(&self) -> Vec<SocketAddr> {
+        self.nodes.iter().map(|n| n.proxy_addr).collect()
+    }
+
+    /// Each node's `/metrics`, once together they have counted `requests`
+    /// client requests (the last few are counted just after their
+    /// responses); after a second, take whatever they say.
+    pub async fn settled_metrics(&self, requests: u64) -> Result<Vec<RingsideView>, String> {
+        let deadline = Instant::now() + Duration::from_secs(1);
+        loop {
+            let mut views = Vec::new();
+            for node in &self.nodes {
+                views.push(fetch_metrics(node).await?);
+            }
+            let total: u64 = views.iter().map(RingsideView::total).sum();
+            if total >= requests || Instant::now() > deadline {
+                return Ok(views);
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    /// SIGTERM every node at once, then wait for each; all problems in one message.
+    pub async fn stop(&mut self) -> Result<(), String> {
+        for node in &mut self.nodes {
+            node.signal_stop();
+        }
+        let mut problems = Vec::new();
+        for node in &mut self.nodes {
+            if let Err(e) = node.wait_stopped().await {
+                problems.push(e);
+            }
+        }
+        if problems.is_empty() {
+            Ok(())
+        } else {
+            Err(problems.join("; "))
+        }
+    }
+
+    /// Print what the nodes printed (warnings and errors only).
+    pub fn print_logs(&self) {
+        for node in &self.nodes {
+            node.print_log();
+        }
+    }
+
+    /// Wait until every node sees all `n` members on its ring.
+    async fn wait_for_ring(&self, n: usize) -> Result<(), String> {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        for node in &self.nodes {
+            loop {
+                let members = fetch_metrics(node).await?.ring_members;
+                if members == n as u64 {
+                    break;
+                }
+                if Instant::now() > deadline {
+                    return Err(format!(
+                        "{} sees {members} ring members, not {n}, after 10 s",
+                        node.name
+                    ));
+                }
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        }
+        Ok(())
+    }
+}
+
+impl Drop for Nodes {
+    fn drop(&mut self) {
+        // The processes themselves are killed by their own Drop.
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+async fn fetch_metrics(node: &RingsideProcess) -> Result<RingsideView, String> {
+    let fetch = client::get(node.admin_addr, "/metrics");
+    let response = tokio::time::timeout(Duration::from_secs(10), fetch)
+        .await
+        .map_err(|_| format!("{}'s /metrics did not answer in time", node.name))?
+        .map_err(|e| format!("cannot read {}'s /metrics: {e}", node.name))?;
+    if response.status != 200 {
+        return Err(format!(
+            "{}'s /metrics answered {}",
+            node.name, response.status
+        ));
+    }
+    Ok(report::RingsideView::parse(&response.text()))
+}
+
+/// The settings every node has, clustered or not.
+fn node_yaml(
+    proxy: SocketAddr,
+    admin: SocketAddr,
+    origin: SocketAddr,
+    options: &NodeOptions,
+) -> String {
+    format!(
+        "listen: {proxy}\nadmin_listen: {admin}\nthreads: {}\nshutdown_grace: 1s\nlog_level: warn\n\
+         origin:\n  url: http://{origin}\n\
+         cache:\n  capacity: {}\n  max_object_size: {}\n",
+        options.threads, options.capacity, options.max_object_size
+    )
+}
+
+/// The `cluster:` section of the node whose peer listener is `me`.
+fn cluster_yaml(
+    me: SocketAddr,
+    peers: &[SocketAddr],
+    secret: &str,
+    options: &NodeOptions,
+) -> String {
+    let members = peers
+        .iter()
+        .map(|p| format!("\"{p}\""))
+        .collect::<Vec<_>>()
+        .join(", ");
+    format!(
+        "cluster:\n  enabled: true\n  peer_listen: {me}\n  secret: \"{secret}\"\n  peer_timeout: 1s\n\
+         \x20 hot:\n    fraction: {}\n    min_rate: {}\n\
+         \x20 membership:\n    static: [{members}]\n",
+        options.hot_fraction, options.hot_min_rate
+    )
+}
+
+/// 32 hex digits from the standard library's randomly seeded hasher keys
+/// (no `rand` dependency), mixed with the time and the process id.
+fn random_secret() -> String {
+    let now = SystemTime::now()
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos());
+    let mut words = [0u64; 2];
+    for (i, word) in words.iter_mut().enumerate() {
+        let mut hasher = RandomState::new().build_hasher();
+        hasher.write_u128(now);
+        hasher.write_u32(std::process::id());
+        hasher.write_usize(i);
+        *word = hasher.finish();
+    }
+    format!("{:016x}{:016x}", words[0], words[1])
+}
+
+/// A new directory only this user can read (the configs hold the secret).
+fn private_temp_dir() -> Result<PathBuf, String> {
+    use std::os::unix::fs::DirBuilderExt;
+    let nanos = SystemTime::now()
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .map_or(0, |d| d.subsec_nanos());
+    let dir = std::env::temp_dir().join(format!("ringside-demo-{}-{nanos}", std::process::id()));
+    std::fs::DirBuilder::new()
+        .mode(0o700)
+        .create(&dir)
+        .map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
+    Ok(dir)
+}
+
+fn write_private(path: &Path, text: &str) -> Result<(), String> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(path)
+        .and_then(|mut f| f.write_all(text.as_bytes()))
+        .map_err(|e| format!("cannot write {}: {e}", path.display()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn secrets_are_long_and_differ() {
+        let (a, b) = (random_secret(), random_secret());
+        assert_eq!(a.len(), 32);
+        assert_ne!(a, b);
+    }
+
+    #[test]
+    fn cluster_yaml_lists_every_peer() {
+        let peers: Vec<SocketAddr> = ["127.0.0.1:1", "127.0.0.1:2"]
+            .iter()
+            .map(|p| p.parse().unwrap())
+            .collect();
+        let yaml = cluster_yaml(peers[0], &peers, "s", &NodeOptions::default());
+        assert!(yaml.contains("peer_listen: 127.0.0.1:1\n"), "{yaml}");
+        assert!(
+            yaml.contains("static: [\"127.0.0.1:1\", \"127.0.0.1:2\"]"),
+            "{yaml}"
+        );
+        assert!(yaml.contains("  hot:\n    fraction: 0.1\n"), "{yaml}");
+    }
+}

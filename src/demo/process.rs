@@ -1,0 +1,263 @@
+//! A ringside node started as a child process: on its own config file,
+//! its output kept for error messages, stopped by PID (SIGTERM, then kill).
+
+use super::client;
+use std::io::{BufRead, BufReader, Read};
+use std::net::SocketAddr;
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+/// How long ringside gets to answer on its admin port.
+const STARTUP_TIMEOUT: Duration = Duration::from_secs(20);
+/// How long ringside gets to exit after SIGTERM before it is killed.
+const STOP_TIMEOUT: Duration = Duration::from_secs(5);
+/// The last lines of ringside's output kept for error messages.
+const LOG_LINES_KEPT: usize = 40;
+
+/// ringside, started as a child process. Dropping it kills the process if
+/// it is still running.
+pub struct RingsideProcess {
+    /// A short name for messages ("node 1").
+    pub name: String,
+    child: Child,
+    pub proxy_addr: SocketAddr,
+    pub admin_addr: SocketAddr,
+    /// The last lines ringside printed (stdout and stderr).
+    log: Arc<Mutex<Vec<String>>>,
+    /// The threads copying ringside's output into `log`.
+    log_readers: Vec<std::thread::JoinHandle<()>>,
+    /// Whether SIGTERM was sent (by [`RingsideProcess::signal_stop`]).
+    signalled: bool,
+}
+
+impl RingsideProcess {
+    /// Start `exe --config config`; the file must make ringside listen on
+    /// `proxy_addr` and `admin_addr`.
+    pub fn start(
+        name: &str,
+        exe: &Path,
+        config: &Path,
+        proxy_addr: SocketAddr,
+        admin_addr: SocketAddr,
+    ) -> Result<RingsideProcess, String> {
+        let mut command = Command::new(exe);
+        command
+            .arg("--config")
+            .arg(config)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
+        // The demo must not pick up the caller's own ringside settings.
+        for (var, _) in std::env::vars_os() {
+            if var.to_string_lossy().starts_with("RINGSIDE_") {
+                command.env_remove(var);
+            }
+        }
+        let mut child = command
+            .spawn()
+            .map_err(|e| format!("cannot start ringside ({}): {e}", exe.display()))?;
+        let log = Arc::new(Mutex::new(Vec::new()));
+        let mut log_readers = Vec::new();
+        if let Some(out) = child.stdout.take() {
+            log_readers.push(keep_lines(out, log.clone()));
+        }
+        if let Some(err) = child.stderr.take() {
+            log_readers.push(keep_lines(err, log.clone()));
+        }
+        Ok(RingsideProcess {
+            name: name.to_owned(),
+            child,
+            proxy_addr,
+            admin_addr,
+            log,
+            log_readers,
+            signalled: false,
+        })
+    }
+
+    /// The process id.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// Wait until `/healthz` (admin up) and `/readyz` (proxy listener up)
+    /// both answer 200, or fail with what was seen.
+    pub async fn wait_until_ready(&mut self) -> Result<(), String> {
+        let deadline = Instant::now() + STARTUP_TIMEOUT;
+        for path in ["/healthz", "/readyz"] {
+            self.wait_for_200(path, deadline).await?;
+        }
+        Ok(())
+    }
+
+    /// Poll `GET path` on the admin port until it answers 200.
+    async fn wait_for_200(&mut self, path: &str, deadline: Instant) -> Result<(), String> {
+        loop {
+            if let Ok(Some(status)) = self.child.try_wait() {
+                self.wait_for_last_output().await;
+                let why = format!("{} exited during startup ({status})", self.name);
+                return Err(self.with_log(why));
+            }
+            let last = match probe(self.admin_addr, path).await {
+                Ok(200) => return Ok(()),
+                Ok(status) => format!("status {status}"),
+                Err(e) => e,
+            };
+            if Instant::now() > deadline {
+                let why = format!(
+                    "{} did not answer 200 on http://{}{path} within {} s (last: {last})",
+                    self.name,
+                    self.admin_addr,
+                    STARTUP_TIMEOUT.as_secs()
+                );
+                return Err(self.with_log(why));
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// Send SIGTERM (by PID, with `kill`); [`RingsideProcess::wait_stopped`] waits.
+    pub fn signal_stop(&mut self) {
+        let pid = self.child.id().to_string();
+        self.signalled = Command::new("kill")
+            .args(["-TERM", &pid])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status()
+            .is_ok_and(|s| s.success());
+    }
+
+    /// Wait for the exit after [`RingsideProcess::signal_stop`]; kill the
+    /// process if it does not exit in time.
+    pub async fn wait_stopped(&mut self) -> Result<(), String> {
+        let deadline = Instant::now() + STOP_TIMEOUT;
+        while self.signalled && Instant::now() < deadline {
+            match self.child.try_wait() {
+                Ok(Some(status)) => {
+                    self.wait_for_last_output().await;
+                    if status.success() {
+                        return Ok(());
+                    }
+                    return Err(format!("{} exited with {status} after SIGTERM", self.name));
+                }
+                Ok(None) => tokio::time::sleep(Duration::from_millis(20)).await,
+                Err(_) => break,
+            }
+        }
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        if self.signalled {
+            Err(format!(
+                "{} did not exit within {} s of SIGTERM and was killed",
+                self.name,
+                STOP_TIMEOUT.as_secs()
+            ))
+        } else {
+            Err(format!(
+                "could not send SIGTERM to {} (is `kill` installed?); killed it",
+                self.name
+            ))
+        }
+    }
+
+    /// After the process exited: give the log threads a moment to copy
+    /// its last words (they end when the pipes close).
+    async fn wait_for_last_output(&self) {
+        let deadline = Instant::now() + Duration::from_millis(500);
+        while Instant::now() < deadline && !self.log_readers.iter().all(|t| t.is_finished()) {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+
+    fn log_lines(&self) -> Vec<String> {
+        self.log.lock().map(|l| l.clone()).unwrap_or_default()
+    }
+
+    /// `why`, followed by the last lines ringside printed.
+    fn with_log(&self, why: String) -> String {
+        let lines = self.log_lines();
+        if lines.is_empty() {
+            format!("{why}; it printed nothing")
+        } else {
+            format!("{why}; its last output:\n  {}", lines.join("\n  "))
+        }
+    }
+
+    /// Show what ringside printed (warnings and errors only, at --log-level warn).
+    pub fn print_log(&self) {
+        let lines = self.log_lines();
+        if lines.is_empty() {
+            return;
+        }
+        println!(
+            "\n{} printed (of its last {} lines):",
+            self.name,
+            lines.len()
+        );
+        // The same message repeated (timestamps aside) is shown once, counted.
+        let mut seen: Vec<(String, &str, usize)> = Vec::new();
+        for line in &lines {
+            let message = line.split_once(' ').map_or(line.as_str(), |(_, m)| m);
+            match seen.iter_mut().find(|(_, m, _)| *m == message) {
+                Some((_, _, count)) => *count += 1,
+                None => seen.push((line.clone(), message, 1)),
+            }
+        }
+        for (first, _, count) in seen {
+            match count {
+                1 => println!("  {first}"),
+                n => println!("  {first}  ({n} times)"),
+            }
+        }
+    }
+}
+
+impl Drop for RingsideProcess {
+    fn drop(&mut self) {
+        if let Ok(None) = self.child.try_wait() {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+}
+
+/// `n` distinct free ports on 127.0.0.1 (all bound at once, then released).
+pub fn free_ports(n: usize) -> Result<Vec<SocketAddr>, String> {
+    let held = (0..n)
+        .map(|_| {
+            std::net::TcpListener::bind("127.0.0.1:0")
+                .and_then(|l| Ok((l.local_addr()?, l)))
+                .map_err(|e| format!("cannot find a free local port: {e}"))
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    Ok(held.into_iter().map(|(addr, _)| addr).collect())
+}
+
+/// Keep the last lines of `output` in `log`, on a thread of their own so
+/// that the child never blocks on a full pipe.
+fn keep_lines(
+    output: impl Read + Send + 'static,
+    log: Arc<Mutex<Vec<String>>>,
+) -> std::thread::JoinHandle<()> {
+    std::thread::spawn(move || {
+        for line in BufReader::new(output).lines().map_while(Result::ok) {
+            if let Ok(mut log) = log.lock() {
+                if log.len() == LOG_LINES_KEPT {
+                    log.remove(0);
+                }
+                log.push(line);
+            }
+        }
+    })
+}
+
+/// The status of `GET path`, or why there was none.
+async fn probe(addr: SocketAddr, path: &str) -> Result<u16, String> {
+    match tokio::time::timeout(Duration::from_secs(1), client::get(addr, path)).await {
+        Ok(Ok(response)) => Ok(response.status),
+        Ok(Err(e)) => Err(e.to_string()),
+        Err(_) => Err("timed out".into()),
+    }
+}
