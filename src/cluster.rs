@@ -12,9 +12,9 @@ use crate::hot::HotKeys;
 use crate::membership::{self, Member};
 use crate::metrics;
 use crate::peers::{self, PeerAuth, PeerHealth};
+use crate::ring::Ring;
 use http::HeaderValue;
 use pingora::http::RequestHeader;
-use crate::ring::Ring;
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
@@ -129,8 +129,15 @@ impl Cluster {
                 path: &path,
             },
         );
-        headers.extend(HeaderValue::from_str(origin).ok().map(|v| (peers::ORIGIN.clone(), v)));
-        headers.push((peers::GENERATION.clone(), HeaderValue::from(self.ring().generation())));
+        headers.extend(
+            HeaderValue::from_str(origin)
+                .ok()
+                .map(|v| (peers::ORIGIN.clone(), v)),
+        );
+        headers.push((
+            peers::GENERATION.clone(),
+            HeaderValue::from(self.ring().generation()),
+        ));
         for (name, value) in headers {
             // Names are static and values were validated as header values above.
             let _ = request.insert_header(name, value);

@@ -21,7 +21,6 @@ use pingora::prelude::*;
 use pingora::proxy::Session;
 use std::sync::Arc;
 
-
 /// Check a peer request. `Ok(Some(target))`: serve it for that origin;
 /// `Ok(None)`: already answered.
 pub async fn admit(
