@@ -58,7 +58,7 @@ pub enum Outcome {
 pub enum LeaderResult {
     Shared(Outcome),
     Stream {
-        header: ResponseHeader,
+        header: Box<ResponseHeader>,
         body: mpsc::Receiver<Result<Bytes, FetchError>>,
         reason: &'static str,
     },
@@ -361,7 +361,7 @@ async fn stream_to_leader(
         let _ = header.insert_header(header::TRANSFER_ENCODING, "chunked");
     }
     let stream = LeaderResult::Stream {
-        header,
+        header: Box::new(header),
         body: rx,
         reason,
     };

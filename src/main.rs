@@ -65,7 +65,7 @@ enum Command {
     /// Run a local demo: a slow sample origin, ringside in front, a burst of clients.
     Demo(ringside::demo::DemoArgs),
     /// Run the Kubernetes admission webhook that injects the ringside sidecar (HTTPS on --listen).
-    Inject(ringside::inject::InjectArgs),
+    Inject(Box<ringside::inject::InjectArgs>),
 }
 
 impl Cli {

@@ -170,7 +170,8 @@ fn promtool_checks_the_rules_and_runs_their_unit_tests() {
                 assert!(runbook.contains(section), "{doc} has no {section}");
             }
             assert!(runbook.contains("```promql"), "{doc} shows no PromQL");
-            for label in ["severity"] {
+            {
+                let label = "severity";
                 assert!(rule["labels"][label].is_string(), "{alert}: no {label}");
             }
         }
@@ -531,7 +532,7 @@ async fn drive_traffic(nodes: Vec<(SocketAddr, SocketAddr)>, stop: Arc<AtomicBoo
             get("/hot?cc=max-age%3D60".to_string()).await;
         }
         get(format!("/reval?cc=max-age%3D1&etag=v{}", i % 3)).await;
-        if i % 3 == 0 {
+        if i.is_multiple_of(3) {
             get("/nostore?cc=no-store".to_string()).await;
             get(format!("/err?status=503&n={}", i % 5)).await;
             if let Ok(mut c) = Conn::connect(addr).await {
@@ -541,7 +542,7 @@ async fn drive_traffic(nodes: Vec<(SocketAddr, SocketAddr)>, stop: Arc<AtomicBoo
                 let _ = c.request_with_body("POST", "/post", &[], b"x").await; // pass
             }
         }
-        if i % 8 == 0 {
+        if i.is_multiple_of(8) {
             // Coalesced: five concurrent requests for one new key.
             let mut tasks = Vec::new();
             for _ in 0..5 {

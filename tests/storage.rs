@@ -165,7 +165,7 @@ async fn size_gauges_report_capacity_and_follow_fills() {
     assert_eq!(rs.metric("ringside_cache_entries", &[]).await, 1.0);
     let one = rs.metric("ringside_cache_bytes", &[]).await;
     assert!(
-        one >= 10000.0 && one < 12000.0,
+        (10000.0..12000.0).contains(&one),
         "one 10 kB object weighs {one}"
     );
 

@@ -73,6 +73,7 @@ pub struct OriginConfig {
 
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
+#[derive(Default)]
 pub struct ForwardProxyConfig {
     /// Origins an app may reach with absolute-form requests (`HTTP_PROXY`),
     /// as `http://host[:port]` or `https://host[:port]`. Empty = forward proxy off.
@@ -162,12 +163,6 @@ impl Default for OriginConfig {
             idle_timeout: Duration::from_secs(60),
             verify_tls: true,
         }
-    }
-}
-
-impl Default for ForwardProxyConfig {
-    fn default() -> Self {
-        ForwardProxyConfig { allow: Vec::new() }
     }
 }
 
@@ -470,7 +465,7 @@ pub fn parse_size(s: &str) -> Option<u64> {
         _ => return None,
     };
     let bytes = num * mult;
-    (bytes.is_finite() && bytes >= 0.0 && bytes < 1.8e19).then_some(bytes as u64)
+    (bytes.is_finite() && (0.0..1.8e19).contains(&bytes)).then_some(bytes as u64)
 }
 
 /// `"250ms"`, `"2s"`, `"5m"`, `"1h"`, `"1d"`, or a bare number of seconds.

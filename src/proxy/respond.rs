@@ -80,7 +80,7 @@ fn not_modified_header(stored: &ResponseHeader) -> Result<ResponseHeader> {
 pub async fn send_stream(
     session: &mut Session,
     ctx: &mut RequestCtx,
-    mut header: ResponseHeader,
+    mut header: Box<ResponseHeader>,
     mut body: tokio::sync::mpsc::Receiver<std::result::Result<Bytes, crate::origin::FetchError>>,
     reason: &str,
 ) -> Result<bool> {
@@ -91,9 +91,7 @@ pub async fn send_stream(
     );
     header.insert_header(CACHE_STATUS.clone(), status)?;
     let head = session.req_header().method == Method::HEAD;
-    session
-        .write_response_header(Box::new(header), head)
-        .await?;
+    session.write_response_header(header, head).await?;
     if head {
         return Ok(true); // dropping `body` stops the fill's read
     }
