@@ -481,8 +481,9 @@ fn describe(
         _ => Vec::new(),
     };
     let vary_fingerprint = cache_rules::vary_fingerprint(&vary, request_headers);
+    let initial_age = cache_rules::initial_age(&header.headers, request_time, response_time);
     CachedObject {
-        initial_age: cache_rules::initial_age(&header.headers, request_time, response_time),
+        initial_age,
         received_at: Instant::now(),
         received_wall: response_time,
         freshness,
@@ -495,9 +496,23 @@ fn describe(
         },
         vary,
         vary_fingerprint,
-        header,
+        header: with_serving_slots(header),
         body,
     }
+}
+
+/// The stored head as it will be served: without pingora's header-case map
+/// (lowercase names on the wire), and with `age` and `cache-status` already
+/// present, so that a hit overwrites two values in its clone instead of
+/// growing it (see `respond::send_object`). Called after everything that
+/// reads the origin's own Age.
+fn with_serving_slots(header: ResponseHeader) -> ResponseHeader {
+    let mut parts: http::response::Parts = header.into();
+    parts.headers.insert(header::AGE, http::HeaderValue::from_static("0"));
+    parts
+        .headers
+        .insert(crate::proxy::CACHE_STATUS.clone(), crate::proxy::HIT.clone());
+    ResponseHeader::from(parts)
 }
 
 /// How long past freshness an object with validators is kept, so that it can

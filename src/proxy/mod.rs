@@ -51,7 +51,8 @@ use std::time::Instant;
 mod peer;
 mod respond;
 
-use respond::{send_error, send_object, send_stream, CACHE_STATUS, HIT, STALE_WHILE_REVALIDATE};
+use respond::{send_error, send_object, send_stream, STALE_WHILE_REVALIDATE};
+pub use respond::{CACHE_STATUS, HIT};
 
 /// Which listener a [`Ringside`] serves.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

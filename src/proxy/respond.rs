@@ -23,8 +23,9 @@ pub static STALE_WHILE_REVALIDATE: HeaderValue =
 /// else the stored response with Age and Cache-Status.
 ///
 /// This is the hit path: the stored head is cloned as plain `http` parts
-/// (no case map to copy, header names static) and the body is a refcounted
-/// `Bytes`, so a hit costs one header-map clone and no body copy.
+/// (no case map to copy) that already hold `age` and `cache-status` slots
+/// (see `fill::with_serving_slots`), so the clone never grows; the body is a
+/// refcounted `Bytes`. A hit costs one header-map clone and no body copy.
 pub async fn send_object(
     session: &mut Session,
     object: &CachedObject,
