@@ -1,5 +1,11 @@
-//! Cache fills: one origin fetch per key, shared by every request waiting
-//! for it, stored when HTTP caching rules allow.
+//! Cache fills: one fetch per key, shared by every request waiting for it,
+//! stored when HTTP caching rules allow.
+//!
+//! The fetch goes to the key's owner when another node owns it (cluster),
+//! and to the origin otherwise or when the owner fails; either way it stays
+//! inside the one flight, so the waiters are coalesced whatever the source.
+//! Own keys are stored in this node's cache; an owner's answer is kept only
+//! as a hot mirror, or not at all, so each object lives once cluster-wide.
 //!
 //! [`start`] joins the key's singleflight. The leader spawns [`run`] in its
 //! own task, which owns the flight: if the leader's client disconnects, the
@@ -226,8 +232,6 @@ async fn run(
     stream_to_leader(&filler, response, Vec::new(), leader, reason).await;
 }
 
-/// Read a storable response whole, store it and publish it. Falls back to
-/// streaming when the body turns out larger than the limit.
 /// Where a whole response goes once read.
 struct Whole {
     store: Option<Arc<Store>>,
@@ -235,6 +239,8 @@ struct Whole {
     request_headers: http::HeaderMap,
 }
 
+/// Read a storable response whole, store it and publish it. Falls back to
+/// streaming when the body turns out larger than the limit.
 async fn store_whole(
     filler: Arc<Filler>,
     flight: Flight<String, Outcome>,
