@@ -514,10 +514,13 @@ fn describe(
 /// reads the origin's own Age.
 fn with_serving_slots(header: ResponseHeader) -> ResponseHeader {
     let mut parts: http::response::Parts = header.into();
-    parts.headers.insert(header::AGE, http::HeaderValue::from_static("0"));
     parts
         .headers
-        .insert(crate::proxy::CACHE_STATUS.clone(), crate::proxy::HIT.clone());
+        .insert(header::AGE, http::HeaderValue::from_static("0"));
+    parts.headers.insert(
+        crate::proxy::CACHE_STATUS.clone(),
+        crate::proxy::HIT.clone(),
+    );
     ResponseHeader::from(parts)
 }
 
