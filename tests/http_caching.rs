@@ -418,3 +418,20 @@ async fn other_methods_pass_through_with_their_bodies() {
         .unwrap();
     assert_eq!(origin.hits("/p?cc=max-age%3D60"), 2);
 }
+
+#[tokio::test]
+async fn origin_connections_are_kept_alive_and_reused() {
+    let (origin, rs) = setup().await;
+    // Sequential misses (fills) and passes (pingora's proxy) to distinct keys:
+    // about one pooled connection for each path, not one per request.
+    for k in 0..20 {
+        rs.get(&format!("/ka{k}?cc=max-age%3D60")).await;
+        rs.request("POST", &format!("/kp{k}"), &[]).await;
+    }
+    assert_eq!(origin.total_hits(), 40);
+    assert!(
+        origin.connections() <= 4,
+        "40 origin requests took {} connections",
+        origin.connections()
+    );
+}

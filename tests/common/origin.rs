@@ -35,6 +35,7 @@ struct State {
     hits: Mutex<HashMap<String, u64>>,
     last_headers: Mutex<HashMap<String, Vec<(String, String)>>>,
     total: AtomicU64,
+    connections: AtomicU64,
     failing: AtomicBool,
     stopped: AtomicBool,
 }
@@ -53,6 +54,7 @@ impl Origin {
         let accept_state = state.clone();
         let task = tokio::spawn(async move {
             while let Ok((stream, _)) = listener.accept().await {
+                accept_state.connections.fetch_add(1, Ordering::SeqCst);
                 tokio::spawn(serve_connection(stream, accept_state.clone()));
             }
         });
@@ -67,6 +69,11 @@ impl Origin {
     pub fn hits(&self, target: &str) -> u64 {
         let hits = self.state.hits.lock().unwrap();
         hits.get(target).copied().unwrap_or(0)
+    }
+
+    /// TCP connections accepted so far.
+    pub fn connections(&self) -> u64 {
+        self.state.connections.load(Ordering::SeqCst)
     }
 
     pub fn total_hits(&self) -> u64 {
