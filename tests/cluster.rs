@@ -458,17 +458,24 @@ async fn disagreeing_member_lists_never_loop_or_deadlock() {
 
 // ---- hot keys ----
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn a_hot_key_is_mirrored_but_never_outlives_the_owners_freshness() {
-    let origin = Origin::start().await;
+/// Three nodes with hot mirrors on (5 requests/s make a key hot), and the
+/// first path `{prefix}{k}?cc={cc}` that node 0 owns, as node 1 sees the ring.
+async fn hot_cluster(origin: &Origin, prefix: &str, cc: &str) -> (Vec<Ringside>, String) {
     let extra = "  hot: {fraction: 0.2, min_rate: 5}\n";
     let nodes = start_cluster(&origin.url(), 3, extra).await;
     let peers = peer_addrs(&nodes);
-    let (owner, asker) = (&nodes[0], &nodes[1]);
     let path = (0..)
-        .map(|k| format!("/hot{k}?cc=max-age%3D2"))
+        .map(|k| format!("{prefix}{k}?cc={cc}"))
         .find(|k| owner_of(&peers[1], &peers, &origin.url(), k) == peers[0])
-        .unwrap();
+        .expect("some key is owned by node 0");
+    (nodes, path)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_hot_key_is_mirrored_but_never_outlives_the_owners_freshness() {
+    let origin = Origin::start().await;
+    let (nodes, path) = hot_cluster(&origin, "/hot", "max-age%3D2").await;
+    let (owner, asker) = (&nodes[0], &nodes[1]);
     let fetched_at = Instant::now();
     let r = asker.get(&path).await;
     assert!(
@@ -681,14 +688,8 @@ async fn purge_by_prefix_reaches_every_node() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn purge_clears_hot_mirrors() {
     let origin = Origin::start().await;
-    let extra = "  hot: {fraction: 0.2, min_rate: 5}\n";
-    let nodes = start_cluster(&origin.url(), 3, extra).await;
-    let peers = peer_addrs(&nodes);
+    let (nodes, path) = hot_cluster(&origin, "/hp", "max-age%3D600").await;
     let (owner, asker) = (&nodes[0], &nodes[1]);
-    let path = (0..)
-        .map(|k| format!("/hp{k}?cc=max-age%3D600"))
-        .find(|k| owner_of(&peers[1], &peers, &origin.url(), k) == peers[0])
-        .unwrap();
     heat(asker, &path, 40).await;
     assert_eq!(origin.hits(&path), 1);
 
