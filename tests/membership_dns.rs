@@ -9,11 +9,10 @@
 mod common;
 use common::dns::{DnsServer, Mode};
 use ringside::config::{ClusterConfig, DnsMembership, MembershipConfig};
-use ringside::membership::{start, Member};
+use ringside::membership::start;
 use std::net::Ipv4Addr;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
-use tokio::sync::watch;
 
 const NAME: &str = "peers.ringside.test.";
 const INTERVAL: Duration = Duration::from_millis(200);
@@ -44,28 +43,6 @@ fn dns(server: &DnsServer, port: Option<u16>) -> DnsMembership {
     }
 }
 
-fn addrs(rx: &watch::Receiver<Vec<Member>>) -> Vec<String> {
-    rx.borrow().iter().map(|m| m.addr.clone()).collect()
-}
-
-/// Wait until the published list's addresses are `want` (sorted), or fail
-/// showing the last list seen.
-async fn wait_for(rx: &mut watch::Receiver<Vec<Member>>, want: &[&str], within: Duration) {
-    let deadline = Instant::now() + within;
-    loop {
-        if addrs(rx) == want {
-            return;
-        }
-        let left = deadline.saturating_duration_since(Instant::now());
-        if left.is_zero() || tokio::time::timeout(left, rx.changed()).await.is_err() {
-            panic!(
-                "members still {:?} after {within:?}, expected {want:?}",
-                addrs(rx)
-            );
-        }
-    }
-}
-
 fn ip(s: &str) -> Ipv4Addr {
     s.parse().unwrap()
 }
@@ -84,9 +61,9 @@ async fn members_join_and_leave_and_self_is_always_there() {
         .await
         .expect("start");
     // Never empty: this node alone until the first answer.
-    assert!(addrs(&rx).contains(&ME.to_string()));
+    assert!(common::member_addrs(&rx).contains(&ME.to_string()));
 
-    wait_for(
+    common::wait_for_members(
         &mut rx,
         &["127.0.1.1:7070", "127.0.1.2:7070", ME],
         Duration::from_secs(5),
@@ -98,7 +75,7 @@ async fn members_join_and_leave_and_self_is_always_there() {
         vec![ip("127.0.1.1"), ip("127.0.1.2"), ip("127.0.1.3")],
         vec![],
     ));
-    wait_for(
+    common::wait_for_members(
         &mut rx,
         &["127.0.1.1:7070", "127.0.1.2:7070", "127.0.1.3:7070", ME],
         Duration::from_secs(5),
@@ -107,7 +84,7 @@ async fn members_join_and_leave_and_self_is_always_there() {
 
     // A leave.
     server.set(Mode::Answer(vec![ip("127.0.1.2"), ip("127.0.1.3")], vec![]));
-    wait_for(
+    common::wait_for_members(
         &mut rx,
         &["127.0.1.2:7070", "127.0.1.3:7070", ME],
         Duration::from_secs(5),
@@ -135,7 +112,7 @@ async fn an_unanswering_server_keeps_the_list_and_persistent_nxdomain_shrinks_it
         .await
         .expect("start");
     let full = ["127.0.1.1:7070", "127.0.1.2:7070", ME];
-    wait_for(&mut rx, &full, Duration::from_secs(5)).await;
+    common::wait_for_members(&mut rx, &full, Duration::from_secs(5)).await;
 
     // The server stops answering: lookups time out, the list stays.
     server.set(Mode::Silent);
@@ -145,13 +122,13 @@ async fn an_unanswering_server_keeps_the_list_and_persistent_nxdomain_shrinks_it
         !rx.has_changed().unwrap(),
         "list changed while DNS was silent"
     );
-    assert_eq!(addrs(&rx), full);
+    assert_eq!(common::member_addrs(&rx), full);
 
     // NXDOMAIN for good: the list shrinks to this node, but only after
     // several answers in a row said so.
     server.set(Mode::NxDomain);
     let nx_before = server.nxdomain_a_answers();
-    wait_for(&mut rx, &[ME], Duration::from_secs(40)).await;
+    common::wait_for_members(&mut rx, &[ME], Duration::from_secs(40)).await;
     let nx = server.nxdomain_a_answers() - nx_before;
     assert!(
         nx >= 3,
@@ -160,7 +137,7 @@ async fn an_unanswering_server_keeps_the_list_and_persistent_nxdomain_shrinks_it
 
     // The name comes back: so do the members.
     server.set(Mode::Answer(vec![ip("127.0.1.1")], vec![]));
-    wait_for(&mut rx, &["127.0.1.1:7070", ME], Duration::from_secs(40)).await;
+    common::wait_for_members(&mut rx, &["127.0.1.1:7070", ME], Duration::from_secs(40)).await;
 }
 
 #[tokio::test]
@@ -172,7 +149,7 @@ async fn a_short_nxdomain_blip_does_not_shrink_the_list() {
         .await
         .expect("start");
     let full = ["127.0.1.1:7070", "127.0.1.2:7070", ME];
-    wait_for(&mut rx, &full, Duration::from_secs(5)).await;
+    common::wait_for_members(&mut rx, &full, Duration::from_secs(5)).await;
     rx.mark_unchanged();
 
     // Two polls see NXDOMAIN, then the records are back.
@@ -188,7 +165,7 @@ async fn a_short_nxdomain_blip_does_not_shrink_the_list() {
         !rx.has_changed().unwrap(),
         "a 2-poll NXDOMAIN blip changed the list"
     );
-    assert_eq!(addrs(&rx), full);
+    assert_eq!(common::member_addrs(&rx), full);
 }
 
 #[tokio::test]
@@ -207,7 +184,7 @@ async fn ipv6_members_and_the_port_of_peer_listen() {
     ))
     .await
     .expect("start");
-    wait_for(
+    common::wait_for_members(
         &mut rx,
         &["127.0.1.1:7443", "127.0.1.9:7443", "[::1]:7443"],
         Duration::from_secs(5),
@@ -215,7 +192,7 @@ async fn ipv6_members_and_the_port_of_peer_listen() {
     .await;
     // The AAAA records go, the A stays: only the IPv6 member leaves.
     server.set(Mode::Answer(vec![ip("127.0.1.1")], vec![]));
-    wait_for(
+    common::wait_for_members(
         &mut rx,
         &["127.0.1.1:7443", "127.0.1.9:7443"],
         Duration::from_secs(5),
@@ -235,7 +212,7 @@ async fn answers_too_large_for_udp_are_fetched_over_tcp() {
     let mut rx = start(&cluster(ME, "127.0.0.1:7070", dns(&server, Some(7070))))
         .await
         .expect("start");
-    wait_for(
+    common::wait_for_members(
         &mut rx,
         &["127.0.1.1:7070", "127.0.1.2:7070", ME],
         Duration::from_secs(5),
@@ -251,7 +228,7 @@ async fn the_poller_stops_when_every_receiver_is_dropped() {
     let mut rx = start(&cluster(ME, "127.0.0.1:7070", dns(&server, Some(7070))))
         .await
         .expect("start");
-    wait_for(&mut rx, &["127.0.1.1:7070", ME], Duration::from_secs(5)).await;
+    common::wait_for_members(&mut rx, &["127.0.1.1:7070", ME], Duration::from_secs(5)).await;
     drop(rx);
     tokio::time::sleep(INTERVAL * 2).await;
     let asked = server.record_a_answers();

@@ -12,7 +12,6 @@ use common::free_port;
 use ringside::config::{ClusterConfig, EtcdMembership, MembershipConfig};
 use ringside::membership::{start, Member};
 use std::time::{Duration, Instant};
-use tokio::sync::watch;
 
 const PREFIX: &str = "/ringside/members/";
 
@@ -34,26 +33,6 @@ fn cluster(advertise: &str, endpoints: Vec<String>, lease_ttl: Duration) -> Clus
             ..Default::default()
         },
         ..Default::default()
-    }
-}
-
-fn addrs(rx: &watch::Receiver<Vec<Member>>) -> Vec<String> {
-    rx.borrow().iter().map(|m| m.addr.clone()).collect()
-}
-
-async fn wait_for(rx: &mut watch::Receiver<Vec<Member>>, want: &[&str], within: Duration) {
-    let deadline = Instant::now() + within;
-    loop {
-        if addrs(rx) == want {
-            return;
-        }
-        let left = deadline.saturating_duration_since(Instant::now());
-        if left.is_zero() || tokio::time::timeout(left, rx.changed()).await.is_err() {
-            panic!(
-                "members still {:?} after {within:?}, expected {want:?}",
-                addrs(rx)
-            );
-        }
     }
 }
 
@@ -84,8 +63,8 @@ async fn two_nodes_see_each_other_and_a_dead_nodes_lease_expires() {
         .expect("B's start task")
         .expect("start B");
 
-    wait_for(&mut rx_a, &[A, B], Duration::from_secs(10)).await;
-    wait_for(&mut rx_b, &[A, B], Duration::from_secs(10)).await;
+    common::wait_for_members(&mut rx_a, &[A, B], Duration::from_secs(10)).await;
+    common::wait_for_members(&mut rx_b, &[A, B], Duration::from_secs(10)).await;
     assert_eq!(
         etcd.keys(PREFIX).await,
         vec![format!("{PREFIX}{A}"), format!("{PREFIX}{B}")]
@@ -93,11 +72,11 @@ async fn two_nodes_see_each_other_and_a_dead_nodes_lease_expires() {
 
     // Well past the TTL, both are still there: the leases are being renewed.
     tokio::time::sleep(TTL * 2).await;
-    assert_eq!(addrs(&rx_a), [A, B]);
+    assert_eq!(common::member_addrs(&rx_a), [A, B]);
 
     let died = Instant::now();
     runtime_b.shutdown_background();
-    wait_for(&mut rx_a, &[A], TTL + Duration::from_secs(4)).await;
+    common::wait_for_members(&mut rx_a, &[A], TTL + Duration::from_secs(4)).await;
     let took = died.elapsed();
     assert!(
         took >= Duration::from_millis(1000),
@@ -118,9 +97,9 @@ async fn dropping_the_receiver_deregisters_at_once() {
     let rx_b = start(&cluster(B, vec![etcd.url()], ttl))
         .await
         .expect("start B");
-    wait_for(&mut rx_a, &[A, B], Duration::from_secs(10)).await;
+    common::wait_for_members(&mut rx_a, &[A, B], Duration::from_secs(10)).await;
     drop(rx_b);
-    wait_for(&mut rx_a, &[A], Duration::from_secs(5)).await;
+    common::wait_for_members(&mut rx_a, &[A], Duration::from_secs(5)).await;
     assert_eq!(etcd.keys(PREFIX).await, vec![format!("{PREFIX}{A}")]);
 }
 
@@ -139,7 +118,7 @@ async fn registrations_written_by_others_are_read_with_their_weights() {
     let mut rx = start(&cluster(A, vec![etcd.url()], TTL))
         .await
         .expect("start A");
-    wait_for(&mut rx, &[A, "127.0.3.7:7070"], Duration::from_secs(10)).await;
+    common::wait_for_members(&mut rx, &[A, "127.0.3.7:7070"], Duration::from_secs(10)).await;
     assert_eq!(
         rx.borrow().clone(),
         vec![Member::new(A, 1), Member::new("127.0.3.7:7070", 3)]
@@ -147,14 +126,14 @@ async fn registrations_written_by_others_are_read_with_their_weights() {
     // ... and after (seen by the watch): a bare address as the value.
     etcd.put(&format!("{PREFIX}127.0.3.8:7070"), "127.0.3.8:7070")
         .await;
-    wait_for(
+    common::wait_for_members(
         &mut rx,
         &[A, "127.0.3.7:7070", "127.0.3.8:7070"],
         Duration::from_secs(5),
     )
     .await;
     etcd.delete(&format!("{PREFIX}127.0.3.7:7070")).await;
-    wait_for(&mut rx, &[A, "127.0.3.8:7070"], Duration::from_secs(5)).await;
+    common::wait_for_members(&mut rx, &[A, "127.0.3.8:7070"], Duration::from_secs(5)).await;
 
     // Someone deletes this node's own key: it puts it back.
     etcd.delete(&format!("{PREFIX}{A}")).await;
@@ -175,8 +154,8 @@ async fn an_etcd_restart_keeps_the_list_and_the_watch_recovers() {
     let mut rx_b = start(&cluster(B, vec![etcd.url()], TTL))
         .await
         .expect("start B");
-    wait_for(&mut rx_a, &[A, B], Duration::from_secs(10)).await;
-    wait_for(&mut rx_b, &[A, B], Duration::from_secs(10)).await;
+    common::wait_for_members(&mut rx_a, &[A, B], Duration::from_secs(10)).await;
+    common::wait_for_members(&mut rx_b, &[A, B], Duration::from_secs(10)).await;
 
     // etcd goes away for longer than the lease TTL: nothing changes meanwhile.
     etcd.stop();
@@ -191,7 +170,7 @@ async fn an_etcd_restart_keeps_the_list_and_the_watch_recovers() {
         !rx_b.has_changed().unwrap(),
         "B's list changed while etcd was down"
     );
-    assert_eq!(addrs(&rx_a), [A, B]);
+    assert_eq!(common::member_addrs(&rx_a), [A, B]);
 
     etcd.restart().await;
     // Both are registered again (their leases survived, or were re-granted)...
@@ -207,8 +186,8 @@ async fn an_etcd_restart_keeps_the_list_and_the_watch_recovers() {
     // ... and both follow changes again.
     let c = "127.0.3.3:7070";
     etcd.put(&format!("{PREFIX}{c}"), c).await;
-    wait_for(&mut rx_a, &[A, B, c], Duration::from_secs(15)).await;
-    wait_for(&mut rx_b, &[A, B, c], Duration::from_secs(15)).await;
+    common::wait_for_members(&mut rx_a, &[A, B, c], Duration::from_secs(15)).await;
+    common::wait_for_members(&mut rx_b, &[A, B, c], Duration::from_secs(15)).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -221,7 +200,7 @@ async fn nodes_register_again_when_etcd_loses_its_data() {
     let mut rx_b = start(&cluster(B, vec![etcd.url()], TTL))
         .await
         .expect("start B");
-    wait_for(&mut rx_a, &[A, B], Duration::from_secs(10)).await;
+    common::wait_for_members(&mut rx_a, &[A, B], Duration::from_secs(10)).await;
 
     // A brand-new etcd on the same address: the old leases do not exist there.
     etcd.restart_empty().await;
@@ -234,8 +213,8 @@ async fn nodes_register_again_when_etcd_loses_its_data() {
         );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    wait_for(&mut rx_a, &[A, B], Duration::from_secs(10)).await;
-    wait_for(&mut rx_b, &[A, B], Duration::from_secs(10)).await;
+    common::wait_for_members(&mut rx_a, &[A, B], Duration::from_secs(10)).await;
+    common::wait_for_members(&mut rx_b, &[A, B], Duration::from_secs(10)).await;
     // The new registrations live on leases that are renewed.
     tokio::time::sleep(TTL * 2).await;
     assert_eq!(

@@ -271,3 +271,32 @@ pub async fn start_cluster(origin_url: &str, n: usize, extra: &str) -> Vec<Rings
     }
     nodes
 }
+
+/// The addresses on a membership channel, in order.
+pub fn member_addrs(
+    rx: &tokio::sync::watch::Receiver<Vec<ringside::membership::Member>>,
+) -> Vec<String> {
+    rx.borrow().iter().map(|m| m.addr.clone()).collect()
+}
+
+/// Wait until the published list's addresses are `want` (sorted), or fail
+/// showing the last list seen.
+pub async fn wait_for_members(
+    rx: &mut tokio::sync::watch::Receiver<Vec<ringside::membership::Member>>,
+    want: &[&str],
+    within: Duration,
+) {
+    let deadline = Instant::now() + within;
+    loop {
+        if member_addrs(rx) == want {
+            return;
+        }
+        let left = deadline.saturating_duration_since(Instant::now());
+        if left.is_zero() || tokio::time::timeout(left, rx.changed()).await.is_err() {
+            panic!(
+                "members still {:?} after {within:?}, expected {want:?}",
+                member_addrs(rx)
+            );
+        }
+    }
+}
