@@ -4,6 +4,7 @@
 #
 #   benches/peer_hop.sh            # DURATION=10s CONNS=8 KEYS=200 by default
 #   BUILD=1 benches/peer_hop.sh    # rebuild the release binaries first
+#   PEER_PROTOCOL=h2c benches/peer_hop.sh   # peers on HTTP/2 over cleartext
 #
 # Starts the sample origin and a 2-node cluster (hot fraction 0, so A never
 # mirrors B's keys), warms KEYS keys through A, sorts them by the
@@ -15,6 +16,7 @@ DURATION=${DURATION:-10s}
 CONNS=${CONNS:-8}
 KEYS=${KEYS:-200}
 BODY_BYTES=${BODY_BYTES:-1024}
+PEER_PROTOCOL=${PEER_PROTOCOL:-http1}   # or h2c
 
 cd "$(dirname "$0")/.."
 command -v wrk >/dev/null || { apt-get update -qq && apt-get install -y -qq wrk; }
@@ -59,6 +61,7 @@ cluster:
   enabled: true
   peer_listen: $3
   secret: "$SECRET"
+  peer_protocol: $PEER_PROTOCOL
   hot:
     fraction: 0
   membership:

@@ -7,7 +7,7 @@
 //! membership change finish against the ring they began with, and none sees
 //! a half-built one. Hits never look at the ring at all.
 
-use crate::config::ClusterConfig;
+use crate::config::{ClusterConfig, PeerProtocol};
 use crate::hot::HotKeys;
 use crate::membership::{self, Member};
 use crate::metrics;
@@ -30,6 +30,8 @@ pub struct Cluster {
     /// Bound on a peer's answer: enough for the owner's own origin fetch, so
     /// a slow origin does not make a healthy owner look dead.
     pub peer_read_timeout: Duration,
+    /// Talk HTTP/2 over cleartext to peers instead of HTTP/1.1.
+    pub peer_h2c: bool,
 }
 
 impl Cluster {
@@ -59,6 +61,7 @@ impl Cluster {
             hot: HotKeys::new(hot_capacity, min_rate),
             peer_timeout: config.peer_timeout,
             peer_read_timeout: config.peer_timeout + origin_budget,
+            peer_h2c: config.peer_protocol == PeerProtocol::H2c,
         });
         cluster.install(first, &config.hash_key, config.vnodes);
         let (hash_key, vnodes) = (config.hash_key.clone(), config.vnodes);

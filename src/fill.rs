@@ -294,6 +294,7 @@ async fn fetch(filler: &Filler, job: &Job) -> (Result<OriginResponse, FetchError
                 &request,
                 cluster.peer_timeout,
                 cluster.peer_read_timeout,
+                cluster.peer_h2c,
             )
             .await
         {

@@ -184,6 +184,7 @@ impl OriginClient {
         request: &RequestHeader,
         connect_timeout: Duration,
         read_timeout: Duration,
+        h2c: bool,
     ) -> Result<OriginResponse, FetchError> {
         let timeout = connect_timeout;
         let resolved = match tokio::time::timeout(timeout, tokio::net::lookup_host(addr)).await {
@@ -199,6 +200,9 @@ impl OriginClient {
         peer.options.read_timeout = Some(read_timeout);
         peer.options.write_timeout = Some(read_timeout);
         peer.options.idle_timeout = Some(Duration::from_secs(60));
+        if h2c {
+            peer.options.set_http_version(2, 2);
+        }
         self.send(peer, request, read_timeout, Duration::from_secs(60))
             .await
             .map_err(|e| {

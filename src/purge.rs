@@ -53,7 +53,13 @@ pub async fn broadcast(
         }
         let _ = request.insert_header(http::header::HOST, *addr);
         match client
-            .fetch_peer(addr, &request, cluster.peer_timeout, cluster.peer_timeout)
+            .fetch_peer(
+                addr,
+                &request,
+                cluster.peer_timeout,
+                cluster.peer_timeout,
+                cluster.peer_h2c,
+            )
             .await
         {
             Ok(response) => {

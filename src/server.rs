@@ -7,7 +7,7 @@
 
 use crate::admin::Admin;
 use crate::cluster::Cluster;
-use crate::config::Config;
+use crate::config::{Config, PeerProtocol};
 use crate::fill::Filler;
 use crate::metrics;
 use crate::origin::OriginClient;
@@ -15,6 +15,7 @@ use crate::proxy::Ringside;
 use crate::singleflight::Group;
 use crate::store::Store;
 use async_trait::async_trait;
+use pingora::apps::HttpServerOptions;
 use pingora::server::configuration::ServerConf;
 use pingora::server::{RunArgs, Server, ShutdownSignal, ShutdownSignalWatch};
 use pingora::services::listening::Service;
@@ -95,6 +96,13 @@ pub fn run(config: Config) -> ! {
             ringside.for_peers(),
             "ringside peers",
         );
+        if config.cluster.peer_protocol == PeerProtocol::H2c {
+            if let Some(app) = peers.app_logic_mut() {
+                let mut options = HttpServerOptions::default();
+                options.h2c = true;
+                app.server_options = Some(options);
+            }
+        }
         peers.add_tcp(&config.cluster.peer_listen);
         server.add_service(peers);
     }

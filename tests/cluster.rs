@@ -813,3 +813,25 @@ async fn a_peer_that_refuses_us_costs_no_client_errors() {
         "the refusal was not counted as a peer failure"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn peers_can_talk_http2_over_cleartext() {
+    let origin = Origin::start().await;
+    let extra = "  peer_protocol: h2c\n  hot: {fraction: 0}\n";
+    let nodes = start_cluster(&origin.url(), 3, extra).await;
+    for k in 0..20 {
+        for node in &nodes {
+            let r = node.get(&format!("/h2/{k}?cc=max-age%3D60")).await;
+            assert_eq!(r.status, 200);
+            assert!(r.text().contains(&format!("/h2/{k}")), "{}", r.text());
+        }
+    }
+    assert_eq!(origin.total_hits(), 20, "one origin fetch per key");
+    let mut ok = 0.0;
+    for node in &nodes {
+        ok += node
+            .metric("ringside_peer_requests_total", &["outcome=\"ok\""])
+            .await;
+    }
+    assert!(ok >= 40.0, "answered by owners over h2c: {ok}");
+}

@@ -30,8 +30,18 @@ pub struct ClusterConfig {
     /// After a peer fails, how long before it is tried again (doubles up to 16x).
     #[serde(deserialize_with = "de_duration")]
     pub peer_backoff: Duration,
+    /// How peers talk: `http1` (pooled keep-alive connections) or `h2c`
+    /// (HTTP/2 over cleartext, multiplexed on one connection per peer).
+    pub peer_protocol: PeerProtocol,
     pub hot: HotConfig,
     pub membership: MembershipConfig,
+}
+
+#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum PeerProtocol {
+    Http1,
+    H2c,
 }
 
 /// Local mirrors of keys owned elsewhere but requested often here.
@@ -124,6 +134,7 @@ impl Default for ClusterConfig {
             vnodes: 512,
             peer_timeout: Duration::from_secs(2),
             peer_backoff: Duration::from_secs(1),
+            peer_protocol: PeerProtocol::Http1,
             hot: HotConfig::default(),
             membership: MembershipConfig::default(),
         }
