@@ -1,8 +1,9 @@
 //! Peers: how sidecars talk to each other, and how they prove who they are.
 //!
 //! The protocol is plain HTTP/1.1 with pooled keep-alive connections (the
-//! same pingora connector as origin fills) to each peer's *peer listener*,
-//! never to its app-facing one. A peer request is the client's request as a
+//! same pingora connector as origin fills; HTTP/2 over cleartext with
+//! `cluster.peer_protocol: h2c`, measured slower on loopback) to each peer's
+//! *peer listener*, never to its app-facing one. A peer request is the client's request as a
 //! fill would send it to the origin, plus these headers:
 //!
 //! | header                   | meaning                                               |
