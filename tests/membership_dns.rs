@@ -49,17 +49,29 @@ fn ip(s: &str) -> Ipv4Addr {
 
 const ME: &str = "127.0.1.9:7071";
 
-#[tokio::test]
-async fn members_join_and_leave_and_self_is_always_there() {
-    logs();
-    let server = DnsServer::start(
+/// A DNS server answering NAME with 127.0.1.1 and 127.0.1.2.
+async fn two_members() -> DnsServer {
+    DnsServer::start(
         NAME,
         Mode::Answer(vec![ip("127.0.1.1"), ip("127.0.1.2")], vec![]),
     )
-    .await;
-    let mut rx = start(&cluster(ME, "127.0.0.1:7070", dns(&server, Some(7070))))
+    .await
+}
+
+/// Membership of node ME (peers on port 7070) from `server`.
+async fn watch_members(
+    server: &DnsServer,
+) -> tokio::sync::watch::Receiver<Vec<ringside::membership::Member>> {
+    start(&cluster(ME, "127.0.0.1:7070", dns(server, Some(7070))))
         .await
-        .expect("start");
+        .expect("start")
+}
+
+#[tokio::test]
+async fn members_join_and_leave_and_self_is_always_there() {
+    logs();
+    let server = two_members().await;
+    let mut rx = watch_members(&server).await;
     // Never empty: this node alone until the first answer.
     assert!(common::member_addrs(&rx).contains(&ME.to_string()));
 
@@ -103,14 +115,8 @@ async fn members_join_and_leave_and_self_is_always_there() {
 #[tokio::test]
 async fn an_unanswering_server_keeps_the_list_and_persistent_nxdomain_shrinks_it() {
     logs();
-    let server = DnsServer::start(
-        NAME,
-        Mode::Answer(vec![ip("127.0.1.1"), ip("127.0.1.2")], vec![]),
-    )
-    .await;
-    let mut rx = start(&cluster(ME, "127.0.0.1:7070", dns(&server, Some(7070))))
-        .await
-        .expect("start");
+    let server = two_members().await;
+    let mut rx = watch_members(&server).await;
     let full = ["127.0.1.1:7070", "127.0.1.2:7070", ME];
     common::wait_for_members(&mut rx, &full, Duration::from_secs(5)).await;
 
@@ -145,9 +151,7 @@ async fn a_short_nxdomain_blip_does_not_shrink_the_list() {
     let members = vec![ip("127.0.1.1"), ip("127.0.1.2")];
     logs();
     let server = DnsServer::start(NAME, Mode::Answer(members.clone(), vec![])).await;
-    let mut rx = start(&cluster(ME, "127.0.0.1:7070", dns(&server, Some(7070))))
-        .await
-        .expect("start");
+    let mut rx = watch_members(&server).await;
     let full = ["127.0.1.1:7070", "127.0.1.2:7070", ME];
     common::wait_for_members(&mut rx, &full, Duration::from_secs(5)).await;
     rx.mark_unchanged();
@@ -203,15 +207,9 @@ async fn ipv6_members_and_the_port_of_peer_listen() {
 #[tokio::test]
 async fn answers_too_large_for_udp_are_fetched_over_tcp() {
     logs();
-    let server = DnsServer::start(
-        NAME,
-        Mode::Answer(vec![ip("127.0.1.1"), ip("127.0.1.2")], vec![]),
-    )
-    .await;
+    let server = two_members().await;
     server.truncate_udp.store(true, Ordering::SeqCst);
-    let mut rx = start(&cluster(ME, "127.0.0.1:7070", dns(&server, Some(7070))))
-        .await
-        .expect("start");
+    let mut rx = watch_members(&server).await;
     common::wait_for_members(
         &mut rx,
         &["127.0.1.1:7070", "127.0.1.2:7070", ME],
@@ -225,9 +223,7 @@ async fn answers_too_large_for_udp_are_fetched_over_tcp() {
 async fn the_poller_stops_when_every_receiver_is_dropped() {
     logs();
     let server = DnsServer::start(NAME, Mode::Answer(vec![ip("127.0.1.1")], vec![])).await;
-    let mut rx = start(&cluster(ME, "127.0.0.1:7070", dns(&server, Some(7070))))
-        .await
-        .expect("start");
+    let mut rx = watch_members(&server).await;
     common::wait_for_members(&mut rx, &["127.0.1.1:7070", ME], Duration::from_secs(5)).await;
     drop(rx);
     tokio::time::sleep(INTERVAL * 2).await;
