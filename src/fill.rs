@@ -12,19 +12,26 @@
 //! task still finishes and stores the object for the followers.
 //!
 //! What a fill produces:
-//! - a storable response small enough to keep is read whole, stored, and
-//!   published to everyone as [`Outcome::Fetched`];
-//! - anything else (uncacheable, too large, a 304 with nothing to refresh) is
-//!   published as [`Outcome::NotStored`] *as soon as its headers arrive*, so
-//!   the followers go to the origin on their own at once instead of queueing
-//!   behind a response they may not share. The leader alone streams it;
+//! - a storable response small enough to keep is streamed to the leader as
+//!   it arrives and read whole at the same time; once complete it is stored
+//!   and published to the followers as [`Outcome::Fetched`]. Bytes arriving
+//!   count as progress, so followers wait for a slow body as long as it
+//!   flows (`collapse_timeout` bounds the wait for the head), and a slow
+//!   leader never holds up the store (see [`LeaderStream`]);
+//! - anything else (uncacheable, too large) is published as
+//!   [`Outcome::NotStored`] *as soon as its headers arrive*, so the followers
+//!   go to the origin on their own at once instead of queueing behind a
+//!   response they may not share. The leader alone streams it;
+//! - a 304 refreshes the stale copy; what is one client's in it (Set-Cookie)
+//!   goes to that client alone, and a 304 that makes the response
+//!   unshareable evicts the copy (see [`revalidated`]);
 //! - no response at all (refused, timed out) is [`Outcome::Failed`];
 //! - a 5xx or failure while a stale copy allows stale-if-error is
 //!   [`Outcome::UseStale`].
 
 use crate::cache_rules::{self, RuleOptions};
 use crate::cluster::Cluster;
-use crate::metrics;
+use crate::metrics::{self, CacheResult};
 use crate::origin::{
     strip_response_hop_by_hop, FetchError, OriginClient, OriginResponse, OriginTarget,
 };
@@ -34,8 +41,10 @@ use crate::store::{CachedObject, Entry, Store};
 use bytes::{Bytes, BytesMut};
 use http::header;
 use pingora::http::{RequestHeader, ResponseHeader};
+use std::collections::VecDeque;
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
+use tokio::sync::mpsc::error::TrySendError;
 use tokio::sync::{mpsc, oneshot};
 
 /// What a fill published to everyone waiting on the key.
@@ -60,13 +69,25 @@ pub enum Outcome {
     Failed(FetchError),
 }
 
-/// The leader's own result: an outcome, or the unshared response to stream.
+/// The leader's own result: what everyone got, or a response for it alone.
 pub enum LeaderResult {
+    /// The outcome every waiter got.
     Shared(Outcome),
+    /// A response streamed to the leader as it arrives. Either it is not for
+    /// sharing, or it is being stored at the same time: then the followers
+    /// get it once it is complete.
     Stream {
         header: Box<ResponseHeader>,
         body: mpsc::Receiver<Result<Bytes, FetchError>>,
-        reason: &'static str,
+        cache_status: String,
+        result: CacheResult,
+    },
+    /// The stale copy refreshed by a 304, for the leader alone: the 304
+    /// carried fields for this one client (Set-Cookie), or made the response
+    /// unshareable (see [`revalidated`]).
+    Private {
+        object: Arc<CachedObject>,
+        cache_status: String,
     },
 }
 
@@ -149,16 +170,7 @@ async fn run(
     let (response, via_peer) = fetch(&filler, &job).await;
     let mut response = match response {
         Ok(r) => r,
-        Err(e) => {
-            let outcome = match usable_if_error(job.stale.as_ref()) {
-                Some(object) => Outcome::UseStale {
-                    object,
-                    origin_status: e.status(),
-                },
-                None => Outcome::Failed(e),
-            };
-            return publish(flight, leader, outcome);
-        }
+        Err(e) => return publish(flight, leader, failure(job.stale.as_ref(), e)),
     };
     let status = response.header.status;
     strip_response_hop_by_hop(&mut response.header);
@@ -187,18 +199,20 @@ async fn run(
     }
 
     if status == http::StatusCode::NOT_MODIFIED {
-        if let Some(stale) = &job.stale {
-            let object = refreshed(stale, &response, &job.rules);
-            response.finish(&filler.client).await;
-            if let Some(store) = &store {
-                store.insert(&job.key, variant_key(&job.key, &object), object.clone());
-            }
-            let outcome = Outcome::Fetched {
-                object,
-                revalidated: true,
-                via_peer,
+        if let Some(stale) = job.stale.clone() {
+            let refresh = Refresh {
+                stale,
+                not_modified: response.header.clone(),
+                request_time: response.request_time,
+                response_time: response.response_time,
             };
-            return publish(flight, leader, outcome);
+            response.finish(&filler.client).await;
+            let whole = Whole {
+                store,
+                via_peer,
+                request_headers,
+            };
+            return revalidated(&filler, flight, &job, &whole, refresh, leader);
         }
     }
 
@@ -225,11 +239,13 @@ async fn run(
                 via_peer,
                 request_headers,
             };
-            return store_whole(filler, flight, job, whole, response, leader).await;
+            return store_streaming(filler, flight, job, whole, response, leader).await;
         }
     };
     flight.complete(Outcome::NotStored);
-    stream_to_leader(&filler, response, Vec::new(), leader, reason).await;
+    let cache_status = not_stored_status(status, reason);
+    let out = LeaderStream::open(leader, leader_head(&response, None), cache_status, via_peer);
+    pump(&filler, response, out).await;
 }
 
 /// Where a whole response goes once read.
@@ -239,9 +255,13 @@ struct Whole {
     request_headers: http::HeaderMap,
 }
 
-/// Read a storable response whole, store it and publish it. Falls back to
-/// streaming when the body turns out larger than the limit.
-async fn store_whole(
+/// Read a storable response whole for the cache while streaming it to the
+/// leader, then store it and hand it to the followers. Bytes flowing count as
+/// progress, so followers wait for a slow but healthy body (`collapse_timeout`
+/// bounds the wait for the response head, not for the body). A body that
+/// turns out larger than the limit is not stored: the followers are released
+/// at once and the leader gets the rest.
+async fn store_streaming(
     filler: Arc<Filler>,
     flight: Flight<String, Outcome>,
     job: Job,
@@ -249,22 +269,52 @@ async fn store_whole(
     mut response: OriginResponse,
     leader: Option<oneshot::Sender<LeaderResult>>,
 ) {
-    let mut body = BytesMut::new();
+    let initial_age = cache_rules::initial_age(
+        &response.header.headers,
+        response.request_time,
+        response.response_time,
+    );
+    // The head goes out before the body is in: with a known length within
+    // the limit the object will be stored; without one, that is known only
+    // at the end (a body past max_object_size is not stored).
+    let cache_status = match (whole.via_peer, response.content_length()) {
+        (true, _) => "ringside; fwd=uri-miss; detail=peer",
+        (false, Some(_)) => "ringside; fwd=uri-miss; stored",
+        (false, None) => "ringside; fwd=uri-miss; detail=storing",
+    };
+    let head = leader_head(&response, Some(initial_age));
+    let mut out = LeaderStream::open(leader, head, cache_status.to_owned(), whole.via_peer);
+    flight.progress();
+    let capacity = response
+        .content_length()
+        .unwrap_or(0)
+        .min(job.max_object_size);
+    let mut body = BytesMut::with_capacity(capacity as usize);
+    // The last chunk read is held back until the next arrives, and the final
+    // one until the object is stored: a client that has the whole body can
+    // count on its next request finding the object.
+    let mut held: Option<Bytes> = None;
     loop {
         match response.read_chunk().await {
             Ok(Some(chunk)) => {
+                flight.progress();
+                out.push_held(&mut held);
                 if (body.len() + chunk.len()) as u64 > job.max_object_size {
                     metrics::TOO_LARGE.inc();
                     flight.complete(Outcome::NotStored);
-                    let prefix = vec![body.freeze(), chunk];
-                    return stream_to_leader(&filler, response, prefix, leader, "too-large").await;
+                    out.push(Ok(chunk));
+                    return pump(&filler, response, out).await;
                 }
                 body.extend_from_slice(&chunk);
+                held = Some(chunk);
             }
             Ok(None) => break,
             Err(e) => {
                 response.finish(&filler.client).await;
-                return publish(flight, leader, Outcome::Failed(e));
+                flight.complete(failure(job.stale.as_ref(), e));
+                out.push_held(&mut held);
+                out.send(Err(e)).await;
+                return;
             }
         }
     }
@@ -273,12 +323,120 @@ async fn store_whole(
     if let Some(store) = &whole.store {
         store.insert(&job.key, variant_key(&job.key, &object), object.clone());
     }
-    let outcome = Outcome::Fetched {
+    flight.complete(Outcome::Fetched {
         object,
         revalidated: false,
         via_peer: whole.via_peer,
-    };
-    publish(flight, leader, outcome);
+    });
+    // The followers are served; the leader takes the rest at its own pace.
+    out.push_held(&mut held);
+    out.flush().await;
+}
+
+/// A 304 from the origin (or owner) and the stale copy it answers for.
+struct Refresh {
+    stale: Arc<CachedObject>,
+    not_modified: ResponseHeader,
+    request_time: SystemTime,
+    response_time: SystemTime,
+}
+
+/// A 304 refreshed the stale copy (RFC 9111 §4.3.4). A Set-Cookie in the 304
+/// belongs to the client whose request caused it: it goes to the leader and
+/// never into the store (a background refresh, with no leader, drops it).
+/// The stored body is still the one everyone shares, so the merged response
+/// without that cookie is judged again as if it were new: when it may no
+/// longer be stored (the 304 said `private` or `no-store`, say), the stale
+/// copy is evicted and only the leader gets the response.
+fn revalidated(
+    filler: &Filler,
+    flight: Flight<String, Outcome>,
+    job: &Job,
+    whole: &Whole,
+    refresh: Refresh,
+    leader: Option<oneshot::Sender<LeaderResult>>,
+) {
+    let shared = refreshed(&refresh, &job.rules, false);
+    let for_leader = refreshed(&refresh, &job.rules, true);
+    let verdict = cache_rules::check_storable(
+        &http::Method::GET,
+        &whole.request_headers,
+        shared.header.status,
+        &shared.header.headers,
+        &job.rules,
+    );
+    let revalidated_status = "ringside; fwd=stale; fwd-status=304";
+    match verdict {
+        Ok(()) => {
+            if let Some(store) = &whole.store {
+                store.insert(&job.key, variant_key(&job.key, &shared), shared.clone());
+            }
+            let outcome = Outcome::Fetched {
+                object: shared,
+                revalidated: true,
+                via_peer: whole.via_peer,
+            };
+            if !refresh
+                .not_modified
+                .headers
+                .contains_key(header::SET_COOKIE)
+            {
+                return publish(flight, leader, outcome);
+            }
+            flight.complete(outcome);
+            send_private(leader, for_leader, revalidated_status.to_owned());
+        }
+        Err(why) => {
+            metrics::observe_not_stored(why.as_str());
+            evict(filler, job, &refresh.stale);
+            flight.complete(Outcome::NotStored);
+            let status = format!("{revalidated_status}; detail={}", why.as_str());
+            send_private(leader, for_leader, status);
+        }
+    }
+}
+
+fn send_private(
+    leader: Option<oneshot::Sender<LeaderResult>>,
+    object: Arc<CachedObject>,
+    cache_status: String,
+) {
+    if let Some(leader) = leader {
+        // The leader's client may be gone; nobody else may have this one.
+        let _ = leader.send(LeaderResult::Private {
+            object,
+            cache_status,
+        });
+    }
+}
+
+/// Remove a stored copy that may no longer be served to anyone, wherever it
+/// lives (this node's cache or its hot mirrors).
+fn evict(filler: &Filler, job: &Job, stale: &CachedObject) {
+    let key = variant_key(&job.key, stale).unwrap_or_else(|| job.key.clone());
+    filler.store.remove(&key);
+    if let Some(cluster) = &filler.cluster {
+        cluster.hot.store.remove(&key);
+    }
+}
+
+/// What waiters get when the fetch failed: the stale copy if stale-if-error allows it.
+fn failure(stale: Option<&Arc<CachedObject>>, e: FetchError) -> Outcome {
+    match usable_if_error(stale) {
+        Some(object) => Outcome::UseStale {
+            object,
+            origin_status: e.status(),
+        },
+        None => Outcome::Failed(e),
+    }
+}
+
+/// The Cache-Status of a response streamed to its leader without being stored.
+fn not_stored_status(status: http::StatusCode, reason: &str) -> String {
+    format!(
+        "ringside; fwd=uri-miss; fwd-status={}; detail={reason}",
+        status.as_u16()
+    )
 }
 
 /// Ask the owner when another node owns the key; the origin otherwise, or
@@ -349,50 +507,124 @@ fn publish(
     flight.complete(outcome);
 }
 
-/// Hand an unshared response to the leader and pump its body, stopping (and
+/// The leader's end of a streamed response. Chunks the leader has not taken
+/// yet wait in a backlog instead of holding up the fill, so a slow client
+/// never delays the store or the followers; the backlog is at most the object
+/// being stored (`max_object_size`). Once nothing more is to be stored, the
+/// rest is handed over at the leader's pace ([`pump`]).
+struct LeaderStream {
+    tx: Option<mpsc::Sender<Result<Bytes, FetchError>>>,
+    backlog: VecDeque<Result<Bytes, FetchError>>,
+}
+
+impl LeaderStream {
+    /// Hand `header` to the leader, if there is one and it is still waiting.
+    fn open(
+        leader: Option<oneshot::Sender<LeaderResult>>,
+        header: ResponseHeader,
+        cache_status: String,
+        via_peer: bool,
+    ) -> LeaderStream {
+        let tx = leader.and_then(|leader| {
+            let (tx, body) = mpsc::channel(16);
+            let result = match via_peer {
+                true => CacheResult::Peer,
+                false => CacheResult::Miss,
+            };
+            let stream = LeaderResult::Stream {
+                header: Box::new(header),
+                body,
+                cache_status,
+                result,
+            };
+            leader.send(stream).ok().map(|_| tx)
+        });
+        LeaderStream {
+            tx,
+            backlog: VecDeque::new(),
+        }
+    }
+
+    /// Queue a chunk for the leader without waiting for it.
+    fn push(&mut self, item: Result<Bytes, FetchError>) {
+        let Some(tx) = &self.tx else { return };
+        self.backlog.push_back(item);
+        while let Some(item) = self.backlog.pop_front() {
+            match tx.try_send(item) {
+                Ok(()) => {}
+                Err(TrySendError::Full(item)) => {
+                    self.backlog.push_front(item);
+                    return;
+                }
+                Err(TrySendError::Closed(_)) => return self.close(),
+            }
+        }
+    }
+
+    /// Queue the chunk held back in `held`, if any.
+    fn push_held(&mut self, held: &mut Option<Bytes>) {
+        if let Some(chunk) = held.take() {
+            self.push(Ok(chunk));
+        }
+    }
+
+    /// Hand over the backlog, waiting for the leader to take it. False when
+    /// there is no leader (any more).
+    async fn flush(&mut self) -> bool {
+        let Some(tx) = &self.tx else { return false };
+        while let Some(item) = self.backlog.pop_front() {
+            if tx.send(item).await.is_err() {
+                self.close();
+                return false;
+            }
+        }
+        true
+    }
+
+    /// Queue `item` and hand everything over.
+    async fn send(&mut self, item: Result<Bytes, FetchError>) -> bool {
+        if self.tx.is_some() {
+            self.backlog.push_back(item);
+        }
+        self.flush().await
+    }
+
+    fn close(&mut self) {
+        self.tx = None;
+        self.backlog.clear();
+    }
+}
+
+/// Pass the rest of a response body to the leader at its pace, stopping (and
 /// closing the origin connection) as soon as the leader's client goes away.
-async fn stream_to_leader(
-    filler: &Filler,
-    mut response: OriginResponse,
-    prefix: Vec<Bytes>,
-    leader: Option<oneshot::Sender<LeaderResult>>,
-    reason: &'static str,
-) {
-    let Some(leader) = leader else {
-        return response.finish(&filler.client).await;
-    };
-    let (tx, rx) = mpsc::channel(16);
+async fn pump(filler: &Filler, mut response: OriginResponse, mut out: LeaderStream) {
+    while out.flush().await {
+        match response.read_chunk().await {
+            Ok(Some(chunk)) => out.push(Ok(chunk)),
+            Ok(None) => break,
+            Err(e) => {
+                out.send(Err(e)).await;
+                break;
+            }
+        }
+    }
+    response.finish(&filler.client).await;
+}
+
+/// The head the leader's client gets for a streamed response: HTTP/1.1
+/// framing (chunked when the length is unknown) and, when it is being
+/// stored, the Date and Age a hit on it would carry.
+fn leader_head(response: &OriginResponse, stored_age: Option<Duration>) -> ResponseHeader {
     let mut header = response.header.clone();
     header.set_version(http::Version::HTTP_11);
     if has_body(header.status) && header.headers.get(header::CONTENT_LENGTH).is_none() {
         let _ = header.insert_header(header::TRANSFER_ENCODING, "chunked");
     }
-    let stream = LeaderResult::Stream {
-        header: Box::new(header),
-        body: rx,
-        reason,
-    };
-    if leader.send(stream).is_err() {
-        return response.finish(&filler.client).await;
+    if let Some(age) = stored_age {
+        ensure_date(&mut header, response.response_time);
+        let _ = header.insert_header(header::AGE, age.as_secs());
     }
-    for chunk in prefix {
-        if tx.send(Ok(chunk)).await.is_err() {
-            return response.finish(&filler.client).await;
-        }
-    }
-    loop {
-        let next = response.read_chunk().await;
-        let end = matches!(next, Ok(None) | Err(_));
-        let item = match next {
-            Ok(Some(chunk)) => Ok(chunk),
-            Ok(None) => break,
-            Err(e) => Err(e),
-        };
-        if tx.send(item).await.is_err() || end {
-            break;
-        }
-    }
-    response.finish(&filler.client).await;
+    header
 }
 
 /// A stale copy that stale-if-error still allows to serve now.
@@ -443,27 +675,33 @@ fn build_object(
     ))
 }
 
-/// A stored object refreshed by a 304 (RFC 9111 §4.3.4).
-fn refreshed(
-    stale: &CachedObject,
-    response: &OriginResponse,
-    rules: &RuleOptions,
-) -> Arc<CachedObject> {
+/// The stale copy's head updated by a 304 (RFC 9111 §4.3.4). The 304's
+/// Set-Cookie is merged only into the copy for the client that caused it
+/// (`with_set_cookie`), never into the one that is shared.
+fn refreshed(refresh: &Refresh, rules: &RuleOptions, with_set_cookie: bool) -> Arc<CachedObject> {
+    let stale = &refresh.stale;
     let mut merged = stale.header.headers.clone();
-    cache_rules::merge_not_modified(&mut merged, &response.header.headers);
+    cache_rules::merge_not_modified(&mut merged, &refresh.not_modified.headers);
+    let cookies = refresh.not_modified.headers.get_all(header::SET_COOKIE);
+    if with_set_cookie && cookies.iter().next().is_some() {
+        merged.remove(header::SET_COOKIE);
+        for cookie in cookies {
+            merged.append(header::SET_COOKIE, cookie.clone());
+        }
+    }
     let mut header = ResponseHeader::build(stale.header.status, Some(merged.len()))
         .unwrap_or_else(|_| stale.header.clone());
     for (name, value) in &merged {
         let _ = header.append_header(name.clone(), value.clone());
     }
-    ensure_date(&mut header, response.response_time);
+    ensure_date(&mut header, refresh.response_time);
     let mut object = describe(
         header,
         stale.body.clone(),
         &http::HeaderMap::new(),
         rules,
-        response.request_time,
-        response.response_time,
+        refresh.request_time,
+        refresh.response_time,
     );
     object.vary = stale.vary.clone();
     object.vary_fingerprint = stale.vary_fingerprint;

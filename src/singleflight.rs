@@ -14,21 +14,43 @@
 //! - A leader that is dropped without completing (its task panicked or was
 //!   cancelled) publishes nothing; waiters see [`WaitError::Abandoned`] at once
 //!   rather than waiting out their timeout, and may retry.
-//! - Waiting is bounded: [`Waiter::wait`] gives up after its timeout.
+//! - Waiting is bounded, but by *silence*, not by the length of the load:
+//!   [`Waiter::wait`] gives up once its timeout passes with neither a value
+//!   nor a sign of life. A leader that is making progress (a response body
+//!   still arriving, say) calls [`Flight::progress`], and every waiter's
+//!   timeout starts over: a slow but healthy load is waited for, a stuck one
+//!   is not.
 //!
 //! The leader should run its load in a spawned task that owns the `Flight`, so
 //! that the load completes for the waiters even if the leader's own client
-//! goes away. The cluster reuses this module for peer fetches.
+//! goes away. `fill.rs` is its one user, for origin and owner fetches alike.
 
 use std::collections::HashMap;
 use std::hash::Hash;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio::sync::watch;
 
 /// A set of in-flight loads, keyed.
 pub struct Group<K, V> {
-    flights: Mutex<HashMap<K, watch::Receiver<Option<V>>>>,
+    flights: Mutex<HashMap<K, Shared<V>>>,
+}
+
+/// What the leader and its waiters share: the value to come, and a count of
+/// the leader's signs of progress.
+struct Shared<V> {
+    value: watch::Receiver<Option<V>>,
+    progress: Arc<AtomicU64>,
+}
+
+impl<V> Clone for Shared<V> {
+    fn clone(&self) -> Self {
+        Shared {
+            value: self.value.clone(),
+            progress: self.progress.clone(),
+        }
+    }
 }
 
 /// What [`Group::join`] made of the caller.
@@ -44,11 +66,12 @@ pub struct Flight<K: Hash + Eq + Clone, V: Clone> {
     group: Arc<Group<K, V>>,
     key: K,
     sender: watch::Sender<Option<V>>,
+    progress: Arc<AtomicU64>,
 }
 
 /// A follower's side of a load.
 pub struct Waiter<V> {
-    receiver: watch::Receiver<Option<V>>,
+    shared: Shared<V>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
@@ -69,17 +92,23 @@ impl<K: Hash + Eq + Clone, V: Clone> Group<K, V> {
     /// Join the flight for `key`, starting one if there is none.
     pub fn join(self: &Arc<Self>, key: K) -> Join<K, V> {
         let mut flights = self.lock();
-        if let Some(receiver) = flights.get(&key) {
+        if let Some(shared) = flights.get(&key) {
             return Join::Follower(Waiter {
-                receiver: receiver.clone(),
+                shared: shared.clone(),
             });
         }
-        let (sender, receiver) = watch::channel(None);
-        flights.insert(key.clone(), receiver);
+        let (sender, value) = watch::channel(None);
+        let progress = Arc::new(AtomicU64::new(0));
+        let shared = Shared {
+            value,
+            progress: progress.clone(),
+        };
+        flights.insert(key.clone(), shared);
         Join::Leader(Flight {
             group: Arc::clone(self),
             key,
             sender,
+            progress,
         })
     }
 
@@ -88,7 +117,7 @@ impl<K: Hash + Eq + Clone, V: Clone> Group<K, V> {
         self.lock().len()
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<K, watch::Receiver<Option<V>>>> {
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<K, Shared<V>>> {
         // A panic while holding this lock cannot leave the map inconsistent
         // (every operation is a single insert/remove), so poisoning is ignored.
         self.flights.lock().unwrap_or_else(|p| p.into_inner())
@@ -98,6 +127,11 @@ impl<K: Hash + Eq + Clone, V: Clone> Group<K, V> {
 impl<K: Hash + Eq + Clone, V: Clone> Flight<K, V> {
     pub fn key(&self) -> &K {
         &self.key
+    }
+
+    /// Tell the waiters the load is still moving: their timeouts start over.
+    pub fn progress(&self) {
+        self.progress.fetch_add(1, Ordering::Relaxed);
     }
 
     /// Publish the value to every waiter and close the flight.
@@ -113,8 +147,8 @@ impl<K: Hash + Eq + Clone, V: Clone> Drop for Flight<K, V> {
         // Completed flights were removed already. An abandoned one is removed
         // here, and dropping `sender` wakes the waiters with Abandoned.
         let mut flights = self.group.lock();
-        if let Some(receiver) = flights.get(&self.key) {
-            if receiver.same_channel(&self.sender.subscribe()) {
+        if let Some(shared) = flights.get(&self.key) {
+            if shared.value.same_channel(&self.sender.subscribe()) {
                 flights.remove(&self.key);
             }
         }
@@ -122,13 +156,18 @@ impl<K: Hash + Eq + Clone, V: Clone> Drop for Flight<K, V> {
 }
 
 impl<V: Clone> Waiter<V> {
-    /// Wait for the leader's value, at most `timeout`.
+    /// Wait for the leader's value, giving up when `timeout` passes without
+    /// the value or any [`Flight::progress`].
     pub async fn wait(mut self, timeout: Duration) -> Result<V, WaitError> {
-        let wait = self.receiver.wait_for(|value| value.is_some());
-        match tokio::time::timeout(timeout, wait).await {
-            Err(_) => Err(WaitError::Timeout),
-            Ok(Err(_)) => Err(WaitError::Abandoned),
-            Ok(Ok(value)) => value.clone().ok_or(WaitError::Abandoned),
+        loop {
+            let seen = self.shared.progress.load(Ordering::Relaxed);
+            let wait = self.shared.value.wait_for(|value| value.is_some());
+            match tokio::time::timeout(timeout, wait).await {
+                Err(_) if self.shared.progress.load(Ordering::Relaxed) != seen => continue,
+                Err(_) => return Err(WaitError::Timeout),
+                Ok(Err(_)) => return Err(WaitError::Abandoned),
+                Ok(Ok(value)) => return value.clone().ok_or(WaitError::Abandoned),
+            }
         }
     }
 }
@@ -198,6 +237,42 @@ mod tests {
             waiter.wait(Duration::from_millis(30)).await,
             Err(WaitError::Timeout)
         );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn progress_keeps_waiters_waiting_and_silence_ends_the_wait() {
+        let group: Arc<Group<u8, u8>> = Group::new();
+        let Join::Leader(flight) = group.join(1) else {
+            panic!("first join leads")
+        };
+        let Join::Follower(waiter) = group.join(1) else {
+            panic!("second join follows")
+        };
+        let started = tokio::time::Instant::now();
+        let waiting = tokio::spawn(waiter.wait(Duration::from_secs(1)));
+        // Five seconds of load, a sign of life every 600 ms: longer than the
+        // timeout in total, never silent for as long as the timeout.
+        for _ in 0..8 {
+            tokio::time::sleep(Duration::from_millis(600)).await;
+            flight.progress();
+        }
+        flight.complete(3);
+        assert_eq!(waiting.await.unwrap(), Ok(3));
+        assert!(started.elapsed() >= Duration::from_millis(4800));
+
+        // A load that goes silent: the wait ends one timeout after the last progress.
+        let Join::Leader(stuck) = group.join(2) else {
+            panic!()
+        };
+        let Join::Follower(waiter) = group.join(2) else {
+            panic!()
+        };
+        let started = tokio::time::Instant::now();
+        let waiting = tokio::spawn(waiter.wait(Duration::from_secs(1)));
+        tokio::time::sleep(Duration::from_millis(700)).await;
+        stuck.progress();
+        assert_eq!(waiting.await.unwrap(), Err(WaitError::Timeout));
+        assert!(started.elapsed() >= Duration::from_millis(1700));
     }
 
     #[tokio::test]

@@ -3,7 +3,7 @@
 
 mod common;
 use common::origin::Origin;
-use common::{cluster_yaml, free_port, start_cluster, Conn, Ringside};
+use common::{cluster_yaml, free_port, owner_of, start_cluster, Conn, Ringside};
 use ringside::config::OriginUrl;
 use ringside::membership::{self, Member};
 use ringside::peers::{self, PeerAuth, Signed};
@@ -149,21 +149,6 @@ async fn purge_removes_a_key_cluster_wide_and_needs_the_token() {
 }
 
 // ---- helpers ----
-
-/// The member that owns `path` (as an app asks for it, query included) in
-/// the ring node `me` builds from `members` (default hash_key and vnodes).
-fn owner_of(me: &str, members: &[String], origin_url: &str, path: &str) -> String {
-    let list = members.iter().map(|m| Member::new(m.clone(), 1)).collect();
-    let members = membership::normalize(list, &Member::new(me, 1));
-    let ring = Ring::new(members, "ringside", 512);
-    let key = format!(
-        "{}{path}",
-        OriginUrl::parse(origin_url)
-            .expect("origin url")
-            .key_prefix()
-    );
-    ring.owner(&key).expect("a member").addr.clone()
-}
 
 fn peer_addrs(nodes: &[Ringside]) -> Vec<String> {
     nodes

@@ -358,3 +358,26 @@ async fn waiting_is_bounded_by_collapse_timeout_and_the_fill_still_lands() {
     assert!(r.header("cache-status").unwrap().contains("hit"));
     assert_eq!(origin.hits(path), 1);
 }
+
+/// A healthy but slow download of a cacheable body: `collapse_timeout`
+/// bounds the wait for the response head, not for the body. The leader gets
+/// the bytes as they arrive, followers wait while they flow, and the object
+/// is stored once, for everyone.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_slow_cacheable_body_streams_past_collapse_timeout() {
+    let origin = Origin::start().await;
+    let rs = Ringside::start(&origin.url(), "cache:\n  collapse_timeout: 500ms\n").await;
+    // Four pieces 400 ms apart: 1.6 s in all, each gap under read_timeout (2 s).
+    let path = "/slow-body?size=40000&drip_ms=400&cc=max-age%3D60";
+    let responses = concurrent_gets(rs.addr, path, 5).await;
+    for (r, took) in &responses {
+        assert_eq!(r.status, 200, "{r:?} after {took:?}");
+        assert_eq!(r.body.len(), 40_000);
+    }
+    let hit = rs.get(path).await;
+    assert!(
+        hit.header("cache-status").unwrap().contains("hit"),
+        "{hit:?}"
+    );
+    assert_eq!(origin.hits(path), 1);
+}

@@ -669,9 +669,11 @@ fn skip_separators(input: &[u8]) -> &[u8] {
 
 /// Applies a 304 response's headers to the stored ones (RFC 9111 §4.3.4, §3.2): each header in
 /// the 304 replaces every stored line of the same name, except framing and encoding headers
-/// (Content-Length, Content-Encoding, Transfer-Encoding, Content-Range) and hop-by-hop headers
+/// (Content-Length, Content-Encoding, Transfer-Encoding, Content-Range), hop-by-hop headers
 /// (Connection, Keep-Alive, TE, Trailer, Upgrade, Proxy-*, and anything the 304's Connection
-/// header names, RFC 9110 §7.6.1), which are kept from the stored response.
+/// header names, RFC 9110 §7.6.1), and Set-Cookie, which are kept from the stored response.
+/// A 304's Set-Cookie is for the one client whose request caused it; a shared cache must not
+/// merge it into what it hands to everyone (the caller gives it to that client alone).
 pub fn merge_not_modified(stored: &mut HeaderMap, not_modified: &HeaderMap) {
     let connection_options = connection_options(not_modified);
     for name in not_modified.keys() {
@@ -700,6 +702,7 @@ fn is_kept_from_stored(name: &HeaderName) -> bool {
     ];
     framing.contains(name)
         || hop_by_hop.contains(name)
+        || name == header::SET_COOKIE
         || name.as_str() == "keep-alive"
         || name.as_str().starts_with("proxy-")
 }

@@ -1048,3 +1048,21 @@ fn request_without_directives_accepts_fresh_entry() {
         secs(60)
     ));
 }
+
+#[test]
+fn not_modified_never_merges_set_cookie_into_the_stored_response() {
+    let mut stored = headers(&[("etag", "\"v1\""), ("cache-control", "max-age=0")]);
+    let not_modified = headers(&[
+        ("etag", "\"v1\""),
+        ("set-cookie", "session=A-SECRET"),
+        ("cache-control", "max-age=60"),
+    ]);
+    merge_not_modified(&mut stored, &not_modified);
+    assert!(!stored.contains_key("set-cookie"));
+    assert_eq!(stored["cache-control"], "max-age=60");
+
+    // A stored cookie (cache_set_cookie on) is not replaced by one client's either.
+    let mut stored = headers(&[("set-cookie", "shared=1")]);
+    merge_not_modified(&mut stored, &headers(&[("set-cookie", "session=B")]));
+    assert_eq!(stored["set-cookie"], "shared=1");
+}

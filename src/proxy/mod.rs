@@ -267,15 +267,10 @@ impl Ringside {
         let job = self.fill_job(req, &target, &plain_key, stored.clone(), rules, route);
         let timeout = self.config.cache.collapse_timeout;
         match fill::start(&self.filler, flight_key, job, true) {
+            // The wait is for the response head: a body that is still
+            // arriving is streamed, however long it takes.
             Started::Leading(rx) => match tokio::time::timeout(timeout, rx).await {
-                Ok(Ok(LeaderResult::Shared(outcome))) => {
-                    self.send_outcome(session, ctx, outcome, false).await
-                }
-                Ok(Ok(LeaderResult::Stream {
-                    header,
-                    body,
-                    reason,
-                })) => send_stream(session, ctx, header, body, reason).await,
+                Ok(Ok(result)) => self.send_leader_result(session, ctx, result).await,
                 // The fill task always answers; a lost answer means it died.
                 _ => {
                     ctx.result = CacheResult::Error;
@@ -310,6 +305,35 @@ impl Ringside {
                     )
                 }
             },
+        }
+    }
+
+    /// Answer the request whose fill this was.
+    async fn send_leader_result(
+        &self,
+        session: &mut Session,
+        ctx: &mut RequestCtx,
+        result: LeaderResult,
+    ) -> Result<bool> {
+        match result {
+            LeaderResult::Shared(outcome) => self.send_outcome(session, ctx, outcome, false).await,
+            LeaderResult::Stream {
+                header,
+                body,
+                cache_status,
+                result,
+            } => {
+                ctx.result = result;
+                send_stream(session, header, body, &cache_status).await
+            }
+            LeaderResult::Private {
+                object,
+                cache_status,
+            } => {
+                ctx.result = CacheResult::Revalidated;
+                let status = HeaderValue::from_str(&cache_status).unwrap_or_else(|_| HIT.clone());
+                send_object(session, &object, status, Instant::now()).await
+            }
         }
     }
 

@@ -2,7 +2,6 @@
 //! origin response, and ringside's own short errors.
 
 use crate::cache_rules;
-use crate::metrics::CacheResult;
 use crate::store::CachedObject;
 use bytes::Bytes;
 use http::header::{self, HeaderName, HeaderValue};
@@ -11,8 +10,6 @@ use pingora::http::ResponseHeader;
 use pingora::prelude::*;
 use pingora::proxy::Session;
 use std::time::Instant;
-
-use super::RequestCtx;
 
 pub static CACHE_STATUS: HeaderName = HeaderName::from_static("cache-status");
 pub static HIT: HeaderValue = HeaderValue::from_static("ringside; hit");
@@ -58,7 +55,7 @@ pub async fn send_object(
 }
 
 /// A 304 carries the validators and caching headers of the 200 it stands for
-/// (RFC 9110 §15.4.5).
+/// (RFC 9110 §15.4.5), and any Set-Cookie meant for this client.
 fn not_modified_header(stored: &ResponseHeader) -> Result<ResponseHeader> {
     let mut h = ResponseHeader::build(StatusCode::NOT_MODIFIED, Some(8))?;
     for name in [
@@ -68,6 +65,7 @@ fn not_modified_header(stored: &ResponseHeader) -> Result<ResponseHeader> {
         header::ETAG,
         header::EXPIRES,
         header::LAST_MODIFIED,
+        header::SET_COOKIE,
         header::VARY,
     ] {
         for value in stored.headers.get_all(&name) {
@@ -77,24 +75,29 @@ fn not_modified_header(stored: &ResponseHeader) -> Result<ResponseHeader> {
     Ok(h)
 }
 
-/// Stream an unshared origin response to this (leader) client.
+/// Stream a fill's response to the client whose request started it (the
+/// fill's leader). A 200 whose validators the client already holds is
+/// answered 304, as a hit would be (the fill itself asked unconditionally).
 pub async fn send_stream(
     session: &mut Session,
-    ctx: &mut RequestCtx,
     mut header: Box<ResponseHeader>,
     mut body: tokio::sync::mpsc::Receiver<std::result::Result<Bytes, crate::origin::FetchError>>,
-    reason: &str,
+    cache_status: &str,
 ) -> Result<bool> {
-    ctx.result = CacheResult::Miss;
-    let status = format!(
-        "ringside; fwd=uri-miss; fwd-status={}; detail={reason}",
-        header.status.as_u16()
-    );
-    header.insert_header(CACHE_STATUS.clone(), status)?;
-    let head = session.req_header().method == Method::HEAD;
+    let req = session.req_header();
+    let head = req.method == Method::HEAD;
+    if header.status == StatusCode::OK
+        && cache_rules::client_validators_match(&req.headers, &header.headers)
+    {
+        let mut h = not_modified_header(&header)?;
+        h.insert_header(CACHE_STATUS.clone(), cache_status)?;
+        session.write_response_header(Box::new(h), true).await?;
+        return Ok(true); // dropping `body` stops the leader's share of the fill
+    }
+    header.insert_header(CACHE_STATUS.clone(), cache_status)?;
     session.write_response_header(header, head).await?;
     if head {
-        return Ok(true); // dropping `body` stops the fill's read
+        return Ok(true);
     }
     while let Some(chunk) = body.recv().await {
         match chunk {

@@ -300,3 +300,36 @@ pub async fn wait_for_members(
         }
     }
 }
+
+/// The member that owns `path` (as an app asks for it, query included) in
+/// the ring node `me` builds from `members` (default hash_key and vnodes).
+pub fn owner_of(me: &str, members: &[String], origin_url: &str, path: &str) -> String {
+    use ringside::membership::{self, Member};
+    let list = members.iter().map(|m| Member::new(m.clone(), 1)).collect();
+    let members = membership::normalize(list, &Member::new(me, 1));
+    let ring = ringside::ring::Ring::new(members, "ringside", 512);
+    let key = format!(
+        "{}{path}",
+        ringside::config::OriginUrl::parse(origin_url)
+            .expect("origin url")
+            .key_prefix()
+    );
+    ring.owner(&key).expect("a member").addr.clone()
+}
+
+/// Poll `condition` until it holds, or fail after `within` naming `what`.
+/// Tests wait on the state they expect, never on the clock.
+pub async fn eventually<F, Fut>(within: Duration, what: &str, mut condition: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let deadline = Instant::now() + within;
+    loop {
+        if condition().await {
+            return;
+        }
+        assert!(Instant::now() < deadline, "not within {within:?}: {what}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}

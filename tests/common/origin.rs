@@ -17,6 +17,9 @@
 //! | `chunked=1`    | chunked transfer encoding instead of Content-Length           |
 //! | `delay_ms=N`   | wait N ms before answering                                    |
 //! | `nodate=1`     | no Date header                                                |
+//! | `cc304=V`      | on a 304, `Cache-Control: V` instead of `cc`                  |
+//! | `cookie304=1`  | on a 304 only, `Set-Cookie: session=<count>`                  |
+//! | `drip_ms=N`    | send the body in 4 pieces, N ms apart (a slow download)       |
 //!
 //! The origin counts requests per path-and-query and keeps the last request's
 //! headers, so tests assert from the origin's own view. [`Origin::set_failing`]
@@ -151,10 +154,37 @@ async fn serve_connection(mut stream: TcpStream, state: Arc<State>) {
             .unwrap()
             .insert(target.clone(), headers.clone());
         let response = respond(&method, &target, &headers, &request_body, count, &state).await;
-        if stream.write_all(&response).await.is_err() {
+        let drip_ms = query(&target).get("drip_ms").and_then(|v| v.parse().ok());
+        if write_response(&mut stream, &response, drip_ms)
+            .await
+            .is_err()
+        {
             return;
         }
     }
+}
+
+/// Write a response at once, or (`drip_ms`) its head and then its body in
+/// four pieces, `drip_ms` apart: a healthy but slow download.
+async fn write_response(
+    stream: &mut TcpStream,
+    response: &[u8],
+    drip_ms: Option<u64>,
+) -> std::io::Result<()> {
+    let Some(ms) = drip_ms else {
+        return stream.write_all(response).await;
+    };
+    let head_end = response
+        .windows(4)
+        .position(|w| w == b"\r\n\r\n")
+        .map_or(response.len(), |p| p + 4);
+    let (head, body) = response.split_at(head_end);
+    stream.write_all(head).await?;
+    for piece in body.chunks(body.len().div_ceil(4).max(1)) {
+        tokio::time::sleep(Duration::from_millis(ms)).await;
+        stream.write_all(piece).await?;
+    }
+    Ok(())
 }
 
 async fn read_head(stream: &mut TcpStream, buf: &mut Vec<u8>) -> Option<usize> {
@@ -245,6 +275,7 @@ async fn respond(
     if let Some(cc) = q.get("cc") {
         headers.push(("Cache-Control".into(), cc.clone()));
     }
+    let cache_control_on_304 = q.get("cc304").cloned();
     if let Some(secs) = q.get("expires").and_then(|v| v.parse::<i64>().ok()) {
         let now = std::time::SystemTime::now();
         let at = if secs >= 0 {
@@ -288,6 +319,13 @@ async fn respond(
     }
     if not_modified && status == 200 {
         status = 304;
+        if let Some(cc) = cache_control_on_304 {
+            headers.retain(|(n, _)| n != "Cache-Control");
+            headers.push(("Cache-Control".into(), cc));
+        }
+        if q.contains_key("cookie304") {
+            headers.push(("Set-Cookie".into(), format!("session={count}; Path=/")));
+        }
     }
     let reason = match status {
         200 => "OK",
