@@ -124,7 +124,16 @@ impl Admin {
         purge::apply_local(&stores, &key, prefix);
         let (confirmed, asked) = match &filler.cluster {
             Some(cluster) => {
-                purge::broadcast(cluster, &filler.client, &target.key_prefix, path, prefix).await
+                let within = 2 * cluster.peer_timeout;
+                purge::broadcast(
+                    cluster,
+                    &filler.client,
+                    &target.key_prefix,
+                    path,
+                    prefix,
+                    within,
+                )
+                .await
             }
             None => (0, 0),
         };

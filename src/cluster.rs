@@ -32,6 +32,8 @@ pub struct Cluster {
     pub peer_read_timeout: Duration,
     /// Talk HTTP/2 over cleartext to peers instead of HTTP/1.1.
     pub peer_h2c: bool,
+    /// How long a write waits for members to confirm its invalidation.
+    pub invalidation_timeout: Duration,
 }
 
 impl Cluster {
@@ -62,6 +64,7 @@ impl Cluster {
             peer_timeout: config.peer_timeout,
             peer_read_timeout: config.peer_timeout + origin_budget,
             peer_h2c: config.peer_protocol == PeerProtocol::H2c,
+            invalidation_timeout: config.invalidation_timeout,
         });
         cluster.install(first, &config.hash_key, config.vnodes);
         let (hash_key, vnodes) = (config.hash_key.clone(), config.vnodes);

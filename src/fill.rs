@@ -37,7 +37,7 @@ use crate::origin::{
 };
 use crate::peers;
 use crate::singleflight::{Flight, Group, Join, Waiter};
-use crate::store::{CachedObject, Entry, Store};
+use crate::store::{CachedObject, Entry, Epoch, Store};
 use bytes::{Bytes, BytesMut};
 use http::header;
 use pingora::http::{RequestHeader, ResponseHeader};
@@ -167,6 +167,7 @@ async fn run(
         }
     }
     let request_headers = job.request.headers.clone();
+    let since = Epoch::now();
     let (response, via_peer) = fetch(&filler, &job).await;
     let mut response = match response {
         Ok(r) => r,
@@ -209,6 +210,7 @@ async fn run(
             response.finish(&filler.client).await;
             let whole = Whole {
                 store,
+                since,
                 via_peer,
                 request_headers,
             };
@@ -236,6 +238,7 @@ async fn run(
         Ok(()) => {
             let whole = Whole {
                 store,
+                since,
                 via_peer,
                 request_headers,
             };
@@ -251,6 +254,8 @@ async fn run(
 /// Where a whole response goes once read.
 struct Whole {
     store: Option<Arc<Store>>,
+    /// Taken before the fetch: a removal of the key after it wins.
+    since: Epoch,
     via_peer: bool,
     request_headers: http::HeaderMap,
 }
@@ -321,7 +326,8 @@ async fn store_streaming(
     let object = build_object(&response, body.freeze(), &whole.request_headers, &job.rules);
     response.finish(&filler.client).await;
     if let Some(store) = &whole.store {
-        store.insert(&job.key, variant_key(&job.key, &object), object.clone());
+        let variant = variant_key(&job.key, &object);
+        store.insert_fetched(whole.since, &job.key, variant, object.clone());
     }
     flight.complete(Outcome::Fetched {
         object,
@@ -369,7 +375,8 @@ fn revalidated(
     match verdict {
         Ok(()) => {
             if let Some(store) = &whole.store {
-                store.insert(&job.key, variant_key(&job.key, &shared), shared.clone());
+                let variant = variant_key(&job.key, &shared);
+                store.insert_fetched(whole.since, &job.key, variant, shared.clone());
             }
             let outcome = Outcome::Fetched {
                 object: shared,

@@ -11,6 +11,7 @@ pub mod demo;
 pub mod fill;
 pub mod hot;
 pub mod inject;
+pub mod invalidate;
 pub mod membership;
 pub mod metrics;
 pub mod origin;

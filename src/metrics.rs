@@ -394,6 +394,20 @@ pub static PURGES: Lazy<IntCounter> = Lazy::new(|| {
     )
 });
 
+pub static INVALIDATIONS: Lazy<IntCounter> = Lazy::new(|| {
+    counter(
+        "ringside_invalidations_total",
+        "Writes (non-error responses to unsafe methods) that invalidated cached URIs.",
+    )
+});
+
+pub static INVALIDATION_PEER_FAILURES: Lazy<IntCounter> = Lazy::new(|| {
+    counter(
+        "ringside_invalidation_peer_failures_total",
+        "Members that did not confirm a write's invalidation within cluster.invalidation_timeout.",
+    )
+});
+
 /// Touch every metric so that /metrics lists them all from the start, at zero.
 pub fn init(capacity_bytes: u64) {
     Lazy::force(&REQUEST_CHILDREN);
@@ -425,6 +439,8 @@ pub fn init(capacity_bytes: u64) {
         &ADMIN_AUTH_FAILURES,
         &HOT_HITS,
         &PURGES,
+        &INVALIDATIONS,
+        &INVALIDATION_PEER_FAILURES,
     ] {
         Lazy::force(m);
     }

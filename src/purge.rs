@@ -5,7 +5,9 @@
 //! signed `PURGE` to every other member's peer listener, which removes it
 //! from theirs. Broadcasting to all members rather than only the owner is
 //! what clears the hot mirrors, and it keeps purges correct while members
-//! disagree about who owns what. Peers never re-broadcast (loop guard).
+//! disagree about who owns what. Members are asked in parallel. Peers never
+//! re-broadcast (loop guard). Writes use the same broadcast to invalidate
+//! (`invalidate.rs`).
 
 use crate::cluster::Cluster;
 use crate::metrics;
@@ -13,6 +15,7 @@ use crate::origin::OriginClient;
 use crate::peers;
 use crate::store::Store;
 use pingora::http::RequestHeader;
+use std::time::Duration;
 
 /// Remove `key` (and its Vary variants), or every key starting with it.
 pub fn apply_local(stores: &[&Store], key: &str, prefix: bool) {
@@ -27,13 +30,15 @@ pub fn apply_local(stores: &[&Store], key: &str, prefix: bool) {
     metrics::PURGES.inc();
 }
 
-/// Ask every other member to purge too; returns (members that confirmed, members asked).
+/// Ask every other member to purge too, all at once, waiting at most
+/// `within` for each; returns (members that confirmed, members asked).
 pub async fn broadcast(
     cluster: &Cluster,
     client: &OriginClient,
     origin: &str,
     path: &str,
     prefix: bool,
+    within: Duration,
 ) -> (usize, usize) {
     let ring = cluster.ring();
     let others: Vec<&str> = ring
@@ -42,39 +47,56 @@ pub async fn broadcast(
         .map(|m| m.addr.as_str())
         .filter(|a| *a != cluster.me)
         .collect();
-    let mut confirmed = 0;
-    for addr in &others {
-        let Ok(mut request) = RequestHeader::build("PURGE", path.as_bytes(), None) else {
-            continue;
-        };
-        cluster.sign_request(&mut request, origin);
-        if prefix {
-            let _ = request.insert_header(peers::PURGE_PREFIX.clone(), "1");
-        }
-        let _ = request.insert_header(http::header::HOST, *addr);
-        match client
-            .fetch_peer(
-                addr,
-                &request,
-                cluster.peer_timeout,
-                cluster.peer_timeout,
-                cluster.peer_h2c,
-            )
-            .await
-        {
-            Ok(response) => {
-                if response.header.status.is_success() {
-                    confirmed += 1;
-                } else {
-                    log::warn!(
-                        "peer {addr} refused purge of {path}: {}",
-                        response.header.status
-                    );
-                }
-                response.finish(client).await;
+    let asks = others.iter().map(|addr| async move {
+        let ask = ask_one(cluster, client, addr, origin, path, prefix, within);
+        tokio::time::timeout(within, ask).await.unwrap_or_else(|_| {
+            log::warn!("peer {addr} did not confirm the purge of {path} within {within:?}");
+            false
+        })
+    });
+    let confirmed = futures::future::join_all(asks)
+        .await
+        .into_iter()
+        .filter(|ok| *ok)
+        .count();
+    (confirmed, others.len())
+}
+
+/// Send one member a signed PURGE; true when it confirmed.
+async fn ask_one(
+    cluster: &Cluster,
+    client: &OriginClient,
+    addr: &str,
+    origin: &str,
+    path: &str,
+    prefix: bool,
+    within: Duration,
+) -> bool {
+    let Ok(mut request) = RequestHeader::build("PURGE", path.as_bytes(), None) else {
+        return false;
+    };
+    cluster.sign_request(&mut request, origin);
+    if prefix {
+        let _ = request.insert_header(peers::PURGE_PREFIX.clone(), "1");
+    }
+    let _ = request.insert_header(http::header::HOST, addr);
+    let connect = within.min(cluster.peer_timeout);
+    match client
+        .fetch_peer(addr, &request, connect, within, cluster.peer_h2c)
+        .await
+    {
+        Ok(response) => {
+            let ok = response.header.status.is_success();
+            if !ok {
+                let status = response.header.status;
+                log::warn!("peer {addr} refused purge of {path}: {status}");
             }
-            Err(e) => log::warn!("peer {addr} unreachable for purge of {path}: {e:?}"),
+            response.finish(client).await;
+            ok
+        }
+        Err(e) => {
+            log::warn!("peer {addr} unreachable for purge of {path}: {e:?}");
+            false
         }
     }
-    (confirmed, others.len())
 }

@@ -9,6 +9,12 @@
 //! (stale-while-revalidate, stale-if-error, or revalidation when it carries
 //! validators). Expiry is per entry, through moka's `Expiry`.
 //!
+//! Removals win over fills that were already under way: a fill takes an
+//! [`Epoch`] before it fetches, and [`Store::insert_fetched`] refuses an
+//! object fetched before a later removal of its key (a write's invalidation,
+//! a purge), so a response read before the write cannot come back after it.
+//! See [`Removals`] for how that stays bounded.
+//!
 //! `Vary` is handled with two kinds of entries under one cache: the plain key
 //! holds either the object itself or a [`Entry::Variants`] marker listing the
 //! request headers the origin varies on; the object then lives under the
@@ -21,7 +27,10 @@ use moka::notification::RemovalCause;
 use moka::sync::Cache;
 use moka::Expiry;
 use pingora::http::ResponseHeader;
-use std::sync::Arc;
+use std::collections::{HashMap, VecDeque};
+use std::hash::BuildHasher;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime};
 
 /// A stored response with everything needed to judge and serve it.
@@ -150,6 +159,93 @@ impl Expiry<String, Entry> for UsableLife {
 pub struct Store {
     cache: Cache<String, Entry>,
     capacity: u64,
+    removals: Mutex<Removals>,
+}
+
+/// A point in the order of removals, taken by a fill before it fetches.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub struct Epoch(u64);
+
+/// Removal epochs are one sequence for the whole process, so one epoch taken
+/// at a fill's start holds for whichever store the fill ends up using.
+static EPOCH: AtomicU64 = AtomicU64::new(1);
+
+impl Epoch {
+    pub fn now() -> Epoch {
+        Epoch(EPOCH.load(Ordering::SeqCst))
+    }
+
+    fn next() -> Epoch {
+        Epoch(EPOCH.fetch_add(1, Ordering::SeqCst) + 1)
+    }
+}
+
+/// The most recent removals, so that a fill can tell whether its key was
+/// removed after it started fetching. Bounded: the oldest records are
+/// forgotten, and `forgotten` remembers the newest epoch forgotten, so a
+/// fill older than that cannot prove its key was not removed and does not
+/// store (it still answers its clients). Never wrong, at worst one refetch.
+struct Removals {
+    /// By a hash of the key, so that a record costs the same for any key
+    /// length (a collision only makes a fill not store: harmless).
+    keys: HashMap<u64, Epoch>,
+    prefixes: Vec<(String, Epoch)>,
+    order: VecDeque<u64>,
+    forgotten: Epoch,
+    hasher: std::collections::hash_map::RandomState,
+}
+
+/// How many removed keys (and prefixes) are remembered: about 100 KiB.
+const REMEMBERED_REMOVALS: usize = 4096;
+const REMEMBERED_PREFIX_REMOVALS: usize = 64;
+
+impl Removals {
+    fn new() -> Removals {
+        Removals {
+            keys: HashMap::new(),
+            prefixes: Vec::new(),
+            order: VecDeque::new(),
+            forgotten: Epoch(0),
+            hasher: Default::default(),
+        }
+    }
+
+    fn record_key(&mut self, key: &str) {
+        let epoch = Epoch::next();
+        let hash = self.hasher.hash_one(key);
+        if self.keys.insert(hash, epoch).is_none() {
+            self.order.push_back(hash);
+        }
+        while self.order.len() > REMEMBERED_REMOVALS {
+            let Some(oldest) = self.order.pop_front() else {
+                break;
+            };
+            if let Some(epoch) = self.keys.remove(&oldest) {
+                self.forgotten = self.forgotten.max(epoch);
+            }
+        }
+    }
+
+    fn record_prefix(&mut self, prefix: &str) {
+        self.prefixes.push((prefix.to_owned(), Epoch::next()));
+        if self.prefixes.len() > REMEMBERED_PREFIX_REMOVALS {
+            let (_, epoch) = self.prefixes.remove(0);
+            self.forgotten = self.forgotten.max(epoch);
+        }
+    }
+
+    /// Whether `key` may have been removed after `since`.
+    fn removed_since(&self, key: &str, since: Epoch) -> bool {
+        since < self.forgotten
+            || self
+                .keys
+                .get(&self.hasher.hash_one(key))
+                .is_some_and(|e| *e > since)
+            || self
+                .prefixes
+                .iter()
+                .any(|(p, e)| *e > since && key.starts_with(p.as_str()))
+    }
 }
 
 impl Store {
@@ -171,6 +267,7 @@ impl Store {
         Store {
             cache,
             capacity: capacity_bytes,
+            removals: Mutex::new(Removals::new()),
         }
     }
 
@@ -196,13 +293,42 @@ impl Store {
         self.cache.run_pending_tasks();
     }
 
+    /// Store what a fill fetched, unless its key (or the variant's) was
+    /// removed after `since`, the epoch the fill took before fetching.
+    /// Returns whether it was stored.
+    pub fn insert_fetched(
+        &self,
+        since: Epoch,
+        key: &str,
+        variant_key: Option<String>,
+        object: Arc<CachedObject>,
+    ) -> bool {
+        let removals = self.removals();
+        let removed = removals.removed_since(key, since)
+            || variant_key
+                .as_deref()
+                .is_some_and(|v| removals.removed_since(v, since));
+        if !removed {
+            // Under the lock: a removal cannot fall between the check and the insert.
+            self.insert(key, variant_key, object);
+        }
+        !removed
+    }
+
     pub fn remove(&self, key: &str) {
+        let mut removals = self.removals();
+        removals.record_key(key);
         self.cache.invalidate(key);
+    }
+
+    fn removals(&self) -> std::sync::MutexGuard<'_, Removals> {
+        self.removals.lock().unwrap_or_else(|p| p.into_inner())
     }
 
     /// Remove every key starting with `prefix` (variants included, since
     /// their keys extend the plain key).
     pub fn remove_prefix(&self, prefix: &str) {
+        self.removals().record_prefix(prefix);
         let prefix = prefix.to_owned();
         if let Err(e) = self
             .cache
@@ -235,5 +361,42 @@ impl Store {
         self.cache.run_pending_tasks();
         metrics::CACHE_ENTRIES.set(self.entry_count() as i64);
         metrics::CACHE_BYTES.set(self.weighted_bytes() as i64);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_removal_after_a_fill_started_wins() {
+        let mut removals = Removals::new();
+        let before = Epoch::now();
+        removals.record_key("k");
+        let after = Epoch::now();
+        assert!(removals.removed_since("k", before));
+        assert!(
+            !removals.removed_since("k", after),
+            "fetched after the removal"
+        );
+        assert!(!removals.removed_since("other", before));
+        removals.record_prefix("/items/");
+        assert!(removals.removed_since("/items/1", after));
+        assert!(!removals.removed_since("/users/1", after));
+    }
+
+    #[test]
+    fn forgetting_old_removals_makes_old_fills_not_store() {
+        let mut removals = Removals::new();
+        let old_fill = Epoch::now();
+        for i in 0..=REMEMBERED_REMOVALS {
+            removals.record_key(&format!("k{i}"));
+        }
+        assert_eq!(removals.keys.len(), REMEMBERED_REMOVALS);
+        // k0's record is gone: a fill as old as it can no longer prove it is
+        // clean, so it does not store, whatever its key.
+        assert!(removals.removed_since("k0", old_fill));
+        assert!(removals.removed_since("unrelated", old_fill));
+        assert!(!removals.removed_since("unrelated", Epoch::now()));
     }
 }

@@ -27,6 +27,10 @@ pub struct ClusterConfig {
     /// The answer may take this plus the origin's connect and read timeouts.
     #[serde(deserialize_with = "de_duration")]
     pub peer_timeout: Duration,
+    /// How long a write's response waits for every member to confirm that it
+    /// dropped the written URIs (read-your-writes; see README).
+    #[serde(deserialize_with = "de_duration")]
+    pub invalidation_timeout: Duration,
     /// After a peer fails, how long before it is tried again (doubles up to 16x).
     #[serde(deserialize_with = "de_duration")]
     pub peer_backoff: Duration,
@@ -133,6 +137,7 @@ impl Default for ClusterConfig {
             hash_key: "ringside".into(),
             vnodes: 512,
             peer_timeout: Duration::from_secs(2),
+            invalidation_timeout: Duration::from_secs(2),
             peer_backoff: Duration::from_secs(1),
             peer_protocol: PeerProtocol::Http1,
             hot: HotConfig::default(),
@@ -194,12 +199,13 @@ impl ClusterConfig {
         if !(1..=10_000).contains(&self.vnodes) {
             return Err(invalid("cluster.vnodes", self.vnodes, "1 to 10000"));
         }
-        if self.peer_timeout.is_zero() {
-            return Err(invalid(
-                "cluster.peer_timeout",
-                "0",
-                "a positive duration such as \"2s\"",
-            ));
+        for (field, value) in [
+            ("cluster.peer_timeout", self.peer_timeout),
+            ("cluster.invalidation_timeout", self.invalidation_timeout),
+        ] {
+            if value.is_zero() {
+                return Err(invalid(field, "0", "a positive duration such as \"2s\""));
+            }
         }
         if !(0.0..=0.5).contains(&self.hot.fraction) {
             return Err(invalid(

@@ -17,7 +17,9 @@
 //!                      (cluster, app listener only) or the origin,
 //!                      revalidating the stale copy when there is one
 //! upstream_* ......... pass-through: origin-form URI, Host, no peer headers
-//! response_filter .... Cache-Status on responses pingora proxied
+//! response_filter .... Cache-Status on responses pingora proxied; a write's
+//!                      2xx/3xx first invalidates its URIs cluster-wide
+//!                      (invalidate.rs)
 //! fail_to_proxy ...... origin down: 502, origin slow: 504
 //! logging ............ one metrics observation per request
 //! ```
@@ -30,6 +32,7 @@ use crate::cache_rules::{self, CacheControl, RuleOptions};
 use crate::cluster::Cluster;
 use crate::config::{Config, OriginUrl};
 use crate::fill::{self, Filler, Job, LeaderResult, Outcome, Started};
+use crate::invalidate;
 use crate::metrics::{self, CacheResult};
 use crate::origin::{strip_hop_by_hop, OriginTarget};
 use crate::peers;
@@ -46,7 +49,7 @@ use pingora::proxy::{FailToProxy, ProxyHttp, Session};
 use pingora::upstreams::peer::HttpPeer;
 use std::collections::HashMap;
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 mod peer;
 mod respond;
@@ -94,6 +97,8 @@ pub struct RequestCtx {
     /// When pingora started proxying this request to the origin; taken when
     /// its outcome is counted in the origin metrics (fills count their own).
     origin_started: Option<Instant>,
+    /// An unsafe method: its non-error response invalidates (invalidate.rs).
+    is_write: bool,
 }
 
 impl Ringside {
@@ -420,6 +425,25 @@ impl Ringside {
         }
     }
 
+    /// Drop what a write made stale, here and on every member (RFC 9111
+    /// §4.4, see invalidate.rs). False when a member did not confirm in time.
+    async fn invalidate_written(
+        &self,
+        req: &RequestHeader,
+        response: &ResponseHeader,
+        ctx: &RequestCtx,
+    ) -> bool {
+        let target = ctx.target.as_ref().unwrap_or(&self.origin);
+        let uris = invalidate::invalidated_uris(&req.uri, &response.headers, target);
+        let keys: Vec<String> = uris.iter().map(|u| self.cache_key(target, u)).collect();
+        let within = self
+            .filler
+            .cluster
+            .as_ref()
+            .map_or(Duration::ZERO, |c| c.invalidation_timeout);
+        invalidate::everywhere(&self.filler, target, &keys, &uris, within).await == 0
+    }
+
     /// Let pingora proxy this request to the origin, uncached.
     fn pass(
         &self,
@@ -569,6 +593,7 @@ impl ProxyHttp for Ringside {
             result: CacheResult::Pass,
             cache_status: "ringside; fwd=method",
             origin_started: None,
+            is_write: false,
         }
     }
 
@@ -602,6 +627,7 @@ impl ProxyHttp for Ringside {
         };
         ctx.target = Some(target.clone());
         if req.method != Method::GET && req.method != Method::HEAD {
+            ctx.is_write = invalidate::is_unsafe(&req.method);
             return self.pass(ctx, CacheResult::Pass, "ringside; fwd=method");
         }
         let (rule_bypass, rules) = self.rules_for(req.uri.path());
@@ -671,10 +697,19 @@ impl ProxyHttp for Ringside {
 
     async fn response_filter(
         &self,
-        _session: &mut Session,
+        session: &mut Session,
         upstream: &mut ResponseHeader,
         ctx: &mut RequestCtx,
     ) -> Result<()> {
+        if ctx.is_write && invalidate::invalidates(upstream.status) {
+            // Before the app sees its write's answer: read-your-writes.
+            if !self
+                .invalidate_written(session.req_header(), upstream, ctx)
+                .await
+            {
+                ctx.cache_status = "ringside; fwd=method; detail=invalidation-incomplete";
+            }
+        }
         upstream.insert_header(CACHE_STATUS.clone(), ctx.cache_status)?;
         Ok(())
     }

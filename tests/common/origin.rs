@@ -20,6 +20,10 @@
 //! | `cc304=V`      | on a 304, `Cache-Control: V` instead of `cc`                  |
 //! | `cookie304=1`  | on a 304 only, `Set-Cookie: session=<count>`                  |
 //! | `drip_ms=N`    | send the body in 4 pieces, N ms apart (a slow download)       |
+//! | `gdelay_ms=N`  | like `delay_ms`, for GET and HEAD only                        |
+//! | `wstatus=N`    | status for other methods than GET and HEAD (writes)           |
+//! | `location=V`   | `Location: V`                                                 |
+//! | `content_location=V` | `Content-Location: V`                                   |
 //!
 //! The origin counts requests per path-and-query and keeps the last request's
 //! headers, so tests assert from the origin's own view. [`Origin::set_failing`]
@@ -261,7 +265,18 @@ async fn respond(
     if let Some(ms) = q.get("delay_ms").and_then(|v| v.parse().ok()) {
         tokio::time::sleep(Duration::from_millis(ms)).await;
     }
+    let is_read = method == "GET" || method == "HEAD";
+    if let Some(ms) = q.get("gdelay_ms").and_then(|v| v.parse().ok()) {
+        if is_read {
+            tokio::time::sleep(Duration::from_millis(ms)).await;
+        }
+    }
     let mut status: u16 = q.get("status").and_then(|v| v.parse().ok()).unwrap_or(200);
+    if let Some(write_status) = q.get("wstatus").and_then(|v| v.parse().ok()) {
+        if !is_read {
+            status = write_status;
+        }
+    }
     if state.failing.load(Ordering::SeqCst) {
         status = 503;
     }
@@ -284,6 +299,14 @@ async fn respond(
             now - Duration::from_secs((-secs) as u64)
         };
         headers.push(("Expires".into(), httpdate::fmt_http_date(at)));
+    }
+    for (param, name) in [
+        ("location", "Location"),
+        ("content_location", "Content-Location"),
+    ] {
+        if let Some(value) = q.get(param) {
+            headers.push((name.into(), value.clone()));
+        }
     }
     if let Some(age) = q.get("age") {
         headers.push(("Age".into(), age.clone()));
