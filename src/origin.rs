@@ -240,7 +240,7 @@ impl OriginClient {
                     .write_request_header(Box::new(request.clone()))
                     .await?;
                 session.finish_request_body().await?;
-                session.read_response_header().await
+                read_final_header(&mut session).await
             }
             .await;
             match sent {
@@ -264,6 +264,26 @@ impl OriginClient {
         }
         Error::e_explain(ErrorType::ConnectError, "origin connection failed twice")
     }
+}
+
+/// Interim responses an origin may send before the final one (RFC 9110
+/// §15.2) that a fill skips; past this many the origin is misbehaving.
+const MAX_INTERIM_RESPONSES: usize = 8;
+
+/// Read response heads until the final one: 100 Continue, 102 Processing and
+/// 103 Early Hints are skipped (a fill has no client to pass hints to, and
+/// nothing interim is stored); 101 is refused, fills never ask to upgrade.
+async fn read_final_header(session: &mut HttpSession) -> pingora::Result<()> {
+    for _ in 0..=MAX_INTERIM_RESPONSES {
+        session.read_response_header().await?;
+        let status = session.response_header().map(|h| h.status.as_u16());
+        match status {
+            Some(101) => return Error::e_explain(ErrorType::InvalidHTTPHeader, "unasked-for 101"),
+            Some(100..=199) => continue,
+            _ => return Ok(()),
+        }
+    }
+    Error::e_explain(ErrorType::InvalidHTTPHeader, "too many interim responses")
 }
 
 fn is_timeout(e: &Error) -> bool {

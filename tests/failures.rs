@@ -339,6 +339,16 @@ impl RawOrigin {
                                      Transfer-Encoding: chunked\r\n\r\n5\r\nshort\r\n";
                             let _ = stream.write_all(r.as_bytes()).await;
                         }
+                        "/early-hints" | "/continue" => {
+                            let interim = match path.as_str() {
+                                "/early-hints" => {
+                                    "HTTP/1.1 103 Early Hints\r\nLink: </a.css>; rel=preload\r\n\r\n"
+                                }
+                                _ => "HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 102 Processing\r\n\r\n",
+                            };
+                            let r = format!("{interim}{cacheable}Content-Length: 2\r\n\r\nok");
+                            let _ = stream.write_all(r.as_bytes()).await;
+                        }
                         "/garbage" => {
                             let _ = stream.write_all(b"SSH-2.0-OpenSSH_9.6\r\n\r\n").await;
                         }
@@ -443,5 +453,30 @@ async fn a_body_cut_short_by_the_origin_is_never_passed_off_as_complete() {
     }
     assert_eq!(origin.hits("/truncated"), 2, "the cut body was not stored");
     assert_eq!(rs.metric("ringside_cache_entries", &[]).await, 0.0);
+    assert!(rs.is_running());
+}
+
+/// RFC 9110 §15.2: interim responses (100 Continue, 102, 103 Early Hints)
+/// before the final one are skipped by fills, never stored, and never end
+/// the exchange: the final response is cached as usual.
+#[tokio::test]
+async fn interim_responses_before_the_final_one_are_skipped() {
+    let origin = RawOrigin::start().await;
+    let mut rs = Ringside::start(&format!("http://{}", origin.addr), "").await;
+    for path in ["/early-hints", "/continue"] {
+        let mut conn = Conn::connect(rs.addr).await.unwrap();
+        let r = tokio::time::timeout(Duration::from_secs(5), conn.request("GET", path, &[]))
+            .await
+            .expect("no hang")
+            .expect("a response");
+        assert_eq!(r.status, 200, "{path}");
+        assert_eq!(r.body, b"ok", "{path}");
+        let again = rs.get(path).await;
+        assert!(
+            again.header("cache-status").unwrap().contains("hit"),
+            "{path}: the final response was stored"
+        );
+        assert_eq!(origin.hits(path), 1, "{path}");
+    }
     assert!(rs.is_running());
 }
