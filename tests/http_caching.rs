@@ -435,3 +435,72 @@ async fn origin_connections_are_kept_alive_and_reused() {
         origin.connections()
     );
 }
+
+fn is_hit(r: &common::Response) -> bool {
+    r.header("cache-status")
+        .is_some_and(|s| s.starts_with("ringside; hit"))
+}
+
+/// RFC 9111 §5.1: of an Age list or repeated Age lines the first value
+/// counts: `Age: 7200, 0` with max-age=3600 is stale on arrival.
+#[tokio::test]
+async fn rfc9111_5_1_the_first_age_value_counts() {
+    let (origin, rs) = setup().await;
+    let path = "/agelist?cc=max-age%3D3600&age=7200%2C%200";
+    rs.get(path).await;
+    let second = rs.get(path).await;
+    assert!(!is_hit(&second), "{second:?}");
+    assert_eq!(origin.hits(path), 2);
+}
+
+/// RFC 9110 §5.6.7, RFC 9111 §5.3: Expires in any of the three date formats
+/// and any case gives freshness.
+#[tokio::test]
+async fn rfc9111_5_3_expires_in_every_http_date_format() {
+    let (origin, rs) = setup().await;
+    for format in ["imf", "rfc850", "asctime", "lower"] {
+        let path = format!("/exp-{format}?expires=600&expires_fmt={format}");
+        rs.get(&path).await;
+        assert!(is_hit(&rs.get(&path).await), "{format}");
+        assert_eq!(origin.hits(&path), 1, "{format}");
+    }
+}
+
+/// RFC 9111 §3: any final status with explicit freshness may be stored, and
+/// is reused like a 200.
+#[tokio::test]
+async fn rfc9111_3_any_final_status_with_explicit_freshness_is_stored() {
+    let (origin, rs) = setup().await;
+    for status in [299, 303, 400, 404, 410, 499, 500, 503, 599] {
+        let path = format!("/status?status={status}&cc=max-age%3D600");
+        let first = rs.get(&path).await;
+        let second = rs.get(&path).await;
+        assert_eq!(second.status, status);
+        assert_eq!(second.body, first.body, "{status}");
+        assert!(is_hit(&second), "{status}: {second:?}");
+        assert_eq!(origin.hits(&path), 1, "{status}");
+    }
+    // Without explicit freshness, a 500 is not stored.
+    let path = "/status?status=500";
+    rs.get(path).await;
+    rs.get(path).await;
+    assert_eq!(origin.hits(path), 2);
+}
+
+/// RFC 9111 §4.2.2: a heuristically cacheable response with Last-Modified
+/// and no explicit freshness is fresh for a fraction of its age since the
+/// modification (10 % by default, capped); `heuristic_fraction: 0` is off.
+#[tokio::test]
+async fn rfc9111_4_2_2_heuristic_freshness_from_last_modified() {
+    let (origin, rs) = setup().await;
+    let path = "/modified?lm=1";
+    rs.get(path).await;
+    assert!(is_hit(&rs.get(path).await));
+    assert_eq!(origin.hits(path), 1);
+
+    let off = Ringside::start(&origin.url(), "cache:\n  heuristic_fraction: 0\n").await;
+    let path = "/modified-off?lm=1";
+    off.get(path).await;
+    assert!(!is_hit(&off.get(path).await));
+    assert_eq!(origin.hits(path), 2);
+}

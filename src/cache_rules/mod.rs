@@ -263,27 +263,49 @@ impl NotStorable {
     }
 }
 
-/// Policy knobs from config. `Default` = no default TTL, Set-Cookie responses not stored.
+/// Policy knobs from config. `Default` = no default TTL, no heuristic freshness, Set-Cookie
+/// responses not stored.
 #[derive(Debug, Clone, Default)]
 pub struct RuleOptions {
     /// TTL applied when the origin gives no freshness information (no s-maxage, max-age,
     /// Expires). `None` = do not store such responses ([`NotStorable::NoFreshness`]).
     pub default_ttl: Option<Duration>,
+    /// Heuristic freshness (RFC 9111 §4.2.2) for responses with Last-Modified and no explicit
+    /// freshness, when no default TTL applies. `None` = off.
+    pub heuristic: Option<Heuristic>,
     /// Store responses that carry Set-Cookie.
     pub cache_set_cookie: bool,
+}
+
+/// A fraction of the time since Last-Modified, capped (RFC 9111 §4.2.2; 10% is usual).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Heuristic {
+    pub fraction: f64,
+    pub max: Duration,
+}
+
+impl Heuristic {
+    /// The lifetime for a response last modified `since_modified` before its Date.
+    fn lifetime(&self, since_modified: Duration) -> Duration {
+        since_modified
+            .mul_f64(self.fraction.clamp(0.0, 1.0))
+            .min(self.max)
+    }
 }
 
 /// Decides whether a response may be stored by a shared cache (RFC 9111 §3, §3.5).
 /// Checks run in the order of the [`NotStorable`] variants and the first failure is reported.
 ///
 /// - Only GET responses are stored (the proxy fetches GET to serve HEAD).
-/// - Statuses heuristically cacheable by default (RFC 9110 §15.1) are stored; 302, 307 and 403
-///   only with explicit freshness; anything else (including 206 and 304) never.
+/// - Statuses heuristically cacheable by default (RFC 9110 §15.1) are stored; any other final
+///   status only with explicit freshness or `public` (RFC 9111 §3); 206 (no range support)
+///   and 304 (not a representation) never.
 /// - `no-store` in request or response, or `private` in the response, forbids storing.
 /// - A request with `Authorization` is stored only if the response has `public`, `s-maxage`
 ///   or `must-revalidate` (§3.5).
 /// - `Set-Cookie` forbids storing unless `opts.cache_set_cookie`; `Vary: *` always does.
-/// - There must be freshness: s-maxage/max-age/Expires, or `opts.default_ttl`. A `no-cache`
+/// - There must be freshness: s-maxage/max-age/Expires, or `opts.default_ttl`, or (a
+///   heuristically cacheable status with Last-Modified) `opts.heuristic`. A `no-cache`
 ///   response is instead storable exactly when it has a validator (ETag or Last-Modified),
 ///   since every use revalidates it.
 pub fn check_storable(
@@ -299,7 +321,7 @@ pub fn check_storable(
     if method != Method::GET {
         return Err(NotStorable::Method);
     }
-    if !status_is_storable(status, explicit_freshness) {
+    if !status_is_storable(status, explicit_freshness || resp_cc.public) {
         return Err(NotStorable::Status);
     }
     if resp_cc.no_store || CacheControl::parse(req_headers).no_store {
@@ -317,10 +339,13 @@ pub fn check_storable(
     if vary(resp_headers) == Vary::Star {
         return Err(NotStorable::VaryStar);
     }
+    let heuristic = opts.heuristic.is_some()
+        && heuristically_cacheable(status)
+        && resp_headers.contains_key(header::LAST_MODIFIED);
     let usable = if resp_cc.no_cache {
         has_validators(resp_headers)
     } else {
-        explicit_freshness || opts.default_ttl.is_some()
+        explicit_freshness || opts.default_ttl.is_some() || heuristic
     };
     if !usable {
         return Err(NotStorable::NoFreshness);
@@ -328,13 +353,23 @@ pub fn check_storable(
     Ok(())
 }
 
-fn status_is_storable(status: StatusCode, explicit_freshness: bool) -> bool {
-    let heuristically_cacheable = matches!(
+/// RFC 9111 §3: any final status may be stored when the response says how long it is fresh
+/// (or `public`); without that, only the heuristically cacheable ones. 206 needs range
+/// support and 304 is not a representation: neither is stored. 1xx are not final.
+fn status_is_storable(status: StatusCode, explicitly_cacheable: bool) -> bool {
+    let code = status.as_u16();
+    if code < 200 || code == 206 || code == 304 {
+        return false;
+    }
+    heuristically_cacheable(status) || explicitly_cacheable
+}
+
+/// RFC 9110 §15.1 (less 206, which needs range support).
+fn heuristically_cacheable(status: StatusCode) -> bool {
+    matches!(
         status.as_u16(),
         200 | 203 | 204 | 300 | 301 | 308 | 404 | 405 | 410 | 414 | 501
-    );
-    let cacheable_when_explicit = matches!(status.as_u16(), 302 | 307 | 403);
-    heuristically_cacheable || (cacheable_when_explicit && explicit_freshness)
+    )
 }
 
 /// RFC 9111 §3.5: a shared cache may store a response to an authorized request only if the
@@ -359,8 +394,9 @@ fn has_validators(resp_headers: &HeaderMap) -> bool {
 
 /// Freshness lifetime for a shared cache (RFC 9111 §4.2.1): s-maxage, else max-age, else
 /// Expires - Date (Date missing or invalid => `response_time`; invalid or repeated Expires,
-/// e.g. "0" => already expired => zero), else `opts.default_ttl`, else zero.
-/// Response `no-cache` => zero (must revalidate every time).
+/// e.g. "0" => already expired => zero), else `opts.default_ttl`, else the heuristic from
+/// Last-Modified (§4.2.2; the caller stores only heuristically cacheable statuses without
+/// explicit freshness), else zero. Response `no-cache` => zero (must revalidate every time).
 pub fn freshness_lifetime(
     resp_headers: &HeaderMap,
     cc: &CacheControl,
@@ -380,7 +416,17 @@ pub fn freshness_lifetime(
         let date = single_http_date(resp_headers, &header::DATE).unwrap_or(response_time);
         return expires.duration_since(date).unwrap_or(Duration::ZERO);
     }
-    opts.default_ttl.unwrap_or(Duration::ZERO)
+    if let Some(ttl) = opts.default_ttl {
+        return ttl;
+    }
+    let (Some(heuristic), Some(modified)) = (
+        opts.heuristic,
+        single_http_date(resp_headers, &header::LAST_MODIFIED),
+    ) else {
+        return Duration::ZERO;
+    };
+    let date = single_http_date(resp_headers, &header::DATE).unwrap_or(response_time);
+    heuristic.lifetime(date.duration_since(modified).unwrap_or(Duration::ZERO))
 }
 
 /// Age of the response at the moment it was received (RFC 9111 §4.2.3):
@@ -409,10 +455,14 @@ pub fn initial_age(
     apparent_age.max(corrected_age_value)
 }
 
-/// The Age header as a duration; absent, repeated or garbled => zero.
+/// The Age header as a duration: of a list (`Age: 7200, 0`) or repeated
+/// lines, the first value counts (RFC 9111 §5.1 lets a recipient use the
+/// first and discard the rest); absent or garbled => zero.
 fn age_value(resp_headers: &HeaderMap) -> Duration {
-    let seconds = single_value(resp_headers, &header::AGE)
-        .and_then(|value| parse_delta_seconds(value.as_bytes().trim_ascii()))
+    let seconds = resp_headers
+        .get(header::AGE)
+        .and_then(|line| split_list(line.as_bytes()).first().copied())
+        .and_then(parse_delta_seconds)
         .unwrap_or(0);
     Duration::from_secs(seconds)
 }
@@ -735,7 +785,35 @@ fn single_value<'a>(headers: &'a HeaderMap, name: &HeaderName) -> Option<&'a Hea
 /// An HTTP-date header (RFC 9110 §5.6.7) appearing exactly once and parsing cleanly.
 fn single_http_date(headers: &HeaderMap, name: &HeaderName) -> Option<SystemTime> {
     let text = single_value(headers, name)?.to_str().ok()?;
-    httpdate::parse_http_date(text.trim()).ok()
+    parse_http_date(text.trim())
+}
+
+/// An HTTP-date in any of its three formats (IMF-fixdate, obsolete RFC 850,
+/// asctime; RFC 9110 §5.6.7), with weekday and month names in any case.
+pub fn parse_http_date(text: &str) -> Option<SystemTime> {
+    httpdate::parse_http_date(text)
+        .or_else(|_| httpdate::parse_http_date(&canonical_case(text)))
+        .ok()
+}
+
+/// `sun, 06 NOV 1994 08:49:37 gmt` as `Sun, 06 Nov 1994 08:49:37 GMT`.
+fn canonical_case(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    let mut word_start = true;
+    for c in text.chars() {
+        if c.is_ascii_alphabetic() {
+            out.push(if word_start {
+                c.to_ascii_uppercase()
+            } else {
+                c.to_ascii_lowercase()
+            });
+            word_start = false;
+        } else {
+            out.push(c);
+            word_start = true;
+        }
+    }
+    out.replace("Gmt", "GMT")
 }
 
 #[cfg(test)]

@@ -101,6 +101,12 @@ pub struct CacheConfig {
     pub collapse_timeout: Duration,
     /// Per-path behaviour, first matching prefix wins.
     pub rules: Vec<PathRule>,
+    /// Heuristic freshness (RFC 9111 §4.2.2): this fraction of the time since
+    /// Last-Modified, for responses without explicit freshness. 0 turns it off.
+    pub heuristic_fraction: f64,
+    /// Upper bound on a heuristic lifetime.
+    #[serde(deserialize_with = "de_duration")]
+    pub heuristic_max: Duration,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -177,6 +183,8 @@ impl Default for CacheConfig {
             honor_client_no_cache: true,
             collapse_timeout: Duration::from_secs(35),
             rules: Vec::new(),
+            heuristic_fraction: 0.1,
+            heuristic_max: Duration::from_secs(24 * 3600),
         }
     }
 }
@@ -312,6 +320,11 @@ impl Config {
                 "a size above zero and at most cache.capacity",
             ));
         }
+        let fraction = self.cache.heuristic_fraction;
+        if !(0.0..=1.0).contains(&fraction) {
+            let expected = "a fraction from 0 (off) to 1, such as 0.1";
+            return Err(invalid("cache.heuristic_fraction", fraction, expected));
+        }
         self.cluster.validate(&self.listen, &self.admin_listen)?;
         if self.threads > 1024 {
             return Err(invalid("threads", self.threads, "0 (one per CPU) to 1024"));
@@ -334,6 +347,17 @@ impl Config {
             }
         }
         Ok(())
+    }
+
+    /// Heuristic freshness as the caching rules take it; None when off.
+    pub fn heuristic(&self) -> Option<crate::cache_rules::Heuristic> {
+        let cache = &self.cache;
+        (cache.heuristic_fraction > 0.0 && !cache.heuristic_max.is_zero()).then_some(
+            crate::cache_rules::Heuristic {
+                fraction: cache.heuristic_fraction,
+                max: cache.heuristic_max,
+            },
+        )
     }
 
     pub fn origin_url(&self) -> OriginUrl {

@@ -494,6 +494,7 @@ impl Ringside {
         let rule = self.config.rule_for(path);
         let options = RuleOptions {
             default_ttl: rule.and_then(|r| r.ttl),
+            heuristic: self.config.heuristic(),
             cache_set_cookie: self.config.cache.cache_set_cookie,
         };
         (rule.is_some_and(|r| r.bypass), options)

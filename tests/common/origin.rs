@@ -23,6 +23,7 @@
 //! | `gdelay_ms=N`  | like `delay_ms`, for GET and HEAD only                        |
 //! | `wstatus=N`    | status for other methods than GET and HEAD (writes)           |
 //! | `location=V`   | `Location: V`                                                 |
+//! | `expires_fmt=F`| `Expires` as `rfc850`, `asctime` or `lower` (IMF, lowercase)  |
 //! | `content_location=V` | `Content-Location: V`                                   |
 //!
 //! The origin counts requests per path-and-query and keeps the last request's
@@ -282,10 +283,8 @@ async fn respond(
     }
     let mut headers: Vec<(String, String)> = Vec::new();
     if !q.contains_key("nodate") {
-        headers.push((
-            "Date".into(),
-            httpdate::fmt_http_date(std::time::SystemTime::now()),
-        ));
+        let now = std::time::SystemTime::now();
+        headers.push(("Date".into(), httpdate::fmt_http_date(now)));
     }
     if let Some(cc) = q.get("cc") {
         headers.push(("Cache-Control".into(), cc.clone()));
@@ -298,7 +297,8 @@ async fn respond(
         } else {
             now - Duration::from_secs((-secs) as u64)
         };
-        headers.push(("Expires".into(), httpdate::fmt_http_date(at)));
+        let format = q.get("expires_fmt").map_or("", |f| f.as_str());
+        headers.push(("Expires".into(), http_date_as(at, format)));
     }
     for (param, name) in [
         ("location", "Location"),
@@ -384,4 +384,32 @@ async fn respond(
         bytes.extend_from_slice(&body);
     }
     bytes
+}
+
+/// An HTTP-date in one of RFC 9110 §5.6.7's three formats: IMF-fixdate
+/// (default), `rfc850` (obsolete), `asctime`, or IMF-fixdate in `lower` case.
+fn http_date_as(at: std::time::SystemTime, format: &str) -> String {
+    let imf = httpdate::fmt_http_date(at); // "Sun, 06 Nov 1994 08:49:37 GMT"
+    let parts: Vec<&str> = imf.split([' ', ',']).filter(|p| !p.is_empty()).collect();
+    let [weekday, day, month, year, time, _gmt] = parts[..] else {
+        return imf;
+    };
+    let long_weekday = match weekday {
+        "Mon" => "Monday",
+        "Tue" => "Tuesday",
+        "Wed" => "Wednesday",
+        "Thu" => "Thursday",
+        "Fri" => "Friday",
+        "Sat" => "Saturday",
+        _ => "Sunday",
+    };
+    match format {
+        "rfc850" => format!("{long_weekday}, {day}-{month}-{} {time} GMT", &year[2..]),
+        "asctime" => format!(
+            "{weekday} {month} {:>2} {time} {year}",
+            day.trim_start_matches('0')
+        ),
+        "lower" => imf.to_ascii_lowercase(),
+        _ => imf,
+    }
 }
