@@ -504,3 +504,29 @@ async fn rfc9111_4_2_2_heuristic_freshness_from_last_modified() {
     assert!(!is_hit(&off.get(path).await));
     assert_eq!(origin.hits(path), 2);
 }
+
+/// RFC 9111 §4.1 with RFC 9110 §12.5: Vary on Accept-Language or
+/// Accept-Encoding matches requests whose values mean the same (language
+/// tags in any case; codings in any order), and only those.
+#[tokio::test]
+async fn rfc9111_4_1_vary_matches_equivalent_negotiation_values() {
+    let (origin, rs) = setup().await;
+    let cases = [
+        (
+            "Accept-Language",
+            "en-US, fr;q=0.5",
+            "en-us,fr ; q=0.5",
+            "de",
+        ),
+        ("Accept-Encoding", "gzip, br", "BR,gzip", "identity"),
+    ];
+    for (name, first, same, other) in cases {
+        let path = format!("/negotiated?cc=max-age%3D600&vary={name}");
+        rs.request("GET", &path, &[(name, first)]).await;
+        let again = rs.request("GET", &path, &[(name, same)]).await;
+        assert!(is_hit(&again), "{name}: {same:?} is {first:?}: {again:?}");
+        let different = rs.request("GET", &path, &[(name, other)]).await;
+        assert!(!is_hit(&different), "{name}: {other:?}");
+        assert_eq!(origin.hits(&path), 2, "{name}");
+    }
+}

@@ -556,9 +556,13 @@ pub fn vary(resp_headers: &HeaderMap) -> Vary {
 
 /// A stable fingerprint of the request's values for the given Vary header names, to extend a
 /// cache key. Values are normalised as lists (lines merged, elements trimmed, empty elements
-/// dropped), so whitespace around commas does not matter. An absent header fingerprints
-/// differently from an empty one. The hash is SipHash-1-3 with a zero key over an
-/// unambiguous, endian-independent encoding, so it is stable across processes and machines.
+/// dropped), so whitespace around commas does not matter. For the content-negotiation fields
+/// whose values are case-insensitive tokens (Accept-Encoding, Accept-Language, Accept-Charset;
+/// RFC 9110 §12.5) case and whitespace inside elements (`gzip;q=0.5`) do not matter either,
+/// and for Accept-Encoding, where order carries no meaning, neither does order. An absent
+/// header fingerprints differently from an empty one. The hash is SipHash-1-3 with a zero key
+/// over an unambiguous, endian-independent encoding, so it is stable across processes and
+/// machines.
 pub fn vary_fingerprint(names: &[HeaderName], req_headers: &HeaderMap) -> u64 {
     const NAME: u8 = 1;
     const ABSENT: u8 = 2;
@@ -576,14 +580,40 @@ pub fn vary_fingerprint(names: &[HeaderName], req_headers: &HeaderMap) -> u64 {
             hasher.write(&[ABSENT]);
             continue;
         }
-        for line in req_headers.get_all(name) {
-            for element in split_list(line.as_bytes()) {
-                write_tagged(&mut hasher, ELEMENT, element);
-            }
+        for element in vary_elements(name, req_headers) {
+            write_tagged(&mut hasher, ELEMENT, &element);
         }
         hasher.write(&[END]);
     }
     hasher.finish()
+}
+
+/// The request's elements of one Vary field, in the form that compares equal when the
+/// semantics are equal (see [`vary_fingerprint`]).
+fn vary_elements(name: &HeaderName, req_headers: &HeaderMap) -> Vec<Vec<u8>> {
+    let negotiation = [
+        header::ACCEPT_ENCODING,
+        header::ACCEPT_LANGUAGE,
+        header::ACCEPT_CHARSET,
+    ];
+    let canonical = negotiation.contains(name);
+    let mut elements: Vec<Vec<u8>> = req_headers
+        .get_all(name)
+        .iter()
+        .flat_map(|line| split_list(line.as_bytes()))
+        .map(|element| match canonical {
+            true => element
+                .iter()
+                .filter(|b| !matches!(b, b' ' | b'\t'))
+                .map(u8::to_ascii_lowercase)
+                .collect(),
+            false => element.to_vec(),
+        })
+        .collect();
+    if name == header::ACCEPT_ENCODING {
+        elements.sort();
+    }
+    elements
 }
 
 fn write_tagged(hasher: &mut SipHasher13, tag: u8, bytes: &[u8]) {

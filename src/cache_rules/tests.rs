@@ -731,7 +731,13 @@ fn fingerprint_ignores_whitespace_around_commas_and_line_splits() {
             &[("accept-encoding", "gzip"), ("accept-encoding", "br")]
         )
     );
-    assert_ne!(a, fingerprint(&names, &[("accept-encoding", "br, gzip")]));
+    // Order matters in general (it does not for Accept-Encoding: see below).
+    let names = [header::ACCEPT];
+    let a = fingerprint(&names, &[("accept", "text/html, application/json")]);
+    assert_ne!(
+        a,
+        fingerprint(&names, &[("accept", "application/json, text/html")])
+    );
 }
 
 #[test]
@@ -1153,4 +1159,30 @@ fn expires_in_all_three_date_formats_and_any_case() {
             "{invalid}: already expired"
         );
     }
+}
+
+#[test]
+fn negotiation_fields_vary_by_meaning_not_spelling() {
+    let fp = |name: &str, value: &str| {
+        let names = [HeaderName::from_bytes(name.as_bytes()).unwrap()];
+        vary_fingerprint(&names, &headers(&[(name, value)]))
+    };
+    // RFC 9110 §12.5.4: language tags are case-insensitive.
+    assert_eq!(
+        fp("accept-language", "en-US"),
+        fp("accept-language", "en-us")
+    );
+    assert_eq!(
+        fp("accept-language", "fr;q=0.8, EN"),
+        fp("accept-language", "fr ; q=0.8,en")
+    );
+    assert_ne!(fp("accept-language", "en"), fp("accept-language", "fr"));
+    // Accept-Encoding: case, whitespace and order carry no meaning.
+    assert_eq!(
+        fp("accept-encoding", "gzip, br"),
+        fp("accept-encoding", "BR,gzip")
+    );
+    assert_ne!(fp("accept-encoding", "gzip"), fp("accept-encoding", "br"));
+    // Other fields are compared as sent.
+    assert_ne!(fp("x-tenant", "A"), fp("x-tenant", "a"));
 }
