@@ -13,6 +13,7 @@ pub mod hot;
 pub mod inject;
 pub mod membership;
 pub mod metrics;
+pub mod normalize;
 pub mod origin;
 pub mod peers;
 pub mod proxy;
