@@ -394,6 +394,14 @@ pub static PURGES: Lazy<IntCounter> = Lazy::new(|| {
     )
 });
 
+pub static CLIENT_REVALIDATIONS: Lazy<IntCounter> = Lazy::new(|| {
+    counter(
+        "ringside_client_revalidations_total",
+        "Fresh stored entries sent back to the origin because a client's request said no-cache, \
+         max-age or min-fresh (cache.honor_client_no_cache); the refreshed entry serves everyone.",
+    )
+});
+
 /// Touch every metric so that /metrics lists them all from the start, at zero.
 pub fn init(capacity_bytes: u64) {
     Lazy::force(&REQUEST_CHILDREN);
@@ -425,6 +433,7 @@ pub fn init(capacity_bytes: u64) {
         &ADMIN_AUTH_FAILURES,
         &HOT_HITS,
         &PURGES,
+        &CLIENT_REVALIDATIONS,
     ] {
         Lazy::force(m);
     }

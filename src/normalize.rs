@@ -244,7 +244,10 @@ fn encoding_is_normal(bytes: &[u8], allowed_raw: fn(u8) -> bool, in_path: bool) 
             let Some(hex) = bytes.get(i + 1..i + 3) else {
                 return false;
             };
-            if !hex.iter().all(|h| h.is_ascii_digit() || (b'A'..=b'F').contains(h)) {
+            if !hex
+                .iter()
+                .all(|h| h.is_ascii_digit() || (b'A'..=b'F').contains(h))
+            {
                 return false;
             }
             let byte = hex_value(hex[0]).unwrap_or(0) << 4 | hex_value(hex[1]).unwrap_or(0);
@@ -311,7 +314,15 @@ mod tests {
 
     #[test]
     fn normal_paths_are_borrowed() {
-        for p in ["/", "/a", "/a/b/", "/a;x=1/b", "/%C3%A9", "/a.b/..c/.d", "/a%20b"] {
+        for p in [
+            "/",
+            "/a",
+            "/a/b/",
+            "/a;x=1/b",
+            "/%C3%A9",
+            "/a.b/..c/.d",
+            "/a%20b",
+        ] {
             assert!(
                 matches!(normalize_path(p.as_bytes()), Ok(Cow::Borrowed(_))),
                 "{p}"
