@@ -55,7 +55,7 @@ proptest! {
         if let Ok(normal) = normalize_target(&target) {
             let again = normalize_target(normal.as_bytes());
             prop_assert!(
-                matches!(again, Ok(Cow::Borrowed(ref n)) if *n == normal),
+                matches!(again, Ok(Cow::Borrowed(n)) if n == normal),
                 "not a fixed point: {target:?} -> {normal:?} -> {again:?}"
             );
             let path = normal.split('?').next().unwrap_or_default();

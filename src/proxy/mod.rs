@@ -2,12 +2,18 @@
 //!
 //! ```text
 //! request_filter
-//!   too large? ....... request head over 64 KiB: 431
-//!   admit / route .... peer listener: signature, origin, PURGE (peer.rs);
+//!   too large? ....... request line over 16 KiB: 414; head over 64 KiB: 431;
+//!                      HTTP/1.1 without Host: 400
+//!   admit / route .... peer listener: signature, origin (peer.rs);
 //!                      app listener: the configured origin, or an
 //!                      absolute-form URL on the allowlist (else 403/405)
+//!   prepare .......... the target normalised in place (request.rs, 400 if
+//!                      it cannot be); from here on, key, rule and upstream
+//!                      request all see this one; peers: PURGE (peer.rs)
 //!   not GET/HEAD ..... pass: pingora proxies it untouched (upstream_peer...)
-//!   bypass? .......... a path rule, Range, no-store, upgrade: pass as well
+//!   bypass? .......... a path rule, a request body, Range, no-store,
+//!                      upgrade: pass as well; else strip the headers of
+//!                      cache.strip_request_headers
 //!   look up .......... plain key, or the variant key when the origin varies;
 //!                      a key owned by another node: its hot mirror, if any
 //!   fresh? ........... hit: answer from memory (304 if the client's validators match)
