@@ -14,6 +14,7 @@ pub mod inject;
 pub mod invalidate;
 pub mod membership;
 pub mod metrics;
+pub mod normalize;
 pub mod origin;
 pub mod peers;
 pub mod proxy;

@@ -408,6 +408,14 @@ pub static INVALIDATION_PEER_FAILURES: Lazy<IntCounter> = Lazy::new(|| {
     )
 });
 
+pub static CLIENT_REVALIDATIONS: Lazy<IntCounter> = Lazy::new(|| {
+    counter(
+        "ringside_client_revalidations_total",
+        "Fresh stored entries sent back to the origin because a client's request said no-cache, \
+         max-age or min-fresh (cache.honor_client_no_cache); the refreshed entry serves everyone.",
+    )
+});
+
 /// Touch every metric so that /metrics lists them all from the start, at zero.
 pub fn init(capacity_bytes: u64) {
     Lazy::force(&REQUEST_CHILDREN);
@@ -441,6 +449,7 @@ pub fn init(capacity_bytes: u64) {
         &PURGES,
         &INVALIDATIONS,
         &INVALIDATION_PEER_FAILURES,
+        &CLIENT_REVALIDATIONS,
     ] {
         Lazy::force(m);
     }

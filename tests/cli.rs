@@ -252,6 +252,30 @@ fn bad_cache_rules_and_limits_name_field_and_value() {
 }
 
 #[test]
+fn bad_request_handling_settings_name_field_and_value() {
+    assert_rejected(
+        "a rule prefix that is not a normalised path",
+        &format!("{ORIGIN}cache:\n  rules:\n    - {{prefix: /ok/, ttl: 1s}}\n    - {{prefix: \"/a//%7e\", bypass: true}}\n"),
+        &["cache.rules[1].prefix", "/a//%7e", "normalised path"],
+    );
+    assert_rejected(
+        "an invalid stripped header name",
+        &format!("{ORIGIN}cache: {{strip_request_headers: [X-Ok, \"bad name\"]}}\n"),
+        &["cache.strip_request_headers[1]", "bad name", "header name"],
+    );
+    assert_rejected(
+        "an invalid key header name",
+        &format!("{ORIGIN}cache: {{key_headers: [\"X:Tenant\"]}}\n"),
+        &["cache.key_headers[0]", "X:Tenant", "header name"],
+    );
+    assert_rejected(
+        "an unknown encoded_slashes mode",
+        &format!("{ORIGIN}cache: {{encoded_slashes: decode}}\n"),
+        &["cache.encoded_slashes", "decode", "reject", "pass"],
+    );
+}
+
+#[test]
 fn yaml_syntax_errors_name_the_file_and_line() {
     let cases = [
         (

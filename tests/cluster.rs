@@ -148,6 +148,37 @@ async fn purge_removes_a_key_cluster_wide_and_needs_the_token() {
     assert_eq!(origin.hits(path), 2, "refetched once after the purge");
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_get_with_a_body_never_marks_the_owner_down() {
+    let origin = Origin::start().await;
+    let nodes = start_cluster(&origin.url(), 2, "").await;
+    let peers = peer_addrs(&nodes);
+    let owned_by_1 = |k: &String| owner_of(&peers[0], &peers, &origin.url(), k) == peers[1];
+    let mut keys = (0..200)
+        .map(|i| format!("/body/{i}?cc=max-age%3D60"))
+        .filter(owned_by_1);
+    let (with_body, plain) = (keys.next().unwrap(), keys.next().unwrap());
+    let request = format!(
+        "GET {with_body} HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\nConnection: close\r\n\r\nhello"
+    );
+    let addr = nodes[0].addr;
+    let reply = tokio::task::spawn_blocking(move || common::raw_exchange(addr, request.as_bytes()))
+        .await
+        .unwrap();
+    assert!(reply.starts_with("HTTP/1.1 200"), "{reply:?}");
+    assert!(reply.contains("detail=request-body"), "{reply:?}");
+    assert_eq!(origin.hits(&with_body), 1);
+    assert_eq!(nodes[0].metric("ringside_peers_down", &[]).await, 0.0);
+    // The owner still answers for its keys.
+    let r = nodes[0].get(&plain).await;
+    assert_eq!(
+        cache_status(&r),
+        "ringside; fwd=uri-miss; detail=peer",
+        "{}",
+        diag(&nodes).await
+    );
+}
+
 // ---- helpers ----
 
 fn peer_addrs(nodes: &[Ringside]) -> Vec<String> {

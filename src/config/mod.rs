@@ -107,6 +107,44 @@ pub struct CacheConfig {
     /// Upper bound on a heuristic lifetime.
     #[serde(deserialize_with = "de_duration")]
     pub heuristic_max: Duration,
+    /// Request headers removed from cacheable requests: they can change the
+    /// origin's answer without being part of the key.
+    pub strip_request_headers: Vec<String>,
+    /// Request headers whose values are part of the cache key (and reach the origin).
+    pub key_headers: Vec<String>,
+    /// What to do with `%2F` / `%5C` in a request path.
+    pub encoded_slashes: EncodedSlashes,
+}
+
+/// The default `cache.strip_request_headers`: headers that frameworks and
+/// proxies use to rewrite the URL, host, scheme or method the origin sees.
+pub const DEFAULT_STRIP_REQUEST_HEADERS: [&str; 14] = [
+    "Forwarded",
+    "X-Forwarded-Host",
+    "X-Forwarded-Server",
+    "X-Forwarded-Port",
+    "X-Forwarded-Proto",
+    "X-Forwarded-Scheme",
+    "X-Forwarded-Prefix",
+    "X-Host",
+    "X-Original-Host",
+    "X-Original-URL",
+    "X-Rewrite-URL",
+    "X-HTTP-Method-Override",
+    "X-HTTP-Method",
+    "X-Method-Override",
+];
+
+/// `cache.encoded_slashes`: an encoded `/` or `\` makes a path's segments
+/// ambiguous (the origin may or may not decode it).
+#[derive(Debug, Clone, Copy, Default, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum EncodedSlashes {
+    /// Answer 400.
+    #[default]
+    Reject,
+    /// Proxy the request unchanged and uncached.
+    Pass,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -185,6 +223,9 @@ impl Default for CacheConfig {
             rules: Vec::new(),
             heuristic_fraction: 0.1,
             heuristic_max: Duration::from_secs(24 * 3600),
+            strip_request_headers: DEFAULT_STRIP_REQUEST_HEADERS.map(String::from).to_vec(),
+            key_headers: Vec::new(),
+            encoded_slashes: EncodedSlashes::Reject,
         }
     }
 }
@@ -343,6 +384,40 @@ impl Config {
                     &field,
                     "bypass together with ttl",
                     "either bypass: true or a ttl, not both",
+                ));
+            }
+        }
+        self.validate_request_handling()
+    }
+
+    /// Header lists name valid headers; rule prefixes are normalised paths
+    /// (requests are matched after normalisation, see `normalize.rs`).
+    fn validate_request_handling(&self) -> Result<(), ConfigError> {
+        for (list, names) in [
+            (
+                "cache.strip_request_headers",
+                &self.cache.strip_request_headers,
+            ),
+            ("cache.key_headers", &self.cache.key_headers),
+        ] {
+            for (i, name) in names.iter().enumerate() {
+                if http::HeaderName::from_bytes(name.as_bytes()).is_err() {
+                    return Err(invalid(
+                        &format!("{list}[{i}]"),
+                        quoted(name),
+                        "a header name such as X-Tenant",
+                    ));
+                }
+            }
+        }
+        for (i, rule) in self.cache.rules.iter().enumerate() {
+            let normal = crate::normalize::normalize_path(rule.prefix.as_bytes());
+            if normal.as_deref().ok() != Some(rule.prefix.as_str()) {
+                return Err(invalid(
+                    &format!("cache.rules[{i}].prefix"),
+                    quoted(&rule.prefix),
+                    "a normalised path (no //, no . or .. segments, no percent-encoded \
+                     letters, digits or -._~, uppercase hex in other percent-encodings)",
                 ));
             }
         }

@@ -2,12 +2,18 @@
 //!
 //! ```text
 //! request_filter
-//!   too large? ....... request head over 64 KiB: 431
-//!   admit / route .... peer listener: signature, origin, PURGE (peer.rs);
+//!   too large? ....... request line over 16 KiB: 414; head over 64 KiB: 431;
+//!                      HTTP/1.1 without Host: 400
+//!   admit / route .... peer listener: signature, origin (peer.rs);
 //!                      app listener: the configured origin, or an
 //!                      absolute-form URL on the allowlist (else 403/405)
+//!   prepare .......... the target normalised in place (request.rs, 400 if
+//!                      it cannot be); from here on, key, rule and upstream
+//!                      request all see this one; peers: PURGE (peer.rs)
 //!   not GET/HEAD ..... pass: pingora proxies it untouched (upstream_peer...)
-//!   bypass? .......... a path rule, Range, no-store, upgrade: pass as well
+//!   bypass? .......... a path rule, a request body, Range, no-store,
+//!                      upgrade: pass as well; else strip the headers of
+//!                      cache.strip_request_headers
 //!   look up .......... plain key, or the variant key when the origin varies;
 //!                      a key owned by another node: its hot mirror, if any
 //!   fresh? ........... hit: answer from memory (304 if the client's validators match)
@@ -52,6 +58,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 mod peer;
+mod request;
 mod respond;
 
 use respond::{send_error, send_object, send_stream, STALE_WHILE_REVALIDATE};
@@ -77,6 +84,8 @@ pub struct Ringside {
     pub origin: Arc<OriginTarget>,
     /// Forward-proxy allowlist (the reverse origin included), by origin URL.
     pub forward: HashMap<OriginUrl, Arc<OriginTarget>>,
+    /// Stripped and key headers of cacheable requests.
+    headers: Arc<request::HeaderPolicy>,
 }
 
 /// Where a miss is filled from: the owner (and whether to mirror its answer) or the origin.
@@ -112,12 +121,14 @@ impl Ringside {
                 forward.entry(url).or_insert(target);
             }
         }
+        let headers = Arc::new(request::HeaderPolicy::new(&config.cache));
         Ringside {
             role: Role::App,
             config,
             filler,
             origin,
             forward,
+            headers,
         }
     }
 
@@ -187,6 +198,16 @@ impl Ringside {
         key
     }
 
+    /// The cache key of a (prepared) request: [`Self::cache_key`] plus the
+    /// values of `cache.key_headers`, if any.
+    fn request_key(&self, target: &OriginTarget, req: &RequestHeader) -> String {
+        let mut key = self.cache_key(target, &req.uri);
+        if self.headers.has_key_headers() {
+            self.headers.extend_key(&mut key, &req.headers);
+        }
+        key
+    }
+
     /// The stored entry for a request: the object under the plain key, or
     /// under the variant key when the origin varies. Returns the variant key
     /// (None: the plain key is the one to fill) and the object found, if any.
@@ -219,7 +240,7 @@ impl Ringside {
         client_cc: CacheControl,
     ) -> Result<bool> {
         let req = session.req_header();
-        let plain_key = self.cache_key(&target, &req.uri);
+        let plain_key = self.request_key(&target, req);
         let (mut variant_key, mut stored) = Self::lookup(&self.filler.store, &plain_key, req);
         // The request's arrival is "now" for freshness: one clock read less per hit.
         let now = ctx.started;
@@ -244,7 +265,12 @@ impl Ringside {
             let age = object.age(now);
             let forced = self.config.cache.honor_client_no_cache
                 && cache_rules::request_requires_revalidation(&client_cc, age, object.freshness);
-            if !forced && object.is_fresh(now) {
+            let fresh = object.is_fresh(now);
+            if forced && fresh {
+                // A client made a fresh entry go back to the origin, for everyone.
+                metrics::CLIENT_REVALIDATIONS.inc();
+            }
+            if !forced && fresh {
                 ctx.result = CacheResult::Hit;
                 if mirrored {
                     metrics::HOT_HITS.inc();
@@ -490,6 +516,20 @@ impl Ringside {
         }
     }
 
+    /// Normalise the request's target in place and collapse repeated
+    /// Content-Lengths (see `request.rs`). Peers send normalised targets;
+    /// one with encoded slashes is refused there rather than proxied.
+    fn prepare(&self, req: &mut RequestHeader) -> Result<request::Target, request::Refusal> {
+        let slashes = match self.role {
+            Role::App => self.config.cache.encoded_slashes,
+            Role::Peer => crate::config::EncodedSlashes::Reject,
+        };
+        let normalized = request::normalized_target(req, slashes)?;
+        request::apply(req, &normalized);
+        request::collapse_content_length(req);
+        Ok(normalized)
+    }
+
     fn rules_for(&self, path: &str) -> (bool, RuleOptions) {
         let rule = self.config.rule_for(path);
         let options = RuleOptions {
@@ -514,6 +554,22 @@ fn flight_key(key: String, route: &Route) -> String {
     }
 }
 
+/// Answer a request ringside refuses to act on.
+async fn refuse(
+    session: &mut Session,
+    ctx: &mut RequestCtx,
+    refusal: request::Refusal,
+) -> Result<bool> {
+    ctx.result = CacheResult::Error;
+    send_error(
+        session,
+        refusal.status,
+        refusal.message,
+        refusal.cache_status,
+    )
+    .await
+}
+
 /// Request heads larger than this are refused with 431, as nginx and Envoy
 /// refuse theirs (pingora alone would accept up to 1 MiB and pass it on).
 const MAX_REQUEST_HEADER_BYTES: usize = 64 * 1024;
@@ -533,6 +589,9 @@ fn bypass_reason(req: &RequestHeader, rule_bypass: bool) -> Result<CacheControl,
     let h = &req.headers;
     if rule_bypass {
         return Err("ringside; fwd=bypass; detail=rule");
+    }
+    if request::has_body(req) {
+        return Err("ringside; fwd=bypass; detail=request-body");
     }
     if h.contains_key(header::RANGE) {
         return Err("ringside; fwd=bypass; detail=range");
@@ -563,6 +622,9 @@ fn fill_request(req: &RequestHeader, target: &OriginTarget) -> RequestHeader {
         header::IF_RANGE,
         header::RANGE,
         header::HOST,
+        // The fill sends no body, so it announces none.
+        header::CONTENT_LENGTH,
+        header::TRANSFER_ENCODING,
     ] {
         headers.remove(name);
     }
@@ -599,6 +661,12 @@ impl ProxyHttp for Ringside {
     }
 
     async fn request_filter(&self, session: &mut Session, ctx: &mut RequestCtx) -> Result<bool> {
+        // Pipelined requests are answered in order (RFC 9112 §9.3.2) rather
+        // than dropped after the first response.
+        session.set_pipelining_enabled(true);
+        if let Err(refusal) = request::check_protocol(session.req_header()) {
+            return refuse(session, ctx, refusal).await;
+        }
         if header_bytes(session.req_header()) > MAX_REQUEST_HEADER_BYTES {
             ctx.result = CacheResult::Error;
             let status = "ringside; fwd=bypass; detail=header-too-large";
@@ -612,7 +680,6 @@ impl ProxyHttp for Ringside {
         } else {
             self.route(session.req_header())
         };
-        let req = session.req_header();
         let target = match target {
             Ok(target) => target,
             Err((code, message)) => {
@@ -627,14 +694,27 @@ impl ProxyHttp for Ringside {
             }
         };
         ctx.target = Some(target.clone());
+        let normalized = match self.prepare(session.req_header_mut()) {
+            Ok(normalized) => normalized,
+            Err(refusal) => return refuse(session, ctx, refusal).await,
+        };
+        if self.role == Role::Peer && peer::handle(self, session, ctx, &target).await? {
+            return Ok(true);
+        }
+        let req = session.req_header();
         if req.method != Method::GET && req.method != Method::HEAD {
             ctx.is_write = invalidate::is_unsafe(&req.method);
             return self.pass(ctx, CacheResult::Pass, "ringside; fwd=method");
+        }
+        if matches!(normalized, request::Target::PassUncached) {
+            let status = "ringside; fwd=bypass; detail=encoded-slash";
+            return self.pass(ctx, CacheResult::Bypass, status);
         }
         let (rule_bypass, rules) = self.rules_for(req.uri.path());
         match bypass_reason(req, rule_bypass) {
             Err(status) => self.pass(ctx, CacheResult::Bypass, status),
             Ok(client_cc) => {
+                self.headers.strip(session.req_header_mut());
                 self.serve_cacheable(session, ctx, target, rules, client_cc)
                     .await
             }

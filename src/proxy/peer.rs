@@ -4,6 +4,8 @@
 //! - credentials: a valid signature, else 401 (counted);
 //! - origin: the `x-ringside-origin` it names must be one this node may
 //!   reach too (its origin or forward-proxy allowlist), else 403;
+//!
+//! then, once `request_filter` has normalised the target:
 //! - `PURGE`: applied to this node's stores and answered here;
 //! - other methods than GET/HEAD: 405 (peers only exchange cacheable reads);
 //! - ring views: a different generation is counted, and a key this node does
@@ -21,8 +23,8 @@ use pingora::prelude::*;
 use pingora::proxy::Session;
 use std::sync::Arc;
 
-/// Check a peer request. `Ok(Some(target))`: serve it for that origin;
-/// `Ok(None)`: already answered.
+/// Check a peer request's credentials (over the target as sent) and origin.
+/// `Ok(Some(target))`: serve it for that origin; `Ok(None)`: already answered.
 pub async fn admit(
     rs: &Ringside,
     session: &mut Session,
@@ -50,11 +52,27 @@ pub async fn admit(
         .get(&peers::ORIGIN)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| OriginUrl::parse(v).ok());
-    let Some(target) = origin.and_then(|url| rs.forward.get(&url).cloned()) else {
-        return refuse(session, ctx, 403, "origin not served by this node\n").await;
+    match origin.and_then(|url| rs.forward.get(&url).cloned()) {
+        Some(target) => Ok(Some(target)),
+        None => refuse(session, ctx, 403, "origin not served by this node\n").await,
+    }
+}
+
+/// Act on an admitted peer request whose target is normalised: `PURGE` and
+/// methods other than GET/HEAD are answered here (`Ok(true)`); for the
+/// rest, ring views are compared and the loop guard counted.
+pub async fn handle(
+    rs: &Ringside,
+    session: &mut Session,
+    ctx: &mut RequestCtx,
+    target: &OriginTarget,
+) -> Result<bool> {
+    let Some(cluster) = rs.filler.cluster.clone() else {
+        return Ok(false);
     };
-    let key = rs.cache_key(&target, &req.uri);
+    let req = session.req_header();
     if req.method.as_str() == "PURGE" {
+        let key = rs.cache_key(target, &req.uri);
         let prefix = req.headers.contains_key(&peers::PURGE_PREFIX);
         purge::apply_local(&[&rs.filler.store, &cluster.hot.store], &key, prefix);
         ctx.result = CacheResult::Pass;
@@ -65,10 +83,11 @@ pub async fn admit(
             "ringside; fwd=bypass; detail=purge",
         )
         .await?;
-        return Ok(None);
+        return Ok(true);
     }
     if req.method != Method::GET && req.method != Method::HEAD {
-        return refuse(session, ctx, 405, "peers only exchange GET and HEAD\n").await;
+        refuse(session, ctx, 405, "peers only exchange GET and HEAD\n").await?;
+        return Ok(true);
     }
     let ring = cluster.ring();
     let theirs = req
@@ -84,10 +103,13 @@ pub async fn admit(
             ring.generation()
         );
     }
-    if cluster.remote_owner(&ring, &key).is_some() {
+    if cluster
+        .remote_owner(&ring, &rs.request_key(target, req))
+        .is_some()
+    {
         metrics::LOOP_GUARD.inc();
     }
-    Ok(Some(target))
+    Ok(false)
 }
 
 async fn refuse(

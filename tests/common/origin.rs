@@ -97,6 +97,17 @@ impl Origin {
             .map(|(_, v)| v.clone())
     }
 
+    /// Every value of `name` in the last request for this path and query, in order.
+    pub fn last_request_header_all(&self, target: &str, name: &str) -> Vec<String> {
+        let all = self.state.last_headers.lock().unwrap();
+        all.get(target)
+            .into_iter()
+            .flatten()
+            .filter(|(n, _)| n == name)
+            .map(|(_, v)| v.clone())
+            .collect()
+    }
+
     pub fn set_failing(&self, failing: bool) {
         self.state.failing.store(failing, Ordering::SeqCst);
     }

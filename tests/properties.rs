@@ -1,0 +1,203 @@
+//! Property tests: the parsers that read what clients and origins send
+//! (request paths, Cache-Control, Age, Expires/Date, Vary) run on 100,000
+//! generated inputs each without panicking, and path normalisation is
+//! idempotent and leaves no dot segment or `//` behind.
+//!
+//! Inputs are drawn from small alphabets of the bytes that matter to each
+//! parser (separators, digits, `%`, quotes, directive names...), so that
+//! the cases hit the interesting branches instead of random noise.
+
+use http::header::{HeaderMap, HeaderName, HeaderValue};
+use proptest::prelude::*;
+use ringside::cache_rules::{self, CacheControl, RuleOptions, Vary};
+use ringside::normalize::{normalize_path, normalize_target};
+use std::borrow::Cow;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+const CASES: u32 = 100_000;
+
+fn config() -> ProptestConfig {
+    ProptestConfig {
+        cases: CASES,
+        failure_persistence: None,
+        ..ProptestConfig::default()
+    }
+}
+
+/// What paths are made of: the bytes and pieces that steer normalisation
+/// (separators, dots, percent-encoding, parameters, a query, bytes that
+/// must be encoded or refused), each meaningful by what surrounds it.
+const PATH_PIECES: &[&[u8]] = &[
+    b"/", b"//", b".", b"..", b"%", b"%2e", b"%2E", b"%2f", b"%5C", b"%73", b"%7e", b"%c3%a9",
+    b"%0", b"%00", b"2", b"e", b"F", b";", b"..;", b"?", b"=", b"&", b"~", b"a", b"static", b" ",
+    b"\\", b"\x00", b"\x7f", b"\xc3", b"#",
+];
+
+/// A sequence of pieces, drawn by index: one cheap strategy per case.
+fn from_pieces(pieces: &'static [&'static [u8]], max: usize) -> impl Strategy<Value = Vec<u8>> {
+    prop::collection::vec(0..pieces.len(), 0..max)
+        .prop_map(move |picks| picks.iter().flat_map(|&i| pieces[i]).copied().collect())
+}
+
+fn path_bytes() -> impl Strategy<Value = Vec<u8>> {
+    (any::<bool>(), from_pieces(PATH_PIECES, 16)).prop_map(|(rooted, rest)| {
+        let mut out = if rooted { b"/".to_vec() } else { Vec::new() };
+        out.extend(rest);
+        out
+    })
+}
+
+proptest! {
+    #![proptest_config(config())]
+
+    #[test]
+    fn normalising_any_path_never_panics_and_is_idempotent(target in path_bytes()) {
+        if let Ok(normal) = normalize_target(&target) {
+            let again = normalize_target(normal.as_bytes());
+            prop_assert!(
+                matches!(again, Ok(Cow::Borrowed(n)) if n == normal),
+                "not a fixed point: {target:?} -> {normal:?} -> {again:?}"
+            );
+            let path = normal.split('?').next().unwrap_or_default();
+            prop_assert!(path.starts_with('/'), "{normal:?}");
+            prop_assert!(!path.contains("//"), "{normal:?}");
+            prop_assert!(
+                !path.split('/').any(|s| s == "." || s == ".."),
+                "dot segment left in {normal:?}"
+            );
+            prop_assert!(normal.is_ascii(), "{normal:?}");
+            prop_assert!(normal.parse::<http::Uri>().is_ok(), "{normal:?} is not a URI");
+        }
+    }
+
+    #[test]
+    fn normalising_arbitrary_bytes_never_panics(bytes in prop::collection::vec(any::<u8>(), 0..48)) {
+        if let Ok(normal) = normalize_path(&bytes) {
+            prop_assert!(matches!(normalize_path(normal.as_bytes()), Ok(Cow::Borrowed(_))));
+        }
+    }
+}
+
+/// What header values are made of: list and parameter syntax, digits,
+/// quotes, directive names, dates, field names, and obs-text bytes.
+const VALUE_PIECES: &[&[u8]] = &[
+    b"0",
+    b"1",
+    b"7",
+    b"9",
+    b",",
+    b";",
+    b"=",
+    b" ",
+    b"\t",
+    b"\"",
+    b"-",
+    b"a",
+    b"x",
+    b"\x80",
+    b"\xff",
+    b"max-age",
+    b"s-maxage",
+    b"no-cache",
+    b"no-store",
+    b"private",
+    b"public",
+    b"must-revalidate",
+    b"proxy-revalidate",
+    b"only-if-cached",
+    b"stale-while-revalidate",
+    b"stale-if-error",
+    b"min-fresh",
+    b"max-stale",
+    b"99999999999999999999",
+    b"-1",
+    b"Sun, 06 Nov 1994 08:49:37 GMT",
+    b"Thu, 01 Jan 1970 00:00:00 GMT",
+    b"GMT",
+    b"*",
+    b"Accept-Encoding",
+    b"accept-encoding",
+    b"X-V",
+    b"Accept-Language",
+];
+
+fn header_value() -> impl Strategy<Value = HeaderValue> {
+    from_pieces(VALUE_PIECES, 10)
+        .prop_map(|bytes| HeaderValue::from_bytes(&bytes).expect("only valid header bytes"))
+}
+
+/// Up to three lines of `name`.
+fn headers(names: &'static [&'static str]) -> impl Strategy<Value = HeaderMap> {
+    let line = (prop::sample::select(names), header_value());
+    prop::collection::vec(line, 0..4).prop_map(|lines| {
+        let mut map = HeaderMap::new();
+        for (name, value) in lines {
+            map.append(HeaderName::from_static(name), value);
+        }
+        map
+    })
+}
+
+fn instant() -> impl Strategy<Value = SystemTime> {
+    (0u64..1 << 40).prop_map(|s| UNIX_EPOCH + Duration::from_secs(s))
+}
+
+proptest! {
+    #![proptest_config(config())]
+
+    #[test]
+    fn cache_control_parses_anything(h in headers(&["cache-control", "pragma"])) {
+        let cc = CacheControl::parse(&h);
+        let request = cache_rules::request_cache_control(&h);
+        // The request view only adds Pragma's no-cache.
+        prop_assert_eq!(CacheControl { no_cache: cc.no_cache, ..request }, cc.clone());
+        let _ = cache_rules::stale_windows(&cc);
+        let _ = cache_rules::request_requires_revalidation(&cc, Duration::from_secs(5), Duration::from_secs(10));
+    }
+
+    #[test]
+    fn age_parses_anything(
+        h in headers(&["age", "date"]),
+        requested in instant(),
+        received in instant(),
+    ) {
+        let age = cache_rules::initial_age(&h, requested, received);
+        // Age never goes below what the response said it was, when it said it once, validly.
+        if let (Some(v), 1) = (h.get("age"), h.get_all("age").iter().count()) {
+            if let Ok(seconds) = std::str::from_utf8(v.as_bytes()).unwrap_or("x").trim().parse::<u32>() {
+                prop_assert!(age >= Duration::from_secs(u64::from(seconds)));
+            }
+        }
+    }
+
+    #[test]
+    fn freshness_parses_anything(
+        h in headers(&["cache-control", "expires", "date"]),
+        received in instant(),
+        ttl in prop::option::of(0u64..1 << 32),
+    ) {
+        let cc = CacheControl::parse(&h);
+        let opts = RuleOptions { default_ttl: ttl.map(Duration::from_secs), cache_set_cookie: false };
+        let lifetime = cache_rules::freshness_lifetime(&h, &cc, received, &opts);
+        if cc.no_cache {
+            prop_assert_eq!(lifetime, Duration::ZERO);
+        }
+    }
+
+    #[test]
+    fn vary_parses_anything_into_a_canonical_form(
+        resp in headers(&["vary"]),
+        req in headers(&["accept-encoding", "accept-language", "x-v"]),
+    ) {
+        match cache_rules::vary(&resp) {
+            Vary::Headers(names) => {
+                prop_assert!(!names.is_empty());
+                prop_assert!(names.windows(2).all(|w| w[0].as_str() < w[1].as_str()), "{names:?}");
+                let fingerprint = cache_rules::vary_fingerprint(&names, &req);
+                let reversed: Vec<HeaderName> = names.iter().rev().cloned().collect();
+                prop_assert_eq!(fingerprint, cache_rules::vary_fingerprint(&reversed, &req));
+            }
+            Vary::None | Vary::Star => {}
+        }
+    }
+}
