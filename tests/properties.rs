@@ -177,7 +177,7 @@ proptest! {
         ttl in prop::option::of(0u64..1 << 32),
     ) {
         let cc = CacheControl::parse(&h);
-        let opts = RuleOptions { default_ttl: ttl.map(Duration::from_secs), cache_set_cookie: false };
+        let opts = RuleOptions { default_ttl: ttl.map(Duration::from_secs), ..RuleOptions::default() };
         let lifetime = cache_rules::freshness_lifetime(&h, &cc, received, &opts);
         if cc.no_cache {
             prop_assert_eq!(lifetime, Duration::ZERO);
