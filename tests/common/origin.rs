@@ -28,7 +28,8 @@
 //!
 //! The origin counts requests per path-and-query and keeps the last request's
 //! headers, so tests assert from the origin's own view. [`Origin::set_failing`]
-//! makes it answer 503 to everything; [`Origin::stop`] closes the listener.
+//! makes it answer 503, without `cc`, to everything; [`Origin::stop`] closes
+//! the listener.
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -297,7 +298,11 @@ async fn respond(
         let now = std::time::SystemTime::now();
         headers.push(("Date".into(), httpdate::fmt_http_date(now)));
     }
-    if let Some(cc) = q.get("cc") {
+    // A failing origin (set_failing) answers 503 without the resource's caching headers.
+    if let Some(cc) = q
+        .get("cc")
+        .filter(|_| status != 503 || !state.failing.load(Ordering::SeqCst))
+    {
         headers.push(("Cache-Control".into(), cc.clone()));
     }
     let cache_control_on_304 = q.get("cc304").cloned();
