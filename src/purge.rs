@@ -47,11 +47,11 @@ pub async fn broadcast(
         let Ok(mut request) = RequestHeader::build("PURGE", path.as_bytes(), None) else {
             continue;
         };
-        cluster.sign_request(&mut request, origin);
         if prefix {
             let _ = request.insert_header(peers::PURGE_PREFIX.clone(), "1");
         }
         let _ = request.insert_header(http::header::HOST, *addr);
+        cluster.sign_request(&mut request, origin, addr);
         match client
             .fetch_peer(
                 addr,
