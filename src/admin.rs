@@ -208,10 +208,27 @@ mod tests {
 
     #[test]
     fn the_bearer_scheme_is_case_insensitive_and_needs_a_blank() {
-        for value in ["Bearer t0k", "bearer t0k", "BEARER  t0k", "Bearer\tt0k ", "bEaReR t0k"] {
-            assert_eq!(bearer_token(value.as_bytes()), Some(&b"t0k"[..]), "{value:?}");
+        for value in [
+            "Bearer t0k",
+            "bearer t0k",
+            "BEARER  t0k",
+            "Bearer\tt0k ",
+            "bEaReR t0k",
+        ] {
+            assert_eq!(
+                bearer_token(value.as_bytes()),
+                Some(&b"t0k"[..]),
+                "{value:?}"
+            );
         }
-        for value in ["Bearert0k", "Basic t0k", "Bearer", "Bearer ", "Token t0k", ""] {
+        for value in [
+            "Bearert0k",
+            "Basic t0k",
+            "Bearer",
+            "Bearer ",
+            "Token t0k",
+            "",
+        ] {
             assert_eq!(bearer_token(value.as_bytes()), None, "{value:?}");
         }
     }

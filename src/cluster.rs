@@ -149,9 +149,11 @@ impl Cluster {
             // Names are static and values were validated as header values above.
             let _ = request.insert_header(name, value);
         }
-        let signature = self
-            .auth
-            .sign(request.method.as_str(), path_and_query(request), &request.headers);
+        let signature = self.auth.sign(
+            request.method.as_str(),
+            path_and_query(request),
+            &request.headers,
+        );
         let _ = request.insert_header(peers::SIGNATURE.clone(), signature);
     }
 

@@ -253,9 +253,7 @@ impl PeerAuth {
         if now.abs_diff(timestamp) > MAX_CLOCK_SKEW_SECS {
             return Err(Refusal::Expired);
         }
-        let tag = BASE64
-            .decode(sig)
-            .map_err(|_| Refusal::BadSignature)?;
+        let tag = BASE64.decode(sig).map_err(|_| Refusal::BadSignature)?;
         hmac::verify(&self.key, &canonical(method, path, headers), &tag)
             .map_err(|_| Refusal::BadSignature)?;
         if to != me {
@@ -474,7 +472,10 @@ mod tests {
     }
 
     fn with(mut h: HeaderMap, name: &'static str, value: &'static str) -> HeaderMap {
-        h.insert(HeaderName::from_static(name), HeaderValue::from_static(value));
+        h.insert(
+            HeaderName::from_static(name),
+            HeaderValue::from_static(value),
+        );
         h
     }
 
@@ -529,7 +530,11 @@ mod tests {
         h.remove(header::ACCEPT);
         h.append(header::ACCEPT, HeaderValue::from_static("text/plain"));
         h.append(header::ACCEPT, HeaderValue::from_static("application/json"));
-        assert_eq!(verify(&h, "GET", "/x?y=1"), bad, "repeated fields reordered");
+        assert_eq!(
+            verify(&h, "GET", "/x?y=1"),
+            bad,
+            "repeated fields reordered"
+        );
         let other = PeerAuth::new("another secret!!");
         assert_eq!(
             other.verify("GET", "/x?y=1", &signed_get(), ME, NOW),
@@ -548,7 +553,10 @@ mod tests {
         let mut narrowed = sign(prefix, "PURGE", "/p/", NOW);
         assert!(verify(&narrowed, "PURGE", "/p/").is_ok());
         narrowed.remove(&PURGE_PREFIX);
-        assert_eq!(verify(&narrowed, "PURGE", "/p/"), Err(Refusal::BadSignature));
+        assert_eq!(
+            verify(&narrowed, "PURGE", "/p/"),
+            Err(Refusal::BadSignature)
+        );
     }
 
     #[test]
@@ -650,7 +658,10 @@ mod tests {
         }
         assert_eq!(seen.nonces.entry_count(), 10);
         for n in 0..20 {
-            assert!(seen.first_use(nonce(n, NOW + n as u64)).is_err(), "{n} accepted twice");
+            assert!(
+                seen.first_use(nonce(n, NOW + n as u64)).is_err(),
+                "{n} accepted twice"
+            );
         }
         assert_eq!(
             seen.first_use(nonce(100, NOW + 9)),

@@ -4,9 +4,9 @@
 mod common;
 use common::origin::Origin;
 use common::{cluster_yaml, free_port, start_cluster, Conn, Ringside};
+use http::{HeaderMap, HeaderValue};
 use ringside::config::OriginUrl;
 use ringside::membership::{self, Member};
-use http::{HeaderMap, HeaderValue};
 use ringside::peers::{self, Envelope, PeerAuth};
 use ringside::ring::Ring;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -839,12 +839,19 @@ async fn peers_can_talk_http2_over_cleartext() {
     let auth = format!("Bearer {}", common::ADMIN_TOKEN);
     let mut admin = Conn::connect(nodes[0].admin).await.unwrap();
     let r = admin
-        .request("PURGE", "/h2/", &[("authorization", &auth), ("ringside-purge", "prefix")])
+        .request(
+            "PURGE",
+            "/h2/",
+            &[("authorization", &auth), ("ringside-purge", "prefix")],
+        )
         .await
         .unwrap();
     assert!(r.text().contains("2 of 2"), "{}", r.text());
     for node in &nodes {
-        assert_eq!(node.metric("ringside_peer_auth_failures_total", &[]).await, 0.0);
+        assert_eq!(
+            node.metric("ringside_peer_auth_failures_total", &[]).await,
+            0.0
+        );
     }
 }
 
@@ -883,8 +890,12 @@ impl Capture {
     /// The recorded request whose request line starts with `method`.
     fn head(&self, method: &str) -> Vec<u8> {
         let heads = self.heads.lock().unwrap();
-        let found = heads.iter().find(|h| h.starts_with(format!("{method} ").as_bytes()));
-        found.unwrap_or_else(|| panic!("no {method} captured")).clone()
+        let found = heads
+            .iter()
+            .find(|h| h.starts_with(format!("{method} ").as_bytes()));
+        found
+            .unwrap_or_else(|| panic!("no {method} captured"))
+            .clone()
     }
 
     /// Stop listening: the address is free for a real node.
@@ -945,8 +956,15 @@ async fn captured_peer_requests_cannot_be_tampered_with_redirected_or_replayed()
     let auth = format!("Bearer {}", common::ADMIN_TOKEN);
     let mut admin = Conn::connect(node_a.admin).await.unwrap();
     let headers = [("authorization", auth.as_str())];
-    let purged = admin.request("PURGE", "/pp/", &headers).await.unwrap().text();
-    assert!(purged.contains("1 of 2"), "C confirmed, B hung up: {purged}");
+    let purged = admin
+        .request("PURGE", "/pp/", &headers)
+        .await
+        .unwrap()
+        .text();
+    assert!(
+        purged.contains("1 of 2"),
+        "C confirmed, B hung up: {purged}"
+    );
     let (get, purge) = (capture.head("GET"), capture.head("PURGE"));
     capture.close().await;
     let node_b = Ringside::start(&origin.url(), &cluster_yaml(&b, &members, extra)).await;
@@ -968,11 +986,19 @@ async fn captured_peer_requests_cannot_be_tampered_with_redirected_or_replayed()
     let get_text = String::from_utf8_lossy(&get).into_owned();
     assert!(get_text.contains("accept: application/json"), "{get_text}");
     let changed = get_text.replace("application/json", "text/html");
-    assert_eq!(replay(peer(&node_b), changed.as_bytes()).await, 401, "accept changed");
+    assert_eq!(
+        replay(peer(&node_b), changed.as_bytes()).await,
+        401,
+        "accept changed"
+    );
     // Redirected: to another node, and back to its sender.
     assert_eq!(replay(peer(&node_c), &get).await, 401, "sent to C");
     assert_eq!(replay(peer(&node_a), &get).await, 401, "sent back to A");
-    assert_eq!(origin.hits(path), 1, "no refused request reached the origin");
+    assert_eq!(
+        origin.hits(path),
+        1,
+        "no refused request reached the origin"
+    );
     // Unchanged, to B: accepted once (the refusals above did not use up its nonce).
     assert_eq!(replay(peer(&node_b), &get).await, 200);
     assert_eq!(origin.hits(path), 2);
