@@ -585,7 +585,10 @@ mod tests {
     fn a_header_nominated_by_connection_is_unsigned_and_stripped_not_trusted() {
         // Added with Connection naming it: unsigned, so the receiver drops it.
         let mut h = with(signed_get(), "cache-control", "no-cache");
-        h.insert(header::CONNECTION, HeaderValue::from_static("cache-control"));
+        h.insert(
+            header::CONNECTION,
+            HeaderValue::from_static("cache-control"),
+        );
         assert!(verify(&h, "GET", "/x?y=1").is_ok());
         assert!(unsigned_headers(&h).contains(&header::CACHE_CONTROL));
         // A signed header cannot be unsigned that way: it was signed.
