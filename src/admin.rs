@@ -7,8 +7,11 @@
 //! The read-only endpoints are open (kubelet probes and Prometheus scrapes
 //! carry no credentials by default; metrics hold no keys, paths or payloads).
 //! Purge changes the cache, so it needs `Authorization: Bearer <token>` with
-//! `admin_token` (or, when that is unset, `cluster.secret`); without a
-//! configured token purge is refused outright.
+//! `admin_token` (the scheme in any case, RFC 9110 §11.1; the token compared
+//! in constant time). Without `admin_token` purge is refused outright: the
+//! cluster secret is never a purge token, since a bearer token crosses the
+//! wire and the secret must not. Request heads over 64 KiB get 431, as on
+//! the proxy's listeners.
 //!
 //! Purge: `PURGE /path?query` or `DELETE /cache/path?query` removes that key
 //! (all its Vary variants) for the configured origin; header
@@ -18,7 +21,7 @@
 
 use crate::config::OriginUrl;
 use crate::metrics;
-use crate::proxy::Ringside;
+use crate::proxy::{self, Ringside};
 use crate::purge;
 use async_trait::async_trait;
 use http::{Method, Response, StatusCode};
@@ -26,6 +29,7 @@ use pingora::apps::http_app::ServeHttp;
 use pingora::protocols::http::ServerSession;
 use std::net::SocketAddr;
 use std::time::Duration;
+use subtle::ConstantTimeEq;
 
 pub struct Admin {
     proxy: Ringside,
@@ -37,11 +41,7 @@ pub struct Admin {
 
 impl Admin {
     pub fn new(proxy: Ringside, proxy_addr: SocketAddr) -> Admin {
-        let config = &proxy.config;
-        let token = [&config.admin_token, &config.cluster.secret]
-            .into_iter()
-            .find(|t| !t.is_empty())
-            .cloned();
+        let token = Some(proxy.config.admin_token.clone()).filter(|t| !t.is_empty());
         Admin {
             proxy,
             proxy_addr,
@@ -67,16 +67,15 @@ impl Admin {
             .req_header()
             .headers
             .get(http::header::AUTHORIZATION)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.strip_prefix("Bearer "));
-        given.is_some_and(|g| g.as_bytes() == token.as_bytes())
+            .and_then(|v| bearer_token(v.as_bytes()));
+        given.is_some_and(|g| bool::from(g.ct_eq(token.as_bytes())))
     }
 
     async fn purge(&self, session: &ServerSession) -> Response<Vec<u8>> {
         if !self.authorized(session) {
             metrics::ADMIN_AUTH_FAILURES.inc();
             let why: &[u8] = match self.token {
-                None => b"purge is disabled: set admin_token (or cluster.secret)\n",
+                None => b"purge is disabled: set admin_token (or RINGSIDE_ADMIN_TOKEN)\n",
                 Some(_) => b"purge needs Authorization: Bearer <admin token>\n",
             };
             return text(StatusCode::UNAUTHORIZED, why.to_vec());
@@ -108,6 +107,11 @@ impl Admin {
                 .unwrap_or(path_and_query),
             _ => path_and_query,
         };
+        // The same normal form the proxy keys requests by (normalize.rs).
+        let path = match crate::normalize::normalize_target(path.as_bytes()) {
+            Ok(path) => path.into_owned(),
+            Err(why) => return text(StatusCode::BAD_REQUEST, why.message().as_bytes().to_vec()),
+        };
         let Ok(uri) = path.parse::<http::Uri>() else {
             return text(StatusCode::BAD_REQUEST, b"bad path\n".to_vec());
         };
@@ -129,7 +133,7 @@ impl Admin {
                     cluster,
                     &filler.client,
                     &target.key_prefix,
-                    path,
+                    &path,
                     prefix,
                     within,
                 )
@@ -150,6 +154,16 @@ impl Admin {
     }
 }
 
+/// The token of an `Authorization: Bearer <token>` value: the scheme in any
+/// case (RFC 9110 §11.1), then one or more blanks.
+fn bearer_token(value: &[u8]) -> Option<&[u8]> {
+    let (scheme, rest) = value.split_at_checked(6)?;
+    let token = rest.trim_ascii_start();
+    let separated = token.len() < rest.len();
+    (scheme.eq_ignore_ascii_case(b"bearer") && separated && !token.is_empty())
+        .then(|| token.trim_ascii_end())
+}
+
 fn text(status: StatusCode, body: Vec<u8>) -> Response<Vec<u8>> {
     with_type(status, "text/plain", body)
 }
@@ -168,6 +182,10 @@ fn with_type(status: StatusCode, content_type: &str, body: Vec<u8>) -> Response<
 impl ServeHttp for Admin {
     async fn response(&self, session: &mut ServerSession) -> Response<Vec<u8>> {
         let req = session.req_header();
+        if proxy::header_bytes(req) > proxy::MAX_REQUEST_HEADER_BYTES {
+            let body = b"request headers too large\n".to_vec();
+            return text(StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE, body);
+        }
         if req.method.as_str() == "PURGE"
             || (req.method == Method::DELETE && req.uri.path().starts_with("/cache/"))
         {
@@ -194,6 +212,38 @@ impl ServeHttp for Admin {
                 }
             }
             _ => text(StatusCode::NOT_FOUND, b"not found\n".to_vec()),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::bearer_token;
+
+    #[test]
+    fn the_bearer_scheme_is_case_insensitive_and_needs_a_blank() {
+        for value in [
+            "Bearer t0k",
+            "bearer t0k",
+            "BEARER  t0k",
+            "Bearer\tt0k ",
+            "bEaReR t0k",
+        ] {
+            assert_eq!(
+                bearer_token(value.as_bytes()),
+                Some(&b"t0k"[..]),
+                "{value:?}"
+            );
+        }
+        for value in [
+            "Bearert0k",
+            "Basic t0k",
+            "Bearer",
+            "Bearer ",
+            "Token t0k",
+            "",
+        ] {
+            assert_eq!(bearer_token(value.as_bytes()), None, "{value:?}");
         }
     }
 }

@@ -11,9 +11,9 @@ use crate::config::{ClusterConfig, PeerProtocol};
 use crate::hot::HotKeys;
 use crate::membership::{self, Member};
 use crate::metrics;
-use crate::peers::{self, PeerAuth, PeerHealth};
+use crate::peers::{self, Envelope, PeerAuth, PeerHealth, Refusal, SeenNonces};
 use crate::ring::Ring;
-use http::HeaderValue;
+use http::{header, HeaderValue};
 use pingora::http::RequestHeader;
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
@@ -23,6 +23,8 @@ pub struct Cluster {
     pub me: String,
     ring: RwLock<Arc<Ring>>,
     pub auth: PeerAuth,
+    /// Nonces of the peer requests accepted lately (replays are refused).
+    pub nonces: SeenNonces,
     pub health: PeerHealth,
     pub hot: HotKeys,
     /// Bound on connecting to a peer: a dead peer costs at most this.
@@ -59,6 +61,7 @@ impl Cluster {
                 config.vnodes,
             ))),
             auth: PeerAuth::new(&config.secret),
+            nonces: SeenNonces::new(peers::MAX_NONCES),
             health: PeerHealth::new(config.peer_backoff),
             hot: HotKeys::new(hot_capacity, min_rate),
             peer_timeout: config.peer_timeout,
@@ -116,25 +119,26 @@ impl Cluster {
         self.ring.read().unwrap_or_else(|p| p.into_inner()).clone()
     }
 
-    /// Add the peer protocol's headers to a request for `origin`: who sends
-    /// it, from which ring generation, and the signature (see `peers.rs`).
-    pub fn sign_request(&self, request: &mut RequestHeader, origin: &str) {
-        let path = request
-            .uri
-            .path_and_query()
-            .map_or("/", |p| p.as_str())
-            .to_owned();
-        let mut headers = Vec::new();
-        self.auth.sign(
-            &mut headers,
-            &peers::Signed {
-                timestamp: peers::now_secs(),
-                from: &self.me,
-                method: request.method.as_str(),
-                origin,
-                path: &path,
-            },
-        );
+    /// Make `request` a peer request for `origin` to the member `to`: who
+    /// sends it, from which ring generation, when, a fresh nonce, and the
+    /// signature over all of it (see `peers.rs`). Call it last: a header
+    /// added afterwards breaks the signature. Peer requests carry no body, so
+    /// any body framing copied from the client's request is dropped.
+    pub fn sign_request(&self, request: &mut RequestHeader, origin: &str, to: &str) {
+        request.remove_header(&header::CONTENT_LENGTH);
+        request.remove_header(&header::TRANSFER_ENCODING);
+        let Some(nonce) = peers::random_nonce() else {
+            // Unsigned, the peer refuses it and this node asks the origin.
+            log::error!("no random nonce for a peer request: sending it unsigned");
+            return;
+        };
+        let envelope = Envelope {
+            from: &self.me,
+            to,
+            timestamp: peers::now_secs(),
+            nonce,
+        };
+        let mut headers = envelope.headers();
         headers.extend(
             HeaderValue::from_str(origin)
                 .ok()
@@ -148,6 +152,25 @@ impl Cluster {
             // Names are static and values were validated as header values above.
             let _ = request.insert_header(name, value);
         }
+        let signature = self.auth.sign(
+            request.method.as_str(),
+            path_and_query(request),
+            &request.headers,
+        );
+        let _ = request.insert_header(peers::SIGNATURE.clone(), signature);
+    }
+
+    /// Check a request that arrived on the peer listener: signed by a member
+    /// for this node, and not seen before.
+    pub fn verify_request(&self, request: &RequestHeader) -> Result<(), Refusal> {
+        let nonce = self.auth.verify(
+            request.method.as_str(),
+            path_and_query(request),
+            &request.headers,
+            &self.me,
+            peers::now_secs(),
+        )?;
+        self.nonces.first_use(nonce)
     }
 
     /// The peer that owns `key`, or None when this node does (or is alone).
@@ -155,4 +178,8 @@ impl Cluster {
         let owner = ring.owner(key)?;
         (owner.addr != self.me).then(|| owner.addr.clone())
     }
+}
+
+fn path_and_query(request: &RequestHeader) -> &str {
+    request.uri.path_and_query().map_or("/", |p| p.as_str())
 }

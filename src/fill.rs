@@ -498,7 +498,8 @@ fn refused_by_peer(response: &OriginResponse) -> bool {
 /// The fill request plus the peer protocol's headers (see `peers.rs`).
 fn peer_request(job: &Job, cluster: &Cluster) -> RequestHeader {
     let mut request = job.request.clone();
-    cluster.sign_request(&mut request, &job.target.key_prefix);
+    let owner = job.owner.as_deref().unwrap_or_default();
+    cluster.sign_request(&mut request, &job.target.key_prefix, owner);
     request
 }
 

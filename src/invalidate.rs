@@ -53,13 +53,22 @@ pub fn invalidated_uris(
         let Some(value) = response_headers.get(&name).and_then(|v| v.to_str().ok()) else {
             continue;
         };
-        if let Some(uri) = same_origin(value.trim(), request, target) {
+        let uri = same_origin(value.trim(), request, target).and_then(|u| normalized(&u));
+        if let Some(uri) = uri {
             if !uris.contains(&uri) {
                 uris.push(uri);
             }
         }
     }
     uris
+}
+
+/// In the normal form requests are keyed by (`normalize.rs`); None when it
+/// has none (such a URI was never stored).
+fn normalized(uri: &Uri) -> Option<Uri> {
+    let target = uri.path_and_query().map_or("/", |p| p.as_str());
+    let normal = crate::normalize::normalize_target(target.as_bytes()).ok()?;
+    normal.parse().ok()
 }
 
 fn origin_form(uri: &Uri) -> Uri {
@@ -206,6 +215,11 @@ mod tests {
             ["/items/1", "/items/2"]
         );
         assert_eq!(uris("/items/1", &[("location", "/items/1")]), ["/items/1"]);
+        assert_eq!(
+            uris("/items/1", &[("location", "/items//./%32")]),
+            ["/items/1", "/items/2"],
+            "in the normal form keys use"
+        );
     }
 
     #[test]

@@ -370,6 +370,27 @@ pub static ADMIN_AUTH_FAILURES: Lazy<IntCounter> = Lazy::new(|| {
     )
 });
 
+pub static PEER_NONCES: Lazy<IntGauge> = Lazy::new(|| {
+    gauge(
+        "ringside_peer_nonces",
+        "Nonces of accepted peer requests remembered to refuse replays (each for 60 s).",
+    )
+});
+
+static PEER_NONCE_REFUSALS: Lazy<IntCounterVec> = Lazy::new(|| {
+    counter_vec(
+        "ringside_peer_nonce_refusals_total",
+        "Signed peer requests refused by the nonce table: replay (nonce already used, also counted \
+         in ringside_peer_auth_failures_total), overflow (older than nonces forgotten for room: 503).",
+        &["reason"],
+    )
+});
+
+/// A signed peer request refused by the nonce table: `replay` or `overflow`.
+pub fn observe_nonce_refusal(reason: &'static str) {
+    PEER_NONCE_REFUSALS.with_label_values(&[reason]).inc();
+}
+
 pub static HOT_ENTRIES: Lazy<IntGauge> = Lazy::new(|| {
     gauge(
         "ringside_hot_entries",
@@ -466,6 +487,10 @@ pub fn init(capacity_bytes: u64) {
     Lazy::force(&PEER_REQUESTS);
     Lazy::force(&PEER_DURATION);
     Lazy::force(&PEER_SERVED);
+    Lazy::force(&PEER_NONCES);
+    for reason in ["replay", "overflow"] {
+        PEER_NONCE_REFUSALS.with_label_values(&[reason]);
+    }
 }
 
 /// The Prometheus text exposition of every registered metric.

@@ -3,49 +3,98 @@
 //! The protocol is plain HTTP/1.1 with pooled keep-alive connections (the
 //! same pingora connector as origin fills; HTTP/2 over cleartext with
 //! `cluster.peer_protocol: h2c`, measured slower on loopback) to each peer's
-//! *peer listener*, never to its app-facing one. A peer request is the client's request as a
-//! fill would send it to the origin, plus these headers:
+//! *peer listener*, never to its app-facing one. A peer request is the
+//! client's request as a fill would send it to the origin (a GET without a
+//! body), or a `PURGE` from the admin endpoint, plus these headers:
 //!
-//! | header                   | meaning                                               |
-//! |--------------------------|-------------------------------------------------------|
-//! | `x-ringside-origin`      | which origin (`scheme://host:port`) the key belongs to |
-//! | `x-ringside-from`        | the sender's advertised peer address                  |
-//! | `x-ringside-generation`  | the sender's ring generation (views can be compared)  |
-//! | `x-ringside-timestamp`   | unix seconds; signatures older than 30 s are refused  |
-//! | `x-ringside-signature`   | SipHash-2-4-128 MAC over the above, keyed by the secret |
+//! | header                    | meaning                                                   |
+//! |---------------------------|-----------------------------------------------------------|
+//! | `x-ringside-origin`       | which origin (`scheme://host:port`) the key belongs to     |
+//! | `x-ringside-from`         | the sender's advertised peer address                      |
+//! | `x-ringside-to`           | the receiver's peer address, as the sender's ring names it |
+//! | `x-ringside-generation`   | the sender's ring generation (views can be compared)      |
+//! | `x-ringside-timestamp`    | unix seconds; refused more than 30 s from the receiver's clock |
+//! | `x-ringside-nonce`        | 128 random bits (32 hex digits), accepted once            |
+//! | `x-ringside-purge-prefix` | on a `PURGE`: every key under the path, not just the key  |
+//! | `x-ringside-signature`    | HMAC-SHA256 of the canonical request below, keyed by the cluster secret (base64) |
 //!
-//! The secret itself never crosses the wire, and a captured request cannot be
-//! replayed for another path, origin or much later. A request that arrived on
-//! the peer listener is served from the owner's cache or its origin, never
-//! forwarded again, whatever the receiver thinks of the ring (the loop guard).
+//! The canonical request, one line each (`\n`-terminated):
+//!
+//! ```text
+//! ringside-peer-v2
+//! <method>
+//! <path and query, exactly as sent>
+//! purge: none | key | prefix
+//! body-sha256: <hex SHA-256 of the body: peer requests have none, so always that of "">
+//! <name>:<value>      for every signed header field, sorted by name (lower case),
+//!                     repeated fields in the order sent, values without surrounding blanks
+//! ```
+//!
+//! Every header field is signed except the signature itself, `host` (HTTP/2
+//! sends it as `:authority`) and the hop-by-hop ones (RFC 9110 §7.6.1: an
+//! HTTP/2 client drops them); the receiver removes these unsigned ones
+//! before acting on the request. So the signature covers the
+//! `x-ringside-*` fields above and every end-to-end header the owner reads
+//! (`Cache-Control`, the headers its stored responses vary on, `Range`) or
+//! passes on to its origin (a fill forwards the client's end-to-end headers).
+//! A header added on the way breaks it: nothing between peers may add any.
+//!
+//! The receiver ([`PeerAuth::verify`], then [`SeenNonces::first_use`]) checks,
+//! in this order: the credentials are present; the request carries no body
+//! framing (`Content-Length`, `Transfer-Encoding`); the timestamp is within
+//! 30 s; the signature (compared in constant time); the request is addressed
+//! to this node (`x-ringside-to` is its `cluster.me`) and not sent by it;
+//! the nonce was not seen before. Any failure is a 401, counted in
+//! `ringside_peer_auth_failures_total`. Nonces are remembered for 60 s (twice
+//! the timestamp window, so a nonce is refused for as long as its timestamp
+//! would pass) in a table of at most 32,768; when more arrive, the oldest
+//! are forgotten and every request no newer than them gets 503 (its sender
+//! loads from its origin instead), so a replay is never accepted.
+//!
+//! So the secret itself never crosses the wire, and a captured request can be
+//! neither altered (another path, origin, purge mode or header), nor replayed
+//! (to the same node, another node or its sender), nor used much later. A
+//! request that arrived on the peer listener is served from the owner's cache
+//! or its origin, never forwarded again, whatever the receiver thinks of the
+//! ring (the loop guard).
 //!
 //! [`PeerHealth`] remembers peers that failed and skips them for a backoff
 //! that doubles with each failure (up to 16x), so a dead peer costs one
 //! timeout, not one per request.
 
 use crate::metrics;
-use crate::ring::sip_keys;
-use http::header::{HeaderMap, HeaderName, HeaderValue};
-use siphasher::sip128::{Hasher128, SipHasher24};
+use crate::origin::hop_by_hop_names;
+use base64::engine::general_purpose::STANDARD_NO_PAD as BASE64;
+use base64::Engine;
+use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+use moka::notification::RemovalCause;
+use moka::policy::EvictionPolicy;
+use moka::sync::Cache;
+use ring::hmac;
 use std::collections::HashMap;
-use std::hash::Hasher;
-use std::sync::Mutex;
+use std::fmt;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 pub static ORIGIN: HeaderName = HeaderName::from_static("x-ringside-origin");
 pub static FROM: HeaderName = HeaderName::from_static("x-ringside-from");
+pub static TO: HeaderName = HeaderName::from_static("x-ringside-to");
 pub static GENERATION: HeaderName = HeaderName::from_static("x-ringside-generation");
 pub static TIMESTAMP: HeaderName = HeaderName::from_static("x-ringside-timestamp");
+pub static NONCE: HeaderName = HeaderName::from_static("x-ringside-nonce");
 pub static SIGNATURE: HeaderName = HeaderName::from_static("x-ringside-signature");
 /// On a peer PURGE: purge every key starting with the path.
 pub static PURGE_PREFIX: HeaderName = HeaderName::from_static("x-ringside-purge-prefix");
 
 /// Every peer-protocol header: removed before anything goes to an origin.
-pub static HEADERS: [&HeaderName; 6] = [
+pub static HEADERS: [&HeaderName; 8] = [
     &ORIGIN,
     &FROM,
+    &TO,
     &GENERATION,
     &TIMESTAMP,
+    &NONCE,
     &SIGNATURE,
     &PURGE_PREFIX,
 ];
@@ -60,86 +109,271 @@ pub fn strip_peer_headers(headers: &mut HeaderMap) {
 /// so that the asking node tells "the peer refused us" from an origin answer.
 pub const REFUSED_STATUS: &str = "ringside; fwd=bypass; detail=peer-refused";
 
+/// How far a request's timestamp may be from the receiver's clock.
 const MAX_CLOCK_SKEW_SECS: u64 = 30;
+
+/// How long a nonce is remembered: as long as its timestamp could pass.
+pub const NONCE_WINDOW: Duration = Duration::from_secs(2 * MAX_CLOCK_SKEW_SECS);
+
+/// Bound on the nonce table: about 380 bytes each (measured), so 12 MiB at
+/// most. Past this many peer requests per [`NONCE_WINDOW`] (550/s), the
+/// oldest are forgotten; only requests older than them are refused.
+pub const MAX_NONCES: u64 = 32_768;
+
+/// SHA-256 of the empty body, the only body peer requests have.
+pub const EMPTY_BODY_SHA256: &str =
+    "e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855";
+
+/// Why a peer request was refused.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Refusal {
+    MissingCredentials,
+    BodyFraming,
+    Expired,
+    BadSignature,
+    /// Signed for another node.
+    NotForMe,
+    /// Signed by this node: a request of ours sent back to us.
+    FromMe,
+    Replayed,
+    /// Older than the nonces still remembered: the table overflowed, so a
+    /// replay could not be told apart.
+    Forgotten,
+}
+
+impl Refusal {
+    /// The answer's status: 503 when only our capacity is the problem.
+    pub fn status(self) -> u16 {
+        match self {
+            Refusal::Forgotten => 503,
+            _ => 401,
+        }
+    }
+}
+
+impl fmt::Display for Refusal {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Refusal::MissingCredentials => "missing peer credentials",
+            Refusal::BodyFraming => "peer requests carry no body, this one has body framing",
+            Refusal::Expired => "timestamp outside the 30 s window",
+            Refusal::BadSignature => "bad signature",
+            Refusal::NotForMe => "signed for another node",
+            Refusal::FromMe => "signed by this node",
+            Refusal::Replayed => "nonce already used (replay)",
+            Refusal::Forgotten => "older than the nonces still remembered (too many peer requests)",
+        })
+    }
+}
+
+/// Who sends a peer request to whom, and when: with a fresh nonce, these
+/// make every signature unique.
+pub struct Envelope<'a> {
+    pub from: &'a str,
+    pub to: &'a str,
+    pub timestamp: u64,
+    pub nonce: u128,
+}
+
+impl Envelope<'_> {
+    /// The envelope as protocol headers (to add before signing).
+    pub fn headers(&self) -> Vec<(HeaderName, HeaderValue)> {
+        [
+            (&FROM, self.from.to_string()),
+            (&TO, self.to.to_string()),
+            (&TIMESTAMP, self.timestamp.to_string()),
+            (&NONCE, format!("{:032x}", self.nonce)),
+        ]
+        .into_iter()
+        .filter_map(|(name, value)| Some((name.clone(), HeaderValue::from_str(&value).ok()?)))
+        .collect()
+    }
+}
+
+/// 128 bits from the system's secure random source (None if it fails).
+pub fn random_nonce() -> Option<u128> {
+    let bytes: [u8; 16] = ring::rand::generate(&ring::rand::SystemRandom::new())
+        .ok()?
+        .expose();
+    Some(u128::from_be_bytes(bytes))
+}
+
+/// A verified request's nonce and timestamp.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Nonce {
+    pub value: u128,
+    pub timestamp: u64,
+}
 
 /// Signs and verifies peer requests with the cluster secret.
 pub struct PeerAuth {
-    keys: (u64, u64),
-}
-
-/// What the signature covers.
-pub struct Signed<'a> {
-    pub timestamp: u64,
-    pub from: &'a str,
-    pub method: &'a str,
-    pub origin: &'a str,
-    pub path: &'a str,
+    key: hmac::Key,
 }
 
 impl PeerAuth {
     pub fn new(secret: &str) -> PeerAuth {
         PeerAuth {
-            keys: sip_keys(&format!("ringside-peer-auth\n{secret}")),
+            key: hmac::Key::new(hmac::HMAC_SHA256, secret.as_bytes()),
         }
     }
 
-    fn mac(&self, s: &Signed) -> String {
-        let mut h = SipHasher24::new_with_keys(self.keys.0, self.keys.1);
-        for part in [
-            s.timestamp.to_string().as_str(),
-            s.from,
-            s.method,
-            s.origin,
-            s.path,
-        ] {
-            h.write(part.as_bytes());
-            h.write(&[0]);
-        }
-        let h = h.finish128();
-        format!("{:016x}{:016x}", h.h1, h.h2)
+    /// The signature of a request whose headers already carry its envelope
+    /// (and everything else it will be sent with, but `host`).
+    pub fn sign(&self, method: &str, path: &str, headers: &HeaderMap) -> HeaderValue {
+        let tag = hmac::sign(&self.key, &canonical(method, path, headers));
+        HeaderValue::from_str(&BASE64.encode(tag.as_ref())).expect("base64 is a valid header")
     }
 
-    /// Add the authentication headers for a request to a peer.
-    pub fn sign(&self, headers: &mut Vec<(HeaderName, HeaderValue)>, s: &Signed) {
-        let pairs = [
-            (&FROM, s.from.to_string()),
-            (&TIMESTAMP, s.timestamp.to_string()),
-            (&SIGNATURE, self.mac(s)),
-        ];
-        for (name, value) in pairs {
-            if let Ok(value) = HeaderValue::from_str(&value) {
-                headers.push((name.clone(), value));
-            }
-        }
-    }
-
-    /// Check a request's authentication headers; `Err` says why not.
+    /// Check a request as it arrived at the node whose address is `me`, at
+    /// unix time `now`. Returns its nonce, for [`SeenNonces::first_use`].
     pub fn verify(
         &self,
-        headers: &HeaderMap,
         method: &str,
         path: &str,
-    ) -> Result<(), &'static str> {
+        headers: &HeaderMap,
+        me: &str,
+        now: u64,
+    ) -> Result<Nonce, Refusal> {
         let get = |name: &HeaderName| headers.get(name).and_then(|v| v.to_str().ok());
-        let (Some(from), Some(ts), Some(sig)) = (get(&FROM), get(&TIMESTAMP), get(&SIGNATURE))
-        else {
-            return Err("missing peer credentials");
+        let (Some(from), Some(to), Some(ts), Some(nonce), Some(sig)) = (
+            get(&FROM),
+            get(&TO),
+            get(&TIMESTAMP),
+            get(&NONCE),
+            get(&SIGNATURE),
+        ) else {
+            return Err(Refusal::MissingCredentials);
         };
-        let timestamp: u64 = ts.parse().map_err(|_| "bad timestamp")?;
-        if now_secs().abs_diff(timestamp) > MAX_CLOCK_SKEW_SECS {
-            return Err("signature expired");
+        if headers.contains_key(header::CONTENT_LENGTH)
+            || headers.contains_key(header::TRANSFER_ENCODING)
+        {
+            return Err(Refusal::BodyFraming);
         }
-        let expected = self.mac(&Signed {
-            timestamp,
-            from,
-            method,
-            origin: get(&ORIGIN).unwrap_or(""),
-            path,
-        });
-        if constant_time_eq(expected.as_bytes(), sig.as_bytes()) {
-            Ok(())
-        } else {
-            Err("bad signature")
+        let timestamp: u64 = ts.parse().map_err(|_| Refusal::MissingCredentials)?;
+        if now.abs_diff(timestamp) > MAX_CLOCK_SKEW_SECS {
+            return Err(Refusal::Expired);
+        }
+        let tag = BASE64.decode(sig).map_err(|_| Refusal::BadSignature)?;
+        hmac::verify(&self.key, &canonical(method, path, headers), &tag)
+            .map_err(|_| Refusal::BadSignature)?;
+        if to != me {
+            return Err(Refusal::NotForMe);
+        }
+        if from == me {
+            return Err(Refusal::FromMe);
+        }
+        let value = parse_nonce(nonce).ok_or(Refusal::MissingCredentials)?;
+        Ok(Nonce { value, timestamp })
+    }
+}
+
+/// A nonce as sent: exactly 32 hex digits.
+fn parse_nonce(text: &str) -> Option<u128> {
+    let hex = text.len() == 32 && text.bytes().all(|b| b.is_ascii_hexdigit());
+    hex.then(|| u128::from_str_radix(text, 16).ok()).flatten()
+}
+
+/// What a signature covers (see the module documentation).
+fn canonical(method: &str, path: &str, headers: &HeaderMap) -> Vec<u8> {
+    let purge = match (method, headers.contains_key(&PURGE_PREFIX)) {
+        ("PURGE", true) => "prefix",
+        ("PURGE", false) => "key",
+        _ => "none",
+    };
+    let mut out = Vec::with_capacity(512);
+    for line in [
+        "ringside-peer-v2",
+        method,
+        path,
+        &format!("purge: {purge}"),
+        &format!("body-sha256: {EMPTY_BODY_SHA256}"),
+    ] {
+        out.extend_from_slice(line.as_bytes());
+        out.push(b'\n');
+    }
+    for (name, value) in signed_headers(headers) {
+        out.extend_from_slice(name.as_str().as_bytes());
+        out.push(b':');
+        out.extend_from_slice(value.as_bytes().trim_ascii());
+        out.push(b'\n');
+    }
+    out
+}
+
+/// The header fields a signature covers, sorted by name (stable: repeated
+/// fields keep their order).
+fn signed_headers(headers: &HeaderMap) -> Vec<(&HeaderName, &HeaderValue)> {
+    let unsigned = unsigned_headers(headers);
+    let mut signed: Vec<_> = headers
+        .iter()
+        .filter(|(name, _)| *name != SIGNATURE && !unsigned.contains(name))
+        .collect();
+    signed.sort_by(|a, b| a.0.as_str().cmp(b.0.as_str()));
+    signed
+}
+
+/// The header fields a peer request may carry unsigned: `host` and the
+/// hop-by-hop ones. The receiver removes them before acting on the request.
+pub fn unsigned_headers(headers: &HeaderMap) -> Vec<HeaderName> {
+    let mut names = hop_by_hop_names(headers);
+    if headers.contains_key(header::HOST) {
+        names.push(header::HOST);
+    }
+    names
+}
+
+/// The nonces of accepted peer requests, each remembered for
+/// [`NONCE_WINDOW`], at most `capacity` of them (least recent out first).
+/// Once a nonce had to go before its time, every request no newer than it
+/// is refused: it could be a replay of one of the forgotten ones. So the
+/// table never accepts a replay, and under a flood it refuses only requests
+/// older than the last `capacity` accepted ones, not new ones.
+pub struct SeenNonces {
+    /// Nonce -> its request's timestamp.
+    nonces: Cache<u128, u64>,
+    /// The newest timestamp among the nonces forgotten for room.
+    forgotten_up_to: Arc<AtomicU64>,
+}
+
+impl SeenNonces {
+    pub fn new(capacity: u64) -> SeenNonces {
+        let forgotten_up_to = Arc::new(AtomicU64::new(0));
+        let watermark = forgotten_up_to.clone();
+        let nonces = Cache::builder()
+            .max_capacity(capacity)
+            .eviction_policy(EvictionPolicy::lru())
+            .time_to_live(NONCE_WINDOW)
+            .eviction_listener(move |_, timestamp: u64, cause| {
+                if cause == RemovalCause::Size {
+                    watermark.fetch_max(timestamp, Ordering::Relaxed);
+                }
+            })
+            .build();
+        SeenNonces {
+            nonces,
+            forgotten_up_to,
+        }
+    }
+
+    /// Accept `nonce` once: a second use within the window is a replay.
+    pub fn first_use(&self, nonce: Nonce) -> Result<(), Refusal> {
+        let result = self.remember(nonce);
+        match result {
+            Ok(()) => metrics::PEER_NONCES.set(self.nonces.entry_count() as i64),
+            Err(Refusal::Forgotten) => metrics::observe_nonce_refusal("overflow"),
+            Err(_) => metrics::observe_nonce_refusal("replay"),
+        }
+        result
+    }
+
+    fn remember(&self, nonce: Nonce) -> Result<(), Refusal> {
+        if nonce.timestamp <= self.forgotten_up_to.load(Ordering::Relaxed) {
+            return Err(Refusal::Forgotten);
+        }
+        let entry = self.nonces.entry(nonce.value).or_insert(nonce.timestamp);
+        match entry.is_fresh() {
+            true => Ok(()),
+            false => Err(Refusal::Replayed),
         }
     }
 }
@@ -148,10 +382,6 @@ pub fn now_secs() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map_or(0, |d| d.as_secs())
-}
-
-fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
-    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
 /// Which peers recently failed, and until when they are skipped.
@@ -209,38 +439,253 @@ impl PeerHealth {
 mod tests {
     use super::*;
 
-    fn signed_headers(auth: &PeerAuth, ts: u64) -> HeaderMap {
-        let mut pairs = Vec::new();
-        auth.sign(
-            &mut pairs,
-            &Signed {
-                timestamp: ts,
-                from: "10.0.0.1:7070",
-                method: "GET",
-                origin: "http://api:80",
-                path: "/x?y=1",
-            },
-        );
-        let mut h: HeaderMap = pairs.into_iter().collect();
+    const SECRET: &str = "0123456789abcdef";
+    const ME: &str = "10.0.0.2:7070";
+    const NOW: u64 = 1_700_000_000;
+
+    /// A signed GET from 10.0.0.1 to ME, as a fill would send it.
+    fn signed_get() -> HeaderMap {
+        let mut h = HeaderMap::new();
+        h.insert(header::HOST, HeaderValue::from_static("api"));
         h.insert(ORIGIN.clone(), HeaderValue::from_static("http://api:80"));
+        h.insert(GENERATION.clone(), HeaderValue::from_static("42"));
+        h.insert(header::ACCEPT, HeaderValue::from_static("application/json"));
+        h.append(header::ACCEPT, HeaderValue::from_static("text/plain"));
+        sign(h, "GET", "/x?y=1", NOW)
+    }
+
+    fn sign(mut h: HeaderMap, method: &str, path: &str, timestamp: u64) -> HeaderMap {
+        let envelope = Envelope {
+            from: "10.0.0.1:7070",
+            to: ME,
+            timestamp,
+            nonce: 0x0123_4567_89ab_cdef_0123_4567_89ab_cdef,
+        };
+        h.extend(envelope.headers());
+        let signature = PeerAuth::new(SECRET).sign(method, path, &h);
+        h.insert(SIGNATURE.clone(), signature);
+        h
+    }
+
+    fn verify(h: &HeaderMap, method: &str, path: &str) -> Result<Nonce, Refusal> {
+        PeerAuth::new(SECRET).verify(method, path, h, ME, NOW)
+    }
+
+    fn with(mut h: HeaderMap, name: &'static str, value: &'static str) -> HeaderMap {
+        h.insert(
+            HeaderName::from_static(name),
+            HeaderValue::from_static(value),
+        );
         h
     }
 
     #[test]
-    fn a_signed_request_verifies_and_a_tampered_one_does_not() {
-        let auth = PeerAuth::new("0123456789abcdef");
-        let h = signed_headers(&auth, now_secs());
-        assert_eq!(auth.verify(&h, "GET", "/x?y=1"), Ok(()));
-        assert!(auth.verify(&h, "GET", "/x?y=2").is_err(), "other path");
-        assert!(auth.verify(&h, "PURGE", "/x?y=1").is_err(), "other method");
-        let other = PeerAuth::new("another secret!!");
-        assert!(other.verify(&h, "GET", "/x?y=1").is_err(), "other secret");
-        let old = signed_headers(&auth, now_secs() - 120);
-        assert_eq!(auth.verify(&old, "GET", "/x?y=1"), Err("signature expired"));
+    fn a_signed_request_verifies_and_returns_its_nonce() {
+        let h = signed_get();
         assert_eq!(
-            auth.verify(&HeaderMap::new(), "GET", "/"),
-            Err("missing peer credentials")
+            verify(&h, "GET", "/x?y=1"),
+            Ok(Nonce {
+                value: 0x0123_4567_89ab_cdef_0123_4567_89ab_cdef,
+                timestamp: NOW
+            })
         );
+        assert_eq!(h[&NONCE], "0123456789abcdef0123456789abcdef");
+    }
+
+    #[test]
+    fn tampering_with_any_signed_element_breaks_the_signature() {
+        let bad = Err(Refusal::BadSignature);
+        assert_eq!(verify(&signed_get(), "HEAD", "/x?y=1"), bad, "method");
+        assert_eq!(verify(&signed_get(), "GET", "/z?y=1"), bad, "path");
+        assert_eq!(verify(&signed_get(), "GET", "/x?y=2"), bad, "query");
+        assert_eq!(verify(&signed_get(), "GET", "/x"), bad, "query removed");
+        for (name, value) in [
+            ("x-ringside-origin", "http://evil:80"),
+            ("x-ringside-from", "10.0.0.9:7070"),
+            ("x-ringside-to", "10.0.0.3:7070"),
+            ("x-ringside-timestamp", "1700000001"),
+            ("x-ringside-nonce", "0123456789abcdef0123456789abcdee"),
+            ("x-ringside-generation", "43"),
+            ("accept", "text/html"),
+        ] {
+            let h = with(signed_get(), name, value);
+            assert_eq!(verify(&h, "GET", "/x?y=1"), bad, "{name} changed");
+        }
+        for (name, value) in [
+            ("cache-control", "no-cache"),
+            ("x-forwarded-host", "evil"),
+            ("x-ringside-purge-prefix", "1"),
+            ("authorization", "Bearer x"),
+        ] {
+            let h = with(signed_get(), name, value);
+            assert_eq!(verify(&h, "GET", "/x?y=1"), bad, "{name} added");
+        }
+        let mut h = signed_get();
+        h.remove(header::ACCEPT);
+        assert_eq!(verify(&h, "GET", "/x?y=1"), bad, "header removed");
+        let mut h = signed_get();
+        h.remove(&GENERATION);
+        assert_eq!(verify(&h, "GET", "/x?y=1"), bad, "generation removed");
+        let mut h = signed_get();
+        h.remove(header::ACCEPT);
+        h.append(header::ACCEPT, HeaderValue::from_static("text/plain"));
+        h.append(header::ACCEPT, HeaderValue::from_static("application/json"));
+        assert_eq!(
+            verify(&h, "GET", "/x?y=1"),
+            bad,
+            "repeated fields reordered"
+        );
+        let other = PeerAuth::new("another secret!!");
+        assert_eq!(
+            other.verify("GET", "/x?y=1", &signed_get(), ME, NOW),
+            bad,
+            "other secret"
+        );
+    }
+
+    #[test]
+    fn the_purge_mode_is_signed() {
+        let purge_key = sign(HeaderMap::new(), "PURGE", "/p/", NOW);
+        assert!(verify(&purge_key, "PURGE", "/p/").is_ok());
+        let widened = with(purge_key, "x-ringside-purge-prefix", "1");
+        assert_eq!(verify(&widened, "PURGE", "/p/"), Err(Refusal::BadSignature));
+        let prefix = with(HeaderMap::new(), "x-ringside-purge-prefix", "1");
+        let mut narrowed = sign(prefix, "PURGE", "/p/", NOW);
+        assert!(verify(&narrowed, "PURGE", "/p/").is_ok());
+        narrowed.remove(&PURGE_PREFIX);
+        assert_eq!(
+            verify(&narrowed, "PURGE", "/p/"),
+            Err(Refusal::BadSignature)
+        );
+    }
+
+    #[test]
+    fn host_hop_by_hop_and_field_order_are_not_signed() {
+        // What HTTP/2 and HTTP/1.1 transports change on the way.
+        let mut h = signed_get();
+        h.remove(header::HOST);
+        h.insert(header::CONNECTION, HeaderValue::from_static("keep-alive"));
+        h.insert(header::TE, HeaderValue::from_static("trailers"));
+        assert!(verify(&h, "GET", "/x?y=1").is_ok());
+        let mut names_reordered = HeaderMap::new();
+        let original = signed_get();
+        let mut names: Vec<&HeaderName> = original.keys().collect();
+        names.reverse();
+        for name in names {
+            for value in original.get_all(name) {
+                names_reordered.append(name.clone(), value.clone());
+            }
+        }
+        assert!(verify(&names_reordered, "GET", "/x?y=1").is_ok());
+        assert_eq!(unsigned_headers(&h), [header::CONNECTION, header::TE]);
+        assert!(unsigned_headers(&signed_get()).contains(&header::HOST));
+    }
+
+    #[test]
+    fn a_header_nominated_by_connection_is_unsigned_and_stripped_not_trusted() {
+        // Added with Connection naming it: unsigned, so the receiver drops it.
+        let mut h = with(signed_get(), "cache-control", "no-cache");
+        h.insert(
+            header::CONNECTION,
+            HeaderValue::from_static("cache-control"),
+        );
+        assert!(verify(&h, "GET", "/x?y=1").is_ok());
+        assert!(unsigned_headers(&h).contains(&header::CACHE_CONTROL));
+        // A signed header cannot be unsigned that way: it was signed.
+        let mut h = signed_get();
+        h.insert(header::CONNECTION, HeaderValue::from_static("accept"));
+        assert_eq!(verify(&h, "GET", "/x?y=1"), Err(Refusal::BadSignature));
+    }
+
+    #[test]
+    fn expired_redirected_self_sent_and_bodied_requests_are_refused() {
+        let h = signed_get();
+        let auth = PeerAuth::new(SECRET);
+        assert_eq!(
+            auth.verify("GET", "/x?y=1", &h, ME, NOW + 31),
+            Err(Refusal::Expired)
+        );
+        assert_eq!(
+            auth.verify("GET", "/x?y=1", &h, ME, NOW - 31),
+            Err(Refusal::Expired)
+        );
+        assert!(auth.verify("GET", "/x?y=1", &h, ME, NOW + 30).is_ok());
+        assert_eq!(
+            auth.verify("GET", "/x?y=1", &h, "10.0.0.3:7070", NOW),
+            Err(Refusal::NotForMe)
+        );
+        assert_eq!(
+            auth.verify("GET", "/x?y=1", &h, "10.0.0.1:7070", NOW),
+            Err(Refusal::NotForMe),
+            "the sender is not the receiver it signed for"
+        );
+        let mut to_self = with(HeaderMap::new(), "x-ringside-origin", "http://api:80");
+        to_self.extend(
+            Envelope {
+                from: ME,
+                to: ME,
+                timestamp: NOW,
+                nonce: 1,
+            }
+            .headers(),
+        );
+        let signature = auth.sign("GET", "/", &to_self);
+        to_self.insert(SIGNATURE.clone(), signature);
+        assert_eq!(verify(&to_self, "GET", "/"), Err(Refusal::FromMe));
+        for (name, value) in [("content-length", "5"), ("transfer-encoding", "chunked")] {
+            let h = with(signed_get(), name, value);
+            assert_eq!(verify(&h, "GET", "/x?y=1"), Err(Refusal::BodyFraming));
+        }
+        assert_eq!(
+            verify(&HeaderMap::new(), "GET", "/"),
+            Err(Refusal::MissingCredentials)
+        );
+        let short_nonce = with(signed_get(), "x-ringside-nonce", "1234");
+        assert!(verify(&short_nonce, "GET", "/x?y=1").is_err());
+    }
+
+    #[test]
+    fn the_empty_body_digest_is_sha256_of_nothing() {
+        let digest = ring::digest::digest(&ring::digest::SHA256, b"");
+        let hex: String = digest.as_ref().iter().map(|b| format!("{b:02x}")).collect();
+        assert_eq!(hex, EMPTY_BODY_SHA256);
+    }
+
+    fn nonce(value: u128, timestamp: u64) -> Nonce {
+        Nonce { value, timestamp }
+    }
+
+    #[test]
+    fn nonces_are_random_and_accepted_once() {
+        let (a, b) = (random_nonce().unwrap(), random_nonce().unwrap());
+        assert_ne!(a, b);
+        let seen = SeenNonces::new(100);
+        assert_eq!(seen.first_use(nonce(a, NOW)), Ok(()));
+        assert_eq!(seen.first_use(nonce(b, NOW)), Ok(()));
+        assert_eq!(seen.first_use(nonce(a, NOW)), Err(Refusal::Replayed));
+    }
+
+    #[test]
+    fn an_overflowing_nonce_table_refuses_what_it_may_have_forgotten() {
+        let seen = SeenNonces::new(10);
+        for n in 0..20 {
+            assert_eq!(seen.first_use(nonce(n, NOW + n as u64)), Ok(()));
+            seen.nonces.run_pending_tasks();
+        }
+        assert_eq!(seen.nonces.entry_count(), 10);
+        for n in 0..20 {
+            assert!(
+                seen.first_use(nonce(n, NOW + n as u64)).is_err(),
+                "{n} accepted twice"
+            );
+        }
+        assert_eq!(
+            seen.first_use(nonce(100, NOW + 9)),
+            Err(Refusal::Forgotten),
+            "as old as a forgotten nonce"
+        );
+        assert_eq!(Refusal::Forgotten.status(), 503);
+        assert_eq!(seen.first_use(nonce(101, NOW + 10)), Ok(()), "newer: fine");
     }
 
     #[test]

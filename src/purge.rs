@@ -75,11 +75,12 @@ async fn ask_one(
     let Ok(mut request) = RequestHeader::build("PURGE", path.as_bytes(), None) else {
         return false;
     };
-    cluster.sign_request(&mut request, origin);
     if prefix {
         let _ = request.insert_header(peers::PURGE_PREFIX.clone(), "1");
     }
     let _ = request.insert_header(http::header::HOST, addr);
+    // Signed last: the signature covers the purge mode, for this receiver.
+    cluster.sign_request(&mut request, origin, addr);
     let connect = within.min(cluster.peer_timeout);
     match client
         .fetch_peer(addr, &request, connect, within, cluster.peer_h2c)

@@ -276,6 +276,19 @@ fn bad_request_handling_settings_name_field_and_value() {
 }
 
 #[test]
+fn the_cluster_secret_cannot_be_the_admin_token() {
+    let secret = "same-secret-0123456789";
+    assert_rejected(
+        "admin_token equal to cluster.secret",
+        &format!(
+            "{ORIGIN}admin_token: {secret}\ncluster: {{enabled: true, peer_listen: 127.0.0.1:7070, \
+             secret: {secret}, membership: {{static: [\"127.0.0.1:7070\"]}}}}\n"
+        ),
+        &["admin_token", "cluster.secret", "never cross the wire"],
+    );
+}
+
+#[test]
 fn yaml_syntax_errors_name_the_file_and_line() {
     let cases = [
         (

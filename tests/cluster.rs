@@ -4,9 +4,10 @@
 mod common;
 use common::origin::Origin;
 use common::{cluster_yaml, free_port, owner_of, start_cluster, Conn, Ringside};
+use http::{HeaderMap, HeaderValue};
 use ringside::config::OriginUrl;
 use ringside::membership::{self, Member};
-use ringside::peers::{self, PeerAuth, Signed};
+use ringside::peers::{self, Envelope, PeerAuth};
 use ringside::ring::Ring;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -136,7 +137,7 @@ async fn purge_removes_a_key_cluster_wide_and_needs_the_token() {
     let mut admin = Conn::connect(nodes[1].admin).await.unwrap();
     let denied = admin.request("PURGE", path, &[]).await.unwrap();
     assert_eq!(denied.status, 401);
-    let auth = format!("Bearer {}", common::CLUSTER_SECRET);
+    let auth = format!("Bearer {}", common::ADMIN_TOKEN);
     let ok = admin
         .request("PURGE", path, &[("authorization", &auth)])
         .await
@@ -576,22 +577,22 @@ async fn peer_listener_checks_signature_age_and_origin() {
                 sent_path: String,
                 o: String| {
         async move {
-            let mut headers = Vec::new();
-            PeerAuth::new(secret).sign(
-                &mut headers,
-                &Signed {
-                    timestamp: ts,
-                    from: "127.0.0.1:1",
-                    method: "GET",
-                    origin: &o,
-                    path: &signed_path,
-                },
-            );
-            let mut pairs: Vec<(String, String)> = headers
+            let mut headers = HeaderMap::new();
+            headers.insert(peers::ORIGIN.clone(), HeaderValue::from_str(&o).unwrap());
+            let to = peer.to_string();
+            let envelope = Envelope {
+                from: "127.0.0.1:1",
+                to: &to,
+                timestamp: ts,
+                nonce: peers::random_nonce().unwrap(),
+            };
+            headers.extend(envelope.headers());
+            let signature = PeerAuth::new(secret).sign("GET", &signed_path, &headers);
+            headers.insert(peers::SIGNATURE.clone(), signature);
+            let pairs: Vec<(String, String)> = headers
                 .iter()
                 .map(|(n, v)| (n.to_string(), v.to_str().unwrap().to_string()))
                 .collect();
-            pairs.push((peers::ORIGIN.to_string(), o.clone()));
             let pairs: Vec<(&str, &str)> = pairs
                 .iter()
                 .map(|(n, v)| (n.as_str(), v.as_str()))
@@ -672,7 +673,7 @@ async fn purge_by_prefix_reaches_every_node() {
         }
         assert_eq!(origin.hits(path), 1, "{path}\n{}", diag(&nodes).await);
     }
-    let auth = format!("Bearer {}", common::CLUSTER_SECRET);
+    let auth = format!("Bearer {}", common::ADMIN_TOKEN);
     let mut admin = Conn::connect(nodes[1].admin).await.unwrap();
     let r = admin
         .request(
@@ -709,7 +710,7 @@ async fn purge_clears_hot_mirrors() {
     heat(asker, &path, 40).await;
     assert_eq!(origin.hits(&path), 1);
 
-    let auth = format!("Bearer {}", common::CLUSTER_SECRET);
+    let auth = format!("Bearer {}", common::ADMIN_TOKEN);
     let mut admin = Conn::connect(owner.admin).await.unwrap();
     let r = admin
         .request("PURGE", &path, &[("authorization", &auth)])
@@ -850,4 +851,242 @@ async fn peers_can_talk_http2_over_cleartext() {
             .await;
     }
     assert!(ok >= 40.0, "answered by owners over h2c: {ok}");
+    // Purges are signed over h2c too: every other member confirms.
+    let auth = format!("Bearer {}", common::ADMIN_TOKEN);
+    let mut admin = Conn::connect(nodes[0].admin).await.unwrap();
+    let r = admin
+        .request(
+            "PURGE",
+            "/h2/",
+            &[("authorization", &auth), ("ringside-purge", "prefix")],
+        )
+        .await
+        .unwrap();
+    assert!(r.text().contains("2 of 2"), "{}", r.text());
+    for node in &nodes {
+        assert_eq!(
+            node.metric("ringside_peer_auth_failures_total", &[]).await,
+            0.0
+        );
+    }
+}
+
+// ---- peer auth: real signed requests, captured and replayed ----
+
+/// A stand-in for a cluster member: a plain TCP listener that records the
+/// head of every request a node sends it, then hangs up (so the sender
+/// falls back to the origin, or counts the purge as unconfirmed).
+struct Capture {
+    heads: Arc<std::sync::Mutex<Vec<Vec<u8>>>>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Capture {
+    async fn listen(addr: &str) -> Capture {
+        use tokio::io::AsyncReadExt;
+        let listener = tokio::net::TcpListener::bind(addr).await.expect("bind");
+        let heads = Arc::new(std::sync::Mutex::new(Vec::new()));
+        let recorded = heads.clone();
+        let task = tokio::spawn(async move {
+            while let Ok((mut stream, _)) = listener.accept().await {
+                let mut head = Vec::new();
+                let mut buf = [0u8; 4096];
+                while !head.ends_with(b"\r\n\r\n") {
+                    match stream.read(&mut buf).await {
+                        Ok(0) | Err(_) => break,
+                        Ok(n) => head.extend_from_slice(&buf[..n]),
+                    }
+                }
+                recorded.lock().unwrap().push(head);
+            }
+        });
+        Capture { heads, task }
+    }
+
+    /// The recorded request whose request line starts with `method`.
+    fn head(&self, method: &str) -> Vec<u8> {
+        let heads = self.heads.lock().unwrap();
+        let found = heads
+            .iter()
+            .find(|h| h.starts_with(format!("{method} ").as_bytes()));
+        found
+            .unwrap_or_else(|| panic!("no {method} captured"))
+            .clone()
+    }
+
+    /// Stop listening: the address is free for a real node.
+    async fn close(self) {
+        self.task.abort();
+        let _ = self.task.await;
+    }
+}
+
+/// `head` with `lines` ("Name: value") added at its end.
+fn with_headers(head: &[u8], lines: &[&str]) -> Vec<u8> {
+    let mut out = head[..head.len() - 2].to_vec();
+    for line in lines {
+        out.extend_from_slice(line.as_bytes());
+        out.extend_from_slice(b"\r\n");
+    }
+    out.extend_from_slice(b"\r\n");
+    out
+}
+
+/// Send raw request bytes, close our side, and return the status code of
+/// the answer (0 when none came).
+async fn replay(addr: std::net::SocketAddr, bytes: &[u8]) -> u16 {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut stream = tokio::net::TcpStream::connect(addr).await.expect("connect");
+    stream.write_all(bytes).await.expect("write");
+    stream.shutdown().await.expect("half-close");
+    let mut answer = Vec::new();
+    let read = stream.read_to_end(&mut answer);
+    let _ = tokio::time::timeout(Duration::from_secs(5), read).await;
+    let answer = String::from_utf8_lossy(&answer);
+    let status = answer.split(' ').nth(1).and_then(|s| s.parse().ok());
+    status.unwrap_or(0)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn captured_peer_requests_cannot_be_tampered_with_redirected_or_replayed() {
+    // A and C are real nodes; B's address is first a capturing listener,
+    // then (once a GET and a PURGE that A signed for B are recorded) a real
+    // node. Everything is replayed well within the 30 s timestamp window.
+    let origin = Origin::start().await;
+    let [a, b, c] = [0; 3].map(|_| format!("127.0.0.1:{}", free_port()));
+    let members = [a.clone(), b.clone(), c.clone()];
+    let extra = "  hot: {fraction: 0}\n";
+    let capture = Capture::listen(&b).await;
+    let node_a = Ringside::start(&origin.url(), &cluster_yaml(&a, &members, extra)).await;
+    let node_c = Ringside::start(&origin.url(), &cluster_yaml(&c, &members, extra)).await;
+    let owned_by_b: Vec<String> = (0..)
+        .map(|k| format!("/pp/{k}?cc=max-age%3D600"))
+        .filter(|k| owner_of(&a, &members, &origin.url(), k) == b)
+        .take(4)
+        .collect();
+    let path = &owned_by_b[0];
+    // The client's end-to-end headers go to the owner, and on to its origin.
+    let accept = [("accept", "application/json")];
+    let r = node_a.request("GET", path, &accept).await;
+    assert_eq!(r.status, 200, "A falls back to the origin");
+    let auth = format!("Bearer {}", common::ADMIN_TOKEN);
+    let mut admin = Conn::connect(node_a.admin).await.unwrap();
+    let headers = [("authorization", auth.as_str())];
+    let purged = admin
+        .request("PURGE", "/pp/", &headers)
+        .await
+        .unwrap()
+        .text();
+    assert!(
+        purged.contains("1 of 2"),
+        "C confirmed, B hung up: {purged}"
+    );
+    let (get, purge) = (capture.head("GET"), capture.head("PURGE"));
+    capture.close().await;
+    let node_b = Ringside::start(&origin.url(), &cluster_yaml(&b, &members, extra)).await;
+    let peer = |n: &Ringside| n.peer_addr().unwrap();
+    for key in &owned_by_b[1..] {
+        assert_eq!(node_b.get(key).await.status, 200);
+        assert_eq!(origin.hits(key), 1);
+    }
+
+    // Tampered: a header added to a GET that B never saw before.
+    for added in [
+        &["Cache-Control: no-cache", "X-Forwarded-Host: evil"][..],
+        &["Cache-Control: no-cache"],
+        &["X-Forwarded-Host: evil"],
+    ] {
+        let status = replay(peer(&node_b), &with_headers(&get, added)).await;
+        assert_eq!(status, 401, "{added:?} added");
+    }
+    let get_text = String::from_utf8_lossy(&get).into_owned();
+    assert!(get_text.contains("accept: application/json"), "{get_text}");
+    let changed = get_text.replace("application/json", "text/html");
+    assert_eq!(
+        replay(peer(&node_b), changed.as_bytes()).await,
+        401,
+        "accept changed"
+    );
+    // Redirected: to another node, and back to its sender.
+    assert_eq!(replay(peer(&node_c), &get).await, 401, "sent to C");
+    assert_eq!(replay(peer(&node_a), &get).await, 401, "sent back to A");
+    assert_eq!(
+        origin.hits(path),
+        1,
+        "no refused request reached the origin"
+    );
+    // Unchanged, to B: accepted once (the refusals above did not use up its nonce).
+    assert_eq!(replay(peer(&node_b), &get).await, 200);
+    assert_eq!(origin.hits(path), 2);
+    assert_eq!(origin.last_request_header(path, "x-forwarded-host"), None);
+    assert_eq!(replay(peer(&node_b), &get).await, 401, "replayed");
+
+    // A single-key PURGE widened to a prefix: refused, nothing purged.
+    let widened = with_headers(&purge, &["x-ringside-purge-prefix: 1"]);
+    assert_eq!(replay(peer(&node_b), &widened).await, 401);
+    assert_eq!(replay(peer(&node_b), &purge).await, 200, "as signed");
+    assert_eq!(replay(peer(&node_b), &purge).await, 401, "replayed");
+    for key in &owned_by_b[1..] {
+        let r = node_b.get(key).await;
+        assert_eq!(cache_status(&r), "ringside; hit", "{key} was purged");
+    }
+
+    let failures = "ringside_peer_auth_failures_total";
+    let refused = node_b.metric(failures, &[]).await;
+    assert_eq!(refused, 7.0, "4 tampered, 2 replays, 1 widened");
+    assert_eq!(node_c.metric(failures, &[]).await, 1.0);
+    assert_eq!(node_a.metric(failures, &[]).await, 1.0);
+    let replays = node_b
+        .metric("ringside_peer_nonce_refusals_total", &["reason=\"replay\""])
+        .await;
+    assert_eq!(replays, 2.0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn purge_needs_its_own_token_never_the_cluster_secret() {
+    let origin = Origin::start().await;
+    let [a, b] = [0; 2].map(|_| format!("127.0.0.1:{}", free_port()));
+    let members = [a.clone(), b.clone()];
+    let with_token = Ringside::start(&origin.url(), &cluster_yaml(&a, &members, "")).await;
+    let token_line = format!("admin_token: {}\n", common::ADMIN_TOKEN);
+    let yaml = cluster_yaml(&b, &members, "").replace(&token_line, "");
+    let without_token = Ringside::start(&origin.url(), &yaml).await;
+    let purge = |node: &Ringside, authorization: String| {
+        let admin = node.admin;
+        async move {
+            let mut conn = Conn::connect(admin).await.unwrap();
+            let headers = [("authorization", authorization.as_str())];
+            conn.request("PURGE", "/t", &headers).await.unwrap()
+        }
+    };
+    let secret = common::CLUSTER_SECRET;
+    let r = purge(&without_token, format!("Bearer {secret}")).await;
+    assert_eq!(r.status, 401, "the cluster secret purged: {}", r.text());
+    assert!(r.text().contains("set admin_token"), "{}", r.text());
+
+    let token = common::ADMIN_TOKEN;
+    for accepted in [
+        format!("Bearer {token}"),
+        format!("bearer {token}"),
+        format!("BEARER   {token}"),
+    ] {
+        let r = purge(&with_token, accepted.clone()).await;
+        assert_eq!(r.status, 200, "{accepted}: {}", r.text());
+    }
+    for refused in [
+        format!("Bearer {secret}"),
+        format!("Bearer {token}x"),
+        format!("Bearer {}", &token[..token.len() - 1]),
+        format!("Basic {token}"),
+        format!("Bearer{token}"),
+    ] {
+        let r = purge(&with_token, refused.clone()).await;
+        assert_eq!(r.status, 401, "{refused}: {}", r.text());
+    }
+    assert_eq!(
+        with_token
+            .metric("ringside_admin_auth_failures_total", &[])
+            .await,
+        5.0
+    );
 }

@@ -22,7 +22,7 @@
 
 mod common;
 use common::origin::Origin;
-use common::{start_cluster, Conn, Ringside, CLUSTER_SECRET};
+use common::{start_cluster, Conn, Ringside, ADMIN_TOKEN};
 use serde_json::Value as Json;
 use std::io::Write;
 use std::net::SocketAddr;
@@ -514,7 +514,7 @@ fn encode(s: &str) -> String {
 /// after 3 minutes.
 async fn drive_traffic(nodes: Vec<(SocketAddr, SocketAddr)>, stop: Arc<AtomicBool>) {
     let started = Instant::now();
-    let auth = format!("Bearer {CLUSTER_SECRET}");
+    let auth = format!("Bearer {ADMIN_TOKEN}");
     let mut i: usize = 0;
     while !stop.load(Ordering::SeqCst) && started.elapsed() < Duration::from_secs(180) {
         let (addr, admin) = nodes[i % nodes.len()];

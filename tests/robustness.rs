@@ -217,6 +217,26 @@ async fn a_100_kb_header_is_refused() {
 }
 
 #[tokio::test]
+async fn the_admin_listener_refuses_a_head_over_64_kib_with_431() {
+    let (_origin, rs) = setup().await;
+    let value = "a".repeat(70 * 1024);
+    let request = format!("GET /healthz HTTP/1.1\r\nHost: x\r\nX-Long: {value}\r\n\r\n");
+    let reply = raw(rs.admin, request.into_bytes()).await;
+    assert_eq!(
+        reply.status(),
+        Some(431),
+        "{}",
+        &reply.text[..reply.text.len().min(200)]
+    );
+    let small = raw(
+        rs.admin,
+        b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n".to_vec(),
+    )
+    .await;
+    assert_eq!(small.status(), Some(200));
+}
+
+#[tokio::test]
 async fn content_length_with_transfer_encoding_cannot_smuggle_a_request() {
     let (origin, mut rs) = setup().await;
     // Read by Content-Length (4 bytes, "0\r\n\r") the rest would be a second,

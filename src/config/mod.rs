@@ -42,7 +42,8 @@ pub struct Config {
     pub listen: String,
     /// Metrics, health and readiness.
     pub admin_listen: String,
-    /// Bearer token for the admin listener's purge endpoint (default: cluster.secret).
+    /// Bearer token for the admin listener's purge endpoint; empty: purge is
+    /// refused. Never the cluster secret, which must not cross the wire.
     pub admin_token: String,
     /// Worker threads for the proxy; 0 = one per available CPU.
     pub threads: usize,
@@ -367,6 +368,13 @@ impl Config {
             return Err(invalid("cache.heuristic_fraction", fraction, expected));
         }
         self.cluster.validate(&self.listen, &self.admin_listen)?;
+        if !self.admin_token.is_empty() && self.admin_token == self.cluster.secret {
+            return Err(ConfigError::Invalid(
+                "admin_token: the same as cluster.secret; choose another (a bearer token is sent \
+                 with every purge, and the cluster secret must never cross the wire)"
+                    .into(),
+            ));
+        }
         if self.threads > 1024 {
             return Err(invalid("threads", self.threads, "0 (one per CPU) to 1024"));
         }

@@ -572,9 +572,11 @@ async fn refuse(
 
 /// Request heads larger than this are refused with 431, as nginx and Envoy
 /// refuse theirs (pingora alone would accept up to 1 MiB and pass it on).
-const MAX_REQUEST_HEADER_BYTES: usize = 64 * 1024;
+pub const MAX_REQUEST_HEADER_BYTES: usize = 64 * 1024;
 
-fn header_bytes(req: &RequestHeader) -> usize {
+/// The size of a request head as it arrived (request target and fields);
+/// the admin listener applies the same bound.
+pub fn header_bytes(req: &RequestHeader) -> usize {
     req.raw_path().len()
         + req
             .headers

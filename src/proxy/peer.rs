@@ -1,7 +1,9 @@
 //! The peer listener's gate: what a request from another sidecar must pass
 //! before the owner serves it (see `peers.rs` for the protocol).
 //!
-//! - credentials: a valid signature, else 401 (counted);
+//! - credentials: a valid signature for this node, with a nonce not seen
+//!   before, else 401 (counted; 503 when the nonce table is full); then the
+//!   headers the signature does not cover (host, hop-by-hop) are dropped;
 //! - origin: the `x-ringside-origin` it names must be one this node may
 //!   reach too (its origin or forward-proxy allowlist), else 403;
 //!
@@ -16,7 +18,7 @@ use super::{RequestCtx, Ringside};
 use crate::config::OriginUrl;
 use crate::metrics::{self, CacheResult};
 use crate::origin::OriginTarget;
-use crate::peers;
+use crate::peers::{self, Refusal};
 use crate::purge;
 use http::Method;
 use pingora::prelude::*;
@@ -33,20 +35,26 @@ pub async fn admit(
     let Some(cluster) = rs.filler.cluster.clone() else {
         return refuse(session, ctx, 404, "not a cluster member\n").await;
     };
-    let req = session.req_header();
-    let path = req
-        .uri
-        .path_and_query()
-        .map_or("/", |p| p.as_str())
-        .to_owned();
-    if let Err(why) = cluster
-        .auth
-        .verify(&req.headers, req.method.as_str(), &path)
-    {
-        metrics::PEER_AUTH_FAILURES.inc();
-        log::warn!("peer request refused: {why}");
-        return refuse(session, ctx, 401, "peer credentials missing or invalid\n").await;
+    if let Err(why) = cluster.verify_request(session.req_header()) {
+        if why.status() == 401 {
+            metrics::PEER_AUTH_FAILURES.inc();
+        }
+        log::warn!(
+            "peer request from {:?} refused: {why}",
+            session.req_header().headers.get(&peers::FROM)
+        );
+        let body = match why {
+            Refusal::Forgotten => "too many peer requests; ask the origin\n",
+            _ => "peer credentials missing or invalid\n",
+        };
+        return refuse(session, ctx, why.status(), body).await;
     }
+    // Act on signed headers only.
+    let req = session.req_header_mut();
+    for name in peers::unsigned_headers(&req.headers) {
+        req.remove_header(&name);
+    }
+    let req = session.req_header();
     let origin = req
         .headers
         .get(&peers::ORIGIN)

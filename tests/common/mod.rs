@@ -245,8 +245,11 @@ pub fn raw_exchange(addr: SocketAddr, bytes: &[u8]) -> String {
 
 pub const CLUSTER_SECRET: &str = "test-secret-0123456789";
 
+/// The purge token of nodes started with [`cluster_yaml`].
+pub const ADMIN_TOKEN: &str = "test-admin-token-42";
+
 /// The `cluster:` YAML for a node whose peer listener is `me`, in a static
-/// cluster of `members`.
+/// cluster of `members` (preceded by `admin_token: ADMIN_TOKEN`).
 pub fn cluster_yaml(me: &str, members: &[String], extra: &str) -> String {
     let list = members
         .iter()
@@ -254,7 +257,7 @@ pub fn cluster_yaml(me: &str, members: &[String], extra: &str) -> String {
         .collect::<Vec<_>>()
         .join(", ");
     format!(
-        "cluster:\n  enabled: true\n  peer_listen: {me}\n  secret: {CLUSTER_SECRET}\n  peer_timeout: 1s\n  membership:\n    static: [{list}]\n{extra}"
+        "admin_token: {ADMIN_TOKEN}\ncluster:\n  enabled: true\n  peer_listen: {me}\n  secret: {CLUSTER_SECRET}\n  peer_timeout: 1s\n  membership:\n    static: [{list}]\n{extra}"
     )
 }
 
