@@ -283,6 +283,16 @@ fn apps_config_and_peers() {
         .collect();
     assert_eq!(secrets.len(), 2);
     assert_eq!(secrets[0], secrets[1], "one peer secret in every namespace");
+    let tokens: Vec<&str> = docs
+        .iter()
+        .filter(|d| kind(d) == "Secret" && d["type"].as_str() == Some("Opaque"))
+        .map(|d| d["data"]["admin-token"].as_str().unwrap())
+        .collect();
+    assert_eq!(tokens[0], tokens[1], "one admin token in every namespace");
+    assert_ne!(
+        tokens[0], secrets[0],
+        "the admin token is not the peer secret"
+    );
     let headless: Vec<_> = docs
         .iter()
         .filter(|d| kind(d) == "Service" && d["spec"]["clusterIP"].as_str() == Some("None"))

@@ -256,6 +256,9 @@ fn injects_native_sidecar_into_example_pod() {
     );
     let secret = &env(c, "RINGSIDE_CLUSTER_SECRET").unwrap()["valueFrom"]["secretKeyRef"];
     assert_eq!(secret["name"], "ringside-peer-secret");
+    let token = &env(c, "RINGSIDE_ADMIN_TOKEN").unwrap()["valueFrom"]["secretKeyRef"];
+    assert_eq!(token["name"], "ringside-peer-secret");
+    assert_eq!(token["key"], "admin-token");
     // ringside.io/capacity: 512MiB -> request 512 + 64 Mi, limit 1.5x.
     assert_eq!(
         env(c, "RINGSIDE_CAPACITY").unwrap()["value"],

@@ -32,6 +32,9 @@ pub const ANNOTATION_NATIVE: &str = "ringside.io/native-sidecar";
 
 /// Name of the injected container; its presence marks a pod as injected.
 pub const CONTAINER_NAME: &str = "ringside";
+/// The key of the admin (purge) token in the same Secret as the peer secret
+/// (the chart's `secret.yaml` writes both).
+const ADMIN_TOKEN_KEY: &str = "admin-token";
 /// Volume holding the ConfigMap's `config.yaml`.
 pub const CONFIG_VOLUME: &str = "ringside-config";
 /// Writable scratch space (the root filesystem is read-only).
@@ -268,6 +271,8 @@ impl Settings {
             json!({"name": "RINGSIDE_CAPACITY", "value": o.capacity.to_string()}),
             json!({"name": "RINGSIDE_CLUSTER_SECRET", "valueFrom": {"secretKeyRef": {
                 "name": self.secret, "key": self.secret_key, "optional": true}}}),
+            json!({"name": "RINGSIDE_ADMIN_TOKEN", "valueFrom": {"secretKeyRef": {
+                "name": self.secret, "key": ADMIN_TOKEN_KEY, "optional": true}}}),
         ];
         if let Some(origin) = &o.origin {
             env.push(json!({"name": "RINGSIDE_ORIGIN", "value": origin}));

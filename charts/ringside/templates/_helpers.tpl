@@ -139,6 +139,12 @@ for the cluster config), native (optional bool).
           name: {{ include "ringside.secretName" . }}
           key: secret
           optional: true
+    - name: RINGSIDE_ADMIN_TOKEN
+      valueFrom:
+        secretKeyRef:
+          name: {{ include "ringside.secretName" . }}
+          key: admin-token
+          optional: true
   resources:
     requests:
       cpu: {{ $s.cpuRequest }}
