@@ -724,8 +724,9 @@ fn describe(
     request_time: SystemTime,
     response_time: SystemTime,
 ) -> CachedObject {
-    let cc = cache_rules::CacheControl::parse(&header.headers);
-    let freshness = cache_rules::freshness_lifetime(&header.headers, &cc, response_time, rules);
+    let judged = cache_rules::targeted(&header.headers, &rules.targeted);
+    let cc = cache_rules::CacheControl::parse(&judged);
+    let freshness = cache_rules::freshness_lifetime(&judged, &cc, response_time, rules);
     let stale = cache_rules::stale_windows(&cc);
     let has_validators = header.headers.contains_key(header::ETAG)
         || header.headers.contains_key(header::LAST_MODIFIED);

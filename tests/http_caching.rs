@@ -530,3 +530,40 @@ async fn rfc9111_4_1_vary_matches_equivalent_negotiation_values() {
         assert_eq!(origin.hits(&path), 2, "{name}");
     }
 }
+
+/// RFC 9213: the first targeted field on `cache.targeted_cache_control`
+/// (default `Ringside-Cache-Control`) replaces Cache-Control and Expires for
+/// ringside's decisions; fields aimed at other caches change nothing.
+#[tokio::test]
+async fn rfc9213_targeted_cache_control_replaces_cache_control() {
+    let (origin, rs) = setup().await;
+    let stored = "/tcc?cc=no-store&tcc=max-age%3D600";
+    rs.get(stored).await;
+    assert!(
+        is_hit(&rs.get(stored).await),
+        "ringside's own field says store"
+    );
+    let not_stored = "/tcc?cc=max-age%3D600&tcc=no-store";
+    rs.get(not_stored).await;
+    assert!(
+        !is_hit(&rs.get(not_stored).await),
+        "ringside's own field says no"
+    );
+    let for_cdns = "/cdn?cc=no-store&cdncc=max-age%3D600";
+    rs.get(for_cdns).await;
+    rs.get(for_cdns).await;
+    assert_eq!(
+        origin.hits(for_cdns),
+        2,
+        "CDN-Cache-Control is not ours by default"
+    );
+
+    let config = "cache:\n  targeted_cache_control: [CDN-Cache-Control, Ringside-Cache-Control]\n";
+    let cdn = Ringside::start(&origin.url(), config).await;
+    let path = "/cdn2?cc=no-store&cdncc=max-age%3D600&tcc=no-store";
+    cdn.get(path).await;
+    assert!(
+        is_hit(&cdn.get(path).await),
+        "the first configured field wins"
+    );
+}

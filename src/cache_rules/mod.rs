@@ -16,7 +16,9 @@
 //! panics on a header value. Malformed input is either ignored or read the
 //! conservative way: cache less and revalidate more.
 
+use std::borrow::Cow;
 use std::hash::Hasher;
+use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
@@ -275,6 +277,8 @@ pub struct RuleOptions {
     pub heuristic: Option<Heuristic>,
     /// Store responses that carry Set-Cookie.
     pub cache_set_cookie: bool,
+    /// Targeted cache-control fields this cache obeys, in order (RFC 9213).
+    pub targeted: Arc<[HeaderName]>,
 }
 
 /// A fraction of the time since Last-Modified, capped (RFC 9111 §4.2.2; 10% is usual).
@@ -315,6 +319,7 @@ pub fn check_storable(
     resp_headers: &HeaderMap,
     opts: &RuleOptions,
 ) -> Result<(), NotStorable> {
+    let resp_headers = &*targeted(resp_headers, &opts.targeted);
     let resp_cc = CacheControl::parse(resp_headers);
     let explicit_freshness = has_explicit_freshness(resp_headers, &resp_cc);
 
@@ -386,6 +391,30 @@ fn has_explicit_freshness(resp_headers: &HeaderMap, cc: &CacheControl) -> bool {
 
 fn has_validators(resp_headers: &HeaderMap) -> bool {
     resp_headers.contains_key(header::ETAG) || resp_headers.contains_key(header::LAST_MODIFIED)
+}
+
+/// The response as this cache judges it (RFC 9213 §2.1): when one of the
+/// `targets` is present (the first, in the cache's order) with a valid
+/// directive, its value replaces Cache-Control and Expires is ignored; else
+/// the response as it is. Borrowed unless a targeted field applies.
+pub fn targeted<'a>(resp_headers: &'a HeaderMap, targets: &[HeaderName]) -> Cow<'a, HeaderMap> {
+    let Some(field) = targets.iter().find(|t| resp_headers.contains_key(*t)) else {
+        return Cow::Borrowed(resp_headers);
+    };
+    let mut only_field = HeaderMap::new();
+    for value in resp_headers.get_all(field) {
+        only_field.append(header::CACHE_CONTROL, value.clone());
+    }
+    if CacheControl::parse(&only_field) == CacheControl::default() {
+        return Cow::Borrowed(resp_headers); // no valid directive: Cache-Control stands
+    }
+    let mut judged = resp_headers.clone();
+    judged.remove(header::CACHE_CONTROL);
+    judged.remove(header::EXPIRES);
+    for value in only_field.get_all(header::CACHE_CONTROL) {
+        judged.append(header::CACHE_CONTROL, value.clone());
+    }
+    Cow::Owned(judged)
 }
 
 // ---------------------------------------------------------------------------

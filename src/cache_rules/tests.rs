@@ -1186,3 +1186,48 @@ fn negotiation_fields_vary_by_meaning_not_spelling() {
     // Other fields are compared as sent.
     assert_ne!(fp("x-tenant", "A"), fp("x-tenant", "a"));
 }
+
+#[test]
+fn a_targeted_field_replaces_cache_control_and_expires() {
+    let targets: Arc<[HeaderName]> = [
+        HeaderName::from_static("cdn-cache-control"),
+        HeaderName::from_static("ringside-cache-control"),
+    ]
+    .into();
+    let opts = RuleOptions {
+        targeted: targets.clone(),
+        ..RuleOptions::default()
+    };
+    let resp = [
+        ("cache-control", "no-store"),
+        ("expires", "0"),
+        ("ringside-cache-control", "max-age=60"),
+    ];
+    assert_eq!(storable_with(&[], 200, &resp, &opts), Ok(()));
+    assert_eq!(
+        storable(&[], 200, &resp),
+        Err(NotStorable::NoStore),
+        "not targeted"
+    );
+    let resp = headers(&resp);
+    let judged = targeted(&resp, &targets);
+    assert_eq!(judged["cache-control"], "max-age=60");
+    assert!(!judged.contains_key("expires"));
+    // The first field in the cache's order wins; one without a valid directive is ignored.
+    let both = [
+        ("ringside-cache-control", "no-store"),
+        ("cdn-cache-control", "max-age=5"),
+    ];
+    assert_eq!(
+        targeted(&headers(&both), &targets)["cache-control"],
+        "max-age=5"
+    );
+    let invalid = [
+        ("cache-control", "max-age=9"),
+        ("cdn-cache-control", "bogus"),
+    ];
+    assert_eq!(
+        targeted(&headers(&invalid), &targets)["cache-control"],
+        "max-age=9"
+    );
+}

@@ -115,6 +115,9 @@ pub struct CacheConfig {
     pub key_headers: Vec<String>,
     /// What to do with `%2F` / `%5C` in a request path.
     pub encoded_slashes: EncodedSlashes,
+    /// Targeted cache-control fields (RFC 9213) ringside obeys, in order: the
+    /// first present replaces Cache-Control and Expires for its own decisions.
+    pub targeted_cache_control: Vec<String>,
 }
 
 /// The default `cache.strip_request_headers`: headers that frameworks and
@@ -227,6 +230,7 @@ impl Default for CacheConfig {
             strip_request_headers: DEFAULT_STRIP_REQUEST_HEADERS.map(String::from).to_vec(),
             key_headers: Vec::new(),
             encoded_slashes: EncodedSlashes::Reject,
+            targeted_cache_control: vec!["Ringside-Cache-Control".into()],
         }
     }
 }
@@ -407,6 +411,10 @@ impl Config {
                 &self.cache.strip_request_headers,
             ),
             ("cache.key_headers", &self.cache.key_headers),
+            (
+                "cache.targeted_cache_control",
+                &self.cache.targeted_cache_control,
+            ),
         ] {
             for (i, name) in names.iter().enumerate() {
                 if http::HeaderName::from_bytes(name.as_bytes()).is_err() {
@@ -430,6 +438,15 @@ impl Config {
             }
         }
         Ok(())
+    }
+
+    /// `cache.targeted_cache_control` as header names (validated).
+    pub fn targeted_fields(&self) -> std::sync::Arc<[http::HeaderName]> {
+        self.cache
+            .targeted_cache_control
+            .iter()
+            .filter_map(|n| http::HeaderName::from_bytes(n.as_bytes()).ok())
+            .collect()
     }
 
     /// Heuristic freshness as the caching rules take it; None when off.

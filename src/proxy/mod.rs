@@ -86,6 +86,8 @@ pub struct Ringside {
     pub forward: HashMap<OriginUrl, Arc<OriginTarget>>,
     /// Stripped and key headers of cacheable requests.
     headers: Arc<request::HeaderPolicy>,
+    /// The caching rules' options every path shares (rules add their ttl).
+    rule_options: RuleOptions,
 }
 
 /// Where a miss is filled from: the owner (and whether to mirror its answer) or the origin.
@@ -122,6 +124,12 @@ impl Ringside {
             }
         }
         let headers = Arc::new(request::HeaderPolicy::new(&config.cache));
+        let rule_options = RuleOptions {
+            default_ttl: None,
+            heuristic: config.heuristic(),
+            cache_set_cookie: config.cache.cache_set_cookie,
+            targeted: config.targeted_fields(),
+        };
         Ringside {
             role: Role::App,
             config,
@@ -129,6 +137,7 @@ impl Ringside {
             origin,
             forward,
             headers,
+            rule_options,
         }
     }
 
@@ -534,8 +543,7 @@ impl Ringside {
         let rule = self.config.rule_for(path);
         let options = RuleOptions {
             default_ttl: rule.and_then(|r| r.ttl),
-            heuristic: self.config.heuristic(),
-            cache_set_cookie: self.config.cache.cache_set_cookie,
+            ..self.rule_options.clone()
         };
         (rule.is_some_and(|r| r.bypass), options)
     }

@@ -319,6 +319,8 @@ async fn respond(
     for (param, name) in [
         ("location", "Location"),
         ("content_location", "Content-Location"),
+        ("tcc", "Ringside-Cache-Control"),
+        ("cdncc", "CDN-Cache-Control"),
     ] {
         if let Some(value) = q.get(param) {
             headers.push((name.into(), value.clone()));
