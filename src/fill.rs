@@ -727,7 +727,7 @@ fn describe(
     let judged = cache_rules::targeted(&header.headers, &rules.targeted);
     let cc = cache_rules::CacheControl::parse(&judged);
     let freshness = cache_rules::freshness_lifetime(&judged, &cc, response_time, rules);
-    let stale = cache_rules::stale_windows(&cc);
+    let stale = cache_rules::stale_windows(&cc, rules);
     let has_validators = header.headers.contains_key(header::ETAG)
         || header.headers.contains_key(header::LAST_MODIFIED);
     let vary = match cache_rules::vary(&header.headers) {

@@ -567,3 +567,43 @@ async fn rfc9213_targeted_cache_control_replaces_cache_control() {
         "the first configured field wins"
     );
 }
+
+/// RFC 9111 §4.2.4: a cache may serve stale when the origin cannot be
+/// reached, unless must-revalidate, proxy-revalidate, s-maxage or no-cache
+/// forbid it. `cache.stale_if_error` (and a rule's) says how long past
+/// freshness; off by default, so only the origin's own stale-if-error counts.
+#[tokio::test]
+async fn rfc9111_4_2_4_stale_answers_when_the_origin_is_unreachable() {
+    let origin = Origin::start().await;
+    let config =
+        "cache:\n  stale_if_error: 1h\n  rules:\n    - {prefix: /ruled/, stale_if_error: 0s}\n";
+    let rs = Ringside::start(&origin.url(), config).await;
+    let off = Ringside::start(&origin.url(), "").await;
+    let allowed = "/down?cc=max-age%3D0&etag=v1";
+    let forbidden = "/down?cc=max-age%3D0%2C%20must-revalidate&etag=v1";
+    let ruled_out = "/ruled/down?cc=max-age%3D0&etag=v1";
+    for path in [allowed, forbidden, ruled_out] {
+        rs.get(path).await;
+        off.get(path).await;
+    }
+    origin.set_failing(true);
+    let stale = rs.get(allowed).await;
+    assert_eq!(stale.status, 200, "{stale:?}");
+    let status = stale.header("cache-status").unwrap();
+    assert!(
+        status.contains("fwd-status=503; detail=stale-if-error"),
+        "{status}"
+    );
+    assert_eq!(rs.get(forbidden).await.status, 503, "must-revalidate");
+    assert_eq!(rs.get(ruled_out).await.status, 503, "the rule's 0s");
+    assert_eq!(off.get(allowed).await.status, 503, "off by default");
+
+    origin.stop();
+    let refused = rs.get(allowed).await;
+    assert_eq!(refused.status, 200, "{refused:?}");
+    assert!(refused
+        .header("cache-status")
+        .unwrap()
+        .contains("fwd-status=502"));
+    assert_eq!(off.get(allowed).await.status, 502);
+}

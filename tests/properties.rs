@@ -151,7 +151,7 @@ proptest! {
         let request = cache_rules::request_cache_control(&h);
         // The request view only adds Pragma's no-cache.
         prop_assert_eq!(CacheControl { no_cache: cc.no_cache, ..request }, cc.clone());
-        let _ = cache_rules::stale_windows(&cc);
+        let _ = cache_rules::stale_windows(&cc, &RuleOptions::default());
         let _ = cache_rules::request_requires_revalidation(&cc, Duration::from_secs(5), Duration::from_secs(10));
     }
 

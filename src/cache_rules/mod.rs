@@ -279,6 +279,10 @@ pub struct RuleOptions {
     pub cache_set_cookie: bool,
     /// Targeted cache-control fields this cache obeys, in order (RFC 9213).
     pub targeted: Arc<[HeaderName]>,
+    /// How long past freshness a stored response may answer when the origin fails or
+    /// cannot be reached, beyond the origin's own stale-if-error (RFC 9111 §4.2.4 allows
+    /// it unless the response forbids serving stale). Zero: only what the origin says.
+    pub stale_if_error: Duration,
 }
 
 /// A fraction of the time since Last-Modified, capped (RFC 9111 §4.2.2; 10% is usual).
@@ -507,16 +511,21 @@ pub struct StaleWindows {
 /// The stale-while-revalidate and stale-if-error windows of a response. RFC 9111 §4.2.4: a
 /// cache must not serve stale when no-cache, must-revalidate, proxy-revalidate or (for a
 /// shared cache) s-maxage is present, since s-maxage implies proxy-revalidate (§5.2.2.10).
-pub fn stale_windows(cc: &CacheControl) -> StaleWindows {
-    let forbids_stale =
-        cc.no_cache || cc.must_revalidate || cc.proxy_revalidate || cc.s_maxage.is_some();
-    if forbids_stale {
+/// `opts.stale_if_error` widens the stale-if-error window where serving stale is allowed.
+pub fn stale_windows(cc: &CacheControl, opts: &RuleOptions) -> StaleWindows {
+    if forbids_stale(cc) {
         return StaleWindows::default();
     }
+    let origin_if_error = Duration::from_secs(cc.stale_if_error.unwrap_or(0));
     StaleWindows {
         while_revalidate: Duration::from_secs(cc.stale_while_revalidate.unwrap_or(0)),
-        if_error: Duration::from_secs(cc.stale_if_error.unwrap_or(0)),
+        if_error: origin_if_error.max(opts.stale_if_error),
     }
+}
+
+/// RFC 9111 §4.2.4: no stale copy may be served at all.
+fn forbids_stale(cc: &CacheControl) -> bool {
+    cc.no_cache || cc.must_revalidate || cc.proxy_revalidate || cc.s_maxage.is_some()
 }
 
 /// Whether the client's request directives rule out serving a stored entry as-is

@@ -642,9 +642,10 @@ fn clocks_running_backwards_do_not_panic() {
 
 #[test]
 fn stale_windows_come_from_directives() {
-    let windows = stale_windows(&cc(
-        "max-age=60, stale-while-revalidate=30, stale-if-error=86400",
-    ));
+    let windows = stale_windows(
+        &cc("max-age=60, stale-while-revalidate=30, stale-if-error=86400"),
+        &no_default(),
+    );
     assert_eq!(
         windows,
         StaleWindows {
@@ -652,7 +653,29 @@ fn stale_windows_come_from_directives() {
             if_error: secs(86400)
         }
     );
-    assert_eq!(stale_windows(&cc("max-age=60")), StaleWindows::default());
+    assert_eq!(
+        stale_windows(&cc("max-age=60"), &no_default()),
+        StaleWindows::default()
+    );
+}
+
+#[test]
+fn the_configured_stale_if_error_window_widens_the_origins() {
+    let opts = RuleOptions {
+        stale_if_error: secs(300),
+        ..RuleOptions::default()
+    };
+    let window = |value| stale_windows(&cc(value), &opts).if_error;
+    assert_eq!(window("max-age=60"), secs(300));
+    assert_eq!(window("max-age=60, stale-if-error=900"), secs(900));
+    for forbidden in [
+        "max-age=60, must-revalidate",
+        "max-age=60, proxy-revalidate",
+        "s-maxage=60",
+        "no-cache",
+    ] {
+        assert_eq!(window(forbidden), Duration::ZERO, "{forbidden}");
+    }
 }
 
 #[test]
@@ -664,7 +687,7 @@ fn revalidation_directives_disable_stale() {
         "no-cache, stale-if-error=600",
     ] {
         assert_eq!(
-            stale_windows(&cc(value)),
+            stale_windows(&cc(value), &no_default()),
             StaleWindows::default(),
             "{value}"
         );

@@ -115,6 +115,10 @@ pub struct CacheConfig {
     pub key_headers: Vec<String>,
     /// What to do with `%2F` / `%5C` in a request path.
     pub encoded_slashes: EncodedSlashes,
+    /// How long past freshness a stored response may answer when the origin
+    /// fails or cannot be reached, beyond its own stale-if-error (0: off).
+    #[serde(deserialize_with = "de_duration")]
+    pub stale_if_error: Duration,
     /// Targeted cache-control fields (RFC 9213) ringside obeys, in order: the
     /// first present replaces Cache-Control and Expires for its own decisions.
     pub targeted_cache_control: Vec<String>,
@@ -162,6 +166,9 @@ pub struct PathRule {
     /// Never cache under this prefix: pass straight through.
     #[serde(default)]
     pub bypass: bool,
+    /// `cache.stale_if_error` for this prefix.
+    #[serde(default, deserialize_with = "de_opt_duration")]
+    pub stale_if_error: Option<Duration>,
 }
 
 #[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq)]
@@ -231,6 +238,7 @@ impl Default for CacheConfig {
             key_headers: Vec::new(),
             encoded_slashes: EncodedSlashes::Reject,
             targeted_cache_control: vec!["Ringside-Cache-Control".into()],
+            stale_if_error: Duration::ZERO,
         }
     }
 }

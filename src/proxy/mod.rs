@@ -129,6 +129,7 @@ impl Ringside {
             heuristic: config.heuristic(),
             cache_set_cookie: config.cache.cache_set_cookie,
             targeted: config.targeted_fields(),
+            stale_if_error: config.cache.stale_if_error,
         };
         Ringside {
             role: Role::App,
@@ -543,6 +544,9 @@ impl Ringside {
         let rule = self.config.rule_for(path);
         let options = RuleOptions {
             default_ttl: rule.and_then(|r| r.ttl),
+            stale_if_error: rule
+                .and_then(|r| r.stale_if_error)
+                .unwrap_or(self.rule_options.stale_if_error),
             ..self.rule_options.clone()
         };
         (rule.is_some_and(|r| r.bypass), options)
