@@ -203,7 +203,14 @@ fn spawn(config_path: &PathBuf, log_path: &PathBuf) -> Child {
         .append(true)
         .open(log_path)
         .expect("log file");
-    Command::new(env!("CARGO_BIN_EXE_ringside"))
+    let mut command = Command::new(env!("CARGO_BIN_EXE_ringside"));
+    // A developer's exported RINGSIDE_* variables would override the test's file.
+    for (name, _) in std::env::vars_os() {
+        if name.to_string_lossy().starts_with("RINGSIDE_") {
+            command.env_remove(name);
+        }
+    }
+    command
         .arg("--config")
         .arg(config_path)
         .stdout(log.try_clone().expect("log"))

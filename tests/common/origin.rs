@@ -17,6 +17,7 @@
 //! | `chunked=1`    | chunked transfer encoding instead of Content-Length           |
 //! | `delay_ms=N`   | wait N ms before answering                                    |
 //! | `nodate=1`     | no Date header                                                |
+//! | `cc1=V`        | on the first request of a target, `Cache-Control: V` instead of `cc` |
 //! | `cc304=V`      | on a 304, `Cache-Control: V` instead of `cc`                  |
 //! | `cookie304=1`  | on a 304 only, `Set-Cookie: session=<count>`                  |
 //! | `drip_ms=N`    | send the body in 4 pieces, N ms apart (a slow download)       |
@@ -299,10 +300,11 @@ async fn respond(
         headers.push(("Date".into(), httpdate::fmt_http_date(now)));
     }
     // A failing origin (set_failing) answers 503 without the resource's caching headers.
-    if let Some(cc) = q
-        .get("cc")
-        .filter(|_| status != 503 || !state.failing.load(Ordering::SeqCst))
-    {
+    let cc = match q.get("cc1") {
+        Some(first) if count == 1 => Some(first),
+        _ => q.get("cc"),
+    };
+    if let Some(cc) = cc.filter(|_| status != 503 || !state.failing.load(Ordering::SeqCst)) {
         headers.push(("Cache-Control".into(), cc.clone()));
     }
     let cache_control_on_304 = q.get("cc304").cloned();
