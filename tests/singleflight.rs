@@ -5,7 +5,7 @@
 
 mod common;
 use common::origin::Origin;
-use common::{Response, Ringside};
+use common::{eventually, Response, Ringside};
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
@@ -98,7 +98,7 @@ async fn two_hundred_concurrent_misses_make_one_origin_request() {
 async fn the_fill_survives_its_leader_disconnecting() {
     let origin = Origin::start().await;
     let rs = Ringside::start(&origin.url(), "").await;
-    let path = "/leaver?delay_ms=500&cc=max-age%3D60";
+    let path = "/leaver?delay_ms=1500&cc=max-age%3D60";
 
     // The leader: a raw connection that asks and then goes away.
     let mut leader = TcpStream::connect(rs.addr).await.unwrap();
@@ -106,15 +106,32 @@ async fn the_fill_survives_its_leader_disconnecting() {
         .write_all(format!("GET {path} HTTP/1.1\r\nHost: test\r\n\r\n").as_bytes())
         .await
         .unwrap();
-    tokio::time::sleep(Duration::from_millis(20)).await;
+    eventually(
+        Duration::from_secs(5),
+        "the fill reached the origin",
+        || async { origin.hits(path) == 1 },
+    )
+    .await;
     let addr = rs.addr;
     let before_close = tokio::spawn(async move { concurrent_gets(addr, path, 10).await });
-    tokio::time::sleep(Duration::from_millis(30)).await;
+    eventually(Duration::from_secs(5), "ten followers joined", || async {
+        rs.metric("ringside_singleflight_coalesced_total", &[])
+            .await
+            >= 10.0
+    })
+    .await;
     drop(leader);
-    // Some arrive after the leader left, while its fill is still running.
-    tokio::time::sleep(Duration::from_millis(50)).await;
+    // More arrive after the leader left, while its fill is still running.
     let after_close = concurrent_gets(rs.addr, path, 10).await;
     let before_close = before_close.await.unwrap();
+    let waited = after_close
+        .iter()
+        .filter(|(r, _)| r.header("cache-status").unwrap_or("").contains("collapsed"))
+        .count();
+    assert!(
+        waited > 0,
+        "none joined the leaderless fill: {after_close:?}"
+    );
 
     for (r, _) in before_close.iter().chain(after_close.iter()) {
         assert_eq!(r.status, 200, "{}", r.text());
@@ -141,10 +158,20 @@ async fn the_fill_is_stored_even_when_every_client_left() {
         .write_all(format!("GET {path} HTTP/1.1\r\nHost: test\r\n\r\n").as_bytes())
         .await
         .unwrap();
-    tokio::time::sleep(Duration::from_millis(50)).await;
+    eventually(
+        Duration::from_secs(5),
+        "the fill reached the origin",
+        || async { origin.hits(path) == 1 },
+    )
+    .await;
     drop(leader);
-    // Wait for the origin to answer the orphaned fill.
-    tokio::time::sleep(Duration::from_millis(600)).await;
+    // The orphaned fill lands in the cache with no client waiting for it.
+    eventually(
+        Duration::from_secs(5),
+        "the orphaned fill is stored",
+        || async { rs.metric("ringside_cache_entries", &[]).await == 1.0 },
+    )
+    .await;
     let r = rs.get(path).await;
     assert_eq!(r.status, 200);
     assert!(r.header("cache-status").unwrap().contains("hit"));
@@ -352,7 +379,10 @@ async fn waiting_is_bounded_by_collapse_timeout_and_the_fill_still_lands() {
         "{timed_out} followers say collapse-timeout"
     );
     // The fill kept going and stored the object for the next request.
-    tokio::time::sleep(Duration::from_millis(1300)).await;
+    eventually(Duration::from_secs(5), "the fill is stored", || async {
+        rs.metric("ringside_cache_entries", &[]).await == 1.0
+    })
+    .await;
     let r = rs.get(path).await;
     assert_eq!(r.status, 200);
     assert!(r.header("cache-status").unwrap().contains("hit"));
