@@ -178,6 +178,9 @@ async fn run(
     if via_peer {
         // The owner's own Cache-Status describes its cache, not ours.
         response.header.remove_header("cache-status");
+    } else {
+        // Peer-protocol fields are ours: an origin's are never stored or passed on.
+        response.header.remove_header(&peers::REFUSED);
     }
     let store = match via_peer {
         true => job.mirror.clone(),
@@ -488,11 +491,7 @@ async fn fetch(filler: &Filler, job: &Job) -> (Result<OriginResponse, FetchError
 
 /// Whether a peer's answer is its gate refusing the request (`proxy/peer.rs`).
 fn refused_by_peer(response: &OriginResponse) -> bool {
-    response
-        .header
-        .headers
-        .get("cache-status")
-        .is_some_and(|v| v.as_bytes() == peers::REFUSED_STATUS.as_bytes())
+    response.header.headers.contains_key(&peers::REFUSED)
 }
 
 /// The fill request plus the peer protocol's headers (see `peers.rs`).

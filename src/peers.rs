@@ -105,8 +105,13 @@ pub fn strip_peer_headers(headers: &mut HeaderMap) {
     }
 }
 
-/// The Cache-Status a peer listener puts on its refusals (401, 403, 405...),
-/// so that the asking node tells "the peer refused us" from an origin answer.
+/// On a peer listener's refusals (401, 403, 405, 503...), the reason: the
+/// asking node tells "the peer refused us" from an origin's answer by this
+/// header alone. Responses from origins never carry it (fills strip it), so
+/// an origin cannot make a healthy owner look like it refuses.
+pub static REFUSED: HeaderName = HeaderName::from_static("x-ringside-refused");
+
+/// The Cache-Status of a peer listener's refusals.
 pub const REFUSED_STATUS: &str = "ringside; fwd=bypass; detail=peer-refused";
 
 /// How far a request's timestamp may be from the receiver's clock.

@@ -1085,3 +1085,27 @@ async fn purge_needs_its_own_token_never_the_cluster_secret() {
         5.0
     );
 }
+
+/// Only a peer's own gate says "refused" (`x-ringside-refused`): an origin
+/// sending that field cannot make a healthy owner look dead to the others.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn an_origin_cannot_forge_a_peer_refusal() {
+    let origin = Origin::start().await;
+    let nodes = start_cluster(&origin.url(), 2, "").await;
+    let members = peer_addrs(&nodes);
+    let paths: Vec<String> = (0..)
+        .map(|i| format!("/forged{i}?cc=max-age%3D60&header=X-Ringside-Refused:1"))
+        .filter(|p| owner_of(&members[0], &members, &origin.url(), p) == members[1])
+        .take(3)
+        .collect();
+    for path in &paths {
+        let r = nodes[0].get(path).await;
+        assert_eq!(r.status, 200);
+        assert_eq!(r.header("x-ringside-refused"), None, "not passed on");
+        assert!(cache_status(&r).contains("detail=peer"), "{r:?}");
+    }
+    assert_eq!(nodes[0].metric("ringside_peers_down", &[]).await, 0.0);
+    for path in &paths {
+        assert_eq!(origin.hits(path), 1, "the owner fetched it, once");
+    }
+}

@@ -13,7 +13,7 @@
 //! - ring views: a different generation is counted, and a key this node does
 //!   not think it owns is still served here (never forwarded: the loop guard).
 
-use super::respond::send_error;
+use super::respond::{send_error, send_refusal};
 use super::{RequestCtx, Ringside};
 use crate::config::OriginUrl;
 use crate::metrics::{self, CacheResult};
@@ -127,6 +127,13 @@ async fn refuse(
     body: &'static str,
 ) -> Result<Option<Arc<OriginTarget>>> {
     ctx.result = CacheResult::Error;
-    send_error(session, code, body, peers::REFUSED_STATUS).await?;
+    let reason = match code {
+        401 => "credentials",
+        403 => "origin",
+        404 => "not-a-member",
+        405 => "method",
+        _ => "overloaded",
+    };
+    send_refusal(session, code, body, reason).await?;
     Ok(None)
 }

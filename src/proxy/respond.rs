@@ -119,7 +119,31 @@ pub async fn send_error(
     body: &'static str,
     cache_status: &str,
 ) -> Result<bool> {
-    let mut h = ResponseHeader::build(code, Some(4))?;
+    send_plain(session, code, body, cache_status, None).await
+}
+
+/// A peer listener's refusal: an error that says so in `x-ringside-refused`.
+pub async fn send_refusal(
+    session: &mut Session,
+    code: u16,
+    body: &'static str,
+    reason: &'static str,
+) -> Result<bool> {
+    let refused = Some((&crate::peers::REFUSED, reason));
+    send_plain(session, code, body, crate::peers::REFUSED_STATUS, refused).await
+}
+
+async fn send_plain(
+    session: &mut Session,
+    code: u16,
+    body: &'static str,
+    cache_status: &str,
+    extra: Option<(&HeaderName, &'static str)>,
+) -> Result<bool> {
+    let mut h = ResponseHeader::build(code, Some(5))?;
+    if let Some((name, value)) = extra {
+        h.insert_header(name.clone(), value)?;
+    }
     h.insert_header(header::CONTENT_TYPE, "text/plain")?;
     h.insert_header(header::CONTENT_LENGTH, body.len())?;
     h.insert_header(header::CACHE_CONTROL, "no-store")?;

@@ -328,6 +328,9 @@ async fn respond(
             headers.push((name.into(), value.clone()));
         }
     }
+    if let Some((name, value)) = q.get("header").and_then(|h| h.split_once(':')) {
+        headers.push((name.into(), value.into()));
+    }
     if let Some(age) = q.get("age") {
         headers.push(("Age".into(), age.clone()));
     }
