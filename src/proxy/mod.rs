@@ -11,9 +11,10 @@
 //!                      it cannot be); from here on, key, rule and upstream
 //!                      request all see this one; peers: PURGE (peer.rs)
 //!   not GET/HEAD ..... pass: pingora proxies it untouched (upstream_peer...)
-//!   bypass? .......... a path rule, a request body, Range, no-store,
-//!                      upgrade: pass as well; else strip the headers of
-//!                      cache.strip_request_headers
+//!   bypass? .......... a path rule, a request body, no-store, upgrade:
+//!                      pass as well; else strip the headers of
+//!                      cache.strip_request_headers (a Range stays: it is
+//!                      answered from the whole object, see range.rs)
 //!   look up .......... plain key, or the variant key when the origin varies;
 //!                      a key owned by another node: its hot mirror, if any
 //!   fresh? ........... hit: answer from memory (304 if the client's validators match)
@@ -353,7 +354,13 @@ impl Ringside {
                 body,
                 cache_status,
                 result,
+                storing,
             } => {
+                if !storing && wants_part_of(session.req_header(), &header) {
+                    // Dropping `body` ends the leader's share of the fill.
+                    let status = "ringside; fwd=uri-miss; detail=range-not-stored";
+                    return self.pass(ctx, CacheResult::Miss, status);
+                }
                 ctx.result = result;
                 send_stream(session, header, body, &cache_status).await
             }
@@ -595,9 +602,6 @@ fn bypass_reason(req: &RequestHeader, rule_bypass: bool) -> Result<CacheControl,
     if request::has_body(req) {
         return Err("ringside; fwd=bypass; detail=request-body");
     }
-    if h.contains_key(header::RANGE) {
-        return Err("ringside; fwd=bypass; detail=range");
-    }
     if h.contains_key(header::UPGRADE) {
         return Err("ringside; fwd=bypass; detail=upgrade");
     }
@@ -606,6 +610,20 @@ fn bypass_reason(req: &RequestHeader, rule_bypass: bool) -> Result<CacheControl,
         return Err("ringside; fwd=bypass; detail=no-store");
     }
     Ok(client_cc)
+}
+
+/// Whether a range request's fill that turned out not storable (or too
+/// large) should be left for the origin to answer: a GET with `Range` for a
+/// 200. The fill asked for the whole object, to store it; as it will not be
+/// stored, the request goes to the origin itself, `Range` and conditionals
+/// included, like a follower of such a fill, so that the origin sends the
+/// part alone instead of ringside reading (up to all of) a body it cannot
+/// keep to cut a part from it. Costs the origin the head of the abandoned
+/// response; an origin that ignores `Range` answers a 200, passed on.
+fn wants_part_of(req: &RequestHeader, response: &ResponseHeader) -> bool {
+    req.method == Method::GET
+        && req.headers.contains_key(header::RANGE)
+        && response.status == http::StatusCode::OK
 }
 
 /// The request a fill sends: GET, origin-form, the client's end-to-end
