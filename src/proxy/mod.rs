@@ -627,8 +627,19 @@ fn wants_part_of(req: &RequestHeader, response: &ResponseHeader) -> bool {
 }
 
 /// The request a fill sends: GET, origin-form, the client's end-to-end
-/// headers minus its own conditionals (the fill is for the cache; the
-/// client's validators are checked against the result).
+/// headers minus its own conditionals and `Range`.
+///
+/// The fill is for the cache and for every request that joins it, so it asks
+/// for the whole, current object. The client's `If-None-Match` /
+/// `If-Modified-Since` (RFC 9111 §4.3.2) are evaluated against what the fill
+/// brings, stored or not: the stored object (`send_object`), or the 200
+/// streamed to the leader when it is not storable (`send_stream`); a match
+/// is a 304 either way, and a `Range` is cut from it (`range.rs`).
+/// Forwarding one client's validators instead would let the origin answer
+/// a 304 that neither the cache nor the other waiters can use. Requests that
+/// go to the origin on their own keep their conditionals and `Range`, and
+/// the origin answers them: bypasses, followers of a fill that is not
+/// stored, a range of what is not stored.
 fn fill_request(req: &RequestHeader, target: &OriginTarget) -> RequestHeader {
     let path = req.uri.path_and_query().map_or("/", |p| p.as_str());
     let mut headers = req.headers.clone();

@@ -20,7 +20,8 @@ pub static HIT: HeaderValue = HeaderValue::from_static("ringside; hit");
 pub static STALE_WHILE_REVALIDATE: HeaderValue =
     HeaderValue::from_static("ringside; hit; detail=stale-while-revalidate");
 
-/// Answer from a stored object: 304 when the client's validators match, a
+/// Answer from a stored object: 304 when the client's validators match a
+/// stored 2xx (RFC 9110 §13.2.1: preconditions are ignored for others), a
 /// 206 or 416 when a GET's `Range` asks for part of it, else the stored
 /// response with Age and Cache-Status.
 ///
@@ -39,7 +40,9 @@ pub async fn send_object(
     let req = session.req_header();
     let head = req.method == Method::HEAD;
     let age = HeaderValue::from(object.age(now).as_secs());
-    if cache_rules::client_validators_match(&req.headers, &object.header.headers) {
+    if object.header.status.is_success()
+        && cache_rules::client_validators_match(&req.headers, &object.header.headers)
+    {
         let mut h = not_modified_header(&object.header)?;
         h.insert_header(header::AGE, age)?;
         h.insert_header(CACHE_STATUS.clone(), cache_status)?;
