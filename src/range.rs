@@ -208,7 +208,10 @@ mod tests {
 
     #[test]
     fn ranges_past_the_end_or_empty_suffixes_are_unsatisfiable() {
-        assert_eq!(selected("bytes=1000-", 1000), Some(Selection::Unsatisfiable));
+        assert_eq!(
+            selected("bytes=1000-", 1000),
+            Some(Selection::Unsatisfiable)
+        );
         assert_eq!(selected("bytes=-0", 1000), Some(Selection::Unsatisfiable));
         assert_eq!(selected("bytes=0-", 0), Some(Selection::Unsatisfiable));
         assert_eq!(selected("bytes=-1", 0), Some(Selection::Unsatisfiable));
@@ -274,9 +277,8 @@ mod tests {
             ("last-modified", lm),
             ("date", "Wed, 21 Oct 2015 07:29:00 GMT"),
         ]);
-        let matches = |value: &str| {
-            cache_rules::if_range_matches(&headers(&[("if-range", value)]), &stored)
-        };
+        let matches =
+            |value: &str| cache_rules::if_range_matches(&headers(&[("if-range", value)]), &stored);
         assert!(cache_rules::if_range_matches(&HeaderMap::new(), &stored));
         assert!(matches("\"v1\""));
         assert!(matches(" \"v1\" "));

@@ -181,8 +181,12 @@ async fn origin_requests_are_counted_for_passed_requests_too() {
     let origin = Origin::start().await;
     let rs = Ringside::start(&origin.url(), "").await;
     post(&rs, "/p", b"x").await; // pass: a method that is never cached
-    rs.request("GET", "/b?cc=max-age%3D60", &[("cache-control", "no-store")])
-        .await; // bypass
+    rs.request(
+        "GET",
+        "/b?cc=max-age%3D60",
+        &[("cache-control", "no-store")],
+    )
+    .await; // bypass
     rs.get("/ok?cc=max-age%3D60").await; // fill
     assert_eq!(origin.total_hits(), 3);
     let counted = metric_reaches(

@@ -596,7 +596,11 @@ async fn rfc9111_4_3_2_requests_the_origin_answers_keep_the_clients_conditionals
     assert!(status.contains("detail=not-stored"), "{status}");
     assert_eq!(origin.hits(path), 2);
     let sent = origin.last_request_header(path, "if-none-match");
-    assert_eq!(sent.as_deref(), Some("\"v1\""), "the follower's own request");
+    assert_eq!(
+        sent.as_deref(),
+        Some("\"v1\""),
+        "the follower's own request"
+    );
 }
 
 /// RFC 9110 §13.2.1: preconditions are ignored when the response would not

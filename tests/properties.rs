@@ -207,9 +207,27 @@ proptest! {
 /// What `Range` values are made of: units, separators, digits (some past
 /// `u64`), suffixes, blanks, and bytes that have no place there.
 const RANGE_PIECES: &[&[u8]] = &[
-    b"bytes", b"BYTES", b"items", b"=", b"-", b",", b" ", b"\t", b"0", b"1", b"9", b"99",
-    b"18446744073709551615", b"18446744073709551616", b"99999999999999999999999", b"x", b";",
-    b"\"", b"\x80", b"bytes=", b"bytes=0-",
+    b"bytes",
+    b"BYTES",
+    b"items",
+    b"=",
+    b"-",
+    b",",
+    b" ",
+    b"\t",
+    b"0",
+    b"1",
+    b"9",
+    b"99",
+    b"18446744073709551615",
+    b"18446744073709551616",
+    b"99999999999999999999999",
+    b"x",
+    b";",
+    b"\"",
+    b"\x80",
+    b"bytes=",
+    b"bytes=0-",
 ];
 
 /// A representation length: small ones (where the edges are), or any.
@@ -219,7 +237,10 @@ fn length() -> impl Strategy<Value = u64> {
 
 fn within(selection: Selection, len: u64) -> Result<(), TestCaseError> {
     if let Selection::Part(part) = selection {
-        prop_assert!(part.first <= part.last && part.last < len, "{part:?} of {len}");
+        prop_assert!(
+            part.first <= part.last && part.last < len,
+            "{part:?} of {len}"
+        );
         prop_assert!(part.len() <= len);
     }
     Ok(())

@@ -107,11 +107,21 @@ async fn rfc9110_13_1_5_if_range_gets_the_part_only_when_the_validator_matches()
     let path = object("/ifrange");
     rs.get(&path).await;
     for validator in ["\"v1\"", LAST_MODIFIED] {
-        let r = get_range(&rs, &path, &[("range", "bytes=10-19"), ("if-range", validator)]).await;
+        let r = get_range(
+            &rs,
+            &path,
+            &[("range", "bytes=10-19"), ("if-range", validator)],
+        )
+        .await;
         assert_part(&r, 10, 19);
     }
     for validator in ["\"v2\"", "W/\"v1\"", "Thu, 22 Oct 2015 07:28:00 GMT"] {
-        let r = get_range(&rs, &path, &[("range", "bytes=10-19"), ("if-range", validator)]).await;
+        let r = get_range(
+            &rs,
+            &path,
+            &[("range", "bytes=10-19"), ("if-range", validator)],
+        )
+        .await;
         assert_whole(&r);
         assert_eq!(cache_status(&r), "ringside; hit", "{validator}");
     }
@@ -197,7 +207,11 @@ async fn rfc9111_3_3_range_misses_share_one_whole_fill_and_get_their_parts() {
     assert_eq!(origin.last_request_header(&path, "range"), None);
     let r = rs.get(&path).await;
     assert_whole(&r);
-    assert_eq!(cache_status(&r), "ringside; hit", "the whole object is stored");
+    assert_eq!(
+        cache_status(&r),
+        "ringside; hit",
+        "the whole object is stored"
+    );
 }
 
 /// RFC 9110 §14.2: a range on a miss whose length is not known before the
@@ -259,7 +273,11 @@ async fn rfc9111_3_3_a_range_through_a_non_owner_is_cut_from_the_owners_object()
     assert_eq!(cache_status(&r), "ringside; fwd=uri-miss; detail=peer");
     let r = get_range(owner, &path, &[("range", "bytes=-50")]).await;
     assert_part(&r, LEN - 50, LEN - 1);
-    assert_eq!(cache_status(&r), "ringside; hit", "the owner stored it whole");
+    assert_eq!(
+        cache_status(&r),
+        "ringside; hit",
+        "the owner stored it whole"
+    );
     let r = get_range(other, &path, &[("range", "bytes=500-")]).await;
     assert_part(&r, 500, LEN - 1);
     let r = get_range(other, &path, &[("range", "bytes=2000-")]).await;

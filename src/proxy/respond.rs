@@ -126,7 +126,9 @@ pub fn requested_part(
 fn partial_head(mut parts: Parts, part: ByteRange, complete: u64) -> Parts {
     parts.status = StatusCode::PARTIAL_CONTENT;
     parts.headers.remove(header::TRANSFER_ENCODING);
-    parts.headers.insert(header::CONTENT_LENGTH, HeaderValue::from(part.len()));
+    parts
+        .headers
+        .insert(header::CONTENT_LENGTH, HeaderValue::from(part.len()));
     if let Ok(value) = HeaderValue::from_str(&part.content_range(complete)) {
         parts.headers.insert(header::CONTENT_RANGE, value);
     }
