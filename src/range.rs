@@ -39,7 +39,7 @@ pub struct ByteRange {
 
 impl ByteRange {
     /// The number of bytes in the range (never zero).
-    pub fn len(&self) -> u64 {
+    pub fn length(&self) -> u64 {
         self.last - self.first + 1
     }
 
@@ -253,7 +253,7 @@ mod tests {
             first: 100,
             last: 199,
         };
-        assert_eq!(range.len(), 100);
+        assert_eq!(range.length(), 100);
         assert_eq!(range.content_range(1000), "bytes 100-199/1000");
         assert_eq!(unsatisfied_range(1000), "bytes */1000");
     }

@@ -241,7 +241,7 @@ fn within(selection: Selection, len: u64) -> Result<(), TestCaseError> {
             part.first <= part.last && part.last < len,
             "{part:?} of {len}"
         );
-        prop_assert!(part.len() <= len);
+        prop_assert!(part.length() <= len);
     }
     Ok(())
 }

@@ -50,7 +50,7 @@ pub async fn send_object(
         return Ok(true);
     }
     let complete = object.body.len() as u64;
-    match requested_part(req, &object.header, Some(complete)) {
+    match requested_part(req, &object.header, complete) {
         Selection::Whole => {}
         Selection::Part(part) => {
             let mut h = partial_head((*object.header).clone(), part, complete);
@@ -103,21 +103,14 @@ fn not_modified_header(stored: &ResponseHeader) -> Result<ResponseHeader> {
     Ok(h)
 }
 
-/// The part of a response of `complete` bytes (None: not known yet) that a
-/// GET's `Range` asks for; `Whole` for every other request (RFC 9110 §14.2:
-/// range handling is defined for GET alone, so a HEAD gets the whole head).
-pub fn requested_part(
-    req: &RequestHeader,
-    response: &ResponseHeader,
-    complete: Option<u64>,
-) -> Selection {
+/// The part of a response of `complete` bytes that a GET's `Range` asks
+/// for; `Whole` for every other request (RFC 9110 §14.2: range handling is
+/// defined for GET alone, so a HEAD gets the whole head).
+fn requested_part(req: &RequestHeader, response: &ResponseHeader, complete: u64) -> Selection {
     if req.method != Method::GET || !req.headers.contains_key(header::RANGE) {
         return Selection::Whole;
     }
-    match complete {
-        Some(complete) => range::plan(&req.headers, response.status, &response.headers, complete),
-        None => Selection::Whole,
-    }
+    range::plan(&req.headers, response.status, &response.headers, complete)
 }
 
 /// A 200's head made the 206 of one part of it (RFC 9110 §15.3.7.1): every
@@ -128,7 +121,7 @@ fn partial_head(mut parts: Parts, part: ByteRange, complete: u64) -> Parts {
     parts.headers.remove(header::TRANSFER_ENCODING);
     parts
         .headers
-        .insert(header::CONTENT_LENGTH, HeaderValue::from(part.len()));
+        .insert(header::CONTENT_LENGTH, HeaderValue::from(part.length()));
     if let Ok(value) = HeaderValue::from_str(&part.content_range(complete)) {
         parts.headers.insert(header::CONTENT_RANGE, value);
     }
@@ -140,7 +133,7 @@ fn partial_head(mut parts: Parts, part: ByteRange, complete: u64) -> Parts {
 async fn send_unsatisfiable(
     session: &mut Session,
     complete: u64,
-    cache_status: HeaderValue,
+    cache_status: impl TryInto<HeaderValue>,
 ) -> Result<bool> {
     let mut h = ResponseHeader::build(StatusCode::RANGE_NOT_SATISFIABLE, Some(3))?;
     h.insert_header(header::CONTENT_RANGE, range::unsatisfied_range(complete))?;
@@ -172,21 +165,21 @@ pub async fn send_stream(
         session.write_response_header(Box::new(h), true).await?;
         return Ok(true); // dropping `body` stops the leader's share of the fill
     }
+    // The whole body's length, when the head says it.
     let complete = header
         .headers
         .get(header::CONTENT_LENGTH)
         .and_then(|v| v.to_str().ok()?.parse::<u64>().ok());
-    let (mut header, window) = match requested_part(req, &header, complete) {
-        Selection::Whole => (header, WHOLE_BODY),
-        Selection::Part(part) => {
-            let parts = partial_head(Parts::from(*header), part, complete.unwrap_or_default());
+    let selection = complete.map(|complete| (requested_part(req, &header, complete), complete));
+    let (mut header, window) = match selection {
+        Some((Selection::Part(part), complete)) => {
+            let parts = partial_head(Parts::from(*header), part, complete);
             (Box::new(ResponseHeader::from(parts)), part)
         }
-        Selection::Unsatisfiable => {
-            let status = HeaderValue::from_str(cache_status).unwrap_or_else(|_| HIT.clone());
-            let complete = complete.unwrap_or_default();
-            return send_unsatisfiable(session, complete, status).await;
+        Some((Selection::Unsatisfiable, complete)) => {
+            return send_unsatisfiable(session, complete, cache_status).await;
         }
+        Some((Selection::Whole, _)) | None => (header, WHOLE_BODY),
     };
     header.insert_header(CACHE_STATUS.clone(), cache_status)?;
     session.write_response_header(header, head).await?;
