@@ -17,7 +17,8 @@
 //!                      answered from the whole object, see range.rs)
 //!   look up .......... plain key, or the variant key when the origin varies;
 //!                      a key owned by another node: its hot mirror, if any
-//!   fresh? ........... hit: answer from memory (304 if the client's validators match)
+//!   fresh? ........... hit: answer from memory (304 if the client's validators match,
+//!                      206/416 for a GET's Range, see range.rs)
 //!   stale-while-rev .. answer stale now, refresh once in the background
 //!   otherwise ........ fill (fill.rs): one fetch per key, shared by every
 //!                      concurrent request for it, from the key's owner
