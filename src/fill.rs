@@ -81,6 +81,9 @@ pub enum LeaderResult {
         body: mpsc::Receiver<Result<Bytes, FetchError>>,
         cache_status: String,
         result: CacheResult,
+        /// Read whole for the followers (and stored) as it streams; false:
+        /// for the leader alone (not storable, too large).
+        storing: bool,
     },
     /// The stale copy refreshed by a 304, for the leader alone: the 304
     /// carried fields for this one client (Set-Cookie), or made the response
@@ -250,7 +253,8 @@ async fn run(
     };
     flight.complete(Outcome::NotStored);
     let cache_status = not_stored_status(status, reason);
-    let out = LeaderStream::open(leader, leader_head(&response, None), cache_status, via_peer);
+    let head = leader_head(&response, None);
+    let out = LeaderStream::open(leader, head, cache_status, via_peer, false);
     pump(&filler, response, out).await;
 }
 
@@ -291,7 +295,7 @@ async fn store_streaming(
         (false, None) => "ringside; fwd=uri-miss; detail=storing",
     };
     let head = leader_head(&response, Some(initial_age));
-    let mut out = LeaderStream::open(leader, head, cache_status.to_owned(), whole.via_peer);
+    let mut out = LeaderStream::open(leader, head, cache_status.to_owned(), whole.via_peer, true);
     flight.progress();
     let capacity = response
         .content_length()
@@ -531,6 +535,7 @@ impl LeaderStream {
         header: ResponseHeader,
         cache_status: String,
         via_peer: bool,
+        storing: bool,
     ) -> LeaderStream {
         let tx = leader.and_then(|leader| {
             let (tx, body) = mpsc::channel(16);
@@ -543,6 +548,7 @@ impl LeaderStream {
                 body,
                 cache_status,
                 result,
+                storing,
             };
             leader.send(stream).ok().map(|_| tx)
         });

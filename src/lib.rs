@@ -19,6 +19,7 @@ pub mod origin;
 pub mod peers;
 pub mod proxy;
 pub mod purge;
+pub mod range;
 pub mod ring;
 pub mod server;
 pub mod singleflight;

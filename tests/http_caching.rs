@@ -616,3 +616,90 @@ async fn rfc9111_4_2_4_stale_answers_when_the_origin_is_unreachable() {
         .contains("fwd-status=502"));
     assert_eq!(off.get(allowed).await.status, 502);
 }
+
+/// RFC 9111 §4.3.2 on a miss: the fill asks the origin unconditionally (its
+/// answer is for the cache), and a client whose validators match what it
+/// brought gets a 304 all the same, stored or not.
+#[tokio::test]
+async fn rfc9111_4_3_2_a_miss_answers_304_when_the_clients_validators_match() {
+    let (origin, rs) = setup().await;
+    let stored = "/miss-inm?cc=max-age%3D60&etag=v1";
+    let not_stored = "/miss-inm?cc=no-store&etag=v1";
+    for path in [stored, not_stored] {
+        let r = rs
+            .request("GET", path, &[("if-none-match", "\"v1\"")])
+            .await;
+        assert_eq!(r.status, 304, "{path}: {r:?}");
+        assert!(r.body.is_empty());
+        let status = r.header("cache-status").unwrap();
+        assert!(status.contains("fwd=uri-miss"), "{path}: {status}");
+        assert_eq!(origin.last_request_header(path, "if-none-match"), None);
+    }
+    let ims = "/miss-ims?cc=max-age%3D60&lm=1";
+    let r = rs
+        .request(
+            "GET",
+            ims,
+            &[("if-modified-since", common::origin::LAST_MODIFIED)],
+        )
+        .await;
+    assert_eq!(r.status, 304, "{r:?}");
+    // The fill stored the whole object for the next client.
+    let next = rs.get(stored).await;
+    assert_eq!(next.status, 200);
+    assert!(is_hit(&next), "{next:?}");
+    assert!(!next.body.is_empty());
+    assert_eq!(origin.hits(stored), 1);
+}
+
+/// RFC 9111 §4.3.2: requests that do not use the cache (a bypass, or a
+/// follower of a fill that turned out not storable) go to the origin with
+/// the client's own conditionals, so the origin answers their 304.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn rfc9111_4_3_2_requests_the_origin_answers_keep_the_clients_conditionals() {
+    let (origin, rs) = setup().await;
+    let bypass = "/bypass-inm?etag=v1";
+    let headers = [("if-none-match", "\"v1\""), ("cache-control", "no-store")];
+    let r = rs.request("GET", bypass, &headers).await;
+    assert_eq!(r.status, 304, "{r:?}");
+    assert!(r.header("cache-status").unwrap().contains("fwd=bypass"));
+    let sent = origin.last_request_header(bypass, "if-none-match");
+    assert_eq!(sent.as_deref(), Some("\"v1\""));
+
+    // A follower joins a fill whose answer is not stored, then asks itself.
+    let path = "/follow-inm?cc=no-store&etag=v1&delay_ms=500";
+    let leader = tokio::spawn(common::get(rs.addr, path));
+    common::eventually(Duration::from_secs(5), "the leader's fill", || async {
+        origin.hits(path) == 1
+    })
+    .await;
+    let follower = rs
+        .request("GET", path, &[("if-none-match", "\"v1\"")])
+        .await;
+    assert_eq!(leader.await.unwrap().unwrap().status, 200);
+    assert_eq!(follower.status, 304, "{follower:?}");
+    let status = follower.header("cache-status").unwrap();
+    assert!(status.contains("detail=not-stored"), "{status}");
+    assert_eq!(origin.hits(path), 2);
+    let sent = origin.last_request_header(path, "if-none-match");
+    assert_eq!(
+        sent.as_deref(),
+        Some("\"v1\""),
+        "the follower's own request"
+    );
+}
+
+/// RFC 9110 §13.2.1: preconditions are ignored when the response would not
+/// be a 2xx: a stored 404 is sent as it is, not as a 304.
+#[tokio::test]
+async fn rfc9110_13_2_1_a_stored_non_2xx_ignores_the_clients_validators() {
+    let (origin, rs) = setup().await;
+    let path = "/gone?status=404&cc=max-age%3D60&etag=v1";
+    rs.get(path).await;
+    let r = rs
+        .request("GET", path, &[("if-none-match", "\"v1\"")])
+        .await;
+    assert_eq!(r.status, 404, "{r:?}");
+    assert!(is_hit(&r), "{r:?}");
+    assert_eq!(origin.hits(path), 1);
+}

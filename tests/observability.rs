@@ -537,7 +537,11 @@ async fn drive_traffic(nodes: Vec<(SocketAddr, SocketAddr)>, stop: Arc<AtomicBoo
             get(format!("/err?status=503&n={}", i % 5)).await;
             if let Ok(mut c) = Conn::connect(addr).await {
                 let _ = c
-                    .request("GET", "/k1?cc=max-age%3D20", &[("range", "bytes=0-1")])
+                    .request(
+                        "GET",
+                        "/k1?cc=max-age%3D20",
+                        &[("cache-control", "no-store")],
+                    )
                     .await; // bypass
                 let _ = c.request_with_body("POST", "/post", &[], b"x").await; // pass
             }

@@ -1,7 +1,8 @@
 //! Property tests: the parsers that read what clients and origins send
-//! (request paths, Cache-Control, Age, Expires/Date, Vary) run on 100,000
-//! generated inputs each without panicking, and path normalisation is
-//! idempotent and leaves no dot segment or `//` behind.
+//! (request paths, Cache-Control, Age, Expires/Date, Vary, Range/If-Range)
+//! run on 100,000 generated inputs each without panicking, path
+//! normalisation is idempotent and leaves no dot segment or `//` behind, and
+//! a selected byte range always lies within the representation.
 //!
 //! Inputs are drawn from small alphabets of the bytes that matter to each
 //! parser (separators, digits, `%`, quotes, directive names...), so that
@@ -11,6 +12,7 @@ use http::header::{HeaderMap, HeaderName, HeaderValue};
 use proptest::prelude::*;
 use ringside::cache_rules::{self, CacheControl, RuleOptions, Vary};
 use ringside::normalize::{normalize_path, normalize_target};
+use ringside::range::{self, Selection};
 use std::borrow::Cow;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -199,5 +201,76 @@ proptest! {
             }
             Vary::None | Vary::Star => {}
         }
+    }
+}
+
+/// What `Range` values are made of: units, separators, digits (some past
+/// `u64`), suffixes, blanks, and bytes that have no place there.
+const RANGE_PIECES: &[&[u8]] = &[
+    b"bytes",
+    b"BYTES",
+    b"items",
+    b"=",
+    b"-",
+    b",",
+    b" ",
+    b"\t",
+    b"0",
+    b"1",
+    b"9",
+    b"99",
+    b"18446744073709551615",
+    b"18446744073709551616",
+    b"99999999999999999999999",
+    b"x",
+    b";",
+    b"\"",
+    b"\x80",
+    b"bytes=",
+    b"bytes=0-",
+];
+
+/// A representation length: small ones (where the edges are), or any.
+fn length() -> impl Strategy<Value = u64> {
+    prop_oneof![0u64..300, any::<u64>()]
+}
+
+fn within(selection: Selection, len: u64) -> Result<(), TestCaseError> {
+    if let Selection::Part(part) = selection {
+        prop_assert!(
+            part.first <= part.last && part.last < len,
+            "{part:?} of {len}"
+        );
+        prop_assert!(part.length() <= len);
+    }
+    Ok(())
+}
+
+proptest! {
+    #![proptest_config(config())]
+
+    #[test]
+    fn range_parses_anything_and_selects_within_the_representation(
+        value in from_pieces(RANGE_PIECES, 12),
+        len in length(),
+    ) {
+        if let Some(specs) = range::parse(&value) {
+            prop_assert!(!specs.is_empty());
+            within(range::select(&specs, len), len)?;
+        }
+    }
+
+    #[test]
+    fn range_plans_any_request_and_response(
+        range_value in prop::option::of(from_pieces(RANGE_PIECES, 12)),
+        mut req in headers(&["if-range"]),
+        resp in headers(&["etag", "last-modified", "date"]),
+        len in length(),
+    ) {
+        if let Some(value) = range_value {
+            req.append("range", HeaderValue::from_bytes(&value).expect("valid header bytes"));
+        }
+        within(range::plan(&req, http::StatusCode::OK, &resp, len), len)?;
+        let _ = cache_rules::if_range_matches(&req, &resp);
     }
 }

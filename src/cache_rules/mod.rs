@@ -714,6 +714,48 @@ fn not_modified_since(req_headers: &HeaderMap, stored_resp_headers: &HeaderMap) 
     }
 }
 
+/// Whether a request's `If-Range` lets its `Range` apply to this response (RFC 9110 §13.1.5);
+/// `true` without one. An entity-tag matches by strong comparison (§8.8.3.2): neither tag may
+/// be weak and the opaque tags must be equal. An HTTP-date matches when it equals the
+/// response's Last-Modified and that is a strong validator: at least 60 s before the response's
+/// Date (§8.8.2.2). Anything else (a repeated or garbled field, no validator to compare with)
+/// is `false`: the client then gets the whole response, never a part of another one.
+pub fn if_range_matches(req_headers: &HeaderMap, resp_headers: &HeaderMap) -> bool {
+    let mut values = req_headers.get_all(header::IF_RANGE).iter();
+    let Some(first) = values.next() else {
+        return true;
+    };
+    if values.next().is_some() {
+        return false;
+    }
+    /// The opaque part of a single strong entity-tag.
+    fn strong_tag(value: &[u8]) -> Option<&[u8]> {
+        let value = value.trim_ascii();
+        match parse_entity_tag(value)? {
+            _ if value.starts_with(b"W/") => None,
+            (opaque, rest) if rest.trim_ascii().is_empty() => Some(opaque),
+            _ => None,
+        }
+    }
+    let value = first.as_bytes();
+    let trimmed = value.trim_ascii();
+    if trimmed.starts_with(b"\"") || trimmed.starts_with(b"W/") {
+        let stored = single_value(resp_headers, &header::ETAG).map(|v| strong_tag(v.as_bytes()));
+        return matches!((strong_tag(value), stored), (Some(a), Some(Some(b))) if a == b);
+    }
+    let since = std::str::from_utf8(value)
+        .ok()
+        .and_then(|v| parse_http_date(v.trim()));
+    let last_modified = single_http_date(resp_headers, &header::LAST_MODIFIED);
+    let date = single_http_date(resp_headers, &header::DATE);
+    match (since, last_modified, date) {
+        (Some(since), Some(last_modified), Some(date)) => {
+            since == last_modified && last_modified + Duration::from_secs(60) <= date
+        }
+        _ => false,
+    }
+}
+
 /// Conditional headers for revalidating a stored response with the origin (RFC 9111 §4.3.1):
 /// If-None-Match from the stored ETag and If-Modified-Since from the stored Last-Modified.
 /// A validator that does not parse (e.g. `ETag: *`, which as If-None-Match would match

@@ -11,12 +11,14 @@
 //!                      it cannot be); from here on, key, rule and upstream
 //!                      request all see this one; peers: PURGE (peer.rs)
 //!   not GET/HEAD ..... pass: pingora proxies it untouched (upstream_peer...)
-//!   bypass? .......... a path rule, a request body, Range, no-store,
-//!                      upgrade: pass as well; else strip the headers of
-//!                      cache.strip_request_headers
+//!   bypass? .......... a path rule, a request body, no-store, upgrade:
+//!                      pass as well; else strip the headers of
+//!                      cache.strip_request_headers (a Range stays: it is
+//!                      answered from the whole object, see range.rs)
 //!   look up .......... plain key, or the variant key when the origin varies;
 //!                      a key owned by another node: its hot mirror, if any
-//!   fresh? ........... hit: answer from memory (304 if the client's validators match)
+//!   fresh? ........... hit: answer from memory (304 if the client's validators match,
+//!                      206/416 for a GET's Range, see range.rs)
 //!   stale-while-rev .. answer stale now, refresh once in the background
 //!   otherwise ........ fill (fill.rs): one fetch per key, shared by every
 //!                      concurrent request for it, from the key's owner
@@ -363,7 +365,13 @@ impl Ringside {
                 body,
                 cache_status,
                 result,
+                storing,
             } => {
+                if !storing && wants_part_of(session.req_header(), &header) {
+                    // Dropping `body` ends the leader's share of the fill.
+                    let status = "ringside; fwd=uri-miss; detail=range-not-stored";
+                    return self.pass(ctx, CacheResult::Miss, status);
+                }
                 ctx.result = result;
                 send_stream(session, header, body, &cache_status).await
             }
@@ -607,9 +615,6 @@ fn bypass_reason(req: &RequestHeader, rule_bypass: bool) -> Result<CacheControl,
     if request::has_body(req) {
         return Err("ringside; fwd=bypass; detail=request-body");
     }
-    if h.contains_key(header::RANGE) {
-        return Err("ringside; fwd=bypass; detail=range");
-    }
     if h.contains_key(header::UPGRADE) {
         return Err("ringside; fwd=bypass; detail=upgrade");
     }
@@ -620,9 +625,34 @@ fn bypass_reason(req: &RequestHeader, rule_bypass: bool) -> Result<CacheControl,
     Ok(client_cc)
 }
 
+/// Whether a range request's fill that turned out not storable (or too
+/// large) should be left for the origin to answer: a GET with `Range` for a
+/// 200. The fill asked for the whole object, to store it; as it will not be
+/// stored, the request goes to the origin itself, `Range` and conditionals
+/// included, like a follower of such a fill, so that the origin sends the
+/// part alone instead of ringside reading (up to all of) a body it cannot
+/// keep to cut a part from it. Costs the origin the head of the abandoned
+/// response; an origin that ignores `Range` answers a 200, passed on.
+fn wants_part_of(req: &RequestHeader, response: &ResponseHeader) -> bool {
+    req.method == Method::GET
+        && req.headers.contains_key(header::RANGE)
+        && response.status == http::StatusCode::OK
+}
+
 /// The request a fill sends: GET, origin-form, the client's end-to-end
-/// headers minus its own conditionals (the fill is for the cache; the
-/// client's validators are checked against the result).
+/// headers minus its own conditionals and `Range`.
+///
+/// The fill is for the cache and for every request that joins it, so it asks
+/// for the whole, current object. The client's `If-None-Match` /
+/// `If-Modified-Since` (RFC 9111 §4.3.2) are evaluated against what the fill
+/// brings, stored or not: the stored object (`send_object`), or the 200
+/// streamed to the leader when it is not storable (`send_stream`); a match
+/// is a 304 either way, and a `Range` is cut from it (`range.rs`).
+/// Forwarding one client's validators instead would let the origin answer
+/// a 304 that neither the cache nor the other waiters can use. Requests that
+/// go to the origin on their own keep their conditionals and `Range`, and
+/// the origin answers them: bypasses, followers of a fill that is not
+/// stored, a range of what is not stored.
 fn fill_request(req: &RequestHeader, target: &OriginTarget) -> RequestHeader {
     let path = req.uri.path_and_query().map_or("/", |p| p.as_str());
     let mut headers = req.headers.clone();

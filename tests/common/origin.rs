@@ -26,6 +26,8 @@
 //! | `location=V`   | `Location: V`                                                 |
 //! | `expires_fmt=F`| `Expires` as `rfc850`, `asctime` or `lower` (IMF, lowercase)  |
 //! | `content_location=V` | `Content-Location: V`                                   |
+//! | `pattern=1`    | with `size=N`: the body is [`pattern_body`]`(N)`, each byte telling its offset |
+//! | `ranges=1`     | a GET's single `Range: bytes=...` is answered 206 with that part |
 //!
 //! The origin counts requests per path-and-query and keeps the last request's
 //! headers, so tests assert from the origin's own view. [`Origin::set_failing`]
@@ -265,7 +267,7 @@ fn percent_decode(s: &str) -> String {
     String::from_utf8_lossy(&out).to_string()
 }
 
-const LAST_MODIFIED: &str = "Wed, 21 Oct 2015 07:28:00 GMT";
+pub const LAST_MODIFIED: &str = "Wed, 21 Oct 2015 07:28:00 GMT";
 
 async fn respond(
     method: &str,
@@ -352,6 +354,7 @@ async fn respond(
         headers.push(("Last-Modified".into(), LAST_MODIFIED.into()));
     }
     let mut body = match q.get("size").and_then(|v| v.parse::<usize>().ok()) {
+        Some(n) if q.contains_key("pattern") => pattern_body(n),
         Some(n) => vec![b'x'; n],
         None => format!("{method} {target} #{count}").into_bytes(),
     };
@@ -372,6 +375,19 @@ async fn respond(
         if q.contains_key("cookie304") {
             headers.push(("Set-Cookie".into(), format!("session={count}; Path=/")));
         }
+    }
+    if let Some((first, last)) = q
+        .get("ranges")
+        .filter(|_| status == 200 && method == "GET")
+        .and_then(|_| requested_range(header(req, "range")?, body.len()))
+    {
+        status = 206;
+        let complete = body.len();
+        headers.push((
+            "Content-Range".into(),
+            format!("bytes {first}-{last}/{complete}"),
+        ));
+        body = body[first..=last].to_vec();
     }
     let reason = match status {
         200 => "OK",
@@ -407,6 +423,26 @@ async fn respond(
         bytes.extend_from_slice(&body);
     }
     bytes
+}
+
+/// A body of `n` bytes in which a part shows where it was cut from: the
+/// byte at offset `i` is `i % 251` (a prime, so that parts of equal length
+/// at different offsets differ).
+pub fn pattern_body(n: usize) -> Vec<u8> {
+    (0..n).map(|i| (i % 251) as u8).collect()
+}
+
+/// The test origin's own reading of a single `bytes=first-last`,
+/// `bytes=first-` or `bytes=-suffix` within a body of `len` bytes.
+fn requested_range(value: &str, len: usize) -> Option<(usize, usize)> {
+    let (first, last) = value.strip_prefix("bytes=")?.split_once('-')?;
+    let end = len.checked_sub(1)?;
+    match (first.parse::<usize>().ok(), last.parse::<usize>().ok()) {
+        (None, Some(suffix)) if suffix > 0 => Some((len.saturating_sub(suffix), end)),
+        (Some(first), None) if first <= end => Some((first, end)),
+        (Some(first), Some(last)) if first <= last && first <= end => Some((first, last.min(end))),
+        _ => None,
+    }
 }
 
 /// An HTTP-date in one of RFC 9110 §5.6.7's three formats: IMF-fixdate

@@ -1,0 +1,274 @@
+//! Range requests (RFC 9110 §14; RFC 9111 §3.3, §3.4) against real ringside
+//! processes in front of the real test origin: a `Range` for a stored
+//! complete response is answered from the cache (206, 416, or the whole 200
+//! where RFC 9110 says to ignore the range); a `Range` on a miss fills the
+//! whole object once and is cut from it; what is not stored leaves the range
+//! to the origin. On one node and through a non-owner in a cluster.
+
+mod common;
+use common::origin::{pattern_body, Origin, LAST_MODIFIED};
+use common::{owner_of, start_cluster, Response, Ringside};
+
+/// Every object here is this long, its bytes telling their offsets.
+const LEN: usize = 1000;
+
+/// A stored-for-a-minute object of [`LEN`] distinct bytes, with validators.
+fn object(path: &str) -> String {
+    format!("{path}?cc=max-age%3D60&size={LEN}&pattern=1&etag=v1&lm=1")
+}
+
+/// One node in front of a new origin, with [`object`]`(path)` stored whole.
+async fn stored(path: &str) -> (Origin, Ringside, String) {
+    let origin = Origin::start().await;
+    let rs = Ringside::start(&origin.url(), "").await;
+    let path = object(path);
+    assert_whole(&rs.get(&path).await);
+    (origin, rs, path)
+}
+
+async fn get_range(rs: &Ringside, path: &str, extra: &[(&str, &str)]) -> Response {
+    rs.request("GET", path, extra).await
+}
+
+fn cache_status(r: &Response) -> &str {
+    r.header("cache-status").unwrap_or_default()
+}
+
+/// `r` is the 206 of bytes `first..=last` of the pattern body.
+#[track_caller]
+fn assert_part(r: &Response, first: usize, last: usize) {
+    assert_eq!(r.status, 206, "{r:?}");
+    let range = format!("bytes {first}-{last}/{LEN}");
+    assert_eq!(r.header("content-range"), Some(range.as_str()), "{r:?}");
+    let length = (last - first + 1).to_string();
+    assert_eq!(r.header("content-length"), Some(length.as_str()));
+    assert!(
+        r.body == pattern_body(LEN)[first..=last],
+        "wrong bytes for {first}-{last}: {} bytes starting {:?}",
+        r.body.len(),
+        r.body.first()
+    );
+}
+
+/// `r` is the whole 200, not a part.
+#[track_caller]
+fn assert_whole(r: &Response) {
+    assert_eq!(r.status, 200, "{r:?}");
+    assert_eq!(r.header("content-range"), None);
+    assert!(r.body == pattern_body(LEN), "{} bytes", r.body.len());
+}
+
+/// RFC 9110 §14.1.2 and §15.3.7: each form of a single byte range on a
+/// stored response is a 206 from the cache, with Content-Range, the part's
+/// Content-Length, and the 200's validators.
+#[tokio::test]
+async fn rfc9110_14_single_ranges_of_a_stored_response_are_206_hits() {
+    let (origin, rs, path) = stored("/single").await;
+    for (value, first, last) in [
+        ("bytes=0-99", 0, 99),
+        ("bytes=100-", 100, LEN - 1),
+        ("bytes=-50", LEN - 50, LEN - 1),
+        ("bytes=990-5000", 990, LEN - 1),
+        ("bytes=-5000", 0, LEN - 1),
+    ] {
+        let r = get_range(&rs, &path, &[("range", value)]).await;
+        assert_part(&r, first, last);
+        assert_eq!(cache_status(&r), "ringside; hit", "{value}");
+        assert_eq!(r.header("etag"), Some("\"v1\""), "{value}");
+        assert!(r.header("age").is_some(), "{value}");
+    }
+    assert_eq!(origin.hits(&path), 1, "every range came from the cache");
+}
+
+/// RFC 9110 §15.5.17: a range that starts past the end (or an empty
+/// suffix) is 416 with `Content-Range: bytes */length`. §14.2: a malformed
+/// range or an unknown unit is ignored: the whole 200.
+#[tokio::test]
+async fn rfc9110_15_5_17_unsatisfiable_ranges_get_416_and_malformed_ones_the_whole() {
+    let (origin, rs, path) = stored("/unsat").await;
+    for value in ["bytes=1000-", "bytes=5000-6000", "bytes=-0"] {
+        let r = get_range(&rs, &path, &[("range", value)]).await;
+        assert_eq!(r.status, 416, "{value}: {r:?}");
+        assert_eq!(r.header("content-range"), Some("bytes */1000"), "{value}");
+        assert!(r.body.is_empty());
+    }
+    for value in ["bytes=5-1", "items=0-9", "bytes=a-b"] {
+        let r = get_range(&rs, &path, &[("range", value)]).await;
+        assert_whole(&r);
+        assert_eq!(cache_status(&r), "ringside; hit", "{value}");
+    }
+    assert_eq!(origin.hits(&path), 1);
+}
+
+/// RFC 9110 §13.1.5: `If-Range` with the stored strong ETag, or exactly the
+/// stored Last-Modified (a strong validator: well before Date), gets the
+/// part; another validator or a weak tag gets the whole response.
+#[tokio::test]
+async fn rfc9110_13_1_5_if_range_gets_the_part_only_when_the_validator_matches() {
+    let (origin, rs, path) = stored("/ifrange").await;
+    let cases = [
+        ("\"v1\"", true),
+        (LAST_MODIFIED, true),
+        ("\"v2\"", false),
+        ("W/\"v1\"", false),
+        ("Thu, 22 Oct 2015 07:28:00 GMT", false),
+    ];
+    for (validator, gets_the_part) in cases {
+        let headers = [("range", "bytes=10-19"), ("if-range", validator)];
+        let r = get_range(&rs, &path, &headers).await;
+        match gets_the_part {
+            true => assert_part(&r, 10, 19),
+            false => assert_whole(&r),
+        }
+        assert_eq!(cache_status(&r), "ringside; hit", "{validator}");
+    }
+    assert_eq!(origin.hits(&path), 1);
+}
+
+/// RFC 9110 §14.2 and §15.3.7: overlapping or adjacent ranges are coalesced
+/// into one part; ranges that stay apart get the whole 200 (ringside sends
+/// no multipart/byteranges, see `src/range.rs`).
+#[tokio::test]
+async fn rfc9110_14_2_several_ranges_coalesce_or_get_the_whole_200() {
+    let (origin, rs, path) = stored("/multi").await;
+    let r = get_range(&rs, &path, &[("range", "bytes=0-9, 5-19,20-29")]).await;
+    assert_part(&r, 0, 29);
+    let r = get_range(&rs, &path, &[("range", "bytes=0-9,5000-")]).await;
+    assert_part(&r, 0, 9);
+    let r = get_range(&rs, &path, &[("range", "bytes=0-9,100-109")]).await;
+    assert_whole(&r);
+    assert_eq!(cache_status(&r), "ringside; hit");
+    assert_eq!(origin.hits(&path), 1);
+}
+
+/// RFC 9110 §14.2: range handling is defined for GET only, so a HEAD with
+/// `Range` is answered from the cache with the whole response's head.
+#[tokio::test]
+async fn rfc9110_14_2_head_with_range_is_a_hit_with_the_whole_head() {
+    let (origin, rs, path) = stored("/head").await;
+    let r = rs.request("HEAD", &path, &[("range", "bytes=0-9")]).await;
+    assert_eq!(r.status, 200, "{r:?}");
+    assert_eq!(cache_status(&r), "ringside; hit");
+    assert_eq!(r.header("content-length"), Some("1000"));
+    assert_eq!(r.header("content-range"), None);
+    assert_eq!(origin.hits(&path), 1);
+}
+
+/// RFC 9110 §13.2.2: If-None-Match is evaluated before Range: a matching
+/// conditional range request is a 304, from the cache.
+#[tokio::test]
+async fn rfc9110_13_2_2_a_matching_if_none_match_wins_over_range() {
+    let (origin, rs, path) = stored("/cond").await;
+    let headers = [("range", "bytes=0-9"), ("if-none-match", "\"v1\"")];
+    let r = get_range(&rs, &path, &headers).await;
+    assert_eq!(r.status, 304, "{r:?}");
+    assert_eq!(cache_status(&r), "ringside; hit");
+    assert_eq!(origin.hits(&path), 1);
+}
+
+/// RFC 9111 §3.3, §3.4: on a miss, range requests do not make ringside
+/// fetch or store partial content: concurrent range requests for one new
+/// key share one fetch of the whole object (the origin would have answered
+/// a `Range` with a 206: it never saw one), each gets its own part cut from
+/// it, and the whole object is stored.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn rfc9111_3_3_range_misses_share_one_whole_fill_and_get_their_parts() {
+    let origin = Origin::start().await;
+    let rs = Ringside::start(&origin.url(), "").await;
+    let path = format!("{}&ranges=1&delay_ms=300", object("/miss"));
+    let ranges = [(0, 99), (100, 199), (900, 999), (500, 999), (0, 999)];
+    let mut tasks = Vec::new();
+    for (first, last) in ranges {
+        let (addr, path) = (rs.addr, path.clone());
+        tasks.push(tokio::spawn(async move {
+            let mut conn = common::Conn::connect(addr).await.unwrap();
+            let value = format!("bytes={first}-{last}");
+            conn.request("GET", &path, &[("range", &value)])
+                .await
+                .unwrap()
+        }));
+    }
+    for (task, (first, last)) in tasks.into_iter().zip(ranges) {
+        assert_part(&task.await.unwrap(), first, last);
+    }
+    assert_eq!(origin.hits(&path), 1, "one fetch for every range");
+    assert_eq!(origin.last_request_header(&path, "range"), None);
+    let r = rs.get(&path).await;
+    assert_whole(&r);
+    assert_eq!(
+        cache_status(&r),
+        "ringside; hit",
+        "the whole object is stored"
+    );
+}
+
+/// RFC 9110 §14.2: a range on a miss whose length is not known before the
+/// body ends (chunked) is answered with the whole 200 as it streams; the
+/// stored object then answers the next one with a 206.
+#[tokio::test]
+async fn rfc9110_14_2_a_range_on_a_miss_of_unknown_length_gets_the_whole_then_parts() {
+    let origin = Origin::start().await;
+    let rs = Ringside::start(&origin.url(), "").await;
+    let path = format!("{}&chunked=1", object("/chunked"));
+    let first = get_range(&rs, &path, &[("range", "bytes=0-9")]).await;
+    assert_whole(&first);
+    let second = get_range(&rs, &path, &[("range", "bytes=0-9")]).await;
+    assert_part(&second, 0, 9);
+    assert_eq!(cache_status(&second), "ringside; hit");
+    assert_eq!(origin.hits(&path), 1);
+}
+
+/// RFC 9111 §3: what ringside does not store (`no-store`, a body over
+/// `max_object_size`) it does not cut parts from either: the range request
+/// goes to the origin itself, `Range` included, and gets the origin's 206.
+#[tokio::test]
+async fn rfc9111_3_a_range_for_what_is_not_stored_is_left_to_the_origin() {
+    let origin = Origin::start().await;
+    let rs = Ringside::start(&origin.url(), "cache:\n  max_object_size: 512\n").await;
+    let no_store = format!("/ns?cc=no-store&size={LEN}&pattern=1&ranges=1");
+    let too_large = format!("/big?cc=max-age%3D60&size={LEN}&pattern=1&ranges=1");
+    for path in [no_store, too_large] {
+        let r = get_range(&rs, &path, &[("range", "bytes=100-199")]).await;
+        assert_part(&r, 100, 199);
+        assert!(
+            cache_status(&r).contains("detail=range-not-stored"),
+            "{path}: {r:?}"
+        );
+        let range = origin.last_request_header(&path, "range");
+        assert_eq!(range.as_deref(), Some("bytes=100-199"), "{path}");
+    }
+}
+
+/// RFC 9111 §3.3 in a cluster: a range request through a node that does not
+/// own the key is cut from the whole object the owner stores; the origin is
+/// asked once, and the owner answers ranges from its cache too.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn rfc9111_3_3_a_range_through_a_non_owner_is_cut_from_the_owners_object() {
+    let origin = Origin::start().await;
+    let nodes = start_cluster(&origin.url(), 2, "").await;
+    let peers: Vec<String> = nodes
+        .iter()
+        .map(|n| n.peer_addr().expect("peer listener").to_string())
+        .collect();
+    let path = (0..200)
+        .map(|i| object(&format!("/owned{i}")))
+        .find(|p| owner_of(&peers[0], &peers, &origin.url(), p) == peers[1])
+        .expect("a key owned by node 1");
+    let (other, owner) = (&nodes[0], &nodes[1]);
+
+    let r = get_range(other, &path, &[("range", "bytes=0-99")]).await;
+    assert_part(&r, 0, 99);
+    assert_eq!(cache_status(&r), "ringside; fwd=uri-miss; detail=peer");
+    let r = get_range(owner, &path, &[("range", "bytes=-50")]).await;
+    assert_part(&r, LEN - 50, LEN - 1);
+    assert_eq!(
+        cache_status(&r),
+        "ringside; hit",
+        "the owner stored it whole"
+    );
+    let r = get_range(other, &path, &[("range", "bytes=500-")]).await;
+    assert_part(&r, 500, LEN - 1);
+    let r = get_range(other, &path, &[("range", "bytes=2000-")]).await;
+    assert_eq!(r.status, 416, "{r:?}");
+    assert_eq!(origin.hits(&path), 1, "one origin fetch cluster-wide");
+}
