@@ -400,21 +400,210 @@ fn monitoring() {
     }
 }
 
+// ------------------------------------------------------ NetworkPolicy ----
+
+/// A pod that sends traffic, for [`admits`]: its namespace (name and
+/// labels) and its own labels.
+struct Source<'a> {
+    namespace: &'a str,
+    namespace_labels: &'a [(&'a str, &'a str)],
+    labels: &'a [(&'a str, &'a str)],
+}
+
+/// The catalog pod's container ports by name: the app's `http` and the
+/// injected sidecar's (tests/inject_webhook.rs checks the sidecar's names).
+const CATALOG_PORTS: &[(&str, u64)] = &[
+    ("http", 3000),
+    ("ringside-admin", 9090),
+    ("ringside-peer", 7070),
+];
+
+/// A label selector (matchLabels, matchExpressions) against labels.
+fn selects(selector: &serde_yaml::Value, labels: &[(&str, &str)]) -> bool {
+    let value = |key: &str| labels.iter().find(|(k, _)| *k == key).map(|(_, v)| *v);
+    let labels_ok = selector["matchLabels"]
+        .as_mapping()
+        .into_iter()
+        .flatten()
+        .all(|(k, v)| value(k.as_str().unwrap()) == v.as_str());
+    let expressions_ok = selector["matchExpressions"]
+        .as_sequence()
+        .into_iter()
+        .flatten()
+        .all(|e| {
+            let have = value(e["key"].as_str().unwrap());
+            let listed = |v: &str| {
+                e["values"]
+                    .as_sequence()
+                    .is_some_and(|vs| vs.iter().any(|x| x.as_str() == Some(v)))
+            };
+            match e["operator"].as_str().unwrap() {
+                "In" => have.is_some_and(listed),
+                "NotIn" => !have.is_some_and(listed),
+                "Exists" => have.is_some(),
+                "DoesNotExist" => have.is_none(),
+                op => panic!("unknown operator {op}"),
+            }
+        });
+    labels_ok && expressions_ok
+}
+
+/// NetworkPolicy semantics for ingress to a catalog pod: is TCP traffic
+/// from `source` to `port` admitted by these policies? (A pod selected by no
+/// policy admits everything; selected by some, the union of their rules. A
+/// rule without `from` admits every source, without `ports` every port; a
+/// peer with only a podSelector means pods of the policy's namespace, with
+/// only a namespaceSelector every pod of those namespaces.)
+fn admits(policies: &[&serde_yaml::Value], source: &Source, port: u64) -> bool {
+    if policies.is_empty() {
+        return true;
+    }
+    policies.iter().any(|np| {
+        let policy_ns = np["metadata"]["namespace"].as_str().unwrap();
+        let from_ok = |rule: &serde_yaml::Value| match rule["from"].as_sequence() {
+            None => true,
+            Some(peers) => peers.iter().any(|peer| {
+                let ns_ok = match peer.get("namespaceSelector") {
+                    Some(sel) => selects(sel, source.namespace_labels),
+                    None => source.namespace == policy_ns,
+                };
+                let pod_ok = peer
+                    .get("podSelector")
+                    .is_none_or(|sel| selects(sel, source.labels));
+                ns_ok && pod_ok && peer.get("ipBlock").is_none()
+            }),
+        };
+        let port_ok = |rule: &serde_yaml::Value| match rule["ports"].as_sequence() {
+            None => true,
+            Some(ports) => ports.iter().any(|p| {
+                let tcp = p["protocol"].as_str().unwrap_or("TCP") == "TCP";
+                let first = match &p["port"] {
+                    serde_yaml::Value::Number(n) => n.as_u64().unwrap(),
+                    serde_yaml::Value::String(name) => {
+                        CATALOG_PORTS
+                            .iter()
+                            .find(|(n, _)| n == name)
+                            .unwrap_or_else(|| panic!("no container port named {name}"))
+                            .1
+                    }
+                    other => panic!("port {other:?}"),
+                };
+                let last = p["endPort"].as_u64().unwrap_or(first);
+                tcp && (first..=last).contains(&port)
+            }),
+        };
+        np["spec"]["ingress"]
+            .as_sequence()
+            .into_iter()
+            .flatten()
+            .any(|rule| from_ok(rule) && port_ok(rule))
+    })
+}
+
+/// The NetworkPolicies that select the catalog pods (app=catalog in shop).
+fn catalog_policies(docs: &[serde_yaml::Value]) -> Vec<&serde_yaml::Value> {
+    docs.iter()
+        .filter(|d| kind(d) == "NetworkPolicy")
+        .filter(|d| d["metadata"]["namespace"].as_str() == Some("shop"))
+        .filter(|d| selects(&d["spec"]["podSelector"], &[("app", "catalog")]))
+        .collect()
+}
+
+const SHOP: &[(&str, &str)] = &[("kubernetes.io/metadata.name", "shop")];
+const MONITORING: &[(&str, &str)] = &[("kubernetes.io/metadata.name", "monitoring")];
+const CATALOG: Source = Source {
+    namespace: "shop",
+    namespace_labels: SHOP,
+    labels: &[("app", "catalog")],
+};
+const FRONTEND: Source = Source {
+    namespace: "shop",
+    namespace_labels: SHOP,
+    labels: &[("app", "frontend")],
+};
+/// A kube-prometheus-stack Prometheus pod (labels set by Prometheus Operator).
+const PROMETHEUS: Source = Source {
+    namespace: "monitoring",
+    namespace_labels: MONITORING,
+    labels: &[
+        ("app.kubernetes.io/name", "prometheus"),
+        ("prometheus", "kube-prometheus-stack-prometheus"),
+    ],
+};
+
 #[test]
-fn network_policy_and_pdb() {
+fn network_policy_allows_only_what_ringside_needs() {
     let values = format!(
         "{APPS}\nnetworkPolicy: {{enabled: true}}\npodDisruptionBudget: {{enabled: true}}\n"
     );
     let docs = validate("netpol", &template("netpol", &values));
     assert_eq!(count(&docs, "PodDisruptionBudget"), 1);
     assert_eq!(count(&docs, "NetworkPolicy"), 2);
-    let np = docs.iter().find(|d| kind(d) == "NetworkPolicy").unwrap();
-    let rules = np["spec"]["ingress"].as_sequence().unwrap();
-    assert_eq!(rules[0]["ports"][0]["port"].as_u64(), Some(7070));
-    assert!(rules[0]["from"][0]["podSelector"].is_mapping());
-    // Every other TCP port stays open: 1-7069 and 7071-65535.
-    assert_eq!(rules[1]["ports"][0]["endPort"].as_u64(), Some(7069));
-    assert_eq!(rules[1]["ports"][1]["port"].as_u64(), Some(7071));
+    // Never a rule open to every source or every port, and only ringside's ports.
+    for np in docs.iter().filter(|d| kind(d) == "NetworkPolicy") {
+        let types = np["spec"]["policyTypes"].as_sequence().unwrap();
+        assert_eq!(types.len(), 1);
+        assert_eq!(types[0].as_str(), Some("Ingress"));
+        for rule in np["spec"]["ingress"].as_sequence().unwrap() {
+            assert!(
+                rule["from"].as_sequence().is_some_and(|f| !f.is_empty()),
+                "a rule open to every source: {rule:?}"
+            );
+            let ports = rule["ports"]
+                .as_sequence()
+                .unwrap_or_else(|| panic!("a rule open to every port: {rule:?}"));
+            for p in ports {
+                assert!(p.get("endPort").is_none(), "a port range: {p:?}");
+                let name = p["port"].as_str().unwrap_or_default();
+                assert!(name.starts_with("ringside-"), "not a ringside port: {p:?}");
+            }
+        }
+    }
+    let policies = catalog_policies(&docs);
+    assert_eq!(policies.len(), 1);
+    let allowed = |source: &Source, port: u64| admits(&policies, source, port);
+    // Peers reach the peer port, the scraper the admin port; nothing else.
+    assert!(allowed(&CATALOG, 7070), "peers to the peer port");
+    assert!(allowed(&PROMETHEUS, 9090), "Prometheus to the admin port");
+    for (source, port, what) in [
+        (&CATALOG, 3000, "the app port from a peer"),
+        (&CATALOG, 9090, "the admin port from a peer"),
+        (&FRONTEND, 3000, "the app port from another pod"),
+        (&FRONTEND, 7070, "the peer port from another pod"),
+        (&FRONTEND, 9090, "the admin port from another pod"),
+        (&PROMETHEUS, 7070, "the peer port from Prometheus"),
+        (&PROMETHEUS, 3000, "the app port from Prometheus"),
+        (&FRONTEND, 22, "any other port"),
+    ] {
+        assert!(!allowed(source, port), "{what} is open");
+    }
+
+    // The app's own policy from the example adds exactly its port and sources.
+    let text =
+        std::fs::read_to_string(root().join("examples/kubernetes/app-networkpolicy.yaml")).unwrap();
+    let own = validate("netpol-app", &text);
+    let mut with_app: Vec<&serde_yaml::Value> = catalog_policies(&own);
+    assert_eq!(with_app.len(), 1, "the example selects the catalog pods");
+    with_app.extend(policies.iter().copied());
+    assert!(admits(&with_app, &FRONTEND, 3000));
+    assert!(admits(&with_app, &CATALOG, 7070));
+    assert!(!admits(&with_app, &FRONTEND, 7070));
+    assert!(!admits(&with_app, &PROMETHEUS, 3000));
+
+    // Scrapers are configurable; none: the admin port is closed to every pod.
+    let custom = format!(
+        "{APPS}\nnetworkPolicy:\n  enabled: true\n  metricsFrom:\n    - namespaceSelector: \
+         {{matchLabels: {{kubernetes.io/metadata.name: monitoring}}}}\n"
+    );
+    let docs = validate("netpol-custom", &template("netpol-custom", &custom));
+    let policies = catalog_policies(&docs);
+    assert!(admits(&policies, &PROMETHEUS, 9090));
+    assert!(!admits(&policies, &FRONTEND, 9090));
+    let none = format!("{APPS}\nnetworkPolicy: {{enabled: true, metricsFrom: []}}\n");
+    let docs = validate("netpol-none", &template("netpol-none", &none));
+    let policies = catalog_policies(&docs);
+    assert!(!admits(&policies, &PROMETHEUS, 9090));
+    assert!(admits(&policies, &CATALOG, 7070));
 }
 
 #[test]
