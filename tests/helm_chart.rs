@@ -400,6 +400,132 @@ fn monitoring() {
     }
 }
 
+/// What a default kube-prometheus-stack installed as release
+/// `kube-prometheus-stack` selects: its Prometheus has
+/// `serviceMonitorSelector`, `podMonitorSelector` and `ruleSelector` each
+/// `matchLabels: {release: <release>}` (the `*SelectorNilUsesHelmValues`
+/// defaults) and `{}` namespace selectors (every namespace).
+const KPS_SELECTOR: (&str, &str) = ("release", "kube-prometheus-stack");
+const MONITORING_KINDS: &[&str] = &["ServiceMonitor", "PodMonitor", "PrometheusRule"];
+
+fn selected_by_kube_prometheus_stack(doc: &serde_yaml::Value) -> bool {
+    doc["metadata"]["labels"][KPS_SELECTOR.0].as_str() == Some(KPS_SELECTOR.1)
+}
+
+#[test]
+fn a_default_kube_prometheus_stack_picks_up_every_monitoring_object() {
+    // The example, as the walkthrough installs it.
+    let values = std::fs::read_to_string(root().join("examples/kubernetes/values.yaml")).unwrap();
+    let docs = validate("kps-example", &template("kps-example", &values));
+    assert_eq!(
+        count(&docs, "PodMonitor"),
+        1,
+        "the example scrapes with a PodMonitor"
+    );
+    assert_eq!(
+        count(&docs, "PrometheusRule"),
+        1,
+        "the example installs the rules"
+    );
+    for doc in docs.iter().filter(|d| MONITORING_KINDS.contains(&kind(d))) {
+        assert!(
+            selected_by_kube_prometheus_stack(doc),
+            "kube-prometheus-stack does not select the example's {}: {:?}",
+            kind(doc),
+            doc["metadata"]
+        );
+    }
+
+    // Every kind, one value, whatever the release is called.
+    let values = format!(
+        "{APPS}\nfullnameOverride: platform-cache\nmonitoring:\n  selectorLabels: {{release: \
+         kube-prometheus-stack}}\n  serviceMonitor: {{enabled: true, labels: {{team: shop}}}}\n  \
+         podMonitor: {{enabled: true}}\nprometheusRule: {{enabled: true}}\n"
+    );
+    let docs = validate("kps", &template("kps", &values));
+    for k in MONITORING_KINDS {
+        let objects: Vec<_> = docs.iter().filter(|d| kind(d) == *k).collect();
+        assert!(!objects.is_empty(), "no {k}");
+        for doc in objects {
+            assert!(
+                selected_by_kube_prometheus_stack(doc),
+                "{k} not selected: {doc:?}"
+            );
+        }
+    }
+    let service_monitors = docs.iter().filter(|d| kind(d) == "ServiceMonitor");
+    for sm in service_monitors {
+        assert_eq!(
+            sm["metadata"]["labels"]["team"].as_str(),
+            Some("shop"),
+            "own labels kept"
+        );
+        // It selects its app's peers Service, in its namespace, by a port name it has.
+        let namespace = &sm["metadata"]["namespace"];
+        let service = docs
+            .iter()
+            .filter(|d| kind(d) == "Service" && d["metadata"]["namespace"] == *namespace)
+            .find(|svc| {
+                selects(
+                    &sm["spec"]["selector"],
+                    &labels_of(&svc["metadata"]["labels"]),
+                )
+            })
+            .unwrap_or_else(|| panic!("the ServiceMonitor selects no Service: {sm:?}"));
+        let port = sm["spec"]["endpoints"][0]["port"].as_str().unwrap();
+        assert!(
+            service["spec"]["ports"]
+                .as_sequence()
+                .unwrap()
+                .iter()
+                .any(|p| p["name"].as_str() == Some(port)),
+            "the Service has no port {port}"
+        );
+    }
+    for pm in docs.iter().filter(|d| kind(d) == "PodMonitor") {
+        // It selects the app's pods, by the sidecar's admin port name.
+        let app = APPS_SELECTORS
+            .iter()
+            .find(|(ns, _)| pm["metadata"]["namespace"].as_str() == Some(*ns))
+            .unwrap();
+        assert!(selects(&pm["spec"]["selector"], app.1), "{pm:?}");
+        let endpoint = &pm["spec"]["podMetricsEndpoints"][0];
+        assert_eq!(endpoint["port"].as_str(), Some("ringside-admin"));
+    }
+    // Both monitors give their targets job="ringside", which RingsideSidecarDown
+    // matches (tests/observability.rs fires it from these monitors' labels).
+    for m in docs
+        .iter()
+        .filter(|d| matches!(kind(d), "ServiceMonitor" | "PodMonitor"))
+    {
+        let endpoints = m["spec"]["endpoints"]
+            .as_sequence()
+            .or(m["spec"]["podMetricsEndpoints"].as_sequence())
+            .unwrap();
+        let job = endpoints[0]["relabelings"]
+            .as_sequence()
+            .unwrap()
+            .iter()
+            .find(|r| r["targetLabel"].as_str() == Some("job"))
+            .map(|r| r["replacement"].as_str());
+        assert_eq!(job, Some(Some("ringside")), "{m:?}");
+    }
+}
+
+/// The namespaces and pod labels of the apps in [`APPS`].
+const APPS_SELECTORS: &[(&str, &[(&str, &str)])] = &[
+    ("shop", &[("app", "catalog")]),
+    ("ringside", &[("app", "search"), ("tier", "web")]),
+];
+
+fn labels_of(map: &serde_yaml::Value) -> Vec<(&str, &str)> {
+    map.as_mapping()
+        .into_iter()
+        .flatten()
+        .filter_map(|(k, v)| Some((k.as_str()?, v.as_str()?)))
+        .collect()
+}
+
 // ------------------------------------------------------ NetworkPolicy ----
 
 /// A pod that sends traffic, for [`admits`]: its namespace (name and

@@ -29,6 +29,32 @@ app.kubernetes.io/version: {{ .Chart.AppVersion | quote }}
 {{- end }}
 {{- end -}}
 
+{{/*
+Labels of every Prometheus Operator object (ServiceMonitor, PodMonitor,
+PrometheusRule): the chart's, monitoring.selectorLabels (what the
+Prometheus' selectors match, e.g. release: kube-prometheus-stack), and the
+object's own extra labels: (dict "root" $ "labels" $extra).
+*/}}
+{{- define "ringside.monitoringLabels" -}}
+{{- $labels := merge (dict) (.labels | default dict) (.root.Values.monitoring.selectorLabels | default dict) -}}
+{{- include "ringside.labels" .root }}
+{{- with $labels }}
+{{ toYaml . }}
+{{- end }}
+{{- end -}}
+
+{{/*
+Target labels of an app's sidecars, set by its ServiceMonitor or PodMonitor:
+app (the dashboards and rules group by it; namespace and pod come from the
+operator) and job="ringside" (RingsideSidecarDown matches it). Takes the app.
+*/}}
+{{- define "ringside.monitorRelabelings" -}}
+- targetLabel: app
+  replacement: {{ .name | quote }}
+- targetLabel: job
+  replacement: ringside
+{{- end -}}
+
 {{- define "ringside.webhookSelectorLabels" -}}
 app.kubernetes.io/name: {{ include "ringside.name" . }}
 app.kubernetes.io/instance: {{ .Release.Name }}
