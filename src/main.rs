@@ -51,6 +51,9 @@ struct Cli {
         hide_env_values = true
     )]
     admin_token: Option<String>,
+    /// After SIGTERM, keep serving this long (readiness failing) before draining, e.g. 5s.
+    #[arg(long, env = "RINGSIDE_SHUTDOWN_DELAY", global = true)]
+    shutdown_delay: Option<String>,
     #[command(subcommand)]
     command: Option<Command>,
 }
@@ -79,6 +82,7 @@ impl Cli {
             cluster_secret: self.cluster_secret.clone(),
             admin_token: self.admin_token.clone(),
             peer_listen: self.peer_listen.clone(),
+            shutdown_delay: self.shutdown_delay.clone(),
         }
     }
 

@@ -161,6 +161,11 @@ fn bad_sizes_and_durations_name_field_and_value() {
         &["cache.capacity", "0"],
     );
     assert_rejected(
+        "bad shutdown delay",
+        &format!("{ORIGIN}shutdown_delay: later\n"),
+        &["shutdown_delay", "later", "line 2"],
+    );
+    assert_rejected(
         "a list where a duration goes",
         &format!("{ORIGIN}shutdown_grace: [1, 2]\n"),
         &["shutdown_grace", "sequence", "line 2"],
@@ -376,6 +381,13 @@ fn flags_and_environment_override_the_file() {
         &[],
         &[("RINGSIDE_ORIGIN", "ftp://x")],
         &["origin.url", "ftp://x"],
+    );
+    assert_rejected_with(
+        "RINGSIDE_SHUTDOWN_DELAY",
+        &good,
+        &[],
+        &[("RINGSIDE_SHUTDOWN_DELAY", "soon")],
+        &["shutdown_delay", "soon"],
     );
     assert_rejected_with(
         "--log-level",

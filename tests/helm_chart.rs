@@ -258,6 +258,8 @@ fn defaults() {
         .collect();
     assert_eq!(args[0], "inject");
     assert!(args.contains(&"--kube-version=v1.30.0"), "{args:?}");
+    // Regular-container sidecars keep serving 5 s after SIGTERM by default.
+    assert!(args.contains(&"--wait-before-exit-seconds=5"), "{args:?}");
     // The rendered sidecar config passes ringside's own checks.
     let cm = docs.iter().find(|d| kind(d) == "ConfigMap").unwrap();
     let text = cm["data"]["config.yaml"].as_str().unwrap();

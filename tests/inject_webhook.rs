@@ -353,6 +353,58 @@ fn overrides_and_existing_lists() {
 }
 
 #[test]
+fn regular_sidecars_wait_before_exit() {
+    let hook = start(
+        "wait",
+        &["--kube-version=v1.28.9", "--wait-before-exit-seconds=5"],
+    );
+    let pod = |name: &str, extra: Value| {
+        let mut annotations = json!({"ringside.io/inject": "true"});
+        annotations
+            .as_object_mut()
+            .unwrap()
+            .extend(extra.as_object().unwrap().clone());
+        json!({"apiVersion": "v1", "kind": "Pod",
+            "metadata": {"name": name, "namespace": "shop", "annotations": annotations},
+            "spec": {"containers": [{"name": "app", "image": "app:1"}]}})
+    };
+    let delay = |patched: &Value, list: &str| {
+        env(container(patched, list), "RINGSIDE_SHUTDOWN_DELAY").map(|e| e["value"].clone())
+    };
+    // 1.28: a regular container, which gets SIGTERM with the app, waits.
+    let patched = hook.inject(&pod("regular", json!({})));
+    assert_eq!(delay(&patched, "containers"), Some(json!("5s")));
+    // Per pod.
+    let patched = hook.inject(&pod(
+        "longer",
+        json!({"ringside.io/wait-before-exit-seconds": "12"}),
+    ));
+    assert_eq!(delay(&patched, "containers"), Some(json!("12s")));
+    let patched = hook.inject(&pod(
+        "none",
+        json!({"ringside.io/wait-before-exit-seconds": "0"}),
+    ));
+    assert_eq!(delay(&patched, "containers"), None);
+    // A native sidecar stops after the app: no wait.
+    let patched = hook.inject(&pod(
+        "native",
+        json!({"ringside.io/native-sidecar": "true"}),
+    ));
+    assert_eq!(delay(&patched, "initContainers"), None);
+    // An unusable value is denied, naming the annotation.
+    let r = hook.review(pod(
+        "bad",
+        json!({"ringside.io/wait-before-exit-seconds": "soon"}),
+    ));
+    assert_eq!(r["allowed"], false);
+    let message = r["status"]["message"].as_str().unwrap();
+    assert!(
+        message.contains("ringside.io/wait-before-exit-seconds") && message.contains("soon"),
+        "{message}"
+    );
+}
+
+#[test]
 fn skips_and_errors() {
     let hook = start("errors", &[]);
     // Not annotated: allowed, no patch.

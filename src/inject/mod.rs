@@ -85,6 +85,10 @@ pub struct InjectArgs {
     /// Peer port declared on the container; must match cluster.peer_listen in the ConfigMap.
     #[arg(long = "sidecar-peer-port", default_value_t = 7070)]
     pub peer_port: u16,
+    /// Seconds an injected sidecar that is not a native sidecar keeps serving
+    /// after SIGTERM (its shutdown_delay), so the app's last calls get through.
+    #[arg(long, default_value_t = 0)]
+    pub wait_before_exit_seconds: u32,
 }
 
 impl InjectArgs {
@@ -131,6 +135,7 @@ impl InjectArgs {
             port: self.port,
             admin_port: self.admin_port,
             peer_port: self.peer_port,
+            wait_before_exit_seconds: self.wait_before_exit_seconds,
         })
     }
 }

@@ -29,6 +29,12 @@ pub const ANNOTATION_PEER_PORT: &str = "ringside.io/peer-port";
 pub const ANNOTATION_APP: &str = "ringside.io/app";
 /// Per-pod native-sidecar override (`"true"` / `"false"`).
 pub const ANNOTATION_NATIVE: &str = "ringside.io/native-sidecar";
+/// Per-pod seconds a regular-container sidecar keeps serving after SIGTERM
+/// (Linkerd's `waitBeforeExitSeconds`); ignored for native sidecars, which
+/// Kubernetes stops after the app.
+pub const ANNOTATION_WAIT_BEFORE_EXIT: &str = "ringside.io/wait-before-exit-seconds";
+/// Longest wait before exit accepted (beyond it the pod's grace period ends first).
+const MAX_WAIT_BEFORE_EXIT: u32 = 3600;
 
 /// Name of the injected container; its presence marks a pod as injected.
 pub const CONTAINER_NAME: &str = "ringside";
@@ -77,6 +83,8 @@ pub struct Settings {
     /// The container's `ringside-peer` port, set as RINGSIDE_PEER_LISTEN
     /// (the DNS membership port in the app's ConfigMap must agree).
     pub peer_port: u16,
+    /// `shutdown_delay` of regular-container sidecars, in seconds.
+    pub wait_before_exit_seconds: u32,
 }
 
 impl Default for Settings {
@@ -96,6 +104,7 @@ impl Default for Settings {
             port: 8080,
             admin_port: 9090,
             peer_port: 7070,
+            wait_before_exit_seconds: 0,
         }
     }
 }
@@ -121,6 +130,8 @@ pub struct PodOptions {
     pub peer_port: u16,
     pub native: bool,
     pub config_map: String,
+    /// Seconds of `shutdown_delay`; applied only when not native.
+    pub wait_before_exit_seconds: u32,
 }
 
 fn annotations(pod: &Value) -> Option<&Map<String, Value>> {
@@ -235,6 +246,18 @@ impl Settings {
                 ))
             }
         };
+        let wait_before_exit_seconds = match annotation(pod, ANNOTATION_WAIT_BEFORE_EXIT) {
+            None => self.wait_before_exit_seconds,
+            Some(v) => match v.trim().parse::<u32>() {
+                Ok(n) if n <= MAX_WAIT_BEFORE_EXIT => n,
+                _ => {
+                    return Err(format!(
+                        "annotation {ANNOTATION_WAIT_BEFORE_EXIT}: {v:?} is invalid; expected \
+                         whole seconds from 0 to {MAX_WAIT_BEFORE_EXIT}, such as \"10\""
+                    ))
+                }
+            },
+        };
         let opts = PodOptions {
             origin,
             capacity,
@@ -243,6 +266,7 @@ impl Settings {
             peer_port: port(ANNOTATION_PEER_PORT, self.peer_port)?,
             native,
             config_map,
+            wait_before_exit_seconds,
         };
         if opts.port == opts.admin_port
             || opts.port == opts.peer_port
@@ -276,6 +300,11 @@ impl Settings {
         ];
         if let Some(origin) = &o.origin {
             env.push(json!({"name": "RINGSIDE_ORIGIN", "value": origin}));
+        }
+        // A regular container gets SIGTERM with the app: serve its last calls.
+        if !o.native && o.wait_before_exit_seconds > 0 {
+            let delay = format!("{}s", o.wait_before_exit_seconds);
+            env.push(json!({"name": "RINGSIDE_SHUTDOWN_DELAY", "value": delay}));
         }
         let probe = |path: &str, period: u32, failures: u32| {
             json!({

@@ -171,6 +171,10 @@ for the cluster config), native (optional bool).
           name: {{ include "ringside.secretName" . }}
           key: admin-token
           optional: true
+    {{- if and (not .native) (gt (int $s.waitBeforeExitSeconds) 0) }}
+    - name: RINGSIDE_SHUTDOWN_DELAY
+      value: "{{ $s.waitBeforeExitSeconds }}s"
+    {{- end }}
   resources:
     requests:
       cpu: {{ $s.cpuRequest }}
