@@ -754,6 +754,8 @@ fn schema_rejects_bad_values() {
         ),
         ("apps:\n  - name: ok\n", "selector"),
         ("peerSecret: short\n", "peerSecret"),
+        ("sidecar:\n  memoryRequest: lots\n", "memoryRequest"),
+        ("sidecar:\n  memoryOverhead: 64MiB\n", "memoryOverhead"),
         ("webhok:\n  enabled: true\n", "webhok"),
     ];
     for (values, field) in cases {
@@ -765,6 +767,16 @@ fn schema_rejects_bad_values() {
             ),
         }
     }
+}
+
+#[test]
+fn a_memory_request_above_the_limit_fails_the_render() {
+    let e = template_in(&chart(), "memory", "sidecar:\n  memoryLimit: 256Mi\n", &[])
+        .expect_err("a 320Mi request under a 256Mi limit was rendered");
+    assert!(
+        e.contains("memory request 320Mi is above the memory limit 256Mi"),
+        "{e}"
+    );
 }
 
 #[test]

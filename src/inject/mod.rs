@@ -13,6 +13,7 @@
 //! Certificates are read once at start; a rotated certificate (cert-manager
 //! renewal) takes effect when the pod restarts.
 
+pub mod memory;
 pub mod review;
 pub mod sidecar;
 
@@ -70,6 +71,12 @@ pub struct InjectArgs {
     /// Memory requested on top of the capacity (e.g. 64Mi).
     #[arg(long, default_value = "64Mi")]
     pub memory_overhead: String,
+    /// Memory request of injected containers (e.g. 900Mi); default: capacity + overhead.
+    #[arg(long)]
+    pub memory_request: Option<String>,
+    /// Memory limit of injected containers (e.g. 1.5Gi); default: 1.5 x the request.
+    #[arg(long)]
+    pub memory_limit: Option<String>,
     /// CPU request of the injected container.
     #[arg(long, default_value = "50m")]
     pub cpu_request: String,
@@ -102,12 +109,33 @@ impl InjectArgs {
                     self.sidecar_capacity
                 )
             })?;
-        let memory_overhead = sidecar::parse_capacity(&self.memory_overhead).ok_or_else(|| {
-            format!(
-                "--memory-overhead: {:?} is invalid; expected a size such as 64Mi",
-                self.memory_overhead
-            )
-        })?;
+        let memory_overhead = memory::parse_quantity(&self.memory_overhead)
+            .or_else(|| sidecar::parse_capacity(&self.memory_overhead))
+            .ok_or_else(|| {
+                format!(
+                    "--memory-overhead: {:?} is invalid; expected {}",
+                    self.memory_overhead,
+                    memory::QUANTITY_HINT
+                )
+            })?;
+        let quantity = |flag: &str, v: &Option<String>| match v {
+            None => Ok(None),
+            Some(v) => memory::Quantity::parse(v).map(Some).ok_or_else(|| {
+                format!(
+                    "{flag}: {v:?} is invalid; expected {}",
+                    memory::QUANTITY_HINT
+                )
+            }),
+        };
+        let memory_request = quantity("--memory-request", &self.memory_request)?;
+        let memory_limit = quantity("--memory-limit", &self.memory_limit)?;
+        memory::Memory::resolve(
+            capacity,
+            memory_overhead,
+            memory_request.clone(),
+            memory_limit.clone(),
+        )
+        .map_err(|why| format!("--memory-request, --memory-limit, --sidecar-capacity: {why}"))?;
         if self.sidecar_image.trim().is_empty() {
             return Err("--sidecar-image: empty; expected an image reference".into());
         }
@@ -130,6 +158,8 @@ impl InjectArgs {
             kube_version: self.kube_version.clone(),
             capacity,
             memory_overhead,
+            memory_request,
+            memory_limit,
             cpu_request: self.cpu_request.clone(),
             cpu_limit: self.cpu_limit.clone(),
             port: self.port,

@@ -8,6 +8,7 @@
 //! `serde_json::Value`: unit-testable without a server, and tolerant of any
 //! pod shape the API server may send (missing arrays, maps or fields).
 
+use super::memory::{Memory, Quantity, QUANTITY_HINT};
 use crate::config::{parse_size, OriginUrl};
 use serde_json::{json, Map, Value};
 
@@ -33,6 +34,11 @@ pub const ANNOTATION_NATIVE: &str = "ringside.io/native-sidecar";
 /// (Linkerd's `waitBeforeExitSeconds`); ignored for native sidecars, which
 /// Kubernetes stops after the app.
 pub const ANNOTATION_WAIT_BEFORE_EXIT: &str = "ringside.io/wait-before-exit-seconds";
+/// Per-pod memory request of the container (a Kubernetes quantity), instead of
+/// capacity + overhead.
+pub const ANNOTATION_MEMORY_REQUEST: &str = "ringside.io/memory-request";
+/// Per-pod memory limit of the container, instead of 1.5 x the request.
+pub const ANNOTATION_MEMORY_LIMIT: &str = "ringside.io/memory-limit";
 /// Longest wait before exit accepted (beyond it the pod's grace period ends first).
 const MAX_WAIT_BEFORE_EXIT: u32 = 3600;
 
@@ -76,6 +82,9 @@ pub struct Settings {
     pub capacity: u64,
     /// Memory on top of the capacity for the process itself.
     pub memory_overhead: u64,
+    /// Explicit memory request and limit (else the formula in [`super::memory`]).
+    pub memory_request: Option<Quantity>,
+    pub memory_limit: Option<Quantity>,
     pub cpu_request: String,
     pub cpu_limit: Option<String>,
     pub port: u16,
@@ -99,6 +108,8 @@ impl Default for Settings {
             kube_version: None,
             capacity: 256 * MIB,
             memory_overhead: 64 * MIB,
+            memory_request: None,
+            memory_limit: None,
             cpu_request: "50m".into(),
             cpu_limit: None,
             port: 8080,
@@ -130,6 +141,7 @@ pub struct PodOptions {
     pub peer_port: u16,
     pub native: bool,
     pub config_map: String,
+    pub memory: Memory,
     /// Seconds of `shutdown_delay`; applied only when not native.
     pub wait_before_exit_seconds: u32,
 }
@@ -258,9 +270,11 @@ impl Settings {
                 }
             },
         };
+        let memory = self.memory(pod, capacity)?;
         let opts = PodOptions {
             origin,
             capacity,
+            memory,
             port: port(ANNOTATION_PORT, self.port)?,
             admin_port: port(ANNOTATION_ADMIN_PORT, self.admin_port)?,
             peer_port: port(ANNOTATION_PEER_PORT, self.peer_port)?,
@@ -281,11 +295,23 @@ impl Settings {
         Ok(opts)
     }
 
+    /// The memory request and limit: annotations, else flags, else the formula.
+    fn memory(&self, pod: &Value, capacity: u64) -> Result<Memory, String> {
+        let explicit = |key: &str, default: &Option<Quantity>| match annotation(pod, key) {
+            None => Ok(default.clone()),
+            Some(v) => Quantity::parse(v).map(Some).ok_or_else(|| {
+                format!("annotation {key}: {v:?} is invalid; expected {QUANTITY_HINT}")
+            }),
+        };
+        let request = explicit(ANNOTATION_MEMORY_REQUEST, &self.memory_request)?;
+        let limit = explicit(ANNOTATION_MEMORY_LIMIT, &self.memory_limit)?;
+        Memory::resolve(capacity, self.memory_overhead, request, limit).map_err(|why| {
+            format!("annotations {ANNOTATION_MEMORY_REQUEST}, {ANNOTATION_MEMORY_LIMIT}, {ANNOTATION_CAPACITY}: {why}")
+        })
+    }
+
     /// The container spec for these options.
     pub fn container(&self, o: &PodOptions) -> Value {
-        let request = o.capacity.saturating_add(self.memory_overhead);
-        let request_mi = request.div_ceil(MIB);
-        let limit_mi = (request_mi.saturating_mul(3)).div_ceil(2);
         let mut env = vec![
             json!({"name": "POD_IP", "valueFrom": {"fieldRef": {"fieldPath": "status.podIP"}}}),
             json!({"name": "RINGSIDE_CONFIG", "value": format!("{CONFIG_DIR}/config.yaml")}),
@@ -314,7 +340,7 @@ impl Settings {
                 "failureThreshold": failures,
             })
         };
-        let mut limits = json!({"memory": format!("{limit_mi}Mi")});
+        let mut limits = json!({"memory": o.memory.limit.text});
         if let Some(cpu) = &self.cpu_limit {
             limits["cpu"] = json!(cpu);
         }
@@ -328,7 +354,7 @@ impl Settings {
             ],
             "env": env,
             "resources": {
-                "requests": {"cpu": self.cpu_request, "memory": format!("{request_mi}Mi")},
+                "requests": {"cpu": self.cpu_request, "memory": o.memory.request.text},
                 "limits": limits,
             },
             // The app waits for this before starting when ringside is a native sidecar.
