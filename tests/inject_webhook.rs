@@ -619,7 +619,9 @@ spec:
 /// for it, produce the same resources.
 #[test]
 fn chart_and_webhook_give_the_sidecar_the_same_memory() {
-    let cases: &[(&str, &str, Option<(&str, &str)>)] = &[
+    // (name, values under ringside:, the (request, limit) expected if known)
+    type Case<'a> = (&'a str, &'a str, Option<(&'a str, &'a str)>);
+    let cases: &[Case] = &[
         ("defaults", "", Some(("320Mi", "480Mi"))),
         (
             "fractions",
