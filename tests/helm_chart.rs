@@ -244,10 +244,13 @@ fn defaults() {
     assert!(hook["clientConfig"]["caBundle"]
         .as_str()
         .is_some_and(|s| s.len() > 100));
-    assert!(hook["matchConditions"][0]["expression"]
-        .as_str()
-        .unwrap()
-        .contains("ringside.io/inject"));
+    // Near-misses ("True", a label) reach the webhook, which warns; "false" does not.
+    let condition = hook["matchConditions"][0]["expression"].as_str().unwrap();
+    assert!(
+        condition.contains("annotations['ringside.io/inject'] != 'false'")
+            && condition.contains("'ringside.io/inject' in object.metadata.labels"),
+        "{condition}"
+    );
     let deploy = docs.iter().find(|d| kind(d) == "Deployment").unwrap();
     let args = &deploy["spec"]["template"]["spec"]["containers"][0]["args"];
     let args: Vec<&str> = args

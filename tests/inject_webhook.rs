@@ -107,7 +107,7 @@ fn launch(name: &str, args: &[&str]) -> Webhook {
         .args(args)
         .env_remove("RINGSIDE_LISTEN")
         .stdout(Stdio::null())
-        .stderr(Stdio::inherit())
+        .stderr(std::fs::File::create(dir.join("webhook.log")).unwrap())
         .spawn()
         .unwrap();
     let hook = Webhook { child, port, dir };
@@ -117,12 +117,21 @@ fn launch(name: &str, args: &[&str]) -> Webhook {
         if status == 200 {
             return hook;
         }
-        assert!(Instant::now() < deadline, "webhook did not become healthy");
+        assert!(
+            Instant::now() < deadline,
+            "webhook did not become healthy:\n{}",
+            hook.log()
+        );
         std::thread::sleep(Duration::from_millis(100));
     }
 }
 
 impl Webhook {
+    /// What the webhook wrote to stderr so far (its log).
+    fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.join("webhook.log")).unwrap_or_default()
+    }
+
     /// (HTTP status, body) over verified HTTPS.
     fn call(&self, method: &str, path: &str, body: Option<&[u8]>) -> (u16, String) {
         let mut cmd = Command::new("curl");
@@ -464,6 +473,213 @@ fn memory_request_and_limit_per_pod() {
         let message = r["status"]["message"].as_str().unwrap();
         assert!(message.contains(named), "{message}");
     }
+}
+
+/// A Pod named `name` in namespace shop with these annotations, labels and containers.
+fn pod_with(name: &str, annotations: Value, labels: Value, containers: Value) -> Value {
+    json!({"apiVersion": "v1", "kind": "Pod",
+        "metadata": {"name": name, "namespace": "shop", "annotations": annotations, "labels": labels},
+        "spec": {"containers": containers}})
+}
+
+fn warnings(response: &Value) -> Vec<String> {
+    response["warnings"]
+        .as_array()
+        .map(|w| w.iter().map(|s| s.as_str().unwrap().to_string()).collect())
+        .unwrap_or_default()
+}
+
+#[test]
+fn near_misses_get_warnings() {
+    let hook = start("warnings", &[]);
+    let app = json!([{"name": "app", "image": "app:1"}]);
+    // "True" and "enabled": not injected, and told why.
+    for value in ["True", "enabled"] {
+        let r = hook.review(pod_with(
+            "almost",
+            json!({"ringside.io/inject": value}),
+            json!({}),
+            app.clone(),
+        ));
+        assert_eq!(r["allowed"], true);
+        assert!(r.get("patch").is_none());
+        let w = warnings(&r);
+        assert_eq!(w.len(), 1, "{r}");
+        assert!(
+            w[0].contains(&format!("{value:?}")) && w[0].contains("only \"true\""),
+            "{w:?}"
+        );
+    }
+    // A label instead of the annotation.
+    let r = hook.review(pod_with(
+        "label",
+        json!({}),
+        json!({"ringside.io/inject": "true", "app": "catalog"}),
+        app.clone(),
+    ));
+    assert!(r.get("patch").is_none());
+    assert_eq!(
+        warnings(&r),
+        ["ringside.io/inject is a label: ringside reads it only as an annotation"]
+    );
+    // Injected, with a warning about a misspelt annotation.
+    let pod = pod_with(
+        "typo",
+        json!({"ringside.io/inject": "true", "ringside.io/capcity": "1Gi"}),
+        json!({"app": "catalog"}),
+        app,
+    );
+    let r = hook.review(pod.clone());
+    assert_eq!(r["patchType"], "JSONPatch");
+    assert_eq!(
+        warnings(&r),
+        ["unknown annotation ringside.io/capcity is ignored (see ringside's annotation list)"]
+    );
+    for w in warnings(&r) {
+        assert!(
+            w.len() <= 120,
+            "kubectl may cut warnings over 120 characters: {w}"
+        );
+    }
+    // A clean pod gets none.
+    hook.inject(&pod_with(
+        "clean",
+        json!({"ringside.io/inject": "true"}),
+        json!({}),
+        json!([{"name": "app", "image": "app:1"}]),
+    ));
+}
+
+#[test]
+fn refuses_pods_the_sidecar_cannot_work_in() {
+    let hook = start("unfit", &[]);
+    let inject = json!({"ringside.io/inject": "true"});
+    let mut host = pod_with(
+        "host",
+        inject.clone(),
+        json!({}),
+        json!([{"name": "app", "image": "app:1"}]),
+    );
+    host["spec"]["hostNetwork"] = json!(true);
+    let r = hook.review(host);
+    assert_eq!(r["allowed"], false);
+    let message = r["status"]["message"].as_str().unwrap();
+    assert!(message.contains("hostNetwork"), "{message}");
+
+    let busy = json!([{"name": "app", "image": "app:1",
+        "ports": [{"containerPort": 3000}, {"name": "metrics", "containerPort": 9090}]}]);
+    let r = hook.review(pod_with("busy", inject, json!({}), busy.clone()));
+    assert_eq!(r["allowed"], false);
+    let message = r["status"]["message"].as_str().unwrap();
+    assert!(
+        message.contains("container \"app\" already uses port 9090")
+            && message.contains("ringside.io/admin-port"),
+        "{message}"
+    );
+    // Moving the admin port out of the way lets it in.
+    let moved = pod_with(
+        "moved",
+        json!({"ringside.io/inject": "true", "ringside.io/admin-port": "9191"}),
+        json!({}),
+        busy,
+    );
+    hook.inject(&moved);
+}
+
+#[test]
+fn decisions_are_logged_and_counted() {
+    let hook = start("observed", &[]);
+    let app = json!([{"name": "app", "image": "app:1"}]);
+    let (status, before) = hook.call("GET", "/metrics", None);
+    assert_eq!(status, 200);
+    assert_eq!(
+        sample(
+            &before,
+            r#"ringside_inject_admissions_total{decision="denied",reason="host_network"}"#
+        ),
+        Some(0.0),
+        "every outcome is listed from the start:\n{before}"
+    );
+    // One of each: injected (by generateName, as a Deployment's pods come),
+    // skipped, denied, and a body that is no review at all.
+    let mut generated = pod_with(
+        "",
+        json!({"ringside.io/inject": "true"}),
+        json!({}),
+        app.clone(),
+    );
+    generated["metadata"]["generateName"] = json!("catalog-7d9f8-");
+    hook.inject(&generated);
+    hook.review(pod_with(
+        "plain",
+        json!({"ringside.io/inject": "True"}),
+        json!({}),
+        app.clone(),
+    ));
+    hook.review(pod_with(
+        "bad",
+        json!({"ringside.io/inject": "true", "ringside.io/port": "0"}),
+        json!({}),
+        app,
+    ));
+    assert_eq!(hook.call("POST", "/mutate", Some(b"{not json")).0, 400);
+
+    let (_, metrics) = hook.call("GET", "/metrics", None);
+    let count = |labels: &str| {
+        sample(
+            &metrics,
+            &format!("ringside_inject_admissions_total{{{labels}}}"),
+        )
+    };
+    // inject() sends the patched pod again: skipped as already injected.
+    assert_eq!(
+        count(r#"decision="injected",reason="requested""#),
+        Some(1.0),
+        "{metrics}"
+    );
+    assert_eq!(
+        count(r#"decision="skipped",reason="already_injected""#),
+        Some(1.0)
+    );
+    assert_eq!(
+        count(r#"decision="skipped",reason="not_requested""#),
+        Some(1.0)
+    );
+    assert_eq!(
+        count(r#"decision="denied",reason="invalid_annotation""#),
+        Some(1.0)
+    );
+    assert_eq!(count(r#"decision="error",reason="bad_review""#), Some(1.0));
+    assert_eq!(
+        sample(&metrics, "ringside_inject_warnings_total"),
+        Some(1.0)
+    );
+    assert_eq!(
+        sample(&metrics, "ringside_inject_admission_duration_seconds_count"),
+        Some(5.0)
+    );
+
+    let log = hook.log();
+    for line in [
+        "shop/catalog-7d9f8-*: injected (requested): regular sidecar, ConfigMap ringside-config, memory 320Mi/480Mi",
+        "shop/plain: skipped (not_requested)",
+        "warnings: ringside.io/inject is \"True\"",
+        "shop/bad: denied (invalid_annotation): annotation ringside.io/port: \"0\" is invalid",
+        "rejected AdmissionReview: request body is not JSON",
+    ] {
+        assert!(log.contains(line), "the log lacks {line:?}:\n{log}");
+    }
+}
+
+/// The value of the sample whose name and labels are exactly `series`.
+fn sample(metrics: &str, series: &str) -> Option<f64> {
+    metrics.lines().find_map(|l| {
+        l.strip_prefix(series)?
+            .strip_prefix(' ')?
+            .trim()
+            .parse()
+            .ok()
+    })
 }
 
 #[test]

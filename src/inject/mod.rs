@@ -9,10 +9,16 @@
 //! * `POST /mutate`: AdmissionReview v1 in, AdmissionReview out; an
 //!   unparseable body gets 400 with a message, never a crash.
 //! * `GET /healthz`, `GET /readyz`: probes for the webhook Deployment.
+//! * `GET /metrics`: admission counts by decision and reason, warnings and
+//!   latency (`ringside_inject_*`).
+//!
+//! Every decision is logged at info: the pod, injected / skipped / denied,
+//! why, and the warnings returned with it.
 //!
 //! Certificates are read once at start; a rotated certificate (cert-manager
 //! renewal) takes effect when the pod restarts.
 
+pub mod checks;
 pub mod memory;
 pub mod review;
 pub mod sidecar;
@@ -197,6 +203,11 @@ impl ServeHttp for Webhook {
             (Method::GET, "/healthz" | "/readyz") => {
                 reply(StatusCode::OK, "text/plain", b"ok\n".to_vec())
             }
+            (Method::GET, "/metrics") => reply(
+                StatusCode::OK,
+                "text/plain; version=0.0.4",
+                crate::metrics::render(),
+            ),
             (Method::POST, "/mutate") => {
                 let mut body = Vec::new();
                 loop {
@@ -219,12 +230,16 @@ impl ServeHttp for Webhook {
                         }
                     }
                 }
+                let started = std::time::Instant::now();
                 match review::respond(&body, &self.settings) {
                     Ok(out) => {
-                        let bytes = serde_json::to_vec(&out).unwrap_or_default();
+                        record(&out, started.elapsed().as_secs_f64());
+                        let bytes = serde_json::to_vec(&out.review).unwrap_or_default();
                         reply(StatusCode::OK, "application/json", bytes)
                     }
                     Err(review::BadReview(why)) => {
+                        let seconds = started.elapsed().as_secs_f64();
+                        crate::metrics::observe_admission("error", "bad_review", 0, seconds);
                         log::warn!("rejected AdmissionReview: {why}");
                         error(StatusCode::BAD_REQUEST, &why)
                     }
@@ -237,6 +252,22 @@ impl ServeHttp for Webhook {
             ),
         }
     }
+}
+
+/// Log one decision and count it.
+fn record(out: &review::Reviewed, seconds: f64) {
+    crate::metrics::observe_admission(out.decision, out.reason, out.warnings.len(), seconds);
+    let warnings = match out.warnings.is_empty() {
+        true => String::new(),
+        false => format!("; warnings: {}", out.warnings.join("; ")),
+    };
+    log::info!(
+        "{}: {} ({}): {}{warnings}",
+        out.pod,
+        out.decision,
+        out.reason,
+        out.detail
+    );
 }
 
 fn check_pem(flag: &str, path: &str, marker: &str) -> Result<(), String> {
@@ -280,6 +311,7 @@ pub fn run(args: &InjectArgs, listen: Option<&str>, log_level: Option<&str>) -> 
     };
     let mut server = Server::new_with_opt_and_conf(None, conf);
     server.bootstrap();
+    crate::metrics::init_inject();
     let native = settings.native_by_default();
     let mut service = Service::new("ringside inject".into(), Webhook { settings });
     if let Err(e) = service.add_tls(listen, &args.tls_cert, &args.tls_key) {

@@ -8,6 +8,7 @@
 //! `serde_json::Value`: unit-testable without a server, and tolerant of any
 //! pod shape the API server may send (missing arrays, maps or fields).
 
+use super::checks;
 use super::memory::{Memory, Quantity, QUANTITY_HINT};
 use crate::config::{parse_size, OriginUrl};
 use serde_json::{json, Map, Value};
@@ -39,6 +40,21 @@ pub const ANNOTATION_WAIT_BEFORE_EXIT: &str = "ringside.io/wait-before-exit-seco
 pub const ANNOTATION_MEMORY_REQUEST: &str = "ringside.io/memory-request";
 /// Per-pod memory limit of the container, instead of 1.5 x the request.
 pub const ANNOTATION_MEMORY_LIMIT: &str = "ringside.io/memory-limit";
+/// Every annotation ringside reads or writes (others under `ringside.io/` are typos).
+pub const ANNOTATIONS: [&str; 12] = [
+    ANNOTATION_INJECT,
+    ANNOTATION_INJECTED,
+    ANNOTATION_ORIGIN,
+    ANNOTATION_CAPACITY,
+    ANNOTATION_PORT,
+    ANNOTATION_ADMIN_PORT,
+    ANNOTATION_PEER_PORT,
+    ANNOTATION_APP,
+    ANNOTATION_NATIVE,
+    ANNOTATION_WAIT_BEFORE_EXIT,
+    ANNOTATION_MEMORY_REQUEST,
+    ANNOTATION_MEMORY_LIMIT,
+];
 /// Longest wait before exit accepted (beyond it the pod's grace period ends first).
 const MAX_WAIT_BEFORE_EXIT: u32 = 3600;
 
@@ -123,12 +139,30 @@ impl Default for Settings {
 /// What the webhook decided for one pod.
 #[derive(Debug, PartialEq)]
 pub enum Decision {
-    /// Not asked for, or already injected: allow unchanged.
-    Skip(&'static str),
-    /// Allow with this JSONPatch (a JSON array of operations).
-    Patch(Value),
-    /// The pod asked for injection with an annotation that cannot be used.
-    Deny(String),
+    /// Not asked for, or already injected: allow unchanged (reason label, message).
+    Skip(&'static str, &'static str),
+    /// Allow with this JSONPatch (a JSON array of operations); a summary for the log.
+    Patch(Value, String),
+    /// The pod asked for injection but cannot have it (reason label, message).
+    Deny(&'static str, String),
+}
+
+impl Decision {
+    /// The `decision` and `reason` labels of the webhook's metrics and log.
+    pub fn labels(&self) -> (&'static str, &'static str) {
+        match self {
+            Decision::Skip(reason, _) => ("skipped", reason),
+            Decision::Patch(..) => ("injected", "requested"),
+            Decision::Deny(reason, _) => ("denied", reason),
+        }
+    }
+}
+
+/// A decision and the near-misses to show the user (AdmissionResponse warnings).
+#[derive(Debug, PartialEq)]
+pub struct Verdict {
+    pub decision: Decision,
+    pub warnings: Vec<String>,
 }
 
 /// The effective per-pod values after annotation overrides.
@@ -382,21 +416,39 @@ impl Settings {
         c
     }
 
-    /// Decide what to do with one pod object.
-    pub fn decide(&self, pod: &Value) -> Decision {
+    /// Decide what to do with one pod object, with the near-misses to warn about.
+    pub fn decide(&self, pod: &Value) -> Verdict {
+        Verdict {
+            decision: self.decision(pod),
+            warnings: checks::near_misses(pod),
+        }
+    }
+
+    fn decision(&self, pod: &Value) -> Decision {
         if !is_true(annotation(pod, ANNOTATION_INJECT)) {
             return Decision::Skip(
+                "not_requested",
                 "injection not requested (annotation ringside.io/inject is not \"true\")",
             );
         }
         if already_injected(pod) {
-            return Decision::Skip("ringside sidecar already present");
+            return Decision::Skip("already_injected", "ringside sidecar already present");
         }
         let opts = match self.pod_options(pod) {
             Ok(o) => o,
-            Err(e) => return Decision::Deny(e),
+            Err(e) => return Decision::Deny("invalid_annotation", e),
         };
-        Decision::Patch(self.patch(pod, &opts))
+        if let Some((reason, why)) = checks::unfit(pod, &opts) {
+            return Decision::Deny(reason, why);
+        }
+        let summary = format!(
+            "{} sidecar, ConfigMap {}, memory {}/{}",
+            if opts.native { "native" } else { "regular" },
+            opts.config_map,
+            opts.memory.request.text,
+            opts.memory.limit.text
+        );
+        Decision::Patch(self.patch(pod, &opts), summary)
     }
 
     /// JSONPatch adding the container, volumes and the injected annotation.
@@ -514,11 +566,12 @@ mod tests {
     #[test]
     fn skip_and_deny() {
         let s = Settings::default();
-        assert!(matches!(s.decide(&pod(json!({}))), Decision::Skip(_)));
-        assert!(matches!(s.decide(&json!(null)), Decision::Skip(_)));
+        let skipped = |p: &Value| matches!(s.decide(p).decision, Decision::Skip(..));
+        assert!(skipped(&pod(json!({}))));
+        assert!(skipped(&json!(null)));
         let bad = pod(json!({ANNOTATION_INJECT: "true", ANNOTATION_PORT: "0"}));
-        match s.decide(&bad) {
-            Decision::Deny(m) => assert!(m.contains("ringside.io/port"), "{m}"),
+        match s.decide(&bad).decision {
+            Decision::Deny(_, m) => assert!(m.contains("ringside.io/port"), "{m}"),
             d => panic!("{d:?}"),
         }
     }
