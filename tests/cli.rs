@@ -441,6 +441,49 @@ fn help_mentions_the_subcommands() {
     assert_eq!(code, Some(2), "{stderr}");
 }
 
+#[test]
+fn each_subcommand_lists_only_the_flags_it_uses() {
+    let proxy_flags = [
+        "--config",
+        "--admin-listen",
+        "--origin",
+        "--capacity",
+        "--cluster-secret",
+        "--peer-listen",
+        "--admin-token",
+        "--shutdown-delay",
+    ];
+    let (code, inject, _) = run(ringside().args(["inject", "--help"]));
+    assert_eq!(code, Some(0));
+    for flag in proxy_flags {
+        let listed = |help: &str| help.contains(&format!("{flag} <"));
+        assert!(!listed(&inject), "inject --help lists {flag}:\n{inject}");
+    }
+    for flag in ["--listen", "--log-level", "--tls-cert", "--sidecar-image"] {
+        assert!(
+            inject.contains(&format!("{flag} <")),
+            "inject --help lacks {flag}:\n{inject}"
+        );
+    }
+    let (_, demo, _) = run(ringside().args(["demo", "--help"]));
+    for flag in proxy_flags {
+        assert!(
+            !demo.contains(&format!("{flag} <")),
+            "demo --help lists {flag}:\n{demo}"
+        );
+    }
+    let (_, check, _) = run(ringside().args(["check-config", "--help"]));
+    for flag in &proxy_flags[1..] {
+        assert!(
+            check.contains(&format!("{flag} <")),
+            "check-config --help lacks {flag}:\n{check}"
+        );
+    }
+    // A proxy flag before a subcommand would be ignored: a usage error instead.
+    let (code, _, stderr) = run(ringside().args(["--origin", "http://a:1", "demo"]));
+    assert_eq!(code, Some(2), "{stderr}");
+}
+
 /// A ringside started by a test, killed when dropped.
 struct Running(Child);
 

@@ -39,10 +39,15 @@ const MAX_BODY: usize = 8 << 20;
 /// HTTPS address when `--listen` is not given.
 pub const DEFAULT_LISTEN: &str = "0.0.0.0:8443";
 
-/// Flags of `ringside inject`. The HTTPS address is the global `--listen`
-/// (default `0.0.0.0:8443`), the log level the global `--log-level`.
+/// Flags of `ringside inject` (only these: the proxy's flags do not apply).
 #[derive(Debug, Clone, clap::Args)]
 pub struct InjectArgs {
+    /// HTTPS address of the webhook.
+    #[arg(long, env = "RINGSIDE_INJECT_LISTEN", default_value = DEFAULT_LISTEN)]
+    pub listen: String,
+    /// error, warn, info, debug or trace.
+    #[arg(long, env = "RINGSIDE_LOG_LEVEL", default_value = "info")]
+    pub log_level: String,
     /// PEM certificate (chain) served by the webhook.
     #[arg(long, env = "RINGSIDE_INJECT_TLS_CERT")]
     pub tls_cert: String,
@@ -280,9 +285,9 @@ fn check_pem(flag: &str, path: &str, marker: &str) -> Result<(), String> {
 }
 
 /// Run the webhook until a signal ends the process.
-pub fn run(args: &InjectArgs, listen: Option<&str>, log_level: Option<&str>) -> ExitCode {
-    let listen = listen.unwrap_or(DEFAULT_LISTEN);
-    let log_level = log_level.unwrap_or("info");
+pub fn run(args: &InjectArgs) -> ExitCode {
+    let listen = args.listen.as_str();
+    let log_level = args.log_level.as_str();
     let _ = env_logger::Builder::new()
         .parse_filters(&format!("{log_level},pingora=warn,pingora_core=warn"))
         .format_timestamp_millis()
