@@ -68,7 +68,7 @@ enum Command {
         /// The file to check.
         file: PathBuf,
         #[command(flatten)]
-        flags: ConfigFlags,
+        flags: Box<ConfigFlags>,
     },
     /// Run a local demo: a slow sample origin, ringside in front, a burst of clients.
     Demo(ringside::demo::DemoArgs),
