@@ -201,6 +201,9 @@ impl ServeHttp for Admin {
                 )
             }
             "/healthz" => text(StatusCode::OK, b"ok\n".to_vec()),
+            "/readyz" if crate::server::shutting_down() => {
+                text(StatusCode::SERVICE_UNAVAILABLE, b"shutting down\n".to_vec())
+            }
             "/readyz" => {
                 let probe = tokio::net::TcpStream::connect(self.proxy_addr);
                 match tokio::time::timeout(Duration::from_secs(1), probe).await {

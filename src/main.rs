@@ -12,47 +12,53 @@ use std::process::ExitCode;
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 #[derive(Parser)]
-#[command(name = "ringside", version, about = "HTTP caching sidecar")]
+#[command(
+    name = "ringside",
+    version,
+    about = "HTTP caching sidecar",
+    args_conflicts_with_subcommands = true
+)]
 struct Cli {
     /// Configuration file (YAML). Without one, defaults plus flags and RINGSIDE_* variables.
-    #[arg(long, short, env = "RINGSIDE_CONFIG", global = true)]
+    #[arg(long, short, env = "RINGSIDE_CONFIG")]
     config: Option<PathBuf>,
-    /// App-facing listen address, e.g. 127.0.0.1:8080.
-    #[arg(long, env = "RINGSIDE_LISTEN", global = true)]
-    listen: Option<String>,
-    /// Admin listen address (metrics, health), e.g. 127.0.0.1:9090.
-    #[arg(long, env = "RINGSIDE_ADMIN_LISTEN", global = true)]
-    admin_listen: Option<String>,
-    /// Origin URL, e.g. http://127.0.0.1:8000 or https://api.example.com.
-    #[arg(long, env = "RINGSIDE_ORIGIN", global = true)]
-    origin: Option<String>,
-    /// Cache capacity in bytes, e.g. 268435456 or 256MiB.
-    #[arg(long, env = "RINGSIDE_CAPACITY", global = true)]
-    capacity: Option<String>,
-    /// error, warn, info, debug or trace.
-    #[arg(long, env = "RINGSIDE_LOG_LEVEL", global = true)]
-    log_level: Option<String>,
-    /// Shared secret of the cluster's peers (prefer the environment variable).
-    #[arg(
-        long,
-        env = "RINGSIDE_CLUSTER_SECRET",
-        global = true,
-        hide_env_values = true
-    )]
-    cluster_secret: Option<String>,
-    /// Peer listen address in a cluster, e.g. 0.0.0.0:7070.
-    #[arg(long, env = "RINGSIDE_PEER_LISTEN", global = true)]
-    peer_listen: Option<String>,
-    /// Bearer token for purge on the admin listener (prefer the environment variable).
-    #[arg(
-        long,
-        env = "RINGSIDE_ADMIN_TOKEN",
-        global = true,
-        hide_env_values = true
-    )]
-    admin_token: Option<String>,
+    #[command(flatten)]
+    flags: ConfigFlags,
     #[command(subcommand)]
     command: Option<Command>,
+}
+
+/// What overrides the configuration file: for running ringside and for
+/// `check-config`, not for `inject` and `demo`, which have flags of their own.
+#[derive(clap::Args)]
+struct ConfigFlags {
+    /// App-facing listen address, e.g. 127.0.0.1:8080.
+    #[arg(long, env = "RINGSIDE_LISTEN")]
+    listen: Option<String>,
+    /// Admin listen address (metrics, health), e.g. 127.0.0.1:9090.
+    #[arg(long, env = "RINGSIDE_ADMIN_LISTEN")]
+    admin_listen: Option<String>,
+    /// Origin URL, e.g. http://127.0.0.1:8000 or https://api.example.com.
+    #[arg(long, env = "RINGSIDE_ORIGIN")]
+    origin: Option<String>,
+    /// Cache capacity in bytes, e.g. 268435456 or 256MiB.
+    #[arg(long, env = "RINGSIDE_CAPACITY")]
+    capacity: Option<String>,
+    /// error, warn, info, debug or trace.
+    #[arg(long, env = "RINGSIDE_LOG_LEVEL")]
+    log_level: Option<String>,
+    /// Shared secret of the cluster's peers (prefer the environment variable).
+    #[arg(long, env = "RINGSIDE_CLUSTER_SECRET", hide_env_values = true)]
+    cluster_secret: Option<String>,
+    /// Peer listen address in a cluster, e.g. 0.0.0.0:7070.
+    #[arg(long, env = "RINGSIDE_PEER_LISTEN")]
+    peer_listen: Option<String>,
+    /// Bearer token for purge on the admin listener (prefer the environment variable).
+    #[arg(long, env = "RINGSIDE_ADMIN_TOKEN", hide_env_values = true)]
+    admin_token: Option<String>,
+    /// After SIGTERM, keep serving this long (readiness failing) before draining, e.g. 5s.
+    #[arg(long, env = "RINGSIDE_SHUTDOWN_DELAY")]
+    shutdown_delay: Option<String>,
 }
 
 #[derive(Subcommand)]
@@ -61,6 +67,8 @@ enum Command {
     CheckConfig {
         /// The file to check.
         file: PathBuf,
+        #[command(flatten)]
+        flags: Box<ConfigFlags>,
     },
     /// Run a local demo: a slow sample origin, ringside in front, a burst of clients.
     Demo(ringside::demo::DemoArgs),
@@ -68,7 +76,7 @@ enum Command {
     Inject(Box<ringside::inject::InjectArgs>),
 }
 
-impl Cli {
+impl ConfigFlags {
     fn overrides(&self) -> Overrides {
         Overrides {
             listen: self.listen.clone(),
@@ -79,6 +87,7 @@ impl Cli {
             cluster_secret: self.cluster_secret.clone(),
             admin_token: self.admin_token.clone(),
             peer_listen: self.peer_listen.clone(),
+            shutdown_delay: self.shutdown_delay.clone(),
         }
     }
 
@@ -94,7 +103,7 @@ impl Cli {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     match &cli.command {
-        Some(Command::CheckConfig { file }) => match cli.load(Some(file)) {
+        Some(Command::CheckConfig { file, flags }) => match flags.load(Some(file)) {
             Ok(_) => {
                 println!("{}: ok", file.display());
                 ExitCode::SUCCESS
@@ -105,10 +114,8 @@ fn main() -> ExitCode {
             }
         },
         Some(Command::Demo(args)) => ringside::demo::run(args),
-        Some(Command::Inject(args)) => {
-            ringside::inject::run(args, cli.listen.as_deref(), cli.log_level.as_deref())
-        }
-        None => match cli.load(cli.config.as_ref()) {
+        Some(Command::Inject(args)) => ringside::inject::run(args),
+        None => match cli.flags.load(cli.config.as_ref()) {
             Ok(config) => {
                 init_logging(config.log_level.as_str());
                 ringside::server::run(config)

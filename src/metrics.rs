@@ -437,6 +437,65 @@ pub static CLIENT_REVALIDATIONS: Lazy<IntCounter> = Lazy::new(|| {
     )
 });
 
+// ---- the injection webhook (`ringside inject`; its own /metrics) ----
+
+static INJECT_ADMISSIONS: Lazy<IntCounterVec> = Lazy::new(|| {
+    counter_vec(
+        "ringside_inject_admissions_total",
+        "AdmissionReviews answered by the injection webhook, by decision (injected, skipped, \
+         denied, error) and reason.",
+        &["decision", "reason"],
+    )
+});
+
+static INJECT_WARNINGS: Lazy<IntCounter> = Lazy::new(|| {
+    counter(
+        "ringside_inject_warnings_total",
+        "Warnings about near-misses (an inject value almost \"true\", ringside keys set as \
+         labels, unknown ringside annotations) returned to the API server.",
+    )
+});
+
+static INJECT_DURATION: Lazy<Histogram> = Lazy::new(|| {
+    register(
+        Histogram::with_opts(
+            HistogramOpts::new(
+                "ringside_inject_admission_duration_seconds",
+                "Time to answer an AdmissionReview, from its body read to the answer built.",
+            )
+            .buckets(LATENCY_BUCKETS.to_vec()),
+        )
+        .expect("valid metric"),
+    )
+});
+
+/// Count one answered AdmissionReview.
+pub fn observe_admission(decision: &str, reason: &str, warnings: usize, seconds: f64) {
+    INJECT_ADMISSIONS
+        .with_label_values(&[decision, reason])
+        .inc();
+    INJECT_WARNINGS.inc_by(warnings as u64);
+    INJECT_DURATION.observe(seconds);
+}
+
+/// The webhook's metrics, at zero from its start: the decisions a healthy
+/// webhook makes all the time, and every outcome that needs attention.
+pub fn init_inject() {
+    for (decision, reason) in [
+        ("injected", "requested"),
+        ("skipped", "not_requested"),
+        ("skipped", "already_injected"),
+        ("denied", "invalid_annotation"),
+        ("denied", "host_network"),
+        ("denied", "port_conflict"),
+        ("error", "bad_review"),
+    ] {
+        INJECT_ADMISSIONS.with_label_values(&[decision, reason]);
+    }
+    Lazy::force(&INJECT_WARNINGS);
+    Lazy::force(&INJECT_DURATION);
+}
+
 /// Touch every metric so that /metrics lists them all from the start, at zero.
 pub fn init(capacity_bytes: u64) {
     Lazy::force(&REQUEST_CHILDREN);

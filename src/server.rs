@@ -1,9 +1,10 @@
 //! Assembly: build the store, the proxy and the admin service from a
 //! [`Config`], and run them on pingora until a signal ends the process.
 //!
-//! Shutdown: SIGTERM stops the listeners, lets in-flight requests finish
-//! (counted by [`InFlight`]) and exits as soon as none is left, or after
-//! `shutdown_grace` at the latest. SIGINT exits at once.
+//! Shutdown: SIGTERM first waits `shutdown_delay` (still serving, `/readyz`
+//! failing: see [`shutting_down`]), then stops the listeners, lets in-flight
+//! requests finish (counted by [`InFlight`]) and exits as soon as none is
+//! left, or after `shutdown_grace` at the latest. SIGINT exits at once.
 
 use crate::admin::Admin;
 use crate::cluster::Cluster;
@@ -19,7 +20,7 @@ use pingora::apps::HttpServerOptions;
 use pingora::server::configuration::ServerConf;
 use pingora::server::{RunArgs, Server, ShutdownSignal, ShutdownSignalWatch};
 use pingora::services::listening::Service;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -39,6 +40,14 @@ impl Drop for InFlight {
     fn drop(&mut self) {
         IN_FLIGHT.fetch_sub(1, Ordering::Relaxed);
     }
+}
+
+static SHUTTING_DOWN: AtomicBool = AtomicBool::new(false);
+
+/// SIGTERM has arrived: readiness fails from now on, while the listeners
+/// still serve through `shutdown_delay` and the drain.
+pub fn shutting_down() -> bool {
+    SHUTTING_DOWN.load(Ordering::Relaxed)
 }
 
 /// Run ringside with `config` until a signal ends the process.
@@ -124,7 +133,10 @@ pub fn run(config: Config) -> ! {
         config.origin_url().key_prefix()
     );
     server.run(RunArgs {
-        shutdown_signal: Box::new(DrainOnTerm { grace }),
+        shutdown_signal: Box::new(DrainOnTerm {
+            grace,
+            delay: config.shutdown_delay,
+        }),
     });
     drop(background);
     std::process::exit(0)
@@ -146,9 +158,11 @@ fn fatal(message: &str) -> ! {
     std::process::exit(1)
 }
 
-/// SIGTERM: graceful, exiting when drained. SIGINT: immediate.
+/// SIGTERM: serve on for `delay`, then graceful, exiting when drained.
+/// SIGINT: immediate, also during the delay.
 struct DrainOnTerm {
     grace: Duration,
+    delay: Duration,
 }
 
 #[async_trait]
@@ -165,6 +179,14 @@ impl ShutdownSignalWatch for DrainOnTerm {
         tokio::select! {
             _ = int.recv() => ShutdownSignal::FastShutdown,
             _ = term.recv() => {
+                SHUTTING_DOWN.store(true, Ordering::Relaxed);
+                if !self.delay.is_zero() {
+                    log::info!("shutdown: serving for {:?} more (shutdown_delay)", self.delay);
+                    tokio::select! {
+                        _ = int.recv() => return ShutdownSignal::FastShutdown,
+                        _ = tokio::time::sleep(self.delay) => {}
+                    }
+                }
                 let grace = self.grace;
                 std::thread::spawn(move || exit_when_drained(grace));
                 ShutdownSignal::GracefulTerminate

@@ -161,6 +161,11 @@ fn bad_sizes_and_durations_name_field_and_value() {
         &["cache.capacity", "0"],
     );
     assert_rejected(
+        "bad shutdown delay",
+        &format!("{ORIGIN}shutdown_delay: later\n"),
+        &["shutdown_delay", "later", "line 2"],
+    );
+    assert_rejected(
         "a list where a duration goes",
         &format!("{ORIGIN}shutdown_grace: [1, 2]\n"),
         &["shutdown_grace", "sequence", "line 2"],
@@ -378,6 +383,13 @@ fn flags_and_environment_override_the_file() {
         &["origin.url", "ftp://x"],
     );
     assert_rejected_with(
+        "RINGSIDE_SHUTDOWN_DELAY",
+        &good,
+        &[],
+        &[("RINGSIDE_SHUTDOWN_DELAY", "soon")],
+        &["shutdown_delay", "soon"],
+    );
+    assert_rejected_with(
         "--log-level",
         &good,
         &["--log-level", "loud"],
@@ -426,6 +438,49 @@ fn help_mentions_the_subcommands() {
     assert!(stdout.to_ascii_lowercase().contains("file"), "{stdout}");
     // A mistyped subcommand is a usage error, not a silent run.
     let (code, _, stderr) = run(ringside().arg("chek-config"));
+    assert_eq!(code, Some(2), "{stderr}");
+}
+
+#[test]
+fn each_subcommand_lists_only_the_flags_it_uses() {
+    let proxy_flags = [
+        "--config",
+        "--admin-listen",
+        "--origin",
+        "--capacity",
+        "--cluster-secret",
+        "--peer-listen",
+        "--admin-token",
+        "--shutdown-delay",
+    ];
+    let (code, inject, _) = run(ringside().args(["inject", "--help"]));
+    assert_eq!(code, Some(0));
+    for flag in proxy_flags {
+        let listed = |help: &str| help.contains(&format!("{flag} <"));
+        assert!(!listed(&inject), "inject --help lists {flag}:\n{inject}");
+    }
+    for flag in ["--listen", "--log-level", "--tls-cert", "--sidecar-image"] {
+        assert!(
+            inject.contains(&format!("{flag} <")),
+            "inject --help lacks {flag}:\n{inject}"
+        );
+    }
+    let (_, demo, _) = run(ringside().args(["demo", "--help"]));
+    for flag in proxy_flags {
+        assert!(
+            !demo.contains(&format!("{flag} <")),
+            "demo --help lists {flag}:\n{demo}"
+        );
+    }
+    let (_, check, _) = run(ringside().args(["check-config", "--help"]));
+    for flag in &proxy_flags[1..] {
+        assert!(
+            check.contains(&format!("{flag} <")),
+            "check-config --help lacks {flag}:\n{check}"
+        );
+    }
+    // A proxy flag before a subcommand would be ignored: a usage error instead.
+    let (code, _, stderr) = run(ringside().args(["--origin", "http://a:1", "demo"]));
     assert_eq!(code, Some(2), "{stderr}");
 }
 

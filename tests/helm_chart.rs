@@ -244,10 +244,13 @@ fn defaults() {
     assert!(hook["clientConfig"]["caBundle"]
         .as_str()
         .is_some_and(|s| s.len() > 100));
-    assert!(hook["matchConditions"][0]["expression"]
-        .as_str()
-        .unwrap()
-        .contains("ringside.io/inject"));
+    // Near-misses ("True", a label) reach the webhook, which warns; "false" does not.
+    let condition = hook["matchConditions"][0]["expression"].as_str().unwrap();
+    assert!(
+        condition.contains("annotations['ringside.io/inject'] != 'false'")
+            && condition.contains("'ringside.io/inject' in object.metadata.labels"),
+        "{condition}"
+    );
     let deploy = docs.iter().find(|d| kind(d) == "Deployment").unwrap();
     let args = &deploy["spec"]["template"]["spec"]["containers"][0]["args"];
     let args: Vec<&str> = args
@@ -258,6 +261,8 @@ fn defaults() {
         .collect();
     assert_eq!(args[0], "inject");
     assert!(args.contains(&"--kube-version=v1.30.0"), "{args:?}");
+    // Regular-container sidecars keep serving 5 s after SIGTERM by default.
+    assert!(args.contains(&"--wait-before-exit-seconds=5"), "{args:?}");
     // The rendered sidecar config passes ringside's own checks.
     let cm = docs.iter().find(|d| kind(d) == "ConfigMap").unwrap();
     let text = cm["data"]["config.yaml"].as_str().unwrap();
@@ -400,21 +405,336 @@ fn monitoring() {
     }
 }
 
+/// What a default kube-prometheus-stack installed as release
+/// `kube-prometheus-stack` selects: its Prometheus has
+/// `serviceMonitorSelector`, `podMonitorSelector` and `ruleSelector` each
+/// `matchLabels: {release: <release>}` (the `*SelectorNilUsesHelmValues`
+/// defaults) and `{}` namespace selectors (every namespace).
+const KPS_SELECTOR: (&str, &str) = ("release", "kube-prometheus-stack");
+const MONITORING_KINDS: &[&str] = &["ServiceMonitor", "PodMonitor", "PrometheusRule"];
+
+fn selected_by_kube_prometheus_stack(doc: &serde_yaml::Value) -> bool {
+    doc["metadata"]["labels"][KPS_SELECTOR.0].as_str() == Some(KPS_SELECTOR.1)
+}
+
 #[test]
-fn network_policy_and_pdb() {
+fn a_default_kube_prometheus_stack_picks_up_every_monitoring_object() {
+    // The example, as the walkthrough installs it.
+    let values = std::fs::read_to_string(root().join("examples/kubernetes/values.yaml")).unwrap();
+    let docs = validate("kps-example", &template("kps-example", &values));
+    assert_eq!(
+        count(&docs, "PodMonitor"),
+        1,
+        "the example scrapes with a PodMonitor"
+    );
+    assert_eq!(
+        count(&docs, "PrometheusRule"),
+        1,
+        "the example installs the rules"
+    );
+    for doc in docs.iter().filter(|d| MONITORING_KINDS.contains(&kind(d))) {
+        assert!(
+            selected_by_kube_prometheus_stack(doc),
+            "kube-prometheus-stack does not select the example's {}: {:?}",
+            kind(doc),
+            doc["metadata"]
+        );
+    }
+
+    // Every kind, one value, whatever the release is called.
+    let values = format!(
+        "{APPS}\nfullnameOverride: platform-cache\nmonitoring:\n  selectorLabels: {{release: \
+         kube-prometheus-stack}}\n  serviceMonitor: {{enabled: true, labels: {{team: shop}}}}\n  \
+         podMonitor: {{enabled: true}}\nprometheusRule: {{enabled: true}}\n"
+    );
+    let docs = validate("kps", &template("kps", &values));
+    for k in MONITORING_KINDS {
+        let objects: Vec<_> = docs.iter().filter(|d| kind(d) == *k).collect();
+        assert!(!objects.is_empty(), "no {k}");
+        for doc in objects {
+            assert!(
+                selected_by_kube_prometheus_stack(doc),
+                "{k} not selected: {doc:?}"
+            );
+        }
+    }
+    let service_monitors = docs.iter().filter(|d| kind(d) == "ServiceMonitor");
+    for sm in service_monitors {
+        assert_eq!(
+            sm["metadata"]["labels"]["team"].as_str(),
+            Some("shop"),
+            "own labels kept"
+        );
+        // It selects its app's peers Service, in its namespace, by a port name it has.
+        let namespace = &sm["metadata"]["namespace"];
+        let service = docs
+            .iter()
+            .filter(|d| kind(d) == "Service" && d["metadata"]["namespace"] == *namespace)
+            .find(|svc| {
+                selects(
+                    &sm["spec"]["selector"],
+                    &labels_of(&svc["metadata"]["labels"]),
+                )
+            })
+            .unwrap_or_else(|| panic!("the ServiceMonitor selects no Service: {sm:?}"));
+        let port = sm["spec"]["endpoints"][0]["port"].as_str().unwrap();
+        assert!(
+            service["spec"]["ports"]
+                .as_sequence()
+                .unwrap()
+                .iter()
+                .any(|p| p["name"].as_str() == Some(port)),
+            "the Service has no port {port}"
+        );
+    }
+    for pm in docs.iter().filter(|d| kind(d) == "PodMonitor") {
+        // It selects the app's pods, by the sidecar's admin port name.
+        let app = APPS_SELECTORS
+            .iter()
+            .find(|(ns, _)| pm["metadata"]["namespace"].as_str() == Some(*ns))
+            .unwrap();
+        assert!(selects(&pm["spec"]["selector"], app.1), "{pm:?}");
+        let endpoint = &pm["spec"]["podMetricsEndpoints"][0];
+        assert_eq!(endpoint["port"].as_str(), Some("ringside-admin"));
+    }
+    // Both monitors give their targets job="ringside", which RingsideSidecarDown
+    // matches (tests/observability.rs fires it from these monitors' labels).
+    for m in docs
+        .iter()
+        .filter(|d| matches!(kind(d), "ServiceMonitor" | "PodMonitor"))
+    {
+        let endpoints = m["spec"]["endpoints"]
+            .as_sequence()
+            .or(m["spec"]["podMetricsEndpoints"].as_sequence())
+            .unwrap();
+        let job = endpoints[0]["relabelings"]
+            .as_sequence()
+            .unwrap()
+            .iter()
+            .find(|r| r["targetLabel"].as_str() == Some("job"))
+            .map(|r| r["replacement"].as_str());
+        assert_eq!(job, Some(Some("ringside")), "{m:?}");
+    }
+}
+
+/// The namespaces and pod labels of the apps in [`APPS`].
+const APPS_SELECTORS: &[(&str, &[(&str, &str)])] = &[
+    ("shop", &[("app", "catalog")]),
+    ("ringside", &[("app", "search"), ("tier", "web")]),
+];
+
+fn labels_of(map: &serde_yaml::Value) -> Vec<(&str, &str)> {
+    map.as_mapping()
+        .into_iter()
+        .flatten()
+        .filter_map(|(k, v)| Some((k.as_str()?, v.as_str()?)))
+        .collect()
+}
+
+// ------------------------------------------------------ NetworkPolicy ----
+
+/// A pod that sends traffic, for [`admits`]: its namespace (name and
+/// labels) and its own labels.
+struct Source<'a> {
+    namespace: &'a str,
+    namespace_labels: &'a [(&'a str, &'a str)],
+    labels: &'a [(&'a str, &'a str)],
+}
+
+/// The catalog pod's container ports by name: the app's `http` and the
+/// injected sidecar's (tests/inject_webhook.rs checks the sidecar's names).
+const CATALOG_PORTS: &[(&str, u64)] = &[
+    ("http", 3000),
+    ("ringside-admin", 9090),
+    ("ringside-peer", 7070),
+];
+
+/// A label selector (matchLabels, matchExpressions) against labels.
+fn selects(selector: &serde_yaml::Value, labels: &[(&str, &str)]) -> bool {
+    let value = |key: &str| labels.iter().find(|(k, _)| *k == key).map(|(_, v)| *v);
+    let labels_ok = selector["matchLabels"]
+        .as_mapping()
+        .into_iter()
+        .flatten()
+        .all(|(k, v)| value(k.as_str().unwrap()) == v.as_str());
+    let expressions_ok = selector["matchExpressions"]
+        .as_sequence()
+        .into_iter()
+        .flatten()
+        .all(|e| {
+            let have = value(e["key"].as_str().unwrap());
+            let listed = |v: &str| {
+                e["values"]
+                    .as_sequence()
+                    .is_some_and(|vs| vs.iter().any(|x| x.as_str() == Some(v)))
+            };
+            match e["operator"].as_str().unwrap() {
+                "In" => have.is_some_and(listed),
+                "NotIn" => !have.is_some_and(listed),
+                "Exists" => have.is_some(),
+                "DoesNotExist" => have.is_none(),
+                op => panic!("unknown operator {op}"),
+            }
+        });
+    labels_ok && expressions_ok
+}
+
+/// NetworkPolicy semantics for ingress to a catalog pod: is TCP traffic
+/// from `source` to `port` admitted by these policies? (A pod selected by no
+/// policy admits everything; selected by some, the union of their rules. A
+/// rule without `from` admits every source, without `ports` every port; a
+/// peer with only a podSelector means pods of the policy's namespace, with
+/// only a namespaceSelector every pod of those namespaces.)
+fn admits(policies: &[&serde_yaml::Value], source: &Source, port: u64) -> bool {
+    if policies.is_empty() {
+        return true;
+    }
+    policies.iter().any(|np| {
+        let policy_ns = np["metadata"]["namespace"].as_str().unwrap();
+        let from_ok = |rule: &serde_yaml::Value| match rule["from"].as_sequence() {
+            None => true,
+            Some(peers) => peers.iter().any(|peer| {
+                let ns_ok = match peer.get("namespaceSelector") {
+                    Some(sel) => selects(sel, source.namespace_labels),
+                    None => source.namespace == policy_ns,
+                };
+                let pod_ok = peer
+                    .get("podSelector")
+                    .is_none_or(|sel| selects(sel, source.labels));
+                ns_ok && pod_ok && peer.get("ipBlock").is_none()
+            }),
+        };
+        let port_ok = |rule: &serde_yaml::Value| match rule["ports"].as_sequence() {
+            None => true,
+            Some(ports) => ports.iter().any(|p| {
+                let tcp = p["protocol"].as_str().unwrap_or("TCP") == "TCP";
+                let first = match &p["port"] {
+                    serde_yaml::Value::Number(n) => n.as_u64().unwrap(),
+                    serde_yaml::Value::String(name) => {
+                        CATALOG_PORTS
+                            .iter()
+                            .find(|(n, _)| n == name)
+                            .unwrap_or_else(|| panic!("no container port named {name}"))
+                            .1
+                    }
+                    other => panic!("port {other:?}"),
+                };
+                let last = p["endPort"].as_u64().unwrap_or(first);
+                tcp && (first..=last).contains(&port)
+            }),
+        };
+        np["spec"]["ingress"]
+            .as_sequence()
+            .into_iter()
+            .flatten()
+            .any(|rule| from_ok(rule) && port_ok(rule))
+    })
+}
+
+/// The NetworkPolicies that select the catalog pods (app=catalog in shop).
+fn catalog_policies(docs: &[serde_yaml::Value]) -> Vec<&serde_yaml::Value> {
+    docs.iter()
+        .filter(|d| kind(d) == "NetworkPolicy")
+        .filter(|d| d["metadata"]["namespace"].as_str() == Some("shop"))
+        .filter(|d| selects(&d["spec"]["podSelector"], &[("app", "catalog")]))
+        .collect()
+}
+
+const SHOP: &[(&str, &str)] = &[("kubernetes.io/metadata.name", "shop")];
+const MONITORING: &[(&str, &str)] = &[("kubernetes.io/metadata.name", "monitoring")];
+const CATALOG: Source = Source {
+    namespace: "shop",
+    namespace_labels: SHOP,
+    labels: &[("app", "catalog")],
+};
+const FRONTEND: Source = Source {
+    namespace: "shop",
+    namespace_labels: SHOP,
+    labels: &[("app", "frontend")],
+};
+/// A kube-prometheus-stack Prometheus pod (labels set by Prometheus Operator).
+const PROMETHEUS: Source = Source {
+    namespace: "monitoring",
+    namespace_labels: MONITORING,
+    labels: &[
+        ("app.kubernetes.io/name", "prometheus"),
+        ("prometheus", "kube-prometheus-stack-prometheus"),
+    ],
+};
+
+#[test]
+fn network_policy_allows_only_what_ringside_needs() {
     let values = format!(
         "{APPS}\nnetworkPolicy: {{enabled: true}}\npodDisruptionBudget: {{enabled: true}}\n"
     );
     let docs = validate("netpol", &template("netpol", &values));
     assert_eq!(count(&docs, "PodDisruptionBudget"), 1);
     assert_eq!(count(&docs, "NetworkPolicy"), 2);
-    let np = docs.iter().find(|d| kind(d) == "NetworkPolicy").unwrap();
-    let rules = np["spec"]["ingress"].as_sequence().unwrap();
-    assert_eq!(rules[0]["ports"][0]["port"].as_u64(), Some(7070));
-    assert!(rules[0]["from"][0]["podSelector"].is_mapping());
-    // Every other TCP port stays open: 1-7069 and 7071-65535.
-    assert_eq!(rules[1]["ports"][0]["endPort"].as_u64(), Some(7069));
-    assert_eq!(rules[1]["ports"][1]["port"].as_u64(), Some(7071));
+    // Never a rule open to every source or every port, and only ringside's ports.
+    for np in docs.iter().filter(|d| kind(d) == "NetworkPolicy") {
+        let types = np["spec"]["policyTypes"].as_sequence().unwrap();
+        assert_eq!(types.len(), 1);
+        assert_eq!(types[0].as_str(), Some("Ingress"));
+        for rule in np["spec"]["ingress"].as_sequence().unwrap() {
+            assert!(
+                rule["from"].as_sequence().is_some_and(|f| !f.is_empty()),
+                "a rule open to every source: {rule:?}"
+            );
+            let ports = rule["ports"]
+                .as_sequence()
+                .unwrap_or_else(|| panic!("a rule open to every port: {rule:?}"));
+            for p in ports {
+                assert!(p.get("endPort").is_none(), "a port range: {p:?}");
+                let name = p["port"].as_str().unwrap_or_default();
+                assert!(name.starts_with("ringside-"), "not a ringside port: {p:?}");
+            }
+        }
+    }
+    let policies = catalog_policies(&docs);
+    assert_eq!(policies.len(), 1);
+    let allowed = |source: &Source, port: u64| admits(&policies, source, port);
+    // Peers reach the peer port, the scraper the admin port; nothing else.
+    assert!(allowed(&CATALOG, 7070), "peers to the peer port");
+    assert!(allowed(&PROMETHEUS, 9090), "Prometheus to the admin port");
+    for (source, port, what) in [
+        (&CATALOG, 3000, "the app port from a peer"),
+        (&CATALOG, 9090, "the admin port from a peer"),
+        (&FRONTEND, 3000, "the app port from another pod"),
+        (&FRONTEND, 7070, "the peer port from another pod"),
+        (&FRONTEND, 9090, "the admin port from another pod"),
+        (&PROMETHEUS, 7070, "the peer port from Prometheus"),
+        (&PROMETHEUS, 3000, "the app port from Prometheus"),
+        (&FRONTEND, 22, "any other port"),
+    ] {
+        assert!(!allowed(source, port), "{what} is open");
+    }
+
+    // The app's own policy from the example adds exactly its port and sources.
+    let text =
+        std::fs::read_to_string(root().join("examples/kubernetes/app-networkpolicy.yaml")).unwrap();
+    let own = validate("netpol-app", &text);
+    let mut with_app: Vec<&serde_yaml::Value> = catalog_policies(&own);
+    assert_eq!(with_app.len(), 1, "the example selects the catalog pods");
+    with_app.extend(policies.iter().copied());
+    assert!(admits(&with_app, &FRONTEND, 3000));
+    assert!(admits(&with_app, &CATALOG, 7070));
+    assert!(!admits(&with_app, &FRONTEND, 7070));
+    assert!(!admits(&with_app, &PROMETHEUS, 3000));
+
+    // Scrapers are configurable; none: the admin port is closed to every pod.
+    let custom = format!(
+        "{APPS}\nnetworkPolicy:\n  enabled: true\n  metricsFrom:\n    - namespaceSelector: \
+         {{matchLabels: {{kubernetes.io/metadata.name: monitoring}}}}\n"
+    );
+    let docs = validate("netpol-custom", &template("netpol-custom", &custom));
+    let policies = catalog_policies(&docs);
+    assert!(admits(&policies, &PROMETHEUS, 9090));
+    assert!(!admits(&policies, &FRONTEND, 9090));
+    let none = format!("{APPS}\nnetworkPolicy: {{enabled: true, metricsFrom: []}}\n");
+    let docs = validate("netpol-none", &template("netpol-none", &none));
+    let policies = catalog_policies(&docs);
+    assert!(!admits(&policies, &PROMETHEUS, 9090));
+    assert!(admits(&policies, &CATALOG, 7070));
 }
 
 #[test]
@@ -437,6 +757,8 @@ fn schema_rejects_bad_values() {
         ),
         ("apps:\n  - name: ok\n", "selector"),
         ("peerSecret: short\n", "peerSecret"),
+        ("sidecar:\n  memoryRequest: lots\n", "memoryRequest"),
+        ("sidecar:\n  memoryOverhead: 64MiB\n", "memoryOverhead"),
         ("webhok:\n  enabled: true\n", "webhok"),
     ];
     for (values, field) in cases {
@@ -448,6 +770,16 @@ fn schema_rejects_bad_values() {
             ),
         }
     }
+}
+
+#[test]
+fn a_memory_request_above_the_limit_fails_the_render() {
+    let e = template_in(&chart(), "memory", "sidecar:\n  memoryLimit: 256Mi\n", &[])
+        .expect_err("a 320Mi request under a 256Mi limit was rendered");
+    assert!(
+        e.contains("memory request 320Mi is above the memory limit 256Mi"),
+        "{e}"
+    );
 }
 
 #[test]

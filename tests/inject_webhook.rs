@@ -1,10 +1,13 @@
 //! `ringside inject` end to end: the real binary serving HTTPS with a test
 //! CA (rcgen), real AdmissionReview requests sent with `curl --cacert`, the
 //! returned JSONPatch applied with the json-patch crate, and the patched Pod
-//! checked by `kubernetes-validate --strict` for Kubernetes 1.29.
+//! checked by `kubernetes-validate --strict` for Kubernetes 1.29. The
+//! chart's `ringside.sidecar` template (rendered by the real `helm`) and the
+//! webhook started with the chart's args must give the same resources.
 //!
-//! Needs `curl` and `kubernetes-validate` (tests/tools/install-k8s-tools.sh);
-//! missing tools fail the test with that hint rather than skipping.
+//! Needs `curl`, `helm` and `kubernetes-validate`
+//! (tests/tools/install-k8s-tools.sh); missing tools fail the test with that
+//! hint rather than skipping.
 
 use base64::Engine;
 use serde_json::{json, Value};
@@ -29,7 +32,11 @@ impl Drop for Webhook {
 
 fn require(tool: &str) {
     let ok = Command::new(tool)
-        .arg("--version")
+        .arg(if tool == "helm" {
+            "version"
+        } else {
+            "--version"
+        })
         .output()
         .map(|o| o.status.success())
         .unwrap_or(false);
@@ -69,7 +76,19 @@ fn write_certs(dir: &Path) {
     std::fs::write(dir.join("tls.key"), key.serialize_pem()).unwrap();
 }
 
+/// The webhook with the flags the tests share, plus `extra`.
 fn start(name: &str, extra: &[&str]) -> Webhook {
+    let mut args = vec![
+        "--sidecar-image=ghcr.io/ringside/ringside:test",
+        "--config-map=ringside-config",
+        "--secret=ringside-peer-secret",
+    ];
+    args.extend_from_slice(extra);
+    launch(name, &args)
+}
+
+/// `ringside inject` on a free port with a test certificate and `args`.
+fn launch(name: &str, args: &[&str]) -> Webhook {
     require("curl");
     let dir = std::env::temp_dir().join(format!("ringside-inject-{}-{name}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
@@ -85,15 +104,10 @@ fn start(name: &str, extra: &[&str]) -> Webhook {
         .arg(format!("--listen=127.0.0.1:{port}"))
         .arg(format!("--tls-cert={}", dir.join("tls.crt").display()))
         .arg(format!("--tls-key={}", dir.join("tls.key").display()))
-        .args([
-            "--sidecar-image=ghcr.io/ringside/ringside:test",
-            "--config-map=ringside-config",
-        ])
-        .args(["--secret=ringside-peer-secret"])
-        .args(extra)
+        .args(args)
         .env_remove("RINGSIDE_LISTEN")
         .stdout(Stdio::null())
-        .stderr(Stdio::inherit())
+        .stderr(std::fs::File::create(dir.join("webhook.log")).unwrap())
         .spawn()
         .unwrap();
     let hook = Webhook { child, port, dir };
@@ -103,12 +117,21 @@ fn start(name: &str, extra: &[&str]) -> Webhook {
         if status == 200 {
             return hook;
         }
-        assert!(Instant::now() < deadline, "webhook did not become healthy");
+        assert!(
+            Instant::now() < deadline,
+            "webhook did not become healthy:\n{}",
+            hook.log()
+        );
         std::thread::sleep(Duration::from_millis(100));
     }
 }
 
 impl Webhook {
+    /// What the webhook wrote to stderr so far (its log).
+    fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.join("webhook.log")).unwrap_or_default()
+    }
+
     /// (HTTP status, body) over verified HTTPS.
     fn call(&self, method: &str, path: &str, body: Option<&[u8]>) -> (u16, String) {
         let mut cmd = Command::new("curl");
@@ -353,6 +376,313 @@ fn overrides_and_existing_lists() {
 }
 
 #[test]
+fn regular_sidecars_wait_before_exit() {
+    let hook = start(
+        "wait",
+        &["--kube-version=v1.28.9", "--wait-before-exit-seconds=5"],
+    );
+    let pod = |name: &str, extra: Value| {
+        let mut annotations = json!({"ringside.io/inject": "true"});
+        annotations
+            .as_object_mut()
+            .unwrap()
+            .extend(extra.as_object().unwrap().clone());
+        json!({"apiVersion": "v1", "kind": "Pod",
+            "metadata": {"name": name, "namespace": "shop", "annotations": annotations},
+            "spec": {"containers": [{"name": "app", "image": "app:1"}]}})
+    };
+    let delay = |patched: &Value, list: &str| {
+        env(container(patched, list), "RINGSIDE_SHUTDOWN_DELAY").map(|e| e["value"].clone())
+    };
+    // 1.28: a regular container, which gets SIGTERM with the app, waits.
+    let patched = hook.inject(&pod("regular", json!({})));
+    assert_eq!(delay(&patched, "containers"), Some(json!("5s")));
+    // Per pod.
+    let patched = hook.inject(&pod(
+        "longer",
+        json!({"ringside.io/wait-before-exit-seconds": "12"}),
+    ));
+    assert_eq!(delay(&patched, "containers"), Some(json!("12s")));
+    let patched = hook.inject(&pod(
+        "none",
+        json!({"ringside.io/wait-before-exit-seconds": "0"}),
+    ));
+    assert_eq!(delay(&patched, "containers"), None);
+    // A native sidecar stops after the app: no wait.
+    let patched = hook.inject(&pod(
+        "native",
+        json!({"ringside.io/native-sidecar": "true"}),
+    ));
+    assert_eq!(delay(&patched, "initContainers"), None);
+    // An unusable value is denied, naming the annotation.
+    let r = hook.review(pod(
+        "bad",
+        json!({"ringside.io/wait-before-exit-seconds": "soon"}),
+    ));
+    assert_eq!(r["allowed"], false);
+    let message = r["status"]["message"].as_str().unwrap();
+    assert!(
+        message.contains("ringside.io/wait-before-exit-seconds") && message.contains("soon"),
+        "{message}"
+    );
+}
+
+#[test]
+fn memory_request_and_limit_per_pod() {
+    let hook = start("memory", &["--memory-limit=1Gi"]);
+    let pod = |name: &str, annotations: Value| {
+        json!({"apiVersion": "v1", "kind": "Pod",
+            "metadata": {"name": name, "namespace": "shop", "annotations": annotations},
+            "spec": {"containers": [{"name": "app", "image": "app:1"}]}})
+    };
+    let memory = |patched: &Value| {
+        let c = container(patched, "containers");
+        let r = &c["resources"];
+        (
+            r["requests"]["memory"].clone(),
+            r["limits"]["memory"].clone(),
+        )
+    };
+    // The flag's limit, the formula's request.
+    let patched = hook.inject(&pod("flags", json!({"ringside.io/inject": "true"})));
+    assert_eq!(memory(&patched), (json!("320Mi"), json!("1Gi")));
+    // Annotations win over both.
+    let patched = hook.inject(&pod(
+        "annotated",
+        json!({"ringside.io/inject": "true", "ringside.io/memory-request": "700Mi",
+               "ringside.io/memory-limit": "1.5Gi"}),
+    ));
+    assert_eq!(memory(&patched), (json!("700Mi"), json!("1.5Gi")));
+    // A capacity whose request exceeds the limit, and unusable quantities: denied.
+    for (annotations, named) in [
+        (
+            json!({"ringside.io/inject": "true", "ringside.io/capacity": "2GiB"}),
+            "above the memory limit 1Gi",
+        ),
+        (
+            json!({"ringside.io/inject": "true", "ringside.io/memory-request": "lots"}),
+            "ringside.io/memory-request",
+        ),
+        (
+            json!({"ringside.io/inject": "true", "ringside.io/memory-limit": "2GiB"}),
+            "ringside.io/memory-limit",
+        ),
+    ] {
+        let r = hook.review(pod("denied", annotations));
+        assert_eq!(r["allowed"], false, "{r}");
+        let message = r["status"]["message"].as_str().unwrap();
+        assert!(message.contains(named), "{message}");
+    }
+}
+
+/// A Pod named `name` in namespace shop with these annotations, labels and containers.
+fn pod_with(name: &str, annotations: Value, labels: Value, containers: Value) -> Value {
+    json!({"apiVersion": "v1", "kind": "Pod",
+        "metadata": {"name": name, "namespace": "shop", "annotations": annotations, "labels": labels},
+        "spec": {"containers": containers}})
+}
+
+fn warnings(response: &Value) -> Vec<String> {
+    response["warnings"]
+        .as_array()
+        .map(|w| w.iter().map(|s| s.as_str().unwrap().to_string()).collect())
+        .unwrap_or_default()
+}
+
+#[test]
+fn near_misses_get_warnings() {
+    let hook = start("warnings", &[]);
+    let app = json!([{"name": "app", "image": "app:1"}]);
+    // "True" and "enabled": not injected, and told why.
+    for value in ["True", "enabled"] {
+        let r = hook.review(pod_with(
+            "almost",
+            json!({"ringside.io/inject": value}),
+            json!({}),
+            app.clone(),
+        ));
+        assert_eq!(r["allowed"], true);
+        assert!(r.get("patch").is_none());
+        let w = warnings(&r);
+        assert_eq!(w.len(), 1, "{r}");
+        assert!(
+            w[0].contains(&format!("{value:?}")) && w[0].contains("only \"true\""),
+            "{w:?}"
+        );
+    }
+    // A label instead of the annotation.
+    let r = hook.review(pod_with(
+        "label",
+        json!({}),
+        json!({"ringside.io/inject": "true", "app": "catalog"}),
+        app.clone(),
+    ));
+    assert!(r.get("patch").is_none());
+    assert_eq!(
+        warnings(&r),
+        ["ringside.io/inject is a label: ringside reads it only as an annotation"]
+    );
+    // Injected, with a warning about a misspelt annotation.
+    let pod = pod_with(
+        "typo",
+        json!({"ringside.io/inject": "true", "ringside.io/capcity": "1Gi"}),
+        json!({"app": "catalog"}),
+        app,
+    );
+    let r = hook.review(pod.clone());
+    assert_eq!(r["patchType"], "JSONPatch");
+    assert_eq!(
+        warnings(&r),
+        ["unknown annotation ringside.io/capcity is ignored (see ringside's annotation list)"]
+    );
+    for w in warnings(&r) {
+        assert!(
+            w.len() <= 120,
+            "kubectl may cut warnings over 120 characters: {w}"
+        );
+    }
+    // A clean pod gets none.
+    hook.inject(&pod_with(
+        "clean",
+        json!({"ringside.io/inject": "true"}),
+        json!({}),
+        json!([{"name": "app", "image": "app:1"}]),
+    ));
+}
+
+#[test]
+fn refuses_pods_the_sidecar_cannot_work_in() {
+    let hook = start("unfit", &[]);
+    let inject = json!({"ringside.io/inject": "true"});
+    let mut host = pod_with(
+        "host",
+        inject.clone(),
+        json!({}),
+        json!([{"name": "app", "image": "app:1"}]),
+    );
+    host["spec"]["hostNetwork"] = json!(true);
+    let r = hook.review(host);
+    assert_eq!(r["allowed"], false);
+    let message = r["status"]["message"].as_str().unwrap();
+    assert!(message.contains("hostNetwork"), "{message}");
+
+    let busy = json!([{"name": "app", "image": "app:1",
+        "ports": [{"containerPort": 3000}, {"name": "metrics", "containerPort": 9090}]}]);
+    let r = hook.review(pod_with("busy", inject, json!({}), busy.clone()));
+    assert_eq!(r["allowed"], false);
+    let message = r["status"]["message"].as_str().unwrap();
+    assert!(
+        message.contains("container \"app\" already uses port 9090")
+            && message.contains("ringside.io/admin-port"),
+        "{message}"
+    );
+    // Moving the admin port out of the way lets it in.
+    let moved = pod_with(
+        "moved",
+        json!({"ringside.io/inject": "true", "ringside.io/admin-port": "9191"}),
+        json!({}),
+        busy,
+    );
+    hook.inject(&moved);
+}
+
+#[test]
+fn decisions_are_logged_and_counted() {
+    let hook = start("observed", &[]);
+    let app = json!([{"name": "app", "image": "app:1"}]);
+    let (status, before) = hook.call("GET", "/metrics", None);
+    assert_eq!(status, 200);
+    assert_eq!(
+        sample(
+            &before,
+            r#"ringside_inject_admissions_total{decision="denied",reason="host_network"}"#
+        ),
+        Some(0.0),
+        "every outcome is listed from the start:\n{before}"
+    );
+    // One of each: injected (by generateName, as a Deployment's pods come),
+    // skipped, denied, and a body that is no review at all.
+    let mut generated = pod_with(
+        "",
+        json!({"ringside.io/inject": "true"}),
+        json!({}),
+        app.clone(),
+    );
+    generated["metadata"]["generateName"] = json!("catalog-7d9f8-");
+    hook.inject(&generated);
+    hook.review(pod_with(
+        "plain",
+        json!({"ringside.io/inject": "True"}),
+        json!({}),
+        app.clone(),
+    ));
+    hook.review(pod_with(
+        "bad",
+        json!({"ringside.io/inject": "true", "ringside.io/port": "0"}),
+        json!({}),
+        app,
+    ));
+    assert_eq!(hook.call("POST", "/mutate", Some(b"{not json")).0, 400);
+
+    let (_, metrics) = hook.call("GET", "/metrics", None);
+    let count = |labels: &str| {
+        sample(
+            &metrics,
+            &format!("ringside_inject_admissions_total{{{labels}}}"),
+        )
+    };
+    // inject() sends the patched pod again: skipped as already injected.
+    assert_eq!(
+        count(r#"decision="injected",reason="requested""#),
+        Some(1.0),
+        "{metrics}"
+    );
+    assert_eq!(
+        count(r#"decision="skipped",reason="already_injected""#),
+        Some(1.0)
+    );
+    assert_eq!(
+        count(r#"decision="skipped",reason="not_requested""#),
+        Some(1.0)
+    );
+    assert_eq!(
+        count(r#"decision="denied",reason="invalid_annotation""#),
+        Some(1.0)
+    );
+    assert_eq!(count(r#"decision="error",reason="bad_review""#), Some(1.0));
+    assert_eq!(
+        sample(&metrics, "ringside_inject_warnings_total"),
+        Some(1.0)
+    );
+    assert_eq!(
+        sample(&metrics, "ringside_inject_admission_duration_seconds_count"),
+        Some(5.0)
+    );
+
+    let log = hook.log();
+    for line in [
+        "shop/catalog-7d9f8-*: injected (requested): regular sidecar, ConfigMap ringside-config, memory 320Mi/480Mi",
+        "shop/plain: skipped (not_requested)",
+        "warnings: ringside.io/inject is \"True\"",
+        "shop/bad: denied (invalid_annotation): annotation ringside.io/port: \"0\" is invalid",
+        "rejected AdmissionReview: request body is not JSON",
+    ] {
+        assert!(log.contains(line), "the log lacks {line:?}:\n{log}");
+    }
+}
+
+/// The value of the sample whose name and labels are exactly `series`.
+fn sample(metrics: &str, series: &str) -> Option<f64> {
+    metrics.lines().find_map(|l| {
+        l.strip_prefix(series)?
+            .strip_prefix(' ')?
+            .trim()
+            .parse()
+            .ok()
+    })
+}
+
+#[test]
 fn skips_and_errors() {
     let hook = start("errors", &[]);
     // Not annotated: allowed, no patch.
@@ -425,4 +755,161 @@ fn refuses_bad_flags() {
         .unwrap();
     assert_eq!(out.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&out.stderr).contains("--tls-cert"));
+}
+
+/// The chart as a parent chart uses it: `ringside.sidecar` included in a
+/// regular and a native Pod, next to the chart's own objects (the webhook
+/// Deployment among them), for `values` (under `ringside:`).
+fn render_with_manual_pods(name: &str, values: &str) -> Vec<Value> {
+    require("helm");
+    let dir = std::env::temp_dir().join(format!(
+        "ringside-inject-{}-chart-{name}",
+        std::process::id()
+    ));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(dir.join("charts")).unwrap();
+    std::fs::create_dir_all(dir.join("templates")).unwrap();
+    let chart = Path::new(env!("CARGO_MANIFEST_DIR")).join("charts/ringside");
+    let copied = Command::new("cp")
+        .arg("-r")
+        .arg(&chart)
+        .arg(dir.join("charts/ringside"))
+        .status()
+        .unwrap();
+    assert!(copied.success());
+    std::fs::write(
+        dir.join("Chart.yaml"),
+        "apiVersion: v2\nname: manual\nversion: 0.1.0\n",
+    )
+    .unwrap();
+    std::fs::write(
+        dir.join("templates/pods.yaml"),
+        r#"{{- range $native := list false true }}
+{{- $ringside := dict "Values" $.Values.ringside "Release" $.Release "native" $native }}
+---
+apiVersion: v1
+kind: Pod
+metadata:
+  name: manual-{{ ternary "native" "regular" $native }}
+  namespace: shop
+spec:
+  {{- if $native }}
+  initContainers:
+    {{- include "ringside.sidecar" $ringside | nindent 4 }}
+  {{- end }}
+  containers:
+    - name: app
+      image: app:1
+    {{- if not $native }}
+    {{- include "ringside.sidecar" $ringside | nindent 4 }}
+    {{- end }}
+  volumes:
+    {{- include "ringside.sidecarVolumes" $ringside | nindent 4 }}
+{{- end }}
+"#,
+    )
+    .unwrap();
+    std::fs::write(dir.join("values.yaml"), values).unwrap();
+    let out = Command::new("helm")
+        .args(["template", "rs"])
+        .arg(&dir)
+        .args(["--namespace", "ringside", "--kube-version", "1.30.0"])
+        .output()
+        .unwrap();
+    let _ = std::fs::remove_dir_all(&dir);
+    assert!(
+        out.status.success(),
+        "helm template ({name}):\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout)
+        .split("\n---")
+        .filter_map(|d| serde_yaml::from_str::<Value>(d).ok())
+        .filter(|d| d.get("kind").is_some())
+        .collect()
+}
+
+/// The two ways to the same sidecar agree on the memory it is given (and on
+/// its wait before exit): for each value set, the chart's `ringside.sidecar`
+/// template and the real webhook, started with the args the chart renders
+/// for it, produce the same resources.
+#[test]
+fn chart_and_webhook_give_the_sidecar_the_same_memory() {
+    // (name, values under ringside:, the (request, limit) expected if known)
+    type Case<'a> = (&'a str, &'a str, Option<(&'a str, &'a str)>);
+    let cases: &[Case] = &[
+        ("defaults", "", Some(("320Mi", "480Mi"))),
+        (
+            "fractions",
+            "  sidecar: {capacity: 100MB, memoryOverhead: 64M}\n",
+            None,
+        ),
+        (
+            "large",
+            "  sidecar: {capacity: 1.5GiB, memoryOverhead: 128Mi, waitBeforeExitSeconds: 9}\n",
+            Some(("1664Mi", "2496Mi")),
+        ),
+        (
+            "explicit",
+            "  sidecar: {memoryRequest: 900Mi, memoryLimit: 1.5Gi}\n",
+            Some(("900Mi", "1.5Gi")),
+        ),
+        (
+            "limit-only",
+            "  sidecar: {memoryLimit: 2G, cpuLimit: 500m}\n",
+            Some(("320Mi", "2G")),
+        ),
+    ];
+    for (name, sidecar, expected) in cases {
+        let docs = render_with_manual_pods(name, &format!("ringside:\n{sidecar}"));
+        let args: Vec<String> = docs
+            .iter()
+            .find(|d| d["kind"] == "Deployment")
+            .expect("the webhook Deployment")["spec"]["template"]["spec"]["containers"][0]["args"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|a| a.as_str().unwrap().to_string())
+            .filter(|a| {
+                !["inject", "--listen=", "--tls-cert=", "--tls-key="]
+                    .iter()
+                    .any(|p| a.starts_with(p))
+            })
+            .collect();
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        let hook = launch(&format!("memory-{name}"), &args);
+        for native in [false, true] {
+            let which = if native { "native" } else { "regular" };
+            let manual = docs
+                .iter()
+                .find(|d| d["metadata"]["name"] == format!("manual-{which}"))
+                .unwrap();
+            validate(manual);
+            let list = if native {
+                "initContainers"
+            } else {
+                "containers"
+            };
+            let from_chart = container(manual, list);
+            let pod = json!({"apiVersion": "v1", "kind": "Pod",
+                "metadata": {"name": format!("hooked-{which}"), "namespace": "shop",
+                    "annotations": {"ringside.io/inject": "true",
+                                    "ringside.io/native-sidecar": native.to_string()}},
+                "spec": {"containers": [{"name": "app", "image": "app:1"}]}});
+            let injected = hook.inject(&pod);
+            let from_webhook = container(&injected, list);
+            assert_eq!(
+                from_chart["resources"], from_webhook["resources"],
+                "{name} ({which}): chart and webhook disagree"
+            );
+            let delay = |c: &Value| env(c, "RINGSIDE_SHUTDOWN_DELAY").cloned();
+            assert_eq!(delay(from_chart), delay(from_webhook), "{name} ({which})");
+            assert_eq!(from_chart["restartPolicy"], from_webhook["restartPolicy"]);
+            if let Some((request, limit)) = expected {
+                let memory = &from_chart["resources"];
+                assert_eq!(memory["requests"]["memory"], *request, "{name}");
+                assert_eq!(memory["limits"]["memory"], *limit, "{name}");
+            }
+        }
+    }
 }

@@ -246,6 +246,130 @@ fn chart_prometheus_rule_carries_the_same_rules() {
     assert_eq!(doc["spec"]["groups"], rules_yaml()["groups"]);
 }
 
+/// The target labels a Prometheus Operator gives a monitor's targets before
+/// the monitor's own relabelings: job is `<namespace>/<name>` for a
+/// PodMonitor and the Service's name for a ServiceMonitor; then the
+/// monitor's (static) relabelings apply.
+fn target_labels(monitor: &serde_yaml::Value, service: &str) -> Vec<(String, String)> {
+    let namespace = monitor["metadata"]["namespace"]
+        .as_str()
+        .expect("namespace");
+    let name = monitor["metadata"]["name"].as_str().expect("name");
+    let (job, endpoint) = match monitor["kind"].as_str() {
+        Some("PodMonitor") => (
+            format!("{namespace}/{name}"),
+            &monitor["spec"]["podMetricsEndpoints"][0],
+        ),
+        Some("ServiceMonitor") => (service.to_string(), &monitor["spec"]["endpoints"][0]),
+        other => panic!("not a monitor: {other:?}"),
+    };
+    let mut labels = vec![
+        ("job".to_string(), job),
+        ("instance".to_string(), "10.0.0.1:9090".to_string()),
+        ("namespace".to_string(), namespace.to_string()),
+        ("pod".to_string(), "catalog-0".to_string()),
+        (
+            "endpoint".to_string(),
+            endpoint["port"].as_str().expect("port").to_string(),
+        ),
+    ];
+    for r in endpoint["relabelings"].as_sequence().into_iter().flatten() {
+        assert!(
+            r.get("sourceLabels").is_none() && r.get("action").is_none(),
+            "only static relabelings are modelled here: {r:?}"
+        );
+        let target = r["targetLabel"].as_str().expect("targetLabel").to_string();
+        let value = r["replacement"].as_str().expect("replacement").to_string();
+        labels.retain(|(k, _)| *k != target);
+        labels.push((target, value));
+    }
+    labels.sort();
+    labels
+}
+
+/// RingsideSidecarDown, as the chart's PrometheusRule carries it, fires for
+/// the targets of the chart's own ServiceMonitor and PodMonitor, whatever the
+/// release is called (here with fullnameOverride, no "ringside" in any name).
+#[test]
+fn sidecar_down_fires_for_the_chart_monitors_targets() {
+    let promtool = require("promtool");
+    require("helm");
+    let dir = tmpdir("chart-monitors");
+    let values = dir.join("values.yaml");
+    std::fs::write(
+        &values,
+        "fullnameOverride: platform-cache\napps:\n  - {name: catalog, namespace: shop, selector: {app: catalog}}\n\
+         monitoring:\n  serviceMonitor: {enabled: true}\n  podMonitor: {enabled: true}\nprometheusRule: {enabled: true}\n",
+    )
+    .unwrap();
+    let rendered = run(Command::new("helm")
+        .args([
+            "template",
+            "platform",
+            "charts/ringside",
+            "--namespace",
+            "platform",
+        ])
+        .arg("-f")
+        .arg(&values))
+    .unwrap_or_else(|e| panic!("{e}"));
+    let docs: Vec<serde_yaml::Value> = rendered
+        .split("\n---")
+        .filter_map(|d| serde_yaml::from_str::<serde_yaml::Value>(d).ok())
+        .filter(|d| d.get("kind").is_some())
+        .collect();
+    let of_kind = |k: &'static str| docs.iter().filter(move |d| d["kind"].as_str() == Some(k));
+    let rule = of_kind("PrometheusRule").next().expect("a PrometheusRule");
+    let rules_path = dir.join("rules.yaml");
+    let groups = serde_yaml::to_string(&serde_yaml::Mapping::from_iter([(
+        "groups".into(),
+        rule["spec"]["groups"].clone(),
+    )]))
+    .unwrap();
+    std::fs::write(&rules_path, groups).unwrap();
+    let service = of_kind("Service")
+        .find(|s| s["metadata"]["labels"]["ringside.io/peers"].as_str() == Some("true"))
+        .expect("the peers Service")["metadata"]["name"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let monitors: Vec<_> = of_kind("PodMonitor")
+        .chain(of_kind("ServiceMonitor"))
+        .collect();
+    assert_eq!(monitors.len(), 2);
+    let mut tests = String::from("rule_files: [rules.yaml]\nevaluation_interval: 1m\ntests:\n");
+    for monitor in monitors {
+        let labels = target_labels(monitor, &service);
+        let series = |name: &str, extra: &[(&str, &str)]| {
+            let mut all: Vec<String> = labels.iter().map(|(k, v)| format!("{k}=\"{v}\"")).collect();
+            all.extend(extra.iter().map(|(k, v)| format!("{k}=\"{v}\"")));
+            format!("{name}{{{}}}", all.join(","))
+        };
+        let firing = [
+            ("alertname", "RingsideSidecarDown"),
+            ("alertstate", "firing"),
+            ("severity", "critical"),
+        ];
+        tests.push_str(&format!(
+            "  - interval: 1m\n    input_series:\n      - series: '{}'\n        values: '0x15'\n    \
+             promql_expr_test:\n      - expr: ALERTS{{alertname=\"RingsideSidecarDown\"}}\n        \
+             eval_time: 10m\n        exp_samples:\n          - labels: '{}'\n            value: 1\n",
+            series("up", &[]),
+            series("ALERTS", &firing),
+        ));
+    }
+    let tests_path = dir.join("tests.yaml");
+    std::fs::write(&tests_path, &tests).unwrap();
+    let out = run(Command::new(&promtool)
+        .args(["test", "rules"])
+        .arg(&tests_path))
+    .unwrap_or_else(|e| {
+        panic!("RingsideSidecarDown does not fire for the chart's targets:\n{e}\n{tests}")
+    });
+    assert!(out.contains("SUCCESS"), "{out}");
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
 // ----------------------------------------------------------- dashboards ----
 
 fn dashboard(path: &str) -> Json {
@@ -611,7 +735,7 @@ fn alert_inputs(alert: &str) -> &'static [&'static str] {
             "namespace_app_pod:ringside_cache_fill:ratio",
             "namespace_app_pod:ringside_cache_turnover:ratio_per_hour",
         ],
-        "RingsideSidecarDown" => &["up{job=~\".*ringside.*\"}"],
+        "RingsideSidecarDown" => &["up{job=\"ringside\"}"],
         other => panic!("{other}: list its threshold-free inputs in alert_inputs()"),
     }
 }

@@ -490,3 +490,58 @@ async fn an_idle_ringside_exits_promptly_on_sigterm() {
     assert!(TcpStream::connect(addr).is_err());
     drop(conn);
 }
+
+#[tokio::test]
+async fn shutdown_delay_keeps_serving_with_readyz_failing_then_exits() {
+    const DELAY: Duration = Duration::from_secs(3);
+    let origin = Origin::start().await;
+    let mut rs = Ringside::start(&origin.url(), "shutdown_delay: 3s\n").await;
+    let (addr, admin) = (rs.addr, rs.admin);
+    let status = std::process::Command::new("kill")
+        .arg("-TERM")
+        .arg(rs.pid().to_string())
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let signalled = Instant::now();
+
+    // Readiness fails at once, so the pod leaves its Services...
+    loop {
+        let ready = get(admin, "/readyz").await.map(|r| r.status);
+        if ready.as_ref().is_ok_and(|s| *s == 503) {
+            break;
+        }
+        assert!(
+            signalled.elapsed() < DELAY,
+            "/readyz did not fail during the delay: {ready:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    // ... while the app port still answers new connections, from the origin.
+    let r = get(addr, "/during-delay?cc=no-store")
+        .await
+        .expect("the app port answers during shutdown_delay");
+    assert_eq!(r.status, 200);
+    assert_eq!(origin.hits("/during-delay?cc=no-store"), 1);
+    assert!(
+        signalled.elapsed() < DELAY,
+        "served only after the delay ({:?}): inconclusive",
+        signalled.elapsed()
+    );
+    assert!(rs.is_running());
+
+    // Then the drain: an idle process exits soon after the delay, not before.
+    let exited_by = Instant::now() + DELAY + Duration::from_secs(5);
+    while rs.is_running() {
+        assert!(
+            Instant::now() < exited_by,
+            "still running 5 s after the delay: {}",
+            rs.log()
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let took = signalled.elapsed();
+    assert!(took >= DELAY, "exited after {took:?}, before the delay");
+    assert!(TcpStream::connect(addr).is_err());
+    assert!(rs.log().contains("shutdown_delay"), "{}", rs.log());
+}

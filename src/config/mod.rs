@@ -50,6 +50,10 @@ pub struct Config {
     /// Seconds to finish in-flight requests after SIGTERM.
     #[serde(deserialize_with = "de_duration")]
     pub shutdown_grace: Duration,
+    /// After SIGTERM, keep serving this long (with `/readyz` failing) before
+    /// the drain starts: a regular-container sidecar outlives the app's last calls.
+    #[serde(deserialize_with = "de_duration")]
+    pub shutdown_delay: Duration,
     pub log_level: LogLevel,
     pub origin: OriginConfig,
     pub forward_proxy: ForwardProxyConfig,
@@ -201,6 +205,7 @@ impl Default for Config {
             admin_token: String::new(),
             threads: 0,
             shutdown_grace: Duration::from_secs(10),
+            shutdown_delay: Duration::ZERO,
             log_level: LogLevel::Info,
             origin: OriginConfig::default(),
             forward_proxy: ForwardProxyConfig::default(),
@@ -254,6 +259,7 @@ pub struct Overrides {
     pub cluster_secret: Option<String>,
     pub admin_token: Option<String>,
     pub peer_listen: Option<String>,
+    pub shutdown_delay: Option<String>,
 }
 
 impl Config {
@@ -315,6 +321,10 @@ impl Config {
         }
         if let Some(v) = o.cluster_secret {
             self.cluster.secret = v;
+        }
+        if let Some(v) = o.shutdown_delay {
+            self.shutdown_delay = parse_duration(&v)
+                .ok_or_else(|| invalid("shutdown_delay", quoted(&v), DURATION_HINT))?;
         }
         if let Some(v) = o.log_level {
             self.log_level = serde_yaml::from_str(&v).map_err(|_| {

@@ -9,10 +9,17 @@
 //! * `POST /mutate`: AdmissionReview v1 in, AdmissionReview out; an
 //!   unparseable body gets 400 with a message, never a crash.
 //! * `GET /healthz`, `GET /readyz`: probes for the webhook Deployment.
+//! * `GET /metrics`: admission counts by decision and reason, warnings and
+//!   latency (`ringside_inject_*`).
+//!
+//! Every decision is logged at info: the pod, injected / skipped / denied,
+//! why, and the warnings returned with it.
 //!
 //! Certificates are read once at start; a rotated certificate (cert-manager
 //! renewal) takes effect when the pod restarts.
 
+pub mod checks;
+pub mod memory;
 pub mod review;
 pub mod sidecar;
 
@@ -32,10 +39,15 @@ const MAX_BODY: usize = 8 << 20;
 /// HTTPS address when `--listen` is not given.
 pub const DEFAULT_LISTEN: &str = "0.0.0.0:8443";
 
-/// Flags of `ringside inject`. The HTTPS address is the global `--listen`
-/// (default `0.0.0.0:8443`), the log level the global `--log-level`.
+/// Flags of `ringside inject` (only these: the proxy's flags do not apply).
 #[derive(Debug, Clone, clap::Args)]
 pub struct InjectArgs {
+    /// HTTPS address of the webhook.
+    #[arg(long, env = "RINGSIDE_INJECT_LISTEN", default_value = DEFAULT_LISTEN)]
+    pub listen: String,
+    /// error, warn, info, debug or trace.
+    #[arg(long, env = "RINGSIDE_LOG_LEVEL", default_value = "info")]
+    pub log_level: String,
     /// PEM certificate (chain) served by the webhook.
     #[arg(long, env = "RINGSIDE_INJECT_TLS_CERT")]
     pub tls_cert: String,
@@ -70,6 +82,12 @@ pub struct InjectArgs {
     /// Memory requested on top of the capacity (e.g. 64Mi).
     #[arg(long, default_value = "64Mi")]
     pub memory_overhead: String,
+    /// Memory request of injected containers (e.g. 900Mi); default: capacity + overhead.
+    #[arg(long)]
+    pub memory_request: Option<String>,
+    /// Memory limit of injected containers (e.g. 1.5Gi); default: 1.5 x the request.
+    #[arg(long)]
+    pub memory_limit: Option<String>,
     /// CPU request of the injected container.
     #[arg(long, default_value = "50m")]
     pub cpu_request: String,
@@ -85,6 +103,10 @@ pub struct InjectArgs {
     /// Peer port declared on the container; must match cluster.peer_listen in the ConfigMap.
     #[arg(long = "sidecar-peer-port", default_value_t = 7070)]
     pub peer_port: u16,
+    /// Seconds an injected sidecar that is not a native sidecar keeps serving
+    /// after SIGTERM (its shutdown_delay), so the app's last calls get through.
+    #[arg(long, default_value_t = 0)]
+    pub wait_before_exit_seconds: u32,
 }
 
 impl InjectArgs {
@@ -98,12 +120,33 @@ impl InjectArgs {
                     self.sidecar_capacity
                 )
             })?;
-        let memory_overhead = sidecar::parse_capacity(&self.memory_overhead).ok_or_else(|| {
-            format!(
-                "--memory-overhead: {:?} is invalid; expected a size such as 64Mi",
-                self.memory_overhead
-            )
-        })?;
+        let memory_overhead = memory::parse_quantity(&self.memory_overhead)
+            .or_else(|| sidecar::parse_capacity(&self.memory_overhead))
+            .ok_or_else(|| {
+                format!(
+                    "--memory-overhead: {:?} is invalid; expected {}",
+                    self.memory_overhead,
+                    memory::QUANTITY_HINT
+                )
+            })?;
+        let quantity = |flag: &str, v: &Option<String>| match v {
+            None => Ok(None),
+            Some(v) => memory::Quantity::parse(v).map(Some).ok_or_else(|| {
+                format!(
+                    "{flag}: {v:?} is invalid; expected {}",
+                    memory::QUANTITY_HINT
+                )
+            }),
+        };
+        let memory_request = quantity("--memory-request", &self.memory_request)?;
+        let memory_limit = quantity("--memory-limit", &self.memory_limit)?;
+        memory::Memory::resolve(
+            capacity,
+            memory_overhead,
+            memory_request.clone(),
+            memory_limit.clone(),
+        )
+        .map_err(|why| format!("--memory-request, --memory-limit, --sidecar-capacity: {why}"))?;
         if self.sidecar_image.trim().is_empty() {
             return Err("--sidecar-image: empty; expected an image reference".into());
         }
@@ -126,11 +169,14 @@ impl InjectArgs {
             kube_version: self.kube_version.clone(),
             capacity,
             memory_overhead,
+            memory_request,
+            memory_limit,
             cpu_request: self.cpu_request.clone(),
             cpu_limit: self.cpu_limit.clone(),
             port: self.port,
             admin_port: self.admin_port,
             peer_port: self.peer_port,
+            wait_before_exit_seconds: self.wait_before_exit_seconds,
         })
     }
 }
@@ -162,6 +208,11 @@ impl ServeHttp for Webhook {
             (Method::GET, "/healthz" | "/readyz") => {
                 reply(StatusCode::OK, "text/plain", b"ok\n".to_vec())
             }
+            (Method::GET, "/metrics") => reply(
+                StatusCode::OK,
+                "text/plain; version=0.0.4",
+                crate::metrics::render(),
+            ),
             (Method::POST, "/mutate") => {
                 let mut body = Vec::new();
                 loop {
@@ -184,12 +235,16 @@ impl ServeHttp for Webhook {
                         }
                     }
                 }
+                let started = std::time::Instant::now();
                 match review::respond(&body, &self.settings) {
                     Ok(out) => {
-                        let bytes = serde_json::to_vec(&out).unwrap_or_default();
+                        record(&out, started.elapsed().as_secs_f64());
+                        let bytes = serde_json::to_vec(&out.review).unwrap_or_default();
                         reply(StatusCode::OK, "application/json", bytes)
                     }
                     Err(review::BadReview(why)) => {
+                        let seconds = started.elapsed().as_secs_f64();
+                        crate::metrics::observe_admission("error", "bad_review", 0, seconds);
                         log::warn!("rejected AdmissionReview: {why}");
                         error(StatusCode::BAD_REQUEST, &why)
                     }
@@ -204,6 +259,22 @@ impl ServeHttp for Webhook {
     }
 }
 
+/// Log one decision and count it.
+fn record(out: &review::Reviewed, seconds: f64) {
+    crate::metrics::observe_admission(out.decision, out.reason, out.warnings.len(), seconds);
+    let warnings = match out.warnings.is_empty() {
+        true => String::new(),
+        false => format!("; warnings: {}", out.warnings.join("; ")),
+    };
+    log::info!(
+        "{}: {} ({}): {}{warnings}",
+        out.pod,
+        out.decision,
+        out.reason,
+        out.detail
+    );
+}
+
 fn check_pem(flag: &str, path: &str, marker: &str) -> Result<(), String> {
     let text =
         std::fs::read_to_string(path).map_err(|e| format!("{flag}: cannot read {path}: {e}"))?;
@@ -214,9 +285,9 @@ fn check_pem(flag: &str, path: &str, marker: &str) -> Result<(), String> {
 }
 
 /// Run the webhook until a signal ends the process.
-pub fn run(args: &InjectArgs, listen: Option<&str>, log_level: Option<&str>) -> ExitCode {
-    let listen = listen.unwrap_or(DEFAULT_LISTEN);
-    let log_level = log_level.unwrap_or("info");
+pub fn run(args: &InjectArgs) -> ExitCode {
+    let listen = args.listen.as_str();
+    let log_level = args.log_level.as_str();
     let _ = env_logger::Builder::new()
         .parse_filters(&format!("{log_level},pingora=warn,pingora_core=warn"))
         .format_timestamp_millis()
@@ -245,6 +316,7 @@ pub fn run(args: &InjectArgs, listen: Option<&str>, log_level: Option<&str>) -> 
     };
     let mut server = Server::new_with_opt_and_conf(None, conf);
     server.bootstrap();
+    crate::metrics::init_inject();
     let native = settings.native_by_default();
     let mut service = Service::new("ringside inject".into(), Webhook { settings });
     if let Err(e) = service.add_tls(listen, &args.tls_cert, &args.tls_key) {

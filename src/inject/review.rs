@@ -13,14 +13,30 @@ use serde_json::{json, Value};
 #[derive(Debug, PartialEq)]
 pub struct BadReview(pub String);
 
-/// Turn an AdmissionReview request body into the AdmissionReview response body.
+/// An answered review: the AdmissionReview to send back, and what was
+/// decided for whom, for the webhook's log and metrics.
+#[derive(Debug)]
+pub struct Reviewed {
+    pub review: Value,
+    /// `injected`, `skipped` or `denied`.
+    pub decision: &'static str,
+    /// Why, as a fixed label (`requested`, `not_requested`, `host_network`, ...).
+    pub reason: &'static str,
+    /// What was injected, or why not, in words.
+    pub detail: String,
+    /// `namespace/name` of the pod (`namespace/generateName*` before it has a name).
+    pub pod: String,
+    pub warnings: Vec<String>,
+}
+
+/// Turn an AdmissionReview request body into the AdmissionReview response.
 ///
 /// Anything that is a well-formed review is answered with a review, `allowed: true`
-/// unless the pod asked for injection with unusable annotations. Objects other than
+/// unless the pod asked for injection and cannot have it. Objects other than
 /// Pods are allowed unchanged with a status message saying why (the webhook is
 /// registered for Pods only; answering "allowed" keeps a misconfigured rule from
-/// blocking other resources).
-pub fn respond(body: &[u8], settings: &Settings) -> Result<Value, BadReview> {
+/// blocking other resources). Near-misses become the response's `warnings`.
+pub fn respond(body: &[u8], settings: &Settings) -> Result<Reviewed, BadReview> {
     let review: Value = serde_json::from_slice(body)
         .map_err(|e| BadReview(format!("request body is not JSON: {e}")))?;
     let api_version = review
@@ -45,11 +61,29 @@ pub fn respond(body: &[u8], settings: &Settings) -> Result<Value, BadReview> {
         .and_then(Value::as_str)
         .filter(|u| !u.is_empty())
         .ok_or_else(|| BadReview("AdmissionReview request has no uid".into()))?;
-    let envelope = |response: Value| {
-        let mut response = response;
+    let answer = |decision: &Decision, warnings: &[String]| {
+        let mut response = match decision {
+            Decision::Skip(_, why) => {
+                json!({"allowed": true, "status": {"code": 200, "message": why}})
+            }
+            Decision::Deny(_, why) => json!({
+                "allowed": false,
+                "status": {"code": 400, "reason": "BadRequest", "message": format!("ringside: {why}")},
+            }),
+            Decision::Patch(ops, _) => json!({
+                "allowed": true,
+                "patchType": "JSONPatch",
+                "patch": base64::engine::general_purpose::STANDARD
+                    .encode(serde_json::to_vec(ops).unwrap_or_default()),
+            }),
+        };
         response["uid"] = json!(uid);
+        if !warnings.is_empty() {
+            response["warnings"] = json!(warnings);
+        }
         json!({"apiVersion": api_version, "kind": "AdmissionReview", "response": response})
     };
+    let pod = pod_name(request);
     let kind = request
         .get("kind")
         .and_then(|k| k.get("kind"))
@@ -60,34 +94,58 @@ pub fn respond(body: &[u8], settings: &Settings) -> Result<Value, BadReview> {
                 .and_then(|o| o.get("kind"))
                 .and_then(Value::as_str)
         });
-    if kind != Some("Pod") {
-        let what = kind.unwrap_or("an object without a kind");
-        return Ok(envelope(json!({
-            "allowed": true,
-            "status": {"code": 200, "message": format!("ringside injects only into Pods; {what} left unchanged")},
-        })));
-    }
-    let Some(pod) = request.get("object").filter(|o| o.is_object()) else {
-        return Ok(envelope(json!({
-            "allowed": true,
-            "status": {"code": 200, "message": "AdmissionReview request has no Pod object; nothing injected"},
-        })));
-    };
-    Ok(envelope(match settings.decide(pod) {
-        Decision::Skip(why) => json!({"allowed": true, "status": {"code": 200, "message": why}}),
-        Decision::Deny(why) => json!({
-            "allowed": false,
-            "status": {"code": 400, "reason": "BadRequest", "message": format!("ringside: {why}")},
-        }),
-        Decision::Patch(ops) => {
-            let bytes = serde_json::to_vec(&ops).unwrap_or_default();
-            json!({
-                "allowed": true,
-                "patchType": "JSONPatch",
-                "patch": base64::engine::general_purpose::STANDARD.encode(bytes),
-            })
+    let (decision, warnings) = match (kind, request.get("object").filter(|o| o.is_object())) {
+        (Some("Pod"), Some(object)) => {
+            let verdict = settings.decide(object);
+            (verdict.decision, verdict.warnings)
         }
-    }))
+        (Some("Pod"), None) => (
+            Decision::Skip(
+                "no_object",
+                "AdmissionReview request has no Pod object; nothing injected",
+            ),
+            Vec::new(),
+        ),
+        (_, _) => (
+            Decision::Skip(
+                "not_a_pod",
+                "ringside injects only into Pods; other objects are left unchanged",
+            ),
+            Vec::new(),
+        ),
+    };
+    let (label, reason) = decision.labels();
+    let detail = match &decision {
+        Decision::Skip(_, why) => why.to_string(),
+        Decision::Deny(_, why) => why.clone(),
+        Decision::Patch(_, summary) => summary.clone(),
+    };
+    Ok(Reviewed {
+        review: answer(&decision, &warnings),
+        decision: label,
+        reason,
+        detail,
+        pod,
+        warnings,
+    })
+}
+
+/// `namespace/name` for the log; a pod created by a controller has only a
+/// `generateName` when it is admitted.
+fn pod_name(request: &Value) -> String {
+    fn text(v: Option<&Value>) -> Option<&str> {
+        v.and_then(Value::as_str).filter(|s| !s.is_empty())
+    }
+    let metadata = request.get("object").and_then(|o| o.get("metadata"));
+    let namespace = text(request.get("namespace"))
+        .or_else(|| text(metadata.and_then(|m| m.get("namespace"))))
+        .unwrap_or("-");
+    let name = text(metadata.and_then(|m| m.get("name")))
+        .or_else(|| text(request.get("name")))
+        .map(str::to_string)
+        .or_else(|| text(metadata.and_then(|m| m.get("generateName"))).map(|g| format!("{g}*")))
+        .unwrap_or_else(|| "-".into());
+    format!("{namespace}/{name}")
 }
 
 #[cfg(test)]
@@ -117,7 +175,7 @@ mod tests {
         let s = Settings::default();
         let pod = json!({"metadata": {"annotations": {"ringside.io/inject": "true"}},
                          "spec": {"containers": [{"name": "app", "image": "app"}]}});
-        let r = respond(&review(pod), &s).unwrap();
+        let r = respond(&review(pod), &s).unwrap().review;
         assert_eq!(r["response"]["uid"], "u-1");
         assert_eq!(r["response"]["patchType"], "JSONPatch");
         let raw = base64::engine::general_purpose::STANDARD

@@ -8,6 +8,8 @@
 //! `serde_json::Value`: unit-testable without a server, and tolerant of any
 //! pod shape the API server may send (missing arrays, maps or fields).
 
+use super::checks;
+use super::memory::{Memory, Quantity, QUANTITY_HINT};
 use crate::config::{parse_size, OriginUrl};
 use serde_json::{json, Map, Value};
 
@@ -29,6 +31,32 @@ pub const ANNOTATION_PEER_PORT: &str = "ringside.io/peer-port";
 pub const ANNOTATION_APP: &str = "ringside.io/app";
 /// Per-pod native-sidecar override (`"true"` / `"false"`).
 pub const ANNOTATION_NATIVE: &str = "ringside.io/native-sidecar";
+/// Per-pod seconds a regular-container sidecar keeps serving after SIGTERM
+/// (Linkerd's `waitBeforeExitSeconds`); ignored for native sidecars, which
+/// Kubernetes stops after the app.
+pub const ANNOTATION_WAIT_BEFORE_EXIT: &str = "ringside.io/wait-before-exit-seconds";
+/// Per-pod memory request of the container (a Kubernetes quantity), instead of
+/// capacity + overhead.
+pub const ANNOTATION_MEMORY_REQUEST: &str = "ringside.io/memory-request";
+/// Per-pod memory limit of the container, instead of 1.5 x the request.
+pub const ANNOTATION_MEMORY_LIMIT: &str = "ringside.io/memory-limit";
+/// Every annotation ringside reads or writes (others under `ringside.io/` are typos).
+pub const ANNOTATIONS: [&str; 12] = [
+    ANNOTATION_INJECT,
+    ANNOTATION_INJECTED,
+    ANNOTATION_ORIGIN,
+    ANNOTATION_CAPACITY,
+    ANNOTATION_PORT,
+    ANNOTATION_ADMIN_PORT,
+    ANNOTATION_PEER_PORT,
+    ANNOTATION_APP,
+    ANNOTATION_NATIVE,
+    ANNOTATION_WAIT_BEFORE_EXIT,
+    ANNOTATION_MEMORY_REQUEST,
+    ANNOTATION_MEMORY_LIMIT,
+];
+/// Longest wait before exit accepted (beyond it the pod's grace period ends first).
+const MAX_WAIT_BEFORE_EXIT: u32 = 3600;
 
 /// Name of the injected container; its presence marks a pod as injected.
 pub const CONTAINER_NAME: &str = "ringside";
@@ -70,6 +98,9 @@ pub struct Settings {
     pub capacity: u64,
     /// Memory on top of the capacity for the process itself.
     pub memory_overhead: u64,
+    /// Explicit memory request and limit (else the formula in [`super::memory`]).
+    pub memory_request: Option<Quantity>,
+    pub memory_limit: Option<Quantity>,
     pub cpu_request: String,
     pub cpu_limit: Option<String>,
     pub port: u16,
@@ -77,6 +108,8 @@ pub struct Settings {
     /// The container's `ringside-peer` port, set as RINGSIDE_PEER_LISTEN
     /// (the DNS membership port in the app's ConfigMap must agree).
     pub peer_port: u16,
+    /// `shutdown_delay` of regular-container sidecars, in seconds.
+    pub wait_before_exit_seconds: u32,
 }
 
 impl Default for Settings {
@@ -91,11 +124,14 @@ impl Default for Settings {
             kube_version: None,
             capacity: 256 * MIB,
             memory_overhead: 64 * MIB,
+            memory_request: None,
+            memory_limit: None,
             cpu_request: "50m".into(),
             cpu_limit: None,
             port: 8080,
             admin_port: 9090,
             peer_port: 7070,
+            wait_before_exit_seconds: 0,
         }
     }
 }
@@ -103,12 +139,30 @@ impl Default for Settings {
 /// What the webhook decided for one pod.
 #[derive(Debug, PartialEq)]
 pub enum Decision {
-    /// Not asked for, or already injected: allow unchanged.
-    Skip(&'static str),
-    /// Allow with this JSONPatch (a JSON array of operations).
-    Patch(Value),
-    /// The pod asked for injection with an annotation that cannot be used.
-    Deny(String),
+    /// Not asked for, or already injected: allow unchanged (reason label, message).
+    Skip(&'static str, &'static str),
+    /// Allow with this JSONPatch (a JSON array of operations); a summary for the log.
+    Patch(Value, String),
+    /// The pod asked for injection but cannot have it (reason label, message).
+    Deny(&'static str, String),
+}
+
+impl Decision {
+    /// The `decision` and `reason` labels of the webhook's metrics and log.
+    pub fn labels(&self) -> (&'static str, &'static str) {
+        match self {
+            Decision::Skip(reason, _) => ("skipped", reason),
+            Decision::Patch(..) => ("injected", "requested"),
+            Decision::Deny(reason, _) => ("denied", reason),
+        }
+    }
+}
+
+/// A decision and the near-misses to show the user (AdmissionResponse warnings).
+#[derive(Debug, PartialEq)]
+pub struct Verdict {
+    pub decision: Decision,
+    pub warnings: Vec<String>,
 }
 
 /// The effective per-pod values after annotation overrides.
@@ -121,6 +175,9 @@ pub struct PodOptions {
     pub peer_port: u16,
     pub native: bool,
     pub config_map: String,
+    pub memory: Memory,
+    /// Seconds of `shutdown_delay`; applied only when not native.
+    pub wait_before_exit_seconds: u32,
 }
 
 fn annotations(pod: &Value) -> Option<&Map<String, Value>> {
@@ -235,14 +292,29 @@ impl Settings {
                 ))
             }
         };
+        let wait_before_exit_seconds = match annotation(pod, ANNOTATION_WAIT_BEFORE_EXIT) {
+            None => self.wait_before_exit_seconds,
+            Some(v) => match v.trim().parse::<u32>() {
+                Ok(n) if n <= MAX_WAIT_BEFORE_EXIT => n,
+                _ => {
+                    return Err(format!(
+                        "annotation {ANNOTATION_WAIT_BEFORE_EXIT}: {v:?} is invalid; expected \
+                         whole seconds from 0 to {MAX_WAIT_BEFORE_EXIT}, such as \"10\""
+                    ))
+                }
+            },
+        };
+        let memory = self.memory(pod, capacity)?;
         let opts = PodOptions {
             origin,
             capacity,
+            memory,
             port: port(ANNOTATION_PORT, self.port)?,
             admin_port: port(ANNOTATION_ADMIN_PORT, self.admin_port)?,
             peer_port: port(ANNOTATION_PEER_PORT, self.peer_port)?,
             native,
             config_map,
+            wait_before_exit_seconds,
         };
         if opts.port == opts.admin_port
             || opts.port == opts.peer_port
@@ -257,11 +329,23 @@ impl Settings {
         Ok(opts)
     }
 
+    /// The memory request and limit: annotations, else flags, else the formula.
+    fn memory(&self, pod: &Value, capacity: u64) -> Result<Memory, String> {
+        let explicit = |key: &str, default: &Option<Quantity>| match annotation(pod, key) {
+            None => Ok(default.clone()),
+            Some(v) => Quantity::parse(v).map(Some).ok_or_else(|| {
+                format!("annotation {key}: {v:?} is invalid; expected {QUANTITY_HINT}")
+            }),
+        };
+        let request = explicit(ANNOTATION_MEMORY_REQUEST, &self.memory_request)?;
+        let limit = explicit(ANNOTATION_MEMORY_LIMIT, &self.memory_limit)?;
+        Memory::resolve(capacity, self.memory_overhead, request, limit).map_err(|why| {
+            format!("annotations {ANNOTATION_MEMORY_REQUEST}, {ANNOTATION_MEMORY_LIMIT}, {ANNOTATION_CAPACITY}: {why}")
+        })
+    }
+
     /// The container spec for these options.
     pub fn container(&self, o: &PodOptions) -> Value {
-        let request = o.capacity.saturating_add(self.memory_overhead);
-        let request_mi = request.div_ceil(MIB);
-        let limit_mi = (request_mi.saturating_mul(3)).div_ceil(2);
         let mut env = vec![
             json!({"name": "POD_IP", "valueFrom": {"fieldRef": {"fieldPath": "status.podIP"}}}),
             json!({"name": "RINGSIDE_CONFIG", "value": format!("{CONFIG_DIR}/config.yaml")}),
@@ -277,6 +361,11 @@ impl Settings {
         if let Some(origin) = &o.origin {
             env.push(json!({"name": "RINGSIDE_ORIGIN", "value": origin}));
         }
+        // A regular container gets SIGTERM with the app: serve its last calls.
+        if !o.native && o.wait_before_exit_seconds > 0 {
+            let delay = format!("{}s", o.wait_before_exit_seconds);
+            env.push(json!({"name": "RINGSIDE_SHUTDOWN_DELAY", "value": delay}));
+        }
         let probe = |path: &str, period: u32, failures: u32| {
             json!({
                 "httpGet": {"path": path, "port": "ringside-admin", "scheme": "HTTP"},
@@ -285,7 +374,7 @@ impl Settings {
                 "failureThreshold": failures,
             })
         };
-        let mut limits = json!({"memory": format!("{limit_mi}Mi")});
+        let mut limits = json!({"memory": o.memory.limit.text});
         if let Some(cpu) = &self.cpu_limit {
             limits["cpu"] = json!(cpu);
         }
@@ -299,7 +388,7 @@ impl Settings {
             ],
             "env": env,
             "resources": {
-                "requests": {"cpu": self.cpu_request, "memory": format!("{request_mi}Mi")},
+                "requests": {"cpu": self.cpu_request, "memory": o.memory.request.text},
                 "limits": limits,
             },
             // The app waits for this before starting when ringside is a native sidecar.
@@ -327,21 +416,39 @@ impl Settings {
         c
     }
 
-    /// Decide what to do with one pod object.
-    pub fn decide(&self, pod: &Value) -> Decision {
+    /// Decide what to do with one pod object, with the near-misses to warn about.
+    pub fn decide(&self, pod: &Value) -> Verdict {
+        Verdict {
+            decision: self.decision(pod),
+            warnings: checks::near_misses(pod),
+        }
+    }
+
+    fn decision(&self, pod: &Value) -> Decision {
         if !is_true(annotation(pod, ANNOTATION_INJECT)) {
             return Decision::Skip(
+                "not_requested",
                 "injection not requested (annotation ringside.io/inject is not \"true\")",
             );
         }
         if already_injected(pod) {
-            return Decision::Skip("ringside sidecar already present");
+            return Decision::Skip("already_injected", "ringside sidecar already present");
         }
         let opts = match self.pod_options(pod) {
             Ok(o) => o,
-            Err(e) => return Decision::Deny(e),
+            Err(e) => return Decision::Deny("invalid_annotation", e),
         };
-        Decision::Patch(self.patch(pod, &opts))
+        if let Some((reason, why)) = checks::unfit(pod, &opts) {
+            return Decision::Deny(reason, why);
+        }
+        let summary = format!(
+            "{} sidecar, ConfigMap {}, memory {}/{}",
+            if opts.native { "native" } else { "regular" },
+            opts.config_map,
+            opts.memory.request.text,
+            opts.memory.limit.text
+        );
+        Decision::Patch(self.patch(pod, &opts), summary)
     }
 
     /// JSONPatch adding the container, volumes and the injected annotation.
@@ -459,11 +566,12 @@ mod tests {
     #[test]
     fn skip_and_deny() {
         let s = Settings::default();
-        assert!(matches!(s.decide(&pod(json!({}))), Decision::Skip(_)));
-        assert!(matches!(s.decide(&json!(null)), Decision::Skip(_)));
+        let skipped = |p: &Value| matches!(s.decide(p).decision, Decision::Skip(..));
+        assert!(skipped(&pod(json!({}))));
+        assert!(skipped(&json!(null)));
         let bad = pod(json!({ANNOTATION_INJECT: "true", ANNOTATION_PORT: "0"}));
-        match s.decide(&bad) {
-            Decision::Deny(m) => assert!(m.contains("ringside.io/port"), "{m}"),
+        match s.decide(&bad).decision {
+            Decision::Deny(_, m) => assert!(m.contains("ringside.io/port"), "{m}"),
             d => panic!("{d:?}"),
         }
     }

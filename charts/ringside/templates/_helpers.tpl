@@ -29,6 +29,32 @@ app.kubernetes.io/version: {{ .Chart.AppVersion | quote }}
 {{- end }}
 {{- end -}}
 
+{{/*
+Labels of every Prometheus Operator object (ServiceMonitor, PodMonitor,
+PrometheusRule): the chart's, monitoring.selectorLabels (what the
+Prometheus' selectors match, e.g. release: kube-prometheus-stack), and the
+object's own extra labels: (dict "root" $ "labels" $extra).
+*/}}
+{{- define "ringside.monitoringLabels" -}}
+{{- $labels := merge (dict) (.labels | default dict) (.root.Values.monitoring.selectorLabels | default dict) -}}
+{{- include "ringside.labels" .root }}
+{{- with $labels }}
+{{ toYaml . }}
+{{- end }}
+{{- end -}}
+
+{{/*
+Target labels of an app's sidecars, set by its ServiceMonitor or PodMonitor:
+app (the dashboards and rules group by it; namespace and pod come from the
+operator) and job="ringside" (RingsideSidecarDown matches it). Takes the app.
+*/}}
+{{- define "ringside.monitorRelabelings" -}}
+- targetLabel: app
+  replacement: {{ .name | quote }}
+- targetLabel: job
+  replacement: ringside
+{{- end -}}
+
 {{- define "ringside.webhookSelectorLabels" -}}
 app.kubernetes.io/name: {{ include "ringside.name" . }}
 app.kubernetes.io/instance: {{ .Release.Name }}
@@ -105,10 +131,7 @@ for the cluster config), native (optional bool).
 */}}
 {{- define "ringside.sidecar" -}}
 {{- $s := .Values.sidecar -}}
-{{- $capacityMi := include "ringside.toMi" $s.capacity | int64 -}}
-{{- $overheadMi := include "ringside.toMi" (replace "i" "iB" $s.memoryOverhead) | int64 -}}
-{{- $requestMi := add $capacityMi $overheadMi -}}
-{{- $limitMi := div (add (mul $requestMi 3) 1) 2 -}}
+{{- $memory := include "ringside.memory" $s | fromJson -}}
 - name: ringside
   image: {{ include "ringside.image" . }}
   imagePullPolicy: {{ .Values.image.pullPolicy }}
@@ -145,12 +168,16 @@ for the cluster config), native (optional bool).
           name: {{ include "ringside.secretName" . }}
           key: admin-token
           optional: true
+    {{- if and (not .native) (gt (int $s.waitBeforeExitSeconds) 0) }}
+    - name: RINGSIDE_SHUTDOWN_DELAY
+      value: "{{ $s.waitBeforeExitSeconds }}s"
+    {{- end }}
   resources:
     requests:
       cpu: {{ $s.cpuRequest }}
-      memory: {{ $requestMi }}Mi
+      memory: {{ $memory.request }}
     limits:
-      memory: {{ $limitMi }}Mi
+      memory: {{ $memory.limit }}
       {{- with $s.cpuLimit }}
       cpu: {{ . }}
       {{- end }}
@@ -193,11 +220,35 @@ for the cluster config), native (optional bool).
     sizeLimit: 16Mi
 {{- end -}}
 
-{{/* "256MiB" / "1GiB" / "1048576" -> MiB, rounded up. */}}
-{{- define "ringside.toMi" -}}
-{{- $v := toString . -}}
-{{- $n := regexFind "^[0-9.]+" $v | float64 -}}
-{{- $unit := trimPrefix (regexFind "^[0-9.]+" $v) $v -}}
-{{- $mult := dict "" (divf 1 1048576) "B" (divf 1 1048576) "KB" (divf 1000 1048576) "KiB" (divf 1 1024) "MB" (divf 1000000 1048576) "MiB" 1.0 "GB" (divf 1000000000 1048576) "GiB" 1024.0 -}}
-{{- ceil (mulf $n (get $mult $unit)) | int64 -}}
+{{/*
+The sidecar's memory request and limit, as JSON {"request", "limit"}:
+sidecar.memoryRequest / sidecar.memoryLimit where set, else the default
+formula: request = capacity + memoryOverhead, limit = 1.5 x request, in MiB
+rounded up. src/inject/memory.rs computes the same for the webhook, and
+tests/inject_webhook.rs compares the two. Takes the sidecar values.
+*/}}
+{{- define "ringside.memory" -}}
+{{- $mib := 1048576 -}}
+{{- $bytes := add (include "ringside.toBytes" .capacity) (include "ringside.toBytes" .memoryOverhead) -}}
+{{- $requestMi := div (add $bytes (sub $mib 1)) $mib -}}
+{{- $limitMi := div (add (mul $requestMi 3) 1) 2 -}}
+{{- $request := default (printf "%dMi" $requestMi) .memoryRequest -}}
+{{- $limit := default (printf "%dMi" $limitMi) .memoryLimit -}}
+{{- if gt (include "ringside.toBytes" $request | int64) (include "ringside.toBytes" $limit | int64) -}}
+{{- fail (printf "sidecar.memoryRequest, sidecar.memoryLimit, sidecar.capacity: memory request %s is above the memory limit %s; without an explicit value the request is the cache capacity + memoryOverhead and the limit 1.5 x the request" $request $limit) -}}
+{{- end -}}
+{{- dict "request" $request "limit" $limit | toJson -}}
+{{- end -}}
+
+{{/* Bytes (rounded down) of a ringside size ("256MiB", "1GB", "1048576") or
+a Kubernetes quantity ("64Mi", "1.5Gi", "2G"). */}}
+{{- define "ringside.toBytes" -}}
+{{- $v := toString . | trim -}}
+{{- $number := regexFind "^[0-9.]+" $v -}}
+{{- $unit := trimPrefix $number $v -}}
+{{- $mult := dict "" 1 "B" 1 "k" 1000 "KB" 1000 "M" 1000000 "MB" 1000000 "G" 1000000000 "GB" 1000000000 "T" 1000000000000 "Ki" 1024 "KiB" 1024 "Mi" 1048576 "MiB" 1048576 "Gi" 1073741824 "GiB" 1073741824 "Ti" 1099511627776 -}}
+{{- if or (not $number) (not (hasKey $mult $unit)) -}}
+{{- fail (printf "%q is not a size such as 256MiB or a memory quantity such as 512Mi" $v) -}}
+{{- end -}}
+{{- floor (mulf (float64 $number) (get $mult $unit)) | int64 -}}
 {{- end -}}
