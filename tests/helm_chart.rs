@@ -783,6 +783,115 @@ fn a_memory_request_above_the_limit_fails_the_render() {
 }
 
 #[test]
+fn notes_commands_work_as_written() {
+    require("helm");
+    let values = root().join("examples/kubernetes/values.yaml");
+    let out = Command::new("helm")
+        .args(["install", "ringside", chart().to_str().unwrap()])
+        .args(["--namespace", "ringside", "--dry-run=client", "-f"])
+        .arg(&values)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let text = String::from_utf8_lossy(&out.stdout);
+    let notes = &text[text.find("NOTES:").expect("NOTES")..];
+    // port-forward blocks: a command chained after it with && never runs.
+    for line in notes.lines().filter(|l| l.contains("port-forward")) {
+        assert!(!line.contains("&&"), "{line}");
+        assert!(
+            line.trim_end().ends_with('&'),
+            "not in the background: {line}"
+        );
+    }
+    assert!(
+        notes.contains("get endpointslices -l kubernetes.io/service-name=ringside-catalog-peers"),
+        "{notes}"
+    );
+    assert!(!notes.contains("get endpoints "), "{notes}");
+    assert!(
+        notes.contains("Pods in this release's namespace (ringside) are never injected"),
+        "{notes}"
+    );
+    assert!(
+        notes.contains("app-networkpolicy.yaml"),
+        "the example enables the NetworkPolicy: {notes}"
+    );
+}
+
+/// Every name a `prefix` in `text` is followed by (`deployment/NAME`).
+fn names_after<'a>(text: &'a str, prefix: &str) -> Vec<&'a str> {
+    text.match_indices(prefix)
+        .map(|(at, _)| {
+            let rest = &text[at + prefix.len()..];
+            let end = rest
+                .find(|c: char| !(c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-'))
+                .unwrap_or(rest.len());
+            &rest[..end]
+        })
+        .collect()
+}
+
+#[test]
+fn the_walkthrough_names_what_the_chart_renders() {
+    require("helm");
+    let values = root().join("examples/kubernetes/values.yaml");
+    let out = Command::new("helm")
+        .args(["template", "ringside", chart().to_str().unwrap()])
+        .args(["--namespace", "ringside", "-f"])
+        .arg(&values)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let docs = documents(&String::from_utf8_lossy(&out.stdout));
+    let exists = |k: &str, name: &str, namespace: &str| {
+        docs.iter().any(|d| {
+            kind(d) == k
+                && d["metadata"]["name"].as_str() == Some(name)
+                && d["metadata"]["namespace"].as_str() == Some(namespace)
+        })
+    };
+    let readme = std::fs::read_to_string(root().join("examples/kubernetes/README.md")).unwrap();
+    let mut checked = 0;
+    for line in readme.lines().filter(|l| l.contains("kubectl")) {
+        let namespace = names_after(line, "-n ")
+            .first()
+            .copied()
+            .unwrap_or("default");
+        for (prefix, k) in [
+            ("deployment/", "Deployment"),
+            ("deploy/", "Deployment"),
+            ("get secret ", "Secret"),
+            ("delete secret ", "Secret"),
+            ("service-name=", "Service"),
+        ] {
+            for name in names_after(line, prefix) {
+                assert!(
+                    exists(k, name, namespace),
+                    "README: no {k} {namespace}/{name}: {line}"
+                );
+                checked += 1;
+            }
+        }
+    }
+    assert!(checked >= 5, "only {checked} names checked");
+    // The namespace the walkthrough creates is the example app's.
+    let app: serde_yaml::Value = serde_yaml::from_str(
+        &std::fs::read_to_string(root().join("examples/kubernetes/app.yaml")).unwrap(),
+    )
+    .unwrap();
+    let namespace = app["metadata"]["namespace"].as_str().unwrap();
+    assert!(readme.contains(&format!("kubectl create namespace {namespace}")));
+}
+
+#[test]
 fn manual_injection_example() {
     // A parent chart that includes ringside.sidecar; copy it so the
     // dependency build does not touch the repository.
