@@ -261,6 +261,8 @@ fn defaults() {
         .collect();
     assert_eq!(args[0], "inject");
     assert!(args.contains(&"--kube-version=v1.30.0"), "{args:?}");
+    // No apps: a ringside.io/app annotation names no ConfigMap.
+    assert!(args.contains(&"--apps="), "{args:?}");
     // Regular-container sidecars keep serving 5 s after SIGTERM by default.
     assert!(args.contains(&"--wait-before-exit-seconds=5"), "{args:?}");
     // The rendered sidecar config passes ringside's own checks.
@@ -323,6 +325,16 @@ fn apps_config_and_peers() {
     let dns = config.cluster.membership.dns.expect("dns membership");
     assert_eq!(dns.name, "rs-ringside-catalog-peers.shop.svc.cluster.local");
     assert_eq!(dns.port, Some(7070));
+    // The webhook knows which app has a ConfigMap in which namespace.
+    let deploy = docs.iter().find(|d| kind(d) == "Deployment").unwrap();
+    let args = deploy["spec"]["template"]["spec"]["containers"][0]["args"]
+        .as_sequence()
+        .unwrap();
+    assert!(
+        args.iter()
+            .any(|a| a.as_str() == Some("--apps=shop/catalog,ringside/search")),
+        "{args:?}"
+    );
 }
 
 #[test]
