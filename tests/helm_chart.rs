@@ -794,14 +794,16 @@ fn a_memory_request_above_the_limit_fails_the_render() {
     );
 }
 
-#[test]
-fn notes_commands_work_as_written() {
+/// `helm <command> ringside <chart> -n ringside -f examples/kubernetes/values.yaml <extra>`:
+/// the example as the walkthrough installs it; its stdout.
+fn helm_example(command: &str, extra: &[&str]) -> String {
     require("helm");
     let values = root().join("examples/kubernetes/values.yaml");
     let out = Command::new("helm")
-        .args(["install", "ringside", chart().to_str().unwrap()])
-        .args(["--namespace", "ringside", "--dry-run=client", "-f"])
+        .args([command, "ringside", chart().to_str().unwrap()])
+        .args(["--namespace", "ringside", "-f"])
         .arg(&values)
+        .args(extra)
         .output()
         .unwrap();
     assert!(
@@ -809,7 +811,12 @@ fn notes_commands_work_as_written() {
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
-    let text = String::from_utf8_lossy(&out.stdout);
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+#[test]
+fn notes_commands_work_as_written() {
+    let text = helm_example("install", &["--dry-run=client"]);
     let notes = &text[text.find("NOTES:").expect("NOTES")..];
     // port-forward blocks: a command chained after it with && never runs.
     for line in notes.lines().filter(|l| l.contains("port-forward")) {
@@ -849,20 +856,7 @@ fn names_after<'a>(text: &'a str, prefix: &str) -> Vec<&'a str> {
 
 #[test]
 fn the_walkthrough_names_what_the_chart_renders() {
-    require("helm");
-    let values = root().join("examples/kubernetes/values.yaml");
-    let out = Command::new("helm")
-        .args(["template", "ringside", chart().to_str().unwrap()])
-        .args(["--namespace", "ringside", "-f"])
-        .arg(&values)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let docs = documents(&String::from_utf8_lossy(&out.stdout));
+    let docs = documents(&helm_example("template", &[]));
     let exists = |k: &str, name: &str, namespace: &str| {
         docs.iter().any(|d| {
             kind(d) == k
