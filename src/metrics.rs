@@ -488,6 +488,7 @@ pub fn init_inject() {
         ("denied", "invalid_annotation"),
         ("denied", "host_network"),
         ("denied", "port_conflict"),
+        ("denied", "unknown_app"),
         ("error", "bad_review"),
     ] {
         INJECT_ADMISSIONS.with_label_values(&[decision, reason]);

@@ -261,6 +261,8 @@ fn defaults() {
         .collect();
     assert_eq!(args[0], "inject");
     assert!(args.contains(&"--kube-version=v1.30.0"), "{args:?}");
+    // No apps: a ringside.io/app annotation names no ConfigMap.
+    assert!(args.contains(&"--apps="), "{args:?}");
     // Regular-container sidecars keep serving 5 s after SIGTERM by default.
     assert!(args.contains(&"--wait-before-exit-seconds=5"), "{args:?}");
     // The rendered sidecar config passes ringside's own checks.
@@ -323,6 +325,16 @@ fn apps_config_and_peers() {
     let dns = config.cluster.membership.dns.expect("dns membership");
     assert_eq!(dns.name, "rs-ringside-catalog-peers.shop.svc.cluster.local");
     assert_eq!(dns.port, Some(7070));
+    // The webhook knows which app has a ConfigMap in which namespace.
+    let deploy = docs.iter().find(|d| kind(d) == "Deployment").unwrap();
+    let args = deploy["spec"]["template"]["spec"]["containers"][0]["args"]
+        .as_sequence()
+        .unwrap();
+    assert!(
+        args.iter()
+            .any(|a| a.as_str() == Some("--apps=shop/catalog,ringside/search")),
+        "{args:?}"
+    );
 }
 
 #[test]
@@ -780,6 +792,109 @@ fn a_memory_request_above_the_limit_fails_the_render() {
         e.contains("memory request 320Mi is above the memory limit 256Mi"),
         "{e}"
     );
+}
+
+/// `helm <command> ringside <chart> -n ringside -f examples/kubernetes/values.yaml <extra>`:
+/// the example as the walkthrough installs it; its stdout.
+fn helm_example(command: &str, extra: &[&str]) -> String {
+    require("helm");
+    let values = root().join("examples/kubernetes/values.yaml");
+    let out = Command::new("helm")
+        .args([command, "ringside", chart().to_str().unwrap()])
+        .args(["--namespace", "ringside", "-f"])
+        .arg(&values)
+        .args(extra)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+#[test]
+fn notes_commands_work_as_written() {
+    let text = helm_example("install", &["--dry-run=client"]);
+    let notes = &text[text.find("NOTES:").expect("NOTES")..];
+    // port-forward blocks: a command chained after it with && never runs.
+    for line in notes.lines().filter(|l| l.contains("port-forward")) {
+        assert!(!line.contains("&&"), "{line}");
+        assert!(
+            line.trim_end().ends_with('&'),
+            "not in the background: {line}"
+        );
+    }
+    assert!(
+        notes.contains("get endpointslices -l kubernetes.io/service-name=ringside-catalog-peers"),
+        "{notes}"
+    );
+    assert!(!notes.contains("get endpoints "), "{notes}");
+    assert!(
+        notes.contains("Pods in this release's namespace (ringside) are never injected"),
+        "{notes}"
+    );
+    assert!(
+        notes.contains("app-networkpolicy.yaml"),
+        "the example enables the NetworkPolicy: {notes}"
+    );
+}
+
+/// Every name a `prefix` in `text` is followed by (`deployment/NAME`).
+fn names_after<'a>(text: &'a str, prefix: &str) -> Vec<&'a str> {
+    text.match_indices(prefix)
+        .map(|(at, _)| {
+            let rest = &text[at + prefix.len()..];
+            let end = rest
+                .find(|c: char| !(c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-'))
+                .unwrap_or(rest.len());
+            &rest[..end]
+        })
+        .collect()
+}
+
+#[test]
+fn the_walkthrough_names_what_the_chart_renders() {
+    let docs = documents(&helm_example("template", &[]));
+    let exists = |k: &str, name: &str, namespace: &str| {
+        docs.iter().any(|d| {
+            kind(d) == k
+                && d["metadata"]["name"].as_str() == Some(name)
+                && d["metadata"]["namespace"].as_str() == Some(namespace)
+        })
+    };
+    let readme = std::fs::read_to_string(root().join("examples/kubernetes/README.md")).unwrap();
+    let mut checked = 0;
+    for line in readme.lines().filter(|l| l.contains("kubectl")) {
+        let namespace = names_after(line, "-n ")
+            .first()
+            .copied()
+            .unwrap_or("default");
+        for (prefix, k) in [
+            ("deployment/", "Deployment"),
+            ("deploy/", "Deployment"),
+            ("get secret ", "Secret"),
+            ("delete secret ", "Secret"),
+            ("service-name=", "Service"),
+        ] {
+            for name in names_after(line, prefix) {
+                assert!(
+                    exists(k, name, namespace),
+                    "README: no {k} {namespace}/{name}: {line}"
+                );
+                checked += 1;
+            }
+        }
+    }
+    assert!(checked >= 5, "only {checked} names checked");
+    // The namespace the walkthrough creates is the example app's.
+    let app: serde_yaml::Value = serde_yaml::from_str(
+        &std::fs::read_to_string(root().join("examples/kubernetes/app.yaml")).unwrap(),
+    )
+    .unwrap();
+    let namespace = app["metadata"]["namespace"].as_str().unwrap();
+    assert!(readme.contains(&format!("kubectl create namespace {namespace}")));
 }
 
 #[test]

@@ -587,6 +587,49 @@ fn refuses_pods_the_sidecar_cannot_work_in() {
 }
 
 #[test]
+fn refuses_an_app_the_chart_does_not_have_there() {
+    let hook = start("apps", &["--apps=shop/catalog,web/search"]);
+    let app = json!([{"name": "app", "image": "app:1"}]);
+    let with_app = |name: &str| {
+        pod_with(
+            name,
+            json!({"ringside.io/inject": "true", "ringside.io/app": name}),
+            json!({}),
+            app.clone(),
+        )
+    };
+    // catalog has a ConfigMap in shop.
+    let patched = hook.inject(&with_app("catalog"));
+    let volume = patched["spec"]["volumes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|v| v["name"] == "ringside-config")
+        .unwrap()
+        .clone();
+    assert_eq!(volume["configMap"]["name"], "ringside-config-catalog");
+    // A typo, and an app of another namespace: refused, naming the annotation.
+    for name in ["catalgo", "search"] {
+        let r = hook.review(with_app(name));
+        assert_eq!(r["allowed"], false, "{r}");
+        let message = r["status"]["message"].as_str().unwrap();
+        assert!(
+            message.contains("ringside.io/app")
+                && message.contains(&format!("{name:?}"))
+                && message.contains("apps there: catalog"),
+            "{message}"
+        );
+    }
+    // No app: the standalone ConfigMap, always there.
+    hook.inject(&pod_with(
+        "standalone",
+        json!({"ringside.io/inject": "true"}),
+        json!({}),
+        app,
+    ));
+}
+
+#[test]
 fn decisions_are_logged_and_counted() {
     let hook = start("observed", &[]);
     let app = json!([{"name": "app", "image": "app:1"}]);

@@ -6,7 +6,8 @@
 //! shape gets an answer, never a panic.
 
 use super::sidecar::{
-    PodOptions, ANNOTATIONS, ANNOTATION_ADMIN_PORT, ANNOTATION_INJECT, ANNOTATION_PORT,
+    PodOptions, ANNOTATIONS, ANNOTATION_ADMIN_PORT, ANNOTATION_APP, ANNOTATION_INJECT,
+    ANNOTATION_PORT,
 };
 use serde_json::{Map, Value};
 
@@ -126,6 +127,29 @@ pub fn unfit(pod: &Value, o: &PodOptions) -> Option<(&'static str, String)> {
     None
 }
 
+/// Why `app` cannot be used in `namespace`, if it cannot: only the chart's
+/// apps have a ConfigMap, and only in their own namespace.
+pub fn unknown_app(app: &str, namespace: &str, apps: &[(String, String)]) -> Option<String> {
+    let known = |ns: &str, name: &str| apps.iter().any(|(n, a)| n == ns && a == name);
+    if known(namespace, app) {
+        return None;
+    }
+    let here: Vec<&str> = apps
+        .iter()
+        .filter(|(ns, _)| ns == namespace)
+        .map(|(_, a)| a.as_str())
+        .collect();
+    let here = match here.is_empty() {
+        true => "none".to_string(),
+        false => here.join(", "),
+    };
+    Some(format!(
+        "annotation {ANNOTATION_APP}: {app:?} is not an app of the chart in namespace \
+         {namespace} (apps there: {here}); add it to the chart's apps, or its ConfigMap \
+         will not exist"
+    ))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -149,6 +173,25 @@ mod tests {
         ] {
             assert!(near_misses(&quiet).is_empty(), "{quiet}");
         }
+    }
+
+    #[test]
+    fn apps_are_known_per_namespace() {
+        let apps = vec![
+            ("shop".to_string(), "catalog".to_string()),
+            ("web".to_string(), "search".to_string()),
+        ];
+        assert_eq!(unknown_app("catalog", "shop", &apps), None);
+        let why = unknown_app("catalgo", "shop", &apps).unwrap();
+        assert!(
+            why.contains("\"catalgo\"") && why.contains("apps there: catalog"),
+            "{why}"
+        );
+        let why = unknown_app("search", "shop", &apps).unwrap();
+        assert!(why.contains("namespace shop"), "{why}");
+        assert!(unknown_app("catalog", "other", &apps)
+            .unwrap()
+            .contains("none"));
     }
 
     #[test]

@@ -107,6 +107,11 @@ pub struct InjectArgs {
     /// after SIGTERM (its shutdown_delay), so the app's last calls get through.
     #[arg(long, default_value_t = 0)]
     pub wait_before_exit_seconds: u32,
+    /// The apps that have a ConfigMap, as NAMESPACE/NAME, comma-separated (the
+    /// chart's `apps`; empty: none). A pod whose ringside.io/app is not one of
+    /// its namespace's is refused. Not given: not checked.
+    #[arg(long, value_delimiter = ',')]
+    pub apps: Option<Vec<String>>,
 }
 
 impl InjectArgs {
@@ -159,6 +164,20 @@ impl InjectArgs {
                 return Err(format!("{flag}: 0 is invalid; expected 1-65535"));
             }
         }
+        let apps = match &self.apps {
+            None => None,
+            Some(list) => Some(
+                list.iter()
+                    .filter(|a| !a.trim().is_empty())
+                    .map(|a| match a.trim().split_once('/') {
+                        Some((ns, name)) if !ns.is_empty() && !name.is_empty() => {
+                            Ok((ns.to_string(), name.to_string()))
+                        }
+                        _ => Err(format!("--apps: {a:?} is invalid; expected NAMESPACE/NAME")),
+                    })
+                    .collect::<Result<Vec<_>, String>>()?,
+            ),
+        };
         Ok(Settings {
             image: self.sidecar_image.clone(),
             image_pull_policy: self.image_pull_policy.clone(),
@@ -177,6 +196,7 @@ impl InjectArgs {
             admin_port: self.admin_port,
             peer_port: self.peer_port,
             wait_before_exit_seconds: self.wait_before_exit_seconds,
+            apps,
         })
     }
 }

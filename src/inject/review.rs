@@ -96,7 +96,7 @@ pub fn respond(body: &[u8], settings: &Settings) -> Result<Reviewed, BadReview> 
         });
     let (decision, warnings) = match (kind, request.get("object").filter(|o| o.is_object())) {
         (Some("Pod"), Some(object)) => {
-            let verdict = settings.decide(object);
+            let verdict = settings.decide(object, &namespace(request));
             (verdict.decision, verdict.warnings)
         }
         (Some("Pod"), None) => (
@@ -130,16 +130,24 @@ pub fn respond(body: &[u8], settings: &Settings) -> Result<Reviewed, BadReview> 
     })
 }
 
+fn text(v: Option<&Value>) -> Option<&str> {
+    v.and_then(Value::as_str).filter(|s| !s.is_empty())
+}
+
+/// The namespace the object is created in (the request's; the object may not say).
+fn namespace(request: &Value) -> String {
+    let metadata = request.get("object").and_then(|o| o.get("metadata"));
+    text(request.get("namespace"))
+        .or_else(|| text(metadata.and_then(|m| m.get("namespace"))))
+        .unwrap_or("-")
+        .to_string()
+}
+
 /// `namespace/name` for the log; a pod created by a controller has only a
 /// `generateName` when it is admitted.
 fn pod_name(request: &Value) -> String {
-    fn text(v: Option<&Value>) -> Option<&str> {
-        v.and_then(Value::as_str).filter(|s| !s.is_empty())
-    }
     let metadata = request.get("object").and_then(|o| o.get("metadata"));
-    let namespace = text(request.get("namespace"))
-        .or_else(|| text(metadata.and_then(|m| m.get("namespace"))))
-        .unwrap_or("-");
+    let namespace = namespace(request);
     let name = text(metadata.and_then(|m| m.get("name")))
         .or_else(|| text(request.get("name")))
         .map(str::to_string)

@@ -110,6 +110,9 @@ pub struct Settings {
     pub peer_port: u16,
     /// `shutdown_delay` of regular-container sidecars, in seconds.
     pub wait_before_exit_seconds: u32,
+    /// The chart's apps as (namespace, name): a `ringside.io/app` outside
+    /// this list names a ConfigMap that does not exist. None: not checked.
+    pub apps: Option<Vec<(String, String)>>,
 }
 
 impl Default for Settings {
@@ -132,6 +135,7 @@ impl Default for Settings {
             admin_port: 9090,
             peer_port: 7070,
             wait_before_exit_seconds: 0,
+            apps: None,
         }
     }
 }
@@ -416,15 +420,16 @@ impl Settings {
         c
     }
 
-    /// Decide what to do with one pod object, with the near-misses to warn about.
-    pub fn decide(&self, pod: &Value) -> Verdict {
+    /// Decide what to do with one pod object created in `namespace`, with
+    /// the near-misses to warn about.
+    pub fn decide(&self, pod: &Value, namespace: &str) -> Verdict {
         Verdict {
-            decision: self.decision(pod),
+            decision: self.decision(pod, namespace),
             warnings: checks::near_misses(pod),
         }
     }
 
-    fn decision(&self, pod: &Value) -> Decision {
+    fn decision(&self, pod: &Value, namespace: &str) -> Decision {
         if !is_true(annotation(pod, ANNOTATION_INJECT)) {
             return Decision::Skip(
                 "not_requested",
@@ -438,6 +443,11 @@ impl Settings {
             Ok(o) => o,
             Err(e) => return Decision::Deny("invalid_annotation", e),
         };
+        if let (Some(app), Some(apps)) = (annotation(pod, ANNOTATION_APP), &self.apps) {
+            if let Some(why) = checks::unknown_app(app.trim(), namespace, apps) {
+                return Decision::Deny("unknown_app", why);
+            }
+        }
         if let Some((reason, why)) = checks::unfit(pod, &opts) {
             return Decision::Deny(reason, why);
         }
@@ -566,11 +576,11 @@ mod tests {
     #[test]
     fn skip_and_deny() {
         let s = Settings::default();
-        let skipped = |p: &Value| matches!(s.decide(p).decision, Decision::Skip(..));
+        let skipped = |p: &Value| matches!(s.decide(p, "shop").decision, Decision::Skip(..));
         assert!(skipped(&pod(json!({}))));
         assert!(skipped(&json!(null)));
         let bad = pod(json!({ANNOTATION_INJECT: "true", ANNOTATION_PORT: "0"}));
-        match s.decide(&bad).decision {
+        match s.decide(&bad, "shop").decision {
             Decision::Deny(_, m) => assert!(m.contains("ringside.io/port"), "{m}"),
             d => panic!("{d:?}"),
         }

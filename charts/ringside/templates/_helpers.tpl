@@ -79,6 +79,17 @@ app.kubernetes.io/component: webhook
 {{- printf "%s-%s-peers" (include "ringside.fullname" .root) .app.name | trunc 63 | trimSuffix "-" -}}
 {{- end -}}
 
+{{/* The apps as NAMESPACE/NAME, comma-separated: the webhook refuses a
+ringside.io/app that is not one of its pod's namespace's (no ConfigMap). */}}
+{{- define "ringside.appList" -}}
+{{- $root := . -}}
+{{- $list := list -}}
+{{- range .Values.apps -}}
+{{- $list = append $list (printf "%s/%s" (include "ringside.appNamespace" (dict "root" $root "app" .)) .name) -}}
+{{- end -}}
+{{- join "," $list -}}
+{{- end -}}
+
 {{/* Every namespace that needs the ConfigMaps and the Secret: release + apps. */}}
 {{- define "ringside.namespaces" -}}
 {{- $root := . -}}
