@@ -857,7 +857,14 @@ async fn peers_can_talk_http2_over_cleartext() {
         )
         .await
         .unwrap();
-    assert!(r.text().contains("2 of 2"), "{}", r.text());
+    assert!(
+        r.text().contains("2 of 2"),
+        "{}\nnode 0:\n{}\nnode 1:\n{}\nnode 2:\n{}",
+        r.text(),
+        nodes[0].log(),
+        nodes[1].log(),
+        nodes[2].log()
+    );
     for node in &nodes {
         assert_eq!(
             node.metric("ringside_peer_auth_failures_total", &[]).await,
