@@ -198,7 +198,7 @@ async fn run(cli: Cli) -> Result<(), String> {
 impl Row {
     fn header() -> String {
         format!(
-            "| {:<26} | {:<34} | {:>9} | {:>8} | {:>11} | {:>8} | {}\n|{}|{}|{}|{}|{}|{}|---",
+            "| {:<26} | {:<44} | {:>9} | {:>8} | {:>11} | {:>8} | {}\n|{}|{}|{}|{}|{}|{}|---",
             "case",
             "load",
             "ready RSS",
@@ -207,7 +207,7 @@ impl Row {
             "entries",
             "note",
             "-".repeat(28),
-            "-".repeat(36),
+            "-".repeat(46),
             "-".repeat(10) + ":",
             "-".repeat(9) + ":",
             "-".repeat(12) + ":",
@@ -217,7 +217,7 @@ impl Row {
 
     fn line(&self) -> String {
         format!(
-            "| {:<26} | {:<34} | {:>9.0} | {:>8.0} | {:>11.1} | {:>8.0} | {}",
+            "| {:<26} | {:<44} | {:>9.0} | {:>8.0} | {:>11.1} | {:>8.0} | {}",
             self.case.name(),
             self.load,
             mib(self.ready_rss),
@@ -262,8 +262,14 @@ impl Bench {
             |i| (format!("/tiny/{i}?size=10&cc=max-age%3D3600"), None),
         )
         .await;
-        self.row(Case::Tiny, &nodes, ready, load.describe("distinct tiny GETs"), String::new())
-            .await
+        self.row(
+            Case::Tiny,
+            &nodes,
+            ready,
+            load.describe("distinct tiny GETs"),
+            String::new(),
+        )
+        .await
     }
 
     /// One URL varying on a header whose every value is new: variants pile
@@ -274,7 +280,10 @@ impl Bench {
         let node = &nodes.nodes[0];
         let ready = rss(node.pid())?;
         let other = |i: u64| -> String { format!("/other/{i}?size=10&cc=max-age%3D3600") };
-        drive(node.proxy_addr, 4, OTHERS, self.deadline(), move |i| (other(i), None)).await;
+        drive(node.proxy_addr, 4, OTHERS, self.deadline(), move |i| {
+            (other(i), None)
+        })
+        .await;
         let load = drive(
             node.proxy_addr,
             self.cli.clients,
@@ -343,16 +352,15 @@ impl Bench {
             }
         }
         let metrics = metrics_text(node.admin_addr).await?;
-        let held = sample(&metrics, "ringside_response_body_bytes", "");
-        let load = format!(
-            "{} readers of {} MiB objects",
-            readers.len(),
-            size >> 20
-        );
-        let note = format!(
-            "bodies held by readers: {:.0} MiB (ringside_response_body_bytes)",
-            held / (1024.0 * 1024.0)
-        );
+        let held = match metrics.contains("ringside_response_body_bytes") {
+            true => format!(
+                "{:.0} MiB",
+                sample(&metrics, "ringside_response_body_bytes", "") / (1024.0 * 1024.0)
+            ),
+            false => "not counted".to_owned(),
+        };
+        let load = format!("{} readers of {} MiB objects", readers.len(), size >> 20);
+        let note = format!("bodies held by readers: {held} (ringside_response_body_bytes)");
         let row = self.row(Case::SlowReaders, &nodes, ready, load, note).await;
         drop(readers);
         row
@@ -387,7 +395,11 @@ impl Bench {
         let mut conns = Vec::new();
         for _ in 0..self.cli.slowloris_connections {
             if let Ok(mut stream) = TcpStream::connect(node.proxy_addr).await {
-                if stream.write_all(b"GET /slow HTTP/1.1\r\nX-Slow: ").await.is_ok() {
+                if stream
+                    .write_all(b"GET /slow HTTP/1.1\r\nX-Slow: ")
+                    .await
+                    .is_ok()
+                {
                     conns.push(Some(stream));
                 }
             }
@@ -527,9 +539,7 @@ fn is_hit(r: &client::Response) -> bool {
 /// Send `GET path` and read at least `at_least` bytes of the answer, then
 /// return the connection unread beyond that.
 async fn start_reading(addr: SocketAddr, path: &str, at_least: usize) -> Result<TcpStream, String> {
-    let mut stream = TcpStream::connect(addr)
-        .await
-        .map_err(|e| e.to_string())?;
+    let mut stream = TcpStream::connect(addr).await.map_err(|e| e.to_string())?;
     let head = format!("GET {path} HTTP/1.1\r\nHost: bench\r\n\r\n");
     stream
         .write_all(head.as_bytes())

@@ -39,11 +39,14 @@ pub struct Cluster {
 }
 
 impl Cluster {
-    /// Start membership and the ring. `hot_capacity` is the byte budget of mirrors.
+    /// Start membership and the ring. `hot_capacity` is the byte budget of
+    /// the hot area (rate tracking and mirrors); mirrors keep at most
+    /// `max_variants` variants per URL.
     /// `origin_budget` is the longest an origin fetch may take (connect + read timeouts).
     pub async fn start(
         config: &ClusterConfig,
         hot_capacity: u64,
+        max_variants: usize,
         origin_budget: Duration,
     ) -> Result<Arc<Cluster>, String> {
         let mut members = membership::start(config).await?;
@@ -63,7 +66,7 @@ impl Cluster {
             auth: PeerAuth::new(&config.secret),
             nonces: SeenNonces::new(peers::MAX_NONCES),
             health: PeerHealth::new(config.peer_backoff),
-            hot: HotKeys::new(hot_capacity, min_rate),
+            hot: HotKeys::new(hot_capacity, min_rate, max_variants),
             peer_timeout: config.peer_timeout,
             peer_read_timeout: config.peer_timeout + origin_budget,
             peer_h2c: config.peer_protocol == PeerProtocol::H2c,

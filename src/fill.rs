@@ -31,6 +31,7 @@
 
 use crate::cache_rules::{self, RuleOptions};
 use crate::cluster::Cluster;
+use crate::footprint;
 use crate::metrics::{self, CacheResult};
 use crate::origin::{
     strip_response_hop_by_hop, FetchError, OriginClient, OriginResponse, OriginTarget,
@@ -330,7 +331,8 @@ async fn store_streaming(
             }
         }
     }
-    let object = build_object(&response, body.freeze(), &whole.request_headers, &job.rules);
+    let body = footprint::exact_body(body);
+    let object = build_object(&response, body, &whole.request_headers, &job.rules);
     response.finish(&filler.client).await;
     if let Some(store) = &whole.store {
         let variant = variant_key(&job.key, &object);
@@ -652,9 +654,7 @@ pub fn variant_key(key: &str, object: &CachedObject) -> Option<String> {
     (!object.vary.is_empty()).then(|| variant_key_for(key, object.vary_fingerprint))
 }
 
-pub fn variant_key_for(key: &str, fingerprint: u64) -> String {
-    format!("{key}\u{1f}vary={fingerprint:016x}")
-}
+pub use crate::store::variant_key_for;
 
 /// Whether a response with this status has a body to frame: 1xx, 204 and 304
 /// never do, and must not announce one (RFC 9112 §6.1, §6.3).
@@ -763,8 +763,9 @@ fn describe(
 /// The stored head as it will be served: without pingora's header-case map
 /// (lowercase names on the wire), and with `age` and `cache-status` already
 /// present, so that a hit overwrites two values in its clone instead of
-/// growing it (see `respond::send_object`). Called after everything that
-/// reads the origin's own Age.
+/// growing it (see `respond::send_object`), and compacted so that it holds
+/// no more memory than its headers need (see `footprint`). Called after
+/// everything that reads the origin's own Age.
 fn with_serving_slots(header: ResponseHeader) -> ResponseHeader {
     let mut parts: http::response::Parts = header.into();
     parts
@@ -774,7 +775,7 @@ fn with_serving_slots(header: ResponseHeader) -> ResponseHeader {
         crate::proxy::CACHE_STATUS.clone(),
         crate::proxy::HIT.clone(),
     );
-    ResponseHeader::from(parts)
+    footprint::compact_head(parts)
 }
 
 /// How long past freshness an object with validators is kept, so that it can

@@ -11,21 +11,35 @@
 //!
 //! Rates are measured, not guessed: each request for a key owned elsewhere
 //! bumps a counter in a two-window estimator (see [`Rate`]). The counters
-//! live in a bounded moka map, so tracking many cold keys costs little.
+//! live in a moka map keyed by a 64-bit hash of the key (never the key
+//! itself, which may be 64 KiB long) and bounded in bytes: the hot area's
+//! budget (`cluster.hot.fraction` of the capacity) pays for both, 1/8 of it
+//! for the counters ([`TRACKED_KEY_BYTES`] each) and the rest for the
+//! mirrors, so tracking many cold keys costs a fixed, counted amount. Two
+//! keys whose hashes collide share a counter; the hash is keyed at random
+//! per process, so nobody can aim for that.
 
+use crate::footprint::CACHE_ENTRY_BYTES;
 use crate::store::Store;
 use moka::sync::Cache;
+use std::collections::hash_map::RandomState;
+use std::hash::BuildHasher;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Instant;
 
 /// Length of one counting window.
 const WINDOW_MS: u64 = 2000;
-/// How many keys' rates are tracked at once.
-const TRACKED_KEYS: u64 = 100_000;
+/// What tracking one key's rate takes: moka's entry and the `Rate` in its `Arc`.
+pub const TRACKED_KEY_BYTES: u32 =
+    (CACHE_ENTRY_BYTES + std::mem::size_of::<u64>() + 16 + std::mem::size_of::<Rate>()) as u32;
+/// The hot area's budget is split: 1/TRACKER_SHARE for rates, the rest for mirrors.
+const TRACKER_SHARE: u64 = 8;
 
 pub struct HotKeys {
-    rates: Cache<String, Arc<Rate>>,
+    /// Request rates by a hash of the key.
+    rates: Cache<u64, Arc<Rate>>,
+    hasher: RandomState,
     pub store: Arc<Store>,
     min_rate: f64,
     epoch: Instant,
@@ -66,10 +80,18 @@ impl Rate {
 }
 
 impl HotKeys {
-    pub fn new(capacity_bytes: u64, min_rate: f64) -> HotKeys {
+    /// A hot area of `capacity_bytes` in all (rates and mirrors); mirrors
+    /// keep at most `max_variants` variants per URL.
+    pub fn new(capacity_bytes: u64, min_rate: f64, max_variants: usize) -> HotKeys {
+        let tracker_bytes = capacity_bytes / TRACKER_SHARE;
+        let mirror_bytes = capacity_bytes - tracker_bytes;
         HotKeys {
-            rates: Cache::builder().max_capacity(TRACKED_KEYS).build(),
-            store: Arc::new(Store::new(capacity_bytes.max(1))),
+            rates: Cache::builder()
+                .max_capacity(tracker_bytes)
+                .weigher(|_, _| TRACKED_KEY_BYTES)
+                .build(),
+            hasher: RandomState::new(),
+            store: Arc::new(Store::new(mirror_bytes.max(1)).with_max_variants(max_variants)),
             min_rate,
             epoch: Instant::now(),
         }
@@ -77,7 +99,10 @@ impl HotKeys {
 
     /// Count a request for `key`; true when it is hot enough to mirror.
     pub fn touch(&self, key: &str) -> bool {
-        let rate = self.rates.get_with_by_ref(key, || {
+        if !self.is_enabled() {
+            return false;
+        }
+        let rate = self.rates.get_with(self.hasher.hash_one(key), || {
             Arc::new(Rate {
                 window: AtomicU64::new(0),
                 current: AtomicU64::new(0),
@@ -99,12 +124,40 @@ mod tests {
 
     #[test]
     fn a_key_becomes_hot_only_past_the_rate() {
-        let hot = HotKeys::new(1 << 20, 5.0);
+        let hot = HotKeys::new(1 << 20, 5.0, 32);
         // 5/s over a 2 s window needs 10 touches within the window.
         let results: Vec<bool> = (0..12).map(|_| hot.touch("k")).collect();
         assert!(!results[0]);
         assert!(results[11]);
         assert!(!hot.touch("cold"));
+    }
+
+    #[test]
+    fn tracking_is_bounded_in_bytes_whatever_the_keys() {
+        let capacity = 1 << 20;
+        let hot = HotKeys::new(capacity, 5.0, 32);
+        let long = "k".repeat(60 * 1024);
+        for i in 0..2000 {
+            hot.touch(&format!("{long}{i}"));
+        }
+        hot.rates.run_pending_tasks();
+        let budget = capacity / TRACKER_SHARE;
+        assert!(hot.rates.weighted_size() <= budget);
+        let most = budget / u64::from(TRACKED_KEY_BYTES);
+        assert!(
+            hot.rates.entry_count() <= most,
+            "{}",
+            hot.rates.entry_count()
+        );
+        assert!(hot.store.capacity() + budget <= capacity);
+    }
+
+    #[test]
+    fn nothing_is_tracked_while_mirroring_is_off() {
+        let hot = HotKeys::new(0, f64::INFINITY, 32);
+        assert!(!hot.touch("k"));
+        hot.rates.run_pending_tasks();
+        assert_eq!(hot.rates.entry_count(), 0);
     }
 
     #[test]

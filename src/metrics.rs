@@ -8,8 +8,8 @@
 
 use once_cell::sync::Lazy;
 use prometheus::{
-    Encoder, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, Opts,
-    Registry, TextEncoder,
+    Encoder, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge,
+    IntGaugeVec, Opts, Registry, TextEncoder,
 };
 
 /// How a client request was answered; the `result` label.
@@ -437,6 +437,72 @@ pub static CLIENT_REVALIDATIONS: Lazy<IntCounter> = Lazy::new(|| {
     )
 });
 
+// Memory bounds: variants per URL, bodies held by readers, client
+// connections (see `footprint`, `connections` and README, "Memory").
+
+pub static VARIANTS_REPLACED: Lazy<IntCounter> = Lazy::new(|| {
+    counter(
+        "ringside_cache_variants_replaced_total",
+        "Stored variants removed because their URL reached cache.max_variants \
+         (or its origin now varies on other headers).",
+    )
+});
+
+pub static RESPONSE_BODY_BYTES: Lazy<IntGauge> = Lazy::new(|| {
+    gauge(
+        "ringside_response_body_bytes",
+        "Bytes of stored bodies being written to clients now (hits and fill results); \
+         a body evicted while a client reads it stays in memory until the client is done.",
+    )
+});
+
+/// A stored body being written to a client: counted in
+/// `ringside_response_body_bytes` until dropped.
+pub struct BodyInFlight(i64);
+
+impl BodyInFlight {
+    pub fn new(bytes: usize) -> BodyInFlight {
+        let bytes = i64::try_from(bytes).unwrap_or(i64::MAX);
+        RESPONSE_BODY_BYTES.add(bytes);
+        BodyInFlight(bytes)
+    }
+}
+
+impl Drop for BodyInFlight {
+    fn drop(&mut self) {
+        RESPONSE_BODY_BYTES.sub(self.0);
+    }
+}
+
+static CONNECTIONS: Lazy<IntGaugeVec> = Lazy::new(|| {
+    register(
+        IntGaugeVec::new(
+            Opts::new(
+                "ringside_connections",
+                "Open client connections, by listener.",
+            ),
+            &["listener"],
+        )
+        .expect("valid metric"),
+    )
+});
+
+static CONNECTIONS_REFUSED: Lazy<IntCounterVec> = Lazy::new(|| {
+    counter_vec(
+        "ringside_connections_refused_total",
+        "Connections answered 503 and closed because max_connections were open, by listener.",
+        &["listener"],
+    )
+});
+
+/// The open-connections gauge and the refusals counter of one listener.
+pub fn connection_metrics(listener: &str) -> (IntGauge, IntCounter) {
+    (
+        CONNECTIONS.with_label_values(&[listener]),
+        CONNECTIONS_REFUSED.with_label_values(&[listener]),
+    )
+}
+
 // ---- the injection webhook (`ringside inject`; its own /metrics) ----
 
 static INJECT_ADMISSIONS: Lazy<IntCounterVec> = Lazy::new(|| {
@@ -531,8 +597,13 @@ pub fn init(capacity_bytes: u64) {
         &INVALIDATIONS,
         &INVALIDATION_PEER_FAILURES,
         &CLIENT_REVALIDATIONS,
+        &VARIANTS_REPLACED,
     ] {
         Lazy::force(m);
+    }
+    Lazy::force(&RESPONSE_BODY_BYTES);
+    for listener in ["proxy", "peers"] {
+        connection_metrics(listener);
     }
     // Every label value known in advance starts at zero, so dashboards show 0, not "no data".
     for class in ["1xx", "2xx", "3xx", "4xx", "5xx", "error"] {

@@ -9,6 +9,7 @@
 use crate::admin::Admin;
 use crate::cluster::Cluster;
 use crate::config::{Config, PeerProtocol};
+use crate::connections::{self, Guarded, Limits};
 use crate::fill::Filler;
 use crate::metrics;
 use crate::origin::OriginClient;
@@ -16,7 +17,7 @@ use crate::proxy::Ringside;
 use crate::singleflight::Group;
 use crate::store::Store;
 use async_trait::async_trait;
-use pingora::apps::HttpServerOptions;
+use pingora::apps::{HttpServerOptions, ServerApp};
 use pingora::server::configuration::ServerConf;
 use pingora::server::{RunArgs, Server, ShutdownSignal, ShutdownSignalWatch};
 use pingora::services::listening::Service;
@@ -70,6 +71,7 @@ pub fn run(config: Config) -> ! {
                 .block_on(Cluster::start(
                     &config.cluster,
                     hot_capacity,
+                    config.cache.max_variants,
                     config.origin.connect_timeout + config.origin.read_timeout,
                 ))
                 .unwrap_or_else(|e| fatal(&format!("cluster membership: {e}"))),
@@ -78,7 +80,7 @@ pub fn run(config: Config) -> ! {
     let filler = Arc::new(Filler {
         flights: Group::new(),
         client: OriginClient::default(),
-        store: Arc::new(Store::new(main_capacity)),
+        store: Arc::new(Store::new(main_capacity).with_max_variants(config.cache.max_variants)),
         cluster,
     });
     let threads = match config.threads {
@@ -100,30 +102,22 @@ pub fn run(config: Config) -> ! {
     let proxy_addr = config.listen.parse().expect("validated by config");
     let ringside = Ringside::new(config.clone(), filler);
     if config.cluster.enabled {
-        let mut peers = pingora::proxy::http_proxy_service_with_name(
-            &server.configuration,
-            ringside.for_peers(),
-            "ringside peers",
-        );
-        if config.cluster.peer_protocol == PeerProtocol::H2c {
-            if let Some(app) = peers.app_logic_mut() {
-                let mut options = HttpServerOptions::default();
-                options.h2c = true;
-                app.server_options = Some(options);
-            }
+        let mut peers = pingora::proxy::http_proxy(&server.configuration, ringside.for_peers());
+        let h2c = config.cluster.peer_protocol == PeerProtocol::H2c;
+        if h2c {
+            let mut options = HttpServerOptions::default();
+            options.h2c = true;
+            peers.server_options = Some(options);
         }
-        peers.add_tcp(&config.cluster.peer_listen);
+        // HTTP/2 multiplexes requests on one connection: no head deadline there.
+        let peers = guarded_service(&config, "peers", peers, &config.cluster.peer_listen, !h2c);
         server.add_service(peers);
     }
     let admin = Admin::new(ringside.clone(), proxy_addr);
-    let mut proxy = pingora::proxy::http_proxy_service_with_name(
-        &server.configuration,
-        ringside,
-        "ringside proxy",
-    );
-    proxy.add_tcp(&config.listen);
+    let proxy = pingora::proxy::http_proxy(&server.configuration, ringside);
+    let proxy = guarded_service(&config, "proxy", proxy, &config.listen, true);
     let mut admin = Service::new("ringside admin".into(), admin);
-    admin.add_tcp(&config.admin_listen);
+    admin.add_listener(connections::listener(&config.admin_listen));
     server.add_service(proxy);
     server.add_service(admin);
     log::info!(
@@ -142,7 +136,29 @@ pub fn run(config: Config) -> ! {
     std::process::exit(0)
 }
 
-/// Bytes for this node's own keys and for hot mirrors: together, the capacity.
+/// A listener's service: `app` on `addr` with the connection cap and, when
+/// `head_deadline`, the request head deadline (see `connections`).
+fn guarded_service<A: ServerApp + Send + Sync + 'static>(
+    config: &Config,
+    listener: &'static str,
+    app: A,
+    addr: &str,
+    head_deadline: bool,
+) -> Service<Guarded<A>> {
+    let limits = Limits {
+        max_connections: config.max_connections,
+        head_timeout: head_deadline.then_some(config.request_header_timeout),
+    };
+    let mut service = Service::new(
+        format!("ringside {listener}"),
+        Guarded::new(app, limits, listener),
+    );
+    service.add_listener(connections::listener(addr));
+    service
+}
+
+/// Bytes for this node's own keys and for the hot area (hot-key rate
+/// tracking and mirrors, see `hot`): together, the capacity.
 fn split_capacity(config: &Config) -> (u64, u64) {
     let capacity = config.cache.capacity;
     if !config.cluster.enabled {

@@ -1,10 +1,12 @@
 //! The cache store: stored responses in moka, bounded by bytes.
 //!
-//! Every entry is weighed as key + headers + body + a fixed overhead, and
-//! moka's `max_capacity` is the configured byte capacity, so the sum of
-//! weights is the bound (moka applies it on its maintenance runs; the store
-//! runs maintenance after every insert so the bound holds at all times, not
-//! eventually). Each entry expires at the end of its *usable life*: its
+//! Every entry is weighed at what it really takes in memory (key, header
+//! map, header text, body, the object and moka's own bookkeeping: see
+//! [`footprint`]; a tiny object weighs about 1.5 KB, measured within 10 % of
+//! what it allocates), and moka's `max_capacity` is the configured byte
+//! capacity, so the sum of weights is the bound (moka applies it on its
+//! maintenance runs; the store runs maintenance after every insert so the
+//! bound holds at all times, not eventually). Each entry expires at the end of its *usable life*: its
 //! freshness plus the longest window in which a stale copy may still serve
 //! (stale-while-revalidate, stale-if-error, or revalidation when it carries
 //! validators). Expiry is per entry, through moka's `Expiry`.
@@ -18,12 +20,17 @@
 //! `Vary` is handled with two kinds of entries under one cache: the plain key
 //! holds either the object itself or a [`Entry::Variants`] marker listing the
 //! request headers the origin varies on; the object then lives under the
-//! variant key (plain key + a fingerprint of those request headers).
+//! variant key (plain key + a fingerprint of those request headers). The
+//! marker lists the variants stored, and a URL keeps at most
+//! `cache.max_variants` of them (see [`Store::insert`]), so a header with
+//! ever-new values cannot crowd other URLs out of the cache.
 
+use crate::footprint;
 use crate::metrics;
 use bytes::Bytes;
 use http::HeaderName;
 use moka::notification::RemovalCause;
+use moka::ops::compute::Op;
 use moka::sync::Cache;
 use moka::Expiry;
 use pingora::http::ResponseHeader;
@@ -86,20 +93,16 @@ impl CachedObject {
             .saturating_sub(self.initial_age)
             .min(MAX_LIFE)
     }
-
-    fn weight(&self, key: &str) -> u64 {
-        let headers: usize = self
-            .header
-            .headers
-            .iter()
-            .map(|(n, v)| n.as_str().len() + v.len() + 4)
-            .sum();
-        (key.len() + headers + self.body.len() + ENTRY_OVERHEAD) as u64
-    }
 }
 
-/// Bookkeeping per entry that is not in its bytes: moka's node, our struct, Arcs.
-const ENTRY_OVERHEAD: usize = 256;
+/// Variants kept per URL unless configured (`cache.max_variants`).
+pub const DEFAULT_MAX_VARIANTS: usize = 32;
+
+/// Where a varying object is stored: the plain key plus its variant's fingerprint.
+pub fn variant_key_for(key: &str, fingerprint: u64) -> String {
+    format!("{key}\u{1f}vary={fingerprint:016x}")
+}
+
 /// moka panics on expirations past 1000 years; nothing useful lives a year.
 const MAX_LIFE: Duration = Duration::from_secs(365 * 24 * 3600);
 
@@ -109,24 +112,25 @@ pub enum Entry {
     Object(Arc<CachedObject>),
     /// The origin varies this resource on these request headers; look up the
     /// variant key instead. `life` matches the variant that set it.
+    /// `variants` are the fingerprints of the variants stored, oldest first:
+    /// at most the store's `max_variants` (see [`Store::insert`]).
     Variants {
         headers: Arc<Vec<HeaderName>>,
         life: Duration,
+        variants: Arc<[u64]>,
     },
 }
 
 impl Entry {
+    /// What the entry takes in memory, in bytes (see `footprint`).
     fn weight(&self, key: &str) -> u32 {
-        let w = match self {
-            Entry::Object(o) => o.weight(key),
-            Entry::Variants { headers, .. } => {
-                (key.len()
-                    + ENTRY_OVERHEAD
-                    + headers.iter().map(|h| h.as_str().len()).sum::<usize>())
-                    as u64
-            }
+        let bytes = match self {
+            Entry::Object(o) => footprint::object_weight(key, o),
+            Entry::Variants {
+                headers, variants, ..
+            } => footprint::marker_weight(key, headers, variants.len()),
         };
-        u32::try_from(w).unwrap_or(u32::MAX)
+        u32::try_from(bytes).unwrap_or(u32::MAX)
     }
 
     fn life(&self) -> Duration {
@@ -159,6 +163,8 @@ impl Expiry<String, Entry> for UsableLife {
 pub struct Store {
     cache: Cache<String, Entry>,
     capacity: u64,
+    /// Variants kept per URL (`cache.max_variants`).
+    max_variants: usize,
     removals: Mutex<Removals>,
 }
 
@@ -267,8 +273,15 @@ impl Store {
         Store {
             cache,
             capacity: capacity_bytes,
+            max_variants: DEFAULT_MAX_VARIANTS,
             removals: Mutex::new(Removals::new()),
         }
+    }
+
+    /// The same store keeping at most `max` variants per URL (at least one).
+    pub fn with_max_variants(mut self, max: usize) -> Store {
+        self.max_variants = max.max(1);
+        self
     }
 
     pub fn get(&self, key: &str) -> Option<Entry> {
@@ -277,20 +290,72 @@ impl Store {
 
     /// Store `object` under `key` (its plain key); for a varying response,
     /// `variant_key` is where the object goes and `key` gets the marker.
+    ///
+    /// Variants are bounded per URL: past `max_variants`, a new variant
+    /// replaces the oldest one stored. (Not storing it instead would let
+    /// whoever filled the slots first, say with random header values, keep
+    /// every later variant out until they expire; replacing the oldest lets
+    /// the variants clients use come back on their next miss, and either way
+    /// one URL never holds more than its bound.) Variants a marker no longer
+    /// lists, because the origin now varies on other headers or not at all,
+    /// are removed with it.
     pub fn insert(&self, key: &str, variant_key: Option<String>, object: Arc<CachedObject>) {
-        match variant_key {
-            None => self.cache.insert(key.to_owned(), Entry::Object(object)),
+        let dropped = match variant_key {
+            None => self.put_plain(key, Entry::Object(object)),
             Some(variant_key) => {
-                let marker = Entry::Variants {
-                    headers: Arc::new(object.vary.clone()),
-                    life: object.usable_life(),
-                };
-                self.cache.insert(key.to_owned(), marker);
+                let dropped = self.track_variant(key, &object);
                 self.cache.insert(variant_key, Entry::Object(object));
+                dropped
             }
+        };
+        if !dropped.is_empty() {
+            metrics::VARIANTS_REPLACED.inc_by(dropped.len() as u64);
+        }
+        for fingerprint in dropped {
+            self.cache.invalidate(&variant_key_for(key, fingerprint));
         }
         // Apply the byte bound now rather than at moka's next maintenance.
         self.cache.run_pending_tasks();
+    }
+
+    /// Put `entry` under `key`; returns the variants of a marker it replaced.
+    fn put_plain(&self, key: &str, entry: Entry) -> Vec<u64> {
+        let mut dropped = Vec::new();
+        self.cache.entry_by_ref(key).and_compute_with(|current| {
+            if let Some(Entry::Variants { variants, .. }) = current.map(|e| e.into_value()) {
+                dropped.extend_from_slice(&variants);
+            }
+            Op::Put(entry)
+        });
+        dropped
+    }
+
+    /// Record `object`'s variant in the marker under `key` (one update at a
+    /// time per key); returns the variants it no longer lists.
+    fn track_variant(&self, key: &str, object: &CachedObject) -> Vec<u64> {
+        let mut dropped = Vec::new();
+        self.cache.entry_by_ref(key).and_compute_with(|current| {
+            let mut variants = match current.map(|e| e.into_value()) {
+                Some(Entry::Variants {
+                    headers, variants, ..
+                }) if *headers == object.vary => variants.to_vec(),
+                Some(Entry::Variants { variants, .. }) => {
+                    dropped.extend_from_slice(&variants);
+                    Vec::new()
+                }
+                _ => Vec::new(),
+            };
+            variants.retain(|v| *v != object.vary_fingerprint);
+            variants.push(object.vary_fingerprint);
+            let excess = variants.len().saturating_sub(self.max_variants);
+            dropped.extend(variants.drain(..excess));
+            Op::Put(Entry::Variants {
+                headers: Arc::new(object.vary.clone()),
+                life: object.usable_life(),
+                variants: variants.into(),
+            })
+        });
+        dropped
     }
 
     /// Store what a fill fetched, unless its key (or the variant's) was
@@ -367,6 +432,69 @@ impl Store {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn object(vary: &[&'static str], fingerprint: u64) -> Arc<CachedObject> {
+        Arc::new(CachedObject {
+            header: ResponseHeader::build(200, None).unwrap(),
+            body: Bytes::from_static(b"x"),
+            initial_age: Duration::ZERO,
+            received_at: Instant::now(),
+            received_wall: SystemTime::now(),
+            freshness: Duration::from_secs(60),
+            stale_while_revalidate: Duration::ZERO,
+            stale_if_error: Duration::ZERO,
+            revalidation_window: Duration::ZERO,
+            vary: vary.iter().map(|h| HeaderName::from_static(h)).collect(),
+            vary_fingerprint: fingerprint,
+        })
+    }
+
+    fn insert_variant(store: &Store, key: &str, vary: &[&'static str], fingerprint: u64) {
+        let variant = variant_key_for(key, fingerprint);
+        store.insert(key, Some(variant), object(vary, fingerprint));
+    }
+
+    fn listed(store: &Store, key: &str) -> Vec<u64> {
+        match store.get(key) {
+            Some(Entry::Variants { variants, .. }) => variants.to_vec(),
+            _ => Vec::new(),
+        }
+    }
+
+    fn has_variant(store: &Store, key: &str, fingerprint: u64) -> bool {
+        store.get(&variant_key_for(key, fingerprint)).is_some()
+    }
+
+    #[test]
+    fn variants_past_the_bound_replace_the_oldest() {
+        let store = Store::new(1 << 20).with_max_variants(3);
+        for fingerprint in 1..=5 {
+            insert_variant(&store, "k", &["x-v"], fingerprint);
+        }
+        assert_eq!(listed(&store, "k"), [3, 4, 5]);
+        assert!(!has_variant(&store, "k", 1) && !has_variant(&store, "k", 2));
+        assert!((3..=5).all(|f| has_variant(&store, "k", f)));
+        // Storing a listed variant again makes it the newest.
+        insert_variant(&store, "k", &["x-v"], 3);
+        insert_variant(&store, "k", &["x-v"], 6);
+        assert_eq!(listed(&store, "k"), [5, 3, 6]);
+        assert!(!has_variant(&store, "k", 4));
+    }
+
+    #[test]
+    fn variants_no_marker_lists_are_removed() {
+        let store = Store::new(1 << 20);
+        insert_variant(&store, "k", &["x-v"], 1);
+        insert_variant(&store, "k", &["x-v"], 2);
+        // The origin now varies on another header: the old variants go.
+        insert_variant(&store, "k", &["x-w"], 7);
+        assert_eq!(listed(&store, "k"), [7]);
+        assert!(!has_variant(&store, "k", 1) && !has_variant(&store, "k", 2));
+        // It stops varying: the marker and its variants go.
+        store.insert("k", None, object(&[], 0));
+        assert!(matches!(store.get("k"), Some(Entry::Object(_))));
+        assert!(!has_variant(&store, "k", 7));
+    }
 
     #[test]
     fn a_removal_after_a_fill_started_wins() {

@@ -55,6 +55,13 @@ pub struct Config {
     #[serde(deserialize_with = "de_duration")]
     pub shutdown_delay: Duration,
     pub log_level: LogLevel,
+    /// Open client connections at most, per listener (app, peer); more are
+    /// answered 503 and closed.
+    pub max_connections: usize,
+    /// How long a request head may take to arrive, from its first byte (from
+    /// the connection's start, for its first request).
+    #[serde(deserialize_with = "de_duration")]
+    pub request_header_timeout: Duration,
     pub origin: OriginConfig,
     pub forward_proxy: ForwardProxyConfig,
     pub cache: CacheConfig,
@@ -126,6 +133,8 @@ pub struct CacheConfig {
     /// Targeted cache-control fields (RFC 9213) ringside obeys, in order: the
     /// first present replaces Cache-Control and Expires for its own decisions.
     pub targeted_cache_control: Vec<String>,
+    /// Variants (`Vary`) kept per URL; a new one past it replaces the oldest.
+    pub max_variants: usize,
 }
 
 /// The default `cache.strip_request_headers`: headers that frameworks and
@@ -207,6 +216,8 @@ impl Default for Config {
             shutdown_grace: Duration::from_secs(10),
             shutdown_delay: Duration::ZERO,
             log_level: LogLevel::Info,
+            max_connections: 4096,
+            request_header_timeout: Duration::from_secs(10),
             origin: OriginConfig::default(),
             forward_proxy: ForwardProxyConfig::default(),
             cache: CacheConfig::default(),
@@ -244,6 +255,7 @@ impl Default for CacheConfig {
             encoded_slashes: EncodedSlashes::Reject,
             targeted_cache_control: vec!["Ringside-Cache-Control".into()],
             stale_if_error: Duration::ZERO,
+            max_variants: crate::store::DEFAULT_MAX_VARIANTS,
         }
     }
 }
@@ -389,6 +401,7 @@ impl Config {
             let expected = "a fraction from 0 (off) to 1, such as 0.1";
             return Err(invalid("cache.heuristic_fraction", fraction, expected));
         }
+        self.validate_memory_bounds()?;
         self.cluster.validate(&self.listen, &self.admin_listen)?;
         if !self.admin_token.is_empty() && self.admin_token == self.cluster.secret {
             return Err(ConfigError::Invalid(
@@ -476,6 +489,32 @@ impl Config {
                 max: cache.heuristic_max,
             },
         )
+    }
+
+    /// The settings that bound memory besides the capacity (README, "Memory").
+    fn validate_memory_bounds(&self) -> Result<(), ConfigError> {
+        if !(1..=1_000_000).contains(&self.max_connections) {
+            return Err(invalid(
+                "max_connections",
+                self.max_connections,
+                "1 to 1000000",
+            ));
+        }
+        if self.request_header_timeout.is_zero() {
+            return Err(invalid(
+                "request_header_timeout",
+                "0",
+                "a positive duration such as \"10s\"",
+            ));
+        }
+        if !(1..=10_000).contains(&self.cache.max_variants) {
+            return Err(invalid(
+                "cache.max_variants",
+                self.cache.max_variants,
+                "1 to 10000",
+            ));
+        }
+        Ok(())
     }
 
     pub fn origin_url(&self) -> OriginUrl {

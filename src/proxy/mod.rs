@@ -39,6 +39,7 @@
 use crate::cache_rules::{self, CacheControl, RuleOptions};
 use crate::cluster::Cluster;
 use crate::config::{Config, OriginUrl};
+use crate::connections;
 use crate::fill::{self, Filler, Job, LeaderResult, Outcome, Started};
 use crate::invalidate;
 use crate::metrics::{self, CacheResult};
@@ -704,6 +705,17 @@ impl ProxyHttp for Ringside {
         }
     }
 
+    /// The request head is in: from here on the connection is not under the
+    /// head deadline (its body may take as long as it takes).
+    async fn early_request_filter(
+        &self,
+        session: &mut Session,
+        _ctx: &mut RequestCtx,
+    ) -> Result<()> {
+        connections::head_received(session.as_downstream());
+        Ok(())
+    }
+
     async fn request_filter(&self, session: &mut Session, ctx: &mut RequestCtx) -> Result<bool> {
         // Pipelined requests are answered in order (RFC 9112 §9.3.2) rather
         // than dropped after the first response.
@@ -876,6 +888,7 @@ impl ProxyHttp for Ringside {
     }
 
     async fn logging(&self, session: &mut Session, _e: Option<&Error>, ctx: &mut RequestCtx) {
+        connections::exchange_finished(session.as_downstream());
         if self.role == Role::Peer {
             metrics::observe_peer_served(ctx.result);
             return;

@@ -4,6 +4,7 @@
 //! a 206 or 416 cut from the complete response (`crate::range` decides).
 
 use crate::cache_rules;
+use crate::metrics;
 use crate::range::{self, ByteRange, Selection};
 use crate::store::CachedObject;
 use bytes::Bytes;
@@ -60,6 +61,8 @@ pub async fn send_object(
             session
                 .write_response_header(Box::new(ResponseHeader::from(h)), false)
                 .await?;
+            // A part keeps the whole body alive while it is written.
+            let _held = metrics::BodyInFlight::new(object.body.len());
             session.write_response_body(Some(body), true).await?;
             return Ok(true);
         }
@@ -75,6 +78,8 @@ pub async fn send_object(
         .write_response_header(Box::new(ResponseHeader::from(parts)), no_body)
         .await?;
     if !no_body {
+        // Counted while it is written: the client holds the body until then.
+        let _held = metrics::BodyInFlight::new(object.body.len());
         session
             .write_response_body(Some(object.body.clone()), true)
             .await?;

@@ -1,0 +1,342 @@
+//! Client connections: how many may be open at once, how long a request head
+//! may take to arrive, and how small their buffers are.
+//!
+//! pingora accepts every connection the OS hands it, gives each a 64 KiB
+//! read buffer, and reads a request head with a timeout per read only: a
+//! client that sends one header byte every few seconds holds its connection
+//! (and the memory behind it) forever, and nothing bounds how many such
+//! connections there are. This module adds those bounds around a listener's
+//! pingora app:
+//!
+//! - [`Guarded`] counts open connections; past `max_connections` a new one
+//!   is answered `503` and closed at once (`ringside_connections_refused_total`);
+//! - the stream pingora reads is a [`HeadDeadline`]: while a request head is
+//!   being read, reads fail once `request_header_timeout` has passed since
+//!   the head's first byte (since the connection opened, for its first
+//!   request), and pingora closes the connection. The proxy marks where a
+//!   head ends ([`head_received`], first thing in its request phases) and
+//!   where the exchange ends ([`exchange_finished`], in `logging`); request
+//!   bodies and the idle time between keep-alive requests are not under this
+//!   deadline (pingora's keep-alive timeout closes idle connections);
+//! - [`listener`] configures the listening socket without pingora's 64 KiB
+//!   read buffer: pingora reads request heads and bodies into buffers of its
+//!   own, so the extra layer only cost memory on every idle connection.
+//!
+//! HTTP/2 (h2c on the peer listener) multiplexes requests over one stream,
+//! so there the head deadline is off; the connection cap still applies.
+
+use crate::metrics;
+use async_trait::async_trait;
+use pingora::apps::ServerApp;
+use pingora::listeners::{L4BufferSettings, ListenerConfig};
+use pingora::protocols::{
+    GetProxyDigest, GetSocketDigest, GetTimingDigest, Peek, Shutdown, Ssl, Stream, UniqueID,
+    UniqueIDType,
+};
+use pingora::server::ShutdownWatch;
+use prometheus::{IntCounter, IntGauge};
+use std::future::Future;
+use std::io;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicU8, AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Duration;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
+use tokio::time::{Instant, Sleep};
+
+/// The listening socket for `addr`: no L4 read buffer (see the module doc),
+/// pingora's default write buffer (one segment).
+pub fn listener(addr: &str) -> ListenerConfig {
+    ListenerConfig::tcp(addr).l4_buffer(L4BufferSettings::default().read(0))
+}
+
+/// The bounds a [`Guarded`] app applies to its connections.
+#[derive(Debug, Clone, Copy)]
+pub struct Limits {
+    /// Open connections at most; more are refused.
+    pub max_connections: usize,
+    /// How long one request head may take; `None`: no deadline (HTTP/2).
+    pub head_timeout: Option<Duration>,
+}
+
+/// A listener's app with its connections counted, capped and given a head deadline.
+pub struct Guarded<A> {
+    app: Arc<A>,
+    limits: Limits,
+    open: AtomicUsize,
+    /// `ringside_connections` and `ringside_connections_refused_total` of this listener.
+    open_gauge: IntGauge,
+    refused: IntCounter,
+}
+
+impl<A> Guarded<A> {
+    /// `app` with `limits`; `listener` names it in the metrics.
+    pub fn new(app: A, limits: Limits, listener: &str) -> Guarded<A> {
+        let (open_gauge, refused) = metrics::connection_metrics(listener);
+        Guarded {
+            app: Arc::new(app),
+            limits,
+            open: AtomicUsize::new(0),
+            open_gauge,
+            refused,
+        }
+    }
+
+    /// Take a connection slot, if one is free; it is given back on drop.
+    fn enter(&self) -> Option<Slot<'_, A>> {
+        let taken = self
+            .open
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |open| {
+                (open < self.limits.max_connections).then_some(open + 1)
+            });
+        match taken {
+            Ok(_) => {
+                self.open_gauge.inc();
+                Some(Slot(self))
+            }
+            Err(_) => None,
+        }
+    }
+}
+
+/// One open connection's place under the cap.
+struct Slot<'a, A>(&'a Guarded<A>);
+
+impl<A> Drop for Slot<'_, A> {
+    fn drop(&mut self) {
+        self.0.open.fetch_sub(1, Ordering::AcqRel);
+        self.0.open_gauge.dec();
+    }
+}
+
+#[async_trait]
+impl<A: ServerApp + Send + Sync + 'static> ServerApp for Guarded<A> {
+    async fn process_new(
+        self: &Arc<Self>,
+        stream: Stream,
+        shutdown: &ShutdownWatch,
+    ) -> Option<Stream> {
+        let Some(_slot) = self.enter() else {
+            self.refused.inc();
+            refuse(stream).await;
+            return None;
+        };
+        let stream: Stream = match self.limits.head_timeout {
+            Some(timeout) => Box::new(HeadDeadline::new(stream, timeout)),
+            None => stream,
+        };
+        // pingora's HTTP apps serve every request of the connection before
+        // returning; the slot is held until then.
+        self.app.process_new(stream, shutdown).await
+    }
+
+    async fn cleanup(&self) {
+        self.app.cleanup().await;
+    }
+}
+
+/// What a connection past the cap gets before it is closed.
+const BUSY: &[u8] = b"HTTP/1.1 503 Service Unavailable\r\n\
+    Content-Type: text/plain\r\nContent-Length: 21\r\nCache-Control: no-store\r\n\
+    Retry-After: 1\r\nConnection: close\r\n\r\ntoo many connections\n";
+
+/// How long a refused connection is given to take its 503.
+const REFUSAL_TIME: Duration = Duration::from_secs(1);
+
+/// Answer 503 and close. The client's request is read (and dropped) until it
+/// closes its side or a second passes, so that the close does not reset the
+/// connection and destroy the 503 before the client has read it.
+async fn refuse(mut stream: Stream) {
+    let _ = tokio::time::timeout(REFUSAL_TIME, async {
+        stream.write_all(BUSY).await?;
+        stream.flush().await?;
+        let mut sink = [0u8; 512];
+        while stream.read(&mut sink).await? > 0 {}
+        io::Result::Ok(())
+    })
+    .await;
+    Shutdown::shutdown(&mut *stream).await;
+}
+
+/// Where a connection is in its current exchange.
+const READING_HEAD: u8 = 0;
+const IN_EXCHANGE: u8 = 1;
+const IDLE: u8 = 2;
+
+/// A stream whose reads fail once a request head has been arriving for too long.
+#[derive(Debug)]
+pub struct HeadDeadline {
+    inner: Stream,
+    timeout: Duration,
+    phase: AtomicU8,
+    /// When the head being read must be complete (armed in `READING_HEAD`).
+    deadline: Pin<Box<Sleep>>,
+}
+
+impl HeadDeadline {
+    /// A new connection: its first head is due `timeout` from now.
+    fn new(inner: Stream, timeout: Duration) -> HeadDeadline {
+        HeadDeadline {
+            inner,
+            timeout,
+            phase: AtomicU8::new(READING_HEAD),
+            deadline: Box::pin(tokio::time::sleep(timeout)),
+        }
+    }
+
+    /// The connection serving `session`, when it is one of ours.
+    fn of(session: &pingora::protocols::http::ServerSession) -> Option<&HeadDeadline> {
+        let stream = session.stream()?;
+        (**stream).as_any().downcast_ref::<HeadDeadline>()
+    }
+}
+
+/// The head of the session's current request is in: its body and response
+/// are not under the head deadline.
+pub fn head_received(session: &pingora::protocols::http::ServerSession) {
+    if let Some(stream) = HeadDeadline::of(session) {
+        stream.phase.store(IN_EXCHANGE, Ordering::Relaxed);
+    }
+}
+
+/// The session's exchange is over: the next byte read starts the next head.
+pub fn exchange_finished(session: &pingora::protocols::http::ServerSession) {
+    if let Some(stream) = HeadDeadline::of(session) {
+        stream.phase.store(IDLE, Ordering::Relaxed);
+    }
+}
+
+fn too_slow() -> io::Error {
+    io::Error::new(io::ErrorKind::TimedOut, "request head not received in time")
+}
+
+impl AsyncRead for HeadDeadline {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        let this = self.get_mut();
+        match this.phase.load(Ordering::Relaxed) {
+            READING_HEAD => {
+                if this.deadline.as_mut().poll(cx).is_ready() {
+                    return Poll::Ready(Err(too_slow()));
+                }
+                Pin::new(&mut this.inner).poll_read(cx, buf)
+            }
+            IDLE => {
+                let before = buf.filled().len();
+                let read = Pin::new(&mut this.inner).poll_read(cx, buf);
+                if matches!(read, Poll::Ready(Ok(()))) && buf.filled().len() > before {
+                    // The first bytes of the next request: its head is due in `timeout`.
+                    let due = Instant::now() + this.timeout;
+                    this.deadline.as_mut().reset(due);
+                    this.phase.store(READING_HEAD, Ordering::Relaxed);
+                }
+                read
+            }
+            _ => Pin::new(&mut this.inner).poll_read(cx, buf),
+        }
+    }
+}
+
+impl AsyncWrite for HeadDeadline {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.get_mut().inner).poll_write(cx, buf)
+    }
+
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.get_mut().inner).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.inner.is_write_vectored()
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.get_mut().inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.get_mut().inner).poll_shutdown(cx)
+    }
+}
+
+#[async_trait]
+impl Shutdown for HeadDeadline {
+    async fn shutdown(&mut self) {
+        Shutdown::shutdown(&mut *self.inner).await;
+    }
+}
+
+impl UniqueID for HeadDeadline {
+    fn id(&self) -> UniqueIDType {
+        self.inner.id()
+    }
+}
+
+impl Ssl for HeadDeadline {
+    fn get_ssl_digest(&self) -> Option<Arc<pingora::protocols::tls::SslDigest>> {
+        self.inner.get_ssl_digest()
+    }
+
+    fn selected_alpn_proto(&self) -> Option<pingora::protocols::ALPN> {
+        self.inner.selected_alpn_proto()
+    }
+}
+
+impl GetTimingDigest for HeadDeadline {
+    fn get_timing_digest(&self) -> Vec<Option<pingora::protocols::TimingDigest>> {
+        self.inner.get_timing_digest()
+    }
+
+    fn get_read_pending_time(&self) -> Duration {
+        self.inner.get_read_pending_time()
+    }
+
+    fn get_write_pending_time(&self) -> Duration {
+        self.inner.get_write_pending_time()
+    }
+}
+
+impl GetProxyDigest for HeadDeadline {
+    fn get_proxy_digest(&self) -> Option<Arc<pingora::protocols::raw_connect::ProxyDigest>> {
+        self.inner.get_proxy_digest()
+    }
+
+    fn set_proxy_digest(&mut self, digest: pingora::protocols::raw_connect::ProxyDigest) {
+        self.inner.set_proxy_digest(digest);
+    }
+}
+
+impl GetSocketDigest for HeadDeadline {
+    fn get_socket_digest(&self) -> Option<Arc<pingora::protocols::SocketDigest>> {
+        self.inner.get_socket_digest()
+    }
+
+    fn set_socket_digest(&mut self, digest: pingora::protocols::SocketDigest) {
+        self.inner.set_socket_digest(digest);
+    }
+}
+
+#[async_trait]
+impl Peek for HeadDeadline {
+    /// pingora peeks for the HTTP/2 preface on h2c listeners, a read that
+    /// waits for its bytes: it falls under the head deadline too.
+    async fn try_peek(&mut self, buf: &mut [u8]) -> io::Result<bool> {
+        let peek = self.inner.try_peek(buf);
+        match tokio::time::timeout_at(self.deadline.deadline(), peek).await {
+            Ok(peeked) => peeked,
+            Err(_) => Err(too_slow()),
+        }
+    }
+}

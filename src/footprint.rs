@@ -1,0 +1,267 @@
+//! What a cached entry really costs in memory, and keeping that cost low.
+//!
+//! The store's byte bound is only as true as the weight it charges each
+//! entry, and an entry is much more than its body: its key (held by moka),
+//! its header map (allocated by capacity, one slot of [`HEADER_SLOT_BYTES`]
+//! per header it can hold), its header names and values, the
+//! [`CachedObject`] itself, and moka's bookkeeping for the entry (hash-table
+//! bucket, entry info, access-order and timer-wheel nodes, frequency
+//! sketch). [`object_weight`] charges all of it, with the fixed parts
+//! measured: `weight_covers_what_an_entry_allocates` below counts what
+//! storing entries allocates, and `benches/memory.sh` measures the
+//! process's resident memory (see README, "Memory").
+//!
+//! Two things made a tiny entry cost about 6 KB while it was charged 443 B,
+//! and both are undone before an object is stored:
+//! - pingora parses a response head into header values that are slices of
+//!   the connection's read buffer (4 KiB or more): a stored value kept that
+//!   whole buffer alive. [`compact_head`] copies the values into one buffer
+//!   of exactly their size.
+//! - a body read in chunks grows its buffer by doubling, up to twice its
+//!   size: [`exact_body`] copies a body with that much slack into an
+//!   allocation of its own size, once, when it is stored.
+
+use crate::store::CachedObject;
+use bytes::{Bytes, BytesMut};
+use http::{HeaderMap, HeaderName, HeaderValue};
+use pingora::http::ResponseHeader;
+use std::mem::size_of;
+
+/// One slot of a header map: the entry (name, value, hash, links) and its
+/// share of the index table. Measured: 104 + 8 bytes.
+pub const HEADER_SLOT_BYTES: usize = 112;
+
+/// moka's own memory per entry (bucket, entry info, deque and timer nodes,
+/// sketch counters, the `Arc` around the key), with the allocator's rounding
+/// of those small allocations. Measured: about 440 bytes; see the tests.
+pub const CACHE_ENTRY_BYTES: usize = 512;
+
+/// What every stored object costs besides its key, head and body.
+const OBJECT_OVERHEAD: usize = CACHE_ENTRY_BYTES + size_of::<CachedObject>() + ARC_COUNTS;
+
+/// The two reference counts in front of the value of an `Arc`.
+const ARC_COUNTS: usize = 2 * size_of::<usize>();
+
+/// The weight of `object` stored under `key`, in bytes.
+pub fn object_weight(key: &str, object: &CachedObject) -> usize {
+    let vary: usize = object.vary.iter().map(|h| h.as_str().len()).sum::<usize>()
+        + object.vary.capacity() * size_of::<HeaderName>();
+    key.len() + head_bytes(&object.header.headers) + object.body.len() + vary + OBJECT_OVERHEAD
+}
+
+/// The weight of a `Vary` marker under `key` listing `headers`, which
+/// tracks `variants` stored variants.
+pub fn marker_weight(key: &str, headers: &[HeaderName], variants: usize) -> usize {
+    let names: usize = headers.iter().map(|h| h.as_str().len()).sum();
+    key.len()
+        + names
+        + headers.len() * size_of::<HeaderName>()
+        + variants * size_of::<u64>()
+        + 2 * ARC_COUNTS
+        + CACHE_ENTRY_BYTES
+}
+
+/// What a header map takes beyond its own struct: its slots, allocated by
+/// capacity, and the bytes of its names and values (names of standard
+/// headers are static, so this overcounts them slightly).
+pub fn head_bytes(headers: &HeaderMap) -> usize {
+    let text: usize = headers
+        .iter()
+        .map(|(name, value)| name.as_str().len() + value.len())
+        .sum();
+    headers.capacity() * HEADER_SLOT_BYTES + text
+}
+
+/// A head as it is stored: its values copied into one buffer of their exact
+/// size, in a map sized for them. The values stay slices of one shared
+/// buffer, so cloning the head on a hit costs what it did before.
+pub fn compact_head(parts: http::response::Parts) -> ResponseHeader {
+    let mut parts = parts;
+    let size: usize = parts.headers.values().map(HeaderValue::len).sum();
+    let mut text = BytesMut::with_capacity(size);
+    for value in parts.headers.values() {
+        text.extend_from_slice(value.as_bytes());
+    }
+    let text = text.freeze();
+    let mut headers = HeaderMap::with_capacity(parts.headers.len());
+    let mut at = 0;
+    for (name, value) in &parts.headers {
+        let end = at + value.len();
+        // The bytes were a valid value a moment ago; keep the original if not.
+        let mut copy =
+            HeaderValue::from_maybe_shared(text.slice(at..end)).unwrap_or_else(|_| value.clone());
+        copy.set_sensitive(value.is_sensitive());
+        headers.append(name.clone(), copy);
+        at = end;
+    }
+    parts.headers = headers;
+    ResponseHeader::from(parts)
+}
+
+/// A body as it is stored: in an allocation of about its own size.
+pub fn exact_body(body: BytesMut) -> Bytes {
+    let slack = body.capacity() - body.len();
+    if slack > body.len() / 16 + 64 {
+        Bytes::copy_from_slice(&body)
+    } else {
+        body.freeze()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    //! The weights against what storing entries really allocates, counted
+    //! per thread by a test allocator (moka does its work on the caller's
+    //! thread, so the test's own thread sees all of it).
+
+    use super::*;
+    use crate::store::Store;
+    use std::alloc::{GlobalAlloc, Layout, System};
+    use std::cell::Cell;
+    use std::sync::Arc;
+    use std::time::{Duration, Instant, SystemTime};
+
+    struct Counting;
+
+    thread_local! {
+        static NET: Cell<isize> = const { Cell::new(0) };
+    }
+
+    fn count(delta: isize) {
+        let _ = NET.try_with(|n| n.set(n.get() + delta));
+    }
+
+    unsafe impl GlobalAlloc for Counting {
+        unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
+            count(layout.size() as isize);
+            System.alloc(layout)
+        }
+        unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
+            count(-(layout.size() as isize));
+            System.dealloc(ptr, layout)
+        }
+        unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new: usize) -> *mut u8 {
+            count(new as isize - layout.size() as isize);
+            System.realloc(ptr, layout, new)
+        }
+    }
+
+    #[global_allocator]
+    static ALLOCATOR: Counting = Counting;
+
+    fn net() -> isize {
+        NET.with(Cell::get)
+    }
+
+    /// A head as pingora hands it over: values sliced out of a 4 KiB read buffer.
+    fn parsed_head(i: usize) -> http::response::Parts {
+        let mut read_buffer = BytesMut::with_capacity(4096);
+        let values = [
+            "Sat, 29 Nov 2026 01:00:00 GMT".to_owned(),
+            "max-age=3600".to_owned(),
+            i.to_string(),
+            "10".to_owned(),
+        ];
+        for v in &values {
+            read_buffer.extend_from_slice(v.as_bytes());
+        }
+        let read_buffer = read_buffer.freeze();
+        let mut head = ResponseHeader::build(200, Some(4)).unwrap();
+        let mut at = 0;
+        for (name, v) in ["date", "cache-control", "x-origin-count", "content-length"]
+            .iter()
+            .zip(&values)
+        {
+            let value = HeaderValue::from_maybe_shared(read_buffer.slice(at..at + v.len()));
+            head.append_header(*name, value.unwrap()).unwrap();
+            at += v.len();
+        }
+        let mut parts: http::response::Parts = head.into();
+        parts.headers.insert("age", HeaderValue::from_static("0"));
+        parts
+            .headers
+            .insert("cache-status", HeaderValue::from_static("ringside; hit"));
+        parts
+    }
+
+    fn object(header: ResponseHeader) -> Arc<CachedObject> {
+        Arc::new(CachedObject {
+            header,
+            body: exact_body(BytesMut::from(&b"xxxxxxxxxx"[..])),
+            initial_age: Duration::ZERO,
+            received_at: Instant::now(),
+            received_wall: SystemTime::now(),
+            freshness: Duration::from_secs(3600),
+            stale_while_revalidate: Duration::ZERO,
+            stale_if_error: Duration::ZERO,
+            revalidation_window: Duration::ZERO,
+            vary: Vec::new(),
+            vary_fingerprint: 0,
+        })
+    }
+
+    /// Bytes allocated (net) per entry for `n` tiny objects.
+    fn allocated_per_entry(n: usize, head: impl Fn(usize) -> ResponseHeader) -> (f64, f64) {
+        let store = Store::new(1 << 40);
+        let before = net();
+        for i in 0..n {
+            let key = format!("http://127.0.0.1:8000/tiny/{i}?size=10&cc=max-age%3D3600");
+            store.insert(&key, None, object(head(i)));
+        }
+        store.run_pending_tasks();
+        let per_entry = (net() - before) as f64 / n as f64;
+        let weight = store.weighted_bytes() as f64 / n as f64;
+        drop(store);
+        (per_entry, weight)
+    }
+
+    #[test]
+    fn compaction_lets_go_of_the_read_buffer() {
+        let (raw, _) = allocated_per_entry(2000, |i| ResponseHeader::from(parsed_head(i)));
+        let (compact, _) = allocated_per_entry(2000, |i| compact_head(parsed_head(i)));
+        assert!(raw > 4096.0, "a raw head keeps its read buffer: {raw}");
+        assert!(compact < raw - 3000.0, "compacted {compact}, raw {raw}");
+    }
+
+    #[test]
+    fn weight_covers_what_an_entry_allocates() {
+        let n = 20_000;
+        let (allocated, weight) = allocated_per_entry(n, |i| compact_head(parsed_head(i)));
+        eprintln!("tiny entry: {allocated:.0} bytes allocated, weighed {weight:.0}");
+        assert!(
+            weight >= allocated,
+            "weighed {weight}, allocated {allocated}"
+        );
+        assert!(
+            weight <= allocated * 1.3,
+            "weighed {weight}, allocated only {allocated}: the weight overcharges"
+        );
+    }
+
+    #[test]
+    fn a_header_slot_is_what_the_map_allocates() {
+        for n in [1, 6, 12, 40] {
+            let before = net();
+            let map: HeaderMap = HeaderMap::with_capacity(n);
+            let allocated = (net() - before) as usize;
+            let charged = map.capacity() * HEADER_SLOT_BYTES;
+            assert!(
+                allocated <= charged && charged <= allocated * 5 / 4,
+                "{n} headers: allocated {allocated}, charged {charged}"
+            );
+        }
+    }
+
+    #[test]
+    fn a_body_keeps_no_more_than_a_little_slack() {
+        // As a buffer that doubled while the body came in.
+        let mut grown = BytesMut::with_capacity(100_000);
+        grown.extend_from_slice(&[b'x'; 50_000]);
+        let before = net();
+        let body = exact_body(grown);
+        assert_eq!(body.len(), 50_000);
+        assert!(net() - before < 0, "the slack was given back");
+        let exact = BytesMut::with_capacity(100);
+        assert_eq!(exact_body(exact).len(), 0);
+    }
+}
