@@ -62,6 +62,9 @@ struct Cli {
     /// Connections opened and left idle (nothing sent).
     #[arg(long, default_value_t = 5_000)]
     idle_connections: u64,
+    /// Connections that make one request, then stay open, idle.
+    #[arg(long, default_value_t = 1_000)]
+    keepalive_connections: u64,
     /// Connections that send their request head one byte at a time.
     #[arg(long, default_value_t = 200)]
     slowloris_connections: u64,
@@ -89,16 +92,18 @@ enum Case {
     HotKeys,
     SlowReaders,
     Idle,
+    KeepAlive,
     Slowloris,
 }
 
 impl Case {
-    const ALL: [Case; 6] = [
+    const ALL: [Case; 7] = [
         Case::Tiny,
         Case::Variants,
         Case::HotKeys,
         Case::SlowReaders,
         Case::Idle,
+        Case::KeepAlive,
         Case::Slowloris,
     ];
 
@@ -109,6 +114,7 @@ impl Case {
             Case::HotKeys => "long keys owned elsewhere",
             Case::SlowReaders => "slow readers",
             Case::Idle => "idle connections",
+            Case::KeepAlive => "idle keep-alive connections",
             Case::Slowloris => "slowloris",
         }
     }
@@ -178,6 +184,7 @@ async fn run(cli: Cli) -> Result<(), String> {
             Case::HotKeys => bench.hot_keys().await?,
             Case::SlowReaders => bench.slow_readers().await?,
             Case::Idle => bench.idle().await?,
+            Case::KeepAlive => bench.keep_alive().await?,
             Case::Slowloris => bench.slowloris().await?,
         };
         eprintln!("  {}", row.line());
@@ -385,6 +392,35 @@ impl Bench {
         let load = format!("{} connections, nothing sent", self.cli.idle_connections);
         let note = format!("open after 2 s: {open}; connect refused: {refused}");
         self.row(Case::Idle, &nodes, ready, load, note).await
+    }
+
+    /// Connections that make one request each and then stay open, idle, as
+    /// an app's connection pool keeps them.
+    async fn keep_alive(&self) -> Result<Row, String> {
+        let nodes = self.nodes(1).await?;
+        let node = &nodes.nodes[0];
+        let ready = rss(node.pid())?;
+        let mut conns = Vec::new();
+        let mut failed = 0;
+        for _ in 0..self.cli.keepalive_connections {
+            let Ok(mut conn) = Conn::connect(node.proxy_addr).await else {
+                failed += 1;
+                continue;
+            };
+            match conn
+                .request("GET", "/ka?size=10&cc=max-age%3D3600", &[])
+                .await
+            {
+                Ok(r) if r.status == 200 && conn.is_open() => conns.push(conn),
+                _ => failed += 1,
+            }
+        }
+        let load = format!(
+            "{} connections, one GET each",
+            self.cli.keepalive_connections
+        );
+        let note = format!("kept open: {}; failed: {failed}", conns.len());
+        self.row(Case::KeepAlive, &nodes, ready, load, note).await
     }
 
     /// Connections that send their request head one byte every few seconds.

@@ -18,6 +18,10 @@
 //!   where the exchange ends ([`exchange_finished`], in `logging`); request
 //!   bodies and the idle time between keep-alive requests are not under this
 //!   deadline (pingora's keep-alive timeout closes idle connections);
+//! - a new connection is handed to pingora only once its first byte has
+//!   arrived (within the head deadline): pingora's per-connection request
+//!   state takes about 30 KiB, a connection waiting for its first byte a
+//!   few hundred bytes;
 //! - [`listener`] configures the listening socket without pingora's 64 KiB
 //!   read buffer: pingora reads request heads and bodies into buffers of its
 //!   own, so the extra layer only cost memory on every idle connection.
@@ -123,7 +127,16 @@ impl<A: ServerApp + Send + Sync + 'static> ServerApp for Guarded<A> {
             return None;
         };
         let stream: Stream = match self.limits.head_timeout {
-            Some(timeout) => Box::new(HeadDeadline::new(stream, timeout)),
+            Some(timeout) => {
+                let mut stream = HeadDeadline::new(stream, timeout);
+                // pingora's request state is large (tens of KiB a
+                // connection): wait for the client's first byte before
+                // handing it over, so a silent connection costs little.
+                if !stream.first_byte().await {
+                    return None;
+                }
+                Box::new(stream)
+            }
             None => stream,
         };
         // pingora's HTTP apps serve every request of the connection before
@@ -172,6 +185,9 @@ pub struct HeadDeadline {
     phase: AtomicU8,
     /// When the head being read must be complete (armed in `READING_HEAD`).
     deadline: Pin<Box<Sleep>>,
+    /// The connection's first byte, read before pingora takes over and
+    /// handed to it by its first read.
+    first: Option<u8>,
 }
 
 impl HeadDeadline {
@@ -182,6 +198,20 @@ impl HeadDeadline {
             timeout,
             phase: AtomicU8::new(READING_HEAD),
             deadline: Box::pin(tokio::time::sleep(timeout)),
+            first: None,
+        }
+    }
+
+    /// Wait for the first byte of the connection, within the head deadline.
+    /// False when the client closed, failed or sent nothing in time.
+    async fn first_byte(&mut self) -> bool {
+        let mut byte = [0u8; 1];
+        match self.read(&mut byte).await {
+            Ok(1) => {
+                self.first = Some(byte[0]);
+                true
+            }
+            _ => false,
         }
     }
 
@@ -218,6 +248,16 @@ impl AsyncRead for HeadDeadline {
         buf: &mut ReadBuf<'_>,
     ) -> Poll<io::Result<()>> {
         let this = self.get_mut();
+        if let Some(byte) = this.first.take() {
+            if buf.remaining() == 0 {
+                this.first = Some(byte);
+                return Poll::Ready(Ok(()));
+            }
+            buf.put_slice(&[byte]);
+            // The rest of what has arrived, if any, in the same read.
+            let _ = Pin::new(&mut this.inner).poll_read(cx, buf);
+            return Poll::Ready(Ok(()));
+        }
         match this.phase.load(Ordering::Relaxed) {
             READING_HEAD => {
                 if this.deadline.as_mut().poll(cx).is_ready() {

@@ -42,7 +42,6 @@ use crate::store::{CachedObject, Entry, Epoch, Store};
 use bytes::{Bytes, BytesMut};
 use http::header;
 use pingora::http::{RequestHeader, ResponseHeader};
-use std::collections::VecDeque;
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 use tokio::sync::mpsc::error::TrySendError;
@@ -527,7 +526,8 @@ fn publish(
 /// rest is handed over at the leader's pace ([`pump`]).
 struct LeaderStream {
     tx: Option<mpsc::Sender<Result<Bytes, FetchError>>>,
-    backlog: VecDeque<Result<Bytes, FetchError>>,
+    /// Counted in `ringside_response_body_bytes` while it waits.
+    backlog: metrics::HeldChunks<FetchError>,
 }
 
 impl LeaderStream {
@@ -556,7 +556,7 @@ impl LeaderStream {
         });
         LeaderStream {
             tx,
-            backlog: VecDeque::new(),
+            backlog: metrics::HeldChunks::new(),
         }
     }
 

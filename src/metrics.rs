@@ -456,21 +456,80 @@ pub static RESPONSE_BODY_BYTES: Lazy<IntGauge> = Lazy::new(|| {
     )
 });
 
-/// A stored body being written to a client: counted in
-/// `ringside_response_body_bytes` until dropped.
+/// Body bytes held for a client: counted in `ringside_response_body_bytes`
+/// from [`BodyInFlight::new`] or [`BodyInFlight::add`] until given back with
+/// [`BodyInFlight::sub`] or dropped.
 pub struct BodyInFlight(i64);
 
 impl BodyInFlight {
     pub fn new(bytes: usize) -> BodyInFlight {
+        let mut held = BodyInFlight(0);
+        held.add(bytes);
+        held
+    }
+
+    pub fn add(&mut self, bytes: usize) {
         let bytes = i64::try_from(bytes).unwrap_or(i64::MAX);
         RESPONSE_BODY_BYTES.add(bytes);
-        BodyInFlight(bytes)
+        self.0 += bytes;
+    }
+
+    pub fn sub(&mut self, bytes: usize) {
+        let bytes = i64::try_from(bytes).unwrap_or(i64::MAX).min(self.0);
+        RESPONSE_BODY_BYTES.sub(bytes);
+        self.0 -= bytes;
     }
 }
 
 impl Drop for BodyInFlight {
     fn drop(&mut self) {
         RESPONSE_BODY_BYTES.sub(self.0);
+    }
+}
+
+/// A queue of body chunks waiting for a client, its bytes counted in
+/// `ringside_response_body_bytes` while they wait.
+pub struct HeldChunks<E> {
+    chunks: std::collections::VecDeque<Result<bytes::Bytes, E>>,
+    held: BodyInFlight,
+}
+
+impl<E> HeldChunks<E> {
+    pub fn new() -> HeldChunks<E> {
+        HeldChunks {
+            chunks: std::collections::VecDeque::new(),
+            held: BodyInFlight::new(0),
+        }
+    }
+
+    fn size(chunk: &Result<bytes::Bytes, E>) -> usize {
+        chunk.as_ref().map_or(0, |c| c.len())
+    }
+
+    pub fn push_back(&mut self, chunk: Result<bytes::Bytes, E>) {
+        self.held.add(Self::size(&chunk));
+        self.chunks.push_back(chunk);
+    }
+
+    pub fn push_front(&mut self, chunk: Result<bytes::Bytes, E>) {
+        self.held.add(Self::size(&chunk));
+        self.chunks.push_front(chunk);
+    }
+
+    pub fn pop_front(&mut self) -> Option<Result<bytes::Bytes, E>> {
+        let chunk = self.chunks.pop_front()?;
+        self.held.sub(Self::size(&chunk));
+        Some(chunk)
+    }
+
+    pub fn clear(&mut self) {
+        while self.pop_front().is_some() {}
+    }
+}
+
+impl<E> Default for HeldChunks<E> {
+    fn default() -> Self {
+        HeldChunks::new()
     }
 }
 

@@ -211,6 +211,28 @@ async fn a_request_head_that_trickles_in_is_cut_off() {
     assert_eq!(origin.hits("/slow"), 0);
 }
 
+/// A connection that sends nothing is closed once its first head is due.
+#[tokio::test]
+async fn a_silent_connection_is_closed_at_the_head_deadline() {
+    let origin = Origin::start().await;
+    let rs = Ringside::start(&origin.url(), "request_header_timeout: 1s\n").await;
+    let mut silent = TcpStream::connect(rs.addr).await.unwrap();
+    let started = Instant::now();
+    let mut buf = [0u8; 64];
+    let read = tokio::time::timeout(Duration::from_secs(10), silent.read(&mut buf)).await;
+    assert!(
+        matches!(read, Ok(Ok(0)) | Ok(Err(_))),
+        "a silent connection is still open after 10 s: {read:?}"
+    );
+    assert!(started.elapsed() >= Duration::from_millis(900));
+    eventually(Duration::from_secs(5), "its slot is free again", || async {
+        rs.metric("ringside_connections", &["listener=\"proxy\""])
+            .await
+            == 0.0
+    })
+    .await;
+}
+
 /// The head deadline is per request head: a keep-alive connection whose
 /// requests together take longer than it keeps being served, and a request
 /// body may take longer than it.

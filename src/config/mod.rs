@@ -216,7 +216,7 @@ impl Default for Config {
             shutdown_grace: Duration::from_secs(10),
             shutdown_delay: Duration::ZERO,
             log_level: LogLevel::Info,
-            max_connections: 4096,
+            max_connections: 1024,
             request_header_timeout: Duration::from_secs(10),
             origin: OriginConfig::default(),
             forward_proxy: ForwardProxyConfig::default(),
