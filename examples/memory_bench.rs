@@ -594,13 +594,16 @@ async fn start_reading(addr: SocketAddr, path: &str, at_least: usize) -> Result<
     Ok(stream)
 }
 
-/// Whether the server has not closed this connection (nothing is expected to read).
+/// Whether the server has not closed this connection: whatever it sent
+/// (a 503, say) is read and dropped; open means nothing more to read yet.
 fn is_open(stream: &TcpStream) -> bool {
-    let mut byte = [0u8; 1];
-    match stream.try_read(&mut byte) {
-        Ok(0) => false,
-        Ok(_) => true,
-        Err(e) => e.kind() == std::io::ErrorKind::WouldBlock,
+    let mut buf = [0u8; 1024];
+    loop {
+        match stream.try_read(&mut buf) {
+            Ok(0) => return false,
+            Ok(_) => continue,
+            Err(e) => return e.kind() == std::io::ErrorKind::WouldBlock,
+        }
     }
 }
 

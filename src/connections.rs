@@ -9,7 +9,8 @@
 //! pingora app:
 //!
 //! - [`Guarded`] counts open connections; past `max_connections` a new one
-//!   is answered `503` and closed at once (`ringside_connections_refused_total`);
+//!   is answered `503` and closed at once (`ringside_connections_refused_total`;
+//!   during a flood, past 64 refusals at a time, closed without an answer);
 //! - the stream pingora reads is a [`HeadDeadline`]: while a request head is
 //!   being read, reads fail once `request_header_timeout` has passed since
 //!   the head's first byte (since the connection opened, for its first
@@ -69,6 +70,8 @@ pub struct Guarded<A> {
     app: Arc<A>,
     limits: Limits,
     open: AtomicUsize,
+    /// Refused connections being answered right now.
+    refusing: AtomicUsize,
     /// `ringside_connections` and `ringside_connections_refused_total` of this listener.
     open_gauge: IntGauge,
     refused: IntCounter,
@@ -82,6 +85,7 @@ impl<A> Guarded<A> {
             app: Arc::new(app),
             limits,
             open: AtomicUsize::new(0),
+            refusing: AtomicUsize::new(0),
             open_gauge,
             refused,
         }
@@ -123,7 +127,10 @@ impl<A: ServerApp + Send + Sync + 'static> ServerApp for Guarded<A> {
     ) -> Option<Stream> {
         let Some(_slot) = self.enter() else {
             self.refused.inc();
-            refuse(stream).await;
+            if self.refusing.fetch_add(1, Ordering::AcqRel) < REFUSALS_AT_ONCE {
+                refuse(stream).await;
+            }
+            self.refusing.fetch_sub(1, Ordering::AcqRel);
             return None;
         };
         let stream: Stream = match self.limits.head_timeout {
@@ -155,21 +162,26 @@ const BUSY: &[u8] = b"HTTP/1.1 503 Service Unavailable\r\n\
     Retry-After: 1\r\nConnection: close\r\n\r\ntoo many connections\n";
 
 /// How long a refused connection is given to take its 503.
-const REFUSAL_TIME: Duration = Duration::from_secs(1);
+const REFUSAL_TIME: Duration = Duration::from_millis(500);
 
-/// Answer 503 and close. The client's request is read (and dropped) until it
-/// closes its side or a second passes, so that the close does not reset the
+/// Refused connections that may be answered at once; past that (a flood),
+/// a refused connection is closed without an answer, so that refusing
+/// costs a bounded amount of memory too.
+const REFUSALS_AT_ONCE: usize = 64;
+
+/// Answer 503 and close. The client's side is read (and dropped) until it
+/// closes or half a second passes, so that the close does not reset the
 /// connection and destroy the 503 before the client has read it.
 async fn refuse(mut stream: Stream) {
     let _ = tokio::time::timeout(REFUSAL_TIME, async {
         stream.write_all(BUSY).await?;
         stream.flush().await?;
+        Shutdown::shutdown(&mut *stream).await;
         let mut sink = [0u8; 512];
         while stream.read(&mut sink).await? > 0 {}
         io::Result::Ok(())
     })
     .await;
-    Shutdown::shutdown(&mut *stream).await;
 }
 
 /// Where a connection is in its current exchange.
