@@ -12,6 +12,7 @@
 
 use clap::{Parser, Subcommand};
 use ringside::demo::cluster::NodeOptions;
+use ringside::demo::process::ringside_beside_examples;
 use ringside::demo::report::{self, Setup};
 use ringside::demo::sample_origin::{self, SampleOrigin};
 use ringside::demo::workload::Workload;
@@ -114,15 +115,7 @@ async fn origin(
 }
 
 async fn zipf(args: ZipfArgs) -> Result<(), String> {
-    let exe = match args.ringside {
-        Some(exe) => exe,
-        None => std::env::current_exe()
-            .map_err(|e| e.to_string())?
-            .parent()
-            .and_then(|examples| examples.parent())
-            .map(|dir| dir.join("ringside"))
-            .ok_or("cannot find the ringside binary; pass --ringside")?,
-    };
+    let exe = ringside_beside_examples(args.ringside.as_deref())?;
     let origin = SampleOrigin {
         delay: Duration::from_millis(args.delay_ms),
         max_age: 3600,

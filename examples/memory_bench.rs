@@ -23,6 +23,7 @@ use clap::{Parser, ValueEnum};
 use origin::Origin;
 use ringside::demo::client::{self, Conn};
 use ringside::demo::cluster::{NodeOptions, Nodes};
+use ringside::demo::process::ringside_beside_examples;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -156,15 +157,7 @@ fn main() -> ExitCode {
 }
 
 async fn run(cli: Cli) -> Result<(), String> {
-    let exe = match &cli.ringside {
-        Some(exe) => exe.clone(),
-        None => std::env::current_exe()
-            .map_err(|e| e.to_string())?
-            .parent()
-            .and_then(|examples| examples.parent())
-            .map(|dir| dir.join("ringside"))
-            .ok_or("cannot find the ringside binary; pass --ringside")?,
-    };
+    let exe = ringside_beside_examples(cli.ringside.as_deref())?;
     let cases = if cli.case.is_empty() {
         Case::ALL.to_vec()
     } else {

@@ -223,6 +223,20 @@ impl Drop for RingsideProcess {
     }
 }
 
+/// The ringside binary of the benchmark examples: `given`, or the one built
+/// beside them (`target/<profile>/ringside` for `target/<profile>/examples/*`).
+pub fn ringside_beside_examples(given: Option<&Path>) -> Result<std::path::PathBuf, String> {
+    if let Some(exe) = given {
+        return Ok(exe.to_path_buf());
+    }
+    std::env::current_exe()
+        .map_err(|e| e.to_string())?
+        .parent()
+        .and_then(|examples| examples.parent())
+        .map(|dir| dir.join("ringside"))
+        .ok_or_else(|| "cannot find the ringside binary; pass --ringside".to_owned())
+}
+
 /// `n` distinct free ports on 127.0.0.1 (all bound at once, then released).
 pub fn free_ports(n: usize) -> Result<Vec<SocketAddr>, String> {
     let held = (0..n)
