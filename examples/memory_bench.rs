@@ -49,10 +49,11 @@ struct Cli {
     variant_requests: u64,
     /// Distinct long keys asked of a 2-node cluster's first node (about
     /// half are owned by the other node and go through the hot-key tracker).
-    #[arg(long, default_value_t = 6_000)]
+    #[arg(long, default_value_t = 24_000)]
     long_keys: u64,
-    /// Length of each long key's query padding, in bytes.
-    #[arg(long, default_value_t = 60 * 1024)]
+    /// Length of each long key's query padding, in bytes (request lines
+    /// over 16 KiB are refused with 414).
+    #[arg(long, default_value_t = 15 * 1024)]
     key_bytes: usize,
     /// Clients that each read the start of a distinct large object, then stop reading.
     #[arg(long, default_value_t = 40)]
