@@ -769,6 +769,24 @@ mod tests {
     }
 
     #[test]
+    fn memory_bounds_name_their_field() {
+        let base = "origin: {url: http://a:1}\n";
+        for (yaml, field) in [
+            ("max_connections: 0", "max_connections"),
+            ("request_header_timeout: 0", "request_header_timeout"),
+            ("request_header_timeout: soon", "request_header_timeout"),
+            ("cache: {max_variants: 0}", "cache.max_variants"),
+        ] {
+            let e = load(&format!("{base}{yaml}")).unwrap_err();
+            assert!(e.contains(field), "{yaml}: {e}");
+        }
+        let c = load(base).unwrap();
+        assert_eq!(c.max_connections, 1024);
+        assert_eq!(c.request_header_timeout, Duration::from_secs(10));
+        assert_eq!(c.cache.max_variants, 32);
+    }
+
+    #[test]
     fn overrides_win_over_the_file() {
         let c = Config::from_yaml("origin: {url: http://a:1}", "t")
             .unwrap()
