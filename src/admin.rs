@@ -201,7 +201,7 @@ impl ServeHttp for Admin {
                 )
             }
             "/healthz" => text(StatusCode::OK, b"ok\n".to_vec()),
-            "/readyz" if crate::server::shutting_down() => {
+            "/readyz" if crate::shutdown::shutting_down() => {
                 text(StatusCode::SERVICE_UNAVAILABLE, b"shutting down\n".to_vec())
             }
             "/readyz" => {

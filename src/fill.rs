@@ -30,14 +30,15 @@
 //!   [`Outcome::UseStale`].
 
 use crate::cache_rules::{self, RuleOptions};
+use crate::cache_status;
 use crate::cluster::Cluster;
-use crate::footprint;
 use crate::metrics::{self, CacheResult};
 use crate::origin::{
     strip_response_hop_by_hop, FetchError, OriginClient, OriginResponse, OriginTarget,
 };
 use crate::peers;
 use crate::singleflight::{Flight, Group, Join, Waiter};
+use crate::store::footprint;
 use crate::store::{CachedObject, Entry, Epoch, Store};
 use bytes::{Bytes, BytesMut};
 use http::header;
@@ -290,9 +291,9 @@ async fn store_streaming(
     // the limit the object will be stored; without one, that is known only
     // at the end (a body past max_object_size is not stored).
     let cache_status = match (whole.via_peer, response.content_length()) {
-        (true, _) => "ringside; fwd=uri-miss; detail=peer",
-        (false, Some(_)) => "ringside; fwd=uri-miss; stored",
-        (false, None) => "ringside; fwd=uri-miss; detail=storing",
+        (true, _) => cache_status::FROM_PEER,
+        (false, Some(_)) => cache_status::STORED,
+        (false, None) => cache_status::STORING,
     };
     let head = leader_head(&response, Some(initial_age));
     let mut out = LeaderStream::open(leader, head, cache_status.to_owned(), whole.via_peer, true);
@@ -379,7 +380,7 @@ fn revalidated(
         &shared.header.headers,
         &job.rules,
     );
-    let revalidated_status = "ringside; fwd=stale; fwd-status=304";
+    let revalidated_status = cache_status::REVALIDATED;
     match verdict {
         Ok(()) => {
             if let Some(store) = &whole.store {
@@ -771,10 +772,9 @@ fn with_serving_slots(header: ResponseHeader) -> ResponseHeader {
     parts
         .headers
         .insert(header::AGE, http::HeaderValue::from_static("0"));
-    parts.headers.insert(
-        crate::proxy::CACHE_STATUS.clone(),
-        crate::proxy::HIT.clone(),
-    );
+    parts
+        .headers
+        .insert(cache_status::HEADER.clone(), cache_status::HIT.clone());
     footprint::compact_head(parts)
 }
 

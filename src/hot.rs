@@ -19,7 +19,7 @@
 //! keys whose hashes collide share a counter; the hash is keyed at random
 //! per process, so nobody can aim for that.
 
-use crate::footprint::CACHE_ENTRY_BYTES;
+use crate::store::footprint::CACHE_ENTRY_BYTES;
 use crate::store::Store;
 use moka::sync::Cache;
 use std::collections::hash_map::RandomState;

@@ -5,12 +5,12 @@
 
 pub mod admin;
 pub mod cache_rules;
+pub mod cache_status;
 pub mod cluster;
 pub mod config;
 pub mod connections;
 pub mod demo;
 pub mod fill;
-pub mod footprint;
 pub mod hot;
 pub mod inject;
 pub mod invalidate;
@@ -24,5 +24,6 @@ pub mod purge;
 pub mod range;
 pub mod ring;
 pub mod server;
+pub mod shutdown;
 pub mod singleflight;
 pub mod store;

@@ -45,7 +45,7 @@ use crate::invalidate;
 use crate::metrics::{self, CacheResult};
 use crate::origin::{strip_hop_by_hop, OriginTarget};
 use crate::peers;
-use crate::server::InFlight;
+use crate::shutdown::InFlight;
 use crate::singleflight::WaitError;
 use crate::store::{CachedObject, Entry, Store};
 use async_trait::async_trait;
@@ -64,8 +64,8 @@ mod peer;
 mod request;
 mod respond;
 
-use respond::{send_error, send_object, send_stream, STALE_WHILE_REVALIDATE};
-pub use respond::{CACHE_STATUS, HIT};
+use crate::cache_status::{self, HEADER as CACHE_STATUS, HIT, STALE_WHILE_REVALIDATE};
+use respond::{send_error, send_object, send_stream};
 
 /// Which listener a [`Ringside`] serves.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -409,20 +409,17 @@ impl Ringside {
                     return self.pass(ctx, CacheResult::Miss, "ringside; fwd=vary-miss");
                 }
                 let (result, status) = match (via_peer, revalidated, collapsed) {
-                    (true, _, false) => (CacheResult::Peer, "ringside; fwd=uri-miss; detail=peer"),
+                    (true, _, false) => (CacheResult::Peer, cache_status::FROM_PEER),
                     (true, _, true) => (
                         CacheResult::Peer,
                         "ringside; fwd=uri-miss; collapsed; detail=peer",
                     ),
-                    (false, true, false) => (
-                        CacheResult::Revalidated,
-                        "ringside; fwd=stale; fwd-status=304",
-                    ),
+                    (false, true, false) => (CacheResult::Revalidated, cache_status::REVALIDATED),
                     (false, true, true) => (
                         CacheResult::Revalidated,
                         "ringside; fwd=stale; fwd-status=304; collapsed",
                     ),
-                    (false, false, false) => (CacheResult::Miss, "ringside; fwd=uri-miss; stored"),
+                    (false, false, false) => (CacheResult::Miss, cache_status::STORED),
                     (false, false, true) => (
                         CacheResult::Miss,
                         "ringside; fwd=uri-miss; stored; collapsed",

@@ -16,10 +16,7 @@ use pingora::prelude::*;
 use pingora::proxy::Session;
 use std::time::Instant;
 
-pub static CACHE_STATUS: HeaderName = HeaderName::from_static("cache-status");
-pub static HIT: HeaderValue = HeaderValue::from_static("ringside; hit");
-pub static STALE_WHILE_REVALIDATE: HeaderValue =
-    HeaderValue::from_static("ringside; hit; detail=stale-while-revalidate");
+use crate::cache_status::HEADER as CACHE_STATUS;
 
 /// Answer from a stored object: 304 when the client's validators match a
 /// stored 2xx (RFC 9110 §13.2.1: preconditions are ignored for others), a

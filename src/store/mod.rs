@@ -25,7 +25,7 @@
 //! `cache.max_variants` of them (see [`Store::insert`]), so a header with
 //! ever-new values cannot crowd other URLs out of the cache.
 
-use crate::footprint;
+pub mod footprint;
 use crate::metrics;
 use bytes::Bytes;
 use http::HeaderName;

@@ -21,7 +21,7 @@
 //!   size: [`exact_body`] copies a body with that much slack into an
 //!   allocation of its own size, once, when it is stored.
 
-use crate::store::CachedObject;
+use super::CachedObject;
 use bytes::{Bytes, BytesMut};
 use http::{HeaderMap, HeaderName, HeaderValue};
 use pingora::http::ResponseHeader;

@@ -1,0 +1,94 @@
+//! How the process ends. SIGTERM first waits `shutdown_delay` (still
+//! serving, `/readyz` failing: see [`shutting_down`]), then pingora stops the
+//! listeners, in-flight requests finish (counted by [`InFlight`]) and the
+//! process exits as soon as none is left, or after `shutdown_grace` at the
+//! latest. SIGINT exits at once, also during the delay.
+
+use async_trait::async_trait;
+use pingora::server::{ShutdownSignal, ShutdownSignalWatch};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+/// Requests being served right now (a guard per request).
+pub struct InFlight;
+
+static IN_FLIGHT: AtomicUsize = AtomicUsize::new(0);
+
+impl InFlight {
+    pub fn enter() -> InFlight {
+        IN_FLIGHT.fetch_add(1, Ordering::Relaxed);
+        InFlight
+    }
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        IN_FLIGHT.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+static SHUTTING_DOWN: AtomicBool = AtomicBool::new(false);
+
+/// SIGTERM has arrived: readiness fails from now on, while the listeners
+/// still serve through `shutdown_delay` and the drain.
+pub fn shutting_down() -> bool {
+    SHUTTING_DOWN.load(Ordering::Relaxed)
+}
+
+/// SIGTERM: serve on for `delay`, then graceful, exiting when drained.
+/// SIGINT: immediate, also during the delay.
+pub struct DrainOnTerm {
+    grace: Duration,
+    delay: Duration,
+}
+
+impl DrainOnTerm {
+    pub fn new(grace: Duration, delay: Duration) -> DrainOnTerm {
+        DrainOnTerm { grace, delay }
+    }
+}
+
+#[async_trait]
+impl ShutdownSignalWatch for DrainOnTerm {
+    async fn recv(&self) -> ShutdownSignal {
+        use tokio::signal::unix::{signal, SignalKind};
+        let (Ok(mut term), Ok(mut int)) = (
+            signal(SignalKind::terminate()),
+            signal(SignalKind::interrupt()),
+        ) else {
+            log::error!("cannot install signal handlers");
+            return std::future::pending().await;
+        };
+        tokio::select! {
+            _ = int.recv() => ShutdownSignal::FastShutdown,
+            _ = term.recv() => {
+                SHUTTING_DOWN.store(true, Ordering::Relaxed);
+                if !self.delay.is_zero() {
+                    log::info!("shutdown: serving for {:?} more (shutdown_delay)", self.delay);
+                    tokio::select! {
+                        _ = int.recv() => return ShutdownSignal::FastShutdown,
+                        _ = tokio::time::sleep(self.delay) => {}
+                    }
+                }
+                let grace = self.grace;
+                std::thread::spawn(move || exit_when_drained(grace));
+                ShutdownSignal::GracefulTerminate
+            }
+        }
+    }
+}
+
+fn exit_when_drained(grace: Duration) {
+    let started = Instant::now();
+    // Give the listeners a moment to stop accepting.
+    std::thread::sleep(Duration::from_millis(100));
+    while IN_FLIGHT.load(Ordering::Relaxed) > 0 && started.elapsed() < grace {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    log::info!(
+        "shutdown: drained with {} request(s) left after {:?}",
+        IN_FLIGHT.load(Ordering::Relaxed),
+        started.elapsed()
+    );
+    std::process::exit(0);
+}
