@@ -497,12 +497,7 @@ async fn shutdown_delay_keeps_serving_with_readyz_failing_then_exits() {
     let origin = Origin::start().await;
     let mut rs = Ringside::start(&origin.url(), "shutdown_delay: 3s\n").await;
     let (addr, admin) = (rs.addr, rs.admin);
-    let status = std::process::Command::new("kill")
-        .arg("-TERM")
-        .arg(rs.pid().to_string())
-        .status()
-        .unwrap();
-    assert!(status.success());
+    ringside::demo::process::sigterm(rs.pid()).expect("SIGTERM");
     let signalled = Instant::now();
 
     // Readiness fails at once, so the pod leaves its Services...

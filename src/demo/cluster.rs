@@ -9,8 +9,6 @@
 use super::process::{free_ports, RingsideProcess};
 use super::report::RingsideView;
 use super::{client, report};
-use std::collections::hash_map::RandomState;
-use std::hash::{BuildHasher, Hasher};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant, SystemTime};
@@ -67,7 +65,7 @@ impl Nodes {
         // Three ports a node: app-facing, admin, peer.
         let ports = free_ports(3 * n)?;
         let peers: Vec<SocketAddr> = ports[2 * n..].to_vec();
-        let secret = random_secret();
+        let secret = random_secret()?;
         for i in 0..n {
             let (proxy, admin, peer) = (ports[i], ports[n + i], peers[i]);
             let mut yaml = node_yaml(proxy, admin, origin, options);
@@ -216,21 +214,14 @@ fn cluster_yaml(
     )
 }
 
-/// 32 hex digits from the standard library's randomly seeded hasher keys
-/// (no `rand` dependency), mixed with the time and the process id.
-fn random_secret() -> String {
-    let now = SystemTime::now()
-        .duration_since(SystemTime::UNIX_EPOCH)
-        .map_or(0, |d| d.as_nanos());
-    let mut words = [0u64; 2];
-    for (i, word) in words.iter_mut().enumerate() {
-        let mut hasher = RandomState::new().build_hasher();
-        hasher.write_u128(now);
-        hasher.write_u32(std::process::id());
-        hasher.write_usize(i);
-        *word = hasher.finish();
-    }
-    format!("{:016x}{:016x}", words[0], words[1])
+/// 32 hex digits from the operating system's random source.
+fn random_secret() -> Result<String, String> {
+    use ring::rand::{SecureRandom, SystemRandom};
+    let mut bytes = [0u8; 16];
+    SystemRandom::new()
+        .fill(&mut bytes)
+        .map_err(|_| "the operating system gave no random bytes for the peer secret")?;
+    Ok(bytes.iter().map(|b| format!("{b:02x}")).collect())
 }
 
 /// A new directory only this user can read (the configs hold the secret).
@@ -265,7 +256,7 @@ mod tests {
 
     #[test]
     fn secrets_are_long_and_differ() {
-        let (a, b) = (random_secret(), random_secret());
+        let (a, b) = (random_secret().unwrap(), random_secret().unwrap());
         assert_eq!(a.len(), 32);
         assert_ne!(a, b);
     }

@@ -118,15 +118,9 @@ impl RingsideProcess {
         }
     }
 
-    /// Send SIGTERM (by PID, with `kill`); [`RingsideProcess::wait_stopped`] waits.
+    /// Send SIGTERM (by PID); [`RingsideProcess::wait_stopped`] waits.
     pub fn signal_stop(&mut self) {
-        let pid = self.child.id().to_string();
-        self.signalled = Command::new("kill")
-            .args(["-TERM", &pid])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .status()
-            .is_ok_and(|s| s.success());
+        self.signalled = sigterm(self.child.id()).is_ok();
     }
 
     /// Wait for the exit after [`RingsideProcess::signal_stop`]; kill the
@@ -274,4 +268,12 @@ async fn probe(addr: SocketAddr, path: &str) -> Result<u16, String> {
         Ok(Err(e)) => Err(e.to_string()),
         Err(_) => Err("timed out".into()),
     }
+}
+
+/// Send SIGTERM to process `pid`.
+pub fn sigterm(pid: u32) -> Result<(), String> {
+    use nix::sys::signal::{kill, Signal};
+    use nix::unistd::Pid;
+    let pid = i32::try_from(pid).map_err(|_| format!("no such pid {pid}"))?;
+    kill(Pid::from_raw(pid), Signal::SIGTERM).map_err(|e| e.to_string())
 }

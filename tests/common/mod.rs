@@ -166,10 +166,7 @@ impl Ringside {
     pub fn terminate(&mut self) -> Option<Duration> {
         let child = self.child.as_mut()?;
         let started = Instant::now();
-        let _ = Command::new("kill")
-            .arg("-TERM")
-            .arg(child.id().to_string())
-            .status();
+        let _ = ringside::demo::process::sigterm(child.id());
         while started.elapsed() < Duration::from_secs(15) {
             if let Ok(Some(_)) = child.try_wait() {
                 self.child = None;
