@@ -1,5 +1,6 @@
-//! How the process ends. SIGTERM first waits `shutdown_delay` (still
-//! serving, `/readyz` failing: see [`shutting_down`]), then pingora stops the
+//! How the process ends. SIGTERM first leaves the cluster (membership
+//! sources that can deregister do: [`leaving`]) and waits `shutdown_delay`
+//! (still serving, `/readyz` failing: see [`shutting_down`]), then pingora stops the
 //! listeners, in-flight requests finish (counted by [`InFlight`]) and the
 //! process exits as soon as none is left, or after `shutdown_grace` at the
 //! latest. SIGINT exits at once, also during the delay.
@@ -28,6 +29,24 @@ impl Drop for InFlight {
 }
 
 static SHUTTING_DOWN: AtomicBool = AtomicBool::new(false);
+
+/// Flipped to true once, at SIGTERM, for tasks that act on leaving.
+static LEAVING: once_cell::sync::Lazy<tokio::sync::watch::Sender<bool>> =
+    once_cell::sync::Lazy::new(|| tokio::sync::watch::channel(false).0);
+
+/// Resolves once SIGTERM has arrived: a node that is leaving deregisters at
+/// once (etcd membership revokes its lease) instead of letting peers route
+/// to it until its registration expires.
+pub async fn leaving() {
+    let mut rx = LEAVING.subscribe();
+    let _ = rx.wait_for(|leaving| *leaving).await;
+}
+
+/// SIGTERM arrived: readiness fails and `leaving` resolves.
+fn begin() {
+    SHUTTING_DOWN.store(true, Ordering::Relaxed);
+    LEAVING.send_replace(true);
+}
 
 /// SIGTERM has arrived: readiness fails from now on, while the listeners
 /// still serve through `shutdown_delay` and the drain.
@@ -62,7 +81,7 @@ impl ShutdownSignalWatch for DrainOnTerm {
         tokio::select! {
             _ = int.recv() => ShutdownSignal::FastShutdown,
             _ = term.recv() => {
-                SHUTTING_DOWN.store(true, Ordering::Relaxed);
+                begin();
                 if !self.delay.is_zero() {
                     log::info!("shutdown: serving for {:?} more (shutdown_delay)", self.delay);
                     tokio::select! {

@@ -26,9 +26,10 @@
 //! watcher asks for a re-put when this node's own key disappears while the
 //! lease lives (someone deleted it).
 //!
-//! Leaving: when every receiver has been dropped the task revokes its lease,
-//! which removes the key at once, so dropping the receiver is how a node
-//! deregisters. If the process just dies, the lease expires after
+//! Leaving: at SIGTERM (`shutdown::leaving`), or when every receiver has
+//! been dropped, the task revokes its lease, which removes the key at once:
+//! the others' watches take the node out of their rings while it still
+//! drains, instead of routing to it until the lease expires. If the process just dies, the lease expires after
 //! `lease_ttl` and the others see this node leave then.
 
 use super::dns::publish_if_changed;
@@ -126,11 +127,13 @@ impl Node {
     async fn run(self, tx: watch::Sender<Vec<Member>>) {
         tokio::select! {
             _ = tx.closed() => {}
+            _ = crate::shutdown::leaving() => {}
             never = self.register_loop() => match never {},
             never = self.watch_loop(&tx) => match never {},
         }
-        // Every receiver is gone: nobody here uses the membership any more,
-        // so leave now rather than when the lease runs out. Revoking (rather
+        // SIGTERM, or every receiver is gone: nobody here will serve peers
+        // much longer, so leave now rather than when the lease runs out (the
+        // others' watches drop this node at once). Revoking (rather
         // than deleting the key) also voids a put that the register loop may
         // have had in flight when it was dropped above.
         let lease = self.lease.load(Ordering::Acquire);
