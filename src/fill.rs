@@ -745,7 +745,6 @@ fn describe(
     CachedObject {
         initial_age,
         received_at: Instant::now(),
-        received_wall: response_time,
         freshness,
         stale_while_revalidate: stale.while_revalidate,
         stale_if_error: stale.if_error,

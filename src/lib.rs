@@ -1,29 +1,35 @@
 //! ringside: an HTTP caching sidecar.
 //!
 //! Start with `ARCHITECTURE.md`; the request's way through the code is
-//! told at the top of [`proxy`].
+//! told at the top of `proxy/mod.rs`.
+//!
+//! The public API is what the binary, the examples and the tests use: the
+//! configuration, running a node (`server::run`) or the webhook (`inject`),
+//! the demo, and the pure parts worth testing from outside (caching rules,
+//! normalisation, ranges, the ring, membership sources, peer signatures).
+//! Everything else is internal to the crate.
 
-pub mod admin;
+pub(crate) mod admin;
 pub mod cache_rules;
-pub mod cache_status;
-pub mod cluster;
+pub(crate) mod cache_status;
+pub(crate) mod cluster;
 pub mod config;
-pub mod connections;
+pub(crate) mod connections;
 pub mod demo;
-pub mod fill;
-pub mod hot;
+pub(crate) mod fill;
+pub(crate) mod hot;
 pub mod inject;
-pub mod invalidate;
+pub(crate) mod invalidate;
 pub mod membership;
-pub mod metrics;
+pub(crate) mod metrics;
 pub mod normalize;
-pub mod origin;
+pub(crate) mod origin;
 pub mod peers;
-pub mod proxy;
-pub mod purge;
+pub(crate) mod proxy;
+pub(crate) mod purge;
 pub mod range;
 pub mod ring;
 pub mod server;
-pub mod shutdown;
-pub mod singleflight;
-pub mod store;
+pub(crate) mod shutdown;
+pub(crate) mod singleflight;
+pub(crate) mod store;

@@ -113,6 +113,7 @@ impl<K: Hash + Eq + Clone, V: Clone> Group<K, V> {
     }
 
     /// Number of keys being loaded right now.
+    #[cfg(test)]
     pub fn in_flight(&self) -> usize {
         self.lock().len()
     }

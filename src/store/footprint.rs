@@ -121,7 +121,7 @@ mod tests {
     use std::alloc::{GlobalAlloc, Layout, System};
     use std::cell::Cell;
     use std::sync::Arc;
-    use std::time::{Duration, Instant, SystemTime};
+    use std::time::{Duration, Instant};
 
     struct Counting;
 
@@ -192,7 +192,6 @@ mod tests {
             body: exact_body(BytesMut::from(&b"xxxxxxxxxx"[..])),
             initial_age: Duration::ZERO,
             received_at: Instant::now(),
-            received_wall: SystemTime::now(),
             freshness: Duration::from_secs(3600),
             stale_while_revalidate: Duration::ZERO,
             stale_if_error: Duration::ZERO,

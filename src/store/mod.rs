@@ -38,7 +38,7 @@ use std::collections::{HashMap, VecDeque};
 use std::hash::BuildHasher;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant, SystemTime};
+use std::time::{Duration, Instant};
 
 /// A stored response with everything needed to judge and serve it.
 #[derive(Debug)]
@@ -51,8 +51,6 @@ pub struct CachedObject {
     pub initial_age: Duration,
     /// When the response arrived, on the monotonic clock.
     pub received_at: Instant,
-    /// When the response arrived, on the wall clock (for logs and Date checks).
-    pub received_wall: SystemTime,
     /// How long it is fresh, counted from its age zero.
     pub freshness: Duration,
     /// How long after freshness a stale copy may serve while revalidating.
@@ -162,7 +160,6 @@ impl Expiry<String, Entry> for UsableLife {
 /// The byte-bounded cache of responses.
 pub struct Store {
     cache: Cache<String, Entry>,
-    capacity: u64,
     /// Variants kept per URL (`cache.max_variants`).
     max_variants: usize,
     removals: Mutex<Removals>,
@@ -272,7 +269,6 @@ impl Store {
             .build();
         Store {
             cache,
-            capacity: capacity_bytes,
             max_variants: DEFAULT_MAX_VARIANTS,
             removals: Mutex::new(Removals::new()),
         }
@@ -412,8 +408,9 @@ impl Store {
         self.cache.weighted_size()
     }
 
+    #[cfg(test)]
     pub fn capacity(&self) -> u64 {
-        self.capacity
+        self.cache.policy().max_capacity().unwrap_or(0)
     }
 
     /// Apply moka's pending work now (evictions, expiries, counts).
@@ -439,7 +436,6 @@ mod tests {
             body: Bytes::from_static(b"x"),
             initial_age: Duration::ZERO,
             received_at: Instant::now(),
-            received_wall: SystemTime::now(),
             freshness: Duration::from_secs(60),
             stale_while_revalidate: Duration::ZERO,
             stale_if_error: Duration::ZERO,
