@@ -143,33 +143,20 @@ pub fn start(filler: &Arc<Filler>, flight_key: String, job: Job, want_result: bo
     }
 }
 
-/// The fill itself. Always completes the flight; never panics on input.
+/// The fill itself, in three steps: ask (the owner or the origin,
+/// conditionally when there is a stale copy), sort the answer (failure,
+/// 5xx with a usable stale copy, 304, storable or not), hand it on. Always
+/// completes the flight; never panics on input.
 async fn run(
     filler: Arc<Filler>,
     flight: Flight<String, Outcome>,
     mut job: Job,
     leader: Option<oneshot::Sender<LeaderResult>>,
 ) {
-    if let Some(stale) = &job.stale {
-        for (name, value) in cache_rules::revalidation_headers(&stale.header.headers) {
-            // Names and values come from a stored response we already parsed.
-            let _ = job.request.insert_header(name, value);
-        }
+    if let Some(stored) = stored_meanwhile(&filler, &flight, &job) {
+        return publish(flight, leader, stored);
     }
-    if job.stale.is_none() {
-        // A fill that finished between our lookup and our joining the
-        // flight has stored the object already: use it, don't fetch again.
-        if let Some(Entry::Object(object)) = filler.store.get(flight.key()) {
-            if object.is_fresh(Instant::now()) {
-                let outcome = Outcome::Fetched {
-                    object,
-                    revalidated: false,
-                    via_peer: false,
-                };
-                return publish(flight, leader, outcome);
-            }
-        }
-    }
+    add_validators(&mut job);
     let request_headers = job.request.headers.clone();
     let since = Epoch::now();
     let (response, via_peer) = fetch(&filler, &job).await;
@@ -177,35 +164,28 @@ async fn run(
         Ok(r) => r,
         Err(e) => return publish(flight, leader, failure(job.stale.as_ref(), e)),
     };
-    let status = response.header.status;
-    strip_response_hop_by_hop(&mut response.header);
-    if via_peer {
-        // The owner's own Cache-Status describes its cache, not ours.
-        response.header.remove_header("cache-status");
-    } else {
-        // Peer-protocol fields are ours: an origin's are never stored or passed on.
-        response.header.remove_header(&peers::REFUSED);
-    }
-    let store = match via_peer {
-        true => job.mirror.clone(),
-        false => Some(filler.store.clone()),
+    clean_response(&mut response, via_peer);
+    let whole = Whole {
+        store: match via_peer {
+            true => job.mirror.clone(),
+            false => Some(filler.store.clone()),
+        },
+        since,
+        via_peer,
+        request_headers,
     };
-
+    let status = response.header.status;
     if status.is_server_error() {
         if let Some(object) = usable_if_error(job.stale.as_ref()) {
             response.finish(&filler.client).await;
             let origin_status = status.as_u16();
-            return publish(
-                flight,
-                leader,
-                Outcome::UseStale {
-                    object,
-                    origin_status,
-                },
-            );
+            let outcome = Outcome::UseStale {
+                object,
+                origin_status,
+            };
+            return publish(flight, leader, outcome);
         }
     }
-
     if status == http::StatusCode::NOT_MODIFIED {
         if let Some(stale) = job.stale.clone() {
             let refresh = Refresh {
@@ -215,48 +195,91 @@ async fn run(
                 response_time: response.response_time,
             };
             response.finish(&filler.client).await;
-            let whole = Whole {
-                store,
-                since,
-                via_peer,
-                request_headers,
-            };
             return revalidated(&filler, flight, &job, &whole, refresh, leader);
         }
     }
+    match not_storable_because(&job, &whole, &response) {
+        None => store_streaming(filler, flight, job, whole, response, leader).await,
+        Some(reason) => {
+            flight.complete(Outcome::NotStored);
+            let cache_status = not_stored_status(status, reason);
+            let head = leader_head(&response, None);
+            let out = LeaderStream::open(leader, head, cache_status, via_peer, false);
+            pump(&filler, response, out).await;
+        }
+    }
+}
 
+/// A fill that finished between our lookup and our joining the flight has
+/// stored the object already: use it, don't fetch again.
+fn stored_meanwhile(
+    filler: &Filler,
+    flight: &Flight<String, Outcome>,
+    job: &Job,
+) -> Option<Outcome> {
+    if job.stale.is_some() {
+        return None;
+    }
+    match filler.store.get(flight.key()) {
+        Some(Entry::Object(object)) if object.is_fresh(Instant::now()) => Some(Outcome::Fetched {
+            object,
+            revalidated: false,
+            via_peer: false,
+        }),
+        _ => None,
+    }
+}
+
+/// Revalidate the stale copy, if there is one (RFC 9111 §4.3.1).
+fn add_validators(job: &mut Job) {
+    if let Some(stale) = &job.stale {
+        for (name, value) in cache_rules::revalidation_headers(&stale.header.headers) {
+            // Names and values come from a stored response we already parsed.
+            let _ = job.request.insert_header(name, value);
+        }
+    }
+}
+
+/// What no response of ours passes on: hop-by-hop fields, the owner's own
+/// Cache-Status (it describes its cache, not ours), and peer-protocol
+/// fields an origin may have sent.
+fn clean_response(response: &mut OriginResponse, via_peer: bool) {
+    strip_response_hop_by_hop(&mut response.header);
+    if via_peer {
+        response.header.remove_header("cache-status");
+    } else {
+        response.header.remove_header(&peers::REFUSED);
+    }
+}
+
+/// Why this response is not stored (counted), or None when it is.
+fn not_storable_because(
+    job: &Job,
+    whole: &Whole,
+    response: &OriginResponse,
+) -> Option<&'static str> {
     let verdict = cache_rules::check_storable(
         &http::Method::GET,
-        &request_headers,
-        status,
+        &whole.request_headers,
+        response.header.status,
         &response.header.headers,
         &job.rules,
     );
-    let declared_len = response.content_length();
-    let reason = match verdict {
+    match verdict {
         Err(why) => {
             metrics::observe_not_stored(why.as_str());
-            why.as_str()
+            Some(why.as_str())
         }
-        Ok(()) if declared_len.is_some_and(|n| n > job.max_object_size) => {
+        Ok(())
+            if response
+                .content_length()
+                .is_some_and(|n| n > job.max_object_size) =>
+        {
             metrics::TOO_LARGE.inc();
-            "too-large"
+            Some("too-large")
         }
-        Ok(()) => {
-            let whole = Whole {
-                store,
-                since,
-                via_peer,
-                request_headers,
-            };
-            return store_streaming(filler, flight, job, whole, response, leader).await;
-        }
-    };
-    flight.complete(Outcome::NotStored);
-    let cache_status = not_stored_status(status, reason);
-    let head = leader_head(&response, None);
-    let out = LeaderStream::open(leader, head, cache_status, via_peer, false);
-    pump(&filler, response, out).await;
+        Ok(()) => None,
+    }
 }
 
 /// Where a whole response goes once read.
