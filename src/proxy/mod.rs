@@ -93,6 +93,15 @@ pub struct Ringside {
     rule_options: RuleOptions,
 }
 
+/// What a request's key has here: the stored object (or mirror) and its
+/// variant key, and where a fill would go.
+struct Found {
+    variant_key: Option<String>,
+    stored: Option<Arc<CachedObject>>,
+    mirrored: bool,
+    route: Route,
+}
+
 /// Where a miss is filled from: the owner (and whether to mirror its answer) or the origin.
 #[derive(Default)]
 struct Route {
@@ -254,27 +263,10 @@ impl Ringside {
     ) -> Result<bool> {
         let req = session.req_header();
         let plain_key = self.request_key(&target, req);
-        let (mut variant_key, mut stored) = Self::lookup(&self.filler.store, &plain_key, req);
+        let found = self.find(req, &plain_key);
         // The request's arrival is "now" for freshness: one clock read less per hit.
         let now = ctx.started;
-        // Keys owned by another node: maybe mirrored here (hot), else ask the owner.
-        let cluster = self
-            .filler
-            .cluster
-            .as_ref()
-            .filter(|_| self.role == Role::App);
-        let mut route = Route::default();
-        let mut mirrored = false;
-        if let (Some(cluster), None) = (cluster, &stored) {
-            let ring = cluster.ring();
-            if let Some(owner) = cluster.remote_owner(&ring, &plain_key) {
-                (variant_key, stored) = Self::lookup(&cluster.hot.store, &plain_key, req);
-                mirrored = stored.is_some();
-                route = self.route_to_owner(cluster, owner, &plain_key);
-            }
-        }
-
-        if let Some(object) = &stored {
+        if let Some(object) = &found.stored {
             let age = object.age(now);
             let forced = self.config.cache.honor_client_no_cache
                 && cache_rules::request_requires_revalidation(&client_cc, age, object.freshness);
@@ -285,20 +277,19 @@ impl Ringside {
             }
             if !forced && fresh {
                 ctx.result = CacheResult::Hit;
-                if mirrored {
+                if found.mirrored {
                     metrics::HOT_HITS.inc();
                 }
                 return send_object(session, object, HIT.clone(), now).await;
             }
             let swr = object.stale_while_revalidate;
             if !forced && !swr.is_zero() && object.staleness(now) <= swr {
-                let flight_key =
-                    flight_key(variant_key.unwrap_or_else(|| plain_key.clone()), &route);
-                let job = self.fill_job(req, &target, &plain_key, stored.clone(), rules, route);
+                let object = object.clone();
+                let (flight_key, job) = self.fill_for(req, &target, plain_key, found, rules);
                 // Refresh in the background unless someone already is.
                 let _ = fill::start(&self.filler, flight_key, job, false);
                 ctx.result = CacheResult::Stale;
-                return send_object(session, object, STALE_WHILE_REVALIDATE.clone(), now).await;
+                return send_object(session, &object, STALE_WHILE_REVALIDATE.clone(), now).await;
             }
         }
         if client_cc.only_if_cached {
@@ -306,9 +297,62 @@ impl Ringside {
             let status = "ringside; fwd=miss; detail=only-if-cached";
             return send_error(session, 504, "not in cache (only-if-cached)\n", status).await;
         }
+        let (flight_key, job) = self.fill_for(req, &target, plain_key, found, rules);
+        self.fill_and_answer(session, ctx, flight_key, job).await
+    }
 
-        let flight_key = flight_key(variant_key.unwrap_or_else(|| plain_key.clone()), &route);
-        let job = self.fill_job(req, &target, &plain_key, stored.clone(), rules, route);
+    /// Where the request's key stands: stored here, mirrored here (a key
+    /// another node owns, app listener only), or to be asked of its owner.
+    fn find(&self, req: &RequestHeader, plain_key: &str) -> Found {
+        let (variant_key, stored) = Self::lookup(&self.filler.store, plain_key, req);
+        let mut found = Found {
+            variant_key,
+            stored,
+            mirrored: false,
+            route: Route::default(),
+        };
+        let cluster = self
+            .filler
+            .cluster
+            .as_ref()
+            .filter(|_| self.role == Role::App);
+        if let (Some(cluster), None) = (cluster, &found.stored) {
+            let ring = cluster.ring();
+            if let Some(owner) = cluster.remote_owner(&ring, plain_key) {
+                (found.variant_key, found.stored) =
+                    Self::lookup(&cluster.hot.store, plain_key, req);
+                found.mirrored = found.stored.is_some();
+                found.route = self.route_to_owner(cluster, owner, plain_key);
+            }
+        }
+        found
+    }
+
+    /// The flight key and job of a fill for what `find` found.
+    fn fill_for(
+        &self,
+        req: &RequestHeader,
+        target: &Arc<OriginTarget>,
+        plain_key: String,
+        found: Found,
+        rules: RuleOptions,
+    ) -> (String, Job) {
+        let flight_key = flight_key(
+            found.variant_key.unwrap_or_else(|| plain_key.clone()),
+            &found.route,
+        );
+        let job = self.fill_job(req, target, &plain_key, found.stored, rules, found.route);
+        (flight_key, job)
+    }
+
+    /// Lead or follow the key's fill, and answer with what it brings.
+    async fn fill_and_answer(
+        &self,
+        session: &mut Session,
+        ctx: &mut RequestCtx,
+        flight_key: String,
+        job: Job,
+    ) -> Result<bool> {
         let timeout = self.config.cache.collapse_timeout;
         match fill::start(&self.filler, flight_key, job, true) {
             // The wait is for the response head: a body that is still
@@ -318,13 +362,8 @@ impl Ringside {
                 // The fill task always answers; a lost answer means it died.
                 _ => {
                     ctx.result = CacheResult::Error;
-                    send_error(
-                        session,
-                        504,
-                        "origin fetch did not finish\n",
-                        "ringside; fwd=miss",
-                    )
-                    .await
+                    let body = "origin fetch did not finish\n";
+                    send_error(session, 504, body, "ringside; fwd=miss").await
                 }
             },
             Started::Following(waiter) => match waiter.wait(timeout).await {
@@ -332,21 +371,13 @@ impl Ringside {
                 Err(WaitError::Timeout) => {
                     ctx.result = CacheResult::Error;
                     let status = "ringside; fwd=miss; collapsed; detail=collapse-timeout";
-                    send_error(
-                        session,
-                        504,
-                        "origin fetch did not finish in time\n",
-                        status,
-                    )
-                    .await
+                    let body = "origin fetch did not finish in time\n";
+                    send_error(session, 504, body, status).await
                 }
                 Err(WaitError::Abandoned) => {
                     // The leader's fill died; fetch for ourselves, uncached.
-                    self.pass(
-                        ctx,
-                        CacheResult::Miss,
-                        "ringside; fwd=miss; detail=abandoned",
-                    )
+                    let status = "ringside; fwd=miss; detail=abandoned";
+                    self.pass(ctx, CacheResult::Miss, status)
                 }
             },
         }
