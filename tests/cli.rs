@@ -544,3 +544,20 @@ async fn runs_from_flags_and_environment_alone() {
     );
     assert!(running.0.try_wait().unwrap().is_none(), "still running");
 }
+
+#[test]
+fn membership_names_exactly_one_source() {
+    let cluster = "cluster: {enabled: true, peer_listen: 127.0.0.1:7070, secret: 0123456789abcdef0";
+    assert_rejected(
+        "two membership sources",
+        &format!(
+            "{ORIGIN}{cluster}, membership: {{static: [\"127.0.0.1:7070\"], dns: {{name: peers}}}}}}\n"
+        ),
+        &["cluster.membership", "2 sources given", "exactly one of static, dns, etcd"],
+    );
+    assert_rejected(
+        "no membership source",
+        &format!("{ORIGIN}{cluster}}}\n"),
+        &["cluster.membership", "0 sources given"],
+    );
+}

@@ -322,7 +322,9 @@ fn apps_config_and_peers() {
         })
         .unwrap_or_else(|e| panic!("rendered config rejected: {e}\n{text}"));
     assert!(config.cluster.enabled);
-    let dns = config.cluster.membership.dns.expect("dns membership");
+    let ringside::config::MembershipConfig::Dns(dns) = config.cluster.membership else {
+        panic!("dns membership: {:?}", config.cluster.membership)
+    };
     assert_eq!(dns.name, "rs-ringside-catalog-peers.shop.svc.cluster.local");
     assert_eq!(dns.port, Some(7070));
     // The webhook knows which app has a ConfigMap in which namespace.

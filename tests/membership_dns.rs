@@ -26,10 +26,7 @@ fn cluster(advertise: &str, peer_listen: &str, dns: DnsMembership) -> ClusterCon
         enabled: true,
         peer_listen: peer_listen.into(),
         advertise: advertise.into(),
-        membership: MembershipConfig {
-            dns: Some(dns),
-            ..Default::default()
-        },
+        membership: MembershipConfig::Dns(dns),
         ..Default::default()
     }
 }

@@ -24,14 +24,11 @@ fn cluster(advertise: &str, endpoints: Vec<String>, lease_ttl: Duration) -> Clus
         enabled: true,
         peer_listen: "127.0.0.1:7070".into(),
         advertise: advertise.into(),
-        membership: MembershipConfig {
-            etcd: Some(EtcdMembership {
-                endpoints,
-                prefix: PREFIX.into(),
-                lease_ttl,
-            }),
-            ..Default::default()
-        },
+        membership: MembershipConfig::Etcd(EtcdMembership {
+            endpoints,
+            prefix: PREFIX.into(),
+            lease_ttl,
+        }),
         ..Default::default()
     }
 }

@@ -58,15 +58,53 @@ pub struct HotConfig {
     pub min_rate: f64,
 }
 
-/// Where the member list comes from: exactly one of the three.
-#[derive(Debug, Clone, Deserialize, Default)]
-#[serde(deny_unknown_fields, default)]
-pub struct MembershipConfig {
+/// Where the member list comes from: exactly one source, by construction.
+/// Written in YAML as one of `static: [...]`, `dns: {...}`, `etcd: {...}`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(try_from = "MembershipSources")]
+pub enum MembershipConfig {
     /// Fixed peer addresses (`host:port`, or `{addr, weight}`), this node included or not.
+    Static(Vec<StaticMember>),
+    Dns(DnsMembership),
+    Etcd(EtcdMembership),
+}
+
+impl Default for MembershipConfig {
+    fn default() -> Self {
+        MembershipConfig::Static(Vec::new())
+    }
+}
+
+/// The `membership:` section as written, before it is known to name exactly
+/// one source.
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields, default)]
+struct MembershipSources {
     #[serde(rename = "static")]
-    pub static_members: Vec<StaticMember>,
-    pub dns: Option<DnsMembership>,
-    pub etcd: Option<EtcdMembership>,
+    static_members: Vec<StaticMember>,
+    dns: Option<DnsMembership>,
+    etcd: Option<EtcdMembership>,
+}
+
+impl TryFrom<MembershipSources> for MembershipConfig {
+    type Error = String;
+
+    fn try_from(m: MembershipSources) -> Result<Self, String> {
+        let given = [
+            !m.static_members.is_empty(),
+            m.dns.is_some(),
+            m.etcd.is_some(),
+        ];
+        match (m.dns, m.etcd) {
+            _ if given.iter().filter(|g| **g).count() > 1 => Err(format!(
+                "{} sources given; expected exactly one of static, dns, etcd",
+                given.iter().filter(|g| **g).count()
+            )),
+            (Some(dns), None) => Ok(MembershipConfig::Dns(dns)),
+            (None, Some(etcd)) => Ok(MembershipConfig::Etcd(etcd)),
+            _ => Ok(MembershipConfig::Static(m.static_members)),
+        }
+    }
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -221,69 +259,77 @@ impl ClusterConfig {
                 "a rate above 0 (requests per second)",
             ));
         }
-        let m = &self.membership;
-        let sources = usize::from(!m.static_members.is_empty())
-            + usize::from(m.dns.is_some())
-            + usize::from(m.etcd.is_some());
-        if sources != 1 {
-            return Err(ConfigError::Invalid(format!(
-                "cluster.membership: {sources} sources given; expected exactly one of static, dns, etcd"
-            )));
+        match &self.membership {
+            MembershipConfig::Static(members) => validate_static(members),
+            MembershipConfig::Dns(dns) => validate_dns(dns),
+            MembershipConfig::Etcd(etcd) => validate_etcd(etcd),
         }
-        for (i, member) in m.static_members.iter().enumerate() {
-            if member
-                .addr()
-                .rsplit_once(':')
-                .and_then(|(_, p)| p.parse::<u16>().ok())
-                .is_none()
-            {
-                return Err(invalid(
-                    &format!("cluster.membership.static[{i}]"),
-                    quoted(member.addr()),
-                    "host:port",
-                ));
-            }
-            if !(1..=100).contains(&member.weight()) {
-                return Err(invalid(
-                    &format!("cluster.membership.static[{i}].weight"),
-                    member.weight(),
-                    "1 to 100",
-                ));
-            }
-        }
-        if let Some(dns) = &m.dns {
-            if dns.name.is_empty() {
-                return Err(invalid("cluster.membership.dns.name", "\"\"", "a DNS name"));
-            }
-            if let Some(ns) = &dns.nameserver {
-                super::check_addr("cluster.membership.dns.nameserver", ns)?;
-            }
-        }
-        if let Some(etcd) = &m.etcd {
-            if etcd.endpoints.is_empty() {
-                return Err(invalid(
-                    "cluster.membership.etcd.endpoints",
-                    "[]",
-                    "at least one http://host:port",
-                ));
-            }
-            for (i, e) in etcd.endpoints.iter().enumerate() {
-                super::OriginUrl::parse(e).map_err(|why| {
-                    invalid(
-                        &format!("cluster.membership.etcd.endpoints[{i}]"),
-                        quoted(e),
-                        why,
-                    )
-                })?;
-            }
-            if !etcd.prefix.starts_with('/') {
-                return Err(invalid(
-                    "cluster.membership.etcd.prefix",
-                    quoted(&etcd.prefix),
-                    "a key prefix starting with /",
-                ));
-            }
-        }
-        Ok(())
     }
+}
+
+fn validate_static(members: &[StaticMember]) -> Result<(), ConfigError> {
+    if members.is_empty() {
+        return Err(ConfigError::Invalid(
+            "cluster.membership: 0 sources given; expected exactly one of static, dns, etcd".into(),
+        ));
+    }
+    for (i, member) in members.iter().enumerate() {
+        if member
+            .addr()
+            .rsplit_once(':')
+            .and_then(|(_, p)| p.parse::<u16>().ok())
+            .is_none()
+        {
+            return Err(invalid(
+                &format!("cluster.membership.static[{i}]"),
+                quoted(member.addr()),
+                "host:port",
+            ));
+        }
+        if !(1..=100).contains(&member.weight()) {
+            return Err(invalid(
+                &format!("cluster.membership.static[{i}].weight"),
+                member.weight(),
+                "1 to 100",
+            ));
+        }
+    }
+    Ok(())
+}
+
+fn validate_dns(dns: &DnsMembership) -> Result<(), ConfigError> {
+    if dns.name.is_empty() {
+        return Err(invalid("cluster.membership.dns.name", "\"\"", "a DNS name"));
+    }
+    if let Some(ns) = &dns.nameserver {
+        super::check_addr("cluster.membership.dns.nameserver", ns)?;
+    }
+    Ok(())
+}
+
+fn validate_etcd(etcd: &EtcdMembership) -> Result<(), ConfigError> {
+    if etcd.endpoints.is_empty() {
+        return Err(invalid(
+            "cluster.membership.etcd.endpoints",
+            "[]",
+            "at least one http://host:port",
+        ));
+    }
+    for (i, e) in etcd.endpoints.iter().enumerate() {
+        super::OriginUrl::parse(e).map_err(|why| {
+            invalid(
+                &format!("cluster.membership.etcd.endpoints[{i}]"),
+                quoted(e),
+                why,
+            )
+        })?;
+    }
+    if !etcd.prefix.starts_with('/') {
+        return Err(invalid(
+            "cluster.membership.etcd.prefix",
+            quoted(&etcd.prefix),
+            "a key prefix starting with /",
+        ));
+    }
+    Ok(())
 }

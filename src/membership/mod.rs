@@ -8,7 +8,7 @@
 mod dns;
 mod etcd;
 
-use crate::config::ClusterConfig;
+use crate::config::{ClusterConfig, MembershipConfig};
 use tokio::sync::watch;
 
 /// One sidecar, by the peer address the others reach it at.
@@ -43,15 +43,12 @@ pub fn normalize(mut members: Vec<Member>, me: &Member) -> Vec<Member> {
 /// times (this node alone until the source first answers).
 pub async fn start(config: &ClusterConfig) -> Result<watch::Receiver<Vec<Member>>, String> {
     let me = Member::new(config.advertise_addr(), 1);
-    let m = &config.membership;
-    if let Some(dns) = &m.dns {
-        return dns::start(dns.clone(), config, me).await;
-    }
-    if let Some(etcd) = &m.etcd {
-        return etcd::start(etcd.clone(), me).await;
-    }
-    let members = m
-        .static_members
+    let list = match &config.membership {
+        MembershipConfig::Dns(dns) => return dns::start(dns.clone(), config, me).await,
+        MembershipConfig::Etcd(etcd) => return etcd::start(etcd.clone(), me).await,
+        MembershipConfig::Static(list) => list,
+    };
+    let members = list
         .iter()
         .map(|s| Member::new(s.addr(), s.weight()))
         .collect();
