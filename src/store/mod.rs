@@ -43,8 +43,9 @@ use std::time::{Duration, Instant};
 /// A stored response with everything needed to judge and serve it.
 #[derive(Debug)]
 pub struct CachedObject {
-    /// Status and end-to-end headers as the origin sent them (no hop-by-hop
-    /// headers, no Age: Age is computed when served).
+    /// Status and end-to-end headers as the origin sent them, without
+    /// hop-by-hop headers; `age` and `cache-status` hold placeholders that
+    /// every hit overwrites in its clone (see `fill::with_serving_slots`).
     pub header: ResponseHeader,
     pub body: Bytes,
     /// Age the response already had when it arrived (RFC 9111 §4.2.3).
