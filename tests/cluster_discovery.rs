@@ -201,8 +201,8 @@ async fn dns_discovered_nodes_share_one_cache_and_survive_a_leave() {
     load.run_for(20).await;
     dns.set_a(&ips[..2]);
     let mut leaving = nodes.pop().unwrap();
-    let stopped = tokio::task::spawn_blocking(move || {
-        let took = leaving.terminate();
+    let stopped = tokio::spawn(async move {
+        let took = leaving.terminate().await;
         (leaving, took)
     });
     let survivors: Vec<&Ringside> = nodes.iter().collect();
