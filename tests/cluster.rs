@@ -272,15 +272,19 @@ async fn kill_9_of_a_peer_under_load_costs_no_client_errors() {
             results
         }));
     }
-    eventually(Duration::from_secs(30), "100 requests before the kill", || async {
-        made.load(Ordering::Relaxed) >= 100
-    })
+    eventually(
+        Duration::from_secs(30),
+        "100 requests before the kill",
+        || async { made.load(Ordering::Relaxed) >= 100 },
+    )
     .await;
     nodes[2].kill();
     let at_kill = made.load(Ordering::Relaxed);
-    eventually(Duration::from_secs(30), "200 requests after the kill", || async {
-        made.load(Ordering::Relaxed) >= at_kill + 200
-    })
+    eventually(
+        Duration::from_secs(30),
+        "200 requests after the kill",
+        || async { made.load(Ordering::Relaxed) >= at_kill + 200 },
+    )
     .await;
     let stopped_at = Instant::now();
     stop.store(true, Ordering::Relaxed);

@@ -125,9 +125,11 @@ async fn an_unanswering_server_keeps_the_list_and_persistent_nxdomain_shrinks_it
     server.set(Mode::Silent);
     rx.mark_unchanged();
     let unanswered = server.unanswered_a_queries();
-    common::eventually(Duration::from_secs(30), "several lookups time out", || async {
-        server.unanswered_a_queries() >= unanswered + 6
-    })
+    common::eventually(
+        Duration::from_secs(30),
+        "several lookups time out",
+        || async { server.unanswered_a_queries() >= unanswered + 6 },
+    )
     .await;
     assert!(
         !rx.has_changed().unwrap(),
@@ -164,9 +166,11 @@ async fn a_short_nxdomain_blip_does_not_shrink_the_list() {
     // Two polls see NXDOMAIN, then the records are back.
     server.set(Mode::NxDomainFor(2, members));
     let answered = server.record_a_answers();
-    common::eventually(Duration::from_secs(10), "the poller keeps asking", || async {
-        server.record_a_answers() >= answered + 3
-    })
+    common::eventually(
+        Duration::from_secs(10),
+        "the poller keeps asking",
+        || async { server.record_a_answers() >= answered + 3 },
+    )
     .await;
     assert_eq!(server.nxdomain_a_answers(), 2);
     assert!(

@@ -565,7 +565,10 @@ impl Prometheus {
         let (addr, dir) = (self.addr, &self.dir);
         eventually(Duration::from_secs(30), "prometheus is ready", || async {
             if let Ok(Some(status)) = child.borrow_mut().try_wait() {
-                panic!("prometheus exited with {status}:\n{}", Prometheus::log_in(dir));
+                panic!(
+                    "prometheus exited with {status}:\n{}",
+                    Prometheus::log_in(dir)
+                );
             }
             matches!(common::get(addr, "/-/ready").await, Ok(r) if r.status == 200)
         })
@@ -829,13 +832,17 @@ async fn dashboards_and_rules_return_data_from_a_real_prometheus() {
     }
 
     // A few scrapes of every node first.
-    eventually(Duration::from_secs(30), "3 scrapes of each node", || async {
-        let scrapes = prom
-            .query("count_over_time(up{job=\"ringside\"}[1m]) >= 3")
-            .await
-            .unwrap();
-        scrapes.len() == 3
-    })
+    eventually(
+        Duration::from_secs(30),
+        "3 scrapes of each node",
+        || async {
+            let scrapes = prom
+                .query("count_over_time(up{job=\"ringside\"}[1m]) >= 3")
+                .await
+                .unwrap();
+            scrapes.len() == 3
+        },
+    )
     .await;
 
     // Wait until everything returns data (scrapes every second, rules too).

@@ -406,9 +406,11 @@ async fn sigterm_lets_an_in_flight_request_finish_then_exits() {
         (r, started.elapsed())
     });
     // Wait until the request is at the origin, i.e. truly in flight.
-    eventually(Duration::from_secs(10), "the request reaches the origin", || async {
-        origin.hits(target) > 0
-    })
+    eventually(
+        Duration::from_secs(10),
+        "the request reaches the origin",
+        || async { origin.hits(target) > 0 },
+    )
     .await;
     let signalled = Instant::now();
     let mut terminating = tokio::spawn(async move {
@@ -518,10 +520,14 @@ async fn shutdown_delay_keeps_serving_with_readyz_failing_then_exits() {
     assert!(rs.is_running());
 
     // Then the drain: an idle process exits soon after the delay, not before.
-    eventually(DELAY + Duration::from_secs(5), "exits after the delay", || {
-        let exited = !rs.is_running();
-        async move { exited }
-    })
+    eventually(
+        DELAY + Duration::from_secs(5),
+        "exits after the delay",
+        || {
+            let exited = !rs.is_running();
+            async move { exited }
+        },
+    )
     .await;
     let took = signalled.elapsed();
     assert!(took >= DELAY, "exited after {took:?}, before the delay");

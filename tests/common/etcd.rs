@@ -112,14 +112,21 @@ impl Etcd {
             .spawn()
             .expect("spawn etcd");
         self.child = Some(child);
-        let (port, log_path, what) = (self.client_port, self.log_path(), format!("etcd answers on {}", self.url()));
+        let (port, log_path, what) = (
+            self.client_port,
+            self.log_path(),
+            format!("etcd answers on {}", self.url()),
+        );
         let child = self.child.as_mut().expect("etcd just spawned");
         super::eventually(Duration::from_secs(30), &what, || {
             let exited = child.try_wait();
             let log_path = &log_path;
             async move {
                 if let Ok(Some(status)) = exited {
-                    panic!("etcd exited with {status}; its log ends:\n{}", log_tail(log_path));
+                    panic!(
+                        "etcd exited with {status}; its log ends:\n{}",
+                        log_tail(log_path)
+                    );
                 }
                 let health = post(port, "/v3/kv/range", &json!({"key": "AA=="})).await;
                 matches!(health, Ok((200, _)))
