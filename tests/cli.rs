@@ -5,12 +5,12 @@
 
 mod common;
 use common::origin::Origin;
-use common::{free_port, get, metric_sum};
+use common::{eventually, free_port, get, metric_sum};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 const ENV_VARS: [&str; 6] = [
     "RINGSIDE_CONFIG",
@@ -514,19 +514,16 @@ async fn runs_from_flags_and_environment_alone() {
         .expect("start ringside");
     let mut running = Running(child);
 
-    let deadline = Instant::now() + Duration::from_secs(15);
-    loop {
-        if let Ok(r) = get(admin, "/readyz").await {
-            if r.status == 200 {
-                break;
+    eventually(Duration::from_secs(30), "ringside is ready", || {
+        let exited = running.0.try_wait();
+        async move {
+            if let Ok(Some(status)) = exited {
+                panic!("ringside exited with {status}");
             }
+            matches!(get(admin, "/readyz").await, Ok(r) if r.status == 200)
         }
-        if let Ok(Some(status)) = running.0.try_wait() {
-            panic!("ringside exited with {status}");
-        }
-        assert!(Instant::now() < deadline, "ringside never became ready");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    })
+    .await;
 
     let path = "/cli?cc=max-age%3D60";
     let r = get(listen, path).await.expect("GET through ringside");

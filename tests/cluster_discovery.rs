@@ -10,11 +10,11 @@ mod common;
 use common::dns::{DnsServer, Mode};
 use common::etcd::Etcd;
 use common::origin::Origin;
-use common::{free_port, get, Ringside, CLUSTER_SECRET};
+use common::{eventually, free_port, get, Ringside, CLUSTER_SECRET};
 use std::collections::hash_map::RandomState;
 use std::hash::BuildHasher;
 use std::net::{Ipv4Addr, SocketAddr};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -49,24 +49,16 @@ async fn raw_sample(node: &Ringside, name: &str) -> String {
 
 /// Wait until every node in `nodes` reports `ringside_ring_members` = `want`.
 async fn wait_members(nodes: &[&Ringside], want: f64, within: Duration) {
-    let deadline = Instant::now() + within;
-    loop {
-        let mut seen = Vec::new();
+    let what = format!("ringside_ring_members = {want} on every node");
+    eventually(within, &what, || async {
         for node in nodes {
-            seen.push(node.metric("ringside_ring_members", &[]).await);
+            if node.metric("ringside_ring_members", &[]).await != want {
+                return false;
+            }
         }
-        if seen.iter().all(|&m| m == want) {
-            return;
-        }
-        if Instant::now() > deadline {
-            let logs: Vec<String> = nodes.iter().map(|n| n.log()).collect();
-            panic!(
-                "ring members {seen:?} after {within:?}, expected {want} on every node; logs:\n{}",
-                logs.join("\n----\n")
-            );
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+        true
+    })
+    .await;
 }
 
 /// Ring generations of `nodes`, which must all be equal.
@@ -94,15 +86,19 @@ async fn sum_metric(nodes: &[&Ringside], name: &str, labels: &[&str]) -> f64 {
 /// connection, until stopped.
 struct Load {
     stop: Arc<AtomicBool>,
+    /// Requests answered so far (200 or not).
+    answered: Arc<AtomicU64>,
     tasks: Vec<tokio::task::JoinHandle<(u64, Vec<String>)>>,
 }
 
 impl Load {
     fn start(addrs: &[SocketAddr], keys: &[String], clients: usize) -> Load {
         let stop = Arc::new(AtomicBool::new(false));
+        let answered = Arc::new(AtomicU64::new(0));
         let mut tasks = Vec::new();
         for c in 0..clients {
             let (stop, addrs, keys) = (stop.clone(), addrs.to_vec(), keys.to_vec());
+            let answered = answered.clone();
             tasks.push(tokio::spawn(async move {
                 let (mut ok, mut errors) = (0u64, Vec::new());
                 let mut i = c;
@@ -117,12 +113,27 @@ impl Load {
                         Ok(Err(e)) => errors.push(format!("{addr}{path}: {e}")),
                         Err(_) => errors.push(format!("{addr}{path}: no answer within 5s")),
                     }
+                    answered.fetch_add(1, Ordering::SeqCst);
                     i += clients;
                 }
                 (ok, errors)
             }));
         }
-        Load { stop, tasks }
+        Load {
+            stop,
+            answered,
+            tasks,
+        }
+    }
+
+    /// Wait until the clients got `n` more answers than they have now.
+    async fn run_for(&self, n: u64) {
+        let target = self.answered.load(Ordering::SeqCst) + n;
+        let what = format!("{n} more client requests answered");
+        eventually(Duration::from_secs(30), &what, || async {
+            self.answered.load(Ordering::SeqCst) >= target
+        })
+        .await;
     }
 
     /// Stop the clients: (requests answered 200, failures).
@@ -187,11 +198,11 @@ async fn dns_discovered_nodes_share_one_cache_and_survive_a_leave() {
     // Node 3 leaves: first its record goes, then the process, while
     // clients keep asking nodes 1 and 2 for every key.
     let load = Load::start(&[nodes[0].addr, nodes[1].addr], &warm, 4);
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    load.run_for(20).await;
     dns.set_a(&ips[..2]);
     let mut leaving = nodes.pop().unwrap();
-    let stopped = tokio::task::spawn_blocking(move || {
-        let took = leaving.terminate();
+    let stopped = tokio::spawn(async move {
+        let took = leaving.terminate().await;
         (leaving, took)
     });
     let survivors: Vec<&Ringside> = nodes.iter().collect();
@@ -199,7 +210,7 @@ async fn dns_discovered_nodes_share_one_cache_and_survive_a_leave() {
     let (leaving, took) = stopped.await.expect("terminate");
     assert!(took.is_some(), "node 3 did not exit on SIGTERM");
     drop(leaving);
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    load.run_for(20).await;
     let (ok, errors) = load.finish().await;
     assert!(
         errors.is_empty(),
@@ -253,14 +264,14 @@ async fn etcd_discovered_nodes_survive_a_crash_and_take_in_a_newcomer() {
 
     // Node 3 crashes under load on the other two.
     let load = Load::start(&[nodes[0].addr, nodes[1].addr], &warm, 4);
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    load.run_for(20).await;
     let mut crashed = nodes.pop().unwrap();
     let died = Instant::now();
     crashed.kill();
     let survivors: Vec<&Ringside> = nodes.iter().collect();
     wait_members(&survivors, 2.0, LEASE_TTL + Duration::from_secs(4)).await;
     let took = died.elapsed();
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    load.run_for(20).await;
     let (ok, errors) = load.finish().await;
     assert!(
         errors.is_empty(),

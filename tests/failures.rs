@@ -4,7 +4,7 @@
 
 mod common;
 use common::origin::Origin;
-use common::{Conn, Response, Ringside};
+use common::{eventually, Conn, Response, Ringside};
 use std::time::{Duration, Instant};
 
 /// ringside in front of a port nothing listens on.
@@ -20,17 +20,15 @@ async fn post(rs: &Ringside, path: &str, body: &[u8]) -> Response {
         .expect("POST to ringside")
 }
 
-/// Poll until `name`{labels} reaches `at_least`, or 2 s pass; returns the last
-/// value. (A request is counted just after its response is written.)
+/// Wait until `name`{labels} reaches `at_least`, then return its value.
+/// (A request is counted just after its response is written.)
 async fn metric_reaches(rs: &Ringside, name: &str, labels: &[&str], at_least: f64) -> f64 {
-    let deadline = Instant::now() + Duration::from_secs(2);
-    loop {
-        let v = rs.metric(name, labels).await;
-        if v >= at_least || Instant::now() > deadline {
-            return v;
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    let what = format!("{name}{labels:?} reaches {at_least}");
+    eventually(Duration::from_secs(10), &what, || async {
+        rs.metric(name, labels).await >= at_least
+    })
+    .await;
+    rs.metric(name, labels).await
 }
 
 #[tokio::test]

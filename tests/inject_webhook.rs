@@ -9,12 +9,13 @@
 //! (tests/tools/install-k8s-tools.sh); missing tools fail the test with that
 //! hint rather than skipping.
 
+mod common;
 use base64::Engine;
 use serde_json::{json, Value};
 use std::net::{IpAddr, Ipv4Addr, TcpListener};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 struct Webhook {
     child: Child,
@@ -110,20 +111,20 @@ fn launch(name: &str, args: &[&str]) -> Webhook {
         .stderr(std::fs::File::create(dir.join("webhook.log")).unwrap())
         .spawn()
         .unwrap();
-    let hook = Webhook { child, port, dir };
-    let deadline = Instant::now() + Duration::from_secs(20);
-    loop {
-        let (status, _) = hook.call("GET", "/healthz", None);
-        if status == 200 {
-            return hook;
+    let mut hook = Webhook { child, port, dir };
+    let ready = common::eventually(Duration::from_secs(30), "the webhook is healthy", || {
+        if let Ok(Some(status)) = hook.child.try_wait() {
+            panic!("the webhook exited with {status}:\n{}", hook.log());
         }
-        assert!(
-            Instant::now() < deadline,
-            "webhook did not become healthy:\n{}",
-            hook.log()
-        );
-        std::thread::sleep(Duration::from_millis(100));
-    }
+        let healthy = hook.call("GET", "/healthz", None).0 == 200;
+        async move { healthy }
+    });
+    tokio::runtime::Builder::new_current_thread()
+        .enable_time()
+        .build()
+        .expect("a runtime to wait in")
+        .block_on(ready);
+    hook
 }
 
 impl Webhook {

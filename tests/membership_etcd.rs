@@ -68,6 +68,7 @@ async fn two_nodes_see_each_other_and_a_dead_nodes_lease_expires() {
     );
 
     // Well past the TTL, both are still there: the leases are being renewed.
+    // Time is the subject (a lease outliving its TTL), so this waits on the clock.
     tokio::time::sleep(TTL * 2).await;
     assert_eq!(common::member_addrs(&rx_a), [A, B]);
 
@@ -134,11 +135,10 @@ async fn registrations_written_by_others_are_read_with_their_weights() {
 
     // Someone deletes this node's own key: it puts it back.
     etcd.delete(&format!("{PREFIX}{A}")).await;
-    let deadline = Instant::now() + Duration::from_secs(5);
-    while !etcd.keys(PREFIX).await.contains(&format!("{PREFIX}{A}")) {
-        assert!(Instant::now() < deadline, "A did not put its key back");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    common::eventually(Duration::from_secs(10), "A puts its key back", || async {
+        etcd.keys(PREFIX).await.contains(&format!("{PREFIX}{A}"))
+    })
+    .await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -155,6 +155,7 @@ async fn an_etcd_restart_keeps_the_list_and_the_watch_recovers() {
     common::wait_for_members(&mut rx_b, &[A, B], Duration::from_secs(10)).await;
 
     // etcd goes away for longer than the lease TTL: nothing changes meanwhile.
+    // An absence check over a span of time, so this waits on the clock.
     etcd.stop();
     rx_a.mark_unchanged();
     rx_b.mark_unchanged();
@@ -171,15 +172,13 @@ async fn an_etcd_restart_keeps_the_list_and_the_watch_recovers() {
 
     etcd.restart().await;
     // Both are registered again (their leases survived, or were re-granted)...
-    let deadline = Instant::now() + Duration::from_secs(15);
-    while etcd.keys(PREFIX).await != vec![format!("{PREFIX}{A}"), format!("{PREFIX}{B}")] {
-        assert!(
-            Instant::now() < deadline,
-            "registrations after the restart: {:?}",
-            etcd.keys(PREFIX).await
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    let both = vec![format!("{PREFIX}{A}"), format!("{PREFIX}{B}")];
+    common::eventually(
+        Duration::from_secs(15),
+        "A and B registered after the restart",
+        || async { etcd.keys(PREFIX).await == both },
+    )
+    .await;
     // ... and both follow changes again.
     let c = "127.0.3.3:7070";
     etcd.put(&format!("{PREFIX}{c}"), c).await;
@@ -201,18 +200,17 @@ async fn nodes_register_again_when_etcd_loses_its_data() {
 
     // A brand-new etcd on the same address: the old leases do not exist there.
     etcd.restart_empty().await;
-    let deadline = Instant::now() + Duration::from_secs(15);
-    while etcd.keys(PREFIX).await != vec![format!("{PREFIX}{A}"), format!("{PREFIX}{B}")] {
-        assert!(
-            Instant::now() < deadline,
-            "registrations in the new etcd: {:?}",
-            etcd.keys(PREFIX).await
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    let both = vec![format!("{PREFIX}{A}"), format!("{PREFIX}{B}")];
+    common::eventually(
+        Duration::from_secs(15),
+        "A and B registered in the new etcd",
+        || async { etcd.keys(PREFIX).await == both },
+    )
+    .await;
     common::wait_for_members(&mut rx_a, &[A, B], Duration::from_secs(10)).await;
     common::wait_for_members(&mut rx_b, &[A, B], Duration::from_secs(10)).await;
-    // The new registrations live on leases that are renewed.
+    // The new registrations live on leases that are renewed: they outlive
+    // twice the TTL (time is the subject, so this waits on the clock).
     tokio::time::sleep(TTL * 2).await;
     assert_eq!(
         etcd.keys(PREFIX).await,

@@ -22,7 +22,7 @@
 
 mod common;
 use common::origin::Origin;
-use common::{start_cluster, Conn, Ringside, ADMIN_TOKEN};
+use common::{eventually, start_cluster, Conn, Ringside, ADMIN_TOKEN};
 use serde_json::Value as Json;
 use std::io::Write;
 use std::net::SocketAddr;
@@ -555,24 +555,24 @@ impl Prometheus {
         Prometheus { child, addr, dir }
     }
 
-    fn log(&self) -> String {
-        std::fs::read_to_string(self.dir.join("prometheus.log")).unwrap_or_default()
+    /// The log of the Prometheus running in `dir`.
+    fn log_in(dir: &Path) -> String {
+        std::fs::read_to_string(dir.join("prometheus.log")).unwrap_or_default()
     }
 
     async fn wait_ready(&mut self) {
-        let deadline = Instant::now() + Duration::from_secs(30);
-        while Instant::now() < deadline {
-            if let Ok(r) = common::get(self.addr, "/-/ready").await {
-                if r.status == 200 {
-                    return;
-                }
+        let child = std::cell::RefCell::new(&mut self.child);
+        let (addr, dir) = (self.addr, &self.dir);
+        eventually(Duration::from_secs(30), "prometheus is ready", || async {
+            if let Ok(Some(status)) = child.borrow_mut().try_wait() {
+                panic!(
+                    "prometheus exited with {status}:\n{}",
+                    Prometheus::log_in(dir)
+                );
             }
-            if let Ok(Some(status)) = self.child.try_wait() {
-                panic!("prometheus exited with {status}:\n{}", self.log());
-            }
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
-        panic!("prometheus never became ready:\n{}", self.log());
+            matches!(common::get(addr, "/-/ready").await, Ok(r) if r.status == 200)
+        })
+        .await;
     }
 
     async fn api(&self, path_and_query: &str) -> Json {
@@ -699,6 +699,8 @@ async fn drive_traffic(nodes: Vec<(SocketAddr, SocketAddr)>, stop: Arc<AtomicBoo
             }
         }
         i += 1;
+        // Pacing, not waiting: the traffic is spread over Prometheus's
+        // scrape and rate windows until the test says stop.
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
@@ -830,28 +832,23 @@ async fn dashboards_and_rules_return_data_from_a_real_prometheus() {
     }
 
     // A few scrapes of every node first.
-    let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
-        let scrapes = prom
-            .query("count_over_time(up{job=\"ringside\"}[1m]) >= 3")
-            .await
-            .unwrap();
-        if scrapes.len() == 3 {
-            break;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "fewer than 3 scrapes of each node: {scrapes:?}\n{}",
-            prom.log()
-        );
-        tokio::time::sleep(Duration::from_millis(500)).await;
-    }
+    eventually(
+        Duration::from_secs(30),
+        "3 scrapes of each node",
+        || async {
+            let scrapes = prom
+                .query("count_over_time(up{job=\"ringside\"}[1m]) >= 3")
+                .await
+                .unwrap();
+            scrapes.len() == 3
+        },
+    )
+    .await;
 
     // Wait until everything returns data (scrapes every second, rules too).
-    let deadline = Instant::now() + Duration::from_secs(90);
-    let mut missing: Vec<String>;
-    loop {
-        missing = Vec::new();
+    // Each poll that still misses some reports them, for a failure's output.
+    let without_data = || async {
+        let mut missing = Vec::new();
         for c in &checks {
             match prom.query(&c.expr).await {
                 Err(e) => panic!("{}: query failed: {e}\n{}", c.what, c.expr),
@@ -861,23 +858,28 @@ async fn dashboards_and_rules_return_data_from_a_real_prometheus() {
                 Ok(_) => {}
             }
         }
-        if missing.is_empty() || Instant::now() > deadline {
-            break;
-        }
-        tokio::time::sleep(Duration::from_secs(2)).await;
-    }
+        missing
+    };
+    eventually(
+        Duration::from_secs(90),
+        "every dashboard and rule expression returns data (the last poll's misses are above)",
+        || async {
+            let missing = without_data().await;
+            if !missing.is_empty() {
+                eprintln!(
+                    "{} of {} expressions return no data yet:\n{}",
+                    missing.len(),
+                    checks.len(),
+                    missing.join("\n")
+                );
+            }
+            missing.is_empty()
+        },
+    )
+    .await;
     eprintln!(
-        "{} dashboard/rule expressions queried, {} without data",
-        checks.len(),
-        missing.len()
-    );
-    assert!(
-        missing.is_empty(),
-        "{} of {} expressions returned no data:\n{}\nprometheus log:\n{}",
-        missing.len(),
-        checks.len(),
-        missing.join("\n"),
-        prom.log()
+        "{} dashboard/rule expressions queried, all with data",
+        checks.len()
     );
 
     // Alert expressions evaluate; those a healthy cluster must not trigger

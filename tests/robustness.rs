@@ -5,7 +5,7 @@
 
 mod common;
 use common::origin::Origin;
-use common::{get, Conn, Ringside};
+use common::{eventually, get, Conn, Ringside};
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::time::{Duration, Instant};
@@ -266,6 +266,8 @@ GET /smuggled HTTP/1.1\r\nHost: x\r\n\r\n";
         }
         other => panic!("unexpected answer {other:?}: {reply:?}"),
     }
+    // An absence check (the smuggled request must never run), so it gives a
+    // would-be second request time on the clock.
     tokio::time::sleep(Duration::from_millis(200)).await;
     assert_eq!(origin.hits("/smuggled"), 0, "a smuggled request ran");
     assert_still_healthy(&mut rs, &origin, "CL+TE").await;
@@ -404,41 +406,39 @@ async fn sigterm_lets_an_in_flight_request_finish_then_exits() {
         (r, started.elapsed())
     });
     // Wait until the request is at the origin, i.e. truly in flight.
-    let deadline = Instant::now() + Duration::from_secs(5);
-    while origin.hits(target) == 0 {
-        assert!(
-            Instant::now() < deadline,
-            "the request never reached the origin"
-        );
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
+    eventually(
+        Duration::from_secs(10),
+        "the request reaches the origin",
+        || async { origin.hits(target) > 0 },
+    )
+    .await;
     let signalled = Instant::now();
-    let mut terminating = tokio::task::spawn_blocking(move || {
+    let mut terminating = tokio::spawn(async move {
         let mut rs = rs;
-        let took = rs.terminate();
+        let took = rs.terminate().await;
         (took, rs)
     });
 
-    // Not gone yet: a request is in flight (the drain watcher first looks after 100 ms).
+    // Not gone yet: a request is in flight (the drain watcher first looks
+    // after 100 ms). An absence check, so it waits on the clock.
     tokio::time::sleep(Duration::from_millis(250)).await;
     assert!(
         !terminating.is_finished(),
         "exited before the in-flight request finished"
     );
-    // While draining, the listener closes: new connections are refused.
-    let refused_by = Instant::now() + Duration::from_secs(1);
-    loop {
-        match tokio::net::TcpStream::connect(addr).await {
-            Err(e) if e.kind() == std::io::ErrorKind::ConnectionRefused => break,
-            other => {
-                assert!(
-                    Instant::now() < refused_by,
-                    "still accepting 1 s after SIGTERM: {other:?}"
-                );
-                tokio::time::sleep(Duration::from_millis(50)).await;
-            }
-        }
-    }
+    // While draining, the listener closes: new connections are refused. The
+    // 1 s is the subject, not a margin: the in-flight request still runs then.
+    eventually(
+        Duration::from_secs(1),
+        "new connections refused during the drain",
+        || async {
+            matches!(
+                tokio::net::TcpStream::connect(addr).await,
+                Err(e) if e.kind() == std::io::ErrorKind::ConnectionRefused
+            )
+        },
+    )
+    .await;
     let late = tokio::time::timeout(Duration::from_millis(500), get(addr, "/late")).await;
     assert!(
         !matches!(late, Ok(Ok(_))),
@@ -475,9 +475,9 @@ async fn an_idle_ringside_exits_promptly_on_sigterm() {
     // One finished request first: a keep-alive connection must not hold up the exit.
     let mut conn = Conn::connect(addr).await.unwrap();
     assert_eq!(conn.request("GET", "/idle", &[]).await.unwrap().status, 200);
-    let (took, mut rs) = tokio::task::spawn_blocking(move || {
+    let (took, mut rs) = tokio::spawn(async move {
         let mut rs = rs;
-        (rs.terminate(), rs)
+        (rs.terminate().await, rs)
     })
     .await
     .unwrap();
@@ -500,18 +500,12 @@ async fn shutdown_delay_keeps_serving_with_readyz_failing_then_exits() {
     ringside::demo::process::sigterm(rs.pid()).expect("SIGTERM");
     let signalled = Instant::now();
 
-    // Readiness fails at once, so the pod leaves its Services...
-    loop {
-        let ready = get(admin, "/readyz").await.map(|r| r.status);
-        if ready.as_ref().is_ok_and(|s| *s == 503) {
-            break;
-        }
-        assert!(
-            signalled.elapsed() < DELAY,
-            "/readyz did not fail during the delay: {ready:?}"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    // Readiness fails at once, so the pod leaves its Services... (within
+    // the delay: that bound is the subject)
+    eventually(DELAY, "/readyz fails during the delay", || async {
+        matches!(get(admin, "/readyz").await, Ok(r) if r.status == 503)
+    })
+    .await;
     // ... while the app port still answers new connections, from the origin.
     let r = get(addr, "/during-delay?cc=no-store")
         .await
@@ -526,15 +520,15 @@ async fn shutdown_delay_keeps_serving_with_readyz_failing_then_exits() {
     assert!(rs.is_running());
 
     // Then the drain: an idle process exits soon after the delay, not before.
-    let exited_by = Instant::now() + DELAY + Duration::from_secs(5);
-    while rs.is_running() {
-        assert!(
-            Instant::now() < exited_by,
-            "still running 5 s after the delay: {}",
-            rs.log()
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    eventually(
+        DELAY + Duration::from_secs(5),
+        "exits after the delay",
+        || {
+            let exited = !rs.is_running();
+            async move { exited }
+        },
+    )
+    .await;
     let took = signalled.elapsed();
     assert!(took >= DELAY, "exited after {took:?}, before the delay");
     assert!(TcpStream::connect(addr).is_err());

@@ -39,24 +39,6 @@ async fn concurrent_gets(addr: SocketAddr, path: &str, n: usize) -> Vec<(Respons
     out
 }
 
-/// Poll a metric until `ok` holds or 2 s pass (request metrics are recorded
-/// just after the response is written, so a client can be a moment ahead).
-async fn metric_eventually(
-    rs: &Ringside,
-    name: &str,
-    labels: &[&str],
-    ok: impl Fn(f64) -> bool,
-) -> f64 {
-    let deadline = Instant::now() + Duration::from_secs(2);
-    loop {
-        let v = rs.metric(name, labels).await;
-        if ok(v) || Instant::now() > deadline {
-            return v;
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn two_hundred_concurrent_misses_make_one_origin_request() {
     let origin = Origin::start().await;
@@ -328,11 +310,14 @@ async fn a_stopped_origin_fails_every_waiter_at_once() {
         assert_eq!(r.status, 502, "{}", r.text());
         assert!(*took < Duration::from_secs(2), "took {took:?}");
     }
-    let failed = metric_eventually(&rs, "ringside_requests_total", &["result=\"error\""], |v| {
-        v >= 20.0
+    // Request metrics are recorded just after the response is written, so a
+    // client can be a moment ahead of them.
+    let errors = &["result=\"error\""];
+    eventually(Duration::from_secs(10), "20 errors counted", || async {
+        rs.metric("ringside_requests_total", errors).await >= 20.0
     })
     .await;
-    assert_eq!(failed, 20.0);
+    assert_eq!(rs.metric("ringside_requests_total", errors).await, 20.0);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]

@@ -30,8 +30,9 @@ pub enum Mode {
 pub struct DnsServer {
     pub addr: SocketAddr,
     mode: Arc<Mutex<Mode>>,
-    /// A queries answered NXDOMAIN, A queries answered with records.
-    counts: Arc<Mutex<(u32, u32)>>,
+    /// A queries answered NXDOMAIN, A queries answered with records, A
+    /// queries left unanswered (silent).
+    counts: Arc<Mutex<(u32, u32, u32)>>,
     /// Answer UDP queries with TC=1 and no records, as for an answer too
     /// large for UDP: the client must ask again over TCP.
     pub truncate_udp: Arc<AtomicBool>,
@@ -63,7 +64,7 @@ impl DnsServer {
         };
         let addr = socket.local_addr().expect("local addr");
         let mode = Arc::new(Mutex::new(mode));
-        let counts = Arc::new(Mutex::new((0, 0)));
+        let counts = Arc::new(Mutex::new((0, 0, 0)));
         let truncate_udp = Arc::new(AtomicBool::new(false));
         let tcp_queries = Arc::new(AtomicU32::new(0));
         let (m, c, t, n) = (
@@ -149,13 +150,18 @@ impl DnsServer {
     pub fn record_a_answers(&self) -> u32 {
         self.counts.lock().unwrap().1
     }
+
+    /// A queries for the name left unanswered ([`Mode::Silent`]).
+    pub fn unanswered_a_queries(&self) -> u32 {
+        self.counts.lock().unwrap().2
+    }
 }
 
 fn respond(
     name: &str,
     query: &Message,
     mode: &Mutex<Mode>,
-    counts: &Mutex<(u32, u32)>,
+    counts: &Mutex<(u32, u32, u32)>,
     truncate: bool,
 ) -> Option<Vec<u8>> {
     if query.metadata.message_type != MessageType::Query {
@@ -170,7 +176,12 @@ fn respond(
     let mut mode = mode.lock().unwrap();
     let is_a = q.query_type() == RecordType::A;
     let (v4, v6, nxdomain) = match &mut *mode {
-        Mode::Silent => return None,
+        Mode::Silent => {
+            if ours && is_a {
+                counts.lock().unwrap().2 += 1;
+            }
+            return None;
+        }
         Mode::NxDomain => (vec![], vec![], true),
         Mode::NxDomainFor(0, addrs) => {
             let addrs = addrs.clone();

@@ -13,7 +13,7 @@ use std::fs;
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicU32, Ordering};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
@@ -112,31 +112,27 @@ impl Etcd {
             .spawn()
             .expect("spawn etcd");
         self.child = Some(child);
-        let deadline = Instant::now() + Duration::from_secs(30);
-        loop {
-            if let Ok((200, _)) =
-                post(self.client_port, "/v3/kv/range", &json!({"key": "AA=="})).await
-            {
-                return;
+        let (port, log_path, what) = (
+            self.client_port,
+            self.log_path(),
+            format!("etcd answers on {}", self.url()),
+        );
+        let child = self.child.as_mut().expect("etcd just spawned");
+        super::eventually(Duration::from_secs(30), &what, || {
+            let exited = child.try_wait();
+            let log_path = &log_path;
+            async move {
+                if let Ok(Some(status)) = exited {
+                    panic!(
+                        "etcd exited with {status}; its log ends:\n{}",
+                        log_tail(log_path)
+                    );
+                }
+                let health = post(port, "/v3/kv/range", &json!({"key": "AA=="})).await;
+                matches!(health, Ok((200, _)))
             }
-            if Instant::now() > deadline {
-                let log = fs::read_to_string(self.log_path()).unwrap_or_default();
-                let tail: String = log
-                    .lines()
-                    .rev()
-                    .take(30)
-                    .collect::<Vec<_>>()
-                    .into_iter()
-                    .rev()
-                    .collect::<Vec<_>>()
-                    .join("\n");
-                panic!(
-                    "etcd did not come up on {} within 30s; its log ends:\n{tail}",
-                    self.url()
-                );
-            }
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
+        })
+        .await;
     }
 
     /// Kill the process (SIGKILL, by PID) and reap it.
@@ -232,6 +228,13 @@ impl Drop for Etcd {
 
 /// One JSON POST to etcd's gateway: (status, body). The test's own client,
 /// so that the code under test is not checking itself.
+/// The last 30 lines of the log at `path`.
+fn log_tail(path: &std::path::Path) -> String {
+    let log = fs::read_to_string(path).unwrap_or_default();
+    let lines: Vec<&str> = log.lines().collect();
+    lines[lines.len().saturating_sub(30)..].join("\n")
+}
+
 pub async fn post(port: u16, path: &str, body: &Value) -> Result<(u16, Value), String> {
     let mut stream = TcpStream::connect(("127.0.0.1", port))
         .await

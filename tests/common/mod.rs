@@ -86,19 +86,18 @@ impl Ringside {
     }
 
     async fn wait_ready(&mut self) {
-        let deadline = Instant::now() + Duration::from_secs(15);
-        while Instant::now() < deadline {
-            if let Ok(r) = get(self.admin, "/readyz").await {
-                if r.status == 200 {
-                    return;
+        let (admin, log_path, child) = (self.admin, &self.log_path, &mut self.child);
+        eventually(Duration::from_secs(30), "ringside is ready", || {
+            let exited = child.as_mut().map(|c| c.try_wait());
+            async move {
+                if let Some(Ok(Some(status))) = exited {
+                    let log = std::fs::read_to_string(log_path).unwrap_or_default();
+                    panic!("ringside exited with {status}: {log}");
                 }
+                matches!(get(admin, "/readyz").await, Ok(r) if r.status == 200)
             }
-            if let Some(Ok(Some(status))) = self.child.as_mut().map(|c| c.try_wait()) {
-                panic!("ringside exited with {status}: {}", self.log());
-            }
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-        panic!("ringside never became ready: {}", self.log());
+        })
+        .await;
     }
 
     /// The config file this process was started with.
@@ -162,19 +161,19 @@ impl Ringside {
         metric_sum(&self.metrics().await, name, labels)
     }
 
-    /// Send SIGTERM and wait for the exit; returns how long it took.
-    pub fn terminate(&mut self) -> Option<Duration> {
+    /// Send SIGTERM and wait for the exit (failing the test after 30 s);
+    /// returns how long it took, or None when no process was running.
+    pub async fn terminate(&mut self) -> Option<Duration> {
         let child = self.child.as_mut()?;
         let started = Instant::now();
         let _ = ringside::demo::process::sigterm(child.id());
-        while started.elapsed() < Duration::from_secs(15) {
-            if let Ok(Some(_)) = child.try_wait() {
-                self.child = None;
-                return Some(started.elapsed());
-            }
-            std::thread::sleep(Duration::from_millis(10));
-        }
-        None
+        eventually(Duration::from_secs(30), "ringside exits on SIGTERM", || {
+            let exited = matches!(child.try_wait(), Ok(Some(_)));
+            async move { exited }
+        })
+        .await;
+        self.child = None;
+        Some(started.elapsed())
     }
 
     pub fn is_running(&mut self) -> bool {
