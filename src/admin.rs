@@ -33,20 +33,35 @@ use subtle::ConstantTimeEq;
 
 pub struct Admin {
     proxy: Ringside,
-    /// The app-facing listener, probed by `/readyz`.
-    proxy_addr: SocketAddr,
+    /// The listeners `/readyz` probes: the app-facing one, and the peer
+    /// listener in a cluster (a node its peers cannot reach is not ready).
+    listeners: Vec<SocketAddr>,
     /// Bearer token for purge; None: purge disabled.
     token: Option<String>,
 }
 
 impl Admin {
-    pub fn new(proxy: Ringside, proxy_addr: SocketAddr) -> Admin {
+    pub fn new(proxy: Ringside, listeners: Vec<SocketAddr>) -> Admin {
         let token = Some(proxy.config.admin_token.clone()).filter(|t| !t.is_empty());
         Admin {
             proxy,
-            proxy_addr,
+            listeners,
             token,
         }
+    }
+
+    /// Whether every listener accepts connections right now.
+    async fn listeners_accept(&self) -> bool {
+        for addr in &self.listeners {
+            let probe = tokio::net::TcpStream::connect(addr);
+            if !matches!(
+                tokio::time::timeout(Duration::from_secs(1), probe).await,
+                Ok(Ok(_))
+            ) {
+                return false;
+            }
+        }
+        true
     }
 
     fn update_gauges(&self) {
@@ -204,16 +219,13 @@ impl ServeHttp for Admin {
             "/readyz" if crate::shutdown::shutting_down() => {
                 text(StatusCode::SERVICE_UNAVAILABLE, b"shutting down\n".to_vec())
             }
-            "/readyz" => {
-                let probe = tokio::net::TcpStream::connect(self.proxy_addr);
-                match tokio::time::timeout(Duration::from_secs(1), probe).await {
-                    Ok(Ok(_)) => text(StatusCode::OK, b"ready\n".to_vec()),
-                    _ => text(
-                        StatusCode::SERVICE_UNAVAILABLE,
-                        b"proxy listener not accepting\n".to_vec(),
-                    ),
-                }
-            }
+            "/readyz" => match self.listeners_accept().await {
+                true => text(StatusCode::OK, b"ready\n".to_vec()),
+                false => text(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    b"a listener (app or peer) is not accepting\n".to_vec(),
+                ),
+            },
             _ => text(StatusCode::NOT_FOUND, b"not found\n".to_vec()),
         }
     }

@@ -68,7 +68,16 @@ pub fn run(config: Config) -> ! {
     let mut server = Server::new_with_opt_and_conf(None, conf);
     server.bootstrap();
 
-    let proxy_addr = config.listen.parse().expect("validated by config");
+    let mut listeners = vec![config.listen.parse().expect("validated by config")];
+    if config.cluster.enabled {
+        listeners.push(
+            config
+                .cluster
+                .peer_listen
+                .parse()
+                .expect("validated by config"),
+        );
+    }
     let ringside = Ringside::new(config.clone(), filler);
     if config.cluster.enabled {
         let mut peers = pingora::proxy::http_proxy(&server.configuration, ringside.for_peers());
@@ -82,7 +91,7 @@ pub fn run(config: Config) -> ! {
         let peers = guarded_service(&config, "peers", peers, &config.cluster.peer_listen, !h2c);
         server.add_service(peers);
     }
-    let admin = Admin::new(ringside.clone(), proxy_addr);
+    let admin = Admin::new(ringside.clone(), listeners);
     let proxy = pingora::proxy::http_proxy(&server.configuration, ringside);
     let proxy = guarded_service(&config, "proxy", proxy, &config.listen, true);
     let mut admin = Service::new("ringside admin".into(), admin);
