@@ -252,20 +252,25 @@ fn clean_response(response: &mut OriginResponse, via_peer: bool) {
     }
 }
 
+/// Whether `head` may be stored, as the answer to this fill's GET.
+fn judge(job: &Job, whole: &Whole, head: &ResponseHeader) -> Result<(), cache_rules::NotStorable> {
+    let get = http::Method::GET;
+    cache_rules::check_storable(
+        &get,
+        &whole.request_headers,
+        head.status,
+        &head.headers,
+        &job.rules,
+    )
+}
+
 /// Why this response is not stored (counted), or None when it is.
 fn not_storable_because(
     job: &Job,
     whole: &Whole,
     response: &OriginResponse,
 ) -> Option<&'static str> {
-    let verdict = cache_rules::check_storable(
-        &http::Method::GET,
-        &whole.request_headers,
-        response.header.status,
-        &response.header.headers,
-        &job.rules,
-    );
-    match verdict {
+    match judge(job, whole, &response.header) {
         Err(why) => {
             metrics::observe_not_stored(why.as_str());
             Some(why.as_str())
@@ -396,13 +401,7 @@ fn revalidated(
 ) {
     let shared = refreshed(&refresh, &job.rules, false);
     let for_leader = refreshed(&refresh, &job.rules, true);
-    let verdict = cache_rules::check_storable(
-        &http::Method::GET,
-        &whole.request_headers,
-        shared.header.status,
-        &shared.header.headers,
-        &job.rules,
-    );
+    let verdict = judge(job, whole, &shared.header);
     let revalidated_status = cache_status::REVALIDATED;
     match verdict {
         Ok(()) => {
