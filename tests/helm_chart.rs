@@ -801,13 +801,18 @@ fn a_memory_request_above_the_limit_fails_the_render() {
 fn helm_example(command: &str, extra: &[&str]) -> String {
     require("helm");
     let values = root().join("examples/kubernetes/values.yaml");
-    let out = Command::new("helm")
-        .args([command, "ringside", chart().to_str().unwrap()])
-        .args(["--namespace", "ringside", "-f"])
-        .arg(&values)
-        .args(extra)
-        .output()
-        .unwrap();
+    helm_ok(
+        Command::new("helm")
+            .args([command, "ringside", chart().to_str().unwrap()])
+            .args(["--namespace", "ringside", "-f"])
+            .arg(&values)
+            .args(extra),
+    )
+}
+
+/// Run a helm command that must succeed; its stdout.
+fn helm_ok(command: &mut Command) -> String {
+    let out = command.output().unwrap();
     assert!(
         out.status.success(),
         "{}",
@@ -921,15 +926,7 @@ fn manual_injection_example() {
             &format!("file://{}", chart().display()),
         );
     std::fs::write(copy.join("Chart.yaml"), chart_yaml).unwrap();
-    let out = Command::new("helm")
-        .args(["dependency", "update", copy.to_str().unwrap()])
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    helm_ok(Command::new("helm").args(["dependency", "update", copy.to_str().unwrap()]));
     let rendered =
         template_in(&copy, "manual-example-t", "", &[]).unwrap_or_else(|e| panic!("{e}"));
     let docs = validate("manual-example", &rendered);
