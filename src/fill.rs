@@ -30,7 +30,7 @@
 //!   [`Outcome::UseStale`].
 
 use crate::cache_rules::{self, RuleOptions};
-use crate::cache_status;
+use crate::cache_status::{self, CacheStatus, Detail, Fwd};
 use crate::cluster::Cluster;
 use crate::metrics::{self, CacheResult};
 use crate::origin::{
@@ -80,7 +80,7 @@ pub enum LeaderResult {
     Stream {
         header: Box<ResponseHeader>,
         body: mpsc::Receiver<Result<Bytes, FetchError>>,
-        cache_status: String,
+        cache_status: CacheStatus,
         result: CacheResult,
         /// Read whole for the followers (and stored) as it streams; false:
         /// for the leader alone (not storable, too large).
@@ -91,7 +91,7 @@ pub enum LeaderResult {
     /// unshareable (see [`revalidated`]).
     Private {
         object: Arc<CachedObject>,
-        cache_status: String,
+        cache_status: CacheStatus,
     },
 }
 
@@ -265,15 +265,11 @@ fn judge(job: &Job, whole: &Whole, head: &ResponseHeader) -> Result<(), cache_ru
 }
 
 /// Why this response is not stored (counted), or None when it is.
-fn not_storable_because(
-    job: &Job,
-    whole: &Whole,
-    response: &OriginResponse,
-) -> Option<&'static str> {
+fn not_storable_because(job: &Job, whole: &Whole, response: &OriginResponse) -> Option<Detail> {
     match judge(job, whole, &response.header) {
         Err(why) => {
             metrics::observe_not_stored(why.as_str());
-            Some(why.as_str())
+            Some(Detail::NotStorable(why))
         }
         Ok(())
             if response
@@ -281,7 +277,7 @@ fn not_storable_because(
                 .is_some_and(|n| n > job.max_object_size) =>
         {
             metrics::TOO_LARGE.inc();
-            Some("too-large")
+            Some(Detail::TooLarge)
         }
         Ok(()) => None,
     }
@@ -319,12 +315,12 @@ async fn store_streaming(
     // the limit the object will be stored; without one, that is known only
     // at the end (a body past max_object_size is not stored).
     let cache_status = match (whole.via_peer, response.content_length()) {
-        (true, _) => cache_status::FROM_PEER,
-        (false, Some(_)) => cache_status::STORED,
-        (false, None) => cache_status::STORING,
+        (true, _) => CacheStatus::FROM_PEER,
+        (false, Some(_)) => CacheStatus::STORED,
+        (false, None) => CacheStatus::forward(Fwd::UriMiss).detail(Detail::Storing),
     };
     let head = leader_head(&response, Some(initial_age));
-    let mut out = LeaderStream::open(leader, head, cache_status.to_owned(), whole.via_peer, true);
+    let mut out = LeaderStream::open(leader, head, cache_status, whole.via_peer, true);
     flight.progress();
     let capacity = response
         .content_length()
@@ -402,7 +398,6 @@ fn revalidated(
     let shared = refreshed(&refresh, &job.rules, false);
     let for_leader = refreshed(&refresh, &job.rules, true);
     let verdict = judge(job, whole, &shared.header);
-    let revalidated_status = cache_status::REVALIDATED;
     match verdict {
         Ok(()) => {
             if let Some(store) = &whole.store {
@@ -422,13 +417,13 @@ fn revalidated(
                 return publish(flight, leader, outcome);
             }
             flight.complete(outcome);
-            send_private(leader, for_leader, revalidated_status.to_owned());
+            send_private(leader, for_leader, CacheStatus::REVALIDATED);
         }
         Err(why) => {
             metrics::observe_not_stored(why.as_str());
             evict(filler, job, &refresh.stale);
             flight.complete(Outcome::NotStored);
-            let status = format!("{revalidated_status}; detail={}", why.as_str());
+            let status = CacheStatus::REVALIDATED.detail(Detail::NotStorable(why));
             send_private(leader, for_leader, status);
         }
     }
@@ -437,7 +432,7 @@ fn revalidated(
 fn send_private(
     leader: Option<oneshot::Sender<LeaderResult>>,
     object: Arc<CachedObject>,
-    cache_status: String,
+    cache_status: CacheStatus,
 ) {
     if let Some(leader) = leader {
         // The leader's client may be gone; nobody else may have this one.
@@ -470,11 +465,10 @@ fn failure(stale: Option<&Arc<CachedObject>>, e: FetchError) -> Outcome {
 }
 
 /// The Cache-Status of a response streamed to its leader without being stored.
-fn not_stored_status(status: http::StatusCode, reason: &str) -> String {
-    format!(
-        "ringside; fwd=uri-miss; fwd-status={}; detail={reason}",
-        status.as_u16()
-    )
+fn not_stored_status(status: http::StatusCode, reason: Detail) -> CacheStatus {
+    CacheStatus::forward(Fwd::UriMiss)
+        .fwd_status(status.as_u16())
+        .detail(reason)
 }
 
 /// Ask the owner when another node owns the key; the origin otherwise, or
@@ -558,7 +552,7 @@ impl LeaderStream {
     fn open(
         leader: Option<oneshot::Sender<LeaderResult>>,
         header: ResponseHeader,
-        cache_status: String,
+        cache_status: CacheStatus,
         via_peer: bool,
         storing: bool,
     ) -> LeaderStream {
@@ -793,9 +787,10 @@ fn with_serving_slots(header: ResponseHeader) -> ResponseHeader {
     parts
         .headers
         .insert(header::AGE, http::HeaderValue::from_static("0"));
-    parts
-        .headers
-        .insert(cache_status::HEADER.clone(), cache_status::HIT.clone());
+    parts.headers.insert(
+        cache_status::HEADER.clone(),
+        CacheStatus::HIT.header_value(),
+    );
     footprint::compact_head(parts)
 }
 

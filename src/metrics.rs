@@ -11,9 +11,11 @@ use prometheus::{
     Encoder, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge,
     IntGaugeVec, Opts, Registry, TextEncoder,
 };
+use strum::IntoEnumIterator;
 
 /// How a client request was answered; the `result` label.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, strum::EnumIter, strum::IntoStaticStr)]
+#[strum(serialize_all = "lowercase")]
 pub enum CacheResult {
     /// Served from the cache, fresh.
     Hit,
@@ -34,28 +36,8 @@ pub enum CacheResult {
 }
 
 impl CacheResult {
-    pub const ALL: [CacheResult; 8] = [
-        CacheResult::Hit,
-        CacheResult::Miss,
-        CacheResult::Stale,
-        CacheResult::Revalidated,
-        CacheResult::Bypass,
-        CacheResult::Pass,
-        CacheResult::Error,
-        CacheResult::Peer,
-    ];
-
     pub fn as_str(self) -> &'static str {
-        match self {
-            CacheResult::Hit => "hit",
-            CacheResult::Miss => "miss",
-            CacheResult::Stale => "stale",
-            CacheResult::Revalidated => "revalidated",
-            CacheResult::Bypass => "bypass",
-            CacheResult::Pass => "pass",
-            CacheResult::Error => "error",
-            CacheResult::Peer => "peer",
-        }
+        self.into()
     }
 }
 
@@ -129,8 +111,7 @@ struct RequestChildren {
 }
 
 static REQUEST_CHILDREN: Lazy<RequestChildren> = Lazy::new(|| RequestChildren {
-    counts: CacheResult::ALL
-        .iter()
+    counts: CacheResult::iter()
         .map(|r| {
             METHODS
                 .iter()
@@ -138,8 +119,7 @@ static REQUEST_CHILDREN: Lazy<RequestChildren> = Lazy::new(|| RequestChildren {
                 .collect()
         })
         .collect(),
-    durations: CacheResult::ALL
-        .iter()
+    durations: CacheResult::iter()
         .map(|r| REQUEST_DURATION.with_label_values(&[r.as_str()]))
         .collect(),
 });
@@ -668,10 +648,10 @@ pub fn init(capacity_bytes: u64) {
     for class in ["1xx", "2xx", "3xx", "4xx", "5xx", "error"] {
         ORIGIN_REQUESTS.with_label_values(&[class]);
     }
-    for result in CacheResult::ALL {
+    for result in CacheResult::iter() {
         PEER_SERVED.with_label_values(&[result.as_str()]);
     }
-    for reason in crate::cache_rules::NotStorable::ALL {
+    for reason in crate::cache_rules::NotStorable::iter() {
         NOT_STORED.with_label_values(&[reason.as_str()]);
     }
     Lazy::force(&PEER_REQUESTS);

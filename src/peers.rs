@@ -111,9 +111,6 @@ pub fn strip_peer_headers(headers: &mut HeaderMap) {
 /// an origin cannot make a healthy owner look like it refuses.
 pub static REFUSED: HeaderName = HeaderName::from_static("x-ringside-refused");
 
-/// The Cache-Status of a peer listener's refusals.
-pub const REFUSED_STATUS: &str = "ringside; fwd=bypass; detail=peer-refused";
-
 /// How far a request's timestamp may be from the receiver's clock.
 const MAX_CLOCK_SKEW_SECS: u64 = 30;
 

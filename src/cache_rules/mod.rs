@@ -226,7 +226,8 @@ fn push_element<'a>(elements: &mut Vec<&'a [u8]>, element: &'a [u8]) {
 
 /// Why a response is not stored. [`NotStorable::as_str`] gives a short kebab-case token for
 /// metrics labels and the Cache-Status `detail` parameter.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, strum::EnumIter, strum::IntoStaticStr)]
+#[strum(serialize_all = "kebab-case")]
 pub enum NotStorable {
     Method,
     Status,
@@ -240,28 +241,8 @@ pub enum NotStorable {
 }
 
 impl NotStorable {
-    pub const ALL: [NotStorable; 8] = [
-        NotStorable::Method,
-        NotStorable::Status,
-        NotStorable::NoStore,
-        NotStorable::Private,
-        NotStorable::Authorization,
-        NotStorable::SetCookie,
-        NotStorable::VaryStar,
-        NotStorable::NoFreshness,
-    ];
-
     pub fn as_str(&self) -> &'static str {
-        match self {
-            NotStorable::Method => "method",
-            NotStorable::Status => "status",
-            NotStorable::NoStore => "no-store",
-            NotStorable::Private => "private",
-            NotStorable::Authorization => "authorization",
-            NotStorable::SetCookie => "set-cookie",
-            NotStorable::VaryStar => "vary-star",
-            NotStorable::NoFreshness => "no-freshness",
-        }
+        self.into()
     }
 }
 

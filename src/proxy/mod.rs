@@ -49,7 +49,7 @@ use crate::shutdown::InFlight;
 use crate::singleflight::WaitError;
 use crate::store::{CachedObject, Entry, Store};
 use async_trait::async_trait;
-use http::header::{self, HeaderValue};
+use http::header;
 use http::Method;
 use pingora::http::authority::{raw_target_authority, RawTargetAuthority};
 use pingora::http::{RequestHeader, ResponseHeader};
@@ -64,7 +64,7 @@ mod peer;
 mod request;
 mod respond;
 
-use crate::cache_status::{self, HEADER as CACHE_STATUS, HIT, STALE_WHILE_REVALIDATE};
+use crate::cache_status::{CacheStatus, Detail, Fwd, HEADER as CACHE_STATUS};
 use respond::{send_error, send_object, send_stream};
 
 /// Which listener a [`Ringside`] serves.
@@ -116,7 +116,7 @@ pub struct RequestCtx {
     target: Option<Arc<OriginTarget>>,
     result: CacheResult,
     /// The Cache-Status value for a response pingora proxies.
-    cache_status: &'static str,
+    cache_status: CacheStatus,
     /// When pingora started proxying this request to the origin; taken when
     /// its outcome is counted in the origin metrics (fills count their own).
     origin_started: Option<Instant>,
@@ -280,7 +280,7 @@ impl Ringside {
                 if found.mirrored {
                     metrics::HOT_HITS.inc();
                 }
-                return send_object(session, object, HIT.clone(), now).await;
+                return send_object(session, object, CacheStatus::HIT, now).await;
             }
             let swr = object.stale_while_revalidate;
             if !forced && !swr.is_zero() && object.staleness(now) <= swr {
@@ -289,12 +289,13 @@ impl Ringside {
                 // Refresh in the background unless someone already is.
                 let _ = fill::start(&self.filler, flight_key, job, false);
                 ctx.result = CacheResult::Stale;
-                return send_object(session, &object, STALE_WHILE_REVALIDATE.clone(), now).await;
+                let status = CacheStatus::HIT.detail(Detail::StaleWhileRevalidate);
+                return send_object(session, &object, status, now).await;
             }
         }
         if client_cc.only_if_cached {
             ctx.result = CacheResult::Error;
-            let status = "ringside; fwd=miss; detail=only-if-cached";
+            let status = CacheStatus::forward(Fwd::Miss).detail(Detail::OnlyIfCached);
             return send_error(session, 504, "not in cache (only-if-cached)\n", status).await;
         }
         let (flight_key, job) = self.fill_for(req, &target, plain_key, found, rules);
@@ -363,20 +364,22 @@ impl Ringside {
                 _ => {
                     ctx.result = CacheResult::Error;
                     let body = "origin fetch did not finish\n";
-                    send_error(session, 504, body, "ringside; fwd=miss").await
+                    send_error(session, 504, body, CacheStatus::forward(Fwd::Miss)).await
                 }
             },
             Started::Following(waiter) => match waiter.wait(timeout).await {
                 Ok(outcome) => self.send_outcome(session, ctx, outcome, true).await,
                 Err(WaitError::Timeout) => {
                     ctx.result = CacheResult::Error;
-                    let status = "ringside; fwd=miss; collapsed; detail=collapse-timeout";
+                    let status = CacheStatus::forward(Fwd::Miss)
+                        .collapsed()
+                        .detail(Detail::CollapseTimeout);
                     let body = "origin fetch did not finish in time\n";
                     send_error(session, 504, body, status).await
                 }
                 Err(WaitError::Abandoned) => {
                     // The leader's fill died; fetch for ourselves, uncached.
-                    let status = "ringside; fwd=miss; detail=abandoned";
+                    let status = CacheStatus::forward(Fwd::Miss).detail(Detail::Abandoned);
                     self.pass(ctx, CacheResult::Miss, status)
                 }
             },
@@ -401,19 +404,18 @@ impl Ringside {
             } => {
                 if !storing && wants_part_of(session.req_header(), &header) {
                     // Dropping `body` ends the leader's share of the fill.
-                    let status = "ringside; fwd=uri-miss; detail=range-not-stored";
+                    let status = CacheStatus::forward(Fwd::UriMiss).detail(Detail::RangeNotStored);
                     return self.pass(ctx, CacheResult::Miss, status);
                 }
                 ctx.result = result;
-                send_stream(session, header, body, &cache_status).await
+                send_stream(session, header, body, cache_status).await
             }
             LeaderResult::Private {
                 object,
                 cache_status,
             } => {
                 ctx.result = CacheResult::Revalidated;
-                let status = HeaderValue::from_str(&cache_status).unwrap_or_else(|_| HIT.clone());
-                send_object(session, &object, status, Instant::now()).await
+                send_object(session, &object, cache_status, Instant::now()).await
             }
         }
     }
@@ -437,62 +439,41 @@ impl Ringside {
                     && cache_rules::vary_fingerprint(&object.vary, &session.req_header().headers)
                         != object.vary_fingerprint
                 {
-                    return self.pass(ctx, CacheResult::Miss, "ringside; fwd=vary-miss");
+                    let status = CacheStatus::forward(Fwd::VaryMiss);
+                    return self.pass(ctx, CacheResult::Miss, status);
                 }
-                let (result, status) = match (via_peer, revalidated, collapsed) {
-                    (true, _, false) => (CacheResult::Peer, cache_status::FROM_PEER),
-                    (true, _, true) => (
-                        CacheResult::Peer,
-                        "ringside; fwd=uri-miss; collapsed; detail=peer",
-                    ),
-                    (false, true, false) => (CacheResult::Revalidated, cache_status::REVALIDATED),
-                    (false, true, true) => (
-                        CacheResult::Revalidated,
-                        "ringside; fwd=stale; fwd-status=304; collapsed",
-                    ),
-                    (false, false, false) => (CacheResult::Miss, cache_status::STORED),
-                    (false, false, true) => (
-                        CacheResult::Miss,
-                        "ringside; fwd=uri-miss; stored; collapsed",
-                    ),
+                let (result, mut status) = match (via_peer, revalidated) {
+                    (true, _) => (CacheResult::Peer, CacheStatus::FROM_PEER),
+                    (false, true) => (CacheResult::Revalidated, CacheStatus::REVALIDATED),
+                    (false, false) => (CacheResult::Miss, CacheStatus::STORED),
                 };
+                if collapsed {
+                    status = status.collapsed();
+                }
                 ctx.result = result;
-                send_object(
-                    session,
-                    &object,
-                    HeaderValue::from_static(status),
-                    Instant::now(),
-                )
-                .await
+                send_object(session, &object, status, Instant::now()).await
             }
             Outcome::UseStale {
                 object,
                 origin_status,
             } => {
                 ctx.result = CacheResult::Stale;
-                let status = format!(
-                    "ringside; fwd=stale; fwd-status={origin_status}; detail=stale-if-error"
-                );
-                let status = HeaderValue::from_str(&status).unwrap_or_else(|_| HIT.clone());
+                let status = CacheStatus::forward(Fwd::Stale)
+                    .fwd_status(origin_status)
+                    .detail(Detail::StaleIfError);
                 send_object(session, &object, status, Instant::now()).await
             }
-            Outcome::NotStored => self.pass(
-                ctx,
-                CacheResult::Miss,
-                "ringside; fwd=uri-miss; detail=not-stored",
-            ),
+            Outcome::NotStored => {
+                let status = CacheStatus::forward(Fwd::UriMiss).detail(Detail::NotStored);
+                self.pass(ctx, CacheResult::Miss, status)
+            }
             Outcome::Failed(e) => {
                 ctx.result = CacheResult::Error;
-                let (body, status) = match e.status() {
-                    504 => (
-                        "origin timed out\n",
-                        "ringside; fwd=uri-miss; detail=origin-timeout",
-                    ),
-                    _ => (
-                        "origin unreachable\n",
-                        "ringside; fwd=uri-miss; detail=origin-unreachable",
-                    ),
+                let (body, detail) = match e.status() {
+                    504 => ("origin timed out\n", Detail::OriginTimeout),
+                    _ => ("origin unreachable\n", Detail::OriginUnreachable),
                 };
+                let status = CacheStatus::forward(Fwd::UriMiss).detail(detail);
                 send_error(session, e.status(), body, status).await
             }
         }
@@ -518,12 +499,7 @@ impl Ringside {
     }
 
     /// Let pingora proxy this request to the origin, uncached.
-    fn pass(
-        &self,
-        ctx: &mut RequestCtx,
-        result: CacheResult,
-        status: &'static str,
-    ) -> Result<bool> {
+    fn pass(&self, ctx: &mut RequestCtx, result: CacheResult, status: CacheStatus) -> Result<bool> {
         ctx.result = result;
         ctx.cache_status = status;
         Ok(false)
@@ -636,20 +612,20 @@ pub fn header_bytes(req: &RequestHeader) -> usize {
 
 /// Why a GET/HEAD skips the cache, if it does; else the request's own
 /// Cache-Control, parsed once here for the lookup.
-fn bypass_reason(req: &RequestHeader, rule_bypass: bool) -> Result<CacheControl, &'static str> {
+fn bypass_reason(req: &RequestHeader, rule_bypass: bool) -> Result<CacheControl, Detail> {
     let h = &req.headers;
     if rule_bypass {
-        return Err("ringside; fwd=bypass; detail=rule");
+        return Err(Detail::Rule);
     }
     if request::has_body(req) {
-        return Err("ringside; fwd=bypass; detail=request-body");
+        return Err(Detail::RequestBody);
     }
     if h.contains_key(header::UPGRADE) {
-        return Err("ringside; fwd=bypass; detail=upgrade");
+        return Err(Detail::Upgrade);
     }
     let client_cc = cache_rules::request_cache_control(h);
     if client_cc.no_store {
-        return Err("ringside; fwd=bypass; detail=no-store");
+        return Err(Detail::NoStore);
     }
     Ok(client_cc)
 }
@@ -727,7 +703,7 @@ impl ProxyHttp for Ringside {
             started: Instant::now(),
             target: None,
             result: CacheResult::Pass,
-            cache_status: "ringside; fwd=method",
+            cache_status: CacheStatus::METHOD,
             origin_started: None,
             is_write: false,
         }
@@ -753,7 +729,7 @@ impl ProxyHttp for Ringside {
         }
         if header_bytes(session.req_header()) > MAX_REQUEST_HEADER_BYTES {
             ctx.result = CacheResult::Error;
-            let status = "ringside; fwd=bypass; detail=header-too-large";
+            let status = CacheStatus::bypass(Detail::HeaderTooLarge);
             return send_error(session, 431, "request headers too large\n", status).await;
         }
         let target = if self.role == Role::Peer {
@@ -768,13 +744,8 @@ impl ProxyHttp for Ringside {
             Ok(target) => target,
             Err((code, message)) => {
                 ctx.result = CacheResult::Error;
-                return send_error(
-                    session,
-                    code,
-                    message,
-                    "ringside; fwd=bypass; detail=refused",
-                )
-                .await;
+                let status = CacheStatus::bypass(Detail::Refused);
+                return send_error(session, code, message, status).await;
             }
         };
         ctx.target = Some(target.clone());
@@ -788,15 +759,15 @@ impl ProxyHttp for Ringside {
         let req = session.req_header();
         if req.method != Method::GET && req.method != Method::HEAD {
             ctx.is_write = invalidate::is_unsafe(&req.method);
-            return self.pass(ctx, CacheResult::Pass, "ringside; fwd=method");
+            return self.pass(ctx, CacheResult::Pass, CacheStatus::METHOD);
         }
         if matches!(normalized, request::Target::PassUncached) {
-            let status = "ringside; fwd=bypass; detail=encoded-slash";
+            let status = CacheStatus::bypass(Detail::EncodedSlash);
             return self.pass(ctx, CacheResult::Bypass, status);
         }
         let (rule_bypass, rules) = self.rules_for(req.uri.path());
         match bypass_reason(req, rule_bypass) {
-            Err(status) => self.pass(ctx, CacheResult::Bypass, status),
+            Err(why) => self.pass(ctx, CacheResult::Bypass, CacheStatus::bypass(why)),
             Ok(client_cc) => {
                 self.headers.strip(session.req_header_mut());
                 self.serve_cacheable(session, ctx, target, rules, client_cc)
@@ -872,10 +843,10 @@ impl ProxyHttp for Ringside {
                 .invalidate_written(session.req_header(), upstream, ctx)
                 .await
             {
-                ctx.cache_status = "ringside; fwd=method; detail=invalidation-incomplete";
+                ctx.cache_status = CacheStatus::METHOD.detail(Detail::InvalidationIncomplete);
             }
         }
-        upstream.insert_header(CACHE_STATUS.clone(), ctx.cache_status)?;
+        upstream.insert_header(CACHE_STATUS.clone(), ctx.cache_status.header_value())?;
         Ok(())
     }
 

@@ -15,6 +15,7 @@
 
 use super::respond::{send_error, send_refusal};
 use super::{RequestCtx, Ringside};
+use crate::cache_status::{CacheStatus, Detail};
 use crate::config::OriginUrl;
 use crate::metrics::{self, CacheResult};
 use crate::origin::OriginTarget;
@@ -84,13 +85,8 @@ pub async fn handle(
         let prefix = req.headers.contains_key(&peers::PURGE_PREFIX);
         purge::apply_local(&[&rs.filler.store, &cluster.hot.store], &key, prefix);
         ctx.result = CacheResult::Pass;
-        send_error(
-            session,
-            200,
-            "purged\n",
-            "ringside; fwd=bypass; detail=purge",
-        )
-        .await?;
+        let status = CacheStatus::bypass(Detail::Purge);
+        send_error(session, 200, "purged\n", status).await?;
         return Ok(true);
     }
     if req.method != Method::GET && req.method != Method::HEAD {

@@ -12,6 +12,7 @@
 //! - the header policy for cacheable requests: `cache.strip_request_headers`
 //!   removed, `cache.key_headers` made part of the key.
 
+use crate::cache_status::{CacheStatus, Detail};
 use crate::config::{CacheConfig, EncodedSlashes};
 use crate::normalize::{self, Rejection};
 use http::header::{self, HeaderMap, HeaderName};
@@ -29,7 +30,7 @@ pub const MAX_REQUEST_LINE_BYTES: usize = 16 * 1024;
 pub struct Refusal {
     pub status: u16,
     pub message: &'static str,
-    pub cache_status: &'static str,
+    pub cache_status: CacheStatus,
 }
 
 impl Refusal {
@@ -37,7 +38,7 @@ impl Refusal {
         Refusal {
             status: 400,
             message,
-            cache_status: "ringside; fwd=bypass; detail=bad-request",
+            cache_status: CacheStatus::bypass(Detail::BadRequest),
         }
     }
 }
@@ -51,7 +52,7 @@ pub fn check_protocol(req: &RequestHeader) -> Result<(), Refusal> {
         return Err(Refusal {
             status: 414,
             message: "request line too long\n",
-            cache_status: "ringside; fwd=bypass; detail=uri-too-long",
+            cache_status: CacheStatus::bypass(Detail::UriTooLong),
         });
     }
     if req.version == Version::HTTP_11 && !req.headers.contains_key(header::HOST) {

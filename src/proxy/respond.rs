@@ -16,7 +16,7 @@ use pingora::prelude::*;
 use pingora::proxy::Session;
 use std::time::Instant;
 
-use crate::cache_status::HEADER as CACHE_STATUS;
+use crate::cache_status::{CacheStatus, Detail, HEADER as CACHE_STATUS};
 
 /// Answer from a stored object: 304 when the client's validators match a
 /// stored 2xx (RFC 9110 §13.2.1: preconditions are ignored for others), a
@@ -32,9 +32,10 @@ use crate::cache_status::HEADER as CACHE_STATUS;
 pub async fn send_object(
     session: &mut Session,
     object: &CachedObject,
-    cache_status: HeaderValue,
+    cache_status: CacheStatus,
     now: Instant,
 ) -> Result<bool> {
+    let cache_status = cache_status.header_value();
     let req = session.req_header();
     let head = req.method == Method::HEAD;
     let age = HeaderValue::from(object.age(now).as_secs());
@@ -135,7 +136,7 @@ fn partial_head(mut parts: Parts, part: ByteRange, complete: u64) -> Parts {
 async fn send_unsatisfiable(
     session: &mut Session,
     complete: u64,
-    cache_status: impl TryInto<HeaderValue>,
+    cache_status: HeaderValue,
 ) -> Result<bool> {
     let mut h = ResponseHeader::build(StatusCode::RANGE_NOT_SATISFIABLE, Some(3))?;
     h.insert_header(header::CONTENT_RANGE, range::unsatisfied_range(complete))?;
@@ -155,15 +156,16 @@ pub async fn send_stream(
     session: &mut Session,
     header: Box<ResponseHeader>,
     body: tokio::sync::mpsc::Receiver<std::result::Result<Bytes, crate::origin::FetchError>>,
-    cache_status: &str,
+    cache_status: CacheStatus,
 ) -> Result<bool> {
+    let cache_status = cache_status.header_value();
     let req = session.req_header();
     let head = req.method == Method::HEAD;
     if header.status == StatusCode::OK
         && cache_rules::client_validators_match(&req.headers, &header.headers)
     {
         let mut h = not_modified_header(&header)?;
-        h.insert_header(CACHE_STATUS.clone(), cache_status)?;
+        h.insert_header(CACHE_STATUS.clone(), cache_status.clone())?;
         session.write_response_header(Box::new(h), true).await?;
         return Ok(true); // dropping `body` stops the leader's share of the fill
     }
@@ -234,7 +236,7 @@ pub async fn send_error(
     session: &mut Session,
     code: u16,
     body: &'static str,
-    cache_status: &str,
+    cache_status: CacheStatus,
 ) -> Result<bool> {
     send_plain(session, code, body, cache_status, None).await
 }
@@ -247,14 +249,15 @@ pub async fn send_refusal(
     reason: &'static str,
 ) -> Result<bool> {
     let refused = Some((&crate::peers::REFUSED, reason));
-    send_plain(session, code, body, crate::peers::REFUSED_STATUS, refused).await
+    let status = CacheStatus::bypass(Detail::PeerRefused);
+    send_plain(session, code, body, status, refused).await
 }
 
 async fn send_plain(
     session: &mut Session,
     code: u16,
     body: &'static str,
-    cache_status: &str,
+    cache_status: CacheStatus,
     extra: Option<(&HeaderName, &'static str)>,
 ) -> Result<bool> {
     let mut h = ResponseHeader::build(code, Some(5))?;
@@ -264,7 +267,7 @@ async fn send_plain(
     h.insert_header(header::CONTENT_TYPE, "text/plain")?;
     h.insert_header(header::CONTENT_LENGTH, body.len())?;
     h.insert_header(header::CACHE_CONTROL, "no-store")?;
-    h.insert_header(CACHE_STATUS.clone(), cache_status)?;
+    h.insert_header(CACHE_STATUS.clone(), cache_status.header_value())?;
     session.write_response_header(Box::new(h), false).await?;
     session
         .write_response_body(Some(Bytes::from_static(body.as_bytes())), true)
