@@ -20,19 +20,21 @@
 //! runs on this node and on every other member (see `purge.rs`).
 
 use crate::config::OriginUrl;
+use crate::connections;
 use crate::metrics;
-use crate::proxy::{self, Ringside};
+use crate::node::Node;
 use crate::purge;
 use async_trait::async_trait;
 use http::{Method, Response, StatusCode};
 use pingora::apps::http_app::ServeHttp;
 use pingora::protocols::http::ServerSession;
 use std::net::SocketAddr;
+use std::sync::Arc;
 use std::time::Duration;
 use subtle::ConstantTimeEq;
 
 pub struct Admin {
-    proxy: Ringside,
+    node: Arc<Node>,
     /// The listeners `/readyz` probes: the app-facing one, and the peer
     /// listener in a cluster (a node its peers cannot reach is not ready).
     listeners: Vec<SocketAddr>,
@@ -41,10 +43,10 @@ pub struct Admin {
 }
 
 impl Admin {
-    pub fn new(proxy: Ringside, listeners: Vec<SocketAddr>) -> Admin {
-        let token = Some(proxy.config.admin_token.clone()).filter(|t| !t.is_empty());
+    pub fn new(node: Arc<Node>, listeners: Vec<SocketAddr>) -> Admin {
+        let token = Some(node.config.admin_token.clone()).filter(|t| !t.is_empty());
         Admin {
-            proxy,
+            node,
             listeners,
             token,
         }
@@ -65,8 +67,8 @@ impl Admin {
     }
 
     fn update_gauges(&self) {
-        self.proxy.filler.store.update_gauges();
-        if let Some(cluster) = &self.proxy.filler.cluster {
+        self.node.store().update_gauges();
+        if let Some(cluster) = self.node.cluster() {
             let hot = &cluster.hot.store;
             hot.run_pending_tasks();
             metrics::HOT_ENTRIES.set(hot.entry_count() as i64);
@@ -101,12 +103,12 @@ impl Admin {
             .get("ringside-origin")
             .and_then(|v| v.to_str().ok())
         {
-            None => self.proxy.origin.clone(),
+            None => self.node.origins.default().clone(),
             Some(url) => match OriginUrl::parse(url)
                 .ok()
-                .and_then(|u| self.proxy.forward.get(&u))
+                .and_then(|u| self.node.origins.get(&u))
             {
-                Some(target) => target.clone(),
+                Some(target) => target,
                 None => {
                     return text(
                         StatusCode::BAD_REQUEST,
@@ -134,13 +136,9 @@ impl Admin {
             .headers
             .get("ringside-purge")
             .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"prefix"));
-        let key = self.proxy.cache_key(&target, &uri);
-        let filler = &self.proxy.filler;
-        let mut stores = vec![&*filler.store];
-        if let Some(cluster) = &filler.cluster {
-            stores.push(&cluster.hot.store);
-        }
-        purge::apply_local(&stores, &key, prefix);
+        let key = self.node.cache_key(&target, &uri);
+        purge::apply_local(&self.node.stores(), &key, prefix);
+        let filler = &self.node.filler;
         let (confirmed, asked) = match &filler.cluster {
             Some(cluster) => {
                 let within = 2 * cluster.peer_timeout;
@@ -197,7 +195,7 @@ fn with_type(status: StatusCode, content_type: &str, body: Vec<u8>) -> Response<
 impl ServeHttp for Admin {
     async fn response(&self, session: &mut ServerSession) -> Response<Vec<u8>> {
         let req = session.req_header();
-        if proxy::header_bytes(req) > proxy::MAX_REQUEST_HEADER_BYTES {
+        if connections::header_bytes(req) > connections::MAX_REQUEST_HEADER_BYTES {
             let body = b"request headers too large\n".to_vec();
             return text(StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE, body);
         }

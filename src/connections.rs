@@ -392,3 +392,18 @@ impl Peek for HeadDeadline {
         }
     }
 }
+
+/// Request heads larger than this are refused with 431, as nginx and Envoy
+/// refuse theirs (pingora alone would accept up to 1 MiB and pass it on);
+/// the proxy's and the admin listener's alike.
+pub const MAX_REQUEST_HEADER_BYTES: usize = 64 * 1024;
+
+/// The size of a request head as it arrived (request target and fields).
+pub fn header_bytes(req: &pingora::http::RequestHeader) -> usize {
+    req.raw_path().len()
+        + req
+            .headers
+            .iter()
+            .map(|(n, v)| n.as_str().len() + v.len() + 4)
+            .sum::<usize>()
+}

@@ -32,6 +32,7 @@
 use crate::cache_rules::{self, RuleOptions};
 use crate::cache_status::{self, CacheStatus, Detail, Fwd};
 use crate::cluster::Cluster;
+use crate::keys;
 use crate::metrics::{self, CacheResult};
 use crate::origin::{
     strip_response_hop_by_hop, FetchError, OriginClient, OriginResponse, OriginTarget,
@@ -668,10 +669,8 @@ fn usable_if_error(stale: Option<&Arc<CachedObject>>) -> Option<Arc<CachedObject
 
 /// Where a varying object is stored: the plain key plus its variant's fingerprint.
 pub fn variant_key(key: &str, object: &CachedObject) -> Option<String> {
-    (!object.vary.is_empty()).then(|| variant_key_for(key, object.vary_fingerprint))
+    (!object.vary.is_empty()).then(|| keys::variant(key, object.vary_fingerprint))
 }
-
-pub use crate::store::variant_key_for;
 
 /// Whether a response with this status has a body to frame: 1xx, 204 and 304
 /// never do, and must not announce one (RFC 9112 §6.1, §6.3).

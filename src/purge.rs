@@ -10,6 +10,7 @@
 //! (`invalidate.rs`).
 
 use crate::cluster::Cluster;
+use crate::keys;
 use crate::metrics;
 use crate::origin::OriginClient;
 use crate::peers;
@@ -24,7 +25,7 @@ pub fn apply_local(stores: &[&Store], key: &str, prefix: bool) {
             store.remove_prefix(key);
         } else {
             store.remove(key);
-            store.remove_prefix(&format!("{key}\u{1f}"));
+            store.remove_prefix(&keys::derived_prefix(key));
         }
     }
     metrics::PURGES.inc();

@@ -7,12 +7,10 @@ use crate::admin::Admin;
 use crate::cluster::Cluster;
 use crate::config::{Config, PeerProtocol};
 use crate::connections::{self, Guarded, Limits};
-use crate::fill::Filler;
 use crate::metrics;
-use crate::origin::OriginClient;
+use crate::node::Node;
 use crate::proxy::Ringside;
 use crate::shutdown::DrainOnTerm;
-use crate::singleflight::Group;
 use crate::store::Store;
 use pingora::apps::{HttpServerOptions, ServerApp};
 use pingora::server::configuration::ServerConf;
@@ -46,12 +44,8 @@ pub fn run(config: Config) -> ! {
                 .unwrap_or_else(|e| fatal(&format!("cluster membership: {e}"))),
         ),
     };
-    let filler = Arc::new(Filler {
-        flights: Group::new(),
-        client: OriginClient::default(),
-        store: Arc::new(Store::new(main_capacity).with_max_variants(config.cache.max_variants)),
-        cluster,
-    });
+    let store = Store::new(main_capacity).with_max_variants(config.cache.max_variants);
+    let node = Arc::new(Node::new(config.clone(), store, cluster));
     let threads = match config.threads {
         0 => std::thread::available_parallelism().map_or(1, |n| n.get()),
         n => n,
@@ -78,7 +72,7 @@ pub fn run(config: Config) -> ! {
                 .expect("validated by config"),
         );
     }
-    let ringside = Ringside::new(config.clone(), filler);
+    let ringside = Ringside::new(node.clone());
     if config.cluster.enabled {
         let mut peers = pingora::proxy::http_proxy(&server.configuration, ringside.for_peers());
         let h2c = config.cluster.peer_protocol == PeerProtocol::H2c;
@@ -91,7 +85,7 @@ pub fn run(config: Config) -> ! {
         let peers = guarded_service(&config, "peers", peers, &config.cluster.peer_listen, !h2c);
         server.add_service(peers);
     }
-    let admin = Admin::new(ringside.clone(), listeners);
+    let admin = Admin::new(node, listeners);
     let proxy = pingora::proxy::http_proxy(&server.configuration, ringside);
     let proxy = guarded_service(&config, "proxy", proxy, &config.listen, true);
     let mut admin = Service::new("ringside admin".into(), admin);

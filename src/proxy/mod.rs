@@ -6,7 +6,8 @@
 //!                      HTTP/1.1 without Host: 400
 //!   admit / route .... peer listener: signature, origin (peer.rs);
 //!                      app listener: the configured origin, or an
-//!                      absolute-form URL on the allowlist (else 403/405)
+//!                      absolute-form URL on the allowlist (routes.rs;
+//!                      else 403/405)
 //!   prepare .......... the target normalised in place (request.rs, 400 if
 //!                      it cannot be); from here on, key, rule and upstream
 //!                      request all see this one; peers: PURGE (peer.rs)
@@ -15,7 +16,8 @@
 //!                      pass as well; else strip the headers of
 //!                      cache.strip_request_headers (a Range stays: it is
 //!                      answered from the whole object, see range.rs)
-//!   look up .......... plain key, or the variant key when the origin varies;
+//!   look up .......... (cacheable.rs) plain key, or the variant key when
+//!                      the origin varies (key layout: keys.rs);
 //!                      a key owned by another node: its hot mirror, if any
 //!   fresh? ........... hit: answer from memory (304 if the client's validators match,
 //!                      206/416 for a GET's Range, see range.rs)
@@ -37,35 +39,31 @@
 //! `Ok(false)` and pingora's proxy phases stream it both ways.
 
 use crate::cache_rules::{self, CacheControl, RuleOptions};
-use crate::cluster::Cluster;
-use crate::config::{Config, OriginUrl};
 use crate::connections;
-use crate::fill::{self, Filler, Job, LeaderResult, Outcome, Started};
 use crate::invalidate;
 use crate::metrics::{self, CacheResult};
-use crate::origin::{strip_hop_by_hop, OriginTarget};
+use crate::node::Node;
+use crate::origin::OriginTarget;
 use crate::peers;
 use crate::shutdown::InFlight;
-use crate::singleflight::WaitError;
-use crate::store::{CachedObject, Entry, Store};
 use async_trait::async_trait;
 use http::header;
 use http::Method;
-use pingora::http::authority::{raw_target_authority, RawTargetAuthority};
+use pingora::http::authority::raw_target_authority;
 use pingora::http::{RequestHeader, ResponseHeader};
 use pingora::prelude::*;
 use pingora::proxy::{FailToProxy, ProxyHttp, Session};
 use pingora::upstreams::peer::HttpPeer;
-use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+mod cacheable;
 mod peer;
 mod request;
 mod respond;
 
-use crate::cache_status::{CacheStatus, Detail, Fwd, HEADER as CACHE_STATUS};
-use respond::{send_error, send_object, send_stream};
+use crate::cache_status::{CacheStatus, Detail, HEADER as CACHE_STATUS};
+use respond::send_error;
 
 /// Which listener a [`Ringside`] serves.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -77,36 +75,15 @@ pub enum Role {
     Peer,
 }
 
-/// The proxy's shared state: configuration, origins and the cache.
+/// One listener's proxy: the node it serves and the listener's role.
 #[derive(Clone)]
 pub struct Ringside {
     pub role: Role,
-    pub config: Arc<Config>,
-    pub filler: Arc<Filler>,
-    /// The reverse-proxy origin.
-    pub origin: Arc<OriginTarget>,
-    /// Forward-proxy allowlist (the reverse origin included), by origin URL.
-    pub forward: HashMap<OriginUrl, Arc<OriginTarget>>,
+    pub node: Arc<Node>,
     /// Stripped and key headers of cacheable requests.
     headers: Arc<request::HeaderPolicy>,
     /// The caching rules' options every path shares (rules add their ttl).
     rule_options: RuleOptions,
-}
-
-/// What a request's key has here: the stored object (or mirror) and its
-/// variant key, and where a fill would go.
-struct Found {
-    variant_key: Option<String>,
-    stored: Option<Arc<CachedObject>>,
-    mirrored: bool,
-    route: Route,
-}
-
-/// Where a miss is filled from: the owner (and whether to mirror its answer) or the origin.
-#[derive(Default)]
-struct Route {
-    owner: Option<String>,
-    mirror: Option<Arc<Store>>,
 }
 
 /// Per-request state carried across pingora's phases.
@@ -125,16 +102,8 @@ pub struct RequestCtx {
 }
 
 impl Ringside {
-    pub fn new(config: Arc<Config>, filler: Arc<Filler>) -> Ringside {
-        let origin = Arc::new(OriginTarget::new(config.origin_url(), &config));
-        let mut forward = HashMap::new();
-        forward.insert(origin.url.clone(), origin.clone());
-        for url in &config.forward_proxy.allow {
-            if let Ok(url) = OriginUrl::parse(url) {
-                let target = Arc::new(OriginTarget::new(url.clone(), &config));
-                forward.entry(url).or_insert(target);
-            }
-        }
+    pub fn new(node: Arc<Node>) -> Ringside {
+        let config = &node.config;
         let headers = Arc::new(request::HeaderPolicy::new(&config.cache));
         let rule_options = RuleOptions {
             default_ttl: None,
@@ -145,10 +114,7 @@ impl Ringside {
         };
         Ringside {
             role: Role::App,
-            config,
-            filler,
-            origin,
-            forward,
+            node,
             headers,
             rule_options,
         }
@@ -162,323 +128,6 @@ impl Ringside {
         }
     }
 
-    /// Which origin a request is for; an error status and message if none.
-    fn route(&self, req: &RequestHeader) -> Result<Arc<OriginTarget>, (u16, &'static str)> {
-        if req.method == Method::CONNECT {
-            return Err((405, "CONNECT tunnels are not supported\n"));
-        }
-        // Absolute-form: the app uses ringside as its HTTP proxy. pingora keeps
-        // only the path in `req.uri`; scheme and authority are in the raw target.
-        let (scheme, authority) = match raw_target_authority(req.raw_path()) {
-            RawTargetAuthority::None => return Ok(self.origin.clone()),
-            RawTargetAuthority::AmbiguousAuthority => {
-                return Err((400, "ambiguous request target\n"))
-            }
-            RawTargetAuthority::Absolute {
-                scheme, authority, ..
-            } => (scheme, authority),
-        };
-        let authority = http::uri::Authority::try_from(authority)
-            .map_err(|_| (400, "invalid request target\n"))?;
-        let tls = match scheme.to_ascii_lowercase().as_slice() {
-            b"http" => false,
-            b"https" => true,
-            _ => return Err((400, "unsupported URL scheme\n")),
-        };
-        let url = OriginUrl {
-            tls,
-            host: authority
-                .host()
-                .trim_matches(['[', ']'])
-                .to_ascii_lowercase(),
-            port: authority.port_u16().unwrap_or(if tls { 443 } else { 80 }),
-        };
-        self.forward
-            .get(&url)
-            .cloned()
-            .ok_or((403, "origin is not on ringside's forward_proxy allowlist\n"))
-    }
-
-    /// The cache key: origin, path, and the query unless configured out.
-    pub fn cache_key(&self, target: &OriginTarget, uri: &http::Uri) -> String {
-        let path = if uri.path().is_empty() {
-            "/"
-        } else {
-            uri.path()
-        };
-        let query = uri.query().filter(|_| self.config.cache.include_query);
-        // Built by hand: `format!` costs several times more on the hit path.
-        let mut key = String::with_capacity(
-            target.key_prefix.len() + path.len() + query.map_or(0, |q| q.len() + 1),
-        );
-        key.push_str(&target.key_prefix);
-        key.push_str(path);
-        if let Some(q) = query {
-            key.push('?');
-            key.push_str(q);
-        }
-        key
-    }
-
-    /// The cache key of a (prepared) request: [`Self::cache_key`] plus the
-    /// values of `cache.key_headers`, if any.
-    fn request_key(&self, target: &OriginTarget, req: &RequestHeader) -> String {
-        let mut key = self.cache_key(target, &req.uri);
-        if self.headers.has_key_headers() {
-            self.headers.extend_key(&mut key, &req.headers);
-        }
-        key
-    }
-
-    /// The stored entry for a request: the object under the plain key, or
-    /// under the variant key when the origin varies. Returns the variant key
-    /// (None: the plain key is the one to fill) and the object found, if any.
-    fn lookup(
-        store: &Store,
-        key: &str,
-        req: &RequestHeader,
-    ) -> (Option<String>, Option<Arc<CachedObject>>) {
-        match store.get(key) {
-            Some(Entry::Object(object)) => (None, Some(object)),
-            Some(Entry::Variants { headers, .. }) => {
-                let fingerprint = cache_rules::vary_fingerprint(&headers, &req.headers);
-                let variant_key = fill::variant_key_for(key, fingerprint);
-                match store.get(&variant_key) {
-                    Some(Entry::Object(object)) => (Some(variant_key), Some(object)),
-                    _ => (Some(variant_key), None),
-                }
-            }
-            None => (None, None),
-        }
-    }
-
-    /// Serve a GET or HEAD that the cache may answer.
-    async fn serve_cacheable(
-        &self,
-        session: &mut Session,
-        ctx: &mut RequestCtx,
-        target: Arc<OriginTarget>,
-        rules: RuleOptions,
-        client_cc: CacheControl,
-    ) -> Result<bool> {
-        let req = session.req_header();
-        let plain_key = self.request_key(&target, req);
-        let found = self.find(req, &plain_key);
-        // The request's arrival is "now" for freshness: one clock read less per hit.
-        let now = ctx.started;
-        if let Some(object) = &found.stored {
-            let age = object.age(now);
-            let forced = self.config.cache.honor_client_no_cache
-                && cache_rules::request_requires_revalidation(&client_cc, age, object.freshness);
-            let fresh = object.is_fresh(now);
-            if forced && fresh {
-                // A client made a fresh entry go back to the origin, for everyone.
-                metrics::CLIENT_REVALIDATIONS.inc();
-            }
-            if !forced && fresh {
-                ctx.result = CacheResult::Hit;
-                if found.mirrored {
-                    metrics::HOT_HITS.inc();
-                }
-                return send_object(session, object, CacheStatus::HIT, now).await;
-            }
-            let swr = object.stale_while_revalidate;
-            if !forced && !swr.is_zero() && object.staleness(now) <= swr {
-                let object = object.clone();
-                let (flight_key, job) = self.fill_for(req, &target, plain_key, found, rules);
-                // Refresh in the background unless someone already is.
-                let _ = fill::start(&self.filler, flight_key, job, false);
-                ctx.result = CacheResult::Stale;
-                let status = CacheStatus::HIT.detail(Detail::StaleWhileRevalidate);
-                return send_object(session, &object, status, now).await;
-            }
-        }
-        if client_cc.only_if_cached {
-            ctx.result = CacheResult::Error;
-            let status = CacheStatus::forward(Fwd::Miss).detail(Detail::OnlyIfCached);
-            return send_error(session, 504, "not in cache (only-if-cached)\n", status).await;
-        }
-        let (flight_key, job) = self.fill_for(req, &target, plain_key, found, rules);
-        self.fill_and_answer(session, ctx, flight_key, job).await
-    }
-
-    /// Where the request's key stands: stored here, mirrored here (a key
-    /// another node owns, app listener only), or to be asked of its owner.
-    fn find(&self, req: &RequestHeader, plain_key: &str) -> Found {
-        let (variant_key, stored) = Self::lookup(&self.filler.store, plain_key, req);
-        let mut found = Found {
-            variant_key,
-            stored,
-            mirrored: false,
-            route: Route::default(),
-        };
-        let cluster = self
-            .filler
-            .cluster
-            .as_ref()
-            .filter(|_| self.role == Role::App);
-        if let (Some(cluster), None) = (cluster, &found.stored) {
-            let ring = cluster.ring();
-            if let Some(owner) = cluster.remote_owner(&ring, plain_key) {
-                (found.variant_key, found.stored) =
-                    Self::lookup(&cluster.hot.store, plain_key, req);
-                found.mirrored = found.stored.is_some();
-                found.route = self.route_to_owner(cluster, owner, plain_key);
-            }
-        }
-        found
-    }
-
-    /// The flight key and job of a fill for what `find` found.
-    fn fill_for(
-        &self,
-        req: &RequestHeader,
-        target: &Arc<OriginTarget>,
-        plain_key: String,
-        found: Found,
-        rules: RuleOptions,
-    ) -> (String, Job) {
-        let flight_key = flight_key(
-            found.variant_key.unwrap_or_else(|| plain_key.clone()),
-            &found.route,
-        );
-        let job = self.fill_job(req, target, &plain_key, found.stored, rules, found.route);
-        (flight_key, job)
-    }
-
-    /// Lead or follow the key's fill, and answer with what it brings.
-    async fn fill_and_answer(
-        &self,
-        session: &mut Session,
-        ctx: &mut RequestCtx,
-        flight_key: String,
-        job: Job,
-    ) -> Result<bool> {
-        let timeout = self.config.cache.collapse_timeout;
-        match fill::start(&self.filler, flight_key, job, true) {
-            // The wait is for the response head: a body that is still
-            // arriving is streamed, however long it takes.
-            Started::Leading(rx) => match tokio::time::timeout(timeout, rx).await {
-                Ok(Ok(result)) => self.send_leader_result(session, ctx, result).await,
-                // The fill task always answers; a lost answer means it died.
-                _ => {
-                    ctx.result = CacheResult::Error;
-                    let body = "origin fetch did not finish\n";
-                    send_error(session, 504, body, CacheStatus::forward(Fwd::Miss)).await
-                }
-            },
-            Started::Following(waiter) => match waiter.wait(timeout).await {
-                Ok(outcome) => self.send_outcome(session, ctx, outcome, true).await,
-                Err(WaitError::Timeout) => {
-                    ctx.result = CacheResult::Error;
-                    let status = CacheStatus::forward(Fwd::Miss)
-                        .collapsed()
-                        .detail(Detail::CollapseTimeout);
-                    let body = "origin fetch did not finish in time\n";
-                    send_error(session, 504, body, status).await
-                }
-                Err(WaitError::Abandoned) => {
-                    // The leader's fill died; fetch for ourselves, uncached.
-                    let status = CacheStatus::forward(Fwd::Miss).detail(Detail::Abandoned);
-                    self.pass(ctx, CacheResult::Miss, status)
-                }
-            },
-        }
-    }
-
-    /// Answer the request whose fill this was.
-    async fn send_leader_result(
-        &self,
-        session: &mut Session,
-        ctx: &mut RequestCtx,
-        result: LeaderResult,
-    ) -> Result<bool> {
-        match result {
-            LeaderResult::Shared(outcome) => self.send_outcome(session, ctx, outcome, false).await,
-            LeaderResult::Stream {
-                header,
-                body,
-                cache_status,
-                result,
-                storing,
-            } => {
-                if !storing && wants_part_of(session.req_header(), &header) {
-                    // Dropping `body` ends the leader's share of the fill.
-                    let status = CacheStatus::forward(Fwd::UriMiss).detail(Detail::RangeNotStored);
-                    return self.pass(ctx, CacheResult::Miss, status);
-                }
-                ctx.result = result;
-                send_stream(session, header, body, cache_status).await
-            }
-            LeaderResult::Private {
-                object,
-                cache_status,
-            } => {
-                ctx.result = CacheResult::Revalidated;
-                send_object(session, &object, cache_status, Instant::now()).await
-            }
-        }
-    }
-
-    /// Answer with what a fill produced.
-    async fn send_outcome(
-        &self,
-        session: &mut Session,
-        ctx: &mut RequestCtx,
-        outcome: Outcome,
-        collapsed: bool,
-    ) -> Result<bool> {
-        match outcome {
-            Outcome::Fetched {
-                object,
-                revalidated,
-                via_peer,
-            } => {
-                // A follower may want another variant than the leader fetched.
-                if !object.vary.is_empty()
-                    && cache_rules::vary_fingerprint(&object.vary, &session.req_header().headers)
-                        != object.vary_fingerprint
-                {
-                    let status = CacheStatus::forward(Fwd::VaryMiss);
-                    return self.pass(ctx, CacheResult::Miss, status);
-                }
-                let (result, mut status) = match (via_peer, revalidated) {
-                    (true, _) => (CacheResult::Peer, CacheStatus::FROM_PEER),
-                    (false, true) => (CacheResult::Revalidated, CacheStatus::REVALIDATED),
-                    (false, false) => (CacheResult::Miss, CacheStatus::STORED),
-                };
-                if collapsed {
-                    status = status.collapsed();
-                }
-                ctx.result = result;
-                send_object(session, &object, status, Instant::now()).await
-            }
-            Outcome::UseStale {
-                object,
-                origin_status,
-            } => {
-                ctx.result = CacheResult::Stale;
-                let status = CacheStatus::forward(Fwd::Stale)
-                    .fwd_status(origin_status)
-                    .detail(Detail::StaleIfError);
-                send_object(session, &object, status, Instant::now()).await
-            }
-            Outcome::NotStored => {
-                let status = CacheStatus::forward(Fwd::UriMiss).detail(Detail::NotStored);
-                self.pass(ctx, CacheResult::Miss, status)
-            }
-            Outcome::Failed(e) => {
-                ctx.result = CacheResult::Error;
-                let (body, detail) = match e.status() {
-                    504 => ("origin timed out\n", Detail::OriginTimeout),
-                    _ => ("origin unreachable\n", Detail::OriginUnreachable),
-                };
-                let status = CacheStatus::forward(Fwd::UriMiss).detail(detail);
-                send_error(session, e.status(), body, status).await
-            }
-        }
-    }
-
     /// Drop what a write made stale, here and on every member (RFC 9111
     /// §4.4, see invalidate.rs). False when a member did not confirm in time.
     async fn invalidate_written(
@@ -487,15 +136,17 @@ impl Ringside {
         response: &ResponseHeader,
         ctx: &RequestCtx,
     ) -> bool {
-        let target = ctx.target.as_ref().unwrap_or(&self.origin);
+        let target = ctx.target.as_ref().unwrap_or(self.node.origins.default());
         let uris = invalidate::invalidated_uris(&req.uri, &response.headers, target);
-        let keys: Vec<String> = uris.iter().map(|u| self.cache_key(target, u)).collect();
+        let keys: Vec<String> = uris
+            .iter()
+            .map(|u| self.node.cache_key(target, u))
+            .collect();
         let within = self
-            .filler
-            .cluster
-            .as_ref()
+            .node
+            .cluster()
             .map_or(Duration::ZERO, |c| c.invalidation_timeout);
-        invalidate::everywhere(&self.filler, target, &keys, &uris, within).await == 0
+        invalidate::everywhere(&self.node.filler, target, &keys, &uris, within).await == 0
     }
 
     /// Let pingora proxy this request to the origin, uncached.
@@ -505,46 +156,12 @@ impl Ringside {
         Ok(false)
     }
 
-    /// Ask `owner` unless it is backing off; mirror its answer if the key is hot here.
-    fn route_to_owner(&self, cluster: &Cluster, owner: String, key: &str) -> Route {
-        let hot = cluster.hot.touch(key);
-        if !cluster.health.is_available(&owner) {
-            metrics::observe_peer(&owner, "skipped", None);
-            return Route::default();
-        }
-        Route {
-            owner: Some(owner),
-            mirror: hot.then(|| cluster.hot.store.clone()),
-        }
-    }
-
-    fn fill_job(
-        &self,
-        req: &RequestHeader,
-        target: &Arc<OriginTarget>,
-        key: &str,
-        stale: Option<Arc<CachedObject>>,
-        rules: RuleOptions,
-        route: Route,
-    ) -> Job {
-        Job {
-            owner: route.owner,
-            mirror: route.mirror,
-            target: target.clone(),
-            request: fill_request(req, target),
-            key: key.to_owned(),
-            stale,
-            rules,
-            max_object_size: self.config.cache.max_object_size,
-        }
-    }
-
     /// Normalise the request's target in place and collapse repeated
     /// Content-Lengths (see `request.rs`). Peers send normalised targets;
     /// one with encoded slashes is refused there rather than proxied.
     fn prepare(&self, req: &mut RequestHeader) -> Result<request::Target, request::Refusal> {
         let slashes = match self.role {
-            Role::App => self.config.cache.encoded_slashes,
+            Role::App => self.node.config.cache.encoded_slashes,
             Role::Peer => crate::config::EncodedSlashes::Reject,
         };
         let normalized = request::normalized_target(req, slashes)?;
@@ -554,7 +171,7 @@ impl Ringside {
     }
 
     fn rules_for(&self, path: &str) -> (bool, RuleOptions) {
-        let rule = self.config.rule_for(path);
+        let rule = self.node.config.rule_for(path);
         let options = RuleOptions {
             default_ttl: rule.and_then(|r| r.ttl),
             stale_if_error: rule
@@ -563,19 +180,6 @@ impl Ringside {
             ..self.rule_options.clone()
         };
         (rule.is_some_and(|r| r.bypass), options)
-    }
-}
-
-/// The singleflight key of a fill. A fill that asks the owner on another
-/// node gets a key of its own, so that a request from a peer (which always
-/// fills from this node's cache or origin) never joins it: with views that
-/// disagree, two nodes each forwarding to the other would otherwise wait on
-/// each other until peer_timeout, and the key would not be stored where the
-/// asking peer expects it.
-fn flight_key(key: String, route: &Route) -> String {
-    match route.owner {
-        Some(_) => format!("{key}\u{1f}via-peer"),
-        None => key,
     }
 }
 
@@ -593,21 +197,6 @@ async fn refuse(
         refusal.cache_status,
     )
     .await
-}
-
-/// Request heads larger than this are refused with 431, as nginx and Envoy
-/// refuse theirs (pingora alone would accept up to 1 MiB and pass it on).
-pub const MAX_REQUEST_HEADER_BYTES: usize = 64 * 1024;
-
-/// The size of a request head as it arrived (request target and fields);
-/// the admin listener applies the same bound.
-pub fn header_bytes(req: &RequestHeader) -> usize {
-    req.raw_path().len()
-        + req
-            .headers
-            .iter()
-            .map(|(n, v)| n.as_str().len() + v.len() + 4)
-            .sum::<usize>()
 }
 
 /// Why a GET/HEAD skips the cache, if it does; else the request's own
@@ -628,65 +217,6 @@ fn bypass_reason(req: &RequestHeader, rule_bypass: bool) -> Result<CacheControl,
         return Err(Detail::NoStore);
     }
     Ok(client_cc)
-}
-
-/// Whether a range request's fill that turned out not storable (or too
-/// large) should be left for the origin to answer: a GET with `Range` for a
-/// 200. The fill asked for the whole object, to store it; as it will not be
-/// stored, the request goes to the origin itself, `Range` and conditionals
-/// included, like a follower of such a fill, so that the origin sends the
-/// part alone instead of ringside reading (up to all of) a body it cannot
-/// keep to cut a part from it. Costs the origin the head of the abandoned
-/// response; an origin that ignores `Range` answers a 200, passed on.
-fn wants_part_of(req: &RequestHeader, response: &ResponseHeader) -> bool {
-    req.method == Method::GET
-        && req.headers.contains_key(header::RANGE)
-        && response.status == http::StatusCode::OK
-}
-
-/// The request a fill sends: GET, origin-form, the client's end-to-end
-/// headers minus its own conditionals and `Range`.
-///
-/// The fill is for the cache and for every request that joins it, so it asks
-/// for the whole, current object. The client's `If-None-Match` /
-/// `If-Modified-Since` (RFC 9111 §4.3.2) are evaluated against what the fill
-/// brings, stored or not: the stored object (`send_object`), or the 200
-/// streamed to the leader when it is not storable (`send_stream`); a match
-/// is a 304 either way, and a `Range` is cut from it (`range.rs`).
-/// Forwarding one client's validators instead would let the origin answer
-/// a 304 that neither the cache nor the other waiters can use. Requests that
-/// go to the origin on their own keep their conditionals and `Range`, and
-/// the origin answers them: bypasses, followers of a fill that is not
-/// stored, a range of what is not stored.
-fn fill_request(req: &RequestHeader, target: &OriginTarget) -> RequestHeader {
-    let path = req.uri.path_and_query().map_or("/", |p| p.as_str());
-    let mut headers = req.headers.clone();
-    strip_hop_by_hop(&mut headers);
-    peers::strip_peer_headers(&mut headers);
-    for name in [
-        header::IF_NONE_MATCH,
-        header::IF_MODIFIED_SINCE,
-        header::IF_MATCH,
-        header::IF_UNMODIFIED_SINCE,
-        header::IF_RANGE,
-        header::RANGE,
-        header::HOST,
-        // The fill sends no body, so it announces none.
-        header::CONTENT_LENGTH,
-        header::TRANSFER_ENCODING,
-    ] {
-        headers.remove(name);
-    }
-    let mut fill =
-        RequestHeader::build_no_case(Method::GET, path.as_bytes(), Some(headers.len() + 3))
-            .unwrap_or_else(|_| {
-                RequestHeader::build_no_case(Method::GET, b"/", None).expect("static")
-            });
-    let _ = fill.insert_header(header::HOST, target.host_header.clone());
-    for (name, value) in headers.iter() {
-        let _ = fill.append_header(name.clone(), value.clone());
-    }
-    fill
 }
 
 #[async_trait]
@@ -727,7 +257,7 @@ impl ProxyHttp for Ringside {
         if let Err(refusal) = request::check_protocol(session.req_header()) {
             return refuse(session, ctx, refusal).await;
         }
-        if header_bytes(session.req_header()) > MAX_REQUEST_HEADER_BYTES {
+        if connections::header_bytes(session.req_header()) > connections::MAX_REQUEST_HEADER_BYTES {
             ctx.result = CacheResult::Error;
             let status = CacheStatus::bypass(Detail::HeaderTooLarge);
             return send_error(session, 431, "request headers too large\n", status).await;
@@ -738,7 +268,7 @@ impl ProxyHttp for Ringside {
                 None => return Ok(true),
             }
         } else {
-            self.route(session.req_header())
+            self.node.origins.route(session.req_header())
         };
         let target = match target {
             Ok(target) => target,
@@ -782,7 +312,10 @@ impl ProxyHttp for Ringside {
         ctx: &mut RequestCtx,
     ) -> Result<Box<HttpPeer>> {
         ctx.origin_started.get_or_insert_with(Instant::now);
-        let target = ctx.target.clone().unwrap_or_else(|| self.origin.clone());
+        let target = ctx
+            .target
+            .clone()
+            .unwrap_or_else(|| self.node.origins.default().clone());
         Ok(Box::new(target.peer().await?))
     }
 
@@ -792,7 +325,7 @@ impl ProxyHttp for Ringside {
         upstream: &mut RequestHeader,
         ctx: &mut RequestCtx,
     ) -> Result<()> {
-        let target = ctx.target.as_ref().unwrap_or(&self.origin);
+        let target = ctx.target.as_ref().unwrap_or(self.node.origins.default());
         if raw_target_authority(upstream.raw_path())
             .authority()
             .is_some()

@@ -33,7 +33,7 @@ pub async fn admit(
     session: &mut Session,
     ctx: &mut RequestCtx,
 ) -> Result<Option<Arc<OriginTarget>>> {
-    let Some(cluster) = rs.filler.cluster.clone() else {
+    let Some(cluster) = rs.node.filler.cluster.clone() else {
         return refuse(session, ctx, 404, "not a cluster member\n").await;
     };
     if let Err(why) = cluster.verify_request(session.req_header()) {
@@ -61,7 +61,7 @@ pub async fn admit(
         .get(&peers::ORIGIN)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| OriginUrl::parse(v).ok());
-    match origin.and_then(|url| rs.forward.get(&url).cloned()) {
+    match origin.and_then(|url| rs.node.origins.get(&url)) {
         Some(target) => Ok(Some(target)),
         None => refuse(session, ctx, 403, "origin not served by this node\n").await,
     }
@@ -76,14 +76,14 @@ pub async fn handle(
     ctx: &mut RequestCtx,
     target: &OriginTarget,
 ) -> Result<bool> {
-    let Some(cluster) = rs.filler.cluster.clone() else {
+    let Some(cluster) = rs.node.filler.cluster.clone() else {
         return Ok(false);
     };
     let req = session.req_header();
     if req.method.as_str() == "PURGE" {
-        let key = rs.cache_key(target, &req.uri);
+        let key = rs.node.cache_key(target, &req.uri);
         let prefix = req.headers.contains_key(&peers::PURGE_PREFIX);
-        purge::apply_local(&[&rs.filler.store, &cluster.hot.store], &key, prefix);
+        purge::apply_local(&rs.node.stores(), &key, prefix);
         ctx.result = CacheResult::Pass;
         let status = CacheStatus::bypass(Detail::Purge);
         send_error(session, 200, "purged\n", status).await?;

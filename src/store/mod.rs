@@ -26,6 +26,7 @@
 //! ever-new values cannot crowd other URLs out of the cache.
 
 pub mod footprint;
+use crate::keys;
 use crate::metrics;
 use bytes::Bytes;
 use http::HeaderName;
@@ -96,11 +97,6 @@ impl CachedObject {
 
 /// Variants kept per URL unless configured (`cache.max_variants`).
 pub const DEFAULT_MAX_VARIANTS: usize = 32;
-
-/// Where a varying object is stored: the plain key plus its variant's fingerprint.
-pub fn variant_key_for(key: &str, fingerprint: u64) -> String {
-    format!("{key}\u{1f}vary={fingerprint:016x}")
-}
 
 /// moka panics on expirations past 1000 years; nothing useful lives a year.
 const MAX_LIFE: Duration = Duration::from_secs(365 * 24 * 3600);
@@ -309,7 +305,7 @@ impl Store {
             metrics::VARIANTS_REPLACED.inc_by(dropped.len() as u64);
         }
         for fingerprint in dropped {
-            self.cache.invalidate(&variant_key_for(key, fingerprint));
+            self.cache.invalidate(&keys::variant(key, fingerprint));
         }
         // Apply the byte bound now rather than at moka's next maintenance.
         self.cache.run_pending_tasks();
@@ -447,7 +443,7 @@ mod tests {
     }
 
     fn insert_variant(store: &Store, key: &str, vary: &[&'static str], fingerprint: u64) {
-        let variant = variant_key_for(key, fingerprint);
+        let variant = keys::variant(key, fingerprint);
         store.insert(key, Some(variant), object(vary, fingerprint));
     }
 
@@ -459,7 +455,7 @@ mod tests {
     }
 
     fn has_variant(store: &Store, key: &str, fingerprint: u64) -> bool {
-        store.get(&variant_key_for(key, fingerprint)).is_some()
+        store.get(&keys::variant(key, fingerprint)).is_some()
     }
 
     #[test]

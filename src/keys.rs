@@ -1,0 +1,144 @@
+//! The key scheme: how a request becomes the strings the cache, the
+//! singleflight and purge look things up by. Every key is built here, so
+//! the layout below is the whole truth about them.
+//!
+//! ```text
+//! plain key    <origin prefix><path>[?<query>]            query unless cache.include_query: false
+//!              [\x1f<name>[=<values>]]...                 cache.key_headers, in order
+//! variant key  <plain key>\x1fvary=<fingerprint, 16 hex>  one response of a URL that varies
+//! flight key   <plain or variant key>[\x1fvia-peer]       via-peer: filled by asking the owner
+//! ```
+//!
+//! `\x1f` (unit separator) never occurs in a normalised target or in an
+//! escaped header value, so a key's parts cannot run into each other, and
+//! everything stored for one URL (its variants, its header-keyed copies)
+//! starts with `<plain key>\x1f`: that is what a purge of the URL removes.
+
+use http::header::{HeaderMap, HeaderName};
+
+/// Separates a key's parts.
+const SEPARATOR: char = '\u{1f}';
+
+/// The plain key of an origin (`key_prefix`, e.g. `https://api:443`) and a
+/// normalised request URI.
+pub fn plain(origin_prefix: &str, uri: &http::Uri, include_query: bool) -> String {
+    let path = match uri.path() {
+        "" => "/",
+        path => path,
+    };
+    let query = uri.query().filter(|_| include_query);
+    // Built by hand: `format!` costs several times more on the hit path.
+    let mut key =
+        String::with_capacity(origin_prefix.len() + path.len() + query.map_or(0, |q| q.len() + 1));
+    key.push_str(origin_prefix);
+    key.push_str(path);
+    if let Some(q) = query {
+        key.push('?');
+        key.push_str(q);
+    }
+    key
+}
+
+/// Append the values of the key headers `names` to a plain key: `\x1f` +
+/// name, then `=` + the values (lines joined by `,`) unless the header is
+/// absent. Bytes outside visible ASCII, `%` and `,` are percent-encoded, so
+/// distinct values never give the same key.
+pub fn append_header_values(key: &mut String, names: &[HeaderName], headers: &HeaderMap) {
+    for name in names {
+        key.push(SEPARATOR);
+        key.push_str(name.as_str());
+        let mut values = headers.get_all(name).iter().peekable();
+        if values.peek().is_some() {
+            key.push('=');
+        }
+        for (i, value) in values.enumerate() {
+            if i > 0 {
+                key.push(',');
+            }
+            push_escaped(key, value.as_bytes());
+        }
+    }
+}
+
+fn push_escaped(out: &mut String, bytes: &[u8]) {
+    for &b in bytes {
+        if (0x21..0x7f).contains(&b) && b != b'%' && b != b',' {
+            out.push(b as char);
+        } else {
+            out.push_str(&format!("%{b:02X}"));
+        }
+    }
+}
+
+/// Where one response of a varying URL is stored.
+pub fn variant(plain: &str, fingerprint: u64) -> String {
+    format!("{plain}{SEPARATOR}vary={fingerprint:016x}")
+}
+
+/// The prefix of everything stored for a URL besides its plain key.
+pub fn derived_prefix(plain: &str) -> String {
+    format!("{plain}{SEPARATOR}")
+}
+
+/// The singleflight key of a fill that asks the key's owner on another node.
+///
+/// It differs from the key's own so that a request from a peer (which
+/// always fills from this node's cache or origin) never joins it: with ring
+/// views that disagree, two nodes each forwarding to the other would
+/// otherwise wait on each other until `peer_timeout`, and the key would not
+/// be stored where the asking peer expects it.
+pub fn via_peer(key: String) -> String {
+    format!("{key}{SEPARATOR}via-peer")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_derived_key_starts_with_the_plain_keys_prefix() {
+        let uri: http::Uri = "/a?b=1".parse().unwrap();
+        let plain = plain("http://o:80", &uri, true);
+        assert_eq!(plain, "http://o:80/a?b=1");
+        assert_eq!(super::plain("http://o:80", &uri, false), "http://o:80/a");
+        let prefix = derived_prefix(&plain);
+        assert!(variant(&plain, 7).starts_with(&prefix));
+        assert!(via_peer(plain.clone()).starts_with(&prefix));
+        let mut keyed = plain.clone();
+        let names = [HeaderName::from_static("x-tenant")];
+        append_header_values(&mut keyed, &names, &HeaderMap::new());
+        assert!(keyed.starts_with(&prefix));
+        // A URL that extends another is not under its prefix.
+        assert!(!"http://o:80/a?b=10".starts_with(&prefix));
+    }
+
+    #[test]
+    fn header_values_extend_the_key_unambiguously() {
+        let names = [
+            HeaderName::from_static("x-forwarded-host"),
+            HeaderName::from_static("x-tenant"),
+        ];
+        let key = |values: &[(&str, &str)]| {
+            let mut headers = HeaderMap::new();
+            for (n, v) in values {
+                headers.append(
+                    HeaderName::from_bytes(n.as_bytes()).unwrap(),
+                    v.parse().unwrap(),
+                );
+            }
+            let mut k = String::from("k");
+            append_header_values(&mut k, &names, &headers);
+            k
+        };
+        assert_eq!(key(&[]), "k\u{1f}x-forwarded-host\u{1f}x-tenant");
+        assert_eq!(
+            key(&[("x-tenant", "a b,%")]),
+            "k\u{1f}x-forwarded-host\u{1f}x-tenant=a%20b%2C%25"
+        );
+        assert_ne!(key(&[("x-tenant", "")]), key(&[]));
+        assert_ne!(
+            key(&[("x-tenant", "a"), ("x-tenant", "b")]),
+            key(&[("x-tenant", "a,b")])
+        );
+    }
+}

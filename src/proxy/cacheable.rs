@@ -1,0 +1,402 @@
+//! The cacheable path: a GET or HEAD the cache may answer, from the lookup
+//! to the answer.
+//!
+//! Look the key up (here, or in the hot mirror of a key another node
+//! owns); answer a fresh hit, or a stale one while refreshing it in the
+//! background; otherwise lead or join the key's fill (`fill.rs`) and answer
+//! with what it brings. A fill's answer may not suit every waiter (another
+//! Vary variant, a range of what is not stored): such a request goes to the
+//! origin on its own, through pingora's proxy phases.
+
+use super::respond::{send_error, send_object, send_stream};
+use super::{RequestCtx, Ringside, Role};
+use crate::cache_rules::{self, CacheControl, RuleOptions};
+use crate::cache_status::{CacheStatus, Detail, Fwd};
+use crate::cluster::Cluster;
+use crate::fill::{self, Job, LeaderResult, Outcome, Started};
+use crate::keys;
+use crate::metrics::{self, CacheResult};
+use crate::origin::{strip_hop_by_hop, OriginTarget};
+use crate::peers;
+use crate::singleflight::WaitError;
+use crate::store::{CachedObject, Entry, Store};
+use http::header;
+use http::Method;
+use pingora::http::{RequestHeader, ResponseHeader};
+use pingora::prelude::*;
+use pingora::proxy::Session;
+use std::sync::Arc;
+use std::time::Instant;
+
+/// What a request's key has here: the stored object (or mirror) and its
+/// variant key, and where a fill would go.
+struct Found {
+    variant_key: Option<String>,
+    stored: Option<Arc<CachedObject>>,
+    mirrored: bool,
+    route: Route,
+}
+
+/// Where a miss is filled from: the owner (and whether to mirror its answer) or the origin.
+#[derive(Default)]
+struct Route {
+    owner: Option<String>,
+    mirror: Option<Arc<Store>>,
+}
+
+impl Ringside {
+    /// The cache key of a (prepared) request: [`Self::cache_key`] plus the
+    /// values of `cache.key_headers`, if any.
+    pub(super) fn request_key(&self, target: &OriginTarget, req: &RequestHeader) -> String {
+        let mut key = self.node.cache_key(target, &req.uri);
+        self.headers.extend_key(&mut key, &req.headers);
+        key
+    }
+
+    /// The stored entry for a request: the object under the plain key, or
+    /// under the variant key when the origin varies. Returns the variant key
+    /// (None: the plain key is the one to fill) and the object found, if any.
+    fn lookup(
+        store: &Store,
+        key: &str,
+        req: &RequestHeader,
+    ) -> (Option<String>, Option<Arc<CachedObject>>) {
+        match store.get(key) {
+            Some(Entry::Object(object)) => (None, Some(object)),
+            Some(Entry::Variants { headers, .. }) => {
+                let fingerprint = cache_rules::vary_fingerprint(&headers, &req.headers);
+                let variant_key = keys::variant(key, fingerprint);
+                match store.get(&variant_key) {
+                    Some(Entry::Object(object)) => (Some(variant_key), Some(object)),
+                    _ => (Some(variant_key), None),
+                }
+            }
+            None => (None, None),
+        }
+    }
+
+    /// Serve a GET or HEAD that the cache may answer.
+    pub(super) async fn serve_cacheable(
+        &self,
+        session: &mut Session,
+        ctx: &mut RequestCtx,
+        target: Arc<OriginTarget>,
+        rules: RuleOptions,
+        client_cc: CacheControl,
+    ) -> Result<bool> {
+        let req = session.req_header();
+        let plain_key = self.request_key(&target, req);
+        let found = self.find(req, &plain_key);
+        // The request's arrival is "now" for freshness: one clock read less per hit.
+        let now = ctx.started;
+        if let Some(object) = &found.stored {
+            let age = object.age(now);
+            let forced = self.node.config.cache.honor_client_no_cache
+                && cache_rules::request_requires_revalidation(&client_cc, age, object.freshness);
+            let fresh = object.is_fresh(now);
+            if forced && fresh {
+                // A client made a fresh entry go back to the origin, for everyone.
+                metrics::CLIENT_REVALIDATIONS.inc();
+            }
+            if !forced && fresh {
+                ctx.result = CacheResult::Hit;
+                if found.mirrored {
+                    metrics::HOT_HITS.inc();
+                }
+                return send_object(session, object, CacheStatus::HIT, now).await;
+            }
+            let swr = object.stale_while_revalidate;
+            if !forced && !swr.is_zero() && object.staleness(now) <= swr {
+                let object = object.clone();
+                let (flight_key, job) = self.fill_for(req, &target, plain_key, found, rules);
+                // Refresh in the background unless someone already is.
+                let _ = fill::start(&self.node.filler, flight_key, job, false);
+                ctx.result = CacheResult::Stale;
+                let status = CacheStatus::HIT.detail(Detail::StaleWhileRevalidate);
+                return send_object(session, &object, status, now).await;
+            }
+        }
+        if client_cc.only_if_cached {
+            ctx.result = CacheResult::Error;
+            let status = CacheStatus::forward(Fwd::Miss).detail(Detail::OnlyIfCached);
+            return send_error(session, 504, "not in cache (only-if-cached)\n", status).await;
+        }
+        let (flight_key, job) = self.fill_for(req, &target, plain_key, found, rules);
+        self.fill_and_answer(session, ctx, flight_key, job).await
+    }
+
+    /// Where the request's key stands: stored here, mirrored here (a key
+    /// another node owns, app listener only), or to be asked of its owner.
+    fn find(&self, req: &RequestHeader, plain_key: &str) -> Found {
+        let (variant_key, stored) = Self::lookup(&self.node.filler.store, plain_key, req);
+        let mut found = Found {
+            variant_key,
+            stored,
+            mirrored: false,
+            route: Route::default(),
+        };
+        let cluster = self.node.cluster().filter(|_| self.role == Role::App);
+        if let (Some(cluster), None) = (cluster, &found.stored) {
+            let ring = cluster.ring();
+            if let Some(owner) = cluster.remote_owner(&ring, plain_key) {
+                (found.variant_key, found.stored) =
+                    Self::lookup(&cluster.hot.store, plain_key, req);
+                found.mirrored = found.stored.is_some();
+                found.route = self.route_to_owner(cluster, owner, plain_key);
+            }
+        }
+        found
+    }
+
+    /// The flight key and job of a fill for what `find` found.
+    fn fill_for(
+        &self,
+        req: &RequestHeader,
+        target: &Arc<OriginTarget>,
+        plain_key: String,
+        found: Found,
+        rules: RuleOptions,
+    ) -> (String, Job) {
+        let flight_key = flight_key(
+            found.variant_key.unwrap_or_else(|| plain_key.clone()),
+            &found.route,
+        );
+        let job = self.fill_job(req, target, &plain_key, found.stored, rules, found.route);
+        (flight_key, job)
+    }
+
+    /// Lead or follow the key's fill, and answer with what it brings.
+    async fn fill_and_answer(
+        &self,
+        session: &mut Session,
+        ctx: &mut RequestCtx,
+        flight_key: String,
+        job: Job,
+    ) -> Result<bool> {
+        let timeout = self.node.config.cache.collapse_timeout;
+        match fill::start(&self.node.filler, flight_key, job, true) {
+            // The wait is for the response head: a body that is still
+            // arriving is streamed, however long it takes.
+            Started::Leading(rx) => match tokio::time::timeout(timeout, rx).await {
+                Ok(Ok(result)) => self.send_leader_result(session, ctx, result).await,
+                // The fill task always answers; a lost answer means it died.
+                _ => {
+                    ctx.result = CacheResult::Error;
+                    let body = "origin fetch did not finish\n";
+                    send_error(session, 504, body, CacheStatus::forward(Fwd::Miss)).await
+                }
+            },
+            Started::Following(waiter) => match waiter.wait(timeout).await {
+                Ok(outcome) => self.send_outcome(session, ctx, outcome, true).await,
+                Err(WaitError::Timeout) => {
+                    ctx.result = CacheResult::Error;
+                    let status = CacheStatus::forward(Fwd::Miss)
+                        .collapsed()
+                        .detail(Detail::CollapseTimeout);
+                    let body = "origin fetch did not finish in time\n";
+                    send_error(session, 504, body, status).await
+                }
+                Err(WaitError::Abandoned) => {
+                    // The leader's fill died; fetch for ourselves, uncached.
+                    let status = CacheStatus::forward(Fwd::Miss).detail(Detail::Abandoned);
+                    self.pass(ctx, CacheResult::Miss, status)
+                }
+            },
+        }
+    }
+
+    /// Answer the request whose fill this was.
+    async fn send_leader_result(
+        &self,
+        session: &mut Session,
+        ctx: &mut RequestCtx,
+        result: LeaderResult,
+    ) -> Result<bool> {
+        match result {
+            LeaderResult::Shared(outcome) => self.send_outcome(session, ctx, outcome, false).await,
+            LeaderResult::Stream {
+                header,
+                body,
+                cache_status,
+                result,
+                storing,
+            } => {
+                if !storing && wants_part_of(session.req_header(), &header) {
+                    // Dropping `body` ends the leader's share of the fill.
+                    let status = CacheStatus::forward(Fwd::UriMiss).detail(Detail::RangeNotStored);
+                    return self.pass(ctx, CacheResult::Miss, status);
+                }
+                ctx.result = result;
+                send_stream(session, header, body, cache_status).await
+            }
+            LeaderResult::Private {
+                object,
+                cache_status,
+            } => {
+                ctx.result = CacheResult::Revalidated;
+                send_object(session, &object, cache_status, Instant::now()).await
+            }
+        }
+    }
+
+    /// Answer with what a fill produced.
+    async fn send_outcome(
+        &self,
+        session: &mut Session,
+        ctx: &mut RequestCtx,
+        outcome: Outcome,
+        collapsed: bool,
+    ) -> Result<bool> {
+        match outcome {
+            Outcome::Fetched {
+                object,
+                revalidated,
+                via_peer,
+            } => {
+                // A follower may want another variant than the leader fetched.
+                if !object.vary.is_empty()
+                    && cache_rules::vary_fingerprint(&object.vary, &session.req_header().headers)
+                        != object.vary_fingerprint
+                {
+                    let status = CacheStatus::forward(Fwd::VaryMiss);
+                    return self.pass(ctx, CacheResult::Miss, status);
+                }
+                let (result, mut status) = match (via_peer, revalidated) {
+                    (true, _) => (CacheResult::Peer, CacheStatus::FROM_PEER),
+                    (false, true) => (CacheResult::Revalidated, CacheStatus::REVALIDATED),
+                    (false, false) => (CacheResult::Miss, CacheStatus::STORED),
+                };
+                if collapsed {
+                    status = status.collapsed();
+                }
+                ctx.result = result;
+                send_object(session, &object, status, Instant::now()).await
+            }
+            Outcome::UseStale {
+                object,
+                origin_status,
+            } => {
+                ctx.result = CacheResult::Stale;
+                let status = CacheStatus::forward(Fwd::Stale)
+                    .fwd_status(origin_status)
+                    .detail(Detail::StaleIfError);
+                send_object(session, &object, status, Instant::now()).await
+            }
+            Outcome::NotStored => {
+                let status = CacheStatus::forward(Fwd::UriMiss).detail(Detail::NotStored);
+                self.pass(ctx, CacheResult::Miss, status)
+            }
+            Outcome::Failed(e) => {
+                ctx.result = CacheResult::Error;
+                let (body, detail) = match e.status() {
+                    504 => ("origin timed out\n", Detail::OriginTimeout),
+                    _ => ("origin unreachable\n", Detail::OriginUnreachable),
+                };
+                let status = CacheStatus::forward(Fwd::UriMiss).detail(detail);
+                send_error(session, e.status(), body, status).await
+            }
+        }
+    }
+
+    /// Ask `owner` unless it is backing off; mirror its answer if the key is hot here.
+    fn route_to_owner(&self, cluster: &Cluster, owner: String, key: &str) -> Route {
+        let hot = cluster.hot.touch(key);
+        if !cluster.health.is_available(&owner) {
+            metrics::observe_peer(&owner, "skipped", None);
+            return Route::default();
+        }
+        Route {
+            owner: Some(owner),
+            mirror: hot.then(|| cluster.hot.store.clone()),
+        }
+    }
+
+    fn fill_job(
+        &self,
+        req: &RequestHeader,
+        target: &Arc<OriginTarget>,
+        key: &str,
+        stale: Option<Arc<CachedObject>>,
+        rules: RuleOptions,
+        route: Route,
+    ) -> Job {
+        Job {
+            owner: route.owner,
+            mirror: route.mirror,
+            target: target.clone(),
+            request: fill_request(req, target),
+            key: key.to_owned(),
+            stale,
+            rules,
+            max_object_size: self.node.config.cache.max_object_size,
+        }
+    }
+}
+
+/// The singleflight key of a fill: its own for one that asks the owner
+/// (see `keys::via_peer`).
+fn flight_key(key: String, route: &Route) -> String {
+    match route.owner {
+        Some(_) => keys::via_peer(key),
+        None => key,
+    }
+}
+
+/// Whether a range request's fill that turned out not storable (or too
+/// large) should be left for the origin to answer: a GET with `Range` for a
+/// 200. The fill asked for the whole object, to store it; as it will not be
+/// stored, the request goes to the origin itself, `Range` and conditionals
+/// included, like a follower of such a fill, so that the origin sends the
+/// part alone instead of ringside reading (up to all of) a body it cannot
+/// keep to cut a part from it. Costs the origin the head of the abandoned
+/// response; an origin that ignores `Range` answers a 200, passed on.
+fn wants_part_of(req: &RequestHeader, response: &ResponseHeader) -> bool {
+    req.method == Method::GET
+        && req.headers.contains_key(header::RANGE)
+        && response.status == http::StatusCode::OK
+}
+
+/// The request a fill sends: GET, origin-form, the client's end-to-end
+/// headers minus its own conditionals and `Range`.
+///
+/// The fill is for the cache and for every request that joins it, so it asks
+/// for the whole, current object. The client's `If-None-Match` /
+/// `If-Modified-Since` (RFC 9111 §4.3.2) are evaluated against what the fill
+/// brings, stored or not: the stored object (`send_object`), or the 200
+/// streamed to the leader when it is not storable (`send_stream`); a match
+/// is a 304 either way, and a `Range` is cut from it (`range.rs`).
+/// Forwarding one client's validators instead would let the origin answer
+/// a 304 that neither the cache nor the other waiters can use. Requests that
+/// go to the origin on their own keep their conditionals and `Range`, and
+/// the origin answers them: bypasses, followers of a fill that is not
+/// stored, a range of what is not stored.
+fn fill_request(req: &RequestHeader, target: &OriginTarget) -> RequestHeader {
+    let path = req.uri.path_and_query().map_or("/", |p| p.as_str());
+    let mut headers = req.headers.clone();
+    strip_hop_by_hop(&mut headers);
+    peers::strip_peer_headers(&mut headers);
+    for name in [
+        header::IF_NONE_MATCH,
+        header::IF_MODIFIED_SINCE,
+        header::IF_MATCH,
+        header::IF_UNMODIFIED_SINCE,
+        header::IF_RANGE,
+        header::RANGE,
+        header::HOST,
+        // The fill sends no body, so it announces none.
+        header::CONTENT_LENGTH,
+        header::TRANSFER_ENCODING,
+    ] {
+        headers.remove(name);
+    }
+    let mut fill =
+        RequestHeader::build_no_case(Method::GET, path.as_bytes(), Some(headers.len() + 3))
+            .unwrap_or_else(|_| {
+                RequestHeader::build_no_case(Method::GET, b"/", None).expect("static")
+            });
+    let _ = fill.insert_header(header::HOST, target.host_header.clone());
+    for (name, value) in headers.iter() {
+        let _ = fill.append_header(name.clone(), value.clone());
+    }
+    fill
+}
