@@ -23,10 +23,12 @@ use crate::config::OriginUrl;
 use crate::connections;
 use crate::metrics;
 use crate::node::Node;
+use crate::origin::OriginTarget;
 use crate::purge;
 use async_trait::async_trait;
 use http::{Method, Response, StatusCode};
 use pingora::apps::http_app::ServeHttp;
+use pingora::http::RequestHeader;
 use pingora::protocols::http::ServerSession;
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -97,25 +99,36 @@ impl Admin {
             };
             return text(StatusCode::UNAUTHORIZED, why.to_vec());
         }
-        let req = session.req_header();
+        let order = match self.purge_order(session.req_header()) {
+            Ok(order) => order,
+            Err(why) => return text(StatusCode::BAD_REQUEST, why.as_bytes().to_vec()),
+        };
+        let key = self.node.cache_key(&order.target, &order.uri);
+        purge::apply_local(&self.node.stores(), &key, order.prefix);
+        let (confirmed, asked) = self.purge_members(&order).await;
+        let body = format!(
+            "purged {}{key} on this node and {confirmed} of {asked} other member(s)\n",
+            if order.prefix { "prefix " } else { "" }
+        );
+        let status = match confirmed == asked {
+            true => StatusCode::OK,
+            false => StatusCode::BAD_GATEWAY,
+        };
+        text(status, body.into_bytes())
+    }
+
+    /// What a purge request asks for, or why it cannot be done (400).
+    fn purge_order(&self, req: &RequestHeader) -> Result<PurgeOrder, &'static str> {
         let target = match req
             .headers
             .get("ringside-origin")
             .and_then(|v| v.to_str().ok())
         {
             None => self.node.origins.default().clone(),
-            Some(url) => match OriginUrl::parse(url)
+            Some(url) => OriginUrl::parse(url)
                 .ok()
                 .and_then(|u| self.node.origins.get(&u))
-            {
-                Some(target) => target,
-                None => {
-                    return text(
-                        StatusCode::BAD_REQUEST,
-                        b"unknown ringside-origin\n".to_vec(),
-                    )
-                }
-            },
+                .ok_or("unknown ringside-origin\n")?,
         };
         let path_and_query = req.uri.path_and_query().map_or("/", |p| p.as_str());
         let path = match req.method {
@@ -125,46 +138,41 @@ impl Admin {
             _ => path_and_query,
         };
         // The same normal form the proxy keys requests by (normalize.rs).
-        let path = match crate::normalize::normalize_target(path.as_bytes()) {
-            Ok(path) => path.into_owned(),
-            Err(why) => return text(StatusCode::BAD_REQUEST, why.message().as_bytes().to_vec()),
-        };
-        let Ok(uri) = path.parse::<http::Uri>() else {
-            return text(StatusCode::BAD_REQUEST, b"bad path\n".to_vec());
-        };
+        let path = crate::normalize::normalize_target(path.as_bytes())
+            .map_err(|why| why.message())?
+            .into_owned();
+        let uri = path.parse::<http::Uri>().map_err(|_| "bad path\n")?;
         let prefix = req
             .headers
             .get("ringside-purge")
             .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"prefix"));
-        let key = self.node.cache_key(&target, &uri);
-        purge::apply_local(&self.node.stores(), &key, prefix);
-        let filler = &self.node.filler;
-        let (confirmed, asked) = match &filler.cluster {
-            Some(cluster) => {
-                let within = 2 * cluster.peer_timeout;
-                purge::broadcast(
-                    cluster,
-                    &filler.client,
-                    &target.key_prefix,
-                    &path,
-                    prefix,
-                    within,
-                )
-                .await
-            }
-            None => (0, 0),
-        };
-        let body = format!(
-            "purged {}{key} on this node and {confirmed} of {asked} other member(s)\n",
-            if prefix { "prefix " } else { "" }
-        );
-        let status = if confirmed == asked {
-            StatusCode::OK
-        } else {
-            StatusCode::BAD_GATEWAY
-        };
-        text(status, body.into_bytes())
+        Ok(PurgeOrder {
+            target,
+            path,
+            uri,
+            prefix,
+        })
     }
+
+    /// Ask every other member to purge too: (confirmed, asked).
+    async fn purge_members(&self, order: &PurgeOrder) -> (usize, usize) {
+        let Some(cluster) = self.node.cluster() else {
+            return (0, 0);
+        };
+        let within = 2 * cluster.peer_timeout;
+        let client = &self.node.filler.client;
+        let origin = &order.target.key_prefix;
+        purge::broadcast(cluster, client, origin, &order.path, order.prefix, within).await
+    }
+}
+
+/// A purge request, parsed: the key (or prefix) of `uri` at `target`.
+struct PurgeOrder {
+    target: Arc<OriginTarget>,
+    /// The normalised path and query, as peers are asked to purge it.
+    path: String,
+    uri: http::Uri,
+    prefix: bool,
 }
 
 /// The token of an `Authorization: Bearer <token>` value: the scheme in any

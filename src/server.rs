@@ -30,50 +30,67 @@ pub fn run(config: Config) -> ! {
         .enable_all()
         .build()
         .unwrap_or_else(|e| fatal(&format!("cannot start a runtime: {e}")));
-    let (main_capacity, hot_capacity) = split_capacity(&config);
-    let cluster = match config.cluster.enabled {
-        false => None,
-        true => Some(
-            background
-                .block_on(Cluster::start(
-                    &config.cluster,
-                    hot_capacity,
-                    config.cache.max_variants,
-                    config.origin.connect_timeout + config.origin.read_timeout,
-                ))
-                .unwrap_or_else(|e| fatal(&format!("cluster membership: {e}"))),
-        ),
-    };
+    let node = Arc::new(build_node(&config, &background));
+    let mut server = Server::new_with_opt_and_conf(None, server_conf(&config));
+    server.bootstrap();
+    add_services(&mut server, &config, node);
+    log::info!(
+        "ringside listening on {} (admin {}), origin {}",
+        config.listen,
+        config.admin_listen,
+        config.origin_url().key_prefix()
+    );
+    server.run(RunArgs {
+        shutdown_signal: Box::new(DrainOnTerm::new(
+            config.shutdown_grace,
+            config.shutdown_delay,
+        )),
+    });
+    drop(background);
+    std::process::exit(0)
+}
+
+/// The node: its store and, in a cluster, its membership (started on
+/// `background`, which keeps it running).
+fn build_node(config: &Arc<Config>, background: &tokio::runtime::Runtime) -> Node {
+    let (main_capacity, hot_capacity) = split_capacity(config);
+    let cluster = config.cluster.enabled.then(|| {
+        background
+            .block_on(Cluster::start(
+                &config.cluster,
+                hot_capacity,
+                config.cache.max_variants,
+                config.origin.connect_timeout + config.origin.read_timeout,
+            ))
+            .unwrap_or_else(|e| fatal(&format!("cluster membership: {e}")))
+    });
     let store = Store::new(main_capacity).with_max_variants(config.cache.max_variants);
-    let node = Arc::new(Node::new(config.clone(), store, cluster));
+    Node::new(config.clone(), store, cluster)
+}
+
+fn server_conf(config: &Config) -> ServerConf {
     let threads = match config.threads {
         0 => std::thread::available_parallelism().map_or(1, |n| n.get()),
         n => n,
     };
-    let grace = config.shutdown_grace;
-    let conf = ServerConf {
+    ServerConf {
         threads,
         // pingora sleeps this long after SIGTERM; our watcher exits earlier
         // once the last in-flight request is done.
-        grace_period_seconds: Some(grace.as_secs() + 1),
+        grace_period_seconds: Some(config.shutdown_grace.as_secs() + 1),
         graceful_shutdown_timeout_seconds: Some(1),
         ..ServerConf::default()
-    };
-    let mut server = Server::new_with_opt_and_conf(None, conf);
-    server.bootstrap();
-
-    let mut listeners = vec![config.listen.parse().expect("validated by config")];
-    if config.cluster.enabled {
-        listeners.push(
-            config
-                .cluster
-                .peer_listen
-                .parse()
-                .expect("validated by config"),
-        );
     }
+}
+
+/// The app-facing proxy, the peer listener (in a cluster) and the admin
+/// listener, which probes the other two for `/readyz`.
+fn add_services(server: &mut Server, config: &Config, node: Arc<Node>) {
     let ringside = Ringside::new(node.clone());
+    let mut probed = vec![config.listen.parse().expect("validated by config")];
     if config.cluster.enabled {
+        let peer_listen = &config.cluster.peer_listen;
+        probed.push(peer_listen.parse().expect("validated by config"));
         let mut peers = pingora::proxy::http_proxy(&server.configuration, ringside.for_peers());
         let h2c = config.cluster.peer_protocol == PeerProtocol::H2c;
         if h2c {
@@ -82,27 +99,19 @@ pub fn run(config: Config) -> ! {
             peers.server_options = Some(options);
         }
         // HTTP/2 multiplexes requests on one connection: no head deadline there.
-        let peers = guarded_service(&config, "peers", peers, &config.cluster.peer_listen, !h2c);
-        server.add_service(peers);
+        server.add_service(guarded_service(config, "peers", peers, peer_listen, !h2c));
     }
-    let admin = Admin::new(node, listeners);
     let proxy = pingora::proxy::http_proxy(&server.configuration, ringside);
-    let proxy = guarded_service(&config, "proxy", proxy, &config.listen, true);
-    let mut admin = Service::new("ringside admin".into(), admin);
+    server.add_service(guarded_service(
+        config,
+        "proxy",
+        proxy,
+        &config.listen,
+        true,
+    ));
+    let mut admin = Service::new("ringside admin".into(), Admin::new(node, probed));
     admin.add_listener(connections::listener(&config.admin_listen));
-    server.add_service(proxy);
     server.add_service(admin);
-    log::info!(
-        "ringside listening on {} (admin {}), origin {}",
-        config.listen,
-        config.admin_listen,
-        config.origin_url().key_prefix()
-    );
-    server.run(RunArgs {
-        shutdown_signal: Box::new(DrainOnTerm::new(grace, config.shutdown_delay)),
-    });
-    drop(background);
-    std::process::exit(0)
 }
 
 /// A listener's service: `app` on `addr` with the connection cap and, when

@@ -347,6 +347,26 @@ impl Config {
     }
 
     fn validate(&self) -> Result<(), ConfigError> {
+        self.validate_listeners()?;
+        self.validate_origins()?;
+        self.validate_cache()?;
+        self.validate_memory_bounds()?;
+        self.cluster.validate(&self.listen, &self.admin_listen)?;
+        if !self.admin_token.is_empty() && self.admin_token == self.cluster.secret {
+            return Err(ConfigError::Invalid(
+                "admin_token: the same as cluster.secret; choose another (a bearer token is sent \
+                 with every purge, and the cluster secret must never cross the wire)"
+                    .into(),
+            ));
+        }
+        if self.threads > 1024 {
+            return Err(invalid("threads", self.threads, "0 (one per CPU) to 1024"));
+        }
+        self.validate_rules()?;
+        self.validate_request_handling()
+    }
+
+    fn validate_listeners(&self) -> Result<(), ConfigError> {
         check_addr("listen", &self.listen)?;
         check_addr("admin_listen", &self.admin_listen)?;
         if self.listen == self.admin_listen {
@@ -356,18 +376,19 @@ impl Config {
                 "an address different from listen",
             ));
         }
-        match &self.origin.url {
-            None => {
-                return Err(ConfigError::Invalid(
-                    "origin.url: missing; set it in the file, with --origin or RINGSIDE_ORIGIN \
-                     (e.g. http://127.0.0.1:8000)"
-                        .into(),
-                ))
-            }
-            Some(url) => {
-                OriginUrl::parse(url).map_err(|why| invalid("origin.url", quoted(url), why))?;
-            }
-        }
+        Ok(())
+    }
+
+    /// The origin, its timeouts, and the forward-proxy allowlist.
+    fn validate_origins(&self) -> Result<(), ConfigError> {
+        let Some(url) = &self.origin.url else {
+            return Err(ConfigError::Invalid(
+                "origin.url: missing; set it in the file, with --origin or RINGSIDE_ORIGIN \
+                 (e.g. http://127.0.0.1:8000)"
+                    .into(),
+            ));
+        };
+        OriginUrl::parse(url).map_err(|why| invalid("origin.url", quoted(url), why))?;
         for (field, d) in [
             ("origin.connect_timeout", self.origin.connect_timeout),
             ("origin.read_timeout", self.origin.read_timeout),
@@ -381,6 +402,11 @@ impl Config {
             OriginUrl::parse(url)
                 .map_err(|why| invalid(&format!("forward_proxy.allow[{i}]"), quoted(url), why))?;
         }
+        Ok(())
+    }
+
+    /// Sizes and the heuristic fraction.
+    fn validate_cache(&self) -> Result<(), ConfigError> {
         if self.cache.capacity == 0 {
             return Err(invalid("cache.capacity", 0, "a size above zero"));
         }
@@ -396,18 +422,10 @@ impl Config {
             let expected = "a fraction from 0 (off) to 1, such as 0.1";
             return Err(invalid("cache.heuristic_fraction", fraction, expected));
         }
-        self.validate_memory_bounds()?;
-        self.cluster.validate(&self.listen, &self.admin_listen)?;
-        if !self.admin_token.is_empty() && self.admin_token == self.cluster.secret {
-            return Err(ConfigError::Invalid(
-                "admin_token: the same as cluster.secret; choose another (a bearer token is sent \
-                 with every purge, and the cluster secret must never cross the wire)"
-                    .into(),
-            ));
-        }
-        if self.threads > 1024 {
-            return Err(invalid("threads", self.threads, "0 (one per CPU) to 1024"));
-        }
+        Ok(())
+    }
+
+    fn validate_rules(&self) -> Result<(), ConfigError> {
         for (i, rule) in self.cache.rules.iter().enumerate() {
             let field = format!("cache.rules[{i}]");
             if !rule.prefix.starts_with('/') {
@@ -425,7 +443,7 @@ impl Config {
                 ));
             }
         }
-        self.validate_request_handling()
+        Ok(())
     }
 
     /// Header lists name valid headers; rule prefixes are normalised paths

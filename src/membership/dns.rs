@@ -141,12 +141,26 @@ impl Poller {
 
     /// One poll; returns how long to wait before the next.
     async fn poll(&mut self, tx: &watch::Sender<Vec<Member>>) -> Duration {
+        let (a, aaaa) = match self.look_up().await {
+            Ok(answers) => answers,
+            Err(why) => return self.failed(&why),
+        };
+        let failures = match self.update(a, aaaa) {
+            Ok(failures) => failures,
+            Err(why) => return self.failed(&why),
+        };
+        self.note_answers(&failures);
+        self.publish(tx);
+        self.interval
+    }
+
+    /// The name's A and AAAA answers, asked together, within the deadline.
+    async fn look_up(&mut self) -> Result<(Answer, Answer), String> {
         let resolver = match &self.resolver {
             Some(r) => r,
-            None => match build_resolver(self.nameserver, self.interval) {
-                Ok(r) => self.resolver.insert(r),
-                Err(e) => return self.failed(&e),
-            },
+            None => self
+                .resolver
+                .insert(build_resolver(self.nameserver, self.interval)?),
         };
         // Fresh answers every poll: the cache would otherwise hide changes
         // for the records' TTL, which is not what `interval` promises.
@@ -157,59 +171,70 @@ impl Poller {
                 lookup(resolver, &self.name, RecordType::AAAA)
             )
         };
-        let (a, aaaa) = match tokio::time::timeout(POLL_DEADLINE, lookups).await {
-            Ok(answers) => answers,
-            Err(_) => {
-                let why = format!("no answer within {POLL_DEADLINE:?}");
-                return self.failed(&why);
-            }
-        };
+        tokio::time::timeout(POLL_DEADLINE, lookups)
+            .await
+            .map_err(|_| format!("no answer within {POLL_DEADLINE:?}"))
+    }
 
+    /// Take in one poll's answers. Ok: the families whose query failed (and
+    /// kept their addresses); Err: nothing usable came back.
+    fn update(&mut self, a: Answer, aaaa: Answer) -> Result<Vec<String>, String> {
         let mut failures = Vec::new();
         let mut any_records = false;
         let mut no_records = 0;
-        let mut answers = Vec::with_capacity(2);
-        for (family, answer) in [("A", a), ("AAAA", aaaa)] {
-            match &answer {
+        for (family, answer) in [("A", &a), ("AAAA", &aaaa)] {
+            match answer {
                 Answer::Addrs(_) => any_records = true,
                 Answer::NoRecords => no_records += 1,
                 Answer::Failed(e) => failures.push(format!("{family}: {e}")),
             }
-            answers.push(answer);
         }
-
         if any_records {
-            // The name resolves, so every family's answer stands, "none" included;
-            // only a family whose query failed keeps what it had.
-            for (answer, known) in answers.into_iter().zip([&mut self.v4, &mut self.v6]) {
-                match answer {
-                    Answer::Addrs(addrs) => *known = addrs,
-                    Answer::NoRecords => known.clear(),
-                    Answer::Failed(_) => {}
-                }
-            }
-            if self.empty_polls > 0 {
-                info!("membership (dns {}): the name resolves again", self.name);
-            }
-            self.empty_polls = 0;
+            self.take_answers([a, aaaa]);
         } else if no_records == 2 {
-            self.empty_polls = self.empty_polls.saturating_add(1);
-            if self.empty_polls <= EMPTY_POLLS_TO_SHRINK {
-                info!(
-                    "membership (dns {}): no addresses ({} of {} polls before the list shrinks to this node)",
-                    self.name, self.empty_polls, EMPTY_POLLS_TO_SHRINK
-                );
-            }
-            if self.empty_polls >= EMPTY_POLLS_TO_SHRINK {
-                self.v4.clear();
-                self.v6.clear();
-            }
+            self.count_empty_poll();
         } else {
-            // Nothing usable came back (at least one query failed, none found
-            // records): keep the list, leave the empty streak as it is, back off.
-            return self.failed(&failures.join("; "));
+            // At least one query failed, none found records: keep the list,
+            // leave the empty streak as it is, back off.
+            return Err(failures.join("; "));
         }
+        Ok(failures)
+    }
 
+    /// The name resolves, so every family's answer stands, "none" included;
+    /// only a family whose query failed keeps what it had.
+    fn take_answers(&mut self, answers: [Answer; 2]) {
+        for (answer, known) in answers.into_iter().zip([&mut self.v4, &mut self.v6]) {
+            match answer {
+                Answer::Addrs(addrs) => *known = addrs,
+                Answer::NoRecords => known.clear(),
+                Answer::Failed(_) => {}
+            }
+        }
+        if self.empty_polls > 0 {
+            info!("membership (dns {}): the name resolves again", self.name);
+        }
+        self.empty_polls = 0;
+    }
+
+    /// Both families said "no records": after a few such polls in a row the
+    /// list shrinks to this node (one empty answer may be a blip).
+    fn count_empty_poll(&mut self) {
+        self.empty_polls = self.empty_polls.saturating_add(1);
+        if self.empty_polls <= EMPTY_POLLS_TO_SHRINK {
+            info!(
+                "membership (dns {}): no addresses ({} of {} polls before the list shrinks to this node)",
+                self.name, self.empty_polls, EMPTY_POLLS_TO_SHRINK
+            );
+        }
+        if self.empty_polls >= EMPTY_POLLS_TO_SHRINK {
+            self.v4.clear();
+            self.v6.clear();
+        }
+    }
+
+    /// Log a recovery from failed polls, or a family that failed this time.
+    fn note_answers(&mut self, failures: &[String]) {
         if failures.is_empty() {
             if self.failed_polls > 0 {
                 info!(
@@ -226,8 +251,6 @@ impl Poller {
                 failures.join("; ")
             );
         }
-        self.publish(tx);
-        self.interval
     }
 
     fn publish(&self, tx: &watch::Sender<Vec<Member>>) {
