@@ -10,10 +10,27 @@
 //! Rings are immutable: membership changes build a new one and swap it in
 //! (see `cluster.rs`), so a lookup never sees a half-built ring.
 
-use crate::membership::Member;
 use siphasher::sip::SipHasher24;
 use siphasher::sip128::{Hasher128, SipHasher24 as SipHasher128};
 use std::hash::Hasher;
+
+/// One sidecar, by the peer address the others reach it at.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct Member {
+    /// `host:port` of its peer listener.
+    pub addr: String,
+    /// Relative share of the key space (1 = normal).
+    pub weight: u32,
+}
+
+impl Member {
+    pub fn new(addr: impl Into<String>, weight: u32) -> Member {
+        Member {
+            addr: addr.into(),
+            weight: weight.max(1),
+        }
+    }
+}
 
 pub struct Ring {
     /// Sorted by hash; the u32 indexes `members`.

@@ -11,23 +11,8 @@ mod etcd;
 use crate::config::{ClusterConfig, MembershipConfig};
 use tokio::sync::watch;
 
-/// One sidecar, by the peer address the others reach it at.
-#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub struct Member {
-    /// `host:port` of its peer listener.
-    pub addr: String,
-    /// Relative share of the key space (1 = normal).
-    pub weight: u32,
-}
-
-impl Member {
-    pub fn new(addr: impl Into<String>, weight: u32) -> Member {
-        Member {
-            addr: addr.into(),
-            weight: weight.max(1),
-        }
-    }
-}
+/// Sources produce ring members; the ring (a pure structure) defines them.
+pub use crate::ring::Member;
 
 /// Sort, de-duplicate (by address, keeping the largest weight) and make sure `me` is present.
 pub fn normalize(mut members: Vec<Member>, me: &Member) -> Vec<Member> {
