@@ -23,6 +23,10 @@
 //!   arrived (within the head deadline): pingora's per-connection request
 //!   state takes about 30 KiB, a connection waiting for its first byte a
 //!   few hundred bytes;
+//! - a connection that opens with `CONNECT ` on a listener with tunnels
+//!   (the app's, with `forward_proxy.connect_allow`) never reaches pingora:
+//!   its head is read here, under the same deadline, and `tunnel.rs`
+//!   answers and relays it;
 //! - [`listener`] configures the listening socket without pingora's 64 KiB
 //!   read buffer: pingora reads request heads and bodies into buffers of its
 //!   own, so the extra layer only cost memory on every idle connection.
@@ -31,7 +35,9 @@
 //! so there the head deadline is off; the connection cap still applies.
 
 use crate::metrics;
+use crate::tunnel::{self, Tunnels};
 use async_trait::async_trait;
+use bytes::{Buf, BytesMut};
 use pingora::apps::ServerApp;
 use pingora::listeners::{L4BufferSettings, ListenerConfig};
 use pingora::protocols::{
@@ -57,12 +63,14 @@ pub fn listener(addr: &str) -> ListenerConfig {
 }
 
 /// The bounds a [`Guarded`] app applies to its connections.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 pub struct Limits {
     /// Open connections at most; more are refused.
     pub max_connections: usize,
     /// How long one request head may take; `None`: no deadline (HTTP/2).
     pub head_timeout: Option<Duration>,
+    /// CONNECT tunnels this listener opens (needs `head_timeout`).
+    pub tunnels: Option<Arc<Tunnels>>,
 }
 
 /// A listener's app with its connections counted, capped and given a head deadline.
@@ -142,6 +150,16 @@ impl<A: ServerApp + Send + Sync + 'static> ServerApp for Guarded<A> {
                 if !stream.first_byte().await {
                     return None;
                 }
+                if let Some(tunnels) = &self.limits.tunnels {
+                    match stream.connect_head().await {
+                        Ok(None) => {}
+                        Ok(Some(head)) => {
+                            tunnels.serve(stream, &head).await;
+                            return None;
+                        }
+                        Err(_) => return None,
+                    }
+                }
                 Box::new(stream)
             }
             None => stream,
@@ -197,9 +215,9 @@ pub struct HeadDeadline {
     phase: AtomicU8,
     /// When the head being read must be complete (armed in `READING_HEAD`).
     deadline: Pin<Box<Sleep>>,
-    /// The connection's first byte, read before pingora takes over and
-    /// handed to it by its first read.
-    first: Option<u8>,
+    /// Bytes read before pingora takes over (the first byte; the start of
+    /// a head checked for CONNECT), handed to its first reads.
+    replay: BytesMut,
 }
 
 impl HeadDeadline {
@@ -210,7 +228,7 @@ impl HeadDeadline {
             timeout,
             phase: AtomicU8::new(READING_HEAD),
             deadline: Box::pin(tokio::time::sleep(timeout)),
-            first: None,
+            replay: BytesMut::new(),
         }
     }
 
@@ -220,11 +238,49 @@ impl HeadDeadline {
         let mut byte = [0u8; 1];
         match self.read(&mut byte).await {
             Ok(1) => {
-                self.first = Some(byte[0]);
+                self.replay.extend_from_slice(&byte);
                 true
             }
             _ => false,
         }
+    }
+
+    /// If the connection opens with a CONNECT, its head (read within the
+    /// head deadline; what follows it stays to be read), and the stream is
+    /// then in its exchange. None: not a CONNECT, nothing consumed.
+    async fn connect_head(&mut self) -> io::Result<Option<BytesMut>> {
+        let prefix = tunnel::CONNECT_PREFIX;
+        self.read_ahead(|b| b.len() >= prefix.len() || !prefix.starts_with(b))
+            .await?;
+        if !self.replay.starts_with(prefix) {
+            return Ok(None);
+        }
+        let end = |b: &[u8]| b.windows(4).position(|w| w == b"\r\n\r\n");
+        self.read_ahead(|b| end(b).is_some() || b.len() >= tunnel::MAX_HEAD_BYTES)
+            .await?;
+        let head = match end(&self.replay) {
+            Some(at) => self.replay.split_to(at + 4),
+            // Too long: the tunnel answers 400 for a head it cannot parse.
+            None => std::mem::take(&mut self.replay),
+        };
+        self.phase.store(IN_EXCHANGE, Ordering::Relaxed);
+        Ok(Some(head))
+    }
+
+    /// Read into `replay` until `enough` holds, within the head deadline.
+    async fn read_ahead(&mut self, enough: impl Fn(&[u8]) -> bool) -> io::Result<()> {
+        let due = self.deadline.deadline();
+        let mut chunk = [0u8; 2048];
+        while !enough(&self.replay) {
+            let n = tokio::time::timeout_at(due, self.inner.read(&mut chunk))
+                .await
+                .map_err(|_| too_slow())??;
+            if n == 0 {
+                return Err(io::ErrorKind::UnexpectedEof.into());
+            }
+            self.replay.extend_from_slice(&chunk[..n]);
+        }
+        Ok(())
     }
 
     /// The connection serving `session`, when it is one of ours.
@@ -260,14 +316,14 @@ impl AsyncRead for HeadDeadline {
         buf: &mut ReadBuf<'_>,
     ) -> Poll<io::Result<()>> {
         let this = self.get_mut();
-        if let Some(byte) = this.first.take() {
-            if buf.remaining() == 0 {
-                this.first = Some(byte);
-                return Poll::Ready(Ok(()));
+        if !this.replay.is_empty() {
+            let n = this.replay.len().min(buf.remaining());
+            buf.put_slice(&this.replay[..n]);
+            this.replay.advance(n);
+            if this.replay.is_empty() && buf.remaining() > 0 {
+                // The rest of what has arrived, if any, in the same read.
+                let _ = Pin::new(&mut this.inner).poll_read(cx, buf);
             }
-            buf.put_slice(&[byte]);
-            // The rest of what has arrived, if any, in the same read.
-            let _ = Pin::new(&mut this.inner).poll_read(cx, buf);
             return Poll::Ready(Ok(()));
         }
         match this.phase.load(Ordering::Relaxed) {

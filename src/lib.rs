@@ -36,3 +36,4 @@ pub mod server;
 pub(crate) mod shutdown;
 pub(crate) mod singleflight;
 pub(crate) mod store;
+pub(crate) mod tunnel;

@@ -542,6 +542,50 @@ pub fn connection_metrics(listener: &str) -> (IntGauge, IntCounter) {
     )
 }
 
+// ---- CONNECT tunnels (`tunnel.rs`) ----
+
+static TUNNELS: Lazy<IntCounterVec> = Lazy::new(|| {
+    counter_vec(
+        "ringside_tunnels_total",
+        "CONNECT requests, by result: opened, not-allowed (host not on forward_proxy.connect_allow), unreachable, timeout, bad-request.",
+        &["result"],
+    )
+});
+
+/// Tunnel results, all known in advance.
+const TUNNEL_RESULTS: [&str; 5] = [
+    "opened",
+    "not-allowed",
+    "unreachable",
+    "timeout",
+    "bad-request",
+];
+
+pub static TUNNELS_OPEN: Lazy<IntGauge> = Lazy::new(|| {
+    gauge(
+        "ringside_tunnels_open",
+        "CONNECT tunnels relaying right now.",
+    )
+});
+
+static TUNNEL_BYTES: Lazy<IntCounterVec> = Lazy::new(|| {
+    counter_vec(
+        "ringside_tunnel_bytes_total",
+        "Bytes relayed through CONNECT tunnels: up (app to upstream) and down.",
+        &["direction"],
+    )
+});
+
+pub fn observe_tunnel(result: &'static str) {
+    TUNNELS.with_label_values(&[result]).inc();
+}
+
+pub fn observe_tunnel_bytes(direction: &'static str, bytes: usize) {
+    TUNNEL_BYTES
+        .with_label_values(&[direction])
+        .inc_by(bytes as u64);
+}
+
 // ---- the injection webhook (`ringside inject`; its own /metrics) ----
 
 static INJECT_ADMISSIONS: Lazy<IntCounterVec> = Lazy::new(|| {
@@ -660,6 +704,13 @@ pub fn init(capacity_bytes: u64) {
     Lazy::force(&PEER_NONCES);
     for reason in ["replay", "overflow"] {
         PEER_NONCE_REFUSALS.with_label_values(&[reason]);
+    }
+    for result in TUNNEL_RESULTS {
+        TUNNELS.with_label_values(&[result]);
+    }
+    Lazy::force(&TUNNELS_OPEN);
+    for direction in ["up", "down"] {
+        TUNNEL_BYTES.with_label_values(&[direction]);
     }
 }
 

@@ -54,7 +54,8 @@ impl Origins {
     /// The origin an app's request is for.
     pub fn route(&self, req: &RequestHeader) -> Result<Arc<OriginTarget>, Unroutable> {
         if req.method == Method::CONNECT {
-            return Err((405, "CONNECT tunnels are not supported\n"));
+            // Tunnels open at a connection's start (tunnel.rs), or not at all.
+            return Err((405, "CONNECT only as a connection's first request, to a host on forward_proxy.connect_allow\n"));
         }
         // pingora keeps only the path in `req.uri`; an absolute-form
         // target's scheme and authority are in the raw target.

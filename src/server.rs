@@ -12,6 +12,7 @@ use crate::node::Node;
 use crate::proxy::Ringside;
 use crate::shutdown::DrainOnTerm;
 use crate::store::Store;
+use crate::tunnel::Tunnels;
 use pingora::apps::{HttpServerOptions, ServerApp};
 use pingora::server::configuration::ServerConf;
 use pingora::server::{RunArgs, Server};
@@ -123,9 +124,17 @@ fn guarded_service<A: ServerApp + Send + Sync + 'static>(
     addr: &str,
     head_deadline: bool,
 ) -> Service<Guarded<A>> {
+    let tunnels = &config.forward_proxy;
     let limits = Limits {
         max_connections: config.max_connections,
         head_timeout: head_deadline.then_some(config.request_header_timeout),
+        tunnels: (listener == "proxy" && !tunnels.connect_allow.is_empty()).then(|| {
+            Arc::new(Tunnels::new(
+                &tunnels.connect_allow,
+                config.origin.connect_timeout,
+                tunnels.tunnel_idle_timeout,
+            ))
+        }),
     };
     let mut service = Service::new(
         format!("ringside {listener}"),

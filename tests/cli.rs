@@ -199,6 +199,13 @@ fn bad_origin_urls_name_field_and_value() {
         &["forward_proxy.allow[1]", "ftp://y"],
     );
     assert_rejected(
+        "tunnel host without a port",
+        &format!(
+            "{ORIGIN}forward_proxy:\n  connect_allow: [\"api.example:443\", \"api.example\"]\n"
+        ),
+        &["forward_proxy.connect_allow[1]", "api.example", "host:port"],
+    );
+    assert_rejected(
         "missing origin",
         "listen: 127.0.0.1:8081\n",
         &["origin.url", "missing"],

@@ -86,11 +86,26 @@ pub struct OriginConfig {
 
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
-#[derive(Default)]
 pub struct ForwardProxyConfig {
     /// Origins an app may reach with absolute-form requests (`HTTP_PROXY`),
     /// as `http://host[:port]` or `https://host[:port]`. Empty = forward proxy off.
     pub allow: Vec<String>,
+    /// `host:port`s an app may open CONNECT tunnels to (`HTTPS_PROXY`):
+    /// relayed uncached (see `tunnel.rs`). Empty = CONNECT gets 405.
+    pub connect_allow: Vec<String>,
+    /// A tunnel in which no byte moves either way for this long is closed.
+    #[serde(deserialize_with = "de_duration")]
+    pub tunnel_idle_timeout: Duration,
+}
+
+impl Default for ForwardProxyConfig {
+    fn default() -> Self {
+        ForwardProxyConfig {
+            allow: Vec::new(),
+            connect_allow: Vec::new(),
+            tunnel_idle_timeout: Duration::from_secs(300),
+        }
+    }
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -401,6 +416,17 @@ impl Config {
         for (i, url) in self.forward_proxy.allow.iter().enumerate() {
             OriginUrl::parse(url)
                 .map_err(|why| invalid(&format!("forward_proxy.allow[{i}]"), quoted(url), why))?;
+        }
+        for (i, authority) in self.forward_proxy.connect_allow.iter().enumerate() {
+            if crate::tunnel::parse_authority(authority).is_none() {
+                let field = format!("forward_proxy.connect_allow[{i}]");
+                let expected = "host:port, such as api.example.com:443";
+                return Err(invalid(&field, quoted(authority), expected));
+            }
+        }
+        if self.forward_proxy.tunnel_idle_timeout.is_zero() {
+            let expected = "a positive duration such as \"300s\"";
+            return Err(invalid("forward_proxy.tunnel_idle_timeout", "0", expected));
         }
         Ok(())
     }
