@@ -685,7 +685,7 @@ pub fn init(capacity_bytes: u64) {
         Lazy::force(m);
     }
     Lazy::force(&RESPONSE_BODY_BYTES);
-    for listener in ["proxy", "peers"] {
+    for listener in ["proxy", "upstream", "peers"] {
         connection_metrics(listener);
     }
     // Every label value known in advance starts at zero, so dashboards show 0, not "no data".

@@ -5,7 +5,7 @@
 
 use crate::admin::Admin;
 use crate::cluster::Cluster;
-use crate::config::{Config, PeerProtocol};
+use crate::config::{Config, OriginUrl, PeerProtocol};
 use crate::connections::{self, Guarded, Limits};
 use crate::metrics;
 use crate::node::Node;
@@ -99,49 +99,85 @@ fn add_services(server: &mut Server, config: &Config, node: Arc<Node>) {
             options.h2c = true;
             peers.server_options = Some(options);
         }
-        // HTTP/2 multiplexes requests on one connection: no head deadline there.
-        server.add_service(guarded_service(config, "peers", peers, peer_listen, !h2c));
+        let kind = if h2c {
+            Listener::PeersH2c
+        } else {
+            Listener::Peers
+        };
+        server.add_service(guarded_service(config, kind, peers, peer_listen));
+    }
+    for upstream in &config.upstreams {
+        let url = OriginUrl::parse(&upstream.origin).expect("validated by config");
+        let origin = node.origins.get(&url).expect("every upstream is an origin");
+        let proxy =
+            pingora::proxy::http_proxy(&server.configuration, ringside.for_upstream(origin));
+        let addr = &upstream.listen;
+        server.add_service(guarded_service(config, Listener::Upstream, proxy, addr));
+        probed.push(addr.parse().expect("validated by config"));
     }
     let proxy = pingora::proxy::http_proxy(&server.configuration, ringside);
     server.add_service(guarded_service(
         config,
-        "proxy",
+        Listener::App,
         proxy,
         &config.listen,
-        true,
     ));
     let mut admin = Service::new("ringside admin".into(), Admin::new(node, probed));
     admin.add_listener(connections::listener(&config.admin_listen));
     server.add_service(admin);
 }
 
-/// A listener's service: `app` on `addr` with the connection cap and, when
-/// `head_deadline`, the request head deadline (see `connections`).
+/// A listener's service: `app` on `addr` with the connection cap and the
+/// limits of its kind (see `connections`).
 fn guarded_service<A: ServerApp + Send + Sync + 'static>(
     config: &Config,
-    listener: &'static str,
+    kind: Listener,
     app: A,
     addr: &str,
-    head_deadline: bool,
 ) -> Service<Guarded<A>> {
-    let tunnels = &config.forward_proxy;
+    let forward = &config.forward_proxy;
     let limits = Limits {
         max_connections: config.max_connections,
-        head_timeout: head_deadline.then_some(config.request_header_timeout),
-        tunnels: (listener == "proxy" && !tunnels.connect_allow.is_empty()).then(|| {
+        // HTTP/2 multiplexes requests on one connection: no head deadline there.
+        head_timeout: (kind != Listener::PeersH2c).then_some(config.request_header_timeout),
+        // Tunnels open on the app's main listener, where HTTPS_PROXY points.
+        tunnels: (kind == Listener::App && !forward.connect_allow.is_empty()).then(|| {
             Arc::new(Tunnels::new(
-                &tunnels.connect_allow,
+                &forward.connect_allow,
                 config.origin.connect_timeout,
-                tunnels.tunnel_idle_timeout,
+                forward.tunnel_idle_timeout,
             ))
         }),
     };
+    let label = kind.label();
     let mut service = Service::new(
-        format!("ringside {listener}"),
-        Guarded::new(app, limits, listener),
+        format!("ringside {label}"),
+        Guarded::new(app, limits, label),
     );
     service.add_listener(connections::listener(addr));
     service
+}
+
+/// The kinds of listener a node has.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Listener {
+    /// `listen`: the main origin, tunnels.
+    App,
+    /// One of `upstreams`.
+    Upstream,
+    Peers,
+    PeersH2c,
+}
+
+impl Listener {
+    /// The `listener` label of its connection metrics.
+    fn label(self) -> &'static str {
+        match self {
+            Listener::App => "proxy",
+            Listener::Upstream => "upstream",
+            Listener::Peers | Listener::PeersH2c => "peers",
+        }
+    }
 }
 
 /// Bytes for this node's own keys and for the hot area (hot-key rate

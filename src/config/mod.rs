@@ -63,9 +63,26 @@ pub struct Config {
     #[serde(deserialize_with = "de_duration")]
     pub request_header_timeout: Duration,
     pub origin: OriginConfig,
+    /// More origins, each fronted on a listener of its own.
+    pub upstreams: Vec<UpstreamConfig>,
     pub forward_proxy: ForwardProxyConfig,
     pub cache: CacheConfig,
     pub cluster: ClusterConfig,
+}
+
+/// Another origin the app calls, on a listener of its own: the app uses
+/// `http://<listen>` as that API's base URL, as it uses `listen` for the
+/// main origin. Timeouts are `origin`'s.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct UpstreamConfig {
+    /// The app-facing listener for this origin.
+    pub listen: String,
+    /// `http://host:port` or `https://host[:port]`.
+    pub origin: String,
+    /// Path rules for this origin; absent: `cache.rules`.
+    #[serde(default)]
+    pub rules: Option<Vec<PathRule>>,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -229,6 +246,7 @@ impl Default for Config {
             max_connections: 1024,
             request_header_timeout: Duration::from_secs(10),
             origin: OriginConfig::default(),
+            upstreams: Vec::new(),
             forward_proxy: ForwardProxyConfig::default(),
             cache: CacheConfig::default(),
             cluster: ClusterConfig::default(),
@@ -377,8 +395,47 @@ impl Config {
         if self.threads > 1024 {
             return Err(invalid("threads", self.threads, "0 (one per CPU) to 1024"));
         }
-        self.validate_rules()?;
+        validate_rules("cache.rules", &self.cache.rules)?;
+        self.validate_upstreams()?;
         self.validate_request_handling()
+    }
+
+    /// Each upstream: its own listener, an origin no other listener fronts,
+    /// valid rules.
+    fn validate_upstreams(&self) -> Result<(), ConfigError> {
+        let mut listeners = vec![self.listen.as_str(), self.admin_listen.as_str()];
+        if self.cluster.enabled {
+            listeners.push(&self.cluster.peer_listen);
+        }
+        let mut origins = vec![self.origin_url()];
+        for (i, upstream) in self.upstreams.iter().enumerate() {
+            let field = |name: &str| format!("upstreams[{i}].{name}");
+            check_addr(&field("listen"), &upstream.listen)?;
+            if listeners.contains(&upstream.listen.as_str()) {
+                let expected = "an address no other listener of this config uses";
+                return Err(invalid(
+                    &field("listen"),
+                    quoted(&upstream.listen),
+                    expected,
+                ));
+            }
+            listeners.push(&upstream.listen);
+            let url = OriginUrl::parse(&upstream.origin)
+                .map_err(|why| invalid(&field("origin"), quoted(&upstream.origin), why))?;
+            if origins.contains(&url) {
+                let expected = "an origin no other listener fronts";
+                return Err(invalid(
+                    &field("origin"),
+                    quoted(&upstream.origin),
+                    expected,
+                ));
+            }
+            origins.push(url);
+            if let Some(rules) = &upstream.rules {
+                validate_rules(&field("rules"), rules)?;
+            }
+        }
+        Ok(())
     }
 
     fn validate_listeners(&self) -> Result<(), ConfigError> {
@@ -450,30 +507,42 @@ impl Config {
         }
         Ok(())
     }
+}
 
-    fn validate_rules(&self) -> Result<(), ConfigError> {
-        for (i, rule) in self.cache.rules.iter().enumerate() {
-            let field = format!("cache.rules[{i}]");
-            if !rule.prefix.starts_with('/') {
-                return Err(invalid(
-                    &format!("{field}.prefix"),
-                    quoted(&rule.prefix),
-                    "a path starting with /",
-                ));
-            }
-            if rule.bypass && rule.ttl.is_some() {
-                return Err(invalid(
-                    &field,
-                    "bypass together with ttl",
-                    "either bypass: true or a ttl, not both",
-                ));
-            }
+/// Path rules start with `/` and do not both bypass and set a ttl.
+fn validate_rules(list: &str, rules: &[PathRule]) -> Result<(), ConfigError> {
+    for (i, rule) in rules.iter().enumerate() {
+        let field = format!("{list}[{i}]");
+        if !rule.prefix.starts_with('/') {
+            return Err(invalid(
+                &format!("{field}.prefix"),
+                quoted(&rule.prefix),
+                "a path starting with /",
+            ));
         }
-        Ok(())
+        if rule.bypass && rule.ttl.is_some() {
+            return Err(invalid(
+                &field,
+                "bypass together with ttl",
+                "either bypass: true or a ttl, not both",
+            ));
+        }
+        // Requests are matched after normalisation (normalize.rs).
+        let normal = crate::normalize::normalize_path(rule.prefix.as_bytes());
+        if normal.as_deref().ok() != Some(rule.prefix.as_str()) {
+            return Err(invalid(
+                &format!("{field}.prefix"),
+                quoted(&rule.prefix),
+                "a normalised path (no //, no . or .. segments, no percent-encoded \
+                 letters, digits or -._~, uppercase hex in other percent-encodings)",
+            ));
+        }
     }
+    Ok(())
+}
 
-    /// Header lists name valid headers; rule prefixes are normalised paths
-    /// (requests are matched after normalisation, see `normalize.rs`).
+impl Config {
+    /// Header lists name valid headers.
     fn validate_request_handling(&self) -> Result<(), ConfigError> {
         for (list, names) in [
             (
@@ -494,17 +563,6 @@ impl Config {
                         "a header name such as X-Tenant",
                     ));
                 }
-            }
-        }
-        for (i, rule) in self.cache.rules.iter().enumerate() {
-            let normal = crate::normalize::normalize_path(rule.prefix.as_bytes());
-            if normal.as_deref().ok() != Some(rule.prefix.as_str()) {
-                return Err(invalid(
-                    &format!("cache.rules[{i}].prefix"),
-                    quoted(&rule.prefix),
-                    "a normalised path (no //, no . or .. segments, no percent-encoded \
-                     letters, digits or -._~, uppercase hex in other percent-encodings)",
-                ));
             }
         }
         Ok(())
@@ -567,14 +625,6 @@ impl Config {
                 host: "127.0.0.1".into(),
                 port: 80,
             })
-    }
-
-    /// The rule for a path: the first whose prefix matches.
-    pub fn rule_for(&self, path: &str) -> Option<&PathRule> {
-        self.cache
-            .rules
-            .iter()
-            .find(|r| path.starts_with(&r.prefix))
     }
 }
 

@@ -80,6 +80,8 @@ pub enum Role {
 pub struct Ringside {
     pub role: Role,
     pub node: Arc<Node>,
+    /// The origin of requests in origin-form on this listener.
+    origin: Arc<OriginTarget>,
     /// Stripped and key headers of cacheable requests.
     headers: Arc<request::HeaderPolicy>,
     /// The caching rules' options every path shares (rules add their ttl).
@@ -114,6 +116,7 @@ impl Ringside {
         };
         Ringside {
             role: Role::App,
+            origin: node.origins.default().clone(),
             node,
             headers,
             rule_options,
@@ -136,7 +139,7 @@ impl Ringside {
         response: &ResponseHeader,
         ctx: &RequestCtx,
     ) -> bool {
-        let target = ctx.target.as_ref().unwrap_or(self.node.origins.default());
+        let target = ctx.target.as_ref().unwrap_or(&self.origin);
         let uris = invalidate::invalidated_uris(&req.uri, &response.headers, target);
         let keys: Vec<String> = uris
             .iter()
@@ -170,8 +173,16 @@ impl Ringside {
         Ok(normalized)
     }
 
-    fn rules_for(&self, path: &str) -> (bool, RuleOptions) {
-        let rule = self.node.config.rule_for(path);
+    /// The same proxy, serving the listener of an upstream (`upstreams`).
+    pub fn for_upstream(&self, origin: Arc<OriginTarget>) -> Ringside {
+        Ringside {
+            origin,
+            ..self.clone()
+        }
+    }
+
+    fn rules_for(&self, target: &OriginTarget, path: &str) -> (bool, RuleOptions) {
+        let rule = self.node.origins.rule_for(target, path);
         let options = RuleOptions {
             default_ttl: rule.and_then(|r| r.ttl),
             stale_if_error: rule
@@ -268,7 +279,7 @@ impl ProxyHttp for Ringside {
                 None => return Ok(true),
             }
         } else {
-            self.node.origins.route(session.req_header())
+            self.node.origins.route(session.req_header(), &self.origin)
         };
         let target = match target {
             Ok(target) => target,
@@ -295,7 +306,7 @@ impl ProxyHttp for Ringside {
             let status = CacheStatus::bypass(Detail::EncodedSlash);
             return self.pass(ctx, CacheResult::Bypass, status);
         }
-        let (rule_bypass, rules) = self.rules_for(req.uri.path());
+        let (rule_bypass, rules) = self.rules_for(&target, req.uri.path());
         match bypass_reason(req, rule_bypass) {
             Err(why) => self.pass(ctx, CacheResult::Bypass, CacheStatus::bypass(why)),
             Ok(client_cc) => {
@@ -312,10 +323,7 @@ impl ProxyHttp for Ringside {
         ctx: &mut RequestCtx,
     ) -> Result<Box<HttpPeer>> {
         ctx.origin_started.get_or_insert_with(Instant::now);
-        let target = ctx
-            .target
-            .clone()
-            .unwrap_or_else(|| self.node.origins.default().clone());
+        let target = ctx.target.clone().unwrap_or_else(|| self.origin.clone());
         Ok(Box::new(target.peer().await?))
     }
 
@@ -325,7 +333,7 @@ impl ProxyHttp for Ringside {
         upstream: &mut RequestHeader,
         ctx: &mut RequestCtx,
     ) -> Result<()> {
-        let target = ctx.target.as_ref().unwrap_or(self.node.origins.default());
+        let target = ctx.target.as_ref().unwrap_or(&self.origin);
         if raw_target_authority(upstream.raw_path())
             .authority()
             .is_some()
