@@ -177,6 +177,7 @@ fn build_request(
     Ok(request)
 }
 
+/// hyper's error as an `io::Error` of the kind that says what happened.
 fn from_hyper(e: hyper::Error) -> io::Error {
     let kind = if e.is_parse() || e.is_parse_status() {
         io::ErrorKind::InvalidData
@@ -185,6 +186,14 @@ fn from_hyper(e: hyper::Error) -> io::Error {
     } else if e.is_user() {
         io::ErrorKind::InvalidInput
     } else {
+        // A body cut short is an I/O error (UnexpectedEof) inside hyper's.
+        let mut source = std::error::Error::source(&e);
+        while let Some(inner) = source {
+            if let Some(io) = inner.downcast_ref::<io::Error>() {
+                return io::Error::new(io.kind(), e);
+            }
+            source = inner.source();
+        }
         io::ErrorKind::Other
     };
     io::Error::new(kind, e)
