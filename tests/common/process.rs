@@ -20,9 +20,11 @@ pub struct Process {
 /// `command` without any `RINGSIDE_*` variable inherited from the
 /// environment running the tests: a developer's exported
 /// `RINGSIDE_CLUSTER_SECRET` must not change what a test starts.
+/// Variables the test set on `command` itself are kept.
 pub fn without_ringside_env(command: &mut Command) -> &mut Command {
+    let set_by_test: Vec<_> = command.get_envs().map(|(name, _)| name.to_owned()).collect();
     for (name, _) in std::env::vars_os() {
-        if name.to_string_lossy().starts_with("RINGSIDE_") {
+        if name.to_string_lossy().starts_with("RINGSIDE_") && !set_by_test.contains(&name) {
             command.env_remove(name);
         }
     }
