@@ -2,6 +2,7 @@
 //! membership, in front of one real origin.
 
 mod common;
+use common::cache_status;
 use common::origin::Origin;
 use common::raw::{raw_exchange, raw_first_response, RawServer};
 use common::{cluster_yaml, eventually, free_port, owner_of, start_cluster, Conn, Ringside};
@@ -180,10 +181,6 @@ fn peer_addrs(nodes: &[Ringside]) -> Vec<String> {
         .iter()
         .map(|n| n.peer_addr().expect("a peer listener").to_string())
         .collect()
-}
-
-fn cache_status(r: &common::Response) -> String {
-    r.header("cache-status").unwrap_or("").to_string()
 }
 
 /// The origin's default body for a GET of `path` starts with this.
@@ -960,36 +957,89 @@ async fn captured_peer_requests_cannot_be_tampered_with_redirected_or_replayed()
         &["Cache-Control: no-cache"],
         &["X-Forwarded-Host: evil"],
     ] {
-        let status = raw_first_response(peer(&node_b), &with_headers(&get, added)).await.status().unwrap_or(0);
+        let status = raw_first_response(peer(&node_b), &with_headers(&get, added))
+            .await
+            .status()
+            .unwrap_or(0);
         assert_eq!(status, 401, "{added:?} added");
     }
     let get_text = String::from_utf8_lossy(&get).into_owned();
     assert!(get_text.contains("accept: application/json"), "{get_text}");
     let changed = get_text.replace("application/json", "text/html");
     assert_eq!(
-        raw_first_response(peer(&node_b), changed.as_bytes()).await.status().unwrap_or(0),
+        raw_first_response(peer(&node_b), changed.as_bytes())
+            .await
+            .status()
+            .unwrap_or(0),
         401,
         "accept changed"
     );
     // Redirected: to another node, and back to its sender.
-    assert_eq!(raw_first_response(peer(&node_c), &get).await.status().unwrap_or(0), 401, "sent to C");
-    assert_eq!(raw_first_response(peer(&node_a), &get).await.status().unwrap_or(0), 401, "sent back to A");
+    assert_eq!(
+        raw_first_response(peer(&node_c), &get)
+            .await
+            .status()
+            .unwrap_or(0),
+        401,
+        "sent to C"
+    );
+    assert_eq!(
+        raw_first_response(peer(&node_a), &get)
+            .await
+            .status()
+            .unwrap_or(0),
+        401,
+        "sent back to A"
+    );
     assert_eq!(
         origin.hits(path),
         1,
         "no refused request reached the origin"
     );
     // Unchanged, to B: accepted once (the refusals above did not use up its nonce).
-    assert_eq!(raw_first_response(peer(&node_b), &get).await.status().unwrap_or(0), 200);
+    assert_eq!(
+        raw_first_response(peer(&node_b), &get)
+            .await
+            .status()
+            .unwrap_or(0),
+        200
+    );
     assert_eq!(origin.hits(path), 2);
     assert_eq!(origin.last_request_header(path, "x-forwarded-host"), None);
-    assert_eq!(raw_first_response(peer(&node_b), &get).await.status().unwrap_or(0), 401, "replayed");
+    assert_eq!(
+        raw_first_response(peer(&node_b), &get)
+            .await
+            .status()
+            .unwrap_or(0),
+        401,
+        "replayed"
+    );
 
     // A single-key PURGE widened to a prefix: refused, nothing purged.
     let widened = with_headers(&purge, &["x-ringside-purge-prefix: 1"]);
-    assert_eq!(raw_first_response(peer(&node_b), &widened).await.status().unwrap_or(0), 401);
-    assert_eq!(raw_first_response(peer(&node_b), &purge).await.status().unwrap_or(0), 200, "as signed");
-    assert_eq!(raw_first_response(peer(&node_b), &purge).await.status().unwrap_or(0), 401, "replayed");
+    assert_eq!(
+        raw_first_response(peer(&node_b), &widened)
+            .await
+            .status()
+            .unwrap_or(0),
+        401
+    );
+    assert_eq!(
+        raw_first_response(peer(&node_b), &purge)
+            .await
+            .status()
+            .unwrap_or(0),
+        200,
+        "as signed"
+    );
+    assert_eq!(
+        raw_first_response(peer(&node_b), &purge)
+            .await
+            .status()
+            .unwrap_or(0),
+        401,
+        "replayed"
+    );
     for key in &owned_by_b[1..] {
         let r = node_b.get(key).await;
         assert_eq!(cache_status(&r), "ringside; hit", "{key} was purged");

@@ -6,8 +6,8 @@ mod common;
 use common::origin::Origin;
 use common::raw::{target, RawServer};
 use common::{eventually, Conn, Response, Ringside};
-use tokio::io::AsyncWriteExt;
 use std::time::{Duration, Instant};
+use tokio::io::AsyncWriteExt;
 
 /// ringside in front of a port nothing listens on.
 async fn refused() -> Ringside {

@@ -11,8 +11,8 @@
 
 mod common;
 use base64::Engine;
-use serde_json::{json, Value};
 use common::process::{without_ringside_env, Process};
+use serde_json::{json, Value};
 use std::net::{IpAddr, Ipv4Addr};
 use std::path::{Path, PathBuf};
 use std::process::Command;

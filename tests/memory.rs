@@ -6,6 +6,7 @@
 //! cases at full scale.)
 
 mod common;
+use common::is_hit;
 use common::origin::Origin;
 use common::raw::{raw_exchange, raw_open};
 use common::{eventually, Conn, Ringside};
@@ -94,11 +95,6 @@ async fn small_cache(extra: &str) -> (Origin, Ringside) {
     })
     .await;
     (origin, rs)
-}
-
-fn is_hit(r: &common::Response) -> bool {
-    r.header("cache-status")
-        .is_some_and(|s| s.starts_with("ringside; hit"))
 }
 
 /// Tiny objects cost far more than their bytes (key, headers, bookkeeping):
@@ -284,7 +280,9 @@ async fn connections_past_the_cap_are_refused() {
         assert_eq!(r.status, 200);
         held.push(conn);
     }
-    let refused = raw_exchange(rs.addr, b"GET /over HTTP/1.1\r\nHost: x\r\n\r\n").await.text;
+    let refused = raw_exchange(rs.addr, b"GET /over HTTP/1.1\r\nHost: x\r\n\r\n")
+        .await
+        .text;
     assert!(
         refused.starts_with("HTTP/1.1 503"),
         "the fifth connection: {refused:?}"
@@ -301,7 +299,10 @@ async fn connections_past_the_cap_are_refused() {
     drop(held.pop());
     eventually(Duration::from_secs(5), "a slot frees up", || async {
         let request = b"GET /again HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n";
-        raw_exchange(rs.addr, request).await.text.starts_with("HTTP/1.1 200")
+        raw_exchange(rs.addr, request)
+            .await
+            .text
+            .starts_with("HTTP/1.1 200")
     })
     .await;
     // The held connections still work.

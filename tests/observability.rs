@@ -555,10 +555,13 @@ impl Prometheus {
 
     async fn wait_ready(&mut self) {
         let addr = self.addr;
-        let ready =
-            || async move { matches!(common::get(addr, "/-/ready").await, Ok(r) if r.status == 200) };
+        let ready = || async move {
+            matches!(common::get(addr, "/-/ready").await, Ok(r) if r.status == 200)
+        };
         let within = Duration::from_secs(30);
-        self.process.wait_until(within, "prometheus is ready", ready).await;
+        self.process
+            .wait_until(within, "prometheus is ready", ready)
+            .await;
     }
 
     async fn api(&self, path_and_query: &str) -> Json {

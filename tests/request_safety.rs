@@ -5,9 +5,10 @@
 //! and protocol corner cases (RFC 9112) a lenient server gets wrong.
 
 mod common;
+use common::cache_status;
 use common::origin::Origin;
 use common::raw::raw_exchange;
-use common::{Response, Ringside};
+use common::Ringside;
 
 /// The example rules of config.yaml.
 const RULES: &str = "cache:\n  rules:\n    - prefix: /static/\n      ttl: 1h\n    - prefix: /api/session\n      bypass: true\n";
@@ -16,10 +17,6 @@ async fn setup(extra: &str) -> (Origin, Ringside) {
     let origin = Origin::start().await;
     let ringside = Ringside::start(&origin.url(), extra).await;
     (origin, ringside)
-}
-
-fn cache_status(r: &Response) -> String {
-    r.header("cache-status").unwrap_or("").to_string()
 }
 
 fn status_of(reply: &str) -> Option<u16> {
@@ -160,7 +157,9 @@ async fn targets_that_cannot_be_normalised_get_400() {
         ),
     ];
     for (what, head) in cases {
-        let reply = raw_exchange(rs.addr, [head, b"Connection: close\r\n\r\n"].concat()).await.text;
+        let reply = raw_exchange(rs.addr, [head, b"Connection: close\r\n\r\n"].concat())
+            .await
+            .text;
         assert_eq!(status_of(&reply), Some(400), "{what}: {reply:?}");
     }
     assert_eq!(
@@ -385,10 +384,14 @@ async fn client_forced_revalidations_are_counted_and_can_be_ignored() {
 #[tokio::test]
 async fn http11_without_host_gets_400() {
     let (origin, rs) = setup("").await;
-    let reply = raw_exchange(rs.addr, "GET /nohost HTTP/1.1\r\nConnection: close\r\n\r\n").await.text;
+    let reply = raw_exchange(rs.addr, "GET /nohost HTTP/1.1\r\nConnection: close\r\n\r\n")
+        .await
+        .text;
     assert_eq!(status_of(&reply), Some(400), "{reply:?}");
     // HTTP/1.0 has no such rule.
-    let reply = raw_exchange(rs.addr, "GET /old HTTP/1.0\r\n\r\n").await.text;
+    let reply = raw_exchange(rs.addr, "GET /old HTTP/1.0\r\n\r\n")
+        .await
+        .text;
     assert!(reply.starts_with("HTTP/1.1 200"), "{reply:?}");
     assert_eq!(origin.hits("/nohost"), 0);
     assert_eq!(origin.hits("/old"), 1);
@@ -414,7 +417,9 @@ async fn an_over_long_request_line_gets_414() {
     let reply = raw_exchange(
         rs.addr,
         format!("GET {long} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"),
-    ).await.text;
+    )
+    .await
+    .text;
     assert_eq!(status_of(&reply), Some(414), "{:?}", reply.get(..200));
     assert_eq!(origin.total_hits(), 0);
     // Up to the limit (16 KiB) it is served.

@@ -84,7 +84,11 @@ async fn the_fill_survives_its_leader_disconnecting() {
     let path = "/leaver?delay_ms=1500&cc=max-age%3D60";
 
     // The leader: a raw connection that asks and then goes away.
-    let leader = raw_open(rs.addr, format!("GET {path} HTTP/1.1\r\nHost: test\r\n\r\n")).await;
+    let leader = raw_open(
+        rs.addr,
+        format!("GET {path} HTTP/1.1\r\nHost: test\r\n\r\n"),
+    )
+    .await;
     eventually(
         Duration::from_secs(5),
         "the fill reached the origin",
@@ -132,7 +136,11 @@ async fn the_fill_is_stored_even_when_every_client_left() {
     let origin = Origin::start().await;
     let rs = Ringside::start(&origin.url(), "").await;
     let path = "/orphan?delay_ms=300&cc=max-age%3D60";
-    let leader = raw_open(rs.addr, format!("GET {path} HTTP/1.1\r\nHost: test\r\n\r\n")).await;
+    let leader = raw_open(
+        rs.addr,
+        format!("GET {path} HTTP/1.1\r\nHost: test\r\n\r\n"),
+    )
+    .await;
     eventually(
         Duration::from_secs(5),
         "the fill reached the origin",

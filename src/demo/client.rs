@@ -241,12 +241,15 @@ mod tests {
                 let stream = futures::stream::iter(pieces);
                 builder.body(StreamBody::new(stream).boxed_unsync())
             }
-            "/close" => builder.header("connection", "close").body(full("bye".into())),
+            "/close" => builder
+                .header("connection", "close")
+                .body(full("bye".into())),
             "/304" => builder.status(304).body(full(String::new())),
             _ => {
-                let echo = request.headers().iter().map(|(n, v)| {
-                    format!("{n}: {}\n", v.to_str().unwrap_or("?"))
-                });
+                let echo = request
+                    .headers()
+                    .iter()
+                    .map(|(n, v)| format!("{n}: {}\n", v.to_str().unwrap_or("?")));
                 builder.body(full(echo.collect()))
             }
         };
@@ -264,7 +267,10 @@ mod tests {
         assert_eq!(first.status, 200);
         assert!(first.text().contains("accept: */*\n"), "{}", first.text());
         assert!(first.text().contains(&format!("host: {addr}\n")));
-        assert_eq!(first.header("CONTENT-LENGTH"), Some(&*first.body.len().to_string()));
+        assert_eq!(
+            first.header("CONTENT-LENGTH"),
+            Some(&*first.body.len().to_string())
+        );
         assert!(conn.is_open());
         let second = conn
             .request("GET", "/b", &[("Host", "example.com")])

@@ -6,12 +6,12 @@
 //! install it: CI installs it (`.ci/run`), and a silently skipped test would
 //! hide that etcd membership went untested.
 
+use super::process::Process;
 use base64::engine::general_purpose::STANDARD as B64;
 use base64::Engine as _;
 use serde_json::{json, Value};
 use std::fs;
 use std::path::PathBuf;
-use super::process::Process;
 use std::process::Command;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::Duration;

@@ -11,8 +11,8 @@ pub mod origin;
 pub mod process;
 pub mod raw;
 
-pub use ringside::demo::client::{get, Conn, Response};
 use process::Process;
+pub use ringside::demo::client::{get, Conn, Response};
 use std::net::{SocketAddr, TcpListener};
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -89,9 +89,12 @@ impl Ringside {
 
     async fn wait_ready(&mut self) {
         let admin = self.admin;
-        let ready = || async move { matches!(get(admin, "/readyz").await, Ok(r) if r.status == 200) };
+        let ready =
+            || async move { matches!(get(admin, "/readyz").await, Ok(r) if r.status == 200) };
         let within = Duration::from_secs(30);
-        self.process.wait_until(within, "ringside is ready", ready).await;
+        self.process
+            .wait_until(within, "ringside is ready", ready)
+            .await;
     }
 
     /// The config file this process was started with.
@@ -265,6 +268,16 @@ pub fn owner_of(me: &str, members: &[String], origin_url: &str, path: &str) -> S
             .key_prefix()
     );
     ring.owner(&key).expect("a member").addr.clone()
+}
+
+/// The response's `Cache-Status` ("" when it has none).
+pub fn cache_status(r: &Response) -> &str {
+    r.header("cache-status").unwrap_or_default()
+}
+
+/// Whether ringside answered from its cache (`ringside; hit...`).
+pub fn is_hit(r: &Response) -> bool {
+    cache_status(r).starts_with("ringside; hit")
 }
 
 /// Poll `condition` until it holds, or fail after `within` naming `what`.

@@ -22,7 +22,10 @@ pub struct Process {
 /// `RINGSIDE_CLUSTER_SECRET` must not change what a test starts.
 /// Variables the test set on `command` itself are kept.
 pub fn without_ringside_env(command: &mut Command) -> &mut Command {
-    let set_by_test: Vec<_> = command.get_envs().map(|(name, _)| name.to_owned()).collect();
+    let set_by_test: Vec<_> = command
+        .get_envs()
+        .map(|(name, _)| name.to_owned())
+        .collect();
     for (name, _) in std::env::vars_os() {
         if name.to_string_lossy().starts_with("RINGSIDE_") && !set_by_test.contains(&name) {
             command.env_remove(name);
