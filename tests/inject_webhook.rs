@@ -32,19 +32,7 @@ impl Drop for Webhook {
 }
 
 fn require(tool: &str) {
-    let ok = Command::new(tool)
-        .arg(if tool == "helm" {
-            "version"
-        } else {
-            "--version"
-        })
-        .output()
-        .map(|o| o.status.success())
-        .unwrap_or(false);
-    assert!(
-        ok,
-        "`{tool}` is not installed: run `bash tests/tools/install-k8s-tools.sh` (CI runs it from .ci/run)"
-    );
+    common::process::require_tool(tool, common::process::K8S_TOOLS);
 }
 
 fn write_certs(dir: &Path) {

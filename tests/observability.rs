@@ -45,13 +45,8 @@ fn root() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
 }
 
-/// `tool` on PATH, or a failure that says how to install it.
 fn require(tool: &str) -> PathBuf {
-    let path = std::env::var_os("PATH").unwrap_or_default();
-    std::env::split_paths(&path)
-        .map(|dir| dir.join(tool))
-        .find(|p| p.is_file())
-        .unwrap_or_else(|| panic!("`{tool}` is not on PATH: install it with `{INSTALL}`"))
+    common::process::require_tool(tool, INSTALL)
 }
 
 /// An npm tool installed in monitoring/schema/node_modules.

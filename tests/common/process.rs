@@ -2,7 +2,8 @@
 //! spawned with its output appended to a log file and no `RINGSIDE_*`
 //! variable of the developer's environment, waited on until a condition
 //! says it is ready (failing at once, with its log, if it exits first), and
-//! killed by PID when its handle drops.
+//! killed by PID when its handle drops. Also: the check that a tool a test
+//! runs is installed.
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -127,6 +128,19 @@ impl Drop for Process {
     fn drop(&mut self) {
         self.kill();
     }
+}
+
+/// How to install helm, kubernetes-validate and curl.
+pub const K8S_TOOLS: &str = "bash tests/tools/install-k8s-tools.sh` (CI runs it from .ci/run)`";
+
+/// `tool` on PATH, or a failure saying how to install it (`install`): a
+/// missing tool fails its tests rather than silently skipping them.
+pub fn require_tool(tool: &str, install: &str) -> PathBuf {
+    let path = std::env::var_os("PATH").unwrap_or_default();
+    std::env::split_paths(&path)
+        .map(|dir| dir.join(tool))
+        .find(|p| p.is_file())
+        .unwrap_or_else(|| panic!("`{tool}` is not on PATH: install it with `{install}`"))
 }
 
 /// The last 30 lines of the log at `path`.
