@@ -5,30 +5,19 @@
 
 mod common;
 use common::origin::Origin;
-use common::{eventually, free_port, get, metric_sum};
+use common::process::{without_ringside_env, Process};
+use common::{free_port, get, metric_sum};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Output, Stdio};
+use std::process::{Command, Output, Stdio};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
-
-const ENV_VARS: [&str; 6] = [
-    "RINGSIDE_CONFIG",
-    "RINGSIDE_LISTEN",
-    "RINGSIDE_ADMIN_LISTEN",
-    "RINGSIDE_ORIGIN",
-    "RINGSIDE_CAPACITY",
-    "RINGSIDE_LOG_LEVEL",
-];
 
 /// The ringside binary with no RINGSIDE_* variables inherited from the
 /// environment running the tests.
 fn ringside() -> Command {
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_ringside"));
-    for var in ENV_VARS {
-        cmd.env_remove(var);
-    }
-    cmd.stdin(Stdio::null());
+    without_ringside_env(&mut cmd).stdin(Stdio::null());
     cmd
 }
 
@@ -45,7 +34,7 @@ fn run(cmd: &mut Command) -> (Option<i32>, String, String) {
     )
 }
 
-/// A config file in the temp directory, removed on drop.
+/// A file in the temp directory (a config, a log), removed on drop.
 struct TempConfig(PathBuf);
 
 impl TempConfig {
@@ -491,22 +480,13 @@ fn each_subcommand_lists_only_the_flags_it_uses() {
     assert_eq!(code, Some(2), "{stderr}");
 }
 
-/// A ringside started by a test, killed when dropped.
-struct Running(Child);
-
-impl Drop for Running {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
 #[tokio::test]
 async fn runs_from_flags_and_environment_alone() {
     let origin = Origin::start().await;
     let listen: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
     let admin: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
-    let child = ringside()
+    let mut command = Command::new(env!("CARGO_BIN_EXE_ringside"));
+    command
         .arg("--listen")
         .arg(listen.to_string())
         .arg("--admin-listen")
@@ -514,23 +494,13 @@ async fn runs_from_flags_and_environment_alone() {
         .arg("--origin")
         .arg(origin.url())
         .env("RINGSIDE_CAPACITY", "1MiB")
-        .env("RINGSIDE_LOG_LEVEL", "warn")
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("start ringside");
-    let mut running = Running(child);
-
-    eventually(Duration::from_secs(30), "ringside is ready", || {
-        let exited = running.0.try_wait();
-        async move {
-            if let Ok(Some(status)) = exited {
-                panic!("ringside exited with {status}");
-            }
-            matches!(get(admin, "/readyz").await, Ok(r) if r.status == 200)
-        }
-    })
-    .await;
+        .env("RINGSIDE_LOG_LEVEL", "warn");
+    let log = TempConfig::new(""); // the log
+    let mut running = Process::spawn("ringside", command, log.path());
+    let ready = || async move { matches!(get(admin, "/readyz").await, Ok(r) if r.status == 200) };
+    running
+        .wait_until(Duration::from_secs(30), "ringside is ready", ready)
+        .await;
 
     let path = "/cli?cc=max-age%3D60";
     let r = get(listen, path).await.expect("GET through ringside");
@@ -546,7 +516,7 @@ async fn runs_from_flags_and_environment_alone() {
         1_048_576.0,
         "{metrics}"
     );
-    assert!(running.0.try_wait().unwrap().is_none(), "still running");
+    assert!(running.is_running(), "still running");
 }
 
 #[test]

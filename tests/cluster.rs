@@ -2,7 +2,9 @@
 //! membership, in front of one real origin.
 
 mod common;
+use common::cache_status;
 use common::origin::Origin;
+use common::raw::{raw_exchange, raw_first_response, RawServer};
 use common::{cluster_yaml, eventually, free_port, owner_of, start_cluster, Conn, Ringside};
 use http::{HeaderMap, HeaderValue};
 use ringside::config::OriginUrl;
@@ -157,10 +159,7 @@ async fn a_get_with_a_body_never_marks_the_owner_down() {
     let request = format!(
         "GET {with_body} HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\nConnection: close\r\n\r\nhello"
     );
-    let addr = nodes[0].addr;
-    let reply = tokio::task::spawn_blocking(move || common::raw_exchange(addr, request.as_bytes()))
-        .await
-        .unwrap();
+    let reply = raw_exchange(nodes[0].addr, request).await.text;
     assert!(reply.starts_with("HTTP/1.1 200"), "{reply:?}");
     assert!(reply.contains("detail=request-body"), "{reply:?}");
     assert_eq!(origin.hits(&with_body), 1);
@@ -182,10 +181,6 @@ fn peer_addrs(nodes: &[Ringside]) -> Vec<String> {
         .iter()
         .map(|n| n.peer_addr().expect("a peer listener").to_string())
         .collect()
-}
-
-fn cache_status(r: &common::Response) -> String {
-    r.header("cache-status").unwrap_or("").to_string()
 }
 
 /// The origin's default body for a GET of `path` starts with this.
@@ -890,52 +885,13 @@ async fn peers_can_talk_http2_over_cleartext() {
 
 // ---- peer auth: real signed requests, captured and replayed ----
 
-/// A stand-in for a cluster member: a plain TCP listener that records the
-/// head of every request a node sends it, then hangs up (so the sender
-/// falls back to the origin, or counts the purge as unconfirmed).
-struct Capture {
-    heads: Arc<std::sync::Mutex<Vec<Vec<u8>>>>,
-    task: tokio::task::JoinHandle<()>,
-}
-
-impl Capture {
-    async fn listen(addr: &str) -> Capture {
-        use tokio::io::AsyncReadExt;
-        let listener = tokio::net::TcpListener::bind(addr).await.expect("bind");
-        let heads = Arc::new(std::sync::Mutex::new(Vec::new()));
-        let recorded = heads.clone();
-        let task = tokio::spawn(async move {
-            while let Ok((mut stream, _)) = listener.accept().await {
-                let mut head = Vec::new();
-                let mut buf = [0u8; 4096];
-                while !head.ends_with(b"\r\n\r\n") {
-                    match stream.read(&mut buf).await {
-                        Ok(0) | Err(_) => break,
-                        Ok(n) => head.extend_from_slice(&buf[..n]),
-                    }
-                }
-                recorded.lock().unwrap().push(head);
-            }
-        });
-        Capture { heads, task }
-    }
-
-    /// The recorded request whose request line starts with `method`.
-    fn head(&self, method: &str) -> Vec<u8> {
-        let heads = self.heads.lock().unwrap();
-        let found = heads
-            .iter()
-            .find(|h| h.starts_with(format!("{method} ").as_bytes()));
-        found
-            .unwrap_or_else(|| panic!("no {method} captured"))
-            .clone()
-    }
-
-    /// Stop listening: the address is free for a real node.
-    async fn close(self) {
-        self.task.abort();
-        let _ = self.task.await;
-    }
+/// The recorded request whose request line starts with `method`.
+fn captured(capture: &RawServer, method: &str) -> Vec<u8> {
+    let heads = capture.heads();
+    let found = heads
+        .into_iter()
+        .find(|h| h.starts_with(format!("{method} ").as_bytes()));
+    found.unwrap_or_else(|| panic!("no {method} captured"))
 }
 
 /// `head` with `lines` ("Name: value") added at its end.
@@ -949,21 +905,6 @@ fn with_headers(head: &[u8], lines: &[&str]) -> Vec<u8> {
     out
 }
 
-/// Send raw request bytes, close our side, and return the status code of
-/// the answer (0 when none came).
-async fn replay(addr: std::net::SocketAddr, bytes: &[u8]) -> u16 {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let mut stream = tokio::net::TcpStream::connect(addr).await.expect("connect");
-    stream.write_all(bytes).await.expect("write");
-    stream.shutdown().await.expect("half-close");
-    let mut answer = Vec::new();
-    let read = stream.read_to_end(&mut answer);
-    let _ = tokio::time::timeout(Duration::from_secs(5), read).await;
-    let answer = String::from_utf8_lossy(&answer);
-    let status = answer.split(' ').nth(1).and_then(|s| s.parse().ok());
-    status.unwrap_or(0)
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn captured_peer_requests_cannot_be_tampered_with_redirected_or_replayed() {
     // A and C are real nodes; B's address is first a capturing listener,
@@ -973,7 +914,10 @@ async fn captured_peer_requests_cannot_be_tampered_with_redirected_or_replayed()
     let [a, b, c] = [0; 3].map(|_| format!("127.0.0.1:{}", free_port()));
     let members = [a.clone(), b.clone(), c.clone()];
     let extra = "  hot: {fraction: 0}\n";
-    let capture = Capture::listen(&b).await;
+    // A stand-in for B: records the head of every request A sends it, then
+    // hangs up (so A falls back to the origin, or counts the purge as
+    // unconfirmed).
+    let capture = RawServer::start(&b, |_, _| async {}).await;
     let node_a = Ringside::start(&origin.url(), &cluster_yaml(&a, &members, extra)).await;
     let node_c = Ringside::start(&origin.url(), &cluster_yaml(&c, &members, extra)).await;
     let owned_by_b: Vec<String> = (0..)
@@ -998,7 +942,7 @@ async fn captured_peer_requests_cannot_be_tampered_with_redirected_or_replayed()
         purged.contains("1 of 2"),
         "C confirmed, B hung up: {purged}"
     );
-    let (get, purge) = (capture.head("GET"), capture.head("PURGE"));
+    let (get, purge) = (captured(&capture, "GET"), captured(&capture, "PURGE"));
     capture.close().await;
     let node_b = Ringside::start(&origin.url(), &cluster_yaml(&b, &members, extra)).await;
     let peer = |n: &Ringside| n.peer_addr().unwrap();
@@ -1013,36 +957,66 @@ async fn captured_peer_requests_cannot_be_tampered_with_redirected_or_replayed()
         &["Cache-Control: no-cache"],
         &["X-Forwarded-Host: evil"],
     ] {
-        let status = replay(peer(&node_b), &with_headers(&get, added)).await;
-        assert_eq!(status, 401, "{added:?} added");
+        let status = raw_first_response(peer(&node_b), &with_headers(&get, added))
+            .await
+            .status();
+        assert_eq!(status, Some(401), "{added:?} added");
     }
     let get_text = String::from_utf8_lossy(&get).into_owned();
     assert!(get_text.contains("accept: application/json"), "{get_text}");
     let changed = get_text.replace("application/json", "text/html");
     assert_eq!(
-        replay(peer(&node_b), changed.as_bytes()).await,
-        401,
+        raw_first_response(peer(&node_b), changed.as_bytes())
+            .await
+            .status(),
+        Some(401),
         "accept changed"
     );
     // Redirected: to another node, and back to its sender.
-    assert_eq!(replay(peer(&node_c), &get).await, 401, "sent to C");
-    assert_eq!(replay(peer(&node_a), &get).await, 401, "sent back to A");
+    assert_eq!(
+        raw_first_response(peer(&node_c), &get).await.status(),
+        Some(401),
+        "sent to C"
+    );
+    assert_eq!(
+        raw_first_response(peer(&node_a), &get).await.status(),
+        Some(401),
+        "sent back to A"
+    );
     assert_eq!(
         origin.hits(path),
         1,
         "no refused request reached the origin"
     );
     // Unchanged, to B: accepted once (the refusals above did not use up its nonce).
-    assert_eq!(replay(peer(&node_b), &get).await, 200);
+    assert_eq!(
+        raw_first_response(peer(&node_b), &get).await.status(),
+        Some(200)
+    );
     assert_eq!(origin.hits(path), 2);
     assert_eq!(origin.last_request_header(path, "x-forwarded-host"), None);
-    assert_eq!(replay(peer(&node_b), &get).await, 401, "replayed");
+    assert_eq!(
+        raw_first_response(peer(&node_b), &get).await.status(),
+        Some(401),
+        "replayed"
+    );
 
     // A single-key PURGE widened to a prefix: refused, nothing purged.
     let widened = with_headers(&purge, &["x-ringside-purge-prefix: 1"]);
-    assert_eq!(replay(peer(&node_b), &widened).await, 401);
-    assert_eq!(replay(peer(&node_b), &purge).await, 200, "as signed");
-    assert_eq!(replay(peer(&node_b), &purge).await, 401, "replayed");
+    assert_eq!(
+        raw_first_response(peer(&node_b), &widened).await.status(),
+        Some(401)
+    );
+    assert_eq!(
+        raw_first_response(peer(&node_b), &purge).await.status(),
+        Some(200),
+        "as signed"
+    );
+    assert_eq!(
+        raw_first_response(peer(&node_b), &purge).await.status(),
+        Some(401),
+        "replayed"
+    );
     for key in &owned_by_b[1..] {
         let r = node_b.get(key).await;
         assert_eq!(cache_status(&r), "ringside; hit", "{key} was purged");

@@ -4,8 +4,10 @@
 
 mod common;
 use common::origin::Origin;
+use common::raw::{target, RawServer};
 use common::{eventually, Conn, Response, Ringside};
 use std::time::{Duration, Instant};
+use tokio::io::AsyncWriteExt;
 
 /// ringside in front of a port nothing listens on.
 async fn refused() -> Ringside {
@@ -299,92 +301,60 @@ async fn metrics_add_up_after_a_mixed_workload() {
     assert_eq!(rs.metric("ringside_requests_total", &[]).await, total);
 }
 
-/// An origin that answers each request with canned bytes chosen by path, then
-/// closes the connection; counts requests per path.
-struct RawOrigin {
-    addr: std::net::SocketAddr,
-    hits: std::sync::Arc<std::sync::Mutex<std::collections::HashMap<String, u64>>>,
-    task: tokio::task::JoinHandle<()>,
+/// An origin that answers each request with canned bytes chosen by path
+/// (broken framing, interim answers, garbage), then closes the connection.
+async fn broken_origin() -> RawServer {
+    RawServer::start("127.0.0.1:0", |head, mut stream| async move {
+        let cacheable = "HTTP/1.1 200 OK\r\nCache-Control: max-age=60\r\n";
+        let answer = match target(&head).as_str() {
+            "/truncated" => format!("{cacheable}Content-Length: 100\r\n\r\nshort"),
+            "/stall" => format!("{cacheable}Content-Length: 100\r\n\r\n0123456789"),
+            "/truncated-nostore" => "HTTP/1.1 200 OK\r\nCache-Control: no-store\r\n\
+                                     Content-Length: 100\r\n\r\nshort"
+                .into(),
+            "/truncated-chunked" => "HTTP/1.1 200 OK\r\nCache-Control: no-store\r\n\
+                                     Transfer-Encoding: chunked\r\n\r\n5\r\nshort\r\n"
+                .into(),
+            "/early-hints" => format!(
+                "HTTP/1.1 103 Early Hints\r\nLink: </a.css>; rel=preload\r\n\r\n\
+                 {cacheable}Content-Length: 2\r\n\r\nok"
+            ),
+            "/continue" => format!(
+                "HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 102 Processing\r\n\r\n\
+                 {cacheable}Content-Length: 2\r\n\r\nok"
+            ),
+            "/garbage" => "SSH-2.0-OpenSSH_9.6\r\n\r\n".into(),
+            _ => String::new(), // "/hangup": closed without a word
+        };
+        let _ = stream.write_all(answer.as_bytes()).await;
+        if target(&head) == "/stall" {
+            // Stalls mid-body, holding the connection, until the test ends.
+            std::future::pending::<()>().await;
+        }
+    })
+    .await
 }
 
-impl RawOrigin {
-    async fn start() -> RawOrigin {
-        use tokio::io::{AsyncReadExt, AsyncWriteExt};
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = listener.local_addr().unwrap();
-        let hits = std::sync::Arc::new(std::sync::Mutex::new(std::collections::HashMap::new()));
-        let counts = hits.clone();
-        let task = tokio::spawn(async move {
-            while let Ok((mut stream, _)) = listener.accept().await {
-                let counts = counts.clone();
-                tokio::spawn(async move {
-                    let mut head = Vec::new();
-                    let mut buf = [0u8; 4096];
-                    while !head.windows(4).any(|w| w == b"\r\n\r\n") {
-                        match stream.read(&mut buf).await {
-                            Ok(0) | Err(_) => return,
-                            Ok(n) => head.extend_from_slice(&buf[..n]),
-                        }
-                    }
-                    let head = String::from_utf8_lossy(&head).to_string();
-                    let path = head.split(' ').nth(1).unwrap_or("").to_owned();
-                    *counts.lock().unwrap().entry(path.clone()).or_insert(0) += 1;
-                    let cacheable = "HTTP/1.1 200 OK\r\nCache-Control: max-age=60\r\n";
-                    match path.as_str() {
-                        "/truncated" => {
-                            let r = format!("{cacheable}Content-Length: 100\r\n\r\nshort");
-                            let _ = stream.write_all(r.as_bytes()).await;
-                        }
-                        "/stall" => {
-                            let r = format!("{cacheable}Content-Length: 100\r\n\r\n0123456789");
-                            let _ = stream.write_all(r.as_bytes()).await;
-                            tokio::time::sleep(Duration::from_secs(4)).await;
-                        }
-                        "/truncated-nostore" => {
-                            let r = "HTTP/1.1 200 OK\r\nCache-Control: no-store\r\n\
-                                     Content-Length: 100\r\n\r\nshort";
-                            let _ = stream.write_all(r.as_bytes()).await;
-                        }
-                        "/truncated-chunked" => {
-                            let r = "HTTP/1.1 200 OK\r\nCache-Control: no-store\r\n\
-                                     Transfer-Encoding: chunked\r\n\r\n5\r\nshort\r\n";
-                            let _ = stream.write_all(r.as_bytes()).await;
-                        }
-                        "/early-hints" | "/continue" => {
-                            let interim = match path.as_str() {
-                                "/early-hints" => {
-                                    "HTTP/1.1 103 Early Hints\r\nLink: </a.css>; rel=preload\r\n\r\n"
-                                }
-                                _ => "HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 102 Processing\r\n\r\n",
-                            };
-                            let r = format!("{interim}{cacheable}Content-Length: 2\r\n\r\nok");
-                            let _ = stream.write_all(r.as_bytes()).await;
-                        }
-                        "/garbage" => {
-                            let _ = stream.write_all(b"SSH-2.0-OpenSSH_9.6\r\n\r\n").await;
-                        }
-                        _ => {} // "/hangup": closed without a word
-                    }
-                });
-            }
-        });
-        RawOrigin { addr, hits, task }
-    }
-
-    fn hits(&self, path: &str) -> u64 {
-        self.hits.lock().unwrap().get(path).copied().unwrap_or(0)
-    }
-}
-
-impl Drop for RawOrigin {
-    fn drop(&mut self) {
-        self.task.abort();
+/// The tests' own client (the demo's, on hyper) reads such answers as
+/// errors, and skips interim ones.
+#[tokio::test]
+async fn the_test_client_reads_broken_answers_as_errors() {
+    let origin = broken_origin().await;
+    let mut conn = Conn::connect(origin.addr).await.unwrap();
+    let err = conn.request("GET", "/garbage", &[]).await.unwrap_err();
+    assert_eq!(err.kind(), std::io::ErrorKind::InvalidData, "{err}");
+    let err = conn.request("GET", "/truncated", &[]).await.unwrap_err();
+    assert_eq!(err.kind(), std::io::ErrorKind::UnexpectedEof, "{err}");
+    assert!(!conn.is_open());
+    for interim in ["/continue", "/early-hints"] {
+        let r = conn.request("GET", interim, &[]).await.unwrap();
+        assert_eq!((r.status, r.text().as_str()), (200, "ok"), "{interim}");
     }
 }
 
 #[tokio::test]
 async fn broken_origin_responses_are_errors_and_never_stored() {
-    let origin = RawOrigin::start().await;
+    let origin = broken_origin().await;
     let mut rs = Ringside::start(&format!("http://{}", origin.addr), "").await;
     for path in ["/garbage", "/hangup"] {
         for _ in 0..2 {
@@ -408,7 +378,7 @@ async fn broken_origin_responses_are_errors_and_never_stored() {
 /// without a byte: the client sees a cut connection, nothing is stored.
 #[tokio::test]
 async fn an_origin_stalling_mid_body_cuts_the_response_at_read_timeout() {
-    let origin = RawOrigin::start().await;
+    let origin = broken_origin().await;
     let rs = Ringside::start(&format!("http://{}", origin.addr), "").await;
     let started = Instant::now();
     let mut conn = Conn::connect(rs.addr).await.unwrap();
@@ -429,7 +399,7 @@ async fn an_origin_stalling_mid_body_cuts_the_response_at_read_timeout() {
 /// a cacheable one is never stored.
 #[tokio::test]
 async fn a_body_cut_short_by_the_origin_is_never_passed_off_as_complete() {
-    let origin = RawOrigin::start().await;
+    let origin = broken_origin().await;
     let mut rs = Ringside::start(&format!("http://{}", origin.addr), "").await;
     for path in ["/truncated", "/truncated-nostore", "/truncated-chunked"] {
         let mut conn = Conn::connect(rs.addr).await.unwrap();
@@ -472,7 +442,7 @@ async fn a_body_cut_short_by_the_origin_is_never_passed_off_as_complete() {
 /// the exchange: the final response is cached as usual.
 #[tokio::test]
 async fn interim_responses_before_the_final_one_are_skipped() {
-    let origin = RawOrigin::start().await;
+    let origin = broken_origin().await;
     let mut rs = Ringside::start(&format!("http://{}", origin.addr), "").await;
     for path in ["/early-hints", "/continue"] {
         let mut conn = Conn::connect(rs.addr).await.unwrap();

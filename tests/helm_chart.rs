@@ -11,6 +11,7 @@
 //! Needs `helm` and `kubernetes-validate` on PATH: CI installs them with
 //! tests/tools/install-k8s-tools.sh. Missing tools fail the tests, never skip.
 
+mod common;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::OnceLock;
@@ -27,20 +28,7 @@ fn chart() -> PathBuf {
 }
 
 fn require(tool: &str) {
-    let ok = Command::new(tool)
-        .arg(if tool == "helm" {
-            "version"
-        } else {
-            "--version"
-        })
-        .output()
-        .map(|o| o.status.success())
-        .unwrap_or(false);
-    assert!(
-        ok,
-        "`{tool}` is not installed or not working: run `bash tests/tools/install-k8s-tools.sh` \
-         (CI runs it from .ci/run)"
-    );
+    common::process::require_tool(tool, common::process::K8S_TOOLS);
 }
 
 /// The newest Kubernetes version kubernetes-validate knows (its default, shown in --help).

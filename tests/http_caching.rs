@@ -3,6 +3,7 @@
 //! response says about it in Cache-Status.
 
 mod common;
+use common::is_hit;
 use common::origin::Origin;
 use common::{eventually, Ringside};
 use std::time::Duration;
@@ -443,11 +444,6 @@ async fn origin_connections_are_kept_alive_and_reused() {
         "40 origin requests took {} connections",
         origin.connections()
     );
-}
-
-fn is_hit(r: &common::Response) -> bool {
-    r.header("cache-status")
-        .is_some_and(|s| s.starts_with("ringside; hit"))
 }
 
 /// RFC 9111 §5.1: of an Age list or repeated Age lines the first value

@@ -11,40 +11,28 @@
 
 mod common;
 use base64::Engine;
+use common::process::{without_ringside_env, Process};
 use serde_json::{json, Value};
-use std::net::{IpAddr, Ipv4Addr, TcpListener};
+use std::net::{IpAddr, Ipv4Addr};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::time::Duration;
 
 struct Webhook {
-    child: Child,
+    process: Process,
     port: u16,
     dir: PathBuf,
 }
 
 impl Drop for Webhook {
     fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+        self.process.kill();
         let _ = std::fs::remove_dir_all(&self.dir);
     }
 }
 
 fn require(tool: &str) {
-    let ok = Command::new(tool)
-        .arg(if tool == "helm" {
-            "version"
-        } else {
-            "--version"
-        })
-        .output()
-        .map(|o| o.status.success())
-        .unwrap_or(false);
-    assert!(
-        ok,
-        "`{tool}` is not installed: run `bash tests/tools/install-k8s-tools.sh` (CI runs it from .ci/run)"
-    );
+    common::process::require_tool(tool, common::process::K8S_TOOLS);
 }
 
 fn write_certs(dir: &Path) {
@@ -95,64 +83,60 @@ fn launch(name: &str, args: &[&str]) -> Webhook {
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(&dir).unwrap();
     write_certs(&dir);
-    let port = TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
-    let child = Command::new(env!("CARGO_BIN_EXE_ringside"))
+    let port = common::free_port();
+    let mut command = Command::new(env!("CARGO_BIN_EXE_ringside"));
+    command
         .arg("inject")
         .arg(format!("--listen=127.0.0.1:{port}"))
         .arg(format!("--tls-cert={}", dir.join("tls.crt").display()))
         .arg(format!("--tls-key={}", dir.join("tls.key").display()))
-        .args(args)
-        .env_remove("RINGSIDE_LISTEN")
-        .stdout(Stdio::null())
-        .stderr(std::fs::File::create(dir.join("webhook.log")).unwrap())
-        .spawn()
-        .unwrap();
-    let mut hook = Webhook { child, port, dir };
-    let ready = common::eventually(Duration::from_secs(30), "the webhook is healthy", || {
-        if let Ok(Some(status)) = hook.child.try_wait() {
-            panic!("the webhook exited with {status}:\n{}", hook.log());
-        }
-        let healthy = hook.call("GET", "/healthz", None).0 == 200;
+        .args(args);
+    let mut process = Process::spawn("the webhook", command, &dir.join("webhook.log"));
+    let healthy = || {
+        let healthy = call(port, &dir, "GET", "/healthz", None).0 == 200;
         async move { healthy }
-    });
+    };
+    let ready = process.wait_until(Duration::from_secs(30), "the webhook is healthy", healthy);
     tokio::runtime::Builder::new_current_thread()
         .enable_time()
         .build()
         .expect("a runtime to wait in")
         .block_on(ready);
-    hook
+    Webhook { process, port, dir }
+}
+
+/// (HTTP status, body) of a request to the webhook on `port`, over HTTPS
+/// verified with the test CA in `dir`.
+fn call(port: u16, dir: &Path, method: &str, path: &str, body: Option<&[u8]>) -> (u16, String) {
+    let mut cmd = Command::new("curl");
+    cmd.args(["-sS", "--max-time", "5", "-X", method])
+        .arg("--cacert")
+        .arg(dir.join("ca.pem"))
+        .args(["-w", "\n%{http_code}"]);
+    if let Some(b) = body {
+        let file = dir.join("body.json");
+        std::fs::write(&file, b).unwrap();
+        cmd.args(["-H", "Content-Type: application/json", "--data-binary"])
+            .arg(format!("@{}", file.display()));
+    }
+    let out = cmd
+        .arg(format!("https://127.0.0.1:{port}{path}"))
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    let (body, code) = text.rsplit_once('\n').unwrap_or(("", "0"));
+    (code.trim().parse().unwrap_or(0), body.to_string())
 }
 
 impl Webhook {
-    /// What the webhook wrote to stderr so far (its log).
+    /// What the webhook wrote so far (its log).
     fn log(&self) -> String {
-        std::fs::read_to_string(self.dir.join("webhook.log")).unwrap_or_default()
+        self.process.log()
     }
 
     /// (HTTP status, body) over verified HTTPS.
     fn call(&self, method: &str, path: &str, body: Option<&[u8]>) -> (u16, String) {
-        let mut cmd = Command::new("curl");
-        cmd.args(["-sS", "--max-time", "5", "-X", method])
-            .arg("--cacert")
-            .arg(self.dir.join("ca.pem"))
-            .args(["-w", "\n%{http_code}"]);
-        if let Some(b) = body {
-            let file = self.dir.join("body.json");
-            std::fs::write(&file, b).unwrap();
-            cmd.args(["-H", "Content-Type: application/json", "--data-binary"])
-                .arg(format!("@{}", file.display()));
-        }
-        let out = cmd
-            .arg(format!("https://127.0.0.1:{}{path}", self.port))
-            .output()
-            .unwrap();
-        let text = String::from_utf8_lossy(&out.stdout).into_owned();
-        let (body, code) = text.rsplit_once('\n').unwrap_or(("", "0"));
-        (code.trim().parse().unwrap_or(0), body.to_string())
+        call(self.port, &self.dir, method, path, body)
     }
 
     fn review(&self, object: Value) -> Value {
@@ -787,14 +771,13 @@ fn skips_and_errors() {
 
 #[test]
 fn refuses_bad_flags() {
-    let out = Command::new(env!("CARGO_BIN_EXE_ringside"))
+    let out = without_ringside_env(&mut Command::new(env!("CARGO_BIN_EXE_ringside")))
         .args([
             "inject",
             "--tls-cert=/nonexistent.pem",
             "--tls-key=/nonexistent.key",
             "--sidecar-image=x",
         ])
-        .env_remove("RINGSIDE_LISTEN")
         .output()
         .unwrap();
     assert_eq!(out.status.code(), Some(2));

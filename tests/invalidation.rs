@@ -6,15 +6,8 @@
 
 mod common;
 use common::origin::Origin;
+use common::{cache_status, is_hit};
 use common::{cluster_yaml, free_port, owner_of, start_cluster, Ringside};
-
-fn cache_status(r: &common::Response) -> String {
-    r.header("cache-status").unwrap_or_default().to_string()
-}
-
-fn is_hit(r: &common::Response) -> bool {
-    cache_status(r).starts_with("ringside; hit")
-}
 
 /// RFC 9111 §4.4: POST, PUT, PATCH, DELETE and extension methods invalidate
 /// the target URI, on a non-error response.

@@ -6,14 +6,15 @@
 //! cases at full scale.)
 
 mod common;
+use common::is_hit;
 use common::origin::Origin;
+use common::raw::{raw_exchange, raw_open};
 use common::{eventually, Conn, Ringside};
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpStream;
 
 const MIB: u64 = 1 << 20;
 /// A small cache, so that a few thousand requests fill it several times over.
@@ -96,11 +97,6 @@ async fn small_cache(extra: &str) -> (Origin, Ringside) {
     (origin, rs)
 }
 
-fn is_hit(r: &common::Response) -> bool {
-    r.header("cache-status")
-        .is_some_and(|s| s.starts_with("ringside; hit"))
-}
-
 /// Tiny objects cost far more than their bytes (key, headers, bookkeeping):
 /// the weight each entry is charged must cover what it really takes, so
 /// that filling the cache several times over stays within the capacity.
@@ -180,10 +176,7 @@ async fn a_new_variant_past_the_bound_replaces_the_oldest() {
 async fn a_request_head_that_trickles_in_is_cut_off() {
     let origin = Origin::start().await;
     let rs = Ringside::start(&origin.url(), "request_header_timeout: 1s\n").await;
-    let mut slow = TcpStream::connect(rs.addr).await.unwrap();
-    slow.write_all(b"GET /slow HTTP/1.1\r\nHost: x\r\nX-Slow: ")
-        .await
-        .unwrap();
+    let mut slow = raw_open(rs.addr, b"GET /slow HTTP/1.1\r\nHost: x\r\nX-Slow: ").await;
     let started = Instant::now();
     let mut buf = [0u8; 1024];
     loop {
@@ -216,7 +209,7 @@ async fn a_request_head_that_trickles_in_is_cut_off() {
 async fn a_silent_connection_is_closed_at_the_head_deadline() {
     let origin = Origin::start().await;
     let rs = Ringside::start(&origin.url(), "request_header_timeout: 1s\n").await;
-    let mut silent = TcpStream::connect(rs.addr).await.unwrap();
+    let mut silent = raw_open(rs.addr, b"").await;
     let started = Instant::now();
     let mut buf = [0u8; 64];
     let read = tokio::time::timeout(Duration::from_secs(10), silent.read(&mut buf)).await;
@@ -254,11 +247,8 @@ async fn the_head_deadline_spares_keep_alive_and_bodies() {
     assert!(i >= 10, "{i} requests");
 
     // A POST whose body arrives over 1.5 s, in pieces.
-    let mut stream = TcpStream::connect(rs.addr).await.unwrap();
-    stream
-        .write_all(b"POST /upload HTTP/1.1\r\nHost: x\r\nContent-Length: 6\r\n\r\n")
-        .await
-        .unwrap();
+    let head = b"POST /upload HTTP/1.1\r\nHost: x\r\nContent-Length: 6\r\n\r\n";
+    let mut stream = raw_open(rs.addr, head).await;
     let mut buf = vec![0u8; 4096];
     for piece in [b"ab", b"cd", b"ef"] {
         // Nothing is answered before the body is complete.
@@ -272,17 +262,6 @@ async fn the_head_deadline_spares_keep_alive_and_bodies() {
         .unwrap();
     let answer = String::from_utf8_lossy(&buf[..n]);
     assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
-}
-
-/// Send `request` on a new connection and read until the server closes it
-/// (at most 5 s).
-async fn exchange(addr: SocketAddr, request: &[u8]) -> String {
-    let mut stream = TcpStream::connect(addr).await.expect("connect");
-    let _ = stream.write_all(request).await;
-    let mut answer = Vec::new();
-    let read = stream.read_to_end(&mut answer);
-    let _ = tokio::time::timeout(Duration::from_secs(5), read).await;
-    String::from_utf8_lossy(&answer).into_owned()
 }
 
 /// Past `max_connections` open client connections, a new one is answered
@@ -301,7 +280,9 @@ async fn connections_past_the_cap_are_refused() {
         assert_eq!(r.status, 200);
         held.push(conn);
     }
-    let refused = exchange(rs.addr, b"GET /over HTTP/1.1\r\nHost: x\r\n\r\n").await;
+    let refused = raw_exchange(rs.addr, b"GET /over HTTP/1.1\r\nHost: x\r\n\r\n")
+        .await
+        .text;
     assert!(
         refused.starts_with("HTTP/1.1 503"),
         "the fifth connection: {refused:?}"
@@ -318,7 +299,10 @@ async fn connections_past_the_cap_are_refused() {
     drop(held.pop());
     eventually(Duration::from_secs(5), "a slot frees up", || async {
         let request = b"GET /again HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n";
-        exchange(rs.addr, request).await.starts_with("HTTP/1.1 200")
+        raw_exchange(rs.addr, request)
+            .await
+            .text
+            .starts_with("HTTP/1.1 200")
     })
     .await;
     // The held connections still work.

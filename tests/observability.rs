@@ -22,12 +22,13 @@
 
 mod common;
 use common::origin::Origin;
+use common::process::Process;
 use common::{eventually, start_cluster, Conn, Ringside, ADMIN_TOKEN};
 use serde_json::Value as Json;
 use std::io::Write;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -44,13 +45,8 @@ fn root() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
 }
 
-/// `tool` on PATH, or a failure that says how to install it.
 fn require(tool: &str) -> PathBuf {
-    let path = std::env::var_os("PATH").unwrap_or_default();
-    std::env::split_paths(&path)
-        .map(|dir| dir.join(tool))
-        .find(|p| p.is_file())
-        .unwrap_or_else(|| panic!("`{tool}` is not on PATH: install it with `{INSTALL}`"))
+    common::process::require_tool(tool, INSTALL)
 }
 
 /// An npm tool installed in monitoring/schema/node_modules.
@@ -510,7 +506,7 @@ fn dashboards_validate_against_grafana_schema() {
 // ------------------------------------------------- a real Prometheus ------
 
 struct Prometheus {
-    child: Child,
+    process: Process,
     addr: SocketAddr,
     dir: PathBuf,
 }
@@ -538,41 +534,29 @@ impl Prometheus {
         let addr: SocketAddr = format!("127.0.0.1:{}", common::free_port())
             .parse()
             .unwrap();
-        let log = std::fs::File::create(dir.join("prometheus.log")).unwrap();
-        let child = Command::new(prometheus)
+        let mut command = Command::new(prometheus);
+        command
             .arg(format!("--config.file={}", config_path.display()))
             .arg(format!(
                 "--storage.tsdb.path={}",
                 dir.join("data").display()
             ))
             .arg(format!("--web.listen-address={addr}"))
-            .arg("--log.level=warn")
-            .stdin(Stdio::null())
-            .stdout(log.try_clone().unwrap())
-            .stderr(log)
-            .spawn()
-            .expect("start prometheus");
-        Prometheus { child, addr, dir }
-    }
-
-    /// The log of the Prometheus running in `dir`.
-    fn log_in(dir: &Path) -> String {
-        std::fs::read_to_string(dir.join("prometheus.log")).unwrap_or_default()
+            .arg("--log.level=warn");
+        let log = dir.join("prometheus.log");
+        let process = Process::spawn("prometheus", command, &log);
+        Prometheus { process, addr, dir }
     }
 
     async fn wait_ready(&mut self) {
-        let child = std::cell::RefCell::new(&mut self.child);
-        let (addr, dir) = (self.addr, &self.dir);
-        eventually(Duration::from_secs(30), "prometheus is ready", || async {
-            if let Ok(Some(status)) = child.borrow_mut().try_wait() {
-                panic!(
-                    "prometheus exited with {status}:\n{}",
-                    Prometheus::log_in(dir)
-                );
-            }
+        let addr = self.addr;
+        let ready = || async move {
             matches!(common::get(addr, "/-/ready").await, Ok(r) if r.status == 200)
-        })
-        .await;
+        };
+        let within = Duration::from_secs(30);
+        self.process
+            .wait_until(within, "prometheus is ready", ready)
+            .await;
     }
 
     async fn api(&self, path_and_query: &str) -> Json {
@@ -613,22 +597,14 @@ impl Prometheus {
 
 impl Drop for Prometheus {
     fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+        self.process.kill();
         let _ = std::fs::remove_dir_all(&self.dir);
     }
 }
 
+/// `s` as a query-string value.
 fn encode(s: &str) -> String {
-    let mut out = String::new();
-    for b in s.bytes() {
-        if b.is_ascii_alphanumeric() || b"-_.~".contains(&b) {
-            out.push(b as char);
-        } else {
-            out.push_str(&format!("%{b:02X}"));
-        }
-    }
-    out
+    form_urlencoded::byte_serialize(s.as_bytes()).collect()
 }
 
 /// Mixed traffic on the cluster until `stop`: hits, misses, peer hops, hot

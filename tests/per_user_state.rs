@@ -6,13 +6,10 @@
 //! owner), and for background (stale-while-revalidate) refreshes.
 
 mod common;
+use common::cache_status;
 use common::origin::Origin;
 use common::{eventually, owner_of, start_cluster, Ringside};
 use std::time::Duration;
-
-fn cache_status(r: &common::Response) -> String {
-    r.header("cache-status").unwrap_or_default().to_string()
-}
 
 /// Stored stale at once (max-age=0, revalidated on every use); a 304 makes it
 /// fresh for a minute (`cc304`) and sets a cookie (`cookie304`).

@@ -6,6 +6,7 @@
 //! to the origin. On one node and through a non-owner in a cluster.
 
 mod common;
+use common::cache_status;
 use common::origin::{pattern_body, Origin, LAST_MODIFIED};
 use common::{owner_of, start_cluster, Response, Ringside};
 
@@ -28,10 +29,6 @@ async fn stored(path: &str) -> (Origin, Ringside, String) {
 
 async fn get_range(rs: &Ringside, path: &str, extra: &[(&str, &str)]) -> Response {
     rs.request("GET", path, extra).await
-}
-
-fn cache_status(r: &Response) -> &str {
-    r.header("cache-status").unwrap_or_default()
 }
 
 /// `r` is the 206 of bytes `first..=last` of the pattern body.

@@ -5,9 +5,10 @@
 //! and protocol corner cases (RFC 9112) a lenient server gets wrong.
 
 mod common;
+use common::cache_status;
 use common::origin::Origin;
-use common::{Response, Ringside};
-use std::net::SocketAddr;
+use common::raw::raw_exchange;
+use common::Ringside;
 
 /// The example rules of config.yaml.
 const RULES: &str = "cache:\n  rules:\n    - prefix: /static/\n      ttl: 1h\n    - prefix: /api/session\n      bypass: true\n";
@@ -16,19 +17,6 @@ async fn setup(extra: &str) -> (Origin, Ringside) {
     let origin = Origin::start().await;
     let ringside = Ringside::start(&origin.url(), extra).await;
     (origin, ringside)
-}
-
-fn cache_status(r: &Response) -> String {
-    r.header("cache-status").unwrap_or("").to_string()
-}
-
-/// Raw bytes in, whatever came back (the request should say
-/// `Connection: close`), off the async runtime so the origin keeps serving.
-async fn raw(addr: SocketAddr, bytes: impl Into<Vec<u8>>) -> String {
-    let bytes = bytes.into();
-    tokio::task::spawn_blocking(move || common::raw_exchange(addr, &bytes))
-        .await
-        .expect("raw exchange")
 }
 
 fn status_of(reply: &str) -> Option<u16> {
@@ -169,7 +157,9 @@ async fn targets_that_cannot_be_normalised_get_400() {
         ),
     ];
     for (what, head) in cases {
-        let reply = raw(rs.addr, [head, b"Connection: close\r\n\r\n"].concat()).await;
+        let reply = raw_exchange(rs.addr, [head, b"Connection: close\r\n\r\n"].concat())
+            .await
+            .text;
         assert_eq!(status_of(&reply), Some(400), "{what}: {reply:?}");
     }
     assert_eq!(
@@ -208,7 +198,7 @@ async fn absolute_form_targets_are_normalised_too() {
         "GET http://{authority}//api/%73ession?cc=max-age%3D60 HTTP/1.1\r\nHost: {authority}\r\nConnection: close\r\n\r\n"
     );
     for _ in 0..2 {
-        let reply = raw(rs.addr, request.clone()).await;
+        let reply = raw_exchange(rs.addr, request.clone()).await.text;
         assert_eq!(status_of(&reply), Some(200), "{reply:?}");
         assert!(reply.contains("detail=rule"), "{reply:?}");
     }
@@ -226,7 +216,7 @@ async fn a_get_or_head_with_a_body_bypasses_the_cache_with_its_body() {
         let request = format!(
             "{method} {path} HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\nConnection: close\r\n\r\nhello"
         );
-        let reply = raw(rs.addr, request).await;
+        let reply = raw_exchange(rs.addr, request).await.text;
         assert_eq!(status_of(&reply), Some(200), "{method}: {reply:?}");
         assert!(reply.contains("detail=request-body"), "{method}: {reply:?}");
         assert_eq!(origin.hits(path), before + 1, "{method}");
@@ -394,10 +384,14 @@ async fn client_forced_revalidations_are_counted_and_can_be_ignored() {
 #[tokio::test]
 async fn http11_without_host_gets_400() {
     let (origin, rs) = setup("").await;
-    let reply = raw(rs.addr, "GET /nohost HTTP/1.1\r\nConnection: close\r\n\r\n").await;
+    let reply = raw_exchange(rs.addr, "GET /nohost HTTP/1.1\r\nConnection: close\r\n\r\n")
+        .await
+        .text;
     assert_eq!(status_of(&reply), Some(400), "{reply:?}");
     // HTTP/1.0 has no such rule.
-    let reply = raw(rs.addr, "GET /old HTTP/1.0\r\n\r\n").await;
+    let reply = raw_exchange(rs.addr, "GET /old HTTP/1.0\r\n\r\n")
+        .await
+        .text;
     assert!(reply.starts_with("HTTP/1.1 200"), "{reply:?}");
     assert_eq!(origin.hits("/nohost"), 0);
     assert_eq!(origin.hits("/old"), 1);
@@ -407,7 +401,7 @@ async fn http11_without_host_gets_400() {
 async fn identical_duplicate_content_lengths_are_forwarded_once() {
     let (origin, rs) = setup("").await;
     let request = "POST /dup-cl HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\nContent-Length: 5\r\nConnection: close\r\n\r\nhello";
-    let reply = raw(rs.addr, request).await;
+    let reply = raw_exchange(rs.addr, request).await.text;
     assert_eq!(status_of(&reply), Some(200), "{reply:?}");
     assert!(reply.ends_with("echo:hello"), "{reply:?}");
     assert_eq!(
@@ -420,11 +414,12 @@ async fn identical_duplicate_content_lengths_are_forwarded_once() {
 async fn an_over_long_request_line_gets_414() {
     let (origin, rs) = setup("").await;
     let long = format!("/long?pad={}", "p".repeat(17 * 1024));
-    let reply = raw(
+    let reply = raw_exchange(
         rs.addr,
         format!("GET {long} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"),
     )
-    .await;
+    .await
+    .text;
     assert_eq!(status_of(&reply), Some(414), "{:?}", reply.get(..200));
     assert_eq!(origin.total_hits(), 0);
     // Up to the limit (16 KiB) it is served.
@@ -441,7 +436,7 @@ async fn pipelined_requests_are_answered_in_order() {
 GET /pipe/2 HTTP/1.1\r\nHost: x\r\n\r\n\
 POST /pipe/3 HTTP/1.1\r\nHost: x\r\nContent-Length: 2\r\n\r\nhi\
 GET /pipe/4 HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n";
-    let reply = raw(rs.addr, requests).await;
+    let reply = raw_exchange(rs.addr, requests).await.text;
     let bodies: Vec<&str> = [
         "GET /pipe/1?cc=max-age%3D60 #1",
         "GET /pipe/2 #1",

@@ -5,104 +5,15 @@
 
 mod common;
 use common::origin::Origin;
+use common::raw::{raw_exchange, raw_first_response};
 use common::{eventually, get, Conn, Ringside};
-use std::io::{Read, Write};
-use std::net::{SocketAddr, TcpStream};
+use std::net::TcpStream;
 use std::time::{Duration, Instant};
 
 async fn setup() -> (Origin, Ringside) {
     let origin = Origin::start().await;
     let ringside = Ringside::start(&origin.url(), "").await;
     (origin, ringside)
-}
-
-/// What came back on a raw connection.
-#[derive(Debug)]
-struct RawReply {
-    text: String,
-    /// The server closed (or reset) the connection, rather than leaving it
-    /// open until our timeout.
-    closed: bool,
-}
-
-impl RawReply {
-    /// The status of the first response, if any came.
-    fn status(&self) -> Option<u16> {
-        let line = self.text.lines().next()?;
-        let mut parts = line.split(' ');
-        if !parts.next()?.starts_with("HTTP/1.") {
-            return None;
-        }
-        parts.next()?.parse().ok()
-    }
-
-    /// How many responses (status lines) came back.
-    fn responses(&self) -> usize {
-        self.text.matches("HTTP/1.1 ").count() + self.text.matches("HTTP/1.0 ").count()
-    }
-}
-
-/// Send raw bytes and read until the server closes, a complete response with
-/// `Content-Length` has arrived, or 3 s pass. Runs off the async runtime so
-/// the in-process origin keeps serving meanwhile.
-async fn raw(addr: SocketAddr, bytes: Vec<u8>) -> RawReply {
-    raw_exchange(addr, bytes, false).await
-}
-
-/// As [`raw`], but keep reading after a complete response, until the server
-/// closes or 3 s pass.
-async fn raw_until_close(addr: SocketAddr, bytes: Vec<u8>) -> RawReply {
-    raw_exchange(addr, bytes, true).await
-}
-
-async fn raw_exchange(addr: SocketAddr, bytes: Vec<u8>, until_close: bool) -> RawReply {
-    tokio::task::spawn_blocking(move || {
-        let mut stream = TcpStream::connect(addr).expect("connect");
-        stream
-            .set_read_timeout(Some(Duration::from_secs(3)))
-            .expect("timeout");
-        // The server may refuse before reading everything; that is fine.
-        let _ = stream.write_all(&bytes);
-        let mut out = Vec::new();
-        let mut buf = [0u8; 16 * 1024];
-        let closed = loop {
-            match stream.read(&mut buf) {
-                Ok(0) => break true,
-                Ok(n) => out.extend_from_slice(&buf[..n]),
-                Err(e)
-                    if matches!(
-                        e.kind(),
-                        std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
-                    ) =>
-                {
-                    break false
-                }
-                Err(_) => break true, // reset
-            }
-            if !until_close && complete_response(&out) {
-                break false;
-            }
-        };
-        RawReply {
-            text: String::from_utf8_lossy(&out).into_owned(),
-            closed,
-        }
-    })
-    .await
-    .expect("raw exchange")
-}
-
-/// A response head followed by its whole Content-Length body.
-fn complete_response(bytes: &[u8]) -> bool {
-    let Some(end) = bytes.windows(4).position(|w| w == b"\r\n\r\n") else {
-        return false;
-    };
-    let head = String::from_utf8_lossy(&bytes[..end]).to_ascii_lowercase();
-    let length = head
-        .lines()
-        .find_map(|l| l.strip_prefix("content-length:"))
-        .and_then(|v| v.trim().parse::<usize>().ok());
-    length.is_some_and(|n| bytes.len() >= end + 4 + n)
 }
 
 /// ringside still serves normal traffic and its admin port, and is alive.
@@ -174,7 +85,7 @@ async fn malformed_requests_are_refused_and_ringside_keeps_serving() {
         ),
     ];
     for (what, bytes) in cases {
-        let reply = raw(rs.addr, bytes).await;
+        let reply = raw_first_response(rs.addr, bytes).await;
         match reply.status() {
             Some(status) => assert!(
                 (400..500).contains(&status),
@@ -207,7 +118,7 @@ async fn a_100_kb_header_is_refused() {
     let (origin, mut rs) = setup().await;
     let value = "a".repeat(100 * 1024);
     let request = format!("GET /mal/long HTTP/1.1\r\nHost: x\r\nX-Long: {value}\r\n\r\n");
-    let reply = raw(rs.addr, request.into_bytes()).await;
+    let reply = raw_first_response(rs.addr, request.into_bytes()).await;
     match reply.status() {
         Some(status) => assert!((400..500).contains(&status), "{status}"),
         None => assert!(reply.closed, "{reply:?}"),
@@ -221,14 +132,14 @@ async fn the_admin_listener_refuses_a_head_over_64_kib_with_431() {
     let (_origin, rs) = setup().await;
     let value = "a".repeat(70 * 1024);
     let request = format!("GET /healthz HTTP/1.1\r\nHost: x\r\nX-Long: {value}\r\n\r\n");
-    let reply = raw(rs.admin, request.into_bytes()).await;
+    let reply = raw_first_response(rs.admin, request.into_bytes()).await;
     assert_eq!(
         reply.status(),
         Some(431),
         "{}",
         &reply.text[..reply.text.len().min(200)]
     );
-    let small = raw(
+    let small = raw_first_response(
         rs.admin,
         b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n".to_vec(),
     )
@@ -245,7 +156,7 @@ async fn content_length_with_transfer_encoding_cannot_smuggle_a_request() {
     let request = b"POST /clte HTTP/1.1\r\nHost: x\r\nContent-Length: 4\r\n\
 Transfer-Encoding: chunked\r\n\r\n0\r\n\r\n\
 GET /smuggled HTTP/1.1\r\nHost: x\r\n\r\n";
-    let reply = raw_until_close(rs.addr, request.to_vec()).await;
+    let reply = raw_exchange(rs.addr, request.to_vec()).await;
     // Allowed by RFC 9112 §6.1: refuse it (4xx), or process it by
     // Transfer-Encoding alone and close the connection afterwards.
     match reply.status() {
@@ -335,7 +246,7 @@ async fn odd_but_valid_requests_are_served() {
         Some("café ☕")
     );
     // ... and a raw Latin-1 byte (obs-text), which is not UTF-8.
-    let reply = raw(
+    let reply = raw_first_response(
         rs.addr,
         b"GET /odd/latin1 HTTP/1.1\r\nHost: x\r\nX-Name: caf\xe9\r\nConnection: close\r\n\r\n"
             .to_vec(),

@@ -5,13 +5,14 @@
 
 mod common;
 use common::origin::Origin;
+use common::raw::{raw_open, RawServer};
 use common::{eventually, Response, Ringside};
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::{TcpListener, TcpStream};
+use tokio::io::AsyncWriteExt;
+use tokio::net::TcpStream;
 
 /// No client may wait longer than this for any answer: a hang fails the test.
 const HANG: Duration = Duration::from_secs(10);
@@ -83,11 +84,11 @@ async fn the_fill_survives_its_leader_disconnecting() {
     let path = "/leaver?delay_ms=1500&cc=max-age%3D60";
 
     // The leader: a raw connection that asks and then goes away.
-    let mut leader = TcpStream::connect(rs.addr).await.unwrap();
-    leader
-        .write_all(format!("GET {path} HTTP/1.1\r\nHost: test\r\n\r\n").as_bytes())
-        .await
-        .unwrap();
+    let leader = raw_open(
+        rs.addr,
+        format!("GET {path} HTTP/1.1\r\nHost: test\r\n\r\n"),
+    )
+    .await;
     eventually(
         Duration::from_secs(5),
         "the fill reached the origin",
@@ -135,11 +136,11 @@ async fn the_fill_is_stored_even_when_every_client_left() {
     let origin = Origin::start().await;
     let rs = Ringside::start(&origin.url(), "").await;
     let path = "/orphan?delay_ms=300&cc=max-age%3D60";
-    let mut leader = TcpStream::connect(rs.addr).await.unwrap();
-    leader
-        .write_all(format!("GET {path} HTTP/1.1\r\nHost: test\r\n\r\n").as_bytes())
-        .await
-        .unwrap();
+    let leader = raw_open(
+        rs.addr,
+        format!("GET {path} HTTP/1.1\r\nHost: test\r\n\r\n"),
+    )
+    .await;
     eventually(
         Duration::from_secs(5),
         "the fill reached the origin",
@@ -197,51 +198,40 @@ async fn uncacheable_responses_do_not_serialise_requests() {
     }
 }
 
-/// A stand-in origin that, while `failing`, accepts a request and closes the
+/// A stand-in origin that, while `failing`, reads a request and closes the
 /// connection without an answer after `delay`; otherwise it relays the
 /// connection to `backend`. Counts the connections it saw while failing.
 struct FlakyFront {
-    addr: SocketAddr,
+    server: RawServer,
     failing: Arc<AtomicBool>,
     failed_connections: Arc<AtomicU64>,
-    task: tokio::task::JoinHandle<()>,
 }
 
 impl FlakyFront {
     async fn start(backend: SocketAddr, delay: Duration) -> FlakyFront {
-        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = listener.local_addr().unwrap();
         let failing = Arc::new(AtomicBool::new(true));
         let failed_connections = Arc::new(AtomicU64::new(0));
         let (f, c) = (failing.clone(), failed_connections.clone());
-        let task = tokio::spawn(async move {
-            while let Ok((mut stream, _)) = listener.accept().await {
-                let (f, c) = (f.clone(), c.clone());
-                tokio::spawn(async move {
-                    if f.load(Ordering::SeqCst) {
-                        c.fetch_add(1, Ordering::SeqCst);
-                        let mut buf = [0u8; 4096];
-                        let _ = stream.read(&mut buf).await;
-                        tokio::time::sleep(delay).await;
-                        // Dropped unanswered.
-                    } else if let Ok(mut up) = TcpStream::connect(backend).await {
+        let server = RawServer::start("127.0.0.1:0", move |received, mut stream| {
+            let (f, c) = (f.clone(), c.clone());
+            async move {
+                if f.load(Ordering::SeqCst) {
+                    c.fetch_add(1, Ordering::SeqCst);
+                    tokio::time::sleep(delay).await;
+                    // Dropped unanswered.
+                } else if let Ok(mut up) = TcpStream::connect(backend).await {
+                    if up.write_all(&received).await.is_ok() {
                         let _ = tokio::io::copy_bidirectional(&mut stream, &mut up).await;
                     }
-                });
+                }
             }
-        });
+        })
+        .await;
         FlakyFront {
-            addr,
+            server,
             failing,
             failed_connections,
-            task,
         }
-    }
-}
-
-impl Drop for FlakyFront {
-    fn drop(&mut self) {
-        self.task.abort();
     }
 }
 
@@ -249,7 +239,7 @@ impl Drop for FlakyFront {
 async fn a_failed_fill_fails_every_waiter_promptly_and_the_key_recovers() {
     let origin = Origin::start().await;
     let front = FlakyFront::start(origin.addr, Duration::from_millis(400)).await;
-    let rs = Ringside::start(&format!("http://{}", front.addr), "").await;
+    let rs = Ringside::start(&format!("http://{}", front.server.addr), "").await;
     let path = "/fails?cc=max-age%3D60";
 
     let responses = concurrent_gets(rs.addr, path, 30).await;

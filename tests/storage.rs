@@ -4,6 +4,7 @@
 
 mod common;
 use common::origin::Origin;
+use common::{cache_status, is_hit};
 use common::{eventually, Ringside};
 use std::time::Duration;
 
@@ -15,14 +16,6 @@ async fn small_cache() -> (Origin, Ringside) {
     let origin = Origin::start().await;
     let rs = Ringside::start(&origin.url(), SMALL_CACHE).await;
     (origin, rs)
-}
-
-fn cache_status(r: &common::Response) -> &str {
-    r.header("cache-status").unwrap_or("")
-}
-
-fn is_hit(r: &common::Response) -> bool {
-    cache_status(r).starts_with("ringside; hit")
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]

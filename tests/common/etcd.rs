@@ -6,12 +6,13 @@
 //! install it: CI installs it (`.ci/run`), and a silently skipped test would
 //! hide that etcd membership went untested.
 
+use super::process::Process;
 use base64::engine::general_purpose::STANDARD as B64;
 use base64::Engine as _;
 use serde_json::{json, Value};
 use std::fs;
 use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::Duration;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -30,7 +31,7 @@ fn go_arch() -> &'static str {
 
 /// A real etcd on 127.0.0.1. Dropping it kills the process and removes its files.
 pub struct Etcd {
-    child: Option<Child>,
+    process: Option<Process>,
     dir: PathBuf,
     generation: u32,
     pub client_port: u16,
@@ -61,7 +62,7 @@ impl Etcd {
         let _ = fs::remove_dir_all(&dir);
         fs::create_dir_all(&dir).expect("temp dir");
         let mut etcd = Etcd {
-            child: None,
+            process: None,
             dir,
             generation: 0,
             client_port: super::free_port(),
@@ -84,11 +85,6 @@ impl Etcd {
     }
 
     async fn spawn(&mut self) {
-        let log = fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(self.log_path())
-            .expect("etcd log file");
         let client = self.url();
         let peer = format!("http://127.0.0.1:{}", self.peer_port);
         let mut etcd = Command::new("etcd");
@@ -97,50 +93,31 @@ impl Etcd {
             // supported (arm64 among them) unless this names that arch.
             etcd.env("ETCD_UNSUPPORTED_ARCH", go_arch());
         }
-        let child = etcd
-            .arg("--data-dir")
+        etcd.arg("--data-dir")
             .arg(self.data_dir())
             .args(["--name", "default"])
             .args(["--listen-client-urls", &client])
             .args(["--advertise-client-urls", &client])
             .args(["--listen-peer-urls", &peer])
             .args(["--initial-advertise-peer-urls", &peer])
-            .args(["--initial-cluster", &format!("default={peer}")])
-            .stdin(Stdio::null())
-            .stdout(log.try_clone().expect("log handle"))
-            .stderr(log)
-            .spawn()
-            .expect("spawn etcd");
-        self.child = Some(child);
-        let (port, log_path, what) = (
-            self.client_port,
-            self.log_path(),
-            format!("etcd answers on {}", self.url()),
-        );
-        let child = self.child.as_mut().expect("etcd just spawned");
-        super::eventually(Duration::from_secs(30), &what, || {
-            let exited = child.try_wait();
-            let log_path = &log_path;
-            async move {
-                if let Ok(Some(status)) = exited {
-                    panic!(
-                        "etcd exited with {status}; its log ends:\n{}",
-                        log_tail(log_path)
-                    );
-                }
-                let health = post(port, "/v3/kv/range", &json!({"key": "AA=="})).await;
-                matches!(health, Ok((200, _)))
-            }
-        })
-        .await;
+            .args(["--initial-cluster", &format!("default={peer}")]);
+        let process = self
+            .process
+            .insert(Process::spawn("etcd", etcd, &self.log_path()));
+        let port = self.client_port;
+        let ready = || async move {
+            let health = post(port, "/v3/kv/range", &json!({"key": "AA=="})).await;
+            matches!(health, Ok((200, _)))
+        };
+        let what = format!("etcd answers on {client}");
+        process
+            .wait_until(Duration::from_secs(30), &what, ready)
+            .await;
     }
 
     /// Kill the process (SIGKILL, by PID) and reap it.
     pub fn stop(&mut self) {
-        if let Some(mut child) = self.child.take() {
-            let _ = child.kill();
-            let _ = child.wait();
-        }
+        self.process = None;
     }
 
     /// Start again on the same ports, with the same data.
@@ -228,13 +205,6 @@ impl Drop for Etcd {
 
 /// One JSON POST to etcd's gateway: (status, body). The test's own client,
 /// so that the code under test is not checking itself.
-/// The last 30 lines of the log at `path`.
-fn log_tail(path: &std::path::Path) -> String {
-    let log = fs::read_to_string(path).unwrap_or_default();
-    let lines: Vec<&str> = log.lines().collect();
-    lines[lines.len().saturating_sub(30)..].join("\n")
-}
-
 pub async fn post(port: u16, path: &str, body: &Value) -> Result<(u16, Value), String> {
     let mut stream = TcpStream::connect(("127.0.0.1", port))
         .await

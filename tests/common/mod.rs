@@ -8,12 +8,14 @@
 pub mod dns;
 pub mod etcd;
 pub mod origin;
+pub mod process;
+pub mod raw;
 
+use process::Process;
 pub use ringside::demo::client::{get, Conn, Response};
-use std::io::{Read, Write};
-use std::net::{SocketAddr, TcpListener, TcpStream};
-use std::path::PathBuf;
-use std::process::{Child, Command};
+use std::net::{SocketAddr, TcpListener};
+use std::path::{Path, PathBuf};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 /// A port free right now, for a server a test is about to start.
@@ -45,7 +47,7 @@ pub fn free_port() -> u16 {
 
 /// A running ringside process.
 pub struct Ringside {
-    child: Option<Child>,
+    process: Process,
     pub addr: SocketAddr,
     pub admin: SocketAddr,
     config_path: PathBuf,
@@ -73,9 +75,9 @@ impl Ringside {
         );
         std::fs::write(&config_path, config).expect("write config");
         let _ = std::fs::remove_file(&log_path);
-        let child = spawn(&config_path, &log_path);
+        let process = spawn(&config_path, &log_path);
         let mut ringside = Ringside {
-            child: Some(child),
+            process,
             addr,
             admin,
             config_path,
@@ -86,18 +88,13 @@ impl Ringside {
     }
 
     async fn wait_ready(&mut self) {
-        let (admin, log_path, child) = (self.admin, &self.log_path, &mut self.child);
-        eventually(Duration::from_secs(30), "ringside is ready", || {
-            let exited = child.as_mut().map(|c| c.try_wait());
-            async move {
-                if let Some(Ok(Some(status))) = exited {
-                    let log = std::fs::read_to_string(log_path).unwrap_or_default();
-                    panic!("ringside exited with {status}: {log}");
-                }
-                matches!(get(admin, "/readyz").await, Ok(r) if r.status == 200)
-            }
-        })
-        .await;
+        let admin = self.admin;
+        let ready =
+            || async move { matches!(get(admin, "/readyz").await, Ok(r) if r.status == 200) };
+        let within = Duration::from_secs(30);
+        self.process
+            .wait_until(within, "ringside is ready", ready)
+            .await;
     }
 
     /// The config file this process was started with.
@@ -115,26 +112,23 @@ impl Ringside {
 
     /// SIGKILL the process (no graceful shutdown) and reap it.
     pub fn kill(&mut self) {
-        if let Some(mut child) = self.child.take() {
-            let _ = child.kill();
-            let _ = child.wait();
-        }
+        self.process.kill();
     }
 
     /// Start a new process from the same config file: same listen, admin
     /// and peer addresses, empty cache. Kills the running one first, if any.
     pub async fn restart(&mut self) {
         self.kill();
-        self.child = Some(spawn(&self.config_path, &self.log_path));
+        self.process = spawn(&self.config_path, &self.log_path);
         self.wait_ready().await;
     }
 
     pub fn pid(&self) -> u32 {
-        self.child.as_ref().map(|c| c.id()).unwrap_or(0)
+        self.process.pid()
     }
 
     pub fn log(&self) -> String {
-        std::fs::read_to_string(&self.log_path).unwrap_or_default()
+        self.process.log()
     }
 
     /// GET `path` from the app-facing listener on a fresh connection.
@@ -164,55 +158,27 @@ impl Ringside {
     /// Send SIGTERM and wait for the exit (failing the test after 30 s);
     /// returns how long it took, or None when no process was running.
     pub async fn terminate(&mut self) -> Option<Duration> {
-        let child = self.child.as_mut()?;
-        let started = Instant::now();
-        let _ = ringside::demo::process::sigterm(child.id());
-        eventually(Duration::from_secs(30), "ringside exits on SIGTERM", || {
-            let exited = matches!(child.try_wait(), Ok(Some(_)));
-            async move { exited }
-        })
-        .await;
-        self.child = None;
-        Some(started.elapsed())
+        self.process.terminate(Duration::from_secs(30)).await
     }
 
     pub fn is_running(&mut self) -> bool {
-        matches!(self.child.as_mut().map(|c| c.try_wait()), Some(Ok(None)))
+        self.process.is_running()
     }
 }
 
 impl Drop for Ringside {
     fn drop(&mut self) {
-        if let Some(mut child) = self.child.take() {
-            let _ = child.kill();
-            let _ = child.wait();
-        }
+        self.process.kill();
         let _ = std::fs::remove_file(&self.config_path);
         let _ = std::fs::remove_file(&self.log_path);
     }
 }
 
 /// Run ringside on `config_path`, appending its output to `log_path`.
-fn spawn(config_path: &PathBuf, log_path: &PathBuf) -> Child {
-    let log = std::fs::OpenOptions::new()
-        .create(true)
-        .append(true)
-        .open(log_path)
-        .expect("log file");
+fn spawn(config_path: &Path, log_path: &Path) -> Process {
     let mut command = Command::new(env!("CARGO_BIN_EXE_ringside"));
-    // A developer's exported RINGSIDE_* variables would override the test's file.
-    for (name, _) in std::env::vars_os() {
-        if name.to_string_lossy().starts_with("RINGSIDE_") {
-            command.env_remove(name);
-        }
-    }
-    command
-        .arg("--config")
-        .arg(config_path)
-        .stdout(log.try_clone().expect("log"))
-        .stderr(log)
-        .spawn()
-        .expect("start ringside")
+    command.arg("--config").arg(config_path);
+    Process::spawn("ringside", command, log_path)
 }
 
 /// Sum the samples of `name` (exact metric name, no suffix) matching `labels`.
@@ -225,25 +191,6 @@ pub fn metric_sum(text: &str, name: &str, labels: &[&str]) -> f64 {
         .filter(|l| labels.iter().all(|want| l.contains(want)))
         .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
         .sum()
-}
-
-/// Send raw bytes to `addr` and return whatever comes back before the
-/// server closes or 2 s pass. For malformed-request tests.
-pub fn raw_exchange(addr: SocketAddr, bytes: &[u8]) -> String {
-    let mut stream = TcpStream::connect(addr).expect("connect");
-    stream
-        .set_read_timeout(Some(Duration::from_secs(2)))
-        .expect("timeout");
-    let _ = stream.write_all(bytes);
-    let mut out = Vec::new();
-    let mut buf = [0u8; 4096];
-    loop {
-        match stream.read(&mut buf) {
-            Ok(0) | Err(_) => break,
-            Ok(n) => out.extend_from_slice(&buf[..n]),
-        }
-    }
-    String::from_utf8_lossy(&out).to_string()
 }
 
 pub const CLUSTER_SECRET: &str = "test-secret-0123456789";
@@ -321,6 +268,16 @@ pub fn owner_of(me: &str, members: &[String], origin_url: &str, path: &str) -> S
             .key_prefix()
     );
     ring.owner(&key).expect("a member").addr.clone()
+}
+
+/// The response's `Cache-Status` ("" when it has none).
+pub fn cache_status(r: &Response) -> &str {
+    r.header("cache-status").unwrap_or_default()
+}
+
+/// Whether ringside answered from its cache (`ringside; hit...`).
+pub fn is_hit(r: &Response) -> bool {
+    cache_status(r).starts_with("ringside; hit")
 }
 
 /// Poll `condition` until it holds, or fail after `within` naming `what`.

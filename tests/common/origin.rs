@@ -1,4 +1,5 @@
-//! A real HTTP/1.1 origin for the tests, on 127.0.0.1 and an ephemeral port.
+//! A real HTTP/1.1 origin for the tests (hyper's server), on 127.0.0.1 and
+//! an ephemeral port.
 //!
 //! Each response is described by the request's query string, so a test says
 //! what the origin should answer in the URL it asks ringside for:
@@ -34,13 +35,24 @@
 //! makes it answer 503, without `cc`, to everything; [`Origin::stop`] closes
 //! the listener.
 
+use bytes::Bytes;
+use futures::StreamExt;
+use http::header::{HeaderName, HeaderValue, CONTENT_LENGTH};
+use http::{Method, Request, Response, StatusCode};
+use http_body_util::{BodyExt, Empty, StreamBody};
+use hyper::body::{Frame, Incoming};
+use hyper::server::conn::http1;
+use hyper::service::service_fn;
+use hyper_util::rt::TokioIo;
 use std::collections::HashMap;
+use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
+
+type Body = http_body_util::combinators::UnsyncBoxBody<Bytes, Infallible>;
 
 #[derive(Default)]
 struct State {
@@ -129,94 +141,96 @@ impl Drop for Origin {
     }
 }
 
-async fn serve_connection(mut stream: TcpStream, state: Arc<State>) {
-    let mut buf = Vec::with_capacity(4096);
-    loop {
-        let Some(head_end) = read_head(&mut stream, &mut buf).await else {
-            return;
-        };
-        if state.stopped.load(Ordering::SeqCst) {
-            return;
-        }
-        let head = String::from_utf8_lossy(&buf[..head_end]).to_string();
-        buf.drain(..head_end + 4);
-        let mut lines = head.split("\r\n");
-        let request_line = lines.next().unwrap_or("");
-        let mut parts = request_line.split(' ');
-        let method = parts.next().unwrap_or("").to_string();
-        let target = parts.next().unwrap_or("/").to_string();
-        let headers: Vec<(String, String)> = lines
-            .filter_map(|l| l.split_once(':'))
-            .map(|(n, v)| (n.trim().to_ascii_lowercase(), v.trim().to_string()))
-            .collect();
-        // Discard a request body announced by Content-Length.
-        let body_len: usize = header(&headers, "content-length")
-            .and_then(|v| v.parse().ok())
-            .unwrap_or(0);
-        while buf.len() < body_len {
-            let mut chunk = [0u8; 8192];
-            match stream.read(&mut chunk).await {
-                Ok(0) | Err(_) => return,
-                Ok(n) => buf.extend_from_slice(&chunk[..n]),
-            }
-        }
-        let request_body: Vec<u8> = buf.drain(..body_len).collect();
-        let count = {
-            let mut hits = state.hits.lock().unwrap();
-            let n = hits.entry(target.clone()).or_insert(0);
-            *n += 1;
-            *n
-        };
-        state.total.fetch_add(1, Ordering::SeqCst);
-        state
-            .last_headers
-            .lock()
-            .unwrap()
-            .insert(target.clone(), headers.clone());
-        let response = respond(&method, &target, &headers, &request_body, count, &state).await;
-        let drip_ms = query(&target).get("drip_ms").and_then(|v| v.parse().ok());
-        if write_response(&mut stream, &response, drip_ms)
-            .await
-            .is_err()
-        {
-            return;
-        }
-    }
+/// Serve one connection with hyper until it closes.
+async fn serve_connection(stream: TcpStream, state: Arc<State>) {
+    let service = service_fn(move |request| {
+        let state = state.clone();
+        async move { answer(request, &state).await }
+    });
+    let _ = http1::Builder::new()
+        .title_case_headers(true)
+        .auto_date_header(false) // `nodate=1` means none; `respond` sets it
+        .serve_connection(TokioIo::new(stream), service)
+        .await;
 }
 
-/// Write a response at once, or (`drip_ms`) its head and then its body in
-/// four pieces, `drip_ms` apart: a healthy but slow download.
-async fn write_response(
-    stream: &mut TcpStream,
-    response: &[u8],
-    drip_ms: Option<u64>,
-) -> std::io::Result<()> {
-    let Some(ms) = drip_ms else {
-        return stream.write_all(response).await;
+/// Record the request and answer it; an error (origin stopped, request
+/// body cut) makes hyper close the connection unanswered.
+async fn answer(request: Request<Incoming>, state: &State) -> std::io::Result<Response<Body>> {
+    if state.stopped.load(Ordering::SeqCst) {
+        return Err(std::io::Error::other("origin stopped"));
+    }
+    let (head, body) = request.into_parts();
+    let request_body = body.collect().await.map_err(std::io::Error::other)?;
+    let target = head.uri.to_string();
+    let headers: Vec<(String, String)> = head
+        .headers
+        .iter()
+        .map(|(n, v)| (n.to_string(), String::from_utf8_lossy(v.as_bytes()).into()))
+        .collect();
+    let count = {
+        let mut hits = state.hits.lock().unwrap();
+        let n = hits.entry(target.clone()).or_insert(0);
+        *n += 1;
+        *n
     };
-    let head_end = response
-        .windows(4)
-        .position(|w| w == b"\r\n\r\n")
-        .map_or(response.len(), |p| p + 4);
-    let (head, body) = response.split_at(head_end);
-    stream.write_all(head).await?;
-    for piece in body.chunks(body.len().div_ceil(4).max(1)) {
-        tokio::time::sleep(Duration::from_millis(ms)).await;
-        stream.write_all(piece).await?;
-    }
-    Ok(())
+    state.total.fetch_add(1, Ordering::SeqCst);
+    state
+        .last_headers
+        .lock()
+        .unwrap()
+        .insert(target.clone(), headers.clone());
+    let method = head.method.as_str();
+    let body = request_body.to_bytes();
+    let answer = respond(method, &target, &headers, &body, count, state).await;
+    Ok(answer.into_response(head.method == Method::HEAD, &query(&target)))
 }
 
-async fn read_head(stream: &mut TcpStream, buf: &mut Vec<u8>) -> Option<usize> {
-    loop {
-        if let Some(pos) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
-            return Some(pos);
+/// A response as [`respond`] decides it, before hyper writes it.
+struct Answer {
+    status: u16,
+    headers: Vec<(String, String)>,
+    body: Vec<u8>,
+}
+
+impl Answer {
+    /// The hyper response: Content-Length, or with `chunked=1` chunks of
+    /// 16 KiB; with `drip_ms=N` the body in four pieces, N ms apart (a
+    /// healthy but slow download).
+    fn into_response(self, head: bool, q: &HashMap<String, String>) -> Response<Body> {
+        let mut response = Response::new(Empty::new().boxed_unsync());
+        *response.status_mut() = StatusCode::from_u16(self.status).expect("a status code");
+        let headers = response.headers_mut();
+        for (name, value) in &self.headers {
+            let name = HeaderName::from_bytes(name.as_bytes()).expect("a header name");
+            let value = HeaderValue::from_bytes(value.as_bytes()).expect("a header value");
+            headers.append(name, value);
         }
-        let mut chunk = [0u8; 8192];
-        match stream.read(&mut chunk).await {
-            Ok(0) | Err(_) => return None,
-            Ok(n) => buf.extend_from_slice(&chunk[..n]),
+        if head || matches!(self.status, 204 | 304) {
+            return response;
         }
+        let chunked = q.contains_key("chunked");
+        if !chunked {
+            headers.insert(CONTENT_LENGTH, self.body.len().into());
+        }
+        let drip = q.get("drip_ms").and_then(|v| v.parse().ok());
+        let piece_size = match drip {
+            Some(_) => self.body.len().div_ceil(4).max(1),
+            None => 16 * 1024,
+        };
+        let pieces: Vec<Bytes> = self
+            .body
+            .chunks(piece_size)
+            .map(Bytes::copy_from_slice)
+            .collect();
+        let frames = futures::stream::iter(pieces).then(move |piece| async move {
+            if let Some(ms) = drip {
+                tokio::time::sleep(Duration::from_millis(ms)).await;
+            }
+            Ok(Frame::data(piece))
+        });
+        *response.body_mut() = StreamBody::new(frames).boxed_unsync();
+        response
     }
 }
 
@@ -227,44 +241,10 @@ fn header<'a>(headers: &'a [(String, String)], name: &str) -> Option<&'a str> {
         .map(|(_, v)| v.as_str())
 }
 
+/// The query's parameters, percent-decoded (`+` is a space).
 fn query(target: &str) -> HashMap<String, String> {
     let q = target.split_once('?').map(|(_, q)| q).unwrap_or("");
-    q.split('&')
-        .filter_map(|kv| kv.split_once('='))
-        .map(|(k, v)| (k.to_string(), percent_decode(v)))
-        .collect()
-}
-
-fn percent_decode(s: &str) -> String {
-    let bytes = s.as_bytes();
-    let mut out = Vec::with_capacity(bytes.len());
-    let mut i = 0;
-    while i < bytes.len() {
-        match bytes[i] {
-            b'%' if i + 2 < bytes.len() => {
-                let hex = std::str::from_utf8(&bytes[i + 1..i + 3]).unwrap_or("");
-                match u8::from_str_radix(hex, 16) {
-                    Ok(b) => {
-                        out.push(b);
-                        i += 3;
-                    }
-                    Err(_) => {
-                        out.push(b'%');
-                        i += 1;
-                    }
-                }
-            }
-            b'+' => {
-                out.push(b' ');
-                i += 1;
-            }
-            b => {
-                out.push(b);
-                i += 1;
-            }
-        }
-    }
-    String::from_utf8_lossy(&out).to_string()
+    form_urlencoded::parse(q.as_bytes()).into_owned().collect()
 }
 
 pub const LAST_MODIFIED: &str = "Wed, 21 Oct 2015 07:28:00 GMT";
@@ -276,7 +256,7 @@ async fn respond(
     request_body: &[u8],
     count: u64,
     state: &State,
-) -> Vec<u8> {
+) -> Answer {
     let q = query(target);
     if let Some(ms) = q.get("delay_ms").and_then(|v| v.parse().ok()) {
         tokio::time::sleep(Duration::from_millis(ms)).await;
@@ -389,40 +369,12 @@ async fn respond(
         ));
         body = body[first..=last].to_vec();
     }
-    let reason = match status {
-        200 => "OK",
-        304 => "Not Modified",
-        404 => "Not Found",
-        500 => "Internal Server Error",
-        503 => "Service Unavailable",
-        _ => "Status",
-    };
-    let mut out = format!("HTTP/1.1 {status} {reason}\r\n");
-    for (n, v) in &headers {
-        out.push_str(&format!("{n}: {v}\r\n"));
+    headers.push(("X-Origin-Count".into(), count.to_string()));
+    Answer {
+        status,
+        headers,
+        body,
     }
-    out.push_str(&format!("X-Origin-Count: {count}\r\n"));
-    let no_body = status == 304 || status == 204 || method == "HEAD";
-    if no_body {
-        out.push_str("\r\n");
-        return out.into_bytes();
-    }
-    let mut bytes;
-    if q.contains_key("chunked") {
-        out.push_str("Transfer-Encoding: chunked\r\n\r\n");
-        bytes = out.into_bytes();
-        for piece in body.chunks(16 * 1024) {
-            bytes.extend_from_slice(format!("{:x}\r\n", piece.len()).as_bytes());
-            bytes.extend_from_slice(piece);
-            bytes.extend_from_slice(b"\r\n");
-        }
-        bytes.extend_from_slice(b"0\r\n\r\n");
-    } else {
-        out.push_str(&format!("Content-Length: {}\r\n\r\n", body.len()));
-        bytes = out.into_bytes();
-        bytes.extend_from_slice(&body);
-    }
-    bytes
 }
 
 /// A body of `n` bytes in which a part shows where it was cut from: the
