@@ -8,6 +8,7 @@
 pub mod dns;
 pub mod etcd;
 pub mod origin;
+pub mod pki;
 
 pub use ringside::demo::client::{get, Conn, Response};
 use std::io::{Read, Write};

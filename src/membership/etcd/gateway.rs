@@ -22,7 +22,7 @@ use super::credentials;
 use crate::config::{EtcdMembership, OriginUrl};
 use bytes::Bytes;
 use http::header;
-use log::debug;
+use log::{debug, info};
 use pingora::connectors::http::Connector;
 use pingora::http::RequestHeader;
 use pingora::protocols::http::client::HttpSession;
@@ -315,7 +315,10 @@ impl Gateway {
         let answer = self.send(endpoint, path, body, token.as_deref()).await?;
         match (answer.success().await, token) {
             (Err(e), Some(rejected)) if e.is_token_rejected() => {
-                debug!("membership (etcd): token rejected ({e}); authenticating again");
+                info!(
+                    "membership (etcd): {} rejected the auth token ({e}); authenticating again",
+                    endpoint.url.key_prefix()
+                );
                 endpoint.forget_token(&rejected);
                 let token = self.token(endpoint).await?;
                 let answer = self.send(endpoint, path, body, token.as_deref()).await?;
