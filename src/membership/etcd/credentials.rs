@@ -99,3 +99,100 @@ pub(super) fn password(auth: &EtcdAuth) -> Result<String, String> {
     }
     Ok(password.to_string())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::path::PathBuf;
+
+    /// A file in the temp directory, removed on drop.
+    struct Temp(PathBuf);
+
+    impl Temp {
+        fn new(name: &str, text: &str) -> Temp {
+            let path = std::env::temp_dir().join(format!(
+                "ringside-credentials-{}-{name}",
+                std::process::id()
+            ));
+            std::fs::write(&path, text).unwrap_or_else(|e| panic!("write {path:?}: {e}"));
+            Temp(path)
+        }
+
+        fn path(&self) -> String {
+            self.0.display().to_string()
+        }
+    }
+
+    impl Drop for Temp {
+        fn drop(&mut self) {
+            let _ = std::fs::remove_file(&self.0);
+        }
+    }
+
+    fn auth(password_file: Option<String>, password_env: Option<&str>) -> EtcdAuth {
+        EtcdAuth {
+            username: "ringside".into(),
+            password_file,
+            password_env: password_env.map(str::to_string),
+        }
+    }
+
+    #[test]
+    fn passwords_come_from_a_file_or_a_variable_without_the_newline() {
+        let file = Temp::new("password", "s3cret\r\n");
+        assert_eq!(
+            password(&auth(Some(file.path()), None)),
+            Ok("s3cret".into())
+        );
+        let empty = Temp::new("empty-password", "\n");
+        let e = password(&auth(Some(empty.path()), None)).unwrap_err();
+        assert!(
+            e.contains("auth.password_file: the password is empty"),
+            "{e}"
+        );
+        // A name no other test uses: set once, never removed.
+        let name = format!("RINGSIDE_UNIT_TEST_ETCD_PASSWORD_{}", std::process::id());
+        std::env::set_var(&name, "from-env");
+        assert_eq!(password(&auth(None, Some(&name))), Ok("from-env".into()));
+        let e = password(&auth(None, Some("RINGSIDE_UNIT_TEST_UNSET_VARIABLE"))).unwrap_err();
+        assert!(
+            e.contains("auth.password_env: $RINGSIDE_UNIT_TEST_UNSET_VARIABLE"),
+            "{e}"
+        );
+    }
+
+    /// A self-signed certificate and its key, as PEM.
+    fn self_signed() -> (String, String) {
+        let key = rcgen::KeyPair::generate().unwrap_or_else(|e| panic!("{e}"));
+        let params = rcgen::CertificateParams::new(vec!["localhost".to_string()])
+            .unwrap_or_else(|e| panic!("{e}"));
+        let cert = params.self_signed(&key).unwrap_or_else(|e| panic!("{e}"));
+        (cert.pem(), key.serialize_pem())
+    }
+
+    #[test]
+    fn a_client_key_must_belong_to_its_certificate() {
+        let (cert, key) = self_signed();
+        let (_, other_key) = self_signed();
+        let (cert, key, other_key) = (
+            Temp::new("client.crt", &cert),
+            Temp::new("client.key", &key),
+            Temp::new("other.key", &other_key),
+        );
+        let roots = RootCertStore::empty();
+        assert_eq!(
+            check_client_cert(&cert.path(), &key.path(), roots.clone()),
+            Ok(())
+        );
+        let e = check_client_cert(&cert.path(), &other_key.path(), roots).unwrap_err();
+        assert!(
+            e.contains("tls.key_file") && e.contains("is not the key of cert_file"),
+            "{e}"
+        );
+        let e = check_client_cert(&key.path(), &key.path(), RootCertStore::empty()).unwrap_err();
+        assert!(
+            e.contains("tls.cert_file") && e.contains("no PEM certificate"),
+            "{e}"
+        );
+    }
+}
