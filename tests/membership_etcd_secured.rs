@@ -11,7 +11,7 @@ use common::etcd::Etcd;
 use common::origin::Origin;
 use common::pki::TestCa;
 use common::{eventually, free_port, Ringside, CLUSTER_SECRET};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 /// A key prefix no other test uses.
@@ -61,21 +61,54 @@ impl Drop for TempFile {
     }
 }
 
+/// The `etcd:` section (a YAML flow mapping) for `etcd` under `prefix`, plus `fields`.
+fn membership(etcd: &Etcd, prefix: &str, fields: &str) -> String {
+    format!(
+        "{{endpoints: [\"{}\"], prefix: \"{prefix}\", {fields}}}",
+        etcd.url()
+    )
+}
+
+/// `tls:` trusting `ca_file` and showing `etcd`'s client certificate.
+fn tls_fields(etcd: &Etcd, ca_file: &Path) -> String {
+    let client = &etcd.tls.as_ref().expect("an etcd with TLS").client;
+    format!(
+        "tls: {{ca_file: \"{}\", cert_file: \"{}\", key_file: \"{}\"}}",
+        ca_file.display(),
+        client.cert.display(),
+        client.key.display()
+    )
+}
+
+/// `auth:` as user `ringside`, the password read from `password_file`.
+fn auth_fields(password_file: &TempFile) -> String {
+    format!(
+        "auth: {{username: ringside, password_file: \"{}\"}}",
+        password_file.0.display()
+    )
+}
+
+const PASSWORD: &str = "members-only-4711";
+
+/// etcd with auth on and a user `ringside` (password [`PASSWORD`]) that
+/// may only read and write the keys under `prefix`.
+async fn etcd_with_auth(prefix: &str) -> Etcd {
+    let mut etcd = Etcd::start().await;
+    etcd.add_user("ringside", PASSWORD, "ringside-members", Some(prefix))
+        .await;
+    etcd.enable_auth("root-password-0815").await;
+    etcd
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn nodes_join_and_leave_over_tls_with_client_certificates() {
     let etcd = Etcd::start_tls().await;
     let origin = Origin::start().await;
-    let files = etcd.tls.clone().expect("TLS files");
     let prefix = prefix("tls");
+    let ca_file = &etcd.tls.as_ref().expect("TLS files").ca;
     // A long lease: a node that left before it expired was revoked.
-    let membership = format!(
-        "{{endpoints: [\"{}\"], prefix: \"{prefix}\", lease_ttl: 60s, \
-         tls: {{ca_file: \"{}\", cert_file: \"{}\", key_file: \"{}\"}}}}",
-        etcd.url(),
-        files.ca.display(),
-        files.client.cert.display(),
-        files.client.key.display()
-    );
+    let fields = format!("lease_ttl: 60s, {}", tls_fields(&etcd, ca_file));
+    let membership = membership(&etcd, &prefix, &fields);
     assert!(etcd.url().starts_with("https://"));
     let a = node(&origin, &membership).await;
     let mut b = node(&origin, &membership).await;
@@ -89,52 +122,40 @@ async fn nodes_join_and_leave_over_tls_with_client_certificates() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn nodes_join_with_etcd_auth_and_authenticate_again_when_tokens_die() {
-    // Tokens unused for a second expire.
-    let mut etcd = Etcd::start_with_flags(&["--auth-token-ttl=1"]).await;
-    let origin = Origin::start().await;
+async fn nodes_join_with_etcd_auth_and_authenticate_again_when_their_tokens_go_stale() {
     let prefix = prefix("auth");
-    // A user that may only read and write the members' prefix.
-    etcd.add_user(
-        "ringside",
-        "members-only-4711",
-        "ringside-members",
-        Some(&prefix),
-    )
-    .await;
-    etcd.enable_auth("root-password-0815").await;
-    let password = TempFile::new("password", "members-only-4711\n");
-    let membership = format!(
-        "{{endpoints: [\"{}\"], prefix: \"{prefix}\", lease_ttl: 6s, \
-         auth: {{username: ringside, password_file: \"{}\"}}}}",
-        etcd.url(),
-        password.0.display()
-    );
+    let mut etcd = etcd_with_auth(&prefix).await;
+    let origin = Origin::start().await;
+    let password = TempFile::new("password", &format!("{PASSWORD}\n"));
+    let membership = membership(&etcd, &prefix, &auth_fields(&password));
     let a = node(&origin, &membership).await;
     let b = node(&origin, &membership).await;
     wait_ring_members(&[&a, &b], 2.0).await;
     let keys = etcd.keys(&prefix).await;
     assert_eq!(keys.len(), 2);
 
-    // Past the token TTL (time is the subject: this waits on the clock),
-    // someone deletes A's key: A puts it back, which takes a new token.
-    tokio::time::sleep(Duration::from_secs(2)).await;
-    etcd.delete(&keys[0]).await;
-    eventually(Duration::from_secs(10), "the key is put back", || async {
-        etcd.keys(&prefix).await == keys
-    })
+    // etcd forgets every token it issued (as when they expire). Then
+    // someone deletes both registrations: each node puts its own back,
+    // which takes a new token.
+    etcd.void_tokens().await;
+    for key in &keys {
+        etcd.delete(key).await;
+    }
+    eventually(
+        Duration::from_secs(10),
+        "both keys are put back",
+        || async { etcd.keys(&prefix).await == keys },
+    )
     .await;
-    let log = format!("{}{}", a.log(), b.log());
-    assert!(
-        log.contains("rejected the auth token") && log.contains("authenticating again"),
-        "no node authenticated again:\n{log}"
-    );
-
-    // etcd restarts and forgets every token: both follow changes again.
-    etcd.restart().await;
-    let c = format!("127.0.0.1:{}", free_port());
-    etcd.put(&format!("{prefix}{c}"), &c).await;
-    wait_ring_members(&[&a, &b], 3.0).await;
+    for node in [&a, &b] {
+        let log = node.log();
+        assert!(
+            log.contains("rejected the auth token") && log.contains("authenticating again"),
+            "{} did not authenticate again:\n{log}",
+            node.addr
+        );
+    }
+    wait_ring_members(&[&a, &b], 2.0).await;
 }
 
 /// `node` stayed out of the cluster saying `why`, and serves from its cache.
@@ -168,18 +189,10 @@ async fn assert_kept_out_but_serving(
 async fn a_wrong_ca_keeps_the_node_out_with_a_clear_error() {
     let etcd = Etcd::start_tls().await;
     let origin = Origin::start().await;
-    let files = etcd.tls.clone().expect("TLS files");
     let wrong_ca = TempFile::new("wrong-ca.crt", "");
     TestCa::new("not etcd's CA").write(&wrong_ca.0);
     let prefix = prefix("wrong-ca");
-    let membership = format!(
-        "{{endpoints: [\"{}\"], prefix: \"{prefix}\", \
-         tls: {{ca_file: \"{}\", cert_file: \"{}\", key_file: \"{}\"}}}}",
-        etcd.url(),
-        wrong_ca.0.display(),
-        files.client.cert.display(),
-        files.client.key.display()
-    );
+    let membership = membership(&etcd, &prefix, &tls_fields(&etcd, &wrong_ca.0));
     let node = node(&origin, &membership).await;
     let why = [
         "registering",
@@ -191,24 +204,11 @@ async fn a_wrong_ca_keeps_the_node_out_with_a_clear_error() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_wrong_password_keeps_the_node_out_with_a_clear_error() {
-    let mut etcd = Etcd::start().await;
-    let origin = Origin::start().await;
     let prefix = prefix("wrong-password");
-    etcd.add_user(
-        "ringside",
-        "the-right-one",
-        "ringside-members",
-        Some(&prefix),
-    )
-    .await;
-    etcd.enable_auth("root-password-0815").await;
+    let etcd = etcd_with_auth(&prefix).await;
+    let origin = Origin::start().await;
     let password = TempFile::new("wrong-password", "not-the-right-one");
-    let membership = format!(
-        "{{endpoints: [\"{}\"], prefix: \"{prefix}\", \
-         auth: {{username: ringside, password_file: \"{}\"}}}}",
-        etcd.url(),
-        password.0.display()
-    );
+    let membership = membership(&etcd, &prefix, &auth_fields(&password));
     let node = node(&origin, &membership).await;
     let why = [
         "registering",

@@ -42,7 +42,7 @@ pub struct Etcd {
     peer_port: u16,
     /// With TLS: the files etcd and its clients use.
     pub tls: Option<EtcdTlsFiles>,
-    /// Flags beyond the defaults (TLS, auth), kept across restarts.
+    /// Flags beyond the defaults (TLS), kept across restarts.
     flags: Vec<String>,
     /// The tests' own client of etcd's gateway.
     client: Gateway,
@@ -50,10 +50,10 @@ pub struct Etcd {
 
 impl Etcd {
     pub async fn start() -> Etcd {
-        Etcd::launch(false, &[]).await
+        Etcd::launch(false).await
     }
 
-    async fn launch(tls: bool, flags: &[&str]) -> Etcd {
+    async fn launch(tls: bool) -> Etcd {
         match Command::new("etcd").arg("--version").output() {
             Ok(out) if out.status.success() => {}
             Ok(out) => panic!(
@@ -82,13 +82,11 @@ impl Etcd {
             generation: 0,
             client_port,
             peer_port: super::free_port(),
-            flags: flags.iter().map(|f| f.to_string()).collect(),
+            flags: tls.as_ref().map_or_else(Vec::new, EtcdTlsFiles::flags),
             client: Gateway::new(client_port, tls.as_ref()),
             tls,
             dir,
         };
-        etcd.flags
-            .extend(etcd.tls.as_ref().map_or(Vec::new(), EtcdTlsFiles::flags));
         etcd.spawn().await;
         etcd
     }
@@ -219,6 +217,15 @@ impl Etcd {
         self.client.login = Some(("root".into(), root_password.into()));
     }
 
+    /// Turn auth off and on again: etcd forgets every token it issued, as
+    /// when they expire (`--auth-token-ttl`), but without waiting for that.
+    pub async fn void_tokens(&mut self) {
+        self.expect_ok("/v3/auth/disable", &json!({})).await;
+        let login = self.client.login.take();
+        self.expect_ok("/v3/auth/enable", &json!({})).await;
+        self.client.login = login;
+    }
+
     /// A user whose role `role` may read and write the keys under `prefix`
     /// (no grant when None: root's role needs none).
     pub async fn add_user(&self, name: &str, password: &str, role: &str, prefix: Option<&str>) {
@@ -284,12 +291,7 @@ impl EtcdTlsFiles {
 impl Etcd {
     /// etcd serving https only, to clients with a certificate its CA signed.
     pub async fn start_tls() -> Etcd {
-        Etcd::launch(true, &[]).await
-    }
-
-    /// etcd with extra command-line `flags` (e.g. `--auth-token-ttl=1`).
-    pub async fn start_with_flags(flags: &[&str]) -> Etcd {
-        Etcd::launch(false, flags).await
+        Etcd::launch(true).await
     }
 }
 

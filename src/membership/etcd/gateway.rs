@@ -14,7 +14,8 @@
 //!   goes in the `Authorization` header. Each endpoint keeps its own token
 //!   (etcd's simple tokens are valid only on the member that issued them),
 //!   fetched on first use and fetched again, once per call, when etcd
-//!   rejects it: it expired (`--auth-token-ttl`), or etcd restarted.
+//!   rejects it: it expired (`--auth-token-ttl`), or etcd's users or roles
+//!   changed since it was issued.
 //! - **bounds**: a call gets `timeout` per endpoint, body included; a
 //!   stream gets it for its head, and its reader bounds each message.
 
@@ -41,8 +42,8 @@ const MAX_BODY: usize = 16 << 20;
 /// Largest error answer read for its message, and largest single streamed message.
 const MAX_MESSAGE: usize = 1 << 20;
 
-/// What etcd says when a token is stale: it expired or etcd restarted
-/// (401), or auth changed since it was issued, or none was sent.
+/// What etcd says when a token is stale: it expired (401), or users or
+/// roles changed since it was issued, or none was sent.
 const TOKEN_REJECTIONS: [&str; 3] = [
     "invalid auth token",
     "revision of auth store is old",
