@@ -160,7 +160,8 @@ impl Endpoint {
         Ok(request)
     }
 
-    /// Where to connect now, with every step bounded by `timeout`.
+    /// Where to connect now (resolved afresh: etcd's address may move),
+    /// connecting, writing and each read bounded by `timeout`.
     async fn peer(&self, timeout: Duration) -> pingora::Result<HttpPeer> {
         let addr = resolve(&self.url).await?;
         let mut peer = HttpPeer::new(addr, self.url.tls, self.url.host.clone());
@@ -541,6 +542,42 @@ mod tests {
         assert!(!CallError::Transport("invalid auth token".into()).is_token_rejected());
     }
 
+    fn gateway(endpoints: &[String], timeout: Duration) -> Gateway {
+        let config: EtcdMembership =
+            match serde_yaml::from_str(&format!("endpoints: {endpoints:?}")) {
+                Ok(c) => c,
+                Err(e) => panic!("{e}"),
+            };
+        match Gateway::new(&config, timeout) {
+            Ok(g) => g,
+            Err(e) => panic!("{e}"),
+        }
+    }
+
+    /// An endpoint that takes the connection and then says nothing (a
+    /// stalled etcd) costs one timeout, not a hang.
+    #[tokio::test]
+    async fn a_stalled_endpoint_costs_one_timeout() {
+        let silent = match tokio::net::TcpListener::bind("127.0.0.1:0").await {
+            Ok(l) => l,
+            Err(e) => panic!("bind: {e}"),
+        };
+        let port = silent.local_addr().map(|a| a.port()).unwrap_or(0);
+        let gateway = gateway(
+            &[format!("http://127.0.0.1:{port}")],
+            Duration::from_millis(300),
+        );
+        let started = std::time::Instant::now();
+        let outcome = gateway.call("/v3/kv/range", &json!({})).await;
+        let took = started.elapsed();
+        assert!(
+            matches!(outcome, Err(CallError::Transport(_))),
+            "{outcome:?}"
+        );
+        assert!(took < Duration::from_secs(3), "the call took {took:?}");
+        drop(silent);
+    }
+
     /// A chunked, trailer-carrying, message-splitting answer decodes into the
     /// JSON values it carries. Served by a local socket writing the bytes as
     /// etcd might, so that pingora's reader and the splitting both run.
@@ -572,15 +609,10 @@ mod tests {
                 tokio::task::yield_now().await;
             }
         });
-        let config: EtcdMembership =
-            match serde_yaml::from_str(&format!("endpoints: [\"http://127.0.0.1:{port}\"]")) {
-                Ok(c) => c,
-                Err(e) => panic!("{e}"),
-            };
-        let gateway = match Gateway::new(&config, Duration::from_secs(5)) {
-            Ok(g) => g,
-            Err(e) => panic!("{e}"),
-        };
+        let gateway = gateway(
+            &[format!("http://127.0.0.1:{port}")],
+            Duration::from_secs(5),
+        );
         let mut stream = match gateway.stream("/v3/watch", &json!({})).await {
             Ok(s) => s,
             Err(e) => panic!("{e}"),

@@ -214,14 +214,8 @@ impl Node {
 
     /// Renew `lease` every TTL/3 until etcd says it is gone.
     async fn keep_alive(&self, lease: i64, ttl: i64) {
-        let period = Duration::from_millis((ttl.max(1) as u64) * 1000 / 3);
-        // Retries back off from a quarter of the period up to the period, no
-        // further: etcd renews every lease when it comes back (leader
-        // election), and a node that then waits longer than the TTL to renew
-        // loses its lease after all.
-        let mut backoff = Backoff::new(period / 4, period);
-        let mut delay = period;
-        let mut failures = 0u32;
+        let mut schedule = Renewals::new(ttl);
+        let mut delay = schedule.period;
         loop {
             tokio::select! {
                 _ = tokio::time::sleep(delay) => {}
@@ -232,38 +226,49 @@ impl Node {
                     continue;
                 }
             }
-            match self.renew(lease).await {
-                Ok(remaining) if remaining > 0 => {
-                    if failures > 0 {
-                        info!("membership (etcd): lease {lease:x} renewed again after {failures} failures");
-                        // etcd is back: the watcher need not sit out its backoff.
-                        self.resync.notify_one();
-                    }
-                    failures = 0;
-                    backoff.reset();
-                    delay = period;
-                }
-                Ok(_) => {
-                    warn!(
-                        "membership (etcd): lease {lease:x} of {} has expired; registering again",
-                        self.me.addr
+            match self.renew_once(lease, &mut schedule).await {
+                Some(next) => delay = next,
+                None => return,
+            }
+        }
+    }
+
+    /// Renew `lease` now: how long until the next renewal, or None when the
+    /// lease is gone.
+    async fn renew_once(&self, lease: i64, schedule: &mut Renewals) -> Option<Duration> {
+        match self.renew(lease).await {
+            Ok(remaining) if remaining > 0 => {
+                if schedule.failures > 0 {
+                    info!(
+                        "membership (etcd): lease {lease:x} renewed again after {} failures",
+                        schedule.failures
                     );
-                    return;
+                    // etcd is back: the watcher need not sit out its backoff.
+                    self.resync.notify_one();
                 }
-                Err(e) => {
-                    failures += 1;
-                    if failures == 1 {
-                        // The watch may sit on a connection just as dead.
-                        self.resync.notify_one();
-                    }
-                    // Keep renewing the same lease: it may well survive the
-                    // outage, and granting a new one now would orphan it.
-                    delay = backoff.next();
-                    log!(
-                        level(failures),
-                        "membership (etcd): renewing lease {lease:x} failed ({failures} in a row), retrying in {delay:?}: {e}"
-                    );
+                Some(schedule.succeeded())
+            }
+            Ok(_) => {
+                warn!(
+                    "membership (etcd): lease {lease:x} of {} has expired; registering again",
+                    self.me.addr
+                );
+                None
+            }
+            Err(e) => {
+                let delay = schedule.failed();
+                if schedule.failures == 1 {
+                    // The watch may sit on a connection just as dead.
+                    self.resync.notify_one();
                 }
+                // Keep renewing the same lease: it may well survive the
+                // outage, and granting a new one now would orphan it.
+                log!(
+                    level(schedule.failures),
+                    "membership (etcd): renewing lease {lease:x} failed ({} in a row), retrying in {delay:?}: {e}",
+                    schedule.failures
+                );
+                Some(delay)
             }
         }
     }
@@ -355,15 +360,7 @@ impl Node {
                 info!("membership (etcd): listing works again after {failures} failures");
                 failures = 0;
             }
-            // Our key missing while we think it is there: deleted by someone,
-            // or etcd lost its data. (A put racing this listing can make a
-            // spare put; that is harmless.)
-            if !members.contains_key(&self.key) && self.registered.load(Ordering::Acquire) {
-                self.reput.notify_one();
-            }
-            self.publish(tx, &members);
-            // A resync asked for before this listing is answered by it.
-            let _ = tokio::time::timeout(Duration::ZERO, self.resync.notified()).await;
+            self.adopt(tx, &members).await;
             let mut created = false;
             let outcome = self
                 .follow(revision + 1, &mut members, tx, &mut created)
@@ -378,6 +375,18 @@ impl Node {
             }
             self.pause(delay).await;
         }
+    }
+
+    /// Publish a fresh listing. It answers any resync asked for before it,
+    /// and asks for a re-put if our key is missing while we think it is
+    /// there: deleted by someone, or etcd lost its data. (A put racing the
+    /// listing can make a spare put; that is harmless.)
+    async fn adopt(&self, tx: &watch::Sender<Vec<Member>>, members: &Members) {
+        if !members.contains_key(&self.key) && self.registered.load(Ordering::Acquire) {
+            self.reput.notify_one();
+        }
+        self.publish(tx, members);
+        let _ = tokio::time::timeout(Duration::ZERO, self.resync.notified()).await;
     }
 
     /// Sleep `delay`, or less if the register loop says etcd answers again.
@@ -415,15 +424,9 @@ impl Node {
         tx: &watch::Sender<Vec<Member>>,
         created: &mut bool,
     ) -> Result<(), String> {
-        let request = json!({ "create_request": {
-            "key": B64.encode(&self.prefix),
-            "range_end": B64.encode(&self.range_end),
-            "start_revision": start_revision.to_string(),
-            "progress_notify": true,
-        }});
         let mut stream = self
             .gateway
-            .stream("/v3/watch", &request)
+            .stream("/v3/watch", &self.watch_request(start_revision))
             .await
             .map_err(|e| e.to_string())?;
         loop {
@@ -450,6 +453,16 @@ impl Node {
                 self.publish(tx, members);
             }
         }
+    }
+
+    /// Watch every key under the prefix from `start_revision` on.
+    fn watch_request(&self, start_revision: i64) -> Value {
+        json!({ "create_request": {
+            "key": B64.encode(&self.prefix),
+            "range_end": B64.encode(&self.range_end),
+            "start_revision": start_revision.to_string(),
+            "progress_notify": true,
+        }})
     }
 
     /// Apply a watch result's events to `members`; false if it had none
@@ -573,6 +586,41 @@ fn int(v: &Value) -> Option<i64> {
         Value::String(s) => s.parse().ok(),
         Value::Number(n) => n.as_i64(),
         _ => None,
+    }
+}
+
+/// When to renew a lease: every TTL/3 while renewals succeed. Retries
+/// back off from a quarter of that period up to the period, no further:
+/// etcd renews every lease when it comes back (leader election), and a node
+/// that then waits longer than the TTL to renew loses its lease after all.
+struct Renewals {
+    period: Duration,
+    backoff: Backoff,
+    /// Failed renewals in a row.
+    failures: u32,
+}
+
+impl Renewals {
+    fn new(ttl_secs: i64) -> Renewals {
+        let period = Duration::from_millis((ttl_secs.max(1) as u64) * 1000 / 3);
+        Renewals {
+            period,
+            backoff: Backoff::new(period / 4, period),
+            failures: 0,
+        }
+    }
+
+    /// The delay after a renewal that worked.
+    fn succeeded(&mut self) -> Duration {
+        self.failures = 0;
+        self.backoff.reset();
+        self.period
+    }
+
+    /// The delay after a renewal that failed.
+    fn failed(&mut self) -> Duration {
+        self.failures += 1;
+        self.backoff.next()
     }
 }
 
