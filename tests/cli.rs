@@ -480,6 +480,161 @@ fn each_subcommand_lists_only_the_flags_it_uses() {
     assert_eq!(code, Some(2), "{stderr}");
 }
 
+/// `ORIGIN` plus a cluster whose membership is `etcd: {<etcd>}`.
+fn etcd_yaml(etcd: &str) -> String {
+    format!(
+        "{ORIGIN}cluster: {{enabled: true, peer_listen: 127.0.0.1:7070, secret: 0123456789abcdef0, \
+         membership: {{etcd: {{{etcd}}}}}}}\n"
+    )
+}
+
+#[test]
+fn etcd_tls_and_auth_mistakes_name_the_field() {
+    const HTTPS: &str = "endpoints: [\"https://etcd:2379\"]";
+    for (what, etcd, wanted) in [
+        (
+            "tls with an http endpoint",
+            "endpoints: [\"https://etcd:2379\", \"http://etcd2:2379\"], tls: {ca_file: ca.pem}"
+                .to_string(),
+            &[
+                "cluster.membership.etcd.endpoints[1]",
+                "\"http://etcd2:2379\"",
+                "https://",
+            ][..],
+        ),
+        (
+            "an empty tls section",
+            format!("{HTTPS}, tls: {{}}"),
+            &["cluster.membership.etcd.tls: empty"],
+        ),
+        (
+            "a client certificate without its key",
+            format!("{HTTPS}, tls: {{cert_file: client.crt}}"),
+            &["cluster.membership.etcd.tls.key_file: missing"],
+        ),
+        (
+            "an empty ca_file",
+            format!("{HTTPS}, tls: {{ca_file: \"\"}}"),
+            &["cluster.membership.etcd.tls.ca_file", "a PEM file path"],
+        ),
+        (
+            "auth without a password source",
+            format!("{HTTPS}, auth: {{username: ringside}}"),
+            &[
+                "cluster.membership.etcd.auth.password_file: missing",
+                "password_env",
+            ],
+        ),
+        (
+            "auth with two password sources",
+            format!("{HTTPS}, auth: {{username: ringside, password_file: pw, password_env: PW}}"),
+            &["cluster.membership.etcd.auth", "exactly one"],
+        ),
+        (
+            "auth without a user name",
+            format!("{HTTPS}, auth: {{username: \"\", password_env: PW}}"),
+            &["cluster.membership.etcd.auth.username"],
+        ),
+        (
+            "a password in the config file",
+            format!("{HTTPS}, auth: {{username: ringside, password: hunter2}}"),
+            &["password"],
+        ),
+    ] {
+        assert_rejected(what, &etcd_yaml(&etcd), wanted);
+    }
+}
+
+#[test]
+fn check_config_accepts_etcd_tls_and_auth_without_reading_the_files() {
+    // The files are a Secret mounted in the pod, not where the config is checked.
+    let etcd = "endpoints: [\"https://etcd:2379\"], tls: {ca_file: /nonexistent/ca.crt, \
+                cert_file: /nonexistent/c.crt, key_file: /nonexistent/c.key}, \
+                auth: {username: ringside, password_file: /nonexistent/password}";
+    let (code, stdout, stderr) = check(&etcd_yaml(etcd), &[], &[]);
+    assert_eq!(code, Some(0), "{stdout}{stderr}");
+}
+
+/// Start ringside on `yaml` with `env` and wait for it to exit; its output.
+async fn exit_message(yaml: &str, env: &[(&str, &str)]) -> String {
+    let file = TempConfig::new(yaml);
+    let log = TempConfig::new(""); // the log
+    let mut command = Command::new(env!("CARGO_BIN_EXE_ringside"));
+    command.arg("--config").arg(file.path());
+    for (k, v) in env {
+        command.env(k, v);
+    }
+    let mut running = Process::spawn("ringside", command, log.path());
+    common::eventually(Duration::from_secs(20), "ringside exits", || {
+        let exited = !running.is_running();
+        async move { exited }
+    })
+    .await;
+    running.log()
+}
+
+#[tokio::test]
+async fn unusable_etcd_credentials_stop_the_start_naming_the_field() {
+    let listen = |yaml: String| {
+        format!(
+            "listen: 127.0.0.1:{}\nadmin_listen: 127.0.0.1:{}\n{yaml}",
+            free_port(),
+            free_port()
+        )
+    };
+    let not_pem = TempConfig::new("this is not a certificate");
+    let not_pem = not_pem.path().display().to_string();
+    for (what, etcd, env, wanted) in [
+        (
+            "a CA file that is missing",
+            "tls: {ca_file: /nonexistent/ca.crt}".to_string(),
+            &[][..],
+            &["cluster.membership.etcd.tls.ca_file", "/nonexistent/ca.crt"][..],
+        ),
+        (
+            "a CA file without a certificate",
+            format!("tls: {{ca_file: \"{not_pem}\"}}"),
+            &[],
+            &["cluster.membership.etcd.tls.ca_file", "no PEM certificate"],
+        ),
+        (
+            "a key file without a key",
+            format!("tls: {{cert_file: \"{not_pem}\", key_file: \"{not_pem}\"}}"),
+            &[],
+            &[
+                "cluster.membership.etcd.tls.cert_file",
+                "no PEM certificate",
+            ],
+        ),
+        (
+            "a password file that is missing",
+            "auth: {username: u, password_file: /nonexistent/pw}".to_string(),
+            &[],
+            &[
+                "cluster.membership.etcd.auth.password_file",
+                "/nonexistent/pw",
+            ],
+        ),
+        (
+            "an empty password variable",
+            "auth: {username: u, password_env: ETCD_TEST_PASSWORD}".to_string(),
+            &[("ETCD_TEST_PASSWORD", "")],
+            &["cluster.membership.etcd.auth.password_env", "empty"],
+        ),
+    ] {
+        let yaml = listen(etcd_yaml(&format!(
+            "endpoints: [\"https://127.0.0.1:2379\"], {etcd}"
+        )));
+        let stderr = exit_message(&yaml, env).await;
+        for want in wanted {
+            assert!(
+                stderr.contains(want),
+                "{what}: stderr lacks {want:?}: {stderr}"
+            );
+        }
+    }
+}
+
 #[tokio::test]
 async fn runs_from_flags_and_environment_alone() {
     let origin = Origin::start().await;

@@ -28,6 +28,8 @@ fn cluster(advertise: &str, endpoints: Vec<String>, lease_ttl: Duration) -> Clus
             endpoints,
             prefix: PREFIX.into(),
             lease_ttl,
+            tls: None,
+            auth: None,
         }),
         ..Default::default()
     }

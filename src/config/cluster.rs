@@ -153,6 +153,42 @@ pub struct EtcdMembership {
     pub prefix: String,
     #[serde(default = "default_lease_ttl", deserialize_with = "de_duration")]
     pub lease_ttl: Duration,
+    /// TLS for `https://` endpoints: whose certificate to trust, and the
+    /// client certificate to show. Absent: https endpoints are checked
+    /// against the system's roots, with no client certificate.
+    #[serde(default)]
+    pub tls: Option<EtcdTls>,
+    /// etcd's own users: authenticate as this user and send its token.
+    #[serde(default)]
+    pub auth: Option<EtcdAuth>,
+}
+
+/// Files are read when membership starts (not by `check-config`: a
+/// Kubernetes Secret is mounted only in the pod), and a mistake there stops
+/// the start with the field's name.
+#[derive(Debug, Clone, Deserialize, Default)]
+#[serde(deny_unknown_fields, default)]
+pub struct EtcdTls {
+    /// PEM file with the CA certificate(s) that sign etcd's server
+    /// certificate (trusted instead of the system's roots).
+    pub ca_file: Option<String>,
+    /// PEM client certificate (chain) for mutual TLS; with `key_file`.
+    pub cert_file: Option<String>,
+    /// PEM private key of `cert_file`.
+    pub key_file: Option<String>,
+}
+
+/// The password never sits in the config file: it is read from a file (a
+/// mounted Secret) or an environment variable, exactly one of them.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EtcdAuth {
+    pub username: String,
+    #[serde(default)]
+    pub password_file: Option<String>,
+    /// The name of the environment variable that holds the password.
+    #[serde(default)]
+    pub password_env: Option<String>,
 }
 
 fn default_dns_interval() -> Duration {
@@ -312,17 +348,19 @@ fn validate_etcd(etcd: &EtcdMembership) -> Result<(), ConfigError> {
         return Err(invalid(
             "cluster.membership.etcd.endpoints",
             "[]",
-            "at least one http://host:port",
+            "at least one http://host:port or https://host:port",
         ));
     }
     for (i, e) in etcd.endpoints.iter().enumerate() {
-        super::OriginUrl::parse(e).map_err(|why| {
-            invalid(
-                &format!("cluster.membership.etcd.endpoints[{i}]"),
+        let field = format!("cluster.membership.etcd.endpoints[{i}]");
+        let url = super::OriginUrl::parse(e).map_err(|why| invalid(&field, quoted(e), why))?;
+        if etcd.tls.is_some() && !url.tls {
+            return Err(invalid(
+                &field,
                 quoted(e),
-                why,
-            )
-        })?;
+                "an https:// URL (tls is set: every endpoint speaks TLS)",
+            ));
+        }
     }
     if !etcd.prefix.starts_with('/') {
         return Err(invalid(
@@ -331,5 +369,77 @@ fn validate_etcd(etcd: &EtcdMembership) -> Result<(), ConfigError> {
             "a key prefix starting with /",
         ));
     }
+    if let Some(tls) = &etcd.tls {
+        validate_etcd_tls(tls)?;
+    }
+    if let Some(auth) = &etcd.auth {
+        validate_etcd_auth(auth)?;
+    }
     Ok(())
+}
+
+fn validate_etcd_tls(tls: &EtcdTls) -> Result<(), ConfigError> {
+    const TLS: &str = "cluster.membership.etcd.tls";
+    for (name, path) in [
+        ("ca_file", &tls.ca_file),
+        ("cert_file", &tls.cert_file),
+        ("key_file", &tls.key_file),
+    ] {
+        non_empty(&format!("{TLS}.{name}"), path.as_deref(), "a PEM file path")?;
+    }
+    match (&tls.ca_file, &tls.cert_file, &tls.key_file) {
+        (None, None, None) => Err(ConfigError::Invalid(format!(
+            "{TLS}: empty; expected ca_file and/or cert_file with key_file \
+             (leave tls out to check etcd's certificate against the system's roots)"
+        ))),
+        (_, Some(_), None) => Err(ConfigError::Invalid(format!(
+            "{TLS}.key_file: missing; expected the private key of {TLS}.cert_file"
+        ))),
+        (_, None, Some(_)) => Err(ConfigError::Invalid(format!(
+            "{TLS}.cert_file: missing; expected the client certificate of {TLS}.key_file"
+        ))),
+        _ => Ok(()),
+    }
+}
+
+fn validate_etcd_auth(auth: &EtcdAuth) -> Result<(), ConfigError> {
+    const AUTH: &str = "cluster.membership.etcd.auth";
+    non_empty(
+        &format!("{AUTH}.username"),
+        Some(&auth.username),
+        "an etcd user name",
+    )?;
+    non_empty(
+        &format!("{AUTH}.password_file"),
+        auth.password_file.as_deref(),
+        "a file path",
+    )?;
+    non_empty(
+        &format!("{AUTH}.password_env"),
+        auth.password_env.as_deref(),
+        "the name of an environment variable",
+    )?;
+    match (&auth.password_file, &auth.password_env) {
+        (Some(_), Some(_)) => Err(ConfigError::Invalid(format!(
+            "{AUTH}: both password_file and password_env given; expected exactly one"
+        ))),
+        (None, None) => Err(ConfigError::Invalid(format!(
+            "{AUTH}.password_file: missing; expected password_file or password_env \
+             (the password itself never goes in the config file)"
+        ))),
+        (None, Some(name)) if name.contains(['=', '\0']) => Err(invalid(
+            &format!("{AUTH}.password_env"),
+            quoted(name),
+            "the name of an environment variable",
+        )),
+        _ => Ok(()),
+    }
+}
+
+/// `value`, when given, is not the empty string.
+fn non_empty(field: &str, value: Option<&str>, expected: &str) -> Result<(), ConfigError> {
+    match value {
+        Some(v) if v.trim().is_empty() => Err(invalid(field, quoted(v), expected)),
+        _ => Ok(()),
+    }
 }

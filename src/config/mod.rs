@@ -9,8 +9,8 @@
 mod cluster;
 
 pub use cluster::{
-    ClusterConfig, DnsMembership, EtcdMembership, HotConfig, MembershipConfig, PeerProtocol,
-    StaticMember,
+    ClusterConfig, DnsMembership, EtcdAuth, EtcdMembership, EtcdTls, HotConfig, MembershipConfig,
+    PeerProtocol, StaticMember,
 };
 use serde::de::{self, Deserializer};
 use serde::Deserialize;

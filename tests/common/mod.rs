@@ -8,6 +8,7 @@
 pub mod dns;
 pub mod etcd;
 pub mod origin;
+pub mod pki;
 pub mod process;
 pub mod raw;
 
