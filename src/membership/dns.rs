@@ -26,7 +26,7 @@
 //! Its cache is cleared before every poll so that `interval`, not the
 //! records' TTL, decides how fresh the list is.
 
-use super::{normalize, Member};
+use super::{normalize, publish_if_changed, Member};
 use crate::config::{ClusterConfig, DnsMembership};
 use hickory_resolver::config::{NameServerConfig, ResolveHosts, ResolverConfig};
 use hickory_resolver::net::runtime::TokioRuntimeProvider;
@@ -356,50 +356,6 @@ fn classify(e: NetError) -> Answer {
     }
 }
 
-/// Replace the published list with `new` if it differs, logging who joined,
-/// who left and whose weight changed. Shared by the DNS and etcd sources.
-pub(super) fn publish_if_changed(
-    tx: &watch::Sender<Vec<Member>>,
-    new: Vec<Member>,
-    source: &str,
-) -> bool {
-    tx.send_if_modified(|current| {
-        if *current == new {
-            return false;
-        }
-        let joined: Vec<&str> = new
-            .iter()
-            .filter(|m| !current.iter().any(|c| c.addr == m.addr))
-            .map(|m| m.addr.as_str())
-            .collect();
-        let left: Vec<&str> = current
-            .iter()
-            .filter(|c| !new.iter().any(|m| m.addr == c.addr))
-            .map(|c| c.addr.as_str())
-            .collect();
-        let reweighted: Vec<String> = new
-            .iter()
-            .filter_map(|m| {
-                let old = current.iter().find(|c| c.addr == m.addr)?;
-                (old.weight != m.weight).then(|| format!("{} {}->{}", m.addr, old.weight, m.weight))
-            })
-            .collect();
-        info!(
-            target: "ringside::membership",
-            "membership ({source}): {} members; joined [{}], left [{}]{}",
-            new.len(),
-            joined.join(", "),
-            left.join(", "),
-            if reweighted.is_empty() {
-                String::new()
-            } else {
-                format!(", reweighted [{}]", reweighted.join(", "))
-            }
-        );
-        *current = new;
-        true
-    })
-}
 
 #[cfg(test)]
 mod tests {

@@ -42,7 +42,7 @@
 mod credentials;
 mod gateway;
 
-use super::dns::publish_if_changed;
+use super::publish_if_changed;
 use super::{normalize, Member};
 use crate::config::EtcdMembership;
 use base64::engine::general_purpose::STANDARD as B64;
