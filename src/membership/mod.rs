@@ -43,33 +43,6 @@ pub async fn start(config: &ClusterConfig) -> Result<watch::Receiver<Vec<Member>
     Ok(rx)
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn normalize_sorts_dedups_and_adds_self() {
-        let me = Member::new("10.0.0.2:7070", 1);
-        let list = normalize(
-            vec![
-                Member::new("10.0.0.3:7070", 1),
-                Member::new("10.0.0.1:7070", 1),
-                Member::new("10.0.0.3:7070", 2),
-            ],
-            &me,
-        );
-        let addrs: Vec<_> = list.iter().map(|m| (m.addr.as_str(), m.weight)).collect();
-        assert_eq!(
-            addrs,
-            vec![
-                ("10.0.0.1:7070", 1),
-                ("10.0.0.2:7070", 1),
-                ("10.0.0.3:7070", 2)
-            ]
-        );
-    }
-}
-
 /// Replace the published list with `new` if it differs, logging who joined,
 /// who left and whose weight changed. Shared by the DNS and etcd sources.
 pub(super) fn publish_if_changed(
@@ -113,4 +86,31 @@ pub(super) fn publish_if_changed(
         *current = new;
         true
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn normalize_sorts_dedups_and_adds_self() {
+        let me = Member::new("10.0.0.2:7070", 1);
+        let list = normalize(
+            vec![
+                Member::new("10.0.0.3:7070", 1),
+                Member::new("10.0.0.1:7070", 1),
+                Member::new("10.0.0.3:7070", 2),
+            ],
+            &me,
+        );
+        let addrs: Vec<_> = list.iter().map(|m| (m.addr.as_str(), m.weight)).collect();
+        assert_eq!(
+            addrs,
+            vec![
+                ("10.0.0.1:7070", 1),
+                ("10.0.0.2:7070", 1),
+                ("10.0.0.3:7070", 2)
+            ]
+        );
+    }
 }
