@@ -772,7 +772,9 @@ fn schema_rejects_bad_values() {
         ("apps:\n  - name: ok\n", "selector"),
         ("peerSecret: short\n", "peerSecret"),
         ("sidecar:\n  memoryRequest: lots\n", "memoryRequest"),
-        ("sidecar:\n  memoryOverhead: 64MiB\n", "memoryOverhead"),
+        ("sidecar:\n  memoryHeadroom: 64MiB\n", "memoryHeadroom"),
+        ("sidecar:\n  memoryConnections: -1\n", "memoryConnections"),
+        ("sidecar:\n  memoryOverhead: 64Mi\n", "memoryOverhead"),
         ("webhok:\n  enabled: true\n", "webhok"),
     ];
     for (values, field) in cases {
@@ -789,9 +791,9 @@ fn schema_rejects_bad_values() {
 #[test]
 fn a_memory_request_above_the_limit_fails_the_render() {
     let e = template_in(&chart(), "memory", "sidecar:\n  memoryLimit: 256Mi\n", &[])
-        .expect_err("a 320Mi request under a 256Mi limit was rendered");
+        .expect_err("a 345Mi request under a 256Mi limit was rendered");
     assert!(
-        e.contains("memory request 320Mi is above the memory limit 256Mi"),
+        e.contains("memory request 345Mi is above the memory limit 256Mi"),
         "{e}"
     );
 }
@@ -936,7 +938,7 @@ fn manual_injection_example() {
     assert_eq!(sidecar["restartPolicy"].as_str(), Some("Always"));
     assert_eq!(
         sidecar["resources"]["requests"]["memory"].as_str(),
-        Some("320Mi")
+        Some("345Mi")
     );
     assert_eq!(
         sidecar["securityContext"]["readOnlyRootFilesystem"].as_bool(),

@@ -283,13 +283,13 @@ fn injects_native_sidecar_into_example_pod() {
     let token = &env(c, "RINGSIDE_ADMIN_TOKEN").unwrap()["valueFrom"]["secretKeyRef"];
     assert_eq!(token["name"], "ringside-peer-secret");
     assert_eq!(token["key"], "admin-token");
-    // ringside.io/capacity: 512MiB -> request 512 + 64 Mi, limit 1.5x.
+    // ringside.io/capacity: 512MiB -> request 1.15 x 512 + 40 Mi + 256 x 40 Ki, limit + 128 Mi.
     assert_eq!(
         env(c, "RINGSIDE_CAPACITY").unwrap()["value"],
         (512u64 << 20).to_string()
     );
-    assert_eq!(c["resources"]["requests"]["memory"], "576Mi");
-    assert_eq!(c["resources"]["limits"]["memory"], "864Mi");
+    assert_eq!(c["resources"]["requests"]["memory"], "639Mi");
+    assert_eq!(c["resources"]["limits"]["memory"], "767Mi");
     // ringside.io/app: catalog -> the app's ConfigMap.
     let vol = pod["spec"]["volumes"]
         .as_array()
@@ -315,7 +315,6 @@ fn overrides_and_existing_lists() {
             "ringside.io/origin": "https://api.example.com",
             "ringside.io/port": "8181",
             "ringside.io/admin-port": "9191",
-            "ringside.io/peer-port": "7171",
             "ringside.io/capacity": "1Gi",
             "team": "search"}},
         "spec": {
@@ -353,9 +352,9 @@ fn overrides_and_existing_lists() {
         .iter()
         .map(|p| p["containerPort"].as_u64().unwrap())
         .collect();
-    assert_eq!(ports, vec![9191, 7171]);
-    assert_eq!(c["resources"]["requests"]["memory"], "1088Mi");
-    assert_eq!(c["resources"]["limits"]["memory"], "1632Mi");
+    assert_eq!(ports, vec![9191, 7070]);
+    assert_eq!(c["resources"]["requests"]["memory"], "1228Mi");
+    assert_eq!(c["resources"]["limits"]["memory"], "1356Mi");
     let vol = patched["spec"]["volumes"]
         .as_array()
         .unwrap()
@@ -446,7 +445,7 @@ fn memory_request_and_limit_per_pod() {
     };
     // The flag's limit, the formula's request.
     let patched = hook.inject(&pod("flags", json!({"ringside.io/inject": "true"})));
-    assert_eq!(memory(&patched), (json!("320Mi"), json!("1Gi")));
+    assert_eq!(memory(&patched), (json!("345Mi"), json!("1Gi")));
     // Annotations win over both.
     let patched = hook.inject(&pod(
         "annotated",
@@ -705,7 +704,7 @@ fn decisions_are_logged_and_counted() {
 
     let log = hook.log();
     for line in [
-        "shop/catalog-7d9f8-*: injected (requested): regular sidecar, ConfigMap ringside-config, memory 320Mi/480Mi",
+        "shop/catalog-7d9f8-*: injected (requested): regular sidecar, ConfigMap ringside-config, memory 345Mi/473Mi",
         "shop/plain: skipped (not_requested)",
         "warnings: ringside.io/inject is \"True\"",
         "shop/bad: denied (invalid_annotation): annotation ringside.io/port: \"0\" is invalid",
@@ -829,7 +828,7 @@ fn render_with_manual_pods(name: &str, values: &str) -> Vec<Value> {
     std::fs::write(
         dir.join("templates/pods.yaml"),
         r#"{{- range $native := list false true }}
-{{- $ringside := dict "Values" $.Values.ringside "Release" $.Release "native" $native }}
+{{- $ringside := dict "Values" $.Values.ringside "Release" $.Release "native" $native "app" $.Values.app "Chart" $.Subcharts.ringside.Chart }}
 ---
 apiVersion: v1
 kind: Pod
@@ -873,39 +872,88 @@ spec:
         .collect()
 }
 
-/// The two ways to the same sidecar agree on the memory it is given (and on
-/// its wait before exit): for each value set, the chart's `ringside.sidecar`
-/// template and the real webhook, started with the args the chart renders
-/// for it, produce the same resources.
+/// The memory README's Memory section says a sidecar needs, as (request,
+/// limit) in the chart's and the webhook's notation: request = 1.15 x
+/// capacity + 40 MiB + 40 KiB per connection the app keeps open, limit =
+/// request + headroom, each rounded up to a whole MiB.
+fn footprint_formula(capacity: u64, connections: u64, headroom: u64) -> (String, String) {
+    const MIB: u64 = 1 << 20;
+    let cache = (capacity * 115).div_ceil(100);
+    let request = (cache + 40 * MIB + connections * 40 * 1024).div_ceil(MIB);
+    let limit = request + headroom.div_ceil(MIB);
+    (format!("{request}Mi"), format!("{limit}Mi"))
+}
+
+/// Every JSON path at which `a` and `b` differ, with both values.
+fn differences(a: &Value, b: &Value, path: &str, out: &mut Vec<String>) {
+    match (a, b) {
+        (Value::Object(x), Value::Object(y)) => {
+            let keys: std::collections::BTreeSet<&String> = x.keys().chain(y.keys()).collect();
+            for k in keys {
+                let (l, r) = (x.get(k), y.get(k));
+                let null = Value::Null;
+                differences(
+                    l.unwrap_or(&null),
+                    r.unwrap_or(&null),
+                    &format!("{path}.{k}"),
+                    out,
+                );
+            }
+        }
+        (Value::Array(x), Value::Array(y)) if x.len() == y.len() => {
+            for (i, (l, r)) in x.iter().zip(y).enumerate() {
+                differences(l, r, &format!("{path}[{i}]"), out);
+            }
+        }
+        _ if a != b => out.push(format!("{path}: chart {a}, webhook {b}")),
+        _ => {}
+    }
+}
+
+/// The two ways to the same sidecar inject the same thing: for each value
+/// set, the chart's `ringside.sidecar` and `ringside.sidecarVolumes`
+/// templates and the real webhook, started with the args the chart renders
+/// for it, give the same container, field by field (env, probes, ports,
+/// resources, secret keys, security context, mounts), and the same volumes;
+/// the memory is the footprint formula's unless set explicitly.
 #[test]
-fn chart_and_webhook_give_the_sidecar_the_same_memory() {
-    // (name, values under ringside:, the (request, limit) expected if known)
-    type Case<'a> = (&'a str, &'a str, Option<(&'a str, &'a str)>);
-    let cases: &[Case] = &[
-        ("defaults", "", Some(("320Mi", "480Mi"))),
+fn chart_and_webhook_inject_the_same_container() {
+    const MIB: u64 = 1 << 20;
+    // (name, values, the (request, limit) expected)
+    let formula = footprint_formula;
+    let cases: &[(&str, &str, (String, String))] = &[
+        ("defaults", "", ("345Mi".into(), "473Mi".into())),
         (
             "fractions",
-            "  sidecar: {capacity: 100MB, memoryOverhead: 64M}\n",
-            None,
+            "ringside:\n  sidecar: {capacity: 100MB, memoryConnections: 10, memoryHeadroom: 64M}\n",
+            formula(100_000_000, 10, 64_000_000),
         ),
         (
             "large",
-            "  sidecar: {capacity: 1.5GiB, memoryOverhead: 128Mi, waitBeforeExitSeconds: 9}\n",
-            Some(("1664Mi", "2496Mi")),
+            "ringside:\n  sidecar: {capacity: 1.5GiB, memoryConnections: 1000, \
+             memoryHeadroom: 256Mi, waitBeforeExitSeconds: 9}\n",
+            formula(1536 * MIB, 1000, 256 * MIB),
         ),
         (
             "explicit",
-            "  sidecar: {memoryRequest: 900Mi, memoryLimit: 1.5Gi}\n",
-            Some(("900Mi", "1.5Gi")),
+            "ringside:\n  sidecar: {memoryRequest: 900Mi, memoryLimit: 1.5Gi}\n",
+            ("900Mi".into(), "1.5Gi".into()),
         ),
         (
             "limit-only",
-            "  sidecar: {memoryLimit: 2G, cpuLimit: 500m}\n",
-            Some(("320Mi", "2G")),
+            "ringside:\n  sidecar: {memoryLimit: 2G, cpuLimit: 500m}\n",
+            (formula(256 * MIB, 256, 0).0, "2G".into()),
+        ),
+        (
+            "ports-and-app",
+            "app: catalog\nringside:\n  sidecar: {port: 8181, adminPort: 9191, peerPort: 7171, \
+             capacity: 64MiB, logLevel: debug}\n  apps:\n    - name: catalog\n      \
+             namespace: shop\n      selector: {app: catalog}\n",
+            formula(64 * MIB, 256, 128 * MIB),
         ),
     ];
-    for (name, sidecar, expected) in cases {
-        let docs = render_with_manual_pods(name, &format!("ringside:\n{sidecar}"));
+    for (name, values, (request, limit)) in cases {
+        let docs = render_with_manual_pods(name, values);
         let args: Vec<String> = docs
             .iter()
             .find(|d| d["kind"] == "Deployment")
@@ -921,7 +969,7 @@ fn chart_and_webhook_give_the_sidecar_the_same_memory() {
             })
             .collect();
         let args: Vec<&str> = args.iter().map(String::as_str).collect();
-        let hook = launch(&format!("memory-{name}"), &args);
+        let hook = launch(&format!("same-{name}"), &args);
         for native in [false, true] {
             let which = if native { "native" } else { "regular" };
             let manual = docs
@@ -934,26 +982,109 @@ fn chart_and_webhook_give_the_sidecar_the_same_memory() {
             } else {
                 "containers"
             };
-            let from_chart = container(manual, list);
+            let mut annotations = json!({"ringside.io/inject": "true",
+                                         "ringside.io/native-sidecar": native.to_string()});
+            if values.starts_with("app: ") {
+                annotations["ringside.io/app"] = json!("catalog");
+            }
             let pod = json!({"apiVersion": "v1", "kind": "Pod",
                 "metadata": {"name": format!("hooked-{which}"), "namespace": "shop",
-                    "annotations": {"ringside.io/inject": "true",
-                                    "ringside.io/native-sidecar": native.to_string()}},
+                    "annotations": annotations},
                 "spec": {"containers": [{"name": "app", "image": "app:1"}]}});
             let injected = hook.inject(&pod);
-            let from_webhook = container(&injected, list);
-            assert_eq!(
-                from_chart["resources"], from_webhook["resources"],
-                "{name} ({which}): chart and webhook disagree"
+            let mut diff = Vec::new();
+            let (from_chart, from_webhook) = (container(manual, list), container(&injected, list));
+            differences(from_chart, from_webhook, "container", &mut diff);
+            let volumes = |pod: &Value| {
+                let mut v: Vec<Value> = pod["spec"]["volumes"].as_array().unwrap().clone();
+                v.retain(|v| v["name"].as_str().unwrap().starts_with("ringside-"));
+                Value::Array(v)
+            };
+            differences(&volumes(manual), &volumes(&injected), "volumes", &mut diff);
+            assert!(
+                diff.is_empty(),
+                "{name} ({which}): chart and webhook disagree:\n{}",
+                diff.join("\n")
             );
-            let delay = |c: &Value| env(c, "RINGSIDE_SHUTDOWN_DELAY").cloned();
-            assert_eq!(delay(from_chart), delay(from_webhook), "{name} ({which})");
-            assert_eq!(from_chart["restartPolicy"], from_webhook["restartPolicy"]);
-            if let Some((request, limit)) = expected {
-                let memory = &from_chart["resources"];
-                assert_eq!(memory["requests"]["memory"], *request, "{name}");
-                assert_eq!(memory["limits"]["memory"], *limit, "{name}");
-            }
+            let memory = &from_chart["resources"];
+            assert_eq!(memory["requests"]["memory"], *request, "{name}");
+            assert_eq!(memory["limits"]["memory"], *limit, "{name}");
         }
     }
+}
+
+/// Peers dial every replica of an app on one port, the ConfigMap's
+/// membership port (the chart's sidecar.peerPort): the webhook started with
+/// the chart's args makes each injected sidecar listen and declare exactly
+/// that port, and refuses a per-pod `ringside.io/peer-port`, naming it.
+#[test]
+fn sidecars_listen_on_the_port_their_peers_dial() {
+    let values = "ringside:\n  sidecar: {peerPort: 7171}\n  apps:\n    - name: catalog\n      \
+                  namespace: shop\n      selector: {app: catalog}\n";
+    let docs = render_with_manual_pods("peer-port", values);
+    let config = docs
+        .iter()
+        .find(|d| d["kind"] == "ConfigMap" && d["metadata"]["name"] == "rs-ringside-config-catalog")
+        .expect("catalog's ConfigMap");
+    let config: Value =
+        serde_yaml::from_str(config["data"]["config.yaml"].as_str().unwrap()).unwrap();
+    let dialed = config["cluster"]["membership"]["dns"]["port"]
+        .as_u64()
+        .unwrap();
+    assert_eq!(dialed, 7171);
+    let args: Vec<String> = docs.iter().find(|d| d["kind"] == "Deployment").unwrap()["spec"]
+        ["template"]["spec"]["containers"][0]["args"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|a| a.as_str().unwrap().to_string())
+        .filter(|a| {
+            a.starts_with("--sidecar-")
+                || a.starts_with("--apps=")
+                || a.starts_with("--config-map=")
+        })
+        .collect();
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let hook = launch("peer-port", &args);
+    let pod = |name: &str, annotations: Value| {
+        pod_with(
+            name,
+            annotations,
+            json!({}),
+            json!([{"name": "app", "image": "app:1"}]),
+        )
+    };
+    let patched = hook.inject(&pod(
+        "catalog",
+        json!({"ringside.io/inject": "true", "ringside.io/app": "catalog"}),
+    ));
+    let c = container(&patched, "containers");
+    assert_eq!(
+        env(c, "RINGSIDE_PEER_LISTEN").unwrap()["value"],
+        format!("0.0.0.0:{dialed}")
+    );
+    let peer = c["ports"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|p| p["name"] == "ringside-peer");
+    assert_eq!(peer.unwrap()["containerPort"], dialed);
+    // A pod cannot listen elsewhere: its peers would still dial 7171.
+    let r = hook.review(pod(
+        "elsewhere",
+        json!({"ringside.io/inject": "true", "ringside.io/app": "catalog",
+               "ringside.io/peer-port": "7272"}),
+    ));
+    assert_eq!(r["allowed"], false, "{r}");
+    let message = r["status"]["message"].as_str().unwrap();
+    assert!(
+        message.contains("ringside.io/peer-port")
+            && message.contains("\"7272\"")
+            && message.contains("sidecar.peerPort (7171)"),
+        "{message}"
+    );
+    assert!(
+        warnings(&r).is_empty(),
+        "a known annotation, not a typo: {r}"
+    );
 }
