@@ -370,6 +370,136 @@ fn cert_manager() {
     assert_eq!(count(&docs, "Issuer"), 0);
 }
 
+/// A CA certificate as a caBundle holds it: base64 of its PEM.
+fn ca_bundle() -> String {
+    use base64::Engine;
+    let key = rcgen::KeyPair::generate().unwrap();
+    let mut params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+    params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+    let ca = params.self_signed(&key).unwrap();
+    base64::engine::general_purpose::STANDARD.encode(ca.pem())
+}
+
+/// The lines of `b` not in `a`, for a readable failure.
+fn changed_lines(a: &str, b: &str) -> String {
+    let before: std::collections::HashSet<&str> = a.lines().collect();
+    let changed: Vec<&str> = b.lines().filter(|l| !before.contains(l)).collect();
+    changed.join("\n")
+}
+
+/// Argo CD and `helm template | kubectl apply` render without a cluster to
+/// look the existing Secrets up in: given an existing webhook TLS Secret and
+/// its caBundle (or cert-manager) and existing peer Secrets (or the values),
+/// two renders are byte-identical, so nothing rotates on every sync.
+#[test]
+fn gitops_renders_are_byte_identical() {
+    let ca = ca_bundle();
+    let peers = "existingPeerSecret: ringside-peers\n";
+    let given = "peerSecret: 0123456789abcdef0123\nadminToken: fedcba9876543210fedc\n";
+    let cases = [
+        (
+            "existing-tls",
+            format!("{APPS}{peers}webhook:\n  tls:\n    existingSecret: webhook-tls\n    caBundle: {ca}\n"),
+        ),
+        ("cert-manager", format!("{APPS}{peers}certManager:\n  enabled: true\n")),
+        (
+            "cert-manager-ca",
+            format!("{APPS}{given}certManager:\n  enabled: true\nwebhook:\n  tls:\n    caBundle: {ca}\n"),
+        ),
+    ];
+    for (name, values) in &cases {
+        let first = template(&format!("{name}-1"), values);
+        let second = template(&format!("{name}-2"), values);
+        assert!(
+            first == second,
+            "{name}: two renders differ:\n{}",
+            changed_lines(&first, &second)
+        );
+        let docs = validate(name, &first);
+        let mwc = docs
+            .iter()
+            .find(|d| kind(d) == "MutatingWebhookConfiguration")
+            .unwrap();
+        let bundle = mwc["webhooks"][0]["clientConfig"]["caBundle"].as_str();
+        let deploy = docs.iter().find(|d| kind(d) == "Deployment").unwrap();
+        let pod = &deploy["spec"]["template"]["spec"];
+        assert!(
+            deploy["spec"]["template"]["metadata"]
+                .get("annotations")
+                .is_none(),
+            "{name}: no checksum of a certificate the chart does not hold"
+        );
+        let args = pod["containers"][0]["args"].as_sequence().unwrap();
+        let has_arg = |a: &str| args.iter().any(|x| x.as_str() == Some(a));
+        let secrets: Vec<_> = docs.iter().filter(|d| kind(d) == "Secret").collect();
+        match *name {
+            "existing-tls" => {
+                assert_eq!(bundle, Some(ca.as_str()));
+                assert_eq!(
+                    pod["volumes"][0]["secret"]["secretName"].as_str(),
+                    Some("webhook-tls")
+                );
+                assert!(secrets.is_empty(), "{name}: {secrets:?}");
+                assert!(has_arg("--secret=ringside-peers"), "{args:?}");
+            }
+            "cert-manager" => {
+                assert_eq!(bundle, None, "cert-manager's CA injector fills it");
+                assert!(secrets.is_empty(), "{name}: {secrets:?}");
+            }
+            _ => {
+                // A known CA: no CA injector needed.
+                assert_eq!(bundle, Some(ca.as_str()));
+                assert!(mwc["metadata"].get("annotations").is_none(), "{mwc:?}");
+                assert_eq!(
+                    secrets.len(),
+                    2,
+                    "the given peer secret, in ringside and shop"
+                );
+            }
+        }
+    }
+    // What the test can tell: without them, every render makes a new CA.
+    let first = template("generated-1", APPS);
+    let second = template("generated-2", APPS);
+    assert_ne!(first, second);
+}
+
+#[test]
+fn webhook_tls_values_must_fit_together() {
+    let ca = ca_bundle();
+    let cases = [
+        (
+            "webhook:\n  tls:\n    existingSecret: webhook-tls\n".to_string(),
+            "webhook.tls.caBundle: empty",
+        ),
+        (
+            "webhook:\n  tls:\n    existingSecret: webhook-tls\n    caBundle: bm90IGEgY2VydA==\n"
+                .to_string(),
+            "webhook.tls.caBundle: not a base64-encoded PEM certificate",
+        ),
+        (
+            format!("webhook:\n  tls:\n    caBundle: {ca}\n"),
+            "webhook.tls.caBundle: given, but the chart generates",
+        ),
+        (
+            format!(
+                "certManager: {{enabled: true}}\nwebhook:\n  tls:\n    existingSecret: w\n    caBundle: {ca}\n"
+            ),
+            "webhook.tls.existingSecret, certManager.enabled: choose one",
+        ),
+        (
+            "webhook:\n  tls:\n    caBundle: \"not base64!\"\n".to_string(),
+            "caBundle",
+        ),
+    ];
+    for (values, message) in &cases {
+        match template_in(&chart(), "tls-bad", values, &[]) {
+            Ok(_) => panic!("rendered, but should not be:\n{values}"),
+            Err(e) => assert!(e.contains(message), "{values}: {e}"),
+        }
+    }
+}
+
 #[test]
 fn webhook_off() {
     let docs = validate(

@@ -73,7 +73,7 @@ image.tag, so that it injects what the webhook does, never a floating tag. */}}
 {{- end -}}
 
 {{- define "ringside.configMapName" -}}{{ include "ringside.fullname" . }}-config{{- end -}}
-{{- define "ringside.secretName" -}}{{ include "ringside.fullname" . }}-peer-secret{{- end -}}
+{{- define "ringside.secretName" -}}{{ default (printf "%s-peer-secret" (include "ringside.fullname" .)) .Values.existingPeerSecret }}{{- end -}}
 {{- define "ringside.webhookName" -}}{{ include "ringside.fullname" . }}-webhook{{- end -}}
 
 {{/* Namespace of an app: (dict "root" $ "app" $app). */}}
