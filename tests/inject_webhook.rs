@@ -47,7 +47,10 @@ fn require(tool: &str) {
     );
 }
 
-fn write_certs(dir: &Path) {
+/// A new test CA (written to `ca_file` in `dir`) and a certificate for
+/// 127.0.0.1 signed by it, written to `tls.crt` and `tls.key` by renaming
+/// (as the kubelet swaps a Secret's files: either file is whole at any time).
+fn write_certs(dir: &Path, ca_file: &str) {
     use rcgen::{
         BasicConstraints, CertificateParams, DnType, IsCa, KeyPair, KeyUsagePurpose, SanType,
     };
@@ -72,9 +75,25 @@ fn write_certs(dir: &Path) {
         .distinguished_name
         .push(DnType::CommonName, "ringside-webhook");
     let cert = params.signed_by(&key, &ca, &ca_key).unwrap();
-    std::fs::write(dir.join("ca.pem"), ca.pem()).unwrap();
-    std::fs::write(dir.join("tls.crt"), cert.pem()).unwrap();
-    std::fs::write(dir.join("tls.key"), key.serialize_pem()).unwrap();
+    std::fs::write(dir.join(ca_file), ca.pem()).unwrap();
+    for (file, pem) in [("tls.crt", cert.pem()), ("tls.key", key.serialize_pem())] {
+        let staged = dir.join(format!("{file}.new"));
+        std::fs::write(&staged, pem).unwrap();
+        std::fs::rename(&staged, dir.join(file)).unwrap();
+    }
+}
+
+/// Wait (outside any runtime) until `condition` holds; see `common::eventually`.
+fn wait_until(what: &str, mut condition: impl FnMut() -> bool) {
+    let waited = common::eventually(Duration::from_secs(30), what, || {
+        let holds = condition();
+        async move { holds }
+    });
+    tokio::runtime::Builder::new_current_thread()
+        .enable_time()
+        .build()
+        .expect("a runtime to wait in")
+        .block_on(waited);
 }
 
 /// The webhook with the flags the tests share, plus `extra`.
@@ -94,7 +113,7 @@ fn launch(name: &str, args: &[&str]) -> Webhook {
     let dir = std::env::temp_dir().join(format!("ringside-inject-{}-{name}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(&dir).unwrap();
-    write_certs(&dir);
+    write_certs(&dir, "ca.pem");
     let port = TcpListener::bind("127.0.0.1:0")
         .unwrap()
         .local_addr()
@@ -112,18 +131,12 @@ fn launch(name: &str, args: &[&str]) -> Webhook {
         .spawn()
         .unwrap();
     let mut hook = Webhook { child, port, dir };
-    let ready = common::eventually(Duration::from_secs(30), "the webhook is healthy", || {
+    wait_until("the webhook is healthy", || {
         if let Ok(Some(status)) = hook.child.try_wait() {
             panic!("the webhook exited with {status}:\n{}", hook.log());
         }
-        let healthy = hook.call("GET", "/healthz", None).0 == 200;
-        async move { healthy }
+        hook.call("GET", "/healthz", None).0 == 200
     });
-    tokio::runtime::Builder::new_current_thread()
-        .enable_time()
-        .build()
-        .expect("a runtime to wait in")
-        .block_on(ready);
     hook
 }
 
@@ -133,12 +146,25 @@ impl Webhook {
         std::fs::read_to_string(self.dir.join("webhook.log")).unwrap_or_default()
     }
 
-    /// (HTTP status, body) over verified HTTPS.
+    /// (HTTP status, body) over HTTPS verified against the test CA.
     fn call(&self, method: &str, path: &str, body: Option<&[u8]>) -> (u16, String) {
+        self.call_trusting("ca.pem", method, path, body)
+    }
+
+    /// (HTTP status, body) over HTTPS from a client that trusts only the CA
+    /// in `ca_file` (in the webhook's directory); status 0 when the TLS
+    /// handshake (or anything else) failed.
+    fn call_trusting(
+        &self,
+        ca_file: &str,
+        method: &str,
+        path: &str,
+        body: Option<&[u8]>,
+    ) -> (u16, String) {
         let mut cmd = Command::new("curl");
         cmd.args(["-sS", "--max-time", "5", "-X", method])
             .arg("--cacert")
-            .arg(self.dir.join("ca.pem"))
+            .arg(self.dir.join(ca_file))
             .args(["-w", "\n%{http_code}"]);
         if let Some(b) = body {
             let file = self.dir.join("body.json");
@@ -1086,5 +1112,72 @@ fn sidecars_listen_on_the_port_their_peers_dial() {
     assert!(
         warnings(&r).is_empty(),
         "a known annotation, not a typo: {r}"
+    );
+}
+
+/// cert-manager renews the webhook's certificate and the kubelet swaps the
+/// mounted files: the running webhook serves the new certificate (from a new
+/// CA) without a restart, and a client that trusts only the old CA is
+/// refused from then on.
+#[test]
+fn a_renewed_certificate_is_served_without_a_restart() {
+    let mut hook = start("renewal", &[]);
+    let pid = hook.child.id();
+    assert_eq!(hook.call_trusting("ca.pem", "GET", "/healthz", None).0, 200);
+    write_certs(&hook.dir, "new-ca.pem");
+    wait_until("a client trusting only the new CA gets through", || {
+        hook.call_trusting("new-ca.pem", "GET", "/healthz", None).0 == 200
+    });
+    let (status, _) = hook.call_trusting("ca.pem", "GET", "/healthz", None);
+    assert_eq!(status, 0, "the old CA still verifies the webhook");
+    // The same process, answering reviews with the new certificate.
+    assert!(matches!(hook.child.try_wait(), Ok(None)));
+    assert_eq!(hook.child.id(), pid);
+    let review = json!({"apiVersion": "admission.k8s.io/v1", "kind": "AdmissionReview",
+        "request": {"uid": "renewed", "namespace": "shop", "operation": "CREATE",
+            "kind": {"group": "", "version": "v1", "kind": "Pod"},
+            "object": pod_with("after", json!({"ringside.io/inject": "true"}), json!({}),
+                json!([{"name": "app", "image": "app:1"}]))}});
+    let body = serde_json::to_vec(&review).unwrap();
+    let (status, answer) = hook.call_trusting("new-ca.pem", "POST", "/mutate", Some(&body));
+    assert_eq!(status, 200, "{answer}");
+    assert!(answer.contains("\"patchType\":\"JSONPatch\""), "{answer}");
+    let (_, metrics) = hook.call_trusting("new-ca.pem", "GET", "/metrics", None);
+    let loaded = sample(
+        &metrics,
+        r#"ringside_inject_certificate_reloads_total{result="loaded"}"#,
+    );
+    assert!(loaded >= Some(1.0), "{metrics}");
+    assert!(
+        hook.log().contains("reloaded the TLS certificate"),
+        "{}",
+        hook.log()
+    );
+}
+
+/// A certificate replaced by one that does not match its key (or garbage)
+/// is refused: the webhook keeps serving the one it has, and says why.
+#[test]
+fn a_broken_certificate_keeps_the_previous_one() {
+    let hook = start("broken", &[]);
+    let garbage = hook.dir.join("tls.crt.new");
+    std::fs::write(
+        &garbage,
+        "-----BEGIN CERTIFICATE-----\nbm90\n-----END CERTIFICATE-----\n",
+    )
+    .unwrap();
+    std::fs::rename(&garbage, hook.dir.join("tls.crt")).unwrap();
+    wait_until("the failed reload is counted", || {
+        let (_, metrics) = hook.call("GET", "/metrics", None);
+        sample(
+            &metrics,
+            r#"ringside_inject_certificate_reloads_total{result="failed"}"#,
+        ) == Some(1.0)
+    });
+    assert_eq!(hook.call("GET", "/healthz", None).0, 200);
+    assert!(
+        hook.log().contains("keeping the previous TLS certificate"),
+        "{}",
+        hook.log()
     );
 }

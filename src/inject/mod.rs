@@ -15,23 +15,26 @@
 //! Every decision is logged at info: the pod, injected / skipped / denied,
 //! why, and the warnings returned with it.
 //!
-//! Certificates are read once at start; a rotated certificate (cert-manager
-//! renewal) takes effect when the pod restarts.
+//! The certificate is reloaded when its files change ([`tls`]): a
+//! cert-manager renewal takes effect at the next handshake, no restart.
 
 pub mod checks;
 pub mod memory;
 pub mod review;
 pub mod sidecar;
+pub mod tls;
 
 use async_trait::async_trait;
 use http::{Method, Response, StatusCode};
 use pingora::apps::http_app::ServeHttp;
+use pingora::listeners::tls::TlsSettings;
 use pingora::protocols::http::ServerSession;
 use pingora::server::configuration::ServerConf;
 use pingora::server::Server;
 use pingora::services::listening::Service;
 use sidecar::{NativeSidecar, Settings};
 use std::process::ExitCode;
+use std::sync::Arc;
 
 /// Largest AdmissionReview accepted (the API server's own limit is 3 MiB objects).
 const MAX_BODY: usize = 8 << 20;
@@ -326,15 +329,22 @@ pub fn run(args: &InjectArgs) -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    if let Err(e) = listen
+    let certificate = listen
         .parse::<std::net::SocketAddr>()
         .map_err(|_| format!("--listen: {listen:?} is invalid; expected IP:port"))
         .and_then(|_| check_pem("--tls-cert", &args.tls_cert, "CERTIFICATE"))
         .and_then(|_| check_pem("--tls-key", &args.tls_key, "PRIVATE KEY"))
-    {
-        eprintln!("ringside inject: {e}");
-        return ExitCode::from(2);
-    }
+        .and_then(|_| {
+            tls::ReloadingCert::load(&args.tls_cert, &args.tls_key)
+                .map_err(|e| format!("--tls-cert, --tls-key: {e}"))
+        });
+    let certificate = match certificate {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("ringside inject: {e}");
+            return ExitCode::from(2);
+        }
+    };
     let conf = ServerConf {
         threads: 2,
         grace_period_seconds: Some(1),
@@ -346,10 +356,15 @@ pub fn run(args: &InjectArgs) -> ExitCode {
     crate::metrics::init_inject();
     let native = settings.native_by_default();
     let mut service = Service::new("ringside inject".into(), Webhook { settings });
-    if let Err(e) = service.add_tls(listen, &args.tls_cert, &args.tls_key) {
-        eprintln!("ringside inject: cannot use the TLS certificate or key: {e}");
-        return ExitCode::from(2);
-    }
+    let mut tls = match TlsSettings::intermediate(&args.tls_cert, &args.tls_key) {
+        Ok(tls) => tls,
+        Err(e) => {
+            eprintln!("ringside inject: cannot use the TLS certificate or key: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    tls.set_cert_resolver(Arc::new(certificate));
+    service.add_tls_with_settings(listen, None, tls);
     server.add_service(service);
     log::info!(
         "ringside inject listening on https://{} (POST /mutate), native sidecar: {native}",
