@@ -174,15 +174,23 @@ fn check_crd(name: &str, doc: &serde_yaml::Value) {
         }
         "Certificate" => {
             assert_eq!(api, "cert-manager.io/v1");
+            // A CA is named by its commonName, a server certificate by its DNS names.
+            let names: &[&str] = match path(doc, &["spec", "isCA"]) {
+                Some(_) => &["spec", "commonName"],
+                None => &["spec", "dnsNames"],
+            };
             &[
                 &["spec", "secretName"],
                 &["spec", "issuerRef", "name"],
-                &["spec", "dnsNames"],
+                names,
             ]
         }
         "Issuer" => {
             assert_eq!(api, "cert-manager.io/v1");
-            &[&["spec", "selfSigned"]]
+            match path(doc, &["spec", "ca"]) {
+                Some(_) => &[&["spec", "ca", "secretName"]],
+                None => &[&["spec", "selfSigned"]],
+            }
         }
         _ => &[],
     };
@@ -345,8 +353,40 @@ fn cert_manager() {
         "cert-manager",
         &template("cert-manager", "certManager:\n  enabled: true\n"),
     );
-    assert_eq!(count(&docs, "Certificate"), 1);
-    assert_eq!(count(&docs, "Issuer"), 1);
+    // The chart's own CA: a self-signed root, a CA Issuer, and the
+    // webhook's certificate from it (a renewal keeps the CA and the caBundle).
+    assert_eq!(count(&docs, "Certificate"), 2);
+    assert_eq!(count(&docs, "Issuer"), 2);
+    let ca = docs
+        .iter()
+        .find(|d| kind(d) == "Certificate" && d["spec"]["isCA"].as_bool() == Some(true))
+        .expect("a CA Certificate");
+    let ca_issuer = docs
+        .iter()
+        .find(|d| kind(d) == "Issuer" && d["spec"]["ca"]["secretName"] == ca["spec"]["secretName"])
+        .expect("an Issuer of the CA's Secret");
+    let leaf = docs
+        .iter()
+        .find(|d| kind(d) == "Certificate" && d["spec"].get("isCA").is_none())
+        .unwrap();
+    assert_eq!(
+        leaf["spec"]["issuerRef"]["name"],
+        ca_issuer["metadata"]["name"]
+    );
+    let mwc = docs
+        .iter()
+        .find(|d| kind(d) == "MutatingWebhookConfiguration")
+        .unwrap();
+    assert_eq!(
+        mwc["metadata"]["annotations"]["cert-manager.io/inject-ca-from"].as_str(),
+        Some(format!("ringside/{}", leaf["metadata"]["name"].as_str().unwrap()).as_str())
+    );
+    let volumes = &docs.iter().find(|d| kind(d) == "Deployment").unwrap()["spec"]["template"]
+        ["spec"]["volumes"];
+    assert_eq!(
+        volumes[0]["secret"]["secretName"],
+        leaf["spec"]["secretName"]
+    );
     // Only the peer secret: cert-manager writes the TLS one.
     assert_eq!(count(&docs, "Secret"), 1);
     let mwc = docs
