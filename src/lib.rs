@@ -28,6 +28,7 @@ pub mod peers;
 pub(crate) mod proxy;
 pub(crate) mod purge;
 pub mod range;
+pub(crate) mod readiness;
 pub mod ring;
 pub mod server;
 pub(crate) mod shutdown;

@@ -23,6 +23,7 @@ use std::sync::Arc;
 /// Run ringside with `config` until a signal ends the process.
 pub fn run(config: Config) -> ! {
     let config = Arc::new(config);
+    check_listeners_free(&config);
     metrics::init(config.cache.capacity);
     // Membership sources and the ring updater run on a small runtime of
     // their own, started before pingora's (which start in `server.run`).
@@ -109,6 +110,23 @@ pub fn run(config: Config) -> ! {
     });
     drop(background);
     std::process::exit(0)
+}
+
+/// Exit, naming the setting, when another process holds an address ringside
+/// is to listen on.
+fn check_listeners_free(config: &Config) {
+    let mut addresses = vec![
+        ("listen", &config.listen),
+        ("admin_listen", &config.admin_listen),
+    ];
+    if config.cluster.enabled {
+        addresses.push(("cluster.peer_listen", &config.cluster.peer_listen));
+    }
+    for (field, addr) in addresses {
+        if let Err(why) = connections::check_free(field, addr) {
+            fatal(&why);
+        }
+    }
 }
 
 /// A listener's service: `app` on `addr` with the connection cap and, when

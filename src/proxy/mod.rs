@@ -748,6 +748,9 @@ impl ProxyHttp for Ringside {
         // Pipelined requests are answered in order (RFC 9112 §9.3.2) rather
         // than dropped after the first response.
         session.set_pipelining_enabled(true);
+        if crate::readiness::is_probe(session.req_header()) {
+            return crate::readiness::answer(session).await;
+        }
         if let Err(refusal) = request::check_protocol(session.req_header()) {
             return refuse(session, ctx, refusal).await;
         }
@@ -917,6 +920,9 @@ impl ProxyHttp for Ringside {
 
     async fn logging(&self, session: &mut Session, _e: Option<&Error>, ctx: &mut RequestCtx) {
         connections::exchange_finished(session.as_downstream());
+        if crate::readiness::is_probe(session.req_header()) {
+            return;
+        }
         if self.role == Role::Peer {
             metrics::observe_peer_served(ctx.result);
             return;
