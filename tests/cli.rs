@@ -494,18 +494,24 @@ impl Drop for Running {
     }
 }
 
+/// ringside on `listen` and `admin` in front of `origin`, from flags alone.
+fn serving(listen: SocketAddr, admin: SocketAddr, origin: &str) -> Command {
+    let mut cmd = ringside();
+    cmd.arg("--listen")
+        .arg(listen.to_string())
+        .arg("--admin-listen")
+        .arg(admin.to_string())
+        .arg("--origin")
+        .arg(origin);
+    cmd
+}
+
 #[tokio::test]
 async fn runs_from_flags_and_environment_alone() {
     let origin = Origin::start().await;
     let listen: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
     let admin: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
-    let child = ringside()
-        .arg("--listen")
-        .arg(listen.to_string())
-        .arg("--admin-listen")
-        .arg(admin.to_string())
-        .arg("--origin")
-        .arg(origin.url())
+    let child = serving(listen, admin, &origin.url())
         .env("RINGSIDE_CAPACITY", "1MiB")
         .env("RINGSIDE_LOG_LEVEL", "warn")
         .stdout(Stdio::null())
@@ -594,13 +600,7 @@ async fn a_port_held_by_another_process_is_never_ready() {
     let held = impostor().await;
     let admin: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
     let log = std::env::temp_dir().join(format!("ringside-cli-held-{}.log", admin.port()));
-    let child = ringside()
-        .arg("--listen")
-        .arg(held.to_string())
-        .arg("--admin-listen")
-        .arg(admin.to_string())
-        .arg("--origin")
-        .arg(origin.url())
+    let child = serving(held, admin, &origin.url())
         .stdout(Stdio::null())
         .stderr(std::fs::File::create(&log).unwrap())
         .spawn()
