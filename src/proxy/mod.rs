@@ -2,6 +2,8 @@
 //!
 //! ```text
 //! request_filter
+//!   readiness? ....... this process's own /readyz probe: 204, answered here
+//!                      and not counted (readiness.rs)
 //!   too large? ....... request line over 16 KiB: 414; head over 64 KiB: 431;
 //!                      HTTP/1.1 without Host: 400
 //!   admit / route .... peer listener: signature, origin (peer.rs);
