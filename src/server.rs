@@ -22,6 +22,7 @@ use std::sync::Arc;
 /// Run ringside with `config` until a signal ends the process.
 pub fn run(config: Config) -> ! {
     let config = Arc::new(config);
+    check_listeners_free(&config);
     metrics::init(config.cache.capacity);
     // Membership sources and the ring updater run on a small runtime of
     // their own, started before pingora's (which start in `server.run`).
@@ -125,6 +126,29 @@ fn add_services(server: &mut Server, config: &Config, node: Arc<Node>) {
     let mut admin = Service::new("ringside admin".into(), Admin::new(node, probed));
     admin.add_listener(connections::listener(&config.admin_listen));
     server.add_service(admin);
+}
+
+/// Exit, naming the setting, when another process holds an address ringside
+/// is to listen on.
+fn check_listeners_free(config: &Config) {
+    let mut addresses = vec![
+        ("listen".to_owned(), &config.listen),
+        ("admin_listen".to_owned(), &config.admin_listen),
+    ];
+    if config.cluster.enabled {
+        addresses.push((
+            "cluster.peer_listen".to_owned(),
+            &config.cluster.peer_listen,
+        ));
+    }
+    for (i, upstream) in config.upstreams.iter().enumerate() {
+        addresses.push((format!("upstreams[{i}].listen"), &upstream.listen));
+    }
+    for (field, addr) in addresses {
+        if let Err(why) = connections::check_free(&field, addr) {
+            fatal(&why);
+        }
+    }
 }
 
 /// A listener's service: `app` on `addr` with the connection cap and the
