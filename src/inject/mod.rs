@@ -134,6 +134,43 @@ impl InjectArgs {
                     self.sidecar_capacity
                 )
             })?;
+        let (sizing, memory_request, memory_limit) = self.memory_flags(capacity)?;
+        if self.sidecar_image.trim().is_empty() {
+            return Err("--sidecar-image: empty; expected an image reference".into());
+        }
+        for (flag, port) in [
+            ("--sidecar-port", self.port),
+            ("--sidecar-admin-port", self.admin_port),
+            ("--sidecar-peer-port", self.peer_port),
+        ] {
+            if port == 0 {
+                return Err(format!("{flag}: 0 is invalid; expected 1-65535"));
+            }
+        }
+        Ok(Settings {
+            image: self.sidecar_image.clone(),
+            image_pull_policy: self.image_pull_policy.clone(),
+            config_map: self.config_map.clone(),
+            secret: self.secret.clone(),
+            native_sidecar: self.native_sidecar,
+            kube_version: self.kube_version.clone(),
+            capacity,
+            sizing,
+            memory_request,
+            memory_limit,
+            cpu_request: self.cpu_request.clone(),
+            cpu_limit: self.cpu_limit.clone(),
+            port: self.port,
+            admin_port: self.admin_port,
+            peer_port: self.peer_port,
+            wait_before_exit_seconds: self.wait_before_exit_seconds,
+            apps: self.apps_flag()?,
+        })
+    }
+
+    /// The memory flags: how requests and limits are sized, and the explicit
+    /// request and limit, checked to fit together for `capacity`.
+    fn memory_flags(&self, capacity: u64) -> Result<MemoryFlags, String> {
         let headroom = memory::parse_quantity(&self.memory_headroom).ok_or_else(|| {
             format!(
                 "--memory-headroom: {:?} is invalid; expected {}",
@@ -163,53 +200,33 @@ impl InjectArgs {
             memory_limit.clone(),
         )
         .map_err(|why| format!("--memory-request, --memory-limit, --sidecar-capacity: {why}"))?;
-        if self.sidecar_image.trim().is_empty() {
-            return Err("--sidecar-image: empty; expected an image reference".into());
-        }
-        for (flag, port) in [
-            ("--sidecar-port", self.port),
-            ("--sidecar-admin-port", self.admin_port),
-            ("--sidecar-peer-port", self.peer_port),
-        ] {
-            if port == 0 {
-                return Err(format!("{flag}: 0 is invalid; expected 1-65535"));
-            }
-        }
-        let apps = match &self.apps {
-            None => None,
-            Some(list) => Some(
-                list.iter()
-                    .filter(|a| !a.trim().is_empty())
-                    .map(|a| match a.trim().split_once('/') {
-                        Some((ns, name)) if !ns.is_empty() && !name.is_empty() => {
-                            Ok((ns.to_string(), name.to_string()))
-                        }
-                        _ => Err(format!("--apps: {a:?} is invalid; expected NAMESPACE/NAME")),
-                    })
-                    .collect::<Result<Vec<_>, String>>()?,
-            ),
+        Ok((sizing, memory_request, memory_limit))
+    }
+
+    /// `--apps` as (namespace, name) pairs; None when not given.
+    fn apps_flag(&self) -> Result<Option<Vec<(String, String)>>, String> {
+        let Some(list) = &self.apps else {
+            return Ok(None);
         };
-        Ok(Settings {
-            image: self.sidecar_image.clone(),
-            image_pull_policy: self.image_pull_policy.clone(),
-            config_map: self.config_map.clone(),
-            secret: self.secret.clone(),
-            native_sidecar: self.native_sidecar,
-            kube_version: self.kube_version.clone(),
-            capacity,
-            sizing,
-            memory_request,
-            memory_limit,
-            cpu_request: self.cpu_request.clone(),
-            cpu_limit: self.cpu_limit.clone(),
-            port: self.port,
-            admin_port: self.admin_port,
-            peer_port: self.peer_port,
-            wait_before_exit_seconds: self.wait_before_exit_seconds,
-            apps,
-        })
+        list.iter()
+            .filter(|a| !a.trim().is_empty())
+            .map(|a| match a.trim().split_once('/') {
+                Some((ns, name)) if !ns.is_empty() && !name.is_empty() => {
+                    Ok((ns.to_string(), name.to_string()))
+                }
+                _ => Err(format!("--apps: {a:?} is invalid; expected NAMESPACE/NAME")),
+            })
+            .collect::<Result<Vec<_>, String>>()
+            .map(Some)
     }
 }
+
+/// What the memory flags give: sizing, explicit request, explicit limit.
+type MemoryFlags = (
+    memory::Sizing,
+    Option<memory::Quantity>,
+    Option<memory::Quantity>,
+);
 
 /// The webhook's HTTP app.
 pub struct Webhook {

@@ -43,6 +43,27 @@ pub fn respond(body: &[u8], settings: &Settings) -> Result<Reviewed, BadReview> 
         .get("apiVersion")
         .and_then(Value::as_str)
         .unwrap_or("admission.k8s.io/v1");
+    let (request, uid) = admission_request(&review)?;
+    let (decision, warnings) = decide(request, settings);
+    let (label, reason) = decision.labels();
+    let detail = match &decision {
+        Decision::Skip(_, why) => why.to_string(),
+        Decision::Deny(_, why) => why.clone(),
+        Decision::Patch(_, summary) => summary.clone(),
+    };
+    let response = admission_response(&decision, uid, &warnings);
+    Ok(Reviewed {
+        review: json!({"apiVersion": api_version, "kind": "AdmissionReview", "response": response}),
+        decision: label,
+        reason,
+        detail,
+        pod: pod_name(request),
+        warnings,
+    })
+}
+
+/// The review's `.request` and its uid, or why the body is not a review.
+fn admission_request(review: &Value) -> Result<(&Value, &str), BadReview> {
     if review.get("kind").and_then(Value::as_str) != Some("AdmissionReview") {
         return Err(BadReview(
             "request body is not an AdmissionReview (kind must be \"AdmissionReview\")".into(),
@@ -61,29 +82,12 @@ pub fn respond(body: &[u8], settings: &Settings) -> Result<Reviewed, BadReview> 
         .and_then(Value::as_str)
         .filter(|u| !u.is_empty())
         .ok_or_else(|| BadReview("AdmissionReview request has no uid".into()))?;
-    let answer = |decision: &Decision, warnings: &[String]| {
-        let mut response = match decision {
-            Decision::Skip(_, why) => {
-                json!({"allowed": true, "status": {"code": 200, "message": why}})
-            }
-            Decision::Deny(_, why) => json!({
-                "allowed": false,
-                "status": {"code": 400, "reason": "BadRequest", "message": format!("ringside: {why}")},
-            }),
-            Decision::Patch(ops, _) => json!({
-                "allowed": true,
-                "patchType": "JSONPatch",
-                "patch": base64::engine::general_purpose::STANDARD
-                    .encode(serde_json::to_vec(ops).unwrap_or_default()),
-            }),
-        };
-        response["uid"] = json!(uid);
-        if !warnings.is_empty() {
-            response["warnings"] = json!(warnings);
-        }
-        json!({"apiVersion": api_version, "kind": "AdmissionReview", "response": response})
-    };
-    let pod = pod_name(request);
+    Ok((request, uid))
+}
+
+/// What to do with the request's object: Pods are decided by `settings`;
+/// anything else is left alone.
+fn decide(request: &Value, settings: &Settings) -> (Decision, Vec<String>) {
     let kind = request
         .get("kind")
         .and_then(|k| k.get("kind"))
@@ -94,7 +98,7 @@ pub fn respond(body: &[u8], settings: &Settings) -> Result<Reviewed, BadReview> 
                 .and_then(|o| o.get("kind"))
                 .and_then(Value::as_str)
         });
-    let (decision, warnings) = match (kind, request.get("object").filter(|o| o.is_object())) {
+    match (kind, request.get("object").filter(|o| o.is_object())) {
         (Some("Pod"), Some(object)) => {
             let verdict = settings.decide(object, &namespace(request));
             (verdict.decision, verdict.warnings)
@@ -113,21 +117,31 @@ pub fn respond(body: &[u8], settings: &Settings) -> Result<Reviewed, BadReview> 
             ),
             Vec::new(),
         ),
+    }
+}
+
+/// The AdmissionResponse for a decision.
+fn admission_response(decision: &Decision, uid: &str, warnings: &[String]) -> Value {
+    let mut response = match decision {
+        Decision::Skip(_, why) => {
+            json!({"allowed": true, "status": {"code": 200, "message": why}})
+        }
+        Decision::Deny(_, why) => json!({
+            "allowed": false,
+            "status": {"code": 400, "reason": "BadRequest", "message": format!("ringside: {why}")},
+        }),
+        Decision::Patch(ops, _) => json!({
+            "allowed": true,
+            "patchType": "JSONPatch",
+            "patch": base64::engine::general_purpose::STANDARD
+                .encode(serde_json::to_vec(ops).unwrap_or_default()),
+        }),
     };
-    let (label, reason) = decision.labels();
-    let detail = match &decision {
-        Decision::Skip(_, why) => why.to_string(),
-        Decision::Deny(_, why) => why.clone(),
-        Decision::Patch(_, summary) => summary.clone(),
-    };
-    Ok(Reviewed {
-        review: answer(&decision, &warnings),
-        decision: label,
-        reason,
-        detail,
-        pod,
-        warnings,
-    })
+    response["uid"] = json!(uid);
+    if !warnings.is_empty() {
+        response["warnings"] = json!(warnings);
+    }
+    response
 }
 
 fn text(v: Option<&Value>) -> Option<&str> {

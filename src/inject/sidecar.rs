@@ -192,6 +192,30 @@ fn annotations(pod: &Value) -> Option<&Map<String, Value>> {
     pod.get("metadata")?.get("annotations")?.as_object()
 }
 
+/// A port annotation, or `default`.
+fn annotated_port(pod: &Value, key: &str, default: u16) -> Result<u16, String> {
+    let Some(v) = annotation(pod, key) else {
+        return Ok(default);
+    };
+    match v.trim().parse::<u16>() {
+        Ok(p) if p > 0 => Ok(p),
+        _ => Err(format!(
+            "annotation {key}: {v:?} is invalid; expected a port number 1-65535"
+        )),
+    }
+}
+
+/// The origin annotation, validated as the config would validate it.
+fn annotated_origin(pod: &Value) -> Result<Option<String>, String> {
+    let Some(v) = annotation(pod, ANNOTATION_ORIGIN) else {
+        return Ok(None);
+    };
+    OriginUrl::parse(v.trim()).map_err(|why| {
+        format!("annotation {ANNOTATION_ORIGIN}: {v:?} is invalid; expected {why}")
+    })?;
+    Ok(Some(v.trim().to_string()))
+}
+
 fn annotation<'a>(pod: &'a Value, key: &str) -> Option<&'a str> {
     annotations(pod)?.get(key)?.as_str()
 }
@@ -248,70 +272,6 @@ impl Settings {
 
     /// Apply the pod's annotations; an unusable value is an error naming the annotation.
     pub fn pod_options(&self, pod: &Value) -> Result<PodOptions, String> {
-        let port = |key: &str, default: u16| -> Result<u16, String> {
-            match annotation(pod, key) {
-                None => Ok(default),
-                Some(v) => match v.trim().parse::<u16>() {
-                    Ok(p) if p > 0 => Ok(p),
-                    _ => Err(format!(
-                        "annotation {key}: {v:?} is invalid; expected a port number 1-65535"
-                    )),
-                },
-            }
-        };
-        let origin = match annotation(pod, ANNOTATION_ORIGIN) {
-            None => None,
-            Some(v) => {
-                OriginUrl::parse(v.trim()).map_err(|why| {
-                    format!("annotation {ANNOTATION_ORIGIN}: {v:?} is invalid; expected {why}")
-                })?;
-                Some(v.trim().to_string())
-            }
-        };
-        let capacity = match annotation(pod, ANNOTATION_CAPACITY) {
-            None => self.capacity,
-            Some(v) => match parse_capacity(v) {
-                Some(c) if c > 0 => c,
-                _ => {
-                    return Err(format!(
-                        "annotation {ANNOTATION_CAPACITY}: {v:?} is invalid; expected a size \
-                         such as \"512MiB\", \"512Mi\", \"1GiB\" or a byte count"
-                    ))
-                }
-            },
-        };
-        let native = match annotation(pod, ANNOTATION_NATIVE).map(str::trim) {
-            None => self.native_by_default(),
-            Some("true") => true,
-            Some("false") => false,
-            Some(v) => {
-                return Err(format!(
-                "annotation {ANNOTATION_NATIVE}: {v:?} is invalid; expected \"true\" or \"false\""
-            ))
-            }
-        };
-        let config_map = match annotation(pod, ANNOTATION_APP).map(str::trim) {
-            None => self.config_map.clone(),
-            Some(app) if is_dns_label(app) => format!("{}-{app}", self.config_map),
-            Some(app) => {
-                return Err(format!(
-                    "annotation {ANNOTATION_APP}: {app:?} is invalid; expected an app name from \
-                     the chart's apps list (lowercase letters, digits and '-')"
-                ))
-            }
-        };
-        let wait_before_exit_seconds = match annotation(pod, ANNOTATION_WAIT_BEFORE_EXIT) {
-            None => self.wait_before_exit_seconds,
-            Some(v) => match v.trim().parse::<u32>() {
-                Ok(n) if n <= MAX_WAIT_BEFORE_EXIT => n,
-                _ => {
-                    return Err(format!(
-                        "annotation {ANNOTATION_WAIT_BEFORE_EXIT}: {v:?} is invalid; expected \
-                         whole seconds from 0 to {MAX_WAIT_BEFORE_EXIT}, such as \"10\""
-                    ))
-                }
-            },
-        };
         if let Some(v) = annotation(pod, ANNOTATION_PEER_PORT) {
             return Err(format!(
                 "annotation {ANNOTATION_PEER_PORT}: {v:?} is not supported: peers dial every \
@@ -320,17 +280,17 @@ impl Settings {
                 self.peer_port
             ));
         }
-        let memory = self.memory(pod, capacity)?;
+        let capacity = self.annotated_capacity(pod)?;
         let opts = PodOptions {
-            origin,
+            origin: annotated_origin(pod)?,
             capacity,
-            memory,
-            port: port(ANNOTATION_PORT, self.port)?,
-            admin_port: port(ANNOTATION_ADMIN_PORT, self.admin_port)?,
+            memory: self.memory(pod, capacity)?,
+            port: annotated_port(pod, ANNOTATION_PORT, self.port)?,
+            admin_port: annotated_port(pod, ANNOTATION_ADMIN_PORT, self.admin_port)?,
             peer_port: self.peer_port,
-            native,
-            config_map,
-            wait_before_exit_seconds,
+            native: self.annotated_native(pod)?,
+            config_map: self.annotated_config_map(pod)?,
+            wait_before_exit_seconds: self.annotated_wait_before_exit(pod)?,
         };
         if opts.port == opts.admin_port
             || opts.port == opts.peer_port
@@ -343,6 +303,55 @@ impl Settings {
             ));
         }
         Ok(opts)
+    }
+
+    fn annotated_capacity(&self, pod: &Value) -> Result<u64, String> {
+        let Some(v) = annotation(pod, ANNOTATION_CAPACITY) else {
+            return Ok(self.capacity);
+        };
+        match parse_capacity(v) {
+            Some(c) if c > 0 => Ok(c),
+            _ => Err(format!(
+                "annotation {ANNOTATION_CAPACITY}: {v:?} is invalid; expected a size \
+                 such as \"512MiB\", \"512Mi\", \"1GiB\" or a byte count"
+            )),
+        }
+    }
+
+    fn annotated_native(&self, pod: &Value) -> Result<bool, String> {
+        match annotation(pod, ANNOTATION_NATIVE).map(str::trim) {
+            None => Ok(self.native_by_default()),
+            Some("true") => Ok(true),
+            Some("false") => Ok(false),
+            Some(v) => Err(format!(
+                "annotation {ANNOTATION_NATIVE}: {v:?} is invalid; expected \"true\" or \"false\""
+            )),
+        }
+    }
+
+    /// The app's ConfigMap: the chart's per-app `<config-map>-<app>`.
+    fn annotated_config_map(&self, pod: &Value) -> Result<String, String> {
+        match annotation(pod, ANNOTATION_APP).map(str::trim) {
+            None => Ok(self.config_map.clone()),
+            Some(app) if is_dns_label(app) => Ok(format!("{}-{app}", self.config_map)),
+            Some(app) => Err(format!(
+                "annotation {ANNOTATION_APP}: {app:?} is invalid; expected an app name from \
+                 the chart's apps list (lowercase letters, digits and '-')"
+            )),
+        }
+    }
+
+    fn annotated_wait_before_exit(&self, pod: &Value) -> Result<u32, String> {
+        let Some(v) = annotation(pod, ANNOTATION_WAIT_BEFORE_EXIT) else {
+            return Ok(self.wait_before_exit_seconds);
+        };
+        match v.trim().parse::<u32>() {
+            Ok(n) if n <= MAX_WAIT_BEFORE_EXIT => Ok(n),
+            _ => Err(format!(
+                "annotation {ANNOTATION_WAIT_BEFORE_EXIT}: {v:?} is invalid; expected \
+                 whole seconds from 0 to {MAX_WAIT_BEFORE_EXIT}, such as \"10\""
+            )),
+        }
     }
 
     /// The memory request and limit: annotations, else flags, else the formula.
