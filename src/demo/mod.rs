@@ -147,24 +147,39 @@ async fn demo(args: &DemoArgs) -> Result<(), String> {
     };
 
     println!("\n{}\n", headline(args, &origin));
-    println!("{}", report::node_table(&cluster_name, &cluster.views));
+    let setups = report_setups(
+        (&cluster_name, &cluster),
+        (&independent_name, &independent),
+        baseline.as_ref(),
+    );
+    let problems = [cluster.problems.clone(), independent.problems.clone()].concat();
+    verdict(&setups, problems)
+}
+
+/// Print the nodes' tables and the comparison; the setups compared.
+fn report_setups<'a>(
+    (cluster_name, cluster): (&'a str, &'a NodesRun),
+    (independent_name, independent): (&'a str, &'a NodesRun),
+    baseline: Option<&'a report::PhaseResult>,
+) -> Vec<Setup<'a>> {
+    println!("{}", report::node_table(cluster_name, &cluster.views));
     println!(
         "{}",
-        report::node_table(&independent_name, &independent.views)
+        report::node_table(independent_name, &independent.views)
     );
     let mut setups = vec![
         Setup {
-            name: &cluster_name,
+            name: cluster_name,
             phase: &cluster.phase,
             nodes: Some(&cluster.views),
         },
         Setup {
-            name: &independent_name,
+            name: independent_name,
             phase: &independent.phase,
             nodes: Some(&independent.views),
         },
     ];
-    if let Some(phase) = &baseline {
+    if let Some(phase) = baseline {
         setups.push(Setup {
             name: "no cache",
             phase,
@@ -172,7 +187,7 @@ async fn demo(args: &DemoArgs) -> Result<(), String> {
         });
     }
     print!("{}", report::comparison(&setups));
-    verdict(&setups, [cluster.problems, independent.problems].concat())
+    setups
 }
 
 /// Start `n` nodes, run the workload over them, read their metrics, stop them.
