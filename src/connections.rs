@@ -227,7 +227,10 @@ pub struct HeadDeadline {
     inner: Stream,
     timeout: Duration,
     phase: AtomicU8,
-    /// When the head being read must be complete (armed in `READING_HEAD`).
+    /// When the head being read must be complete.
+    due: Instant,
+    /// A timer for `due`, armed only when a head read has to wait: a client
+    /// that sends its head in one go never touches the timer wheel.
     deadline: Pin<Box<Sleep>>,
     /// Bytes read before pingora takes over (the first byte; the start of
     /// a head checked for CONNECT), handed to its first reads.
@@ -241,6 +244,7 @@ impl HeadDeadline {
             inner,
             timeout,
             phase: AtomicU8::new(READING_HEAD),
+            due: Instant::now() + timeout,
             deadline: Box::pin(tokio::time::sleep(timeout)),
             replay: BytesMut::new(),
         }
@@ -283,7 +287,7 @@ impl HeadDeadline {
 
     /// Read into `replay` until `enough` holds, within the head deadline.
     async fn read_ahead(&mut self, enough: impl Fn(&[u8]) -> bool) -> io::Result<()> {
-        let due = self.deadline.deadline();
+        let due = self.due;
         let mut chunk = [0u8; 2048];
         while !enough(&self.replay) {
             let n = tokio::time::timeout_at(due, self.inner.read(&mut chunk))
@@ -323,6 +327,30 @@ fn too_slow() -> io::Error {
     io::Error::new(io::ErrorKind::TimedOut, "request head not received in time")
 }
 
+impl HeadDeadline {
+    /// A read of a head that must be complete by `due`: bytes that arrive
+    /// in time are passed on; a read that has to wait arms the timer.
+    fn poll_read_head(
+        &mut self,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        match Pin::new(&mut self.inner).poll_read(cx, buf) {
+            Poll::Pending => {
+                if self.deadline.deadline() != self.due {
+                    self.deadline.as_mut().reset(self.due);
+                }
+                match self.deadline.as_mut().poll(cx) {
+                    Poll::Ready(()) => Poll::Ready(Err(too_slow())),
+                    Poll::Pending => Poll::Pending,
+                }
+            }
+            Poll::Ready(Ok(())) if Instant::now() >= self.due => Poll::Ready(Err(too_slow())),
+            ready => ready,
+        }
+    }
+}
+
 impl AsyncRead for HeadDeadline {
     fn poll_read(
         self: Pin<&mut Self>,
@@ -341,19 +369,13 @@ impl AsyncRead for HeadDeadline {
             return Poll::Ready(Ok(()));
         }
         match this.phase.load(Ordering::Relaxed) {
-            READING_HEAD => {
-                if this.deadline.as_mut().poll(cx).is_ready() {
-                    return Poll::Ready(Err(too_slow()));
-                }
-                Pin::new(&mut this.inner).poll_read(cx, buf)
-            }
+            READING_HEAD => this.poll_read_head(cx, buf),
             IDLE => {
                 let before = buf.filled().len();
                 let read = Pin::new(&mut this.inner).poll_read(cx, buf);
                 if matches!(read, Poll::Ready(Ok(()))) && buf.filled().len() > before {
                     // The first bytes of the next request: its head is due in `timeout`.
-                    let due = Instant::now() + this.timeout;
-                    this.deadline.as_mut().reset(due);
+                    this.due = Instant::now() + this.timeout;
                     this.phase.store(READING_HEAD, Ordering::Relaxed);
                 }
                 read
@@ -456,7 +478,7 @@ impl Peek for HeadDeadline {
     /// waits for its bytes: it falls under the head deadline too.
     async fn try_peek(&mut self, buf: &mut [u8]) -> io::Result<bool> {
         let peek = self.inner.try_peek(buf);
-        match tokio::time::timeout_at(self.deadline.deadline(), peek).await {
+        match tokio::time::timeout_at(self.due, peek).await {
             Ok(peeked) => peeked,
             Err(_) => Err(too_slow()),
         }
