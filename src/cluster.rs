@@ -64,7 +64,7 @@ impl Cluster {
                 config.vnodes,
             ))),
             auth: PeerAuth::new(&config.secret),
-            nonces: SeenNonces::new(peers::MAX_NONCES),
+            nonces: SeenNonces::new(peers::MAX_NONCE_SENDERS),
             health: PeerHealth::new(config.peer_backoff),
             hot: HotKeys::new(hot_capacity, min_rate, max_variants),
             peer_timeout: config.peer_timeout,

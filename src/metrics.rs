@@ -353,7 +353,7 @@ pub static ADMIN_AUTH_FAILURES: Lazy<IntCounter> = Lazy::new(|| {
 pub static PEER_NONCES: Lazy<IntGauge> = Lazy::new(|| {
     gauge(
         "ringside_peer_nonces",
-        "Nonces of accepted peer requests remembered to refuse replays (each for 60 s).",
+        "Sending processes whose peer-request nonces are tracked to refuse replays (an anti-replay window each, kept 60 s after their last request).",
     )
 });
 

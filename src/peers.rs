@@ -117,10 +117,10 @@ const MAX_CLOCK_SKEW_SECS: u64 = 30;
 /// How long a nonce is remembered: as long as its timestamp could pass.
 pub const NONCE_WINDOW: Duration = Duration::from_secs(2 * MAX_CLOCK_SKEW_SECS);
 
-/// Bound on the nonce table: about 380 bytes each (measured), so 12 MiB at
-/// most. Past this many peer requests per [`NONCE_WINDOW`] (550/s), the
-/// oldest are forgotten; only requests older than them are refused.
-pub const MAX_NONCES: u64 = 32_768;
+/// Bound on the nonce table, in sending processes (one window of about 700
+/// bytes each: 3 MiB at most). A cluster has one per member (and per
+/// restart of a member within [`NONCE_WINDOW`]), whatever its request rate.
+pub const MAX_NONCE_SENDERS: u64 = 4096;
 
 /// SHA-256 of the empty body, the only body peer requests have.
 pub const EMPTY_BODY_SHA256: &str =
@@ -338,35 +338,112 @@ pub fn unsigned_headers(headers: &HeaderMap) -> Vec<HeaderName> {
     names
 }
 
-/// The nonces of accepted peer requests, each remembered for
-/// [`NONCE_WINDOW`], at most `capacity` of them (least recent out first).
-/// Once a nonce had to go before its time, every request no newer than it
-/// is refused: it could be a replay of one of the forgotten ones. So the
-/// table never accepts a replay, and under a flood it refuses only requests
-/// older than the last `capacity` accepted ones, not new ones.
+/// The nonces of accepted peer requests, as an anti-replay window per
+/// sending process (RFC 4303 §3.4.3 does the same for IPsec): a nonce is
+/// the sender's random process bits and a counter ([`next_nonce`]), so for
+/// each sending process it is enough to know the highest counter accepted
+/// and which of the [`WINDOW_BITS`] counters below it were. A counter
+/// above the highest is new; one inside the window is accepted once; one
+/// below the window cannot be told from a replay and is refused as
+/// forgotten (503; it takes more than [`WINDOW_BITS`] requests from one
+/// sender overtaking it).
+///
+/// The table holds at most `capacity` sending processes, each forgotten
+/// once it has sent nothing for [`NONCE_WINDOW`] (by then a replay's
+/// timestamp has expired). When one has to go for room, every request no
+/// newer than its newest is refused: it could be a replay of one of the
+/// forgotten ones. So the table never accepts a replay, its memory does
+/// not grow with the request rate, and it refuses only under a flood of
+/// distinct senders (which takes the cluster secret).
 pub struct SeenNonces {
-    /// Nonce -> its request's timestamp.
-    nonces: Cache<u128, u64>,
-    /// The newest timestamp among the nonces forgotten for room.
+    /// Process bits -> that sender's window.
+    senders: Cache<u64, Arc<Mutex<Window>>>,
+    /// The newest timestamp among the windows forgotten for room.
     forgotten_up_to: Arc<AtomicU64>,
+}
+
+/// How far behind a sender's highest counter a request may arrive.
+pub const WINDOW_BITS: u64 = 4096;
+
+/// One sending process: its highest counter and the counters accepted below it.
+struct Window {
+    highest: u64,
+    /// Bit `i` (word `i / 64`, bit `i % 64`): counter `highest - i` was accepted.
+    seen: [u64; (WINDOW_BITS / 64) as usize],
+    /// The newest timestamp accepted from this sender.
+    newest: u64,
+}
+
+impl Window {
+    fn new() -> Window {
+        Window {
+            highest: 0,
+            seen: [0; (WINDOW_BITS / 64) as usize],
+            newest: 0,
+        }
+    }
+
+    /// Accept `counter` once.
+    fn accept(&mut self, counter: u64, timestamp: u64) -> Result<(), Refusal> {
+        let empty = self.newest == 0;
+        if empty || counter > self.highest {
+            let shift = if empty {
+                WINDOW_BITS
+            } else {
+                counter - self.highest
+            };
+            self.shift(shift);
+            self.highest = counter;
+        }
+        let behind = self.highest - counter;
+        if behind >= WINDOW_BITS {
+            return Err(Refusal::Forgotten);
+        }
+        let (word, bit) = ((behind / 64) as usize, behind % 64);
+        if self.seen[word] & (1 << bit) != 0 {
+            return Err(Refusal::Replayed);
+        }
+        self.seen[word] |= 1 << bit;
+        self.newest = self.newest.max(timestamp);
+        Ok(())
+    }
+
+    /// Move every bit `by` places further behind (off the end past the window).
+    fn shift(&mut self, by: u64) {
+        if by >= WINDOW_BITS {
+            self.seen = [0; (WINDOW_BITS / 64) as usize];
+            return;
+        }
+        let (words, bits) = ((by / 64) as usize, by % 64);
+        for i in (0..self.seen.len()).rev() {
+            let from = i.checked_sub(words);
+            let high = from.map_or(0, |f| self.seen[f] << bits);
+            let low = match (from.and_then(|f| f.checked_sub(1)), bits) {
+                (Some(f), 1..) => self.seen[f] >> (64 - bits),
+                _ => 0,
+            };
+            self.seen[i] = high | low;
+        }
+    }
 }
 
 impl SeenNonces {
     pub fn new(capacity: u64) -> SeenNonces {
         let forgotten_up_to = Arc::new(AtomicU64::new(0));
         let watermark = forgotten_up_to.clone();
-        let nonces = Cache::builder()
+        let senders = Cache::builder()
             .max_capacity(capacity)
             .eviction_policy(EvictionPolicy::lru())
-            .time_to_live(NONCE_WINDOW)
-            .eviction_listener(move |_, timestamp: u64, cause| {
+            .time_to_idle(NONCE_WINDOW)
+            .eviction_listener(move |_, window: Arc<Mutex<Window>>, cause| {
                 if cause == RemovalCause::Size {
-                    watermark.fetch_max(timestamp, Ordering::Relaxed);
+                    let newest = window.lock().map_or(u64::MAX, |w| w.newest);
+                    watermark.fetch_max(newest, Ordering::Relaxed);
                 }
             })
             .build();
         SeenNonces {
-            nonces,
+            senders,
             forgotten_up_to,
         }
     }
@@ -375,7 +452,7 @@ impl SeenNonces {
     pub fn first_use(&self, nonce: Nonce) -> Result<(), Refusal> {
         let result = self.remember(nonce);
         match result {
-            Ok(()) => metrics::PEER_NONCES.set(self.nonces.entry_count() as i64),
+            Ok(()) => metrics::PEER_NONCES.set(self.senders.entry_count() as i64),
             Err(Refusal::Forgotten) => metrics::observe_nonce_refusal("overflow"),
             Err(_) => metrics::observe_nonce_refusal("replay"),
         }
@@ -386,11 +463,12 @@ impl SeenNonces {
         if nonce.timestamp <= self.forgotten_up_to.load(Ordering::Relaxed) {
             return Err(Refusal::Forgotten);
         }
-        let entry = self.nonces.entry(nonce.value).or_insert(nonce.timestamp);
-        match entry.is_fresh() {
-            true => Ok(()),
-            false => Err(Refusal::Replayed),
-        }
+        let (process, counter) = ((nonce.value >> 64) as u64, nonce.value as u64);
+        let window = self
+            .senders
+            .get_with(process, || Arc::new(Mutex::new(Window::new())));
+        let mut window = window.lock().unwrap_or_else(|p| p.into_inner());
+        window.accept(counter, nonce.timestamp.max(1))
     }
 }
 
@@ -683,27 +761,86 @@ mod tests {
         assert_eq!(seen.first_use(nonce(a, NOW)), Err(Refusal::Replayed));
     }
 
+    /// Sender `process`'s nonce number `counter`.
+    fn from(process: u64, counter: u64) -> u128 {
+        u128::from(process) << 64 | u128::from(counter)
+    }
+
+    #[test]
+    fn a_senders_window_takes_each_counter_once_in_any_order() {
+        let seen = SeenNonces::new(10);
+        for counter in [5, 7, 6, 1, 5000, 4000] {
+            assert_eq!(
+                seen.first_use(nonce(from(1, counter), NOW)),
+                Ok(()),
+                "{counter}"
+            );
+        }
+        for counter in [5000, 4000] {
+            assert_eq!(
+                seen.first_use(nonce(from(1, counter), NOW)),
+                Err(Refusal::Replayed),
+                "{counter} twice"
+            );
+        }
+        for counter in [5, 7, 6] {
+            assert!(
+                seen.first_use(nonce(from(1, counter), NOW)).is_err(),
+                "{counter} twice"
+            );
+        }
+        // 904 is 4096 behind 5000: too far back to tell from a replay.
+        assert_eq!(
+            seen.first_use(nonce(from(1, 904), NOW)),
+            Err(Refusal::Forgotten)
+        );
+        assert_eq!(seen.first_use(nonce(from(1, 905), NOW)), Ok(()));
+        // Another sender's counters are its own.
+        assert_eq!(seen.first_use(nonce(from(2, 5), NOW)), Ok(()));
+        // A jump of several words keeps what is still inside the window.
+        assert_eq!(seen.first_use(nonce(from(1, 5130), NOW)), Ok(()));
+        assert_eq!(
+            seen.first_use(nonce(from(1, 5000), NOW)),
+            Err(Refusal::Replayed)
+        );
+        assert_eq!(seen.first_use(nonce(from(1, 4999), NOW)), Ok(()));
+    }
+
+    #[test]
+    fn the_table_does_not_grow_with_the_request_rate() {
+        let seen = SeenNonces::new(10);
+        for counter in 0..100_000 {
+            assert_eq!(seen.first_use(nonce(from(7, counter), NOW)), Ok(()));
+        }
+        seen.senders.run_pending_tasks();
+        assert_eq!(seen.senders.entry_count(), 1);
+    }
+
     #[test]
     fn an_overflowing_nonce_table_refuses_what_it_may_have_forgotten() {
         let seen = SeenNonces::new(10);
         for n in 0..20 {
-            assert_eq!(seen.first_use(nonce(n, NOW + n as u64)), Ok(()));
-            seen.nonces.run_pending_tasks();
+            assert_eq!(seen.first_use(nonce(from(n, 0), NOW + n)), Ok(()));
+            seen.senders.run_pending_tasks();
         }
-        assert_eq!(seen.nonces.entry_count(), 10);
+        assert_eq!(seen.senders.entry_count(), 10);
         for n in 0..20 {
             assert!(
-                seen.first_use(nonce(n, NOW + n as u64)).is_err(),
+                seen.first_use(nonce(from(n, 0), NOW + n)).is_err(),
                 "{n} accepted twice"
             );
         }
         assert_eq!(
-            seen.first_use(nonce(100, NOW + 9)),
+            seen.first_use(nonce(from(100, 0), NOW + 9)),
             Err(Refusal::Forgotten),
-            "as old as a forgotten nonce"
+            "as old as a forgotten sender's newest"
         );
         assert_eq!(Refusal::Forgotten.status(), 503);
-        assert_eq!(seen.first_use(nonce(101, NOW + 10)), Ok(()), "newer: fine");
+        assert_eq!(
+            seen.first_use(nonce(from(101, 0), NOW + 10)),
+            Ok(()),
+            "newer: fine"
+        );
     }
 
     #[test]
