@@ -128,14 +128,22 @@ impl StaticMember {
     }
 }
 
-/// Members are the addresses a DNS name resolves to (e.g. a Kubernetes headless Service).
+/// Members are the addresses a DNS name resolves to (e.g. a Kubernetes
+/// headless Service), or with `srv` the targets of its SRV records.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct DnsMembership {
     pub name: String,
-    /// Peer port on every member (default: peer_listen's port).
+    /// Peer port on every member (default: peer_listen's port). Not with
+    /// `srv`: each SRV record names its member's port.
     #[serde(default)]
     pub port: Option<u16>,
+    /// `name` is an SRV name (Consul's `<service>.service.consul`,
+    /// Kubernetes' `_<port>._tcp.<service>.<namespace>.svc.cluster.local`):
+    /// members are its targets' addresses, each with its record's port and
+    /// weight.
+    #[serde(default)]
+    pub srv: bool,
     #[serde(default = "default_dns_interval", deserialize_with = "de_duration")]
     pub interval: Duration,
     /// A specific DNS server (`ip:port`); default: the system's resolv.conf.
@@ -339,6 +347,13 @@ fn validate_dns(dns: &DnsMembership) -> Result<(), ConfigError> {
     }
     if let Some(ns) = &dns.nameserver {
         super::check_addr("cluster.membership.dns.nameserver", ns)?;
+    }
+    if let (true, Some(port)) = (dns.srv, dns.port) {
+        return Err(invalid(
+            "cluster.membership.dns.port",
+            port,
+            "no port with srv: true (each SRV record names its member's port)",
+        ));
     }
     Ok(())
 }
