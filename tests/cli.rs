@@ -690,3 +690,21 @@ fn membership_names_exactly_one_source() {
         &["cluster.membership", "0 sources given"],
     );
 }
+
+#[test]
+fn srv_membership_takes_its_ports_from_the_records() {
+    let cluster = "cluster: {enabled: true, peer_listen: 127.0.0.1:7070, secret: 0123456789abcdef0";
+    assert_rejected(
+        "a port with srv",
+        &format!(
+            "{ORIGIN}{cluster}, membership: {{dns: {{name: catalog.service.consul, srv: true, port: 7070}}}}}}\n"
+        ),
+        &["cluster.membership.dns.port", "7070", "srv: true"],
+    );
+    let (code, stdout, stderr) = check(
+        &format!("{ORIGIN}{cluster}, membership: {{dns: {{name: catalog.service.consul, srv: true}}}}}}\n"),
+        &[],
+        &[],
+    );
+    assert_eq!(code, Some(0), "{stdout}{stderr}");
+}
