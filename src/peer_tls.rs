@@ -37,6 +37,7 @@ use crate::connections::{answer_and_close, Handshake};
 use crate::metrics;
 use crate::tls_files::{Ca, CertificateFiles, TrustedCa, Watched};
 use async_trait::async_trait;
+use once_cell::sync::Lazy;
 use pingora::listeners::tls::{Acceptor, TlsSettings};
 use pingora::listeners::TlsAccept;
 use pingora::protocols::l4::stream::Stream as TcpStream;
@@ -336,10 +337,17 @@ struct TlsListener {
 }
 
 /// What a cleartext request to a TLS peer listener gets.
-const TLS_REQUIRED: &[u8] = b"HTTP/1.1 403 Forbidden\r\n\
-    Content-Type: text/plain\r\nContent-Length: 84\r\nCache-Control: no-store\r\n\
-    x-ringside-refused: tls-required\r\nConnection: close\r\n\r\n\
-    this peer listener speaks TLS only: the asking node needs cluster.tls (mixed cluster)\n";
+static TLS_REQUIRED: Lazy<Vec<u8>> = Lazy::new(|| {
+    let body = "this peer listener speaks TLS only: the asking node needs cluster.tls \
+                (a mixed cluster)\n";
+    format!(
+        "HTTP/1.1 403 Forbidden\r\nContent-Type: text/plain\r\nContent-Length: {}\r\n\
+         Cache-Control: no-store\r\nx-ringside-refused: tls-required\r\n\
+         Connection: close\r\n\r\n{body}",
+        body.len()
+    )
+    .into_bytes()
+});
 
 #[async_trait]
 impl Handshake for TlsListener {
@@ -351,7 +359,7 @@ impl Handshake for TlsListener {
                 "peer request from {client} refused: it is not TLS, and this node has \
                  cluster.tls (a mixed cluster: that node needs cluster.tls too)"
             );
-            answer_and_close(&mut stream, TLS_REQUIRED).await;
+            answer_and_close(&mut stream, &TLS_REQUIRED).await;
             return None;
         }
         // The peer listener is plain TCP to pingora: TLS happens here.
@@ -407,7 +415,7 @@ mod tests {
 
     #[test]
     fn the_cleartext_refusal_has_the_length_it_says() {
-        let text = std::str::from_utf8(TLS_REQUIRED).unwrap();
+        let text = std::str::from_utf8(&TLS_REQUIRED).unwrap();
         let (head, body) = text.split_once("\r\n\r\n").unwrap();
         assert!(head.contains(&format!("Content-Length: {}", body.len())));
     }
