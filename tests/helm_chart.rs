@@ -328,6 +328,59 @@ fn apps_config_and_peers() {
 }
 
 #[test]
+fn an_apps_peer_tls_secret_is_in_its_config_and_the_webhooks_args() {
+    let values = format!("{APPS}    peerTls: {{secretName: search-peer-tls}}\n");
+    let docs = validate("peer-tls", &template("peer-tls", &values));
+    let config_of = |app: &str| {
+        let name = format!("rs-ringside-config-{app}");
+        let cm = docs
+            .iter()
+            .find(|d| kind(d) == "ConfigMap" && d["metadata"]["name"].as_str() == Some(&name))
+            .unwrap_or_else(|| panic!("{app}'s ConfigMap"));
+        let text = cm["data"]["config.yaml"].as_str().unwrap().to_string();
+        ringside::config::Config::from_yaml(&text, app)
+            .unwrap()
+            .finish(ringside::config::Overrides {
+                cluster_secret: Some("0123456789abcdef0123".into()),
+                ..Default::default()
+            })
+            .unwrap_or_else(|e| panic!("rendered config rejected: {e}\n{text}"))
+    };
+    let tls = config_of("search")
+        .cluster
+        .tls
+        .expect("search has peer TLS");
+    assert_eq!(tls.ca_file, "/etc/ringside-peer-tls/ca.crt");
+    assert_eq!(tls.cert_file, "/etc/ringside-peer-tls/tls.crt");
+    assert_eq!(tls.key_file, "/etc/ringside-peer-tls/tls.key");
+    assert_eq!(
+        tls.peer_name, "rs-ringside-search-peers.ringside.svc.cluster.local",
+        "the certificate names the app's peers Service"
+    );
+    assert!(
+        config_of("catalog").cluster.tls.is_none(),
+        "catalog has none"
+    );
+    let deploy = docs.iter().find(|d| kind(d) == "Deployment").unwrap();
+    let args = deploy["spec"]["template"]["spec"]["containers"][0]["args"]
+        .as_sequence()
+        .unwrap();
+    assert!(
+        args.iter()
+            .any(|a| a.as_str() == Some("--peer-tls-secrets=ringside/search=search-peer-tls")),
+        "{args:?}"
+    );
+    // Without any, no flag.
+    let docs = documents(&template("no-peer-tls", APPS));
+    let deploy = docs.iter().find(|d| kind(d) == "Deployment").unwrap();
+    let args = format!(
+        "{:?}",
+        deploy["spec"]["template"]["spec"]["containers"][0]["args"]
+    );
+    assert!(!args.contains("--peer-tls-secrets"), "{args}");
+}
+
+#[test]
 fn cert_manager() {
     let docs = validate(
         "cert-manager",
@@ -762,6 +815,10 @@ fn schema_rejects_bad_values() {
         ("sidecar:\n  memoryRequest: lots\n", "memoryRequest"),
         ("sidecar:\n  memoryOverhead: 64MiB\n", "memoryOverhead"),
         ("webhok:\n  enabled: true\n", "webhok"),
+        (
+            "apps:\n  - name: ok\n    selector: {app: x}\n    peerTls: {secret: x}\n",
+            "secretName",
+        ),
     ];
     for (values, field) in cases {
         match template_in(&chart(), "bad", values, &[]) {

@@ -112,6 +112,12 @@ pub struct InjectArgs {
     /// its namespace's is refused. Not given: not checked.
     #[arg(long, value_delimiter = ',')]
     pub apps: Option<Vec<String>>,
+    /// The apps whose peers speak mutual TLS (the chart's
+    /// `apps[].peerTls.secretName`), as NAMESPACE/APP=SECRET, comma-separated:
+    /// their sidecars mount SECRET (ca.crt, tls.crt, tls.key) at
+    /// /etc/ringside-peer-tls, where the app's ConfigMap expects it.
+    #[arg(long, value_delimiter = ',')]
+    pub peer_tls_secrets: Vec<String>,
 }
 
 impl InjectArgs {
@@ -178,6 +184,12 @@ impl InjectArgs {
                     .collect::<Result<Vec<_>, String>>()?,
             ),
         };
+        let peer_tls_secrets = self
+            .peer_tls_secrets
+            .iter()
+            .filter(|s| !s.trim().is_empty())
+            .map(|s| parse_peer_tls_secret(s.trim()))
+            .collect::<Result<Vec<_>, String>>()?;
         Ok(Settings {
             image: self.sidecar_image.clone(),
             image_pull_policy: self.image_pull_policy.clone(),
@@ -197,8 +209,24 @@ impl InjectArgs {
             peer_port: self.peer_port,
             wait_before_exit_seconds: self.wait_before_exit_seconds,
             apps,
+            peer_tls_secrets,
         })
     }
+}
+
+/// `NAMESPACE/APP=SECRET` of `--peer-tls-secrets`.
+fn parse_peer_tls_secret(text: &str) -> Result<(String, String, String), String> {
+    let parsed = text.split_once('=').and_then(|(app, secret)| {
+        let (namespace, name) = app.split_once('/')?;
+        let parts = [namespace, name, secret];
+        parts
+            .iter()
+            .all(|p| !p.is_empty())
+            .then(|| parts.map(str::to_string).into())
+    });
+    parsed.ok_or_else(|| {
+        format!("--peer-tls-secrets: {text:?} is invalid; expected NAMESPACE/APP=SECRET")
+    })
 }
 
 /// The webhook's HTTP app.
