@@ -228,6 +228,12 @@ pub struct TrustedCa {
     pub ca: Arc<Watched<Ca>>,
 }
 
+impl TrustedCa {
+    fn current(&self) -> Arc<dyn ClientCertVerifier> {
+        self.ca.current().client_verifier.clone()
+    }
+}
+
 impl ClientCertVerifier for TrustedCa {
     fn root_hint_subjects(&self) -> &[DistinguishedName] {
         // Optional hints (RFC 8446 §4.2.4); the CA may change under us.
@@ -240,9 +246,7 @@ impl ClientCertVerifier for TrustedCa {
         intermediates: &[CertificateDer<'_>],
         now: UnixTime,
     ) -> Result<ClientCertVerified, RusTlsError> {
-        self.ca
-            .current()
-            .client_verifier
+        self.current()
             .verify_client_cert(end_entity, intermediates, now)
     }
 
@@ -252,10 +256,7 @@ impl ClientCertVerifier for TrustedCa {
         cert: &CertificateDer<'_>,
         dss: &DigitallySignedStruct,
     ) -> Result<HandshakeSignatureValid, RusTlsError> {
-        self.ca
-            .current()
-            .client_verifier
-            .verify_tls12_signature(message, cert, dss)
+        self.current().verify_tls12_signature(message, cert, dss)
     }
 
     fn verify_tls13_signature(
@@ -264,14 +265,11 @@ impl ClientCertVerifier for TrustedCa {
         cert: &CertificateDer<'_>,
         dss: &DigitallySignedStruct,
     ) -> Result<HandshakeSignatureValid, RusTlsError> {
-        self.ca
-            .current()
-            .client_verifier
-            .verify_tls13_signature(message, cert, dss)
+        self.current().verify_tls13_signature(message, cert, dss)
     }
 
     fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
-        self.ca.current().client_verifier.supported_verify_schemes()
+        self.current().supported_verify_schemes()
     }
 }
 

@@ -774,33 +774,24 @@ fn skips_and_errors() {
 
 #[test]
 fn refuses_bad_flags() {
-    let out = without_ringside_env(&mut Command::new(env!("CARGO_BIN_EXE_ringside")))
-        .args([
-            "inject",
-            "--tls-cert=/nonexistent.pem",
-            "--tls-key=/nonexistent.key",
-            "--sidecar-image=x",
-        ])
-        .output()
-        .unwrap();
-    assert_eq!(out.status.code(), Some(2));
-    assert!(String::from_utf8_lossy(&out.stderr).contains("--tls-cert"));
-    let out = without_ringside_env(&mut Command::new(env!("CARGO_BIN_EXE_ringside")))
-        .args([
-            "inject",
-            "--tls-cert=/nonexistent.pem",
-            "--tls-key=/nonexistent.key",
-            "--sidecar-image=x",
-            "--peer-tls-secrets=shop/catalog",
-        ])
-        .output()
-        .unwrap();
-    assert_eq!(out.status.code(), Some(2));
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(
-        stderr.contains("--peer-tls-secrets") && stderr.contains("NAMESPACE/APP=SECRET"),
-        "{stderr}"
-    );
+    for (flag, wanted) in [
+        ("--apps=shop/catalog", "--tls-cert"),
+        ("--peer-tls-secrets=shop/catalog", "NAMESPACE/APP=SECRET"),
+    ] {
+        let out = without_ringside_env(&mut Command::new(env!("CARGO_BIN_EXE_ringside")))
+            .args([
+                "inject",
+                "--tls-cert=/nonexistent.pem",
+                "--tls-key=/nonexistent.key",
+                "--sidecar-image=x",
+                flag,
+            ])
+            .output()
+            .unwrap();
+        assert_eq!(out.status.code(), Some(2), "{flag}");
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(stderr.contains(wanted), "{flag}: {stderr}");
+    }
 }
 
 /// The chart as a parent chart uses it: `ringside.sidecar` included in a
@@ -909,20 +900,7 @@ fn chart_and_webhook_give_the_sidecar_the_same_memory() {
     ];
     for (name, sidecar, expected) in cases {
         let docs = render_with_manual_pods(name, &format!("ringside:\n{sidecar}"));
-        let args: Vec<String> = docs
-            .iter()
-            .find(|d| d["kind"] == "Deployment")
-            .expect("the webhook Deployment")["spec"]["template"]["spec"]["containers"][0]["args"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .map(|a| a.as_str().unwrap().to_string())
-            .filter(|a| {
-                !["inject", "--listen=", "--tls-cert=", "--tls-key="]
-                    .iter()
-                    .any(|p| a.starts_with(p))
-            })
-            .collect();
+        let args = webhook_args(&docs);
         let args: Vec<&str> = args.iter().map(String::as_str).collect();
         let hook = launch(&format!("memory-{name}"), &args);
         for native in [false, true] {
