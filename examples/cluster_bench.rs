@@ -15,7 +15,7 @@ use ringside::demo::cluster::NodeOptions;
 use ringside::demo::process::ringside_beside_examples;
 use ringside::demo::report::{self, Setup};
 use ringside::demo::sample_origin::{self, SampleOrigin};
-use ringside::demo::workload::Workload;
+use ringside::demo::workload::{BoundCaches, Workload};
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::Arc;
@@ -92,6 +92,43 @@ fn main() -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+/// The lower bounds on origin requests of both setups.
+struct Bounds {
+    objects_per_node: u64,
+    cluster: u64,
+    independent: u64,
+}
+
+/// How many objects fit a node (capacity over the mean weight of what the
+/// independent caches, full at the end, hold), and the best either setup
+/// could do with that room: the cluster keeps each key once in its
+/// members' own areas (the hot area holds copies), each independent cache
+/// keeps its own.
+fn lower_bounds(
+    args: &ZipfArgs,
+    workload: &Workload,
+    independent: &[report::RingsideView],
+) -> Result<Bounds, String> {
+    let capacity = ringside::config::parse_size(&args.capacity)
+        .ok_or_else(|| format!("bad --capacity {:?}", args.capacity))?;
+    let bytes: u64 = independent.iter().map(|v| v.cache_bytes).sum();
+    let entries: u64 = independent.iter().map(|v| v.cache_entries).sum();
+    let weight = bytes.checked_div(entries).unwrap_or(1).max(1);
+    let objects_per_node = capacity / weight;
+    let own_area = (capacity as f64 * (1.0 - args.hot_fraction)) as u64 / weight;
+    let nodes = args.nodes as u64;
+    Ok(Bounds {
+        objects_per_node,
+        cluster: workload.origin_lower_bound(BoundCaches::Shared {
+            objects: own_area * nodes,
+        }),
+        independent: workload.origin_lower_bound(BoundCaches::PerAddress {
+            addresses: args.nodes,
+            objects: objects_per_node,
+        }),
+    })
 }
 
 async fn origin(
@@ -186,12 +223,27 @@ async fn zipf(args: ZipfArgs) -> Result<(), String> {
     print!("{}", report::comparison(&setups));
     let ratio =
         cluster.phase.origin_requests as f64 / independent.phase.origin_requests.max(1) as f64;
+    let bounds = lower_bounds(&args, &workload, &independent.views)?;
     println!(
-        "RESULT origin_requests cluster={} independent={} ratio={ratio:.3} hit_ratio cluster={:.3} independent={:.3}",
+        "\nlower bound on origin requests (each setup holding its best set: the most requested \
+         keys that fit, {} objects per node):\n  cluster {} (measured {:.3}x of it)\n  \
+         independent {} (measured {:.3}x of it)",
+        bounds.objects_per_node,
+        bounds.cluster,
+        cluster.phase.origin_requests as f64 / bounds.cluster.max(1) as f64,
+        bounds.independent,
+        independent.phase.origin_requests as f64 / bounds.independent.max(1) as f64,
+    );
+    println!(
+        "RESULT origin_requests cluster={} independent={} ratio={ratio:.3} hit_ratio cluster={:.3} independent={:.3} bound cluster={} independent={} time cluster={:.1}s independent={:.1}s",
         cluster.phase.origin_requests,
         independent.phase.origin_requests,
         setups[0].hit_ratio().unwrap_or(f64::NAN),
         setups[1].hit_ratio().unwrap_or(f64::NAN),
+        bounds.cluster,
+        bounds.independent,
+        cluster.phase.elapsed.as_secs_f64(),
+        independent.phase.elapsed.as_secs_f64(),
     );
     let mut problems = [cluster.problems, independent.problems].concat();
     let failed = cluster.phase.errors + independent.phase.errors;

@@ -25,27 +25,27 @@ use crate::metrics;
 use crate::node::Node;
 use crate::origin::OriginTarget;
 use crate::purge;
+use crate::readiness::Listener;
 use async_trait::async_trait;
 use http::{Method, Response, StatusCode};
 use pingora::apps::http_app::ServeHttp;
 use pingora::http::RequestHeader;
 use pingora::protocols::http::ServerSession;
-use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::Duration;
 use subtle::ConstantTimeEq;
 
 pub struct Admin {
     node: Arc<Node>,
     /// The listeners `/readyz` probes: the app-facing one, and the peer
-    /// listener in a cluster (a node its peers cannot reach is not ready).
-    listeners: Vec<SocketAddr>,
+    /// listener in a cluster (a node its peers cannot reach is not ready);
+    /// each must be served by this very process (see `readiness`).
+    listeners: Vec<Listener>,
     /// Bearer token for purge; None: purge disabled.
     token: Option<String>,
 }
 
 impl Admin {
-    pub fn new(node: Arc<Node>, listeners: Vec<SocketAddr>) -> Admin {
+    pub fn new(node: Arc<Node>, listeners: Vec<Listener>) -> Admin {
         let token = Some(node.config.admin_token.clone()).filter(|t| !t.is_empty());
         Admin {
             node,
@@ -54,14 +54,10 @@ impl Admin {
         }
     }
 
-    /// Whether every listener accepts connections right now.
-    async fn listeners_accept(&self) -> bool {
-        for addr in &self.listeners {
-            let probe = tokio::net::TcpStream::connect(addr);
-            if !matches!(
-                tokio::time::timeout(Duration::from_secs(1), probe).await,
-                Ok(Ok(_))
-            ) {
+    /// Whether this process serves every listener right now.
+    async fn listeners_serve(&self) -> bool {
+        for listener in &self.listeners {
+            if !crate::readiness::serves(listener).await {
                 return false;
             }
         }
@@ -225,11 +221,11 @@ impl ServeHttp for Admin {
             "/readyz" if crate::shutdown::shutting_down() => {
                 text(StatusCode::SERVICE_UNAVAILABLE, b"shutting down\n".to_vec())
             }
-            "/readyz" => match self.listeners_accept().await {
+            "/readyz" => match self.listeners_serve().await {
                 true => text(StatusCode::OK, b"ready\n".to_vec()),
                 false => text(
                     StatusCode::SERVICE_UNAVAILABLE,
-                    b"a listener (app or peer) is not accepting\n".to_vec(),
+                    b"a listener (app or peer) is not served by this process\n".to_vec(),
                 ),
             },
             _ => text(StatusCode::NOT_FOUND, b"not found\n".to_vec()),

@@ -138,7 +138,7 @@ impl Cluster {
     pub fn sign_request(&self, request: &mut RequestHeader, origin: &str, to: &str) {
         request.remove_header(&header::CONTENT_LENGTH);
         request.remove_header(&header::TRANSFER_ENCODING);
-        let Some(nonce) = peers::random_nonce() else {
+        let Some(nonce) = peers::next_nonce() else {
             // Unsigned, the peer refuses it and this node asks the origin.
             log::error!("no random nonce for a peer request: sending it unsigned");
             return;

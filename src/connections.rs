@@ -65,6 +65,20 @@ pub fn listener(addr: &str) -> ListenerConfig {
     ListenerConfig::tcp(addr).l4_buffer(L4BufferSettings::default().read(0))
 }
 
+/// Fail with a message naming `field` when `addr` cannot be listened on right
+/// now, e.g. another process holds it. Checked before pingora starts: it
+/// would retry for 30 s and then stop that listener's thread while the rest
+/// of the process runs on (and `/readyz` says why it is not ready).
+pub fn check_free(field: &str, addr: &str) -> Result<(), String> {
+    match std::net::TcpListener::bind(addr) {
+        Ok(_) => Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::AddrInUse => Err(format!(
+            "{field}: {addr} is in use by another process; ringside cannot listen there"
+        )),
+        Err(e) => Err(format!("{field}: cannot listen on {addr}: {e}")),
+    }
+}
+
 /// The bounds a [`Guarded`] app applies to its connections.
 #[derive(Clone)]
 pub struct Limits {

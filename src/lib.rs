@@ -31,6 +31,7 @@ pub mod peers;
 pub(crate) mod proxy;
 pub(crate) mod purge;
 pub mod range;
+pub(crate) mod readiness;
 pub mod ring;
 pub(crate) mod routes;
 pub mod server;

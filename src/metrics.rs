@@ -662,6 +662,23 @@ static INJECT_DURATION: Lazy<Histogram> = Lazy::new(|| {
     )
 });
 
+static INJECT_CERTIFICATE_RELOADS: Lazy<IntCounterVec> = Lazy::new(|| {
+    counter_vec(
+        "ringside_inject_certificate_reloads_total",
+        "Times the webhook's certificate files changed on disk, by result: loaded, or failed \
+         (the previous certificate is kept, and the log says why).",
+        &["result"],
+    )
+});
+
+/// Count one reload of the webhook's certificate (see `inject::tls`).
+pub fn observe_certificate_reload(loaded: bool) {
+    let result = if loaded { "loaded" } else { "failed" };
+    INJECT_CERTIFICATE_RELOADS
+        .with_label_values(&[result])
+        .inc();
+}
+
 /// Count one answered AdmissionReview.
 pub fn observe_admission(decision: &str, reason: &str, warnings: usize, seconds: f64) {
     INJECT_ADMISSIONS
@@ -685,6 +702,9 @@ pub fn init_inject() {
         ("error", "bad_review"),
     ] {
         INJECT_ADMISSIONS.with_label_values(&[decision, reason]);
+    }
+    for result in ["loaded", "failed"] {
+        INJECT_CERTIFICATE_RELOADS.with_label_values(&[result]);
     }
     Lazy::force(&INJECT_WARNINGS);
     Lazy::force(&INJECT_DURATION);

@@ -62,6 +62,8 @@ pub struct PeerTls {
     ca: Arc<Watched<Ca>>,
     /// The name every peer's certificate carries; None: each member's host.
     peer_name: Option<String>,
+    /// This node's advertised peer address.
+    me: String,
     acceptor: Acceptor,
 }
 
@@ -109,7 +111,7 @@ impl PeerTls {
     pub fn load(config: &PeerTlsConfig, me: &str) -> Result<PeerTls, String> {
         let ca_file = config.ca_file.clone();
         let ca = Watched::new(
-            "the peer TLS CA",
+            "peer TLS CA",
             &[&config.ca_file],
             move || Ca::load(&ca_file),
             |loaded| metrics::observe_peer_tls_reload("ca", loaded),
@@ -117,7 +119,7 @@ impl PeerTls {
         .map_err(|e| format!("cluster.tls.ca_file: {e}"))?;
         let (cert_file, key_file) = (config.cert_file.clone(), config.key_file.clone());
         let certificate = Watched::new(
-            "the peer TLS certificate",
+            "peer TLS certificate",
             &[&config.cert_file, &config.key_file],
             move || CertificateFiles::load(&cert_file, &key_file),
             |loaded| metrics::observe_peer_tls_reload("certificate", loaded),
@@ -132,14 +134,15 @@ impl PeerTls {
             certificate,
             ca,
             peer_name: Some(config.peer_name.clone()).filter(|n| !n.is_empty()),
+            me: me.to_string(),
             acceptor: settings.build(),
         };
-        tls.check_own_certificate(me)?;
+        tls.check_own_certificate()?;
         Ok(tls)
     }
 
     /// This node's certificate, as its peers will check it.
-    fn check_own_certificate(&self, me: &str) -> Result<(), String> {
+    fn check_own_certificate(&self) -> Result<(), String> {
         let chain: Vec<CertificateDer<'static>> = self.certificate.current().served.cert.clone();
         let (leaf, intermediates) = chain.split_first().ok_or("cluster.tls.cert_file: empty")?;
         self.ca
@@ -151,8 +154,7 @@ impl PeerTls {
                     "cluster.tls.cert_file: not a valid certificate from cluster.tls.ca_file: {e}"
                 )
             })?;
-        let name = self.identity_of(me);
-        check_name(leaf, name).map_err(|why| {
+        check_name(leaf, self.identity_of(&self.me)).map_err(|why| {
             let field = match self.peer_name {
                 Some(_) => "cluster.tls.peer_name",
                 None => "this node's peer address (cluster.advertise)",
@@ -179,11 +181,21 @@ impl PeerTls {
     /// node's certificate shown, the member's checked against the CA for
     /// its identity. Connections are pooled per client certificate and CA.
     pub fn configure(&self, peer: &mut HttpPeer, member: &str) {
+        self.configure_for(peer, self.identity_of(member));
+    }
+
+    /// Make `peer` a TLS connection to this node's own peer listener (for
+    /// `/readyz`), expecting this node's own identity.
+    pub fn configure_own(&self, peer: &mut HttpPeer) {
+        self.configure_for(peer, self.identity_of(&self.me));
+    }
+
+    fn configure_for(&self, peer: &mut HttpPeer, identity: &str) {
         let (ca, generation) = self.ca.current_with_generation();
         peer.scheme = Scheme::HTTPS;
         // Never empty (pingora skips verification without a name): a member
         // address always has a host, and peer_name is validated.
-        peer.sni = self.identity_of(member).to_string();
+        peer.sni = identity.to_string();
         peer.client_cert_key = Some(self.certificate.current().shown.clone());
         peer.options.ca = Some(ca.for_peers.clone());
         peer.options.verify_cert = true;

@@ -15,7 +15,7 @@
 //! | `x-ringside-to`           | the receiver's peer address, as the sender's ring names it |
 //! | `x-ringside-generation`   | the sender's ring generation (views can be compared)      |
 //! | `x-ringside-timestamp`    | unix seconds; refused more than 30 s from the receiver's clock |
-//! | `x-ringside-nonce`        | 128 random bits (32 hex digits), accepted once            |
+//! | `x-ringside-nonce`        | 128 bits never used before (32 hex digits), accepted once |
 //! | `x-ringside-purge-prefix` | on a `PURGE`: every key under the path, not just the key  |
 //! | `x-ringside-signature`    | HMAC-SHA256 of the canonical request below, keyed by the cluster secret (base64) |
 //!
@@ -191,6 +191,20 @@ impl Envelope<'_> {
         .filter_map(|(name, value)| Some((name.clone(), HeaderValue::from_str(&value).ok()?)))
         .collect()
     }
+}
+
+/// A nonce for a peer request: this process's random 64 bits, then a
+/// counter. Nonces must never repeat (a receiver refuses one it has seen),
+/// not be unpredictable: the signature covers them. One draw from the
+/// system's random source per process instead of a system call per
+/// request. None if that draw failed.
+pub fn next_nonce() -> Option<u128> {
+    static PROCESS_BITS: once_cell::sync::Lazy<Option<u64>> =
+        once_cell::sync::Lazy::new(|| random_nonce().map(|n| n as u64));
+    static COUNTER: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let high = (*PROCESS_BITS)?;
+    let low = COUNTER.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    Some(u128::from(high) << 64 | u128::from(low))
 }
 
 /// 128 bits from the system's secure random source (None if it fails).
@@ -659,9 +673,11 @@ mod tests {
     }
 
     #[test]
-    fn nonces_are_random_and_accepted_once() {
-        let (a, b) = (random_nonce().unwrap(), random_nonce().unwrap());
+    fn nonces_never_repeat_and_are_accepted_once() {
+        let (a, b) = (next_nonce().unwrap(), next_nonce().unwrap());
         assert_ne!(a, b);
+        assert_eq!(a >> 64, b >> 64, "one random part per process");
+        assert_ne!(random_nonce().unwrap(), random_nonce().unwrap());
         let seen = SeenNonces::new(100);
         assert_eq!(seen.first_use(nonce(a, NOW)), Ok(()));
         assert_eq!(seen.first_use(nonce(b, NOW)), Ok(()));

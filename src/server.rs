@@ -11,6 +11,7 @@ use crate::metrics;
 use crate::node::Node;
 use crate::peer_tls::CleartextListener;
 use crate::proxy::Ringside;
+use crate::readiness;
 use crate::shutdown::DrainOnTerm;
 use crate::store::Store;
 use crate::tunnel::Tunnels;
@@ -23,6 +24,7 @@ use std::sync::Arc;
 /// Run ringside with `config` until a signal ends the process.
 pub fn run(config: Config) -> ! {
     let config = Arc::new(config);
+    check_listeners_free(&config);
     metrics::init(config.cache.capacity);
     // Membership sources and the ring updater run on a small runtime of
     // their own, started before pingora's (which start in `server.run`).
@@ -89,10 +91,14 @@ fn server_conf(config: &Config) -> ServerConf {
 /// listener, which probes the other two for `/readyz`.
 fn add_services(server: &mut Server, config: &Config, node: Arc<Node>) {
     let ringside = Ringside::new(node.clone());
-    let mut probed = vec![config.listen.parse().expect("validated by config")];
+    let probe = |addr: &str| readiness::Listener::plain(addr.parse().expect("validated by config"));
+    let mut probed = vec![probe(&config.listen)];
     if config.cluster.enabled {
         let peer_listen = &config.cluster.peer_listen;
-        probed.push(peer_listen.parse().expect("validated by config"));
+        probed.push(readiness::Listener {
+            tls: node.cluster().and_then(|c| c.tls.clone()),
+            ..probe(peer_listen)
+        });
         let mut peers = pingora::proxy::http_proxy(&server.configuration, ringside.for_peers());
         let h2c = config.cluster.peer_protocol == PeerProtocol::H2c;
         if h2c {
@@ -127,7 +133,7 @@ fn add_services(server: &mut Server, config: &Config, node: Arc<Node>) {
             addr,
             None,
         ));
-        probed.push(addr.parse().expect("validated by config"));
+        probed.push(probe(addr));
     }
     let proxy = pingora::proxy::http_proxy(&server.configuration, ringside);
     server.add_service(guarded_service(
@@ -140,6 +146,29 @@ fn add_services(server: &mut Server, config: &Config, node: Arc<Node>) {
     let mut admin = Service::new("ringside admin".into(), Admin::new(node, probed));
     admin.add_listener(connections::listener(&config.admin_listen));
     server.add_service(admin);
+}
+
+/// Exit, naming the setting, when another process holds an address ringside
+/// is to listen on.
+fn check_listeners_free(config: &Config) {
+    let mut addresses = vec![
+        ("listen".to_owned(), &config.listen),
+        ("admin_listen".to_owned(), &config.admin_listen),
+    ];
+    if config.cluster.enabled {
+        addresses.push((
+            "cluster.peer_listen".to_owned(),
+            &config.cluster.peer_listen,
+        ));
+    }
+    for (i, upstream) in config.upstreams.iter().enumerate() {
+        addresses.push((format!("upstreams[{i}].listen"), &upstream.listen));
+    }
+    for (field, addr) in addresses {
+        if let Err(why) = connections::check_free(&field, addr) {
+            fatal(&why);
+        }
+    }
 }
 
 /// What a new connection to the peer listener goes through first: TLS with

@@ -48,7 +48,7 @@ type Loader<T> = Box<dyn Fn() -> Result<T, String> + Send + Sync>;
 
 /// A value loaded from files, loaded again when they change.
 pub struct Watched<T> {
-    /// What the files are, for the log ("the peer TLS certificate").
+    /// What the files are, for the log ("peer TLS certificate").
     what: String,
     paths: Vec<String>,
     load: Loader<T>,
@@ -117,7 +117,7 @@ impl<T> Watched<T> {
                 state.value = Arc::new(value);
                 state.generation += 1;
                 (self.on_reload)(true);
-                log::info!("reloaded {} from {}", self.what, self.paths.join(", "));
+                log::info!("reloaded the {} from {}", self.what, self.paths.join(", "));
             }
             Err(why) => {
                 (self.on_reload)(false);
@@ -155,12 +155,14 @@ impl CertificateFiles {
             }
             Err(e) => return Err(format!("cannot read {cert_path:?} or {key_path:?}: {e}")),
         };
-        let shown = CertKey::new(
-            certs.iter().map(|c| c.as_ref().to_vec()).collect(),
-            key.secret_der().to_vec(),
-        );
-        let served = CertifiedKey::from_der(certs, key, &*crypto_provider()?)
-            .map_err(|e| format!("{key_path:?} is not the private key of {cert_path:?}: {e}"))?;
+        let der: Vec<Vec<u8>> = certs.iter().map(|c| c.as_ref().to_vec()).collect();
+        let key_der = key.secret_der().to_vec();
+        // First: this parses the certificate (pingora's CertKey would panic
+        // on one it cannot parse).
+        let served = CertifiedKey::from_der(certs, key, &*crypto_provider()?).map_err(|e| {
+            format!("{cert_path:?} and {key_path:?} are not a certificate and its key: {e}")
+        })?;
+        let shown = CertKey::new(der, key_der);
         Ok(CertificateFiles {
             served: Arc::new(served),
             shown: Arc::new(shown),

@@ -636,19 +636,25 @@ async fn unusable_etcd_credentials_stop_the_start_naming_the_field() {
     }
 }
 
+/// ringside serving `origin` on `listen`, admin on `admin`, from flags alone.
+fn serving(listen: SocketAddr, admin: SocketAddr, origin: &str) -> Command {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_ringside"));
+    cmd.arg("--listen")
+        .arg(listen.to_string())
+        .arg("--admin-listen")
+        .arg(admin.to_string())
+        .arg("--origin")
+        .arg(origin);
+    cmd
+}
+
 #[tokio::test]
 async fn runs_from_flags_and_environment_alone() {
     let origin = Origin::start().await;
     let listen: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
     let admin: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
-    let mut command = Command::new(env!("CARGO_BIN_EXE_ringside"));
+    let mut command = serving(listen, admin, &origin.url());
     command
-        .arg("--listen")
-        .arg(listen.to_string())
-        .arg("--admin-listen")
-        .arg(admin.to_string())
-        .arg("--origin")
-        .arg(origin.url())
         .env("RINGSIDE_CAPACITY", "1MiB")
         .env("RINGSIDE_LOG_LEVEL", "warn");
     let log = TempConfig::new(""); // the log
@@ -780,7 +786,7 @@ async fn unusable_peer_tls_files_stop_the_start_naming_the_field() {
             [ca_file.clone(), path(&good.cert), path(&stranger.key)],
             &[
                 "cluster.tls.cert_file, cluster.tls.key_file",
-                "not the private key",
+                "not a certificate and its key",
             ],
         ),
         (
@@ -820,4 +826,82 @@ async fn unusable_peer_tls_files_stop_the_start_naming_the_field() {
         }
     }
     let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// A server that is not ringside on `addr`'s port: it answers every request
+/// 204 and echoes the request's headers back (a readiness token included).
+async fn impostor() -> SocketAddr {
+    use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((stream, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                let mut stream = BufReader::new(stream);
+                let mut echoed = String::new();
+                let mut line = String::new();
+                while stream.read_line(&mut line).await.unwrap_or(0) > 2 {
+                    if line.contains(':') {
+                        echoed.push_str(&line);
+                    }
+                    line.clear();
+                }
+                let reply = format!("HTTP/1.1 204 No Content\r\n{echoed}\r\n");
+                let _ = stream.get_mut().write_all(reply.as_bytes()).await;
+            });
+        }
+    });
+    addr
+}
+
+/// Another process holds the app port when ringside starts: `/readyz` is
+/// never 200 (a connection to the port would open: it is not ringside's),
+/// and ringside exits at once with a message naming the setting.
+#[tokio::test]
+async fn a_port_held_by_another_process_is_never_ready() {
+    let origin = Origin::start().await;
+    let held = impostor().await;
+    let admin: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+    let log = TempConfig::new(""); // the log
+    let mut running = Process::spawn("ringside", serving(held, admin, &origin.url()), log.path());
+    common::eventually(Duration::from_secs(60), "ringside exits", || {
+        let exited = !running.is_running();
+        async move {
+            let ready = matches!(get(admin, "/readyz").await, Ok(r) if r.status == 200);
+            assert!(!ready, "/readyz is 200 while another process holds {held}");
+            exited
+        }
+    })
+    .await;
+    let stderr = running.log();
+    assert_eq!(running.exit_code(), Some(1), "{stderr}");
+    assert!(
+        stderr.contains(&format!("listen: {held} is in use by another process")),
+        "{stderr}"
+    );
+    assert_eq!(origin.total_hits(), 0);
+}
+
+/// `/readyz` asks the app listener itself with this process's token: the
+/// probe is answered by ringside, never reaches the origin or the request
+/// metrics; a request carrying some other token is an ordinary request.
+#[tokio::test]
+async fn readiness_probes_stay_inside_the_process() {
+    let origin = Origin::start().await;
+    let rs = common::Ringside::start(&origin.url(), "").await;
+    for _ in 0..3 {
+        assert_eq!(get(rs.admin, "/readyz").await.unwrap().status, 200);
+    }
+    assert_eq!(origin.total_hits(), 0);
+    assert_eq!(rs.metric("ringside_requests_total", &[]).await, 0.0);
+    let guessed = rs
+        .request(
+            "GET",
+            "/guess",
+            &[("ringside-readiness", "0123456789abcdef")],
+        )
+        .await;
+    assert_eq!(guessed.status, 200);
+    assert_eq!(guessed.header("ringside-readiness"), None);
+    assert_eq!(origin.hits("/guess"), 1);
 }

@@ -162,15 +162,23 @@ fn check_crd(name: &str, doc: &serde_yaml::Value) {
         }
         "Certificate" => {
             assert_eq!(api, "cert-manager.io/v1");
+            // A CA is named by its commonName, a server certificate by its DNS names.
+            let names: &[&str] = match path(doc, &["spec", "isCA"]) {
+                Some(_) => &["spec", "commonName"],
+                None => &["spec", "dnsNames"],
+            };
             &[
                 &["spec", "secretName"],
                 &["spec", "issuerRef", "name"],
-                &["spec", "dnsNames"],
+                names,
             ]
         }
         "Issuer" => {
             assert_eq!(api, "cert-manager.io/v1");
-            &[&["spec", "selfSigned"]]
+            match path(doc, &["spec", "ca"]) {
+                Some(_) => &[&["spec", "ca", "secretName"]],
+                None => &[&["spec", "selfSigned"]],
+            }
         }
         _ => &[],
     };
@@ -380,8 +388,40 @@ fn cert_manager() {
         "cert-manager",
         &template("cert-manager", "certManager:\n  enabled: true\n"),
     );
-    assert_eq!(count(&docs, "Certificate"), 1);
-    assert_eq!(count(&docs, "Issuer"), 1);
+    // The chart's own CA: a self-signed root, a CA Issuer, and the
+    // webhook's certificate from it (a renewal keeps the CA and the caBundle).
+    assert_eq!(count(&docs, "Certificate"), 2);
+    assert_eq!(count(&docs, "Issuer"), 2);
+    let ca = docs
+        .iter()
+        .find(|d| kind(d) == "Certificate" && d["spec"]["isCA"].as_bool() == Some(true))
+        .expect("a CA Certificate");
+    let ca_issuer = docs
+        .iter()
+        .find(|d| kind(d) == "Issuer" && d["spec"]["ca"]["secretName"] == ca["spec"]["secretName"])
+        .expect("an Issuer of the CA's Secret");
+    let leaf = docs
+        .iter()
+        .find(|d| kind(d) == "Certificate" && d["spec"].get("isCA").is_none())
+        .unwrap();
+    assert_eq!(
+        leaf["spec"]["issuerRef"]["name"],
+        ca_issuer["metadata"]["name"]
+    );
+    let mwc = docs
+        .iter()
+        .find(|d| kind(d) == "MutatingWebhookConfiguration")
+        .unwrap();
+    assert_eq!(
+        mwc["metadata"]["annotations"]["cert-manager.io/inject-ca-from"].as_str(),
+        Some(format!("ringside/{}", leaf["metadata"]["name"].as_str().unwrap()).as_str())
+    );
+    let volumes = &docs.iter().find(|d| kind(d) == "Deployment").unwrap()["spec"]["template"]
+        ["spec"]["volumes"];
+    assert_eq!(
+        volumes[0]["secret"]["secretName"],
+        leaf["spec"]["secretName"]
+    );
     // Only the peer secret: cert-manager writes the TLS one.
     assert_eq!(count(&docs, "Secret"), 1);
     let mwc = docs
@@ -403,6 +443,136 @@ fn cert_manager() {
         ),
     );
     assert_eq!(count(&docs, "Issuer"), 0);
+}
+
+/// A CA certificate as a caBundle holds it: base64 of its PEM.
+fn ca_bundle() -> String {
+    use base64::Engine;
+    let key = rcgen::KeyPair::generate().unwrap();
+    let mut params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+    params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+    let ca = params.self_signed(&key).unwrap();
+    base64::engine::general_purpose::STANDARD.encode(ca.pem())
+}
+
+/// The lines of `b` not in `a`, for a readable failure.
+fn changed_lines(a: &str, b: &str) -> String {
+    let before: std::collections::HashSet<&str> = a.lines().collect();
+    let changed: Vec<&str> = b.lines().filter(|l| !before.contains(l)).collect();
+    changed.join("\n")
+}
+
+/// Argo CD and `helm template | kubectl apply` render without a cluster to
+/// look the existing Secrets up in: given an existing webhook TLS Secret and
+/// its caBundle (or cert-manager) and existing peer Secrets (or the values),
+/// two renders are byte-identical, so nothing rotates on every sync.
+#[test]
+fn gitops_renders_are_byte_identical() {
+    let ca = ca_bundle();
+    let peers = "existingPeerSecret: ringside-peers\n";
+    let given = "peerSecret: 0123456789abcdef0123\nadminToken: fedcba9876543210fedc\n";
+    let cases = [
+        (
+            "existing-tls",
+            format!("{APPS}{peers}webhook:\n  tls:\n    existingSecret: webhook-tls\n    caBundle: {ca}\n"),
+        ),
+        ("cert-manager", format!("{APPS}{peers}certManager:\n  enabled: true\n")),
+        (
+            "cert-manager-ca",
+            format!("{APPS}{given}certManager:\n  enabled: true\nwebhook:\n  tls:\n    caBundle: {ca}\n"),
+        ),
+    ];
+    for (name, values) in &cases {
+        let first = template(&format!("{name}-1"), values);
+        let second = template(&format!("{name}-2"), values);
+        assert!(
+            first == second,
+            "{name}: two renders differ:\n{}",
+            changed_lines(&first, &second)
+        );
+        let docs = validate(name, &first);
+        let mwc = docs
+            .iter()
+            .find(|d| kind(d) == "MutatingWebhookConfiguration")
+            .unwrap();
+        let bundle = mwc["webhooks"][0]["clientConfig"]["caBundle"].as_str();
+        let deploy = docs.iter().find(|d| kind(d) == "Deployment").unwrap();
+        let pod = &deploy["spec"]["template"]["spec"];
+        assert!(
+            deploy["spec"]["template"]["metadata"]
+                .get("annotations")
+                .is_none(),
+            "{name}: no checksum of a certificate the chart does not hold"
+        );
+        let args = pod["containers"][0]["args"].as_sequence().unwrap();
+        let has_arg = |a: &str| args.iter().any(|x| x.as_str() == Some(a));
+        let secrets: Vec<_> = docs.iter().filter(|d| kind(d) == "Secret").collect();
+        match *name {
+            "existing-tls" => {
+                assert_eq!(bundle, Some(ca.as_str()));
+                assert_eq!(
+                    pod["volumes"][0]["secret"]["secretName"].as_str(),
+                    Some("webhook-tls")
+                );
+                assert!(secrets.is_empty(), "{name}: {secrets:?}");
+                assert!(has_arg("--secret=ringside-peers"), "{args:?}");
+            }
+            "cert-manager" => {
+                assert_eq!(bundle, None, "cert-manager's CA injector fills it");
+                assert!(secrets.is_empty(), "{name}: {secrets:?}");
+            }
+            _ => {
+                // A known CA: no CA injector needed.
+                assert_eq!(bundle, Some(ca.as_str()));
+                assert!(mwc["metadata"].get("annotations").is_none(), "{mwc:?}");
+                assert_eq!(
+                    secrets.len(),
+                    2,
+                    "the given peer secret, in ringside and shop"
+                );
+            }
+        }
+    }
+    // What the test can tell: without them, every render makes a new CA.
+    let first = template("generated-1", APPS);
+    let second = template("generated-2", APPS);
+    assert_ne!(first, second);
+}
+
+#[test]
+fn webhook_tls_values_must_fit_together() {
+    let ca = ca_bundle();
+    let cases = [
+        (
+            "webhook:\n  tls:\n    existingSecret: webhook-tls\n".to_string(),
+            "webhook.tls.caBundle: empty",
+        ),
+        (
+            "webhook:\n  tls:\n    existingSecret: webhook-tls\n    caBundle: bm90IGEgY2VydA==\n"
+                .to_string(),
+            "webhook.tls.caBundle: not a base64-encoded PEM certificate",
+        ),
+        (
+            format!("webhook:\n  tls:\n    caBundle: {ca}\n"),
+            "webhook.tls.caBundle: given, but the chart generates",
+        ),
+        (
+            format!(
+                "certManager: {{enabled: true}}\nwebhook:\n  tls:\n    existingSecret: w\n    caBundle: {ca}\n"
+            ),
+            "webhook.tls.existingSecret, certManager.enabled: choose one",
+        ),
+        (
+            "webhook:\n  tls:\n    caBundle: \"not base64!\"\n".to_string(),
+            "caBundle",
+        ),
+    ];
+    for (values, message) in &cases {
+        match template_in(&chart(), "tls-bad", values, &[]) {
+            Ok(_) => panic!("rendered, but should not be:\n{values}"),
+            Err(e) => assert!(e.contains(message), "{values}: {e}"),
+        }
+    }
 }
 
 #[test]
@@ -807,7 +977,9 @@ fn schema_rejects_bad_values() {
         ("apps:\n  - name: ok\n", "selector"),
         ("peerSecret: short\n", "peerSecret"),
         ("sidecar:\n  memoryRequest: lots\n", "memoryRequest"),
-        ("sidecar:\n  memoryOverhead: 64MiB\n", "memoryOverhead"),
+        ("sidecar:\n  memoryHeadroom: 64MiB\n", "memoryHeadroom"),
+        ("sidecar:\n  memoryConnections: -1\n", "memoryConnections"),
+        ("sidecar:\n  memoryOverhead: 64Mi\n", "memoryOverhead"),
         ("webhok:\n  enabled: true\n", "webhok"),
         (
             "apps:\n  - name: ok\n    selector: {app: x}\n    peerTls: {secret: x}\n",
@@ -828,9 +1000,9 @@ fn schema_rejects_bad_values() {
 #[test]
 fn a_memory_request_above_the_limit_fails_the_render() {
     let e = template_in(&chart(), "memory", "sidecar:\n  memoryLimit: 256Mi\n", &[])
-        .expect_err("a 320Mi request under a 256Mi limit was rendered");
+        .expect_err("a 345Mi request under a 256Mi limit was rendered");
     assert!(
-        e.contains("memory request 320Mi is above the memory limit 256Mi"),
+        e.contains("memory request 345Mi is above the memory limit 256Mi"),
         "{e}"
     );
 }
@@ -975,7 +1147,7 @@ fn manual_injection_example() {
     assert_eq!(sidecar["restartPolicy"].as_str(), Some("Always"));
     assert_eq!(
         sidecar["resources"]["requests"]["memory"].as_str(),
-        Some("320Mi")
+        Some("345Mi")
     );
     assert_eq!(
         sidecar["securityContext"]["readOnlyRootFilesystem"].as_bool(),

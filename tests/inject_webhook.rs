@@ -35,7 +35,10 @@ fn require(tool: &str) {
     common::process::require_tool(tool, common::process::K8S_TOOLS);
 }
 
-fn write_certs(dir: &Path) {
+/// A new test CA (written to `ca_file` in `dir`) and a certificate for
+/// 127.0.0.1 signed by it, written to `tls.crt` and `tls.key` by renaming
+/// (as the kubelet swaps a Secret's files: either file is whole at any time).
+fn write_certs(dir: &Path, ca_file: &str) {
     use rcgen::{
         BasicConstraints, CertificateParams, DnType, IsCa, KeyPair, KeyUsagePurpose, SanType,
     };
@@ -60,9 +63,25 @@ fn write_certs(dir: &Path) {
         .distinguished_name
         .push(DnType::CommonName, "ringside-webhook");
     let cert = params.signed_by(&key, &ca, &ca_key).unwrap();
-    std::fs::write(dir.join("ca.pem"), ca.pem()).unwrap();
-    std::fs::write(dir.join("tls.crt"), cert.pem()).unwrap();
-    std::fs::write(dir.join("tls.key"), key.serialize_pem()).unwrap();
+    std::fs::write(dir.join(ca_file), ca.pem()).unwrap();
+    for (file, pem) in [("tls.crt", cert.pem()), ("tls.key", key.serialize_pem())] {
+        let staged = dir.join(format!("{file}.new"));
+        std::fs::write(&staged, pem).unwrap();
+        std::fs::rename(&staged, dir.join(file)).unwrap();
+    }
+}
+
+/// Wait (outside any runtime) until `condition` holds; see `common::eventually`.
+fn wait_until(what: &str, mut condition: impl FnMut() -> bool) {
+    let waited = common::eventually(Duration::from_secs(30), what, || {
+        let holds = condition();
+        async move { holds }
+    });
+    tokio::runtime::Builder::new_current_thread()
+        .enable_time()
+        .build()
+        .expect("a runtime to wait in")
+        .block_on(waited);
 }
 
 /// The webhook with the flags the tests share, plus `extra`.
@@ -82,7 +101,7 @@ fn launch(name: &str, args: &[&str]) -> Webhook {
     let dir = std::env::temp_dir().join(format!("ringside-inject-{}-{name}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(&dir).unwrap();
-    write_certs(&dir);
+    write_certs(&dir, "ca.pem");
     let port = common::free_port();
     let mut command = Command::new(env!("CARGO_BIN_EXE_ringside"));
     command
@@ -93,7 +112,7 @@ fn launch(name: &str, args: &[&str]) -> Webhook {
         .args(args);
     let mut process = Process::spawn("the webhook", command, &dir.join("webhook.log"));
     let healthy = || {
-        let healthy = call(port, &dir, "GET", "/healthz", None).0 == 200;
+        let healthy = call(port, &dir, "ca.pem", "GET", "/healthz", None).0 == 200;
         async move { healthy }
     };
     let ready = process.wait_until(Duration::from_secs(30), "the webhook is healthy", healthy);
@@ -105,13 +124,21 @@ fn launch(name: &str, args: &[&str]) -> Webhook {
     Webhook { process, port, dir }
 }
 
-/// (HTTP status, body) of a request to the webhook on `port`, over HTTPS
-/// verified with the test CA in `dir`.
-fn call(port: u16, dir: &Path, method: &str, path: &str, body: Option<&[u8]>) -> (u16, String) {
+/// (HTTP status, body) of a request to the webhook on `port` over HTTPS,
+/// from a client that trusts only the CA in `ca_file` (in `dir`); status 0
+/// when the TLS handshake (or anything else) failed.
+fn call(
+    port: u16,
+    dir: &Path,
+    ca_file: &str,
+    method: &str,
+    path: &str,
+    body: Option<&[u8]>,
+) -> (u16, String) {
     let mut cmd = Command::new("curl");
     cmd.args(["-sS", "--max-time", "5", "-X", method])
         .arg("--cacert")
-        .arg(dir.join("ca.pem"))
+        .arg(dir.join(ca_file))
         .args(["-w", "\n%{http_code}"]);
     if let Some(b) = body {
         let file = dir.join("body.json");
@@ -134,9 +161,22 @@ impl Webhook {
         self.process.log()
     }
 
-    /// (HTTP status, body) over verified HTTPS.
+    /// (HTTP status, body) over HTTPS verified against the test CA.
     fn call(&self, method: &str, path: &str, body: Option<&[u8]>) -> (u16, String) {
-        call(self.port, &self.dir, method, path, body)
+        self.call_trusting("ca.pem", method, path, body)
+    }
+
+    /// (HTTP status, body) over HTTPS from a client that trusts only the CA
+    /// in `ca_file` (in the webhook's directory); status 0 when the TLS
+    /// handshake (or anything else) failed.
+    fn call_trusting(
+        &self,
+        ca_file: &str,
+        method: &str,
+        path: &str,
+        body: Option<&[u8]>,
+    ) -> (u16, String) {
+        call(self.port, &self.dir, ca_file, method, path, body)
     }
 
     fn review(&self, object: Value) -> Value {
@@ -270,13 +310,13 @@ fn injects_native_sidecar_into_example_pod() {
     let token = &env(c, "RINGSIDE_ADMIN_TOKEN").unwrap()["valueFrom"]["secretKeyRef"];
     assert_eq!(token["name"], "ringside-peer-secret");
     assert_eq!(token["key"], "admin-token");
-    // ringside.io/capacity: 512MiB -> request 512 + 64 Mi, limit 1.5x.
+    // ringside.io/capacity: 512MiB -> request 1.15 x 512 + 40 Mi + 256 x 40 Ki, limit + 128 Mi.
     assert_eq!(
         env(c, "RINGSIDE_CAPACITY").unwrap()["value"],
         (512u64 << 20).to_string()
     );
-    assert_eq!(c["resources"]["requests"]["memory"], "576Mi");
-    assert_eq!(c["resources"]["limits"]["memory"], "864Mi");
+    assert_eq!(c["resources"]["requests"]["memory"], "639Mi");
+    assert_eq!(c["resources"]["limits"]["memory"], "767Mi");
     // ringside.io/app: catalog -> the app's ConfigMap.
     let vol = pod["spec"]["volumes"]
         .as_array()
@@ -302,7 +342,6 @@ fn overrides_and_existing_lists() {
             "ringside.io/origin": "https://api.example.com",
             "ringside.io/port": "8181",
             "ringside.io/admin-port": "9191",
-            "ringside.io/peer-port": "7171",
             "ringside.io/capacity": "1Gi",
             "team": "search"}},
         "spec": {
@@ -340,9 +379,9 @@ fn overrides_and_existing_lists() {
         .iter()
         .map(|p| p["containerPort"].as_u64().unwrap())
         .collect();
-    assert_eq!(ports, vec![9191, 7171]);
-    assert_eq!(c["resources"]["requests"]["memory"], "1088Mi");
-    assert_eq!(c["resources"]["limits"]["memory"], "1632Mi");
+    assert_eq!(ports, vec![9191, 7070]);
+    assert_eq!(c["resources"]["requests"]["memory"], "1228Mi");
+    assert_eq!(c["resources"]["limits"]["memory"], "1356Mi");
     let vol = patched["spec"]["volumes"]
         .as_array()
         .unwrap()
@@ -433,7 +472,7 @@ fn memory_request_and_limit_per_pod() {
     };
     // The flag's limit, the formula's request.
     let patched = hook.inject(&pod("flags", json!({"ringside.io/inject": "true"})));
-    assert_eq!(memory(&patched), (json!("320Mi"), json!("1Gi")));
+    assert_eq!(memory(&patched), (json!("345Mi"), json!("1Gi")));
     // Annotations win over both.
     let patched = hook.inject(&pod(
         "annotated",
@@ -692,7 +731,7 @@ fn decisions_are_logged_and_counted() {
 
     let log = hook.log();
     for line in [
-        "shop/catalog-7d9f8-*: injected (requested): regular sidecar, ConfigMap ringside-config, memory 320Mi/480Mi",
+        "shop/catalog-7d9f8-*: injected (requested): regular sidecar, ConfigMap ringside-config, memory 345Mi/473Mi",
         "shop/plain: skipped (not_requested)",
         "warnings: ringside.io/inject is \"True\"",
         "shop/bad: denied (invalid_annotation): annotation ringside.io/port: \"0\" is invalid",
@@ -786,6 +825,7 @@ fn refuses_bad_flags() {
                 "--sidecar-image=x",
                 flag,
             ])
+            .env_remove("RINGSIDE_LISTEN")
             .output()
             .unwrap();
         assert_eq!(out.status.code(), Some(2), "{flag}");
@@ -796,8 +836,7 @@ fn refuses_bad_flags() {
 
 /// The chart as a parent chart uses it: `ringside.sidecar` included in a
 /// regular and a native Pod, next to the chart's own objects (the webhook
-/// Deployment among them), for `values` (under `ringside:`; `app:` at the
-/// top names the pods' app).
+/// Deployment among them), for `values` (under `ringside:`).
 fn render_with_manual_pods(name: &str, values: &str) -> Vec<Value> {
     require("helm");
     let dir = std::env::temp_dir().join(format!(
@@ -823,7 +862,7 @@ fn render_with_manual_pods(name: &str, values: &str) -> Vec<Value> {
     std::fs::write(
         dir.join("templates/pods.yaml"),
         r#"{{- range $native := list false true }}
-{{- $ringside := dict "Values" $.Values.ringside "Release" $.Release "native" $native "app" ($.Values.app | default "") }}
+{{- $ringside := dict "Values" $.Values.ringside "Release" $.Release "native" $native "app" $.Values.app "Chart" $.Subcharts.ringside.Chart }}
 ---
 apiVersion: v1
 kind: Pod
@@ -867,42 +906,91 @@ spec:
         .collect()
 }
 
-/// The two ways to the same sidecar agree on the memory it is given (and on
-/// its wait before exit): for each value set, the chart's `ringside.sidecar`
-/// template and the real webhook, started with the args the chart renders
-/// for it, produce the same resources.
+/// The memory README's Memory section says a sidecar needs, as (request,
+/// limit) in the chart's and the webhook's notation: request = 1.15 x
+/// capacity + 40 MiB + 40 KiB per connection the app keeps open, limit =
+/// request + headroom, each rounded up to a whole MiB.
+fn footprint_formula(capacity: u64, connections: u64, headroom: u64) -> (String, String) {
+    const MIB: u64 = 1 << 20;
+    let cache = (capacity * 115).div_ceil(100);
+    let request = (cache + 40 * MIB + connections * 40 * 1024).div_ceil(MIB);
+    let limit = request + headroom.div_ceil(MIB);
+    (format!("{request}Mi"), format!("{limit}Mi"))
+}
+
+/// Every JSON path at which `a` and `b` differ, with both values.
+fn differences(a: &Value, b: &Value, path: &str, out: &mut Vec<String>) {
+    match (a, b) {
+        (Value::Object(x), Value::Object(y)) => {
+            let keys: std::collections::BTreeSet<&String> = x.keys().chain(y.keys()).collect();
+            for k in keys {
+                let (l, r) = (x.get(k), y.get(k));
+                let null = Value::Null;
+                differences(
+                    l.unwrap_or(&null),
+                    r.unwrap_or(&null),
+                    &format!("{path}.{k}"),
+                    out,
+                );
+            }
+        }
+        (Value::Array(x), Value::Array(y)) if x.len() == y.len() => {
+            for (i, (l, r)) in x.iter().zip(y).enumerate() {
+                differences(l, r, &format!("{path}[{i}]"), out);
+            }
+        }
+        _ if a != b => out.push(format!("{path}: chart {a}, webhook {b}")),
+        _ => {}
+    }
+}
+
+/// The two ways to the same sidecar inject the same thing: for each value
+/// set, the chart's `ringside.sidecar` and `ringside.sidecarVolumes`
+/// templates and the real webhook, started with the args the chart renders
+/// for it, give the same container, field by field (env, probes, ports,
+/// resources, secret keys, security context, mounts), and the same volumes;
+/// the memory is the footprint formula's unless set explicitly.
 #[test]
-fn chart_and_webhook_give_the_sidecar_the_same_memory() {
-    // (name, values under ringside:, the (request, limit) expected if known)
-    type Case<'a> = (&'a str, &'a str, Option<(&'a str, &'a str)>);
-    let cases: &[Case] = &[
-        ("defaults", "", Some(("320Mi", "480Mi"))),
+fn chart_and_webhook_inject_the_same_container() {
+    const MIB: u64 = 1 << 20;
+    // (name, values, the (request, limit) expected)
+    let formula = footprint_formula;
+    let cases: &[(&str, &str, (String, String))] = &[
+        ("defaults", "", ("345Mi".into(), "473Mi".into())),
         (
             "fractions",
-            "  sidecar: {capacity: 100MB, memoryOverhead: 64M}\n",
-            None,
+            "ringside:\n  sidecar: {capacity: 100MB, memoryConnections: 10, memoryHeadroom: 64M}\n",
+            formula(100_000_000, 10, 64_000_000),
         ),
         (
             "large",
-            "  sidecar: {capacity: 1.5GiB, memoryOverhead: 128Mi, waitBeforeExitSeconds: 9}\n",
-            Some(("1664Mi", "2496Mi")),
+            "ringside:\n  sidecar: {capacity: 1.5GiB, memoryConnections: 1000, \
+             memoryHeadroom: 256Mi, waitBeforeExitSeconds: 9}\n",
+            formula(1536 * MIB, 1000, 256 * MIB),
         ),
         (
             "explicit",
-            "  sidecar: {memoryRequest: 900Mi, memoryLimit: 1.5Gi}\n",
-            Some(("900Mi", "1.5Gi")),
+            "ringside:\n  sidecar: {memoryRequest: 900Mi, memoryLimit: 1.5Gi}\n",
+            ("900Mi".into(), "1.5Gi".into()),
         ),
         (
             "limit-only",
-            "  sidecar: {memoryLimit: 2G, cpuLimit: 500m}\n",
-            Some(("320Mi", "2G")),
+            "ringside:\n  sidecar: {memoryLimit: 2G, cpuLimit: 500m}\n",
+            (formula(256 * MIB, 256, 0).0, "2G".into()),
+        ),
+        (
+            "ports-and-app",
+            "app: catalog\nringside:\n  sidecar: {port: 8181, adminPort: 9191, peerPort: 7171, \
+             capacity: 64MiB, logLevel: debug}\n  apps:\n    - name: catalog\n      \
+             namespace: shop\n      selector: {app: catalog}\n",
+            formula(64 * MIB, 256, 128 * MIB),
         ),
     ];
-    for (name, sidecar, expected) in cases {
-        let docs = render_with_manual_pods(name, &format!("ringside:\n{sidecar}"));
+    for (name, values, (request, limit)) in cases {
+        let docs = render_with_manual_pods(name, values);
         let args = webhook_args(&docs);
         let args: Vec<&str> = args.iter().map(String::as_str).collect();
-        let hook = launch(&format!("memory-{name}"), &args);
+        let hook = launch(&format!("same-{name}"), &args);
         for native in [false, true] {
             let which = if native { "native" } else { "regular" };
             let manual = docs
@@ -915,28 +1003,178 @@ fn chart_and_webhook_give_the_sidecar_the_same_memory() {
             } else {
                 "containers"
             };
-            let from_chart = container(manual, list);
+            let mut annotations = json!({"ringside.io/inject": "true",
+                                         "ringside.io/native-sidecar": native.to_string()});
+            if values.starts_with("app: ") {
+                annotations["ringside.io/app"] = json!("catalog");
+            }
             let pod = json!({"apiVersion": "v1", "kind": "Pod",
                 "metadata": {"name": format!("hooked-{which}"), "namespace": "shop",
-                    "annotations": {"ringside.io/inject": "true",
-                                    "ringside.io/native-sidecar": native.to_string()}},
+                    "annotations": annotations},
                 "spec": {"containers": [{"name": "app", "image": "app:1"}]}});
             let injected = hook.inject(&pod);
-            let from_webhook = container(&injected, list);
-            assert_eq!(
-                from_chart["resources"], from_webhook["resources"],
-                "{name} ({which}): chart and webhook disagree"
+            let mut diff = Vec::new();
+            let (from_chart, from_webhook) = (container(manual, list), container(&injected, list));
+            differences(from_chart, from_webhook, "container", &mut diff);
+            let volumes = |pod: &Value| {
+                let mut v: Vec<Value> = pod["spec"]["volumes"].as_array().unwrap().clone();
+                v.retain(|v| v["name"].as_str().unwrap().starts_with("ringside-"));
+                Value::Array(v)
+            };
+            differences(&volumes(manual), &volumes(&injected), "volumes", &mut diff);
+            assert!(
+                diff.is_empty(),
+                "{name} ({which}): chart and webhook disagree:\n{}",
+                diff.join("\n")
             );
-            let delay = |c: &Value| env(c, "RINGSIDE_SHUTDOWN_DELAY").cloned();
-            assert_eq!(delay(from_chart), delay(from_webhook), "{name} ({which})");
-            assert_eq!(from_chart["restartPolicy"], from_webhook["restartPolicy"]);
-            if let Some((request, limit)) = expected {
-                let memory = &from_chart["resources"];
-                assert_eq!(memory["requests"]["memory"], *request, "{name}");
-                assert_eq!(memory["limits"]["memory"], *limit, "{name}");
-            }
+            let memory = &from_chart["resources"];
+            assert_eq!(memory["requests"]["memory"], *request, "{name}");
+            assert_eq!(memory["limits"]["memory"], *limit, "{name}");
         }
     }
+}
+
+/// Peers dial every replica of an app on one port, the ConfigMap's
+/// membership port (the chart's sidecar.peerPort): the webhook started with
+/// the chart's args makes each injected sidecar listen and declare exactly
+/// that port, and refuses a per-pod `ringside.io/peer-port`, naming it.
+#[test]
+fn sidecars_listen_on_the_port_their_peers_dial() {
+    let values = "ringside:\n  sidecar: {peerPort: 7171}\n  apps:\n    - name: catalog\n      \
+                  namespace: shop\n      selector: {app: catalog}\n";
+    let docs = render_with_manual_pods("peer-port", values);
+    let config = docs
+        .iter()
+        .find(|d| d["kind"] == "ConfigMap" && d["metadata"]["name"] == "rs-ringside-config-catalog")
+        .expect("catalog's ConfigMap");
+    let config: Value =
+        serde_yaml::from_str(config["data"]["config.yaml"].as_str().unwrap()).unwrap();
+    let dialed = config["cluster"]["membership"]["dns"]["port"]
+        .as_u64()
+        .unwrap();
+    assert_eq!(dialed, 7171);
+    let args: Vec<String> = docs.iter().find(|d| d["kind"] == "Deployment").unwrap()["spec"]
+        ["template"]["spec"]["containers"][0]["args"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|a| a.as_str().unwrap().to_string())
+        .filter(|a| {
+            a.starts_with("--sidecar-")
+                || a.starts_with("--apps=")
+                || a.starts_with("--config-map=")
+        })
+        .collect();
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let hook = launch("peer-port", &args);
+    let pod = |name: &str, annotations: Value| {
+        pod_with(
+            name,
+            annotations,
+            json!({}),
+            json!([{"name": "app", "image": "app:1"}]),
+        )
+    };
+    let patched = hook.inject(&pod(
+        "catalog",
+        json!({"ringside.io/inject": "true", "ringside.io/app": "catalog"}),
+    ));
+    let c = container(&patched, "containers");
+    assert_eq!(
+        env(c, "RINGSIDE_PEER_LISTEN").unwrap()["value"],
+        format!("0.0.0.0:{dialed}")
+    );
+    let peer = c["ports"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|p| p["name"] == "ringside-peer");
+    assert_eq!(peer.unwrap()["containerPort"], dialed);
+    // A pod cannot listen elsewhere: its peers would still dial 7171.
+    let r = hook.review(pod(
+        "elsewhere",
+        json!({"ringside.io/inject": "true", "ringside.io/app": "catalog",
+               "ringside.io/peer-port": "7272"}),
+    ));
+    assert_eq!(r["allowed"], false, "{r}");
+    let message = r["status"]["message"].as_str().unwrap();
+    assert!(
+        message.contains("ringside.io/peer-port")
+            && message.contains("\"7272\"")
+            && message.contains("sidecar.peerPort (7171)"),
+        "{message}"
+    );
+    assert!(
+        warnings(&r).is_empty(),
+        "a known annotation, not a typo: {r}"
+    );
+}
+
+/// cert-manager renews the webhook's certificate and the kubelet swaps the
+/// mounted files: the running webhook serves the new certificate (from a new
+/// CA) without a restart, and a client that trusts only the old CA is
+/// refused from then on.
+#[test]
+fn a_renewed_certificate_is_served_without_a_restart() {
+    let mut hook = start("renewal", &[]);
+    let pid = hook.process.pid();
+    assert_eq!(hook.call_trusting("ca.pem", "GET", "/healthz", None).0, 200);
+    write_certs(&hook.dir, "new-ca.pem");
+    wait_until("a client trusting only the new CA gets through", || {
+        hook.call_trusting("new-ca.pem", "GET", "/healthz", None).0 == 200
+    });
+    let (status, _) = hook.call_trusting("ca.pem", "GET", "/healthz", None);
+    assert_eq!(status, 0, "the old CA still verifies the webhook");
+    // The same process, answering reviews with the new certificate.
+    assert!(hook.process.is_running());
+    assert_eq!(hook.process.pid(), pid);
+    let review = json!({"apiVersion": "admission.k8s.io/v1", "kind": "AdmissionReview",
+        "request": {"uid": "renewed", "namespace": "shop", "operation": "CREATE",
+            "kind": {"group": "", "version": "v1", "kind": "Pod"},
+            "object": pod_with("after", json!({"ringside.io/inject": "true"}), json!({}),
+                json!([{"name": "app", "image": "app:1"}]))}});
+    let body = serde_json::to_vec(&review).unwrap();
+    let (status, answer) = hook.call_trusting("new-ca.pem", "POST", "/mutate", Some(&body));
+    assert_eq!(status, 200, "{answer}");
+    assert!(answer.contains("\"patchType\":\"JSONPatch\""), "{answer}");
+    let (_, metrics) = hook.call_trusting("new-ca.pem", "GET", "/metrics", None);
+    let loaded = sample(
+        &metrics,
+        r#"ringside_inject_certificate_reloads_total{result="loaded"}"#,
+    );
+    assert!(loaded >= Some(1.0), "{metrics}");
+    assert!(
+        hook.log().contains("reloaded the TLS certificate"),
+        "{}",
+        hook.log()
+    );
+}
+
+/// A certificate replaced by one that does not match its key (or garbage)
+/// is refused: the webhook keeps serving the one it has, and says why.
+#[test]
+fn a_broken_certificate_keeps_the_previous_one() {
+    let hook = start("broken", &[]);
+    let garbage = hook.dir.join("tls.crt.new");
+    std::fs::write(
+        &garbage,
+        "-----BEGIN CERTIFICATE-----\nbm90\n-----END CERTIFICATE-----\n",
+    )
+    .unwrap();
+    std::fs::rename(&garbage, hook.dir.join("tls.crt")).unwrap();
+    wait_until("the failed reload is counted", || {
+        let (_, metrics) = hook.call("GET", "/metrics", None);
+        sample(
+            &metrics,
+            r#"ringside_inject_certificate_reloads_total{result="failed"}"#,
+        ) == Some(1.0)
+    });
+    assert_eq!(hook.call("GET", "/healthz", None).0, 200);
+    assert!(
+        hook.log().contains("keeping the previous TLS certificate"),
+        "{}",
+        hook.log()
+    );
 }
 
 /// The webhook's args as the chart renders them in `docs`, without those

@@ -59,6 +59,9 @@ pub struct RingsideView {
     pub peer_served: BTreeMap<String, u64>,
     /// `ringside_ring_members`.
     pub ring_members: u64,
+    /// `ringside_cache_entries` and `ringside_cache_bytes`: this node's own keys.
+    pub cache_entries: u64,
+    pub cache_bytes: u64,
 }
 
 impl RingsideView {
@@ -79,6 +82,8 @@ impl RingsideView {
                     *view.peer_served.entry(result.to_owned()).or_default() += value;
                 }
                 "ringside_ring_members" => view.ring_members = value,
+                "ringside_cache_entries" => view.cache_entries = value,
+                "ringside_cache_bytes" => view.cache_bytes = value,
                 _ => {}
             }
         }

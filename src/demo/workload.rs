@@ -43,6 +43,35 @@ impl Workload {
         }
     }
 
+    /// The fewest origin requests any cache could make for this workload:
+    /// each cache holds the best set it could (its `objects` most requested
+    /// keys, as they are requested in this very sequence), every first
+    /// request of a key is a miss, and every request of a key outside the
+    /// set is one. `caches` says how the requests meet caches.
+    pub fn origin_lower_bound(&self, caches: BoundCaches) -> u64 {
+        let (groups, objects) = match caches {
+            BoundCaches::Shared { objects } => (1, objects),
+            BoundCaches::PerAddress { addresses, objects } => (addresses.max(1), objects),
+        };
+        let mut counts = vec![std::collections::HashMap::<u64, u64>::new(); groups];
+        for index in 0..self.clients {
+            let group = &mut counts[index as usize % groups];
+            let mut rng = SplitMix64::new(client_seed(index));
+            for _ in 0..self.requests_for(index) {
+                *group.entry(self.keys.sample(&mut rng)).or_default() += 1;
+            }
+        }
+        counts
+            .into_iter()
+            .map(|group| {
+                let mut by_count: Vec<u64> = group.into_values().collect();
+                by_count.sort_unstable_by(|a, b| b.cmp(a));
+                let kept = (objects as usize).min(by_count.len());
+                kept as u64 + by_count[kept..].iter().sum::<u64>()
+            })
+            .sum()
+    }
+
     /// Client `index`'s share of the requests.
     fn requests_for(&self, index: u32) -> u64 {
         let clients = u64::from(self.clients);
@@ -125,6 +154,22 @@ impl Tally {
     }
 }
 
+/// How the requests meet caches, for [`Workload::origin_lower_bound`].
+#[derive(Debug, Clone, Copy)]
+pub enum BoundCaches {
+    /// One cache for every request (a cluster: its members' own areas
+    /// together, each key kept once) holding `objects` objects.
+    Shared { objects: u64 },
+    /// One cache per address (client `i` uses address `i % addresses`),
+    /// each holding `objects` objects.
+    PerAddress { addresses: usize, objects: u64 },
+}
+
+/// The seed of client `index`'s key sequence.
+fn client_seed(index: u32) -> u64 {
+    0x5eed_0000 + u64::from(index)
+}
+
 /// One client: its share of the requests, one after the other, on one
 /// keep-alive connection (reopened after a failure).
 async fn run_client(
@@ -133,7 +178,7 @@ async fn run_client(
     index: u32,
     deadline: Instant,
 ) -> Tally {
-    let mut rng = SplitMix64::new(0x5eed_0000 + u64::from(index));
+    let mut rng = SplitMix64::new(client_seed(index));
     let mut conn: Option<Conn> = None;
     let mut tally = Tally::default();
     for _ in 0..workload.requests_for(index) {
@@ -300,6 +345,27 @@ mod tests {
         };
         assert_eq!(draw(7), draw(7));
         assert_ne!(draw(7), draw(8));
+    }
+
+    #[test]
+    fn the_lower_bound_counts_first_requests_and_what_does_not_fit() {
+        let workload = new_workload(4, 2000);
+        let holds_all = workload.origin_lower_bound(BoundCaches::Shared { objects: 1000 });
+        let holds_none = workload.origin_lower_bound(BoundCaches::Shared { objects: 0 });
+        assert_eq!(holds_none, 2000, "without room every request misses");
+        assert!(
+            holds_all <= 200,
+            "with room for all, only first requests: {holds_all}"
+        );
+        let some = workload.origin_lower_bound(BoundCaches::Shared { objects: 20 });
+        assert!(holds_all < some && some < holds_none);
+        // Four caches each keeping 20 miss more than one keeping 80.
+        let apart = workload.origin_lower_bound(BoundCaches::PerAddress {
+            addresses: 4,
+            objects: 20,
+        });
+        let shared = workload.origin_lower_bound(BoundCaches::Shared { objects: 80 });
+        assert!(apart > shared, "{apart} <= {shared}");
     }
 
     #[test]

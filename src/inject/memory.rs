@@ -1,15 +1,35 @@
 //! The memory the injected container is given: its request and limit.
 //!
-//! Owns the default formula, in one place for the webhook: request =
-//! cache capacity + overhead, limit = 1.5 x request, each in MiB rounded up.
-//! The chart's `ringside.memory` helper (used by the `ringside.sidecar`
-//! template for manual injection) computes the same numbers;
-//! tests/inject_webhook.rs renders both for the same values and compares
-//! them. Explicit values (flags `--memory-request` / `--memory-limit`,
-//! annotations `ringside.io/memory-request` / `ringside.io/memory-limit`)
-//! replace either number as given.
+//! Owns the default formula, in one place for the webhook, derived from the
+//! footprint README's Memory section states (measured by `benches/memory.sh`
+//! and checked by tests/memory.rs): a node holds about 1.15 x its cache
+//! capacity, 40 MiB for the process itself, and 40 KiB per connection the
+//! app keeps open. So, each in MiB rounded up:
+//!
+//! * request = 1.15 x capacity + 40 MiB + 40 KiB x connections (what the node
+//!   holds once its cache is full and the app's connections are open);
+//! * limit = request + headroom (responses being written to slow clients and
+//!   fills in flight: up to `max_object_size` each, which no formula bounds).
+//!
+//! `connections` and `headroom` are the flags `--memory-connections` and
+//! `--memory-headroom` (chart: `sidecar.memoryConnections`,
+//! `sidecar.memoryHeadroom`). The chart's `ringside.memory` helper (used by
+//! the `ringside.sidecar` template for manual injection) computes the same
+//! numbers; tests/inject_webhook.rs renders both for the same values and
+//! checks them against this formula. Explicit values (flags
+//! `--memory-request` / `--memory-limit`, annotations
+//! `ringside.io/memory-request` / `ringside.io/memory-limit`) replace either
+//! number as given.
 
 const MIB: u64 = 1 << 20;
+const KIB: u64 = 1 << 10;
+
+/// Resident memory per byte of cache capacity, as a percentage (1.15 x).
+pub const FOOTPRINT_PERCENT: u64 = 115;
+/// The process itself: runtime, threads, allocator, metrics, pools.
+pub const PROCESS_BYTES: u64 = 40 * MIB;
+/// One connection the app keeps open (an idle keep-alive one).
+pub const CONNECTION_BYTES: u64 = 40 * KIB;
 
 /// A Kubernetes memory quantity as written (`900Mi`, `1.5Gi`, `2G`) and its bytes.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -65,11 +85,34 @@ pub fn parse_quantity(v: &str) -> Option<u64> {
     (bytes.is_finite() && (0.0..1.8e19).contains(&bytes)).then_some(bytes as u64)
 }
 
+/// What the default formula depends on besides the capacity.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Sizing {
+    /// Connections the app keeps open to the sidecar.
+    pub connections: u64,
+    /// Bytes between the request and the limit.
+    pub headroom: u64,
+}
+
+impl Default for Sizing {
+    fn default() -> Self {
+        Sizing {
+            connections: 256,
+            headroom: 128 * MIB,
+        }
+    }
+}
+
 /// The default request and limit in MiB for a cache of `capacity` bytes:
-/// request = capacity + overhead, limit = 1.5 x request, rounded up.
-pub fn default_mib(capacity: u64, overhead: u64) -> (u64, u64) {
-    let request = capacity.saturating_add(overhead).div_ceil(MIB);
-    let limit = request.saturating_mul(3).div_ceil(2);
+/// request = 1.15 x capacity + 40 MiB + 40 KiB x connections, limit =
+/// request + headroom, each rounded up to a whole MiB.
+pub fn default_mib(capacity: u64, sizing: Sizing) -> (u64, u64) {
+    let cache = capacity.saturating_mul(FOOTPRINT_PERCENT).div_ceil(100);
+    let request = cache
+        .saturating_add(PROCESS_BYTES)
+        .saturating_add(sizing.connections.saturating_mul(CONNECTION_BYTES))
+        .div_ceil(MIB);
+    let limit = request.saturating_add(sizing.headroom.div_ceil(MIB));
     (request, limit)
 }
 
@@ -85,11 +128,11 @@ impl Memory {
     /// error when the request ends up above the limit.
     pub fn resolve(
         capacity: u64,
-        overhead: u64,
+        sizing: Sizing,
         request: Option<Quantity>,
         limit: Option<Quantity>,
     ) -> Result<Memory, String> {
-        let (default_request, default_limit) = default_mib(capacity, overhead);
+        let (default_request, default_limit) = default_mib(capacity, sizing);
         let memory = Memory {
             request: request.unwrap_or_else(|| Quantity::mebibytes(default_request)),
             limit: limit.unwrap_or_else(|| Quantity::mebibytes(default_limit)),
@@ -97,7 +140,8 @@ impl Memory {
         if memory.request.bytes > memory.limit.bytes {
             return Err(format!(
                 "memory request {} is above the memory limit {}; without an explicit value \
-                 the request is the cache capacity + overhead and the limit 1.5 x the request",
+                 the request is 1.15 x the cache capacity + 40 MiB + 40 KiB per connection and \
+                 the limit the request + headroom",
                 memory.request.text, memory.limit.text
             ));
         }
@@ -123,25 +167,39 @@ mod tests {
 
     #[test]
     fn the_default_formula() {
-        assert_eq!(default_mib(256 * MIB, 64 * MIB), (320, 480));
-        assert_eq!(default_mib(128 * MIB, 64 * MIB), (192, 288));
-        // Rounded up: a fraction of a MiB counts as one, and 1.5 x 321 = 481.5.
-        assert_eq!(default_mib(256 * MIB + 1, 64 * MIB), (321, 482));
+        let d = Sizing::default();
+        // 1.15 x 256 MiB = 294.4 MiB, + 40 MiB + 256 x 40 KiB (10 MiB) = 344.4.
+        assert_eq!(default_mib(256 * MIB, d), (345, 473));
+        assert_eq!(default_mib(1024 * MIB, d), (1228, 1356));
+        let none = Sizing {
+            connections: 0,
+            headroom: 0,
+        };
+        // 1.15 x 100 MiB is exactly 115 MiB; one byte more is one MiB more.
+        assert_eq!(default_mib(100 * MIB, none), (155, 155));
+        assert_eq!(default_mib(100 * MIB + 1, none), (156, 156));
+        let more = Sizing {
+            connections: 1000,
+            headroom: MIB + 1,
+        };
+        // 1000 x 40 KiB = 39.06 MiB: 115 + 40 + 39.06 -> 195; headroom 2 MiB.
+        assert_eq!(default_mib(100 * MIB, more), (195, 197));
     }
 
     #[test]
     fn explicit_values_win_and_must_be_ordered() {
         let q = |s: &str| Quantity::parse(s);
         let texts = |m: Memory| (m.request.text, m.limit.text);
-        let m = Memory::resolve(256 * MIB, 64 * MIB, q("400Mi"), None).unwrap();
-        assert_eq!(texts(m), ("400Mi".into(), "480Mi".into()));
-        let m = Memory::resolve(256 * MIB, 64 * MIB, None, q("1Gi")).unwrap();
-        assert_eq!(texts(m), ("320Mi".into(), "1Gi".into()));
-        let m = Memory::resolve(256 * MIB, 64 * MIB, q("1G"), q("1.5Gi")).unwrap();
+        let d = Sizing::default();
+        let m = Memory::resolve(256 * MIB, d, q("400Mi"), None).unwrap();
+        assert_eq!(texts(m), ("400Mi".into(), "473Mi".into()));
+        let m = Memory::resolve(256 * MIB, d, None, q("1Gi")).unwrap();
+        assert_eq!(texts(m), ("345Mi".into(), "1Gi".into()));
+        let m = Memory::resolve(256 * MIB, d, q("1G"), q("1.5Gi")).unwrap();
         assert_eq!(texts(m), ("1G".into(), "1.5Gi".into()));
-        let e = Memory::resolve(256 * MIB, 64 * MIB, q("900Mi"), None).unwrap_err();
-        assert!(e.contains("900Mi") && e.contains("480Mi"), "{e}");
-        let e = Memory::resolve(256 * MIB, 64 * MIB, None, q("256Mi")).unwrap_err();
-        assert!(e.contains("320Mi") && e.contains("256Mi"), "{e}");
+        let e = Memory::resolve(256 * MIB, d, q("900Mi"), None).unwrap_err();
+        assert!(e.contains("900Mi") && e.contains("473Mi"), "{e}");
+        let e = Memory::resolve(256 * MIB, d, None, q("256Mi")).unwrap_err();
+        assert!(e.contains("345Mi") && e.contains("256Mi"), "{e}");
     }
 }

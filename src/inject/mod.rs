@@ -15,23 +15,27 @@
 //! Every decision is logged at info: the pod, injected / skipped / denied,
 //! why, and the warnings returned with it.
 //!
-//! Certificates are read once at start; a rotated certificate (cert-manager
-//! renewal) takes effect when the pod restarts.
+//! The certificate is reloaded when its files change (`tls_files`, shared
+//! with the peer listener's TLS): a cert-manager renewal takes effect
+//! within a second of the kubelet swapping the files, no restart.
 
 pub mod checks;
 pub mod memory;
 pub mod review;
 pub mod sidecar;
 
+use crate::tls_files::{CertificateFiles, Watched};
 use async_trait::async_trait;
 use http::{Method, Response, StatusCode};
 use pingora::apps::http_app::ServeHttp;
+use pingora::listeners::tls::TlsSettings;
 use pingora::protocols::http::ServerSession;
 use pingora::server::configuration::ServerConf;
 use pingora::server::Server;
 use pingora::services::listening::Service;
 use sidecar::{NativeSidecar, Settings};
 use std::process::ExitCode;
+use std::sync::Arc;
 
 /// Largest AdmissionReview accepted (the API server's own limit is 3 MiB objects).
 const MAX_BODY: usize = 8 << 20;
@@ -64,12 +68,10 @@ pub struct InjectArgs {
     /// `ringside.io/app: NAME` gets `<config-map>-NAME` instead.
     #[arg(long, default_value = "ringside")]
     pub config_map: String,
-    /// Secret with the cluster's peer secret, in the pod's namespace.
+    /// Secret with the cluster's peer secret (key `secret`) and the admin
+    /// token (key `admin-token`), in the pod's namespace.
     #[arg(long, default_value = "ringside-peer-secret")]
     pub secret: String,
-    /// Key of the peer secret inside --secret.
-    #[arg(long, default_value = "secret")]
-    pub secret_key: String,
     /// Inject as a native sidecar (init container with restartPolicy: Always).
     #[arg(long, value_enum, default_value = "auto")]
     pub native_sidecar: NativeSidecar,
@@ -79,13 +81,20 @@ pub struct InjectArgs {
     /// Default cache capacity of injected sidecars (e.g. 256MiB or 256Mi).
     #[arg(long = "sidecar-capacity", default_value = "256MiB")]
     pub sidecar_capacity: String,
-    /// Memory requested on top of the capacity (e.g. 64Mi).
-    #[arg(long, default_value = "64Mi")]
-    pub memory_overhead: String,
-    /// Memory request of injected containers (e.g. 900Mi); default: capacity + overhead.
+    /// Connections an app keeps open to its sidecar, 40 KiB each in the
+    /// default memory request (see --memory-request).
+    #[arg(long, default_value_t = 256)]
+    pub memory_connections: u64,
+    /// Memory between the default request and limit, for responses being
+    /// written and fills in flight (e.g. 128Mi).
+    #[arg(long, default_value = "128Mi")]
+    pub memory_headroom: String,
+    /// Memory request of injected containers (e.g. 900Mi); default: 1.15 x
+    /// capacity + 40 MiB + 40 KiB x --memory-connections.
     #[arg(long)]
     pub memory_request: Option<String>,
-    /// Memory limit of injected containers (e.g. 1.5Gi); default: 1.5 x the request.
+    /// Memory limit of injected containers (e.g. 1.5Gi); default: the
+    /// request + --memory-headroom.
     #[arg(long)]
     pub memory_limit: Option<String>,
     /// CPU request of the injected container.
@@ -100,7 +109,8 @@ pub struct InjectArgs {
     /// Admin port (probes and /metrics, on all pod addresses).
     #[arg(long = "sidecar-admin-port", default_value_t = 9090)]
     pub admin_port: u16,
-    /// Peer port declared on the container; must match cluster.peer_listen in the ConfigMap.
+    /// The port peers dial (the ConfigMap's membership port, the chart's
+    /// sidecar.peerPort): every injected sidecar listens on it.
     #[arg(long = "sidecar-peer-port", default_value_t = 7070)]
     pub peer_port: u16,
     /// Seconds an injected sidecar that is not a native sidecar keeps serving
@@ -131,15 +141,17 @@ impl InjectArgs {
                     self.sidecar_capacity
                 )
             })?;
-        let memory_overhead = memory::parse_quantity(&self.memory_overhead)
-            .or_else(|| sidecar::parse_capacity(&self.memory_overhead))
-            .ok_or_else(|| {
-                format!(
-                    "--memory-overhead: {:?} is invalid; expected {}",
-                    self.memory_overhead,
-                    memory::QUANTITY_HINT
-                )
-            })?;
+        let headroom = memory::parse_quantity(&self.memory_headroom).ok_or_else(|| {
+            format!(
+                "--memory-headroom: {:?} is invalid; expected {}",
+                self.memory_headroom,
+                memory::QUANTITY_HINT
+            )
+        })?;
+        let sizing = memory::Sizing {
+            connections: self.memory_connections,
+            headroom,
+        };
         let quantity = |flag: &str, v: &Option<String>| match v {
             None => Ok(None),
             Some(v) => memory::Quantity::parse(v).map(Some).ok_or_else(|| {
@@ -153,7 +165,7 @@ impl InjectArgs {
         let memory_limit = quantity("--memory-limit", &self.memory_limit)?;
         memory::Memory::resolve(
             capacity,
-            memory_overhead,
+            sizing,
             memory_request.clone(),
             memory_limit.clone(),
         )
@@ -195,11 +207,10 @@ impl InjectArgs {
             image_pull_policy: self.image_pull_policy.clone(),
             config_map: self.config_map.clone(),
             secret: self.secret.clone(),
-            secret_key: self.secret_key.clone(),
             native_sidecar: self.native_sidecar,
             kube_version: self.kube_version.clone(),
             capacity,
-            memory_overhead,
+            sizing,
             memory_request,
             memory_limit,
             cpu_request: self.cpu_request.clone(),
@@ -347,15 +358,28 @@ pub fn run(args: &InjectArgs) -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    if let Err(e) = listen
+    let certificate = listen
         .parse::<std::net::SocketAddr>()
         .map_err(|_| format!("--listen: {listen:?} is invalid; expected IP:port"))
         .and_then(|_| check_pem("--tls-cert", &args.tls_cert, "CERTIFICATE"))
         .and_then(|_| check_pem("--tls-key", &args.tls_key, "PRIVATE KEY"))
-    {
-        eprintln!("ringside inject: {e}");
-        return ExitCode::from(2);
-    }
+        .and_then(|_| {
+            let (cert, key) = (args.tls_cert.clone(), args.tls_key.clone());
+            Watched::new(
+                "TLS certificate",
+                &[&args.tls_cert, &args.tls_key],
+                move || CertificateFiles::load(&cert, &key),
+                crate::metrics::observe_certificate_reload,
+            )
+            .map_err(|e| format!("--tls-cert, --tls-key: {e}"))
+        });
+    let certificate = match certificate {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("ringside inject: {e}");
+            return ExitCode::from(2);
+        }
+    };
     let conf = ServerConf {
         threads: 2,
         grace_period_seconds: Some(1),
@@ -367,10 +391,15 @@ pub fn run(args: &InjectArgs) -> ExitCode {
     crate::metrics::init_inject();
     let native = settings.native_by_default();
     let mut service = Service::new("ringside inject".into(), Webhook { settings });
-    if let Err(e) = service.add_tls(listen, &args.tls_cert, &args.tls_key) {
-        eprintln!("ringside inject: cannot use the TLS certificate or key: {e}");
-        return ExitCode::from(2);
-    }
+    let mut tls = match TlsSettings::intermediate(&args.tls_cert, &args.tls_key) {
+        Ok(tls) => tls,
+        Err(e) => {
+            eprintln!("ringside inject: cannot use the TLS certificate or key: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    tls.set_cert_resolver(Arc::new(certificate));
+    service.add_tls_with_settings(listen, None, tls);
     server.add_service(service);
     log::info!(
         "ringside inject listening on https://{} (POST /mutate), native sidecar: {native}",

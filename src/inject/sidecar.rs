@@ -9,7 +9,7 @@
 //! pod shape the API server may send (missing arrays, maps or fields).
 
 use super::checks;
-use super::memory::{Memory, Quantity, QUANTITY_HINT};
+use super::memory::{Memory, Quantity, Sizing, QUANTITY_HINT};
 use crate::config::{parse_size, OriginUrl};
 use serde_json::{json, Map, Value};
 
@@ -25,7 +25,11 @@ pub const ANNOTATION_CAPACITY: &str = "ringside.io/capacity";
 pub const ANNOTATION_PORT: &str = "ringside.io/port";
 /// Per-pod admin port (probes, metrics).
 pub const ANNOTATION_ADMIN_PORT: &str = "ringside.io/admin-port";
-/// Per-pod peer port (the container port and RINGSIDE_PEER_LISTEN).
+/// No longer supported, and refused: peers dial every member of an app on one
+/// port (DNS records carry addresses, not ports), the chart's
+/// `sidecar.peerPort` in the app's ConfigMap, so one pod cannot listen on
+/// another. Known, so that it is refused with that reason rather than
+/// warned about as a typo.
 pub const ANNOTATION_PEER_PORT: &str = "ringside.io/peer-port";
 /// Which app's ConfigMap to mount (`<config-map>-<app>`), as listed in the chart's `apps`.
 pub const ANNOTATION_APP: &str = "ringside.io/app";
@@ -36,9 +40,9 @@ pub const ANNOTATION_NATIVE: &str = "ringside.io/native-sidecar";
 /// Kubernetes stops after the app.
 pub const ANNOTATION_WAIT_BEFORE_EXIT: &str = "ringside.io/wait-before-exit-seconds";
 /// Per-pod memory request of the container (a Kubernetes quantity), instead of
-/// capacity + overhead.
+/// the formula in [`super::memory`].
 pub const ANNOTATION_MEMORY_REQUEST: &str = "ringside.io/memory-request";
-/// Per-pod memory limit of the container, instead of 1.5 x the request.
+/// Per-pod memory limit of the container, instead of the request + headroom.
 pub const ANNOTATION_MEMORY_LIMIT: &str = "ringside.io/memory-limit";
 /// Every annotation ringside reads or writes (others under `ringside.io/` are typos).
 pub const ANNOTATIONS: [&str; 12] = [
@@ -60,9 +64,10 @@ const MAX_WAIT_BEFORE_EXIT: u32 = 3600;
 
 /// Name of the injected container; its presence marks a pod as injected.
 pub const CONTAINER_NAME: &str = "ringside";
-/// The key of the admin (purge) token in the same Secret as the peer secret
-/// (the chart's `secret.yaml` writes both).
-const ADMIN_TOKEN_KEY: &str = "admin-token";
+/// The keys of the peer secret and of the admin (purge) token in the Secret
+/// (the chart's `secret.yaml` writes both; an existing Secret has both).
+pub const PEER_SECRET_KEY: &str = "secret";
+pub const ADMIN_TOKEN_KEY: &str = "admin-token";
 /// Volume holding the ConfigMap's `config.yaml`.
 pub const CONFIG_VOLUME: &str = "ringside-config";
 /// Writable scratch space (the root filesystem is read-only).
@@ -92,16 +97,15 @@ pub struct Settings {
     pub image_pull_policy: String,
     /// ConfigMap with `config.yaml`, in the pod's namespace.
     pub config_map: String,
-    /// Secret holding the cluster secret, in the pod's namespace.
+    /// Secret holding the cluster secret and admin token, in the pod's namespace.
     pub secret: String,
-    pub secret_key: String,
     pub native_sidecar: NativeSidecar,
     /// The cluster's version (`1.29.3`, `v1.30.0-gke.1`), for `auto`.
     pub kube_version: Option<String>,
     /// Default cache capacity in bytes.
     pub capacity: u64,
-    /// Memory on top of the capacity for the process itself.
-    pub memory_overhead: u64,
+    /// Connections and headroom of the default memory formula.
+    pub sizing: Sizing,
     /// Explicit memory request and limit (else the formula in [`super::memory`]).
     pub memory_request: Option<Quantity>,
     pub memory_limit: Option<Quantity>,
@@ -109,8 +113,9 @@ pub struct Settings {
     pub cpu_limit: Option<String>,
     pub port: u16,
     pub admin_port: u16,
-    /// The container's `ringside-peer` port, set as RINGSIDE_PEER_LISTEN
-    /// (the DNS membership port in the app's ConfigMap must agree).
+    /// The container's `ringside-peer` port, set as RINGSIDE_PEER_LISTEN: the
+    /// port peers dial (the DNS membership port in the app's ConfigMap), the
+    /// same for every pod.
     pub peer_port: u16,
     /// `shutdown_delay` of regular-container sidecars, in seconds.
     pub wait_before_exit_seconds: u32,
@@ -129,11 +134,10 @@ impl Default for Settings {
             image_pull_policy: "IfNotPresent".into(),
             config_map: "ringside".into(),
             secret: "ringside-peer-secret".into(),
-            secret_key: "secret".into(),
             native_sidecar: NativeSidecar::Auto,
             kube_version: None,
             capacity: 256 * MIB,
-            memory_overhead: 64 * MIB,
+            sizing: Sizing::default(),
             memory_request: None,
             memory_limit: None,
             cpu_request: "50m".into(),
@@ -318,6 +322,14 @@ impl Settings {
                 }
             },
         };
+        if let Some(v) = annotation(pod, ANNOTATION_PEER_PORT) {
+            return Err(format!(
+                "annotation {ANNOTATION_PEER_PORT}: {v:?} is not supported: peers dial every \
+                 replica of an app on the same port, the chart's sidecar.peerPort ({}); remove \
+                 the annotation, or change sidecar.peerPort for all apps",
+                self.peer_port
+            ));
+        }
         let memory = self.memory(pod, capacity)?;
         let opts = PodOptions {
             origin,
@@ -325,7 +337,7 @@ impl Settings {
             memory,
             port: port(ANNOTATION_PORT, self.port)?,
             admin_port: port(ANNOTATION_ADMIN_PORT, self.admin_port)?,
-            peer_port: port(ANNOTATION_PEER_PORT, self.peer_port)?,
+            peer_port: self.peer_port,
             native,
             config_map,
             wait_before_exit_seconds,
@@ -336,8 +348,8 @@ impl Settings {
             || opts.admin_port == opts.peer_port
         {
             return Err(format!(
-                "annotations {ANNOTATION_PORT}, {ANNOTATION_ADMIN_PORT}, {ANNOTATION_PEER_PORT}: \
-                 ports {}, {}, {} must all differ",
+                "annotations {ANNOTATION_PORT}, {ANNOTATION_ADMIN_PORT}: ports {} and {} must \
+                 differ from each other and from the peer port {} (the chart's sidecar.peerPort)",
                 opts.port, opts.admin_port, opts.peer_port
             ));
         }
@@ -354,7 +366,7 @@ impl Settings {
         };
         let request = explicit(ANNOTATION_MEMORY_REQUEST, &self.memory_request)?;
         let limit = explicit(ANNOTATION_MEMORY_LIMIT, &self.memory_limit)?;
-        Memory::resolve(capacity, self.memory_overhead, request, limit).map_err(|why| {
+        Memory::resolve(capacity, self.sizing, request, limit).map_err(|why| {
             format!("annotations {ANNOTATION_MEMORY_REQUEST}, {ANNOTATION_MEMORY_LIMIT}, {ANNOTATION_CAPACITY}: {why}")
         })
     }
@@ -369,7 +381,7 @@ impl Settings {
             json!({"name": "RINGSIDE_PEER_LISTEN", "value": format!("0.0.0.0:{}", o.peer_port)}),
             json!({"name": "RINGSIDE_CAPACITY", "value": o.capacity.to_string()}),
             json!({"name": "RINGSIDE_CLUSTER_SECRET", "valueFrom": {"secretKeyRef": {
-                "name": self.secret, "key": self.secret_key, "optional": true}}}),
+                "name": self.secret, "key": PEER_SECRET_KEY, "optional": true}}}),
             json!({"name": "RINGSIDE_ADMIN_TOKEN", "valueFrom": {"secretKeyRef": {
                 "name": self.secret, "key": ADMIN_TOKEN_KEY, "optional": true}}}),
         ];
@@ -600,8 +612,9 @@ mod tests {
             .pod_options(&pod(json!({ANNOTATION_CAPACITY: "128Mi"})))
             .unwrap();
         let c = s.container(&o);
-        assert_eq!(c["resources"]["requests"]["memory"], "192Mi");
-        assert_eq!(c["resources"]["limits"]["memory"], "288Mi");
+        // 1.15 x 128 MiB + 40 MiB + 256 x 40 KiB = 197.2 MiB; + 128 MiB headroom.
+        assert_eq!(c["resources"]["requests"]["memory"], "198Mi");
+        assert_eq!(c["resources"]["limits"]["memory"], "326Mi");
     }
 
     #[test]

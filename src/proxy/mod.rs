@@ -2,6 +2,8 @@
 //!
 //! ```text
 //! request_filter
+//!   readiness? ....... this process's own /readyz probe: 204, answered here
+//!                      and not counted (readiness.rs)
 //!   too large? ....... request line over 16 KiB: 414; head over 64 KiB: 431;
 //!                      HTTP/1.1 without Host: 400
 //!   admit / route .... peer listener: signature, origin (peer.rs);
@@ -265,6 +267,9 @@ impl ProxyHttp for Ringside {
         // Pipelined requests are answered in order (RFC 9112 §9.3.2) rather
         // than dropped after the first response.
         session.set_pipelining_enabled(true);
+        if crate::readiness::is_probe(session.req_header()) {
+            return crate::readiness::answer(session).await;
+        }
         if let Err(refusal) = request::check_protocol(session.req_header()) {
             return refuse(session, ctx, refusal).await;
         }
@@ -429,6 +434,9 @@ impl ProxyHttp for Ringside {
 
     async fn logging(&self, session: &mut Session, _e: Option<&Error>, ctx: &mut RequestCtx) {
         connections::exchange_finished(session.as_downstream());
+        if crate::readiness::is_probe(session.req_header()) {
+            return;
+        }
         if self.role == Role::Peer {
             metrics::observe_peer_served(ctx.result);
             return;

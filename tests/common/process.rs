@@ -94,6 +94,12 @@ impl Process {
         matches!(self.child.as_mut().map(Child::try_wait), Some(Ok(None)))
     }
 
+    /// The exit code, once the process has exited on its own.
+    pub fn exit_code(&mut self) -> Option<i32> {
+        let child = self.child.as_mut()?;
+        child.try_wait().ok().flatten()?.code()
+    }
+
     /// SIGKILL the process (no graceful shutdown) and reap it.
     pub fn kill(&mut self) {
         if let Some(mut child) = self.child.take() {

@@ -61,12 +61,19 @@ app.kubernetes.io/instance: {{ .Release.Name }}
 app.kubernetes.io/component: webhook
 {{- end -}}
 
+{{/* The image: image.tag, else the chart's appVersion. A parent chart that
+includes ringside.sidecar passes "Chart" (.Subcharts.ringside.Chart) or sets
+image.tag, so that it injects what the webhook does, never a floating tag. */}}
 {{- define "ringside.image" -}}
-{{- printf "%s:%s" .Values.image.repository (default (.Chart | default dict).AppVersion .Values.image.tag | default "latest") -}}
+{{- $tag := default (.Chart | default dict).AppVersion .Values.image.tag -}}
+{{- if not $tag -}}
+{{- fail "ringside.sidecar: set ringside.image.tag, or pass \"Chart\" .Subcharts.ringside.Chart (the webhook injects the chart's appVersion)" -}}
+{{- end -}}
+{{- printf "%s:%s" .Values.image.repository $tag -}}
 {{- end -}}
 
 {{- define "ringside.configMapName" -}}{{ include "ringside.fullname" . }}-config{{- end -}}
-{{- define "ringside.secretName" -}}{{ include "ringside.fullname" . }}-peer-secret{{- end -}}
+{{- define "ringside.secretName" -}}{{ default (printf "%s-peer-secret" (include "ringside.fullname" .)) .Values.existingPeerSecret }}{{- end -}}
 {{- define "ringside.webhookName" -}}{{ include "ringside.fullname" . }}-webhook{{- end -}}
 
 {{/* Namespace of an app: (dict "root" $ "app" $app). */}}
@@ -168,7 +175,9 @@ sidecar on Kubernetes 1.29+, in `initContainers` with "native" true):
     {{- include "ringside.sidecarVolumes" (dict "Values" .Values.ringside "Release" .Release "app" "catalog") | nindent 4 }}
 
 Keys: Values (this chart's values), Release, app (optional: an apps[].name,
-for the cluster config and its peer TLS Secret), native (optional bool).
+for the cluster config and its peer TLS Secret), native (optional bool), Chart
+(optional: .Subcharts.ringside.Chart, for the image tag when ringside.image.tag
+is not set).
 */}}
 {{- define "ringside.sidecar" -}}
 {{- $s := .Values.sidecar -}}
@@ -197,6 +206,10 @@ for the cluster config and its peer TLS Secret), native (optional bool).
       value: "127.0.0.1:{{ $s.port }}"
     - name: RINGSIDE_ADMIN_LISTEN
       value: "0.0.0.0:{{ $s.adminPort }}"
+    - name: RINGSIDE_PEER_LISTEN
+      value: "0.0.0.0:{{ $s.peerPort }}"
+    - name: RINGSIDE_CAPACITY
+      value: {{ include "ringside.toBytes" $s.capacity | quote }}
     - name: RINGSIDE_CLUSTER_SECRET
       valueFrom:
         secretKeyRef:
@@ -223,15 +236,20 @@ for the cluster config and its peer TLS Secret), native (optional bool).
       cpu: {{ . }}
       {{- end }}
   startupProbe:
-    httpGet: {path: /readyz, port: ringside-admin}
+    httpGet: {path: /readyz, port: ringside-admin, scheme: HTTP}
     periodSeconds: 1
+    timeoutSeconds: 2
     failureThreshold: 30
   readinessProbe:
-    httpGet: {path: /readyz, port: ringside-admin}
+    httpGet: {path: /readyz, port: ringside-admin, scheme: HTTP}
     periodSeconds: 5
+    timeoutSeconds: 2
+    failureThreshold: 3
   livenessProbe:
-    httpGet: {path: /healthz, port: ringside-admin}
+    httpGet: {path: /healthz, port: ringside-admin, scheme: HTTP}
     periodSeconds: 10
+    timeoutSeconds: 2
+    failureThreshold: 3
   securityContext:
     runAsNonRoot: true
     runAsUser: 65532
@@ -273,20 +291,25 @@ for the cluster config and its peer TLS Secret), native (optional bool).
 
 {{/*
 The sidecar's memory request and limit, as JSON {"request", "limit"}:
-sidecar.memoryRequest / sidecar.memoryLimit where set, else the default
-formula: request = capacity + memoryOverhead, limit = 1.5 x request, in MiB
-rounded up. src/inject/memory.rs computes the same for the webhook, and
-tests/inject_webhook.rs compares the two. Takes the sidecar values.
+sidecar.memoryRequest / sidecar.memoryLimit where set, else the formula
+derived from the measured footprint (README, Memory), each in MiB rounded up:
+request = 1.15 x capacity + 40 MiB + 40 KiB x memoryConnections, limit =
+request + memoryHeadroom. src/inject/memory.rs computes the same for the
+webhook, and tests/inject_webhook.rs checks both against the formula. Takes
+the sidecar values.
 */}}
 {{- define "ringside.memory" -}}
 {{- $mib := 1048576 -}}
-{{- $bytes := add (include "ringside.toBytes" .capacity) (include "ringside.toBytes" .memoryOverhead) -}}
+{{- $capacity := include "ringside.toBytes" .capacity | int64 -}}
+{{- $cache := div (add (mul $capacity 115) 99) 100 -}}
+{{- $bytes := add $cache (mul 40 $mib) (mul (int64 .memoryConnections) 40960) -}}
 {{- $requestMi := div (add $bytes (sub $mib 1)) $mib -}}
-{{- $limitMi := div (add (mul $requestMi 3) 1) 2 -}}
+{{- $headroomMi := div (add (include "ringside.toBytes" .memoryHeadroom | int64) (sub $mib 1)) $mib -}}
+{{- $limitMi := add $requestMi $headroomMi -}}
 {{- $request := default (printf "%dMi" $requestMi) .memoryRequest -}}
 {{- $limit := default (printf "%dMi" $limitMi) .memoryLimit -}}
 {{- if gt (include "ringside.toBytes" $request | int64) (include "ringside.toBytes" $limit | int64) -}}
-{{- fail (printf "sidecar.memoryRequest, sidecar.memoryLimit, sidecar.capacity: memory request %s is above the memory limit %s; without an explicit value the request is the cache capacity + memoryOverhead and the limit 1.5 x the request" $request $limit) -}}
+{{- fail (printf "sidecar.memoryRequest, sidecar.memoryLimit, sidecar.capacity: memory request %s is above the memory limit %s; without an explicit value the request is 1.15 x the cache capacity + 40 MiB + 40 KiB x memoryConnections and the limit the request + memoryHeadroom" $request $limit) -}}
 {{- end -}}
 {{- dict "request" $request "limit" $limit | toJson -}}
 {{- end -}}
