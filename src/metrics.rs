@@ -671,7 +671,7 @@ static INJECT_CERTIFICATE_RELOADS: Lazy<IntCounterVec> = Lazy::new(|| {
     )
 });
 
-/// Count one reload of the webhook's certificate (see `inject::tls`).
+/// Count one reload of the webhook's certificate (see `tls_files`).
 pub fn observe_certificate_reload(loaded: bool) {
     let result = if loaded { "loaded" } else { "failed" };
     INJECT_CERTIFICATE_RELOADS
