@@ -25,12 +25,12 @@ use crate::metrics;
 use crate::node::Node;
 use crate::origin::OriginTarget;
 use crate::purge;
+use crate::readiness::Listener;
 use async_trait::async_trait;
 use http::{Method, Response, StatusCode};
 use pingora::apps::http_app::ServeHttp;
 use pingora::http::RequestHeader;
 use pingora::protocols::http::ServerSession;
-use std::net::SocketAddr;
 use std::sync::Arc;
 use subtle::ConstantTimeEq;
 
@@ -39,13 +39,13 @@ pub struct Admin {
     /// The listeners `/readyz` probes: the app-facing one, and the peer
     /// listener in a cluster (a node its peers cannot reach is not ready);
     /// each must be served by this very process (see `readiness`).
-    listeners: Vec<SocketAddr>,
+    listeners: Vec<Listener>,
     /// Bearer token for purge; None: purge disabled.
     token: Option<String>,
 }
 
 impl Admin {
-    pub fn new(node: Arc<Node>, listeners: Vec<SocketAddr>) -> Admin {
+    pub fn new(node: Arc<Node>, listeners: Vec<Listener>) -> Admin {
         let token = Some(node.config.admin_token.clone()).filter(|t| !t.is_empty());
         Admin {
             node,
@@ -56,8 +56,8 @@ impl Admin {
 
     /// Whether this process serves every listener right now.
     async fn listeners_serve(&self) -> bool {
-        for addr in &self.listeners {
-            if !crate::readiness::serves(*addr).await {
+        for listener in &self.listeners {
+            if !crate::readiness::serves(listener).await {
                 return false;
             }
         }

@@ -11,6 +11,7 @@ use crate::config::{ClusterConfig, PeerProtocol};
 use crate::hot::HotKeys;
 use crate::membership::{self, Member};
 use crate::metrics;
+use crate::peer_tls::PeerTls;
 use crate::peers::{self, Envelope, PeerAuth, PeerHealth, Refusal, SeenNonces};
 use crate::ring::Ring;
 use http::{header, HeaderValue};
@@ -36,6 +37,8 @@ pub struct Cluster {
     pub peer_h2c: bool,
     /// How long a write waits for members to confirm its invalidation.
     pub invalidation_timeout: Duration,
+    /// Mutual TLS with peers (`cluster.tls`); None: signed cleartext.
+    pub tls: Option<Arc<PeerTls>>,
 }
 
 impl Cluster {
@@ -49,6 +52,10 @@ impl Cluster {
         max_variants: usize,
         origin_budget: Duration,
     ) -> Result<Arc<Cluster>, String> {
+        let tls = match &config.tls {
+            Some(tls) => Some(Arc::new(PeerTls::load(tls, &config.advertise_addr())?)),
+            None => None,
+        };
         let mut members = membership::start(config).await?;
         let first = members.borrow_and_update().clone();
         let min_rate = if hot_capacity == 0 {
@@ -71,6 +78,7 @@ impl Cluster {
             peer_read_timeout: config.peer_timeout + origin_budget,
             peer_h2c: config.peer_protocol == PeerProtocol::H2c,
             invalidation_timeout: config.invalidation_timeout,
+            tls,
         });
         cluster.install(first, &config.hash_key, config.vnodes);
         let (hash_key, vnodes) = (config.hash_key.clone(), config.vnodes);
@@ -174,6 +182,11 @@ impl Cluster {
             peers::now_secs(),
         )?;
         self.nonces.first_use(nonce)
+    }
+
+    /// Whether `addr` is a member of this node's current ring.
+    pub fn is_member(&self, addr: &str) -> bool {
+        self.ring().members().iter().any(|m| m.addr == addr)
     }
 
     /// The peer that owns `key`, or None when this node does (or is alone).

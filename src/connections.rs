@@ -27,6 +27,9 @@
 //!   (the app's, with `forward_proxy.connect_allow`) never reaches pingora:
 //!   its head is read here, under the same deadline, and `tunnel.rs`
 //!   answers and relays it;
+//! - a listener may take a new connection through a [`Handshake`] first
+//!   (the peer listener: TLS, or refusing TLS where it has none; see
+//!   `peer_tls.rs`), within the connection cap, before any of the above;
 //! - [`listener`] configures the listening socket without pingora's 64 KiB
 //!   read buffer: pingora reads request heads and bodies into buffers of its
 //!   own, so the extra layer only cost memory on every idle connection.
@@ -77,7 +80,7 @@ pub fn check_free(field: &str, addr: &str) -> Result<(), String> {
 }
 
 /// The bounds a [`Guarded`] app applies to its connections.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct Limits {
     /// Open connections at most; more are refused.
     pub max_connections: usize,
@@ -85,6 +88,17 @@ pub struct Limits {
     pub head_timeout: Option<Duration>,
     /// CONNECT tunnels this listener opens (needs `head_timeout`).
     pub tunnels: Option<Arc<Tunnels>>,
+    /// What a new connection goes through before HTTP.
+    pub handshake: Option<Arc<dyn Handshake>>,
+}
+
+/// A step between accepting a connection and speaking HTTP on it, such as
+/// TLS. It bounds its own time.
+#[async_trait]
+pub trait Handshake: Send + Sync {
+    /// The stream to speak HTTP on, or None when the connection is done
+    /// with (closed, refused, or answered here).
+    async fn accept(&self, stream: Stream) -> Option<Stream>;
 }
 
 /// A listener's app with its connections counted, capped and given a head deadline.
@@ -155,6 +169,10 @@ impl<A: ServerApp + Send + Sync + 'static> ServerApp for Guarded<A> {
             self.refusing.fetch_sub(1, Ordering::AcqRel);
             return None;
         };
+        let stream = match &self.limits.handshake {
+            Some(handshake) => handshake.accept(stream).await?,
+            None => stream,
+        };
         let stream: Stream = match self.limits.head_timeout {
             Some(timeout) => {
                 let mut stream = HeadDeadline::new(stream, timeout);
@@ -201,14 +219,20 @@ const REFUSAL_TIME: Duration = Duration::from_millis(500);
 /// costs a bounded amount of memory too.
 const REFUSALS_AT_ONCE: usize = 64;
 
-/// Answer 503 and close. The client's side is read (and dropped) until it
-/// closes or half a second passes, so that the close does not reset the
-/// connection and destroy the 503 before the client has read it.
+/// Answer 503 and close.
 async fn refuse(mut stream: Stream) {
+    answer_and_close(&mut stream, BUSY).await;
+}
+
+/// Write `answer` (a whole HTTP response) and close. The client's side is
+/// read (and dropped) until it closes or half a second passes, so that the
+/// close does not reset the connection and destroy the answer before the
+/// client has read it.
+pub async fn answer_and_close(stream: &mut Stream, answer: &[u8]) {
     let _ = tokio::time::timeout(REFUSAL_TIME, async {
-        stream.write_all(BUSY).await?;
+        stream.write_all(answer).await?;
         stream.flush().await?;
-        Shutdown::shutdown(&mut *stream).await;
+        Shutdown::shutdown(&mut **stream).await;
         let mut sink = [0u8; 512];
         while stream.read(&mut sink).await? > 0 {}
         io::Result::Ok(())

@@ -498,7 +498,11 @@ async fn fetch(filler: &Filler, job: &Job) -> (Result<OriginResponse, FetchError
                 return (Ok(response), true);
             }
             Ok(refusal) => {
-                log::warn!("peer {owner} refused us: {}", refusal.header.status);
+                let reason = refusal.header.headers.get(&peers::REFUSED);
+                log::warn!(
+                    "peer {owner} refused us: {} {reason:?}",
+                    refusal.header.status
+                );
                 refusal.finish(&filler.client).await;
                 cluster.health.record_failure(owner);
                 metrics::observe_peer(owner, "error", None);

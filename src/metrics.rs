@@ -371,6 +371,50 @@ pub fn observe_nonce_refusal(reason: &'static str) {
     PEER_NONCE_REFUSALS.with_label_values(&[reason]).inc();
 }
 
+// ---- peer TLS (`peer_tls.rs`) ----
+
+static PEER_TLS_REFUSALS: Lazy<IntCounterVec> = Lazy::new(|| {
+    counter_vec(
+        "ringside_peer_tls_refusals_total",
+        "Peer connections and requests refused over TLS, by reason: cleartext (a node without \
+         cluster.tls asked this TLS peer listener), tls (a node with cluster.tls asked this \
+         cleartext one), handshake (a TLS handshake with this peer listener failed: client \
+         certificate missing, expired or not from the CA, or ours refused), certificate (a \
+         connection's certificate is not valid under the CA as it is now), identity (the \
+         certificate does not name the member that signed the request, or that is no member), \
+         owner_handshake (this node's TLS handshake with an owner failed).",
+        &["reason"],
+    )
+});
+
+/// Every `reason` of `ringside_peer_tls_refusals_total`.
+const PEER_TLS_REFUSAL_REASONS: [&str; 6] = [
+    "cleartext",
+    "tls",
+    "handshake",
+    "certificate",
+    "identity",
+    "owner_handshake",
+];
+
+pub fn observe_peer_tls_refusal(reason: &'static str) {
+    PEER_TLS_REFUSALS.with_label_values(&[reason]).inc();
+}
+
+static PEER_TLS_RELOADS: Lazy<IntCounterVec> = Lazy::new(|| {
+    counter_vec(
+        "ringside_peer_tls_reloads_total",
+        "Times the peer TLS files (certificate: cert_file and key_file; ca: ca_file) changed on \
+         disk, by result: loaded, or failed (the previous ones are kept; the log says why).",
+        &["files", "result"],
+    )
+});
+
+pub fn observe_peer_tls_reload(files: &'static str, loaded: bool) {
+    let result = if loaded { "loaded" } else { "failed" };
+    PEER_TLS_RELOADS.with_label_values(&[files, result]).inc();
+}
+
 pub static HOT_ENTRIES: Lazy<IntGauge> = Lazy::new(|| {
     gauge(
         "ringside_hot_entries",
@@ -627,7 +671,7 @@ static INJECT_CERTIFICATE_RELOADS: Lazy<IntCounterVec> = Lazy::new(|| {
     )
 });
 
-/// Count one reload of the webhook's certificate (see `inject::tls`).
+/// Count one reload of the webhook's certificate (see `tls_files`).
 pub fn observe_certificate_reload(loaded: bool) {
     let result = if loaded { "loaded" } else { "failed" };
     INJECT_CERTIFICATE_RELOADS
@@ -727,6 +771,14 @@ pub fn init(capacity_bytes: u64) {
     }
     for result in TUNNEL_RESULTS {
         TUNNELS.with_label_values(&[result]);
+    }
+    for reason in PEER_TLS_REFUSAL_REASONS {
+        PEER_TLS_REFUSALS.with_label_values(&[reason]);
+    }
+    for files in ["certificate", "ca"] {
+        for result in ["loaded", "failed"] {
+            PEER_TLS_RELOADS.with_label_values(&[files, result]);
+        }
     }
     Lazy::force(&TUNNELS_OPEN);
     for direction in ["up", "down"] {

@@ -28,7 +28,7 @@ impl Node {
     pub fn new(config: Arc<Config>, store: Store, cluster: Option<Arc<Cluster>>) -> Node {
         let filler = Arc::new(Filler {
             flights: Group::new(),
-            client: OriginClient::default(),
+            client: OriginClient::new(cluster.as_ref().and_then(|c| c.tls.clone())),
             store: Arc::new(store),
             cluster,
         });

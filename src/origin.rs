@@ -13,6 +13,7 @@
 //! disconnects (see `fill.rs`).
 
 use crate::config::{Config, OriginUrl};
+use crate::peer_tls::PeerTls;
 use bytes::Bytes;
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use pingora::connectors::http::Connector;
@@ -21,7 +22,7 @@ use pingora::protocols::http::client::HttpSession;
 use pingora::upstreams::peer::HttpPeer;
 use pingora::{Error, ErrorType};
 use std::net::SocketAddr;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime};
 
 /// How long a DNS answer for an origin host is reused.
@@ -130,9 +131,11 @@ impl FetchError {
     }
 }
 
-/// The client for cache fills: a pooled connector shared by every fill.
+/// The client for cache fills: a pooled connector shared by every fill,
+/// and with `cluster.tls` the TLS every request to a peer goes over.
 pub struct OriginClient {
     connector: Connector,
+    peer_tls: Option<Arc<PeerTls>>,
 }
 
 /// An origin response whose headers have arrived; the body is read on demand.
@@ -145,15 +148,16 @@ pub struct OriginResponse {
     pub response_time: SystemTime,
 }
 
-impl Default for OriginClient {
-    fn default() -> Self {
+impl OriginClient {
+    /// A client whose peer requests go over `peer_tls` when given (never
+    /// cleartext then), signed cleartext HTTP otherwise.
+    pub fn new(peer_tls: Option<Arc<PeerTls>>) -> OriginClient {
         OriginClient {
             connector: Connector::new(None),
+            peer_tls,
         }
     }
-}
 
-impl OriginClient {
     /// Send `request` (origin-form path, headers already cleaned) and wait for
     /// the response headers.
     pub async fn fetch(
@@ -203,10 +207,16 @@ impl OriginClient {
         if h2c {
             peer.options.set_http_version(2, 2);
         }
+        if let Some(tls) = &self.peer_tls {
+            tls.configure(&mut peer, addr);
+        }
         self.send(peer, request, read_timeout, Duration::from_secs(60))
             .await
             .map_err(|e| {
                 log::warn!("peer {addr} fetch {} failed: {e}", request.uri);
+                if let Some(tls) = &self.peer_tls {
+                    tls.note_failure(addr, &e);
+                }
                 FetchError::from_pingora(&e)
             })
     }

@@ -2,8 +2,9 @@
 //!
 //! The protocol is plain HTTP/1.1 with pooled keep-alive connections (the
 //! same pingora connector as origin fills; HTTP/2 over cleartext with
-//! `cluster.peer_protocol: h2c`, measured slower on loopback) to each peer's
-//! *peer listener*, never to its app-facing one. A peer request is the
+//! `cluster.peer_protocol: h2c`, measured slower on loopback; over mutual
+//! TLS with `cluster.tls`, see `peer_tls.rs`) to each peer's *peer
+//! listener*, never to its app-facing one. A peer request is the
 //! client's request as a fill would send it to the origin (a GET without a
 //! body), or a `PURGE` from the admin endpoint, plus these headers:
 //!

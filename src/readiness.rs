@@ -17,12 +17,19 @@
 //!
 //! A listener at its `max_connections` answers 503 before the proxy sees the
 //! request: such a node is not ready until a connection frees up.
+//!
+//! A peer listener with `cluster.tls` speaks TLS only: it is asked over TLS
+//! with this node's own certificate, and must show it (`peer_tls.rs`).
 
 use crate::demo::client::Conn;
+use crate::peer_tls::PeerTls;
 use once_cell::sync::Lazy;
+use pingora::connectors::http::Connector;
 use pingora::http::{RequestHeader, ResponseHeader};
 use pingora::proxy::Session;
+use pingora::upstreams::peer::HttpPeer;
 use std::net::SocketAddr;
+use std::sync::Arc;
 use std::time::Duration;
 use subtle::ConstantTimeEq;
 
@@ -73,20 +80,66 @@ pub async fn answer(session: &mut Session) -> pingora::Result<bool> {
     Ok(true)
 }
 
-/// Does this process serve HTTP on `addr` right now?
-pub async fn serves(addr: SocketAddr) -> bool {
-    let asked = [(HEADER, TOKENS.asked.as_str()), ("Connection", "close")];
+/// A listener `/readyz` asks.
+pub struct Listener {
+    pub addr: SocketAddr,
+    /// The peer listener with `cluster.tls`.
+    pub tls: Option<Arc<PeerTls>>,
+}
+
+impl Listener {
+    /// A listener that speaks cleartext HTTP.
+    pub fn plain(addr: SocketAddr) -> Listener {
+        Listener { addr, tls: None }
+    }
+}
+
+/// Does this process serve HTTP on `listener` right now?
+pub async fn serves(listener: &Listener) -> bool {
     let probe = async {
-        let mut conn = Conn::connect(addr).await?;
-        conn.request("GET", "/", &asked).await
+        match &listener.tls {
+            None => over_http(listener.addr).await,
+            Some(tls) => over_tls(listener.addr, tls).await,
+        }
     };
     match tokio::time::timeout(PROBE_TIMEOUT, probe).await {
-        Ok(Ok(response)) => {
-            response.status == 204
-                && matches(response.header(HEADER).map(str::as_bytes), &TOKENS.answer)
+        Ok(Some((status, answer))) => {
+            status == 204 && matches(answer.as_deref().map(str::as_bytes), &TOKENS.answer)
         }
         _ => false,
     }
+}
+
+/// The probe's status and answer header, over cleartext HTTP.
+async fn over_http(addr: SocketAddr) -> Option<(u16, Option<String>)> {
+    let asked = [(HEADER, TOKENS.asked.as_str()), ("Connection", "close")];
+    let mut conn = Conn::connect(addr).await.ok()?;
+    let response = conn.request("GET", "/", &asked).await.ok()?;
+    Some((response.status, response.header(HEADER).map(str::to_string)))
+}
+
+/// The client of TLS probes (one: building one reads the system's roots).
+static TLS_PROBES: Lazy<Connector> = Lazy::new(|| Connector::new(None));
+
+/// The probe's status and answer header, over TLS as a peer asks.
+async fn over_tls(addr: SocketAddr, tls: &PeerTls) -> Option<(u16, Option<String>)> {
+    let mut peer = HttpPeer::new(addr, true, String::new());
+    tls.configure_own(&mut peer);
+    let mut request = RequestHeader::build("GET", b"/", None).ok()?;
+    request.insert_header(HEADER, TOKENS.asked.as_str()).ok()?;
+    request
+        .insert_header(http::header::HOST, addr.to_string())
+        .ok()?;
+    request
+        .insert_header(http::header::CONNECTION, "close")
+        .ok()?;
+    let (mut session, _) = TLS_PROBES.get_http_session(&peer).await.ok()?;
+    session.write_request_header(Box::new(request)).await.ok()?;
+    session.finish_request_body().await.ok()?;
+    session.read_response_header().await.ok()?;
+    let head = session.response_header()?;
+    let answer = head.headers.get(HEADER).and_then(|v| v.to_str().ok());
+    Some((head.status.as_u16(), answer.map(str::to_string)))
 }
 
 #[cfg(test)]
@@ -126,13 +179,13 @@ mod tests {
     #[tokio::test]
     async fn another_server_on_the_port_is_not_this_process() {
         let addr = echoing_server().await;
-        assert!(!serves(addr).await);
+        assert!(!serves(&Listener::plain(addr)).await);
         // Nothing listening at all.
         let closed = {
             let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
             l.local_addr().unwrap()
         };
-        assert!(!serves(closed).await);
+        assert!(!serves(&Listener::plain(closed)).await);
     }
 
     #[test]

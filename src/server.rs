@@ -6,10 +6,12 @@
 use crate::admin::Admin;
 use crate::cluster::Cluster;
 use crate::config::{Config, OriginUrl, PeerProtocol};
-use crate::connections::{self, Guarded, Limits};
+use crate::connections::{self, Guarded, Handshake, Limits};
 use crate::metrics;
 use crate::node::Node;
+use crate::peer_tls::CleartextListener;
 use crate::proxy::Ringside;
+use crate::readiness;
 use crate::shutdown::DrainOnTerm;
 use crate::store::Store;
 use crate::tunnel::Tunnels;
@@ -64,7 +66,7 @@ fn build_node(config: &Arc<Config>, background: &tokio::runtime::Runtime) -> Nod
                 config.cache.max_variants,
                 config.origin.connect_timeout + config.origin.read_timeout,
             ))
-            .unwrap_or_else(|e| fatal(&format!("cluster membership: {e}")))
+            .unwrap_or_else(|e| fatal(&format!("cluster: {e}")))
     });
     let store = Store::new(main_capacity).with_max_variants(config.cache.max_variants);
     Node::new(config.clone(), store, cluster)
@@ -89,10 +91,14 @@ fn server_conf(config: &Config) -> ServerConf {
 /// listener, which probes the other two for `/readyz`.
 fn add_services(server: &mut Server, config: &Config, node: Arc<Node>) {
     let ringside = Ringside::new(node.clone());
-    let mut probed = vec![config.listen.parse().expect("validated by config")];
+    let probe = |addr: &str| readiness::Listener::plain(addr.parse().expect("validated by config"));
+    let mut probed = vec![probe(&config.listen)];
     if config.cluster.enabled {
         let peer_listen = &config.cluster.peer_listen;
-        probed.push(peer_listen.parse().expect("validated by config"));
+        probed.push(readiness::Listener {
+            tls: node.cluster().and_then(|c| c.tls.clone()),
+            ..probe(peer_listen)
+        });
         let mut peers = pingora::proxy::http_proxy(&server.configuration, ringside.for_peers());
         let h2c = config.cluster.peer_protocol == PeerProtocol::H2c;
         if h2c {
@@ -105,7 +111,14 @@ fn add_services(server: &mut Server, config: &Config, node: Arc<Node>) {
         } else {
             Listener::Peers
         };
-        server.add_service(guarded_service(config, kind, peers, peer_listen));
+        let handshake = peer_handshake(config, &node);
+        server.add_service(guarded_service(
+            config,
+            kind,
+            peers,
+            peer_listen,
+            Some(handshake),
+        ));
     }
     for upstream in &config.upstreams {
         let url = OriginUrl::parse(&upstream.origin).expect("validated by config");
@@ -113,8 +126,14 @@ fn add_services(server: &mut Server, config: &Config, node: Arc<Node>) {
         let proxy =
             pingora::proxy::http_proxy(&server.configuration, ringside.for_upstream(origin));
         let addr = &upstream.listen;
-        server.add_service(guarded_service(config, Listener::Upstream, proxy, addr));
-        probed.push(addr.parse().expect("validated by config"));
+        server.add_service(guarded_service(
+            config,
+            Listener::Upstream,
+            proxy,
+            addr,
+            None,
+        ));
+        probed.push(probe(addr));
     }
     let proxy = pingora::proxy::http_proxy(&server.configuration, ringside);
     server.add_service(guarded_service(
@@ -122,6 +141,7 @@ fn add_services(server: &mut Server, config: &Config, node: Arc<Node>) {
         Listener::App,
         proxy,
         &config.listen,
+        None,
     ));
     let mut admin = Service::new("ringside admin".into(), Admin::new(node, probed));
     admin.add_listener(connections::listener(&config.admin_listen));
@@ -151,13 +171,25 @@ fn check_listeners_free(config: &Config) {
     }
 }
 
-/// A listener's service: `app` on `addr` with the connection cap and the
-/// limits of its kind (see `connections`).
+/// What a new connection to the peer listener goes through first: TLS with
+/// `cluster.tls` (cleartext refused), else a check that refuses TLS (see
+/// `peer_tls`). Either waits `request_header_timeout` for the first byte.
+fn peer_handshake(config: &Config, node: &Node) -> Arc<dyn Handshake> {
+    let timeout = config.request_header_timeout;
+    match node.cluster().and_then(|c| c.tls.as_ref()) {
+        Some(tls) => tls.listener(timeout),
+        None => Arc::new(CleartextListener { timeout }),
+    }
+}
+
+/// A listener's service: `app` on `addr` with the connection cap, the
+/// limits of its kind and `handshake` (see `connections`).
 fn guarded_service<A: ServerApp + Send + Sync + 'static>(
     config: &Config,
     kind: Listener,
     app: A,
     addr: &str,
+    handshake: Option<Arc<dyn Handshake>>,
 ) -> Service<Guarded<A>> {
     let forward = &config.forward_proxy;
     let limits = Limits {
@@ -172,6 +204,7 @@ fn guarded_service<A: ServerApp + Send + Sync + 'static>(
                 forward.tunnel_idle_timeout,
             ))
         }),
+        handshake,
     };
     let label = kind.label();
     let mut service = Service::new(

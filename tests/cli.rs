@@ -5,6 +5,7 @@
 
 mod common;
 use common::origin::Origin;
+use common::pki::TestCa;
 use common::process::{without_ringside_env, Process};
 use common::{free_port, get, metric_sum};
 use std::net::SocketAddr;
@@ -695,6 +696,136 @@ fn membership_names_exactly_one_source() {
         &format!("{ORIGIN}{cluster}}}\n"),
         &["cluster.membership", "0 sources given"],
     );
+}
+
+#[test]
+fn srv_membership_takes_its_ports_from_the_records() {
+    let cluster = "cluster: {enabled: true, peer_listen: 127.0.0.1:7070, secret: 0123456789abcdef0";
+    assert_rejected(
+        "a port with srv",
+        &format!(
+            "{ORIGIN}{cluster}, membership: {{dns: {{name: catalog.service.consul, srv: true, port: 7070}}}}}}\n"
+        ),
+        &["cluster.membership.dns.port", "7070", "srv: true"],
+    );
+    let (code, stdout, stderr) = check(
+        &format!("{ORIGIN}{cluster}, membership: {{dns: {{name: catalog.service.consul, srv: true}}}}}}\n"),
+        &[],
+        &[],
+    );
+    assert_eq!(code, Some(0), "{stdout}{stderr}");
+}
+
+/// `ORIGIN` plus a static cluster whose `tls:` section is `{<tls>}`, and
+/// `cluster` fields.
+fn peer_tls_yaml(tls: &str, cluster: &str) -> String {
+    format!(
+        "{ORIGIN}cluster: {{enabled: true, peer_listen: 127.0.0.1:7070, secret: 0123456789abcdef0, \
+         membership: {{static: [\"127.0.0.1:7070\"]}}, tls: {{{tls}}}{cluster}}}\n"
+    )
+}
+
+#[test]
+fn peer_tls_mistakes_name_the_field() {
+    const FILES: &str = "ca_file: ca.crt, cert_file: tls.crt, key_file: tls.key";
+    for (what, yaml, wanted) in [
+        (
+            "no CA",
+            peer_tls_yaml("cert_file: tls.crt, key_file: tls.key", ""),
+            &["cluster.tls.ca_file: missing", "CA certificate"][..],
+        ),
+        (
+            "no key",
+            peer_tls_yaml("ca_file: ca.crt, cert_file: tls.crt", ""),
+            &["cluster.tls.key_file: missing"],
+        ),
+        (
+            "an IP as the shared name",
+            peer_tls_yaml(&format!("{FILES}, peer_name: \"10.0.0.1\""), ""),
+            &["cluster.tls.peer_name", "\"10.0.0.1\"", "DNS name"],
+        ),
+        (
+            "HTTP/2 over cleartext with TLS",
+            peer_tls_yaml(FILES, ", peer_protocol: h2c"),
+            &["cluster.peer_protocol", "h2c", "http1 with cluster.tls"],
+        ),
+        (
+            "an unknown key",
+            peer_tls_yaml(&format!("{FILES}, verify: false"), ""),
+            &["cluster.tls", "verify"],
+        ),
+    ] {
+        assert_rejected(what, &yaml, wanted);
+    }
+    // The files are a Secret mounted in the pod, read when ringside starts.
+    let (code, stdout, stderr) = check(&peer_tls_yaml(FILES, ""), &[], &[]);
+    assert_eq!(code, Some(0), "{stdout}{stderr}");
+}
+
+#[tokio::test]
+async fn unusable_peer_tls_files_stop_the_start_naming_the_field() {
+    let dir = TempConfig::new(""); // a unique name to derive file names from
+    let dir = dir.path().with_extension("pki");
+    std::fs::create_dir_all(&dir).expect("create a directory");
+    let ca = TestCa::new("cluster-ca");
+    let other = TestCa::new("other-ca");
+    let ca_file = ca.write(&dir.join("ca.crt"));
+    let good = ca.issue(&dir, "good");
+    let stranger = other.issue(&dir, "stranger");
+    let elsewhere = ca.issue_for(&dir, "elsewhere", &["10.9.9.9"]);
+    let path = |p: &Path| p.display().to_string();
+    let (ca_file, missing) = (path(&ca_file), "/nonexistent/ca.crt".to_string());
+    for (what, files, wanted) in [
+        (
+            "a CA file that is missing",
+            [missing.clone(), path(&good.cert), path(&good.key)],
+            &["cluster.tls.ca_file", "/nonexistent/ca.crt"][..],
+        ),
+        (
+            "a key that is another certificate's",
+            [ca_file.clone(), path(&good.cert), path(&stranger.key)],
+            &[
+                "cluster.tls.cert_file, cluster.tls.key_file",
+                "not a certificate and its key",
+            ],
+        ),
+        (
+            "a certificate from another CA",
+            [ca_file.clone(), path(&stranger.cert), path(&stranger.key)],
+            &[
+                "cluster.tls.cert_file",
+                "not a valid certificate from cluster.tls.ca_file",
+            ],
+        ),
+        (
+            "a certificate for another host",
+            [ca_file.clone(), path(&elsewhere.cert), path(&elsewhere.key)],
+            &[
+                "cluster.tls.cert_file",
+                "not valid for \"127.0.0.1\"",
+                "cluster.advertise",
+            ],
+        ),
+    ] {
+        let [ca, cert, key] = files;
+        let yaml = format!(
+            "listen: 127.0.0.1:{}\nadmin_listen: 127.0.0.1:{}\n{}",
+            free_port(),
+            free_port(),
+            peer_tls_yaml(
+                &format!("ca_file: \"{ca}\", cert_file: \"{cert}\", key_file: \"{key}\""),
+                ""
+            )
+        );
+        let stderr = exit_message(&yaml, &[]).await;
+        for want in wanted {
+            assert!(
+                stderr.contains(want),
+                "{what}: stderr lacks {want:?}: {stderr}"
+            );
+        }
+    }
+    let _ = std::fs::remove_dir_all(&dir);
 }
 
 /// A server that is not ringside on `addr`'s port: it answers every request

@@ -7,7 +7,7 @@
 //! 127.0.0.1.
 
 mod common;
-use common::dns::{DnsServer, Mode};
+use common::dns::{DnsServer, Mode, Srv};
 use common::etcd::Etcd;
 use common::origin::Origin;
 use common::{eventually, free_port, get, Ringside, CLUSTER_SECRET};
@@ -159,6 +159,24 @@ async fn ask_all(nodes: &[&Ringside], keys: &[String]) {
     }
 }
 
+/// Ask every node of a 3-node cluster for `keys` (none asked before): one
+/// origin fetch per key for the whole cluster, one copy of each, and the
+/// non-owners answered through the owner.
+async fn share_one_cache(nodes: &[&Ringside], origin: &Origin, keys: &[String]) {
+    ask_all(nodes, keys).await;
+    let n = keys.len() as f64;
+    assert_eq!(origin.total_hits() as f64, n, "one origin fetch per key");
+    assert_eq!(
+        sum_metric(nodes, "ringside_cache_entries", &[]).await,
+        n,
+        "each object stored on exactly one node"
+    );
+    assert!(
+        sum_metric(nodes, "ringside_requests_total", &["result=\"peer\""]).await >= 2.0 * n,
+        "non-owners answered through the owner"
+    );
+}
+
 fn keys(prefix: &str, n: usize) -> Vec<String> {
     (0..n).map(|k| format!("{prefix}{k}")).collect()
 }
@@ -181,19 +199,8 @@ async fn dns_discovered_nodes_share_one_cache_and_survive_a_leave() {
     wait_members(&all, 3.0, Duration::from_secs(10)).await;
     let three = same_generation(&all).await;
 
-    // One origin fetch per key for the whole cluster, one copy of each.
     let warm = keys("dns", 20);
-    ask_all(&all, &warm).await;
-    assert_eq!(origin.total_hits(), 20, "one origin fetch per key");
-    assert_eq!(
-        sum_metric(&all, "ringside_cache_entries", &[]).await,
-        20.0,
-        "each object stored on exactly one node"
-    );
-    assert!(
-        sum_metric(&all, "ringside_requests_total", &["result=\"peer\""]).await >= 40.0,
-        "non-owners answered through the owner"
-    );
+    share_one_cache(&all, &origin, &warm).await;
 
     // Node 3 leaves: first its record goes, then the process, while
     // clients keep asking nodes 1 and 2 for every key.
@@ -235,6 +242,48 @@ async fn dns_discovered_nodes_share_one_cache_and_survive_a_leave() {
     // After the change every key is still served, by one owner each.
     ask_all(&survivors, &warm).await;
     ask_all(&survivors, &keys("after", 10)).await;
+}
+
+/// SRV records give each member a port of its own, so the nodes here all
+/// listen on 127.0.0.1 (as Consul agents advertise services on one host).
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn srv_discovered_nodes_on_ports_of_their_own_share_one_cache() {
+    let origin = Origin::start().await;
+    let ports: Vec<u16> = (0..3).map(|_| free_port()).collect();
+    let records = ports
+        .iter()
+        .enumerate()
+        .map(|(i, port)| {
+            Srv::new(
+                &format!("node-{i}.node.dc1.consul."),
+                *port,
+                1,
+                Ipv4Addr::LOCALHOST,
+            )
+        })
+        .collect();
+    let name = "catalog.service.consul.";
+    let dns = DnsServer::start(
+        name,
+        Mode::Srv {
+            records,
+            glue: true,
+        },
+    )
+    .await;
+    let membership = format!(
+        "dns: {{name: {name}, srv: true, interval: 200ms, nameserver: \"{}\"}}",
+        dns.addr
+    );
+    let mut nodes = Vec::new();
+    for port in &ports {
+        nodes.push(Ringside::start(&origin.url(), &discovery_yaml(1, *port, &membership)).await);
+    }
+    let all: Vec<&Ringside> = nodes.iter().collect();
+    wait_members(&all, 3.0, Duration::from_secs(10)).await;
+    same_generation(&all).await;
+
+    share_one_cache(&all, &origin, &keys("srv", 20)).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]

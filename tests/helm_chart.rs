@@ -273,6 +273,36 @@ fn defaults() {
         .unwrap();
 }
 
+/// The args of the webhook's container.
+fn webhook_args(docs: &[serde_yaml::Value]) -> Vec<String> {
+    let deploy = docs.iter().find(|d| kind(d) == "Deployment").unwrap();
+    deploy["spec"]["template"]["spec"]["containers"][0]["args"]
+        .as_sequence()
+        .unwrap()
+        .iter()
+        .filter_map(|a| a.as_str().map(str::to_string))
+        .collect()
+}
+
+/// The namespace and the parsed config.yaml of `app`'s ConfigMap (release rs).
+fn app_config(docs: &[serde_yaml::Value], app: &str) -> (String, ringside::config::Config) {
+    let name = format!("rs-ringside-config-{app}");
+    let cm = docs
+        .iter()
+        .find(|d| kind(d) == "ConfigMap" && d["metadata"]["name"].as_str() == Some(&name))
+        .unwrap_or_else(|| panic!("{app}'s ConfigMap"));
+    let text = cm["data"]["config.yaml"].as_str().unwrap();
+    let config = ringside::config::Config::from_yaml(text, app)
+        .unwrap()
+        .finish(ringside::config::Overrides {
+            cluster_secret: Some("0123456789abcdef0123".into()),
+            ..Default::default()
+        })
+        .unwrap_or_else(|e| panic!("rendered config rejected: {e}\n{text}"));
+    let namespace = cm["metadata"]["namespace"].as_str().unwrap_or_default();
+    (namespace.to_string(), config)
+}
+
 #[test]
 fn apps_config_and_peers() {
     let docs = validate("apps", &template("apps", APPS));
@@ -301,22 +331,8 @@ fn apps_config_and_peers() {
         .filter(|d| kind(d) == "Service" && d["spec"]["clusterIP"].as_str() == Some("None"))
         .collect();
     assert_eq!(headless.len(), 2);
-    let cm = docs
-        .iter()
-        .find(|d| {
-            kind(d) == "ConfigMap"
-                && d["metadata"]["name"].as_str() == Some("rs-ringside-config-catalog")
-        })
-        .expect("catalog's ConfigMap");
-    assert_eq!(cm["metadata"]["namespace"].as_str(), Some("shop"));
-    let text = cm["data"]["config.yaml"].as_str().unwrap();
-    let config = ringside::config::Config::from_yaml(text, "catalog")
-        .unwrap()
-        .finish(ringside::config::Overrides {
-            cluster_secret: Some("0123456789abcdef0123".into()),
-            ..Default::default()
-        })
-        .unwrap_or_else(|e| panic!("rendered config rejected: {e}\n{text}"));
+    let (namespace, config) = app_config(&docs, "catalog");
+    assert_eq!(namespace, "shop");
     assert!(config.cluster.enabled);
     let ringside::config::MembershipConfig::Dns(dns) = config.cluster.membership else {
         panic!("dns membership: {:?}", config.cluster.membership)
@@ -324,13 +340,44 @@ fn apps_config_and_peers() {
     assert_eq!(dns.name, "rs-ringside-catalog-peers.shop.svc.cluster.local");
     assert_eq!(dns.port, Some(7070));
     // The webhook knows which app has a ConfigMap in which namespace.
-    let deploy = docs.iter().find(|d| kind(d) == "Deployment").unwrap();
-    let args = deploy["spec"]["template"]["spec"]["containers"][0]["args"]
-        .as_sequence()
-        .unwrap();
+    let args = webhook_args(&docs);
     assert!(
         args.iter()
-            .any(|a| a.as_str() == Some("--apps=shop/catalog,ringside/search")),
+            .any(|a| a == "--apps=shop/catalog,ringside/search"),
+        "{args:?}"
+    );
+}
+
+#[test]
+fn an_apps_peer_tls_secret_is_in_its_config_and_the_webhooks_args() {
+    let values = format!("{APPS}    peerTls: {{secretName: search-peer-tls}}\n");
+    let docs = validate("peer-tls", &template("peer-tls", &values));
+    let tls = app_config(&docs, "search")
+        .1
+        .cluster
+        .tls
+        .expect("search has peer TLS");
+    assert_eq!(tls.ca_file, "/etc/ringside-peer-tls/ca.crt");
+    assert_eq!(tls.cert_file, "/etc/ringside-peer-tls/tls.crt");
+    assert_eq!(tls.key_file, "/etc/ringside-peer-tls/tls.key");
+    assert_eq!(
+        tls.peer_name, "rs-ringside-search-peers.ringside.svc.cluster.local",
+        "the certificate names the app's peers Service"
+    );
+    assert!(
+        app_config(&docs, "catalog").1.cluster.tls.is_none(),
+        "catalog has none"
+    );
+    let args = webhook_args(&docs);
+    assert!(
+        args.iter()
+            .any(|a| a == "--peer-tls-secrets=ringside/search=search-peer-tls"),
+        "{args:?}"
+    );
+    // Without any, no flag.
+    let args = webhook_args(&documents(&template("no-peer-tls", APPS)));
+    assert!(
+        !args.iter().any(|a| a.starts_with("--peer-tls-secrets")),
         "{args:?}"
     );
 }
@@ -934,6 +981,10 @@ fn schema_rejects_bad_values() {
         ("sidecar:\n  memoryConnections: -1\n", "memoryConnections"),
         ("sidecar:\n  memoryOverhead: 64Mi\n", "memoryOverhead"),
         ("webhok:\n  enabled: true\n", "webhok"),
+        (
+            "apps:\n  - name: ok\n    selector: {app: x}\n    peerTls: {secret: x}\n",
+            "secretName",
+        ),
     ];
     for (values, field) in cases {
         match template_in(&chart(), "bad", values, &[]) {

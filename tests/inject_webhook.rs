@@ -224,10 +224,13 @@ impl Webhook {
 
 fn validate(pod: &Value) {
     require("kubernetes-validate");
+    // Tests run in parallel and may validate pods of the same name.
+    static VALIDATED: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
     let file = std::env::temp_dir().join(format!(
-        "ringside-inject-pod-{}-{}.json",
+        "ringside-inject-pod-{}-{}-{}.json",
         std::process::id(),
-        pod["metadata"]["name"].as_str().unwrap_or("pod")
+        pod["metadata"]["name"].as_str().unwrap_or("pod"),
+        VALIDATED.fetch_add(1, std::sync::atomic::Ordering::SeqCst)
     ));
     std::fs::write(&file, serde_json::to_vec_pretty(pod).unwrap()).unwrap();
     let out = Command::new("kubernetes-validate")
@@ -810,18 +813,25 @@ fn skips_and_errors() {
 
 #[test]
 fn refuses_bad_flags() {
-    let out = without_ringside_env(&mut Command::new(env!("CARGO_BIN_EXE_ringside")))
-        .args([
-            "inject",
-            "--tls-cert=/nonexistent.pem",
-            "--tls-key=/nonexistent.key",
-            "--sidecar-image=x",
-        ])
-        .env_remove("RINGSIDE_LISTEN")
-        .output()
-        .unwrap();
-    assert_eq!(out.status.code(), Some(2));
-    assert!(String::from_utf8_lossy(&out.stderr).contains("--tls-cert"));
+    for (flag, wanted) in [
+        ("--apps=shop/catalog", "--tls-cert"),
+        ("--peer-tls-secrets=shop/catalog", "NAMESPACE/APP=SECRET"),
+    ] {
+        let out = without_ringside_env(&mut Command::new(env!("CARGO_BIN_EXE_ringside")))
+            .args([
+                "inject",
+                "--tls-cert=/nonexistent.pem",
+                "--tls-key=/nonexistent.key",
+                "--sidecar-image=x",
+                flag,
+            ])
+            .env_remove("RINGSIDE_LISTEN")
+            .output()
+            .unwrap();
+        assert_eq!(out.status.code(), Some(2), "{flag}");
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(stderr.contains(wanted), "{flag}: {stderr}");
+    }
 }
 
 /// The chart as a parent chart uses it: `ringside.sidecar` included in a
@@ -978,20 +988,7 @@ fn chart_and_webhook_inject_the_same_container() {
     ];
     for (name, values, (request, limit)) in cases {
         let docs = render_with_manual_pods(name, values);
-        let args: Vec<String> = docs
-            .iter()
-            .find(|d| d["kind"] == "Deployment")
-            .expect("the webhook Deployment")["spec"]["template"]["spec"]["containers"][0]["args"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .map(|a| a.as_str().unwrap().to_string())
-            .filter(|a| {
-                !["inject", "--listen=", "--tls-cert=", "--tls-key="]
-                    .iter()
-                    .any(|p| a.starts_with(p))
-            })
-            .collect();
+        let args = webhook_args(&docs);
         let args: Vec<&str> = args.iter().map(String::as_str).collect();
         let hook = launch(&format!("same-{name}"), &args);
         for native in [false, true] {
@@ -1178,4 +1175,75 @@ fn a_broken_certificate_keeps_the_previous_one() {
         "{}",
         hook.log()
     );
+}
+
+/// The webhook's args as the chart renders them in `docs`, without those
+/// `launch` sets itself.
+fn webhook_args(docs: &[Value]) -> Vec<String> {
+    docs.iter()
+        .find(|d| d["kind"] == "Deployment")
+        .expect("the webhook Deployment")["spec"]["template"]["spec"]["containers"][0]["args"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|a| a.as_str().unwrap().to_string())
+        .filter(|a| {
+            !["inject", "--listen=", "--tls-cert=", "--tls-key="]
+                .iter()
+                .any(|p| a.starts_with(p))
+        })
+        .collect()
+}
+
+/// A volume of `pod` by name.
+fn volume<'a>(pod: &'a Value, name: &str) -> Option<&'a Value> {
+    pod["spec"]["volumes"]
+        .as_array()?
+        .iter()
+        .find(|v| v["name"] == name)
+}
+
+/// An app with `peerTls` gets its Secret mounted where its ConfigMap
+/// expects the files, by the chart's template and by the webhook alike;
+/// other apps get no such volume.
+#[test]
+fn chart_and_webhook_mount_an_apps_peer_tls_secret() {
+    let values =
+        "app: catalog\nringside:\n  apps:\n    - name: catalog\n      namespace: shop\n      \
+                  selector: {app: catalog}\n      peerTls: {secretName: catalog-peer-tls}\n    \
+                  - name: search\n      namespace: shop\n      selector: {app: search}\n";
+    let docs = render_with_manual_pods("peer-tls", values);
+    let args = webhook_args(&docs);
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let hook = launch("peer-tls", &args);
+    let manual = docs
+        .iter()
+        .find(|d| d["metadata"]["name"] == "manual-regular")
+        .unwrap();
+    validate(manual);
+    let mount = json!({"name": "ringside-peer-tls", "mountPath": "/etc/ringside-peer-tls",
+        "readOnly": true});
+    let secret = json!({"name": "ringside-peer-tls", "secret": {"secretName": "catalog-peer-tls"}});
+    let mounts = |pod: &Value| container(pod, "containers")["volumeMounts"].clone();
+    assert!(
+        mounts(manual).as_array().unwrap().contains(&mount),
+        "chart: {}",
+        mounts(manual)
+    );
+    assert_eq!(volume(manual, "ringside-peer-tls"), Some(&secret));
+    let pod = |app: &str| {
+        pod_with(
+            app,
+            json!({"ringside.io/inject": "true", "ringside.io/app": app,
+                   "ringside.io/native-sidecar": "false"}),
+            json!({}),
+            json!([{"name": "app", "image": "app:1"}]),
+        )
+    };
+    let injected = hook.inject(&pod("catalog"));
+    assert_eq!(mounts(&injected), mounts(manual), "chart and webhook agree");
+    assert_eq!(volume(&injected, "ringside-peer-tls"), Some(&secret));
+    let other = hook.inject(&pod("search"));
+    assert!(volume(&other, "ringside-peer-tls").is_none(), "{other}");
+    assert!(!mounts(&other).to_string().contains("ringside-peer-tls"));
 }

@@ -7,7 +7,7 @@
 //! reads it.
 
 mod common;
-use common::dns::{DnsServer, Mode};
+use common::dns::{DnsServer, Mode, Srv};
 use ringside::config::{ClusterConfig, DnsMembership, MembershipConfig};
 use ringside::membership::start;
 use std::net::Ipv4Addr;
@@ -35,6 +35,7 @@ fn dns(server: &DnsServer, port: Option<u16>) -> DnsMembership {
     DnsMembership {
         name: NAME.into(),
         port,
+        srv: false,
         interval: INTERVAL,
         nameserver: Some(server.addr.to_string()),
     }
@@ -247,10 +248,155 @@ async fn a_bad_nameserver_is_a_start_error() {
         DnsMembership {
             name: NAME.into(),
             port: None,
+            srv: false,
             interval: INTERVAL,
             nameserver: Some("not-an-address".into()),
         },
     );
     let err = start(&config).await.expect_err("must refuse");
     assert!(err.contains("nameserver"), "{err}");
+}
+
+/// Membership of node ME from the SRV records of `name` on `server`.
+async fn watch_srv_members(
+    server: &DnsServer,
+    name: &str,
+) -> tokio::sync::watch::Receiver<Vec<ringside::membership::Member>> {
+    let dns = DnsMembership {
+        name: name.into(),
+        port: None,
+        srv: true,
+        interval: INTERVAL,
+        nameserver: Some(server.addr.to_string()),
+    };
+    start(&cluster(ME, "127.0.0.1:7070", dns))
+        .await
+        .expect("start")
+}
+
+/// (address, weight) of every member.
+fn weights(
+    rx: &tokio::sync::watch::Receiver<Vec<ringside::membership::Member>>,
+) -> Vec<(String, u32)> {
+    rx.borrow()
+        .iter()
+        .map(|m| (m.addr.clone(), m.weight))
+        .collect()
+}
+
+#[tokio::test]
+async fn srv_members_listen_on_their_records_ports_with_relative_weights() {
+    logs();
+    // Consul's DNS interface: `<service>.service.consul`, the targets'
+    // addresses in the additional section.
+    let name = "catalog.service.consul.";
+    let records = vec![
+        Srv::new("node-a.node.dc1.consul.", 7001, 10, ip("127.0.1.1")),
+        Srv::new("node-b.node.dc1.consul.", 7002, 20, ip("127.0.1.2")),
+    ];
+    let server = DnsServer::start(
+        name,
+        Mode::Srv {
+            records: records.clone(),
+            glue: true,
+        },
+    )
+    .await;
+    let mut rx = watch_srv_members(&server, name).await;
+    common::wait_for_members(
+        &mut rx,
+        &["127.0.1.1:7001", "127.0.1.2:7002", ME],
+        Duration::from_secs(5),
+    )
+    .await;
+    assert_eq!(
+        weights(&rx),
+        vec![
+            ("127.0.1.1:7001".to_string(), 1),
+            ("127.0.1.2:7002".to_string(), 2),
+            (ME.to_string(), 1),
+        ],
+        "SRV weights 10 and 20 are 1 and 2 on the ring"
+    );
+    // A member moves to another port: the ring follows.
+    let moved = vec![
+        records[0].clone(),
+        Srv::new("node-b.node.dc1.consul.", 7003, 20, ip("127.0.1.2")),
+    ];
+    server.set(Mode::Srv {
+        records: moved,
+        glue: true,
+    });
+    common::wait_for_members(
+        &mut rx,
+        &["127.0.1.1:7001", "127.0.1.2:7003", ME],
+        Duration::from_secs(5),
+    )
+    .await;
+}
+
+#[tokio::test]
+async fn srv_targets_without_addresses_in_the_answer_are_looked_up() {
+    logs();
+    // Kubernetes: `_<port name>._tcp.<service>.<namespace>.svc.cluster.local`,
+    // one target per ready pod, looked up by name.
+    let name = "_peer._tcp.catalog-ringside.shop.svc.cluster.local.";
+    let pod = |n: u8| {
+        Srv::new(
+            &format!("10-0-0-{n}.catalog-ringside.shop.svc.cluster.local."),
+            7070,
+            50,
+            ip(&format!("127.0.1.{n}")),
+        )
+    };
+    let server = DnsServer::start(
+        name,
+        Mode::Srv {
+            records: vec![pod(1), pod(2)],
+            glue: false,
+        },
+    )
+    .await;
+    let mut rx = watch_srv_members(&server, name).await;
+    common::wait_for_members(
+        &mut rx,
+        &["127.0.1.1:7070", "127.0.1.2:7070", ME],
+        Duration::from_secs(5),
+    )
+    .await;
+    assert!(
+        weights(&rx).iter().all(|(_, w)| *w == 1),
+        "{:?}",
+        weights(&rx)
+    );
+    // A pod that is no longer ready leaves the records, and the ring.
+    server.set(Mode::Srv {
+        records: vec![pod(2)],
+        glue: false,
+    });
+    common::wait_for_members(&mut rx, &["127.0.1.2:7070", ME], Duration::from_secs(5)).await;
+}
+
+#[tokio::test]
+async fn srv_membership_that_stops_answering_keeps_its_members() {
+    logs();
+    let name = "catalog.service.consul.";
+    let server = DnsServer::start(
+        name,
+        Mode::Srv {
+            records: vec![Srv::new("a.node.consul.", 7001, 1, ip("127.0.1.1"))],
+            glue: true,
+        },
+    )
+    .await;
+    let mut rx = watch_srv_members(&server, name).await;
+    common::wait_for_members(&mut rx, &["127.0.1.1:7001", ME], Duration::from_secs(5)).await;
+    server.set(Mode::Silent);
+    common::eventually(
+        Duration::from_secs(10),
+        "the silent server was asked",
+        || async { server.unanswered_srv_queries() >= 2 },
+    )
+    .await;
+    assert_eq!(common::member_addrs(&rx), vec!["127.0.1.1:7001", ME]);
 }

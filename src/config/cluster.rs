@@ -39,6 +39,29 @@ pub struct ClusterConfig {
     pub peer_protocol: PeerProtocol,
     pub hot: HotConfig,
     pub membership: MembershipConfig,
+    /// Mutual TLS between peers; absent: signed cleartext HTTP.
+    pub tls: Option<PeerTlsConfig>,
+}
+
+/// `cluster.tls`: every node serves its peer listener over TLS and shows a
+/// client certificate when it asks a peer; both certificates must come from
+/// `ca_file` and name the member (see `peer_tls.rs`). The files are read at
+/// start (not by `check-config`: a Kubernetes Secret is mounted only in the
+/// pod) and again when they change.
+#[derive(Debug, Clone, Deserialize, Default)]
+#[serde(deny_unknown_fields, default)]
+pub struct PeerTlsConfig {
+    /// PEM CA certificate(s) that sign every peer's certificate.
+    pub ca_file: String,
+    /// PEM certificate (chain) of this node, served and shown as a client's.
+    pub cert_file: String,
+    /// PEM private key of `cert_file`.
+    pub key_file: String,
+    /// The DNS name every peer's certificate carries, checked instead of
+    /// each member's own host: for one certificate shared by every replica
+    /// (a Kubernetes Secret per app). Empty: a member's certificate must
+    /// name the host of its peer address (an IP or DNS SAN).
+    pub peer_name: String,
 }
 
 #[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq)]
@@ -128,14 +151,22 @@ impl StaticMember {
     }
 }
 
-/// Members are the addresses a DNS name resolves to (e.g. a Kubernetes headless Service).
+/// Members are the addresses a DNS name resolves to (e.g. a Kubernetes
+/// headless Service), or with `srv` the targets of its SRV records.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct DnsMembership {
     pub name: String,
-    /// Peer port on every member (default: peer_listen's port).
+    /// Peer port on every member (default: peer_listen's port). Not with
+    /// `srv`: each SRV record names its member's port.
     #[serde(default)]
     pub port: Option<u16>,
+    /// `name` is an SRV name (Consul's `<service>.service.consul`,
+    /// Kubernetes' `_<port>._tcp.<service>.<namespace>.svc.cluster.local`):
+    /// members are its targets' addresses, each with its record's port and
+    /// weight.
+    #[serde(default)]
+    pub srv: bool,
     #[serde(default = "default_dns_interval", deserialize_with = "de_duration")]
     pub interval: Duration,
     /// A specific DNS server (`ip:port`); default: the system's resolv.conf.
@@ -216,6 +247,7 @@ impl Default for ClusterConfig {
             peer_protocol: PeerProtocol::Http1,
             hot: HotConfig::default(),
             membership: MembershipConfig::default(),
+            tls: None,
         }
     }
 }
@@ -295,11 +327,53 @@ impl ClusterConfig {
                 "a rate above 0 (requests per second)",
             ));
         }
+        if let Some(tls) = &self.tls {
+            self.validate_tls(tls)?;
+        }
         match &self.membership {
             MembershipConfig::Static(members) => validate_static(members),
             MembershipConfig::Dns(dns) => validate_dns(dns),
             MembershipConfig::Etcd(etcd) => validate_etcd(etcd),
         }
+    }
+
+    fn validate_tls(&self, tls: &PeerTlsConfig) -> Result<(), ConfigError> {
+        for (field, path, what) in [
+            (
+                "ca_file",
+                &tls.ca_file,
+                "the CA certificate that signs every peer's",
+            ),
+            ("cert_file", &tls.cert_file, "this node's certificate"),
+            ("key_file", &tls.key_file, "the private key of cert_file"),
+        ] {
+            if path.trim().is_empty() {
+                return Err(ConfigError::Invalid(format!(
+                    "cluster.tls.{field}: missing; expected a PEM file with {what}"
+                )));
+            }
+        }
+        let name = tls.peer_name.as_str();
+        let is_dns_name = matches!(
+            pingora::tls::ServerName::try_from(name),
+            Ok(pingora::tls::ServerName::DnsName(_))
+        );
+        if !name.is_empty() && !is_dns_name {
+            return Err(invalid(
+                "cluster.tls.peer_name",
+                quoted(name),
+                "a DNS name that every peer's certificate carries, such as \
+                 myapp-ringside.default.svc.cluster.local",
+            ));
+        }
+        if self.peer_protocol == PeerProtocol::H2c {
+            return Err(invalid(
+                "cluster.peer_protocol",
+                "h2c",
+                "http1 with cluster.tls (h2c is HTTP/2 over cleartext)",
+            ));
+        }
+        Ok(())
     }
 }
 
@@ -339,6 +413,13 @@ fn validate_dns(dns: &DnsMembership) -> Result<(), ConfigError> {
     }
     if let Some(ns) = &dns.nameserver {
         super::check_addr("cluster.membership.dns.nameserver", ns)?;
+    }
+    if let (true, Some(port)) = (dns.srv, dns.port) {
+        return Err(invalid(
+            "cluster.membership.dns.port",
+            port,
+            "no port with srv: true (each SRV record names its member's port)",
+        ));
     }
     Ok(())
 }

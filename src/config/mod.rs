@@ -10,7 +10,7 @@ mod cluster;
 
 pub use cluster::{
     ClusterConfig, DnsMembership, EtcdAuth, EtcdMembership, EtcdTls, HotConfig, MembershipConfig,
-    PeerProtocol, StaticMember,
+    PeerProtocol, PeerTlsConfig, StaticMember,
 };
 use serde::de::{self, Deserializer};
 use serde::Deserialize;

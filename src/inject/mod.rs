@@ -15,15 +15,16 @@
 //! Every decision is logged at info: the pod, injected / skipped / denied,
 //! why, and the warnings returned with it.
 //!
-//! The certificate is reloaded when its files change ([`tls`]): a
-//! cert-manager renewal takes effect at the next handshake, no restart.
+//! The certificate is reloaded when its files change (`tls_files`, shared
+//! with the peer listener's TLS): a cert-manager renewal takes effect
+//! within a second of the kubelet swapping the files, no restart.
 
 pub mod checks;
 pub mod memory;
 pub mod review;
 pub mod sidecar;
-pub mod tls;
 
+use crate::tls_files::{CertificateFiles, Watched};
 use async_trait::async_trait;
 use http::{Method, Response, StatusCode};
 use pingora::apps::http_app::ServeHttp;
@@ -121,6 +122,12 @@ pub struct InjectArgs {
     /// its namespace's is refused. Not given: not checked.
     #[arg(long, value_delimiter = ',')]
     pub apps: Option<Vec<String>>,
+    /// The apps whose peers speak mutual TLS (the chart's
+    /// `apps[].peerTls.secretName`), as NAMESPACE/APP=SECRET, comma-separated:
+    /// their sidecars mount SECRET (ca.crt, tls.crt, tls.key) at
+    /// /etc/ringside-peer-tls, where the app's ConfigMap expects it.
+    #[arg(long, value_delimiter = ',')]
+    pub peer_tls_secrets: Vec<String>,
 }
 
 impl InjectArgs {
@@ -165,6 +172,12 @@ impl InjectArgs {
             peer_port: self.peer_port,
             wait_before_exit_seconds: self.wait_before_exit_seconds,
             apps: self.apps_flag()?,
+            peer_tls_secrets: self
+                .peer_tls_secrets
+                .iter()
+                .filter(|s| !s.trim().is_empty())
+                .map(|s| parse_peer_tls_secret(s.trim()))
+                .collect::<Result<Vec<_>, String>>()?,
         })
     }
 
@@ -227,6 +240,21 @@ type MemoryFlags = (
     Option<memory::Quantity>,
     Option<memory::Quantity>,
 );
+
+/// `NAMESPACE/APP=SECRET` of `--peer-tls-secrets`.
+fn parse_peer_tls_secret(text: &str) -> Result<(String, String, String), String> {
+    let parsed = text.split_once('=').and_then(|(app, secret)| {
+        let (namespace, name) = app.split_once('/')?;
+        let parts = [namespace, name, secret];
+        parts
+            .iter()
+            .all(|p| !p.is_empty())
+            .then(|| parts.map(str::to_string).into())
+    });
+    parsed.ok_or_else(|| {
+        format!("--peer-tls-secrets: {text:?} is invalid; expected NAMESPACE/APP=SECRET")
+    })
+}
 
 /// The webhook's HTTP app.
 pub struct Webhook {
@@ -352,8 +380,14 @@ pub fn run(args: &InjectArgs) -> ExitCode {
         .and_then(|_| check_pem("--tls-cert", &args.tls_cert, "CERTIFICATE"))
         .and_then(|_| check_pem("--tls-key", &args.tls_key, "PRIVATE KEY"))
         .and_then(|_| {
-            tls::ReloadingCert::load(&args.tls_cert, &args.tls_key)
-                .map_err(|e| format!("--tls-cert, --tls-key: {e}"))
+            let (cert, key) = (args.tls_cert.clone(), args.tls_key.clone());
+            Watched::new(
+                "TLS certificate",
+                &[&args.tls_cert, &args.tls_key],
+                move || CertificateFiles::load(&cert, &key),
+                crate::metrics::observe_certificate_reload,
+            )
+            .map_err(|e| format!("--tls-cert, --tls-key: {e}"))
         });
     let certificate = match certificate {
         Ok(c) => c,

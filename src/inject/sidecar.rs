@@ -74,6 +74,10 @@ pub const CONFIG_VOLUME: &str = "ringside-config";
 pub const TMP_VOLUME: &str = "ringside-tmp";
 /// Where the config file is mounted.
 pub const CONFIG_DIR: &str = "/etc/ringside";
+/// Volume holding an app's peer TLS Secret (`ca.crt`, `tls.crt`, `tls.key`).
+pub const PEER_TLS_VOLUME: &str = "ringside-peer-tls";
+/// Where it is mounted (the app's ConfigMap names the files there).
+pub const PEER_TLS_DIR: &str = "/etc/ringside-peer-tls";
 
 const MIB: u64 = 1 << 20;
 
@@ -118,6 +122,9 @@ pub struct Settings {
     /// The chart's apps as (namespace, name): a `ringside.io/app` outside
     /// this list names a ConfigMap that does not exist. None: not checked.
     pub apps: Option<Vec<(String, String)>>,
+    /// The apps whose peers speak mutual TLS, as (namespace, app, Secret):
+    /// their sidecars mount the Secret at [`PEER_TLS_DIR`].
+    pub peer_tls_secrets: Vec<(String, String, String)>,
 }
 
 impl Default for Settings {
@@ -140,6 +147,7 @@ impl Default for Settings {
             peer_port: 7070,
             wait_before_exit_seconds: 0,
             apps: None,
+            peer_tls_secrets: Vec::new(),
         }
     }
 }
@@ -186,6 +194,8 @@ pub struct PodOptions {
     pub memory: Memory,
     /// Seconds of `shutdown_delay`; applied only when not native.
     pub wait_before_exit_seconds: u32,
+    /// The app's peer TLS Secret, mounted at [`PEER_TLS_DIR`].
+    pub peer_tls_secret: Option<String>,
 }
 
 fn annotations(pod: &Value) -> Option<&Map<String, Value>> {
@@ -291,6 +301,7 @@ impl Settings {
             native: self.annotated_native(pod)?,
             config_map: self.annotated_config_map(pod)?,
             wait_before_exit_seconds: self.annotated_wait_before_exit(pod)?,
+            peer_tls_secret: None,
         };
         if opts.port == opts.admin_port
             || opts.port == opts.peer_port
@@ -438,7 +449,23 @@ impl Settings {
         if o.native {
             c["restartPolicy"] = json!("Always");
         }
+        if o.peer_tls_secret.is_some() {
+            let mount =
+                json!({"name": PEER_TLS_VOLUME, "mountPath": PEER_TLS_DIR, "readOnly": true});
+            if let Some(mounts) = c["volumeMounts"].as_array_mut() {
+                mounts.push(mount);
+            }
+        }
         c
+    }
+
+    /// The peer TLS Secret of `app` in `namespace`, if it has one.
+    fn peer_tls_secret(&self, app: Option<&str>, namespace: &str) -> Option<String> {
+        let app = app?.trim();
+        self.peer_tls_secrets
+            .iter()
+            .find(|(ns, name, _)| ns == namespace && name == app)
+            .map(|(_, _, secret)| secret.clone())
     }
 
     /// Decide what to do with one pod object created in `namespace`, with
@@ -460,10 +487,11 @@ impl Settings {
         if already_injected(pod) {
             return Decision::Skip("already_injected", "ringside sidecar already present");
         }
-        let opts = match self.pod_options(pod) {
+        let mut opts = match self.pod_options(pod) {
             Ok(o) => o,
             Err(e) => return Decision::Deny("invalid_annotation", e),
         };
+        opts.peer_tls_secret = self.peer_tls_secret(annotation(pod, ANNOTATION_APP), namespace);
         if let (Some(app), Some(apps)) = (annotation(pod, ANNOTATION_APP), &self.apps) {
             if let Some(why) = checks::unknown_app(app.trim(), namespace, apps) {
                 return Decision::Deny("unknown_app", why);
@@ -499,10 +527,13 @@ impl Settings {
         } else {
             ops.push(json!({"op": "add", "path": format!("/spec/{list}"), "value": [container]}));
         }
-        let volumes = [
+        let mut volumes = vec![
             json!({"name": CONFIG_VOLUME, "configMap": {"name": o.config_map}}),
             json!({"name": TMP_VOLUME, "emptyDir": {"medium": "Memory", "sizeLimit": "16Mi"}}),
         ];
+        if let Some(secret) = &o.peer_tls_secret {
+            volumes.push(json!({"name": PEER_TLS_VOLUME, "secret": {"secretName": secret}}));
+        }
         if has("volumes") {
             for v in volumes {
                 ops.push(json!({"op": "add", "path": "/spec/volumes/-", "value": v}));

@@ -7,6 +7,16 @@
 //! changed, and logs who joined and who left. The task owns the
 //! `watch::Sender` and ends when every receiver has been dropped.
 //!
+//! With `dns.srv` the name's SRV records are asked instead (Consul's DNS
+//! interface, Kubernetes' `_port._proto.service` names): each target's
+//! addresses (from the answer's additional section, else looked up) with
+//! the record's port, so members may listen on different ports. Weights
+//! are relative: 0 counts as 1, all are divided by their greatest common
+//! divisor and capped at 100 (Kubernetes gives every endpoint the same
+//! share, which becomes 1). Priorities are ignored: every target is a
+//! member. A target of `.` (RFC 2782: no service) or one whose name does
+//! not resolve is no member; one whose lookup fails makes the poll fail.
+//!
 //! DNS is a poor witness of absence, so the list shrinks cautiously:
 //! - A lookup that fails (timeout, SERVFAIL, refused, unreadable
 //!   resolv.conf) keeps the previous list, is logged, and the next poll
@@ -15,7 +25,8 @@
 //! - A and AAAA are asked separately, and a family whose query failed keeps
 //!   its previous addresses, so a server that answers A but chokes on AAAA
 //!   cannot make the IPv6 members "leave".
-//! - "No such name" or an empty answer (for both families) must persist over
+//! - "No such name" or an empty answer (for both families, or SRV records
+//!   none of whose targets resolve) must persist over
 //!   [`EMPTY_POLLS_TO_SHRINK`] consecutive polls before the list shrinks to
 //!   this node alone: a Service briefly has no ready endpoints while it is
 //!   being rewritten.
@@ -31,10 +42,10 @@ use crate::config::{ClusterConfig, DnsMembership};
 use hickory_resolver::config::{NameServerConfig, ResolveHosts, ResolverConfig};
 use hickory_resolver::net::runtime::TokioRuntimeProvider;
 use hickory_resolver::net::NetError;
-use hickory_resolver::proto::rr::{RData, RecordType};
+use hickory_resolver::proto::rr::{Name, RData, RecordType};
 use hickory_resolver::TokioResolver;
 use log::{debug, info, warn};
-use std::collections::BTreeSet;
+use std::collections::{BTreeSet, HashMap};
 use std::net::{IpAddr, SocketAddr};
 use std::time::Duration;
 use tokio::sync::watch;
@@ -51,19 +62,20 @@ const MAX_BACKOFF: Duration = Duration::from_secs(30);
 /// per-query timeouts, this only guards against a lookup that never ends.
 const POLL_DEADLINE: Duration = Duration::from_secs(30);
 
+/// Largest member weight (as in a static list).
+const MAX_WEIGHT: u32 = 100;
+
 pub async fn start(
     dns: DnsMembership,
     config: &ClusterConfig,
     me: Member,
 ) -> Result<watch::Receiver<Vec<Member>>, String> {
-    let port = match dns.port {
-        Some(port) => port,
-        None => listen_port(&config.peer_listen).ok_or_else(|| {
-            format!(
-                "cluster.membership.dns.port is not set and cluster.peer_listen {:?} has no port to use instead",
-                config.peer_listen
-            )
-        })?,
+    let records = if dns.srv {
+        Records::Srv
+    } else {
+        Records::Addresses {
+            port: member_port(&dns, config)?,
+        }
     };
     let nameserver =
         match &dns.nameserver {
@@ -74,19 +86,31 @@ pub async fn start(
         };
     let (tx, rx) = watch::channel(normalize(Vec::new(), &me));
     let poller = Poller {
+        known: vec![BTreeSet::new(); records.queries().len()],
+        records,
         name: dns.name,
-        port,
         nameserver,
         interval: dns.interval.max(Duration::from_millis(10)),
         me,
         resolver: None,
-        v4: BTreeSet::new(),
-        v6: BTreeSet::new(),
         empty_polls: 0,
         failed_polls: 0,
     };
     tokio::spawn(poller.run(tx));
     Ok(rx)
+}
+
+/// The peer port of every member found by address records.
+fn member_port(dns: &DnsMembership, config: &ClusterConfig) -> Result<u16, String> {
+    match dns.port {
+        Some(port) => Ok(port),
+        None => listen_port(&config.peer_listen).ok_or_else(|| {
+            format!(
+                "cluster.membership.dns.port is not set and cluster.peer_listen {:?} has no port to use instead",
+                config.peer_listen
+            )
+        }),
+    }
 }
 
 fn listen_port(listen: &str) -> Option<u16> {
@@ -96,30 +120,51 @@ fn listen_port(listen: &str) -> Option<u16> {
     }
 }
 
-/// What one query (one address family) said.
+/// Which records name the members.
+#[derive(Debug, Clone, Copy)]
+enum Records {
+    /// A and AAAA, asked apart; every member on `port`, of weight 1.
+    Addresses { port: u16 },
+    /// SRV: each target's addresses with the record's port and weight.
+    Srv,
+}
+
+impl Records {
+    /// The queries of one poll, each answered (or failing) on its own.
+    fn queries(self) -> &'static [RecordType] {
+        match self {
+            Records::Addresses { .. } => &[RecordType::A, RecordType::AAAA],
+            Records::Srv => &[RecordType::SRV],
+        }
+    }
+}
+
+/// A member as DNS names it: peer address and weight.
+type Found = (SocketAddr, u32);
+
+/// What one query said.
 #[derive(Debug)]
 enum Answer {
-    Addrs(BTreeSet<IpAddr>),
+    Members(BTreeSet<Found>),
     /// NXDOMAIN, or the name exists without records of this type.
     NoRecords,
     Failed(String),
 }
 
 struct Poller {
+    records: Records,
     name: String,
-    port: u16,
     nameserver: Option<SocketAddr>,
     interval: Duration,
     me: Member,
     /// Built on the first poll, and again after a poll that could not build it
     /// (a missing resolv.conf may appear later).
     resolver: Option<TokioResolver>,
-    /// Last known addresses of each family.
-    v4: BTreeSet<IpAddr>,
-    v6: BTreeSet<IpAddr>,
-    /// Consecutive polls where both families said "no records".
+    /// Last known members of each query (in `records.queries()` order).
+    known: Vec<BTreeSet<Found>>,
+    /// Consecutive polls where every query said "no records".
     empty_polls: u32,
-    /// Consecutive polls where no family answered at all.
+    /// Consecutive polls where no query answered at all.
     failed_polls: u32,
 }
 
@@ -141,11 +186,11 @@ impl Poller {
 
     /// One poll; returns how long to wait before the next.
     async fn poll(&mut self, tx: &watch::Sender<Vec<Member>>) -> Duration {
-        let (a, aaaa) = match self.look_up().await {
+        let answers = match self.look_up().await {
             Ok(answers) => answers,
             Err(why) => return self.failed(&why),
         };
-        let failures = match self.update(a, aaaa) {
+        let failures = match self.update(answers) {
             Ok(failures) => failures,
             Err(why) => return self.failed(&why),
         };
@@ -154,8 +199,8 @@ impl Poller {
         self.interval
     }
 
-    /// The name's A and AAAA answers, asked together, within the deadline.
-    async fn look_up(&mut self) -> Result<(Answer, Answer), String> {
+    /// Every query's answer, asked together, within the deadline.
+    async fn look_up(&mut self) -> Result<Vec<Answer>, String> {
         let resolver = match &self.resolver {
             Some(r) => r,
             None => self
@@ -166,32 +211,38 @@ impl Poller {
         // for the records' TTL, which is not what `interval` promises.
         resolver.clear_cache();
         let lookups = async {
-            tokio::join!(
-                lookup(resolver, &self.name, RecordType::A),
-                lookup(resolver, &self.name, RecordType::AAAA)
-            )
+            match self.records {
+                Records::Addresses { port } => {
+                    let (a, aaaa) = tokio::join!(
+                        lookup(resolver, &self.name, RecordType::A, port),
+                        lookup(resolver, &self.name, RecordType::AAAA, port)
+                    );
+                    vec![a, aaaa]
+                }
+                Records::Srv => vec![lookup_srv(resolver, &self.name).await],
+            }
         };
         tokio::time::timeout(POLL_DEADLINE, lookups)
             .await
             .map_err(|_| format!("no answer within {POLL_DEADLINE:?}"))
     }
 
-    /// Take in one poll's answers. Ok: the families whose query failed (and
-    /// kept their addresses); Err: nothing usable came back.
-    fn update(&mut self, a: Answer, aaaa: Answer) -> Result<Vec<String>, String> {
+    /// Take in one poll's answers. Ok: the queries that failed (and kept
+    /// their members); Err: nothing usable came back.
+    fn update(&mut self, answers: Vec<Answer>) -> Result<Vec<String>, String> {
         let mut failures = Vec::new();
         let mut any_records = false;
         let mut no_records = 0;
-        for (family, answer) in [("A", &a), ("AAAA", &aaaa)] {
+        for (query, answer) in self.records.queries().iter().zip(&answers) {
             match answer {
-                Answer::Addrs(_) => any_records = true,
+                Answer::Members(_) => any_records = true,
                 Answer::NoRecords => no_records += 1,
-                Answer::Failed(e) => failures.push(format!("{family}: {e}")),
+                Answer::Failed(e) => failures.push(format!("{query}: {e}")),
             }
         }
         if any_records {
-            self.take_answers([a, aaaa]);
-        } else if no_records == 2 {
+            self.take_answers(answers);
+        } else if no_records == answers.len() {
             self.count_empty_poll();
         } else {
             // At least one query failed, none found records: keep the list,
@@ -201,12 +252,12 @@ impl Poller {
         Ok(failures)
     }
 
-    /// The name resolves, so every family's answer stands, "none" included;
-    /// only a family whose query failed keeps what it had.
-    fn take_answers(&mut self, answers: [Answer; 2]) {
-        for (answer, known) in answers.into_iter().zip([&mut self.v4, &mut self.v6]) {
+    /// The name resolves, so every query's answer stands, "none" included;
+    /// only a query that failed keeps what it had.
+    fn take_answers(&mut self, answers: Vec<Answer>) {
+        for (answer, known) in answers.into_iter().zip(&mut self.known) {
             match answer {
-                Answer::Addrs(addrs) => *known = addrs,
+                Answer::Members(found) => *known = found,
                 Answer::NoRecords => known.clear(),
                 Answer::Failed(_) => {}
             }
@@ -217,7 +268,7 @@ impl Poller {
         self.empty_polls = 0;
     }
 
-    /// Both families said "no records": after a few such polls in a row the
+    /// Every query said "no records": after a few such polls in a row the
     /// list shrinks to this node (one empty answer may be a blip).
     fn count_empty_poll(&mut self) {
         self.empty_polls = self.empty_polls.saturating_add(1);
@@ -228,12 +279,11 @@ impl Poller {
             );
         }
         if self.empty_polls >= EMPTY_POLLS_TO_SHRINK {
-            self.v4.clear();
-            self.v6.clear();
+            self.known.iter_mut().for_each(BTreeSet::clear);
         }
     }
 
-    /// Log a recovery from failed polls, or a family that failed this time.
+    /// Log a recovery from failed polls, or a query that failed this time.
     fn note_answers(&mut self, failures: &[String]) {
         if failures.is_empty() {
             if self.failed_polls > 0 {
@@ -246,7 +296,7 @@ impl Poller {
         } else {
             // One family answered, the other failed and kept its addresses.
             debug!(
-                "membership (dns {}): partial lookup failure, that family keeps its addresses: {}",
+                "membership (dns {}): partial lookup failure, that query keeps its members: {}",
                 self.name,
                 failures.join("; ")
             );
@@ -255,10 +305,10 @@ impl Poller {
 
     fn publish(&self, tx: &watch::Sender<Vec<Member>>) {
         let members = self
-            .v4
+            .known
             .iter()
-            .chain(self.v6.iter())
-            .map(|ip| Member::new(SocketAddr::new(*ip, self.port).to_string(), 1))
+            .flatten()
+            .map(|(addr, weight)| Member::new(addr.to_string(), *weight))
             .collect();
         let source = format!("dns {}", self.name);
         publish_if_changed(tx, normalize(members, &self.me), &source);
@@ -325,26 +375,114 @@ fn build_resolver(
         .map_err(|e| format!("building the DNS resolver: {e}"))
 }
 
-async fn lookup(resolver: &TokioResolver, name: &str, record_type: RecordType) -> Answer {
+/// The members `name`'s A or AAAA records name, each on `port`.
+async fn lookup(
+    resolver: &TokioResolver,
+    name: &str,
+    record_type: RecordType,
+    port: u16,
+) -> Answer {
     match resolver.lookup(name, record_type).await {
         Ok(lookup) => {
-            let addrs: BTreeSet<IpAddr> = lookup
+            let found: BTreeSet<Found> = lookup
                 .answers()
                 .iter()
-                .filter_map(|record| match &record.data {
-                    RData::A(a) => Some(IpAddr::V4(a.0)),
-                    RData::AAAA(aaaa) => Some(IpAddr::V6(aaaa.0)),
-                    // CNAMEs on the way to the addresses.
-                    _ => None,
-                })
+                .filter_map(|record| address(&record.data))
+                .map(|ip| (SocketAddr::new(ip, port), 1))
                 .collect();
-            if addrs.is_empty() {
+            if found.is_empty() {
                 Answer::NoRecords
             } else {
-                Answer::Addrs(addrs)
+                Answer::Members(found)
             }
         }
         Err(e) => classify(e),
+    }
+}
+
+/// The address an A or AAAA record holds (None for others, such as the
+/// CNAMEs on the way to the addresses).
+fn address(data: &RData) -> Option<IpAddr> {
+    match data {
+        RData::A(a) => Some(IpAddr::V4(a.0)),
+        RData::AAAA(aaaa) => Some(IpAddr::V6(aaaa.0)),
+        _ => None,
+    }
+}
+
+/// One SRV record: where its target listens, and its weight.
+struct Target {
+    name: Name,
+    port: u16,
+    weight: u16,
+}
+
+/// The members `name`'s SRV records name: each target's addresses, with the
+/// record's port and (relative) weight.
+async fn lookup_srv(resolver: &TokioResolver, name: &str) -> Answer {
+    let lookup = match resolver.lookup(name, RecordType::SRV).await {
+        Ok(lookup) => lookup,
+        Err(e) => return classify(e),
+    };
+    let targets: Vec<Target> = lookup
+        .answers()
+        .iter()
+        .filter_map(|record| match &record.data {
+            RData::SRV(srv) if !srv.target.is_root() => Some(Target {
+                name: srv.target.clone(),
+                port: srv.port,
+                weight: srv.weight,
+            }),
+            _ => None,
+        })
+        .collect();
+    // Addresses the server sent along (Consul does; Kubernetes may not).
+    let mut glue: HashMap<&Name, Vec<IpAddr>> = HashMap::new();
+    for record in lookup.additionals() {
+        if let Some(ip) = address(&record.data) {
+            glue.entry(&record.name).or_default().push(ip);
+        }
+    }
+    let weights = relative_weights(&targets.iter().map(|t| t.weight).collect::<Vec<_>>());
+    let mut found = BTreeSet::new();
+    for (target, weight) in targets.iter().zip(weights) {
+        let ips = match glue.get(&target.name) {
+            Some(ips) => ips.clone(),
+            None => match resolver.lookup_ip(target.name.clone()).await {
+                Ok(ips) => ips.iter().collect(),
+                // Gone from DNS: no member (its SRV record will follow).
+                Err(e) if e.is_no_records_found() => Vec::new(),
+                Err(e) => return Answer::Failed(format!("target {}: {e}", target.name)),
+            },
+        };
+        found.extend(
+            ips.into_iter()
+                .map(|ip| (SocketAddr::new(ip, target.port), weight)),
+        );
+    }
+    if found.is_empty() {
+        Answer::NoRecords
+    } else {
+        Answer::Members(found)
+    }
+}
+
+/// SRV weights as ring weights: 0 counts as 1, all divided by their
+/// greatest common divisor, at most [`MAX_WEIGHT`].
+fn relative_weights(weights: &[u16]) -> Vec<u32> {
+    let weights: Vec<u32> = weights.iter().map(|w| u32::from(*w).max(1)).collect();
+    let divisor = weights.iter().copied().reduce(gcd).unwrap_or(1);
+    weights
+        .iter()
+        .map(|w| (w / divisor).min(MAX_WEIGHT))
+        .collect()
+}
+
+fn gcd(a: u32, b: u32) -> u32 {
+    if b == 0 {
+        a
+    } else {
+        gcd(b, a % b)
     }
 }
 
@@ -369,6 +507,17 @@ mod tests {
         // An interval above the cap is never shortened.
         let long = Duration::from_secs(60);
         assert_eq!(backoff(long, 5), long);
+    }
+
+    #[test]
+    fn srv_weights_are_relative_and_bounded() {
+        // Kubernetes: every endpoint the same share.
+        assert_eq!(relative_weights(&[33, 33, 33]), vec![1, 1, 1]);
+        assert_eq!(relative_weights(&[10, 20, 30]), vec![1, 2, 3]);
+        assert_eq!(relative_weights(&[0, 0]), vec![1, 1]);
+        assert_eq!(relative_weights(&[0, 5]), vec![1, 5]);
+        assert_eq!(relative_weights(&[1, 65535]), vec![1, 100]);
+        assert!(relative_weights(&[]).is_empty());
     }
 
     #[test]

@@ -4,6 +4,9 @@
 //! - credentials: a valid signature for this node, with a nonce not seen
 //!   before, else 401 (counted; 503 when the nonce table is full); then the
 //!   headers the signature does not cover (host, hop-by-hop) are dropped;
+//! - with `cluster.tls`, the connection's certificate: valid under the CA
+//!   as it is now, for the member that signed the request, which must be a
+//!   member of this node's ring, else 403 (counted; see `peer_tls.rs`);
 //! - origin: the `x-ringside-origin` it names must be one this node may
 //!   reach too (its origin or forward-proxy allowlist), else 403;
 //!
@@ -16,9 +19,11 @@
 use super::respond::{send_error, send_refusal};
 use super::{RequestCtx, Ringside};
 use crate::cache_status::{CacheStatus, Detail};
+use crate::cluster::Cluster;
 use crate::config::OriginUrl;
 use crate::metrics::{self, CacheResult};
 use crate::origin::OriginTarget;
+use crate::peer_tls::TlsRefusal;
 use crate::peers::{self, Refusal};
 use crate::purge;
 use http::Method;
@@ -50,6 +55,17 @@ pub async fn admit(
         };
         return refuse(session, ctx, why.status(), body).await;
     }
+    if let Err(why) = check_certificate(&cluster, session) {
+        metrics::observe_peer_tls_refusal(why.reason());
+        log::warn!(
+            "peer request from {:?} refused: {why}",
+            session.req_header().headers.get(&peers::FROM)
+        );
+        ctx.result = CacheResult::Error;
+        let body = "peer certificate refused\n";
+        send_refusal(session, 403, body, why.reason()).await?;
+        return Ok(None);
+    }
     // Act on signed headers only.
     let req = session.req_header_mut();
     for name in peers::unsigned_headers(&req.headers) {
@@ -65,6 +81,22 @@ pub async fn admit(
         Some(target) => Ok(Some(target)),
         None => refuse(session, ctx, 403, "origin not served by this node\n").await,
     }
+}
+
+/// With `cluster.tls`: the connection's certificate, for the request's
+/// signed sender.
+fn check_certificate(cluster: &Cluster, session: &Session) -> Result<(), TlsRefusal> {
+    let Some(tls) = &cluster.tls else {
+        return Ok(());
+    };
+    let from = session
+        .req_header()
+        .headers
+        .get(&peers::FROM)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or_default();
+    let ssl = session.digest().and_then(|d| d.ssl_digest.as_deref());
+    tls.check_sender(ssl, from, cluster.is_member(from))
 }
 
 /// Act on an admitted peer request whose target is normalised: `PURGE` and

@@ -2,11 +2,13 @@
 //! 127.0.0.1 (and TCP on the same port, for truncated answers).
 //!
 //! It answers for one name, whose records the test changes at run time
-//! ([`DnsServer::set`]), or stops answering, or says NXDOMAIN.
+//! ([`DnsServer::set`]), or stops answering, or says NXDOMAIN. The name
+//! may hold SRV records instead ([`Mode::Srv`]); then it also answers A
+//! queries for their targets.
 
 use hickory_proto::op::{Message, MessageType, ResponseCode};
-use hickory_proto::rr::rdata::{A, AAAA};
-use hickory_proto::rr::{RData, Record, RecordType};
+use hickory_proto::rr::rdata::{A, AAAA, SRV};
+use hickory_proto::rr::{Name, RData, Record, RecordType};
 use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::sync::{Arc, Mutex};
@@ -24,6 +26,33 @@ pub enum Mode {
     NxDomain,
     /// Drop every query (the resolver times out).
     Silent,
+    /// Answer SRV queries for the name with these records; A queries for
+    /// their targets with the targets' addresses. With `glue`, the
+    /// addresses come in the SRV answer's additional section instead (as
+    /// Consul sends them), and the targets' own names say NXDOMAIN: a
+    /// client that skips that section finds no member.
+    Srv { records: Vec<Srv>, glue: bool },
+}
+
+/// One SRV record, and the address of its target.
+#[derive(Clone, Debug)]
+pub struct Srv {
+    /// Fully qualified, e.g. `node-a.peers.test.`.
+    pub target: String,
+    pub port: u16,
+    pub weight: u16,
+    pub addr: Ipv4Addr,
+}
+
+impl Srv {
+    pub fn new(target: &str, port: u16, weight: u16, addr: Ipv4Addr) -> Srv {
+        Srv {
+            target: target.to_string(),
+            port,
+            weight,
+            addr,
+        }
+    }
 }
 
 /// Answers over UDP and, on the same port, over TCP (for truncated answers).
@@ -31,8 +60,8 @@ pub struct DnsServer {
     pub addr: SocketAddr,
     mode: Arc<Mutex<Mode>>,
     /// A queries answered NXDOMAIN, A queries answered with records, A
-    /// queries left unanswered (silent).
-    counts: Arc<Mutex<(u32, u32, u32)>>,
+    /// queries left unanswered (silent), SRV queries left unanswered.
+    counts: Arc<Mutex<(u32, u32, u32, u32)>>,
     /// Answer UDP queries with TC=1 and no records, as for an answer too
     /// large for UDP: the client must ask again over TCP.
     pub truncate_udp: Arc<AtomicBool>,
@@ -64,7 +93,7 @@ impl DnsServer {
         };
         let addr = socket.local_addr().expect("local addr");
         let mode = Arc::new(Mutex::new(mode));
-        let counts = Arc::new(Mutex::new((0, 0, 0)));
+        let counts = Arc::new(Mutex::new((0, 0, 0, 0)));
         let truncate_udp = Arc::new(AtomicBool::new(false));
         let tcp_queries = Arc::new(AtomicU32::new(0));
         let (m, c, t, n) = (
@@ -155,13 +184,18 @@ impl DnsServer {
     pub fn unanswered_a_queries(&self) -> u32 {
         self.counts.lock().unwrap().2
     }
+
+    /// SRV queries for the name left unanswered ([`Mode::Silent`]).
+    pub fn unanswered_srv_queries(&self) -> u32 {
+        self.counts.lock().unwrap().3
+    }
 }
 
 fn respond(
     name: &str,
     query: &Message,
     mode: &Mutex<Mode>,
-    counts: &Mutex<(u32, u32, u32)>,
+    counts: &Mutex<(u32, u32, u32, u32)>,
     truncate: bool,
 ) -> Option<Vec<u8>> {
     if query.metadata.message_type != MessageType::Query {
@@ -174,11 +208,21 @@ fn respond(
     response.add_query(q.clone());
     let ours = q.name().to_ascii().eq_ignore_ascii_case(name);
     let mut mode = mode.lock().unwrap();
+    if let Mode::Srv { records, glue } = &*mode {
+        let records = records.clone();
+        let glue = *glue;
+        drop(mode);
+        srv_answer(&mut response, ours, &records, glue);
+        return response.to_vec().ok();
+    }
     let is_a = q.query_type() == RecordType::A;
     let (v4, v6, nxdomain) = match &mut *mode {
         Mode::Silent => {
             if ours && is_a {
                 counts.lock().unwrap().2 += 1;
+            }
+            if ours && q.query_type() == RecordType::SRV {
+                counts.lock().unwrap().3 += 1;
             }
             return None;
         }
@@ -195,6 +239,7 @@ fn respond(
             (vec![], vec![], true)
         }
         Mode::Answer(v4, v6) => (v4.clone(), v6.clone(), false),
+        Mode::Srv { .. } => unreachable!("answered above"),
     };
     drop(mode);
     if !ours || nxdomain {
@@ -228,4 +273,36 @@ fn respond(
         response.metadata.truncation = true;
     }
     response.to_vec().ok()
+}
+
+/// Answer a query in [`Mode::Srv`]: SRV records for the name, addresses for
+/// their targets, NXDOMAIN for any other name.
+fn srv_answer(response: &mut Message, ours: bool, records: &[Srv], glue: bool) {
+    let q = response.queries[0].clone();
+    let asked = q.name().to_ascii();
+    let target_of = |r: &Srv| asked.eq_ignore_ascii_case(&r.target);
+    let address = |r: &Srv| {
+        let target = Name::from_ascii(&r.target).expect("a valid target name");
+        Record::from_rdata(target, 1, RData::A(A(r.addr)))
+    };
+    if ours {
+        if q.query_type() == RecordType::SRV {
+            for r in records {
+                let target = Name::from_ascii(&r.target).expect("a valid target name");
+                let srv = SRV::new(0, r.weight, r.port, target);
+                response.add_answer(Record::from_rdata(q.name().clone(), 1, RData::SRV(srv)));
+                if glue {
+                    response.add_additional(address(r));
+                }
+            }
+        }
+    } else if !glue && records.iter().any(target_of) {
+        if q.query_type() == RecordType::A {
+            for r in records.iter().filter(|r| target_of(r)) {
+                response.add_answer(address(r));
+            }
+        }
+    } else {
+        response.metadata.response_code = ResponseCode::NXDomain;
+    }
 }

@@ -6,7 +6,7 @@ use rcgen::{
     BasicConstraints, Certificate, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa,
     KeyPair, KeyUsagePurpose, SanType,
 };
-use std::net::{IpAddr, Ipv4Addr};
+use std::net::IpAddr;
 use std::path::{Path, PathBuf};
 
 /// A certificate authority that exists only for one test.
@@ -46,11 +46,19 @@ impl TestCa {
     /// A certificate named `name` for 127.0.0.1 and localhost, good for a
     /// server and for a client, written to `dir/<name>.crt` and `.key`.
     pub fn issue(&self, dir: &Path, name: &str) -> CertFiles {
+        self.issue_for(dir, name, &["localhost", "127.0.0.1"])
+    }
+
+    /// As [`TestCa::issue`], for the host names and IP addresses `sans`.
+    pub fn issue_for(&self, dir: &Path, name: &str, sans: &[&str]) -> CertFiles {
         let key = KeyPair::generate().expect("key");
-        let mut params = CertificateParams::new(vec!["localhost".to_string()]).expect("params");
-        params
-            .subject_alt_names
-            .push(SanType::IpAddress(IpAddr::V4(Ipv4Addr::LOCALHOST)));
+        let mut params = CertificateParams::new(Vec::<String>::new()).expect("params");
+        for san in sans {
+            params.subject_alt_names.push(match san.parse::<IpAddr>() {
+                Ok(ip) => SanType::IpAddress(ip),
+                Err(_) => SanType::DnsName((*san).try_into().expect("a DNS name")),
+            });
+        }
         params.distinguished_name.push(DnType::CommonName, name);
         params.extended_key_usages = vec![
             ExtendedKeyUsagePurpose::ServerAuth,

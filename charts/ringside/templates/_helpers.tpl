@@ -97,6 +97,27 @@ ringside.io/app that is not one of its pod's namespace's (no ConfigMap). */}}
 {{- join "," $list -}}
 {{- end -}}
 
+{{/* The apps with peer TLS as NAMESPACE/APP=SECRET, comma-separated: the
+webhook mounts SECRET into their sidecars. */}}
+{{- define "ringside.peerTlsList" -}}
+{{- $root := . -}}
+{{- $list := list -}}
+{{- range $app := .Values.apps -}}
+{{- with $app.peerTls -}}
+{{- $list = append $list (printf "%s/%s=%s" (include "ringside.appNamespace" (dict "root" $root "app" $app)) $app.name .secretName) -}}
+{{- end -}}
+{{- end -}}
+{{- join "," $list -}}
+{{- end -}}
+
+{{/* The peer TLS Secret of the app named .app (for ringside.sidecar), or "". */}}
+{{- define "ringside.appPeerTlsSecret" -}}
+{{- $name := .app | default "" -}}
+{{- range .Values.apps -}}
+{{- if and (eq .name $name) .peerTls -}}{{ .peerTls.secretName }}{{- end -}}
+{{- end -}}
+{{- end -}}
+
 {{/* Every namespace that needs the ConfigMaps and the Secret: release + apps. */}}
 {{- define "ringside.namespaces" -}}
 {{- $root := . -}}
@@ -129,6 +150,15 @@ Listen addresses are also set per pod by RINGSIDE_LISTEN/RINGSIDE_ADMIN_LISTEN.
   "enabled" true
   "peer_listen" (printf "0.0.0.0:%d" (int $s.peerPort))
   "membership" (dict "dns" (dict "name" $dns "port" (int $s.peerPort)))) -}}
+{{- if .app.peerTls -}}
+{{- /* The Secret (apps[].peerTls.secretName) is mounted there; its
+certificate names the peers' Service, shared by every replica. */ -}}
+{{- $_ := set $cfg.cluster "tls" (dict
+  "ca_file" "/etc/ringside-peer-tls/ca.crt"
+  "cert_file" "/etc/ringside-peer-tls/tls.crt"
+  "key_file" "/etc/ringside-peer-tls/tls.key"
+  "peer_name" $dns) -}}
+{{- end -}}
 {{- end -}}
 {{- $cfg = mustMergeOverwrite $cfg (deepCopy $s.extraConfig) -}}
 {{- toYaml $cfg -}}
@@ -145,8 +175,9 @@ sidecar on Kubernetes 1.29+, in `initContainers` with "native" true):
     {{- include "ringside.sidecarVolumes" (dict "Values" .Values.ringside "Release" .Release "app" "catalog") | nindent 4 }}
 
 Keys: Values (this chart's values), Release, app (optional: an apps[].name,
-for the cluster config), native (optional bool), Chart (optional:
-.Subcharts.ringside.Chart, for the image tag when ringside.image.tag is not set).
+for the cluster config and its peer TLS Secret), native (optional bool), Chart
+(optional: .Subcharts.ringside.Chart, for the image tag when ringside.image.tag
+is not set).
 */}}
 {{- define "ringside.sidecar" -}}
 {{- $s := .Values.sidecar -}}
@@ -235,6 +266,11 @@ for the cluster config), native (optional bool), Chart (optional:
       readOnly: true
     - name: ringside-tmp
       mountPath: /tmp
+    {{- if include "ringside.appPeerTlsSecret" . }}
+    - name: ringside-peer-tls
+      mountPath: /etc/ringside-peer-tls
+      readOnly: true
+    {{- end }}
   terminationMessagePolicy: FallbackToLogsOnError
 {{- end -}}
 
@@ -246,6 +282,11 @@ for the cluster config), native (optional bool), Chart (optional:
   emptyDir:
     medium: Memory
     sizeLimit: 16Mi
+{{- with include "ringside.appPeerTlsSecret" . }}
+- name: ringside-peer-tls
+  secret:
+    secretName: {{ . }}
+{{- end }}
 {{- end -}}
 
 {{/*
