@@ -558,7 +558,9 @@ fn check_config_accepts_etcd_tls_and_auth_without_reading_the_files() {
 
 /// Start ringside on `yaml` with `env` and wait for it to exit; its output.
 async fn exit_message(yaml: &str, env: &[(&str, &str)]) -> String {
-    let file = TempConfig::new(yaml);
+    // Tests run in parallel: each process gets a peer port of its own.
+    let peer = format!("127.0.0.1:{}", free_port());
+    let file = TempConfig::new(&yaml.replace("127.0.0.1:7070", &peer));
     let log = TempConfig::new(""); // the log
     let mut command = Command::new(env!("CARGO_BIN_EXE_ringside"));
     command.arg("--config").arg(file.path());
