@@ -245,8 +245,9 @@ async fn a_node_without_a_valid_certificate_gets_nothing_and_asks_its_origin() {
     let r = m.get(&path).await;
     assert_eq!(r.status, 200, "{}", r.text());
     assert!(!via_peer(&r), "B answered M: {}", cache_status(&r));
+    // Not a hang: well inside the client's patience even on a busy machine.
     assert!(
-        started.elapsed() < Duration::from_secs(3),
+        started.elapsed() < Duration::from_secs(10),
         "the refusal took {:?}",
         started.elapsed()
     );
@@ -426,8 +427,9 @@ async fn a_rotated_ca_and_certificates_are_picked_up_without_restart() {
         "B reloaded its CA and its certificate"
     );
 
-    // D still shows a certificate from the old CA, on the connection it
-    // opened before: B no longer trusts it.
+    // D still shows a certificate from the old CA: B no longer trusts it,
+    // on the connection D opened before (or in the handshake of a new one,
+    // when D's pool let that one go).
     let after = owned_by(b_addr, &members, &origin, "after");
     let r = d.get(&after).await;
     assert_eq!(r.status, 200, "{}", r.text());
@@ -436,11 +438,12 @@ async fn a_rotated_ca_and_certificates_are_picked_up_without_restart() {
         "B answered D after the rotation: {}",
         cache_status(&r)
     );
-    assert_eq!(
-        refusals(&b, "certificate").await,
-        1.0,
-        "B refused D's certificate on the connection D opened before"
-    );
+    common::eventually(
+        Duration::from_secs(10),
+        "B counts its refusal of D",
+        || async { refusals(&b, "certificate").await + refusals(&b, "handshake").await >= 1.0 },
+    )
+    .await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
