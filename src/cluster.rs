@@ -6,6 +6,17 @@
 //! clones the `Arc` it started with, so requests in flight during a
 //! membership change finish against the ring they began with, and none sees
 //! a half-built one. Hits never look at the ring at all.
+//!
+//! The ring is built from the membership source's list, minus the members
+//! that announced they are leaving (a `LEAVING` notice, see `announce.rs`:
+//! they stay out until the source stops listing them or they announce
+//! `JOINED`), minus this node once it is leaving itself. So every source,
+//! a static list included, takes a stopping member out at once.
+//!
+//! After a change the ring before it is kept for
+//! `cluster.previous_owner_window` ([`Cluster::previous_owner`]): a key's new
+//! owner asks the previous one before its origin. A node that has just
+//! joined counts the ring without itself as the one before.
 
 use crate::config::{ClusterConfig, PeerProtocol};
 use crate::hot::HotKeys;
@@ -13,15 +24,25 @@ use crate::membership::{self, Member};
 use crate::metrics;
 use crate::peers::{self, Envelope, PeerAuth, PeerHealth, Refusal, SeenNonces};
 use crate::ring::Ring;
+use crate::store::Epoch;
 use http::{header, HeaderValue};
 use pingora::http::RequestHeader;
-use std::sync::{Arc, RwLock};
-use std::time::Duration;
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::{Duration, Instant};
 
 pub struct Cluster {
     /// This node's advertised peer address.
     pub me: String,
     ring: RwLock<Arc<Ring>>,
+    /// The ring before the last change, while it still counts.
+    previous: RwLock<Option<Previous>>,
+    /// How long a previous ring counts (`cluster.previous_owner_window`).
+    previous_window: Duration,
+    /// What the ring is built from; rebuilds happen under this lock.
+    view: Mutex<View>,
+    hash_key: String,
+    vnodes: u32,
     pub auth: PeerAuth,
     /// Nonces of the peer requests accepted lately (replays are refused).
     pub nonces: SeenNonces,
@@ -36,6 +57,40 @@ pub struct Cluster {
     pub peer_h2c: bool,
     /// How long a write waits for members to confirm its invalidation.
     pub invalidation_timeout: Duration,
+}
+
+/// A ring replaced by a membership change, and until when its owners are
+/// asked first.
+struct Previous {
+    ring: Arc<Ring>,
+    until: Instant,
+}
+
+/// What the ring is built from.
+#[derive(Default)]
+struct View {
+    /// The membership source's latest list.
+    listed: Vec<Member>,
+    /// Members that announced they are leaving, by address.
+    leaving: HashMap<String, Departure>,
+    /// This node is leaving: its own ring leaves it out as well.
+    me_leaving: bool,
+}
+
+/// A member's announced departure.
+#[derive(Debug, Clone, Copy)]
+pub struct Departure {
+    /// When it was announced, as a removal epoch: what it hands over is not
+    /// stored over a purge or invalidation that came after (see `handoff/`).
+    pub since: Epoch,
+    /// Until when it still answers peers (its `shutdown_delay`).
+    serving_until: Instant,
+}
+
+/// The rings of a node that is leaving: before (with it) and after.
+pub struct Leaving {
+    pub before: Arc<Ring>,
+    pub after: Arc<Ring>,
 }
 
 impl Cluster {
@@ -63,6 +118,11 @@ impl Cluster {
                 &config.hash_key,
                 config.vnodes,
             ))),
+            previous: RwLock::new(None),
+            previous_window: config.previous_owner_window,
+            view: Mutex::new(View::default()),
+            hash_key: config.hash_key.clone(),
+            vnodes: config.vnodes,
             auth: PeerAuth::new(&config.secret),
             nonces: SeenNonces::new(peers::MAX_NONCES),
             health: PeerHealth::new(config.peer_backoff),
@@ -72,22 +132,98 @@ impl Cluster {
             peer_h2c: config.peer_protocol == PeerProtocol::H2c,
             invalidation_timeout: config.invalidation_timeout,
         });
-        cluster.install(first, &config.hash_key, config.vnodes);
-        let (hash_key, vnodes) = (config.hash_key.clone(), config.vnodes);
+        cluster.install(first);
         let weak = Arc::downgrade(&cluster);
         tokio::spawn(async move {
             while members.changed().await.is_ok() {
                 let list = members.borrow_and_update().clone();
                 let Some(cluster) = weak.upgrade() else { break };
-                cluster.install(list, &hash_key, vnodes);
+                cluster.install(list);
             }
         });
         Ok(cluster)
     }
 
-    /// Build and swap in the ring for `members`.
-    fn install(&self, members: Vec<Member>, hash_key: &str, vnodes: u32) {
-        let ring = Arc::new(Ring::new(members, hash_key, vnodes));
+    /// The source published `listed`: rebuild the ring from it. Departures
+    /// are forgotten once the source no longer lists the member and it no
+    /// longer serves.
+    fn install(&self, listed: Vec<Member>) {
+        let mut view = self.view();
+        let now = Instant::now();
+        view.leaving.retain(|addr, departure| {
+            now < departure.serving_until || listed.iter().any(|m| m.addr == *addr)
+        });
+        view.listed = listed;
+        self.rebuild(&view);
+    }
+
+    /// `from` announced it is leaving and serves peers for `serving_for`
+    /// more: out of the ring now. Only members (listed or on the ring) count.
+    pub fn member_leaving(&self, from: &str, serving_for: Duration) -> bool {
+        let mut view = self.view();
+        let known = view.listed.iter().any(|m| m.addr == from)
+            || self.ring().members().iter().any(|m| m.addr == from);
+        if !known || from == self.me {
+            return false;
+        }
+        let departure = Departure {
+            since: Epoch::now(),
+            serving_until: Instant::now() + serving_for,
+        };
+        view.leaving.insert(from.to_owned(), departure);
+        self.rebuild(&view);
+        true
+    }
+
+    /// `from` announced it is (back) in the cluster: its departure is over.
+    pub fn member_joined(&self, from: &str) -> bool {
+        let mut view = self.view();
+        if view.leaving.remove(from).is_none() {
+            return false;
+        }
+        self.rebuild(&view);
+        true
+    }
+
+    /// The departure `from` announced, if it did.
+    pub fn departure(&self, from: &str) -> Option<Departure> {
+        self.view().leaving.get(from).copied()
+    }
+
+    /// This node leaves: from now on its own ring, too, is the ring
+    /// without it. Returns the rings before and after.
+    pub fn leave(&self) -> Leaving {
+        let mut view = self.view();
+        let before = self.ring();
+        view.me_leaving = true;
+        self.rebuild(&view);
+        Leaving {
+            before,
+            after: self.ring(),
+        }
+    }
+
+    fn view(&self) -> std::sync::MutexGuard<'_, View> {
+        self.view.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Build the ring `view` describes and swap it in (called under the
+    /// view's lock, so rebuilds happen one at a time).
+    fn rebuild(&self, view: &View) {
+        let members = view
+            .listed
+            .iter()
+            .filter(|m| !view.leaving.contains_key(&m.addr))
+            .filter(|m| !(view.me_leaving && m.addr == self.me))
+            .cloned()
+            .collect();
+        self.install_ring(members);
+    }
+
+    /// Build and swap in the ring for `members`; keep the one it replaces
+    /// as the previous ring.
+    fn install_ring(&self, members: Vec<Member>) {
+        let ring = Arc::new(Ring::new(members, &self.hash_key, self.vnodes));
         let addrs: Vec<String> = ring.members().iter().map(|m| m.addr.clone()).collect();
         let previous = {
             let mut slot = self.ring.write().unwrap_or_else(|p| p.into_inner());
@@ -96,6 +232,7 @@ impl Cluster {
         if previous.generation() == ring.generation() {
             return;
         }
+        self.keep_previous(previous.clone(), &ring);
         let before: Vec<String> = previous.members().iter().map(|m| m.addr.clone()).collect();
         let others = |list: &[String], than: &[String]| -> Vec<String> {
             list.iter()
@@ -120,6 +257,56 @@ impl Cluster {
 
     pub fn ring(&self) -> Arc<Ring> {
         self.ring.read().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    /// Remember `previous`, just replaced by `current`, for the window. A
+    /// node that has just joined (its ring was itself alone, or empty) had
+    /// no ring of the cluster: the one before is the cluster without it.
+    fn keep_previous(&self, previous: Arc<Ring>, current: &Ring) {
+        if self.previous_window.is_zero() {
+            return;
+        }
+        let newcomer = previous.members().iter().all(|m| m.addr == self.me);
+        let previous = match newcomer {
+            false => previous,
+            true => {
+                let others: Vec<Member> = current
+                    .members()
+                    .iter()
+                    .filter(|m| m.addr != self.me)
+                    .cloned()
+                    .collect();
+                Arc::new(Ring::new(others, &self.hash_key, self.vnodes))
+            }
+        };
+        let until = Instant::now() + self.previous_window;
+        *self.previous.write().unwrap_or_else(|p| p.into_inner()) =
+            Some(Previous { ring: previous, until });
+    }
+
+    /// The member to ask before the origin for `key`, which this node owns
+    /// on `ring`: its owner on the previous ring, while that ring counts,
+    /// if it is another node that still answers (on `ring`, or leaving but
+    /// still serving) and is not backing off.
+    pub fn previous_owner(&self, ring: &Ring, key: &str) -> Option<String> {
+        let owner = self.previous_ring()?.owner(key)?.addr.clone();
+        if owner == self.me {
+            return None;
+        }
+        let on_ring = ring.members().iter().any(|m| m.addr == owner);
+        let serving = || {
+            self.departure(&owner)
+                .is_some_and(|d| Instant::now() < d.serving_until)
+        };
+        ((on_ring || serving()) && self.health.is_available(&owner)).then_some(owner)
+    }
+
+    /// The previous ring, while it counts. (Its lock is released before the
+    /// view's is taken: rebuilds take them the other way round.)
+    fn previous_ring(&self) -> Option<Arc<Ring>> {
+        let previous = self.previous.read().unwrap_or_else(|p| p.into_inner());
+        let previous = previous.as_ref().filter(|p| Instant::now() < p.until)?;
+        Some(previous.ring.clone())
     }
 
     /// Make `request` a peer request for `origin` to the member `to`: who

@@ -31,6 +31,7 @@ impl Node {
             client: OriginClient::default(),
             store: Arc::new(store),
             cluster,
+            asking_previous: Default::default(),
         });
         Node {
             origins: Origins::new(&config),

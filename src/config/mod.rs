@@ -9,8 +9,8 @@
 mod cluster;
 
 pub use cluster::{
-    ClusterConfig, DnsMembership, EtcdAuth, EtcdMembership, EtcdTls, HotConfig, MembershipConfig,
-    PeerProtocol, StaticMember,
+    ClusterConfig, DnsMembership, EtcdAuth, EtcdMembership, EtcdTls, HandoffConfig, HotConfig,
+    MembershipConfig, PeerProtocol, StaticMember,
 };
 use serde::de::{self, Deserializer};
 use serde::Deserialize;
@@ -385,6 +385,7 @@ impl Config {
         self.validate_cache()?;
         self.validate_memory_bounds()?;
         self.cluster.validate(&self.listen, &self.admin_listen)?;
+        self.cluster.validate_handoff(self.shutdown_grace)?;
         if !self.admin_token.is_empty() && self.admin_token == self.cluster.secret {
             return Err(ConfigError::Invalid(
                 "admin_token: the same as cluster.secret; choose another (a bearer token is sent \

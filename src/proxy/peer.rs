@@ -107,6 +107,10 @@ pub async fn handle(
             ring.generation()
         );
     }
+    if req.headers.contains_key(&peers::LOOKUP) {
+        rs.answer_lookup(session, ctx, target).await?;
+        return Ok(true);
+    }
     if cluster
         .remote_owner(&ring, &rs.request_key(target, req))
         .is_some()
