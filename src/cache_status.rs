@@ -84,6 +84,8 @@ pub enum Detail {
     InvalidationIncomplete,
     /// A peer's purge.
     Purge,
+    /// A member's notice or handoff (see `announce.rs`, `handoff/`).
+    Membership,
     /// Bypasses: a path rule, a request body, an upgrade, `no-store`.
     Rule,
     RequestBody,
@@ -118,6 +120,7 @@ impl Detail {
             Detail::OriginUnreachable => "origin-unreachable",
             Detail::InvalidationIncomplete => "invalidation-incomplete",
             Detail::Purge => "purge",
+            Detail::Membership => "membership",
             Detail::Rule => "rule",
             Detail::RequestBody => "request-body",
             Detail::Upgrade => "upgrade",

@@ -23,8 +23,10 @@ use crate::hot::HotKeys;
 use crate::membership::{self, Member};
 use crate::metrics;
 use crate::peers::{self, Envelope, PeerAuth, PeerHealth, Refusal, SeenNonces};
+use crate::origin::{FetchError, OriginClient};
 use crate::ring::Ring;
 use crate::store::Epoch;
+use bytes::Bytes;
 use http::{header, HeaderValue};
 use pingora::http::RequestHeader;
 use std::collections::HashMap;
@@ -85,12 +87,6 @@ pub struct Departure {
     pub since: Epoch,
     /// Until when it still answers peers (its `shutdown_delay`).
     serving_until: Instant,
-}
-
-/// The rings of a node that is leaving: before (with it) and after.
-pub struct Leaving {
-    pub before: Arc<Ring>,
-    pub after: Arc<Ring>,
 }
 
 impl Cluster {
@@ -191,16 +187,12 @@ impl Cluster {
     }
 
     /// This node leaves: from now on its own ring, too, is the ring
-    /// without it. Returns the rings before and after.
-    pub fn leave(&self) -> Leaving {
+    /// without it, which it returns.
+    pub fn leave(&self) -> Arc<Ring> {
         let mut view = self.view();
-        let before = self.ring();
         view.me_leaving = true;
         self.rebuild(&view);
-        Leaving {
-            before,
-            after: self.ring(),
-        }
+        self.ring()
     }
 
     fn view(&self) -> std::sync::MutexGuard<'_, View> {
@@ -315,8 +307,29 @@ impl Cluster {
     /// added afterwards breaks the signature. Peer requests carry no body, so
     /// any body framing copied from the client's request is dropped.
     pub fn sign_request(&self, request: &mut RequestHeader, origin: &str, to: &str) {
+        self.sign(request, origin, to, None)
+    }
+
+    /// [`Self::sign_request`] for a request that carries `body` (a
+    /// `HANDOFF`): its length and digest are signed with the rest.
+    pub fn sign_request_with_body(
+        &self,
+        request: &mut RequestHeader,
+        origin: &str,
+        to: &str,
+        body: &[u8],
+    ) {
+        self.sign(request, origin, to, Some(body))
+    }
+
+    fn sign(&self, request: &mut RequestHeader, origin: &str, to: &str, body: Option<&[u8]>) {
         request.remove_header(&header::CONTENT_LENGTH);
         request.remove_header(&header::TRANSFER_ENCODING);
+        if let Some(body) = body {
+            let digest = HeaderValue::from_str(&peers::body_digest(body)).expect("hex");
+            let _ = request.insert_header(peers::BODY_SHA256.clone(), digest);
+            let _ = request.insert_header(header::CONTENT_LENGTH, body.len());
+        }
         let Some(nonce) = peers::random_nonce() else {
             // Unsigned, the peer refuses it and this node asks the origin.
             log::error!("no random nonce for a peer request: sending it unsigned");
@@ -348,6 +361,33 @@ impl Cluster {
             &request.headers,
         );
         let _ = request.insert_header(peers::SIGNATURE.clone(), signature);
+    }
+
+    /// Send `request` (a control request: `PURGE`, a notice, a handoff with
+    /// its `body`) to the member `to`, signed, for `origin`; connecting within
+    /// `peer_timeout` and answering within `within`. Returns the answer's status.
+    pub async fn send_signed(
+        &self,
+        client: &OriginClient,
+        mut request: RequestHeader,
+        origin: &str,
+        to: &str,
+        body: Option<Bytes>,
+        within: Duration,
+    ) -> Result<http::StatusCode, FetchError> {
+        let _ = request.insert_header(header::HOST, to);
+        // Signed last: the signature covers everything above, for this receiver.
+        match &body {
+            Some(body) => self.sign_request_with_body(&mut request, origin, to, body),
+            None => self.sign_request(&mut request, origin, to),
+        }
+        let connect = within.min(self.peer_timeout);
+        let response = client
+            .send_peer(to, &request, body, connect, within, self.peer_h2c)
+            .await?;
+        let status = response.header.status;
+        response.finish(client).await;
+        Ok(status)
     }
 
     /// Check a request that arrived on the peer listener: signed by a member

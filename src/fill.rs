@@ -927,6 +927,15 @@ fn describe(
     }
 }
 
+/// `object` (handed over by another node: `handoff/`) with its head as this
+/// node stores heads, ready to serve hits.
+pub fn ready_to_serve(mut object: CachedObject) -> CachedObject {
+    let placeholder = ResponseHeader::build(200, Some(0)).expect("a static status");
+    let header = std::mem::replace(&mut object.header, placeholder);
+    object.header = with_serving_slots(header);
+    object
+}
+
 /// The stored head as it will be served: without pingora's header-case map
 /// (lowercase names on the wire), and with `age` and `cache-status` already
 /// present, so that a hit overwrites two values in its clone instead of

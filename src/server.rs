@@ -4,7 +4,10 @@
 //! How the process ends is `shutdown.rs`.
 
 use crate::admin::Admin;
+use crate::announce;
 use crate::cluster::Cluster;
+use crate::handoff;
+use crate::origin::OriginClient;
 use crate::config::{Config, OriginUrl, PeerProtocol};
 use crate::connections::{self, Guarded, Limits};
 use crate::metrics;
@@ -32,6 +35,7 @@ pub fn run(config: Config) -> ! {
         .build()
         .unwrap_or_else(|e| fatal(&format!("cannot start a runtime: {e}")));
     let node = Arc::new(build_node(&config, &background));
+    start_membership_tasks(&node, &background);
     let mut server = Server::new_with_opt_and_conf(None, server_conf(&config));
     server.bootstrap();
     add_services(&mut server, &config, node);
@@ -67,6 +71,23 @@ fn build_node(config: &Arc<Config>, background: &tokio::runtime::Runtime) -> Nod
     });
     let store = Store::new(main_capacity).with_max_variants(config.cache.max_variants);
     Node::new(config.clone(), store, cluster)
+}
+
+/// In a cluster, on `background`: announce this node once its peer
+/// listener is up (`announce.rs`), and hand its entries over at SIGTERM
+/// (`handoff/`).
+fn start_membership_tasks(node: &Arc<Node>, background: &tokio::runtime::Runtime) {
+    if node.cluster().is_none() {
+        return;
+    }
+    background.spawn(handoff::at_sigterm(node.clone()));
+    let node = node.clone();
+    background.spawn(async move {
+        let Some(cluster) = node.cluster() else { return };
+        let origin = &node.origins.default().key_prefix;
+        let peer_listen = &node.config.cluster.peer_listen;
+        announce::joined(&OriginClient::default(), cluster, origin, peer_listen).await;
+    });
 }
 
 fn server_conf(config: &Config) -> ServerConf {

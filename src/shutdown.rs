@@ -3,7 +3,9 @@
 //! (still serving, `/readyz` failing: see [`shutting_down`]), then pingora stops the
 //! listeners, in-flight requests finish (counted by [`InFlight`]) and the
 //! process exits as soon as none is left, or after `shutdown_grace` at the
-//! latest. SIGINT exits at once, also during the delay.
+//! latest. SIGINT exits at once, also during the delay. Work that must end
+//! before the exit (the handoff of this node's entries) holds it back with
+//! [`hold_exit`], within `shutdown_grace` too.
 
 use async_trait::async_trait;
 use pingora::server::{ShutdownSignal, ShutdownSignalWatch};
@@ -25,6 +27,23 @@ impl InFlight {
 impl Drop for InFlight {
     fn drop(&mut self) {
         IN_FLIGHT.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+/// Work the exit waits for (within `shutdown_grace`), while it lives.
+pub struct HoldExit;
+
+static HOLDING_EXIT: AtomicUsize = AtomicUsize::new(0);
+
+/// Hold the exit back until the guard is dropped.
+pub fn hold_exit() -> HoldExit {
+    HOLDING_EXIT.fetch_add(1, Ordering::Relaxed);
+    HoldExit
+}
+
+impl Drop for HoldExit {
+    fn drop(&mut self) {
+        HOLDING_EXIT.fetch_sub(1, Ordering::Relaxed);
     }
 }
 
@@ -101,7 +120,8 @@ fn exit_when_drained(grace: Duration) {
     let started = Instant::now();
     // Give the listeners a moment to stop accepting.
     std::thread::sleep(Duration::from_millis(100));
-    while IN_FLIGHT.load(Ordering::Relaxed) > 0 && started.elapsed() < grace {
+    let busy = || IN_FLIGHT.load(Ordering::Relaxed) > 0 || HOLDING_EXIT.load(Ordering::Relaxed) > 0;
+    while busy() && started.elapsed() < grace {
         std::thread::sleep(Duration::from_millis(20));
     }
     log::info!(
