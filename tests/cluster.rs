@@ -5,7 +5,9 @@ mod common;
 use common::cache_status;
 use common::origin::Origin;
 use common::raw::{raw_exchange, raw_first_response, RawServer};
-use common::{cluster_yaml, eventually, free_port, owner_of, start_cluster, Conn, Ringside};
+use common::{
+    cluster_yaml, eventually, free_port, owner_of, peer_addrs, start_cluster, Conn, Ringside,
+};
 use http::{HeaderMap, HeaderValue};
 use ringside::config::OriginUrl;
 use ringside::membership::{self, Member};
@@ -175,13 +177,6 @@ async fn a_get_with_a_body_never_marks_the_owner_down() {
 }
 
 // ---- helpers ----
-
-fn peer_addrs(nodes: &[Ringside]) -> Vec<String> {
-    nodes
-        .iter()
-        .map(|n| n.peer_addr().expect("a peer listener").to_string())
-        .collect()
-}
 
 /// The origin's default body for a GET of `path` starts with this.
 fn body_ok(r: &common::Response, path: &str) -> bool {
