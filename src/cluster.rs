@@ -154,11 +154,15 @@ impl Cluster {
     }
 
     /// `from` announced it is leaving and serves peers for `serving_for`
-    /// more: out of the ring now. Only members (listed or on the ring) count.
+    /// more: out of the ring now. Only members count: listed, on the ring,
+    /// or on the previous ring (its source may have dropped it already).
     pub fn member_leaving(&self, from: &str, serving_for: Duration) -> bool {
+        let previous = self.previous_ring();
         let mut view = self.view();
+        let on = |ring: &Ring| ring.members().iter().any(|m| m.addr == from);
         let known = view.listed.iter().any(|m| m.addr == from)
-            || self.ring().members().iter().any(|m| m.addr == from);
+            || on(&self.ring())
+            || previous.as_deref().is_some_and(on);
         if !known || from == self.me {
             return false;
         }
