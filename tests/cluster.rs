@@ -908,7 +908,10 @@ async fn captured_peer_requests_cannot_be_tampered_with_redirected_or_replayed()
     let origin = Origin::start().await;
     let [a, b, c] = [0; 3].map(|_| format!("127.0.0.1:{}", free_port()));
     let members = [a.clone(), b.clone(), c.clone()];
-    let extra = "  hot: {fraction: 0}\n";
+    // B, once real, fills from its origin (not from A's copy, as the key's
+    // new owner would by asking the previous one): what reaches the origin
+    // tells what B accepted.
+    let extra = "  hot: {fraction: 0}\n  previous_owner_window: 0s\n";
     // A stand-in for B: records the head of every request A sends it, then
     // hangs up (so A falls back to the origin, or counts the purge as
     // unconfirmed).
