@@ -51,12 +51,18 @@ pub async fn leaving(
     confirmed
 }
 
-/// Once this node's peer listener at `peer_listen` accepts connections,
-/// tell every other member that it is (back) in the ring; members that do
-/// not confirm are asked again a few times, a little later each time.
+/// Once this node's peer listener at `peer_listen` accepts connections and
+/// its source has listed other members, tell every other member that it is
+/// (back) in the ring; members that do not confirm are asked again a few
+/// times, a little later each time.
 pub async fn joined(client: &OriginClient, cluster: &Cluster, origin: &str, peer_listen: &str) {
-    if !listening(peer_listen).await {
-        log::warn!("peer listener {peer_listen} never accepted: not announcing this node");
+    let started = async {
+        let ready = || async { !others(cluster).is_empty() };
+        let listening = || async { tokio::net::TcpStream::connect(peer_listen).await.is_ok() };
+        wait_until(listening).await && wait_until(ready).await
+    };
+    if !started.await {
+        log::debug!("no peer listener at {peer_listen}, or no other member: not announcing this node");
         return;
     }
     let mut pending = others(cluster);
@@ -141,10 +147,14 @@ async fn notify(
     }
 }
 
-/// Wait (a bounded while) until something accepts connections at `addr`.
-async fn listening(addr: &str) -> bool {
-    for _ in 0..600 {
-        if tokio::net::TcpStream::connect(addr).await.is_ok() {
+/// Poll `condition` (every 50 ms, for a minute at most); whether it held.
+async fn wait_until<F, Fut>(mut condition: F) -> bool
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    for _ in 0..1200 {
+        if condition().await {
             return true;
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
