@@ -15,8 +15,10 @@
 //!
 //! After a change the ring before it is kept for
 //! `cluster.previous_owner_window` ([`Cluster::previous_owner`]): a key's new
-//! owner asks the previous one before its origin. A node that has just
-//! joined counts the ring without itself as the one before.
+//! owner asks the previous one before its origin. Several changes within
+//! the window (a rolling restart) keep several rings, and the previous owner
+//! is the key's most recent owner other than this node. A node that has
+//! just joined counts the ring without itself as the one before.
 
 use crate::config::{ClusterConfig, PeerProtocol};
 use crate::hot::HotKeys;
@@ -29,7 +31,7 @@ use crate::store::Epoch;
 use bytes::Bytes;
 use http::{header, HeaderValue};
 use pingora::http::RequestHeader;
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
 
@@ -37,8 +39,8 @@ pub struct Cluster {
     /// This node's advertised peer address.
     pub me: String,
     ring: RwLock<Arc<Ring>>,
-    /// The ring before the last change, while it still counts.
-    previous: RwLock<Option<Previous>>,
+    /// The rings before the last changes, newest first, while they count.
+    previous: RwLock<VecDeque<Previous>>,
     /// How long a previous ring counts (`cluster.previous_owner_window`).
     previous_window: Duration,
     /// What the ring is built from; rebuilds happen under this lock.
@@ -60,6 +62,9 @@ pub struct Cluster {
     /// How long a write waits for members to confirm its invalidation.
     pub invalidation_timeout: Duration,
 }
+
+/// Previous rings kept at most (each a few KiB per member).
+const MAX_PREVIOUS_RINGS: usize = 8;
 
 /// A ring replaced by a membership change, and until when its owners are
 /// asked first.
@@ -114,7 +119,7 @@ impl Cluster {
                 &config.hash_key,
                 config.vnodes,
             ))),
-            previous: RwLock::new(None),
+            previous: RwLock::new(VecDeque::new()),
             previous_window: config.previous_owner_window,
             view: Mutex::new(View::default()),
             hash_key: config.hash_key.clone(),
@@ -155,14 +160,14 @@ impl Cluster {
 
     /// `from` announced it is leaving and serves peers for `serving_for`
     /// more: out of the ring now. Only members count: listed, on the ring,
-    /// or on the previous ring (its source may have dropped it already).
+    /// or on a previous ring (its source may have dropped it already).
     pub fn member_leaving(&self, from: &str, serving_for: Duration) -> bool {
-        let previous = self.previous_ring();
+        let previous = self.previous_rings();
         let mut view = self.view();
         let on = |ring: &Ring| ring.members().iter().any(|m| m.addr == from);
         let known = view.listed.iter().any(|m| m.addr == from)
             || on(&self.ring())
-            || previous.as_deref().is_some_and(on);
+            || previous.iter().any(|r| on(r));
         if !known || from == self.me {
             return false;
         }
@@ -275,20 +280,28 @@ impl Cluster {
                 Arc::new(Ring::new(others, &self.hash_key, self.vnodes))
             }
         };
-        let until = Instant::now() + self.previous_window;
-        *self.previous.write().unwrap_or_else(|p| p.into_inner()) =
-            Some(Previous { ring: previous, until });
+        let now = Instant::now();
+        let mut rings = self.previous.write().unwrap_or_else(|p| p.into_inner());
+        rings.retain(|p| now < p.until);
+        rings.truncate(MAX_PREVIOUS_RINGS - 1);
+        rings.push_front(Previous {
+            ring: previous,
+            until: now + self.previous_window,
+        });
     }
 
     /// The member to ask before the origin for `key`, which this node owns
-    /// on `ring`: its owner on the previous ring, while that ring counts,
-    /// if it is another node that still answers (on `ring`, or leaving but
+    /// on `ring`: its most recent owner other than this node on the rings
+    /// that still count, if it still answers (on `ring`, or leaving but
     /// still serving) and is not backing off.
     pub fn previous_owner(&self, ring: &Ring, key: &str) -> Option<String> {
-        let owner = self.previous_ring()?.owner(key)?.addr.clone();
-        if owner == self.me {
-            return None;
-        }
+        let owner = self
+            .previous_rings()
+            .iter()
+            .filter_map(|r| r.owner(key))
+            .find(|owner| owner.addr != self.me)?
+            .addr
+            .clone();
         let on_ring = ring.members().iter().any(|m| m.addr == owner);
         let serving = || {
             self.departure(&owner)
@@ -297,12 +310,16 @@ impl Cluster {
         ((on_ring || serving()) && self.health.is_available(&owner)).then_some(owner)
     }
 
-    /// The previous ring, while it counts. (Its lock is released before the
-    /// view's is taken: rebuilds take them the other way round.)
-    fn previous_ring(&self) -> Option<Arc<Ring>> {
+    /// The previous rings that still count, newest first. (Their lock is
+    /// released before the view's is taken: rebuilds take them the other
+    /// way round.)
+    fn previous_rings(&self) -> Vec<Arc<Ring>> {
+        let now = Instant::now();
         let previous = self.previous.read().unwrap_or_else(|p| p.into_inner());
-        let previous = previous.as_ref().filter(|p| Instant::now() < p.until)?;
-        Some(previous.ring.clone())
+        (previous.iter())
+            .filter(|p| now < p.until)
+            .map(|p| p.ring.clone())
+            .collect()
     }
 
     /// Make `request` a peer request for `origin` to the member `to`: who
@@ -416,4 +433,91 @@ impl Cluster {
 
 fn path_and_query(request: &RequestHeader) -> &str {
     request.uri.path_and_query().map_or("/", |p| p.as_str())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::{MembershipConfig, StaticMember};
+
+    const A: &str = "10.0.0.1:7070";
+    const B: &str = "10.0.0.2:7070";
+    const C: &str = "10.0.0.3:7070";
+
+    /// Node A of a static cluster of A, B and C.
+    async fn node_a(window: Duration) -> Arc<Cluster> {
+        let config = ClusterConfig {
+            enabled: true,
+            advertise: A.into(),
+            secret: "0123456789abcdef".into(),
+            previous_owner_window: window,
+            membership: MembershipConfig::Static(
+                [A, B, C].map(|m| StaticMember::Addr(m.into())).to_vec(),
+            ),
+            ..ClusterConfig::default()
+        };
+        Cluster::start(&config, 0, 8, Duration::from_secs(1))
+            .await
+            .unwrap()
+    }
+
+    fn owned_by(ring: &Ring, who: &str, n: usize) -> Vec<String> {
+        (0..)
+            .map(|k| format!("http://o:80/k/{k}"))
+            .filter(|k| ring.owner(k).unwrap().addr == who)
+            .take(n)
+            .collect()
+    }
+
+    #[tokio::test]
+    async fn a_newcomer_asks_the_owners_of_the_ring_without_it() {
+        let a = node_a(Duration::from_secs(60)).await;
+        let ring = a.ring();
+        let without_a = Ring::new(
+            [B, C].map(|m| Member::new(m, 1)).to_vec(),
+            "ringside",
+            ClusterConfig::default().vnodes,
+        );
+        for key in owned_by(&ring, A, 50) {
+            let before = without_a.owner(&key).unwrap().addr.clone();
+            assert_eq!(a.previous_owner(&ring, &key), Some(before));
+        }
+        let off = node_a(Duration::ZERO).await;
+        let key = &owned_by(&off.ring(), A, 1)[0];
+        assert_eq!(off.previous_owner(&off.ring(), key), None, "window 0: never");
+    }
+
+    #[tokio::test]
+    async fn later_changes_keep_the_earlier_previous_owners() {
+        let a = node_a(Duration::from_secs(60)).await;
+        let full = a.ring();
+        let keys = owned_by(&full, A, 50);
+        let first: Vec<_> = keys.iter().map(|k| a.previous_owner(&full, k)).collect();
+        // B leaves and comes back: A's own keys did not move, and their
+        // owners before A joined are still the ones to ask.
+        assert!(a.member_leaving(B, Duration::ZERO));
+        assert_eq!(a.ring().members().len(), 2);
+        assert!(a.member_joined(B));
+        assert_eq!(a.ring().generation(), full.generation());
+        let now: Vec<_> = keys.iter().map(|k| a.previous_owner(&full, k)).collect();
+        assert_eq!(first, now);
+        // A member that left and no longer serves is not asked.
+        assert!(a.member_leaving(C, Duration::ZERO));
+        let ring = a.ring();
+        assert!(keys
+            .iter()
+            .all(|k| a.previous_owner(&ring, k).as_deref() != Some(C)));
+    }
+
+    #[tokio::test]
+    async fn only_members_can_leave_and_leaving_takes_this_node_out() {
+        let a = node_a(Duration::from_secs(60)).await;
+        assert!(!a.member_leaving("10.9.9.9:7070", Duration::ZERO));
+        assert!(!a.member_leaving(A, Duration::ZERO), "not by a notice naming it");
+        assert!(!a.member_joined(B), "B never left");
+        let after = a.leave();
+        let members: Vec<&str> = after.members().iter().map(|m| m.addr.as_str()).collect();
+        assert_eq!(members, [B, C]);
+        assert!(a.remote_owner(&after, "http://o:80/x").is_some());
+    }
 }
