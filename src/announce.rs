@@ -58,8 +58,7 @@ pub async fn leaving(
 pub async fn joined(client: &OriginClient, cluster: &Cluster, origin: &str, peer_listen: &str) {
     let started = async {
         let ready = || async { !others(cluster).is_empty() };
-        let listening = || async { tokio::net::TcpStream::connect(peer_listen).await.is_ok() };
-        wait_until(listening).await && wait_until(ready).await
+        crate::membership::listening(peer_listen).await && wait_until(ready).await
     };
     if !started.await {
         log::debug!("no peer listener at {peer_listen}, or no other member: not announcing this node");

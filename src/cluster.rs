@@ -105,7 +105,8 @@ impl Cluster {
         max_variants: usize,
         origin_budget: Duration,
     ) -> Result<Arc<Cluster>, String> {
-        let mut members = membership::start(config).await?;
+        let peer_listen = Some(config.peer_listen.clone());
+        let mut members = membership::start_serving(config, peer_listen).await?;
         let first = members.borrow_and_update().clone();
         let min_rate = if hot_capacity == 0 {
             f64::INFINITY

@@ -67,9 +67,12 @@ const MAX_WEIGHT: u32 = 100;
 /// Members as etcd has them, by key.
 type Members = BTreeMap<Vec<u8>, Member>;
 
+/// Start registering `me` (once `serving`, this node's peer listener,
+/// accepts connections, if given) and watching the members.
 pub async fn start(
     etcd: EtcdMembership,
     me: Member,
+    serving: Option<String>,
 ) -> Result<watch::Receiver<Vec<Member>>, String> {
     let gateway = Gateway::new(&etcd, call_timeout(etcd.lease_ttl))?;
     let range_end = prefix_range_end(etcd.prefix.as_bytes());
@@ -79,6 +82,7 @@ pub async fn start(
         range_end,
         ttl_secs: ttl_secs(etcd.lease_ttl),
         me,
+        serving,
         gateway,
         lease: AtomicI64::new(0),
         registered: AtomicBool::new(false),
@@ -122,6 +126,8 @@ struct Node {
     key: Vec<u8>,
     ttl_secs: i64,
     me: Member,
+    /// This node's peer listener: registered once it accepts connections.
+    serving: Option<String>,
     gateway: Gateway,
     /// The lease our key is (being) put under; 0 = none. Read at exit to revoke it.
     lease: AtomicI64,
@@ -170,6 +176,11 @@ impl Node {
     // ---- register ------------------------------------------------------
 
     async fn register_loop(&self) -> Infallible {
+        if let Some(listener) = &self.serving {
+            if !super::listening(listener).await {
+                warn!("membership (etcd): peer listener {listener} is not up; registering anyway");
+            }
+        }
         let mut backoff = Backoff::new(Duration::from_millis(200), Duration::from_secs(10));
         let mut failures = 0u32;
         loop {
