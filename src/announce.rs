@@ -61,7 +61,9 @@ pub async fn joined(client: &OriginClient, cluster: &Cluster, origin: &str, peer
         crate::membership::listening(peer_listen).await && wait_until(ready).await
     };
     if !started.await {
-        log::debug!("no peer listener at {peer_listen}, or no other member: not announcing this node");
+        log::debug!(
+            "no peer listener at {peer_listen}, or no other member: not announcing this node"
+        );
         return;
     }
     let mut pending = others(cluster);
@@ -167,8 +169,14 @@ mod tests {
 
     #[test]
     fn the_serving_time_comes_from_the_query_capped() {
-        assert_eq!(serving_for(Some("serving_ms=1500")), Duration::from_millis(1500));
-        assert_eq!(serving_for(Some("a=1&serving_ms=20")), Duration::from_millis(20));
+        assert_eq!(
+            serving_for(Some("serving_ms=1500")),
+            Duration::from_millis(1500)
+        );
+        assert_eq!(
+            serving_for(Some("a=1&serving_ms=20")),
+            Duration::from_millis(20)
+        );
         assert_eq!(serving_for(Some("serving_ms=x")), Duration::ZERO);
         assert_eq!(serving_for(None), Duration::ZERO);
         assert_eq!(serving_for(Some("serving_ms=99999999999")), MAX_SERVING);

@@ -151,8 +151,9 @@ impl CacheStatus {
     /// Answered by the key's owner on another node.
     pub const FROM_PEER: CacheStatus = CacheStatus::forward(Fwd::UriMiss).detail(Detail::Peer);
     /// The previous owner's copy, stored here (the key's new owner).
-    pub const FROM_PREVIOUS_OWNER: CacheStatus =
-        CacheStatus::forward(Fwd::UriMiss).stored().detail(Detail::PreviousOwner);
+    pub const FROM_PREVIOUS_OWNER: CacheStatus = CacheStatus::forward(Fwd::UriMiss)
+        .stored()
+        .detail(Detail::PreviousOwner);
     /// A method the cache does not answer, proxied untouched.
     pub const METHOD: CacheStatus = CacheStatus::forward(Fwd::Method);
 

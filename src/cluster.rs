@@ -24,8 +24,8 @@ use crate::config::{ClusterConfig, PeerProtocol};
 use crate::hot::HotKeys;
 use crate::membership::{self, Member};
 use crate::metrics;
-use crate::peers::{self, Envelope, PeerAuth, PeerHealth, Refusal, SeenNonces};
 use crate::origin::{FetchError, OriginClient};
+use crate::peers::{self, Envelope, PeerAuth, PeerHealth, Refusal, SeenNonces};
 use crate::ring::Ring;
 use crate::store::Epoch;
 use bytes::Bytes;
@@ -485,7 +485,11 @@ mod tests {
         }
         let off = node_a(Duration::ZERO).await;
         let key = &owned_by(&off.ring(), A, 1)[0];
-        assert_eq!(off.previous_owner(&off.ring(), key), None, "window 0: never");
+        assert_eq!(
+            off.previous_owner(&off.ring(), key),
+            None,
+            "window 0: never"
+        );
     }
 
     #[tokio::test]
@@ -514,7 +518,10 @@ mod tests {
     async fn only_members_can_leave_and_leaving_takes_this_node_out() {
         let a = node_a(Duration::from_secs(60)).await;
         assert!(!a.member_leaving("10.9.9.9:7070", Duration::ZERO));
-        assert!(!a.member_leaving(A, Duration::ZERO), "not by a notice naming it");
+        assert!(
+            !a.member_leaving(A, Duration::ZERO),
+            "not by a notice naming it"
+        );
         assert!(!a.member_joined(B), "B never left");
         let after = a.leave();
         let members: Vec<&str> = after.members().iter().map(|m| m.addr.as_str()).collect();

@@ -574,7 +574,7 @@ async fn fetch(
         if let Some(owner) = &job.owner {
             let request = peer_request(job, cluster, owner, false);
             if let Asked::Answered(response) = ask_peer(filler, cluster, owner, &request).await {
-                return (Ok(response), Source::Owner);
+                return (Ok(*response), Source::Owner);
             }
         } else if let (Some(previous), None) = (&job.previous_owner, &job.stale) {
             let _asking = filler.asking_previous.enter(flight_key);
@@ -582,7 +582,7 @@ async fn fetch(
             let asked = ask_peer(filler, cluster, previous, &request).await;
             metrics::observe_previous_owner_lookup(asked.as_str());
             if let Asked::Answered(response) = asked {
-                return (Ok(response), Source::PreviousOwner);
+                return (Ok(*response), Source::PreviousOwner);
             }
         }
     }
@@ -594,8 +594,8 @@ async fn fetch(
 
 /// What asking a peer brought.
 enum Asked {
-    /// Its answer, for the fill.
-    Answered(OriginResponse),
+    /// Its answer, for the fill (boxed: a response is large, the others empty).
+    Answered(Box<OriginResponse>),
     /// A lookup it had no copy for: not a failure.
     NotCached,
     /// It failed or refused (bad credentials, say mid secret rotation; an
@@ -616,7 +616,12 @@ impl Asked {
 /// Send `request` to the peer `addr`, recording how it went. A refusal by
 /// the peer's gate (`proxy/peer.rs`) is the peer failing, not an answer for
 /// the client, except a lookup's "not cached".
-async fn ask_peer(filler: &Filler, cluster: &Cluster, addr: &str, request: &RequestHeader) -> Asked {
+async fn ask_peer(
+    filler: &Filler,
+    cluster: &Cluster,
+    addr: &str,
+    request: &RequestHeader,
+) -> Asked {
     let started = Instant::now();
     let response = filler
         .client
@@ -630,7 +635,7 @@ async fn ask_peer(filler: &Filler, cluster: &Cluster, addr: &str, request: &Requ
         .await;
     let asked = match response {
         Ok(response) => match refusal_reason(&response) {
-            None => Asked::Answered(response),
+            None => Asked::Answered(Box::new(response)),
             Some(reason) => {
                 let not_cached = reason == peers::NOT_CACHED.as_bytes();
                 if !not_cached {

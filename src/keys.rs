@@ -135,7 +135,10 @@ mod tests {
     fn variant_keys_give_back_their_plain_key_and_keys_their_origin() {
         let uri: http::Uri = "/a?b=1".parse().unwrap();
         let plain = plain("http://o:80", &uri, true);
-        assert_eq!(plain_of_variant(&variant(&plain, 0xabc)), Some(plain.as_str()));
+        assert_eq!(
+            plain_of_variant(&variant(&plain, 0xabc)),
+            Some(plain.as_str())
+        );
         assert_eq!(plain_of_variant(&plain), None);
         assert_eq!(plain_of_variant(&via_peer(plain.clone())), None);
         assert_eq!(origin_prefix(&plain), "http://o:80");

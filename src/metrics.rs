@@ -458,7 +458,14 @@ static HANDOFF_RECEIVED: Lazy<IntCounterVec> = Lazy::new(|| {
     )
 });
 
-const HANDOFF_RESULTS: [&str; 6] = ["stored", "stale", "too_large", "present", "removed", "origin"];
+const HANDOFF_RESULTS: [&str; 6] = [
+    "stored",
+    "stale",
+    "too_large",
+    "present",
+    "removed",
+    "origin",
+];
 
 pub fn observe_handoff_received(result: &'static str) {
     HANDOFF_RECEIVED.with_label_values(&[result]).inc();

@@ -231,8 +231,14 @@ impl OriginClient {
         request: &RequestHeader,
     ) -> pingora::Result<OriginResponse> {
         let peer = target.peer().await?;
-        self.send(peer, request, None, target.read_timeout, target.idle_timeout)
-            .await
+        self.send(
+            peer,
+            request,
+            None,
+            target.read_timeout,
+            target.idle_timeout,
+        )
+        .await
     }
 
     async fn send(

@@ -6,12 +6,12 @@
 use crate::admin::Admin;
 use crate::announce;
 use crate::cluster::Cluster;
-use crate::handoff;
-use crate::origin::OriginClient;
 use crate::config::{Config, OriginUrl, PeerProtocol};
 use crate::connections::{self, Guarded, Limits};
+use crate::handoff;
 use crate::metrics;
 use crate::node::Node;
+use crate::origin::OriginClient;
 use crate::proxy::Ringside;
 use crate::shutdown::DrainOnTerm;
 use crate::store::Store;
@@ -83,7 +83,9 @@ fn start_membership_tasks(node: &Arc<Node>, background: &tokio::runtime::Runtime
     background.spawn(handoff::at_sigterm(node.clone()));
     let node = node.clone();
     background.spawn(async move {
-        let Some(cluster) = node.cluster() else { return };
+        let Some(cluster) = node.cluster() else {
+            return;
+        };
         let origin = &node.origins.default().key_prefix;
         let peer_listen = &node.config.cluster.peer_listen;
         announce::joined(&OriginClient::default(), cluster, origin, peer_listen).await;

@@ -38,7 +38,11 @@ impl Cluster {
         let mut cluster = Cluster {
             etcd: Etcd::start().await,
             origin: Origin::start().await,
-            prefix: format!("/ringside-double-fills-{}-{}/", std::process::id(), free_port()),
+            prefix: format!(
+                "/ringside-double-fills-{}-{}/",
+                std::process::id(),
+                free_port()
+            ),
             nodes: Vec::new(),
         };
         for _ in 0..n {
@@ -89,9 +93,11 @@ impl Cluster {
     }
 
     async fn fills_under_way(&self, paths: &[String]) {
-        eventually(Duration::from_secs(30), "every key's fill started", || async {
-            paths.iter().all(|p| self.origin.hits(p) >= 1)
-        })
+        eventually(
+            Duration::from_secs(30),
+            "every key's fill started",
+            || async { paths.iter().all(|p| self.origin.hits(p) >= 1) },
+        )
         .await;
     }
 
@@ -130,13 +136,20 @@ async fn cold_keys_are_fetched_once_while_a_member_joins() {
     let per_key = cluster.fetches_per_key(&paths);
     println!("join: {per_key:.2} origin fetches per key");
     for path in &paths {
-        assert_eq!(cluster.origin.hits(path), 1, "{path}: fetched again after the join");
+        assert_eq!(
+            cluster.origin.hits(path),
+            1,
+            "{path}: fetched again after the join"
+        );
     }
     let newcomer = &cluster.nodes[3];
     let asked = newcomer
         .metric("ringside_previous_owner_lookups_total", &["result=\"hit\""])
         .await;
-    assert!(asked >= 1.0, "the newcomer owns some keys and asked their previous owners");
+    assert!(
+        asked >= 1.0,
+        "the newcomer owns some keys and asked their previous owners"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -166,6 +179,10 @@ async fn cold_keys_are_fetched_once_while_a_member_leaves() {
     let per_key = cluster.fetches_per_key(&paths);
     println!("leave: {per_key:.2} origin fetches per key");
     for path in &paths {
-        assert_eq!(cluster.origin.hits(path), 1, "{path}: fetched again after the leave");
+        assert_eq!(
+            cluster.origin.hits(path),
+            1,
+            "{path}: fetched again after the leave"
+        );
     }
 }

@@ -6,7 +6,9 @@
 
 mod common;
 use common::origin::Origin;
-use common::{cache_status, eventually, is_hit, paths_owned_by, peer_addrs, start_cluster, Ringside};
+use common::{
+    cache_status, eventually, is_hit, paths_owned_by, peer_addrs, start_cluster, Ringside,
+};
 use std::time::Duration;
 
 const WITHIN: Duration = Duration::from_secs(20);
@@ -59,10 +61,19 @@ async fn a_stopping_node_hands_its_entries_to_their_next_owners() {
     for path in &fresh {
         assert_eq!(origin.hits(path), 1, "{path} was fetched again");
     }
-    let stored = sum_metric(others, "ringside_handoff_received_total", &["result=\"stored\""]).await;
+    let stored = sum_metric(
+        others,
+        "ringside_handoff_received_total",
+        &["result=\"stored\""],
+    )
+    .await;
     assert_eq!(stored, fresh.len() as f64, "each fresh entry stored once");
     get_all(&nodes[1], &stale).await;
-    assert_eq!(origin.hits(&stale[0]), 2, "a stale entry is not handed over");
+    assert_eq!(
+        origin.hits(&stale[0]),
+        2,
+        "a stale entry is not handed over"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -89,7 +100,11 @@ async fn a_restarted_node_asks_the_previous_owner_before_the_origin() {
         );
         assert_eq!(origin.hits(path), 1, "{path} was fetched again");
         let again = nodes[0].get(path).await;
-        assert!(is_hit(&again), "{path}: stored by its owner: {}", cache_status(&again));
+        assert!(
+            is_hit(&again),
+            "{path}: stored by its owner: {}",
+            cache_status(&again)
+        );
     }
     let hits = nodes[0]
         .metric("ringside_previous_owner_lookups_total", &["result=\"hit\""])
@@ -100,9 +115,16 @@ async fn a_restarted_node_asks_the_previous_owner_before_the_origin() {
     // only, so the new owner's own fetch is the only one.
     let cold = paths_owned_by(&peers[0], &peers, &url, "/cold", "cc=max-age%3D300", 1);
     get_all(&nodes[0], &cold).await;
-    assert_eq!(origin.hits(&cold[0]), 1, "the lookup itself never reaches the origin");
+    assert_eq!(
+        origin.hits(&cold[0]),
+        1,
+        "the lookup itself never reaches the origin"
+    );
     let misses = nodes[0]
-        .metric("ringside_previous_owner_lookups_total", &["result=\"miss\""])
+        .metric(
+            "ringside_previous_owner_lookups_total",
+            &["result=\"miss\""],
+        )
         .await;
     assert!(misses >= 1.0, "the cold key was looked up first");
 }
@@ -125,9 +147,17 @@ async fn the_handoff_is_bounded_in_bytes_and_sends_the_most_used_first() {
     ring_members(&nodes[1..], 2.0).await;
     get_all(&nodes[1], &paths).await;
     for path in used {
-        assert_eq!(origin.hits(path), 1, "{path}, used five times, was not handed over");
+        assert_eq!(
+            origin.hits(path),
+            1,
+            "{path}, used five times, was not handed over"
+        );
     }
     for path in unused {
-        assert_eq!(origin.hits(path), 2, "{path}: past the byte bound, yet handed over");
+        assert_eq!(
+            origin.hits(path),
+            2,
+            "{path}: past the byte bound, yet handed over"
+        );
     }
 }

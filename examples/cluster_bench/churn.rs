@@ -141,7 +141,7 @@ async fn scale_up_once(args: &ChurnArgs, handoff: bool) -> Result<LoadResult, St
     let mut run = Loaded::start(args, &options).await?;
     run.wait(args.settle_secs).await;
     run.mark();
-    println!("  adding node {} at {:?}", args.nodes + 1, std::time::SystemTime::now());
+    println!("  adding node {}", args.nodes + 1);
     run.nodes.add().await?;
     let added = run.nodes.nodes.len() - 1;
     run.put_back(added);
@@ -241,15 +241,6 @@ impl Loaded {
         tokio::time::sleep(Duration::from_secs(after_secs)).await;
         self.mark();
         let steady = self.steady.stop().await;
-        if std::env::var_os("CHURN_DEBUG").is_some() {
-            for node in &self.nodes.nodes {
-                let text = client::get(node.admin_addr, "/metrics").await.map(|r| r.text()).unwrap_or_default();
-                for line in text.lines().filter(|l| !l.starts_with('#') && (l.contains("origin_requests_total") || l.contains("previous_owner") || l.contains("handoff_received") || l.contains("ring_members") || l.contains("peer_requests_total"))) {
-                    println!("DEBUG {} {line}", node.name);
-                }
-            }
-            self.nodes.print_logs();
-        }
         self.nodes.stop().await?;
         let m = &self.marks;
         let rate = |a: usize, b: usize| {
@@ -349,7 +340,10 @@ async fn double_fills_once(args: &ChurnArgs, handoff: bool) -> Result<(Fills, Fi
     tokio::time::sleep(Duration::from_secs(1)).await;
     nodes.add().await?;
     let added = nodes.nodes[nodes.nodes.len() - 1].proxy_addr;
-    targets.write().unwrap_or_else(|p| p.into_inner()).push(added);
+    targets
+        .write()
+        .unwrap_or_else(|p| p.into_inner())
+        .push(added);
     nodes.wait_for_ring(args.nodes + 1).await?;
     tokio::time::sleep(Duration::from_secs(1)).await;
     let join = probe.stop().await;

@@ -16,8 +16,15 @@ pub struct Etcd {
 impl Etcd {
     pub async fn start() -> Result<Etcd, String> {
         let ports = free_ports(2)?;
-        let (client_url, peer_url) = (format!("http://{}", ports[0]), format!("http://{}", ports[1]));
-        let dir = std::env::temp_dir().join(format!("ringside-bench-etcd-{}-{}", std::process::id(), ports[0].port()));
+        let (client_url, peer_url) = (
+            format!("http://{}", ports[0]),
+            format!("http://{}", ports[1]),
+        );
+        let dir = std::env::temp_dir().join(format!(
+            "ringside-bench-etcd-{}-{}",
+            std::process::id(),
+            ports[0].port()
+        ));
         let child = Command::new("etcd")
             .arg("--data-dir")
             .arg(&dir)
@@ -32,7 +39,11 @@ impl Etcd {
             .stderr(Stdio::null())
             .spawn()
             .map_err(|e| format!("cannot start etcd (apt-get install -y etcd-server): {e}"))?;
-        let etcd = Etcd { child, dir, url: client_url };
+        let etcd = Etcd {
+            child,
+            dir,
+            url: client_url,
+        };
         let deadline = Instant::now() + Duration::from_secs(20);
         while !matches!(client::get(ports[0], "/health").await, Ok(r) if r.status == 200) {
             if Instant::now() > deadline {

@@ -859,6 +859,33 @@ mod tests {
     }
 
     #[test]
+    fn the_handoff_fits_in_the_shutdown_grace() {
+        let cluster = "cluster: {enabled: true, secret: 0123456789abcdef, \
+                       membership: {static: [\"127.0.0.1:7070\"]}, ";
+        let config = |grace: &str, handoff: &str| {
+            load(&format!(
+                "origin: {{url: http://a:1}}\nshutdown_grace: {grace}\n{cluster}handoff: {handoff}}}"
+            ))
+        };
+        let e = config("3s", "{timeout: 5s}").unwrap_err();
+        assert!(
+            e.contains("cluster.handoff.timeout") && e.contains("shutdown_grace"),
+            "{e}"
+        );
+        let e = config("10s", "{timeout: 0s}").unwrap_err();
+        assert!(e.contains("cluster.handoff.timeout"), "{e}");
+        let e = config("10s", "{max_bytes: lots}").unwrap_err();
+        assert!(
+            e.contains("cluster.handoff.max_bytes") && e.contains("lots"),
+            "{e}"
+        );
+        let off = config("3s", "{max_bytes: 0, timeout: 5s}").unwrap();
+        assert_eq!(off.cluster.handoff.max_bytes, 0, "off: no bound to check");
+        let on = config("10s", "{max_bytes: 64MiB, timeout: 5s}").unwrap();
+        assert_eq!(on.cluster.handoff.max_bytes, 64 << 20);
+    }
+
+    #[test]
     fn memory_bounds_name_their_field() {
         let base = "origin: {url: http://a:1}\n";
         for (yaml, field) in [

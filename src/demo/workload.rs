@@ -197,7 +197,9 @@ async fn steady_client(
         // A node taken out meanwhile: the request goes to the one in its place.
         let mut outcome = Err("no node to ask".to_owned());
         for _ in 0..2 {
-            let Some(addr) = target(&targets, index) else { break };
+            let Some(addr) = target(&targets, index) else {
+                break;
+            };
             let mut here = conn.take().filter(|(a, _)| *a == addr).map(|(_, c)| c);
             outcome = get_with_retry(&mut here, addr, id).await;
             conn = here.map(|c| (addr, c));

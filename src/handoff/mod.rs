@@ -342,15 +342,31 @@ mod tests {
         let size = wire::encoded_len("http://o:80/x/0", &object(0, 60, 10_000));
         for i in 0..10u64 {
             // Hits and freshness both count: 9 hits for 60 s, ... 0 hits.
-            store.insert(&format!("http://o:80/x/{i}"), None, object(9 - i, 60, 10_000));
+            store.insert(
+                &format!("http://o:80/x/{i}"),
+                None,
+                object(9 - i, 60, 10_000),
+            );
         }
         store.insert("http://o:80/stale", None, object(100, 0, 10));
         store.run_pending_tasks();
         let now = Instant::now();
         let shipments = plan(&store, &ring(&["b:1"]), (size * 4) as u64, now);
         assert_eq!(shipments.len(), 1);
-        let keys: Vec<&str> = shipments[0].items.iter().map(|i| i.plain_key.as_str()).collect();
-        assert_eq!(keys, ["http://o:80/x/0", "http://o:80/x/1", "http://o:80/x/2", "http://o:80/x/3"]);
+        let keys: Vec<&str> = shipments[0]
+            .items
+            .iter()
+            .map(|i| i.plain_key.as_str())
+            .collect();
+        assert_eq!(
+            keys,
+            [
+                "http://o:80/x/0",
+                "http://o:80/x/1",
+                "http://o:80/x/2",
+                "http://o:80/x/3"
+            ]
+        );
         assert_eq!(shipments[0].to, "b:1");
         assert_eq!(shipments[0].origin, "http://o:80");
     }
@@ -372,7 +388,10 @@ mod tests {
         }
         let total: usize = shipments.iter().map(|s| s.items.len()).sum();
         assert_eq!(total, 200);
-        assert!(plan(&store, &ring(&[]), u64::MAX, Instant::now()).is_empty(), "alone: nobody to hand to");
+        assert!(
+            plan(&store, &ring(&[]), u64::MAX, Instant::now()).is_empty(),
+            "alone: nobody to hand to"
+        );
     }
 
     #[test]

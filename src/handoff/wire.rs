@@ -182,8 +182,8 @@ fn parse_head(bytes: &[u8], fields: usize) -> Result<ResponseHeader, Malformed> 
         .code
         .and_then(|c| StatusCode::from_u16(c).ok())
         .ok_or(Malformed("bad status"))?;
-    let mut header = ResponseHeader::build_no_case(status, Some(fields))
-        .map_err(|_| Malformed("bad status"))?;
+    let mut header =
+        ResponseHeader::build_no_case(status, Some(fields)).map_err(|_| Malformed("bad status"))?;
     for field in parsed.headers.iter() {
         let name = HeaderName::from_bytes(field.name.as_bytes());
         let value = HeaderValue::from_bytes(field.value);
@@ -230,7 +230,12 @@ mod tests {
         let now = Instant::now();
         let mut batch = BytesMut::new();
         encode(&mut batch, "http://o:80/a", &object(&[]), now);
-        encode(&mut batch, "http://o:80/b", &object(&["accept-language"]), now);
+        encode(
+            &mut batch,
+            "http://o:80/b",
+            &object(&["accept-language"]),
+            now,
+        );
         let batch = batch.freeze();
         assert!(encoded_len("http://o:80/a", &object(&[])) * 2 >= batch.len());
         let later = now + Duration::from_millis(5);

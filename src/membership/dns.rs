@@ -356,7 +356,6 @@ fn classify(e: NetError) -> Answer {
     }
 }
 
-
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -209,7 +209,11 @@ impl Ringside {
         let variant = object.vary.is_empty()
             || cache_rules::vary_fingerprint(&object.vary, &req.headers) == object.vary_fingerprint;
         let forced = self.node.config.cache.honor_client_no_cache
-            && cache_rules::request_requires_revalidation(client_cc, object.age(now), object.freshness);
+            && cache_rules::request_requires_revalidation(
+                client_cc,
+                object.age(now),
+                object.freshness,
+            );
         variant && !forced && object.is_fresh(now)
     }
 
