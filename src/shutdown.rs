@@ -61,6 +61,26 @@ pub async fn leaving() {
     let _ = rx.wait_for(|leaving| *leaving).await;
 }
 
+/// Flipped once this node has told the other members that it leaves
+/// (`announce.rs`), so that a source that deregisters (etcd) does so after
+/// them: a member that hears of the leave from its source has had the
+/// notice already, and knows the node still serves.
+static ANNOUNCED: once_cell::sync::Lazy<tokio::sync::watch::Sender<bool>> =
+    once_cell::sync::Lazy::new(|| tokio::sync::watch::channel(false).0);
+
+/// The other members were told this node is leaving.
+pub fn leave_announced() {
+    ANNOUNCED.send_replace(true);
+}
+
+/// Resolves once SIGTERM has arrived and the others were told (or `within`
+/// after SIGTERM, whichever comes first).
+pub async fn left(within: Duration) {
+    leaving().await;
+    let mut rx = ANNOUNCED.subscribe();
+    let _ = tokio::time::timeout(within, rx.wait_for(|told| *told)).await;
+}
+
 /// SIGTERM arrived: readiness fails and `leaving` resolves.
 fn begin() {
     SHUTTING_DOWN.store(true, Ordering::Relaxed);

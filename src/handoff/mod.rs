@@ -80,6 +80,7 @@ pub async fn at_sigterm(node: Arc<Node>) {
     let origin = node.origins.default().key_prefix.clone();
     let within = cluster.peer_timeout.min(deadline - Instant::now());
     crate::announce::leaving(&client, &cluster, &origin, config.shutdown_delay, within).await;
+    shutdown::leave_announced();
     let after = cluster.leave();
     let max_bytes = config.cluster.handoff.max_bytes;
     if max_bytes == 0 {

@@ -32,7 +32,8 @@
 //! says why in the log at every tenth failure, stays out of the others'
 //! rings, and keeps serving with the list it has (at first, itself alone).
 //!
-//! Leaving: at SIGTERM (`shutdown::leaving`), or when every receiver has
+//! Leaving: at SIGTERM, once the other members were told (`announce.rs`,
+//! at most [`ANNOUNCE_FIRST`] later), or when every receiver has
 //! been dropped, the task revokes its lease, which removes the key at once:
 //! the others' watches take the node out of their rings while it still
 //! drains, instead of routing to it until the lease expires. If the process
@@ -60,6 +61,11 @@ use tokio::sync::{watch, Notify};
 /// progress notifications come every 10 minutes by default), so a connection
 /// that died silently, without a reset, cannot freeze the list forever.
 const WATCH_IDLE: Duration = Duration::from_secs(300);
+
+/// At SIGTERM, the longest the lease is kept while the other members are
+/// told (`announce.rs`): they learn the node still serves before they see it
+/// leave.
+const ANNOUNCE_FIRST: Duration = Duration::from_secs(3);
 
 /// Member weights are capped like the static config's.
 const MAX_WEIGHT: u32 = 100;
@@ -143,7 +149,7 @@ impl Node {
     async fn run(self, tx: watch::Sender<Vec<Member>>) {
         tokio::select! {
             _ = tx.closed() => {}
-            _ = crate::shutdown::leaving() => {}
+            _ = crate::shutdown::left(ANNOUNCE_FIRST) => {}
             never = self.register_loop() => match never {},
             never = self.watch_loop(&tx) => match never {},
         }
