@@ -178,8 +178,6 @@ async fn cold_keys_are_fetched_once_while_a_member_leaves() {
 
     let per_key = cluster.fetches_per_key(&paths);
     println!("leave: {per_key:.2} origin fetches per key");
-    for path in &paths { if cluster.origin.hits(path) > 1 { eprintln!("DOUBLE {path}"); } }
-    }
     for path in &paths {
         assert_eq!(
             cluster.origin.hits(path),
