@@ -48,8 +48,12 @@ impl Cluster {
         for _ in 0..n {
             cluster.add().await;
         }
-        cluster.wait_for_members(&cluster.nodes, n).await;
+        cluster.wait_for_members(&cluster.all(), n).await;
         cluster
+    }
+
+    fn all(&self) -> Vec<&Ringside> {
+        self.nodes.iter().collect()
     }
 
     /// Start one more member (it registers in etcd and joins every ring).
@@ -67,7 +71,7 @@ impl Cluster {
         self.nodes.push(Ringside::start_yaml(&yaml).await);
     }
 
-    async fn wait_for_members(&self, nodes: &[Ringside], n: usize) {
+    async fn wait_for_members(&self, nodes: &[&Ringside], n: usize) {
         for node in nodes {
             eventually(Duration::from_secs(30), &format!("{n} members"), || async {
                 node.metric("ringside_ring_members", &[]).await == n as f64
@@ -101,10 +105,15 @@ impl Cluster {
         .await;
     }
 
-    /// Origin fetches per key, after both rounds.
-    fn fetches_per_key(&self, paths: &[String]) -> f64 {
+    /// After both rounds: every path was fetched from the origin once.
+    fn assert_fetched_once(&self, paths: &[String], change: &str) {
         let total: u64 = paths.iter().map(|p| self.origin.hits(p)).sum();
-        total as f64 / paths.len() as f64
+        let per_key = total as f64 / paths.len() as f64;
+        println!("{change}: {per_key:.2} origin fetches per key");
+        for path in paths {
+            let hits = self.origin.hits(path);
+            assert_eq!(hits, 1, "{path}: fetched {hits} times across the {change}");
+        }
     }
 }
 
@@ -122,26 +131,15 @@ async fn finish(tasks: Vec<tokio::task::JoinHandle<()>>) {
 async fn cold_keys_are_fetched_once_while_a_member_joins() {
     let mut cluster = Cluster::start(3).await;
     let paths = paths("join");
-    let before: Vec<&Ringside> = cluster.nodes.iter().collect();
-    let first = cluster.round(&before, &paths);
+    let first = cluster.round(&cluster.all(), &paths);
     cluster.fills_under_way(&paths).await;
 
     cluster.add().await;
-    cluster.wait_for_members(&cluster.nodes, 4).await;
-    let all: Vec<&Ringside> = cluster.nodes.iter().collect();
-    let second = cluster.round(&all, &paths);
+    cluster.wait_for_members(&cluster.all(), 4).await;
+    let second = cluster.round(&cluster.all(), &paths);
     finish(first).await;
     finish(second).await;
-
-    let per_key = cluster.fetches_per_key(&paths);
-    println!("join: {per_key:.2} origin fetches per key");
-    for path in &paths {
-        assert_eq!(
-            cluster.origin.hits(path),
-            1,
-            "{path}: fetched again after the join"
-        );
-    }
+    cluster.assert_fetched_once(&paths, "join");
     let newcomer = &cluster.nodes[3];
     let asked = newcomer
         .metric("ringside_previous_owner_lookups_total", &["result=\"hit\""])
@@ -156,33 +154,17 @@ async fn cold_keys_are_fetched_once_while_a_member_joins() {
 async fn cold_keys_are_fetched_once_while_a_member_leaves() {
     let cluster = Cluster::start(4).await;
     let paths = paths("leave");
-    let before: Vec<&Ringside> = cluster.nodes.iter().collect();
-    let first = cluster.round(&before, &paths);
+    let first = cluster.round(&cluster.all(), &paths);
     cluster.fills_under_way(&paths).await;
 
     // It leaves at once and keeps serving for its shutdown_delay (10 s).
     let leaving = cluster.nodes[2].pid();
     ringside::demo::process::sigterm(leaving).expect("SIGTERM");
     let rest: Vec<&Ringside> = [0, 1, 3].iter().map(|&i| &cluster.nodes[i]).collect();
-    for node in &rest {
-        eventually(Duration::from_secs(30), "3 members", || async {
-            node.metric("ringside_ring_members", &[]).await == 3.0
-        })
-        .await;
-    }
+    cluster.wait_for_members(&rest, 3).await;
     // The leaving node's own app still asks it, during its shutdown_delay.
-    let all: Vec<&Ringside> = cluster.nodes.iter().collect();
-    let second = cluster.round(&all, &paths);
+    let second = cluster.round(&cluster.all(), &paths);
     finish(first).await;
     finish(second).await;
-
-    let per_key = cluster.fetches_per_key(&paths);
-    println!("leave: {per_key:.2} origin fetches per key");
-    for path in &paths {
-        assert_eq!(
-            cluster.origin.hits(path),
-            1,
-            "{path}: fetched again after the leave"
-        );
-    }
+    cluster.assert_fetched_once(&paths, "leave");
 }

@@ -31,6 +31,13 @@ async fn ring_members(nodes: &[Ringside], n: f64) {
     }
 }
 
+/// SIGTERM node 0 and wait for its exit (it hands over first), then until
+/// the others have taken it out of their rings.
+async fn stop_first(nodes: &mut [Ringside]) {
+    nodes[0].terminate().await.expect("node 0 was running");
+    ring_members(&nodes[1..], (nodes.len() - 1) as f64).await;
+}
+
 async fn sum_metric(nodes: &[Ringside], name: &str, labels: &[&str]) -> f64 {
     let mut sum = 0.0;
     for node in nodes {
@@ -51,10 +58,9 @@ async fn a_stopping_node_hands_its_entries_to_their_next_owners() {
     get_all(&nodes[0], &fresh).await;
     get_all(&nodes[0], &stale).await;
 
-    nodes[0].terminate().await.expect("node 0 was running");
+    // A static list does not change: the others take the node out on its notice.
+    stop_first(&mut nodes).await;
     let others = &nodes[1..];
-    // A static list does not change: the others took the node out on its notice.
-    ring_members(others, 2.0).await;
     for node in others {
         get_all(node, &fresh).await;
     }
@@ -84,8 +90,7 @@ async fn a_restarted_node_asks_the_previous_owner_before_the_origin() {
     let url = origin.url();
     let paths = paths_owned_by(&peers[0], &peers, &url, "/p", "cc=max-age%3D300", 12);
     get_all(&nodes[0], &paths).await;
-    nodes[0].terminate().await.expect("node 0 was running");
-    ring_members(&nodes[1..], 2.0).await;
+    stop_first(&mut nodes).await;
 
     // The same address again, an empty cache: it announces itself and is back in every ring.
     nodes[0].restart().await;
@@ -143,8 +148,7 @@ async fn the_handoff_is_bounded_in_bytes_and_sends_the_most_used_first() {
     }
     get_all(&nodes[0], unused).await;
 
-    nodes[0].terminate().await.expect("node 0 was running");
-    ring_members(&nodes[1..], 2.0).await;
+    stop_first(&mut nodes).await;
     get_all(&nodes[1], &paths).await;
     for path in used {
         assert_eq!(
