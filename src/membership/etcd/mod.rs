@@ -11,7 +11,9 @@
 //!
 //! One task per node runs two loops side by side, and owns the
 //! `watch::Sender`:
-//! - **register**: grant a lease (`lease_ttl`), put `prefix + addr` =
+//! - **register**: once this node's peer listener accepts connections (so
+//!   that nobody routes to it before it can answer), grant a lease
+//!   (`lease_ttl`), put `prefix + addr` =
 //!   `{"addr","weight"}` under it, then renew it every TTL/3. A renewal that
 //!   reports the lease gone (etcd was unreachable for longer than the TTL, or
 //!   lost its data) starts over with a new lease and a new put.
