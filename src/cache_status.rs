@@ -64,6 +64,8 @@ pub enum Detail {
     Storing,
     /// Answered by the key's owner on another node.
     Peer,
+    /// Answered from the cache of the key's previous owner (a membership change).
+    PreviousOwner,
     /// The fill's answer was not storable; this request went on its own.
     NotStored,
     /// Not storable, for this reason (the fill's own request).
@@ -82,6 +84,8 @@ pub enum Detail {
     InvalidationIncomplete,
     /// A peer's purge.
     Purge,
+    /// A member's notice or handoff (see `announce.rs`, `handoff/`).
+    Membership,
     /// Bypasses: a path rule, a request body, an upgrade, `no-store`.
     Rule,
     RequestBody,
@@ -104,6 +108,7 @@ impl Detail {
             Detail::StaleIfError => "stale-if-error",
             Detail::Storing => "storing",
             Detail::Peer => "peer",
+            Detail::PreviousOwner => "previous-owner",
             Detail::NotStored => "not-stored",
             Detail::NotStorable(why) => why.as_str(),
             Detail::TooLarge => "too-large",
@@ -115,6 +120,7 @@ impl Detail {
             Detail::OriginUnreachable => "origin-unreachable",
             Detail::InvalidationIncomplete => "invalidation-incomplete",
             Detail::Purge => "purge",
+            Detail::Membership => "membership",
             Detail::Rule => "rule",
             Detail::RequestBody => "request-body",
             Detail::Upgrade => "upgrade",
@@ -144,6 +150,10 @@ impl CacheStatus {
     pub const REVALIDATED: CacheStatus = CacheStatus::forward(Fwd::Stale).fwd_status(304);
     /// Answered by the key's owner on another node.
     pub const FROM_PEER: CacheStatus = CacheStatus::forward(Fwd::UriMiss).detail(Detail::Peer);
+    /// The previous owner's copy, stored here (the key's new owner).
+    pub const FROM_PREVIOUS_OWNER: CacheStatus = CacheStatus::forward(Fwd::UriMiss)
+        .stored()
+        .detail(Detail::PreviousOwner);
     /// A method the cache does not answer, proxied untouched.
     pub const METHOD: CacheStatus = CacheStatus::forward(Fwd::Method);
 

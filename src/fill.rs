@@ -7,6 +7,15 @@
 //! Own keys are stored in this node's cache; an owner's answer is kept only
 //! as a hot mirror, or not at all, so each object lives once cluster-wide.
 //!
+//! A key this node owns since a recent membership change is first asked of
+//! its previous owner (`cluster::previous_owner`), still inside the flight:
+//! a *lookup*, which that node answers from its cache or from a fill already
+//! under way there, never from its origin ([`follow_for_lookup`]). So while
+//! the cluster changes, a key is still fetched from the origin once. A
+//! lookup never waits on a flight that is itself asking a previous owner
+//! ([`AskingPrevious`]): two nodes asking each other cannot wait on each
+//! other.
+//!
 //! [`start`] joins the key's singleflight. The leader spawns [`run`] in its
 //! own task, which owns the flight: if the leader's client disconnects, the
 //! task still finishes and stores the object for the followers.
@@ -44,7 +53,8 @@ use crate::store::{CachedObject, Entry, Epoch, Store};
 use bytes::{Bytes, BytesMut};
 use http::header;
 use pingora::http::{RequestHeader, ResponseHeader};
-use std::sync::Arc;
+use std::collections::HashSet;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime};
 use tokio::sync::mpsc::error::TrySendError;
 use tokio::sync::{mpsc, oneshot};
@@ -57,8 +67,8 @@ pub enum Outcome {
     Fetched {
         object: Arc<CachedObject>,
         revalidated: bool,
-        /// Answered by the key's owner on another node.
-        via_peer: bool,
+        /// Who answered the fill.
+        source: Source,
     },
     /// The origin's answer is not for sharing: fetch your own.
     NotStored,
@@ -69,6 +79,39 @@ pub enum Outcome {
     },
     /// The origin could not be reached or did not answer in time.
     Failed(FetchError),
+}
+
+/// Who answered a fill.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Source {
+    Origin,
+    /// The key's owner on another node.
+    Owner,
+    /// The key's previous owner, from its cache: stored here, the new owner.
+    PreviousOwner,
+}
+
+impl Source {
+    fn is_peer(self) -> bool {
+        self != Source::Origin
+    }
+
+    /// The Cache-Status of a fresh answer from this source.
+    pub fn cache_status(self) -> CacheStatus {
+        match self {
+            Source::Origin => CacheStatus::STORED,
+            Source::Owner => CacheStatus::FROM_PEER,
+            Source::PreviousOwner => CacheStatus::FROM_PREVIOUS_OWNER,
+        }
+    }
+
+    /// How a request answered from this source is counted.
+    pub fn result(self) -> CacheResult {
+        match self {
+            Source::Origin => CacheResult::Miss,
+            _ => CacheResult::Peer,
+        }
+    }
 }
 
 /// The leader's own result: what everyone got, or a response for it alone.
@@ -110,6 +153,9 @@ pub struct Job {
     /// The key's owner when it is another node: asked first, the origin
     /// only if it fails (still inside this one flight).
     pub owner: Option<String>,
+    /// The key's previous owner, when this node owns it since a recent
+    /// membership change: looked up first, the origin only if it has no copy.
+    pub previous_owner: Option<String>,
     /// Where a copy from the owner is kept: the hot area when the key is hot here.
     pub mirror: Option<Arc<Store>>,
 }
@@ -120,6 +166,51 @@ pub struct Filler {
     pub client: OriginClient,
     pub store: Arc<Store>,
     pub cluster: Option<Arc<Cluster>>,
+    pub asking_previous: AskingPrevious,
+}
+
+/// The flights asking a previous owner right now, by flight key.
+#[derive(Default)]
+pub struct AskingPrevious(Mutex<HashSet<String>>);
+
+/// A flight's mark in [`AskingPrevious`], removed when dropped.
+struct Asking<'a> {
+    set: &'a AskingPrevious,
+    key: String,
+}
+
+impl AskingPrevious {
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashSet<String>> {
+        self.0.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn enter(&self, key: &str) -> Asking<'_> {
+        self.lock().insert(key.to_owned());
+        Asking {
+            set: self,
+            key: key.to_owned(),
+        }
+    }
+
+    fn contains(&self, key: &str) -> bool {
+        self.lock().contains(key)
+    }
+}
+
+impl Drop for Asking<'_> {
+    fn drop(&mut self) {
+        self.set.lock().remove(&self.key);
+    }
+}
+
+/// For a previous-owner lookup from a peer: the fill of `flight_key`
+/// under way here, to wait on, unless it is asking a previous owner itself.
+/// Never starts a fill.
+pub fn follow_for_lookup(filler: &Filler, flight_key: &str) -> Option<Waiter<Outcome>> {
+    if filler.asking_previous.contains(flight_key) {
+        return None;
+    }
+    filler.flights.follow(&flight_key.to_owned())
 }
 
 /// Either lead a fill (the receiver yields this request's own result) or follow one.
@@ -160,19 +251,19 @@ async fn run(
     add_validators(&mut job);
     let request_headers = job.request.headers.clone();
     let since = Epoch::now();
-    let (response, via_peer) = fetch(&filler, &job).await;
+    let (response, source) = fetch(&filler, &job, flight.key()).await;
     let mut response = match response {
         Ok(r) => r,
         Err(e) => return publish(flight, leader, failure(job.stale.as_ref(), e)),
     };
-    clean_response(&mut response, via_peer);
+    clean_response(&mut response, source.is_peer());
     let whole = Whole {
-        store: match via_peer {
-            true => job.mirror.clone(),
-            false => Some(filler.store.clone()),
+        store: match source {
+            Source::Owner => job.mirror.clone(),
+            _ => Some(filler.store.clone()),
         },
         since,
-        via_peer,
+        source,
         request_headers,
     };
     let status = response.header.status;
@@ -205,7 +296,7 @@ async fn run(
             flight.complete(Outcome::NotStored);
             let cache_status = not_stored_status(status, reason);
             let head = leader_head(&response, None);
-            let out = LeaderStream::open(leader, head, cache_status, via_peer, false);
+            let out = LeaderStream::open(leader, head, cache_status, source, false);
             pump(&filler, response, out).await;
         }
     }
@@ -225,7 +316,7 @@ fn stored_meanwhile(
         Some(Entry::Object(object)) if object.is_fresh(Instant::now()) => Some(Outcome::Fetched {
             object,
             revalidated: false,
-            via_peer: false,
+            source: Source::Origin,
         }),
         _ => None,
     }
@@ -289,7 +380,7 @@ struct Whole {
     store: Option<Arc<Store>>,
     /// Taken before the fetch: a removal of the key after it wins.
     since: Epoch,
-    via_peer: bool,
+    source: Source,
     request_headers: http::HeaderMap,
 }
 
@@ -315,13 +406,12 @@ async fn store_streaming(
     // The head goes out before the body is in: with a known length within
     // the limit the object will be stored; without one, that is known only
     // at the end (a body past max_object_size is not stored).
-    let cache_status = match (whole.via_peer, response.content_length()) {
-        (true, _) => CacheStatus::FROM_PEER,
-        (false, Some(_)) => CacheStatus::STORED,
-        (false, None) => CacheStatus::forward(Fwd::UriMiss).detail(Detail::Storing),
+    let cache_status = match (whole.source, response.content_length()) {
+        (Source::Origin, None) => CacheStatus::forward(Fwd::UriMiss).detail(Detail::Storing),
+        (source, _) => source.cache_status(),
     };
     let head = leader_head(&response, Some(initial_age));
-    let mut out = LeaderStream::open(leader, head, cache_status, whole.via_peer, true);
+    let mut out = LeaderStream::open(leader, head, cache_status, whole.source, true);
     flight.progress();
     let capacity = response
         .content_length()
@@ -366,7 +456,7 @@ async fn store_streaming(
     flight.complete(Outcome::Fetched {
         object,
         revalidated: false,
-        via_peer: whole.via_peer,
+        source: whole.source,
     });
     // The followers are served; the leader takes the rest at its own pace.
     out.push_held(&mut held);
@@ -408,7 +498,7 @@ fn revalidated(
             let outcome = Outcome::Fetched {
                 object: shared,
                 revalidated: true,
-                via_peer: whole.via_peer,
+                source: whole.source,
             };
             if !refresh
                 .not_modified
@@ -472,60 +562,125 @@ fn not_stored_status(status: http::StatusCode, reason: Detail) -> CacheStatus {
         .detail(reason)
 }
 
-/// Ask the owner when another node owns the key; the origin otherwise, or
-/// when the owner fails (then it is skipped for a while). True: from a peer.
-async fn fetch(filler: &Filler, job: &Job) -> (Result<OriginResponse, FetchError>, bool) {
-    if let (Some(owner), Some(cluster)) = (&job.owner, &filler.cluster) {
-        let request = peer_request(job, cluster);
-        let started = Instant::now();
-        match filler
-            .client
-            .fetch_peer(
-                owner,
-                &request,
-                cluster.peer_timeout,
-                cluster.peer_read_timeout,
-                cluster.peer_h2c,
-            )
-            .await
-        {
-            // A refusal by the peer's gate (bad credentials, say mid secret
-            // rotation; an origin it does not serve) is the peer failing, not
-            // an answer for the client: load from the origin instead.
-            Ok(response) if !refused_by_peer(&response) => {
-                cluster.health.record_success(owner);
-                metrics::observe_peer(owner, "ok", Some(started.elapsed().as_secs_f64()));
-                return (Ok(response), true);
+/// Ask the owner when another node owns the key; else the previous owner
+/// when there is one (and no stale copy to revalidate); the origin otherwise,
+/// or when they fail or have no copy (a failed peer is skipped for a while).
+async fn fetch(
+    filler: &Filler,
+    job: &Job,
+    flight_key: &str,
+) -> (Result<OriginResponse, FetchError>, Source) {
+    if let Some(cluster) = &filler.cluster {
+        if let Some(owner) = &job.owner {
+            let request = peer_request(job, cluster, owner, false);
+            if let Asked::Answered(response) = ask_peer(filler, cluster, owner, &request).await {
+                return (Ok(*response), Source::Owner);
             }
-            Ok(refusal) => {
-                let reason = refusal.header.headers.get(&peers::REFUSED);
-                log::warn!(
-                    "peer {owner} refused us: {} {reason:?}",
-                    refusal.header.status
-                );
-                refusal.finish(&filler.client).await;
-                cluster.health.record_failure(owner);
-                metrics::observe_peer(owner, "error", None);
-            }
-            Err(_) => {
-                cluster.health.record_failure(owner);
-                metrics::observe_peer(owner, "error", None);
+        } else if let (Some(previous), None) = (&job.previous_owner, &job.stale) {
+            let _asking = filler.asking_previous.enter(flight_key);
+            let request = peer_request(job, cluster, previous, true);
+            let asked = ask_peer(filler, cluster, previous, &request).await;
+            metrics::observe_previous_owner_lookup(asked.as_str());
+            if let Asked::Answered(response) = asked {
+                return (Ok(*response), Source::PreviousOwner);
             }
         }
     }
-    (filler.client.fetch(&job.target, &job.request).await, false)
+    (
+        filler.client.fetch(&job.target, &job.request).await,
+        Source::Origin,
+    )
 }
 
-/// Whether a peer's answer is its gate refusing the request (`proxy/peer.rs`).
-fn refused_by_peer(response: &OriginResponse) -> bool {
-    response.header.headers.contains_key(&peers::REFUSED)
+/// What asking a peer brought.
+enum Asked {
+    /// Its answer, for the fill (boxed: a response is large, the others empty).
+    Answered(Box<OriginResponse>),
+    /// A lookup it had no copy for: not a failure.
+    NotCached,
+    /// It failed or refused (bad credentials, say mid secret rotation; an
+    /// origin it does not serve): recorded, and skipped for a while.
+    Failed,
 }
 
-/// The fill request plus the peer protocol's headers (see `peers.rs`).
-fn peer_request(job: &Job, cluster: &Cluster) -> RequestHeader {
+impl Asked {
+    fn as_str(&self) -> &'static str {
+        match self {
+            Asked::Answered(_) => "hit",
+            Asked::NotCached => "miss",
+            Asked::Failed => "error",
+        }
+    }
+}
+
+/// Send `request` to the peer `addr`, recording how it went. A refusal by
+/// the peer's gate (`proxy/peer.rs`) is the peer failing, not an answer for
+/// the client, except a lookup's "not cached".
+async fn ask_peer(
+    filler: &Filler,
+    cluster: &Cluster,
+    addr: &str,
+    request: &RequestHeader,
+) -> Asked {
+    let started = Instant::now();
+    let response = filler
+        .client
+        .fetch_peer(
+            addr,
+            request,
+            cluster.peer_timeout,
+            cluster.peer_read_timeout,
+            cluster.peer_h2c,
+        )
+        .await;
+    let asked = match response {
+        Ok(response) => match refusal_reason(&response) {
+            None => Asked::Answered(Box::new(response)),
+            Some(reason) => {
+                let not_cached = reason == peers::NOT_CACHED.as_bytes();
+                if !not_cached {
+                    let why = String::from_utf8_lossy(reason);
+                    log::warn!("peer {addr} refused us: {} {why}", response.header.status);
+                }
+                response.finish(&filler.client).await;
+                match not_cached {
+                    true => Asked::NotCached,
+                    false => Asked::Failed,
+                }
+            }
+        },
+        Err(_) => Asked::Failed,
+    };
+    match asked {
+        Asked::Failed => {
+            cluster.health.record_failure(addr);
+            metrics::observe_peer(addr, "error", None);
+        }
+        _ => {
+            cluster.health.record_success(addr);
+            metrics::observe_peer(addr, "ok", Some(started.elapsed().as_secs_f64()));
+        }
+    }
+    asked
+}
+
+/// Why a peer's gate refused the request (`proxy/peer.rs`), if it did.
+fn refusal_reason(response: &OriginResponse) -> Option<&[u8]> {
+    response
+        .header
+        .headers
+        .get(&peers::REFUSED)
+        .map(|v| v.as_bytes())
+}
+
+/// The fill request plus the peer protocol's headers (see `peers.rs`), for
+/// the peer `to`; a `lookup` asks for its cached copy only.
+fn peer_request(job: &Job, cluster: &Cluster, to: &str, lookup: bool) -> RequestHeader {
     let mut request = job.request.clone();
-    let owner = job.owner.as_deref().unwrap_or_default();
-    cluster.sign_request(&mut request, &job.target.key_prefix, owner);
+    if lookup {
+        let _ = request.insert_header(peers::LOOKUP.clone(), "1");
+    }
+    cluster.sign_request(&mut request, &job.target.key_prefix, to);
     request
 }
 
@@ -558,15 +713,12 @@ impl LeaderStream {
         leader: Option<oneshot::Sender<LeaderResult>>,
         header: ResponseHeader,
         cache_status: CacheStatus,
-        via_peer: bool,
+        source: Source,
         storing: bool,
     ) -> LeaderStream {
         let tx = leader.and_then(|leader| {
             let (tx, body) = mpsc::channel(16);
-            let result = match via_peer {
-                true => CacheResult::Peer,
-                false => CacheResult::Miss,
-            };
+            let result = source.result();
             let stream = LeaderResult::Stream {
                 header: Box::new(header),
                 body,
@@ -738,6 +890,7 @@ fn refreshed(refresh: &Refresh, rules: &RuleOptions, with_set_cookie: bool) -> A
     );
     object.vary = stale.vary.clone();
     object.vary_fingerprint = stale.vary_fingerprint;
+    object.hits = stale.hits().into();
     Arc::new(object)
 }
 
@@ -776,7 +929,17 @@ fn describe(
         vary_fingerprint,
         header: with_serving_slots(header),
         body,
+        hits: Default::default(),
     }
+}
+
+/// `object` (handed over by another node: `handoff/`) with its head as this
+/// node stores heads, ready to serve hits.
+pub fn ready_to_serve(mut object: CachedObject) -> CachedObject {
+    let placeholder = ResponseHeader::build(200, Some(0)).expect("a static status");
+    let header = std::mem::replace(&mut object.header, placeholder);
+    object.header = with_serving_slots(header);
+    object
 }
 
 /// The stored head as it will be served: without pingora's header-case map

@@ -72,7 +72,26 @@ fn push_escaped(out: &mut String, bytes: &[u8]) {
 
 /// Where one response of a varying URL is stored.
 pub fn variant(plain: &str, fingerprint: u64) -> String {
-    format!("{plain}{SEPARATOR}vary={fingerprint:016x}")
+    format!("{plain}{VARIANT_MARK}{fingerprint:016x}")
+}
+
+/// The plain key of a variant key ([`variant`]); None for any other key.
+pub fn plain_of_variant(key: &str) -> Option<&str> {
+    let (plain, fingerprint) = key.rsplit_once(VARIANT_MARK)?;
+    let hex = fingerprint.len() == 16 && fingerprint.bytes().all(|b| b.is_ascii_hexdigit());
+    hex.then_some(plain)
+}
+
+/// What separates a variant key's plain key from its fingerprint.
+const VARIANT_MARK: &str = "\u{1f}vary=";
+
+/// The origin part of a key (`scheme://host:port`, see [`plain`]).
+pub fn origin_prefix(key: &str) -> &str {
+    let after_scheme = key.find("://").map_or(0, |i| i + 3);
+    let end = key[after_scheme..]
+        .find('/')
+        .map_or(key.len(), |i| after_scheme + i);
+    &key[..end]
 }
 
 /// The prefix of everything stored for a URL besides its plain key.
@@ -110,6 +129,21 @@ mod tests {
         assert!(keyed.starts_with(&prefix));
         // A URL that extends another is not under its prefix.
         assert!(!"http://o:80/a?b=10".starts_with(&prefix));
+    }
+
+    #[test]
+    fn variant_keys_give_back_their_plain_key_and_keys_their_origin() {
+        let uri: http::Uri = "/a?b=1".parse().unwrap();
+        let plain = plain("http://o:80", &uri, true);
+        assert_eq!(
+            plain_of_variant(&variant(&plain, 0xabc)),
+            Some(plain.as_str())
+        );
+        assert_eq!(plain_of_variant(&plain), None);
+        assert_eq!(plain_of_variant(&via_peer(plain.clone())), None);
+        assert_eq!(origin_prefix(&plain), "http://o:80");
+        assert_eq!(origin_prefix(&variant(&plain, 1)), "http://o:80");
+        assert_eq!(origin_prefix("https://h:443"), "https://h:443");
     }
 
     #[test]

@@ -10,6 +10,7 @@
 //! Everything else is internal to the crate.
 
 pub(crate) mod admin;
+pub(crate) mod announce;
 pub mod cache_rules;
 pub(crate) mod cache_status;
 pub(crate) mod cluster;
@@ -17,6 +18,7 @@ pub mod config;
 pub(crate) mod connections;
 pub mod demo;
 pub(crate) mod fill;
+pub(crate) mod handoff;
 pub(crate) mod hot;
 pub mod inject;
 pub(crate) mod invalidate;

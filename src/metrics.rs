@@ -461,6 +461,72 @@ pub static CLIENT_REVALIDATIONS: Lazy<IntCounter> = Lazy::new(|| {
     )
 });
 
+// Membership changes: previous-owner lookups, handoffs, notices (see
+// `fill.rs`, `handoff/`, `announce.rs`).
+
+static PREVIOUS_OWNER_LOOKUPS: Lazy<IntCounterVec> = Lazy::new(|| {
+    counter_vec(
+        "ringside_previous_owner_lookups_total",
+        "Misses on keys this node owns since a membership change, asked of the key's previous \
+         owner before the origin: hit (it had a copy), miss (it had none), error.",
+        &["result"],
+    )
+});
+
+pub fn observe_previous_owner_lookup(result: &'static str) {
+    PREVIOUS_OWNER_LOOKUPS.with_label_values(&[result]).inc();
+}
+
+pub static HANDOFF_SENT_ENTRIES: Lazy<IntCounter> = Lazy::new(|| {
+    counter(
+        "ringside_handoff_sent_entries_total",
+        "Entries this node handed to their next owners while stopping.",
+    )
+});
+
+pub static HANDOFF_SENT_BYTES: Lazy<IntCounter> = Lazy::new(|| {
+    counter(
+        "ringside_handoff_sent_bytes_total",
+        "Bytes of entries this node handed to their next owners while stopping \
+         (bounded by cluster.handoff.max_bytes).",
+    )
+});
+
+static HANDOFF_RECEIVED: Lazy<IntCounterVec> = Lazy::new(|| {
+    counter_vec(
+        "ringside_handoff_received_total",
+        "Entries handed over by stopping members: stored, or why not (stale, too_large, present: \
+         a fresh copy is here already, removed: purged or invalidated since, origin: not one this \
+         node serves).",
+        &["result"],
+    )
+});
+
+const HANDOFF_RESULTS: [&str; 6] = [
+    "stored",
+    "stale",
+    "too_large",
+    "present",
+    "removed",
+    "origin",
+];
+
+pub fn observe_handoff_received(result: &'static str) {
+    HANDOFF_RECEIVED.with_label_values(&[result]).inc();
+}
+
+static MEMBER_NOTICES: Lazy<IntCounterVec> = Lazy::new(|| {
+    counter_vec(
+        "ringside_member_notices_total",
+        "Notices from members: leaving (taken out of the ring at once), joined (back in).",
+        &["notice"],
+    )
+});
+
+pub fn observe_member_notice(notice: &'static str) {
+    MEMBER_NOTICES.with_label_values(&[notice]).inc();
+}
+
 // Memory bounds: variants per URL, bodies held by readers, client
 // connections (see `footprint`, `connections` and README, "Memory").
 
@@ -749,6 +815,17 @@ pub fn init(capacity_bytes: u64) {
         Lazy::force(m);
     }
     Lazy::force(&RESPONSE_BODY_BYTES);
+    for result in ["hit", "miss", "error"] {
+        PREVIOUS_OWNER_LOOKUPS.with_label_values(&[result]);
+    }
+    Lazy::force(&HANDOFF_SENT_ENTRIES);
+    Lazy::force(&HANDOFF_SENT_BYTES);
+    for result in HANDOFF_RESULTS {
+        HANDOFF_RECEIVED.with_label_values(&[result]);
+    }
+    for notice in ["leaving", "joined"] {
+        MEMBER_NOTICES.with_label_values(&[notice]);
+    }
     for listener in ["proxy", "upstream", "peers"] {
         connection_metrics(listener);
     }

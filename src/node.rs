@@ -31,6 +31,7 @@ impl Node {
             client: OriginClient::new(cluster.as_ref().and_then(|c| c.tls.clone())),
             store: Arc::new(store),
             cluster,
+            asking_previous: Default::default(),
         });
         Node {
             origins: Origins::new(&config),

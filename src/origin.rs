@@ -190,6 +190,20 @@ impl OriginClient {
         read_timeout: Duration,
         h2c: bool,
     ) -> Result<OriginResponse, FetchError> {
+        self.send_peer(addr, request, None, connect_timeout, read_timeout, h2c)
+            .await
+    }
+
+    /// [`Self::fetch_peer`], with a request body (a handoff's entries).
+    pub async fn send_peer(
+        &self,
+        addr: &str,
+        request: &RequestHeader,
+        body: Option<Bytes>,
+        connect_timeout: Duration,
+        read_timeout: Duration,
+        h2c: bool,
+    ) -> Result<OriginResponse, FetchError> {
         let timeout = connect_timeout;
         let resolved = match tokio::time::timeout(timeout, tokio::net::lookup_host(addr)).await {
             Ok(Ok(mut addrs)) => addrs.next(),
@@ -210,7 +224,7 @@ impl OriginClient {
         if let Some(tls) = &self.peer_tls {
             tls.configure(&mut peer, addr);
         }
-        self.send(peer, request, read_timeout, Duration::from_secs(60))
+        self.send(peer, request, body, read_timeout, Duration::from_secs(60))
             .await
             .map_err(|e| {
                 log::warn!("peer {addr} fetch {} failed: {e}", request.uri);
@@ -227,14 +241,21 @@ impl OriginClient {
         request: &RequestHeader,
     ) -> pingora::Result<OriginResponse> {
         let peer = target.peer().await?;
-        self.send(peer, request, target.read_timeout, target.idle_timeout)
-            .await
+        self.send(
+            peer,
+            request,
+            None,
+            target.read_timeout,
+            target.idle_timeout,
+        )
+        .await
     }
 
     async fn send(
         &self,
         peer: HttpPeer,
         request: &RequestHeader,
+        body: Option<Bytes>,
         read_timeout: Duration,
         idle_timeout: Duration,
     ) -> pingora::Result<OriginResponse> {
@@ -249,6 +270,9 @@ impl OriginClient {
                 session
                     .write_request_header(Box::new(request.clone()))
                     .await?;
+                if let Some(body) = &body {
+                    session.write_request_body(body.clone(), false).await?;
+                }
                 session.finish_request_body().await?;
                 read_final_header(&mut session).await
             }

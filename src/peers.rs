@@ -17,6 +17,8 @@
 //! | `x-ringside-timestamp`    | unix seconds; refused more than 30 s from the receiver's clock |
 //! | `x-ringside-nonce`        | 128 bits never used before (32 hex digits), accepted once |
 //! | `x-ringside-purge-prefix` | on a `PURGE`: every key under the path, not just the key  |
+//! | `x-ringside-lookup`       | on a GET: a previous-owner lookup, answered from the cache only |
+//! | `x-ringside-body-sha256`  | on a `HANDOFF`: hex SHA-256 of its body (the only request with one) |
 //! | `x-ringside-signature`    | HMAC-SHA256 of the canonical request below, keyed by the cluster secret (base64) |
 //!
 //! The canonical request, one line each (`\n`-terminated):
@@ -26,7 +28,7 @@
 //! <method>
 //! <path and query, exactly as sent>
 //! purge: none | key | prefix
-//! body-sha256: <hex SHA-256 of the body: peer requests have none, so always that of "">
+//! body-sha256: <x-ringside-body-sha256 if sent, else that of "" (no body)>
 //! <name>:<value>      for every signed header field, sorted by name (lower case),
 //!                     repeated fields in the order sent, values without surrounding blanks
 //! ```
@@ -40,9 +42,17 @@
 //! passes on to its origin (a fill forwards the client's end-to-end headers).
 //! A header added on the way breaks it: nothing between peers may add any.
 //!
+//! Besides GET, HEAD and `PURGE`, members send each other three notices
+//! (see `announce.rs` and `handoff/`): `LEAVING` (the sender is leaving the
+//! ring), `JOINED` (it is back) and `HANDOFF` (entries it owned, for the
+//! receiver to keep). A `HANDOFF` is the one request with a body: its
+//! digest travels in the signed `x-ringside-body-sha256`, and the receiver
+//! checks the body it reads against it ([`body_matches`]).
+//!
 //! The receiver ([`PeerAuth::verify`], then [`SeenNonces::first_use`]) checks,
 //! in this order: the credentials are present; the request carries no body
-//! framing (`Content-Length`, `Transfer-Encoding`); the timestamp is within
+//! framing (`Content-Length`, `Transfer-Encoding`) unless it declares its
+//! body's digest; the timestamp is within
 //! 30 s; the signature (compared in constant time); the request is addressed
 //! to this node (`x-ringside-to` is its `cluster.me`) and not sent by it;
 //! the nonce was not seen before. Any failure is a 401, counted in
@@ -88,8 +98,14 @@ pub static SIGNATURE: HeaderName = HeaderName::from_static("x-ringside-signature
 /// On a peer PURGE: purge every key starting with the path.
 pub static PURGE_PREFIX: HeaderName = HeaderName::from_static("x-ringside-purge-prefix");
 
+/// On a GET: a previous owner is asked for its copy (answered from its
+/// cache, or a fill already under way there; never filled, never forwarded).
+pub static LOOKUP: HeaderName = HeaderName::from_static("x-ringside-lookup");
+/// On a request with a body (`HANDOFF`): the hex SHA-256 of that body.
+pub static BODY_SHA256: HeaderName = HeaderName::from_static("x-ringside-body-sha256");
+
 /// Every peer-protocol header: removed before anything goes to an origin.
-pub static HEADERS: [&HeaderName; 8] = [
+pub static HEADERS: [&HeaderName; 10] = [
     &ORIGIN,
     &FROM,
     &TO,
@@ -98,7 +114,27 @@ pub static HEADERS: [&HeaderName; 8] = [
     &NONCE,
     &SIGNATURE,
     &PURGE_PREFIX,
+    &LOOKUP,
+    &BODY_SHA256,
 ];
+
+/// The notices members send each other (methods of their own, like `PURGE`).
+pub const LEAVING: &str = "LEAVING";
+pub const JOINED: &str = "JOINED";
+pub const HANDOFF: &str = "HANDOFF";
+
+/// The hex SHA-256 of a request body, for [`BODY_SHA256`].
+pub fn body_digest(body: &[u8]) -> String {
+    let digest = ring::digest::digest(&ring::digest::SHA256, body);
+    digest.as_ref().iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// Whether `body` is the one a verified request's signed digest names.
+pub fn body_matches(headers: &HeaderMap, body: &[u8]) -> bool {
+    headers
+        .get(&BODY_SHA256)
+        .is_some_and(|declared| declared.as_bytes() == body_digest(body).as_bytes())
+}
 
 pub fn strip_peer_headers(headers: &mut HeaderMap) {
     for name in HEADERS {
@@ -111,6 +147,10 @@ pub fn strip_peer_headers(headers: &mut HeaderMap) {
 /// header alone. Responses from origins never carry it (fills strip it), so
 /// an origin cannot make a healthy owner look like it refuses.
 pub static REFUSED: HeaderName = HeaderName::from_static("x-ringside-refused");
+
+/// The refusal reason of a lookup the node has no copy for: the asker goes
+/// to its origin, without counting the peer as failed.
+pub const NOT_CACHED: &str = "not-cached";
 
 /// How far a request's timestamp may be from the receiver's clock.
 const MAX_CLOCK_SKEW_SECS: u64 = 30;
@@ -261,8 +301,9 @@ impl PeerAuth {
         ) else {
             return Err(Refusal::MissingCredentials);
         };
-        if headers.contains_key(header::CONTENT_LENGTH)
-            || headers.contains_key(header::TRANSFER_ENCODING)
+        if (headers.contains_key(header::CONTENT_LENGTH)
+            || headers.contains_key(header::TRANSFER_ENCODING))
+            && !headers.contains_key(&BODY_SHA256)
         {
             return Err(Refusal::BodyFraming);
         }
@@ -297,15 +338,18 @@ fn canonical(method: &str, path: &str, headers: &HeaderMap) -> Vec<u8> {
         ("PURGE", false) => "key",
         _ => "none",
     };
+    let body = headers
+        .get(&BODY_SHA256)
+        .map_or(EMPTY_BODY_SHA256.as_bytes(), |v| v.as_bytes());
     let mut out = Vec::with_capacity(512);
     for line in [
-        "ringside-peer-v2",
-        method,
-        path,
-        &format!("purge: {purge}"),
-        &format!("body-sha256: {EMPTY_BODY_SHA256}"),
+        "ringside-peer-v2".as_bytes(),
+        method.as_bytes(),
+        path.as_bytes(),
+        format!("purge: {purge}").as_bytes(),
+        &[&b"body-sha256: "[..], body].concat(),
     ] {
-        out.extend_from_slice(line.as_bytes());
+        out.extend_from_slice(line);
         out.push(b'\n');
     }
     for (name, value) in signed_headers(headers) {
@@ -737,6 +781,28 @@ mod tests {
         );
         let short_nonce = with(signed_get(), "x-ringside-nonce", "1234");
         assert!(verify(&short_nonce, "GET", "/x?y=1").is_err());
+    }
+
+    #[test]
+    fn a_body_is_allowed_only_with_its_signed_digest() {
+        let body = b"entries";
+        let mut h = HeaderMap::new();
+        h.insert(
+            BODY_SHA256.clone(),
+            HeaderValue::from_str(&body_digest(body)).unwrap(),
+        );
+        h.insert(header::CONTENT_LENGTH, HeaderValue::from(body.len()));
+        let h = sign(h, HANDOFF, "/", NOW);
+        assert!(verify(&h, HANDOFF, "/").is_ok());
+        assert!(body_matches(&h, body));
+        assert!(!body_matches(&h, b"entries, altered"));
+        let mut swapped = h.clone();
+        swapped.insert(
+            BODY_SHA256.clone(),
+            HeaderValue::from_str(&body_digest(b"other")).unwrap(),
+        );
+        assert_eq!(verify(&swapped, HANDOFF, "/"), Err(Refusal::BadSignature));
+        assert!(!body_matches(&signed_get(), b""), "no digest, no body");
     }
 
     #[test]

@@ -79,21 +79,15 @@ async fn ask_one(
     if prefix {
         let _ = request.insert_header(peers::PURGE_PREFIX.clone(), "1");
     }
-    let _ = request.insert_header(http::header::HOST, addr);
-    // Signed last: the signature covers the purge mode, for this receiver.
-    cluster.sign_request(&mut request, origin, addr);
-    let connect = within.min(cluster.peer_timeout);
-    match client
-        .fetch_peer(addr, &request, connect, within, cluster.peer_h2c)
+    match cluster
+        .send_signed(client, request, origin, addr, None, within)
         .await
     {
-        Ok(response) => {
-            let ok = response.header.status.is_success();
+        Ok(status) => {
+            let ok = status.is_success();
             if !ok {
-                let status = response.header.status;
                 log::warn!("peer {addr} refused purge of {path}: {status}");
             }
-            response.finish(client).await;
             ok
         }
         Err(e) => {

@@ -4,11 +4,14 @@
 //! How the process ends is `shutdown.rs`.
 
 use crate::admin::Admin;
+use crate::announce;
 use crate::cluster::Cluster;
 use crate::config::{Config, OriginUrl, PeerProtocol};
 use crate::connections::{self, Guarded, Handshake, Limits};
+use crate::handoff;
 use crate::metrics;
 use crate::node::Node;
+use crate::origin::OriginClient;
 use crate::peer_tls::CleartextListener;
 use crate::proxy::Ringside;
 use crate::readiness;
@@ -35,6 +38,7 @@ pub fn run(config: Config) -> ! {
         .build()
         .unwrap_or_else(|e| fatal(&format!("cannot start a runtime: {e}")));
     let node = Arc::new(build_node(&config, &background));
+    start_membership_tasks(&node, &background);
     let mut server = Server::new_with_opt_and_conf(None, server_conf(&config));
     server.bootstrap();
     add_services(&mut server, &config, node);
@@ -70,6 +74,26 @@ fn build_node(config: &Arc<Config>, background: &tokio::runtime::Runtime) -> Nod
     });
     let store = Store::new(main_capacity).with_max_variants(config.cache.max_variants);
     Node::new(config.clone(), store, cluster)
+}
+
+/// In a cluster, on `background`: announce this node once its peer
+/// listener is up (`announce.rs`), and hand its entries over at SIGTERM
+/// (`handoff/`).
+fn start_membership_tasks(node: &Arc<Node>, background: &tokio::runtime::Runtime) {
+    if node.cluster().is_none() {
+        return;
+    }
+    background.spawn(handoff::at_sigterm(node.clone()));
+    let node = node.clone();
+    background.spawn(async move {
+        let Some(cluster) = node.cluster() else {
+            return;
+        };
+        let origin = &node.origins.default().key_prefix;
+        let peer_listen = &node.config.cluster.peer_listen;
+        let client = OriginClient::new(cluster.tls.clone());
+        announce::joined(&client, cluster, origin, peer_listen).await;
+    });
 }
 
 fn server_conf(config: &Config) -> ServerConf {

@@ -3,7 +3,9 @@
 //! (still serving, `/readyz` failing: see [`shutting_down`]), then pingora stops the
 //! listeners, in-flight requests finish (counted by [`InFlight`]) and the
 //! process exits as soon as none is left, or after `shutdown_grace` at the
-//! latest. SIGINT exits at once, also during the delay.
+//! latest. SIGINT exits at once, also during the delay. Work that must end
+//! before the exit (the handoff of this node's entries) holds it back with
+//! [`hold_exit`], within `shutdown_grace` too.
 
 use async_trait::async_trait;
 use pingora::server::{ShutdownSignal, ShutdownSignalWatch};
@@ -28,6 +30,23 @@ impl Drop for InFlight {
     }
 }
 
+/// Work the exit waits for (within `shutdown_grace`), while it lives.
+pub struct HoldExit;
+
+static HOLDING_EXIT: AtomicUsize = AtomicUsize::new(0);
+
+/// Hold the exit back until the guard is dropped.
+pub fn hold_exit() -> HoldExit {
+    HOLDING_EXIT.fetch_add(1, Ordering::Relaxed);
+    HoldExit
+}
+
+impl Drop for HoldExit {
+    fn drop(&mut self) {
+        HOLDING_EXIT.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
 static SHUTTING_DOWN: AtomicBool = AtomicBool::new(false);
 
 /// Flipped to true once, at SIGTERM, for tasks that act on leaving.
@@ -40,6 +59,26 @@ static LEAVING: once_cell::sync::Lazy<tokio::sync::watch::Sender<bool>> =
 pub async fn leaving() {
     let mut rx = LEAVING.subscribe();
     let _ = rx.wait_for(|leaving| *leaving).await;
+}
+
+/// Flipped once this node has told the other members that it leaves
+/// (`announce.rs`), so that a source that deregisters (etcd) does so after
+/// them: a member that hears of the leave from its source has had the
+/// notice already, and knows the node still serves.
+static ANNOUNCED: once_cell::sync::Lazy<tokio::sync::watch::Sender<bool>> =
+    once_cell::sync::Lazy::new(|| tokio::sync::watch::channel(false).0);
+
+/// The other members were told this node is leaving.
+pub fn leave_announced() {
+    ANNOUNCED.send_replace(true);
+}
+
+/// Resolves once SIGTERM has arrived and the others were told (or `within`
+/// after SIGTERM, whichever comes first).
+pub async fn left(within: Duration) {
+    leaving().await;
+    let mut rx = ANNOUNCED.subscribe();
+    let _ = tokio::time::timeout(within, rx.wait_for(|told| *told)).await;
 }
 
 /// SIGTERM arrived: readiness fails and `leaving` resolves.
@@ -101,7 +140,8 @@ fn exit_when_drained(grace: Duration) {
     let started = Instant::now();
     // Give the listeners a moment to stop accepting.
     std::thread::sleep(Duration::from_millis(100));
-    while IN_FLIGHT.load(Ordering::Relaxed) > 0 && started.elapsed() < grace {
+    let busy = || IN_FLIGHT.load(Ordering::Relaxed) > 0 || HOLDING_EXIT.load(Ordering::Relaxed) > 0;
+    while busy() && started.elapsed() < grace {
         std::thread::sleep(Duration::from_millis(20));
     }
     log::info!(

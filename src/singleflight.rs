@@ -112,6 +112,12 @@ impl<K: Hash + Eq + Clone, V: Clone> Group<K, V> {
         })
     }
 
+    /// Wait on the flight for `key` if there is one; never start one.
+    pub fn follow(&self, key: &K) -> Option<Waiter<V>> {
+        let shared = self.lock().get(key)?.clone();
+        Some(Waiter { shared })
+    }
+
     /// Number of keys being loaded right now.
     #[cfg(test)]
     pub fn in_flight(&self) -> usize {
@@ -203,6 +209,20 @@ mod tests {
         }
         assert_eq!(loads.load(Ordering::SeqCst), 1);
         assert_eq!(group.in_flight(), 0);
+    }
+
+    #[tokio::test]
+    async fn follow_waits_on_a_flight_but_never_starts_one() {
+        let group: Arc<Group<u8, u8>> = Group::new();
+        assert!(group.follow(&1).is_none());
+        assert_eq!(group.in_flight(), 0, "following started nothing");
+        let Join::Leader(flight) = group.join(1) else {
+            panic!("first join leads")
+        };
+        let waiter = group.follow(&1).expect("a flight to follow");
+        flight.complete(9);
+        assert_eq!(waiter.wait(Duration::from_secs(5)).await, Ok(9));
+        assert!(group.follow(&1).is_none(), "completed flights are gone");
     }
 
     #[tokio::test]

@@ -5,7 +5,9 @@ mod common;
 use common::cache_status;
 use common::origin::Origin;
 use common::raw::{raw_exchange, raw_first_response, RawServer};
-use common::{cluster_yaml, eventually, free_port, owner_of, start_cluster, Conn, Ringside};
+use common::{
+    cluster_yaml, eventually, free_port, owner_of, peer_addrs, start_cluster, Conn, Ringside,
+};
 use http::{HeaderMap, HeaderValue};
 use ringside::config::OriginUrl;
 use ringside::membership::{self, Member};
@@ -175,13 +177,6 @@ async fn a_get_with_a_body_never_marks_the_owner_down() {
 }
 
 // ---- helpers ----
-
-fn peer_addrs(nodes: &[Ringside]) -> Vec<String> {
-    nodes
-        .iter()
-        .map(|n| n.peer_addr().expect("a peer listener").to_string())
-        .collect()
-}
 
 /// The origin's default body for a GET of `path` starts with this.
 fn body_ok(r: &common::Response, path: &str) -> bool {
@@ -913,7 +908,10 @@ async fn captured_peer_requests_cannot_be_tampered_with_redirected_or_replayed()
     let origin = Origin::start().await;
     let [a, b, c] = [0; 3].map(|_| format!("127.0.0.1:{}", free_port()));
     let members = [a.clone(), b.clone(), c.clone()];
-    let extra = "  hot: {fraction: 0}\n";
+    // B, once real, fills from its origin (not from A's copy, as the key's
+    // new owner would by asking the previous one): what reaches the origin
+    // tells what B accepted.
+    let extra = "  hot: {fraction: 0}\n  previous_owner_window: 0s\n";
     // A stand-in for B: records the head of every request A sends it, then
     // hangs up (so A falls back to the origin, or counts the purge as
     // unconfirmed).

@@ -41,6 +41,12 @@ pub struct ClusterConfig {
     pub membership: MembershipConfig,
     /// Mutual TLS between peers; absent: signed cleartext HTTP.
     pub tls: Option<PeerTlsConfig>,
+    /// On SIGTERM, this node's entries go to their next owners (see `handoff/`).
+    pub handoff: HandoffConfig,
+    /// After a membership change, how long a key's new owner asks the key's
+    /// previous owner before its origin (0: never).
+    #[serde(deserialize_with = "de_duration")]
+    pub previous_owner_window: Duration,
 }
 
 /// `cluster.tls`: every node serves its peer listener over TLS and shows a
@@ -62,6 +68,27 @@ pub struct PeerTlsConfig {
     /// (a Kubernetes Secret per app). Empty: a member's certificate must
     /// name the host of its peer address (an IP or DNS SAN).
     pub peer_name: String,
+}
+
+/// What a node that is stopping hands over, and for how long it tries.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct HandoffConfig {
+    /// Bound on the bytes sent (entries, most valuable first); 0: no handoff.
+    #[serde(deserialize_with = "super::de_size")]
+    pub max_bytes: u64,
+    /// Bound on the time the handoff takes; at most `shutdown_grace`.
+    #[serde(deserialize_with = "de_duration")]
+    pub timeout: Duration,
+}
+
+impl Default for HandoffConfig {
+    fn default() -> Self {
+        HandoffConfig {
+            max_bytes: 128 * 1024 * 1024,
+            timeout: Duration::from_secs(5),
+        }
+    }
 }
 
 #[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq)]
@@ -248,6 +275,8 @@ impl Default for ClusterConfig {
             hot: HotConfig::default(),
             membership: MembershipConfig::default(),
             tls: None,
+            handoff: HandoffConfig::default(),
+            previous_owner_window: Duration::from_secs(60),
         }
     }
 }
@@ -372,6 +401,25 @@ impl ClusterConfig {
                 "h2c",
                 "http1 with cluster.tls (h2c is HTTP/2 over cleartext)",
             ));
+        }
+        Ok(())
+    }
+}
+
+impl ClusterConfig {
+    /// The handoff must fit in the time a stopping process has.
+    pub(super) fn validate_handoff(&self, shutdown_grace: Duration) -> Result<(), ConfigError> {
+        let timeout = self.handoff.timeout;
+        if !self.enabled || self.handoff.max_bytes == 0 {
+            return Ok(());
+        }
+        if timeout.is_zero() || timeout > shutdown_grace {
+            let value = format!("{:?}", timeout);
+            let expected = format!(
+                "a positive duration no longer than shutdown_grace ({shutdown_grace:?}), \
+                 or cluster.handoff.max_bytes: 0 to turn the handoff off"
+            );
+            return Err(invalid("cluster.handoff.timeout", value, &expected));
         }
         Ok(())
     }

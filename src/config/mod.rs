@@ -9,8 +9,8 @@
 mod cluster;
 
 pub use cluster::{
-    ClusterConfig, DnsMembership, EtcdAuth, EtcdMembership, EtcdTls, HotConfig, MembershipConfig,
-    PeerProtocol, PeerTlsConfig, StaticMember,
+    ClusterConfig, DnsMembership, EtcdAuth, EtcdMembership, EtcdTls, HandoffConfig, HotConfig,
+    MembershipConfig, PeerProtocol, PeerTlsConfig, StaticMember,
 };
 use serde::de::{self, Deserializer};
 use serde::Deserialize;
@@ -385,6 +385,7 @@ impl Config {
         self.validate_cache()?;
         self.validate_memory_bounds()?;
         self.cluster.validate(&self.listen, &self.admin_listen)?;
+        self.cluster.validate_handoff(self.shutdown_grace)?;
         if !self.admin_token.is_empty() && self.admin_token == self.cluster.secret {
             return Err(ConfigError::Invalid(
                 "admin_token: the same as cluster.secret; choose another (a bearer token is sent \
@@ -855,6 +856,33 @@ mod tests {
         assert!(e.contains("origin.url: missing"), "{e}");
         let e = load("origin: {url: http://a:1}\ncache: {rules: [{prefix: api}]}").unwrap_err();
         assert!(e.contains("cache.rules[0].prefix"), "{e}");
+    }
+
+    #[test]
+    fn the_handoff_fits_in_the_shutdown_grace() {
+        let cluster = "cluster: {enabled: true, secret: 0123456789abcdef, \
+                       membership: {static: [\"127.0.0.1:7070\"]}, ";
+        let config = |grace: &str, handoff: &str| {
+            load(&format!(
+                "origin: {{url: http://a:1}}\nshutdown_grace: {grace}\n{cluster}handoff: {handoff}}}"
+            ))
+        };
+        let e = config("3s", "{timeout: 5s}").unwrap_err();
+        assert!(
+            e.contains("cluster.handoff.timeout") && e.contains("shutdown_grace"),
+            "{e}"
+        );
+        let e = config("10s", "{timeout: 0s}").unwrap_err();
+        assert!(e.contains("cluster.handoff.timeout"), "{e}");
+        let e = config("10s", "{max_bytes: lots}").unwrap_err();
+        assert!(
+            e.contains("cluster.handoff.max_bytes") && e.contains("lots"),
+            "{e}"
+        );
+        let off = config("3s", "{max_bytes: 0, timeout: 5s}").unwrap();
+        assert_eq!(off.cluster.handoff.max_bytes, 0, "off: no bound to check");
+        let on = config("10s", "{max_bytes: 64MiB, timeout: 5s}").unwrap();
+        assert_eq!(on.cluster.handoff.max_bytes, 64 << 20);
     }
 
     #[test]

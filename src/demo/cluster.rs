@@ -4,7 +4,9 @@
 //!
 //! Each node gets its own YAML config in a private temporary directory that
 //! is removed when the [`Nodes`] are dropped; every node is a child process
-//! stopped by PID.
+//! stopped by PID. For the cluster benchmarks a node can be restarted on its
+//! own config ([`Nodes::restart`]), and with etcd membership one can be
+//! added ([`Nodes::add`]).
 
 use super::process::{free_ports, RingsideProcess};
 use super::report::RingsideView;
@@ -28,6 +30,22 @@ pub struct NodeOptions {
     pub hot_min_rate: f64,
     /// Proxy worker threads per node.
     pub threads: u32,
+    /// Where the members come from.
+    pub membership: Membership,
+    /// Handoff at SIGTERM and previous-owner lookups (`cluster.handoff`,
+    /// `cluster.previous_owner_window`): on (the defaults) or off.
+    pub handoff: bool,
+    /// `shutdown_delay`: how long a node serves on after SIGTERM.
+    pub shutdown_delay: Duration,
+}
+
+/// The membership source of a cluster's nodes.
+#[derive(Debug, Clone)]
+pub enum Membership {
+    /// The list of every node's peer listener.
+    Static,
+    /// Registration under `prefix` of the etcd at `endpoint`.
+    Etcd { endpoint: String, prefix: String },
 }
 
 impl Default for NodeOptions {
@@ -39,6 +57,9 @@ impl Default for NodeOptions {
             hot_fraction: 0.1,
             hot_min_rate: 5.0,
             threads: 2,
+            membership: Membership::Static,
+            handoff: true,
+            shutdown_delay: Duration::ZERO,
         }
     }
 }
@@ -47,6 +68,12 @@ impl Default for NodeOptions {
 pub struct Nodes {
     pub nodes: Vec<RingsideProcess>,
     dir: PathBuf,
+    /// Each node's config file, in node order.
+    configs: Vec<PathBuf>,
+    exe: PathBuf,
+    origin: SocketAddr,
+    options: NodeOptions,
+    secret: String,
 }
 
 impl Nodes {
@@ -57,26 +84,21 @@ impl Nodes {
         n: usize,
         options: &NodeOptions,
     ) -> Result<Nodes, String> {
-        let dir = private_temp_dir()?;
         let mut nodes = Nodes {
             nodes: Vec::new(),
-            dir,
+            dir: private_temp_dir()?,
+            configs: Vec::new(),
+            exe: exe.to_owned(),
+            origin,
+            options: options.clone(),
+            secret: random_secret()?,
         };
         // Three ports a node: app-facing, admin, peer.
         let ports = free_ports(3 * n)?;
         let peers: Vec<SocketAddr> = ports[2 * n..].to_vec();
-        let secret = random_secret()?;
         for i in 0..n {
-            let (proxy, admin, peer) = (ports[i], ports[n + i], peers[i]);
-            let mut yaml = node_yaml(proxy, admin, origin, options);
-            if options.clustered {
-                yaml.push_str(&cluster_yaml(peer, &peers, &secret, options));
-            }
-            let path = nodes.dir.join(format!("node-{}.yaml", i + 1));
-            write_private(&path, &yaml)?;
-            let name = format!("node {}", i + 1);
-            let node = RingsideProcess::start(&name, exe, &path, proxy, admin)?;
-            nodes.nodes.push(node);
+            let (proxy, admin) = (ports[i], ports[n + i]);
+            nodes.launch(proxy, admin, peers[i], &peers)?;
         }
         for node in &mut nodes.nodes {
             node.wait_until_ready().await?;
@@ -85,6 +107,59 @@ impl Nodes {
             nodes.wait_for_ring(n).await?;
         }
         Ok(nodes)
+    }
+
+    /// Write the next node's config and start it (not waiting for it).
+    fn launch(
+        &mut self,
+        proxy: SocketAddr,
+        admin: SocketAddr,
+        peer: SocketAddr,
+        peers: &[SocketAddr],
+    ) -> Result<(), String> {
+        let options = &self.options;
+        let mut yaml = node_yaml(proxy, admin, self.origin, options);
+        if options.clustered {
+            yaml.push_str(&cluster_yaml(peer, peers, &self.secret, options));
+        }
+        let i = self.nodes.len();
+        let path = self.dir.join(format!("node-{}.yaml", i + 1));
+        write_private(&path, &yaml)?;
+        let name = format!("node {}", i + 1);
+        let node = RingsideProcess::start(&name, &self.exe, &path, proxy, admin)?;
+        self.nodes.push(node);
+        self.configs.push(path);
+        Ok(())
+    }
+
+    /// Stop node `i` (SIGTERM, waiting for the exit) and start a new process
+    /// on the same config (same addresses, an empty cache); ready when this
+    /// returns.
+    pub async fn restart(&mut self, i: usize) -> Result<(), String> {
+        let node = &mut self.nodes[i];
+        node.signal_stop();
+        node.wait_stopped().await?;
+        let (name, proxy, admin) = (node.name.clone(), node.proxy_addr, node.admin_addr);
+        *node = RingsideProcess::start(&name, &self.exe, &self.configs[i], proxy, admin)?;
+        node.wait_until_ready().await
+    }
+
+    /// Start one more node (etcd membership: it registers and joins); ready
+    /// when this returns.
+    pub async fn add(&mut self) -> Result<(), String> {
+        if !matches!(self.options.membership, Membership::Etcd { .. }) {
+            return Err("only a cluster with etcd membership can grow".into());
+        }
+        let ports = free_ports(3)?;
+        self.launch(ports[0], ports[1], ports[2], &[])?;
+        let node = self.nodes.last_mut().expect("just launched");
+        node.wait_until_ready().await
+    }
+
+    /// SIGTERM node `i` without waiting (it leaves, hands over, drains);
+    /// [`RingsideProcess::wait_stopped`] on it waits for the exit.
+    pub fn signal_stop(&mut self, i: usize) {
+        self.nodes[i].signal_stop();
     }
 
     /// The app-facing addresses, in node order.
@@ -135,10 +210,11 @@ impl Nodes {
         }
     }
 
-    /// Wait until every node sees all `n` members on its ring.
-    async fn wait_for_ring(&self, n: usize) -> Result<(), String> {
+    /// Wait until every node but those in `except` sees `n` members on its ring.
+    pub async fn wait_for_ring_except(&self, n: usize, except: &[usize]) -> Result<(), String> {
         let deadline = Instant::now() + Duration::from_secs(10);
-        for node in &self.nodes {
+        let nodes = (self.nodes.iter().enumerate()).filter(|(i, _)| !except.contains(i));
+        for (_, node) in nodes {
             loop {
                 let members = fetch_metrics(node).await?.ring_members;
                 if members == n as u64 {
@@ -154,6 +230,11 @@ impl Nodes {
             }
         }
         Ok(())
+    }
+
+    /// Wait until every node sees all `n` members on its ring.
+    pub async fn wait_for_ring(&self, n: usize) -> Result<(), String> {
+        self.wait_for_ring_except(n, &[]).await
     }
 }
 
@@ -187,10 +268,14 @@ fn node_yaml(
     options: &NodeOptions,
 ) -> String {
     format!(
-        "listen: {proxy}\nadmin_listen: {admin}\nthreads: {}\nshutdown_grace: 1s\nlog_level: warn\n\
+        "listen: {proxy}\nadmin_listen: {admin}\nthreads: {}\nshutdown_grace: 5s\nlog_level: warn\n\
+         shutdown_delay: {}ms\n\
          origin:\n  url: http://{origin}\n\
          cache:\n  capacity: {}\n  max_object_size: {}\n",
-        options.threads, options.capacity, options.max_object_size
+        options.threads,
+        options.shutdown_delay.as_millis(),
+        options.capacity,
+        options.max_object_size
     )
 }
 
@@ -201,16 +286,27 @@ fn cluster_yaml(
     secret: &str,
     options: &NodeOptions,
 ) -> String {
-    let members = peers
-        .iter()
-        .map(|p| format!("\"{p}\""))
-        .collect::<Vec<_>>()
-        .join(", ");
+    let membership = match &options.membership {
+        Membership::Static => {
+            let members = peers
+                .iter()
+                .map(|p| format!("\"{p}\""))
+                .collect::<Vec<_>>()
+                .join(", ");
+            format!("static: [{members}]")
+        }
+        Membership::Etcd { endpoint, prefix } => {
+            format!("etcd: {{endpoints: [\"{endpoint}\"], prefix: \"{prefix}\"}}")
+        }
+    };
+    let off = "  handoff: {max_bytes: 0}\n  previous_owner_window: 0s\n";
     format!(
         "cluster:\n  enabled: true\n  peer_listen: {me}\n  secret: \"{secret}\"\n  peer_timeout: 1s\n\
          \x20 hot:\n    fraction: {}\n    min_rate: {}\n\
-         \x20 membership:\n    static: [{members}]\n",
-        options.hot_fraction, options.hot_min_rate
+         \x20 membership:\n    {membership}\n{}",
+        options.hot_fraction,
+        options.hot_min_rate,
+        if options.handoff { "" } else { off }
     )
 }
 

@@ -11,8 +11,9 @@ use std::time::{Duration, Instant};
 
 /// How long ringside gets to answer on its admin port.
 const STARTUP_TIMEOUT: Duration = Duration::from_secs(20);
-/// How long ringside gets to exit after SIGTERM before it is killed.
-const STOP_TIMEOUT: Duration = Duration::from_secs(5);
+/// How long ringside gets to exit after SIGTERM before it is killed (its
+/// `shutdown_grace`, in which it hands its entries over, and a margin).
+const STOP_TIMEOUT: Duration = Duration::from_secs(8);
 /// The last lines of ringside's output kept for error messages.
 const LOG_LINES_KEPT: usize = 40;
 

@@ -6,12 +6,17 @@
 //! Every run of a [`Workload`] sends the same requests, from the same
 //! clients, for the same keys in the same order (each client's random
 //! sequence is seeded by its number), so phases compare like with like.
+//!
+//! For the cluster benchmarks a workload also runs as a steady load
+//! ([`Workload::steady`]): its clients at a fixed rate, without end, to the
+//! nodes that are up at each moment ([`Targets`]), while nodes restart.
 
 use super::client::Conn;
 use super::report::PhaseResult;
 use super::sample_origin::SampleOrigin;
 use std::net::SocketAddr;
-use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant};
 
 /// One request taking longer than this counts as failed.
@@ -72,6 +77,48 @@ impl Workload {
             .sum()
     }
 
+    /// Request every key once (`clients` at a time, over `addrs`), so that
+    /// the cache is warm; returns the requests that failed.
+    pub async fn warm(&self, addrs: &[SocketAddr]) -> u64 {
+        let keys = self.keys.cumulative.len() as u64;
+        let lanes = u64::from(self.clients);
+        let tasks: Vec<_> = (0..lanes)
+            .map(|lane| {
+                let addr = addrs[lane as usize % addrs.len()];
+                tokio::spawn(async move {
+                    let mut conn: Option<Conn> = None;
+                    let mut failed = 0;
+                    for id in (1 + lane..=keys).step_by(lanes as usize) {
+                        if get_with_retry(&mut conn, addr, id).await.is_err() {
+                            failed += 1;
+                        }
+                    }
+                    failed
+                })
+            })
+            .collect();
+        let mut failed = 0;
+        for task in tasks {
+            failed += task.await.unwrap_or(1);
+        }
+        failed
+    }
+
+    /// Run the clients without end, each at `rate` requests per second, to
+    /// the nodes in `targets` (client `i` to target `i % len`, looked up for
+    /// every request), until [`Steady::stop`].
+    pub fn steady(self: &Arc<Self>, targets: Targets, rate: f64) -> Steady {
+        let stop = Arc::new(AtomicBool::new(false));
+        let period = Duration::from_secs_f64(1.0 / rate.max(0.001));
+        let clients = (0..self.clients)
+            .map(|index| {
+                let (workload, targets, stop) = (self.clone(), targets.clone(), stop.clone());
+                tokio::spawn(steady_client(workload, targets, index, period, stop))
+            })
+            .collect();
+        Steady { stop, clients }
+    }
+
     /// Client `index`'s share of the requests.
     fn requests_for(&self, index: u32) -> u64 {
         let clients = u64::from(self.clients);
@@ -120,6 +167,112 @@ pub async fn run_phase(
     result.origin_requests = origin.hits() - hits_before;
     println!("{name}: done in {:.1} s", result.elapsed.as_secs_f64());
     result
+}
+
+/// The nodes that take traffic now: a restarting node is taken out before
+/// it stops and put back once it is ready, as readiness probes would.
+pub type Targets = Arc<RwLock<Vec<SocketAddr>>>;
+
+/// A steady load under way.
+pub struct Steady {
+    stop: Arc<AtomicBool>,
+    clients: Vec<tokio::task::JoinHandle<Tally>>,
+}
+
+/// What a steady load did: requests answered, requests failed, the first failure.
+pub struct SteadyResult {
+    pub answered: u64,
+    pub errors: u64,
+    pub first_error: Option<String>,
+}
+
+impl Steady {
+    /// Stop every client after its current request.
+    pub async fn stop(self) -> SteadyResult {
+        self.stop.store(true, Ordering::Relaxed);
+        let mut result = SteadyResult {
+            answered: 0,
+            errors: 0,
+            first_error: None,
+        };
+        for client in self.clients {
+            let tally = client.await.unwrap_or_default();
+            result.answered += tally.latencies.len() as u64;
+            result.errors += tally.errors;
+            result.first_error = result.first_error.or(tally.first_error);
+        }
+        result
+    }
+}
+
+/// One steady client: a request every `period` (no catching up after a
+/// slow one), to its current target, on a keep-alive connection.
+async fn steady_client(
+    workload: Arc<Workload>,
+    targets: Targets,
+    index: u32,
+    period: Duration,
+    stop: Arc<AtomicBool>,
+) -> Tally {
+    let mut rng = SplitMix64::new(0x57ea_d000 + u64::from(index));
+    let mut ticks = tokio::time::interval(period);
+    ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut conn: Option<(SocketAddr, Conn)> = None;
+    let mut tally = Tally::default();
+    while !stop.load(Ordering::Relaxed) {
+        ticks.tick().await;
+        let id = workload.keys.sample(&mut rng);
+        let started = Instant::now();
+        // A node taken out meanwhile: the request goes to the one in its place.
+        let mut outcome = Err("no node to ask".to_owned());
+        for _ in 0..2 {
+            let Some(addr) = target(&targets, index) else {
+                break;
+            };
+            let mut here = conn.take().filter(|(a, _)| *a == addr).map(|(_, c)| c);
+            outcome = get_with_retry(&mut here, addr, id).await;
+            conn = here.map(|c| (addr, c));
+            if outcome.is_ok() {
+                break;
+            }
+        }
+        match outcome {
+            Ok(()) => tally.latencies.push(started.elapsed()),
+            Err(why) => tally.fail(why),
+        }
+    }
+    tally
+}
+
+/// Client `index`'s node now.
+fn target(targets: &Targets, index: u32) -> Option<SocketAddr> {
+    let targets = targets.read().unwrap_or_else(|p| p.into_inner());
+    targets.get(index as usize % targets.len().max(1)).copied()
+}
+
+/// `GET /items/{id}` on the connection in `slot` (connecting if there is
+/// none), once more on a new connection if it fails (a keep-alive
+/// connection the server closed meanwhile); the slot keeps the connection.
+async fn get_with_retry(slot: &mut Option<Conn>, addr: SocketAddr, id: u64) -> Result<(), String> {
+    let mut last = String::new();
+    for _ in 0..2 {
+        let conn = match connected(slot, addr).await {
+            Ok(conn) => conn,
+            Err(e) => {
+                last = format!("cannot connect to {addr}: {e}");
+                *slot = None;
+                continue;
+            }
+        };
+        match timed_get_item(conn, id).await {
+            Ok(_) => return Ok(()),
+            Err(why) => {
+                last = why;
+                *slot = None;
+            }
+        }
+    }
+    Err(last)
 }
 
 /// What one client saw.

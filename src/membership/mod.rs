@@ -27,10 +27,21 @@ pub fn normalize(mut members: Vec<Member>, me: &Member) -> Vec<Member> {
 /// Start the configured source. The receiver holds the current list at all
 /// times (this node alone until the source first answers).
 pub async fn start(config: &ClusterConfig) -> Result<watch::Receiver<Vec<Member>>, String> {
+    start_serving(config, None).await
+}
+
+/// [`start`] for a node whose peer listener is about to open at
+/// `peer_listen`: a source that registers this node (etcd) does so only once
+/// that listener accepts connections, so that no member routes to it before
+/// it can answer.
+pub async fn start_serving(
+    config: &ClusterConfig,
+    peer_listen: Option<String>,
+) -> Result<watch::Receiver<Vec<Member>>, String> {
     let me = Member::new(config.advertise_addr(), 1);
     let list = match &config.membership {
         MembershipConfig::Dns(dns) => return dns::start(dns.clone(), config, me).await,
-        MembershipConfig::Etcd(etcd) => return etcd::start(etcd.clone(), me).await,
+        MembershipConfig::Etcd(etcd) => return etcd::start(etcd.clone(), me, peer_listen).await,
         MembershipConfig::Static(list) => list,
     };
     let members = list
@@ -41,6 +52,18 @@ pub async fn start(config: &ClusterConfig) -> Result<watch::Receiver<Vec<Member>
     // updater, seeing the channel closed, simply keeps this first list.
     let (_, rx) = watch::channel(normalize(members, &me));
     Ok(rx)
+}
+
+/// Wait until something accepts connections at `addr` (polling every
+/// 50 ms, for a minute at most); whether it did.
+pub(crate) async fn listening(addr: &str) -> bool {
+    for _ in 0..1200 {
+        if tokio::net::TcpStream::connect(addr).await.is_ok() {
+            return true;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    false
 }
 
 /// Replace the published list with `new` if it differs, logging who joined,

@@ -7,13 +7,17 @@
 //! with what it brings. A fill's answer may not suit every waiter (another
 //! Vary variant, a range of what is not stored): such a request goes to the
 //! origin on its own, through pingora's proxy phases.
+//!
+//! A previous-owner lookup from a peer ([`Ringside::answer_lookup`]) takes
+//! none of these ways: it is answered from the cache, or from a fill
+//! already under way here, or refused as not cached.
 
-use super::respond::{send_error, send_object, send_stream};
+use super::respond::{send_error, send_object, send_refusal, send_stream};
 use super::{RequestCtx, Ringside, Role};
 use crate::cache_rules::{self, CacheControl, RuleOptions};
 use crate::cache_status::{CacheStatus, Detail, Fwd};
 use crate::cluster::Cluster;
-use crate::fill::{self, Job, LeaderResult, Outcome, Started};
+use crate::fill::{self, Job, LeaderResult, Outcome, Source, Started};
 use crate::keys;
 use crate::metrics::{self, CacheResult};
 use crate::origin::{strip_hop_by_hop, OriginTarget};
@@ -37,11 +41,13 @@ struct Found {
     route: Route,
 }
 
-/// Where a miss is filled from: the owner (and whether to mirror its answer) or the origin.
+/// Where a miss is filled from: the owner (and whether to mirror its
+/// answer), or the origin, after the previous owner if there is one.
 #[derive(Default)]
 struct Route {
     owner: Option<String>,
     mirror: Option<Arc<Store>>,
+    previous_owner: Option<String>,
 }
 
 impl Ringside {
@@ -100,6 +106,7 @@ impl Ringside {
             }
             if !forced && fresh {
                 ctx.result = CacheResult::Hit;
+                object.record_hit();
                 if found.mirrored {
                     metrics::HOT_HITS.inc();
                 }
@@ -135,17 +142,79 @@ impl Ringside {
             mirrored: false,
             route: Route::default(),
         };
-        let cluster = self.node.cluster().filter(|_| self.role == Role::App);
-        if let (Some(cluster), None) = (cluster, &found.stored) {
-            let ring = cluster.ring();
-            if let Some(owner) = cluster.remote_owner(&ring, plain_key) {
+        let (Some(cluster), None) = (self.node.cluster(), &found.stored) else {
+            return found;
+        };
+        let ring = cluster.ring();
+        match cluster.remote_owner(&ring, plain_key) {
+            Some(owner) if self.role == Role::App => {
                 (found.variant_key, found.stored) =
                     Self::lookup(&cluster.hot.store, plain_key, req);
                 found.mirrored = found.stored.is_some();
                 found.route = self.route_to_owner(cluster, owner, plain_key);
             }
+            // A peer's request for a key owned elsewhere is served here (the loop guard).
+            Some(_) => {}
+            None => found.route.previous_owner = cluster.previous_owner(&ring, plain_key),
         }
         found
+    }
+
+    /// Answer a previous-owner lookup from a peer (`x-ringside-lookup`):
+    /// from this node's cache, or from a fill of the key already under way
+    /// here (one that is not itself asking a previous owner); else refused
+    /// as not cached, and the asker goes to its origin. Never fills, never
+    /// forwards, so a lookup cannot loop.
+    pub(super) async fn answer_lookup(
+        &self,
+        session: &mut Session,
+        ctx: &mut RequestCtx,
+        target: &OriginTarget,
+    ) -> Result<bool> {
+        let req = session.req_header();
+        let plain_key = self.request_key(target, req);
+        let (variant_key, stored) = Self::lookup(&self.node.filler.store, &plain_key, req);
+        let client_cc = cache_rules::request_cache_control(&req.headers);
+        let now = ctx.started;
+        if let Some(object) = stored.filter(|o| self.usable_for(o, &client_cc, req, now)) {
+            ctx.result = CacheResult::Hit;
+            object.record_hit();
+            return send_object(session, &object, CacheStatus::HIT, now).await;
+        }
+        let flight_key = variant_key.unwrap_or(plain_key);
+        if let Some(waiter) = fill::follow_for_lookup(&self.node.filler, &flight_key) {
+            let timeout = self.node.config.cache.collapse_timeout;
+            if let Ok(Outcome::Fetched { object, .. }) = waiter.wait(timeout).await {
+                let now = Instant::now();
+                if self.usable_for(&object, &client_cc, session.req_header(), now) {
+                    ctx.result = CacheResult::Miss;
+                    let status = CacheStatus::STORED.collapsed();
+                    return send_object(session, &object, status, now).await;
+                }
+            }
+        }
+        ctx.result = CacheResult::Miss;
+        send_refusal(session, 504, "not in cache\n", peers::NOT_CACHED).await
+    }
+
+    /// Whether `object` may answer `req` as it is: fresh, the variant it
+    /// asks for, and not sent back to the origin by its Cache-Control.
+    fn usable_for(
+        &self,
+        object: &CachedObject,
+        client_cc: &CacheControl,
+        req: &RequestHeader,
+        now: Instant,
+    ) -> bool {
+        let variant = object.vary.is_empty()
+            || cache_rules::vary_fingerprint(&object.vary, &req.headers) == object.vary_fingerprint;
+        let forced = self.node.config.cache.honor_client_no_cache
+            && cache_rules::request_requires_revalidation(
+                client_cc,
+                object.age(now),
+                object.freshness,
+            );
+        variant && !forced && object.is_fresh(now)
     }
 
     /// The flight key and job of a fill for what `find` found.
@@ -251,7 +320,7 @@ impl Ringside {
             Outcome::Fetched {
                 object,
                 revalidated,
-                via_peer,
+                source,
             } => {
                 // A follower may want another variant than the leader fetched.
                 if !object.vary.is_empty()
@@ -261,10 +330,9 @@ impl Ringside {
                     let status = CacheStatus::forward(Fwd::VaryMiss);
                     return self.pass(ctx, CacheResult::Miss, status);
                 }
-                let (result, mut status) = match (via_peer, revalidated) {
-                    (true, _) => (CacheResult::Peer, CacheStatus::FROM_PEER),
-                    (false, true) => (CacheResult::Revalidated, CacheStatus::REVALIDATED),
-                    (false, false) => (CacheResult::Miss, CacheStatus::STORED),
+                let (result, mut status) = match (source, revalidated) {
+                    (Source::Origin, true) => (CacheResult::Revalidated, CacheStatus::REVALIDATED),
+                    (source, _) => (source.result(), source.cache_status()),
                 };
                 if collapsed {
                     status = status.collapsed();
@@ -308,6 +376,7 @@ impl Ringside {
         Route {
             owner: Some(owner),
             mirror: hot.then(|| cluster.hot.store.clone()),
+            previous_owner: None,
         }
     }
 
@@ -323,6 +392,7 @@ impl Ringside {
         Job {
             owner: route.owner,
             mirror: route.mirror,
+            previous_owner: route.previous_owner,
             target: target.clone(),
             request: fill_request(req, target),
             key: key.to_owned(),

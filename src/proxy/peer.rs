@@ -12,6 +12,12 @@
 //!
 //! then, once `request_filter` has normalised the target:
 //! - `PURGE`: applied to this node's stores and answered here;
+//! - `LEAVING`, `JOINED`: a member's notice, applied to the ring here
+//!   (`announce.rs`); `HANDOFF`: entries a stopping member hands over, its
+//!   body read (bounded) and checked against its signed digest, then kept
+//!   as far as this node's rules allow (`handoff/`);
+//! - a GET with `x-ringside-lookup`: a previous-owner lookup, answered
+//!   from the cache only (`cacheable.rs`);
 //! - other methods than GET/HEAD: 405 (peers only exchange cacheable reads);
 //! - ring views: a different generation is counted, and a key this node does
 //!   not think it owns is still served here (never forwarded: the loop guard).
@@ -26,6 +32,8 @@ use crate::origin::OriginTarget;
 use crate::peer_tls::TlsRefusal;
 use crate::peers::{self, Refusal};
 use crate::purge;
+use crate::{announce, handoff};
+use bytes::{Bytes, BytesMut};
 use http::Method;
 use pingora::prelude::*;
 use pingora::proxy::Session;
@@ -121,6 +129,10 @@ pub async fn handle(
         send_error(session, 200, "purged\n", status).await?;
         return Ok(true);
     }
+    if membership(rs, session, ctx, target).await? {
+        return Ok(true);
+    }
+    let req = session.req_header();
     if req.method != Method::GET && req.method != Method::HEAD {
         refuse(session, ctx, 405, "peers only exchange GET and HEAD\n").await?;
         return Ok(true);
@@ -139,6 +151,10 @@ pub async fn handle(
             ring.generation()
         );
     }
+    if req.headers.contains_key(&peers::LOOKUP) {
+        rs.answer_lookup(session, ctx, target).await?;
+        return Ok(true);
+    }
     if cluster
         .remote_owner(&ring, &rs.request_key(target, req))
         .is_some()
@@ -146,6 +162,81 @@ pub async fn handle(
         metrics::LOOP_GUARD.inc();
     }
     Ok(false)
+}
+
+/// A member's notice or handoff, answered here (true); false for any
+/// other request.
+async fn membership(
+    rs: &Ringside,
+    session: &mut Session,
+    ctx: &mut RequestCtx,
+    target: &OriginTarget,
+) -> Result<bool> {
+    let (Some(cluster), req) = (rs.node.cluster(), session.req_header()) else {
+        return Ok(false);
+    };
+    let method = req.method.as_str().to_owned();
+    let from = req
+        .headers
+        .get(&peers::FROM)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or_default()
+        .to_owned();
+    match method.as_str() {
+        peers::LEAVING | peers::JOINED => {
+            announce::receive(cluster, &method, &from, req.uri.query());
+            ctx.result = CacheResult::Pass;
+            send_error(session, 200, "noted\n", handoff::ANSWERED).await?;
+        }
+        peers::HANDOFF => receive_handoff(rs, session, ctx, target, &from).await?,
+        _ => return Ok(false),
+    }
+    Ok(true)
+}
+
+/// Read a `HANDOFF` body (bounded), check it against its signed digest and
+/// keep what this node's rules allow.
+async fn receive_handoff(
+    rs: &Ringside,
+    session: &mut Session,
+    ctx: &mut RequestCtx,
+    target: &OriginTarget,
+    from: &str,
+) -> Result<()> {
+    let limit = handoff::max_batch_bytes(rs.node.config.cache.max_object_size);
+    let Some(body) = read_body(session, limit).await? else {
+        refuse(session, ctx, 413, "handoff batch too large\n").await?;
+        return Ok(());
+    };
+    if !peers::body_matches(&session.req_header().headers, &body) {
+        metrics::PEER_AUTH_FAILURES.inc();
+        refuse(session, ctx, 401, "body does not match its signed digest\n").await?;
+        return Ok(());
+    }
+    match handoff::accept(&rs.node, target, from, &body) {
+        Ok(stored) => {
+            log::debug!("handoff from {from}: stored {stored} entries");
+            ctx.result = CacheResult::Pass;
+            send_error(session, 200, "kept\n", handoff::ANSWERED).await?;
+        }
+        Err(why) => {
+            log::warn!("handoff from {from} refused: {why:?}");
+            refuse(session, ctx, 400, "malformed handoff batch\n").await?;
+        }
+    }
+    Ok(())
+}
+
+/// The request body, whole, or None when it is longer than `limit`.
+async fn read_body(session: &mut Session, limit: usize) -> Result<Option<Bytes>> {
+    let mut body = BytesMut::new();
+    while let Some(chunk) = session.read_request_body().await? {
+        if body.len() + chunk.len() > limit {
+            return Ok(None);
+        }
+        body.extend_from_slice(&chunk);
+    }
+    Ok(Some(body.freeze()))
 }
 
 async fn refuse(
@@ -156,10 +247,12 @@ async fn refuse(
 ) -> Result<Option<Arc<OriginTarget>>> {
     ctx.result = CacheResult::Error;
     let reason = match code {
+        400 => "malformed",
         401 => "credentials",
         403 => "origin",
         404 => "not-a-member",
         405 => "method",
+        413 => "too-large",
         _ => "overloaded",
     };
     send_refusal(session, code, body, reason).await?;

@@ -198,6 +198,7 @@ mod tests {
             revalidation_window: Duration::ZERO,
             vary: Vec::new(),
             vary_fingerprint: 0,
+            hits: Default::default(),
         })
     }
 

@@ -66,6 +66,9 @@ pub struct CachedObject {
     pub vary: Vec<HeaderName>,
     /// Fingerprint of the request's values for `vary`: which variant this is.
     pub vary_fingerprint: u64,
+    /// Hits served from this copy: with its remaining freshness, what makes
+    /// it worth handing over when this node stops (see `handoff/`).
+    pub hits: AtomicU64,
 }
 
 impl CachedObject {
@@ -81,6 +84,20 @@ impl CachedObject {
     /// How far past freshness it is (zero while fresh).
     pub fn staleness(&self, now: Instant) -> Duration {
         self.age(now).saturating_sub(self.freshness)
+    }
+
+    /// How long it stays fresh from `now` (zero once stale).
+    pub fn remaining_freshness(&self, now: Instant) -> Duration {
+        self.freshness.saturating_sub(self.age(now))
+    }
+
+    /// Count a hit on this copy (one relaxed add: no lock on the hit path).
+    pub fn record_hit(&self) {
+        self.hits.fetch_add(1, Ordering::Relaxed);
+    }
+
+    pub fn hits(&self) -> u64 {
+        self.hits.load(Ordering::Relaxed)
     }
 
     /// Time from arrival until nothing can use it any more.
@@ -397,6 +414,16 @@ impl Store {
         self.cache.run_pending_tasks();
     }
 
+    /// Every object stored, under its key (a variant under its variant key;
+    /// the markers listing variants are left out): what a stopping node
+    /// may hand over.
+    pub fn objects(&self) -> impl Iterator<Item = (Arc<String>, Arc<CachedObject>)> + '_ {
+        self.cache.iter().filter_map(|(key, entry)| match entry {
+            Entry::Object(object) => Some((key, object)),
+            Entry::Variants { .. } => None,
+        })
+    }
+
     pub fn entry_count(&self) -> u64 {
         self.cache.entry_count()
     }
@@ -439,6 +466,7 @@ mod tests {
             revalidation_window: Duration::ZERO,
             vary: vary.iter().map(|h| HeaderName::from_static(h)).collect(),
             vary_fingerprint: fingerprint,
+            hits: AtomicU64::new(0),
         })
     }
 

@@ -271,6 +271,31 @@ pub fn owner_of(me: &str, members: &[String], origin_url: &str, path: &str) -> S
     ring.owner(&key).expect("a member").addr.clone()
 }
 
+/// The peer listeners of clustered nodes, in order.
+pub fn peer_addrs(nodes: &[Ringside]) -> Vec<String> {
+    nodes
+        .iter()
+        .map(|n| n.peer_addr().expect("a peer listener").to_string())
+        .collect()
+}
+
+/// The first `n` paths `{prefix}{k}?{query}` (k = 0, 1, ...) that `owner`
+/// owns in the static cluster of `members`.
+pub fn paths_owned_by(
+    owner: &str,
+    members: &[String],
+    origin_url: &str,
+    prefix: &str,
+    query: &str,
+    n: usize,
+) -> Vec<String> {
+    (0..)
+        .map(|k| format!("{prefix}{k}?{query}"))
+        .filter(|path| owner_of(owner, members, origin_url, path) == owner)
+        .take(n)
+        .collect()
+}
+
 /// The response's `Cache-Status` ("" when it has none).
 pub fn cache_status(r: &Response) -> &str {
     r.header("cache-status").unwrap_or_default()

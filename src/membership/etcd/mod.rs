@@ -11,7 +11,9 @@
 //!
 //! One task per node runs two loops side by side, and owns the
 //! `watch::Sender`:
-//! - **register**: grant a lease (`lease_ttl`), put `prefix + addr` =
+//! - **register**: once this node's peer listener accepts connections (so
+//!   that nobody routes to it before it can answer), grant a lease
+//!   (`lease_ttl`), put `prefix + addr` =
 //!   `{"addr","weight"}` under it, then renew it every TTL/3. A renewal that
 //!   reports the lease gone (etcd was unreachable for longer than the TTL, or
 //!   lost its data) starts over with a new lease and a new put.
@@ -32,7 +34,8 @@
 //! says why in the log at every tenth failure, stays out of the others'
 //! rings, and keeps serving with the list it has (at first, itself alone).
 //!
-//! Leaving: at SIGTERM (`shutdown::leaving`), or when every receiver has
+//! Leaving: at SIGTERM, once the other members were told (`announce.rs`,
+//! at most [`ANNOUNCE_FIRST`] later), or when every receiver has
 //! been dropped, the task revokes its lease, which removes the key at once:
 //! the others' watches take the node out of their rings while it still
 //! drains, instead of routing to it until the lease expires. If the process
@@ -61,15 +64,23 @@ use tokio::sync::{watch, Notify};
 /// that died silently, without a reset, cannot freeze the list forever.
 const WATCH_IDLE: Duration = Duration::from_secs(300);
 
+/// At SIGTERM, the longest the lease is kept while the other members are
+/// told (`announce.rs`): they learn the node still serves before they see it
+/// leave.
+const ANNOUNCE_FIRST: Duration = Duration::from_secs(3);
+
 /// Member weights are capped like the static config's.
 const MAX_WEIGHT: u32 = 100;
 
 /// Members as etcd has them, by key.
 type Members = BTreeMap<Vec<u8>, Member>;
 
+/// Start registering `me` (once `serving`, this node's peer listener,
+/// accepts connections, if given) and watching the members.
 pub async fn start(
     etcd: EtcdMembership,
     me: Member,
+    serving: Option<String>,
 ) -> Result<watch::Receiver<Vec<Member>>, String> {
     let gateway = Gateway::new(&etcd, call_timeout(etcd.lease_ttl))?;
     let range_end = prefix_range_end(etcd.prefix.as_bytes());
@@ -79,6 +90,7 @@ pub async fn start(
         range_end,
         ttl_secs: ttl_secs(etcd.lease_ttl),
         me,
+        serving,
         gateway,
         lease: AtomicI64::new(0),
         registered: AtomicBool::new(false),
@@ -122,6 +134,8 @@ struct Node {
     key: Vec<u8>,
     ttl_secs: i64,
     me: Member,
+    /// This node's peer listener: registered once it accepts connections.
+    serving: Option<String>,
     gateway: Gateway,
     /// The lease our key is (being) put under; 0 = none. Read at exit to revoke it.
     lease: AtomicI64,
@@ -137,7 +151,7 @@ impl Node {
     async fn run(self, tx: watch::Sender<Vec<Member>>) {
         tokio::select! {
             _ = tx.closed() => {}
-            _ = crate::shutdown::leaving() => {}
+            _ = crate::shutdown::left(ANNOUNCE_FIRST) => {}
             never = self.register_loop() => match never {},
             never = self.watch_loop(&tx) => match never {},
         }
@@ -170,6 +184,11 @@ impl Node {
     // ---- register ------------------------------------------------------
 
     async fn register_loop(&self) -> Infallible {
+        if let Some(listener) = &self.serving {
+            if !super::listening(listener).await {
+                warn!("membership (etcd): peer listener {listener} is not up; registering anyway");
+            }
+        }
         let mut backoff = Backoff::new(Duration::from_millis(200), Duration::from_secs(10));
         let mut failures = 0u32;
         loop {

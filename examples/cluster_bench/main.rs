@@ -6,9 +6,15 @@
 //!   target/release/examples/cluster_bench zipf
 //!       origin requests and hit ratio of a 3-node cluster vs 3 independent
 //!       caches, for a Zipf workload over more keys than one node holds
+//!   target/release/examples/cluster_bench rolling | scale-up | double-fills
+//!       origin requests while the membership changes, with handoff and
+//!       previous-owner lookups on and off (see `churn.rs`)
 //!
 //! Built on the demo's machinery (`ringside::demo`): the same sample origin,
 //! the same child-process nodes, the same workload and counters.
+
+mod churn;
+mod etcd;
 
 use clap::{Parser, Subcommand};
 use ringside::demo::cluster::NodeOptions;
@@ -43,6 +49,12 @@ enum Cmd {
     },
     /// Zipf workload over a key space larger than one node's capacity.
     Zipf(ZipfArgs),
+    /// Restart every node in turn under a steady load (static membership).
+    Rolling(churn::ChurnArgs),
+    /// Add a node under a steady load (etcd membership).
+    ScaleUp(churn::ChurnArgs),
+    /// Cold keys on every node while a member joins and one leaves (etcd).
+    DoubleFills(churn::ChurnArgs),
 }
 
 #[derive(clap::Args)]
@@ -83,6 +95,9 @@ fn main() -> ExitCode {
             body_bytes,
         } => runtime.block_on(origin(listen, delay_ms, max_age, body_bytes)),
         Cmd::Zipf(args) => runtime.block_on(zipf(args)),
+        Cmd::Rolling(args) => runtime.block_on(churn::under_load(args, false)),
+        Cmd::ScaleUp(args) => runtime.block_on(churn::under_load(args, true)),
+        Cmd::DoubleFills(args) => runtime.block_on(churn::double_fills(args)),
     };
     runtime.shutdown_timeout(Duration::from_millis(100));
     match outcome {
