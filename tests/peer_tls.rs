@@ -461,7 +461,8 @@ async fn a_mixed_cluster_refuses_clearly_and_serves_from_the_origin() {
     let r = a.get(&path).await;
     assert_eq!(r.status, 200, "{}", r.text());
     assert!(!via_peer(&r), "{}", cache_status(&r));
-    assert_eq!(refusals(&b, "tls").await, 1.0, "B refused a TLS handshake");
+    // (Its JOINED notice at start, `announce.rs`, may have been refused too.)
+    assert!(refusals(&b, "tls").await >= 1.0, "B refused a TLS handshake");
     assert!(refusals(&a, "owner_handshake").await >= 1.0);
     assert!(b.log().contains("mixed cluster"), "{}", b.log());
 
@@ -470,7 +471,7 @@ async fn a_mixed_cluster_refuses_clearly_and_serves_from_the_origin() {
     let r = b.get(&path).await;
     assert_eq!(r.status, 200, "{}", r.text());
     assert!(!via_peer(&r), "{}", cache_status(&r));
-    assert_eq!(refusals(&a, "cleartext").await, 1.0, "A refused cleartext");
+    assert!(refusals(&a, "cleartext").await >= 1.0, "A refused cleartext");
     assert!(a.log().contains("mixed cluster"), "{}", a.log());
     assert!(b.log().contains("tls-required"), "B logs why: {}", b.log());
 
