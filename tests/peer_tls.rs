@@ -462,7 +462,10 @@ async fn a_mixed_cluster_refuses_clearly_and_serves_from_the_origin() {
     assert_eq!(r.status, 200, "{}", r.text());
     assert!(!via_peer(&r), "{}", cache_status(&r));
     // (Its JOINED notice at start, `announce.rs`, may have been refused too.)
-    assert!(refusals(&b, "tls").await >= 1.0, "B refused a TLS handshake");
+    assert!(
+        refusals(&b, "tls").await >= 1.0,
+        "B refused a TLS handshake"
+    );
     assert!(refusals(&a, "owner_handshake").await >= 1.0);
     assert!(b.log().contains("mixed cluster"), "{}", b.log());
 
@@ -471,7 +474,10 @@ async fn a_mixed_cluster_refuses_clearly_and_serves_from_the_origin() {
     let r = b.get(&path).await;
     assert_eq!(r.status, 200, "{}", r.text());
     assert!(!via_peer(&r), "{}", cache_status(&r));
-    assert!(refusals(&a, "cleartext").await >= 1.0, "A refused cleartext");
+    assert!(
+        refusals(&a, "cleartext").await >= 1.0,
+        "A refused cleartext"
+    );
     assert!(a.log().contains("mixed cluster"), "{}", a.log());
     assert!(b.log().contains("tls-required"), "B logs why: {}", b.log());
 
@@ -482,5 +488,47 @@ async fn a_mixed_cluster_refuses_clearly_and_serves_from_the_origin() {
             "{} served a peer",
             node.addr
         );
+    }
+}
+
+/// A TLS node that stops hands its entries to their next owners over TLS:
+/// the others take the leaving node's certificate while it hands over,
+/// though their rings no longer list it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_leaving_node_hands_over_under_tls() {
+    let origin = Origin::start().await;
+    let pki = Pki::new("handoff-ca");
+    let members = addresses(3);
+    let secrets: Vec<Secret> = ["x", "y", "z"].iter().map(|n| pki.secret(n)).collect();
+    let mut nodes = Vec::new();
+    for (me, secret) in members.iter().zip(&secrets) {
+        nodes.push(node(&origin, me, &members, &secret.yaml("")).await);
+    }
+    let paths = common::paths_owned_by(
+        &members[0],
+        &members,
+        &origin.url(),
+        "/tls-handoff",
+        "cc=max-age%3D300",
+        10,
+    );
+    for path in &paths {
+        assert_eq!(nodes[0].get(path).await.status, 200);
+    }
+    nodes[0].terminate().await.expect("node 0 was running");
+    let mut stored = 0.0;
+    for node in &nodes[1..] {
+        stored += node
+            .metric("ringside_handoff_received_total", &["result=\"stored\""])
+            .await;
+    }
+    assert_eq!(stored, paths.len() as f64, "every entry handed over");
+    assert_eq!(
+        all_refusals(&nodes[1]).await + all_refusals(&nodes[2]).await,
+        0.0
+    );
+    for path in &paths {
+        nodes[1].get(path).await;
+        assert_eq!(origin.hits(path), 1, "{path} fetched again");
     }
 }
