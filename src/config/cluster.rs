@@ -77,16 +77,29 @@ pub struct HandoffConfig {
     /// Bound on the bytes sent (entries, most valuable first); 0: no handoff.
     #[serde(deserialize_with = "super::de_size")]
     pub max_bytes: u64,
-    /// Bound on the time the handoff takes; at most `shutdown_grace`.
-    #[serde(deserialize_with = "de_duration")]
-    pub timeout: Duration,
+    /// Bound on the time the handoff takes, at most `shutdown_grace`.
+    /// Not set: 5 s, or `shutdown_grace` when that is shorter.
+    #[serde(deserialize_with = "super::de_opt_duration")]
+    pub timeout: Option<Duration>,
+}
+
+/// The handoff's time bound when `cluster.handoff.timeout` is not set.
+const DEFAULT_HANDOFF_TIMEOUT: Duration = Duration::from_secs(5);
+
+impl HandoffConfig {
+    /// How long the handoff of a process with `shutdown_grace` may take.
+    pub fn time_bound(&self, shutdown_grace: Duration) -> Duration {
+        self.timeout
+            .unwrap_or(DEFAULT_HANDOFF_TIMEOUT)
+            .min(shutdown_grace)
+    }
 }
 
 impl Default for HandoffConfig {
     fn default() -> Self {
         HandoffConfig {
             max_bytes: 128 * 1024 * 1024,
-            timeout: Duration::from_secs(5),
+            timeout: None,
         }
     }
 }
@@ -409,7 +422,9 @@ impl ClusterConfig {
 impl ClusterConfig {
     /// The handoff must fit in the time a stopping process has.
     pub(super) fn validate_handoff(&self, shutdown_grace: Duration) -> Result<(), ConfigError> {
-        let timeout = self.handoff.timeout;
+        let Some(timeout) = self.handoff.timeout else {
+            return Ok(());
+        };
         if !self.enabled || self.handoff.max_bytes == 0 {
             return Ok(());
         }

@@ -883,6 +883,10 @@ mod tests {
         assert_eq!(off.cluster.handoff.max_bytes, 0, "off: no bound to check");
         let on = config("10s", "{max_bytes: 64MiB, timeout: 5s}").unwrap();
         assert_eq!(on.cluster.handoff.max_bytes, 64 << 20);
+        // Not set, the bound follows a short shutdown_grace instead of failing.
+        let short = config("1s", "{max_bytes: 64MiB}").unwrap();
+        let bound = short.cluster.handoff.time_bound(short.shutdown_grace);
+        assert_eq!(bound, std::time::Duration::from_secs(1));
     }
 
     #[test]
