@@ -53,6 +53,10 @@ pub struct ChurnArgs {
     /// cache.capacity of each node.
     #[arg(long, default_value = "64MiB")]
     capacity: String,
+    /// `rolling`: etcd membership, each node coming back on new addresses
+    /// (as pods do), instead of static membership on the same address.
+    #[arg(long)]
+    new_addresses: bool,
     /// The ringside binary (default: next to this example's directory).
     #[arg(long)]
     ringside: Option<PathBuf>,
@@ -72,7 +76,11 @@ struct LoadResult {
 
 /// `rolling` and `scale-up`: both modes, a table, and the RESULT line.
 pub async fn under_load(args: ChurnArgs, scale_up: bool) -> Result<(), String> {
-    let name = if scale_up { "scale-up" } else { "rolling" };
+    let name = match (scale_up, args.new_addresses) {
+        (true, _) => "scale-up",
+        (false, false) => "rolling",
+        (false, true) => "rolling-new-addresses",
+    };
     let mut results = Vec::new();
     for handoff in [true, false] {
         let result = match scale_up {
@@ -116,14 +124,28 @@ pub async fn under_load(args: ChurnArgs, scale_up: bool) -> Result<(), String> {
 }
 
 async fn rolling_once(args: &ChurnArgs, handoff: bool) -> Result<LoadResult, String> {
-    let options = node_options(args, handoff, Membership::Static);
+    let etcd = match args.new_addresses {
+        true => Some(Etcd::start().await?),
+        false => None,
+    };
+    let membership = match &etcd {
+        Some(etcd) => Membership::Etcd {
+            endpoint: etcd.url.clone(),
+            prefix: format!("/ringside-rolling-{}/", u8::from(handoff)),
+        },
+        None => Membership::Static,
+    };
+    let options = node_options(args, handoff, membership);
     let mut run = Loaded::start(args, &options).await?;
     run.wait(args.settle_secs).await;
     run.mark();
     for i in 0..args.nodes {
         println!("  restarting node {}", i + 1);
         run.take_out(i);
-        run.nodes.restart(i).await?;
+        match etcd {
+            Some(_) => run.nodes.replace(i).await?,
+            None => run.nodes.restart(i).await?,
+        }
         run.put_back(i);
         run.nodes.wait_for_ring(args.nodes).await?;
         run.wait(args.gap_secs).await;

@@ -156,6 +156,25 @@ impl Nodes {
         node.wait_until_ready().await
     }
 
+    /// Stop node `i` (SIGTERM, waiting for the exit) and start a new process
+    /// in its place on new addresses, as a Kubernetes pod comes back with a
+    /// new IP (etcd membership: the new one registers, the old one's lease
+    /// is revoked); ready when this returns.
+    pub async fn replace(&mut self, i: usize) -> Result<(), String> {
+        if !matches!(self.options.membership, Membership::Etcd { .. }) {
+            return Err("only a cluster with etcd membership can move a node".into());
+        }
+        let node = &mut self.nodes[i];
+        node.signal_stop();
+        node.wait_stopped().await?;
+        let ports = free_ports(3)?;
+        self.launch(ports[0], ports[1], ports[2], &[])?;
+        let node = self.nodes.pop().expect("just launched");
+        let config = self.configs.pop().expect("just launched");
+        (self.nodes[i], self.configs[i]) = (node, config);
+        self.nodes[i].wait_until_ready().await
+    }
+
     /// SIGTERM node `i` without waiting (it leaves, hands over, drains);
     /// [`RingsideProcess::wait_stopped`] on it waits for the exit.
     pub fn signal_stop(&mut self, i: usize) {
