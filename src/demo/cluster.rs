@@ -122,10 +122,13 @@ impl Nodes {
         if options.clustered {
             yaml.push_str(&cluster_yaml(peer, peers, &self.secret, options));
         }
-        let i = self.nodes.len();
-        let path = self.dir.join(format!("node-{}.yaml", i + 1));
+        // Node numbers are never reused (a replaced node's file stays).
+        let number = (self.nodes.len() + 1..)
+            .find(|n| !self.dir.join(format!("node-{n}.yaml")).exists())
+            .expect("a free number");
+        let path = self.dir.join(format!("node-{number}.yaml"));
         write_private(&path, &yaml)?;
-        let name = format!("node {}", i + 1);
+        let name = format!("node {number}");
         let node = RingsideProcess::start(&name, &self.exe, &path, proxy, admin)?;
         self.nodes.push(node);
         self.configs.push(path);
