@@ -273,8 +273,15 @@ impl OriginClient {
                 if let Some(body) = &body {
                     session.write_request_body(body.clone(), false).await?;
                 }
-                session.finish_request_body().await?;
-                read_final_header(&mut session).await
+                // An HTTP/2 peer may answer a GET and close its stream before
+                // our end-of-stream frame goes out ("inactive stream"): its
+                // answer is what counts. Retrying instead would resend a
+                // signed request it has served, which it refuses as a replay.
+                let finished = session.finish_request_body().await;
+                match read_final_header(&mut session).await {
+                    Ok(()) => Ok(()),
+                    Err(e) => finished.and(Err(e)),
+                }
             }
             .await;
             match sent {

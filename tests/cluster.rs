@@ -835,16 +835,7 @@ async fn a_peer_that_refuses_us_costs_no_client_errors() {
 async fn peers_can_talk_http2_over_cleartext() {
     let origin = Origin::start().await;
     let extra = "  peer_protocol: h2c\n  hot: {fraction: 0}\n";
-    // A peer slower than peer_timeout is skipped for the origin (by design);
-    // on a loaded machine 1 s is not enough for every first h2c exchange.
-    let peers: Vec<String> = (0..3)
-        .map(|_| format!("127.0.0.1:{}", free_port()))
-        .collect();
-    let mut nodes = Vec::new();
-    for me in &peers {
-        let yaml = cluster_yaml(me, &peers, extra).replace("peer_timeout: 1s", "peer_timeout: 10s");
-        nodes.push(Ringside::start(&origin.url(), &yaml).await);
-    }
+    let nodes = start_cluster(&origin.url(), 3, extra).await;
     for k in 0..20 {
         for node in &nodes {
             let r = node.get(&format!("/h2/{k}?cc=max-age%3D60")).await;
