@@ -58,7 +58,8 @@ pub async fn leaving(
 pub async fn joined(client: &OriginClient, cluster: &Cluster, origin: &str, peer_listen: &str) {
     let started = async {
         let ready = || async { !others(cluster).is_empty() };
-        crate::membership::listening(peer_listen).await && wait_until(ready).await
+        crate::membership::listening(peer_listen).await
+            && crate::membership::poll_until(ready).await
     };
     if !started.await {
         log::debug!(
@@ -146,21 +147,6 @@ async fn notify(
             false
         }
     }
-}
-
-/// Poll `condition` (every 50 ms, for a minute at most); whether it held.
-async fn wait_until<F, Fut>(mut condition: F) -> bool
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = bool>,
-{
-    for _ in 0..1200 {
-        if condition().await {
-            return true;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    false
 }
 
 #[cfg(test)]

@@ -54,11 +54,21 @@ pub async fn start_serving(
     Ok(rx)
 }
 
-/// Wait until something accepts connections at `addr` (polling every
-/// 50 ms, for a minute at most); whether it did.
+/// Wait until something accepts connections at `addr`; whether it did
+/// (see [`poll_until`]).
 pub(crate) async fn listening(addr: &str) -> bool {
+    poll_until(|| async { tokio::net::TcpStream::connect(addr).await.is_ok() }).await
+}
+
+/// Poll `condition` every 50 ms, for a minute at most; whether it held.
+/// For a node's own start-up (its listener, its ring), not for requests.
+pub(crate) async fn poll_until<F, Fut>(mut condition: F) -> bool
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
     for _ in 0..1200 {
-        if tokio::net::TcpStream::connect(addr).await.is_ok() {
+        if condition().await {
             return true;
         }
         tokio::time::sleep(std::time::Duration::from_millis(50)).await;
