@@ -11,13 +11,11 @@
 # Starts the sample origin and a 2-node cluster (hot fraction 0, so A never
 # mirrors B's keys), warms KEYS keys through A, sorts them by the
 # Cache-Status A answers (`detail=peer`: owned by B), then runs wrk --latency
-# against A for each set. Every process is stopped by PID on exit.
-#
-# B remembers the nonces of the last 32,768 peer requests for a minute; at
-# the ~30k hops/s of this loop a longer run overflows that table, B answers
-# 503 and A serves those keys from the origin and its own cache, which is
-# not a hop. So the runs are short, and the script says when not every
-# request hopped.
+# against A for each set. Besides latency and throughput it prints the CPU
+# time A and B used per request (user + system, from /proc): on a shared
+# machine that varies less from run to run than requests/s does. Every
+# process is stopped by PID on exit; the script says when not every request
+# for B's keys hopped.
 set -euo pipefail
 
 DURATION=${DURATION:-1s}
@@ -148,12 +146,20 @@ to_us() { # wrk latency (e.g. 412.00us, 1.20ms, 2.00s) -> microseconds
     awk -v v="$1" 'BEGIN{ n=v+0; if (v ~ /us$/) m=1; else if (v ~ /ms$/) m=1000; else m=1000000; printf "%.0f", n*m }'
 }
 peer_before=$(curl -sf "http://$A_ADMIN/metrics" | awk '/^ringside_requests_total/ && /result="peer"/{s+=$2} END{print s+0}')
-declare -A P50 P99 RPS
+# CPU time (user + system, in clock ticks) a process has used so far.
+cpu_ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; }
+TICK_US=$((1000000 / $(getconf CLK_TCK)))
+A_PID=${PIDS[1]}; B_PID=${PIDS[2]}
+declare -A P50 P99 RPS CPU_A CPU_B
 for kind in local peer; do
+    a0=$(cpu_ticks "$A_PID"); b0=$(cpu_ticks "$B_PID")
     wrk -t1 -c"$CONNS" -d"$DURATION" --latency -s "$WORK/$kind.txt.lua" "http://$A" >"$WORK/$kind.wrk"
     P50[$kind]=$(to_us "$(awk '$1=="50%"{print $2}' "$WORK/$kind.wrk")")
     P99[$kind]=$(to_us "$(awk '$1=="99%"{print $2}' "$WORK/$kind.wrk")")
     RPS[$kind]=$(awk '$1=="Requests/sec:"{printf "%.0f", $2}' "$WORK/$kind.wrk")
+    n=$(awk '/requests in/{print $1}' "$WORK/$kind.wrk")
+    CPU_A[$kind]=$(awk -v t="$(( $(cpu_ticks "$A_PID") - a0 ))" -v u="$TICK_US" -v n="$n" 'BEGIN{printf "%.1f", t*u/n}')
+    CPU_B[$kind]=$(awk -v t="$(( $(cpu_ticks "$B_PID") - b0 ))" -v u="$TICK_US" -v n="$n" 'BEGIN{printf "%.1f", t*u/n}')
     errors=$(awk '/Non-2xx|Socket errors/' "$WORK/$kind.wrk")
     [ -z "$errors" ] || echo "$kind: $errors"
 done
@@ -162,9 +168,9 @@ peer_after=$(curl -sf "http://$A_ADMIN/metrics" | awk '/^ringside_requests_total
 echo
 tls_note=""; if [ "$PEER_TLS" = 1 ]; then tls_note=", peers on mutual TLS"; fi
 echo "peer hop vs local hit: 2-node cluster, hot fraction 0, $PEER_PROTOCOL$tls_note, wrk -t1 -c$CONNS -d$DURATION, ${BODY_BYTES}-byte bodies, $(nproc) CPUs"
-printf '%-28s %10s %10s %12s\n' "" "p50 (us)" "p99 (us)" "requests/s"
-printf '%-28s %10s %10s %12s\n' "local hit (A owns the key)" "${P50[local]}" "${P99[local]}" "${RPS[local]}"
-printf '%-28s %10s %10s %12s\n' "peer hop (B owns the key)" "${P50[peer]}" "${P99[peer]}" "${RPS[peer]}"
+printf '%-28s %10s %10s %12s %14s %14s\n' "" "p50 (us)" "p99 (us)" "requests/s" "A CPU us/req" "B CPU us/req"
+printf '%-28s %10s %10s %12s %14s %14s\n' "local hit (A owns the key)" "${P50[local]}" "${P99[local]}" "${RPS[local]}" "${CPU_A[local]}" "${CPU_B[local]}"
+printf '%-28s %10s %10s %12s %14s %14s\n' "peer hop (B owns the key)" "${P50[peer]}" "${P99[peer]}" "${RPS[peer]}" "${CPU_A[peer]}" "${CPU_B[peer]}"
 echo "added latency of the hop at p50: $((P50[peer] - P50[local])) us"
 hops=$((peer_after - peer_before))
 sent=$(awk '/requests in/{print $1}' "$WORK/peer.wrk")

@@ -291,6 +291,9 @@ async fn run(
         }
     }
     match not_storable_because(&job, &whole, &response) {
+        None if reads_whole(&job, &response) => {
+            store_whole(filler, flight, job, whole, response, leader).await
+        }
         None => store_streaming(filler, flight, job, whole, response, leader).await,
         Some(reason) => {
             flight.complete(Outcome::NotStored);
@@ -384,6 +387,70 @@ struct Whole {
     request_headers: http::HeaderMap,
 }
 
+/// Bodies announced (by Content-Length) at most this long are read whole
+/// before anyone is answered: they arrive in a segment or a few, and the
+/// leader is then answered like a hit, without a stream of its own. The
+/// usual case is a peer hop, whose answer comes from the owner's cache.
+const READ_WHOLE_UP_TO: u64 = 16 * 1024;
+
+/// Whether this storable response is read whole before answering (see
+/// [`READ_WHOLE_UP_TO`]).
+fn reads_whole(job: &Job, response: &OriginResponse) -> bool {
+    response
+        .content_length()
+        .is_some_and(|n| n <= READ_WHOLE_UP_TO.min(job.max_object_size))
+}
+
+/// Read a small storable response whole, store it, and answer the leader
+/// and the followers with it. A body that breaks off is a failed fill for
+/// everyone, the leader included: no head has gone out yet.
+async fn store_whole(
+    filler: Arc<Filler>,
+    flight: Flight<String, Outcome>,
+    job: Job,
+    whole: Whole,
+    mut response: OriginResponse,
+    leader: Option<oneshot::Sender<LeaderResult>>,
+) {
+    let announced = response.content_length().unwrap_or(0);
+    let mut body = BytesMut::with_capacity(announced as usize);
+    loop {
+        match response.read_chunk().await {
+            Ok(Some(chunk)) if (body.len() + chunk.len()) as u64 <= announced => {
+                flight.progress();
+                body.extend_from_slice(&chunk);
+            }
+            // More than announced: pingora's framing never gives that; refuse it.
+            Ok(Some(_)) => {
+                response.finish(&filler.client).await;
+                return publish(
+                    flight,
+                    leader,
+                    failure(job.stale.as_ref(), FetchError::Unreachable),
+                );
+            }
+            Ok(None) => break,
+            Err(e) => {
+                response.finish(&filler.client).await;
+                return publish(flight, leader, failure(job.stale.as_ref(), e));
+            }
+        }
+    }
+    let body = footprint::exact_body(body);
+    let object = build_object(&mut response, body, &whole.request_headers, &job.rules);
+    response.finish(&filler.client).await;
+    if let Some(store) = &whole.store {
+        let variant = variant_key(&job.key, &object);
+        store.insert_fetched(whole.since, &job.key, variant, object.clone());
+    }
+    let outcome = Outcome::Fetched {
+        object,
+        revalidated: false,
+        source: whole.source,
+    };
+    publish(flight, leader, outcome);
+}
+
 /// Read a storable response whole for the cache while streaming it to the
 /// leader, then store it and hand it to the followers. Bytes flowing count as
 /// progress, so followers wait for a slow but healthy body (`collapse_timeout`
@@ -447,7 +514,7 @@ async fn store_streaming(
         }
     }
     let body = footprint::exact_body(body);
-    let object = build_object(&response, body, &whole.request_headers, &job.rules);
+    let object = build_object(&mut response, body, &whole.request_headers, &job.rules);
     response.finish(&filler.client).await;
     if let Some(store) = &whole.store {
         let variant = variant_key(&job.key, &object);
@@ -838,12 +905,17 @@ fn has_body(status: http::StatusCode) -> bool {
 
 /// Turn an origin response and its body into a stored object.
 fn build_object(
-    response: &OriginResponse,
+    response: &mut OriginResponse,
     body: Bytes,
     request_headers: &http::HeaderMap,
     rules: &RuleOptions,
 ) -> Arc<CachedObject> {
-    let mut header = response.header.clone();
+    // The object takes the head: the response is only finished after this.
+    let empty = ResponseHeader::build(response.header.status, Some(0));
+    let mut header = match empty {
+        Ok(empty) => std::mem::replace(&mut response.header, empty),
+        Err(_) => response.header.clone(),
+    };
     // The stored copy is sent with a known length, whatever the origin's framing was
     // (a 204 has no body and may not carry a length, RFC 9110 §8.6).
     if has_body(header.status) {

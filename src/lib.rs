@@ -20,6 +20,7 @@ pub mod demo;
 pub(crate) mod fill;
 pub(crate) mod handoff;
 pub(crate) mod hot;
+pub(crate) mod idle_pool;
 pub mod inject;
 pub(crate) mod invalidate;
 pub(crate) mod keys;

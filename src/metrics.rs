@@ -538,6 +538,14 @@ pub static VARIANTS_REPLACED: Lazy<IntCounter> = Lazy::new(|| {
     )
 });
 
+pub static FILL_IDLE_CONNECTIONS: Lazy<IntGauge> = Lazy::new(|| {
+    gauge(
+        "ringside_fill_idle_connections",
+        "Idle HTTP/1 keep-alive connections the fill client holds to origins and peers \
+         (at most 128 per target).",
+    )
+});
+
 pub static RESPONSE_BODY_BYTES: Lazy<IntGauge> = Lazy::new(|| {
     gauge(
         "ringside_response_body_bytes",
@@ -815,6 +823,7 @@ pub fn init(capacity_bytes: u64) {
         Lazy::force(m);
     }
     Lazy::force(&RESPONSE_BODY_BYTES);
+    Lazy::force(&FILL_IDLE_CONNECTIONS);
     for result in ["hit", "miss", "error"] {
         PREVIOUS_OWNER_LOOKUPS.with_label_values(&[result]);
     }

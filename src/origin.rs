@@ -4,8 +4,9 @@
 //! address and connection options; the reverse-proxy origin and each
 //! forward-proxy allowlist entry are one each. Both the pass-through path
 //! (pingora's proxy, via [`OriginTarget::peer`]) and cache fills
-//! ([`OriginClient::fetch`]) connect through pingora connectors, which keep
-//! idle keep-alive connections pooled per target.
+//! ([`OriginClient::fetch`]) connect through pingora connectors. Idle
+//! keep-alive connections are pooled per target: by pingora for the
+//! pass-through path and HTTP/2, by [`IdlePool`] for fills over HTTP/1.
 //!
 //! Fills use their own client rather than pingora's proxy phase because a
 //! fill must outlive the client that triggered it: it runs in a spawned task
@@ -13,13 +14,15 @@
 //! disconnects (see `fill.rs`).
 
 use crate::config::{Config, OriginUrl};
+use crate::idle_pool::IdlePool;
 use crate::peer_tls::PeerTls;
 use bytes::Bytes;
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use pingora::connectors::http::Connector;
 use pingora::http::{RequestHeader, ResponseHeader};
 use pingora::protocols::http::client::HttpSession;
-use pingora::upstreams::peer::HttpPeer;
+use pingora::protocols::http::v1::client::HttpSession as Http1Session;
+use pingora::upstreams::peer::{HttpPeer, Peer};
 use pingora::{Error, ErrorType};
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
@@ -135,6 +138,7 @@ impl FetchError {
 /// and with `cluster.tls` the TLS every request to a peer goes over.
 pub struct OriginClient {
     connector: Connector,
+    idle: IdlePool,
     peer_tls: Option<Arc<PeerTls>>,
 }
 
@@ -142,6 +146,8 @@ pub struct OriginClient {
 pub struct OriginResponse {
     session: HttpSession,
     peer: HttpPeer,
+    /// The peer's `reuse_hash`: which idle connections it may reuse.
+    target: u64,
     idle_timeout: Duration,
     pub header: ResponseHeader,
     pub request_time: SystemTime,
@@ -154,6 +160,7 @@ impl OriginClient {
     pub fn new(peer_tls: Option<Arc<PeerTls>>) -> OriginClient {
         OriginClient {
             connector: Connector::new(None),
+            idle: IdlePool::default(),
             peer_tls,
         }
     }
@@ -260,10 +267,19 @@ impl OriginClient {
         idle_timeout: Duration,
     ) -> pingora::Result<OriginResponse> {
         let request_time = SystemTime::now();
+        let target = peer.reuse_hash();
         // A pooled connection may have been closed by the origin while idle;
         // for these idempotent fills one retry on a fresh connection is safe.
+        // The other idle ones to this target are likely dead too (the peer
+        // restarted, say): they are closed, not tried.
         for attempt in 0..2 {
-            let (mut session, reused) = self.connector.get_http_session(&peer).await?;
+            let (mut session, reused) = match attempt {
+                0 => self.session(&peer, target).await?,
+                _ => {
+                    self.idle.clear(target);
+                    self.connector.get_http_session(&peer).await?
+                }
+            };
             session.set_read_timeout(Some(read_timeout));
             session.set_write_timeout(Some(read_timeout));
             let sent = async {
@@ -293,6 +309,7 @@ impl OriginClient {
                     return Ok(OriginResponse {
                         session,
                         peer,
+                        target,
                         idle_timeout,
                         header,
                         request_time,
@@ -304,6 +321,18 @@ impl OriginClient {
             }
         }
         Error::e_explain(ErrorType::ConnectError, "origin connection failed twice")
+    }
+
+    /// A session to `peer`: on an idle HTTP/1 connection of ours, or from
+    /// pingora's connector (HTTP/2, or a new connection). True if reused.
+    async fn session(&self, peer: &HttpPeer, target: u64) -> pingora::Result<(HttpSession, bool)> {
+        match self.idle.take(target) {
+            Some(stream) => {
+                let session = Http1Session::new_with_options(stream, peer);
+                Ok((HttpSession::H1(session), true))
+            }
+            None => self.connector.get_http_session(peer).await,
+        }
     }
 }
 
@@ -351,32 +380,45 @@ impl OriginResponse {
 
     /// Return the connection to the pool once the body has been read whole;
     /// otherwise close it (a half-read connection cannot be reused).
-    pub async fn finish(mut self, connector: &OriginClient) {
-        if self.session.response_done() {
-            connector
-                .connector
-                .release_http_session(self.session, &self.peer, Some(self.idle_timeout))
-                .await;
-        } else {
-            self.session.shutdown().await;
+    pub async fn finish(self, client: &OriginClient) {
+        let mut session = self.session;
+        if !session.response_done() {
+            return session.shutdown().await;
+        }
+        match session {
+            HttpSession::H1(mut session) => {
+                session.respect_keepalive();
+                if let Some(stream) = session.reuse().await {
+                    client.idle.put(self.target, stream, self.idle_timeout);
+                }
+            }
+            session => {
+                client
+                    .connector
+                    .release_http_session(session, &self.peer, Some(self.idle_timeout))
+                    .await
+            }
         }
     }
 }
 
 /// Headers that describe one connection, not the message (RFC 9110 §7.6.1).
-const HOP_BY_HOP: [&str; 9] = [
-    "connection",
-    "keep-alive",
-    "proxy-connection",
-    "proxy-authenticate",
-    "proxy-authorization",
-    "te",
-    "trailer",
-    "transfer-encoding",
-    "upgrade",
-];
+static HOP_BY_HOP: once_cell::sync::Lazy<[HeaderName; 9]> = once_cell::sync::Lazy::new(|| {
+    [
+        header::CONNECTION,
+        HeaderName::from_static("keep-alive"),
+        HeaderName::from_static("proxy-connection"),
+        header::PROXY_AUTHENTICATE,
+        header::PROXY_AUTHORIZATION,
+        header::TE,
+        header::TRAILER,
+        header::TRANSFER_ENCODING,
+        header::UPGRADE,
+    ]
+});
 
-/// The hop-by-hop headers present, including those the Connection header names.
+/// The hop-by-hop headers present, including those the Connection header
+/// names. Allocates nothing when there are none (the usual case).
 pub fn hop_by_hop_names(headers: &HeaderMap) -> Vec<HeaderName> {
     let nominated = headers
         .get_all(header::CONNECTION)
@@ -384,7 +426,7 @@ pub fn hop_by_hop_names(headers: &HeaderMap) -> Vec<HeaderName> {
         .filter_map(|v| v.to_str().ok())
         .flat_map(|v| v.split(','))
         .filter_map(|name| HeaderName::from_bytes(name.trim().as_bytes()).ok());
-    let standard = HOP_BY_HOP.iter().map(|n| HeaderName::from_static(n));
+    let standard = HOP_BY_HOP.iter().cloned();
     nominated
         .chain(standard)
         .filter(|n| headers.contains_key(n))

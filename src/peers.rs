@@ -87,6 +87,7 @@ use std::fmt;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use subtle::ConstantTimeEq;
 
 pub static ORIGIN: HeaderName = HeaderName::from_static("x-ringside-origin");
 pub static FROM: HeaderName = HeaderName::from_static("x-ringside-from");
@@ -221,14 +222,15 @@ pub struct Envelope<'a> {
 impl Envelope<'_> {
     /// The envelope as protocol headers (to add before signing).
     pub fn headers(&self) -> Vec<(HeaderName, HeaderValue)> {
+        let nonce = format!("{:032x}", self.nonce);
         [
-            (&FROM, self.from.to_string()),
-            (&TO, self.to.to_string()),
-            (&TIMESTAMP, self.timestamp.to_string()),
-            (&NONCE, format!("{:032x}", self.nonce)),
+            (&FROM, HeaderValue::from_str(self.from).ok()),
+            (&TO, HeaderValue::from_str(self.to).ok()),
+            (&TIMESTAMP, Some(HeaderValue::from(self.timestamp))),
+            (&NONCE, HeaderValue::from_str(&nonce).ok()),
         ]
         .into_iter()
-        .filter_map(|(name, value)| Some((name.clone(), HeaderValue::from_str(&value).ok()?)))
+        .filter_map(|(name, value)| Some((name.clone(), value?)))
         .collect()
     }
 }
@@ -277,8 +279,15 @@ impl PeerAuth {
     /// The signature of a request whose headers already carry its envelope
     /// (and everything else it will be sent with, but `host`).
     pub fn sign(&self, method: &str, path: &str, headers: &HeaderMap) -> HeaderValue {
-        let tag = hmac::sign(&self.key, &canonical(method, path, headers));
+        let tag = self.tag(method, path, headers);
         HeaderValue::from_str(&BASE64.encode(tag.as_ref())).expect("base64 is a valid header")
+    }
+
+    /// The HMAC of what a signature covers, fed to it piece by piece.
+    fn tag(&self, method: &str, path: &str, headers: &HeaderMap) -> hmac::Tag {
+        let mut context = hmac::Context::with_key(&self.key);
+        canonical(method, path, headers, |piece| context.update(piece));
+        context.sign()
     }
 
     /// Check a request as it arrived at the node whose address is `me`, at
@@ -312,8 +321,10 @@ impl PeerAuth {
             return Err(Refusal::Expired);
         }
         let tag = BASE64.decode(sig).map_err(|_| Refusal::BadSignature)?;
-        hmac::verify(&self.key, &canonical(method, path, headers), &tag)
-            .map_err(|_| Refusal::BadSignature)?;
+        let expected = self.tag(method, path, headers);
+        if !bool::from(expected.as_ref().ct_eq(&tag)) {
+            return Err(Refusal::BadSignature);
+        }
         if to != me {
             return Err(Refusal::NotForMe);
         }
@@ -331,34 +342,33 @@ fn parse_nonce(text: &str) -> Option<u128> {
     hex.then(|| u128::from_str_radix(text, 16).ok()).flatten()
 }
 
-/// What a signature covers (see the module documentation).
-fn canonical(method: &str, path: &str, headers: &HeaderMap) -> Vec<u8> {
-    let purge = match (method, headers.contains_key(&PURGE_PREFIX)) {
-        ("PURGE", true) => "prefix",
-        ("PURGE", false) => "key",
-        _ => "none",
+/// What a signature covers (see the module documentation), handed to
+/// `out` in pieces: lines of `name: value` or the request's own parts.
+fn canonical(method: &str, path: &str, headers: &HeaderMap, mut out: impl FnMut(&[u8])) {
+    let purge: &[u8] = match (method, headers.contains_key(&PURGE_PREFIX)) {
+        ("PURGE", true) => b"purge: prefix",
+        ("PURGE", false) => b"purge: key",
+        _ => b"purge: none",
     };
     let body = headers
         .get(&BODY_SHA256)
         .map_or(EMPTY_BODY_SHA256.as_bytes(), |v| v.as_bytes());
-    let mut out = Vec::with_capacity(512);
     for line in [
-        "ringside-peer-v2".as_bytes(),
-        method.as_bytes(),
-        path.as_bytes(),
-        format!("purge: {purge}").as_bytes(),
-        &[&b"body-sha256: "[..], body].concat(),
+        &[b"ringside-peer-v2".as_slice()][..],
+        &[method.as_bytes()],
+        &[path.as_bytes()],
+        &[purge],
+        &[b"body-sha256: ", body],
     ] {
-        out.extend_from_slice(line);
-        out.push(b'\n');
+        line.iter().for_each(|piece| out(piece));
+        out(b"\n");
     }
     for (name, value) in signed_headers(headers) {
-        out.extend_from_slice(name.as_str().as_bytes());
-        out.push(b':');
-        out.extend_from_slice(value.as_bytes().trim_ascii());
-        out.push(b'\n');
+        out(name.as_str().as_bytes());
+        out(b":");
+        out(value.as_bytes().trim_ascii());
+        out(b"\n");
     }
-    out
 }
 
 /// The header fields a signature covers, sorted by name (stable: repeated

@@ -377,6 +377,48 @@ async fn a_restarted_peer_is_used_again_after_its_backoff() {
     );
 }
 
+/// The connections a node keeps to a peer for its hops all die when the
+/// peer restarts. The first hop after the restart must still reach the
+/// peer: dead idle connections are dropped, or retried once on a new one,
+/// never counted as the peer failing (which would send keys to the origin
+/// and put the peer in a backoff).
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn hops_after_a_peer_restart_reach_it_at_once() {
+    let origin = Origin::start().await;
+    let extra = "  hot: {fraction: 0}\n";
+    let mut nodes = start_cluster(&origin.url(), 2, extra).await;
+    let peers = peer_addrs(&nodes);
+    let owned: Vec<String> = (0..)
+        .map(|k| format!("/idle{k}?cc=max-age%3D60"))
+        .filter(|k| owner_of(&peers[0], &peers, &origin.url(), k) == peers[1])
+        .take(12)
+        .collect();
+    // Concurrent hops leave several idle connections to the peer.
+    let (a, warm) = (nodes[0].addr, &owned[..8]);
+    let answers = futures::future::join_all(warm.iter().map(|p| common::get(a, p))).await;
+    for (path, r) in warm.iter().zip(answers) {
+        let r = r.unwrap();
+        assert!(cache_status(&r).contains("detail=peer"), "{path}: {r:?}");
+    }
+    nodes[1].restart().await;
+    for path in &owned[8..] {
+        let r = nodes[0].get(path).await;
+        assert_eq!(r.status, 200, "{}", r.text());
+        assert!(
+            cache_status(&r).contains("detail=peer"),
+            "{path} did not hop: {r:?}\n{}",
+            diag(&nodes).await
+        );
+    }
+    let errors = nodes[0]
+        .metric("ringside_peer_requests_total", &["outcome=\"error\""])
+        .await;
+    assert_eq!(
+        errors, 0.0,
+        "a dead idle connection counted as the peer failing"
+    );
+}
+
 // ---- disagreeing member lists ----
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]

@@ -308,7 +308,9 @@ async fn broken_origin() -> RawServer {
         let cacheable = "HTTP/1.1 200 OK\r\nCache-Control: max-age=60\r\n";
         let answer = match target(&head).as_str() {
             "/truncated" => format!("{cacheable}Content-Length: 100\r\n\r\nshort"),
-            "/stall" => format!("{cacheable}Content-Length: 100\r\n\r\n0123456789"),
+            // Past the 16 KiB read whole before answering: streamed.
+            "/stall" => format!("{cacheable}Content-Length: 100000\r\n\r\n0123456789"),
+            "/stall-small" => format!("{cacheable}Content-Length: 100\r\n\r\n0123456789"),
             "/truncated-nostore" => "HTTP/1.1 200 OK\r\nCache-Control: no-store\r\n\
                                      Content-Length: 100\r\n\r\nshort"
                 .into(),
@@ -327,7 +329,7 @@ async fn broken_origin() -> RawServer {
             _ => String::new(), // "/hangup": closed without a word
         };
         let _ = stream.write_all(answer.as_bytes()).await;
-        if target(&head) == "/stall" {
+        if target(&head).starts_with("/stall") {
             // Stalls mid-body, holding the connection, until the test ends.
             std::future::pending::<()>().await;
         }
@@ -373,9 +375,10 @@ async fn broken_origin_responses_are_errors_and_never_stored() {
     assert!(rs.is_running());
 }
 
-/// A cacheable body streams to its client as it arrives, so an origin that
-/// stalls mid-body cuts the response once `read_timeout` (2 s here) passes
-/// without a byte: the client sees a cut connection, nothing is stored.
+/// A cacheable body past 16 KiB streams to its client as it arrives, so an
+/// origin that stalls mid-body cuts the response once `read_timeout` (2 s
+/// here) passes without a byte: the client sees a cut connection, nothing
+/// is stored.
 #[tokio::test]
 async fn an_origin_stalling_mid_body_cuts_the_response_at_read_timeout() {
     let origin = broken_origin().await;
@@ -387,6 +390,32 @@ async fn an_origin_stalling_mid_body_cuts_the_response_at_read_timeout() {
         .expect("no hang");
     let took = started.elapsed();
     assert!(r.is_err(), "a stalled body was delivered as {r:?}");
+    assert!(
+        took >= Duration::from_millis(1800) && took < Duration::from_millis(3500),
+        "{took:?}"
+    );
+    assert_eq!(rs.metric("ringside_cache_entries", &[]).await, 0.0);
+}
+
+/// A small cacheable body (16 KiB or less announced) is read whole before
+/// its head goes out, so an origin that stalls mid-body gets the client a
+/// 504 once `read_timeout` (2 s here) passes without a byte; nothing is
+/// stored.
+#[tokio::test]
+async fn an_origin_stalling_mid_small_body_is_a_504_at_read_timeout() {
+    let origin = broken_origin().await;
+    let rs = Ringside::start(&format!("http://{}", origin.addr), "").await;
+    let started = Instant::now();
+    let mut conn = Conn::connect(rs.addr).await.unwrap();
+    let r = tokio::time::timeout(
+        Duration::from_secs(5),
+        conn.request("GET", "/stall-small", &[]),
+    )
+    .await
+    .expect("no hang")
+    .expect("an answer, not a cut connection");
+    let took = started.elapsed();
+    assert_eq!(r.status, 504, "{}", r.text());
     assert!(
         took >= Duration::from_millis(1800) && took < Duration::from_millis(3500),
         "{took:?}"
