@@ -65,9 +65,15 @@ fn matches(value: Option<&[u8]>, token: &str) -> bool {
     value.is_some_and(|v| bool::from(v.ct_eq(token.as_bytes())))
 }
 
+/// [`HEADER`] as a name, parsed once: every request is asked for it.
+static HEADER_NAME: Lazy<http::HeaderName> = Lazy::new(|| http::HeaderName::from_static(HEADER));
+
 /// Is this request this process's own readiness probe?
 pub fn is_probe(req: &RequestHeader) -> bool {
-    matches(req.headers.get(HEADER).map(|v| v.as_bytes()), &TOKENS.asked)
+    matches(
+        req.headers.get(&*HEADER_NAME).map(|v| v.as_bytes()),
+        &TOKENS.asked,
+    )
 }
 
 /// Answer the probe: 204 with this process's answer token. Returns

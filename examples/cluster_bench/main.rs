@@ -79,6 +79,9 @@ struct ZipfArgs {
     /// cluster.hot.fraction of the cluster's nodes.
     #[arg(long, default_value_t = 0.1)]
     hot_fraction: f64,
+    /// cluster.hot.min_rate (requests/s on one node) of the cluster's nodes.
+    #[arg(long, default_value_t = 1.0)]
+    hot_min_rate: f64,
     /// The ringside binary (default: next to this example's directory).
     #[arg(long)]
     ringside: Option<PathBuf>,
@@ -186,6 +189,7 @@ async fn zipf(args: ZipfArgs) -> Result<(), String> {
         clustered: true,
         capacity: args.capacity.clone(),
         hot_fraction: args.hot_fraction,
+        hot_min_rate: args.hot_min_rate,
         ..NodeOptions::default()
     };
     let independent_opts = NodeOptions {
@@ -208,7 +212,7 @@ async fn zipf(args: ZipfArgs) -> Result<(), String> {
 
     println!(
         "\nzipf: {} requests from {} clients over {} nodes; {} keys of {} bytes (Zipf s={}); \
-         capacity {} per node; hot fraction {} in the cluster",
+         capacity {} per node; hot fraction {} and min rate {}/s in the cluster",
         args.requests,
         args.clients,
         n,
@@ -216,7 +220,8 @@ async fn zipf(args: ZipfArgs) -> Result<(), String> {
         args.body_bytes,
         args.zipf_s,
         args.capacity,
-        args.hot_fraction
+        args.hot_fraction,
+        args.hot_min_rate
     );
     println!("\n{}", report::node_table(&cluster_name, &cluster.views));
     println!(

@@ -298,7 +298,7 @@ impl Default for HotConfig {
     fn default() -> Self {
         HotConfig {
             fraction: 0.1,
-            min_rate: 5.0,
+            min_rate: 1.0,
         }
     }
 }

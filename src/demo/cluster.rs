@@ -55,7 +55,7 @@ impl Default for NodeOptions {
             capacity: "64MiB".into(),
             max_object_size: "1MiB".into(),
             hot_fraction: 0.1,
-            hot_min_rate: 5.0,
+            hot_min_rate: 1.0,
             threads: 2,
             membership: Membership::Static,
             handoff: true,
