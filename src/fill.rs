@@ -21,12 +21,16 @@
 //! task still finishes and stores the object for the followers.
 //!
 //! What a fill produces:
-//! - a storable response small enough to keep is streamed to the leader as
-//!   it arrives and read whole at the same time; once complete it is stored
-//!   and published to the followers as [`Outcome::Fetched`]. Bytes arriving
-//!   count as progress, so followers wait for a slow body as long as it
-//!   flows (`collapse_timeout` bounds the wait for the head), and a slow
-//!   leader never holds up the store (see [`LeaderStream`]);
+//! - a storable response of 16 KiB or less (by its Content-Length: a peer
+//!   hop's answer, usually) is read whole, stored and published to everyone,
+//!   the leader included, as [`Outcome::Fetched`] ([`store_whole`]);
+//! - a larger storable response small enough to keep is streamed to the
+//!   leader as it arrives and read whole at the same time; once complete it
+//!   is stored and published to the followers as [`Outcome::Fetched`].
+//!   Either way, bytes arriving count as progress, so followers wait for a
+//!   slow body as long as it flows (`collapse_timeout` bounds the wait for
+//!   the head), and a slow leader never holds up the store (see
+//!   [`LeaderStream`]);
 //! - anything else (uncacheable, too large) is published as
 //!   [`Outcome::NotStored`] *as soon as its headers arrive*, so the followers
 //!   go to the origin on their own at once instead of queueing behind a
