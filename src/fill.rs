@@ -440,6 +440,19 @@ async fn store_whole(
             }
         }
     }
+    let outcome = keep(&filler, &job, &whole, response, body).await;
+    publish(flight, leader, outcome);
+}
+
+/// A response read whole: made an object, its connection returned, stored
+/// where it belongs, as the outcome for everyone waiting.
+async fn keep(
+    filler: &Filler,
+    job: &Job,
+    whole: &Whole,
+    mut response: OriginResponse,
+    body: BytesMut,
+) -> Outcome {
     let body = footprint::exact_body(body);
     let object = build_object(&mut response, body, &whole.request_headers, &job.rules);
     response.finish(&filler.client).await;
@@ -447,12 +460,11 @@ async fn store_whole(
         let variant = variant_key(&job.key, &object);
         store.insert_fetched(whole.since, &job.key, variant, object.clone());
     }
-    let outcome = Outcome::Fetched {
+    Outcome::Fetched {
         object,
         revalidated: false,
         source: whole.source,
-    };
-    publish(flight, leader, outcome);
+    }
 }
 
 /// Read a storable response whole for the cache while streaming it to the
@@ -517,18 +529,7 @@ async fn store_streaming(
             }
         }
     }
-    let body = footprint::exact_body(body);
-    let object = build_object(&mut response, body, &whole.request_headers, &job.rules);
-    response.finish(&filler.client).await;
-    if let Some(store) = &whole.store {
-        let variant = variant_key(&job.key, &object);
-        store.insert_fetched(whole.since, &job.key, variant, object.clone());
-    }
-    flight.complete(Outcome::Fetched {
-        object,
-        revalidated: false,
-        source: whole.source,
-    });
+    flight.complete(keep(&filler, &job, &whole, response, body).await);
     // The followers are served; the leader takes the rest at its own pace.
     out.push_held(&mut held);
     out.flush().await;
