@@ -32,11 +32,17 @@ use std::mem::size_of;
 pub const HEADER_SLOT_BYTES: usize = 112;
 
 /// moka's own memory per entry (bucket, entry info, deque and timer nodes,
-/// sketch counters, the `Arc` around the key), with what the allocator adds
-/// to those small allocations. Measured: moka allocates about 345 bytes per
-/// entry; with this figure a tiny object weighs 1.86 KB where the process's
-/// resident memory grows by 1.85 KB per tiny object added (`benches/memory.sh`).
-pub const CACHE_ENTRY_BYTES: usize = 576;
+/// the `Arc` around the key), with what the allocator adds to those small
+/// allocations, plus the entry's share of the admission filter's counters
+/// (at most 48 bytes: see `admission`). Measured: moka allocates about 345
+/// bytes per entry; with 576 here (before the filter was sized) a tiny
+/// object weighed 1.86 KB where the process's resident memory grew by 1.85
+/// KB per tiny object added (`benches/memory.sh`).
+pub const CACHE_ENTRY_BYTES: usize = 576 + ADMISSION_FILTER_BYTES;
+
+/// The admission filter's counters per entry of a full store, at most (see
+/// `admission`: three `u64`s per entry, rounded up to a power of two).
+const ADMISSION_FILTER_BYTES: usize = 48;
 
 /// What every stored object costs besides its key, head and body.
 const OBJECT_OVERHEAD: usize = CACHE_ENTRY_BYTES + size_of::<CachedObject>() + ARC_COUNTS;

@@ -25,6 +25,7 @@
 //! `cache.max_variants` of them (see [`Store::insert`]), so a header with
 //! ever-new values cannot crowd other URLs out of the cache.
 
+mod admission;
 pub mod footprint;
 use crate::keys;
 use crate::metrics;
@@ -177,6 +178,8 @@ pub struct Store {
     /// Variants kept per URL (`cache.max_variants`).
     max_variants: usize,
     removals: Mutex<Removals>,
+    /// Sizes moka's admission filter once the store fills (see `admission`).
+    sketch: admission::SketchSizing,
 }
 
 /// A point in the order of removals, taken by a fill before it fetches.
@@ -269,9 +272,14 @@ impl Store {
     pub fn new(capacity_bytes: u64) -> Store {
         let cache = Cache::builder()
             .max_capacity(capacity_bytes)
-            .weigher(|key: &String, entry: &Entry| entry.weight(key))
+            .weigher(|key: &String, entry: &Entry| {
+                admission::placeholder_weight(key).unwrap_or_else(|| entry.weight(key))
+            })
             .expire_after(UsableLife)
-            .eviction_listener(|_key, _entry, cause| {
+            .eviction_listener(|key, _entry, cause| {
+                if admission::is_placeholder(&key) {
+                    return;
+                }
                 metrics::observe_eviction(match cause {
                     RemovalCause::Size => "size",
                     RemovalCause::Expired => "expired",
@@ -285,6 +293,7 @@ impl Store {
             cache,
             max_variants: DEFAULT_MAX_VARIANTS,
             removals: Mutex::new(Removals::new()),
+            sketch: admission::SketchSizing::default(),
         }
     }
 
@@ -326,6 +335,7 @@ impl Store {
         }
         // Apply the byte bound now rather than at moka's next maintenance.
         self.cache.run_pending_tasks();
+        self.sketch.after_insert(&self.cache);
     }
 
     /// Put `entry` under `key`; returns the variants of a marker it replaced.
