@@ -319,7 +319,7 @@ fn stored_meanwhile(
     if job.stale.is_some() {
         return None;
     }
-    match filler.store.get(flight.key()) {
+    match filler.store.get_uncounted(flight.key()) {
         Some(Entry::Object(object)) if object.is_fresh(Instant::now()) => Some(Outcome::Fetched {
             object,
             revalidated: false,

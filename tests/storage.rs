@@ -261,3 +261,64 @@ async fn bodyless_responses_carry_no_body_framing() {
         assert_eq!(origin.hits(path), if stored { 1 } else { 3 }, "{path}");
     }
 }
+
+/// A full cache keeps the keys clients keep asking for while one-off URLs,
+/// more than it holds between two requests for each of those keys, stream
+/// through it: a new key gets in only if it was asked for more often than
+/// the keys it would push out (README, "Evicted"; `store/admission.rs`).
+/// Plain LRU would evict every one of them between their requests.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn one_off_urls_do_not_push_out_the_keys_clients_keep_asking_for() {
+    let (origin, rs) = small_cache().await;
+    // 2 KiB objects: the 1 MiB cache holds about 260.
+    let hot = |i: usize| format!("/hot/{i}?size=2048&cc=max-age%3D600");
+    let hot_keys = 40;
+    let one_offs_per_round = 600;
+    let (mut hot_hits, mut hot_hits_after_warm_up) = (0, 0);
+    for round in 0..10 {
+        for i in 0..hot_keys {
+            let r = rs.get(&hot(i)).await;
+            assert_eq!(r.status, 200);
+            if is_hit(&r) {
+                hot_hits += 1;
+                hot_hits_after_warm_up += usize::from(round >= 3);
+            }
+        }
+        if round == 0 {
+            eventually(
+                Duration::from_secs(30),
+                "the admission filter is sized",
+                || {
+                    let log = rs.log();
+                    async move { log.contains("admission filter sized") }
+                },
+            )
+            .await;
+        }
+        let first = round * one_offs_per_round;
+        let tasks: Vec<_> = (0..8)
+            .map(|w| {
+                let addr = rs.addr;
+                tokio::spawn(async move {
+                    for i in (first + w..first + one_offs_per_round).step_by(8) {
+                        let path = format!("/once/{i}?size=2048&cc=max-age%3D600");
+                        let r = common::get(addr, &path).await.unwrap();
+                        assert_eq!(r.status, 200);
+                    }
+                })
+            })
+            .collect();
+        for t in tasks {
+            t.await.unwrap();
+        }
+    }
+    // From the fourth round on, once they have been asked for more often
+    // than a one-off URL (measured: every one of them a hit).
+    let asked = 7 * hot_keys;
+    assert!(
+        hot_hits_after_warm_up >= asked * 9 / 10,
+        "{hot_hits_after_warm_up} hits of {asked} requests for the often-asked keys"
+    );
+    let hot_fetches: u64 = (0..hot_keys).map(|i| origin.hits(&hot(i))).sum();
+    assert_eq!(hot_fetches, (10 * hot_keys - hot_hits) as u64);
+}

@@ -41,6 +41,18 @@ struct Found {
     route: Route,
 }
 
+impl Found {
+    /// What the node's own store has, to be filled from the origin.
+    fn in_store((variant_key, stored): (Option<String>, Option<Arc<CachedObject>>)) -> Found {
+        Found {
+            variant_key,
+            stored,
+            mirrored: false,
+            route: Route::default(),
+        }
+    }
+}
+
 /// Where a miss is filled from: the owner (and whether to mirror its
 /// answer), or the origin, after the previous owner if there is one.
 #[derive(Default)]
@@ -62,17 +74,18 @@ impl Ringside {
     /// The stored entry for a request: the object under the plain key, or
     /// under the variant key when the origin varies. Returns the variant key
     /// (None: the plain key is the one to fill) and the object found, if any.
+    /// `get` reads `store`, counting the request for admission or not.
     fn lookup(
-        store: &Store,
+        get: impl Fn(&str) -> Option<Entry>,
         key: &str,
         req: &RequestHeader,
     ) -> (Option<String>, Option<Arc<CachedObject>>) {
-        match store.get(key) {
+        match get(key) {
             Some(Entry::Object(object)) => (None, Some(object)),
             Some(Entry::Variants { headers, .. }) => {
                 let fingerprint = cache_rules::vary_fingerprint(&headers, &req.headers);
                 let variant_key = keys::variant(key, fingerprint);
-                match store.get(&variant_key) {
+                match get(&variant_key) {
                     Some(Entry::Object(object)) => (Some(variant_key), Some(object)),
                     _ => (Some(variant_key), None),
                 }
@@ -135,29 +148,37 @@ impl Ringside {
     /// Where the request's key stands: stored here, mirrored here (a key
     /// another node owns, app listener only), or to be asked of its owner.
     fn find(&self, req: &RequestHeader, plain_key: &str) -> Found {
-        let (variant_key, stored) = Self::lookup(&self.node.filler.store, plain_key, req);
-        let mut found = Found {
-            variant_key,
-            stored,
-            mirrored: false,
-            route: Route::default(),
-        };
-        let (Some(cluster), None) = (self.node.cluster(), &found.stored) else {
-            return found;
+        let store = &self.node.filler.store;
+        let counted = |key: &str| store.get(key);
+        let Some(cluster) = self.node.cluster() else {
+            return Found::in_store(Self::lookup(counted, plain_key, req));
         };
         let ring = cluster.ring();
         match cluster.remote_owner(&ring, plain_key) {
             Some(owner) if self.role == Role::App => {
-                (found.variant_key, found.stored) =
-                    Self::lookup(&cluster.hot.store, plain_key, req);
-                found.mirrored = found.stored.is_some();
-                found.route = self.route_to_owner(cluster, owner, plain_key);
+                // A copy left here from an earlier ring still serves, but
+                // the request counts for admission at the owner (and in the
+                // hot area), not in this store, which would never keep it.
+                let uncounted = |key: &str| store.get_uncounted(key);
+                let mut found = Found::in_store(Self::lookup(uncounted, plain_key, req));
+                if found.stored.is_none() {
+                    let mirror = |key: &str| cluster.hot.store.get(key);
+                    (found.variant_key, found.stored) = Self::lookup(mirror, plain_key, req);
+                    found.mirrored = found.stored.is_some();
+                    found.route = self.route_to_owner(cluster, owner, plain_key);
+                }
+                found
             }
             // A peer's request for a key owned elsewhere is served here (the loop guard).
-            Some(_) => {}
-            None => found.route.previous_owner = cluster.previous_owner(&ring, plain_key),
+            Some(_) => Found::in_store(Self::lookup(counted, plain_key, req)),
+            None => {
+                let mut found = Found::in_store(Self::lookup(counted, plain_key, req));
+                if found.stored.is_none() {
+                    found.route.previous_owner = cluster.previous_owner(&ring, plain_key);
+                }
+                found
+            }
         }
-        found
     }
 
     /// Answer a previous-owner lookup from a peer (`x-ringside-lookup`):
@@ -173,7 +194,9 @@ impl Ringside {
     ) -> Result<bool> {
         let req = session.req_header();
         let plain_key = self.request_key(target, req);
-        let (variant_key, stored) = Self::lookup(&self.node.filler.store, &plain_key, req);
+        // The key is the asker's now: its request counts there, not here.
+        let uncounted = |key: &str| self.node.filler.store.get_uncounted(key);
+        let (variant_key, stored) = Self::lookup(uncounted, &plain_key, req);
         let client_cc = cache_rules::request_cache_control(&req.headers);
         let now = ctx.started;
         if let Some(object) = stored.filter(|o| self.usable_for(o, &client_cc, req, now)) {

@@ -303,8 +303,21 @@ impl Store {
         self
     }
 
+    /// The entry under `key`; the lookup counts as a request for `key` in
+    /// the admission filter (see `admission`).
     pub fn get(&self, key: &str) -> Option<Entry> {
         self.cache.get(key)
+    }
+
+    /// The entry under `key`, without counting a miss as a request for it:
+    /// for lookups that are not a client asking (a fill checking whether
+    /// another stored it meanwhile), or for keys this store does not own.
+    pub fn get_uncounted(&self, key: &str) -> Option<Entry> {
+        if self.cache.contains_key(key) {
+            self.cache.get(key)
+        } else {
+            None
+        }
     }
 
     /// Store `object` under `key` (its plain key); for a varying response,
