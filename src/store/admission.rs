@@ -38,7 +38,7 @@
 
 use super::Entry;
 use moka::sync::Cache;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -81,6 +81,15 @@ const PLACEHOLDER_LIFE: Duration = Duration::from_secs(600);
 pub struct SketchSizing {
     started: AtomicBool,
     done: Arc<AtomicBool>,
+    placeholders: Arc<Placeholders>,
+}
+
+/// The placeholders in the store while the sizing runs, so that the size
+/// gauges leave them out.
+#[derive(Default)]
+struct Placeholders {
+    entries: AtomicU64,
+    bytes: AtomicU64,
 }
 
 impl SketchSizing {
@@ -100,15 +109,26 @@ impl SketchSizing {
         }
         let cache = cache.clone();
         let done = Arc::clone(&self.done);
+        let placeholders = Arc::clone(&self.placeholders);
         let spawned = std::thread::Builder::new()
             .name("ringside-sketch".into())
             .spawn(move || {
-                size_sketch(&cache, capacity);
+                size_sketch(&cache, capacity, &placeholders);
                 done.store(true, Ordering::Release);
             });
         if let Err(e) = spawned {
             log::warn!("admission filter left at moka's size: cannot start a thread: {e}");
         }
+    }
+
+    /// `entries` without the placeholders (while the sizing runs).
+    pub fn real_entries(&self, entries: u64) -> u64 {
+        entries.saturating_sub(self.placeholders.entries.load(Ordering::Relaxed))
+    }
+
+    /// `bytes` without the placeholders' weight (while the sizing runs).
+    pub fn real_bytes(&self, bytes: u64) -> u64 {
+        bytes.saturating_sub(self.placeholders.bytes.load(Ordering::Relaxed))
     }
 
     /// Whether the sizing has run to its end.
@@ -135,7 +155,7 @@ fn placeholder_key(n: u64, weight: u32) -> String {
 
 /// Bring the entry count to a full store's and the fill to 90 %, let moka
 /// size its sketch from that, then take the placeholders out again.
-fn size_sketch(cache: &Cache<String, Entry>, capacity: u64) {
+fn size_sketch(cache: &Cache<String, Entry>, capacity: u64, placeholders: &Placeholders) {
     let started = Instant::now();
     let entries = cache.entry_count().max(1);
     let weighted = cache.weighted_size().max(1);
@@ -160,6 +180,10 @@ fn size_sketch(cache: &Cache<String, Entry>, capacity: u64) {
         life: PLACEHOLDER_LIFE,
         variants: Arc::new([]),
     };
+    let filler_bytes = filler.iter().map(|w| u64::from(*w)).sum();
+    let count = weightless + filler.len() as u64;
+    placeholders.entries.store(count, Ordering::Relaxed);
+    placeholders.bytes.store(filler_bytes, Ordering::Relaxed);
     for key in weightless_keys().chain(filler_keys()) {
         cache.insert(key, marker.clone());
     }
@@ -170,6 +194,8 @@ fn size_sketch(cache: &Cache<String, Entry>, capacity: u64) {
         cache.invalidate(&key);
     }
     cache.run_pending_tasks();
+    placeholders.entries.store(0, Ordering::Relaxed);
+    placeholders.bytes.store(0, Ordering::Relaxed);
     log::info!(
         "admission filter sized for {} keys ({full_store} entries fit) in {} ms",
         (entries + weightless) * FILL_TO_PERCENT / 100,

@@ -448,11 +448,11 @@ impl Store {
     }
 
     pub fn entry_count(&self) -> u64 {
-        self.cache.entry_count()
+        self.sketch.real_entries(self.cache.entry_count())
     }
 
     pub fn weighted_bytes(&self) -> u64 {
-        self.cache.weighted_size()
+        self.sketch.real_bytes(self.cache.weighted_size())
     }
 
     #[cfg(test)]
