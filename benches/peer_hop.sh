@@ -7,6 +7,7 @@
 #   PEER_PROTOCOL=h2c benches/peer_hop.sh   # peers on HTTP/2 over cleartext
 #   PEER_TLS=1 benches/peer_hop.sh          # peers on mutual TLS (cluster.tls;
 #                                           # certificates made here with openssl)
+#   THREADS=2 benches/peer_hop.sh           # two proxy threads per node (default 1)
 #
 # Starts the sample origin and a 2-node cluster (hot fraction 0, so A never
 # mirrors B's keys), warms KEYS keys through A, sorts them by the
@@ -24,6 +25,7 @@ KEYS=${KEYS:-200}
 BODY_BYTES=${BODY_BYTES:-1024}
 PEER_PROTOCOL=${PEER_PROTOCOL:-http1}   # or h2c
 PEER_TLS=${PEER_TLS:-0}                 # 1: cluster.tls between A and B
+THREADS=${THREADS:-1}                   # proxy threads of each node
 
 cd "$(dirname "$0")/.."
 command -v wrk >/dev/null || { apt-get update -qq && apt-get install -y -qq wrk; }
@@ -83,7 +85,7 @@ node_yaml() { # listen admin peer name
     cat <<EOF
 listen: $1
 admin_listen: $2
-threads: 1
+threads: $THREADS
 shutdown_grace: 1s
 log_level: warn
 origin:
@@ -167,7 +169,7 @@ peer_after=$(curl -sf "http://$A_ADMIN/metrics" | awk '/^ringside_requests_total
 
 echo
 tls_note=""; if [ "$PEER_TLS" = 1 ]; then tls_note=", peers on mutual TLS"; fi
-echo "peer hop vs local hit: 2-node cluster, hot fraction 0, $PEER_PROTOCOL$tls_note, wrk -t1 -c$CONNS -d$DURATION, ${BODY_BYTES}-byte bodies, $(nproc) CPUs"
+echo "peer hop vs local hit: 2-node cluster, hot fraction 0, $PEER_PROTOCOL$tls_note, threads $THREADS, wrk -t1 -c$CONNS -d$DURATION, ${BODY_BYTES}-byte bodies, $(nproc) CPUs"
 printf '%-28s %10s %10s %12s %14s %14s\n' "" "p50 (us)" "p99 (us)" "requests/s" "A CPU us/req" "B CPU us/req"
 printf '%-28s %10s %10s %12s %14s %14s\n' "local hit (A owns the key)" "${P50[local]}" "${P99[local]}" "${RPS[local]}" "${CPU_A[local]}" "${CPU_B[local]}"
 printf '%-28s %10s %10s %12s %14s %14s\n' "peer hop (B owns the key)" "${P50[peer]}" "${P99[peer]}" "${RPS[peer]}" "${CPU_A[peer]}" "${CPU_B[peer]}"

@@ -82,6 +82,9 @@ struct ZipfArgs {
     /// cluster.hot.min_rate (requests/s on one node) of the cluster's nodes.
     #[arg(long, default_value_t = 1.0)]
     hot_min_rate: f64,
+    /// Proxy worker threads of every node (both setups).
+    #[arg(long, default_value_t = 2)]
+    threads: u32,
     /// The ringside binary (default: next to this example's directory).
     #[arg(long)]
     ringside: Option<PathBuf>,
@@ -190,6 +193,7 @@ async fn zipf(args: ZipfArgs) -> Result<(), String> {
         capacity: args.capacity.clone(),
         hot_fraction: args.hot_fraction,
         hot_min_rate: args.hot_min_rate,
+        threads: args.threads,
         ..NodeOptions::default()
     };
     let independent_opts = NodeOptions {
