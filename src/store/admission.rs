@@ -219,22 +219,11 @@ mod tests {
     use super::super::{CachedObject, Store};
     use super::*;
     use std::collections::HashMap;
-    use std::sync::atomic::AtomicU64;
 
     fn object() -> Arc<CachedObject> {
-        Arc::new(CachedObject {
-            header: pingora::http::ResponseHeader::build(200, None).unwrap(),
-            body: bytes::Bytes::from_static(&[b'x'; 1024]),
-            initial_age: Duration::ZERO,
-            received_at: Instant::now(),
-            freshness: Duration::from_secs(3600),
-            stale_while_revalidate: Duration::ZERO,
-            stale_if_error: Duration::ZERO,
-            revalidation_window: Duration::ZERO,
-            vary: Vec::new(),
-            vary_fingerprint: 0,
-            hits: AtomicU64::new(0),
-        })
+        let header = pingora::http::ResponseHeader::build(200, None).unwrap();
+        let body = bytes::Bytes::from_static(&[b'x'; 1024]);
+        Arc::new(CachedObject::fresh_for_tests(header, body))
     }
 
     /// Zipf (s = 1) key ranks from a fixed seed.
@@ -300,6 +289,16 @@ mod tests {
         misses
     }
 
+    /// `misses` on `sequence` are fewer than `limit` times the best possible.
+    fn assert_near_best(misses: usize, sequence: &[usize], limit: f64) {
+        let best = best_possible_misses(sequence, FITS as usize);
+        let ratio = misses as f64 / best as f64;
+        assert!(
+            ratio < limit,
+            "{misses} misses against {best} at best: {ratio:.3}"
+        );
+    }
+
     const KEYS: usize = 20_000;
     const FITS: u64 = 1000;
 
@@ -309,13 +308,8 @@ mod tests {
         let sequence = zipf_sequence(KEYS, 150_000);
         let misses = misses(&store, &sequence);
         assert!(store.sketch.is_done());
-        let best = best_possible_misses(&sequence, FITS as usize);
-        let ratio = misses as f64 / best as f64;
         // Without the sizing: 1.30.
-        assert!(
-            ratio < 1.15,
-            "{misses} misses against {best} at best: {ratio:.3}"
-        );
+        assert_near_best(misses, &sequence, 1.15);
     }
 
     #[test]
@@ -329,13 +323,8 @@ mod tests {
             .collect();
         misses(&store, &before);
         let misses = misses(&store, &after);
-        let best = best_possible_misses(&after, FITS as usize);
-        let ratio = misses as f64 / best as f64;
         // Without the sizing: 1.29; with a sketch that remembers too long: 1.96.
-        assert!(
-            ratio < 1.22,
-            "{misses} misses against {best} at best: {ratio:.3}"
-        );
+        assert_near_best(misses, &after, 1.22);
     }
 
     #[test]

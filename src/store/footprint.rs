@@ -127,7 +127,6 @@ mod tests {
     use std::alloc::{GlobalAlloc, Layout, System};
     use std::cell::Cell;
     use std::sync::Arc;
-    use std::time::{Duration, Instant};
 
     struct Counting;
 
@@ -193,19 +192,8 @@ mod tests {
     }
 
     fn object(header: ResponseHeader) -> Arc<CachedObject> {
-        Arc::new(CachedObject {
-            header,
-            body: exact_body(BytesMut::from(&b"xxxxxxxxxx"[..])),
-            initial_age: Duration::ZERO,
-            received_at: Instant::now(),
-            freshness: Duration::from_secs(3600),
-            stale_while_revalidate: Duration::ZERO,
-            stale_if_error: Duration::ZERO,
-            revalidation_window: Duration::ZERO,
-            vary: Vec::new(),
-            vary_fingerprint: 0,
-            hits: Default::default(),
-        })
+        let body = exact_body(BytesMut::from(&b"xxxxxxxxxx"[..]));
+        Arc::new(CachedObject::fresh_for_tests(header, body))
     }
 
     /// Bytes allocated (net) per entry for `n` tiny objects, and the weight

@@ -113,6 +113,26 @@ impl CachedObject {
     }
 }
 
+#[cfg(test)]
+impl CachedObject {
+    /// An object fresh for an hour, received now, varying on nothing.
+    pub(crate) fn fresh_for_tests(header: ResponseHeader, body: Bytes) -> CachedObject {
+        CachedObject {
+            header,
+            body,
+            initial_age: Duration::ZERO,
+            received_at: Instant::now(),
+            freshness: Duration::from_secs(3600),
+            stale_while_revalidate: Duration::ZERO,
+            stale_if_error: Duration::ZERO,
+            revalidation_window: Duration::ZERO,
+            vary: Vec::new(),
+            vary_fingerprint: 0,
+            hits: AtomicU64::new(0),
+        }
+    }
+}
+
 /// Variants kept per URL unless configured (`cache.max_variants`).
 pub const DEFAULT_MAX_VARIANTS: usize = 32;
 
@@ -478,19 +498,11 @@ mod tests {
     use super::*;
 
     fn object(vary: &[&'static str], fingerprint: u64) -> Arc<CachedObject> {
-        Arc::new(CachedObject {
-            header: ResponseHeader::build(200, None).unwrap(),
-            body: Bytes::from_static(b"x"),
-            initial_age: Duration::ZERO,
-            received_at: Instant::now(),
-            freshness: Duration::from_secs(60),
-            stale_while_revalidate: Duration::ZERO,
-            stale_if_error: Duration::ZERO,
-            revalidation_window: Duration::ZERO,
-            vary: vary.iter().map(|h| HeaderName::from_static(h)).collect(),
-            vary_fingerprint: fingerprint,
-            hits: AtomicU64::new(0),
-        })
+        let header = ResponseHeader::build(200, None).unwrap();
+        let mut object = CachedObject::fresh_for_tests(header, Bytes::from_static(b"x"));
+        object.vary = vary.iter().map(|h| HeaderName::from_static(h)).collect();
+        object.vary_fingerprint = fingerprint;
+        Arc::new(object)
     }
 
     fn insert_variant(store: &Store, key: &str, vary: &[&'static str], fingerprint: u64) {
