@@ -302,8 +302,14 @@ mod tests {
     const KEYS: usize = 20_000;
     const FITS: u64 = 1000;
 
+    fn heavy() -> std::sync::MutexGuard<'static, ()> {
+        let lock = &super::super::ALLOCATION_HEAVY_TESTS;
+        lock.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
     #[test]
     fn a_full_store_keeps_the_keys_asked_for_most() {
+        let _heavy = heavy();
         let store = store_for(FITS);
         let sequence = zipf_sequence(KEYS, 150_000);
         let misses = misses(&store, &sequence);
@@ -314,6 +320,7 @@ mod tests {
 
     #[test]
     fn a_full_store_follows_a_change_in_what_is_asked_for() {
+        let _heavy = heavy();
         let store = store_for(FITS);
         let before = zipf_sequence(KEYS, 75_000);
         // The same popularity over other keys: yesterday's favourites cold.
