@@ -79,12 +79,13 @@ const MAX_SKETCH_ENTRIES: u64 = 1 << 24;
 /// stop before removing them.
 const PLACEHOLDER_LIFE: Duration = Duration::from_secs(600);
 
-/// Starts the sizing once per store, and tells whether it is done.
+/// Starts the sizing once per store.
 #[derive(Default)]
 pub struct SketchSizing {
     started: AtomicBool,
-    done: Arc<AtomicBool>,
     placeholders: Arc<Placeholders>,
+    /// The sizing's thread (tests wait for it).
+    thread: std::sync::Mutex<Option<std::thread::JoinHandle<()>>>,
 }
 
 /// The placeholders in the store while the sizing runs, so that the size
@@ -113,16 +114,15 @@ impl SketchSizing {
             return;
         }
         let cache = cache.clone();
-        let done = Arc::clone(&self.done);
         let placeholders = Arc::clone(&self.placeholders);
         let spawned = std::thread::Builder::new()
             .name("ringside-sketch".into())
-            .spawn(move || {
-                size_sketch(&cache, capacity, &placeholders);
-                done.store(true, Ordering::Release);
-            });
-        if let Err(e) = spawned {
-            log::warn!("admission filter left at moka's size: cannot start a thread: {e}");
+            .spawn(move || size_sketch(&cache, capacity, &placeholders));
+        match spawned {
+            Ok(thread) => *self.thread.lock().unwrap_or_else(|p| p.into_inner()) = Some(thread),
+            Err(e) => {
+                log::warn!("admission filter left at moka's size: cannot start a thread: {e}")
+            }
         }
     }
 
@@ -136,10 +136,13 @@ impl SketchSizing {
         bytes.saturating_sub(self.placeholders.bytes.load(Ordering::Relaxed))
     }
 
-    /// Whether the sizing has run to its end.
+    /// Whether the sizing has started; if so, wait for it to end.
     #[cfg(test)]
-    pub fn is_done(&self) -> bool {
-        self.done.load(Ordering::Acquire)
+    pub fn wait(&self) -> bool {
+        if let Some(thread) = self.thread.lock().unwrap().take() {
+            thread.join().unwrap();
+        }
+        self.started.load(Ordering::Relaxed)
     }
 }
 
@@ -283,13 +286,8 @@ mod tests {
             }
             misses += 1;
             store.insert(&key, None, object());
-            if store.sketch.started.load(Ordering::Relaxed) {
-                // Wait for the sizing, so that every run is the same.
-                let deadline = Instant::now() + Duration::from_secs(120);
-                while !store.sketch.is_done() && Instant::now() < deadline {
-                    std::thread::sleep(Duration::from_millis(1));
-                }
-            }
+            // Wait for the sizing once it starts, so that every run is the same.
+            store.sketch.wait();
         }
         misses
     }
@@ -318,7 +316,7 @@ mod tests {
         let store = store_for(FITS);
         let sequence = zipf_sequence(KEYS, 150_000);
         let misses = misses(&store, &sequence);
-        assert!(store.sketch.is_done());
+        assert!(store.sketch.wait(), "the admission filter was sized");
         // Without the sizing: 1.30.
         assert_near_best(misses, &sequence, 1.15);
     }
