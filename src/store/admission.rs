@@ -72,8 +72,10 @@ const SKETCH_ENTRIES_PER_ENTRY: u64 = 3;
 /// measured about 550 bytes.
 const PLACEHOLDER_BYTES: u64 = 640;
 
-/// The most entries the sketch is sized for (128 MiB of counters).
-const MAX_SKETCH_ENTRIES: u64 = 1 << 24;
+/// The most entries a full store is taken to hold, whatever the mean
+/// weight so far suggests (the sketch itself is bounded by the placeholders
+/// affordable: at most 1.2 % of the capacity).
+const MAX_FULL_STORE_ENTRIES: u64 = 1 << 24;
 
 /// Placeholders expire on their own after this, should the sizing thread
 /// stop before removing them.
@@ -168,7 +170,7 @@ fn size_sketch(cache: &Cache<String, Entry>, capacity: u64, placeholders: &Place
     let entries = cache.entry_count().max(1);
     let weighted = cache.weighted_size().max(1);
     let full_store = ((u128::from(entries) * u128::from(capacity)) / u128::from(weighted))
-        .min(u128::from(MAX_SKETCH_ENTRIES)) as u64;
+        .min(u128::from(MAX_FULL_STORE_ENTRIES)) as u64;
     // moka sizes the sketch for entries × fill: count enough entries for
     // three full stores at 90 % fill, with placeholders taking at most half
     // the capacity (tiny objects get fewer counters, about 1.5 per entry).
