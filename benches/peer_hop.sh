@@ -45,10 +45,15 @@ cleanup() {
 }
 trap cleanup EXIT INT TERM
 
-free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
-ORIGIN=127.0.0.1:$(free_port)
-A=127.0.0.1:$(free_port); A_ADMIN=127.0.0.1:$(free_port); A_PEER=127.0.0.1:$(free_port)
-B=127.0.0.1:$(free_port); B_ADMIN=127.0.0.1:$(free_port); B_PEER=127.0.0.1:$(free_port)
+# Seven distinct free ports, held open together while picked so none repeats.
+read -r -a PORTS <<<"$(python3 -c '
+import socket
+socks = [socket.socket() for _ in range(7)]
+for s in socks: s.bind(("127.0.0.1", 0))
+print(" ".join(str(s.getsockname()[1]) for s in socks))')"
+ORIGIN=127.0.0.1:${PORTS[0]}
+A=127.0.0.1:${PORTS[1]}; A_ADMIN=127.0.0.1:${PORTS[2]}; A_PEER=127.0.0.1:${PORTS[3]}
+B=127.0.0.1:${PORTS[4]}; B_ADMIN=127.0.0.1:${PORTS[5]}; B_PEER=127.0.0.1:${PORTS[6]}
 SECRET=$(head -c 24 /dev/urandom | od -An -tx1 | tr -d ' \n')
 
 target/release/examples/cluster_bench origin --listen "$ORIGIN" --delay-ms 20 \

@@ -54,9 +54,39 @@ impl Workload {
     /// request of a key is a miss, and every request of a key outside the
     /// set is one. `caches` says how the requests meet caches.
     pub fn origin_lower_bound(&self, caches: BoundCaches) -> u64 {
-        let (groups, objects) = match caches {
-            BoundCaches::Shared { objects } => (1, objects),
-            BoundCaches::PerAddress { addresses, objects } => (addresses.max(1), objects),
+        let objects = caches.objects() as usize;
+        self.requests_per_key(caches)
+            .into_iter()
+            .map(|group| {
+                let mut by_count: Vec<u64> = group.into_values().collect();
+                by_count.sort_unstable_by(|a, b| b.cmp(a));
+                let kept = objects.min(by_count.len());
+                kept as u64 + by_count[kept..].iter().sum::<u64>()
+            })
+            .sum()
+    }
+
+    /// The origin requests of the best cache that learns nothing from the
+    /// sequence but knows each key's popularity in advance: it holds the
+    /// `objects` most probable keys from the start (keys `1..=objects`).
+    /// With keys drawn independently, no online policy does better on
+    /// average (Aho, Denning and Ullman's A0), so this is what an
+    /// admission policy can hope for; [`Self::origin_lower_bound`] also
+    /// knows which keys this very sequence happens to favour.
+    pub fn origin_best_online(&self, caches: BoundCaches) -> u64 {
+        let objects = caches.objects();
+        self.requests_per_key(caches)
+            .into_iter()
+            .flat_map(|group| group.into_iter())
+            .map(|(key, count)| if key <= objects { 1 } else { count })
+            .sum()
+    }
+
+    /// How often each key is requested, per cache of `caches`.
+    fn requests_per_key(&self, caches: BoundCaches) -> Vec<std::collections::HashMap<u64, u64>> {
+        let groups = match caches {
+            BoundCaches::Shared { .. } => 1,
+            BoundCaches::PerAddress { addresses, .. } => addresses.max(1),
         };
         let mut counts = vec![std::collections::HashMap::<u64, u64>::new(); groups];
         for index in 0..self.clients {
@@ -67,14 +97,6 @@ impl Workload {
             }
         }
         counts
-            .into_iter()
-            .map(|group| {
-                let mut by_count: Vec<u64> = group.into_values().collect();
-                by_count.sort_unstable_by(|a, b| b.cmp(a));
-                let kept = (objects as usize).min(by_count.len());
-                kept as u64 + by_count[kept..].iter().sum::<u64>()
-            })
-            .sum()
     }
 
     /// Request every key once (`clients` at a time, over `addrs`), so that
@@ -318,6 +340,15 @@ pub enum BoundCaches {
     PerAddress { addresses: usize, objects: u64 },
 }
 
+impl BoundCaches {
+    /// How many objects each cache holds.
+    fn objects(self) -> u64 {
+        match self {
+            BoundCaches::Shared { objects } | BoundCaches::PerAddress { objects, .. } => objects,
+        }
+    }
+}
+
 /// The seed of client `index`'s key sequence.
 fn client_seed(index: u32) -> u64 {
     0x5eed_0000 + u64::from(index)
@@ -519,6 +550,26 @@ mod tests {
         });
         let shared = workload.origin_lower_bound(BoundCaches::Shared { objects: 80 });
         assert!(apart > shared, "{apart} <= {shared}");
+    }
+
+    #[test]
+    fn the_best_online_cache_misses_at_least_the_lower_bound() {
+        let workload = new_workload(4, 2000);
+        for objects in [0, 20, 80, 1000] {
+            let caches = BoundCaches::Shared { objects };
+            let online = workload.origin_best_online(caches);
+            let bound = workload.origin_lower_bound(caches);
+            assert!(online >= bound, "{objects} objects: {online} < {bound}");
+        }
+        let none = BoundCaches::Shared { objects: 0 };
+        assert_eq!(workload.origin_best_online(none), 2000);
+        let all = BoundCaches::Shared { objects: 1000 };
+        let all_keys = workload.origin_lower_bound(all);
+        assert_eq!(
+            workload.origin_best_online(all),
+            all_keys,
+            "room for every key"
+        );
     }
 
     #[test]
