@@ -265,6 +265,18 @@ async fn zipf(args: ZipfArgs) -> Result<(), String> {
         bounds.independent,
         independent.phase.origin_requests as f64 / bounds.independent.max(1) as f64,
     );
+    let cpu_per_request = |run: &ringside::demo::NodesRun| {
+        run.cpu
+            .map(|cpu| cpu.as_secs_f64() * 1e6 / run.phase.requests.max(1) as f64)
+    };
+    let (cluster_cpu, independent_cpu) = (cpu_per_request(&cluster), cpu_per_request(&independent));
+    if let (Some(c), Some(i)) = (cluster_cpu, independent_cpu) {
+        println!(
+            "CPU time of the nodes per request (user and system): cluster {c:.1} us, \
+             independent {i:.1} us ({:.2}x)",
+            c / i
+        );
+    }
     let of = |measured: u64, reference: u64| measured as f64 / reference.max(1) as f64;
     println!(
         "best online cache (each key's popularity known in advance, nothing learnt):\n  \
@@ -278,7 +290,7 @@ async fn zipf(args: ZipfArgs) -> Result<(), String> {
         of(independent.phase.origin_requests, bounds.independent_online),
     );
     println!(
-        "RESULT origin_requests cluster={} independent={} ratio={ratio:.3} hit_ratio cluster={:.3} independent={:.3} bound cluster={} independent={} best_online cluster={} independent={} time cluster={:.1}s independent={:.1}s",
+        "RESULT origin_requests cluster={} independent={} ratio={ratio:.3} hit_ratio cluster={:.3} independent={:.3} bound cluster={} independent={} best_online cluster={} independent={} cpu_us cluster={:.1} independent={:.1} time cluster={:.1}s independent={:.1}s",
         cluster.phase.origin_requests,
         independent.phase.origin_requests,
         setups[0].hit_ratio().unwrap_or(f64::NAN),
@@ -287,6 +299,8 @@ async fn zipf(args: ZipfArgs) -> Result<(), String> {
         bounds.independent,
         bounds.cluster_online,
         bounds.independent_online,
+        cluster_cpu.unwrap_or(f64::NAN),
+        independent_cpu.unwrap_or(f64::NAN),
         cluster.phase.elapsed.as_secs_f64(),
         independent.phase.elapsed.as_secs_f64(),
     );

@@ -93,6 +93,9 @@ pub struct NodesRun {
     pub views: Vec<RingsideView>,
     /// Problems reading metrics or stopping the nodes.
     pub problems: Vec<String>,
+    /// The CPU time the nodes used during the phase, all together (None
+    /// where `/proc` cannot be read).
+    pub cpu: Option<Duration>,
 }
 
 /// The whole demo; `Err` says what went wrong.
@@ -202,7 +205,12 @@ pub async fn run_nodes(
 ) -> Result<NodesRun, String> {
     println!("{name}: starting {n} ringside process(es) ...");
     let mut nodes = Nodes::start(exe, origin_addr, n, options).await?;
+    let cpu_before = nodes.cpu_time();
     let phase = workload::run_phase(name, &nodes.proxy_addrs(), workload, origin).await;
+    let cpu = nodes
+        .cpu_time()
+        .zip(cpu_before)
+        .map(|(after, before)| after - before);
     let mut problems = Vec::new();
     let views = nodes
         .settled_metrics(phase.requests)
@@ -217,6 +225,7 @@ pub async fn run_nodes(
         phase,
         views,
         problems,
+        cpu,
     })
 }
 

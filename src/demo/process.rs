@@ -83,6 +83,18 @@ impl RingsideProcess {
         self.child.id()
     }
 
+    /// The CPU time (user and system, every thread) the process has used
+    /// so far, from `/proc`; None where that cannot be read.
+    pub fn cpu_time(&self) -> Option<Duration> {
+        let stat = std::fs::read_to_string(format!("/proc/{}/stat", self.pid())).ok()?;
+        // The fields after the command name, which is in parentheses.
+        let fields: Vec<&str> = stat.rsplit_once(')')?.1.split_whitespace().collect();
+        let ticks = |i: usize| fields.get(i)?.parse::<u64>().ok();
+        // utime and stime (fields 14 and 15), in USER_HZ: 100 on Linux.
+        let total = ticks(11)? + ticks(12)?;
+        Some(Duration::from_millis(total * 10))
+    }
+
     /// Wait until `/healthz` (admin up) and `/readyz` (proxy listener up)
     /// both answer 200, or fail with what was seen.
     pub async fn wait_until_ready(&mut self) -> Result<(), String> {
