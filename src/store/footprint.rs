@@ -2,8 +2,8 @@
 //!
 //! The store's byte bound is only as true as the weight it charges each
 //! entry, and an entry is much more than its body: its key (held by moka),
-//! its header map (allocated by capacity, one slot of [`HEADER_SLOT_BYTES`]
-//! per header it can hold), its header names and values, the
+//! its header map (one entry per header and an index table, see
+//! [`head_bytes`]), its header names and values, the
 //! [`CachedObject`] itself, and moka's bookkeeping for the entry (hash-table
 //! bucket, entry info, access-order and timer-wheel nodes, frequency
 //! sketch). [`object_weight`] charges all of it, with the fixed parts
@@ -20,6 +20,11 @@
 //! - a body read in chunks grows its buffer by doubling, up to twice its
 //!   size: [`exact_body`] copies a body with that much slack into an
 //!   allocation of its own size, once, when it is stored.
+//!
+//! And one made a 1 KiB object cost 18 % more than it needed: a header map
+//! filled one header at a time keeps room for a third more (seven headers:
+//! room for twelve, 104 bytes each). [`compact_head`] stores a clone, whose
+//! entries are allocated for exactly the headers it holds.
 
 use super::CachedObject;
 use bytes::{Bytes, BytesMut};
