@@ -24,6 +24,7 @@ pub(crate) mod idle_pool;
 pub mod inject;
 pub(crate) mod invalidate;
 pub(crate) mod keys;
+pub(crate) mod listeners;
 pub mod membership;
 pub(crate) mod metrics;
 pub(crate) mod node;

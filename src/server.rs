@@ -9,6 +9,7 @@ use crate::cluster::Cluster;
 use crate::config::{Config, OriginUrl, PeerProtocol};
 use crate::connections::{self, Guarded, Handshake, Limits};
 use crate::handoff;
+use crate::listeners::ByListener;
 use crate::metrics;
 use crate::node::Node;
 use crate::origin::OriginClient;
@@ -111,10 +112,12 @@ fn server_conf(config: &Config) -> ServerConf {
     }
 }
 
-/// The app-facing proxy, the peer listener (in a cluster) and the admin
-/// listener, which probes the other two for `/readyz`.
+/// The app-facing proxy, the peer listener (in a cluster) and each
+/// upstream's, all in one service (see `listeners`), and the admin
+/// listener, which probes the others for `/readyz`.
 fn add_services(server: &mut Server, config: &Config, node: Arc<Node>) {
     let ringside = Ringside::new(node.clone());
+    let mut proxies = ByListener::new();
     let probe = |addr: &str| readiness::Listener::plain(addr.parse().expect("validated by config"));
     let mut probed = vec![probe(&config.listen)];
     if config.cluster.enabled {
@@ -136,13 +139,8 @@ fn add_services(server: &mut Server, config: &Config, node: Arc<Node>) {
             Listener::Peers
         };
         let handshake = peer_handshake(config, &node);
-        server.add_service(guarded_service(
-            config,
-            kind,
-            peers,
-            peer_listen,
-            Some(handshake),
-        ));
+        let peers = guarded(config, kind, peers, Some(handshake));
+        proxies.add(socket_addr(peer_listen), peers);
     }
     for upstream in &config.upstreams {
         let url = OriginUrl::parse(&upstream.origin).expect("validated by config");
@@ -150,23 +148,26 @@ fn add_services(server: &mut Server, config: &Config, node: Arc<Node>) {
         let proxy =
             pingora::proxy::http_proxy(&server.configuration, ringside.for_upstream(origin));
         let addr = &upstream.listen;
-        server.add_service(guarded_service(
-            config,
-            Listener::Upstream,
-            proxy,
-            addr,
-            None,
-        ));
+        let proxy = guarded(config, Listener::Upstream, proxy, None);
+        proxies.add(socket_addr(addr), proxy);
         probed.push(probe(addr));
     }
     let proxy = pingora::proxy::http_proxy(&server.configuration, ringside);
-    server.add_service(guarded_service(
-        config,
-        Listener::App,
-        proxy,
-        &config.listen,
-        None,
-    ));
+    let proxy = guarded(config, Listener::App, proxy, None);
+    proxies.add(socket_addr(&config.listen), proxy);
+    let mut service = Service::new("ringside proxy".into(), proxies);
+    for addr in std::iter::once(&config.listen)
+        .chain(
+            config
+                .cluster
+                .enabled
+                .then_some(&config.cluster.peer_listen),
+        )
+        .chain(config.upstreams.iter().map(|u| &u.listen))
+    {
+        service.add_listener(connections::listener(addr));
+    }
+    server.add_service(service);
     let mut admin = Service::new("ringside admin".into(), Admin::new(node, probed));
     admin.add_listener(connections::listener(&config.admin_listen));
     server.add_service(admin);
@@ -206,15 +207,19 @@ fn peer_handshake(config: &Config, node: &Node) -> Arc<dyn Handshake> {
     }
 }
 
-/// A listener's service: `app` on `addr` with the connection cap, the
-/// limits of its kind and `handshake` (see `connections`).
-fn guarded_service<A: ServerApp + Send + Sync + 'static>(
+/// A listener address the config has validated.
+fn socket_addr(addr: &str) -> std::net::SocketAddr {
+    addr.parse().expect("validated by config")
+}
+
+/// A listener's app: `app` with the connection cap, the limits of its kind
+/// and `handshake` (see `connections`).
+fn guarded<A: ServerApp + Send + Sync + 'static>(
     config: &Config,
     kind: Listener,
     app: A,
-    addr: &str,
     handshake: Option<Arc<dyn Handshake>>,
-) -> Service<Guarded<A>> {
+) -> Guarded<A> {
     let forward = &config.forward_proxy;
     let limits = Limits {
         max_connections: config.max_connections,
@@ -230,13 +235,7 @@ fn guarded_service<A: ServerApp + Send + Sync + 'static>(
         }),
         handshake,
     };
-    let label = kind.label();
-    let mut service = Service::new(
-        format!("ringside {label}"),
-        Guarded::new(app, limits, label),
-    );
-    service.add_listener(connections::listener(addr));
-    service
+    Guarded::new(app, limits, kind.label())
 }
 
 /// The kinds of listener a node has.
