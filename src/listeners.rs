@@ -38,6 +38,11 @@ impl<A> ByListener<A> {
         self.apps.push((addr, Arc::new(app)));
     }
 
+    /// The addresses to listen on, one per app.
+    pub fn addresses(&self) -> impl Iterator<Item = SocketAddr> + '_ {
+        self.apps.iter().map(|(addr, _)| *addr)
+    }
+
     /// The app for a connection accepted on `local`: the listener on exactly
     /// that address, else one on that port of every address (`0.0.0.0`, `::`).
     fn app_for(&self, local: SocketAddr) -> Option<&Arc<A>> {

@@ -155,16 +155,9 @@ fn add_services(server: &mut Server, config: &Config, node: Arc<Node>) {
     let proxy = pingora::proxy::http_proxy(&server.configuration, ringside);
     let proxy = guarded(config, Listener::App, proxy, None);
     proxies.add(socket_addr(&config.listen), proxy);
+    let listeners: Vec<_> = proxies.addresses().map(|a| a.to_string()).collect();
     let mut service = Service::new("ringside proxy".into(), proxies);
-    for addr in std::iter::once(&config.listen)
-        .chain(
-            config
-                .cluster
-                .enabled
-                .then_some(&config.cluster.peer_listen),
-        )
-        .chain(config.upstreams.iter().map(|u| &u.listen))
-    {
+    for addr in &listeners {
         service.add_listener(connections::listener(addr));
     }
     server.add_service(service);

@@ -207,13 +207,13 @@ impl Nodes {
         }
     }
 
-    /// SIGTERM every node at once, then wait for each; all problems in one message.
     /// The CPU time the nodes have used so far, all together; None where
     /// it cannot be read.
     pub fn cpu_time(&self) -> Option<Duration> {
         self.nodes.iter().map(RingsideProcess::cpu_time).sum()
     }
 
+    /// SIGTERM every node at once, then wait for each; all problems in one message.
     pub async fn stop(&mut self) -> Result<(), String> {
         for node in &mut self.nodes {
             node.signal_stop();
