@@ -61,6 +61,17 @@ const LATENCY_BUCKETS: &[f64] = &[
 
 pub static REGISTRY: Lazy<Registry> = Lazy::new(Registry::new);
 
+/// The process's own metrics, read from `/proc` at each scrape:
+/// `process_resident_memory_bytes` (what `cache.capacity` bounds, within the
+/// overhead README, "Memory" states), `process_cpu_seconds_total`, open and
+/// maximum file descriptors, threads, virtual memory and start time.
+static PROCESS: Lazy<()> = Lazy::new(|| {
+    let collector = prometheus::process_collector::ProcessCollector::for_self();
+    if let Err(e) = REGISTRY.register(Box::new(collector)) {
+        log::error!("process metrics registration failed: {e}");
+    }
+});
+
 fn register<T: prometheus::core::Collector + Clone + 'static>(metric: T) -> T {
     // Registration fails only on a duplicate name, which is a programming error
     // caught by the first test that renders metrics.
@@ -765,6 +776,7 @@ pub fn observe_admission(decision: &str, reason: &str, warnings: usize, seconds:
 /// The webhook's metrics, at zero from its start: the decisions a healthy
 /// webhook makes all the time, and every outcome that needs attention.
 pub fn init_inject() {
+    Lazy::force(&PROCESS);
     for (decision, reason) in [
         ("injected", "requested"),
         ("skipped", "not_requested"),
@@ -786,6 +798,7 @@ pub fn init_inject() {
 
 /// Touch every metric so that /metrics lists them all from the start, at zero.
 pub fn init(capacity_bytes: u64) {
+    Lazy::force(&PROCESS);
     Lazy::force(&REQUEST_CHILDREN);
     Lazy::force(&ORIGIN_REQUESTS);
     Lazy::force(&ORIGIN_DURATION);

@@ -120,6 +120,28 @@ async fn tiny_objects_stay_within_the_capacity_in_real_memory() {
     );
 }
 
+/// The process's resident memory is on /metrics, so that an operator can
+/// hold it against `cache.capacity` the way these tests do: the gauge says
+/// what /proc says.
+#[tokio::test]
+async fn metrics_report_the_process_resident_memory() {
+    let (_origin, rs) = small_cache("").await;
+    let exported = rs.metric("process_resident_memory_bytes", &[]).await;
+    let (resident, _) = memory(rs.pid());
+    assert!(
+        exported > resident as f64 * 0.8 && exported < resident as f64 * 1.25,
+        "exported {exported}, /proc says {resident}"
+    );
+    let metrics = rs.metrics().await;
+    for name in [
+        "process_cpu_seconds_total",
+        "process_open_fds",
+        "process_threads",
+    ] {
+        assert!(metrics.contains(&format!("\n{name} ")), "{name} missing");
+    }
+}
+
 /// One URL whose origin varies on a header that takes a new value on every
 /// request: the variants stay bounded (default 32 per URL), so neither
 /// memory nor other URLs' entries go to them.
