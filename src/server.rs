@@ -162,6 +162,8 @@ fn add_services(server: &mut Server, config: &Config, node: Arc<Node>) {
     }
     server.add_service(service);
     let mut admin = Service::new("ringside admin".into(), Admin::new(node, probed));
+    // Probes, scrapes and purges: light work, apart from the proxy's workers.
+    admin.threads = Some(1);
     admin.add_listener(connections::listener(&config.admin_listen));
     server.add_service(admin);
 }
