@@ -118,7 +118,7 @@ fn server_conf(config: &Config) -> ServerConf {
 fn add_services(server: &mut Server, config: &Config, node: Arc<Node>) {
     let ringside = Ringside::new(node.clone());
     let mut proxies = ByListener::new();
-    let probe = |addr: &str| readiness::Listener::plain(addr.parse().expect("validated by config"));
+    let probe = |addr: &str| readiness::Listener::plain(socket_addr(addr));
     let mut probed = vec![probe(&config.listen)];
     if config.cluster.enabled {
         let peer_listen = &config.cluster.peer_listen;
