@@ -19,13 +19,13 @@
 //! `ringside-origin: https://host` selects a forward-proxy origin. The purge
 //! runs on this node and on every other member (see `purge.rs`).
 
+use crate::cluster::purge;
 use crate::config::OriginUrl;
-use crate::connections;
 use crate::metrics;
+use crate::net::connections;
+use crate::net::origin::OriginTarget;
+use crate::net::readiness::Listener;
 use crate::node::Node;
-use crate::origin::OriginTarget;
-use crate::purge;
-use crate::readiness::Listener;
 use async_trait::async_trait;
 use http::{Method, Response, StatusCode};
 use pingora::apps::http_app::ServeHttp;
@@ -57,7 +57,7 @@ impl Admin {
     /// Whether this process serves every listener right now.
     async fn listeners_serve(&self) -> bool {
         for listener in &self.listeners {
-            if !crate::readiness::serves(listener).await {
+            if !crate::net::readiness::serves(listener).await {
                 return false;
             }
         }
@@ -134,7 +134,7 @@ impl Admin {
             _ => path_and_query,
         };
         // The same normal form the proxy keys requests by (normalize.rs).
-        let path = crate::normalize::normalize_target(path.as_bytes())
+        let path = crate::rfc::normalize::normalize_target(path.as_bytes())
             .map_err(|why| why.message())?
             .into_owned();
         let uri = path.parse::<http::Uri>().map_err(|_| "bad path\n")?;

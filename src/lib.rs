@@ -1,7 +1,20 @@
 //! ringside: an HTTP caching sidecar.
 //!
 //! Start with `ARCHITECTURE.md`; the request's way through the code is
-//! told at the top of `proxy/mod.rs`.
+//! told at the top of `proxy/mod.rs`. The folders are the layers, each
+//! importing only the ones below it (ARCHITECTURE.md lists what each may
+//! import, and `tests/layering.rs` holds the code to it):
+//!
+//! ```text
+//! server, admin     assembly, the admin listener
+//! proxy/            the request path (pingora's phases), app and peer roles
+//! node/             what one process shares: origins, the filler, handoff
+//! fill/             one fetch per key, from the owner or the origin
+//! cluster/          ring, membership, peers, hot keys, purge
+//! cache/  net/      the store, keys, singleflight | listeners, upstream, TLS
+//! config/ metrics   the checked configuration | every metric
+//! rfc/    shutdown  pure HTTP rules | how the process ends
+//! ```
 //!
 //! The public API is what the binary, the examples and the tests use: the
 //! configuration, running a node (`server::run`) or the webhook (`inject`),
@@ -10,37 +23,19 @@
 //! Everything else is internal to the crate.
 
 pub(crate) mod admin;
-pub(crate) mod announce;
-pub mod cache_rules;
-pub(crate) mod cache_status;
+pub(crate) mod cache;
 pub(crate) mod cluster;
 pub mod config;
-pub(crate) mod connections;
 pub mod demo;
 pub(crate) mod fill;
-pub(crate) mod handoff;
-pub(crate) mod hot;
-pub(crate) mod idle_pool;
 pub mod inject;
-pub(crate) mod invalidate;
-pub(crate) mod keys;
-pub(crate) mod listeners;
-pub mod membership;
 pub(crate) mod metrics;
+pub(crate) mod net;
 pub(crate) mod node;
-pub mod normalize;
-pub(crate) mod origin;
-pub(crate) mod peer_tls;
-pub mod peers;
 pub(crate) mod proxy;
-pub(crate) mod purge;
-pub mod range;
-pub(crate) mod readiness;
-pub mod ring;
-pub(crate) mod routes;
+pub(crate) mod rfc;
 pub mod server;
 pub(crate) mod shutdown;
-pub(crate) mod singleflight;
-pub(crate) mod store;
-pub(crate) mod tls_files;
-pub(crate) mod tunnel;
+
+pub use cluster::{membership, peers, ring};
+pub use rfc::{cache_rules, normalize, range};

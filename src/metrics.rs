@@ -858,7 +858,7 @@ pub fn init(capacity_bytes: u64) {
     for result in CacheResult::iter() {
         PEER_SERVED.with_label_values(&[result.as_str()]);
     }
-    for reason in crate::cache_rules::NotStorable::iter() {
+    for reason in crate::rfc::cache_rules::NotStorable::iter() {
         NOT_STORED.with_label_values(&[reason.as_str()]);
     }
     Lazy::force(&PEER_REQUESTS);

@@ -4,21 +4,21 @@
 //! How the process ends is `shutdown.rs`.
 
 use crate::admin::Admin;
-use crate::announce;
+use crate::cache::store::Store;
+use crate::cluster::announce;
 use crate::cluster::Cluster;
 use crate::config::{Config, OriginUrl, PeerProtocol};
-use crate::connections::{self, Guarded, Handshake, Limits};
-use crate::handoff;
-use crate::listeners::ByListener;
 use crate::metrics;
+use crate::net::connections::{self, Guarded, Handshake, Limits};
+use crate::net::listeners::ByListener;
+use crate::net::origin::OriginClient;
+use crate::net::peer_tls::CleartextListener;
+use crate::net::readiness;
+use crate::net::tunnel::Tunnels;
+use crate::node::handoff;
 use crate::node::Node;
-use crate::origin::OriginClient;
-use crate::peer_tls::CleartextListener;
 use crate::proxy::Ringside;
-use crate::readiness;
 use crate::shutdown::DrainOnTerm;
-use crate::store::Store;
-use crate::tunnel::Tunnels;
 use pingora::apps::{HttpServerOptions, ServerApp};
 use pingora::server::configuration::ServerConf;
 use pingora::server::{RunArgs, Server};

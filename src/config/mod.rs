@@ -188,6 +188,9 @@ pub const DEFAULT_STRIP_REQUEST_HEADERS: [&str; 14] = [
     "X-Method-Override",
 ];
 
+/// Variants kept per URL unless configured (`cache.max_variants`).
+pub const DEFAULT_MAX_VARIANTS: usize = 32;
+
 /// `cache.encoded_slashes`: an encoded `/` or `\` makes a path's segments
 /// ambiguous (the origin may or may not decode it).
 #[derive(Debug, Clone, Copy, Default, Deserialize, PartialEq, Eq)]
@@ -283,7 +286,7 @@ impl Default for CacheConfig {
             encoded_slashes: EncodedSlashes::Reject,
             targeted_cache_control: vec!["Ringside-Cache-Control".into()],
             stale_if_error: Duration::ZERO,
-            max_variants: crate::store::DEFAULT_MAX_VARIANTS,
+            max_variants: DEFAULT_MAX_VARIANTS,
         }
     }
 }
@@ -476,7 +479,7 @@ impl Config {
                 .map_err(|why| invalid(&format!("forward_proxy.allow[{i}]"), quoted(url), why))?;
         }
         for (i, authority) in self.forward_proxy.connect_allow.iter().enumerate() {
-            if crate::tunnel::parse_authority(authority).is_none() {
+            if crate::rfc::normalize::authority_form(authority).is_none() {
                 let field = format!("forward_proxy.connect_allow[{i}]");
                 let expected = "host:port, such as api.example.com:443";
                 return Err(invalid(&field, quoted(authority), expected));
@@ -529,7 +532,7 @@ fn validate_rules(list: &str, rules: &[PathRule]) -> Result<(), ConfigError> {
             ));
         }
         // Requests are matched after normalisation (normalize.rs).
-        let normal = crate::normalize::normalize_path(rule.prefix.as_bytes());
+        let normal = crate::rfc::normalize::normalize_path(rule.prefix.as_bytes());
         if normal.as_deref().ok() != Some(rule.prefix.as_str()) {
             return Err(invalid(
                 &format!("{field}.prefix"),
@@ -579,10 +582,10 @@ impl Config {
     }
 
     /// Heuristic freshness as the caching rules take it; None when off.
-    pub fn heuristic(&self) -> Option<crate::cache_rules::Heuristic> {
+    pub fn heuristic(&self) -> Option<crate::rfc::cache_rules::Heuristic> {
         let cache = &self.cache;
         (cache.heuristic_fraction > 0.0 && !cache.heuristic_max.is_zero()).then_some(
-            crate::cache_rules::Heuristic {
+            crate::rfc::cache_rules::Heuristic {
                 fraction: cache.heuristic_fraction,
                 max: cache.heuristic_max,
             },

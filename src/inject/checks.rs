@@ -5,7 +5,7 @@
 //! Pure functions over the pod's JSON, like [`super::sidecar`]: a pod of any
 //! shape gets an answer, never a panic.
 
-use super::sidecar::{
+use super::pod::{
     PodOptions, ANNOTATIONS, ANNOTATION_ADMIN_PORT, ANNOTATION_APP, ANNOTATION_INJECT,
     ANNOTATION_PORT,
 };

@@ -21,10 +21,11 @@
 
 pub mod checks;
 pub mod memory;
+pub mod pod;
 pub mod review;
 pub mod sidecar;
 
-use crate::tls_files::{CertificateFiles, Watched};
+use crate::net::tls_files::{CertificateFiles, Watched};
 use async_trait::async_trait;
 use http::{Method, Response, StatusCode};
 use pingora::apps::http_app::ServeHttp;

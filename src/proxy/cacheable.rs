@@ -14,16 +14,17 @@
 
 use super::respond::{send_error, send_object, send_refusal, send_stream};
 use super::{RequestCtx, Ringside, Role};
-use crate::cache_rules::{self, CacheControl, RuleOptions};
-use crate::cache_status::{CacheStatus, Detail, Fwd};
+use crate::cache::keys;
+use crate::cache::singleflight::WaitError;
+use crate::cache::store::{CachedObject, Entry, Store};
+use crate::cluster::peers;
 use crate::cluster::Cluster;
 use crate::fill::{self, Job, LeaderResult, Outcome, Source, Started};
-use crate::keys;
 use crate::metrics::{self, CacheResult};
-use crate::origin::{strip_hop_by_hop, OriginTarget};
-use crate::peers;
-use crate::singleflight::WaitError;
-use crate::store::{CachedObject, Entry, Store};
+use crate::net::origin::OriginTarget;
+use crate::rfc::cache_rules::{self, CacheControl, RuleOptions};
+use crate::rfc::cache_status::{CacheStatus, Detail, Fwd};
+use crate::rfc::headers::strip_hop_by_hop;
 use http::header;
 use http::Method;
 use pingora::http::{RequestHeader, ResponseHeader};

@@ -40,13 +40,12 @@
 //! `request_filter` (which then returns `Ok(true)`); everything else returns
 //! `Ok(false)` and pingora's proxy phases stream it both ways.
 
-use crate::cache_rules::{self, CacheControl, RuleOptions};
-use crate::connections;
-use crate::invalidate;
+use crate::cluster::peers;
 use crate::metrics::{self, CacheResult};
+use crate::net::connections;
+use crate::net::origin::OriginTarget;
 use crate::node::Node;
-use crate::origin::OriginTarget;
-use crate::peers;
+use crate::rfc::cache_rules::{self, CacheControl, RuleOptions};
 use crate::shutdown::InFlight;
 use async_trait::async_trait;
 use http::header;
@@ -60,11 +59,12 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 mod cacheable;
+mod invalidate;
 mod peer;
 mod request;
 mod respond;
 
-use crate::cache_status::{CacheStatus, Detail, HEADER as CACHE_STATUS};
+use crate::rfc::cache_status::{CacheStatus, Detail, HEADER as CACHE_STATUS};
 use respond::send_error;
 
 /// Which listener a [`Ringside`] serves.
@@ -267,8 +267,8 @@ impl ProxyHttp for Ringside {
         // Pipelined requests are answered in order (RFC 9112 §9.3.2) rather
         // than dropped after the first response.
         session.set_pipelining_enabled(true);
-        if crate::readiness::is_probe(session.req_header()) {
-            return crate::readiness::answer(session).await;
+        if crate::net::readiness::is_probe(session.req_header()) {
+            return crate::net::readiness::answer(session).await;
         }
         if let Err(refusal) = request::check_protocol(session.req_header()) {
             return refuse(session, ctx, refusal).await;
@@ -434,7 +434,7 @@ impl ProxyHttp for Ringside {
 
     async fn logging(&self, session: &mut Session, _e: Option<&Error>, ctx: &mut RequestCtx) {
         connections::exchange_finished(session.as_downstream());
-        if crate::readiness::is_probe(session.req_header()) {
+        if crate::net::readiness::is_probe(session.req_header()) {
             return;
         }
         if self.role == Role::Peer {

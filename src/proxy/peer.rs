@@ -24,15 +24,15 @@
 
 use super::respond::{send_error, send_refusal};
 use super::{RequestCtx, Ringside};
-use crate::cache_status::{CacheStatus, Detail};
+use crate::cluster::peers::{self, Refusal};
+use crate::cluster::purge;
 use crate::cluster::Cluster;
 use crate::config::OriginUrl;
 use crate::metrics::{self, CacheResult};
-use crate::origin::OriginTarget;
-use crate::peer_tls::TlsRefusal;
-use crate::peers::{self, Refusal};
-use crate::purge;
-use crate::{announce, handoff};
+use crate::net::origin::OriginTarget;
+use crate::net::peer_tls::TlsRefusal;
+use crate::rfc::cache_status::{CacheStatus, Detail};
+use crate::{cluster::announce, node::handoff};
 use bytes::{Bytes, BytesMut};
 use http::Method;
 use pingora::prelude::*;

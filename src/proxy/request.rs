@@ -5,17 +5,17 @@
 //! - protocol checks a shared cache makes before trusting a request
 //!   (RFC 9112): a request line over [`MAX_REQUEST_LINE_BYTES`] gets 414,
 //!   an HTTP/1.1 request without `Host` 400;
-//! - the normalised target (`crate::normalize`), written back into the
+//! - the normalised target (`crate::rfc::normalize`), written back into the
 //!   request; what cannot be normalised gets 400 (or, for encoded slashes
 //!   with `cache.encoded_slashes: pass`, goes through uncached);
 //! - one `Content-Length` where the client repeated an identical one;
 //! - the header policy for cacheable requests: `cache.strip_request_headers`
 //!   removed, `cache.key_headers` made part of the key.
 
-use crate::cache_status::{CacheStatus, Detail};
+use crate::cache::keys;
 use crate::config::{CacheConfig, EncodedSlashes};
-use crate::keys;
-use crate::normalize::{self, Rejection};
+use crate::rfc::cache_status::{CacheStatus, Detail};
+use crate::rfc::normalize::{self, Rejection};
 use http::header::{self, HeaderMap, HeaderName};
 use http::{Method, Version};
 use pingora::http::authority::{raw_target_authority, RawTargetAuthority};

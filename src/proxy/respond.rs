@@ -1,12 +1,12 @@
 //! Writing responses: from a stored object (the hit path), from a streamed
 //! origin response, and ringside's own short errors. Either kind of answer
 //! may be a 304 (the client's validators match) or, for a GET with `Range`,
-//! a 206 or 416 cut from the complete response (`crate::range` decides).
+//! a 206 or 416 cut from the complete response (`crate::rfc::range` decides).
 
-use crate::cache_rules;
+use crate::cache::store::CachedObject;
 use crate::metrics;
-use crate::range::{self, ByteRange, Selection};
-use crate::store::CachedObject;
+use crate::rfc::cache_rules;
+use crate::rfc::range::{self, ByteRange, Selection};
 use bytes::Bytes;
 use http::header::{self, HeaderName, HeaderValue};
 use http::response::Parts;
@@ -16,7 +16,7 @@ use pingora::prelude::*;
 use pingora::proxy::Session;
 use std::time::Instant;
 
-use crate::cache_status::{CacheStatus, Detail, HEADER as CACHE_STATUS};
+use crate::rfc::cache_status::{CacheStatus, Detail, HEADER as CACHE_STATUS};
 
 /// Answer from a stored object: 304 when the client's validators match a
 /// stored 2xx (RFC 9110 §13.2.1: preconditions are ignored for others), a
@@ -155,7 +155,7 @@ async fn send_unsatisfiable(
 pub async fn send_stream(
     session: &mut Session,
     header: Box<ResponseHeader>,
-    body: tokio::sync::mpsc::Receiver<std::result::Result<Bytes, crate::origin::FetchError>>,
+    body: tokio::sync::mpsc::Receiver<std::result::Result<Bytes, crate::net::origin::FetchError>>,
     cache_status: CacheStatus,
 ) -> Result<bool> {
     let cache_status = cache_status.header_value();
@@ -203,7 +203,9 @@ const WHOLE_BODY: ByteRange = ByteRange {
 /// the whole body) and end the response; stop reading once past it.
 async fn write_body_window(
     session: &mut Session,
-    mut body: tokio::sync::mpsc::Receiver<std::result::Result<Bytes, crate::origin::FetchError>>,
+    mut body: tokio::sync::mpsc::Receiver<
+        std::result::Result<Bytes, crate::net::origin::FetchError>,
+    >,
     window: ByteRange,
 ) -> Result<bool> {
     let mut position = 0u64;
@@ -248,7 +250,7 @@ pub async fn send_refusal(
     body: &'static str,
     reason: &'static str,
 ) -> Result<bool> {
-    let refused = Some((&crate::peers::REFUSED, reason));
+    let refused = Some((&crate::cluster::peers::REFUSED, reason));
     let status = CacheStatus::bypass(Detail::PeerRefused);
     send_plain(session, code, body, status, refused).await
 }

@@ -1,0 +1,410 @@
+//! Origins: where a request goes, and the client that fetches cache fills.
+//!
+//! An [`OriginTarget`] is one upstream (scheme, host, port) with its resolved
+//! address and connection options; the reverse-proxy origin and each
+//! forward-proxy allowlist entry are one each. Both the pass-through path
+//! (pingora's proxy, via [`OriginTarget::peer`]) and cache fills
+//! ([`OriginClient::fetch`]) connect through pingora connectors. Idle
+//! keep-alive connections are pooled per target: by pingora for the
+//! pass-through path and HTTP/2, by [`IdlePool`] for fills over HTTP/1.
+//!
+//! Fills use their own client rather than pingora's proxy phase because a
+//! fill must outlive the client that triggered it: it runs in a spawned task
+//! so that the waiters it serves still get the object when that client
+//! disconnects (see `fill.rs`).
+
+use crate::config::{Config, OriginUrl};
+use crate::net::idle_pool::IdlePool;
+use crate::net::peer_tls::PeerTls;
+use bytes::Bytes;
+use http::header::{self, HeaderValue};
+use pingora::connectors::http::Connector;
+use pingora::http::{RequestHeader, ResponseHeader};
+use pingora::protocols::http::client::HttpSession;
+use pingora::protocols::http::v1::client::HttpSession as Http1Session;
+use pingora::upstreams::peer::{HttpPeer, Peer};
+use pingora::{Error, ErrorType};
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant, SystemTime};
+
+/// How long a DNS answer for an origin host is reused.
+const DNS_TTL: Duration = Duration::from_secs(30);
+
+/// One upstream origin.
+pub struct OriginTarget {
+    pub url: OriginUrl,
+    /// `scheme://host:port`: the first part of every cache key for this origin.
+    pub key_prefix: String,
+    /// The Host header sent to the origin.
+    pub host_header: HeaderValue,
+    connect_timeout: Duration,
+    read_timeout: Duration,
+    idle_timeout: Duration,
+    verify_tls: bool,
+    resolved: Mutex<Option<(Instant, SocketAddr)>>,
+}
+
+impl OriginTarget {
+    pub fn new(url: OriginUrl, config: &Config) -> OriginTarget {
+        let host_header = HeaderValue::from_str(&url.host_header())
+            .unwrap_or_else(|_| HeaderValue::from_static("localhost"));
+        OriginTarget {
+            key_prefix: url.key_prefix(),
+            host_header,
+            connect_timeout: config.origin.connect_timeout,
+            read_timeout: config.origin.read_timeout,
+            idle_timeout: config.origin.idle_timeout,
+            verify_tls: config.origin.verify_tls,
+            resolved: Mutex::new(None),
+            url,
+        }
+    }
+
+    /// The connection options and current address of this origin.
+    pub async fn peer(&self) -> pingora::Result<HttpPeer> {
+        let addr = self.resolve().await?;
+        let mut peer = HttpPeer::new(addr, self.url.tls, self.url.host.clone());
+        let options = &mut peer.options;
+        options.connection_timeout = Some(self.connect_timeout);
+        options.total_connection_timeout = Some(self.connect_timeout);
+        options.read_timeout = Some(self.read_timeout);
+        options.write_timeout = Some(self.read_timeout);
+        options.idle_timeout = Some(self.idle_timeout);
+        options.verify_cert = self.verify_tls;
+        options.verify_hostname = self.verify_tls;
+        Ok(peer)
+    }
+
+    async fn resolve(&self) -> pingora::Result<SocketAddr> {
+        if let Ok(ip) = self.url.host.parse::<std::net::IpAddr>() {
+            return Ok(SocketAddr::new(ip, self.url.port));
+        }
+        if let Some((at, addr)) = *lock(&self.resolved) {
+            if at.elapsed() < DNS_TTL {
+                return Ok(addr);
+            }
+        }
+        let lookup = tokio::net::lookup_host((self.url.host.as_str(), self.url.port));
+        let addr = match tokio::time::timeout(self.connect_timeout, lookup).await {
+            Ok(Ok(mut addrs)) => addrs.next(),
+            _ => None,
+        };
+        match addr {
+            Some(addr) => {
+                *lock(&self.resolved) = Some((Instant::now(), addr));
+                Ok(addr)
+            }
+            None => Error::e_explain(
+                ErrorType::ConnectNoRoute,
+                format!("cannot resolve origin host {}", self.url.host),
+            ),
+        }
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// Why a fetch produced no response.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FetchError {
+    /// Connecting or reading took longer than configured: 504.
+    Timeout,
+    /// Refused, unreachable, reset, or garbled: 502.
+    Unreachable,
+}
+
+impl FetchError {
+    pub fn status(self) -> u16 {
+        match self {
+            FetchError::Timeout => 504,
+            FetchError::Unreachable => 502,
+        }
+    }
+
+    pub fn from_pingora(e: &Error) -> FetchError {
+        match e.etype() {
+            ErrorType::ConnectTimedout | ErrorType::ReadTimedout | ErrorType::WriteTimedout => {
+                FetchError::Timeout
+            }
+            _ => FetchError::Unreachable,
+        }
+    }
+}
+
+/// The client for cache fills: a pooled connector shared by every fill,
+/// and with `cluster.tls` the TLS every request to a peer goes over.
+pub struct OriginClient {
+    connector: Connector,
+    idle: IdlePool,
+    peer_tls: Option<Arc<PeerTls>>,
+}
+
+/// An origin response whose headers have arrived; the body is read on demand.
+pub struct OriginResponse {
+    session: HttpSession,
+    peer: HttpPeer,
+    /// The peer's `reuse_hash`: which idle connections it may reuse.
+    target: u64,
+    idle_timeout: Duration,
+    pub header: ResponseHeader,
+    pub request_time: SystemTime,
+    pub response_time: SystemTime,
+}
+
+impl OriginClient {
+    /// A client whose peer requests go over `peer_tls` when given (never
+    /// cleartext then), signed cleartext HTTP otherwise.
+    pub fn new(peer_tls: Option<Arc<PeerTls>>) -> OriginClient {
+        OriginClient {
+            connector: Connector::new(None),
+            idle: IdlePool::default(),
+            peer_tls,
+        }
+    }
+
+    /// Send `request` (origin-form path, headers already cleaned) and wait for
+    /// the response headers.
+    pub async fn fetch(
+        &self,
+        target: &OriginTarget,
+        request: &RequestHeader,
+    ) -> Result<OriginResponse, FetchError> {
+        let started = Instant::now();
+        let result = self.fetch_inner(target, request).await;
+        let status = result.as_ref().ok().map(|r| r.header.status.as_u16());
+        crate::metrics::observe_origin(status, started.elapsed().as_secs_f64());
+        result.map_err(|e| {
+            log::warn!(
+                "origin {} fetch {} failed: {e}",
+                target.key_prefix,
+                request.uri
+            );
+            FetchError::from_pingora(&e)
+        })
+    }
+
+    /// Send `request` to another ringside's peer listener at `addr` (`host:port`).
+    /// Connecting is bounded by `connect_timeout`; waiting for the answer by
+    /// `read_timeout`, which must leave the owner time for its own origin fetch.
+    pub async fn fetch_peer(
+        &self,
+        addr: &str,
+        request: &RequestHeader,
+        connect_timeout: Duration,
+        read_timeout: Duration,
+        h2c: bool,
+    ) -> Result<OriginResponse, FetchError> {
+        self.send_peer(addr, request, None, connect_timeout, read_timeout, h2c)
+            .await
+    }
+
+    /// [`Self::fetch_peer`], with a request body (a handoff's entries).
+    pub async fn send_peer(
+        &self,
+        addr: &str,
+        request: &RequestHeader,
+        body: Option<Bytes>,
+        connect_timeout: Duration,
+        read_timeout: Duration,
+        h2c: bool,
+    ) -> Result<OriginResponse, FetchError> {
+        let timeout = connect_timeout;
+        let resolved = match tokio::time::timeout(timeout, tokio::net::lookup_host(addr)).await {
+            Ok(Ok(mut addrs)) => addrs.next(),
+            _ => None,
+        };
+        let Some(socket) = resolved else {
+            return Err(FetchError::Unreachable);
+        };
+        let mut peer = HttpPeer::new(socket, false, String::new());
+        peer.options.connection_timeout = Some(timeout);
+        peer.options.total_connection_timeout = Some(timeout);
+        peer.options.read_timeout = Some(read_timeout);
+        peer.options.write_timeout = Some(read_timeout);
+        peer.options.idle_timeout = Some(Duration::from_secs(60));
+        if h2c {
+            peer.options.set_http_version(2, 2);
+        }
+        if let Some(tls) = &self.peer_tls {
+            tls.configure(&mut peer, addr);
+        }
+        self.send(peer, request, body, read_timeout, Duration::from_secs(60))
+            .await
+            .map_err(|e| {
+                log::warn!("peer {addr} fetch {} failed: {e}", request.uri);
+                if let Some(tls) = &self.peer_tls {
+                    tls.note_failure(addr, &e);
+                }
+                FetchError::from_pingora(&e)
+            })
+    }
+
+    async fn fetch_inner(
+        &self,
+        target: &OriginTarget,
+        request: &RequestHeader,
+    ) -> pingora::Result<OriginResponse> {
+        let peer = target.peer().await?;
+        self.send(
+            peer,
+            request,
+            None,
+            target.read_timeout,
+            target.idle_timeout,
+        )
+        .await
+    }
+
+    async fn send(
+        &self,
+        peer: HttpPeer,
+        request: &RequestHeader,
+        body: Option<Bytes>,
+        read_timeout: Duration,
+        idle_timeout: Duration,
+    ) -> pingora::Result<OriginResponse> {
+        let request_time = SystemTime::now();
+        let target = peer.reuse_hash();
+        // A pooled connection may have been closed by the origin while idle;
+        // for these idempotent fills one retry on a fresh connection is safe.
+        // The other idle ones to this target are likely dead too (the peer
+        // restarted, say): they are closed, not tried.
+        for attempt in 0..2 {
+            let (mut session, reused) = match attempt {
+                0 => self.session(&peer, target).await?,
+                _ => {
+                    self.idle.clear(target);
+                    self.connector.get_http_session(&peer).await?
+                }
+            };
+            session.set_read_timeout(Some(read_timeout));
+            session.set_write_timeout(Some(read_timeout));
+            let sent = async {
+                session
+                    .write_request_header(Box::new(request.clone()))
+                    .await?;
+                if let Some(body) = &body {
+                    session.write_request_body(body.clone(), false).await?;
+                }
+                // An HTTP/2 peer may answer a GET and close its stream before
+                // our end-of-stream frame goes out ("inactive stream"): its
+                // answer is what counts. Retrying instead would resend a
+                // signed request it has served, which it refuses as a replay.
+                let finished = session.finish_request_body().await;
+                match read_final_header(&mut session).await {
+                    Ok(()) => Ok(()),
+                    Err(e) => finished.and(Err(e)),
+                }
+            }
+            .await;
+            match sent {
+                Ok(()) => {
+                    let header = session
+                        .response_header()
+                        .cloned()
+                        .ok_or_else(|| Error::explain(ErrorType::InvalidHTTPHeader, "no header"))?;
+                    return Ok(OriginResponse {
+                        session,
+                        peer,
+                        target,
+                        idle_timeout,
+                        header,
+                        request_time,
+                        response_time: SystemTime::now(),
+                    });
+                }
+                Err(e) if reused && attempt == 0 && !is_timeout(&e) => continue,
+                Err(e) => return Err(e),
+            }
+        }
+        Error::e_explain(ErrorType::ConnectError, "origin connection failed twice")
+    }
+
+    /// A session to `peer`: on an idle HTTP/1 connection of ours, or from
+    /// pingora's connector (HTTP/2, or a new connection). True if reused.
+    async fn session(&self, peer: &HttpPeer, target: u64) -> pingora::Result<(HttpSession, bool)> {
+        match self.idle.take(target) {
+            Some(stream) => {
+                let session = Http1Session::new_with_options(stream, peer);
+                Ok((HttpSession::H1(session), true))
+            }
+            None => self.connector.get_http_session(peer).await,
+        }
+    }
+}
+
+/// Interim responses an origin may send before the final one (RFC 9110
+/// §15.2) that a fill skips; past this many the origin is misbehaving.
+const MAX_INTERIM_RESPONSES: usize = 8;
+
+/// Read response heads until the final one: 100 Continue, 102 Processing and
+/// 103 Early Hints are skipped (a fill has no client to pass hints to, and
+/// nothing interim is stored); 101 is refused, fills never ask to upgrade.
+async fn read_final_header(session: &mut HttpSession) -> pingora::Result<()> {
+    for _ in 0..=MAX_INTERIM_RESPONSES {
+        session.read_response_header().await?;
+        let status = session.response_header().map(|h| h.status.as_u16());
+        match status {
+            Some(101) => return Error::e_explain(ErrorType::InvalidHTTPHeader, "unasked-for 101"),
+            Some(100..=199) => continue,
+            _ => return Ok(()),
+        }
+    }
+    Error::e_explain(ErrorType::InvalidHTTPHeader, "too many interim responses")
+}
+
+fn is_timeout(e: &Error) -> bool {
+    FetchError::from_pingora(e) == FetchError::Timeout
+}
+
+impl OriginResponse {
+    /// The next body chunk, or None at the end.
+    pub async fn read_chunk(&mut self) -> Result<Option<Bytes>, FetchError> {
+        self.session
+            .read_response_body()
+            .await
+            .map_err(|e| FetchError::from_pingora(&e))
+    }
+
+    /// The body length the origin announced, if it did.
+    pub fn content_length(&self) -> Option<u64> {
+        self.header
+            .headers
+            .get(header::CONTENT_LENGTH)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.trim().parse().ok())
+    }
+
+    /// Return the connection to the pool once the body has been read whole;
+    /// otherwise close it (a half-read connection cannot be reused).
+    pub async fn finish(self, client: &OriginClient) {
+        let mut session = self.session;
+        if !session.response_done() {
+            return session.shutdown().await;
+        }
+        match session {
+            HttpSession::H1(mut session) => {
+                session.respect_keepalive();
+                if let Some(stream) = session.reuse().await {
+                    client.idle.put(self.target, stream, self.idle_timeout);
+                }
+            }
+            session => {
+                client
+                    .connector
+                    .release_http_session(session, &self.peer, Some(self.idle_timeout))
+                    .await
+            }
+        }
+    }
+}
+
+/// Remove hop-by-hop headers from a response header.
+pub fn strip_response_hop_by_hop(header: &mut ResponseHeader) {
+    for name in crate::rfc::headers::hop_by_hop_names(&header.headers) {
+        header.remove_header(&name);
+    }
+}

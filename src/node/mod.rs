@@ -1,0 +1,68 @@
+//! The node: what one ringside process shares between its listeners.
+//!
+//! The app-facing and peer listeners (`proxy`) and the admin listener
+//! (`admin`) each hold the same `Arc<Node>`: the configuration, the origins
+//! it may reach (`routes`), and the [`Filler`] that owns the cache, the
+//! in-flight fills and, in a cluster, the membership and hot area. Nothing
+//! here knows about listeners, so both sides depend on it and not on each
+//! other.
+
+pub(crate) mod handoff;
+pub(crate) mod routes;
+
+use crate::cache::keys;
+use crate::cache::singleflight::Group;
+use crate::cache::store::Store;
+use crate::cluster::Cluster;
+use crate::config::Config;
+use crate::fill::Filler;
+use crate::net::origin::{OriginClient, OriginTarget};
+use crate::node::routes::Origins;
+use std::sync::Arc;
+
+pub struct Node {
+    pub config: Arc<Config>,
+    pub origins: Origins,
+    pub filler: Arc<Filler>,
+}
+
+impl Node {
+    /// A node whose own keys live in `store`, in `cluster` if there is one.
+    pub fn new(config: Arc<Config>, store: Store, cluster: Option<Arc<Cluster>>) -> Node {
+        let filler = Arc::new(Filler {
+            flights: Group::new(),
+            client: OriginClient::new(cluster.as_ref().and_then(|c| c.tls.clone())),
+            store: Arc::new(store),
+            cluster,
+            asking_previous: Default::default(),
+        });
+        Node {
+            origins: Origins::new(&config),
+            config,
+            filler,
+        }
+    }
+
+    pub fn store(&self) -> &Store {
+        &self.filler.store
+    }
+
+    pub fn cluster(&self) -> Option<&Arc<Cluster>> {
+        self.filler.cluster.as_ref()
+    }
+
+    /// Every store that may hold a key: this node's own and, in a cluster,
+    /// the hot area's mirrors of keys other nodes own.
+    pub fn stores(&self) -> Vec<&Store> {
+        let mut stores = vec![self.store()];
+        if let Some(cluster) = self.cluster() {
+            stores.push(&cluster.hot.store);
+        }
+        stores
+    }
+
+    /// The plain cache key of a normalised URI at `target` (see `keys.rs`).
+    pub fn cache_key(&self, target: &OriginTarget, uri: &http::Uri) -> String {
+        keys::plain(&target.key_prefix, uri, self.config.cache.include_query)
+    }
+}

@@ -1,0 +1,130 @@
+//! Which origin a request is for, and which path rules apply there.
+//!
+//! The app's requests go to the origin of the listener they arrive on (the
+//! configured origin on `listen`, each of `upstreams` on its own), unless
+//! the app uses ringside as its HTTP proxy: then an absolute-form target
+//! (`GET http://api.example/x HTTP/1.1`) names the origin, which must be on
+//! `forward_proxy.allow`. Peers name the origin in a signed header; purges in
+//! `ringside-origin`. All of them resolve here, against one table built
+//! from the configuration, so that an origin is reachable only if the
+//! configuration lists it. Path rules belong to the origin, not to the
+//! listener: the owner of a key applies the same rules as the node that
+//! asked it.
+
+use crate::config::{Config, OriginUrl, PathRule};
+use crate::net::origin::OriginTarget;
+use http::Method;
+use pingora::http::authority::{raw_target_authority, RawTargetAuthority};
+use pingora::http::RequestHeader;
+use std::collections::HashMap;
+use std::sync::Arc;
+
+/// The origins this node may reach.
+pub struct Origins {
+    /// The reverse-proxy origin: requests in origin-form go here.
+    default: Arc<OriginTarget>,
+    /// Every origin by URL: the reverse origin, the upstreams, the
+    /// forward-proxy allowlist.
+    by_url: HashMap<OriginUrl, Arc<OriginTarget>>,
+    /// The upstreams that have rules of their own.
+    own_rules: HashMap<OriginUrl, Vec<PathRule>>,
+    /// `cache.rules`, for every other origin.
+    rules: Vec<PathRule>,
+}
+
+/// Why a request has no origin: the status and body of the answer.
+pub type Unroutable = (u16, &'static str);
+
+impl Origins {
+    pub fn new(config: &Config) -> Origins {
+        let default = Arc::new(OriginTarget::new(config.origin_url(), config));
+        let mut by_url = HashMap::new();
+        by_url.insert(default.url.clone(), default.clone());
+        let mut own_rules = HashMap::new();
+        for upstream in &config.upstreams {
+            if let Ok(url) = OriginUrl::parse(&upstream.origin) {
+                if let Some(rules) = &upstream.rules {
+                    own_rules.insert(url.clone(), rules.clone());
+                }
+                let target = Arc::new(OriginTarget::new(url.clone(), config));
+                by_url.entry(url).or_insert(target);
+            }
+        }
+        for url in &config.forward_proxy.allow {
+            if let Ok(url) = OriginUrl::parse(url) {
+                let target = Arc::new(OriginTarget::new(url.clone(), config));
+                by_url.entry(url).or_insert(target);
+            }
+        }
+        Origins {
+            default,
+            by_url,
+            own_rules,
+            rules: config.cache.rules.clone(),
+        }
+    }
+
+    /// The rule for a path at `target`: the first whose prefix matches.
+    pub fn rule_for(&self, target: &OriginTarget, path: &str) -> Option<&PathRule> {
+        self.own_rules
+            .get(&target.url)
+            .unwrap_or(&self.rules)
+            .iter()
+            .find(|r| path.starts_with(&r.prefix))
+    }
+
+    /// The reverse-proxy origin.
+    pub fn default(&self) -> &Arc<OriginTarget> {
+        &self.default
+    }
+
+    /// The origin with this URL, if this node may reach it.
+    pub fn get(&self, url: &OriginUrl) -> Option<Arc<OriginTarget>> {
+        self.by_url.get(url).cloned()
+    }
+
+    /// The origin of an app's request that arrived on the listener of `listener_origin`.
+    pub fn route(
+        &self,
+        req: &RequestHeader,
+        listener_origin: &Arc<OriginTarget>,
+    ) -> Result<Arc<OriginTarget>, Unroutable> {
+        if req.method == Method::CONNECT {
+            // Tunnels open at a connection's start (tunnel.rs), or not at all.
+            return Err((405, "CONNECT only as a connection's first request, to a host on forward_proxy.connect_allow\n"));
+        }
+        // pingora keeps only the path in `req.uri`; an absolute-form
+        // target's scheme and authority are in the raw target.
+        let (scheme, authority) = match raw_target_authority(req.raw_path()) {
+            RawTargetAuthority::None => return Ok(listener_origin.clone()),
+            RawTargetAuthority::AmbiguousAuthority => {
+                return Err((400, "ambiguous request target\n"))
+            }
+            RawTargetAuthority::Absolute {
+                scheme, authority, ..
+            } => (scheme, authority),
+        };
+        let url = absolute_origin(scheme, authority)?;
+        self.get(&url)
+            .ok_or((403, "origin is not on ringside's forward_proxy allowlist\n"))
+    }
+}
+
+/// The origin URL of an absolute-form target's scheme and authority.
+fn absolute_origin(scheme: &[u8], authority: &[u8]) -> Result<OriginUrl, Unroutable> {
+    let authority =
+        http::uri::Authority::try_from(authority).map_err(|_| (400, "invalid request target\n"))?;
+    let tls = match scheme.to_ascii_lowercase().as_slice() {
+        b"http" => false,
+        b"https" => true,
+        _ => return Err((400, "unsupported URL scheme\n")),
+    };
+    Ok(OriginUrl {
+        tls,
+        host: authority
+            .host()
+            .trim_matches(['[', ']'])
+            .to_ascii_lowercase(),
+        port: authority.port_u16().unwrap_or(if tls { 443 } else { 80 }),
+    })
+}
