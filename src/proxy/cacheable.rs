@@ -13,13 +13,14 @@
 //! already under way here, or refused as not cached.
 
 use super::respond::{send_error, send_object, send_refusal, send_stream};
+use super::told::told;
 use super::{RequestCtx, Ringside, Role};
 use crate::cache::keys;
 use crate::cache::singleflight::WaitError;
 use crate::cache::store::{CachedObject, Entry, Store};
 use crate::cluster::peers;
 use crate::cluster::Cluster;
-use crate::fill::{self, Job, LeaderResult, Outcome, Source, Started};
+use crate::fill::{self, Job, Kept, LeaderResult, Outcome, Report, Started};
 use crate::metrics::{self, CacheResult};
 use crate::net::origin::OriginTarget;
 use crate::rfc::cache_rules::{self, CacheControl, RuleOptions};
@@ -310,23 +311,21 @@ impl Ringside {
             LeaderResult::Stream {
                 header,
                 body,
-                cache_status,
-                result,
-                storing,
+                report,
             } => {
+                let storing = !matches!(report.kept, Kept::No(..));
                 if !storing && wants_part_of(session.req_header(), &header) {
                     // Dropping `body` ends the leader's share of the fill.
                     let status = CacheStatus::forward(Fwd::UriMiss).detail(Detail::RangeNotStored);
                     return self.pass(ctx, CacheResult::Miss, status);
                 }
-                ctx.result = result;
+                let cache_status;
+                (ctx.result, cache_status) = told(&report, false);
                 send_stream(session, header, body, cache_status).await
             }
-            LeaderResult::Private {
-                object,
-                cache_status,
-            } => {
-                ctx.result = CacheResult::Revalidated;
+            LeaderResult::Private { object, report } => {
+                let cache_status;
+                (ctx.result, cache_status) = told(&report, false);
                 send_object(session, &object, cache_status, Instant::now()).await
             }
         }
@@ -354,14 +353,8 @@ impl Ringside {
                     let status = CacheStatus::forward(Fwd::VaryMiss);
                     return self.pass(ctx, CacheResult::Miss, status);
                 }
-                let (result, mut status) = match (source, revalidated) {
-                    (Source::Origin, true) => (CacheResult::Revalidated, CacheStatus::REVALIDATED),
-                    (source, _) => (source.result(), source.cache_status()),
-                };
-                if collapsed {
-                    status = status.collapsed();
-                }
-                ctx.result = result;
+                let status;
+                (ctx.result, status) = told(&Report::fetched(source, revalidated), collapsed);
                 send_object(session, &object, status, Instant::now()).await
             }
             Outcome::UseStale {

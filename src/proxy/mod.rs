@@ -63,6 +63,7 @@ mod invalidate;
 mod peer;
 mod request;
 mod respond;
+mod told;
 
 use crate::rfc::cache_status::{CacheStatus, Detail, HEADER as CACHE_STATUS};
 use respond::send_error;
