@@ -100,8 +100,7 @@ impl Admin {
             Err(why) => return text(StatusCode::BAD_REQUEST, why.as_bytes().to_vec()),
         };
         let key = self.node.cache_key(&order.target, &order.uri);
-        purge::apply_local(&self.node.stores(), &key, order.prefix);
-        let (confirmed, asked) = self.purge_members(&order).await;
+        let (confirmed, asked) = self.purge_everywhere(&order, &key).await;
         let body = format!(
             "purged {}{key} on this node and {confirmed} of {asked} other member(s)\n",
             if order.prefix { "prefix " } else { "" }
@@ -150,15 +149,21 @@ impl Admin {
         })
     }
 
-    /// Ask every other member to purge too: (confirmed, asked).
-    async fn purge_members(&self, order: &PurgeOrder) -> (usize, usize) {
+    /// Purge here and on every other member: (confirmed, asked).
+    async fn purge_everywhere(&self, order: &PurgeOrder, key: &str) -> (usize, usize) {
+        let purge_here = || self.node.purge_here(key, order.prefix);
         let Some(cluster) = self.node.cluster() else {
+            purge_here();
             return (0, 0);
         };
         let within = 2 * cluster.peer_timeout;
         let client = &self.node.filler.client;
-        let origin = &order.target.key_prefix;
-        purge::broadcast(cluster, client, origin, &order.path, order.prefix, within).await
+        let peers = purge::Order {
+            origin: &order.target.key_prefix,
+            path: &order.path,
+            prefix: order.prefix,
+        };
+        purge::broadcast(cluster, client, peers, within, purge_here).await
     }
 }
 

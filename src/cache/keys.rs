@@ -11,8 +11,9 @@
 //!
 //! `\x1f` (unit separator) never occurs in a normalised target or in an
 //! escaped header value, so a key's parts cannot run into each other, and
-//! everything stored for one URL (its variants, its header-keyed copies)
-//! starts with `<plain key>\x1f`: that is what a purge of the URL removes.
+//! every key of one URL (its variants, its header-keyed copies, its flights)
+//! starts with the URL's key and a separator ([`url_of`] gives it back):
+//! that is what a purge of the URL removes, by index (`store::families`).
 
 use http::header::{HeaderMap, HeaderName};
 
@@ -94,9 +95,17 @@ pub fn origin_prefix(key: &str) -> &str {
     &key[..end]
 }
 
-/// The prefix of everything stored for a URL besides its plain key.
-pub fn derived_prefix(plain: &str) -> String {
-    format!("{plain}{SEPARATOR}")
+/// The URL a key belongs to: its plain key without the values of
+/// `cache.key_headers` (everything before the first separator). Every key
+/// stored or filled for one URL (variants, header-keyed copies, flights
+/// via a peer) gives back that URL's key: what a purge of the URL removes.
+pub fn url_of(key: &str) -> &str {
+    key.split(SEPARATOR).next().unwrap_or(key)
+}
+
+/// Whether `key` is the URL's key itself, not derived from it.
+pub fn is_url(key: &str) -> bool {
+    !key.contains(SEPARATOR)
 }
 
 /// The singleflight key of a fill that asks the key's owner on another node.
@@ -115,20 +124,23 @@ mod tests {
     use super::*;
 
     #[test]
-    fn every_derived_key_starts_with_the_plain_keys_prefix() {
+    fn every_derived_key_gives_back_its_url() {
         let uri: http::Uri = "/a?b=1".parse().unwrap();
         let plain = plain("http://o:80", &uri, true);
         assert_eq!(plain, "http://o:80/a?b=1");
         assert_eq!(super::plain("http://o:80", &uri, false), "http://o:80/a");
-        let prefix = derived_prefix(&plain);
-        assert!(variant(&plain, 7).starts_with(&prefix));
-        assert!(via_peer(plain.clone()).starts_with(&prefix));
+        assert_eq!(url_of(&plain), plain);
+        assert!(is_url(&plain));
+        assert_eq!(url_of(&variant(&plain, 7)), plain);
+        assert_eq!(url_of(&via_peer(plain.clone())), plain);
         let mut keyed = plain.clone();
         let names = [HeaderName::from_static("x-tenant")];
         append_header_values(&mut keyed, &names, &HeaderMap::new());
-        assert!(keyed.starts_with(&prefix));
-        // A URL that extends another is not under its prefix.
-        assert!(!"http://o:80/a?b=10".starts_with(&prefix));
+        assert_eq!(url_of(&keyed), plain);
+        assert_eq!(url_of(&variant(&keyed, 7)), plain);
+        assert!(!is_url(&keyed));
+        // A URL that extends another is another URL.
+        assert_ne!(url_of("http://o:80/a?b=10"), plain);
     }
 
     #[test]

@@ -11,6 +11,12 @@
 //! - The flight leaves the map *before* its value is published. A caller that
 //!   arrives after that starts a new flight instead of reading an old value; the
 //!   caller is expected to have stored anything reusable (in the cache) first.
+//! - A flight can be *forgotten* ([`Group::forget_where`]): it leaves the
+//!   map, its leader still completes it for the waiters it has, and callers
+//!   after that start a new flight. A write's invalidation does this, so
+//!   that a request arriving after the write never joins a load that began
+//!   before it (and may bring what the origin had before the write). A
+//!   flight only ever removes itself from the map, never its successor.
 //! - A leader that is dropped without completing (its task panicked or was
 //!   cancelled) publishes nothing; waiters see [`WaitError::Abandoned`] at once
 //!   rather than waiting out their timeout, and may retry.
@@ -118,6 +124,13 @@ impl<K: Hash + Eq + Clone, V: Clone> Group<K, V> {
         Some(Waiter { shared })
     }
 
+    /// Forget every flight whose key `matches`: later callers start new
+    /// flights, while the forgotten ones still complete for their waiters.
+    /// Scans the flights under way (a table as large as the loads in flight).
+    pub fn forget_where(&self, mut matches: impl FnMut(&K) -> bool) {
+        self.lock().retain(|key, _| !matches(key));
+    }
+
     /// Number of keys being loaded right now.
     #[cfg(test)]
     pub fn in_flight(&self) -> usize {
@@ -143,22 +156,28 @@ impl<K: Hash + Eq + Clone, V: Clone> Flight<K, V> {
 
     /// Publish the value to every waiter and close the flight.
     pub fn complete(self, value: V) {
-        self.group.lock().remove(&self.key);
+        self.leave_the_map();
         self.sender.send_replace(Some(value));
-        // Drop runs next; removing an absent key is a no-op.
+        // Drop runs next and finds the flight gone.
     }
-}
 
-impl<K: Hash + Eq + Clone, V: Clone> Drop for Flight<K, V> {
-    fn drop(&mut self) {
-        // Completed flights were removed already. An abandoned one is removed
-        // here, and dropping `sender` wakes the waiters with Abandoned.
+    /// Remove this flight from the map, if it is still there: a forgotten
+    /// flight's key may hold a newer flight by now, which stays.
+    fn leave_the_map(&self) {
         let mut flights = self.group.lock();
         if let Some(shared) = flights.get(&self.key) {
             if shared.value.same_channel(&self.sender.subscribe()) {
                 flights.remove(&self.key);
             }
         }
+    }
+}
+
+impl<K: Hash + Eq + Clone, V: Clone> Drop for Flight<K, V> {
+    fn drop(&mut self) {
+        // Completed flights left the map already. An abandoned one leaves it
+        // here, and dropping `sender` wakes the waiters with Abandoned.
+        self.leave_the_map();
     }
 }
 
@@ -304,6 +323,40 @@ mod tests {
         };
         flight.complete(1);
         assert!(matches!(group.join(1), Join::Leader(_)));
+    }
+
+    #[tokio::test]
+    async fn a_forgotten_flight_serves_its_waiters_and_later_callers_start_anew() {
+        let group: Arc<Group<&str, u8>> = Group::new();
+        let Join::Leader(old) = group.join("a/1") else {
+            panic!("first join leads")
+        };
+        let Join::Follower(before) = group.join("a/1") else {
+            panic!("second join follows")
+        };
+        let Join::Leader(_other) = group.join("b/1") else {
+            panic!("another key leads")
+        };
+        group.forget_where(|key| key.starts_with("a/"));
+        let Join::Leader(new) = group.join("a/1") else {
+            panic!("after the flight is forgotten, the next caller leads")
+        };
+        let Join::Follower(after) = group.join("a/1") else {
+            panic!("and the one after follows the new flight")
+        };
+        old.complete(1);
+        assert_eq!(before.wait(Duration::from_secs(5)).await, Ok(1));
+        assert_eq!(
+            group.in_flight(),
+            2,
+            "the old flight left the new one in place"
+        );
+        new.complete(2);
+        assert_eq!(after.wait(Duration::from_secs(5)).await, Ok(2));
+        assert!(
+            matches!(group.join("b/1"), Join::Follower(_)),
+            "b/1 was not forgotten"
+        );
     }
 
     #[tokio::test]

@@ -7,40 +7,35 @@
 //! what clears the hot mirrors, and it keeps purges correct while members
 //! disagree about who owns what. Members are asked in parallel. Peers never
 //! re-broadcast (loop guard). Writes use the same broadcast to invalidate
-//! (`invalidate.rs`).
+//! (`invalidate.rs`). It runs in two rounds ([`broadcast`] says why).
 
-use crate::cache::keys;
-use crate::cache::store::Store;
 use crate::cluster::peers;
 use crate::cluster::Cluster;
-use crate::metrics;
 use crate::net::origin::OriginClient;
 use pingora::http::RequestHeader;
 use std::time::Duration;
 
-/// Remove `key` (and its Vary variants), or every key starting with it.
-pub fn apply_local(stores: &[&Store], key: &str, prefix: bool) {
-    for store in stores {
-        if prefix {
-            store.remove_prefix(key);
-        } else {
-            store.remove(key);
-            store.remove_prefix(&keys::derived_prefix(key));
-        }
-    }
-    metrics::PURGES.inc();
-}
-
-/// Ask every other member to purge too, all at once, waiting at most
-/// `within` for each; returns (members that confirmed, members asked).
+/// Purge here (`purge_here`) and on every other member, in two rounds,
+/// all members at once in each, waiting at most `within` in all; returns
+/// (members that confirmed both rounds, members asked).
+///
+/// Why two: a node asks a key's owner on a miss, and may keep the answer
+/// as a hot mirror. In one round, a node that has just purged can ask an
+/// owner that has not yet, and mirror (or hand its waiters) the copy the
+/// purge was meant to remove. After the first round no member's own store
+/// holds the old copy, and no request joins a fill begun before it (they
+/// are forgotten); the second round removes what a mirror took meanwhile,
+/// and a mirror's fill begun before it does not store. A member that missed
+/// the first round (timed out, unreachable) is not confirmed even if it
+/// answers the second.
 pub async fn broadcast(
     cluster: &Cluster,
     client: &OriginClient,
-    origin: &str,
-    path: &str,
-    prefix: bool,
+    order: Order<'_>,
     within: Duration,
+    purge_here: impl Fn(),
 ) -> (usize, usize) {
+    let deadline = tokio::time::Instant::now() + within;
     let ring = cluster.ring();
     let others: Vec<&str> = ring
         .members()
@@ -48,19 +43,47 @@ pub async fn broadcast(
         .map(|m| m.addr.as_str())
         .filter(|a| *a != cluster.me)
         .collect();
-    let asks = others.iter().map(|addr| async move {
-        let ask = ask_one(cluster, client, addr, origin, path, prefix, within);
-        tokio::time::timeout(within, ask).await.unwrap_or_else(|_| {
-            log::warn!("peer {addr} did not confirm the purge of {path} within {within:?}");
-            false
-        })
-    });
-    let confirmed = futures::future::join_all(asks)
-        .await
-        .into_iter()
-        .filter(|ok| *ok)
+    purge_here();
+    let first = ask_all(cluster, client, &others, order, deadline).await;
+    purge_here();
+    let second = ask_all(cluster, client, &others, order, deadline).await;
+    let confirmed = first
+        .iter()
+        .zip(&second)
+        .filter(|(a, b)| **a && **b)
         .count();
     (confirmed, others.len())
+}
+
+/// What to purge on every member: a key, or every key under a prefix, of
+/// `origin`'s (a key prefix, `scheme://host:port`) `path`.
+#[derive(Debug, Clone, Copy)]
+pub struct Order<'a> {
+    pub origin: &'a str,
+    pub path: &'a str,
+    pub prefix: bool,
+}
+
+/// Ask each of `members` once, in parallel, until `deadline`: which confirmed.
+async fn ask_all(
+    cluster: &Cluster,
+    client: &OriginClient,
+    members: &[&str],
+    order: Order<'_>,
+    deadline: tokio::time::Instant,
+) -> Vec<bool> {
+    let asks = members.iter().map(|addr| async move {
+        let within = deadline.saturating_duration_since(tokio::time::Instant::now());
+        let ask = ask_one(cluster, client, addr, order, within);
+        tokio::time::timeout_at(deadline, ask)
+            .await
+            .unwrap_or_else(|_| {
+                let path = order.path;
+                log::warn!("peer {addr} did not confirm the purge of {path} in time");
+                false
+            })
+    });
+    futures::future::join_all(asks).await
 }
 
 /// Send one member a signed PURGE; true when it confirmed.
@@ -68,11 +91,14 @@ async fn ask_one(
     cluster: &Cluster,
     client: &OriginClient,
     addr: &str,
-    origin: &str,
-    path: &str,
-    prefix: bool,
+    order: Order<'_>,
     within: Duration,
 ) -> bool {
+    let Order {
+        origin,
+        path,
+        prefix,
+    } = order;
     let Ok(mut request) = RequestHeader::build("PURGE", path.as_bytes(), None) else {
         return false;
     };

@@ -16,6 +16,7 @@ use crate::cache::store::Store;
 use crate::cluster::Cluster;
 use crate::config::Config;
 use crate::fill::Filler;
+use crate::metrics;
 use crate::net::origin::{OriginClient, OriginTarget};
 use crate::node::routes::Origins;
 use std::sync::Arc;
@@ -59,6 +60,26 @@ impl Node {
             stores.push(&cluster.hot.store);
         }
         stores
+    }
+
+    /// Remove the URL of `key` and everything derived from it (or, with
+    /// `prefix`, every key that starts with `key`) from every store of this
+    /// node, and forget the fills of it under way: a request after this
+    /// starts a fill of its own instead of joining one that began before
+    /// and may bring what the origin had then (see `singleflight`).
+    pub fn purge_here(&self, key: &str, prefix: bool) {
+        for store in self.stores() {
+            match prefix {
+                true => store.remove_prefix(key),
+                false => store.remove_url(key),
+            }
+        }
+        let flights = &self.filler.flights;
+        match prefix {
+            true => flights.forget_where(|flight| flight.starts_with(key)),
+            false => flights.forget_where(|flight| keys::url_of(flight) == key),
+        }
+        metrics::PURGES.inc();
     }
 
     /// The plain cache key of a normalised URI at `target` (see `keys.rs`).

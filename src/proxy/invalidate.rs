@@ -5,13 +5,16 @@
 //!
 //! In a cluster this is **read-your-writes**: the write's response is held
 //! back until every member has dropped its copies of those URIs (the owner's,
-//! hot mirrors, every Vary variant), or until `cluster.invalidation_timeout`
-//! has passed. Members are asked in parallel with the signed peer `PURGE`.
-//! A fill already under way anywhere when the copy is dropped cannot store
-//! what it fetched before the write (see `store::Epoch`).
+//! hot mirrors, every Vary variant and header-keyed copy), or until
+//! `cluster.invalidation_timeout` has passed. Members are asked in parallel
+//! with the signed peer `PURGE`, in two rounds (`purge::broadcast` says
+//! why). A fill already under way anywhere when the copy is dropped cannot
+//! store what it fetched before the write (see `store::Epoch`), and no
+//! request after the drop joins it (`Node::purge_here`).
 //!
-//! What is guaranteed when the app receives the write's response: this node
-//! and every member that confirmed in time no longer answer the old copy.
+//! What is guaranteed when the app receives the write's response: no request
+//! that starts after it, on this node or on a member that confirmed both
+//! rounds in time, is answered with the old copy (`tests/read_your_writes.rs`).
 //! A member that did not confirm (down, partitioned, slower than the wait)
 //! may serve its copy until that copy's freshness ends; the response then
 //! says so in `Cache-Status` (`detail=invalidation-incomplete`), and
@@ -19,9 +22,9 @@
 //! An error response (4xx, 5xx) to the write invalidates nothing.
 
 use crate::cluster::purge;
-use crate::fill::Filler;
 use crate::metrics;
 use crate::net::origin::OriginTarget;
+use crate::node::Node;
 use http::{header, HeaderMap, Method, StatusCode, Uri};
 use std::time::Duration;
 
@@ -115,37 +118,31 @@ fn has_scheme(reference: &str) -> bool {
         && chars.all(|c| c.is_ascii_alphanumeric() || matches!(c, '+' | '-' | '.'))
 }
 
-/// Drop `keys` here and ask every other member to drop the keys of `uris`,
-/// in parallel, waiting at most `within`. Returns how many members did not
-/// confirm.
+/// Drop the URLs of `uris` (their keys `keys`) here and on every other
+/// member, in parallel, waiting at most `within` (two rounds: see
+/// `purge::broadcast`). Returns how many members did not confirm.
 pub async fn everywhere(
-    filler: &Filler,
+    node: &Node,
     target: &OriginTarget,
     keys: &[String],
     uris: &[Uri],
     within: Duration,
 ) -> usize {
-    let mut stores = vec![&*filler.store];
-    if let Some(cluster) = &filler.cluster {
-        stores.push(&cluster.hot.store);
-    }
-    for key in keys {
-        purge::apply_local(&stores, key, false);
-    }
     metrics::INVALIDATIONS.inc();
-    let Some(cluster) = &filler.cluster else {
+    let Some(cluster) = node.cluster() else {
+        for key in keys {
+            node.purge_here(key, false);
+        }
         return 0;
     };
-    let asks = uris.iter().map(|uri| {
-        let path = uri.path_and_query().map_or("/", |p| p.as_str());
-        purge::broadcast(
-            cluster,
-            &filler.client,
-            &target.key_prefix,
-            path,
-            false,
-            within,
-        )
+    let asks = uris.iter().zip(keys).map(|(uri, key)| {
+        let order = purge::Order {
+            origin: &target.key_prefix,
+            path: uri.path_and_query().map_or("/", |p| p.as_str()),
+            prefix: false,
+        };
+        let purge_here = move || node.purge_here(key, false);
+        purge::broadcast(cluster, &node.filler.client, order, within, purge_here)
     });
     let unconfirmed: usize = futures::future::join_all(asks)
         .await

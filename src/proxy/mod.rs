@@ -152,7 +152,7 @@ impl Ringside {
             .node
             .cluster()
             .map_or(Duration::ZERO, |c| c.invalidation_timeout);
-        invalidate::everywhere(&self.node.filler, target, &keys, &uris, within).await == 0
+        invalidate::everywhere(&self.node, target, &keys, &uris, within).await == 0
     }
 
     /// Let pingora proxy this request to the origin, uncached.

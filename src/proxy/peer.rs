@@ -25,7 +25,6 @@
 use super::respond::{send_error, send_refusal};
 use super::{RequestCtx, Ringside};
 use crate::cluster::peers::{self, Refusal};
-use crate::cluster::purge;
 use crate::cluster::Cluster;
 use crate::config::OriginUrl;
 use crate::metrics::{self, CacheResult};
@@ -123,7 +122,7 @@ pub async fn handle(
     if req.method.as_str() == "PURGE" {
         let key = rs.node.cache_key(target, &req.uri);
         let prefix = req.headers.contains_key(&peers::PURGE_PREFIX);
-        purge::apply_local(&rs.node.stores(), &key, prefix);
+        rs.node.purge_here(&key, prefix);
         ctx.result = CacheResult::Pass;
         let status = CacheStatus::bypass(Detail::Purge);
         send_error(session, 200, "purged\n", status).await?;

@@ -29,6 +29,7 @@
 //! | `content_location=V` | `Content-Location: V`                                   |
 //! | `pattern=1`    | with `size=N`: the body is [`pattern_body`]`(N)`, each byte telling its offset |
 //! | `ranges=1`     | a GET's single `Range: bytes=...` is answered 206 with that part |
+//! | `versioned=1`  | the path has a version (0 at first): a PUT bumps it; every answer says it in `X-Version`, a GET's body is [`versioned_body`] |
 //!
 //! The origin counts requests per path-and-query and keeps the last request's
 //! headers, so tests assert from the origin's own view. [`Origin::set_failing`]
@@ -62,6 +63,8 @@ struct State {
     connections: AtomicU64,
     failing: AtomicBool,
     stopped: AtomicBool,
+    /// `versioned=1`: the current version of each path.
+    versions: Mutex<HashMap<String, u64>>,
 }
 
 pub struct Origin {
@@ -346,6 +349,17 @@ async fn respond(
     if method == "POST" || method == "PUT" {
         body = [b"echo:".as_slice(), request_body].concat();
     }
+    if q.contains_key("versioned") {
+        let path = target.split('?').next().unwrap_or(target).to_string();
+        let mut versions = state.versions.lock().unwrap();
+        let version = versions.entry(path.clone()).or_insert(0);
+        if method == "PUT" {
+            *version += 1;
+        } else {
+            body = versioned_body(&path, *version).into_bytes();
+        }
+        headers.push(("X-Version".into(), version.to_string()));
+    }
     if not_modified && status == 200 {
         status = 304;
         if let Some(cc) = cache_control_on_304 {
@@ -375,6 +389,18 @@ async fn respond(
         headers,
         body,
     }
+}
+
+/// A versioned path's body: the path, its version, and a checksum of both,
+/// so that a reader can tell a body for another path, or a damaged one.
+pub fn versioned_body(path: &str, version: u64) -> String {
+    let sum = path
+        .bytes()
+        .chain(version.to_le_bytes())
+        .fold(0xcbf2_9ce4_8422_2325u64, |h, b| {
+            (h ^ u64::from(b)).wrapping_mul(0x100_0000_01b3)
+        });
+    format!("{path} v{version} sum={sum:016x}")
 }
 
 /// A body of `n` bytes in which a part shows where it was cut from: the

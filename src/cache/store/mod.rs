@@ -15,7 +15,10 @@
 //! [`Epoch`] before it fetches, and [`Store::insert_fetched`] refuses an
 //! object fetched before a later removal of its key (a write's invalidation,
 //! a purge), so a response read before the write cannot come back after it.
-//! See [`Removals`] for how that stays bounded.
+//! Removals are by URL: a write or purge removes the URL's key and every
+//! key derived from it (variants, header-keyed copies), found by index
+//! ([`families`]), and a fill of any of them that began before refuses to
+//! store. See [`Removals`] for how that record stays bounded.
 //!
 //! `Vary` is handled with two kinds of entries under one cache: the plain key
 //! holds either the object itself or a [`Entry::Variants`] marker listing the
@@ -26,6 +29,7 @@
 //! ever-new values cannot crowd other URLs out of the cache.
 
 mod admission;
+mod families;
 pub mod footprint;
 mod object;
 use crate::cache::keys;
@@ -72,7 +76,12 @@ impl Entry {
                 headers, variants, ..
             } => footprint::marker_weight(key, headers, variants.len()),
         };
-        u32::try_from(bytes).unwrap_or(u32::MAX)
+        let listed = match keys::is_url(key) {
+            true => 0,
+            // Its records in the families index (see `families`): two at most.
+            false => 2 * (key.len() + families::RECORD_BYTES),
+        };
+        u32::try_from(bytes + listed).unwrap_or(u32::MAX)
     }
 
     fn life(&self) -> Duration {
@@ -107,6 +116,8 @@ pub struct Store {
     /// Variants kept per URL (`cache.max_variants`).
     max_variants: usize,
     removals: Mutex<Removals>,
+    /// The keys derived from each URL, so that removing a URL finds them.
+    families: families::Families,
     /// Sizes moka's admission filter once the store fills (see `admission`).
     sketch: admission::SketchSizing,
 }
@@ -159,9 +170,10 @@ impl Removals {
         }
     }
 
-    fn record_key(&mut self, key: &str) {
+    /// A removal of `url` (a URL's key: see `keys::url_of`).
+    fn record_url(&mut self, url: &str) {
         let epoch = Epoch::next();
-        let hash = self.hasher.hash_one(key);
+        let hash = self.hasher.hash_one(url);
         if self.keys.insert(hash, epoch).is_none() {
             self.order.push_back(hash);
         }
@@ -183,12 +195,12 @@ impl Removals {
         }
     }
 
-    /// Whether `key` may have been removed after `since`.
+    /// Whether `key` (or its URL) may have been removed after `since`.
     fn removed_since(&self, key: &str, since: Epoch) -> bool {
         since < self.forgotten
             || self
                 .keys
-                .get(&self.hasher.hash_one(key))
+                .get(&self.hasher.hash_one(keys::url_of(key)))
                 .is_some_and(|e| *e > since)
             || self
                 .prefixes
@@ -222,6 +234,7 @@ impl Store {
             cache,
             max_variants: crate::config::DEFAULT_MAX_VARIANTS,
             removals: Mutex::new(Removals::new()),
+            families: Default::default(),
             sketch: admission::SketchSizing::default(),
         }
     }
@@ -265,10 +278,15 @@ impl Store {
             None => self.put_plain(key, Entry::Object(object)),
             Some(variant_key) => {
                 let dropped = self.track_variant(key, &object);
-                self.cache.insert(variant_key, Entry::Object(object));
+                self.cache
+                    .insert(variant_key.clone(), Entry::Object(object));
+                self.families.add(&variant_key, &self.cache);
                 dropped
             }
         };
+        // Listed once stored: a removal of the URL that finds it not listed
+        // yet cannot have found it stored either.
+        self.families.add(key, &self.cache);
         if !dropped.is_empty() {
             metrics::VARIANTS_REPLACED.inc_by(dropped.len() as u64);
         }
@@ -342,9 +360,23 @@ impl Store {
         !removed
     }
 
+    /// Remove the URL `url` (a URL's key, `keys::url_of`) and every key
+    /// derived from it: its variants, its header-keyed copies and theirs.
+    /// Fills of any of them that began before do not store.
+    pub fn remove_url(&self, url: &str) {
+        let mut removals = self.removals();
+        removals.record_url(url);
+        self.cache.invalidate(url);
+        for key in self.families.take(url) {
+            self.cache.invalidate(&key);
+        }
+    }
+
+    /// Remove one stored key (a variant that may no longer be served, say);
+    /// fills of its URL that began before do not store.
     pub fn remove(&self, key: &str) {
         let mut removals = self.removals();
-        removals.record_key(key);
+        removals.record_url(keys::url_of(key));
         self.cache.invalidate(key);
     }
 
@@ -464,10 +496,59 @@ mod tests {
     }
 
     #[test]
+    fn removing_a_url_removes_its_variants_and_header_keyed_copies_by_index() {
+        let store = Store::new(1 << 20);
+        let url = "http://o:80/a";
+        let keyed = format!("{url}\u{1f}x-tenant=t1");
+        insert_variant(&store, url, &["x-v"], 1);
+        insert_variant(&store, url, &["x-v"], 2);
+        insert_variant(&store, &keyed, &["x-v"], 3);
+        store.insert("http://o:80/b", None, object(&[], 0));
+        store.remove_url(url);
+        store.run_pending_tasks();
+        assert!(store.get(url).is_none() && store.get(&keyed).is_none());
+        assert!(!has_variant(&store, url, 1) && !has_variant(&store, &keyed, 3));
+        assert!(store.get("http://o:80/b").is_some(), "another URL stays");
+        assert_eq!(
+            store.families.records(),
+            0,
+            "the family is forgotten with it"
+        );
+        // A fill of a copy that began before the removal does not store.
+        let before = Epoch::now();
+        store.remove_url(url);
+        let variant = Some(keys::variant(&keyed, 4));
+        assert!(!store.insert_fetched(before, &keyed, variant, object(&["x-v"], 4)));
+    }
+
+    #[test]
+    fn the_families_index_forgets_what_the_cache_evicted() {
+        let _heavy = ALLOCATION_HEAVY_TESTS
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        // Room for a few hundred entries: most of 20,000 are evicted.
+        let store = Store::new(256 << 10);
+        for i in 0..20_000 {
+            let url = format!("http://o:80/{i}");
+            insert_variant(&store, &url, &["x-v"], 1);
+        }
+        store.run_pending_tasks();
+        let held = store.cache.entry_count() as usize;
+        assert!(held < 2_000, "{held}");
+        let records = store.families.records();
+        assert!(
+            records <= 2 * held + 1024,
+            "{records} records for {held} entries"
+        );
+        store.families.sweep(&store.cache);
+        assert!(store.families.records() <= held);
+    }
+
+    #[test]
     fn a_removal_after_a_fill_started_wins() {
         let mut removals = Removals::new();
         let before = Epoch::now();
-        removals.record_key("k");
+        removals.record_url("k");
         let after = Epoch::now();
         assert!(removals.removed_since("k", before));
         assert!(
@@ -485,7 +566,7 @@ mod tests {
         let mut removals = Removals::new();
         let old_fill = Epoch::now();
         for i in 0..=REMEMBERED_REMOVALS {
-            removals.record_key(&format!("k{i}"));
+            removals.record_url(&format!("k{i}"));
         }
         assert_eq!(removals.keys.len(), REMEMBERED_REMOVALS);
         // k0's record is gone: a fill as old as it can no longer prove it is
