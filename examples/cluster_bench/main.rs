@@ -9,12 +9,15 @@
 //!   target/release/examples/cluster_bench rolling | scale-up | double-fills
 //!       origin requests while the membership changes, with handoff and
 //!       previous-owner lookups on and off (see `churn.rs`)
+//!   target/release/examples/cluster_bench writes
+//!       read-your-writes under load, nodes killed (see `writes.rs`)
 //!
 //! Built on the demo's machinery (`ringside::demo`): the same sample origin,
 //! the same child-process nodes, the same workload and counters.
 
 mod churn;
 mod etcd;
+mod writes;
 
 use clap::{Parser, Subcommand};
 use ringside::demo::cluster::NodeOptions;
@@ -55,6 +58,8 @@ enum Cmd {
     ScaleUp(churn::ChurnArgs),
     /// Cold keys on every node while a member joins and one leaves (etcd).
     DoubleFills(churn::ChurnArgs),
+    /// Read-your-writes under load, one node killed at a time.
+    Writes(writes::WritesArgs),
 }
 
 #[derive(clap::Args)]
@@ -104,6 +109,7 @@ fn main() -> ExitCode {
         Cmd::Rolling(args) => runtime.block_on(churn::under_load(args, false)),
         Cmd::ScaleUp(args) => runtime.block_on(churn::under_load(args, true)),
         Cmd::DoubleFills(args) => runtime.block_on(churn::double_fills(args)),
+        Cmd::Writes(args) => runtime.block_on(writes::run(args)),
     };
     runtime.shutdown_timeout(Duration::from_millis(100));
     match outcome {

@@ -147,6 +147,16 @@ impl Nodes {
         node.wait_until_ready().await
     }
 
+    /// SIGKILL node `i` (no leaving, no handoff) and start a new process on
+    /// the same config; ready when this returns.
+    pub async fn kill_and_restart(&mut self, i: usize) -> Result<(), String> {
+        let node = &mut self.nodes[i];
+        node.kill();
+        let (name, proxy, admin) = (node.name.clone(), node.proxy_addr, node.admin_addr);
+        *node = RingsideProcess::start(&name, &self.exe, &self.configs[i], proxy, admin)?;
+        node.wait_until_ready().await
+    }
+
     /// Start one more node (etcd membership: it registers and joins); ready
     /// when this returns.
     pub async fn add(&mut self) -> Result<(), String> {

@@ -131,6 +131,12 @@ impl RingsideProcess {
         }
     }
 
+    /// SIGKILL the process and reap it: no graceful shutdown, no handoff.
+    pub fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
     /// Send SIGTERM (by PID); [`RingsideProcess::wait_stopped`] waits.
     pub fn signal_stop(&mut self) {
         self.signalled = sigterm(self.child.id()).is_ok();

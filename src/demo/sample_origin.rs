@@ -6,6 +6,9 @@
 //! connection) answering `GET /items/{id}` after a fixed delay with a
 //! cacheable JSON body, and counting every request that reaches it, so the
 //! demo can report the origin's load from the origin's own point of view.
+//! Each item has a version, 0 at first: `PUT /items/{id}` bumps it, and
+//! every answer says it (`"version"` in the JSON, `X-Version`, the ETag),
+//! so a benchmark can tell an answer from before a write from one after it.
 //!
 //! Garbage (a bad request line, oversized headers) gets hyper's `400`-class
 //! answer and a closed connection; a request body over 1 MiB gets `413`.
@@ -18,9 +21,10 @@ use hyper::body::Incoming;
 use hyper::server::conn::http1;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioIo, TokioTimer};
+use std::collections::HashMap;
 use std::convert::Infallible;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
 use tokio::net::{TcpListener, TcpStream};
 
@@ -41,6 +45,8 @@ pub struct SampleOrigin {
     /// Requests received so far (every parsed request, whatever its path).
     /// Clone the `Arc` before calling [`serve`] to read it while it runs.
     pub hits: Arc<AtomicU64>,
+    /// The version of every item written to (absent: 0).
+    pub versions: Arc<Mutex<HashMap<u64, u64>>>,
 }
 
 impl Default for SampleOrigin {
@@ -50,6 +56,7 @@ impl Default for SampleOrigin {
             max_age: 5,
             body_bytes: 0,
             hits: Arc::new(AtomicU64::new(0)),
+            versions: Default::default(),
         }
     }
 }
@@ -104,25 +111,48 @@ async fn answer(request: Request<Incoming>, opts: &SampleOrigin) -> Response<Ful
     let Some(id) = item_id(head.uri.path()) else {
         return error(StatusCode::NOT_FOUND);
     };
-    if head.method != Method::GET && head.method != Method::HEAD {
-        let mut refused = error(StatusCode::METHOD_NOT_ALLOWED);
-        let allow = HeaderValue::from_static("GET, HEAD");
-        refused.headers_mut().insert(ALLOW, allow);
-        return refused;
-    }
+    let version = match head.method {
+        Method::GET | Method::HEAD => opts.version(id),
+        Method::PUT => opts.write(id),
+        _ => {
+            let mut refused = error(StatusCode::METHOD_NOT_ALLOWED);
+            let allow = HeaderValue::from_static("GET, HEAD, PUT");
+            refused.headers_mut().insert(ALLOW, allow);
+            return refused;
+        }
+    };
     tokio::time::sleep(opts.delay).await;
-    let etag = format!("W/\"item-{id}\"");
+    let etag = format!("W/\"item-{id}-v{version}\"");
     let (status, body) = if if_none_match(&head.headers, &etag) {
         (StatusCode::NOT_MODIFIED, String::new())
     } else {
-        (StatusCode::OK, item_json(id, opts.body_bytes))
+        (StatusCode::OK, item_json(id, version, opts.body_bytes))
     };
     let mut response = respond(status, "application/json", body);
     let headers = response.headers_mut();
     let cache_control = format!("public, max-age={}", opts.max_age);
     headers.insert(CACHE_CONTROL, header_value(&cache_control));
     headers.insert(ETAG, header_value(&etag));
+    headers.insert(VERSION, HeaderValue::from(version));
     response
+}
+
+/// The header every answer carries its item's version in.
+pub const VERSION: http::HeaderName = http::HeaderName::from_static("x-version");
+
+impl SampleOrigin {
+    fn version(&self, id: u64) -> u64 {
+        let versions = self.versions.lock().unwrap_or_else(|p| p.into_inner());
+        versions.get(&id).copied().unwrap_or(0)
+    }
+
+    /// A write to item `id`: its new version.
+    fn write(&self, id: u64) -> u64 {
+        let mut versions = self.versions.lock().unwrap_or_else(|p| p.into_inner());
+        let version = versions.entry(id).or_insert(0);
+        *version += 1;
+        *version
+    }
 }
 
 /// Whether an `If-None-Match` lists `etag`, compared weakly: W/"x" matches
@@ -147,9 +177,12 @@ fn item_id(path: &str) -> Option<u64> {
     id.parse().ok()
 }
 
-fn item_json(id: u64, body_bytes: usize) -> String {
+/// An item as JSON: `{"id":17,"version":0,"name":"item 17",...}`.
+pub fn item_json(id: u64, version: u64, body_bytes: usize) -> String {
     let served_at = httpdate::fmt_http_date(SystemTime::now());
-    let json = format!("{{\"id\":{id},\"name\":\"item {id}\",\"served_at\":\"{served_at}\"}}\n");
+    let json = format!(
+        "{{\"id\":{id},\"version\":{version},\"name\":\"item {id}\",\"served_at\":\"{served_at}\"}}\n"
+    );
     // `,"pad":""` adds 9 bytes around the padding itself.
     match body_bytes.checked_sub(json.len() + 9) {
         Some(pad) => format!(
@@ -247,11 +280,28 @@ mod tests {
             .unwrap();
         assert_eq!(
             (post.status, post.header("allow")),
-            (405, Some("GET, HEAD"))
+            (405, Some("GET, HEAD, PUT"))
         );
         let big = vec![b'x'; MAX_BODY_BYTES + 1];
         let refused = conn.request_with_body("GET", "/items/1", &[], &big).await;
         assert_eq!(refused.unwrap().status, 413);
+    }
+
+    #[tokio::test]
+    async fn a_put_bumps_the_items_version_and_every_answer_says_it() {
+        let (addr, _origin) = start(0).await;
+        let mut conn = Conn::connect(addr).await.unwrap();
+        let version = |r: &crate::demo::client::Response| r.header("x-version").map(str::to_owned);
+        let before = conn.request("GET", "/items/3", &[]).await.unwrap();
+        assert_eq!(version(&before).as_deref(), Some("0"));
+        assert!(before.text().starts_with("{\"id\":3,\"version\":0,"));
+        let put = conn.request("PUT", "/items/3", &[]).await.unwrap();
+        assert_eq!((put.status, version(&put).as_deref()), (200, Some("1")));
+        let after = conn.request("GET", "/items/3", &[]).await.unwrap();
+        assert!(after.text().starts_with("{\"id\":3,\"version\":1,"));
+        assert_ne!(before.header("etag"), after.header("etag"));
+        let other = conn.request("GET", "/items/4", &[]).await.unwrap();
+        assert_eq!(version(&other).as_deref(), Some("0"));
     }
 
     #[tokio::test]

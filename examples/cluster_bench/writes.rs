@@ -1,0 +1,262 @@
+//! Read-your-writes soak (benches/README.md, "Read-your-writes"): the shape
+//! of `tests/read_your_writes.rs`, for minutes, with nodes killed.
+//!
+//! A 3-node cluster (static membership, defaults otherwise) in front of the
+//! sample origin, whose items have versions (a PUT bumps one). Keep-alive
+//! clients spread over the nodes send skewed GETs and PUTs (one in ten)
+//! over `--keys` items; every `--kill-every` seconds one node, in turn, is
+//! killed with SIGKILL and started again on its addresses. A checker keeps,
+//! per item, the highest version a PUT answered with and without
+//! `detail=invalidation-incomplete`; a GET reads that floor before it is
+//! sent, and an answer below it is a violation. Unconfirmed writes are
+//! counted apart while every member is up and while one is down.
+
+use ringside::demo::client::{Conn, Response};
+use ringside::demo::cluster::{NodeOptions, Nodes};
+use ringside::demo::process::ringside_beside_examples;
+use ringside::demo::sample_origin::{item_json, SampleOrigin};
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+#[derive(clap::Args)]
+pub struct WritesArgs {
+    #[arg(long, default_value_t = 5000)]
+    keys: usize,
+    #[arg(long, default_value_t = 32)]
+    clients: usize,
+    /// How long the load runs.
+    #[arg(long, default_value_t = 600)]
+    duration_secs: u64,
+    /// Seconds between kills (0: none).
+    #[arg(long, default_value_t = 120)]
+    kill_every_secs: u64,
+    /// The ringside binary (default: next to this example's directory).
+    #[arg(long)]
+    ringside: Option<PathBuf>,
+}
+
+/// What the clients saw.
+#[derive(Default)]
+struct Counts {
+    gets: AtomicU64,
+    get_errors: AtomicU64,
+    confirmed_puts: AtomicU64,
+    /// Writes answered with `invalidation-incomplete` (or not 200) while
+    /// every member was up, and while one was down or restarting.
+    unconfirmed_all_up: AtomicU64,
+    unconfirmed_one_down: AtomicU64,
+    put_errors: AtomicU64,
+    violations: AtomicU64,
+    wrong_bodies: AtomicU64,
+}
+
+struct Checker {
+    floors: Vec<AtomicU64>,
+    counts: Counts,
+    /// Cleared just before a kill, set again once the node is back.
+    all_up: AtomicBool,
+    first_violations: Mutex<Vec<String>>,
+}
+
+pub async fn run(args: WritesArgs) -> Result<(), String> {
+    let exe = ringside_beside_examples(args.ringside.as_deref())?;
+    let origin = SampleOrigin {
+        delay: Duration::from_millis(1),
+        max_age: 60,
+        ..SampleOrigin::default()
+    };
+    let origin_addr = ringside::demo::start_origin(&origin).await?;
+    let mut nodes = Nodes::start(&exe, origin_addr, 3, &NodeOptions::default()).await?;
+    let checker = Arc::new(Checker {
+        floors: (0..args.keys).map(|_| AtomicU64::new(0)).collect(),
+        counts: Counts::default(),
+        all_up: AtomicBool::new(true),
+        first_violations: Mutex::new(Vec::new()),
+    });
+    let until = Instant::now() + Duration::from_secs(args.duration_secs);
+    let addrs = nodes.proxy_addrs();
+    let clients: Vec<_> = (0..args.clients)
+        .map(|i| {
+            let node = addrs[i % addrs.len()];
+            let seed = 0x9e37_79b9 + i as u64 * 7919;
+            tokio::spawn(client(node, seed, args.keys, until, checker.clone()))
+        })
+        .collect();
+    let started = Instant::now();
+    let mut kills = 0;
+    let mut rss = Vec::new();
+    while args.kill_every_secs > 0 && Instant::now() + kill_gap(&args) < until {
+        tokio::time::sleep(kill_gap(&args)).await;
+        rss.push(resident_mib(&nodes));
+        let victim = kills % nodes.nodes.len();
+        checker.all_up.store(false, Ordering::SeqCst);
+        nodes.kill_and_restart(victim).await?;
+        nodes.wait_for_ring(3).await?;
+        checker.all_up.store(true, Ordering::SeqCst);
+        kills += 1;
+    }
+    for client in clients {
+        client.await.map_err(|e| format!("a client task: {e}"))?;
+    }
+    rss.push(resident_mib(&nodes));
+    report(&checker, &origin, started.elapsed(), kills, &rss);
+    nodes.stop().await?;
+    let violations = checker.counts.violations.load(Ordering::Relaxed)
+        + checker.counts.wrong_bodies.load(Ordering::Relaxed);
+    match violations {
+        0 => Ok(()),
+        n => Err(format!("{n} GETs broke read-your-writes")),
+    }
+}
+
+fn kill_gap(args: &WritesArgs) -> Duration {
+    Duration::from_secs(args.kill_every_secs)
+}
+
+/// Each node's resident memory, in MiB, from `/proc`.
+fn resident_mib(nodes: &Nodes) -> Vec<u64> {
+    nodes
+        .nodes
+        .iter()
+        .filter_map(|n| {
+            let status = std::fs::read_to_string(format!("/proc/{}/status", n.pid())).ok()?;
+            let line = status.lines().find(|l| l.starts_with("VmRSS:"))?;
+            let kib: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+            Some(kib / 1024)
+        })
+        .collect()
+}
+
+fn report(
+    checker: &Checker,
+    origin: &SampleOrigin,
+    took: Duration,
+    kills: usize,
+    rss: &[Vec<u64>],
+) {
+    let c = &checker.counts;
+    let n = |a: &AtomicU64| a.load(Ordering::Relaxed);
+    println!(
+        "\nread-your-writes soak: {:.0} s, {kills} kills; {} GETs ({} failed), {} confirmed PUTs, \
+         {} unconfirmed with every member up, {} with one down, {} PUTs failed; \
+         {} origin requests",
+        took.as_secs_f64(),
+        n(&c.gets),
+        n(&c.get_errors),
+        n(&c.confirmed_puts),
+        n(&c.unconfirmed_all_up),
+        n(&c.unconfirmed_one_down),
+        n(&c.put_errors),
+        origin.hits()
+    );
+    println!("resident memory (MiB) per node, before each kill and at the end: {rss:?}");
+    for v in checker.first_violations.lock().unwrap().iter() {
+        println!("violation: {v}");
+    }
+    println!(
+        "RESULT read_your_writes violations={} wrong_bodies={} gets={} confirmed_puts={} \
+         unconfirmed_all_up={} unconfirmed_one_down={}",
+        n(&c.violations),
+        n(&c.wrong_bodies),
+        n(&c.gets),
+        n(&c.confirmed_puts),
+        n(&c.unconfirmed_all_up),
+        n(&c.unconfirmed_one_down)
+    );
+}
+
+/// A small generator with a skew: low keys are asked for far more often.
+struct Draws(u64);
+
+impl Draws {
+    fn next(&mut self) -> u64 {
+        self.0 ^= self.0 << 13;
+        self.0 ^= self.0 >> 7;
+        self.0 ^= self.0 << 17;
+        self.0
+    }
+
+    fn key(&mut self, keys: usize) -> usize {
+        let u = (self.next() % 1_000_000) as f64 / 1_000_000.0;
+        ((u * u * u) * keys as f64) as usize
+    }
+}
+
+async fn client(node: SocketAddr, seed: u64, keys: usize, until: Instant, checker: Arc<Checker>) {
+    let Ok(mut conn) = Conn::connect(node).await else {
+        return;
+    };
+    let mut draws = Draws(seed);
+    while Instant::now() < until {
+        let key = draws.key(keys);
+        match draws.next().is_multiple_of(10) {
+            true => put(&mut conn, key, &checker).await,
+            false => get(&mut conn, key, &checker).await,
+        }
+    }
+}
+
+/// A client of a node that is down does not spin on refused connections.
+async fn pause_after_an_error() {
+    tokio::time::sleep(Duration::from_millis(10)).await;
+}
+
+fn version(r: &Response) -> Option<u64> {
+    r.header("x-version")?.parse().ok()
+}
+
+async fn put(conn: &mut Conn, key: usize, checker: &Checker) {
+    let all_up = checker.all_up.load(Ordering::SeqCst);
+    let c = &checker.counts;
+    let Ok(r) = conn.request("PUT", &format!("/items/{key}"), &[]).await else {
+        c.put_errors.fetch_add(1, Ordering::Relaxed);
+        return pause_after_an_error().await;
+    };
+    let status = r.header("cache-status").unwrap_or_default();
+    let confirmed = !status.contains("invalidation-incomplete");
+    match (r.status, version(&r)) {
+        (200, Some(v)) if confirmed => {
+            checker.floors[key].fetch_max(v, Ordering::SeqCst);
+            c.confirmed_puts.fetch_add(1, Ordering::Relaxed);
+        }
+        _ if all_up && checker.all_up.load(Ordering::SeqCst) => {
+            c.unconfirmed_all_up.fetch_add(1, Ordering::Relaxed);
+        }
+        _ => {
+            c.unconfirmed_one_down.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+}
+
+async fn get(conn: &mut Conn, key: usize, checker: &Checker) {
+    let floor = checker.floors[key].load(Ordering::SeqCst);
+    let c = &checker.counts;
+    let Ok(r) = conn.request("GET", &format!("/items/{key}"), &[]).await else {
+        c.get_errors.fetch_add(1, Ordering::Relaxed);
+        return pause_after_an_error().await;
+    };
+    c.gets.fetch_add(1, Ordering::Relaxed);
+    let Some(v) = version(&r) else {
+        c.get_errors.fetch_add(1, Ordering::Relaxed);
+        return;
+    };
+    let expected = item_json(key as u64, v, 0);
+    let prefix = expected.split("\"served_at\"").next().unwrap_or_default();
+    if !r.text().starts_with(prefix) {
+        c.wrong_bodies.fetch_add(1, Ordering::Relaxed);
+    }
+    if v < floor {
+        c.violations.fetch_add(1, Ordering::Relaxed);
+        let mut first = checker.first_violations.lock().unwrap();
+        if first.len() < 10 {
+            first.push(format!(
+                "item {key}: v{v} after a confirmed write of v{floor} ({}, age {})",
+                r.header("cache-status").unwrap_or_default(),
+                r.header("age").unwrap_or("-")
+            ));
+        }
+    }
+}
