@@ -42,15 +42,16 @@ impl CacheResult {
 }
 
 /// The `method` label: common methods by name, everything else as OTHER.
-const METHODS: [&str; 8] = [
-    "GET", "HEAD", "POST", "PUT", "DELETE", "PATCH", "OPTIONS", "OTHER",
+const METHODS: [&str; 9] = [
+    "GET", "HEAD", "POST", "PUT", "DELETE", "PATCH", "OPTIONS", "QUERY", "OTHER",
 ];
 
 fn method_index(method: &http::Method) -> usize {
-    METHODS[..7]
+    let other = METHODS.len() - 1;
+    METHODS[..other]
         .iter()
         .position(|m| *m == method.as_str())
-        .unwrap_or(7)
+        .unwrap_or(other)
 }
 
 /// Buckets from 50 us (a hit) to 30 s (a slow origin).
@@ -96,8 +97,8 @@ fn counter(name: &str, help: &str) -> IntCounter {
 static REQUESTS: Lazy<IntCounterVec> = Lazy::new(|| {
     counter_vec(
         "ringside_requests_total",
-        "Client requests answered, by cache result and method.",
-        &["result", "method"],
+        "Client requests answered, by cache result, method, the scope their path rule applied (shared, per-credential, shared-despite-credentials) and whether the answer was stored and served under a rule's override.",
+        &["result", "method", "scope", "override"],
     )
 });
 
@@ -126,7 +127,7 @@ static REQUEST_CHILDREN: Lazy<RequestChildren> = Lazy::new(|| RequestChildren {
         .map(|r| {
             METHODS
                 .iter()
-                .map(|m| REQUESTS.with_label_values(&[r.as_str(), m]))
+                .map(|m| REQUESTS.with_label_values(&[r.as_str(), m, "shared", "false"]))
                 .collect()
         })
         .collect(),
@@ -135,11 +136,27 @@ static REQUEST_CHILDREN: Lazy<RequestChildren> = Lazy::new(|| RequestChildren {
         .collect(),
 });
 
-/// Count one answered client request.
-pub fn observe_request(result: CacheResult, method: &http::Method, seconds: f64) {
+/// Count one answered client request. The shared cache without override
+/// (almost every request) has its children resolved once; the others are
+/// looked up by label (few, bounded: 3 scopes, 2 override values).
+pub fn observe_request(
+    result: CacheResult,
+    method: &http::Method,
+    scope: &'static str,
+    overridden: bool,
+    seconds: f64,
+) {
     let r = result as usize;
     let children = &*REQUEST_CHILDREN;
-    children.counts[r][method_index(method)].inc();
+    let m = method_index(method);
+    match (scope, overridden) {
+        ("shared", false) => children.counts[r][m].inc(),
+        _ => {
+            let overridden = if overridden { "true" } else { "false" };
+            let labels = [result.as_str(), METHODS[m], scope, overridden];
+            REQUESTS.with_label_values(&labels).inc();
+        }
+    }
     children.durations[r].observe(seconds);
 }
 

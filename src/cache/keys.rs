@@ -5,6 +5,7 @@
 //! ```text
 //! plain key    <origin prefix><path>[?<query>]            query unless cache.include_query: false
 //!              [\x1f<name>[=<values>]]...                 cache.key_headers, in order
+//!              [\x1fcredential=<digest, 32 hex>]          scope: per-credential, with a credential
 //! variant key  <plain key>\x1fvary=<fingerprint, 16 hex>  one response of a URL that varies
 //! flight key   <plain or variant key>[\x1fvia-peer]       via-peer: filled by asking the owner
 //! ```
@@ -69,6 +70,14 @@ fn push_escaped(out: &mut String, bytes: &[u8]) {
             out.push_str(&format!("%{b:02X}"));
         }
     }
+}
+
+/// Append a request's partition (`scope: per-credential`, a digest of its
+/// credentials, see `node::partitions`) to its key.
+pub fn append_partition(key: &mut String, partition: &str) {
+    key.push(SEPARATOR);
+    key.push_str("credential=");
+    key.push_str(partition);
 }
 
 /// Where one response of a varying URL is stored.

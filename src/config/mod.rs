@@ -167,6 +167,46 @@ pub struct CacheConfig {
     pub targeted_cache_control: Vec<String>,
     /// Variants (`Vary`) kept per URL; a new one past it replaces the oldest.
     pub max_variants: usize,
+    /// Request headers that carry a caller's credential: a request with any
+    /// of them is an authenticated request (RFC 9111 §3.5), whatever header
+    /// carries it. Replacing the list drops the defaults; `credential_headers_extra`
+    /// adds to them.
+    pub credential_headers: Vec<String>,
+    /// More credential headers, besides `credential_headers`.
+    pub credential_headers_extra: Vec<String>,
+    /// More headers to strip, besides `strip_request_headers`.
+    pub strip_request_headers_extra: Vec<String>,
+    /// Request bodies of cached POST and QUERY requests are read up to this
+    /// size to key them; larger ones pass through uncached.
+    #[serde(deserialize_with = "de_size")]
+    pub max_key_body: u64,
+    /// How long such a body may take to arrive; slower ones get 408.
+    #[serde(deserialize_with = "de_duration")]
+    pub key_body_timeout: Duration,
+}
+
+/// The default `cache.credential_headers`.
+pub const DEFAULT_CREDENTIAL_HEADERS: [&str; 7] = [
+    "Authorization",
+    "Proxy-Authorization",
+    "Cookie",
+    "X-Api-Key",
+    "Api-Key",
+    "X-Auth-Token",
+    "X-Access-Token",
+];
+
+impl CacheConfig {
+    /// `credential_headers` and `credential_headers_extra`, as names
+    /// (validated), each once.
+    pub fn credential_headers(&self) -> Vec<http::HeaderName> {
+        header_names([&self.credential_headers, &self.credential_headers_extra])
+    }
+
+    /// `strip_request_headers` and `strip_request_headers_extra`.
+    pub fn stripped_headers(&self) -> Vec<http::HeaderName> {
+        header_names([&self.strip_request_headers, &self.strip_request_headers_extra])
+    }
 }
 
 /// The default `cache.strip_request_headers`: headers that frameworks and
@@ -217,6 +257,120 @@ pub struct PathRule {
     /// `cache.stale_if_error` for this prefix.
     #[serde(default, deserialize_with = "de_opt_duration")]
     pub stale_if_error: Option<Duration>,
+    /// How long past freshness a stored response may answer while one
+    /// background fill refreshes it, beyond the origin's own
+    /// stale-while-revalidate.
+    #[serde(default, deserialize_with = "de_opt_duration")]
+    pub stale_while_revalidate: Option<Duration>,
+    /// Whose the answers under this prefix are (see [`Scope`]).
+    #[serde(default)]
+    pub scope: Scope,
+    /// The origin's directives this rule's `ttl` wins over: `true` for all
+    /// of them, or a list (see [`Override`]).
+    #[serde(default, rename = "override")]
+    pub overrides: OverrideList,
+    /// Methods besides GET and HEAD cached under this prefix, keyed on their
+    /// body (POST; QUERY is cached so on every rule).
+    #[serde(default)]
+    pub methods: Vec<String>,
+    /// How a request body becomes part of the key: its bytes, or (`json`)
+    /// the JSON it holds in a canonical form.
+    #[serde(default)]
+    pub body_key: BodyKey,
+    /// `cache.max_key_body` for this prefix.
+    #[serde(default, deserialize_with = "de_opt_size")]
+    pub max_key_body: Option<u64>,
+}
+
+/// Whose the answers under a path rule are.
+#[derive(Debug, Clone, Copy, Default, Deserialize, PartialEq, Eq, strum::IntoStaticStr)]
+#[serde(rename_all = "kebab-case")]
+#[strum(serialize_all = "kebab-case")]
+pub enum Scope {
+    /// One cache for every caller (RFC 9111's shared cache): a request
+    /// carrying a credential is stored only when the answer says `public`,
+    /// `s-maxage` or `must-revalidate`.
+    #[default]
+    Shared,
+    /// Each credential has a cache of its own (a partition keyed by a keyed
+    /// digest of the credential), where what a private cache may store is
+    /// stored, `private` answers included. Requests without a credential
+    /// use the shared cache.
+    PerCredential,
+    /// The operator asserts the answers do not depend on the caller: stored
+    /// and shared although requests carry credentials (which still reach
+    /// the origin on a miss).
+    SharedDespiteCredentials,
+}
+
+impl Scope {
+    pub fn as_str(self) -> &'static str {
+        self.into()
+    }
+}
+
+/// An origin directive a path rule's `ttl` may win over.
+#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq, Hash)]
+#[serde(rename_all = "kebab-case")]
+pub enum Override {
+    NoStore,
+    NoCache,
+    Private,
+    /// `max-age`, `s-maxage` and `Expires`: the rule's ttl is the freshness.
+    MaxAge,
+}
+
+/// `override:` on a path rule: `true` (every [`Override`]), `false` or
+/// absent (none), or a list of them.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct OverrideList(pub Vec<Override>);
+
+impl OverrideList {
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+
+    pub fn contains(&self, o: Override) -> bool {
+        self.0.contains(&o)
+    }
+}
+
+impl<'de> Deserialize<'de> for OverrideList {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        #[derive(Deserialize)]
+        #[serde(untagged)]
+        enum Written {
+            All(bool),
+            Some(Vec<Override>),
+        }
+        let all = [
+            Override::NoStore,
+            Override::NoCache,
+            Override::Private,
+            Override::MaxAge,
+        ];
+        Ok(match Written::deserialize(d).map_err(|_| {
+            de::Error::custom(
+                "expected true, false, or a list of no-store, no-cache, private, max-age",
+            )
+        })? {
+            Written::All(true) => OverrideList(all.to_vec()),
+            Written::All(false) => OverrideList::default(),
+            Written::Some(list) => OverrideList(list),
+        })
+    }
+}
+
+/// How a request body becomes part of a key.
+#[derive(Debug, Clone, Copy, Default, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum BodyKey {
+    /// The body's bytes, as sent.
+    #[default]
+    Raw,
+    /// The JSON value it holds, in a canonical form (object keys sorted, no
+    /// insignificant whitespace); a body that is not JSON is keyed raw.
+    Json,
 }
 
 #[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq, strum::IntoStaticStr)]
@@ -287,6 +441,11 @@ impl Default for CacheConfig {
             targeted_cache_control: vec!["Ringside-Cache-Control".into()],
             stale_if_error: Duration::ZERO,
             max_variants: DEFAULT_MAX_VARIANTS,
+            credential_headers: DEFAULT_CREDENTIAL_HEADERS.map(String::from).to_vec(),
+            credential_headers_extra: Vec::new(),
+            strip_request_headers_extra: Vec::new(),
+            max_key_body: 64 << 10,
+            key_body_timeout: Duration::from_secs(10),
         }
     }
 }
@@ -513,6 +672,46 @@ impl Config {
     }
 }
 
+/// A rule's scope, override and methods say one coherent thing.
+fn validate_rule_policy(field: &str, rule: &PathRule) -> Result<(), ConfigError> {
+    if rule.bypass {
+        let caching = [
+            (rule.scope != Scope::Shared, "scope"),
+            (!rule.overrides.is_empty(), "override"),
+            (!rule.methods.is_empty(), "methods"),
+            (rule.stale_while_revalidate.is_some(), "stale_while_revalidate"),
+        ];
+        if let Some((_, name)) = caching.iter().find(|(set, _)| *set) {
+            let expected = "no caching settings on a bypass rule (it never caches)";
+            return Err(invalid(&format!("{field}.{name}"), "set with bypass: true", expected));
+        }
+    }
+    if !rule.overrides.is_empty() && rule.ttl.is_none() {
+        let expected = "a ttl beside override (the ttl is what wins over the origin)";
+        return Err(invalid(&format!("{field}.override"), "set without a ttl", expected));
+    }
+    for (i, method) in rule.methods.iter().enumerate() {
+        if !matches!(method.to_ascii_uppercase().as_str(), "POST" | "QUERY") {
+            let expected = "POST or QUERY (GET and HEAD are always cached; other methods change the resource)";
+            return Err(invalid(&format!("{field}.methods[{i}]"), quoted(method), expected));
+        }
+    }
+    if let Some(size) = rule.max_key_body {
+        check_key_body(&format!("{field}.max_key_body"), size)?;
+    }
+    Ok(())
+}
+
+/// The largest body read to key a request: it is held in memory per request.
+const MAX_KEY_BODY: u64 = 8 << 20;
+
+fn check_key_body(field: &str, size: u64) -> Result<(), ConfigError> {
+    match (1..=MAX_KEY_BODY).contains(&size) {
+        true => Ok(()),
+        false => Err(invalid(field, size, "a size from 1 byte to 8MiB")),
+    }
+}
+
 /// Path rules start with `/` and do not both bypass and set a ttl.
 fn validate_rules(list: &str, rules: &[PathRule]) -> Result<(), ConfigError> {
     for (i, rule) in rules.iter().enumerate() {
@@ -531,6 +730,7 @@ fn validate_rules(list: &str, rules: &[PathRule]) -> Result<(), ConfigError> {
                 "either bypass: true or a ttl, not both",
             ));
         }
+        validate_rule_policy(&field, rule)?;
         // Requests are matched after normalisation (normalize.rs).
         let normal = crate::rfc::normalize::normalize_path(rule.prefix.as_bytes());
         if normal.as_deref().ok() != Some(rule.prefix.as_str()) {
@@ -546,17 +746,25 @@ fn validate_rules(list: &str, rules: &[PathRule]) -> Result<(), ConfigError> {
 }
 
 impl Config {
-    /// Header lists name valid headers.
+    /// Header lists name valid headers; credentials are recognised for
+    /// the scopes that need them; key bodies are bounded.
     fn validate_request_handling(&self) -> Result<(), ConfigError> {
+        let cache = &self.cache;
         for (list, names) in [
+            ("cache.strip_request_headers", &cache.strip_request_headers),
             (
-                "cache.strip_request_headers",
-                &self.cache.strip_request_headers,
+                "cache.strip_request_headers_extra",
+                &cache.strip_request_headers_extra,
             ),
-            ("cache.key_headers", &self.cache.key_headers),
+            ("cache.key_headers", &cache.key_headers),
+            ("cache.credential_headers", &cache.credential_headers),
+            (
+                "cache.credential_headers_extra",
+                &cache.credential_headers_extra,
+            ),
             (
                 "cache.targeted_cache_control",
-                &self.cache.targeted_cache_control,
+                &cache.targeted_cache_control,
             ),
         ] {
             for (i, name) in names.iter().enumerate() {
@@ -569,7 +777,28 @@ impl Config {
                 }
             }
         }
+        check_key_body("cache.max_key_body", cache.max_key_body)?;
+        if cache.key_body_timeout.is_zero() {
+            let expected = "a positive duration such as \"10s\"";
+            return Err(invalid("cache.key_body_timeout", "0", expected));
+        }
+        let per_credential = self.all_rules().any(|r| r.scope == Scope::PerCredential);
+        if per_credential && cache.credential_headers().is_empty() {
+            let expected = "at least one credential header for a per-credential scope";
+            return Err(invalid("cache.credential_headers", "[]", expected));
+        }
         Ok(())
+    }
+
+    /// Every path rule of the config: `cache.rules` and every upstream's.
+    pub fn all_rules(&self) -> impl Iterator<Item = &PathRule> {
+        let upstreams = self.upstreams.iter().filter_map(|u| u.rules.as_ref());
+        self.cache.rules.iter().chain(upstreams.flatten())
+    }
+
+    /// The credential headers (see [`CacheConfig::credential_headers`]).
+    pub fn credential_headers(&self) -> Vec<http::HeaderName> {
+        self.cache.credential_headers()
     }
 
     /// `cache.targeted_cache_control` as header names (validated).
@@ -697,6 +926,19 @@ impl OriginUrl {
     }
 }
 
+/// The valid header names of `lists`, each once, in order.
+fn header_names<'a>(lists: impl IntoIterator<Item = &'a Vec<String>>) -> Vec<http::HeaderName> {
+    let mut names = Vec::new();
+    for name in lists.into_iter().flatten() {
+        if let Ok(name) = http::HeaderName::from_bytes(name.as_bytes()) {
+            if !names.contains(&name) {
+                names.push(name);
+            }
+        }
+    }
+    names
+}
+
 fn check_addr(field: &str, value: &str) -> Result<(), ConfigError> {
     value.parse::<SocketAddr>().map(|_| ()).map_err(|_| {
         invalid(
@@ -806,6 +1048,10 @@ fn de_duration<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
 
 fn de_opt_duration<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Duration>, D::Error> {
     de_duration(d).map(Some)
+}
+
+fn de_opt_size<'de, D: Deserializer<'de>>(d: D) -> Result<Option<u64>, D::Error> {
+    de_size(d).map(Some)
 }
 
 #[cfg(test)]

@@ -130,6 +130,7 @@ pub(super) async fn store_streaming(
             None => Kept::Storing,
         },
         private: false,
+        overridden: cache_rules::served_under_override(&response.header.headers, &job.rules),
     };
     let head = leader_head(&response, Some(initial_age));
     let mut out = LeaderStream::open(leader, head, report);
@@ -243,6 +244,7 @@ pub(super) fn send_private(
             revalidated: true,
             kept,
             private: true,
+            overridden: object.overridden,
         };
         let _ = leader.send(LeaderResult::Private { object, report });
     }

@@ -124,6 +124,8 @@ pub struct Report {
     /// The 304 that refreshed it was for this client alone (its Set-Cookie),
     /// or made the response unshareable.
     pub private: bool,
+    /// Kept under the path rule's override of something the origin said.
+    pub overridden: bool,
 }
 
 impl Report {
@@ -134,6 +136,7 @@ impl Report {
             revalidated,
             kept: Kept::Stored,
             private: false,
+            overridden: false,
         }
     }
 }
@@ -300,6 +303,7 @@ async fn run(
                 revalidated: false,
                 kept: Kept::No(reason, status.as_u16()),
                 private: false,
+                overridden: false,
             };
             let head = leader_head(&response, None);
             let out = LeaderStream::open(leader, head, report);

@@ -8,6 +8,7 @@
 //! other.
 
 pub(crate) mod handoff;
+pub(crate) mod partitions;
 pub(crate) mod routes;
 
 use crate::cache::keys;
@@ -19,12 +20,15 @@ use crate::fill::Filler;
 use crate::metrics;
 use crate::net::origin::{OriginClient, OriginTarget};
 use crate::node::routes::Origins;
+use partitions::Partitions;
 use std::sync::Arc;
 
 pub struct Node {
     pub config: Arc<Config>,
     pub origins: Origins,
     pub filler: Arc<Filler>,
+    /// Names the cache partitions of `scope: per-credential` rules.
+    pub partitions: Partitions,
 }
 
 impl Node {
@@ -37,8 +41,10 @@ impl Node {
             cluster,
             asking_previous: Default::default(),
         });
+        let secret = config.cluster.enabled.then_some(config.cluster.secret.as_str());
         Node {
             origins: Origins::new(&config),
+            partitions: Partitions::new(secret, config.credential_headers()),
             config,
             filler,
         }

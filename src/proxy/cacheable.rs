@@ -13,7 +13,8 @@
 //! already under way here, or refused as not cached.
 
 use super::respond::{send_error, send_object, send_refusal, send_stream};
-use super::told::told;
+use super::policy::Policy;
+use super::told::{self, told};
 use super::{RequestCtx, Ringside, Role};
 use crate::cache::keys;
 use crate::cache::singleflight::WaitError;
@@ -65,12 +66,32 @@ struct Route {
 }
 
 impl Ringside {
-    /// The cache key of a (prepared) request: [`Self::cache_key`] plus the
-    /// values of `cache.key_headers`, if any.
-    pub(super) fn request_key(&self, target: &OriginTarget, req: &RequestHeader) -> String {
+    /// The cache key of a (prepared) request, the one place it is built
+    /// (the layout is `keys.rs`): the URL's key, then the values of
+    /// `cache.key_headers`, then the request's partition when its rule is
+    /// `per-credential` (see `policy.rs`).
+    pub(super) fn request_key(&self, target: &OriginTarget, req: &RequestHeader, policy: &Policy) -> String {
         let mut key = self.node.cache_key(target, &req.uri);
         self.headers.extend_key(&mut key, &req.headers);
+        if let Some(partition) = &policy.partition {
+            keys::append_partition(&mut key, partition);
+        }
         key
+    }
+
+    /// Answer with `object`, saying in Cache-Status the scope the request
+    /// used and whether the object is served under an override.
+    async fn answer(
+        &self,
+        session: &mut Session,
+        ctx: &mut RequestCtx,
+        object: &CachedObject,
+        status: CacheStatus,
+        now: Instant,
+    ) -> Result<bool> {
+        ctx.overridden = object.overridden;
+        let status = status.scope(told::scope(ctx.scope)).overridden(object.overridden);
+        send_object(session, object, status, now).await
     }
 
     /// The stored entry for a request: the object under the plain key, or
@@ -102,11 +123,12 @@ impl Ringside {
         session: &mut Session,
         ctx: &mut RequestCtx,
         target: Arc<OriginTarget>,
-        rules: RuleOptions,
+        policy: Policy,
         client_cc: CacheControl,
     ) -> Result<bool> {
         let req = session.req_header();
-        let plain_key = self.request_key(&target, req);
+        let plain_key = self.request_key(&target, req, &policy);
+        let rules = policy.rules;
         let found = self.find(req, &plain_key);
         // The request's arrival is "now" for freshness: one clock read less per hit.
         let now = ctx.started;
@@ -125,7 +147,8 @@ impl Ringside {
                 if found.mirrored {
                     metrics::HOT_HITS.inc();
                 }
-                return send_object(session, object, CacheStatus::HIT, now).await;
+                let object = object.clone();
+                return self.answer(session, ctx, &object, CacheStatus::HIT, now).await;
             }
             let swr = object.stale_while_revalidate;
             if !forced && !swr.is_zero() && object.staleness(now) <= swr {
@@ -135,7 +158,7 @@ impl Ringside {
                 let _ = fill::start(&self.node.filler, flight_key, job, false);
                 ctx.result = CacheResult::Stale;
                 let status = CacheStatus::HIT.detail(Detail::StaleWhileRevalidate);
-                return send_object(session, &object, status, now).await;
+                return self.answer(session, ctx, &object, status, now).await;
             }
         }
         if client_cc.only_if_cached {
@@ -195,7 +218,7 @@ impl Ringside {
         target: &OriginTarget,
     ) -> Result<bool> {
         let req = session.req_header();
-        let plain_key = self.request_key(target, req);
+        let plain_key = self.request_key(target, req, &self.policy(target, req));
         // The key is the asker's now: its request counts there, not here.
         let uncounted = |key: &str| self.node.filler.store.get_uncounted(key);
         let (variant_key, stored) = Self::lookup(uncounted, &plain_key, req);
@@ -321,12 +344,15 @@ impl Ringside {
                 }
                 let cache_status;
                 (ctx.result, cache_status) = told(&report, false);
+                ctx.overridden = report.overridden;
+                let cache_status = cache_status.scope(told::scope(ctx.scope));
                 send_stream(session, header, body, cache_status).await
             }
             LeaderResult::Private { object, report } => {
                 let cache_status;
                 (ctx.result, cache_status) = told(&report, false);
-                send_object(session, &object, cache_status, Instant::now()).await
+                self.answer(session, ctx, &object, cache_status, Instant::now())
+                    .await
             }
         }
     }
@@ -355,7 +381,8 @@ impl Ringside {
                 }
                 let status;
                 (ctx.result, status) = told(&Report::fetched(source, revalidated), collapsed);
-                send_object(session, &object, status, Instant::now()).await
+                self.answer(session, ctx, &object, status, Instant::now())
+                    .await
             }
             Outcome::UseStale {
                 object,
@@ -365,7 +392,8 @@ impl Ringside {
                 let status = CacheStatus::forward(Fwd::Stale)
                     .fwd_status(origin_status)
                     .detail(Detail::StaleIfError);
-                send_object(session, &object, status, Instant::now()).await
+                self.answer(session, ctx, &object, status, Instant::now())
+                    .await
             }
             Outcome::NotStored => {
                 let status = CacheStatus::forward(Fwd::UriMiss).detail(Detail::NotStored);

@@ -45,6 +45,7 @@ use crate::metrics::{self, CacheResult};
 use crate::net::connections;
 use crate::net::origin::OriginTarget;
 use crate::node::Node;
+use crate::config::Scope;
 use crate::rfc::cache_rules::{self, CacheControl, RuleOptions};
 use crate::shutdown::InFlight;
 use async_trait::async_trait;
@@ -61,6 +62,7 @@ use std::time::{Duration, Instant};
 mod cacheable;
 mod invalidate;
 mod peer;
+mod policy;
 mod request;
 mod respond;
 mod told;
@@ -104,6 +106,10 @@ pub struct RequestCtx {
     origin_started: Option<Instant>,
     /// An unsafe method: its non-error response invalidates (invalidate.rs).
     is_write: bool,
+    /// The scope the request's path rule applied (see `policy.rs`).
+    scope: Scope,
+    /// The answer was stored and served under the rule's override.
+    overridden: bool,
 }
 
 impl Ringside {
@@ -111,11 +117,12 @@ impl Ringside {
         let config = &node.config;
         let headers = Arc::new(request::HeaderPolicy::new(&config.cache));
         let rule_options = RuleOptions {
-            default_ttl: None,
             heuristic: config.heuristic(),
             cache_set_cookie: config.cache.cache_set_cookie,
             targeted: config.targeted_fields(),
             stale_if_error: config.cache.stale_if_error,
+            credentials: config.credential_headers().into(),
+            ..RuleOptions::default()
         };
         Ringside {
             role: Role::App,
@@ -183,18 +190,6 @@ impl Ringside {
             ..self.clone()
         }
     }
-
-    fn rules_for(&self, target: &OriginTarget, path: &str) -> (bool, RuleOptions) {
-        let rule = self.node.origins.rule_for(target, path);
-        let options = RuleOptions {
-            default_ttl: rule.and_then(|r| r.ttl),
-            stale_if_error: rule
-                .and_then(|r| r.stale_if_error)
-                .unwrap_or(self.rule_options.stale_if_error),
-            ..self.rule_options.clone()
-        };
-        (rule.is_some_and(|r| r.bypass), options)
-    }
 }
 
 /// Answer a request ringside refuses to act on.
@@ -250,6 +245,8 @@ impl ProxyHttp for Ringside {
             cache_status: CacheStatus::METHOD,
             origin_started: None,
             is_write: false,
+            scope: Scope::Shared,
+            overridden: false,
         }
     }
 
@@ -312,12 +309,13 @@ impl ProxyHttp for Ringside {
             let status = CacheStatus::bypass(Detail::EncodedSlash);
             return self.pass(ctx, CacheResult::Bypass, status);
         }
-        let (rule_bypass, rules) = self.rules_for(&target, req.uri.path());
-        match bypass_reason(req, rule_bypass) {
+        let policy = self.policy(&target, req);
+        ctx.scope = policy.scope;
+        match bypass_reason(req, policy.bypass) {
             Err(why) => self.pass(ctx, CacheResult::Bypass, CacheStatus::bypass(why)),
             Ok(client_cc) => {
                 self.headers.strip(session.req_header_mut());
-                self.serve_cacheable(session, ctx, target, rules, client_cc)
+                self.serve_cacheable(session, ctx, target, policy, client_cc)
                     .await
             }
         }
@@ -393,7 +391,8 @@ impl ProxyHttp for Ringside {
                 ctx.cache_status = CacheStatus::METHOD.detail(Detail::InvalidationIncomplete);
             }
         }
-        upstream.insert_header(CACHE_STATUS.clone(), ctx.cache_status.header_value())?;
+        let status = ctx.cache_status.scope(told::scope(ctx.scope));
+        upstream.insert_header(CACHE_STATUS.clone(), status.header_value())?;
         Ok(())
     }
 
@@ -443,6 +442,7 @@ impl ProxyHttp for Ringside {
             return;
         }
         let method = &session.req_header().method;
-        metrics::observe_request(ctx.result, method, ctx.started.elapsed().as_secs_f64());
+        let seconds = ctx.started.elapsed().as_secs_f64();
+        metrics::observe_request(ctx.result, method, ctx.scope.as_str(), ctx.overridden, seconds);
     }
 }

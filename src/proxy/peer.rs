@@ -155,7 +155,7 @@ pub async fn handle(
         return Ok(true);
     }
     if cluster
-        .remote_owner(&ring, &rs.request_key(target, req))
+        .remote_owner(&ring, &rs.request_key(target, req, &rs.policy(target, req)))
         .is_some()
     {
         metrics::LOOP_GUARD.inc();

@@ -10,7 +10,7 @@
 //!   with `cache.encoded_slashes: pass`, goes through uncached);
 //! - one `Content-Length` where the client repeated an identical one;
 //! - the header policy for cacheable requests: `cache.strip_request_headers`
-//!   removed, `cache.key_headers` made part of the key.
+//!   (and `_extra`) removed, `cache.key_headers` made part of the key.
 
 use crate::cache::keys;
 use crate::config::{CacheConfig, EncodedSlashes};
@@ -148,7 +148,8 @@ impl HeaderPolicy {
                 .collect()
         };
         let key = names(&cache.key_headers);
-        let strip = names(&cache.strip_request_headers)
+        let strip = cache
+            .stripped_headers()
             .into_iter()
             .filter(|n| !key.contains(n))
             .collect();

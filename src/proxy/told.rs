@@ -2,11 +2,13 @@
 //! result it is counted under in `ringside_requests_total`. The fill
 //! reports facts (who answered, whether it was a revalidation, whether and
 //! why it is kept, whether the answer is this client's alone: `fill::Report`);
-//! this is the one place that turns them into words.
+//! this is the one place that turns them into words, with the scope the
+//! request used and whether its answer is served under an override.
 
 use crate::fill::{Kept, NotKept, Report, Source};
 use crate::metrics::CacheResult;
-use crate::rfc::cache_status::{CacheStatus, Detail, Fwd};
+use crate::config::Scope;
+use crate::rfc::cache_status::{self, CacheStatus, Detail, Fwd};
 
 /// The Cache-Status and metric result of an answer a fill brought;
 /// `collapsed`: the request waited on another request's fill.
@@ -40,6 +42,15 @@ pub fn told(report: &Report, collapsed: bool) -> (CacheResult, CacheStatus) {
             status
         },
     )
+}
+
+/// The Cache-Status `scope` of a request's scope (None: the shared cache).
+pub fn scope(scope: Scope) -> Option<cache_status::Scope> {
+    match scope {
+        Scope::Shared => None,
+        Scope::PerCredential => Some(cache_status::Scope::PerCredential),
+        Scope::SharedDespiteCredentials => Some(cache_status::Scope::SharedDespiteCredentials),
+    }
 }
 
 /// A fresh answer from this source.
@@ -76,6 +87,7 @@ mod tests {
             revalidated,
             kept,
             private,
+            overridden: false,
         }
     }
 

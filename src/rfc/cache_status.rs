@@ -4,8 +4,11 @@
 //! Fills (`fill.rs`), the request flow (`proxy/`) and the peer protocol all
 //! name outcomes, so the words live here, below all of them, as types: a
 //! value is built from its parts (`fwd`, `fwd-status`, `stored`,
-//! `collapsed`, `detail`) and written out in one place, so no two modules can
-//! spell the same outcome two ways.
+//! `collapsed`, `detail`, and two parameters of ringside's own: `scope`, the
+//! cache a request used when it is not the one every caller shares, and
+//! `override`, an answer stored and served under a path rule's override of
+//! the origin's directives) and written out in one place, so no two modules
+//! can spell the same outcome two ways.
 
 use crate::rfc::cache_rules::NotStorable;
 use http::{HeaderName, HeaderValue};
@@ -32,6 +35,22 @@ pub struct CacheStatus {
     /// The request joined another request's fill (singleflight).
     collapsed: bool,
     detail: Option<Detail>,
+    /// Whose cache answered, when not everyone's (extension parameter `scope`).
+    scope: Option<Scope>,
+    /// Stored and served under a path rule's override of the origin's
+    /// directives (extension parameter `override`).
+    overridden: bool,
+}
+
+/// The `scope` parameter: the cache a request used, when it is not the one
+/// shared by every caller.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, strum::IntoStaticStr)]
+#[strum(serialize_all = "kebab-case")]
+pub enum Scope {
+    /// The partition of the request's credential.
+    PerCredential,
+    /// The shared cache, although the request carried a credential.
+    SharedDespiteCredentials,
 }
 
 /// RFC 9211 §2.2 `fwd` values ringside uses.
@@ -143,6 +162,8 @@ impl CacheStatus {
         stored: false,
         collapsed: false,
         detail: None,
+        scope: None,
+        overridden: false,
     };
     /// Fetched from the origin and stored.
     pub const STORED: CacheStatus = CacheStatus::forward(Fwd::UriMiss).stored();
@@ -198,6 +219,16 @@ impl CacheStatus {
         }
     }
 
+    /// The cache this request used, if not the shared one.
+    pub const fn scope(self, scope: Option<Scope>) -> CacheStatus {
+        CacheStatus { scope, ..self }
+    }
+
+    /// Whether the answer is served under a rule's override.
+    pub const fn overridden(self, overridden: bool) -> CacheStatus {
+        CacheStatus { overridden, ..self }
+    }
+
     /// The header value; a plain hit's is encoded once.
     pub fn header_value(&self) -> HeaderValue {
         if *self == CacheStatus::HIT {
@@ -225,6 +256,12 @@ impl fmt::Display for CacheStatus {
         }
         if let Some(detail) = self.detail {
             write!(f, "; detail={}", detail.as_str())?;
+        }
+        if let Some(scope) = self.scope {
+            write!(f, "; scope={}", <&str>::from(scope))?;
+        }
+        if self.overridden {
+            f.write_str("; override")?;
         }
         Ok(())
     }
@@ -278,5 +315,23 @@ mod tests {
             text(CacheStatus::forward(Fwd::VaryMiss)),
             "ringside; fwd=vary-miss"
         );
+    }
+
+    #[test]
+    fn scope_and_override_come_last() {
+        let per_credential = Some(Scope::PerCredential);
+        assert_eq!(
+            text(CacheStatus::HIT.scope(per_credential).overridden(true)),
+            "ringside; hit; scope=per-credential; override"
+        );
+        assert_eq!(
+            text(
+                CacheStatus::HIT
+                    .detail(Detail::StaleWhileRevalidate)
+                    .scope(Some(Scope::SharedDespiteCredentials))
+            ),
+            "ringside; hit; detail=stale-while-revalidate; scope=shared-despite-credentials"
+        );
+        assert_eq!(text(CacheStatus::STORED.overridden(true)), "ringside; fwd=uri-miss; stored; override");
     }
 }

@@ -29,6 +29,7 @@
 //! | `content_location=V` | `Content-Location: V`                                   |
 //! | `pattern=1`    | with `size=N`: the body is [`pattern_body`]`(N)`, each byte telling its offset |
 //! | `ranges=1`     | a GET's single `Range: bytes=...` is answered 206 with that part |
+//! | `echo=H`       | the body names the request's H values (`H=v1,v2 #count`), or `H=-` |
 //! | `versioned=1`  | the path has a version (0 at first): a PUT bumps it; every answer says it in `X-Version`, a GET's body is [`versioned_body`] |
 //!
 //! The origin counts requests per path-and-query and keeps the last request's
@@ -345,6 +346,16 @@ async fn respond(
         headers.push(("Vary".into(), vary.clone()));
         let value = header(req, &vary.to_ascii_lowercase()).unwrap_or("-");
         body = format!("{vary}={value} #{count}").into_bytes();
+    }
+    if let Some(name) = q.get("echo") {
+        let name = name.to_ascii_lowercase();
+        let values: Vec<&str> = req
+            .iter()
+            .filter(|(n, _)| *n == name)
+            .map(|(_, v)| v.as_str())
+            .collect();
+        let values = if values.is_empty() { "-".to_string() } else { values.join(",") };
+        body = format!("{name}={values} #{count}").into_bytes();
     }
     if method == "POST" || method == "PUT" {
         body = [b"echo:".as_slice(), request_body].concat();

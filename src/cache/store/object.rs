@@ -44,6 +44,9 @@ pub struct CachedObject {
     /// Hits served from this copy: with its remaining freshness, what makes
     /// it worth handing over when this node stops (see `handoff/`).
     pub hits: AtomicU64,
+    /// Stored and served under its path rule's override of something the
+    /// origin said (`override`: no-store, no-cache, private, freshness).
+    pub overridden: bool,
 }
 
 impl CachedObject {
@@ -103,6 +106,7 @@ impl CachedObject {
             vary: Vec::new(),
             vary_fingerprint: 0,
             hits: AtomicU64::new(0),
+            overridden: false,
         }
     }
 }
@@ -205,8 +209,8 @@ fn describe(
     request_time: SystemTime,
     response_time: SystemTime,
 ) -> CachedObject {
-    let judged = cache_rules::targeted(&header.headers, &rules.targeted);
-    let cc = cache_rules::CacheControl::parse(&judged);
+    let (judged, cc) = cache_rules::judged(&header.headers, rules);
+    let overridden = cache_rules::served_under_override(&header.headers, rules);
     let freshness = cache_rules::freshness_lifetime(&judged, &cc, response_time, rules);
     let stale = cache_rules::stale_windows(&cc, rules);
     let has_validators = header.headers.contains_key(header::ETAG)
@@ -230,6 +234,7 @@ fn describe(
         },
         vary,
         vary_fingerprint,
+        overridden,
         header: with_serving_slots(header),
         body,
         hits: Default::default(),

@@ -330,6 +330,7 @@ mod tests {
             vary: Vec::new(),
             vary_fingerprint: 0,
             hits: hits.into(),
+            overridden: false,
         })
     }
 

@@ -40,6 +40,10 @@ struct Meta {
     vary: Vec<String>,
     vary_fingerprint: u64,
     hits: u64,
+    /// Stored under a path rule's override (absent when not, and from older
+    /// senders).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    overridden: bool,
     /// Header fields in the head.
     fields: usize,
     head_len: usize,
@@ -81,6 +85,7 @@ pub fn encode(out: &mut BytesMut, key: &str, object: &CachedObject, now: Instant
         vary: object.vary.iter().map(|n| n.as_str().to_owned()).collect(),
         vary_fingerprint: object.vary_fingerprint,
         hits: object.hits(),
+        overridden: object.overridden,
         fields: object.header.headers.len(),
         head_len: head.len(),
         body_len: object.body.len(),
@@ -142,6 +147,7 @@ fn decode_one(batch: &Bytes, at: usize, now: Instant) -> Result<(Decoded, usize)
         vary,
         vary_fingerprint: meta.vary_fingerprint,
         hits: meta.hits.into(),
+        overridden: meta.overridden,
     };
     Ok((
         Decoded {
@@ -222,6 +228,7 @@ mod tests {
             vary: vary.iter().map(|n| HeaderName::from_static(n)).collect(),
             vary_fingerprint: 42,
             hits: 9.into(),
+            overridden: false,
         }
     }
 

@@ -27,6 +27,9 @@ use siphasher::sip::SipHasher13;
 
 use super::headers;
 
+mod policy;
+pub use policy::{has_credentials, Audience, Overrides};
+
 /// RFC 9111 §1.2.2: a delta-seconds value too large to represent is read as 2^31.
 const MAX_DELTA_SECONDS: u64 = 1 << 31;
 
@@ -235,6 +238,8 @@ pub enum NotStorable {
     Status,
     NoStore,
     Private,
+    /// The request was an authenticated one (RFC 9111 §3.5): it carried a
+    /// credential, in `Authorization` or any other credential header.
     Authorization,
     SetCookie,
     VaryStar,
@@ -249,8 +254,9 @@ impl NotStorable {
 }
 
 /// Policy knobs from config. `Default` = no default TTL, no heuristic freshness, Set-Cookie
-/// responses not stored.
-#[derive(Debug, Clone, Default)]
+/// responses not stored, `Authorization` the one credential header, a shared audience and
+/// no overrides.
+#[derive(Debug, Clone)]
 pub struct RuleOptions {
     /// TTL applied when the origin gives no freshness information (no s-maxage, max-age,
     /// Expires). `None` = do not store such responses ([`NotStorable::NoFreshness`]).
@@ -266,6 +272,36 @@ pub struct RuleOptions {
     /// cannot be reached, beyond the origin's own stale-if-error (RFC 9111 §4.2.4 allows
     /// it unless the response forbids serving stale). Zero: only what the origin says.
     pub stale_if_error: Duration,
+    /// The same for stale-while-revalidate.
+    pub stale_while_revalidate: Duration,
+    /// Request headers that carry a credential (RFC 9111 §3.5's `Authorization`, and
+    /// whatever else the configuration lists).
+    pub credentials: Arc<[HeaderName]>,
+    /// The client's request carried a credential, found before anything was
+    /// stripped from it (a hop-by-hop `Proxy-Authorization` included): the
+    /// fill's own request may no longer show it.
+    pub credentialed: bool,
+    /// Whom a response is stored for.
+    pub audience: Audience,
+    /// Origin directives `default_ttl` wins over.
+    pub overrides: Overrides,
+}
+
+impl Default for RuleOptions {
+    fn default() -> Self {
+        RuleOptions {
+            default_ttl: None,
+            heuristic: None,
+            cache_set_cookie: false,
+            targeted: Arc::new([]),
+            stale_if_error: Duration::ZERO,
+            stale_while_revalidate: Duration::ZERO,
+            credentials: Arc::new([header::AUTHORIZATION]),
+            credentialed: false,
+            audience: Audience::Shared,
+            overrides: Overrides::default(),
+        }
+    }
 }
 
 /// A fraction of the time since Last-Modified, capped (RFC 9111 §4.2.2; 10% is usual).
@@ -292,9 +328,13 @@ impl Heuristic {
 ///   status only with explicit freshness or `public` (RFC 9111 §3); 206 (no range support)
 ///   and 304 (not a representation) never.
 /// - `no-store` in request or response, or `private` in the response, forbids storing.
-/// - A request with `Authorization` is stored only if the response has `public`, `s-maxage`
-///   or `must-revalidate` (§3.5).
-/// - `Set-Cookie` forbids storing unless `opts.cache_set_cookie`; `Vary: *` always does.
+/// - A request with a credential (`Authorization`, or any of `opts.credentials`) is stored
+///   only if the response has `public`, `s-maxage` or `must-revalidate` (§3.5), unless the
+///   audience is shared despite credentials, or private.
+/// - `Set-Cookie` forbids storing for a shared audience unless `opts.cache_set_cookie`;
+///   `Vary: *` always does.
+/// - For a private audience (one caller's partition), `private` is allowed and `s-maxage`
+///   does not apply; overridden directives are not read at all (see [`judged`]).
 /// - There must be freshness: s-maxage/max-age/Expires, or `opts.default_ttl`, or (a
 ///   heuristically cacheable status with Last-Modified) `opts.heuristic`. A `no-cache`
 ///   response is instead storable exactly when it has a validator (ETag or Last-Modified),
@@ -306,9 +346,10 @@ pub fn check_storable(
     resp_headers: &HeaderMap,
     opts: &RuleOptions,
 ) -> Result<(), NotStorable> {
-    let resp_headers = &*targeted(resp_headers, &opts.targeted);
-    let resp_cc = CacheControl::parse(resp_headers);
-    let explicit_freshness = has_explicit_freshness(resp_headers, &resp_cc);
+    let (resp_headers, resp_cc) = judged(resp_headers, opts);
+    let resp_headers = &*resp_headers;
+    let explicit_freshness = has_explicit_freshness(resp_headers, &resp_cc, opts);
+    let shared = opts.audience.is_shared();
 
     if method != Method::GET {
         return Err(NotStorable::Method);
@@ -319,13 +360,14 @@ pub fn check_storable(
     if resp_cc.no_store || CacheControl::parse(req_headers).no_store {
         return Err(NotStorable::NoStore);
     }
-    if resp_cc.private {
+    if resp_cc.private && shared {
         return Err(NotStorable::Private);
     }
-    if req_headers.contains_key(header::AUTHORIZATION) && !allows_authorized(&resp_cc) {
+    let credentials = opts.credentialed || has_credentials(req_headers, &opts.credentials);
+    if credentials && opts.audience == Audience::Shared && !allows_authorized(&resp_cc) {
         return Err(NotStorable::Authorization);
     }
-    if resp_headers.contains_key(header::SET_COOKIE) && !opts.cache_set_cookie {
+    if resp_headers.contains_key(header::SET_COOKIE) && !opts.cache_set_cookie && shared {
         return Err(NotStorable::SetCookie);
     }
     if vary(resp_headers) == Vary::Star {
@@ -343,6 +385,27 @@ pub fn check_storable(
         return Err(NotStorable::NoFreshness);
     }
     Ok(())
+}
+
+/// The response as this cache judges it: its targeted field in place of
+/// Cache-Control (RFC 9213, see [`targeted`]), and its directives as the
+/// rule's audience and overrides leave them ([`Audience`], [`Overrides`]).
+pub fn judged<'a>(resp_headers: &'a HeaderMap, opts: &RuleOptions) -> (Cow<'a, HeaderMap>, CacheControl) {
+    let headers = targeted(resp_headers, &opts.targeted);
+    let mut cc = CacheControl::parse(&headers);
+    opts.audience.apply(&mut cc);
+    opts.overrides.apply(&mut cc);
+    (headers, cc)
+}
+
+/// Whether the rule's overrides set aside something this response said:
+/// it is then stored and served under an override.
+pub fn served_under_override(resp_headers: &HeaderMap, opts: &RuleOptions) -> bool {
+    if !opts.overrides.any() {
+        return false;
+    }
+    let headers = targeted(resp_headers, &opts.targeted);
+    opts.overrides.set_aside(&CacheControl::parse(&headers), &headers)
 }
 
 /// RFC 9111 §3: any final status may be stored when the response says how long it is fresh
@@ -371,9 +434,11 @@ fn allows_authorized(resp_cc: &CacheControl) -> bool {
 }
 
 /// The origin stated a lifetime. A present but unreadable Expires still counts: it means
-/// "already expired" (RFC 9111 §5.3), so the default TTL must not override it.
-fn has_explicit_freshness(resp_headers: &HeaderMap, cc: &CacheControl) -> bool {
-    cc.s_maxage.is_some() || cc.max_age.is_some() || resp_headers.contains_key(header::EXPIRES)
+/// "already expired" (RFC 9111 §5.3), so the default TTL must not override it (unless the
+/// rule overrides the origin's freshness).
+fn has_explicit_freshness(resp_headers: &HeaderMap, cc: &CacheControl, opts: &RuleOptions) -> bool {
+    let expires = resp_headers.contains_key(header::EXPIRES) && !opts.overrides.freshness;
+    cc.s_maxage.is_some() || cc.max_age.is_some() || expires
 }
 
 fn has_validators(resp_headers: &HeaderMap) -> bool {
@@ -425,7 +490,7 @@ pub fn freshness_lifetime(
     if let Some(seconds) = cc.s_maxage.or(cc.max_age) {
         return Duration::from_secs(seconds);
     }
-    if resp_headers.contains_key(header::EXPIRES) {
+    if resp_headers.contains_key(header::EXPIRES) && !opts.overrides.freshness {
         let Some(expires) = single_http_date(resp_headers, &header::EXPIRES) else {
             return Duration::ZERO;
         };
@@ -500,8 +565,9 @@ pub fn stale_windows(cc: &CacheControl, opts: &RuleOptions) -> StaleWindows {
         return StaleWindows::default();
     }
     let origin_if_error = Duration::from_secs(cc.stale_if_error.unwrap_or(0));
+    let origin_while_revalidate = Duration::from_secs(cc.stale_while_revalidate.unwrap_or(0));
     StaleWindows {
-        while_revalidate: Duration::from_secs(cc.stale_while_revalidate.unwrap_or(0)),
+        while_revalidate: origin_while_revalidate.max(opts.stale_while_revalidate),
         if_error: origin_if_error.max(opts.stale_if_error),
     }
 }

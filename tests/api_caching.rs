@@ -1,0 +1,224 @@
+//! Caching what apps actually call: authenticated, per-caller and POST APIs
+//! (README, "Authenticated and paid APIs"), without ever mixing callers.
+//!
+//! The origin echoes the credential it saw (`echo=H`) and counts its calls,
+//! so a test tells from the body whose answer a caller got, and from the
+//! count whether the cache answered.
+
+mod common;
+use common::origin::Origin;
+use common::{cache_status, is_hit, Ringside};
+
+/// Every credential header of the defaults, and one added with `_extra`.
+const CREDENTIAL_HEADERS: [&str; 8] = [
+    "authorization",
+    "proxy-authorization",
+    "cookie",
+    "x-api-key",
+    "api-key",
+    "x-auth-token",
+    "x-access-token",
+    "x-tenant-key",
+];
+
+const RULES: &str = "cache:\n  credential_headers_extra: [X-Tenant-Key]\n  rules:\n";
+
+async fn node(origin: &Origin, rules: &str) -> Ringside {
+    Ringside::start(&origin.url(), &format!("{RULES}{rules}")).await
+}
+
+/// A credential is a credential whatever header carries it: with a rule
+/// ttl and a `max-age` answer alike, k2 never gets k1's answer. On the old
+/// code X-Api-Key, Api-Key, X-Auth-Token, X-Access-Token and Cookie mixed
+/// callers.
+#[tokio::test]
+async fn a_credential_in_any_header_keeps_callers_apart_in_the_shared_scope() {
+    let origin = Origin::start().await;
+    let rs = node(&origin, "    - {prefix: /v1/, ttl: 60s}\n").await;
+    for header in CREDENTIAL_HEADERS {
+        for cc in ["", "&cc=max-age%3D60"] {
+            let path = format!("/v1/shared?echo={header}{cc}");
+            let k1 = rs.request("GET", &path, &[(header, "k1")]).await;
+            let k2 = rs.request("GET", &path, &[(header, "k2")]).await;
+            if header == "proxy-authorization" {
+                // Hop-by-hop: it never reaches the origin, but still keeps
+                // the answer from being shared.
+                assert!(!is_hit(&k2), "{header}{cc}: {k2:?}");
+                assert_eq!(origin.last_request_header(&path, header), None);
+                continue;
+            }
+            assert!(k1.text().starts_with(&format!("{header}=k1 ")), "{k1:?}");
+            assert!(
+                k2.text().starts_with(&format!("{header}=k2 ")),
+                "{header}{cc}: k2 got {:?}",
+                k2.text()
+            );
+            assert!(cache_status(&k2).contains("detail=authorization"), "{k2:?}");
+            assert_eq!(origin.hits(&path), 2, "{header}{cc}");
+        }
+    }
+    // Without a credential the rule's ttl stores as before.
+    rs.get("/v1/open").await;
+    assert!(is_hit(&rs.get("/v1/open").await));
+}
+
+/// `strip_request_headers_extra` adds to the 14 defaults instead of
+/// replacing them.
+#[tokio::test]
+async fn extra_stripped_headers_keep_the_defaults() {
+    let origin = Origin::start().await;
+    let yaml = "cache:\n  strip_request_headers_extra: [X-Debug-Route]\n";
+    let rs = Ringside::start(&origin.url(), yaml).await;
+    let path = "/strip?cc=max-age%3D60";
+    let headers = [("x-debug-route", "/admin"), ("x-forwarded-host", "evil")];
+    rs.request("GET", path, &headers).await;
+    assert_eq!(origin.last_request_header(path, "x-debug-route"), None);
+    assert_eq!(origin.last_request_header(path, "x-forwarded-host"), None);
+}
+
+/// `scope: per-credential`: each credential has a partition of its own, in
+/// which a private answer is kept for its owner; a request without a
+/// credential uses the shared cache.
+#[tokio::test]
+async fn per_credential_partitions_keep_each_callers_answers_for_that_caller() {
+    let origin = Origin::start().await;
+    let rs = node(&origin, "    - {prefix: /v1/, ttl: 60s, scope: per-credential}\n").await;
+    for cc in ["", "&cc=private%2C%20max-age%3D60"] {
+        let path = format!("/v1/me?echo=x-api-key{cc}");
+        let k1 = rs.request("GET", &path, &[("x-api-key", "k1")]).await;
+        assert!(cache_status(&k1).contains("stored"), "{k1:?}");
+        let again = rs.request("GET", &path, &[("x-api-key", "k1")]).await;
+        assert!(is_hit(&again), "{cc}: the owner's second call is a hit: {again:?}");
+        assert_eq!(again.text(), k1.text());
+        assert!(cache_status(&again).contains("scope=per-credential"), "{again:?}");
+        let k2 = rs.request("GET", &path, &[("x-api-key", "k2")]).await;
+        assert!(!is_hit(&k2), "{cc}: the next caller misses: {k2:?}");
+        assert!(k2.text().starts_with("x-api-key=k2 "), "{k2:?}");
+        assert_eq!(origin.hits(&path), 2, "{cc}");
+        // Another header carrying the same value is another credential.
+        let other = rs.request("GET", &path, &[("authorization", "k1")]).await;
+        assert!(!is_hit(&other), "{other:?}");
+    }
+    // No credential: the shared scope, and a private answer is not stored.
+    let open = "/v1/open?cc=private%2C%20max-age%3D60";
+    rs.get(open).await;
+    assert!(!is_hit(&rs.get(open).await));
+    let metrics = rs.metrics().await;
+    let per_credential = common::metric_sum(
+        &metrics,
+        "ringside_requests_total",
+        &["result=\"hit\"", "scope=\"per-credential\""],
+    );
+    assert_eq!(per_credential, 2.0, "{metrics}");
+}
+
+/// `scope: shared-despite-credentials`: the operator asserts the answer does
+/// not depend on the caller; it is shared, and the credential still reaches
+/// the origin on a miss. `private` still is not stored.
+#[tokio::test]
+async fn shared_despite_credentials_shares_and_still_sends_the_credential() {
+    let origin = Origin::start().await;
+    let rule = "    - {prefix: /geo/, ttl: 60s, scope: shared-despite-credentials}\n";
+    let rs = node(&origin, rule).await;
+    let path = "/geo/lookup?q=paris";
+    rs.request("GET", path, &[("x-api-key", "billing-1")]).await;
+    assert_eq!(
+        origin.last_request_header(path, "x-api-key").as_deref(),
+        Some("billing-1")
+    );
+    let other = rs.request("GET", path, &[("x-api-key", "billing-2")]).await;
+    assert!(is_hit(&other), "{other:?}");
+    assert!(
+        cache_status(&other).contains("scope=shared-despite-credentials"),
+        "{other:?}"
+    );
+    assert_eq!(origin.hits(path), 1);
+    let private = "/geo/me?cc=private%2C%20max-age%3D60";
+    rs.request("GET", private, &[("x-api-key", "billing-1")]).await;
+    rs.request("GET", private, &[("x-api-key", "billing-1")]).await;
+    assert_eq!(origin.hits(private), 2, "private is never shared");
+}
+
+/// `override`: the rule's ttl wins over what the origin says, and every
+/// answer under it says `override` (and is counted).
+#[tokio::test]
+async fn an_override_answers_from_the_cache_where_the_origin_said_no_and_says_so() {
+    let origin = Origin::start().await;
+    let rs = node(&origin, "    - {prefix: /v1/, ttl: 60s, override: true}\n").await;
+    for cc in [
+        "cc=no-store",
+        "cc=no-cache&etag=v1",
+        "cc=private",
+        "cc=max-age%3D1&age=30",
+        "expires=-10",
+    ] {
+        let path = format!("/v1/x?{cc}");
+        let first = rs.get(&path).await;
+        assert!(cache_status(&first).contains("stored"), "{cc}: {first:?}");
+        assert!(cache_status(&first).ends_with("; override"), "{cc}: {first:?}");
+        let second = rs.get(&path).await;
+        assert!(is_hit(&second), "{cc}: {second:?}");
+        assert!(cache_status(&second).ends_with("; override"), "{cc}: {second:?}");
+        assert_eq!(origin.hits(&path), 1, "{cc}");
+    }
+    // The origin said nothing to override: no flag.
+    rs.get("/v1/plain").await;
+    let plain = rs.get("/v1/plain").await;
+    assert_eq!(cache_status(&plain), "ringside; hit");
+    // Set-Cookie is never shared, override or not.
+    let cookie = "/v1/c?cookie=1";
+    rs.get(cookie).await;
+    rs.get(cookie).await;
+    assert_eq!(origin.hits(cookie), 2);
+    let overridden = rs
+        .metric("ringside_requests_total", &["override=\"true\""])
+        .await;
+    assert_eq!(overridden, 10.0);
+    // A partial list overrides only what it names.
+    let only_no_store = "    - {prefix: /v2/, ttl: 60s, override: [no-store]}\n";
+    let rs = node(&origin, only_no_store).await;
+    for (cc, stored) in [("cc=no-store", true), ("cc=private", false)] {
+        let path = format!("/v2/y?{cc}");
+        rs.get(&path).await;
+        rs.get(&path).await;
+        assert_eq!(origin.hits(&path), if stored { 1 } else { 2 }, "{cc}");
+    }
+}
+
+/// In a cluster the owner of a partitioned key is wherever the ring puts
+/// it; the asking node and the owner name the partition alike, so k1 hits
+/// through any node and k2 never gets k1's answer.
+#[tokio::test]
+async fn per_credential_answers_stay_with_their_caller_across_a_cluster() {
+    let origin = Origin::start().await;
+    let extra = format!(
+        "{RULES}    - {{prefix: /v1/, ttl: 60s, scope: per-credential}}\n"
+    );
+    let peers: Vec<String> = (0..3)
+        .map(|_| format!("127.0.0.1:{}", common::free_port()))
+        .collect();
+    let mut nodes = Vec::new();
+    for me in &peers {
+        let yaml = format!("{}{extra}", common::cluster_yaml(me, &peers, ""));
+        nodes.push(Ringside::start(&origin.url(), &yaml).await);
+    }
+    for i in 0..20 {
+        let path = format!("/v1/me/{i}?echo=authorization&cc=private%2C%20max-age%3D60");
+        let first = nodes[i % 3]
+            .request("GET", &path, &[("authorization", "Bearer k1")])
+            .await;
+        assert!(first.text().starts_with("authorization=Bearer k1 "), "{first:?}");
+        for node in &nodes {
+            let k1 = node.request("GET", &path, &[("authorization", "Bearer k1")]).await;
+            assert_eq!(k1.text(), first.text(), "{path}: k1 through {}", node.addr);
+            let k2 = node.request("GET", &path, &[("authorization", "Bearer k2")]).await;
+            assert!(
+                k2.text().starts_with("authorization=Bearer k2 "),
+                "{path}: k2 through {} got {:?}",
+                node.addr,
+                k2.text()
+            );
+        }
+        assert_eq!(origin.hits(&path), 2, "{path}: one fetch per credential, cluster-wide");
+    }
+}
