@@ -956,6 +956,75 @@ fn network_policy_allows_only_what_ringside_needs() {
     assert!(admits(&policies, &CATALOG, 7070));
 }
 
+/// A pod of the ingress controller's namespace (as the example lists it).
+const INGRESS: Source = Source {
+    namespace: "ingress-nginx",
+    namespace_labels: &[("kubernetes.io/metadata.name", "ingress-nginx")],
+    labels: &[("app.kubernetes.io/name", "ingress-nginx")],
+};
+
+/// `apps[].allowAppIngressFrom` and `appPorts` open the app's own ports to
+/// whom they list, in the chart's policy beside ringside's rules, and
+/// nothing more: turning the policy on no longer cuts the app off.
+#[test]
+fn an_apps_own_ports_are_opened_to_whom_it_lists() {
+    let values = APPS.replace(
+        "    selector: {app: catalog}\n",
+        "    selector: {app: catalog}\n    allowAppIngressFrom:\n      - podSelector: \
+         {matchLabels: {app: frontend}}\n    appPorts: [http]\n",
+    );
+    let values = format!("{values}\nnetworkPolicy: {{enabled: true}}\n");
+    let docs = validate("netpol-app-ports", &template("netpol-app-ports", &values));
+    let policies = catalog_policies(&docs);
+    assert_eq!(
+        policies.len(),
+        1,
+        "one policy per app, the app's rule in it"
+    );
+    let allowed = |source: &Source, port: u64| admits(&policies, source, port);
+    assert!(
+        allowed(&FRONTEND, 3000),
+        "the listed caller to the app port"
+    );
+    assert!(allowed(&CATALOG, 7070), "peers still reach the peer port");
+    assert!(
+        allowed(&PROMETHEUS, 9090),
+        "the scraper still reaches /metrics"
+    );
+    for (source, port, what) in [
+        (&FRONTEND, 7070, "the peer port from the app's caller"),
+        (&FRONTEND, 9090, "the admin port from the app's caller"),
+        (&PROMETHEUS, 3000, "the app port from Prometheus"),
+        (&INGRESS, 3000, "the app port from a source not listed"),
+    ] {
+        assert!(!allowed(source, port), "{what} is open");
+    }
+    // The example: off, so nothing is isolated; on, its callers get in.
+    let example = std::fs::read_to_string(root().join("examples/kubernetes/values.yaml")).unwrap();
+    let docs = documents(&template("example-netpol-off", &example));
+    assert_eq!(
+        count(&docs, "NetworkPolicy"),
+        0,
+        "the example starts with it off"
+    );
+    let on = format!("{example}\nnetworkPolicy: {{enabled: true}}\n");
+    let docs = validate("example-netpol-on", &template("example-netpol-on", &on));
+    let policies = catalog_policies(&docs);
+    assert!(admits(&policies, &FRONTEND, 3000));
+    assert!(admits(&policies, &INGRESS, 3000));
+    assert!(!admits(&policies, &FRONTEND, 7070));
+    assert!(!admits(&policies, &INGRESS, 9090));
+    // Ringside's own ports cannot be listed as the app's.
+    for port in ["ringside-peer", "9090", "7070"] {
+        let bad = on.replace("appPorts: [http]", &format!("appPorts: [{port}]"));
+        let e = template_in(&chart(), "netpol-bad-port", &bad, &[]).expect_err(port);
+        assert!(
+            e.contains("apps[catalog].appPorts") && e.contains("one of ringside's ports"),
+            "{port}: {e}"
+        );
+    }
+}
+
 #[test]
 fn example_values() {
     let values = std::fs::read_to_string(root().join("examples/kubernetes/values.yaml")).unwrap();
@@ -984,6 +1053,15 @@ fn schema_rejects_bad_values() {
         (
             "apps:\n  - name: ok\n    selector: {app: x}\n    peerTls: {secret: x}\n",
             "secretName",
+        ),
+        (
+            "apps:\n  - name: ok\n    selector: {app: x}\n    appPorts: [http]\n",
+            "allowAppIngressFrom",
+        ),
+        (
+            "apps:\n  - name: ok\n    selector: {app: x}\n    allowAppIngressFrom: \
+             [{podSelector: {}}]\n",
+            "appPorts",
         ),
     ];
     for (values, field) in cases {
@@ -1054,8 +1132,23 @@ fn notes_commands_work_as_written() {
         "{notes}"
     );
     assert!(
-        notes.contains("app-networkpolicy.yaml"),
-        "the example enables the NetworkPolicy: {notes}"
+        !notes.contains("NetworkPolicy"),
+        "the example leaves the NetworkPolicy off: {notes}"
+    );
+    // On without the app's callers listed, NOTES says its ports are closed.
+    let text = helm_example(
+        "install",
+        &[
+            "--dry-run=client",
+            "--set",
+            "networkPolicy.enabled=true",
+            "--set-json",
+            "apps=[{\"name\":\"catalog\",\"namespace\":\"shop\",\"selector\":{\"app\":\"catalog\"}}]",
+        ],
+    );
+    assert!(
+        text.contains("its own ports are closed until apps[].allowAppIngressFrom"),
+        "{text}"
     );
 }
 
