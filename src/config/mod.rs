@@ -45,7 +45,8 @@ pub struct Config {
     /// Bearer token for the admin listener's purge endpoint; empty: purge is
     /// refused. Never the cluster secret, which must not cross the wire.
     pub admin_token: String,
-    /// Worker threads for the proxy; 0 = one per available CPU.
+    /// Worker threads for the proxy; 0 = one per CPU this process may use
+    /// (see [`Config::worker_threads`]).
     pub threads: usize,
     /// Seconds to finish in-flight requests after SIGTERM.
     #[serde(deserialize_with = "de_duration")]
@@ -303,6 +304,32 @@ pub struct Overrides {
     pub admin_token: Option<String>,
     pub peer_listen: Option<String>,
     pub shutdown_delay: Option<String>,
+    pub threads: Option<String>,
+    /// Where overridden fields got their values, as (field, flag or
+    /// variable): `("cache.capacity", "--capacity")`. A mistake in such a
+    /// field names where it came from, not only the field (which reads as
+    /// if the file said it).
+    pub sources: Vec<(&'static str, String)>,
+}
+
+/// `error`, saying which flag or variable set its field, if one did
+/// (`sources` as in [`Overrides::sources`]).
+fn attribute(error: ConfigError, sources: &[(&'static str, String)]) -> ConfigError {
+    let ConfigError::Invalid(message) = &error else {
+        return error;
+    };
+    let from = sources.iter().find(|(field, _)| {
+        message
+            .strip_prefix(field)
+            .is_some_and(|rest| rest.starts_with(':'))
+    });
+    match from {
+        Some((field, source)) => {
+            let rest = &message[field.len()..];
+            ConfigError::Invalid(format!("{field} (from {source}){rest}"))
+        }
+        None => error,
+    }
 }
 
 impl Config {
@@ -339,8 +366,16 @@ impl Config {
         Config::from_yaml(&text, &path.display().to_string())
     }
 
-    /// Apply overrides, then validate everything.
-    pub fn finish(mut self, o: Overrides) -> Result<Config, ConfigError> {
+    /// Apply overrides, then validate everything. A mistake in a field that
+    /// an override set names the flag or variable too.
+    pub fn finish(self, mut o: Overrides) -> Result<Config, ConfigError> {
+        let sources = std::mem::take(&mut o.sources);
+        self.apply(o)
+            .and_then(|config| config.validate().map(|()| config))
+            .map_err(|e| attribute(e, &sources))
+    }
+
+    fn apply(mut self, o: Overrides) -> Result<Config, ConfigError> {
         if let Some(v) = o.listen {
             self.listen = v;
         }
@@ -378,8 +413,25 @@ impl Config {
                 )
             })?;
         }
-        self.validate()?;
+        if let Some(v) = o.threads {
+            self.threads = v
+                .trim()
+                .parse()
+                .map_err(|_| invalid("threads", quoted(&v), THREADS_HINT))?;
+        }
         Ok(self)
+    }
+
+    /// Proxy worker threads: `threads`, or with 0 the CPUs this process may
+    /// use. The standard library counts those from the affinity mask and the
+    /// cgroup's CPU quota (v2 `cpu.max`, v1 `cpu.cfs_quota_us` /
+    /// `cpu.cfs_period_us`, rounded down, at least 1): a container with a
+    /// CPU limit gets that many, whatever the node has.
+    pub fn worker_threads(&self) -> usize {
+        match self.threads {
+            0 => std::thread::available_parallelism().map_or(1, |n| n.get()),
+            n => n,
+        }
     }
 
     fn validate(&self) -> Result<(), ConfigError> {
@@ -397,7 +449,7 @@ impl Config {
             ));
         }
         if self.threads > 1024 {
-            return Err(invalid("threads", self.threads, "0 (one per CPU) to 1024"));
+            return Err(invalid("threads", self.threads, THREADS_HINT));
         }
         validate_rules("cache.rules", &self.cache.rules)?;
         self.validate_upstreams()?;
@@ -711,10 +763,12 @@ fn quoted(s: &str) -> String {
     format!("{s:?}")
 }
 
+const THREADS_HINT: &str =
+    "0 (one per CPU this process may use: its CPU quota, else the machine's) to 1024";
 const SIZE_HINT: &str =
     "a byte count such as 268435456 or \"256MiB\" (units: B, KB, KiB, MB, MiB, GB, GiB)";
 const DURATION_HINT: &str =
-    "a duration such as \"250ms\", \"2s\", \"5m\" or \"1h\", or a number of seconds";
+    "a duration such as \"250ms\", \"2s\", \"5m\", \"1h\" or \"1d\", or a number of seconds";
 
 /// `"1.5GB"` → `(1.5, "GB")`: the leading number and the unit after it.
 fn number_and_unit(s: &str) -> Option<(f64, &str)> {
