@@ -454,6 +454,48 @@ fn regular_sidecars_wait_before_exit() {
     );
 }
 
+/// A sidecar runs `--sidecar-threads` workers (the chart's sidecar.threads,
+/// 1 by default), or per pod `ringside.io/threads`; 0 leaves it to the
+/// container's CPU limit.
+#[test]
+fn threads_per_pod() {
+    let pod = |name: &str, annotations: Value| {
+        pod_with(
+            name,
+            annotations,
+            json!({}),
+            json!([{"name": "app", "image": "app:1"}]),
+        )
+    };
+    let threads = |patched: &Value| {
+        env(container(patched, "containers"), "RINGSIDE_THREADS").map(|e| e["value"].clone())
+    };
+    let hook = start("threads", &["--native-sidecar=never"]);
+    let patched = hook.inject(&pod("default", json!({"ringside.io/inject": "true"})));
+    assert_eq!(threads(&patched), Some(json!("1")), "one worker by default");
+    let patched = hook.inject(&pod(
+        "annotated",
+        json!({"ringside.io/inject": "true", "ringside.io/threads": "0"}),
+    ));
+    assert_eq!(threads(&patched), Some(json!("0")));
+    let r = hook.review(pod(
+        "bad",
+        json!({"ringside.io/inject": "true", "ringside.io/threads": "many"}),
+    ));
+    assert_eq!(r["allowed"], false, "{r}");
+    let message = r["status"]["message"].as_str().unwrap();
+    assert!(
+        message.contains("ringside.io/threads") && message.contains("\"many\""),
+        "{message}"
+    );
+    let hook = start(
+        "threads-flag",
+        &["--native-sidecar=never", "--sidecar-threads=4"],
+    );
+    let patched = hook.inject(&pod("flag", json!({"ringside.io/inject": "true"})));
+    assert_eq!(threads(&patched), Some(json!("4")));
+}
+
 #[test]
 fn memory_request_and_limit_per_pod() {
     let hook = start("memory", &["--memory-limit=1Gi"]);
@@ -816,6 +858,10 @@ fn refuses_bad_flags() {
     for (flag, wanted) in [
         ("--apps=shop/catalog", "--tls-cert"),
         ("--peer-tls-secrets=shop/catalog", "NAMESPACE/APP=SECRET"),
+        (
+            "--sidecar-threads=2000",
+            "--sidecar-threads: 2000 is invalid",
+        ),
     ] {
         let out = without_ringside_env(&mut Command::new(env!("CARGO_BIN_EXE_ringside")))
             .args([
@@ -965,7 +1011,7 @@ fn chart_and_webhook_inject_the_same_container() {
         (
             "large",
             "ringside:\n  sidecar: {capacity: 1.5GiB, memoryConnections: 1000, \
-             memoryHeadroom: 256Mi, waitBeforeExitSeconds: 9}\n",
+             memoryHeadroom: 256Mi, waitBeforeExitSeconds: 9, threads: 3}\n",
             formula(1536 * MIB, 1000, 256 * MIB),
         ),
         (
@@ -981,7 +1027,7 @@ fn chart_and_webhook_inject_the_same_container() {
         (
             "ports-and-app",
             "app: catalog\nringside:\n  sidecar: {port: 8181, adminPort: 9191, peerPort: 7171, \
-             capacity: 64MiB, logLevel: debug}\n  apps:\n    - name: catalog\n      \
+             capacity: 64MiB, logLevel: debug, threads: 0}\n  apps:\n    - name: catalog\n      \
              namespace: shop\n      selector: {app: catalog}\n",
             formula(64 * MIB, 256, 128 * MIB),
         ),

@@ -118,6 +118,10 @@ pub struct InjectArgs {
     /// after SIGTERM (its shutdown_delay), so the app's last calls get through.
     #[arg(long, default_value_t = 0)]
     pub wait_before_exit_seconds: u32,
+    /// Proxy worker threads of injected sidecars (their RINGSIDE_THREADS; 0:
+    /// the container's CPU limit, else the node's CPUs).
+    #[arg(long = "sidecar-threads", default_value_t = 1)]
+    pub threads: u32,
     /// The apps that have a ConfigMap, as NAMESPACE/NAME, comma-separated (the
     /// chart's `apps`; empty: none). A pod whose ringside.io/app is not one of
     /// its namespace's is refused. Not given: not checked.
@@ -146,6 +150,14 @@ impl InjectArgs {
         if self.sidecar_image.trim().is_empty() {
             return Err("--sidecar-image: empty; expected an image reference".into());
         }
+        if self.threads > sidecar::MAX_THREADS {
+            return Err(format!(
+                "--sidecar-threads: {} is invalid; expected 0 (the container's CPU limit, else \
+                 the node's CPUs) to {}",
+                self.threads,
+                sidecar::MAX_THREADS
+            ));
+        }
         for (flag, port) in [
             ("--sidecar-port", self.port),
             ("--sidecar-admin-port", self.admin_port),
@@ -172,6 +184,7 @@ impl InjectArgs {
             admin_port: self.admin_port,
             peer_port: self.peer_port,
             wait_before_exit_seconds: self.wait_before_exit_seconds,
+            threads: self.threads,
             apps: self.apps_flag()?,
             peer_tls_secrets: self
                 .peer_tls_secrets

@@ -36,8 +36,11 @@ pub const ANNOTATION_WAIT_BEFORE_EXIT: &str = "ringside.io/wait-before-exit-seco
 pub const ANNOTATION_MEMORY_REQUEST: &str = "ringside.io/memory-request";
 /// Per-pod memory limit of the container, instead of the request + headroom.
 pub const ANNOTATION_MEMORY_LIMIT: &str = "ringside.io/memory-limit";
+/// Per-pod proxy worker threads (`RINGSIDE_THREADS`; 0: the container's
+/// CPU limit, else the node's CPUs).
+pub const ANNOTATION_THREADS: &str = "ringside.io/threads";
 /// Every annotation ringside reads or writes (others under `ringside.io/` are typos).
-pub const ANNOTATIONS: [&str; 12] = [
+pub const ANNOTATIONS: [&str; 13] = [
     ANNOTATION_INJECT,
     ANNOTATION_INJECTED,
     ANNOTATION_ORIGIN,
@@ -50,6 +53,7 @@ pub const ANNOTATIONS: [&str; 12] = [
     ANNOTATION_WAIT_BEFORE_EXIT,
     ANNOTATION_MEMORY_REQUEST,
     ANNOTATION_MEMORY_LIMIT,
+    ANNOTATION_THREADS,
 ];
 
 /// The effective per-pod values after annotation overrides.
@@ -67,4 +71,6 @@ pub struct PodOptions {
     pub wait_before_exit_seconds: u32,
     /// The app's peer TLS Secret, mounted at the sidecar's `PEER_TLS_DIR`.
     pub peer_tls_secret: Option<String>,
+    /// Proxy worker threads (`RINGSIDE_THREADS`).
+    pub threads: u32,
 }

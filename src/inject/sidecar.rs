@@ -16,6 +16,8 @@ use serde_json::{json, Map, Value};
 
 /// Longest wait before exit accepted (beyond it the pod's grace period ends first).
 const MAX_WAIT_BEFORE_EXIT: u32 = 3600;
+/// Most proxy worker threads a sidecar may be given (ringside's own bound).
+pub const MAX_THREADS: u32 = 1024;
 
 /// Name of the injected container; its presence marks a pod as injected.
 pub const CONTAINER_NAME: &str = "ringside";
@@ -74,6 +76,9 @@ pub struct Settings {
     pub peer_port: u16,
     /// `shutdown_delay` of regular-container sidecars, in seconds.
     pub wait_before_exit_seconds: u32,
+    /// Proxy worker threads of injected sidecars (0: their CPU limit, else
+    /// the node's CPUs).
+    pub threads: u32,
     /// The chart's apps as (namespace, name): a `ringside.io/app` outside
     /// this list names a ConfigMap that does not exist. None: not checked.
     pub apps: Option<Vec<(String, String)>>,
@@ -101,6 +106,7 @@ impl Default for Settings {
             admin_port: 9090,
             peer_port: 7070,
             wait_before_exit_seconds: 0,
+            threads: 1,
             apps: None,
             peer_tls_secrets: Vec::new(),
         }
@@ -240,6 +246,7 @@ impl Settings {
             config_map: self.annotated_config_map(pod)?,
             wait_before_exit_seconds: self.annotated_wait_before_exit(pod)?,
             peer_tls_secret: None,
+            threads: self.annotated_threads(pod)?,
         };
         if opts.port == opts.admin_port
             || opts.port == opts.peer_port
@@ -303,6 +310,20 @@ impl Settings {
         }
     }
 
+    fn annotated_threads(&self, pod: &Value) -> Result<u32, String> {
+        let Some(v) = annotation(pod, ANNOTATION_THREADS) else {
+            return Ok(self.threads);
+        };
+        match v.trim().parse::<u32>() {
+            Ok(n) if n <= MAX_THREADS => Ok(n),
+            _ => Err(format!(
+                "annotation {ANNOTATION_THREADS}: {v:?} is invalid; expected a number of \
+                 threads from 0 (the container's CPU limit, else the node's CPUs) to \
+                 {MAX_THREADS}, such as \"2\""
+            )),
+        }
+    }
+
     /// The memory request and limit: annotations, else flags, else the formula.
     fn memory(&self, pod: &Value, capacity: u64) -> Result<Memory, String> {
         let explicit = |key: &str, default: &Option<Quantity>| match annotation(pod, key) {
@@ -327,6 +348,7 @@ impl Settings {
             json!({"name": "RINGSIDE_ADMIN_LISTEN", "value": format!("0.0.0.0:{}", o.admin_port)}),
             json!({"name": "RINGSIDE_PEER_LISTEN", "value": format!("0.0.0.0:{}", o.peer_port)}),
             json!({"name": "RINGSIDE_CAPACITY", "value": o.capacity.to_string()}),
+            json!({"name": "RINGSIDE_THREADS", "value": o.threads.to_string()}),
             json!({"name": "RINGSIDE_CLUSTER_SECRET", "valueFrom": {"secretKeyRef": {
                 "name": self.secret, "key": PEER_SECRET_KEY, "optional": true}}}),
             json!({"name": "RINGSIDE_ADMIN_TOKEN", "valueFrom": {"secretKeyRef": {

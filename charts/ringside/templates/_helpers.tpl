@@ -210,6 +210,8 @@ is not set).
       value: "0.0.0.0:{{ $s.peerPort }}"
     - name: RINGSIDE_CAPACITY
       value: {{ include "ringside.toBytes" $s.capacity | quote }}
+    - name: RINGSIDE_THREADS
+      value: {{ $s.threads | int | toString | quote }}
     - name: RINGSIDE_CLUSTER_SECRET
       valueFrom:
         secretKeyRef:
