@@ -47,15 +47,21 @@ struct ConfigFlags {
     /// error, warn, info, debug or trace.
     #[arg(long, env = "RINGSIDE_LOG_LEVEL")]
     log_level: Option<String>,
-    /// Shared secret of the cluster's peers (prefer the environment variable).
+    /// Shared secret of the cluster's peers (prefer --cluster-secret-file).
     #[arg(long, env = "RINGSIDE_CLUSTER_SECRET", hide_env_values = true)]
     cluster_secret: Option<String>,
+    /// A file holding the cluster's peer secret (a mounted Secret), read again when it changes.
+    #[arg(long, env = "RINGSIDE_CLUSTER_SECRET_FILE")]
+    cluster_secret_file: Option<String>,
     /// Peer listen address in a cluster, e.g. 0.0.0.0:7070.
     #[arg(long, env = "RINGSIDE_PEER_LISTEN")]
     peer_listen: Option<String>,
-    /// Bearer token for purge on the admin listener (prefer the environment variable).
+    /// Bearer token for purge on the admin listener (prefer --admin-token-file).
     #[arg(long, env = "RINGSIDE_ADMIN_TOKEN", hide_env_values = true)]
     admin_token: Option<String>,
+    /// A file holding the purge token (a mounted Secret), read again when it changes.
+    #[arg(long, env = "RINGSIDE_ADMIN_TOKEN_FILE")]
+    admin_token_file: Option<String>,
     /// After SIGTERM, keep serving this long (readiness failing) before draining, e.g. 5s.
     #[arg(long, env = "RINGSIDE_SHUTDOWN_DELAY")]
     shutdown_delay: Option<String>,
@@ -65,15 +71,17 @@ struct ConfigFlags {
 }
 
 /// Each flag of [`ConfigFlags`] (by its clap id) and the config field it sets.
-const FIELDS: [(&str, &str); 10] = [
+const FIELDS: [(&str, &str); 12] = [
     ("listen", "listen"),
     ("admin_listen", "admin_listen"),
     ("origin", "origin.url"),
     ("capacity", "cache.capacity"),
     ("log_level", "log_level"),
     ("cluster_secret", "cluster.secret"),
+    ("cluster_secret_file", "cluster.secret_file"),
     ("peer_listen", "cluster.peer_listen"),
     ("admin_token", "admin_token"),
+    ("admin_token_file", "admin_token_file"),
     ("shutdown_delay", "shutdown_delay"),
     ("threads", "threads"),
 ];
@@ -105,7 +113,9 @@ impl ConfigFlags {
             capacity: self.capacity.clone(),
             log_level: self.log_level.clone(),
             cluster_secret: self.cluster_secret.clone(),
+            cluster_secret_file: self.cluster_secret_file.clone(),
             admin_token: self.admin_token.clone(),
+            admin_token_file: self.admin_token_file.clone(),
             peer_listen: self.peer_listen.clone(),
             shutdown_delay: self.shutdown_delay.clone(),
             threads: self.threads.clone(),

@@ -181,7 +181,8 @@ fn add_services(server: &mut Server, config: &Config, node: Arc<Node>) {
         service.add_listener(connections::listener(addr));
     }
     server.add_service(service);
-    let mut admin = Service::new("ringside admin".into(), Admin::new(node, probed));
+    let admin = Admin::new(node, probed).unwrap_or_else(|e| fatal(&e));
+    let mut admin = Service::new("ringside admin".into(), admin);
     // Probes, scrapes and purges: light work, apart from the proxy's workers.
     admin.threads = Some(1);
     admin.add_listener(connections::listener(&config.admin_listen));

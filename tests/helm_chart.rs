@@ -8,8 +8,12 @@
 //! kubernetes-validate's schemas and it has no option to skip them, so they
 //! are split out of the stream and checked here for their required fields.
 //!
-//! Needs `helm` and `kubernetes-validate` on PATH: CI installs them with
-//! tests/tools/install-k8s-tools.sh. Missing tools fail the tests, never skip.
+//! checkov (offline) holds the example's renders to two policies: images
+//! pinned by digest, no secret in an environment variable.
+//!
+//! Needs `helm`, `kubernetes-validate` and `checkov` on PATH: CI installs
+//! them with tests/tools/install-k8s-tools.sh. Missing tools fail the tests,
+//! never skip.
 
 mod common;
 use std::path::{Path, PathBuf};
@@ -1050,6 +1054,8 @@ fn schema_rejects_bad_values() {
         ("sidecar:\n  memoryConnections: -1\n", "memoryConnections"),
         ("sidecar:\n  memoryOverhead: 64Mi\n", "memoryOverhead"),
         ("webhok:\n  enabled: true\n", "webhok"),
+        ("image:\n  digest: sha256:abc\n", "digest"),
+        ("sidecar:\n  threads: -1\n", "threads"),
         (
             "apps:\n  - name: ok\n    selector: {app: x}\n    peerTls: {secret: x}\n",
             "secretName",
@@ -1114,13 +1120,37 @@ fn helm_ok(command: &mut Command) -> String {
 fn notes_commands_work_as_written() {
     let text = helm_example("install", &["--dry-run=client"]);
     let notes = &text[text.find("NOTES:").expect("NOTES")..];
-    // port-forward blocks: a command chained after it with && never runs.
-    for line in notes.lines().filter(|l| l.contains("port-forward")) {
-        assert!(!line.contains("&&"), "{line}");
+    // No port-forward to race (a background forward used before it is up):
+    // the sidecar's /metrics through the API server's pod proxy, on the
+    // admin port the sidecar declares.
+    assert!(!notes.contains("port-forward"), "{notes}");
+    assert!(
+        notes
+            .contains("kubectl get --raw /api/v1/namespaces/NAMESPACE/pods/POD:9090/proxy/metrics"),
+        "{notes}"
+    );
+    // The walkthrough's port-forwards are in the background and used once
+    // they answer, never after a fixed sleep.
+    let readme = std::fs::read_to_string(root().join("examples/kubernetes/README.md")).unwrap();
+    let lines: Vec<&str> = readme.lines().collect();
+    for (i, line) in lines
+        .iter()
+        .enumerate()
+        .filter(|(_, l)| l.contains("port-forward "))
+    {
+        if !line.trim_start().starts_with("kubectl") {
+            continue;
+        }
         assert!(
             line.trim_end().ends_with('&'),
             "not in the background: {line}"
         );
+        let next = lines[i + 1..].iter().take(3).copied().collect::<Vec<_>>();
+        assert!(
+            next.iter().any(|l| l.starts_with("until curl")),
+            "a port-forward used without waiting for it: {line}\n{next:?}"
+        );
+        assert!(!next.iter().any(|l| l.starts_with("sleep")), "{next:?}");
     }
     assert!(
         notes.contains("get endpointslices -l kubernetes.io/service-name=ringside-catalog-peers"),
@@ -1210,9 +1240,121 @@ fn the_walkthrough_names_what_the_chart_renders() {
 
 #[test]
 fn manual_injection_example() {
-    // A parent chart that includes ringside.sidecar; copy it so the
-    // dependency build does not touch the repository.
-    let dir = tmpdir("manual-example");
+    let docs = validate("manual-example", &manual_example("manual-example", &[]));
+    let deploy = docs.iter().find(|d| kind(d) == "Deployment").unwrap();
+    let sidecar = &deploy["spec"]["template"]["spec"]["initContainers"][0];
+    assert_eq!(sidecar["name"].as_str(), Some("ringside"));
+    assert_eq!(sidecar["restartPolicy"].as_str(), Some("Always"));
+    assert_eq!(
+        sidecar["resources"]["requests"]["memory"].as_str(),
+        Some("345Mi")
+    );
+    assert_eq!(
+        sidecar["securityContext"]["readOnlyRootFilesystem"].as_bool(),
+        Some(true)
+    );
+    let volumes = &deploy["spec"]["template"]["spec"]["volumes"];
+    assert_eq!(
+        volumes[0]["configMap"]["name"].as_str(),
+        Some("rs-ringside-config-catalog")
+    );
+}
+
+/// A digest as `docker buildx imagetools inspect` prints one.
+const DIGEST: &str = "sha256:4d1b9e0c2f6a8b3e5d7c9a1f0e2b4d6c8a0f1e3d5b7c9e1a3f5d7b9c1e3a5f70";
+
+/// checkov's verdict on `rendered` for each of `checks`: (check id,
+/// resource, passed), run offline (`--skip-download`).
+fn checkov(name: &str, rendered: &str, checks: &[&str]) -> Vec<(String, String, bool)> {
+    require("checkov");
+    let dir = tmpdir(&format!("{name}-checkov"));
+    let file = dir.join("rendered.yaml");
+    std::fs::write(&file, rendered).unwrap();
+    let out = Command::new("checkov")
+        .arg("-f")
+        .arg(&file)
+        .args(["--framework", "kubernetes", "--skip-download", "-o", "json"])
+        .args(["--check", &checks.join(",")])
+        .output()
+        .unwrap();
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
+        panic!(
+            "{name}: checkov printed no JSON ({e}):\n{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        )
+    });
+    let verdicts = |key: &str, passed: bool| {
+        report["results"][key]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .map(|c| {
+                let field = |k: &str| c[k].as_str().unwrap_or_default().to_string();
+                (field("check_id"), field("resource"), passed)
+            })
+            .collect::<Vec<_>>()
+    };
+    [
+        verdicts("passed_checks", true),
+        verdicts("failed_checks", false),
+    ]
+    .concat()
+}
+
+/// The images are pinned by digest (CKV_K8S_43) and no secret is in an
+/// environment variable (CKV_K8S_35): checkov on the example's renders, the
+/// webhook's and the manually injected sidecar's, with the digest the
+/// walkthrough sets after its push. Without the digest, CKV_K8S_43 fails,
+/// and checkov does flag a secret in the environment.
+#[test]
+fn checkov_finds_image_digests_and_secrets_as_files() {
+    const CHECKS: &[&str] = &["CKV_K8S_43", "CKV_K8S_35"];
+    let digest = format!("image.digest={DIGEST}");
+    let renders = [
+        ("example", helm_example("template", &["--set", &digest])),
+        (
+            "manual-example",
+            manual_example(
+                "manual-checkov",
+                &[
+                    "--set",
+                    &format!("ringside.{digest}"),
+                    "--set",
+                    &format!("image=ghcr.io/example/catalog:1.4.2@{DIGEST}"),
+                ],
+            ),
+        ),
+    ];
+    for (name, rendered) in &renders {
+        let verdicts = checkov(name, rendered, CHECKS);
+        for check in CHECKS {
+            let deployments: Vec<_> = verdicts.iter().filter(|v| v.0 == *check).collect();
+            assert!(!deployments.is_empty(), "{name}: {check} checked nothing");
+            assert!(
+                deployments.iter().all(|v| v.2),
+                "{name}: {check} fails: {deployments:?}"
+            );
+        }
+    }
+    let rendered = helm_example("template", &[]);
+    let verdicts = checkov("example-no-digest", &rendered, &["CKV_K8S_43"]);
+    assert!(
+        verdicts.iter().any(|v| !v.2),
+        "without image.digest, a tag alone passes: {verdicts:?}"
+    );
+    let in_env = "apiVersion: v1\nkind: Pod\nmetadata: {name: p, namespace: shop}\nspec:\n  \
+                  containers:\n    - name: c\n      image: app@sha256:00\n      env:\n        \
+                  - name: SECRET\n          valueFrom: {secretKeyRef: {name: s, key: k}}\n";
+    let verdicts = checkov("secret-in-env", in_env, &["CKV_K8S_35"]);
+    assert!(verdicts.iter().any(|v| !v.2), "{verdicts:?}");
+}
+
+/// `helm template` of examples/kubernetes/manual-injection (a parent chart
+/// that includes ringside.sidecar) with `extra`; its stdout.
+fn manual_example(name: &str, extra: &[&str]) -> String {
+    // Copied, so that the dependency build does not touch the repository.
+    let dir = tmpdir(name);
     let example = root().join("examples/kubernetes/manual-injection");
     let status = Command::new("cp")
         .arg("-r")
@@ -1231,24 +1373,5 @@ fn manual_injection_example() {
         );
     std::fs::write(copy.join("Chart.yaml"), chart_yaml).unwrap();
     helm_ok(Command::new("helm").args(["dependency", "update", copy.to_str().unwrap()]));
-    let rendered =
-        template_in(&copy, "manual-example-t", "", &[]).unwrap_or_else(|e| panic!("{e}"));
-    let docs = validate("manual-example", &rendered);
-    let deploy = docs.iter().find(|d| kind(d) == "Deployment").unwrap();
-    let sidecar = &deploy["spec"]["template"]["spec"]["initContainers"][0];
-    assert_eq!(sidecar["name"].as_str(), Some("ringside"));
-    assert_eq!(sidecar["restartPolicy"].as_str(), Some("Always"));
-    assert_eq!(
-        sidecar["resources"]["requests"]["memory"].as_str(),
-        Some("345Mi")
-    );
-    assert_eq!(
-        sidecar["securityContext"]["readOnlyRootFilesystem"].as_bool(),
-        Some(true)
-    );
-    let volumes = &deploy["spec"]["template"]["spec"]["volumes"];
-    assert_eq!(
-        volumes[0]["configMap"]["name"].as_str(),
-        Some("rs-ringside-config-catalog")
-    );
+    template_in(&copy, &format!("{name}-t"), "", extra).unwrap_or_else(|e| panic!("{e}"))
 }

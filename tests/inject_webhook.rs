@@ -305,11 +305,31 @@ fn injects_native_sidecar_into_example_pod() {
         env(c, "POD_IP").unwrap()["valueFrom"]["fieldRef"]["fieldPath"],
         "status.podIP"
     );
-    let secret = &env(c, "RINGSIDE_CLUSTER_SECRET").unwrap()["valueFrom"]["secretKeyRef"];
-    assert_eq!(secret["name"], "ringside-peer-secret");
-    let token = &env(c, "RINGSIDE_ADMIN_TOKEN").unwrap()["valueFrom"]["secretKeyRef"];
-    assert_eq!(token["name"], "ringside-peer-secret");
-    assert_eq!(token["key"], "admin-token");
+    // The peer secret and the admin token are files of the mounted Secret,
+    // never environment variables (/proc/<pid>/environ, crash dumps).
+    assert!(
+        !c["env"].to_string().contains("secretKeyRef"),
+        "a secret in the environment: {}",
+        c["env"]
+    );
+    for name in ["RINGSIDE_CLUSTER_SECRET", "RINGSIDE_ADMIN_TOKEN"] {
+        assert!(env(c, name).is_none(), "{name} is set");
+    }
+    assert_eq!(
+        env(c, "RINGSIDE_CLUSTER_SECRET_FILE").unwrap()["value"],
+        "/etc/ringside-secret/secret"
+    );
+    assert_eq!(
+        env(c, "RINGSIDE_ADMIN_TOKEN_FILE").unwrap()["value"],
+        "/etc/ringside-secret/admin-token"
+    );
+    let mount = json!({"name": "ringside-secret", "mountPath": "/etc/ringside-secret",
+        "readOnly": true});
+    assert!(c["volumeMounts"].as_array().unwrap().contains(&mount));
+    assert_eq!(
+        volume(&pod, "ringside-secret").unwrap()["secret"]["secretName"],
+        "ringside-peer-secret"
+    );
     // ringside.io/capacity: 512MiB -> request 1.15 x 512 + 40 Mi + 256 x 40 Ki, limit + 128 Mi.
     assert_eq!(
         env(c, "RINGSIDE_CAPACITY").unwrap()["value"],
@@ -357,7 +377,11 @@ fn overrides_and_existing_lists() {
         1
     );
     assert_eq!(patched["spec"]["containers"].as_array().unwrap().len(), 2);
-    assert_eq!(patched["spec"]["volumes"].as_array().unwrap().len(), 3);
+    assert_eq!(
+        patched["spec"]["volumes"].as_array().unwrap().len(),
+        4,
+        "data + config, secret, tmp"
+    );
     assert_eq!(patched["metadata"]["annotations"]["team"], "search");
     let c = container(&patched, "containers");
     assert!(c.get("restartPolicy").is_none());

@@ -10,7 +10,7 @@ mod cluster;
 
 pub use cluster::{
     ClusterConfig, DnsMembership, EtcdAuth, EtcdMembership, EtcdTls, HandoffConfig, HotConfig,
-    MembershipConfig, PeerProtocol, PeerTlsConfig, StaticMember,
+    MembershipConfig, PeerProtocol, PeerTlsConfig, StaticMember, MIN_SECRET_LEN,
 };
 use serde::de::{self, Deserializer};
 use serde::Deserialize;
@@ -45,6 +45,9 @@ pub struct Config {
     /// Bearer token for the admin listener's purge endpoint; empty: purge is
     /// refused. Never the cluster secret, which must not cross the wire.
     pub admin_token: String,
+    /// A file holding `admin_token` instead (a mounted Secret), read again
+    /// when it changes; exclusive with `admin_token`.
+    pub admin_token_file: String,
     /// Worker threads for the proxy; 0 = one per CPU this process may use
     /// (see [`Config::worker_threads`]).
     pub threads: usize,
@@ -243,6 +246,7 @@ impl Default for Config {
             listen: "127.0.0.1:8080".into(),
             admin_listen: "127.0.0.1:9090".into(),
             admin_token: String::new(),
+            admin_token_file: String::new(),
             threads: 0,
             shutdown_grace: Duration::from_secs(10),
             shutdown_delay: Duration::ZERO,
@@ -301,7 +305,9 @@ pub struct Overrides {
     pub capacity: Option<String>,
     pub log_level: Option<String>,
     pub cluster_secret: Option<String>,
+    pub cluster_secret_file: Option<String>,
     pub admin_token: Option<String>,
+    pub admin_token_file: Option<String>,
     pub peer_listen: Option<String>,
     pub shutdown_delay: Option<String>,
     pub threads: Option<String>,
@@ -394,11 +400,22 @@ impl Config {
         if let Some(v) = o.peer_listen {
             self.cluster.peer_listen = v;
         }
-        if let Some(v) = o.admin_token {
-            self.admin_token = v;
+        // A secret given by a flag or variable replaces both of the file's
+        // forms (the value and the file), so that the override wins.
+        match (o.admin_token, o.admin_token_file) {
+            (Some(_), Some(_)) => return Err(both_given("admin_token", "admin_token_file")),
+            (Some(v), None) => (self.admin_token, self.admin_token_file) = (v, String::new()),
+            (None, Some(v)) => (self.admin_token, self.admin_token_file) = (String::new(), v),
+            (None, None) => {}
         }
-        if let Some(v) = o.cluster_secret {
-            self.cluster.secret = v;
+        let cluster = &mut self.cluster;
+        match (o.cluster_secret, o.cluster_secret_file) {
+            (Some(_), Some(_)) => {
+                return Err(both_given("cluster.secret", "cluster.secret_file"));
+            }
+            (Some(v), None) => (cluster.secret, cluster.secret_file) = (v, String::new()),
+            (None, Some(v)) => (cluster.secret, cluster.secret_file) = (String::new(), v),
+            (None, None) => {}
         }
         if let Some(v) = o.shutdown_delay {
             self.shutdown_delay = parse_duration(&v)
@@ -441,6 +458,9 @@ impl Config {
         self.validate_memory_bounds()?;
         self.cluster.validate(&self.listen, &self.admin_listen)?;
         self.cluster.validate_handoff(self.shutdown_grace)?;
+        if !self.admin_token.is_empty() && !self.admin_token_file.is_empty() {
+            return Err(both_given("admin_token", "admin_token_file"));
+        }
         if !self.admin_token.is_empty() && self.admin_token == self.cluster.secret {
             return Err(ConfigError::Invalid(
                 "admin_token: the same as cluster.secret; choose another (a bearer token is sent \
@@ -747,6 +767,14 @@ impl OriginUrl {
             format!("{host}:{}", self.port)
         }
     }
+}
+
+/// A secret given twice: as a value and as a file.
+fn both_given(value: &str, file: &str) -> ConfigError {
+    ConfigError::Invalid(format!(
+        "{value}, {file}: both given; expected one (the file: a mounted Secret, kept out of \
+         the environment and read again when it changes)"
+    ))
 }
 
 fn check_addr(field: &str, value: &str) -> Result<(), ConfigError> {

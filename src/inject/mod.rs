@@ -15,9 +15,10 @@
 //! Every decision is logged at info: the pod, injected / skipped / denied,
 //! why, and the warnings returned with it.
 //!
-//! The certificate is reloaded when its files change (`tls_files`, shared
-//! with the peer listener's TLS): a cert-manager renewal takes effect
-//! within a second of the kubelet swapping the files, no restart.
+//! The certificate is reloaded when its files change (`tls_files` and
+//! `watched_files`, shared with the peer listener's TLS): a cert-manager
+//! renewal takes effect within a second of the kubelet swapping the files,
+//! no restart.
 
 pub mod checks;
 pub mod memory;
@@ -25,7 +26,8 @@ pub mod pod;
 pub mod review;
 pub mod sidecar;
 
-use crate::net::tls_files::{CertificateFiles, Watched};
+use crate::net::tls_files::CertificateFiles;
+use crate::net::watched_files::Watched;
 use async_trait::async_trait;
 use http::{Method, Response, StatusCode};
 use pingora::apps::http_app::ServeHttp;

@@ -31,6 +31,12 @@ pub const CONFIG_VOLUME: &str = "ringside-config";
 pub const TMP_VOLUME: &str = "ringside-tmp";
 /// Where the config file is mounted.
 pub const CONFIG_DIR: &str = "/etc/ringside";
+/// Volume holding the Secret with the peer secret and the admin token, as
+/// files: never environment variables, which `/proc/<pid>/environ` and
+/// some tools show.
+pub const SECRET_VOLUME: &str = "ringside-secret";
+/// Where it is mounted (`RINGSIDE_CLUSTER_SECRET_FILE`, `RINGSIDE_ADMIN_TOKEN_FILE`).
+pub const SECRET_DIR: &str = "/etc/ringside-secret";
 /// Volume holding an app's peer TLS Secret (`ca.crt`, `tls.crt`, `tls.key`).
 pub const PEER_TLS_VOLUME: &str = "ringside-peer-tls";
 /// Where it is mounted (the app's ConfigMap names the files there).
@@ -349,10 +355,10 @@ impl Settings {
             json!({"name": "RINGSIDE_PEER_LISTEN", "value": format!("0.0.0.0:{}", o.peer_port)}),
             json!({"name": "RINGSIDE_CAPACITY", "value": o.capacity.to_string()}),
             json!({"name": "RINGSIDE_THREADS", "value": o.threads.to_string()}),
-            json!({"name": "RINGSIDE_CLUSTER_SECRET", "valueFrom": {"secretKeyRef": {
-                "name": self.secret, "key": PEER_SECRET_KEY, "optional": true}}}),
-            json!({"name": "RINGSIDE_ADMIN_TOKEN", "valueFrom": {"secretKeyRef": {
-                "name": self.secret, "key": ADMIN_TOKEN_KEY, "optional": true}}}),
+            json!({"name": "RINGSIDE_CLUSTER_SECRET_FILE",
+                "value": format!("{SECRET_DIR}/{PEER_SECRET_KEY}")}),
+            json!({"name": "RINGSIDE_ADMIN_TOKEN_FILE",
+                "value": format!("{SECRET_DIR}/{ADMIN_TOKEN_KEY}")}),
         ];
         if let Some(origin) = &o.origin {
             env.push(json!({"name": "RINGSIDE_ORIGIN", "value": origin}));
@@ -402,6 +408,7 @@ impl Settings {
             },
             "volumeMounts": [
                 {"name": CONFIG_VOLUME, "mountPath": CONFIG_DIR, "readOnly": true},
+                {"name": SECRET_VOLUME, "mountPath": SECRET_DIR, "readOnly": true},
                 {"name": TMP_VOLUME, "mountPath": "/tmp"},
             ],
             "terminationMessagePolicy": "FallbackToLogsOnError",
@@ -489,6 +496,7 @@ impl Settings {
         }
         let mut volumes = vec![
             json!({"name": CONFIG_VOLUME, "configMap": {"name": o.config_map}}),
+            json!({"name": SECRET_VOLUME, "secret": {"secretName": self.secret}}),
             json!({"name": TMP_VOLUME, "emptyDir": {"medium": "Memory", "sizeLimit": "16Mi"}}),
         ];
         if let Some(secret) = &o.peer_tls_secret {

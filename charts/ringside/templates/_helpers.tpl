@@ -61,15 +61,22 @@ app.kubernetes.io/instance: {{ .Release.Name }}
 app.kubernetes.io/component: webhook
 {{- end -}}
 
-{{/* The image: image.tag, else the chart's appVersion. A parent chart that
-includes ringside.sidecar passes "Chart" (.Subcharts.ringside.Chart) or sets
-image.tag, so that it injects what the webhook does, never a floating tag. */}}
+{{/* The image: image.tag, else the chart's appVersion; with image.digest,
+pinned to it (repository:tag@sha256:..., or repository@sha256:... without a
+tag), so that what runs is exactly what was pushed, as admission policies
+that require digests want. A parent chart that includes ringside.sidecar
+passes "Chart" (.Subcharts.ringside.Chart) or sets image.tag or
+image.digest, so that it injects what the webhook does, never a floating
+tag. */}}
 {{- define "ringside.image" -}}
 {{- $tag := default (.Chart | default dict).AppVersion .Values.image.tag -}}
-{{- if not $tag -}}
-{{- fail "ringside.sidecar: set ringside.image.tag, or pass \"Chart\" .Subcharts.ringside.Chart (the webhook injects the chart's appVersion)" -}}
+{{- $digest := .Values.image.digest | default "" -}}
+{{- if and (not $tag) (not $digest) -}}
+{{- fail "ringside.sidecar: set ringside.image.tag or ringside.image.digest, or pass \"Chart\" .Subcharts.ringside.Chart (the webhook injects the chart's appVersion)" -}}
 {{- end -}}
-{{- printf "%s:%s" .Values.image.repository $tag -}}
+{{- .Values.image.repository -}}
+{{- with $tag }}:{{ . }}{{ end -}}
+{{- with $digest }}@{{ . }}{{ end -}}
 {{- end -}}
 
 {{- define "ringside.configMapName" -}}{{ include "ringside.fullname" . }}-config{{- end -}}
@@ -212,18 +219,12 @@ is not set).
       value: {{ include "ringside.toBytes" $s.capacity | quote }}
     - name: RINGSIDE_THREADS
       value: {{ $s.threads | int | toString | quote }}
-    - name: RINGSIDE_CLUSTER_SECRET
-      valueFrom:
-        secretKeyRef:
-          name: {{ include "ringside.secretName" . }}
-          key: secret
-          optional: true
-    - name: RINGSIDE_ADMIN_TOKEN
-      valueFrom:
-        secretKeyRef:
-          name: {{ include "ringside.secretName" . }}
-          key: admin-token
-          optional: true
+    {{- /* The Secret is mounted as files (ringside-secret below), never
+    put in the environment, and read again when the kubelet updates it. */}}
+    - name: RINGSIDE_CLUSTER_SECRET_FILE
+      value: /etc/ringside-secret/secret
+    - name: RINGSIDE_ADMIN_TOKEN_FILE
+      value: /etc/ringside-secret/admin-token
     {{- if and (not .native) (gt (int $s.waitBeforeExitSeconds) 0) }}
     - name: RINGSIDE_SHUTDOWN_DELAY
       value: "{{ $s.waitBeforeExitSeconds }}s"
@@ -266,6 +267,9 @@ is not set).
     - name: ringside-config
       mountPath: /etc/ringside
       readOnly: true
+    - name: ringside-secret
+      mountPath: /etc/ringside-secret
+      readOnly: true
     - name: ringside-tmp
       mountPath: /tmp
     {{- if include "ringside.appPeerTlsSecret" . }}
@@ -280,6 +284,9 @@ is not set).
 - name: ringside-config
   configMap:
     name: {{ include "ringside.configMapName" . }}{{ with .app }}-{{ . }}{{ end }}
+- name: ringside-secret
+  secret:
+    secretName: {{ include "ringside.secretName" . }}
 - name: ringside-tmp
   emptyDir:
     medium: Memory
