@@ -579,6 +579,41 @@ fn webhook_tls_values_must_fit_together() {
     }
 }
 
+/// OpenShift's restricted-v2 SCC assigns a UID from the namespace's range
+/// and refuses a fixed one: with the UIDs set to null, neither the webhook's
+/// pod nor the injected sidecar (the webhook's --security-context) fixes
+/// one, and both stay non-root.
+#[test]
+fn security_contexts_can_leave_the_uid_to_openshift() {
+    let values = "sidecar:\n  securityContext: {runAsUser: null, runAsGroup: null}\n\
+                  webhook:\n  podSecurityContext: {runAsUser: null, runAsGroup: null}\n";
+    let docs = validate("openshift", &template("openshift", values));
+    let deploy = docs.iter().find(|d| kind(d) == "Deployment").unwrap();
+    let pod = &deploy["spec"]["template"]["spec"];
+    assert_eq!(pod["securityContext"]["runAsNonRoot"].as_bool(), Some(true));
+    assert!(pod["securityContext"].get("runAsUser").is_none(), "{pod:?}");
+    assert_eq!(
+        pod["containers"][0]["securityContext"]["readOnlyRootFilesystem"].as_bool(),
+        Some(true)
+    );
+    let args = webhook_args(&docs);
+    let flag = args
+        .iter()
+        .find_map(|a| a.strip_prefix("--security-context="))
+        .expect("--security-context");
+    let injected: serde_json::Value = serde_json::from_str(flag).unwrap();
+    assert_eq!(injected["runAsNonRoot"], true);
+    assert!(injected.get("runAsUser").is_none() && injected.get("runAsGroup").is_none());
+    assert_eq!(injected["capabilities"]["drop"][0], "ALL");
+    // The default fixes the image's UID.
+    let args = webhook_args(&documents(&template("uid-default", "")));
+    let flag = args
+        .iter()
+        .find_map(|a| a.strip_prefix("--security-context="))
+        .unwrap();
+    assert!(flag.contains("\"runAsUser\":65532"), "{flag}");
+}
+
 #[test]
 fn webhook_off() {
     let docs = validate(

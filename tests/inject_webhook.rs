@@ -465,6 +465,27 @@ fn regular_sidecars_wait_before_exit() {
         json!({"ringside.io/native-sidecar": "true"}),
     ));
     assert_eq!(delay(&patched, "initContainers"), None);
+    // Asked for on a native sidecar, the wait is ignored: and `kubectl
+    // apply` says so (a warning), rather than silently.
+    let asked = pod(
+        "native-waiting",
+        json!({"ringside.io/native-sidecar": "true", "ringside.io/wait-before-exit-seconds": "10"}),
+    );
+    let r = hook.review(asked.clone());
+    assert_eq!(r["allowed"], true, "{r}");
+    let w = warnings(&r);
+    assert_eq!(w.len(), 1, "{w:?}");
+    assert!(
+        w[0].contains("ringside.io/wait-before-exit-seconds") && w[0].contains("native sidecar"),
+        "{w:?}"
+    );
+    assert_eq!(delay(&hook.inject(&asked), "initContainers"), None);
+    // On a regular container it waits, and nothing is said.
+    let r = hook.review(pod(
+        "regular-waiting",
+        json!({"ringside.io/wait-before-exit-seconds": "10"}),
+    ));
+    assert!(warnings(&r).is_empty(), "{r}");
     // An unusable value is denied, naming the annotation.
     let r = hook.review(pod(
         "bad",
@@ -883,6 +904,10 @@ fn refuses_bad_flags() {
         ("--apps=shop/catalog", "--tls-cert"),
         ("--peer-tls-secrets=shop/catalog", "NAMESPACE/APP=SECRET"),
         (
+            "--security-context=[1]",
+            "--security-context: \"[1]\" is invalid",
+        ),
+        (
             "--sidecar-threads=2000",
             "--sidecar-threads: 2000 is invalid",
         ),
@@ -956,10 +981,15 @@ spec:
 "#,
     )
     .unwrap();
-    std::fs::write(dir.join("values.yaml"), values).unwrap();
+    // As the user's values (-f): Helm removes a subchart default set to null
+    // there, not from the parent chart's own values.yaml.
+    let user_values = dir.join("user-values.yaml");
+    std::fs::write(&user_values, values).unwrap();
     let out = Command::new("helm")
         .args(["template", "rs"])
         .arg(&dir)
+        .arg("-f")
+        .arg(&user_values)
         .args(["--namespace", "ringside", "--kube-version", "1.30.0"])
         .output()
         .unwrap();
@@ -1049,6 +1079,11 @@ fn chart_and_webhook_inject_the_same_container() {
             (formula(256 * MIB, 256, 0).0, "2G".into()),
         ),
         (
+            "openshift",
+            "ringside:\n  sidecar:\n    securityContext: {runAsUser: null, runAsGroup: null}\n",
+            ("345Mi".into(), "473Mi".into()),
+        ),
+        (
             "ports-and-app",
             "app: catalog\nringside:\n  sidecar: {port: 8181, adminPort: 9191, peerPort: 7171, \
              capacity: 64MiB, logLevel: debug, threads: 0}\n  apps:\n    - name: catalog\n      \
@@ -1097,6 +1132,14 @@ fn chart_and_webhook_inject_the_same_container() {
                 "{name} ({which}): chart and webhook disagree:\n{}",
                 diff.join("\n")
             );
+            let security = &from_chart["securityContext"];
+            assert_eq!(security["runAsNonRoot"], true, "{name}");
+            let uid = security.get("runAsUser");
+            match *name {
+                // OpenShift's restricted SCC picks the UID: none fixed.
+                "openshift" => assert!(uid.is_none() && security.get("runAsGroup").is_none()),
+                _ => assert_eq!(uid, Some(&json!(65532)), "{name}"),
+            }
             let memory = &from_chart["resources"];
             assert_eq!(memory["requests"]["memory"], *request, "{name}");
             assert_eq!(memory["limits"]["memory"], *limit, "{name}");

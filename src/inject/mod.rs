@@ -124,6 +124,11 @@ pub struct InjectArgs {
     /// the container's CPU limit, else the node's CPUs).
     #[arg(long = "sidecar-threads", default_value_t = 1)]
     pub threads: u32,
+    /// securityContext of injected containers, as a JSON object (the chart's
+    /// sidecar.securityContext); default: non-root UID 65532, read-only root,
+    /// no capabilities, seccomp RuntimeDefault.
+    #[arg(long)]
+    pub security_context: Option<String>,
     /// The apps that have a ConfigMap, as NAMESPACE/NAME, comma-separated (the
     /// chart's `apps`; empty: none). A pod whose ringside.io/app is not one of
     /// its namespace's is refused. Not given: not checked.
@@ -187,6 +192,7 @@ impl InjectArgs {
             peer_port: self.peer_port,
             wait_before_exit_seconds: self.wait_before_exit_seconds,
             threads: self.threads,
+            security_context: self.security_context_flag()?,
             apps: self.apps_flag()?,
             peer_tls_secrets: self
                 .peer_tls_secrets
@@ -230,6 +236,20 @@ impl InjectArgs {
         )
         .map_err(|why| format!("--memory-request, --memory-limit, --sidecar-capacity: {why}"))?;
         Ok((sizing, memory_request, memory_limit))
+    }
+
+    /// `--security-context` as a JSON object, or the default.
+    fn security_context_flag(&self) -> Result<serde_json::Value, String> {
+        let Some(text) = &self.security_context else {
+            return Ok(sidecar::default_security_context());
+        };
+        match serde_json::from_str::<serde_json::Value>(text) {
+            Ok(v) if v.is_object() => Ok(v),
+            _ => Err(format!(
+                "--security-context: {text:?} is invalid; expected a JSON object such as \
+                 {{\"runAsNonRoot\":true}} (a Kubernetes SecurityContext)"
+            )),
+        }
     }
 
     /// `--apps` as (namespace, name) pairs; None when not given.

@@ -85,6 +85,8 @@ pub struct Settings {
     /// Proxy worker threads of injected sidecars (0: their CPU limit, else
     /// the node's CPUs).
     pub threads: u32,
+    /// The container's securityContext (a JSON object; empty: none).
+    pub security_context: Value,
     /// The chart's apps as (namespace, name): a `ringside.io/app` outside
     /// this list names a ConfigMap that does not exist. None: not checked.
     pub apps: Option<Vec<(String, String)>>,
@@ -113,10 +115,27 @@ impl Default for Settings {
             peer_port: 7070,
             wait_before_exit_seconds: 0,
             threads: 1,
+            security_context: default_security_context(),
             apps: None,
             peer_tls_secrets: Vec::new(),
         }
     }
+}
+
+/// The injected container's securityContext unless told otherwise (the
+/// chart's sidecar.securityContext default): non-root as the image's UID
+/// 65532, read-only root, no privilege escalation or capabilities, seccomp
+/// RuntimeDefault (Pod Security "restricted").
+pub fn default_security_context() -> Value {
+    json!({
+        "runAsNonRoot": true,
+        "runAsUser": 65532,
+        "runAsGroup": 65532,
+        "readOnlyRootFilesystem": true,
+        "allowPrivilegeEscalation": false,
+        "capabilities": {"drop": ["ALL"]},
+        "seccompProfile": {"type": "RuntimeDefault"},
+    })
 }
 
 /// What the webhook decided for one pod.
@@ -397,15 +416,7 @@ impl Settings {
             "startupProbe": probe("/readyz", 1, 30),
             "readinessProbe": probe("/readyz", 5, 3),
             "livenessProbe": probe("/healthz", 10, 3),
-            "securityContext": {
-                "runAsNonRoot": true,
-                "runAsUser": 65532,
-                "runAsGroup": 65532,
-                "readOnlyRootFilesystem": true,
-                "allowPrivilegeEscalation": false,
-                "capabilities": {"drop": ["ALL"]},
-                "seccompProfile": {"type": "RuntimeDefault"},
-            },
+            "securityContext": self.security_context,
             "volumeMounts": [
                 {"name": CONFIG_VOLUME, "mountPath": CONFIG_DIR, "readOnly": true},
                 {"name": SECRET_VOLUME, "mountPath": SECRET_DIR, "readOnly": true},
@@ -415,6 +426,15 @@ impl Settings {
         });
         if o.native {
             c["restartPolicy"] = json!("Always");
+        }
+        if self
+            .security_context
+            .as_object()
+            .is_none_or(|m| m.is_empty())
+        {
+            if let Some(c) = c.as_object_mut() {
+                c.remove("securityContext");
+            }
         }
         if o.peer_tls_secret.is_some() {
             let mount =
@@ -438,10 +458,12 @@ impl Settings {
     /// Decide what to do with one pod object created in `namespace`, with
     /// the near-misses to warn about.
     pub fn decide(&self, pod: &Value, namespace: &str) -> Verdict {
-        Verdict {
-            decision: self.decision(pod, namespace),
-            warnings: checks::near_misses(pod),
+        let decision = self.decision(pod, namespace);
+        let mut warnings = checks::near_misses(pod);
+        if let (Decision::Patch(..), Ok(opts)) = (&decision, self.pod_options(pod)) {
+            warnings.extend(checks::ignored(pod, &opts));
         }
+        Verdict { decision, warnings }
     }
 
     fn decision(&self, pod: &Value, namespace: &str) -> Decision {

@@ -253,16 +253,10 @@ is not set).
     periodSeconds: 10
     timeoutSeconds: 2
     failureThreshold: 3
+  {{- with $s.securityContext }}
   securityContext:
-    runAsNonRoot: true
-    runAsUser: 65532
-    runAsGroup: 65532
-    readOnlyRootFilesystem: true
-    allowPrivilegeEscalation: false
-    capabilities:
-      drop: [ALL]
-    seccompProfile:
-      type: RuntimeDefault
+    {{- toYaml . | nindent 4 }}
+  {{- end }}
   volumeMounts:
     - name: ringside-config
       mountPath: /etc/ringside
