@@ -579,6 +579,83 @@ fn webhook_tls_values_must_fit_together() {
     }
 }
 
+/// Which webhooks of the MutatingWebhookConfiguration `docs` would send a
+/// pod of a namespace with these labels to: their paths.
+fn webhooks_for(docs: &[serde_yaml::Value], namespace_labels: &[(&str, &str)]) -> Vec<String> {
+    let mwc = docs
+        .iter()
+        .find(|d| kind(d) == "MutatingWebhookConfiguration")
+        .unwrap();
+    mwc["webhooks"]
+        .as_sequence()
+        .unwrap()
+        .iter()
+        .filter(|hook| selects(&hook["namespaceSelector"], namespace_labels))
+        .map(|hook| {
+            hook["clientConfig"]["service"]["path"]
+                .as_str()
+                .unwrap()
+                .to_string()
+        })
+        .collect()
+}
+
+/// A namespace labelled ringside.io/inject=enabled sends its pods to the
+/// namespace-wide webhook only (the webhook then injects those that do not
+/// opt out, tests/inject_webhook.rs); other namespaces to the annotation's
+/// only; the release namespace to neither. `namespaces` get the standalone
+/// ConfigMap and the Secret, and the webhook knows which namespaces have them.
+#[test]
+fn a_namespace_label_opts_every_pod_in() {
+    let values = "namespaces: [batch]\n";
+    let docs = validate("namespace-opt-in", &template("namespace-opt-in", values));
+    let enabled = [
+        ("kubernetes.io/metadata.name", "batch"),
+        ("ringside.io/inject", "enabled"),
+    ];
+    assert_eq!(webhooks_for(&docs, &enabled), ["/mutate/namespace"]);
+    assert_eq!(webhooks_for(&docs, SHOP), ["/mutate"]);
+    let release = [
+        ("kubernetes.io/metadata.name", "ringside"),
+        ("ringside.io/inject", "enabled"),
+    ];
+    assert!(webhooks_for(&docs, &release).is_empty());
+    let mwc = docs
+        .iter()
+        .find(|d| kind(d) == "MutatingWebhookConfiguration")
+        .unwrap();
+    let condition = mwc["webhooks"][1]["matchConditions"][0]["expression"]
+        .as_str()
+        .unwrap();
+    assert!(
+        condition.contains("object.metadata.annotations['ringside.io/inject'] == 'false'")
+            && condition.starts_with('!'),
+        "opted-out pods are not even sent: {condition}"
+    );
+    for k in ["ConfigMap", "Secret"] {
+        assert!(
+            docs.iter()
+                .any(|d| kind(d) == k && d["metadata"]["namespace"].as_str() == Some("batch")),
+            "no {k} in batch"
+        );
+    }
+    let args = webhook_args(&docs);
+    assert!(
+        args.iter()
+            .any(|a| a == "--config-namespaces=ringside,batch"),
+        "{args:?}"
+    );
+    // Off: one webhook, for every namespace but the excluded ones.
+    let off = validate(
+        "namespace-opt-in-off",
+        &template(
+            "namespace-opt-in-off",
+            "webhook: {namespaceInjection: false}\n",
+        ),
+    );
+    assert_eq!(webhooks_for(&off, &enabled), ["/mutate"]);
+}
+
 /// OpenShift's restricted-v2 SCC assigns a UID from the namespace's range
 /// and refuses a fixed one: with the UIDs set to null, neither the webhook's
 /// pod nor the injected sidecar (the webhook's --security-context) fixes
@@ -668,6 +745,110 @@ fn monitoring() {
 /// `serviceMonitorSelector`, `podMonitorSelector` and `ruleSelector` each
 /// `matchLabels: {release: <release>}` (the `*SelectorNilUsesHelmValues`
 /// defaults) and `{}` namespace selectors (every namespace).
+/// The webhook's own /metrics are scraped by a ServiceMonitor of its
+/// Service's https port, checking the certificate against the webhook's CA
+/// (the TLS Secret's ca.crt, or a ConfigMap of a given caBundle) for the
+/// Service's name, under a job of their own.
+#[test]
+fn the_webhooks_own_metrics_are_scraped_over_verified_tls() {
+    let ca = ca_bundle();
+    let on = "monitoring:\n  webhookMonitor: {enabled: true}\n";
+    let cases = [
+        ("webhook-monitor", on.to_string()),
+        (
+            "webhook-monitor-existing",
+            format!("{on}webhook:\n  tls:\n    existingSecret: webhook-tls\n    caBundle: {ca}\n"),
+        ),
+    ];
+    for (name, values) in &cases {
+        let docs = validate(name, &template(name, values));
+        let monitors: Vec<_> = docs
+            .iter()
+            .filter(|d| kind(d) == "ServiceMonitor")
+            .collect();
+        assert_eq!(monitors.len(), 1, "{name}");
+        let sm = monitors[0];
+        let services: Vec<_> = docs
+            .iter()
+            .filter(|d| kind(d) == "Service")
+            .filter(|svc| {
+                selects(
+                    &sm["spec"]["selector"],
+                    &labels_of(&svc["metadata"]["labels"]),
+                )
+            })
+            .collect();
+        assert_eq!(services.len(), 1, "{name}: selects {services:?}");
+        let service = services[0];
+        let mwc = docs
+            .iter()
+            .find(|d| kind(d) == "MutatingWebhookConfiguration")
+            .unwrap();
+        assert_eq!(
+            mwc["webhooks"][0]["clientConfig"]["service"]["name"], service["metadata"]["name"],
+            "{name}: the Service the API server calls"
+        );
+        let endpoint = &sm["spec"]["endpoints"][0];
+        assert_eq!(endpoint["scheme"].as_str(), Some("https"));
+        let port = endpoint["port"].as_str().unwrap();
+        assert!(
+            service["spec"]["ports"]
+                .as_sequence()
+                .unwrap()
+                .iter()
+                .any(|p| p["name"].as_str() == Some(port)),
+            "{name}: no Service port {port}"
+        );
+        let tls = &endpoint["tlsConfig"];
+        assert_eq!(
+            tls["serverName"].as_str(),
+            Some(
+                format!(
+                    "{}.ringside.svc",
+                    service["metadata"]["name"].as_str().unwrap()
+                )
+                .as_str()
+            )
+        );
+        assert!(tls.get("insecureSkipVerify").is_none());
+        let job = endpoint["relabelings"][0]["replacement"].as_str();
+        assert_eq!(job, Some("ringside-webhook"), "not the sidecars' job");
+        match *name {
+            "webhook-monitor" => {
+                let secret = tls["ca"]["secret"]["name"].as_str().unwrap();
+                let rendered = docs
+                    .iter()
+                    .find(|d| kind(d) == "Secret" && d["metadata"]["name"].as_str() == Some(secret))
+                    .unwrap_or_else(|| panic!("no Secret {secret}"));
+                assert_eq!(tls["ca"]["secret"]["key"].as_str(), Some("ca.crt"));
+                assert!(rendered["data"]["ca.crt"]
+                    .as_str()
+                    .is_some_and(|c| c.len() > 100));
+                assert_eq!(
+                    rendered["data"]["ca.crt"].as_str(),
+                    mwc["webhooks"][0]["clientConfig"]["caBundle"].as_str(),
+                    "the CA the API server trusts"
+                );
+            }
+            _ => {
+                use base64::Engine;
+                let map = tls["ca"]["configMap"]["name"].as_str().unwrap();
+                let rendered = docs
+                    .iter()
+                    .find(|d| kind(d) == "ConfigMap" && d["metadata"]["name"].as_str() == Some(map))
+                    .unwrap_or_else(|| panic!("no ConfigMap {map}"));
+                let pem = base64::engine::general_purpose::STANDARD
+                    .decode(&ca)
+                    .unwrap();
+                assert_eq!(
+                    rendered["data"]["ca.crt"].as_str(),
+                    Some(String::from_utf8(pem).unwrap().as_str())
+                );
+            }
+        }
+    }
+}
+
 const KPS_SELECTOR: (&str, &str) = ("release", "kube-prometheus-stack");
 const MONITORING_KINDS: &[&str] = &["ServiceMonitor", "PodMonitor", "PrometheusRule"];
 
@@ -1192,6 +1373,30 @@ fn notes_commands_work_as_written() {
         "{notes}"
     );
     assert!(!notes.contains("get endpoints "), "{notes}");
+    // Every replica's decisions: the log selector selects the webhook's pods.
+    let logs = notes
+        .lines()
+        .find(|l| l.contains(" logs -l "))
+        .unwrap_or_else(|| panic!("no logs -l in {notes}"));
+    let selector = logs
+        .split(" -l ")
+        .nth(1)
+        .unwrap()
+        .split_whitespace()
+        .next()
+        .unwrap();
+    let wanted: Vec<(&str, &str)> = selector
+        .split(',')
+        .map(|kv| kv.split_once('=').unwrap())
+        .collect();
+    let docs = documents(&helm_example("template", &[]));
+    let deploy = docs.iter().find(|d| kind(d) == "Deployment").unwrap();
+    let pod_labels = labels_of(&deploy["spec"]["template"]["metadata"]["labels"]);
+    assert!(
+        wanted.iter().all(|w| pod_labels.contains(w)) && wanted.len() >= 2,
+        "{selector} does not select the webhook's pods {pod_labels:?}"
+    );
+    assert!(logs.contains("--prefix"), "{logs}");
     assert!(
         notes.contains("Pods in this release's namespace (ringside) are never injected"),
         "{notes}"

@@ -180,18 +180,21 @@ impl Webhook {
     }
 
     fn review(&self, object: Value) -> Value {
+        self.review_at("/mutate", "shop", object)
+    }
+
+    /// The AdmissionResponse for `object` created in `namespace`, sent to
+    /// `path` (`/mutate`, or `/mutate/namespace` as for a namespace
+    /// labelled ringside.io/inject=enabled).
+    fn review_at(&self, path: &str, namespace: &str, object: Value) -> Value {
         let kind = object["kind"].as_str().unwrap_or("Pod").to_string();
         let review = json!({
             "apiVersion": "admission.k8s.io/v1", "kind": "AdmissionReview",
             "request": {"uid": "7f0c-test", "kind": {"group": "", "version": "v1", "kind": kind},
                         "resource": {"group": "", "version": "v1", "resource": "pods"},
-                        "namespace": "shop", "operation": "CREATE", "object": object}
+                        "namespace": namespace, "operation": "CREATE", "object": object}
         });
-        let (status, body) = self.call(
-            "POST",
-            "/mutate",
-            Some(&serde_json::to_vec(&review).unwrap()),
-        );
+        let (status, body) = self.call("POST", path, Some(&serde_json::to_vec(&review).unwrap()));
         assert_eq!(status, 200, "{body}");
         let out: Value = serde_json::from_str(&body).unwrap();
         assert_eq!(out["kind"], "AdmissionReview");
@@ -539,6 +542,110 @@ fn threads_per_pod() {
     );
     let patched = hook.inject(&pod("flag", json!({"ringside.io/inject": "true"})));
     assert_eq!(threads(&patched), Some(json!("4")));
+}
+
+/// A namespace labelled `ringside.io/inject=enabled` sends its pods to
+/// `/mutate/namespace`: each gets the sidecar without an annotation, one
+/// annotated "false" does not, and one the sidecar cannot work in (host
+/// network, or a namespace without the ConfigMap) starts without it and a
+/// warning says why, where a pod that asked itself is refused.
+#[test]
+fn a_labelled_namespace_injects_its_pods_unless_they_opt_out() {
+    let hook = start(
+        "namespace",
+        &[
+            "--native-sidecar=always",
+            "--config-namespaces=ringside,shop",
+        ],
+    );
+    let plain = |name: &str, annotations: Value| {
+        pod_with(
+            name,
+            annotations,
+            json!({}),
+            json!([{"name": "app", "image": "app:1"}]),
+        )
+    };
+    let patched = |r: &Value, pod: &Value| {
+        let raw = base64::engine::general_purpose::STANDARD
+            .decode(r["patch"].as_str().expect("a patch"))
+            .unwrap();
+        let patch: json_patch::Patch = serde_json::from_slice(&raw).unwrap();
+        let mut out = pod.clone();
+        json_patch::patch(&mut out, &patch).unwrap();
+        out
+    };
+    let namespaced = |ns: &str, pod: Value| hook.review_at("/mutate/namespace", ns, pod);
+    // No annotation at all: injected.
+    let pod = plain("unannotated", json!({}));
+    let r = namespaced("shop", pod.clone());
+    assert_eq!(r["allowed"], true, "{r}");
+    let injected = patched(&r, &pod);
+    validate(&injected);
+    assert_eq!(container(&injected, "initContainers")["name"], "ringside");
+    // The same pod through /mutate (a namespace that asked nothing): untouched.
+    assert!(hook.review(pod.clone()).get("patch").is_none());
+    // Opted out.
+    let r = namespaced("shop", plain("out", json!({"ringside.io/inject": "false"})));
+    assert_eq!(r["allowed"], true);
+    assert!(r.get("patch").is_none(), "{r}");
+    assert!(
+        r["status"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("opts out"),
+        "{r}"
+    );
+    // Cannot have it: allowed without, and told why.
+    let mut host = plain("host", json!({}));
+    host["spec"]["hostNetwork"] = json!(true);
+    let r = namespaced("shop", host.clone());
+    assert_eq!(
+        r["allowed"], true,
+        "a namespace's pod is never refused: {r}"
+    );
+    assert!(r.get("patch").is_none(), "{r}");
+    let w = warnings(&r);
+    assert!(
+        w.iter()
+            .any(|w| w.starts_with("no ringside sidecar: hostNetwork")),
+        "{w:?}"
+    );
+    let r = namespaced("batch", plain("elsewhere", json!({})));
+    assert_eq!(r["allowed"], true);
+    assert!(r.get("patch").is_none(), "{r}");
+    assert!(
+        warnings(&r)
+            .iter()
+            .any(|w| w.contains("namespace batch has no ConfigMap ringside-config")),
+        "{r}"
+    );
+    // A pod that asked itself is refused those instead.
+    let r = hook.review_at(
+        "/mutate",
+        "batch",
+        plain("asked", json!({"ringside.io/inject": "true"})),
+    );
+    assert_eq!(r["allowed"], false, "{r}");
+    assert!(
+        r["status"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("namespace batch has no ConfigMap"),
+        "{r}"
+    );
+    let (_, metrics) = hook.call("GET", "/metrics", None);
+    for series in [
+        r#"ringside_inject_admissions_total{decision="injected",reason="namespace"}"#,
+        r#"ringside_inject_admissions_total{decision="skipped",reason="opted_out"}"#,
+        r#"ringside_inject_admissions_total{decision="skipped",reason="host_network"}"#,
+        r#"ringside_inject_admissions_total{decision="denied",reason="no_config_map"}"#,
+    ] {
+        assert!(
+            sample(&metrics, series) >= Some(1.0),
+            "{series}:\n{metrics}"
+        );
+    }
 }
 
 #[test]
@@ -990,6 +1097,8 @@ spec:
         .arg(&dir)
         .arg("-f")
         .arg(&user_values)
+        // The pods are created in shop: the chart writes its ConfigMap there.
+        .args(["--set", "ringside.namespaces={shop}"])
         .args(["--namespace", "ringside", "--kube-version", "1.30.0"])
         .output()
         .unwrap();

@@ -143,6 +143,21 @@ pub fn unfit(pod: &Value, o: &PodOptions) -> Option<(&'static str, String)> {
     None
 }
 
+/// Why a pod of no app in `namespace` could not start, if it could not: the
+/// standalone `config_map` and the Secret exist only in the chart's
+/// namespaces (`namespaces`).
+pub fn no_config_map(namespace: &str, namespaces: &[String], config_map: &str) -> Option<String> {
+    if namespaces.iter().any(|n| n == namespace) {
+        return None;
+    }
+    Some(format!(
+        "namespace {namespace} has no ConfigMap {config_map} and no peer Secret (the chart \
+         writes them to {}); add the namespace to the chart's namespaces (or an app there, \
+         and annotate {ANNOTATION_APP})",
+        namespaces.join(", ")
+    ))
+}
+
 /// Why `app` cannot be used in `namespace`, if it cannot: only the chart's
 /// apps have a ConfigMap, and only in their own namespace.
 pub fn unknown_app(app: &str, namespace: &str, apps: &[(String, String)]) -> Option<String> {

@@ -7,7 +7,12 @@
 //! listener (the same runtime as the proxy, no second HTTP stack):
 //!
 //! * `POST /mutate`: AdmissionReview v1 in, AdmissionReview out; an
-//!   unparseable body gets 400 with a message, never a crash.
+//!   unparseable body gets 400 with a message, never a crash. A pod is
+//!   injected when it asks (`ringside.io/inject: "true"`).
+//! * `POST /mutate/namespace`: the same, for pods of namespaces labelled
+//!   `ringside.io/inject=enabled` (the chart's second webhook): injected
+//!   unless they say `"false"`; a pod the sidecar cannot work in starts
+//!   without it, with a warning, instead of being refused.
 //! * `GET /healthz`, `GET /readyz`: probes for the webhook Deployment.
 //! * `GET /metrics`: admission counts by decision and reason, warnings and
 //!   latency (`ringside_inject_*`).
@@ -36,6 +41,7 @@ use pingora::protocols::http::ServerSession;
 use pingora::server::configuration::ServerConf;
 use pingora::server::Server;
 use pingora::services::listening::Service;
+use pod::AskedBy;
 use sidecar::{NativeSidecar, Settings};
 use std::process::ExitCode;
 use std::sync::Arc;
@@ -134,6 +140,12 @@ pub struct InjectArgs {
     /// its namespace's is refused. Not given: not checked.
     #[arg(long, value_delimiter = ',')]
     pub apps: Option<Vec<String>>,
+    /// The namespaces that have the standalone ConfigMap (--config-map) and
+    /// the Secret, comma-separated (the chart's release namespace, its apps'
+    /// and `namespaces`). A pod of no app elsewhere is refused (asked by its
+    /// namespace: not injected, with a warning). Not given: not checked.
+    #[arg(long, value_delimiter = ',')]
+    pub config_namespaces: Option<Vec<String>>,
     /// The apps whose peers speak mutual TLS (the chart's
     /// `apps[].peerTls.secretName`), as NAMESPACE/APP=SECRET, comma-separated:
     /// their sidecars mount SECRET (ca.crt, tls.crt, tls.key) at
@@ -194,6 +206,12 @@ impl InjectArgs {
             threads: self.threads,
             security_context: self.security_context_flag()?,
             apps: self.apps_flag()?,
+            config_namespaces: self.config_namespaces.as_ref().map(|list| {
+                list.iter()
+                    .map(|n| n.trim().to_string())
+                    .filter(|n| !n.is_empty())
+                    .collect()
+            }),
             peer_tls_secrets: self
                 .peer_tls_secrets
                 .iter()
@@ -324,7 +342,11 @@ impl ServeHttp for Webhook {
                 "text/plain; version=0.0.4",
                 crate::metrics::render(),
             ),
-            (Method::POST, "/mutate") => {
+            (Method::POST, path @ ("/mutate" | "/mutate/namespace")) => {
+                let by = match path {
+                    "/mutate" => AskedBy::Pod,
+                    _ => AskedBy::Namespace,
+                };
                 let mut body = Vec::new();
                 loop {
                     match session.read_request_body().await {
@@ -347,7 +369,7 @@ impl ServeHttp for Webhook {
                     }
                 }
                 let started = std::time::Instant::now();
-                match review::respond(&body, &self.settings) {
+                match review::respond(&body, &self.settings, by) {
                     Ok(out) => {
                         record(&out, started.elapsed().as_secs_f64());
                         let bytes = serde_json::to_vec(&out.review).unwrap_or_default();
@@ -361,7 +383,9 @@ impl ServeHttp for Webhook {
                     }
                 }
             }
-            (_, "/mutate") => error(StatusCode::METHOD_NOT_ALLOWED, "use POST /mutate"),
+            (_, "/mutate" | "/mutate/namespace") => {
+                error(StatusCode::METHOD_NOT_ALLOWED, "use POST /mutate")
+            }
             _ => error(
                 StatusCode::NOT_FOUND,
                 "not found; the webhook is POST /mutate",

@@ -56,6 +56,21 @@ pub const ANNOTATIONS: [&str; 13] = [
     ANNOTATION_THREADS,
 ];
 
+/// The namespace label that asks for the sidecar in every pod of the
+/// namespace (as `istio-injection=enabled` does), with this value; a pod
+/// opts out with `ringside.io/inject: "false"`.
+pub const NAMESPACE_LABEL: &str = "ringside.io/inject";
+pub const NAMESPACE_LABEL_ENABLED: &str = "enabled";
+
+/// Who asks for the sidecar: the pod itself (`ringside.io/inject: "true"`,
+/// the webhook's `/mutate`) or its namespace ([`NAMESPACE_LABEL`], the API
+/// server sends those pods to `/mutate/namespace`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AskedBy {
+    Pod,
+    Namespace,
+}
+
 /// The effective per-pod values after annotation overrides.
 #[derive(Debug, Clone, PartialEq)]
 pub struct PodOptions {

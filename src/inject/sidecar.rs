@@ -90,6 +90,10 @@ pub struct Settings {
     /// The chart's apps as (namespace, name): a `ringside.io/app` outside
     /// this list names a ConfigMap that does not exist. None: not checked.
     pub apps: Option<Vec<(String, String)>>,
+    /// The namespaces that have the standalone ConfigMap and the Secret (the
+    /// chart's release, apps' and `namespaces`): a pod of no app elsewhere
+    /// could not start. None: not checked.
+    pub config_namespaces: Option<Vec<String>>,
     /// The apps whose peers speak mutual TLS, as (namespace, app, Secret):
     /// their sidecars mount the Secret at [`PEER_TLS_DIR`].
     pub peer_tls_secrets: Vec<(String, String, String)>,
@@ -117,6 +121,7 @@ impl Default for Settings {
             threads: 1,
             security_context: default_security_context(),
             apps: None,
+            config_namespaces: None,
             peer_tls_secrets: Vec::new(),
         }
     }
@@ -142,9 +147,10 @@ pub fn default_security_context() -> Value {
 #[derive(Debug, PartialEq)]
 pub enum Decision {
     /// Not asked for, or already injected: allow unchanged (reason label, message).
-    Skip(&'static str, &'static str),
-    /// Allow with this JSONPatch (a JSON array of operations); a summary for the log.
-    Patch(Value, String),
+    Skip(&'static str, String),
+    /// Allow with this JSONPatch (a JSON array of operations); a summary for
+    /// the log; who asked.
+    Patch(Value, String, AskedBy),
     /// The pod asked for injection but cannot have it (reason label, message).
     Deny(&'static str, String),
 }
@@ -154,7 +160,8 @@ impl Decision {
     pub fn labels(&self) -> (&'static str, &'static str) {
         match self {
             Decision::Skip(reason, _) => ("skipped", reason),
-            Decision::Patch(..) => ("injected", "requested"),
+            Decision::Patch(.., AskedBy::Pod) => ("injected", "requested"),
+            Decision::Patch(.., AskedBy::Namespace) => ("injected", "namespace"),
             Decision::Deny(reason, _) => ("denied", reason),
         }
     }
@@ -455,27 +462,43 @@ impl Settings {
             .map(|(_, _, secret)| secret.clone())
     }
 
-    /// Decide what to do with one pod object created in `namespace`, with
-    /// the near-misses to warn about.
-    pub fn decide(&self, pod: &Value, namespace: &str) -> Verdict {
-        let decision = self.decision(pod, namespace);
+    /// Decide what to do with one pod object created in `namespace`, asked
+    /// for `by` the pod or its namespace, with the near-misses to warn about.
+    pub fn decide(&self, pod: &Value, namespace: &str, by: AskedBy) -> Verdict {
+        let decision = self.decision(pod, namespace, by);
         let mut warnings = checks::near_misses(pod);
-        if let (Decision::Patch(..), Ok(opts)) = (&decision, self.pod_options(pod)) {
-            warnings.extend(checks::ignored(pod, &opts));
+        match &decision {
+            Decision::Patch(..) => {
+                if let Ok(opts) = self.pod_options(pod) {
+                    warnings.extend(checks::ignored(pod, &opts));
+                }
+            }
+            // The namespace asked, the pod cannot have it: say why it has none.
+            Decision::Skip(reason, why) if by == AskedBy::Namespace && is_unfit(reason) => {
+                warnings.push(format!("no ringside sidecar: {why}"));
+            }
+            _ => {}
         }
         Verdict { decision, warnings }
     }
 
-    fn decision(&self, pod: &Value, namespace: &str) -> Decision {
-        if !is_true(annotation(pod, ANNOTATION_INJECT)) {
-            return Decision::Skip(
-                "not_requested",
-                "injection not requested (annotation ringside.io/inject is not \"true\")",
-            );
+    fn decision(&self, pod: &Value, namespace: &str, by: AskedBy) -> Decision {
+        if let Some(skip) = not_asked(pod, by) {
+            return skip;
         }
         if already_injected(pod) {
-            return Decision::Skip("already_injected", "ringside sidecar already present");
+            return Decision::Skip(
+                "already_injected",
+                "ringside sidecar already present".into(),
+            );
         }
+        // A pod that asked is refused what cannot work; one whose namespace
+        // asked starts without the sidecar (a Job, a DaemonSet on the host's
+        // network), and the warning says why.
+        let refuse = |reason: &'static str, why: String| match by {
+            AskedBy::Pod => Decision::Deny(reason, why),
+            AskedBy::Namespace => Decision::Skip(reason, why),
+        };
         let mut opts = match self.pod_options(pod) {
             Ok(o) => o,
             Err(e) => return Decision::Deny("invalid_annotation", e),
@@ -486,8 +509,15 @@ impl Settings {
                 return Decision::Deny("unknown_app", why);
             }
         }
+        if annotation(pod, ANNOTATION_APP).is_none() {
+            if let Some(list) = &self.config_namespaces {
+                if let Some(why) = checks::no_config_map(namespace, list, &opts.config_map) {
+                    return refuse("no_config_map", why);
+                }
+            }
+        }
         if let Some((reason, why)) = checks::unfit(pod, &opts) {
-            return Decision::Deny(reason, why);
+            return refuse(reason, why);
         }
         let summary = format!(
             "{} sidecar, ConfigMap {}, memory {}/{}",
@@ -496,7 +526,7 @@ impl Settings {
             opts.memory.request.text,
             opts.memory.limit.text
         );
-        Decision::Patch(self.patch(pod, &opts), summary)
+        Decision::Patch(self.patch(pod, &opts), summary, by)
     }
 
     /// JSONPatch adding the container, volumes and the injected annotation.
@@ -543,6 +573,39 @@ impl Settings {
         }
         Value::Array(ops)
     }
+}
+
+/// The skip for a pod not asked for: by its own annotation (only "true"
+/// asks), or in a namespace that asked, by `ringside.io/inject: "false"`.
+fn not_asked(pod: &Value, by: AskedBy) -> Option<Decision> {
+    let value = annotation(pod, ANNOTATION_INJECT).map(str::trim);
+    match (by, value) {
+        (AskedBy::Pod, Some("true")) | (AskedBy::Namespace, None | Some("true")) => None,
+        (AskedBy::Namespace, Some("false")) => Some(Decision::Skip(
+            "opted_out",
+            format!(
+                "annotation {ANNOTATION_INJECT} is \"false\": this pod opts out of its \
+                 namespace's {NAMESPACE_LABEL}={NAMESPACE_LABEL_ENABLED}"
+            ),
+        )),
+        (AskedBy::Namespace, Some(v)) => Some(Decision::Skip(
+            "not_requested",
+            format!(
+                "annotation {ANNOTATION_INJECT} is {v:?}: in a namespace labelled \
+                 {NAMESPACE_LABEL}={NAMESPACE_LABEL_ENABLED} a pod is injected unless it says \
+                 \"false\", and this value says neither"
+            ),
+        )),
+        (AskedBy::Pod, _) => Some(Decision::Skip(
+            "not_requested",
+            "injection not requested (annotation ringside.io/inject is not \"true\")".into(),
+        )),
+    }
+}
+
+/// Reasons a pod cannot have the sidecar (refused when it asked itself).
+fn is_unfit(reason: &str) -> bool {
+    matches!(reason, "host_network" | "port_conflict" | "no_config_map")
 }
 
 /// JSON Pointer escaping (RFC 6901): `~` -> `~0`, `/` -> `~1`.
@@ -619,11 +682,14 @@ mod tests {
     #[test]
     fn skip_and_deny() {
         let s = Settings::default();
-        let skipped = |p: &Value| matches!(s.decide(p, "shop").decision, Decision::Skip(..));
+        let skipped = |p: &Value| {
+            let verdict = s.decide(p, "shop", AskedBy::Pod);
+            matches!(verdict.decision, Decision::Skip(..))
+        };
         assert!(skipped(&pod(json!({}))));
         assert!(skipped(&json!(null)));
         let bad = pod(json!({ANNOTATION_INJECT: "true", ANNOTATION_PORT: "0"}));
-        match s.decide(&bad, "shop").decision {
+        match s.decide(&bad, "shop", AskedBy::Pod).decision {
             Decision::Deny(_, m) => assert!(m.contains("ringside.io/port"), "{m}"),
             d => panic!("{d:?}"),
         }

@@ -125,12 +125,16 @@ webhook mounts SECRET into their sidecars. */}}
 {{- end -}}
 {{- end -}}
 
-{{/* Every namespace that needs the ConfigMaps and the Secret: release + apps. */}}
+{{/* Every namespace that needs the ConfigMaps and the Secret: release +
+apps + namespaces (for pods of no app, e.g. namespace-wide injection). */}}
 {{- define "ringside.namespaces" -}}
 {{- $root := . -}}
 {{- $list := list .Release.Namespace -}}
 {{- range .Values.apps -}}
 {{- $list = append $list (include "ringside.appNamespace" (dict "root" $root "app" .)) -}}
+{{- end -}}
+{{- range .Values.namespaces -}}
+{{- $list = append $list . -}}
 {{- end -}}
 {{- $list | uniq | toJson -}}
 {{- end -}}
@@ -328,4 +332,88 @@ a Kubernetes quantity ("64Mi", "1.5Gi", "2G"). */}}
 {{- fail (printf "%q is not a size such as 256MiB or a memory quantity such as 512Mi" $v) -}}
 {{- end -}}
 {{- floor (mulf (float64 $number) (get $mult $unit)) | int64 -}}
+{{- end -}}
+
+{{- /* One webhook of the MutatingWebhookConfiguration: (dict "root" $
+"hook" (dict "name" "ca") "namespaceWide" bool). The first
+(inject.ringside.io, /mutate) takes pods that ask with the annotation, in
+namespaces not labelled ringside.io/inject=enabled; the second
+(namespace.inject.ringside.io, /mutate/namespace) every pod of the labelled
+namespaces that does not say "false" (as istio-injection=enabled does). A
+pod goes to one of them, never both. */ -}}
+{{- define "ringside.mutatingWebhook" -}}
+{{- $v := .root.Values -}}
+- name: {{ ternary "namespace.inject.ringside.io" "inject.ringside.io" .namespaceWide }}
+  admissionReviewVersions: [v1]
+  sideEffects: None
+  failurePolicy: {{ $v.webhook.failurePolicy }}
+  timeoutSeconds: {{ $v.webhook.timeoutSeconds }}
+  reinvocationPolicy: Never
+  clientConfig:
+    service:
+      name: {{ .hook.name }}
+      namespace: {{ .root.Release.Namespace }}
+      path: {{ ternary "/mutate/namespace" "/mutate" .namespaceWide }}
+      port: 443
+    {{- with .hook.ca }}
+    caBundle: {{ . }}
+    {{- end }}
+  rules:
+    - operations: [CREATE]
+      apiGroups: [""]
+      apiVersions: [v1]
+      resources: [pods]
+      scope: Namespaced
+  namespaceSelector:
+    {{- with $v.webhook.namespaceSelector.matchLabels }}
+    matchLabels:
+      {{- toYaml . | nindent 6 }}
+    {{- end }}
+    matchExpressions:
+      {{- with $v.webhook.namespaceSelector.matchExpressions }}
+      {{- toYaml . | nindent 6 }}
+      {{- end }}
+      - key: kubernetes.io/metadata.name
+        operator: NotIn
+        values: [kube-system, kube-node-lease, {{ .root.Release.Namespace }}]
+      {{- if .namespaceWide }}
+      - key: ringside.io/inject
+        operator: In
+        values: [enabled]
+      {{- else if $v.webhook.namespaceInjection }}
+      - key: ringside.io/inject
+        operator: NotIn
+        values: [enabled]
+      {{- end }}
+  objectSelector:
+    {{- with $v.webhook.objectSelector.matchLabels }}
+    matchLabels:
+      {{- toYaml . | nindent 6 }}
+    {{- end }}
+    matchExpressions:
+      {{- with $v.webhook.objectSelector.matchExpressions }}
+      {{- toYaml . | nindent 6 }}
+      {{- end }}
+      - key: ringside.io/webhook
+        operator: DoesNotExist
+  {{- if $v.webhook.matchConditions }}
+  matchConditions:
+    {{- if .namespaceWide }}
+    # Every pod of the namespace, but those that opt out.
+    - name: not-opted-out
+      expression: >-
+        !(has(object.metadata.annotations) &&
+        'ringside.io/inject' in object.metadata.annotations &&
+        object.metadata.annotations['ringside.io/inject'] == 'false')
+    {{- else }}
+    # Asked for injection, or nearly (the webhook warns about "True",
+    # "enabled" or a label instead of the annotation); never "false".
+    - name: annotated-for-injection
+      expression: >-
+        (has(object.metadata.annotations) &&
+        'ringside.io/inject' in object.metadata.annotations &&
+        object.metadata.annotations['ringside.io/inject'] != 'false') ||
+        (has(object.metadata.labels) && 'ringside.io/inject' in object.metadata.labels)
+    {{- end }}
+  {{- end }}
 {{- end -}}
