@@ -4,7 +4,12 @@
 #
 #   docker build -t ghcr.io/ringside/ringside:0.1.0 .
 #   docker buildx build --platform linux/amd64,linux/arm64 \
+#     --build-arg REVISION=$(git rev-parse HEAD) \
+#     --build-arg CREATED=$(date -u +%Y-%m-%dT%H:%M:%SZ) \
 #     -t ghcr.io/ringside/ringside:0.1.0 --push .
+#
+# (examples/kubernetes/README.md, "Build and push the image": the registry,
+# the digest to give the chart, what was verified.)
 #
 # - The build stage runs on the build machine's platform and cross-compiles
 #   for the platform buildx asks for (TARGETARCH: amd64 or arm64), so arm64
@@ -15,6 +20,10 @@
 #   `debug = 1` for local profiling).
 # - Base images are pinned by digest: change a tag and its digest together
 #   (`docker buildx imagetools inspect <tag>` shows the digest).
+# - OCI labels (org.opencontainers.image.*) say what the image is, which
+#   version and commit it was built from, and from which base: VERSION,
+#   REVISION and CREATED are build args (VERSION: Cargo.toml's, which the
+#   chart's appVersion matches).
 
 ARG RUST_IMAGE=rust:1.95-bookworm@sha256:6258907abe69656e41cd992e0b705cdcfabcbbe3db374f92ed2d47121282d4a1
 ARG RUNTIME_IMAGE=gcr.io/distroless/cc-debian12:nonroot@sha256:9dac0a79194e45a7da0158a9c6da57b217585af0786db3845d1f0ec1a0dd182f
@@ -59,6 +68,19 @@ RUN --mount=type=cache,target=/usr/local/cargo/registry,sharing=locked \
 # --- runtime -----------------------------------------------------------------
 # distroless cc: glibc and libgcc, no shell, nonroot user 65532.
 FROM ${RUNTIME_IMAGE}
+ARG RUNTIME_IMAGE
+ARG VERSION=0.1.0
+ARG REVISION=unknown
+ARG CREATED=unknown
+ARG SOURCE=https://github.com/ringside/ringside
+LABEL org.opencontainers.image.title="ringside" \
+      org.opencontainers.image.description="HTTP caching sidecar: RFC 9111 caching in memory, shared across replicas on a consistent-hash ring; also its Kubernetes injection webhook (ringside inject)" \
+      org.opencontainers.image.version="${VERSION}" \
+      org.opencontainers.image.revision="${REVISION}" \
+      org.opencontainers.image.created="${CREATED}" \
+      org.opencontainers.image.source="${SOURCE}" \
+      org.opencontainers.image.licenses="Apache-2.0" \
+      org.opencontainers.image.base.name="${RUNTIME_IMAGE}"
 COPY --from=build /ringside /usr/local/bin/ringside
 USER 65532:65532
 EXPOSE 8080 9090 7070 8443

@@ -10,8 +10,10 @@
 //! `admin_token` (the scheme in any case, RFC 9110 §11.1; the token compared
 //! in constant time). Without `admin_token` purge is refused outright: the
 //! cluster secret is never a purge token, since a bearer token crosses the
-//! wire and the secret must not. Request heads over 64 KiB get 431, as on
-//! the proxy's listeners.
+//! wire and the secret must not. The token may be a file
+//! (`admin_token_file`, a mounted Secret), read again when it changes
+//! (`secret_files`). Request heads over 64 KiB get 431, as on the proxy's
+//! listeners.
 //!
 //! Purge: `PURGE /path?query` or `DELETE /cache/path?query` removes that key
 //! (all its Vary variants) for the configured origin; header
@@ -20,11 +22,13 @@
 //! runs on this node and on every other member (see `purge.rs`).
 
 use crate::cluster::purge;
-use crate::config::OriginUrl;
+use crate::config::{Config, OriginUrl};
 use crate::metrics;
 use crate::net::connections;
 use crate::net::origin::OriginTarget;
 use crate::net::readiness::Listener;
+use crate::net::secret_files;
+use crate::net::watched_files::Watched;
 use crate::node::Node;
 use async_trait::async_trait;
 use http::{Method, Response, StatusCode};
@@ -41,17 +45,18 @@ pub struct Admin {
     /// each must be served by this very process (see `readiness`).
     listeners: Vec<Listener>,
     /// Bearer token for purge; None: purge disabled.
-    token: Option<String>,
+    token: Option<Watched<String>>,
 }
 
 impl Admin {
-    pub fn new(node: Arc<Node>, listeners: Vec<Listener>) -> Admin {
-        let token = Some(node.config.admin_token.clone()).filter(|t| !t.is_empty());
-        Admin {
+    /// Err: the token file cannot be used (the message names the field).
+    pub fn new(node: Arc<Node>, listeners: Vec<Listener>) -> Result<Admin, String> {
+        let token = purge_token(&node.config)?;
+        Ok(Admin {
             node,
             listeners,
             token,
-        }
+        })
     }
 
     /// Whether this process serves every listener right now.
@@ -83,14 +88,14 @@ impl Admin {
             .headers
             .get(http::header::AUTHORIZATION)
             .and_then(|v| bearer_token(v.as_bytes()));
-        given.is_some_and(|g| bool::from(g.ct_eq(token.as_bytes())))
+        given.is_some_and(|g| bool::from(g.ct_eq(token.current().as_bytes())))
     }
 
     async fn purge(&self, session: &ServerSession) -> Response<Vec<u8>> {
         if !self.authorized(session) {
             metrics::ADMIN_AUTH_FAILURES.inc();
             let why: &[u8] = match self.token {
-                None => b"purge is disabled: set admin_token (or RINGSIDE_ADMIN_TOKEN)\n",
+                None => b"purge is disabled: set admin_token_file (or admin_token)\n",
                 Some(_) => b"purge needs Authorization: Bearer <admin token>\n",
             };
             return text(StatusCode::UNAUTHORIZED, why.to_vec());
@@ -174,6 +179,44 @@ struct PurgeOrder {
     path: String,
     uri: http::Uri,
     prefix: bool,
+}
+
+/// The purge token `config` gives (`admin_token`, or the file
+/// `admin_token_file`, read again when it changes); None: purge is off.
+/// Config validation compares a token and a cluster secret given as values;
+/// here, one from a file is compared with the other once, at start.
+fn purge_token(config: &Config) -> Result<Option<Watched<String>>, String> {
+    let (value, file) = (&config.admin_token, config.admin_token_file.trim());
+    if value.is_empty() && file.is_empty() {
+        return Ok(None);
+    }
+    let kind = secret_files::Kind {
+        field: "admin_token",
+        check: |token| secret_files::at_least(token, 1),
+        make: str::to_string,
+        on_reload: metrics::observe_admin_token_reload,
+    };
+    let token = secret_files::watch(kind, value, file)?;
+    let cluster = &config.cluster;
+    let secret_file = cluster.secret_file.trim();
+    if cluster.enabled && !(file.is_empty() && secret_file.is_empty()) {
+        let secret = match secret_file {
+            "" => cluster.secret.clone(),
+            path => secret_files::read("cluster.secret_file", path)?,
+        };
+        if *token.current() == secret {
+            let field = if file.is_empty() {
+                "admin_token"
+            } else {
+                "admin_token_file"
+            };
+            return Err(format!(
+                "{field}: the same as the cluster secret; choose another (a bearer token is sent \
+                 with every purge, and the cluster secret must never cross the wire)"
+            ));
+        }
+    }
+    Ok(Some(token))
 }
 
 /// The token of an `Authorization: Bearer <token>` value: the scheme in any

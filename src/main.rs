@@ -1,6 +1,6 @@
 //! The `ringside` command: run the proxy, check a config file, or run the demo.
 
-use clap::{Parser, Subcommand};
+use clap::{ArgMatches, CommandFactory, FromArgMatches, Parser, Subcommand};
 use ringside::config::{Config, ConfigError, Overrides};
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -47,19 +47,44 @@ struct ConfigFlags {
     /// error, warn, info, debug or trace.
     #[arg(long, env = "RINGSIDE_LOG_LEVEL")]
     log_level: Option<String>,
-    /// Shared secret of the cluster's peers (prefer the environment variable).
+    /// Shared secret of the cluster's peers (prefer --cluster-secret-file).
     #[arg(long, env = "RINGSIDE_CLUSTER_SECRET", hide_env_values = true)]
     cluster_secret: Option<String>,
+    /// A file holding the cluster's peer secret (a mounted Secret), read again when it changes.
+    #[arg(long, env = "RINGSIDE_CLUSTER_SECRET_FILE")]
+    cluster_secret_file: Option<String>,
     /// Peer listen address in a cluster, e.g. 0.0.0.0:7070.
     #[arg(long, env = "RINGSIDE_PEER_LISTEN")]
     peer_listen: Option<String>,
-    /// Bearer token for purge on the admin listener (prefer the environment variable).
+    /// Bearer token for purge on the admin listener (prefer --admin-token-file).
     #[arg(long, env = "RINGSIDE_ADMIN_TOKEN", hide_env_values = true)]
     admin_token: Option<String>,
+    /// A file holding the purge token (a mounted Secret), read again when it changes.
+    #[arg(long, env = "RINGSIDE_ADMIN_TOKEN_FILE")]
+    admin_token_file: Option<String>,
     /// After SIGTERM, keep serving this long (readiness failing) before draining, e.g. 5s.
     #[arg(long, env = "RINGSIDE_SHUTDOWN_DELAY")]
     shutdown_delay: Option<String>,
+    /// Proxy worker threads; 0: one per CPU this process may use (its cgroup CPU quota, else the machine's).
+    #[arg(long, env = "RINGSIDE_THREADS")]
+    threads: Option<String>,
 }
+
+/// Each flag of [`ConfigFlags`] (by its clap id) and the config field it sets.
+const FIELDS: [(&str, &str); 12] = [
+    ("listen", "listen"),
+    ("admin_listen", "admin_listen"),
+    ("origin", "origin.url"),
+    ("capacity", "cache.capacity"),
+    ("log_level", "log_level"),
+    ("cluster_secret", "cluster.secret"),
+    ("cluster_secret_file", "cluster.secret_file"),
+    ("peer_listen", "cluster.peer_listen"),
+    ("admin_token", "admin_token"),
+    ("admin_token_file", "admin_token_file"),
+    ("shutdown_delay", "shutdown_delay"),
+    ("threads", "threads"),
+];
 
 #[derive(Subcommand)]
 enum Command {
@@ -77,45 +102,76 @@ enum Command {
 }
 
 impl ConfigFlags {
-    fn overrides(&self) -> Overrides {
+    /// The overrides, with where each came from: `matches` are those of the
+    /// (sub)command `command` that holds these flags.
+    fn overrides(&self, command: &clap::Command, matches: &ArgMatches) -> Overrides {
         Overrides {
+            sources: sources(command, matches),
             listen: self.listen.clone(),
             admin_listen: self.admin_listen.clone(),
             origin: self.origin.clone(),
             capacity: self.capacity.clone(),
             log_level: self.log_level.clone(),
             cluster_secret: self.cluster_secret.clone(),
+            cluster_secret_file: self.cluster_secret_file.clone(),
             admin_token: self.admin_token.clone(),
+            admin_token_file: self.admin_token_file.clone(),
             peer_listen: self.peer_listen.clone(),
             shutdown_delay: self.shutdown_delay.clone(),
+            threads: self.threads.clone(),
         }
     }
 
-    fn load(&self, file: Option<&PathBuf>) -> Result<Config, ConfigError> {
+    fn load(
+        &self,
+        file: Option<&PathBuf>,
+        command: &clap::Command,
+        matches: &ArgMatches,
+    ) -> Result<Config, ConfigError> {
         let base = match file {
             Some(path) => Config::from_file(path)?,
             None => Config::default(),
         };
-        base.finish(self.overrides())
+        base.finish(self.overrides(command, matches))
     }
 }
 
+/// Which flag (`--capacity`) or variable (`RINGSIDE_CAPACITY`) gave each
+/// overridden field its value, as [`Overrides::sources`] wants them.
+fn sources(command: &clap::Command, matches: &ArgMatches) -> Vec<(&'static str, String)> {
+    FIELDS
+        .iter()
+        .filter_map(|&(id, field)| {
+            let arg = command.get_arguments().find(|a| a.get_id() == id)?;
+            let source = match matches.value_source(id)? {
+                clap::parser::ValueSource::CommandLine => format!("--{}", arg.get_long()?),
+                clap::parser::ValueSource::EnvVariable => {
+                    arg.get_env()?.to_string_lossy().into_owned()
+                }
+                _ => return None,
+            };
+            Some((field, source))
+        })
+        .collect()
+}
+
 fn main() -> ExitCode {
-    let cli = Cli::parse();
+    let command = Cli::command();
+    let matches = command.clone().get_matches();
+    let cli = Cli::from_arg_matches(&matches).unwrap_or_else(|e| e.exit());
     match &cli.command {
-        Some(Command::CheckConfig { file, flags }) => match flags.load(Some(file)) {
-            Ok(_) => {
-                println!("{}: ok", file.display());
-                ExitCode::SUCCESS
-            }
-            Err(e) => {
-                eprintln!("ringside: invalid configuration: {e}");
-                ExitCode::from(2)
-            }
-        },
+        Some(Command::CheckConfig { file, flags }) => {
+            let sub = command
+                .find_subcommand("check-config")
+                .expect("declared above");
+            let sub_matches = matches
+                .subcommand_matches("check-config")
+                .expect("parsed as check-config");
+            check_config(file, flags.load(Some(file), sub, sub_matches))
+        }
         Some(Command::Demo(args)) => ringside::demo::run(args),
         Some(Command::Inject(args)) => ringside::inject::run(args),
-        None => match cli.flags.load(cli.config.as_ref()) {
+        None => match cli.flags.load(cli.config.as_ref(), &command, &matches) {
             Ok(config) => {
                 init_logging(config.log_level.as_str());
                 ringside::server::run(config)
@@ -125,6 +181,20 @@ fn main() -> ExitCode {
                 ExitCode::from(2)
             }
         },
+    }
+}
+
+/// What `check-config` says about `file` as loaded.
+fn check_config(file: &std::path::Path, loaded: Result<Config, ConfigError>) -> ExitCode {
+    match loaded {
+        Ok(_) => {
+            println!("{}: ok", file.display());
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("ringside: invalid configuration: {e}");
+            ExitCode::from(2)
+        }
     }
 }
 

@@ -443,6 +443,31 @@ pub fn observe_peer_tls_reload(files: &'static str, loaded: bool) {
     PEER_TLS_RELOADS.with_label_values(&[files, result]).inc();
 }
 
+static SECRET_RELOADS: Lazy<IntCounterVec> = Lazy::new(|| {
+    counter_vec(
+        "ringside_secret_reloads_total",
+        "Times a secret file (secret: admin_token for admin_token_file, cluster_secret for \
+         cluster.secret_file) changed on disk, by result: loaded, or failed (the previous \
+         secret is kept; the log says why).",
+        &["secret", "result"],
+    )
+});
+
+fn observe_secret_reload(secret: &'static str, loaded: bool) {
+    let result = if loaded { "loaded" } else { "failed" };
+    SECRET_RELOADS.with_label_values(&[secret, result]).inc();
+}
+
+/// Count one reload of `admin_token_file`.
+pub fn observe_admin_token_reload(loaded: bool) {
+    observe_secret_reload("admin_token", loaded);
+}
+
+/// Count one reload of `cluster.secret_file`.
+pub fn observe_cluster_secret_reload(loaded: bool) {
+    observe_secret_reload("cluster_secret", loaded);
+}
+
 pub static HOT_ENTRIES: Lazy<IntGauge> = Lazy::new(|| {
     gauge(
         "ringside_hot_entries",
@@ -894,6 +919,11 @@ pub fn init(capacity_bytes: u64) {
     for files in ["certificate", "ca"] {
         for result in ["loaded", "failed"] {
             PEER_TLS_RELOADS.with_label_values(&[files, result]);
+        }
+    }
+    for secret in ["admin_token", "cluster_secret"] {
+        for result in ["loaded", "failed"] {
+            SECRET_RELOADS.with_label_values(&[secret, result]);
         }
     }
     Lazy::force(&TUNNELS_OPEN);

@@ -43,12 +43,7 @@ pub fn run(config: Config) -> ! {
     let mut server = Server::new_with_opt_and_conf(None, server_conf(&config));
     server.bootstrap();
     add_services(&mut server, &config, node);
-    log::info!(
-        "ringside listening on {} (admin {}), origin {}",
-        config.listen,
-        config.admin_listen,
-        config.origin_url().key_prefix()
-    );
+    log::info!("{}", startup_line(&config));
     server.run(RunArgs {
         shutdown_signal: Box::new(DrainOnTerm::new(
             config.shutdown_grace,
@@ -97,13 +92,38 @@ fn start_membership_tasks(node: &Arc<Node>, background: &tokio::runtime::Runtime
     });
 }
 
+/// What the process serves, in one line: every listener and its origin,
+/// and the proxy's threads (and, with `threads: 0`, where the number comes from).
+fn startup_line(config: &Config) -> String {
+    let mut line = format!(
+        "ringside listening on {} (origin {}), admin {}",
+        config.listen,
+        config.origin_url().key_prefix(),
+        config.admin_listen
+    );
+    for upstream in &config.upstreams {
+        let origin = OriginUrl::parse(&upstream.origin).expect("validated by config");
+        line += &format!(
+            ", upstream {} (origin {})",
+            upstream.listen,
+            origin.key_prefix()
+        );
+    }
+    if config.cluster.enabled {
+        line += &format!(", peers {}", config.cluster.peer_listen);
+    }
+    let threads = config.worker_threads();
+    let plural = if threads == 1 { "" } else { "s" };
+    line += &format!("; {threads} proxy thread{plural}");
+    if config.threads == 0 {
+        line += " (threads: 0, the CPUs this process may use: its CPU quota or affinity, else the machine's)";
+    }
+    line
+}
+
 fn server_conf(config: &Config) -> ServerConf {
-    let threads = match config.threads {
-        0 => std::thread::available_parallelism().map_or(1, |n| n.get()),
-        n => n,
-    };
     ServerConf {
-        threads,
+        threads: config.worker_threads(),
         // pingora sleeps this long after SIGTERM; our watcher exits earlier
         // once the last in-flight request is done.
         grace_period_seconds: Some(config.shutdown_grace.as_secs() + 1),
@@ -161,7 +181,8 @@ fn add_services(server: &mut Server, config: &Config, node: Arc<Node>) {
         service.add_listener(connections::listener(addr));
     }
     server.add_service(service);
-    let mut admin = Service::new("ringside admin".into(), Admin::new(node, probed));
+    let admin = Admin::new(node, probed).unwrap_or_else(|e| fatal(&e));
+    let mut admin = Service::new("ringside admin".into(), admin);
     // Probes, scrapes and purges: light work, apart from the proxy's workers.
     admin.threads = Some(1);
     admin.add_listener(connections::listener(&config.admin_listen));

@@ -355,6 +355,8 @@ fn unreadable_config_paths_are_errors() {
     assert!(stderr.contains("cannot read"), "{stderr}");
 }
 
+/// A mistake in a value a flag or variable gave names that flag or
+/// variable, so it does not read as if the file said it.
 #[test]
 fn flags_and_environment_override_the_file() {
     let good = format!("{ORIGIN}cache: {{capacity: 64MiB}}\n");
@@ -363,35 +365,49 @@ fn flags_and_environment_override_the_file() {
         &good,
         &["--capacity", "12XB"],
         &[],
-        &["cache.capacity", "12XB"],
+        &["cache.capacity (from --capacity): \"12XB\" is invalid"],
     );
     assert_rejected_with(
         "RINGSIDE_CAPACITY",
         &good,
         &[],
         &[("RINGSIDE_CAPACITY", "lots")],
-        &["cache.capacity", "lots"],
+        &["cache.capacity (from RINGSIDE_CAPACITY): \"lots\""],
     );
     assert_rejected_with(
         "RINGSIDE_ORIGIN",
         &good,
         &[],
         &[("RINGSIDE_ORIGIN", "ftp://x")],
-        &["origin.url", "ftp://x"],
+        &["origin.url (from RINGSIDE_ORIGIN): \"ftp://x\""],
     );
     assert_rejected_with(
         "RINGSIDE_SHUTDOWN_DELAY",
         &good,
         &[],
         &[("RINGSIDE_SHUTDOWN_DELAY", "soon")],
-        &["shutdown_delay", "soon"],
+        &["shutdown_delay (from RINGSIDE_SHUTDOWN_DELAY): \"soon\""],
     );
     assert_rejected_with(
         "--log-level",
         &good,
         &["--log-level", "loud"],
         &[],
-        &["log_level", "loud"],
+        &["log_level (from --log-level): \"loud\""],
+    );
+    assert_rejected_with(
+        "--threads",
+        &good,
+        &["--threads", "many"],
+        &[],
+        &["threads (from --threads): \"many\""],
+    );
+    assert_rejected_with(
+        "RINGSIDE_PEER_LISTEN",
+        &format!("{good}cluster: {{enabled: true, secret: 0123456789abcdef, membership: {{static: [\"127.0.0.1:7070\"]}}}}\n"),
+        &[],
+        &[("RINGSIDE_PEER_LISTEN", "anywhere")],
+        &["cluster.peer_listen (from RINGSIDE_PEER_LISTEN): \"anywhere\""],
     );
     assert_rejected_with(
         "--listen equal to the admin address",
@@ -399,6 +415,12 @@ fn flags_and_environment_override_the_file() {
         &["--listen", "127.0.0.1:9090"],
         &[],
         &["admin_listen", "127.0.0.1:9090"],
+    );
+    // The same mistake in the file names no flag.
+    let (_, _, stderr) = check(&format!("{ORIGIN}threads: 2000\n"), &[], &[]);
+    assert!(
+        stderr.contains("threads: 2000 is invalid") && !stderr.contains("(from"),
+        "{stderr}"
     );
 
     // The overrides win over a bad value in the file...
@@ -449,6 +471,7 @@ fn each_subcommand_lists_only_the_flags_it_uses() {
         "--peer-listen",
         "--admin-token",
         "--shutdown-delay",
+        "--threads",
     ];
     let (code, inject, _) = run(ringside().args(["inject", "--help"]));
     assert_eq!(code, Some(0));
@@ -681,6 +704,55 @@ async fn runs_from_flags_and_environment_alone() {
         "{metrics}"
     );
     assert!(running.is_running(), "still running");
+}
+
+/// The start-up line names every listener with its origin, the peer
+/// listener, and the proxy's threads.
+#[tokio::test]
+async fn the_start_up_line_lists_every_listener() {
+    let origin = Origin::start().await;
+    let second = Origin::start().await;
+    let (listen, admin, upstream, peer) = (free_port(), free_port(), free_port(), free_port());
+    let yaml = format!(
+        "listen: 127.0.0.1:{listen}\nadmin_listen: 127.0.0.1:{admin}\nthreads: 1\n\
+         origin: {{url: \"{}\"}}\n\
+         upstreams: [{{listen: \"127.0.0.1:{upstream}\", origin: \"{}\"}}]\n\
+         cluster: {{enabled: true, peer_listen: \"127.0.0.1:{peer}\", secret: 0123456789abcdef, \
+         membership: {{static: [\"127.0.0.1:{peer}\"]}}}}\n",
+        origin.url(),
+        second.url()
+    );
+    let file = TempConfig::new(&yaml);
+    let log = TempConfig::new("");
+    let mut command = Command::new(env!("CARGO_BIN_EXE_ringside"));
+    command.arg("--config").arg(file.path());
+    let mut running = Process::spawn("ringside", command, log.path());
+    let admin: SocketAddr = format!("127.0.0.1:{admin}").parse().unwrap();
+    let ready = || async move { matches!(get(admin, "/readyz").await, Ok(r) if r.status == 200) };
+    running
+        .wait_until(Duration::from_secs(30), "ringside is ready", ready)
+        .await;
+    let text = running.log();
+    let line = text
+        .lines()
+        .find(|l| l.contains("ringside listening on"))
+        .unwrap_or_else(|| panic!("{text}"));
+    let key = |url: String| url.trim_end_matches('/').to_string();
+    for wanted in [
+        format!(
+            "listening on 127.0.0.1:{listen} (origin {})",
+            key(origin.url())
+        ),
+        format!("admin {admin}"),
+        format!(
+            "upstream 127.0.0.1:{upstream} (origin {})",
+            key(second.url())
+        ),
+        format!("peers 127.0.0.1:{peer}"),
+        "1 proxy thread".to_string(),
+    ] {
+        assert!(line.contains(&wanted), "{wanted:?} missing: {line}");
+    }
 }
 
 #[test]

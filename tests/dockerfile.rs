@@ -1,8 +1,9 @@
 //! The Dockerfile, read as text: no container engine runs on our machines,
 //! so it cannot be built here. These checks hold it to what the image needs
 //! (base images pinned by digest, a stripped binary, cached dependency
-//! builds, amd64 and arm64 through buildx) so that an edit cannot quietly
-//! drop one; whether it builds is verified where Docker runs.
+//! builds, amd64 and arm64 through buildx, OCI labels naming the version,
+//! commit, source and base) so that an edit cannot quietly drop one;
+//! whether it builds is verified where Docker runs.
 
 use std::collections::HashMap;
 
@@ -102,4 +103,75 @@ fn builds_a_stripped_binary_with_cached_dependencies_for_amd64_and_arm64() {
         );
     }
     assert!(text.contains("USER 65532:65532"));
+}
+
+/// The runtime image says what it is: the OCI annotation keys
+/// (opencontainers image-spec, annotations.md) as LABELs, its version the
+/// crate's and the chart's appVersion, its commit and time given at build.
+#[test]
+fn the_image_carries_oci_labels() {
+    let steps = instructions(&dockerfile());
+    let runtime = steps
+        .iter()
+        .rposition(|i| i.starts_with("FROM "))
+        .expect("a runtime stage");
+    let labels: Vec<&String> = steps[runtime..]
+        .iter()
+        .filter(|i| i.starts_with("LABEL "))
+        .collect();
+    assert_eq!(
+        labels.len(),
+        1,
+        "one LABEL in the runtime stage: {labels:?}"
+    );
+    let label = labels[0];
+    for key in [
+        "title",
+        "description",
+        "version",
+        "revision",
+        "created",
+        "source",
+        "licenses",
+        "base.name",
+    ] {
+        let key = format!("org.opencontainers.image.{key}=");
+        assert!(label.contains(&key), "no {key} in {label}");
+    }
+    let arg = |name: &str| {
+        steps[runtime..]
+            .iter()
+            .find_map(|i| i.strip_prefix(&format!("ARG {name}=")))
+            .unwrap_or_else(|| panic!("no ARG {name}= in the runtime stage"))
+            .to_string()
+    };
+    let cargo =
+        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/Cargo.toml")).unwrap();
+    let chart = std::fs::read_to_string(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/charts/ringside/Chart.yaml"
+    ))
+    .unwrap();
+    let version = env!("CARGO_PKG_VERSION");
+    assert_eq!(
+        arg("VERSION"),
+        version,
+        "the image's version is the crate's"
+    );
+    assert!(
+        chart.contains(&format!("appVersion: \"{version}\"")),
+        "the chart's appVersion is the crate's:\n{chart}"
+    );
+    assert!(
+        label.contains("licenses=\"Apache-2.0\"") && cargo.contains("license = \"Apache-2.0\""),
+        "the license label is Cargo.toml's: {label}"
+    );
+    for value in [
+        "${VERSION}",
+        "${REVISION}",
+        "${CREATED}",
+        "${RUNTIME_IMAGE}",
+    ] {
+        assert!(label.contains(value), "{value} not in {label}");
+    }
 }

@@ -8,8 +8,12 @@
 //! kubernetes-validate's schemas and it has no option to skip them, so they
 //! are split out of the stream and checked here for their required fields.
 //!
-//! Needs `helm` and `kubernetes-validate` on PATH: CI installs them with
-//! tests/tools/install-k8s-tools.sh. Missing tools fail the tests, never skip.
+//! checkov (offline) holds the example's renders to two policies: images
+//! pinned by digest, no secret in an environment variable.
+//!
+//! Needs `helm`, `kubernetes-validate` and `checkov` on PATH: CI installs
+//! them with tests/tools/install-k8s-tools.sh. Missing tools fail the tests,
+//! never skip.
 
 mod common;
 use std::path::{Path, PathBuf};
@@ -575,6 +579,118 @@ fn webhook_tls_values_must_fit_together() {
     }
 }
 
+/// Which webhooks of the MutatingWebhookConfiguration `docs` would send a
+/// pod of a namespace with these labels to: their paths.
+fn webhooks_for(docs: &[serde_yaml::Value], namespace_labels: &[(&str, &str)]) -> Vec<String> {
+    let mwc = docs
+        .iter()
+        .find(|d| kind(d) == "MutatingWebhookConfiguration")
+        .unwrap();
+    mwc["webhooks"]
+        .as_sequence()
+        .unwrap()
+        .iter()
+        .filter(|hook| selects(&hook["namespaceSelector"], namespace_labels))
+        .map(|hook| {
+            hook["clientConfig"]["service"]["path"]
+                .as_str()
+                .unwrap()
+                .to_string()
+        })
+        .collect()
+}
+
+/// A namespace labelled ringside.io/inject=enabled sends its pods to the
+/// namespace-wide webhook only (the webhook then injects those that do not
+/// opt out, tests/inject_webhook.rs); other namespaces to the annotation's
+/// only; the release namespace to neither. `namespaces` get the standalone
+/// ConfigMap and the Secret, and the webhook knows which namespaces have them.
+#[test]
+fn a_namespace_label_opts_every_pod_in() {
+    let values = "namespaces: [batch]\n";
+    let docs = validate("namespace-opt-in", &template("namespace-opt-in", values));
+    let enabled = [
+        ("kubernetes.io/metadata.name", "batch"),
+        ("ringside.io/inject", "enabled"),
+    ];
+    assert_eq!(webhooks_for(&docs, &enabled), ["/mutate/namespace"]);
+    assert_eq!(webhooks_for(&docs, SHOP), ["/mutate"]);
+    let release = [
+        ("kubernetes.io/metadata.name", "ringside"),
+        ("ringside.io/inject", "enabled"),
+    ];
+    assert!(webhooks_for(&docs, &release).is_empty());
+    let mwc = docs
+        .iter()
+        .find(|d| kind(d) == "MutatingWebhookConfiguration")
+        .unwrap();
+    let condition = mwc["webhooks"][1]["matchConditions"][0]["expression"]
+        .as_str()
+        .unwrap();
+    assert!(
+        condition.contains("object.metadata.annotations['ringside.io/inject'] == 'false'")
+            && condition.starts_with('!'),
+        "opted-out pods are not even sent: {condition}"
+    );
+    for k in ["ConfigMap", "Secret"] {
+        assert!(
+            docs.iter()
+                .any(|d| kind(d) == k && d["metadata"]["namespace"].as_str() == Some("batch")),
+            "no {k} in batch"
+        );
+    }
+    let args = webhook_args(&docs);
+    assert!(
+        args.iter()
+            .any(|a| a == "--config-namespaces=ringside,batch"),
+        "{args:?}"
+    );
+    // Off: one webhook, for every namespace but the excluded ones.
+    let off = validate(
+        "namespace-opt-in-off",
+        &template(
+            "namespace-opt-in-off",
+            "webhook: {namespaceInjection: false}\n",
+        ),
+    );
+    assert_eq!(webhooks_for(&off, &enabled), ["/mutate"]);
+}
+
+/// OpenShift's restricted-v2 SCC assigns a UID from the namespace's range
+/// and refuses a fixed one: with the UIDs set to null, neither the webhook's
+/// pod nor the injected sidecar (the webhook's --security-context) fixes
+/// one, and both stay non-root.
+#[test]
+fn security_contexts_can_leave_the_uid_to_openshift() {
+    let values = "sidecar:\n  securityContext: {runAsUser: null, runAsGroup: null}\n\
+                  webhook:\n  podSecurityContext: {runAsUser: null, runAsGroup: null}\n";
+    let docs = validate("openshift", &template("openshift", values));
+    let deploy = docs.iter().find(|d| kind(d) == "Deployment").unwrap();
+    let pod = &deploy["spec"]["template"]["spec"];
+    assert_eq!(pod["securityContext"]["runAsNonRoot"].as_bool(), Some(true));
+    assert!(pod["securityContext"].get("runAsUser").is_none(), "{pod:?}");
+    assert_eq!(
+        pod["containers"][0]["securityContext"]["readOnlyRootFilesystem"].as_bool(),
+        Some(true)
+    );
+    let args = webhook_args(&docs);
+    let flag = args
+        .iter()
+        .find_map(|a| a.strip_prefix("--security-context="))
+        .expect("--security-context");
+    let injected: serde_json::Value = serde_json::from_str(flag).unwrap();
+    assert_eq!(injected["runAsNonRoot"], true);
+    assert!(injected.get("runAsUser").is_none() && injected.get("runAsGroup").is_none());
+    assert_eq!(injected["capabilities"]["drop"][0], "ALL");
+    // The default fixes the image's UID.
+    let args = webhook_args(&documents(&template("uid-default", "")));
+    let flag = args
+        .iter()
+        .find_map(|a| a.strip_prefix("--security-context="))
+        .unwrap();
+    assert!(flag.contains("\"runAsUser\":65532"), "{flag}");
+}
+
 #[test]
 fn webhook_off() {
     let docs = validate(
@@ -629,6 +745,110 @@ fn monitoring() {
 /// `serviceMonitorSelector`, `podMonitorSelector` and `ruleSelector` each
 /// `matchLabels: {release: <release>}` (the `*SelectorNilUsesHelmValues`
 /// defaults) and `{}` namespace selectors (every namespace).
+/// The webhook's own /metrics are scraped by a ServiceMonitor of its
+/// Service's https port, checking the certificate against the webhook's CA
+/// (the TLS Secret's ca.crt, or a ConfigMap of a given caBundle) for the
+/// Service's name, under a job of their own.
+#[test]
+fn the_webhooks_own_metrics_are_scraped_over_verified_tls() {
+    let ca = ca_bundle();
+    let on = "monitoring:\n  webhookMonitor: {enabled: true}\n";
+    let cases = [
+        ("webhook-monitor", on.to_string()),
+        (
+            "webhook-monitor-existing",
+            format!("{on}webhook:\n  tls:\n    existingSecret: webhook-tls\n    caBundle: {ca}\n"),
+        ),
+    ];
+    for (name, values) in &cases {
+        let docs = validate(name, &template(name, values));
+        let monitors: Vec<_> = docs
+            .iter()
+            .filter(|d| kind(d) == "ServiceMonitor")
+            .collect();
+        assert_eq!(monitors.len(), 1, "{name}");
+        let sm = monitors[0];
+        let services: Vec<_> = docs
+            .iter()
+            .filter(|d| kind(d) == "Service")
+            .filter(|svc| {
+                selects(
+                    &sm["spec"]["selector"],
+                    &labels_of(&svc["metadata"]["labels"]),
+                )
+            })
+            .collect();
+        assert_eq!(services.len(), 1, "{name}: selects {services:?}");
+        let service = services[0];
+        let mwc = docs
+            .iter()
+            .find(|d| kind(d) == "MutatingWebhookConfiguration")
+            .unwrap();
+        assert_eq!(
+            mwc["webhooks"][0]["clientConfig"]["service"]["name"], service["metadata"]["name"],
+            "{name}: the Service the API server calls"
+        );
+        let endpoint = &sm["spec"]["endpoints"][0];
+        assert_eq!(endpoint["scheme"].as_str(), Some("https"));
+        let port = endpoint["port"].as_str().unwrap();
+        assert!(
+            service["spec"]["ports"]
+                .as_sequence()
+                .unwrap()
+                .iter()
+                .any(|p| p["name"].as_str() == Some(port)),
+            "{name}: no Service port {port}"
+        );
+        let tls = &endpoint["tlsConfig"];
+        assert_eq!(
+            tls["serverName"].as_str(),
+            Some(
+                format!(
+                    "{}.ringside.svc",
+                    service["metadata"]["name"].as_str().unwrap()
+                )
+                .as_str()
+            )
+        );
+        assert!(tls.get("insecureSkipVerify").is_none());
+        let job = endpoint["relabelings"][0]["replacement"].as_str();
+        assert_eq!(job, Some("ringside-webhook"), "not the sidecars' job");
+        match *name {
+            "webhook-monitor" => {
+                let secret = tls["ca"]["secret"]["name"].as_str().unwrap();
+                let rendered = docs
+                    .iter()
+                    .find(|d| kind(d) == "Secret" && d["metadata"]["name"].as_str() == Some(secret))
+                    .unwrap_or_else(|| panic!("no Secret {secret}"));
+                assert_eq!(tls["ca"]["secret"]["key"].as_str(), Some("ca.crt"));
+                assert!(rendered["data"]["ca.crt"]
+                    .as_str()
+                    .is_some_and(|c| c.len() > 100));
+                assert_eq!(
+                    rendered["data"]["ca.crt"].as_str(),
+                    mwc["webhooks"][0]["clientConfig"]["caBundle"].as_str(),
+                    "the CA the API server trusts"
+                );
+            }
+            _ => {
+                use base64::Engine;
+                let map = tls["ca"]["configMap"]["name"].as_str().unwrap();
+                let rendered = docs
+                    .iter()
+                    .find(|d| kind(d) == "ConfigMap" && d["metadata"]["name"].as_str() == Some(map))
+                    .unwrap_or_else(|| panic!("no ConfigMap {map}"));
+                let pem = base64::engine::general_purpose::STANDARD
+                    .decode(&ca)
+                    .unwrap();
+                assert_eq!(
+                    rendered["data"]["ca.crt"].as_str(),
+                    Some(String::from_utf8(pem).unwrap().as_str())
+                );
+            }
+        }
+    }
+}
+
 const KPS_SELECTOR: (&str, &str) = ("release", "kube-prometheus-stack");
 const MONITORING_KINDS: &[&str] = &["ServiceMonitor", "PodMonitor", "PrometheusRule"];
 
@@ -956,6 +1176,75 @@ fn network_policy_allows_only_what_ringside_needs() {
     assert!(admits(&policies, &CATALOG, 7070));
 }
 
+/// A pod of the ingress controller's namespace (as the example lists it).
+const INGRESS: Source = Source {
+    namespace: "ingress-nginx",
+    namespace_labels: &[("kubernetes.io/metadata.name", "ingress-nginx")],
+    labels: &[("app.kubernetes.io/name", "ingress-nginx")],
+};
+
+/// `apps[].allowAppIngressFrom` and `appPorts` open the app's own ports to
+/// whom they list, in the chart's policy beside ringside's rules, and
+/// nothing more: turning the policy on no longer cuts the app off.
+#[test]
+fn an_apps_own_ports_are_opened_to_whom_it_lists() {
+    let values = APPS.replace(
+        "    selector: {app: catalog}\n",
+        "    selector: {app: catalog}\n    allowAppIngressFrom:\n      - podSelector: \
+         {matchLabels: {app: frontend}}\n    appPorts: [http]\n",
+    );
+    let values = format!("{values}\nnetworkPolicy: {{enabled: true}}\n");
+    let docs = validate("netpol-app-ports", &template("netpol-app-ports", &values));
+    let policies = catalog_policies(&docs);
+    assert_eq!(
+        policies.len(),
+        1,
+        "one policy per app, the app's rule in it"
+    );
+    let allowed = |source: &Source, port: u64| admits(&policies, source, port);
+    assert!(
+        allowed(&FRONTEND, 3000),
+        "the listed caller to the app port"
+    );
+    assert!(allowed(&CATALOG, 7070), "peers still reach the peer port");
+    assert!(
+        allowed(&PROMETHEUS, 9090),
+        "the scraper still reaches /metrics"
+    );
+    for (source, port, what) in [
+        (&FRONTEND, 7070, "the peer port from the app's caller"),
+        (&FRONTEND, 9090, "the admin port from the app's caller"),
+        (&PROMETHEUS, 3000, "the app port from Prometheus"),
+        (&INGRESS, 3000, "the app port from a source not listed"),
+    ] {
+        assert!(!allowed(source, port), "{what} is open");
+    }
+    // The example: off, so nothing is isolated; on, its callers get in.
+    let example = std::fs::read_to_string(root().join("examples/kubernetes/values.yaml")).unwrap();
+    let docs = documents(&template("example-netpol-off", &example));
+    assert_eq!(
+        count(&docs, "NetworkPolicy"),
+        0,
+        "the example starts with it off"
+    );
+    let on = format!("{example}\nnetworkPolicy: {{enabled: true}}\n");
+    let docs = validate("example-netpol-on", &template("example-netpol-on", &on));
+    let policies = catalog_policies(&docs);
+    assert!(admits(&policies, &FRONTEND, 3000));
+    assert!(admits(&policies, &INGRESS, 3000));
+    assert!(!admits(&policies, &FRONTEND, 7070));
+    assert!(!admits(&policies, &INGRESS, 9090));
+    // Ringside's own ports cannot be listed as the app's.
+    for port in ["ringside-peer", "9090", "7070"] {
+        let bad = on.replace("appPorts: [http]", &format!("appPorts: [{port}]"));
+        let e = template_in(&chart(), "netpol-bad-port", &bad, &[]).expect_err(port);
+        assert!(
+            e.contains("apps[catalog].appPorts") && e.contains("one of ringside's ports"),
+            "{port}: {e}"
+        );
+    }
+}
+
 #[test]
 fn example_values() {
     let values = std::fs::read_to_string(root().join("examples/kubernetes/values.yaml")).unwrap();
@@ -981,9 +1270,20 @@ fn schema_rejects_bad_values() {
         ("sidecar:\n  memoryConnections: -1\n", "memoryConnections"),
         ("sidecar:\n  memoryOverhead: 64Mi\n", "memoryOverhead"),
         ("webhok:\n  enabled: true\n", "webhok"),
+        ("image:\n  digest: sha256:abc\n", "digest"),
+        ("sidecar:\n  threads: -1\n", "threads"),
         (
             "apps:\n  - name: ok\n    selector: {app: x}\n    peerTls: {secret: x}\n",
             "secretName",
+        ),
+        (
+            "apps:\n  - name: ok\n    selector: {app: x}\n    appPorts: [http]\n",
+            "allowAppIngressFrom",
+        ),
+        (
+            "apps:\n  - name: ok\n    selector: {app: x}\n    allowAppIngressFrom: \
+             [{podSelector: {}}]\n",
+            "appPorts",
         ),
     ];
     for (values, field) in cases {
@@ -1036,26 +1336,89 @@ fn helm_ok(command: &mut Command) -> String {
 fn notes_commands_work_as_written() {
     let text = helm_example("install", &["--dry-run=client"]);
     let notes = &text[text.find("NOTES:").expect("NOTES")..];
-    // port-forward blocks: a command chained after it with && never runs.
-    for line in notes.lines().filter(|l| l.contains("port-forward")) {
-        assert!(!line.contains("&&"), "{line}");
+    // No port-forward to race (a background forward used before it is up):
+    // the sidecar's /metrics through the API server's pod proxy, on the
+    // admin port the sidecar declares.
+    assert!(!notes.contains("port-forward"), "{notes}");
+    assert!(
+        notes
+            .contains("kubectl get --raw /api/v1/namespaces/NAMESPACE/pods/POD:9090/proxy/metrics"),
+        "{notes}"
+    );
+    // The walkthrough's port-forwards are in the background and used once
+    // they answer, never after a fixed sleep.
+    let readme = std::fs::read_to_string(root().join("examples/kubernetes/README.md")).unwrap();
+    let lines: Vec<&str> = readme.lines().collect();
+    for (i, line) in lines
+        .iter()
+        .enumerate()
+        .filter(|(_, l)| l.contains("port-forward "))
+    {
+        if !line.trim_start().starts_with("kubectl") {
+            continue;
+        }
         assert!(
             line.trim_end().ends_with('&'),
             "not in the background: {line}"
         );
+        let next = lines[i + 1..].iter().take(3).copied().collect::<Vec<_>>();
+        assert!(
+            next.iter().any(|l| l.starts_with("until curl")),
+            "a port-forward used without waiting for it: {line}\n{next:?}"
+        );
+        assert!(!next.iter().any(|l| l.starts_with("sleep")), "{next:?}");
     }
     assert!(
         notes.contains("get endpointslices -l kubernetes.io/service-name=ringside-catalog-peers"),
         "{notes}"
     );
     assert!(!notes.contains("get endpoints "), "{notes}");
+    // Every replica's decisions: the log selector selects the webhook's pods.
+    let logs = notes
+        .lines()
+        .find(|l| l.contains(" logs -l "))
+        .unwrap_or_else(|| panic!("no logs -l in {notes}"));
+    let selector = logs
+        .split(" -l ")
+        .nth(1)
+        .unwrap()
+        .split_whitespace()
+        .next()
+        .unwrap();
+    let wanted: Vec<(&str, &str)> = selector
+        .split(',')
+        .map(|kv| kv.split_once('=').unwrap())
+        .collect();
+    let docs = documents(&helm_example("template", &[]));
+    let deploy = docs.iter().find(|d| kind(d) == "Deployment").unwrap();
+    let pod_labels = labels_of(&deploy["spec"]["template"]["metadata"]["labels"]);
+    assert!(
+        wanted.iter().all(|w| pod_labels.contains(w)) && wanted.len() >= 2,
+        "{selector} does not select the webhook's pods {pod_labels:?}"
+    );
+    assert!(logs.contains("--prefix"), "{logs}");
     assert!(
         notes.contains("Pods in this release's namespace (ringside) are never injected"),
         "{notes}"
     );
     assert!(
-        notes.contains("app-networkpolicy.yaml"),
-        "the example enables the NetworkPolicy: {notes}"
+        !notes.contains("NetworkPolicy"),
+        "the example leaves the NetworkPolicy off: {notes}"
+    );
+    // On without the app's callers listed, NOTES says its ports are closed.
+    let text = helm_example(
+        "install",
+        &[
+            "--dry-run=client",
+            "--set",
+            "networkPolicy.enabled=true",
+            "--set-json",
+            "apps=[{\"name\":\"catalog\",\"namespace\":\"shop\",\"selector\":{\"app\":\"catalog\"}}]",
+        ],
+    );
+    assert!(
+        text.contains("its own ports are closed until apps[].allowAppIngressFrom"),
+        "{text}"
     );
 }
 
@@ -1117,9 +1480,121 @@ fn the_walkthrough_names_what_the_chart_renders() {
 
 #[test]
 fn manual_injection_example() {
-    // A parent chart that includes ringside.sidecar; copy it so the
-    // dependency build does not touch the repository.
-    let dir = tmpdir("manual-example");
+    let docs = validate("manual-example", &manual_example("manual-example", &[]));
+    let deploy = docs.iter().find(|d| kind(d) == "Deployment").unwrap();
+    let sidecar = &deploy["spec"]["template"]["spec"]["initContainers"][0];
+    assert_eq!(sidecar["name"].as_str(), Some("ringside"));
+    assert_eq!(sidecar["restartPolicy"].as_str(), Some("Always"));
+    assert_eq!(
+        sidecar["resources"]["requests"]["memory"].as_str(),
+        Some("345Mi")
+    );
+    assert_eq!(
+        sidecar["securityContext"]["readOnlyRootFilesystem"].as_bool(),
+        Some(true)
+    );
+    let volumes = &deploy["spec"]["template"]["spec"]["volumes"];
+    assert_eq!(
+        volumes[0]["configMap"]["name"].as_str(),
+        Some("rs-ringside-config-catalog")
+    );
+}
+
+/// A digest as `docker buildx imagetools inspect` prints one.
+const DIGEST: &str = "sha256:4d1b9e0c2f6a8b3e5d7c9a1f0e2b4d6c8a0f1e3d5b7c9e1a3f5d7b9c1e3a5f70";
+
+/// checkov's verdict on `rendered` for each of `checks`: (check id,
+/// resource, passed), run offline (`--skip-download`).
+fn checkov(name: &str, rendered: &str, checks: &[&str]) -> Vec<(String, String, bool)> {
+    require("checkov");
+    let dir = tmpdir(&format!("{name}-checkov"));
+    let file = dir.join("rendered.yaml");
+    std::fs::write(&file, rendered).unwrap();
+    let out = Command::new("checkov")
+        .arg("-f")
+        .arg(&file)
+        .args(["--framework", "kubernetes", "--skip-download", "-o", "json"])
+        .args(["--check", &checks.join(",")])
+        .output()
+        .unwrap();
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
+        panic!(
+            "{name}: checkov printed no JSON ({e}):\n{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        )
+    });
+    let verdicts = |key: &str, passed: bool| {
+        report["results"][key]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .map(|c| {
+                let field = |k: &str| c[k].as_str().unwrap_or_default().to_string();
+                (field("check_id"), field("resource"), passed)
+            })
+            .collect::<Vec<_>>()
+    };
+    [
+        verdicts("passed_checks", true),
+        verdicts("failed_checks", false),
+    ]
+    .concat()
+}
+
+/// The images are pinned by digest (CKV_K8S_43) and no secret is in an
+/// environment variable (CKV_K8S_35): checkov on the example's renders, the
+/// webhook's and the manually injected sidecar's, with the digest the
+/// walkthrough sets after its push. Without the digest, CKV_K8S_43 fails,
+/// and checkov does flag a secret in the environment.
+#[test]
+fn checkov_finds_image_digests_and_secrets_as_files() {
+    const CHECKS: &[&str] = &["CKV_K8S_43", "CKV_K8S_35"];
+    let digest = format!("image.digest={DIGEST}");
+    let renders = [
+        ("example", helm_example("template", &["--set", &digest])),
+        (
+            "manual-example",
+            manual_example(
+                "manual-checkov",
+                &[
+                    "--set",
+                    &format!("ringside.{digest}"),
+                    "--set",
+                    &format!("image=ghcr.io/example/catalog:1.4.2@{DIGEST}"),
+                ],
+            ),
+        ),
+    ];
+    for (name, rendered) in &renders {
+        let verdicts = checkov(name, rendered, CHECKS);
+        for check in CHECKS {
+            let deployments: Vec<_> = verdicts.iter().filter(|v| v.0 == *check).collect();
+            assert!(!deployments.is_empty(), "{name}: {check} checked nothing");
+            assert!(
+                deployments.iter().all(|v| v.2),
+                "{name}: {check} fails: {deployments:?}"
+            );
+        }
+    }
+    let rendered = helm_example("template", &[]);
+    let verdicts = checkov("example-no-digest", &rendered, &["CKV_K8S_43"]);
+    assert!(
+        verdicts.iter().any(|v| !v.2),
+        "without image.digest, a tag alone passes: {verdicts:?}"
+    );
+    let in_env = "apiVersion: v1\nkind: Pod\nmetadata: {name: p, namespace: shop}\nspec:\n  \
+                  containers:\n    - name: c\n      image: app@sha256:00\n      env:\n        \
+                  - name: SECRET\n          valueFrom: {secretKeyRef: {name: s, key: k}}\n";
+    let verdicts = checkov("secret-in-env", in_env, &["CKV_K8S_35"]);
+    assert!(verdicts.iter().any(|v| !v.2), "{verdicts:?}");
+}
+
+/// `helm template` of examples/kubernetes/manual-injection (a parent chart
+/// that includes ringside.sidecar) with `extra`; its stdout.
+fn manual_example(name: &str, extra: &[&str]) -> String {
+    // Copied, so that the dependency build does not touch the repository.
+    let dir = tmpdir(name);
     let example = root().join("examples/kubernetes/manual-injection");
     let status = Command::new("cp")
         .arg("-r")
@@ -1138,24 +1613,5 @@ fn manual_injection_example() {
         );
     std::fs::write(copy.join("Chart.yaml"), chart_yaml).unwrap();
     helm_ok(Command::new("helm").args(["dependency", "update", copy.to_str().unwrap()]));
-    let rendered =
-        template_in(&copy, "manual-example-t", "", &[]).unwrap_or_else(|e| panic!("{e}"));
-    let docs = validate("manual-example", &rendered);
-    let deploy = docs.iter().find(|d| kind(d) == "Deployment").unwrap();
-    let sidecar = &deploy["spec"]["template"]["spec"]["initContainers"][0];
-    assert_eq!(sidecar["name"].as_str(), Some("ringside"));
-    assert_eq!(sidecar["restartPolicy"].as_str(), Some("Always"));
-    assert_eq!(
-        sidecar["resources"]["requests"]["memory"].as_str(),
-        Some("345Mi")
-    );
-    assert_eq!(
-        sidecar["securityContext"]["readOnlyRootFilesystem"].as_bool(),
-        Some(true)
-    );
-    let volumes = &deploy["spec"]["template"]["spec"]["volumes"];
-    assert_eq!(
-        volumes[0]["configMap"]["name"].as_str(),
-        Some("rs-ringside-config-catalog")
-    );
+    template_in(&copy, &format!("{name}-t"), "", extra).unwrap_or_else(|e| panic!("{e}"))
 }

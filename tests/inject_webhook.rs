@@ -180,18 +180,21 @@ impl Webhook {
     }
 
     fn review(&self, object: Value) -> Value {
+        self.review_at("/mutate", "shop", object)
+    }
+
+    /// The AdmissionResponse for `object` created in `namespace`, sent to
+    /// `path` (`/mutate`, or `/mutate/namespace` as for a namespace
+    /// labelled ringside.io/inject=enabled).
+    fn review_at(&self, path: &str, namespace: &str, object: Value) -> Value {
         let kind = object["kind"].as_str().unwrap_or("Pod").to_string();
         let review = json!({
             "apiVersion": "admission.k8s.io/v1", "kind": "AdmissionReview",
             "request": {"uid": "7f0c-test", "kind": {"group": "", "version": "v1", "kind": kind},
                         "resource": {"group": "", "version": "v1", "resource": "pods"},
-                        "namespace": "shop", "operation": "CREATE", "object": object}
+                        "namespace": namespace, "operation": "CREATE", "object": object}
         });
-        let (status, body) = self.call(
-            "POST",
-            "/mutate",
-            Some(&serde_json::to_vec(&review).unwrap()),
-        );
+        let (status, body) = self.call("POST", path, Some(&serde_json::to_vec(&review).unwrap()));
         assert_eq!(status, 200, "{body}");
         let out: Value = serde_json::from_str(&body).unwrap();
         assert_eq!(out["kind"], "AdmissionReview");
@@ -305,11 +308,31 @@ fn injects_native_sidecar_into_example_pod() {
         env(c, "POD_IP").unwrap()["valueFrom"]["fieldRef"]["fieldPath"],
         "status.podIP"
     );
-    let secret = &env(c, "RINGSIDE_CLUSTER_SECRET").unwrap()["valueFrom"]["secretKeyRef"];
-    assert_eq!(secret["name"], "ringside-peer-secret");
-    let token = &env(c, "RINGSIDE_ADMIN_TOKEN").unwrap()["valueFrom"]["secretKeyRef"];
-    assert_eq!(token["name"], "ringside-peer-secret");
-    assert_eq!(token["key"], "admin-token");
+    // The peer secret and the admin token are files of the mounted Secret,
+    // never environment variables (/proc/<pid>/environ, crash dumps).
+    assert!(
+        !c["env"].to_string().contains("secretKeyRef"),
+        "a secret in the environment: {}",
+        c["env"]
+    );
+    for name in ["RINGSIDE_CLUSTER_SECRET", "RINGSIDE_ADMIN_TOKEN"] {
+        assert!(env(c, name).is_none(), "{name} is set");
+    }
+    assert_eq!(
+        env(c, "RINGSIDE_CLUSTER_SECRET_FILE").unwrap()["value"],
+        "/etc/ringside-secret/secret"
+    );
+    assert_eq!(
+        env(c, "RINGSIDE_ADMIN_TOKEN_FILE").unwrap()["value"],
+        "/etc/ringside-secret/admin-token"
+    );
+    let mount = json!({"name": "ringside-secret", "mountPath": "/etc/ringside-secret",
+        "readOnly": true});
+    assert!(c["volumeMounts"].as_array().unwrap().contains(&mount));
+    assert_eq!(
+        volume(&pod, "ringside-secret").unwrap()["secret"]["secretName"],
+        "ringside-peer-secret"
+    );
     // ringside.io/capacity: 512MiB -> request 1.15 x 512 + 40 Mi + 256 x 40 Ki, limit + 128 Mi.
     assert_eq!(
         env(c, "RINGSIDE_CAPACITY").unwrap()["value"],
@@ -357,7 +380,11 @@ fn overrides_and_existing_lists() {
         1
     );
     assert_eq!(patched["spec"]["containers"].as_array().unwrap().len(), 2);
-    assert_eq!(patched["spec"]["volumes"].as_array().unwrap().len(), 3);
+    assert_eq!(
+        patched["spec"]["volumes"].as_array().unwrap().len(),
+        4,
+        "data + config, secret, tmp"
+    );
     assert_eq!(patched["metadata"]["annotations"]["team"], "search");
     let c = container(&patched, "containers");
     assert!(c.get("restartPolicy").is_none());
@@ -441,6 +468,27 @@ fn regular_sidecars_wait_before_exit() {
         json!({"ringside.io/native-sidecar": "true"}),
     ));
     assert_eq!(delay(&patched, "initContainers"), None);
+    // Asked for on a native sidecar, the wait is ignored: and `kubectl
+    // apply` says so (a warning), rather than silently.
+    let asked = pod(
+        "native-waiting",
+        json!({"ringside.io/native-sidecar": "true", "ringside.io/wait-before-exit-seconds": "10"}),
+    );
+    let r = hook.review(asked.clone());
+    assert_eq!(r["allowed"], true, "{r}");
+    let w = warnings(&r);
+    assert_eq!(w.len(), 1, "{w:?}");
+    assert!(
+        w[0].contains("ringside.io/wait-before-exit-seconds") && w[0].contains("native sidecar"),
+        "{w:?}"
+    );
+    assert_eq!(delay(&hook.inject(&asked), "initContainers"), None);
+    // On a regular container it waits, and nothing is said.
+    let r = hook.review(pod(
+        "regular-waiting",
+        json!({"ringside.io/wait-before-exit-seconds": "10"}),
+    ));
+    assert!(warnings(&r).is_empty(), "{r}");
     // An unusable value is denied, naming the annotation.
     let r = hook.review(pod(
         "bad",
@@ -452,6 +500,152 @@ fn regular_sidecars_wait_before_exit() {
         message.contains("ringside.io/wait-before-exit-seconds") && message.contains("soon"),
         "{message}"
     );
+}
+
+/// A sidecar runs `--sidecar-threads` workers (the chart's sidecar.threads,
+/// 1 by default), or per pod `ringside.io/threads`; 0 leaves it to the
+/// container's CPU limit.
+#[test]
+fn threads_per_pod() {
+    let pod = |name: &str, annotations: Value| {
+        pod_with(
+            name,
+            annotations,
+            json!({}),
+            json!([{"name": "app", "image": "app:1"}]),
+        )
+    };
+    let threads = |patched: &Value| {
+        env(container(patched, "containers"), "RINGSIDE_THREADS").map(|e| e["value"].clone())
+    };
+    let hook = start("threads", &["--native-sidecar=never"]);
+    let patched = hook.inject(&pod("default", json!({"ringside.io/inject": "true"})));
+    assert_eq!(threads(&patched), Some(json!("1")), "one worker by default");
+    let patched = hook.inject(&pod(
+        "annotated",
+        json!({"ringside.io/inject": "true", "ringside.io/threads": "0"}),
+    ));
+    assert_eq!(threads(&patched), Some(json!("0")));
+    let r = hook.review(pod(
+        "bad",
+        json!({"ringside.io/inject": "true", "ringside.io/threads": "many"}),
+    ));
+    assert_eq!(r["allowed"], false, "{r}");
+    let message = r["status"]["message"].as_str().unwrap();
+    assert!(
+        message.contains("ringside.io/threads") && message.contains("\"many\""),
+        "{message}"
+    );
+    let hook = start(
+        "threads-flag",
+        &["--native-sidecar=never", "--sidecar-threads=4"],
+    );
+    let patched = hook.inject(&pod("flag", json!({"ringside.io/inject": "true"})));
+    assert_eq!(threads(&patched), Some(json!("4")));
+}
+
+/// A namespace labelled `ringside.io/inject=enabled` sends its pods to
+/// `/mutate/namespace`: each gets the sidecar without an annotation, one
+/// annotated "false" does not, and one the sidecar cannot work in (host
+/// network, or a namespace without the ConfigMap) starts without it and a
+/// warning says why, where a pod that asked itself is refused.
+#[test]
+fn a_labelled_namespace_injects_its_pods_unless_they_opt_out() {
+    let hook = start(
+        "namespace",
+        &[
+            "--native-sidecar=always",
+            "--config-namespaces=ringside,shop",
+        ],
+    );
+    let plain = |name: &str, annotations: Value| {
+        pod_with(
+            name,
+            annotations,
+            json!({}),
+            json!([{"name": "app", "image": "app:1"}]),
+        )
+    };
+    let patched = |r: &Value, pod: &Value| {
+        let raw = base64::engine::general_purpose::STANDARD
+            .decode(r["patch"].as_str().expect("a patch"))
+            .unwrap();
+        let patch: json_patch::Patch = serde_json::from_slice(&raw).unwrap();
+        let mut out = pod.clone();
+        json_patch::patch(&mut out, &patch).unwrap();
+        out
+    };
+    let namespaced = |ns: &str, pod: Value| hook.review_at("/mutate/namespace", ns, pod);
+    // No annotation at all: injected.
+    let pod = plain("unannotated", json!({}));
+    let r = namespaced("shop", pod.clone());
+    assert_eq!(r["allowed"], true, "{r}");
+    let injected = patched(&r, &pod);
+    validate(&injected);
+    assert_eq!(container(&injected, "initContainers")["name"], "ringside");
+    // The same pod through /mutate (a namespace that asked nothing): untouched.
+    assert!(hook.review(pod.clone()).get("patch").is_none());
+    // Opted out.
+    let r = namespaced("shop", plain("out", json!({"ringside.io/inject": "false"})));
+    assert_eq!(r["allowed"], true);
+    assert!(r.get("patch").is_none(), "{r}");
+    assert!(
+        r["status"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("opts out"),
+        "{r}"
+    );
+    // Cannot have it: allowed without, and told why.
+    let mut host = plain("host", json!({}));
+    host["spec"]["hostNetwork"] = json!(true);
+    let r = namespaced("shop", host.clone());
+    assert_eq!(
+        r["allowed"], true,
+        "a namespace's pod is never refused: {r}"
+    );
+    assert!(r.get("patch").is_none(), "{r}");
+    let w = warnings(&r);
+    assert!(
+        w.iter()
+            .any(|w| w.starts_with("no ringside sidecar: hostNetwork")),
+        "{w:?}"
+    );
+    let r = namespaced("batch", plain("elsewhere", json!({})));
+    assert_eq!(r["allowed"], true);
+    assert!(r.get("patch").is_none(), "{r}");
+    assert!(
+        warnings(&r)
+            .iter()
+            .any(|w| w.contains("namespace batch has no ConfigMap ringside-config")),
+        "{r}"
+    );
+    // A pod that asked itself is refused those instead.
+    let r = hook.review_at(
+        "/mutate",
+        "batch",
+        plain("asked", json!({"ringside.io/inject": "true"})),
+    );
+    assert_eq!(r["allowed"], false, "{r}");
+    assert!(
+        r["status"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("namespace batch has no ConfigMap"),
+        "{r}"
+    );
+    let (_, metrics) = hook.call("GET", "/metrics", None);
+    for series in [
+        r#"ringside_inject_admissions_total{decision="injected",reason="namespace"}"#,
+        r#"ringside_inject_admissions_total{decision="skipped",reason="opted_out"}"#,
+        r#"ringside_inject_admissions_total{decision="skipped",reason="host_network"}"#,
+        r#"ringside_inject_admissions_total{decision="denied",reason="no_config_map"}"#,
+    ] {
+        assert!(
+            sample(&metrics, series) >= Some(1.0),
+            "{series}:\n{metrics}"
+        );
+    }
 }
 
 #[test]
@@ -816,6 +1010,14 @@ fn refuses_bad_flags() {
     for (flag, wanted) in [
         ("--apps=shop/catalog", "--tls-cert"),
         ("--peer-tls-secrets=shop/catalog", "NAMESPACE/APP=SECRET"),
+        (
+            "--security-context=[1]",
+            "--security-context: \"[1]\" is invalid",
+        ),
+        (
+            "--sidecar-threads=2000",
+            "--sidecar-threads: 2000 is invalid",
+        ),
     ] {
         let out = without_ringside_env(&mut Command::new(env!("CARGO_BIN_EXE_ringside")))
             .args([
@@ -886,10 +1088,17 @@ spec:
 "#,
     )
     .unwrap();
-    std::fs::write(dir.join("values.yaml"), values).unwrap();
+    // As the user's values (-f): Helm removes a subchart default set to null
+    // there, not from the parent chart's own values.yaml.
+    let user_values = dir.join("user-values.yaml");
+    std::fs::write(&user_values, values).unwrap();
     let out = Command::new("helm")
         .args(["template", "rs"])
         .arg(&dir)
+        .arg("-f")
+        .arg(&user_values)
+        // The pods are created in shop: the chart writes its ConfigMap there.
+        .args(["--set", "ringside.namespaces={shop}"])
         .args(["--namespace", "ringside", "--kube-version", "1.30.0"])
         .output()
         .unwrap();
@@ -965,7 +1174,7 @@ fn chart_and_webhook_inject_the_same_container() {
         (
             "large",
             "ringside:\n  sidecar: {capacity: 1.5GiB, memoryConnections: 1000, \
-             memoryHeadroom: 256Mi, waitBeforeExitSeconds: 9}\n",
+             memoryHeadroom: 256Mi, waitBeforeExitSeconds: 9, threads: 3}\n",
             formula(1536 * MIB, 1000, 256 * MIB),
         ),
         (
@@ -979,9 +1188,14 @@ fn chart_and_webhook_inject_the_same_container() {
             (formula(256 * MIB, 256, 0).0, "2G".into()),
         ),
         (
+            "openshift",
+            "ringside:\n  sidecar:\n    securityContext: {runAsUser: null, runAsGroup: null}\n",
+            ("345Mi".into(), "473Mi".into()),
+        ),
+        (
             "ports-and-app",
             "app: catalog\nringside:\n  sidecar: {port: 8181, adminPort: 9191, peerPort: 7171, \
-             capacity: 64MiB, logLevel: debug}\n  apps:\n    - name: catalog\n      \
+             capacity: 64MiB, logLevel: debug, threads: 0}\n  apps:\n    - name: catalog\n      \
              namespace: shop\n      selector: {app: catalog}\n",
             formula(64 * MIB, 256, 128 * MIB),
         ),
@@ -1027,6 +1241,14 @@ fn chart_and_webhook_inject_the_same_container() {
                 "{name} ({which}): chart and webhook disagree:\n{}",
                 diff.join("\n")
             );
+            let security = &from_chart["securityContext"];
+            assert_eq!(security["runAsNonRoot"], true, "{name}");
+            let uid = security.get("runAsUser");
+            match *name {
+                // OpenShift's restricted SCC picks the UID: none fixed.
+                "openshift" => assert!(uid.is_none() && security.get("runAsGroup").is_none()),
+                _ => assert_eq!(uid, Some(&json!(65532)), "{name}"),
+            }
             let memory = &from_chart["resources"];
             assert_eq!(memory["requests"]["memory"], *request, "{name}");
             assert_eq!(memory["limits"]["memory"], *limit, "{name}");

@@ -119,6 +119,7 @@ impl Cluster {
             Some(tls) => Some(Arc::new(PeerTls::load(tls, &config.advertise_addr())?)),
             None => None,
         };
+        let auth = PeerAuth::from_config(config)?;
         let peer_listen = Some(config.peer_listen.clone());
         let mut members = membership::start_serving(config, peer_listen).await?;
         let first = members.borrow_and_update().clone();
@@ -139,7 +140,7 @@ impl Cluster {
             view: Mutex::new(View::default()),
             hash_key: config.hash_key.clone(),
             vnodes: config.vnodes,
-            auth: PeerAuth::new(&config.secret),
+            auth,
             nonces: SeenNonces::new(peers::MAX_NONCE_SENDERS),
             health: PeerHealth::new(config.peer_backoff),
             hot: HotKeys::new(hot_capacity, min_rate, max_variants),

@@ -73,7 +73,10 @@
 //! that doubles with each failure (up to 16x), so a dead peer costs one
 //! timeout, not one per request.
 
+use crate::config::{ClusterConfig, MIN_SECRET_LEN};
 use crate::metrics;
+use crate::net::secret_files;
+use crate::net::watched_files::Watched;
 use crate::rfc::headers::hop_by_hop_names;
 use base64::engine::general_purpose::STANDARD_NO_PAD as BASE64;
 use base64::Engine;
@@ -266,14 +269,35 @@ pub struct Nonce {
 
 /// Signs and verifies peer requests with the cluster secret.
 pub struct PeerAuth {
-    key: hmac::Key,
+    /// The secret's HMAC key: fixed, or from `cluster.secret_file` and made
+    /// again when the file changes (a rotated Secret: nodes whose files
+    /// differ for a moment refuse each other's requests, 401, and load from
+    /// the origin meanwhile).
+    key: Watched<hmac::Key>,
+}
+
+fn hmac_key(secret: &str) -> hmac::Key {
+    hmac::Key::new(hmac::HMAC_SHA256, secret.as_bytes())
 }
 
 impl PeerAuth {
     pub fn new(secret: &str) -> PeerAuth {
         PeerAuth {
-            key: hmac::Key::new(hmac::HMAC_SHA256, secret.as_bytes()),
+            key: Watched::fixed("cluster secret", hmac_key(secret)),
         }
+    }
+
+    /// The secret `config` gives: `secret`, or the file `secret_file`
+    /// (read now, and again when it changes). Err names the field.
+    pub fn from_config(config: &ClusterConfig) -> Result<PeerAuth, String> {
+        let kind = secret_files::Kind {
+            field: "cluster.secret",
+            check: |secret| secret_files::at_least(secret, MIN_SECRET_LEN),
+            make: hmac_key,
+            on_reload: metrics::observe_cluster_secret_reload,
+        };
+        let key = secret_files::watch(kind, &config.secret, config.secret_file.trim())?;
+        Ok(PeerAuth { key })
     }
 
     /// The signature of a request whose headers already carry its envelope
@@ -285,7 +309,8 @@ impl PeerAuth {
 
     /// The HMAC of what a signature covers, fed to it piece by piece.
     fn tag(&self, method: &str, path: &str, headers: &HeaderMap) -> hmac::Tag {
-        let mut context = hmac::Context::with_key(&self.key);
+        let key = self.key.current();
+        let mut context = hmac::Context::with_key(&key);
         canonical(method, path, headers, |piece| context.update(piece));
         context.sign()
     }

@@ -17,8 +17,11 @@ pub struct ClusterConfig {
     /// `$POD_IP` with peer_listen's port when POD_IP is set, else peer_listen.
     pub advertise: String,
     /// Shared secret that peers prove knowledge of (never sent in clear).
-    /// Prefer the RINGSIDE_CLUSTER_SECRET environment variable.
+    /// Prefer `secret_file`.
     pub secret: String,
+    /// A file holding the secret instead (a mounted Secret), read at start
+    /// and again when it changes; exclusive with `secret`.
+    pub secret_file: String,
     /// Cluster-wide key for the ring's SipHash: every node must use the same one.
     pub hash_key: String,
     /// Virtual nodes per member (times its weight).
@@ -69,6 +72,9 @@ pub struct PeerTlsConfig {
     /// name the host of its peer address (an IP or DNS SAN).
     pub peer_name: String,
 }
+
+/// The shortest cluster secret accepted, in bytes.
+pub const MIN_SECRET_LEN: usize = 16;
 
 /// What a node that is stopping hands over, and for how long it tries.
 #[derive(Debug, Clone, Deserialize)]
@@ -279,6 +285,7 @@ impl Default for ClusterConfig {
             peer_listen: "127.0.0.1:7070".into(),
             advertise: String::new(),
             secret: String::new(),
+            secret_file: String::new(),
             hash_key: "ringside".into(),
             vnodes: 512,
             peer_timeout: Duration::from_secs(2),
@@ -330,12 +337,21 @@ impl ClusterConfig {
                 "an address different from listen and admin_listen",
             ));
         }
-        if self.secret.len() < 16 {
-            return Err(ConfigError::Invalid(
-                "cluster.secret: missing or shorter than 16 characters; set it (same on every node) \
-                 in the file or with RINGSIDE_CLUSTER_SECRET"
-                    .into(),
-            ));
+        match (self.secret.is_empty(), self.secret_file.trim().is_empty()) {
+            (false, false) => {
+                return Err(super::both_given("cluster.secret", "cluster.secret_file"))
+            }
+            // Read at start (not by check-config: a Secret is mounted only in the pod).
+            (true, false) => {}
+            _ if self.secret.len() < MIN_SECRET_LEN => {
+                return Err(ConfigError::Invalid(format!(
+                    "cluster.secret: missing or shorter than {MIN_SECRET_LEN} characters; set \
+                     cluster.secret_file (a file holding it, same on every node; or \
+                     RINGSIDE_CLUSTER_SECRET_FILE), or the secret itself in the file or with \
+                     RINGSIDE_CLUSTER_SECRET"
+                )));
+            }
+            _ => {}
         }
         if self.hash_key.is_empty() {
             return Err(invalid(

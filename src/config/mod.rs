@@ -10,7 +10,7 @@ mod cluster;
 
 pub use cluster::{
     ClusterConfig, DnsMembership, EtcdAuth, EtcdMembership, EtcdTls, HandoffConfig, HotConfig,
-    MembershipConfig, PeerProtocol, PeerTlsConfig, StaticMember,
+    MembershipConfig, PeerProtocol, PeerTlsConfig, StaticMember, MIN_SECRET_LEN,
 };
 use serde::de::{self, Deserializer};
 use serde::Deserialize;
@@ -45,7 +45,11 @@ pub struct Config {
     /// Bearer token for the admin listener's purge endpoint; empty: purge is
     /// refused. Never the cluster secret, which must not cross the wire.
     pub admin_token: String,
-    /// Worker threads for the proxy; 0 = one per available CPU.
+    /// A file holding `admin_token` instead (a mounted Secret), read again
+    /// when it changes; exclusive with `admin_token`.
+    pub admin_token_file: String,
+    /// Worker threads for the proxy; 0 = one per CPU this process may use
+    /// (see [`Config::worker_threads`]).
     pub threads: usize,
     /// Seconds to finish in-flight requests after SIGTERM.
     #[serde(deserialize_with = "de_duration")]
@@ -396,6 +400,7 @@ impl Default for Config {
             listen: "127.0.0.1:8080".into(),
             admin_listen: "127.0.0.1:9090".into(),
             admin_token: String::new(),
+            admin_token_file: String::new(),
             threads: 0,
             shutdown_grace: Duration::from_secs(10),
             shutdown_delay: Duration::ZERO,
@@ -459,9 +464,37 @@ pub struct Overrides {
     pub capacity: Option<String>,
     pub log_level: Option<String>,
     pub cluster_secret: Option<String>,
+    pub cluster_secret_file: Option<String>,
     pub admin_token: Option<String>,
+    pub admin_token_file: Option<String>,
     pub peer_listen: Option<String>,
     pub shutdown_delay: Option<String>,
+    pub threads: Option<String>,
+    /// Where overridden fields got their values, as (field, flag or
+    /// variable): `("cache.capacity", "--capacity")`. A mistake in such a
+    /// field names where it came from, not only the field (which reads as
+    /// if the file said it).
+    pub sources: Vec<(&'static str, String)>,
+}
+
+/// `error`, saying which flag or variable set its field, if one did
+/// (`sources` as in [`Overrides::sources`]).
+fn attribute(error: ConfigError, sources: &[(&'static str, String)]) -> ConfigError {
+    let ConfigError::Invalid(message) = &error else {
+        return error;
+    };
+    let from = sources.iter().find(|(field, _)| {
+        message
+            .strip_prefix(field)
+            .is_some_and(|rest| rest.starts_with(':'))
+    });
+    match from {
+        Some((field, source)) => {
+            let rest = &message[field.len()..];
+            ConfigError::Invalid(format!("{field} (from {source}){rest}"))
+        }
+        None => error,
+    }
 }
 
 impl Config {
@@ -498,8 +531,16 @@ impl Config {
         Config::from_yaml(&text, &path.display().to_string())
     }
 
-    /// Apply overrides, then validate everything.
-    pub fn finish(mut self, o: Overrides) -> Result<Config, ConfigError> {
+    /// Apply overrides, then validate everything. A mistake in a field that
+    /// an override set names the flag or variable too.
+    pub fn finish(self, mut o: Overrides) -> Result<Config, ConfigError> {
+        let sources = std::mem::take(&mut o.sources);
+        self.apply(o)
+            .and_then(|config| config.validate().map(|()| config))
+            .map_err(|e| attribute(e, &sources))
+    }
+
+    fn apply(mut self, o: Overrides) -> Result<Config, ConfigError> {
         if let Some(v) = o.listen {
             self.listen = v;
         }
@@ -518,11 +559,22 @@ impl Config {
         if let Some(v) = o.peer_listen {
             self.cluster.peer_listen = v;
         }
-        if let Some(v) = o.admin_token {
-            self.admin_token = v;
+        // A secret given by a flag or variable replaces both of the file's
+        // forms (the value and the file), so that the override wins.
+        match (o.admin_token, o.admin_token_file) {
+            (Some(_), Some(_)) => return Err(both_given("admin_token", "admin_token_file")),
+            (Some(v), None) => (self.admin_token, self.admin_token_file) = (v, String::new()),
+            (None, Some(v)) => (self.admin_token, self.admin_token_file) = (String::new(), v),
+            (None, None) => {}
         }
-        if let Some(v) = o.cluster_secret {
-            self.cluster.secret = v;
+        let cluster = &mut self.cluster;
+        match (o.cluster_secret, o.cluster_secret_file) {
+            (Some(_), Some(_)) => {
+                return Err(both_given("cluster.secret", "cluster.secret_file"));
+            }
+            (Some(v), None) => (cluster.secret, cluster.secret_file) = (v, String::new()),
+            (None, Some(v)) => (cluster.secret, cluster.secret_file) = (String::new(), v),
+            (None, None) => {}
         }
         if let Some(v) = o.shutdown_delay {
             self.shutdown_delay = parse_duration(&v)
@@ -537,8 +589,25 @@ impl Config {
                 )
             })?;
         }
-        self.validate()?;
+        if let Some(v) = o.threads {
+            self.threads = v
+                .trim()
+                .parse()
+                .map_err(|_| invalid("threads", quoted(&v), THREADS_HINT))?;
+        }
         Ok(self)
+    }
+
+    /// Proxy worker threads: `threads`, or with 0 the CPUs this process may
+    /// use. The standard library counts those from the affinity mask and the
+    /// cgroup's CPU quota (v2 `cpu.max`, v1 `cpu.cfs_quota_us` /
+    /// `cpu.cfs_period_us`, rounded down, at least 1): a container with a
+    /// CPU limit gets that many, whatever the node has.
+    pub fn worker_threads(&self) -> usize {
+        match self.threads {
+            0 => std::thread::available_parallelism().map_or(1, |n| n.get()),
+            n => n,
+        }
     }
 
     fn validate(&self) -> Result<(), ConfigError> {
@@ -548,6 +617,9 @@ impl Config {
         self.validate_memory_bounds()?;
         self.cluster.validate(&self.listen, &self.admin_listen)?;
         self.cluster.validate_handoff(self.shutdown_grace)?;
+        if !self.admin_token.is_empty() && !self.admin_token_file.is_empty() {
+            return Err(both_given("admin_token", "admin_token_file"));
+        }
         if !self.admin_token.is_empty() && self.admin_token == self.cluster.secret {
             return Err(ConfigError::Invalid(
                 "admin_token: the same as cluster.secret; choose another (a bearer token is sent \
@@ -556,7 +628,7 @@ impl Config {
             ));
         }
         if self.threads > 1024 {
-            return Err(invalid("threads", self.threads, "0 (one per CPU) to 1024"));
+            return Err(invalid("threads", self.threads, THREADS_HINT));
         }
         validate_rules("cache.rules", &self.cache.rules)?;
         self.validate_upstreams()?;
@@ -939,6 +1011,14 @@ fn header_names<'a>(lists: impl IntoIterator<Item = &'a Vec<String>>) -> Vec<htt
     names
 }
 
+/// A secret given twice: as a value and as a file.
+fn both_given(value: &str, file: &str) -> ConfigError {
+    ConfigError::Invalid(format!(
+        "{value}, {file}: both given; expected one (the file: a mounted Secret, kept out of \
+         the environment and read again when it changes)"
+    ))
+}
+
 fn check_addr(field: &str, value: &str) -> Result<(), ConfigError> {
     value.parse::<SocketAddr>().map(|_| ()).map_err(|_| {
         invalid(
@@ -953,10 +1033,12 @@ fn quoted(s: &str) -> String {
     format!("{s:?}")
 }
 
+const THREADS_HINT: &str =
+    "0 (one per CPU this process may use: its CPU quota, else the machine's) to 1024";
 const SIZE_HINT: &str =
     "a byte count such as 268435456 or \"256MiB\" (units: B, KB, KiB, MB, MiB, GB, GiB)";
 const DURATION_HINT: &str =
-    "a duration such as \"250ms\", \"2s\", \"5m\" or \"1h\", or a number of seconds";
+    "a duration such as \"250ms\", \"2s\", \"5m\", \"1h\" or \"1d\", or a number of seconds";
 
 /// `"1.5GB"` → `(1.5, "GB")`: the leading number and the unit after it.
 fn number_and_unit(s: &str) -> Option<(f64, &str)> {

@@ -7,7 +7,7 @@
 
 use super::pod::{
     PodOptions, ANNOTATIONS, ANNOTATION_ADMIN_PORT, ANNOTATION_APP, ANNOTATION_INJECT,
-    ANNOTATION_PORT,
+    ANNOTATION_PORT, ANNOTATION_WAIT_BEFORE_EXIT,
 };
 use serde_json::{Map, Value};
 
@@ -54,6 +54,22 @@ pub fn near_misses(pod: &Value) -> Vec<String> {
         }
     }
     warnings
+}
+
+/// Annotations the injected sidecar will not act on, one message each: a
+/// wait before exit on a native sidecar (Kubernetes stops it after the app,
+/// so it has nothing to wait for).
+pub fn ignored(pod: &Value, o: &PodOptions) -> Vec<String> {
+    let wait = map(pod, "annotations").and_then(|a| a.get(ANNOTATION_WAIT_BEFORE_EXIT));
+    match (wait.and_then(Value::as_str), o.native) {
+        (Some(v), true) if v.trim() != "0" => vec![format!(
+            "{ANNOTATION_WAIT_BEFORE_EXIT} is {v:?} but is ignored: the sidecar is a native \
+             sidecar, which Kubernetes stops after the app's containers, so it serves the \
+             app's last calls without waiting (set ringside.io/native-sidecar: \"false\" \
+             for a regular container that waits)"
+        )],
+        _ => Vec::new(),
+    }
 }
 
 /// Containers that run beside the sidecar: the app's, and init containers
@@ -125,6 +141,21 @@ pub fn unfit(pod: &Value, o: &PodOptions) -> Option<(&'static str, String)> {
         }
     }
     None
+}
+
+/// Why a pod of no app in `namespace` could not start, if it could not: the
+/// standalone `config_map` and the Secret exist only in the chart's
+/// namespaces (`namespaces`).
+pub fn no_config_map(namespace: &str, namespaces: &[String], config_map: &str) -> Option<String> {
+    if namespaces.iter().any(|n| n == namespace) {
+        return None;
+    }
+    Some(format!(
+        "namespace {namespace} has no ConfigMap {config_map} and no peer Secret (the chart \
+         writes them to {}); add the namespace to the chart's namespaces (or an app there, \
+         and annotate {ANNOTATION_APP})",
+        namespaces.join(", ")
+    ))
 }
 
 /// Why `app` cannot be used in `namespace`, if it cannot: only the chart's

@@ -7,7 +7,12 @@
 //! listener (the same runtime as the proxy, no second HTTP stack):
 //!
 //! * `POST /mutate`: AdmissionReview v1 in, AdmissionReview out; an
-//!   unparseable body gets 400 with a message, never a crash.
+//!   unparseable body gets 400 with a message, never a crash. A pod is
+//!   injected when it asks (`ringside.io/inject: "true"`).
+//! * `POST /mutate/namespace`: the same, for pods of namespaces labelled
+//!   `ringside.io/inject=enabled` (the chart's second webhook): injected
+//!   unless they say `"false"`; a pod the sidecar cannot work in starts
+//!   without it, with a warning, instead of being refused.
 //! * `GET /healthz`, `GET /readyz`: probes for the webhook Deployment.
 //! * `GET /metrics`: admission counts by decision and reason, warnings and
 //!   latency (`ringside_inject_*`).
@@ -15,9 +20,10 @@
 //! Every decision is logged at info: the pod, injected / skipped / denied,
 //! why, and the warnings returned with it.
 //!
-//! The certificate is reloaded when its files change (`tls_files`, shared
-//! with the peer listener's TLS): a cert-manager renewal takes effect
-//! within a second of the kubelet swapping the files, no restart.
+//! The certificate is reloaded when its files change (`tls_files` and
+//! `watched_files`, shared with the peer listener's TLS): a cert-manager
+//! renewal takes effect within a second of the kubelet swapping the files,
+//! no restart.
 
 pub mod checks;
 pub mod memory;
@@ -25,7 +31,8 @@ pub mod pod;
 pub mod review;
 pub mod sidecar;
 
-use crate::net::tls_files::{CertificateFiles, Watched};
+use crate::net::tls_files::CertificateFiles;
+use crate::net::watched_files::Watched;
 use async_trait::async_trait;
 use http::{Method, Response, StatusCode};
 use pingora::apps::http_app::ServeHttp;
@@ -34,6 +41,7 @@ use pingora::protocols::http::ServerSession;
 use pingora::server::configuration::ServerConf;
 use pingora::server::Server;
 use pingora::services::listening::Service;
+use pod::AskedBy;
 use sidecar::{NativeSidecar, Settings};
 use std::process::ExitCode;
 use std::sync::Arc;
@@ -118,11 +126,26 @@ pub struct InjectArgs {
     /// after SIGTERM (its shutdown_delay), so the app's last calls get through.
     #[arg(long, default_value_t = 0)]
     pub wait_before_exit_seconds: u32,
+    /// Proxy worker threads of injected sidecars (their RINGSIDE_THREADS; 0:
+    /// the container's CPU limit, else the node's CPUs).
+    #[arg(long = "sidecar-threads", default_value_t = 1)]
+    pub threads: u32,
+    /// securityContext of injected containers, as a JSON object (the chart's
+    /// sidecar.securityContext); default: non-root UID 65532, read-only root,
+    /// no capabilities, seccomp RuntimeDefault.
+    #[arg(long)]
+    pub security_context: Option<String>,
     /// The apps that have a ConfigMap, as NAMESPACE/NAME, comma-separated (the
     /// chart's `apps`; empty: none). A pod whose ringside.io/app is not one of
     /// its namespace's is refused. Not given: not checked.
     #[arg(long, value_delimiter = ',')]
     pub apps: Option<Vec<String>>,
+    /// The namespaces that have the standalone ConfigMap (--config-map) and
+    /// the Secret, comma-separated (the chart's release namespace, its apps'
+    /// and `namespaces`). A pod of no app elsewhere is refused (asked by its
+    /// namespace: not injected, with a warning). Not given: not checked.
+    #[arg(long, value_delimiter = ',')]
+    pub config_namespaces: Option<Vec<String>>,
     /// The apps whose peers speak mutual TLS (the chart's
     /// `apps[].peerTls.secretName`), as NAMESPACE/APP=SECRET, comma-separated:
     /// their sidecars mount SECRET (ca.crt, tls.crt, tls.key) at
@@ -145,6 +168,14 @@ impl InjectArgs {
         let (sizing, memory_request, memory_limit) = self.memory_flags(capacity)?;
         if self.sidecar_image.trim().is_empty() {
             return Err("--sidecar-image: empty; expected an image reference".into());
+        }
+        if self.threads > sidecar::MAX_THREADS {
+            return Err(format!(
+                "--sidecar-threads: {} is invalid; expected 0 (the container's CPU limit, else \
+                 the node's CPUs) to {}",
+                self.threads,
+                sidecar::MAX_THREADS
+            ));
         }
         for (flag, port) in [
             ("--sidecar-port", self.port),
@@ -172,7 +203,15 @@ impl InjectArgs {
             admin_port: self.admin_port,
             peer_port: self.peer_port,
             wait_before_exit_seconds: self.wait_before_exit_seconds,
+            threads: self.threads,
+            security_context: self.security_context_flag()?,
             apps: self.apps_flag()?,
+            config_namespaces: self.config_namespaces.as_ref().map(|list| {
+                list.iter()
+                    .map(|n| n.trim().to_string())
+                    .filter(|n| !n.is_empty())
+                    .collect()
+            }),
             peer_tls_secrets: self
                 .peer_tls_secrets
                 .iter()
@@ -215,6 +254,20 @@ impl InjectArgs {
         )
         .map_err(|why| format!("--memory-request, --memory-limit, --sidecar-capacity: {why}"))?;
         Ok((sizing, memory_request, memory_limit))
+    }
+
+    /// `--security-context` as a JSON object, or the default.
+    fn security_context_flag(&self) -> Result<serde_json::Value, String> {
+        let Some(text) = &self.security_context else {
+            return Ok(sidecar::default_security_context());
+        };
+        match serde_json::from_str::<serde_json::Value>(text) {
+            Ok(v) if v.is_object() => Ok(v),
+            _ => Err(format!(
+                "--security-context: {text:?} is invalid; expected a JSON object such as \
+                 {{\"runAsNonRoot\":true}} (a Kubernetes SecurityContext)"
+            )),
+        }
     }
 
     /// `--apps` as (namespace, name) pairs; None when not given.
@@ -289,7 +342,11 @@ impl ServeHttp for Webhook {
                 "text/plain; version=0.0.4",
                 crate::metrics::render(),
             ),
-            (Method::POST, "/mutate") => {
+            (Method::POST, path @ ("/mutate" | "/mutate/namespace")) => {
+                let by = match path {
+                    "/mutate" => AskedBy::Pod,
+                    _ => AskedBy::Namespace,
+                };
                 let mut body = Vec::new();
                 loop {
                     match session.read_request_body().await {
@@ -312,7 +369,7 @@ impl ServeHttp for Webhook {
                     }
                 }
                 let started = std::time::Instant::now();
-                match review::respond(&body, &self.settings) {
+                match review::respond(&body, &self.settings, by) {
                     Ok(out) => {
                         record(&out, started.elapsed().as_secs_f64());
                         let bytes = serde_json::to_vec(&out.review).unwrap_or_default();
@@ -326,7 +383,9 @@ impl ServeHttp for Webhook {
                     }
                 }
             }
-            (_, "/mutate") => error(StatusCode::METHOD_NOT_ALLOWED, "use POST /mutate"),
+            (_, "/mutate" | "/mutate/namespace") => {
+                error(StatusCode::METHOD_NOT_ALLOWED, "use POST /mutate")
+            }
             _ => error(
                 StatusCode::NOT_FOUND,
                 "not found; the webhook is POST /mutate",

@@ -36,8 +36,11 @@ pub const ANNOTATION_WAIT_BEFORE_EXIT: &str = "ringside.io/wait-before-exit-seco
 pub const ANNOTATION_MEMORY_REQUEST: &str = "ringside.io/memory-request";
 /// Per-pod memory limit of the container, instead of the request + headroom.
 pub const ANNOTATION_MEMORY_LIMIT: &str = "ringside.io/memory-limit";
+/// Per-pod proxy worker threads (`RINGSIDE_THREADS`; 0: the container's
+/// CPU limit, else the node's CPUs).
+pub const ANNOTATION_THREADS: &str = "ringside.io/threads";
 /// Every annotation ringside reads or writes (others under `ringside.io/` are typos).
-pub const ANNOTATIONS: [&str; 12] = [
+pub const ANNOTATIONS: [&str; 13] = [
     ANNOTATION_INJECT,
     ANNOTATION_INJECTED,
     ANNOTATION_ORIGIN,
@@ -50,7 +53,23 @@ pub const ANNOTATIONS: [&str; 12] = [
     ANNOTATION_WAIT_BEFORE_EXIT,
     ANNOTATION_MEMORY_REQUEST,
     ANNOTATION_MEMORY_LIMIT,
+    ANNOTATION_THREADS,
 ];
+
+/// The namespace label that asks for the sidecar in every pod of the
+/// namespace (as `istio-injection=enabled` does), with this value; a pod
+/// opts out with `ringside.io/inject: "false"`.
+pub const NAMESPACE_LABEL: &str = "ringside.io/inject";
+pub const NAMESPACE_LABEL_ENABLED: &str = "enabled";
+
+/// Who asks for the sidecar: the pod itself (`ringside.io/inject: "true"`,
+/// the webhook's `/mutate`) or its namespace ([`NAMESPACE_LABEL`], the API
+/// server sends those pods to `/mutate/namespace`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AskedBy {
+    Pod,
+    Namespace,
+}
 
 /// The effective per-pod values after annotation overrides.
 #[derive(Debug, Clone, PartialEq)]
@@ -67,4 +86,6 @@ pub struct PodOptions {
     pub wait_before_exit_seconds: u32,
     /// The app's peer TLS Secret, mounted at the sidecar's `PEER_TLS_DIR`.
     pub peer_tls_secret: Option<String>,
+    /// Proxy worker threads (`RINGSIDE_THREADS`).
+    pub threads: u32,
 }

@@ -5,6 +5,7 @@
 //! no `request`, no `uid`, an object that is not a Pod) is a plain function
 //! result that unit tests can reach, and none of them can panic.
 
+use super::pod::AskedBy;
 use super::sidecar::{Decision, Settings};
 use base64::Engine;
 use serde_json::{json, Value};
@@ -36,7 +37,7 @@ pub struct Reviewed {
 /// Pods are allowed unchanged with a status message saying why (the webhook is
 /// registered for Pods only; answering "allowed" keeps a misconfigured rule from
 /// blocking other resources). Near-misses become the response's `warnings`.
-pub fn respond(body: &[u8], settings: &Settings) -> Result<Reviewed, BadReview> {
+pub fn respond(body: &[u8], settings: &Settings, by: AskedBy) -> Result<Reviewed, BadReview> {
     let review: Value = serde_json::from_slice(body)
         .map_err(|e| BadReview(format!("request body is not JSON: {e}")))?;
     let api_version = review
@@ -44,12 +45,12 @@ pub fn respond(body: &[u8], settings: &Settings) -> Result<Reviewed, BadReview> 
         .and_then(Value::as_str)
         .unwrap_or("admission.k8s.io/v1");
     let (request, uid) = admission_request(&review)?;
-    let (decision, warnings) = decide(request, settings);
+    let (decision, warnings) = decide(request, settings, by);
     let (label, reason) = decision.labels();
     let detail = match &decision {
         Decision::Skip(_, why) => why.to_string(),
         Decision::Deny(_, why) => why.clone(),
-        Decision::Patch(_, summary) => summary.clone(),
+        Decision::Patch(_, summary, _) => summary.clone(),
     };
     let response = admission_response(&decision, uid, &warnings);
     Ok(Reviewed {
@@ -87,7 +88,7 @@ fn admission_request(review: &Value) -> Result<(&Value, &str), BadReview> {
 
 /// What to do with the request's object: Pods are decided by `settings`;
 /// anything else is left alone.
-fn decide(request: &Value, settings: &Settings) -> (Decision, Vec<String>) {
+fn decide(request: &Value, settings: &Settings, by: AskedBy) -> (Decision, Vec<String>) {
     let kind = request
         .get("kind")
         .and_then(|k| k.get("kind"))
@@ -100,20 +101,20 @@ fn decide(request: &Value, settings: &Settings) -> (Decision, Vec<String>) {
         });
     match (kind, request.get("object").filter(|o| o.is_object())) {
         (Some("Pod"), Some(object)) => {
-            let verdict = settings.decide(object, &namespace(request));
+            let verdict = settings.decide(object, &namespace(request), by);
             (verdict.decision, verdict.warnings)
         }
         (Some("Pod"), None) => (
             Decision::Skip(
                 "no_object",
-                "AdmissionReview request has no Pod object; nothing injected",
+                "AdmissionReview request has no Pod object; nothing injected".into(),
             ),
             Vec::new(),
         ),
         (_, _) => (
             Decision::Skip(
                 "not_a_pod",
-                "ringside injects only into Pods; other objects are left unchanged",
+                "ringside injects only into Pods; other objects are left unchanged".into(),
             ),
             Vec::new(),
         ),
@@ -130,7 +131,7 @@ fn admission_response(decision: &Decision, uid: &str, warnings: &[String]) -> Va
             "allowed": false,
             "status": {"code": 400, "reason": "BadRequest", "message": format!("ringside: {why}")},
         }),
-        Decision::Patch(ops, _) => json!({
+        Decision::Patch(ops, ..) => json!({
             "allowed": true,
             "patchType": "JSONPatch",
             "patch": base64::engine::general_purpose::STANDARD
@@ -186,10 +187,12 @@ mod tests {
     #[test]
     fn malformed() {
         let s = Settings::default();
-        assert!(respond(b"{", &s).is_err());
-        assert!(respond(b"[]", &s).is_err());
-        assert!(respond(br#"{"kind":"AdmissionReview"}"#, &s).is_err());
-        assert!(respond(br#"{"kind":"AdmissionReview","request":{"object":{}}}"#, &s).is_err());
+        let by = AskedBy::Pod;
+        assert!(respond(b"{", &s, by).is_err());
+        assert!(respond(b"[]", &s, by).is_err());
+        assert!(respond(br#"{"kind":"AdmissionReview"}"#, &s, by).is_err());
+        let no_uid = br#"{"kind":"AdmissionReview","request":{"object":{}}}"#;
+        assert!(respond(no_uid, &s, by).is_err());
     }
 
     #[test]
@@ -197,7 +200,7 @@ mod tests {
         let s = Settings::default();
         let pod = json!({"metadata": {"annotations": {"ringside.io/inject": "true"}},
                          "spec": {"containers": [{"name": "app", "image": "app"}]}});
-        let r = respond(&review(pod), &s).unwrap().review;
+        let r = respond(&review(pod), &s, AskedBy::Pod).unwrap().review;
         assert_eq!(r["response"]["uid"], "u-1");
         assert_eq!(r["response"]["patchType"], "JSONPatch");
         let raw = base64::engine::general_purpose::STANDARD

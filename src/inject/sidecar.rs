@@ -16,6 +16,8 @@ use serde_json::{json, Map, Value};
 
 /// Longest wait before exit accepted (beyond it the pod's grace period ends first).
 const MAX_WAIT_BEFORE_EXIT: u32 = 3600;
+/// Most proxy worker threads a sidecar may be given (ringside's own bound).
+pub const MAX_THREADS: u32 = 1024;
 
 /// Name of the injected container; its presence marks a pod as injected.
 pub const CONTAINER_NAME: &str = "ringside";
@@ -29,6 +31,12 @@ pub const CONFIG_VOLUME: &str = "ringside-config";
 pub const TMP_VOLUME: &str = "ringside-tmp";
 /// Where the config file is mounted.
 pub const CONFIG_DIR: &str = "/etc/ringside";
+/// Volume holding the Secret with the peer secret and the admin token, as
+/// files: never environment variables, which `/proc/<pid>/environ` and
+/// some tools show.
+pub const SECRET_VOLUME: &str = "ringside-secret";
+/// Where it is mounted (`RINGSIDE_CLUSTER_SECRET_FILE`, `RINGSIDE_ADMIN_TOKEN_FILE`).
+pub const SECRET_DIR: &str = "/etc/ringside-secret";
 /// Volume holding an app's peer TLS Secret (`ca.crt`, `tls.crt`, `tls.key`).
 pub const PEER_TLS_VOLUME: &str = "ringside-peer-tls";
 /// Where it is mounted (the app's ConfigMap names the files there).
@@ -74,9 +82,18 @@ pub struct Settings {
     pub peer_port: u16,
     /// `shutdown_delay` of regular-container sidecars, in seconds.
     pub wait_before_exit_seconds: u32,
+    /// Proxy worker threads of injected sidecars (0: their CPU limit, else
+    /// the node's CPUs).
+    pub threads: u32,
+    /// The container's securityContext (a JSON object; empty: none).
+    pub security_context: Value,
     /// The chart's apps as (namespace, name): a `ringside.io/app` outside
     /// this list names a ConfigMap that does not exist. None: not checked.
     pub apps: Option<Vec<(String, String)>>,
+    /// The namespaces that have the standalone ConfigMap and the Secret (the
+    /// chart's release, apps' and `namespaces`): a pod of no app elsewhere
+    /// could not start. None: not checked.
+    pub config_namespaces: Option<Vec<String>>,
     /// The apps whose peers speak mutual TLS, as (namespace, app, Secret):
     /// their sidecars mount the Secret at [`PEER_TLS_DIR`].
     pub peer_tls_secrets: Vec<(String, String, String)>,
@@ -101,19 +118,39 @@ impl Default for Settings {
             admin_port: 9090,
             peer_port: 7070,
             wait_before_exit_seconds: 0,
+            threads: 1,
+            security_context: default_security_context(),
             apps: None,
+            config_namespaces: None,
             peer_tls_secrets: Vec::new(),
         }
     }
+}
+
+/// The injected container's securityContext unless told otherwise (the
+/// chart's sidecar.securityContext default): non-root as the image's UID
+/// 65532, read-only root, no privilege escalation or capabilities, seccomp
+/// RuntimeDefault (Pod Security "restricted").
+pub fn default_security_context() -> Value {
+    json!({
+        "runAsNonRoot": true,
+        "runAsUser": 65532,
+        "runAsGroup": 65532,
+        "readOnlyRootFilesystem": true,
+        "allowPrivilegeEscalation": false,
+        "capabilities": {"drop": ["ALL"]},
+        "seccompProfile": {"type": "RuntimeDefault"},
+    })
 }
 
 /// What the webhook decided for one pod.
 #[derive(Debug, PartialEq)]
 pub enum Decision {
     /// Not asked for, or already injected: allow unchanged (reason label, message).
-    Skip(&'static str, &'static str),
-    /// Allow with this JSONPatch (a JSON array of operations); a summary for the log.
-    Patch(Value, String),
+    Skip(&'static str, String),
+    /// Allow with this JSONPatch (a JSON array of operations); a summary for
+    /// the log; who asked.
+    Patch(Value, String, AskedBy),
     /// The pod asked for injection but cannot have it (reason label, message).
     Deny(&'static str, String),
 }
@@ -123,7 +160,8 @@ impl Decision {
     pub fn labels(&self) -> (&'static str, &'static str) {
         match self {
             Decision::Skip(reason, _) => ("skipped", reason),
-            Decision::Patch(..) => ("injected", "requested"),
+            Decision::Patch(.., AskedBy::Pod) => ("injected", "requested"),
+            Decision::Patch(.., AskedBy::Namespace) => ("injected", "namespace"),
             Decision::Deny(reason, _) => ("denied", reason),
         }
     }
@@ -240,6 +278,7 @@ impl Settings {
             config_map: self.annotated_config_map(pod)?,
             wait_before_exit_seconds: self.annotated_wait_before_exit(pod)?,
             peer_tls_secret: None,
+            threads: self.annotated_threads(pod)?,
         };
         if opts.port == opts.admin_port
             || opts.port == opts.peer_port
@@ -303,6 +342,20 @@ impl Settings {
         }
     }
 
+    fn annotated_threads(&self, pod: &Value) -> Result<u32, String> {
+        let Some(v) = annotation(pod, ANNOTATION_THREADS) else {
+            return Ok(self.threads);
+        };
+        match v.trim().parse::<u32>() {
+            Ok(n) if n <= MAX_THREADS => Ok(n),
+            _ => Err(format!(
+                "annotation {ANNOTATION_THREADS}: {v:?} is invalid; expected a number of \
+                 threads from 0 (the container's CPU limit, else the node's CPUs) to \
+                 {MAX_THREADS}, such as \"2\""
+            )),
+        }
+    }
+
     /// The memory request and limit: annotations, else flags, else the formula.
     fn memory(&self, pod: &Value, capacity: u64) -> Result<Memory, String> {
         let explicit = |key: &str, default: &Option<Quantity>| match annotation(pod, key) {
@@ -327,10 +380,11 @@ impl Settings {
             json!({"name": "RINGSIDE_ADMIN_LISTEN", "value": format!("0.0.0.0:{}", o.admin_port)}),
             json!({"name": "RINGSIDE_PEER_LISTEN", "value": format!("0.0.0.0:{}", o.peer_port)}),
             json!({"name": "RINGSIDE_CAPACITY", "value": o.capacity.to_string()}),
-            json!({"name": "RINGSIDE_CLUSTER_SECRET", "valueFrom": {"secretKeyRef": {
-                "name": self.secret, "key": PEER_SECRET_KEY, "optional": true}}}),
-            json!({"name": "RINGSIDE_ADMIN_TOKEN", "valueFrom": {"secretKeyRef": {
-                "name": self.secret, "key": ADMIN_TOKEN_KEY, "optional": true}}}),
+            json!({"name": "RINGSIDE_THREADS", "value": o.threads.to_string()}),
+            json!({"name": "RINGSIDE_CLUSTER_SECRET_FILE",
+                "value": format!("{SECRET_DIR}/{PEER_SECRET_KEY}")}),
+            json!({"name": "RINGSIDE_ADMIN_TOKEN_FILE",
+                "value": format!("{SECRET_DIR}/{ADMIN_TOKEN_KEY}")}),
         ];
         if let Some(origin) = &o.origin {
             env.push(json!({"name": "RINGSIDE_ORIGIN", "value": origin}));
@@ -369,23 +423,25 @@ impl Settings {
             "startupProbe": probe("/readyz", 1, 30),
             "readinessProbe": probe("/readyz", 5, 3),
             "livenessProbe": probe("/healthz", 10, 3),
-            "securityContext": {
-                "runAsNonRoot": true,
-                "runAsUser": 65532,
-                "runAsGroup": 65532,
-                "readOnlyRootFilesystem": true,
-                "allowPrivilegeEscalation": false,
-                "capabilities": {"drop": ["ALL"]},
-                "seccompProfile": {"type": "RuntimeDefault"},
-            },
+            "securityContext": self.security_context,
             "volumeMounts": [
                 {"name": CONFIG_VOLUME, "mountPath": CONFIG_DIR, "readOnly": true},
+                {"name": SECRET_VOLUME, "mountPath": SECRET_DIR, "readOnly": true},
                 {"name": TMP_VOLUME, "mountPath": "/tmp"},
             ],
             "terminationMessagePolicy": "FallbackToLogsOnError",
         });
         if o.native {
             c["restartPolicy"] = json!("Always");
+        }
+        if self
+            .security_context
+            .as_object()
+            .is_none_or(|m| m.is_empty())
+        {
+            if let Some(c) = c.as_object_mut() {
+                c.remove("securityContext");
+            }
         }
         if o.peer_tls_secret.is_some() {
             let mount =
@@ -406,25 +462,43 @@ impl Settings {
             .map(|(_, _, secret)| secret.clone())
     }
 
-    /// Decide what to do with one pod object created in `namespace`, with
-    /// the near-misses to warn about.
-    pub fn decide(&self, pod: &Value, namespace: &str) -> Verdict {
-        Verdict {
-            decision: self.decision(pod, namespace),
-            warnings: checks::near_misses(pod),
+    /// Decide what to do with one pod object created in `namespace`, asked
+    /// for `by` the pod or its namespace, with the near-misses to warn about.
+    pub fn decide(&self, pod: &Value, namespace: &str, by: AskedBy) -> Verdict {
+        let decision = self.decision(pod, namespace, by);
+        let mut warnings = checks::near_misses(pod);
+        match &decision {
+            Decision::Patch(..) => {
+                if let Ok(opts) = self.pod_options(pod) {
+                    warnings.extend(checks::ignored(pod, &opts));
+                }
+            }
+            // The namespace asked, the pod cannot have it: say why it has none.
+            Decision::Skip(reason, why) if by == AskedBy::Namespace && is_unfit(reason) => {
+                warnings.push(format!("no ringside sidecar: {why}"));
+            }
+            _ => {}
         }
+        Verdict { decision, warnings }
     }
 
-    fn decision(&self, pod: &Value, namespace: &str) -> Decision {
-        if !is_true(annotation(pod, ANNOTATION_INJECT)) {
-            return Decision::Skip(
-                "not_requested",
-                "injection not requested (annotation ringside.io/inject is not \"true\")",
-            );
+    fn decision(&self, pod: &Value, namespace: &str, by: AskedBy) -> Decision {
+        if let Some(skip) = not_asked(pod, by) {
+            return skip;
         }
         if already_injected(pod) {
-            return Decision::Skip("already_injected", "ringside sidecar already present");
+            return Decision::Skip(
+                "already_injected",
+                "ringside sidecar already present".into(),
+            );
         }
+        // A pod that asked is refused what cannot work; one whose namespace
+        // asked starts without the sidecar (a Job, a DaemonSet on the host's
+        // network), and the warning says why.
+        let refuse = |reason: &'static str, why: String| match by {
+            AskedBy::Pod => Decision::Deny(reason, why),
+            AskedBy::Namespace => Decision::Skip(reason, why),
+        };
         let mut opts = match self.pod_options(pod) {
             Ok(o) => o,
             Err(e) => return Decision::Deny("invalid_annotation", e),
@@ -435,8 +509,15 @@ impl Settings {
                 return Decision::Deny("unknown_app", why);
             }
         }
+        if annotation(pod, ANNOTATION_APP).is_none() {
+            if let Some(list) = &self.config_namespaces {
+                if let Some(why) = checks::no_config_map(namespace, list, &opts.config_map) {
+                    return refuse("no_config_map", why);
+                }
+            }
+        }
         if let Some((reason, why)) = checks::unfit(pod, &opts) {
-            return Decision::Deny(reason, why);
+            return refuse(reason, why);
         }
         let summary = format!(
             "{} sidecar, ConfigMap {}, memory {}/{}",
@@ -445,7 +526,7 @@ impl Settings {
             opts.memory.request.text,
             opts.memory.limit.text
         );
-        Decision::Patch(self.patch(pod, &opts), summary)
+        Decision::Patch(self.patch(pod, &opts), summary, by)
     }
 
     /// JSONPatch adding the container, volumes and the injected annotation.
@@ -467,6 +548,7 @@ impl Settings {
         }
         let mut volumes = vec![
             json!({"name": CONFIG_VOLUME, "configMap": {"name": o.config_map}}),
+            json!({"name": SECRET_VOLUME, "secret": {"secretName": self.secret}}),
             json!({"name": TMP_VOLUME, "emptyDir": {"medium": "Memory", "sizeLimit": "16Mi"}}),
         ];
         if let Some(secret) = &o.peer_tls_secret {
@@ -491,6 +573,39 @@ impl Settings {
         }
         Value::Array(ops)
     }
+}
+
+/// The skip for a pod not asked for: by its own annotation (only "true"
+/// asks), or in a namespace that asked, by `ringside.io/inject: "false"`.
+fn not_asked(pod: &Value, by: AskedBy) -> Option<Decision> {
+    let value = annotation(pod, ANNOTATION_INJECT).map(str::trim);
+    match (by, value) {
+        (AskedBy::Pod, Some("true")) | (AskedBy::Namespace, None | Some("true")) => None,
+        (AskedBy::Namespace, Some("false")) => Some(Decision::Skip(
+            "opted_out",
+            format!(
+                "annotation {ANNOTATION_INJECT} is \"false\": this pod opts out of its \
+                 namespace's {NAMESPACE_LABEL}={NAMESPACE_LABEL_ENABLED}"
+            ),
+        )),
+        (AskedBy::Namespace, Some(v)) => Some(Decision::Skip(
+            "not_requested",
+            format!(
+                "annotation {ANNOTATION_INJECT} is {v:?}: in a namespace labelled \
+                 {NAMESPACE_LABEL}={NAMESPACE_LABEL_ENABLED} a pod is injected unless it says \
+                 \"false\", and this value says neither"
+            ),
+        )),
+        (AskedBy::Pod, _) => Some(Decision::Skip(
+            "not_requested",
+            "injection not requested (annotation ringside.io/inject is not \"true\")".into(),
+        )),
+    }
+}
+
+/// Reasons a pod cannot have the sidecar (refused when it asked itself).
+fn is_unfit(reason: &str) -> bool {
+    matches!(reason, "host_network" | "port_conflict" | "no_config_map")
 }
 
 /// JSON Pointer escaping (RFC 6901): `~` -> `~0`, `/` -> `~1`.
@@ -567,11 +682,14 @@ mod tests {
     #[test]
     fn skip_and_deny() {
         let s = Settings::default();
-        let skipped = |p: &Value| matches!(s.decide(p, "shop").decision, Decision::Skip(..));
+        let skipped = |p: &Value| {
+            let verdict = s.decide(p, "shop", AskedBy::Pod);
+            matches!(verdict.decision, Decision::Skip(..))
+        };
         assert!(skipped(&pod(json!({}))));
         assert!(skipped(&json!(null)));
         let bad = pod(json!({ANNOTATION_INJECT: "true", ANNOTATION_PORT: "0"}));
-        match s.decide(&bad, "shop").decision {
+        match s.decide(&bad, "shop", AskedBy::Pod).decision {
             Decision::Deny(_, m) => assert!(m.contains("ringside.io/port"), "{m}"),
             d => panic!("{d:?}"),
         }

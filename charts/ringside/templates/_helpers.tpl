@@ -61,15 +61,22 @@ app.kubernetes.io/instance: {{ .Release.Name }}
 app.kubernetes.io/component: webhook
 {{- end -}}
 
-{{/* The image: image.tag, else the chart's appVersion. A parent chart that
-includes ringside.sidecar passes "Chart" (.Subcharts.ringside.Chart) or sets
-image.tag, so that it injects what the webhook does, never a floating tag. */}}
+{{/* The image: image.tag, else the chart's appVersion; with image.digest,
+pinned to it (repository:tag@sha256:..., or repository@sha256:... without a
+tag), so that what runs is exactly what was pushed, as admission policies
+that require digests want. A parent chart that includes ringside.sidecar
+passes "Chart" (.Subcharts.ringside.Chart) or sets image.tag or
+image.digest, so that it injects what the webhook does, never a floating
+tag. */}}
 {{- define "ringside.image" -}}
 {{- $tag := default (.Chart | default dict).AppVersion .Values.image.tag -}}
-{{- if not $tag -}}
-{{- fail "ringside.sidecar: set ringside.image.tag, or pass \"Chart\" .Subcharts.ringside.Chart (the webhook injects the chart's appVersion)" -}}
+{{- $digest := .Values.image.digest | default "" -}}
+{{- if and (not $tag) (not $digest) -}}
+{{- fail "ringside.sidecar: set ringside.image.tag or ringside.image.digest, or pass \"Chart\" .Subcharts.ringside.Chart (the webhook injects the chart's appVersion)" -}}
 {{- end -}}
-{{- printf "%s:%s" .Values.image.repository $tag -}}
+{{- .Values.image.repository -}}
+{{- with $tag }}:{{ . }}{{ end -}}
+{{- with $digest }}@{{ . }}{{ end -}}
 {{- end -}}
 
 {{- define "ringside.configMapName" -}}{{ include "ringside.fullname" . }}-config{{- end -}}
@@ -118,12 +125,16 @@ webhook mounts SECRET into their sidecars. */}}
 {{- end -}}
 {{- end -}}
 
-{{/* Every namespace that needs the ConfigMaps and the Secret: release + apps. */}}
+{{/* Every namespace that needs the ConfigMaps and the Secret: release +
+apps + namespaces (for pods of no app, e.g. namespace-wide injection). */}}
 {{- define "ringside.namespaces" -}}
 {{- $root := . -}}
 {{- $list := list .Release.Namespace -}}
 {{- range .Values.apps -}}
 {{- $list = append $list (include "ringside.appNamespace" (dict "root" $root "app" .)) -}}
+{{- end -}}
+{{- range .Values.namespaces -}}
+{{- $list = append $list . -}}
 {{- end -}}
 {{- $list | uniq | toJson -}}
 {{- end -}}
@@ -210,18 +221,14 @@ is not set).
       value: "0.0.0.0:{{ $s.peerPort }}"
     - name: RINGSIDE_CAPACITY
       value: {{ include "ringside.toBytes" $s.capacity | quote }}
-    - name: RINGSIDE_CLUSTER_SECRET
-      valueFrom:
-        secretKeyRef:
-          name: {{ include "ringside.secretName" . }}
-          key: secret
-          optional: true
-    - name: RINGSIDE_ADMIN_TOKEN
-      valueFrom:
-        secretKeyRef:
-          name: {{ include "ringside.secretName" . }}
-          key: admin-token
-          optional: true
+    - name: RINGSIDE_THREADS
+      value: {{ $s.threads | int | toString | quote }}
+    {{- /* The Secret is mounted as files (ringside-secret below), never
+    put in the environment, and read again when the kubelet updates it. */}}
+    - name: RINGSIDE_CLUSTER_SECRET_FILE
+      value: /etc/ringside-secret/secret
+    - name: RINGSIDE_ADMIN_TOKEN_FILE
+      value: /etc/ringside-secret/admin-token
     {{- if and (not .native) (gt (int $s.waitBeforeExitSeconds) 0) }}
     - name: RINGSIDE_SHUTDOWN_DELAY
       value: "{{ $s.waitBeforeExitSeconds }}s"
@@ -250,19 +257,16 @@ is not set).
     periodSeconds: 10
     timeoutSeconds: 2
     failureThreshold: 3
+  {{- with $s.securityContext }}
   securityContext:
-    runAsNonRoot: true
-    runAsUser: 65532
-    runAsGroup: 65532
-    readOnlyRootFilesystem: true
-    allowPrivilegeEscalation: false
-    capabilities:
-      drop: [ALL]
-    seccompProfile:
-      type: RuntimeDefault
+    {{- toYaml . | nindent 4 }}
+  {{- end }}
   volumeMounts:
     - name: ringside-config
       mountPath: /etc/ringside
+      readOnly: true
+    - name: ringside-secret
+      mountPath: /etc/ringside-secret
       readOnly: true
     - name: ringside-tmp
       mountPath: /tmp
@@ -278,6 +282,9 @@ is not set).
 - name: ringside-config
   configMap:
     name: {{ include "ringside.configMapName" . }}{{ with .app }}-{{ . }}{{ end }}
+- name: ringside-secret
+  secret:
+    secretName: {{ include "ringside.secretName" . }}
 - name: ringside-tmp
   emptyDir:
     medium: Memory
@@ -325,4 +332,88 @@ a Kubernetes quantity ("64Mi", "1.5Gi", "2G"). */}}
 {{- fail (printf "%q is not a size such as 256MiB or a memory quantity such as 512Mi" $v) -}}
 {{- end -}}
 {{- floor (mulf (float64 $number) (get $mult $unit)) | int64 -}}
+{{- end -}}
+
+{{- /* One webhook of the MutatingWebhookConfiguration: (dict "root" $
+"hook" (dict "name" "ca") "namespaceWide" bool). The first
+(inject.ringside.io, /mutate) takes pods that ask with the annotation, in
+namespaces not labelled ringside.io/inject=enabled; the second
+(namespace.inject.ringside.io, /mutate/namespace) every pod of the labelled
+namespaces that does not say "false" (as istio-injection=enabled does). A
+pod goes to one of them, never both. */ -}}
+{{- define "ringside.mutatingWebhook" -}}
+{{- $v := .root.Values -}}
+- name: {{ ternary "namespace.inject.ringside.io" "inject.ringside.io" .namespaceWide }}
+  admissionReviewVersions: [v1]
+  sideEffects: None
+  failurePolicy: {{ $v.webhook.failurePolicy }}
+  timeoutSeconds: {{ $v.webhook.timeoutSeconds }}
+  reinvocationPolicy: Never
+  clientConfig:
+    service:
+      name: {{ .hook.name }}
+      namespace: {{ .root.Release.Namespace }}
+      path: {{ ternary "/mutate/namespace" "/mutate" .namespaceWide }}
+      port: 443
+    {{- with .hook.ca }}
+    caBundle: {{ . }}
+    {{- end }}
+  rules:
+    - operations: [CREATE]
+      apiGroups: [""]
+      apiVersions: [v1]
+      resources: [pods]
+      scope: Namespaced
+  namespaceSelector:
+    {{- with $v.webhook.namespaceSelector.matchLabels }}
+    matchLabels:
+      {{- toYaml . | nindent 6 }}
+    {{- end }}
+    matchExpressions:
+      {{- with $v.webhook.namespaceSelector.matchExpressions }}
+      {{- toYaml . | nindent 6 }}
+      {{- end }}
+      - key: kubernetes.io/metadata.name
+        operator: NotIn
+        values: [kube-system, kube-node-lease, {{ .root.Release.Namespace }}]
+      {{- if .namespaceWide }}
+      - key: ringside.io/inject
+        operator: In
+        values: [enabled]
+      {{- else if $v.webhook.namespaceInjection }}
+      - key: ringside.io/inject
+        operator: NotIn
+        values: [enabled]
+      {{- end }}
+  objectSelector:
+    {{- with $v.webhook.objectSelector.matchLabels }}
+    matchLabels:
+      {{- toYaml . | nindent 6 }}
+    {{- end }}
+    matchExpressions:
+      {{- with $v.webhook.objectSelector.matchExpressions }}
+      {{- toYaml . | nindent 6 }}
+      {{- end }}
+      - key: ringside.io/webhook
+        operator: DoesNotExist
+  {{- if $v.webhook.matchConditions }}
+  matchConditions:
+    {{- if .namespaceWide }}
+    # Every pod of the namespace, but those that opt out.
+    - name: not-opted-out
+      expression: >-
+        !(has(object.metadata.annotations) &&
+        'ringside.io/inject' in object.metadata.annotations &&
+        object.metadata.annotations['ringside.io/inject'] == 'false')
+    {{- else }}
+    # Asked for injection, or nearly (the webhook warns about "True",
+    # "enabled" or a label instead of the annotation); never "false".
+    - name: annotated-for-injection
+      expression: >-
+        (has(object.metadata.annotations) &&
+        'ringside.io/inject' in object.metadata.annotations &&
+        object.metadata.annotations['ringside.io/inject'] != 'false') ||
+        (has(object.metadata.labels) && 'ringside.io/inject' in object.metadata.labels)
+    {{- end }}
+  {{- end }}
 {{- end -}}
