@@ -69,7 +69,7 @@ fn build_node(config: &Arc<Config>, background: &tokio::runtime::Runtime) -> Nod
             .unwrap_or_else(|e| fatal(&format!("cluster: {e}")))
     });
     let store = Store::new(main_capacity).with_max_variants(config.cache.max_variants);
-    Node::new(config.clone(), store, cluster)
+    Node::new(config.clone(), store, cluster).unwrap_or_else(|e| fatal(&e))
 }
 
 /// In a cluster, on `background`: announce this node once its peer

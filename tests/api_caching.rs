@@ -82,15 +82,25 @@ async fn extra_stripped_headers_keep_the_defaults() {
 #[tokio::test]
 async fn per_credential_partitions_keep_each_callers_answers_for_that_caller() {
     let origin = Origin::start().await;
-    let rs = node(&origin, "    - {prefix: /v1/, ttl: 60s, scope: per-credential}\n").await;
+    let rs = node(
+        &origin,
+        "    - {prefix: /v1/, ttl: 60s, scope: per-credential}\n",
+    )
+    .await;
     for cc in ["", "&cc=private%2C%20max-age%3D60"] {
         let path = format!("/v1/me?echo=x-api-key{cc}");
         let k1 = rs.request("GET", &path, &[("x-api-key", "k1")]).await;
         assert!(cache_status(&k1).contains("stored"), "{k1:?}");
         let again = rs.request("GET", &path, &[("x-api-key", "k1")]).await;
-        assert!(is_hit(&again), "{cc}: the owner's second call is a hit: {again:?}");
+        assert!(
+            is_hit(&again),
+            "{cc}: the owner's second call is a hit: {again:?}"
+        );
         assert_eq!(again.text(), k1.text());
-        assert!(cache_status(&again).contains("scope=per-credential"), "{again:?}");
+        assert!(
+            cache_status(&again).contains("scope=per-credential"),
+            "{again:?}"
+        );
         let k2 = rs.request("GET", &path, &[("x-api-key", "k2")]).await;
         assert!(!is_hit(&k2), "{cc}: the next caller misses: {k2:?}");
         assert!(k2.text().starts_with("x-api-key=k2 "), "{k2:?}");
@@ -134,8 +144,10 @@ async fn shared_despite_credentials_shares_and_still_sends_the_credential() {
     );
     assert_eq!(origin.hits(path), 1);
     let private = "/geo/me?cc=private%2C%20max-age%3D60";
-    rs.request("GET", private, &[("x-api-key", "billing-1")]).await;
-    rs.request("GET", private, &[("x-api-key", "billing-1")]).await;
+    rs.request("GET", private, &[("x-api-key", "billing-1")])
+        .await;
+    rs.request("GET", private, &[("x-api-key", "billing-1")])
+        .await;
     assert_eq!(origin.hits(private), 2, "private is never shared");
 }
 
@@ -155,10 +167,16 @@ async fn an_override_answers_from_the_cache_where_the_origin_said_no_and_says_so
         let path = format!("/v1/x?{cc}");
         let first = rs.get(&path).await;
         assert!(cache_status(&first).contains("stored"), "{cc}: {first:?}");
-        assert!(cache_status(&first).ends_with("; override"), "{cc}: {first:?}");
+        assert!(
+            cache_status(&first).ends_with("; override"),
+            "{cc}: {first:?}"
+        );
         let second = rs.get(&path).await;
         assert!(is_hit(&second), "{cc}: {second:?}");
-        assert!(cache_status(&second).ends_with("; override"), "{cc}: {second:?}");
+        assert!(
+            cache_status(&second).ends_with("; override"),
+            "{cc}: {second:?}"
+        );
         assert_eq!(origin.hits(&path), 1, "{cc}");
     }
     // The origin said nothing to override: no flag.
@@ -191,9 +209,7 @@ async fn an_override_answers_from_the_cache_where_the_origin_said_no_and_says_so
 #[tokio::test]
 async fn per_credential_answers_stay_with_their_caller_across_a_cluster() {
     let origin = Origin::start().await;
-    let extra = format!(
-        "{RULES}    - {{prefix: /v1/, ttl: 60s, scope: per-credential}}\n"
-    );
+    let extra = format!("{RULES}    - {{prefix: /v1/, ttl: 60s, scope: per-credential}}\n");
     let peers: Vec<String> = (0..3)
         .map(|_| format!("127.0.0.1:{}", common::free_port()))
         .collect();
@@ -207,11 +223,18 @@ async fn per_credential_answers_stay_with_their_caller_across_a_cluster() {
         let first = nodes[i % 3]
             .request("GET", &path, &[("authorization", "Bearer k1")])
             .await;
-        assert!(first.text().starts_with("authorization=Bearer k1 "), "{first:?}");
+        assert!(
+            first.text().starts_with("authorization=Bearer k1 "),
+            "{first:?}"
+        );
         for node in &nodes {
-            let k1 = node.request("GET", &path, &[("authorization", "Bearer k1")]).await;
+            let k1 = node
+                .request("GET", &path, &[("authorization", "Bearer k1")])
+                .await;
             assert_eq!(k1.text(), first.text(), "{path}: k1 through {}", node.addr);
-            let k2 = node.request("GET", &path, &[("authorization", "Bearer k2")]).await;
+            let k2 = node
+                .request("GET", &path, &[("authorization", "Bearer k2")])
+                .await;
             assert!(
                 k2.text().starts_with("authorization=Bearer k2 "),
                 "{path}: k2 through {} got {:?}",
@@ -219,6 +242,147 @@ async fn per_credential_answers_stay_with_their_caller_across_a_cluster() {
                 k2.text()
             );
         }
-        assert_eq!(origin.hits(&path), 2, "{path}: one fetch per credential, cluster-wide");
+        assert_eq!(
+            origin.hits(&path),
+            2,
+            "{path}: one fetch per credential, cluster-wide"
+        );
     }
+}
+
+/// A file for an injected credential, removed when dropped.
+struct SecretFile(std::path::PathBuf);
+
+impl SecretFile {
+    fn new(name: &str, value: &str) -> SecretFile {
+        let path = std::env::temp_dir().join(format!("ringside-{name}-{}", common::free_port()));
+        std::fs::write(&path, value).expect("write the secret file");
+        SecretFile(path)
+    }
+
+    fn path(&self) -> String {
+        self.0.display().to_string()
+    }
+}
+
+impl Drop for SecretFile {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.0);
+    }
+}
+
+/// `origin.inject_headers`: the origin gets the credential from a file
+/// (replacing the app's copy), reloaded when the file changes; the app's
+/// requests carry none, so ordinary shared caching applies.
+#[tokio::test]
+async fn injected_credentials_reach_the_origin_and_follow_their_file() {
+    let origin = Origin::start().await;
+    let secret = SecretFile::new("inject", "first-key-0001\n");
+    let yaml = format!(
+        "origin:\n  url: {}\n  inject_headers:\n    - {{name: Authorization, value_file: {}, prefix: \"Bearer \"}}\n",
+        origin.url(),
+        secret.path()
+    );
+    let rs = Ringside::start_yaml(&yaml).await;
+    let path = "/billing/a?cc=max-age%3D60";
+    rs.get(path).await;
+    assert_eq!(
+        origin.last_request_header(path, "authorization").as_deref(),
+        Some("Bearer first-key-0001")
+    );
+    assert!(
+        is_hit(&rs.get(path).await),
+        "an app request without a credential is shared"
+    );
+    let own = "/billing/own?cc=no-store";
+    rs.request("GET", own, &[("authorization", "Bearer app-copy")])
+        .await;
+    assert_eq!(
+        origin.last_request_header(own, "authorization").as_deref(),
+        Some("Bearer first-key-0001"),
+        "the injected value replaces the app's"
+    );
+    std::fs::write(&secret.0, "second-key-0002\n").unwrap();
+    let pass = "/billing/b?cc=no-store";
+    common::eventually(
+        std::time::Duration::from_secs(10),
+        "the new key is sent",
+        || async {
+            rs.get(pass).await;
+            origin.last_request_header(pass, "authorization").as_deref()
+                == Some("Bearer second-key-0002")
+        },
+    )
+    .await;
+    for secret in ["first-key-0001", "second-key-0002"] {
+        assert!(!rs.log().contains(secret), "the log holds the secret");
+        assert!(
+            !rs.metrics().await.contains(secret),
+            "/metrics holds the secret"
+        );
+    }
+}
+
+/// In a cluster a node never sends its injected credential to a peer: the
+/// owner injects its own. A member that records what reaches it stands in
+/// for the owner (and answers nothing, so the asker goes to its origin).
+#[tokio::test]
+async fn injected_credentials_never_cross_the_peer_channel() {
+    use tokio::io::AsyncReadExt;
+    let origin = Origin::start().await;
+    let secret = SecretFile::new("inject-peer", "peer-secret-0003");
+    let recorder = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let recorder_addr = recorder.local_addr().unwrap().to_string();
+    let recorded = std::sync::Arc::new(std::sync::Mutex::new(Vec::<u8>::new()));
+    let sink = recorded.clone();
+    tokio::spawn(async move {
+        while let Ok((mut stream, _)) = recorder.accept().await {
+            let sink = sink.clone();
+            tokio::spawn(async move {
+                let mut buf = [0u8; 4096];
+                while let Ok(n) = stream.read(&mut buf).await {
+                    if n == 0 {
+                        break;
+                    }
+                    sink.lock().unwrap().extend_from_slice(&buf[..n]);
+                }
+            });
+        }
+    });
+    let me = format!("127.0.0.1:{}", common::free_port());
+    let members = vec![me.clone(), recorder_addr.clone()];
+    let yaml = format!(
+        "origin:\n  url: {}\n  connect_timeout: 1s\n  read_timeout: 2s\n  inject_headers:\n    - {{name: X-Api-Key, value_file: {}}}\n{}",
+        origin.url(),
+        secret.path(),
+        common::cluster_yaml(&me, &members, "")
+    );
+    let rs = Ringside::start_yaml(&yaml).await;
+    let paths = common::paths_owned_by(
+        &recorder_addr,
+        &members,
+        &origin.url(),
+        "/b/",
+        "cc=max-age%3D60",
+        3,
+    );
+    for path in &paths {
+        let r = rs.get(path).await;
+        assert_eq!(r.status, 200, "{r:?}");
+        assert_eq!(
+            origin.last_request_header(path, "x-api-key").as_deref(),
+            Some("peer-secret-0003"),
+            "the origin got the injected key"
+        );
+    }
+    let wire = String::from_utf8_lossy(&recorded.lock().unwrap()).into_owned();
+    assert!(
+        wire.contains(&paths[0][..paths[0].find('?').unwrap()]),
+        "the peer was asked: {wire}"
+    );
+    assert!(
+        !wire.contains("peer-secret-0003"),
+        "the secret crossed to a peer: {wire}"
+    );
+    assert!(!rs.log().contains("peer-secret-0003"));
 }

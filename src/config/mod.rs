@@ -87,6 +87,37 @@ pub struct UpstreamConfig {
     /// Path rules for this origin; absent: `cache.rules`.
     #[serde(default)]
     pub rules: Option<Vec<PathRule>>,
+    /// Headers added to every request sent to this origin (see
+    /// [`InjectHeader`]).
+    #[serde(default)]
+    pub inject_headers: Vec<InjectHeader>,
+}
+
+/// A header ringside adds to every request it sends to an origin (a
+/// credential the app then does not hold): never to a peer, never in a key,
+/// a log line or a metric (see `net/inject.rs`).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct InjectHeader {
+    /// The header, e.g. `Authorization` or `X-Api-Key`.
+    pub name: String,
+    /// A file holding its value (a mounted Secret; a trailing newline is
+    /// ignored), read at start and again when it changes.
+    #[serde(default)]
+    pub value_file: String,
+    /// Or the environment variable holding it.
+    #[serde(default)]
+    pub value_env: String,
+    /// Put before the value, e.g. `"Bearer "`.
+    #[serde(default)]
+    pub prefix: String,
+    /// Replace a copy the app sent (the default); false: the app's copy wins.
+    #[serde(default = "yes")]
+    pub replace: bool,
+}
+
+fn yes() -> bool {
+    true
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -103,6 +134,8 @@ pub struct OriginConfig {
     pub idle_timeout: Duration,
     /// Verify the origin's TLS certificate (https origins).
     pub verify_tls: bool,
+    /// Headers added to every request sent to the origin (see [`InjectHeader`]).
+    pub inject_headers: Vec<InjectHeader>,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -209,7 +242,10 @@ impl CacheConfig {
 
     /// `strip_request_headers` and `strip_request_headers_extra`.
     pub fn stripped_headers(&self) -> Vec<http::HeaderName> {
-        header_names([&self.strip_request_headers, &self.strip_request_headers_extra])
+        header_names([
+            &self.strip_request_headers,
+            &self.strip_request_headers_extra,
+        ])
     }
 }
 
@@ -353,15 +389,17 @@ impl<'de> Deserialize<'de> for OverrideList {
             Override::Private,
             Override::MaxAge,
         ];
-        Ok(match Written::deserialize(d).map_err(|_| {
-            de::Error::custom(
-                "expected true, false, or a list of no-store, no-cache, private, max-age",
-            )
-        })? {
-            Written::All(true) => OverrideList(all.to_vec()),
-            Written::All(false) => OverrideList::default(),
-            Written::Some(list) => OverrideList(list),
-        })
+        Ok(
+            match Written::deserialize(d).map_err(|_| {
+                de::Error::custom(
+                    "expected true, false, or a list of no-store, no-cache, private, max-age",
+                )
+            })? {
+                Written::All(true) => OverrideList(all.to_vec()),
+                Written::All(false) => OverrideList::default(),
+                Written::Some(list) => OverrideList(list),
+            },
+        )
     }
 }
 
@@ -424,6 +462,7 @@ impl Default for OriginConfig {
             read_timeout: Duration::from_secs(30),
             idle_timeout: Duration::from_secs(60),
             verify_tls: true,
+            inject_headers: Vec::new(),
         }
     }
 }
@@ -751,21 +790,37 @@ fn validate_rule_policy(field: &str, rule: &PathRule) -> Result<(), ConfigError>
             (rule.scope != Scope::Shared, "scope"),
             (!rule.overrides.is_empty(), "override"),
             (!rule.methods.is_empty(), "methods"),
-            (rule.stale_while_revalidate.is_some(), "stale_while_revalidate"),
+            (
+                rule.stale_while_revalidate.is_some(),
+                "stale_while_revalidate",
+            ),
         ];
         if let Some((_, name)) = caching.iter().find(|(set, _)| *set) {
             let expected = "no caching settings on a bypass rule (it never caches)";
-            return Err(invalid(&format!("{field}.{name}"), "set with bypass: true", expected));
+            return Err(invalid(
+                &format!("{field}.{name}"),
+                "set with bypass: true",
+                expected,
+            ));
         }
     }
     if !rule.overrides.is_empty() && rule.ttl.is_none() {
         let expected = "a ttl beside override (the ttl is what wins over the origin)";
-        return Err(invalid(&format!("{field}.override"), "set without a ttl", expected));
+        return Err(invalid(
+            &format!("{field}.override"),
+            "set without a ttl",
+            expected,
+        ));
     }
     for (i, method) in rule.methods.iter().enumerate() {
         if !matches!(method.to_ascii_uppercase().as_str(), "POST" | "QUERY") {
-            let expected = "POST or QUERY (GET and HEAD are always cached; other methods change the resource)";
-            return Err(invalid(&format!("{field}.methods[{i}]"), quoted(method), expected));
+            let expected =
+                "POST or QUERY (GET and HEAD are always cached; other methods change the resource)";
+            return Err(invalid(
+                &format!("{field}.methods[{i}]"),
+                quoted(method),
+                expected,
+            ));
         }
     }
     if let Some(size) = rule.max_key_body {
@@ -854,10 +909,78 @@ impl Config {
             let expected = "a positive duration such as \"10s\"";
             return Err(invalid("cache.key_body_timeout", "0", expected));
         }
+        self.validate_injection()?;
+        let key_headers = header_names([&cache.key_headers]);
+        if let Some(name) = cache
+            .credential_headers()
+            .into_iter()
+            .find(|n| key_headers.contains(n))
+        {
+            let expected = "no credential header in the key (its value would be in every key): \
+                            a rule with scope: per-credential partitions by a keyed digest of it";
+            return Err(invalid(
+                "cache.key_headers",
+                quoted(name.as_str()),
+                expected,
+            ));
+        }
         let per_credential = self.all_rules().any(|r| r.scope == Scope::PerCredential);
         if per_credential && cache.credential_headers().is_empty() {
             let expected = "at least one credential header for a per-credential scope";
             return Err(invalid("cache.credential_headers", "[]", expected));
+        }
+        Ok(())
+    }
+
+    /// Every injected header names a header that may be sent (not
+    /// hop-by-hop, not a key header) and says where its value is, once.
+    /// The files are read at start, not here: a Secret is mounted only in
+    /// the pod.
+    fn validate_injection(&self) -> Result<(), ConfigError> {
+        let origins = std::iter::once((
+            "origin.inject_headers".to_string(),
+            &self.origin.inject_headers,
+        ));
+        let upstreams = self
+            .upstreams
+            .iter()
+            .enumerate()
+            .map(|(i, u)| (format!("upstreams[{i}].inject_headers"), &u.inject_headers));
+        let key_headers = header_names([&self.cache.key_headers]);
+        for (list, headers) in origins.chain(upstreams) {
+            for (i, header) in headers.iter().enumerate() {
+                let field = format!("{list}[{i}]");
+                let name = http::HeaderName::from_bytes(header.name.as_bytes()).map_err(|_| {
+                    invalid(
+                        &format!("{field}.name"),
+                        quoted(&header.name),
+                        "a header name such as Authorization",
+                    )
+                })?;
+                if crate::rfc::headers::is_hop_by_hop(&name) || name == http::header::HOST {
+                    let expected =
+                        "an end-to-end header (hop-by-hop ones and Host are never forwarded)";
+                    return Err(invalid(
+                        &format!("{field}.name"),
+                        quoted(&header.name),
+                        expected,
+                    ));
+                }
+                if key_headers.contains(&name) {
+                    let expected = "a header that is not in cache.key_headers (an injected value is never keyed)";
+                    return Err(invalid(
+                        &format!("{field}.name"),
+                        quoted(&header.name),
+                        expected,
+                    ));
+                }
+                let file = !header.value_file.trim().is_empty();
+                let env = !header.value_env.trim().is_empty();
+                if file == env {
+                    let expected = "exactly one of value_file (a mounted Secret) and value_env";
+                    return Err(invalid(&field, "a value", expected));
+                }
+            }
         }
         Ok(())
     }

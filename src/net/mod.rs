@@ -9,6 +9,7 @@
 
 pub(crate) mod connections;
 pub(crate) mod idle_pool;
+pub(crate) mod inject;
 pub(crate) mod listeners;
 pub(crate) mod origin;
 pub(crate) mod peer_tls;

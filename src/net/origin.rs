@@ -15,6 +15,7 @@
 
 use crate::config::{Config, OriginUrl};
 use crate::net::idle_pool::IdlePool;
+use crate::net::inject::Injected;
 use crate::net::peer_tls::PeerTls;
 use bytes::Bytes;
 use http::header::{self, HeaderValue};
@@ -43,6 +44,8 @@ pub struct OriginTarget {
     idle_timeout: Duration,
     verify_tls: bool,
     resolved: Mutex<Option<(Instant, SocketAddr)>>,
+    /// Headers added to every request sent here (never to a peer).
+    injected: Injected,
 }
 
 impl OriginTarget {
@@ -57,8 +60,20 @@ impl OriginTarget {
             idle_timeout: config.origin.idle_timeout,
             verify_tls: config.origin.verify_tls,
             resolved: Mutex::new(None),
+            injected: Injected::default(),
             url,
         }
+    }
+
+    /// The same target, adding `injected` to every request it is sent.
+    pub fn with_injected(mut self, injected: Injected) -> OriginTarget {
+        self.injected = injected;
+        self
+    }
+
+    /// A request as this origin gets it: with the injected headers.
+    pub fn prepare_upstream(&self, request: &mut RequestHeader) {
+        self.injected.apply(request);
     }
 
     /// The connection options and current address of this origin.
@@ -173,6 +188,9 @@ impl OriginClient {
         request: &RequestHeader,
     ) -> Result<OriginResponse, FetchError> {
         let started = Instant::now();
+        let mut request = request.clone();
+        target.prepare_upstream(&mut request);
+        let request = &request;
         let result = self.fetch_inner(target, request).await;
         let status = result.as_ref().ok().map(|r| r.header.status.as_u16());
         crate::metrics::observe_origin(status, started.elapsed().as_secs_f64());

@@ -32,8 +32,14 @@ pub struct Node {
 }
 
 impl Node {
-    /// A node whose own keys live in `store`, in `cluster` if there is one.
-    pub fn new(config: Arc<Config>, store: Store, cluster: Option<Arc<Cluster>>) -> Node {
+    /// A node whose own keys live in `store`, in `cluster` if there is one;
+    /// an error names the field of what could not be read (an injected
+    /// header's file).
+    pub fn new(
+        config: Arc<Config>,
+        store: Store,
+        cluster: Option<Arc<Cluster>>,
+    ) -> Result<Node, String> {
         let filler = Arc::new(Filler {
             flights: Group::new(),
             client: OriginClient::new(cluster.as_ref().and_then(|c| c.tls.clone())),
@@ -42,12 +48,12 @@ impl Node {
             asking_previous: Default::default(),
         });
         let secret = cluster_secret(&config);
-        Node {
-            origins: Origins::new(&config),
+        Ok(Node {
+            origins: Origins::new(&config)?,
             partitions: Partitions::new(secret.as_deref(), config.credential_headers()),
             config,
             filler,
-        }
+        })
     }
 
     pub fn store(&self) -> &Store {

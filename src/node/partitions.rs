@@ -33,7 +33,10 @@ impl Partitions {
     pub fn new(secret: Option<&str>, names: Vec<HeaderName>) -> Partitions {
         let key = match secret {
             Some(secret) => {
-                let derived = hmac::sign(&hmac::Key::new(hmac::HMAC_SHA256, secret.as_bytes()), PURPOSE);
+                let derived = hmac::sign(
+                    &hmac::Key::new(hmac::HMAC_SHA256, secret.as_bytes()),
+                    PURPOSE,
+                );
                 hmac::Key::new(hmac::HMAC_SHA256, derived.as_ref())
             }
             None => {
@@ -77,7 +80,11 @@ fn random_fallback() -> Vec<u8> {
     let now = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .unwrap_or_default();
-    [now.as_nanos().to_le_bytes().as_slice(), &std::process::id().to_le_bytes()].concat()
+    [
+        now.as_nanos().to_le_bytes().as_slice(),
+        &std::process::id().to_le_bytes(),
+    ]
+    .concat()
 }
 
 #[cfg(test)]
@@ -110,7 +117,11 @@ mod tests {
         assert_ne!(a.of(&k2), Some(p1.clone()));
         let other_header = headers(&[("authorization", "k1")]);
         assert_ne!(a.of(&other_header), Some(p1), "the header is part of it");
-        assert_eq!(a.of(&headers(&[("accept", "x")])), None, "no credential: no partition");
+        assert_eq!(
+            a.of(&headers(&[("accept", "x")])),
+            None,
+            "no credential: no partition"
+        );
         let other_secret = Partitions::new(Some("another-secret-4567"), names());
         assert_ne!(other_secret.of(&k1), a.of(&k1));
         let random = Partitions::new(None, names());

@@ -12,6 +12,7 @@
 //! asked it.
 
 use crate::config::{Config, OriginUrl, PathRule};
+use crate::net::inject::Injected;
 use crate::net::origin::OriginTarget;
 use http::Method;
 use pingora::http::authority::{raw_target_authority, RawTargetAuthority};
@@ -36,18 +37,24 @@ pub struct Origins {
 pub type Unroutable = (u16, &'static str);
 
 impl Origins {
-    pub fn new(config: &Config) -> Origins {
-        let default = Arc::new(OriginTarget::new(config.origin_url(), config));
+    /// The origins of a checked `config`, the values of the headers they
+    /// inject read now (an error names the field: a file that cannot be read).
+    pub fn new(config: &Config) -> Result<Origins, String> {
+        let injected = Injected::load("origin.inject_headers", &config.origin.inject_headers)?;
+        let default = OriginTarget::new(config.origin_url(), config).with_injected(injected);
+        let default = Arc::new(default);
         let mut by_url = HashMap::new();
         by_url.insert(default.url.clone(), default.clone());
         let mut own_rules = HashMap::new();
-        for upstream in &config.upstreams {
+        for (i, upstream) in config.upstreams.iter().enumerate() {
             if let Ok(url) = OriginUrl::parse(&upstream.origin) {
                 if let Some(rules) = &upstream.rules {
                     own_rules.insert(url.clone(), rules.clone());
                 }
-                let target = Arc::new(OriginTarget::new(url.clone(), config));
-                by_url.entry(url).or_insert(target);
+                let field = format!("upstreams[{i}].inject_headers");
+                let injected = Injected::load(&field, &upstream.inject_headers)?;
+                let target = OriginTarget::new(url.clone(), config).with_injected(injected);
+                by_url.entry(url).or_insert(Arc::new(target));
             }
         }
         for url in &config.forward_proxy.allow {
@@ -56,12 +63,12 @@ impl Origins {
                 by_url.entry(url).or_insert(target);
             }
         }
-        Origins {
+        Ok(Origins {
             default,
             by_url,
             own_rules,
             rules: config.cache.rules.clone(),
-        }
+        })
     }
 
     /// The rule for a path at `target`: the first whose prefix matches.

@@ -12,8 +12,8 @@
 //! none of these ways: it is answered from the cache, or from a fill
 //! already under way here, or refused as not cached.
 
-use super::respond::{send_error, send_object, send_refusal, send_stream};
 use super::policy::Policy;
+use super::respond::{send_error, send_object, send_refusal, send_stream};
 use super::told::{self, told};
 use super::{RequestCtx, Ringside, Role};
 use crate::cache::keys;
@@ -70,7 +70,12 @@ impl Ringside {
     /// (the layout is `keys.rs`): the URL's key, then the values of
     /// `cache.key_headers`, then the request's partition when its rule is
     /// `per-credential` (see `policy.rs`).
-    pub(super) fn request_key(&self, target: &OriginTarget, req: &RequestHeader, policy: &Policy) -> String {
+    pub(super) fn request_key(
+        &self,
+        target: &OriginTarget,
+        req: &RequestHeader,
+        policy: &Policy,
+    ) -> String {
         let mut key = self.node.cache_key(target, &req.uri);
         self.headers.extend_key(&mut key, &req.headers);
         if let Some(partition) = &policy.partition {
@@ -90,7 +95,9 @@ impl Ringside {
         now: Instant,
     ) -> Result<bool> {
         ctx.overridden = object.overridden;
-        let status = status.scope(told::scope(ctx.scope)).overridden(object.overridden);
+        let status = status
+            .scope(told::scope(ctx.scope))
+            .overridden(object.overridden);
         send_object(session, object, status, now).await
     }
 
@@ -148,7 +155,9 @@ impl Ringside {
                     metrics::HOT_HITS.inc();
                 }
                 let object = object.clone();
-                return self.answer(session, ctx, &object, CacheStatus::HIT, now).await;
+                return self
+                    .answer(session, ctx, &object, CacheStatus::HIT, now)
+                    .await;
             }
             let swr = object.stale_while_revalidate;
             if !forced && !swr.is_zero() && object.staleness(now) <= swr {

@@ -41,11 +41,11 @@
 //! `Ok(false)` and pingora's proxy phases stream it both ways.
 
 use crate::cluster::peers;
+use crate::config::Scope;
 use crate::metrics::{self, CacheResult};
 use crate::net::connections;
 use crate::net::origin::OriginTarget;
 use crate::node::Node;
-use crate::config::Scope;
 use crate::rfc::cache_rules::{self, CacheControl, RuleOptions};
 use crate::shutdown::InFlight;
 use async_trait::async_trait;
@@ -357,6 +357,7 @@ impl ProxyHttp for Ringside {
         for name in peers::HEADERS {
             upstream.remove_header(name);
         }
+        target.prepare_upstream(upstream);
         Ok(())
     }
 
@@ -443,6 +444,12 @@ impl ProxyHttp for Ringside {
         }
         let method = &session.req_header().method;
         let seconds = ctx.started.elapsed().as_secs_f64();
-        metrics::observe_request(ctx.result, method, ctx.scope.as_str(), ctx.overridden, seconds);
+        metrics::observe_request(
+            ctx.result,
+            method,
+            ctx.scope.as_str(),
+            ctx.overridden,
+            seconds,
+        );
     }
 }

@@ -65,7 +65,9 @@ impl Ringside {
             stale_if_error: rule
                 .and_then(|r| r.stale_if_error)
                 .unwrap_or(base.stale_if_error),
-            stale_while_revalidate: rule.and_then(|r| r.stale_while_revalidate).unwrap_or_default(),
+            stale_while_revalidate: rule
+                .and_then(|r| r.stale_while_revalidate)
+                .unwrap_or_default(),
             overrides: rule.map_or_else(Overrides::default, overrides),
             ..base.clone()
         };
@@ -92,9 +94,12 @@ impl Ringside {
             scope,
             partition,
             body: BodyPolicy {
-                post: rule.is_some_and(|r| r.methods.iter().any(|m| m.eq_ignore_ascii_case("POST"))),
+                post: rule
+                    .is_some_and(|r| r.methods.iter().any(|m| m.eq_ignore_ascii_case("POST"))),
                 key: rule.map_or(BodyKey::Raw, |r| r.body_key),
-                max: rule.and_then(|r| r.max_key_body).unwrap_or(cache.max_key_body),
+                max: rule
+                    .and_then(|r| r.max_key_body)
+                    .unwrap_or(cache.max_key_body),
             },
         }
     }

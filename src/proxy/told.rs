@@ -5,9 +5,9 @@
 //! this is the one place that turns them into words, with the scope the
 //! request used and whether its answer is served under an override.
 
+use crate::config::Scope;
 use crate::fill::{Kept, NotKept, Report, Source};
 use crate::metrics::CacheResult;
-use crate::config::Scope;
 use crate::rfc::cache_status::{self, CacheStatus, Detail, Fwd};
 
 /// The Cache-Status and metric result of an answer a fill brought;

@@ -332,6 +332,9 @@ mod tests {
             ),
             "ringside; hit; detail=stale-while-revalidate; scope=shared-despite-credentials"
         );
-        assert_eq!(text(CacheStatus::STORED.overridden(true)), "ringside; fwd=uri-miss; stored; override");
+        assert_eq!(
+            text(CacheStatus::STORED.overridden(true)),
+            "ringside; fwd=uri-miss; stored; override"
+        );
     }
 }

@@ -354,7 +354,11 @@ async fn respond(
             .filter(|(n, _)| *n == name)
             .map(|(_, v)| v.as_str())
             .collect();
-        let values = if values.is_empty() { "-".to_string() } else { values.join(",") };
+        let values = if values.is_empty() {
+            "-".to_string()
+        } else {
+            values.join(",")
+        };
         body = format!("{name}={values} #{count}").into_bytes();
     }
     if method == "POST" || method == "PUT" {

@@ -390,7 +390,10 @@ pub fn check_storable(
 /// The response as this cache judges it: its targeted field in place of
 /// Cache-Control (RFC 9213, see [`targeted`]), and its directives as the
 /// rule's audience and overrides leave them ([`Audience`], [`Overrides`]).
-pub fn judged<'a>(resp_headers: &'a HeaderMap, opts: &RuleOptions) -> (Cow<'a, HeaderMap>, CacheControl) {
+pub fn judged<'a>(
+    resp_headers: &'a HeaderMap,
+    opts: &RuleOptions,
+) -> (Cow<'a, HeaderMap>, CacheControl) {
     let headers = targeted(resp_headers, &opts.targeted);
     let mut cc = CacheControl::parse(&headers);
     opts.audience.apply(&mut cc);
@@ -405,7 +408,8 @@ pub fn served_under_override(resp_headers: &HeaderMap, opts: &RuleOptions) -> bo
         return false;
     }
     let headers = targeted(resp_headers, &opts.targeted);
-    opts.overrides.set_aside(&CacheControl::parse(&headers), &headers)
+    opts.overrides
+        .set_aside(&CacheControl::parse(&headers), &headers)
 }
 
 /// RFC 9111 §3: any final status may be stored when the response says how long it is fresh

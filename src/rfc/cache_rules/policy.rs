@@ -64,8 +64,9 @@ impl Overrides {
     /// Whether the origin said something these overrides set aside: the
     /// answer is then served under an override (and says so).
     pub fn set_aside(&self, cc: &CacheControl, resp_headers: &HeaderMap) -> bool {
-        let freshness =
-            cc.max_age.is_some() || cc.s_maxage.is_some() || resp_headers.contains_key(header::EXPIRES);
+        let freshness = cc.max_age.is_some()
+            || cc.s_maxage.is_some()
+            || resp_headers.contains_key(header::EXPIRES);
         (self.no_store && cc.no_store)
             || (self.no_cache && cc.no_cache)
             || (self.private && cc.private)
