@@ -979,3 +979,78 @@ async fn readiness_probes_stay_inside_the_process() {
     assert_eq!(guessed.header("ringside-readiness"), None);
     assert_eq!(origin.hits("/guess"), 1);
 }
+
+/// `count` consecutive local ports that are free now, below the range
+/// `free_port` hands out (so that no other test of this binary takes one).
+fn free_range(count: u16) -> u16 {
+    (10_000..19_000u16)
+        .step_by(usize::from(count))
+        .find(|&base| {
+            (base..base + count).all(|p| std::net::TcpListener::bind(("127.0.0.1", p)).is_ok())
+        })
+        .expect("a free range of local ports")
+}
+
+/// `ringside demo --base-port` puts the sample origin and every node on the
+/// ports from that one on (a firewalled or shared machine), each setup in
+/// turn; a port taken is an error naming the flag.
+#[test]
+fn the_demo_runs_on_the_ports_it_is_given() {
+    let base = free_range(7);
+    let demo = |base: u16| {
+        run(ringside().args([
+            "demo",
+            "--base-port",
+            &base.to_string(),
+            "--nodes",
+            "2",
+            "--requests",
+            "40",
+            "--clients",
+            "2",
+            "--keys",
+            "4",
+            "--delay-ms",
+            "1",
+            "--no-baseline",
+        ]))
+    };
+    let (code, stdout, stderr) = demo(base);
+    assert_eq!(
+        code,
+        Some(0),
+        "no request failed, every node started: {stdout}{stderr}"
+    );
+    assert!(
+        stdout.contains(&format!("sample origin on http://127.0.0.1:{base}")),
+        "{stdout}"
+    );
+    for (node, (app, admin, peer)) in [(1, (1, 3, 5)), (2, (2, 4, 6))] {
+        let line = format!(
+            "node {node}: app http://127.0.0.1:{}, admin http://127.0.0.1:{}, peers 127.0.0.1:{}",
+            base + app,
+            base + admin,
+            base + peer
+        );
+        assert_eq!(
+            stdout.matches(&line).count(),
+            2,
+            "both setups: {line}\n{stdout}"
+        );
+    }
+    // A port of the range in use: the demo says which, naming the flag.
+    let held = std::net::TcpListener::bind(("127.0.0.1", base + 3)).unwrap();
+    let (code, _, stderr) = demo(base);
+    assert_ne!(code, Some(0));
+    assert!(
+        stderr.contains(&format!(
+            "--base-port {base}: cannot listen on 127.0.0.1:{}",
+            base + 3
+        )),
+        "{stderr}"
+    );
+    drop(held);
+    let (code, _, stderr) = demo(65_530);
+    assert_ne!(code, Some(0));
+    assert!(stderr.contains("past 65535"), "{stderr}");
+}

@@ -503,7 +503,7 @@ fn regular_sidecars_wait_before_exit() {
 }
 
 /// A sidecar runs `--sidecar-threads` workers (the chart's sidecar.threads,
-/// 1 by default), or per pod `ringside.io/threads`; 0 leaves it to the
+/// 2 by default), or per pod `ringside.io/threads`; 0 leaves it to the
 /// container's CPU limit.
 #[test]
 fn threads_per_pod() {
@@ -520,7 +520,11 @@ fn threads_per_pod() {
     };
     let hook = start("threads", &["--native-sidecar=never"]);
     let patched = hook.inject(&pod("default", json!({"ringside.io/inject": "true"})));
-    assert_eq!(threads(&patched), Some(json!("1")), "one worker by default");
+    assert_eq!(
+        threads(&patched),
+        Some(json!("2")),
+        "two workers by default"
+    );
     let patched = hook.inject(&pod(
         "annotated",
         json!({"ringside.io/inject": "true", "ringside.io/threads": "0"}),

@@ -164,3 +164,33 @@ async fn an_unreachable_member_is_reported_on_the_write() {
         .await;
     assert_eq!(failures, 1.0);
 }
+
+/// `PURGE` sent to the app listener is not ringside's purge (that is on the
+/// admin listener, with its token): it goes to the origin like every method
+/// but GET and HEAD, token and all, and invalidates as a write does. An
+/// origin that refuses it (405) leaves the URL cached; one that answers it
+/// 2xx has it dropped, on every node.
+#[tokio::test]
+async fn purge_on_the_app_listener_is_the_origins_to_answer() {
+    let origin = Origin::start().await;
+    let rs = Ringside::start(&origin.url(), "admin_token: app-port-purge-token\n").await;
+    let refused = "/purge/refused?cc=max-age%3D600&wstatus=405";
+    rs.get(refused).await;
+    let token = [("authorization", "Bearer app-port-purge-token")];
+    let r = rs.request("PURGE", refused, &token).await;
+    assert_eq!(r.status, 405, "the origin's answer, not ringside's");
+    assert!(cache_status(&r).contains("fwd=method"), "{r:?}");
+    assert_eq!(origin.hits(refused), 2, "the PURGE reached the origin");
+    assert!(is_hit(&rs.get(refused).await), "still cached");
+    let invalidations = || rs.metric("ringside_invalidations_total", &[]);
+    assert_eq!(invalidations().await, 0.0);
+    let accepted = "/purge/accepted?cc=max-age%3D600";
+    rs.get(accepted).await;
+    let r = rs.request("PURGE", accepted, &[]).await;
+    assert_eq!(r.status, 200);
+    assert!(
+        !is_hit(&rs.get(accepted).await),
+        "dropped, as after a write"
+    );
+    assert_eq!(invalidations().await, 1.0);
+}

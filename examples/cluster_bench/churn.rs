@@ -199,7 +199,7 @@ impl Loaded {
             body_bytes: args.body_bytes,
             ..SampleOrigin::default()
         };
-        let origin_addr = ringside::demo::start_origin(&origin).await?;
+        let origin_addr = ringside::demo::start_origin(&origin, 0).await?;
         let exe = ringside_beside_examples(args.ringside.as_deref())?;
         let nodes = Nodes::start(&exe, origin_addr, args.nodes, options).await?;
         let workload = Arc::new(Workload::new(
@@ -344,7 +344,7 @@ async fn double_fills_once(args: &ChurnArgs, handoff: bool) -> Result<(Fills, Fi
         max_age: 3600,
         ..SampleOrigin::default()
     };
-    let origin_addr = ringside::demo::start_origin(&origin).await?;
+    let origin_addr = ringside::demo::start_origin(&origin, 0).await?;
     let membership = Membership::Etcd {
         endpoint: etcd.url.clone(),
         prefix: "/ringside-bench-fills/".into(),

@@ -193,7 +193,7 @@ async fn zipf(args: ZipfArgs) -> Result<(), String> {
         body_bytes: args.body_bytes,
         ..SampleOrigin::default()
     };
-    let origin_addr = ringside::demo::start_origin(&origin).await?;
+    let origin_addr = ringside::demo::start_origin(&origin, 0).await?;
     let workload = Arc::new(Workload::new(
         args.clients,
         args.requests,

@@ -183,7 +183,9 @@ pub struct CacheConfig {
     /// Per-path behaviour, first matching prefix wins.
     pub rules: Vec<PathRule>,
     /// Heuristic freshness (RFC 9111 §4.2.2): this fraction of the time since
-    /// Last-Modified, for responses without explicit freshness. 0 turns it off.
+    /// Last-Modified, for responses without explicit freshness. 0 (the
+    /// default) turns it off: an API that says nothing about caching is not
+    /// cached on a guess (README, "How it decides what to cache").
     pub heuristic_fraction: f64,
     /// Upper bound on a heuristic lifetime.
     #[serde(deserialize_with = "de_duration")]
@@ -477,7 +479,7 @@ impl Default for CacheConfig {
             honor_client_no_cache: true,
             collapse_timeout: Duration::from_secs(35),
             rules: Vec::new(),
-            heuristic_fraction: 0.1,
+            heuristic_fraction: 0.0,
             heuristic_max: Duration::from_secs(24 * 3600),
             strip_request_headers: DEFAULT_STRIP_REQUEST_HEADERS.map(String::from).to_vec(),
             key_headers: Vec::new(),

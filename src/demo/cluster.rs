@@ -8,7 +8,7 @@
 //! own config ([`Nodes::restart`]), and with etcd membership one can be
 //! added ([`Nodes::add`]).
 
-use super::process::{free_ports, RingsideProcess};
+use super::process::{free_ports, ports_from, RingsideProcess};
 use super::report::RingsideView;
 use super::{client, report};
 use std::net::SocketAddr;
@@ -37,6 +37,9 @@ pub struct NodeOptions {
     pub handoff: bool,
     /// `shutdown_delay`: how long a node serves on after SIGTERM.
     pub shutdown_delay: Duration,
+    /// The nodes' ports, from this one on (app-facing ports first, then
+    /// admin, then peer); None: free ports the OS picks.
+    pub base_port: Option<u16>,
 }
 
 /// The membership source of a cluster's nodes.
@@ -60,6 +63,7 @@ impl Default for NodeOptions {
             membership: Membership::Static,
             handoff: true,
             shutdown_delay: Duration::ZERO,
+            base_port: None,
         }
     }
 }
@@ -94,10 +98,18 @@ impl Nodes {
             secret: random_secret()?,
         };
         // Three ports a node: app-facing, admin, peer.
-        let ports = free_ports(3 * n)?;
+        let ports = match options.base_port {
+            Some(base) => ports_from(base, 3 * n),
+            None => free_ports(3 * n)?,
+        };
         let peers: Vec<SocketAddr> = ports[2 * n..].to_vec();
         for i in 0..n {
             let (proxy, admin) = (ports[i], ports[n + i]);
+            println!(
+                "  node {}: app http://{proxy}, admin http://{admin}, peers {}",
+                i + 1,
+                peers[i]
+            );
             nodes.launch(proxy, admin, peers[i], &peers)?;
         }
         for node in &mut nodes.nodes {

@@ -60,6 +60,12 @@ pub struct DemoArgs {
     /// Skip the phase without ringside (clients straight at the slow origin).
     #[arg(long)]
     pub no_baseline: bool,
+    /// Listen on consecutive local ports from this one (the sample origin,
+    /// then each node's app, admin and peer ports: 1 + 3 x --nodes ports,
+    /// reused by each setup in turn), for a machine that allows only a known
+    /// range. Default: free ports the OS picks.
+    #[arg(long, value_parser = clap::value_parser!(u16).range(1..))]
+    pub base_port: Option<u16>,
 }
 
 /// Run the demo; exit 0 only if everything worked and no request failed.
@@ -107,7 +113,12 @@ async fn demo(args: &DemoArgs) -> Result<(), String> {
     };
     let exe =
         std::env::current_exe().map_err(|e| format!("cannot find the ringside executable: {e}"))?;
-    let origin_addr = start_origin(&origin).await?;
+    let n = args.nodes as usize;
+    if let Some(base) = args.base_port {
+        process::check_ports_from(base, 1 + 3 * n)?;
+    }
+    let origin_port = args.base_port.unwrap_or(0);
+    let origin_addr = start_origin(&origin, origin_port).await?;
     println!("sample origin on http://{origin_addr}");
     let workload = Arc::new(Workload::new(
         args.clients,
@@ -116,11 +127,13 @@ async fn demo(args: &DemoArgs) -> Result<(), String> {
         ZIPF_S,
         origin.delay,
     ));
-    let n = args.nodes as usize;
-    let cluster_opts = NodeOptions::default();
+    let cluster_opts = NodeOptions {
+        base_port: args.base_port.map(|p| p + 1),
+        ..NodeOptions::default()
+    };
     let independent_opts = NodeOptions {
         clustered: false,
-        ..NodeOptions::default()
+        ..cluster_opts.clone()
     };
     let cluster_name = format!("{n}-node cluster");
     let independent_name = format!("{n} independent caches");
@@ -243,11 +256,15 @@ fn headline(args: &DemoArgs, origin: &SampleOrigin) -> String {
     )
 }
 
-/// Bind a free local port and serve the sample origin on it in the background.
-pub async fn start_origin(origin: &SampleOrigin) -> Result<SocketAddr, String> {
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+/// Bind local `port` (0: a free one) and serve the sample origin on it in
+/// the background.
+pub async fn start_origin(origin: &SampleOrigin, port: u16) -> Result<SocketAddr, String> {
+    let listener = tokio::net::TcpListener::bind(("127.0.0.1", port))
         .await
-        .map_err(|e| format!("cannot start the sample origin: {e}"))?;
+        .map_err(|e| match port {
+            0 => format!("cannot start the sample origin: {e}"),
+            _ => format!("--base-port {port}: cannot start the sample origin on it: {e}"),
+        })?;
     let addr = listener
         .local_addr()
         .map_err(|e| format!("cannot start the sample origin: {e}"))?;

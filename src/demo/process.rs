@@ -251,6 +251,31 @@ pub fn ringside_beside_examples(given: Option<&Path>) -> Result<std::path::PathB
 }
 
 /// `n` distinct free ports on 127.0.0.1 (all bound at once, then released).
+/// The `n` local ports from `base` on: for a machine whose firewall or
+/// neighbours leave only a known range (`demo --base-port`).
+pub fn ports_from(base: u16, n: usize) -> Vec<SocketAddr> {
+    (0..n)
+        .map(|i| SocketAddr::from(([127, 0, 0, 1], base.saturating_add(i as u16))))
+        .collect()
+}
+
+/// Whether the `n` ports from `base` on exist and are free now; the error
+/// names the flag and the port.
+pub fn check_ports_from(base: u16, n: usize) -> Result<(), String> {
+    if usize::from(base) + n - 1 > usize::from(u16::MAX) {
+        return Err(format!(
+            "--base-port {base}: the demo needs {n} ports from it, past 65535; choose a port \
+             at most {}",
+            usize::from(u16::MAX) + 1 - n
+        ));
+    }
+    for addr in ports_from(base, n) {
+        std::net::TcpListener::bind(addr)
+            .map_err(|e| format!("--base-port {base}: cannot listen on {addr}: {e}"))?;
+    }
+    Ok(())
+}
+
 pub fn free_ports(n: usize) -> Result<Vec<SocketAddr>, String> {
     let held = (0..n)
         .map(|_| {

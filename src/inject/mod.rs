@@ -128,7 +128,7 @@ pub struct InjectArgs {
     pub wait_before_exit_seconds: u32,
     /// Proxy worker threads of injected sidecars (their RINGSIDE_THREADS; 0:
     /// the container's CPU limit, else the node's CPUs).
-    #[arg(long = "sidecar-threads", default_value_t = 1)]
+    #[arg(long = "sidecar-threads", default_value_t = 2)]
     pub threads: u32,
     /// securityContext of injected containers, as a JSON object (the chart's
     /// sidecar.securityContext); default: non-root UID 65532, read-only root,

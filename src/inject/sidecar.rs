@@ -118,7 +118,7 @@ impl Default for Settings {
             admin_port: 9090,
             peer_port: 7070,
             wait_before_exit_seconds: 0,
-            threads: 1,
+            threads: 2,
             security_context: default_security_context(),
             apps: None,
             config_namespaces: None,
