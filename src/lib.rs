@@ -38,4 +38,4 @@ pub mod server;
 pub(crate) mod shutdown;
 
 pub use cluster::{membership, peers, ring};
-pub use rfc::{cache_rules, normalize, range};
+pub use rfc::{cache_rules, json, normalize, range};

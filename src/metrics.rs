@@ -234,6 +234,13 @@ pub fn observe_eviction(cause: &'static str) {
     EVICTIONS.with_label_values(&[cause]).inc();
 }
 
+pub static KEY_BODY_TOO_LARGE: Lazy<IntCounter> = Lazy::new(|| {
+    counter(
+        "ringside_key_body_too_large_total",
+        "POST and QUERY requests a path rule caches by their body, passed through uncached because the body is over max_key_body.",
+    )
+});
+
 pub static TOO_LARGE: Lazy<IntCounter> = Lazy::new(|| {
     counter(
         "ringside_cache_too_large_total",
@@ -848,6 +855,7 @@ pub fn init(capacity_bytes: u64) {
     Lazy::force(&CACHE_ENTRIES);
     Lazy::force(&CACHE_BYTES);
     Lazy::force(&TOO_LARGE);
+    Lazy::force(&KEY_BODY_TOO_LARGE);
     Lazy::force(&NOT_STORED);
     for cause in ["size", "expired", "replaced", "explicit"] {
         EVICTIONS.with_label_values(&[cause]);

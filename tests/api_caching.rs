@@ -386,3 +386,151 @@ async fn injected_credentials_never_cross_the_peer_channel() {
     );
     assert!(!rs.log().contains("peer-secret-0003"));
 }
+
+const SEARCH_RULE: &str =
+    "    - {prefix: /v1/search, ttl: 60s, methods: [POST], body_key: json, max_key_body: 1KiB}\n";
+
+async fn post(rs: &Ringside, path: &str, body: &[u8]) -> common::Response {
+    let mut conn = common::Conn::connect(rs.addr).await.expect("connect");
+    let headers = [("content-type", "application/json")];
+    conn.request_with_body("POST", path, &headers, body)
+        .await
+        .expect("POST to ringside")
+}
+
+/// `methods: [POST]`: the same body within the ttl is answered from the
+/// cache (the same JSON in another order or spacing too), a different body
+/// is another entry, and a POST under the rule is a read: it invalidates
+/// nothing.
+#[tokio::test]
+async fn post_with_equal_bodies_is_a_hit_and_different_bodies_never_share() {
+    let origin = Origin::start().await;
+    let rs = node(&origin, SEARCH_RULE).await;
+    let path = "/v1/search";
+    let first = post(&rs, path, br#"{"q": "tea", "page": 1}"#).await;
+    assert_eq!(first.text(), r#"echo:{"q": "tea", "page": 1}"#);
+    assert!(cache_status(&first).contains("stored"), "{first:?}");
+    let reordered = post(&rs, path, br#"{"page":1,"q":"tea"}"#).await;
+    assert!(is_hit(&reordered), "{reordered:?}");
+    assert_eq!(reordered.text(), first.text());
+    let other = post(&rs, path, br#"{"q": "coffee", "page": 1}"#).await;
+    assert_eq!(other.text(), r#"echo:{"q": "coffee", "page": 1}"#);
+    assert_eq!(origin.hits(path), 2);
+    // A GET of the path is another entry, and the POSTs invalidated nothing.
+    rs.get("/v1/search?cc=max-age%3D60").await;
+    assert!(is_hit(
+        &post(&rs, path, br#"{"q":"coffee","page":1}"#).await
+    ));
+}
+
+/// Concurrent POSTs with one body make one origin request, which carries
+/// the body; a QUERY is cached so on any rule.
+#[tokio::test]
+async fn concurrent_equal_posts_collapse_into_one_origin_request() {
+    let origin = Origin::start().await;
+    let rs = std::sync::Arc::new(node(&origin, SEARCH_RULE).await);
+    let path = "/v1/search/slow?delay_ms=300";
+    let posts: Vec<_> = (0..8)
+        .map(|_| {
+            let rs = rs.clone();
+            tokio::spawn(async move { post(&rs, path, br#"{"q":"tea"}"#).await })
+        })
+        .collect();
+    for p in posts {
+        let r = p.await.unwrap();
+        assert_eq!(r.text(), r#"echo:{"q":"tea"}"#, "{r:?}");
+    }
+    assert_eq!(origin.hits(path), 1, "one origin request for eight POSTs");
+    let mut conn = common::Conn::connect(rs.addr).await.unwrap();
+    let query = "/anything?cc=max-age%3D60";
+    conn.request_with_body("QUERY", query, &[], b"select 1")
+        .await
+        .unwrap();
+    let again = conn
+        .request_with_body("QUERY", query, &[], b"select 1")
+        .await
+        .unwrap();
+    assert!(is_hit(&again), "{again:?}");
+    assert_eq!(again.text(), "echo:select 1");
+    assert_eq!(origin.hits(query), 1);
+}
+
+/// A body over `max_key_body` passes through whole and uncached, announced
+/// by Content-Length (never read) or chunked (the part read goes first);
+/// one slower than `key_body_timeout` gets 408.
+#[tokio::test]
+async fn bodies_over_the_key_limit_pass_through_whole() {
+    use tokio::io::AsyncWriteExt;
+    let origin = Origin::start().await;
+    let rules = format!("{SEARCH_RULE}  key_body_timeout: 1s\n");
+    let rs = node(&origin, &rules).await;
+    let path = "/v1/search/big";
+    let big = vec![b'x'; 5000];
+    for _ in 0..2 {
+        let r = post(&rs, path, &big).await;
+        assert_eq!(r.body.len(), 5 + big.len(), "{:?}", cache_status(&r));
+        assert!(cache_status(&r).contains("detail=body-too-large"), "{r:?}");
+    }
+    assert_eq!(origin.hits(path), 2);
+    // Chunked: 600 bytes, then 600 more: past the limit in the second chunk.
+    let chunked = format!(
+        "POST {path} HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\nConnection: close\r\n\r\n\
+         258\r\n{a}\r\n258\r\n{b}\r\n0\r\n\r\n",
+        a = "a".repeat(600),
+        b = "b".repeat(600)
+    );
+    let reply = common::raw::raw_exchange(rs.addr, chunked).await;
+    assert_eq!(reply.status(), Some(200), "{}", reply.text);
+    assert!(
+        reply
+            .text
+            .contains(&format!("echo:{}{}", "a".repeat(600), "b".repeat(600))),
+        "the whole body reached the origin: {}",
+        reply.text
+    );
+    // Slow: the head, then nothing.
+    let head = format!("POST {path} HTTP/1.1\r\nHost: x\r\nContent-Length: 100\r\n\r\n{{\"q\":");
+    let mut slow = common::raw::raw_open(rs.addr, head).await;
+    let mut answer = String::new();
+    use tokio::io::AsyncReadExt;
+    let _ = tokio::time::timeout(
+        std::time::Duration::from_secs(20),
+        slow.read_to_string(&mut answer),
+    )
+    .await;
+    assert!(answer.starts_with("HTTP/1.1 408"), "{answer}");
+    let _ = slow.shutdown().await;
+    let counted = rs.metric("ringside_key_body_too_large_total", &[]).await;
+    assert_eq!(counted, 3.0);
+}
+
+/// In a cluster a POST whose key another node owns is asked of the owner
+/// with its body (signed with the rest): one origin request cluster-wide.
+#[tokio::test]
+async fn a_posts_body_crosses_to_its_owner_and_is_fetched_once_cluster_wide() {
+    let origin = Origin::start().await;
+    let peers: Vec<String> = (0..3)
+        .map(|_| format!("127.0.0.1:{}", common::free_port()))
+        .collect();
+    let mut nodes = Vec::new();
+    for me in &peers {
+        let yaml = format!(
+            "{}{RULES}{SEARCH_RULE}",
+            common::cluster_yaml(me, &peers, "")
+        );
+        nodes.push(Ringside::start(&origin.url(), &yaml).await);
+    }
+    for i in 0..10 {
+        let path = format!("/v1/search/{i}");
+        let body = format!("{{\"q\":\"item {i}\"}}");
+        for node in &nodes {
+            let r = post(node, &path, body.as_bytes()).await;
+            assert_eq!(r.text(), format!("echo:{body}"), "{r:?}");
+        }
+        assert_eq!(
+            origin.hits(&path),
+            1,
+            "{path}: one origin request for three nodes"
+        );
+    }
+}

@@ -274,3 +274,61 @@ proptest! {
         let _ = cache_rules::if_range_matches(&req, &resp);
     }
 }
+
+/// A JSON value of a few levels: objects with keys from a small set (so
+/// that orders collide), arrays, strings with escapes, numbers.
+fn json_value() -> impl Strategy<Value = serde_json::Value> {
+    use serde_json::Value;
+    let leaf = prop_oneof![
+        Just(Value::Null),
+        any::<bool>().prop_map(Value::Bool),
+        any::<i32>().prop_map(Value::from),
+        "[a-c\"\\\\\u{e9} ]{0,4}".prop_map(Value::String),
+    ];
+    leaf.prop_recursive(3, 24, 4, |inner| {
+        prop_oneof![
+            prop::collection::vec(inner.clone(), 0..4).prop_map(serde_json::Value::Array),
+            prop::collection::btree_map("[a-d]{1,2}", inner, 0..4)
+                .prop_map(|m| serde_json::Value::Object(m.into_iter().collect())),
+        ]
+    })
+}
+
+/// The same object written with its members in another order and spaces
+/// between the tokens.
+fn reordered(value: &serde_json::Value) -> String {
+    use serde_json::Value;
+    match value {
+        Value::Object(members) => {
+            let mut written: Vec<String> = members
+                .iter()
+                .map(|(k, v)| format!(" {} :\n{} ", Value::String(k.clone()), reordered(v)))
+                .collect();
+            written.reverse();
+            format!("{{ {} }}", written.join(" , "))
+        }
+        Value::Array(items) => {
+            let items: Vec<String> = items.iter().map(reordered).collect();
+            format!("[ {} ]", items.join(" ,\t"))
+        }
+        other => other.to_string(),
+    }
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 20_000, ..config() })]
+
+    #[test]
+    fn canonical_json_is_idempotent_and_blind_to_member_order(value in json_value()) {
+        let compact = serde_json::to_vec(&value).unwrap();
+        let canonical = ringside::json::canonical(&compact).expect("JSON");
+        prop_assert_eq!(ringside::json::canonical(&canonical), Some(canonical.clone()));
+        let other = ringside::json::canonical(reordered(&value).as_bytes()).expect("JSON");
+        prop_assert_eq!(other, canonical);
+    }
+
+    #[test]
+    fn canonical_json_never_panics_on_bytes(bytes in prop::collection::vec(any::<u8>(), 0..64)) {
+        let _ = ringside::json::canonical(&bytes);
+    }
+}

@@ -68,7 +68,7 @@ pub async fn run(args: WritesArgs) -> Result<(), String> {
         max_age: 60,
         ..SampleOrigin::default()
     };
-    let origin_addr = ringside::demo::start_origin(&origin).await?;
+    let origin_addr = ringside::demo::start_origin(&origin, 0).await?;
     let mut nodes = Nodes::start(&exe, origin_addr, 3, &NodeOptions::default()).await?;
     let checker = Arc::new(Checker {
         floors: (0..args.keys).map(|_| AtomicU64::new(0)).collect(),

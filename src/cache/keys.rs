@@ -6,6 +6,7 @@
 //! plain key    <origin prefix><path>[?<query>]            query unless cache.include_query: false
 //!              [\x1f<name>[=<values>]]...                 cache.key_headers, in order
 //!              [\x1fcredential=<digest, 32 hex>]          scope: per-credential, with a credential
+//!              [\x1fbody=<method>:<digest, 32 hex>]       a POST or QUERY keyed on its body
 //! variant key  <plain key>\x1fvary=<fingerprint, 16 hex>  one response of a URL that varies
 //! flight key   <plain or variant key>[\x1fvia-peer]       via-peer: filled by asking the owner
 //! ```
@@ -78,6 +79,24 @@ pub fn append_partition(key: &mut String, partition: &str) {
     key.push(SEPARATOR);
     key.push_str("credential=");
     key.push_str(partition);
+}
+
+/// Append what keys a request by its body (a POST or QUERY a path rule
+/// caches): its method and a digest of the body (see `proxy/body.rs`).
+pub fn append_body(key: &mut String, method: &str, digest: &str) {
+    key.push(SEPARATOR);
+    key.push_str("body=");
+    key.push_str(method);
+    key.push(':');
+    key.push_str(digest);
+}
+
+/// A flight key no other request shares: for a fill of one request alone
+/// (a body that keys nothing, see `proxy/body.rs`).
+pub fn once(key: &str) -> String {
+    static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    format!("{key}{SEPARATOR}once={n}")
 }
 
 /// Where one response of a varying URL is stored.

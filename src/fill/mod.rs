@@ -159,6 +159,8 @@ pub enum NotKept {
     Rule(cache_rules::NotStorable),
     /// Larger than `cache.max_object_size`.
     TooLarge,
+    /// The request's body is over `max_key_body`: it keys nothing.
+    BodyTooLarge,
 }
 
 /// The leader's own result: what everyone got, or a response for it alone.
@@ -203,6 +205,10 @@ pub struct Job {
     pub previous_owner: Option<String>,
     /// Where a copy from the owner is kept: the hot area when the key is hot here.
     pub mirror: Option<Arc<Store>>,
+    /// The request body it sends (a POST or QUERY cached by its body).
+    pub body: Option<Bytes>,
+    /// Whether what it fetches may be stored; false: for the leader alone.
+    pub keep: bool,
 }
 
 /// Shared by every fill.
@@ -368,6 +374,9 @@ fn judge(job: &Job, whole: &Whole, head: &ResponseHeader) -> Result<(), cache_ru
 
 /// Why this response is not stored (counted), or None when it is.
 fn not_storable_because(job: &Job, whole: &Whole, response: &OriginResponse) -> Option<NotKept> {
+    if !job.keep {
+        return Some(NotKept::BodyTooLarge);
+    }
     match judge(job, whole, &response.header) {
         Err(why) => {
             metrics::observe_not_stored(why.as_str());

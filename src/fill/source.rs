@@ -11,8 +11,9 @@ use super::{Filler, Job, Outcome, Source};
 use crate::cache::singleflight::Waiter;
 use crate::cluster::peers;
 use crate::cluster::Cluster;
-use crate::metrics::{self};
+use crate::metrics;
 use crate::net::origin::{FetchError, OriginResponse};
+use bytes::Bytes;
 use pingora::http::RequestHeader;
 use std::collections::HashSet;
 use std::sync::Mutex;
@@ -73,13 +74,14 @@ pub(super) async fn fetch(
     if let Some(cluster) = &filler.cluster {
         if let Some(owner) = &job.owner {
             let request = peer_request(job, cluster, owner, false);
-            if let Asked::Answered(response) = ask_peer(filler, cluster, owner, &request).await {
+            let asked = ask_peer(filler, cluster, owner, &request, job.body.clone()).await;
+            if let Asked::Answered(response) = asked {
                 return (Ok(*response), Source::Owner);
             }
-        } else if let (Some(previous), None) = (&job.previous_owner, &job.stale) {
+        } else if let (Some(previous), None, None) = (&job.previous_owner, &job.stale, &job.body) {
             let _asking = filler.asking_previous.enter(flight_key);
             let request = peer_request(job, cluster, previous, true);
-            let asked = ask_peer(filler, cluster, previous, &request).await;
+            let asked = ask_peer(filler, cluster, previous, &request, None).await;
             metrics::observe_previous_owner_lookup(asked.as_str());
             if let Asked::Answered(response) = asked {
                 return (Ok(*response), Source::PreviousOwner);
@@ -87,7 +89,10 @@ pub(super) async fn fetch(
         }
     }
     (
-        filler.client.fetch(&job.target, &job.request).await,
+        filler
+            .client
+            .fetch(&job.target, &job.request, job.body.clone())
+            .await,
         Source::Origin,
     )
 }
@@ -121,13 +126,15 @@ pub(super) async fn ask_peer(
     cluster: &Cluster,
     addr: &str,
     request: &RequestHeader,
+    body: Option<Bytes>,
 ) -> Asked {
     let started = Instant::now();
     let response = filler
         .client
-        .fetch_peer(
+        .send_peer(
             addr,
             request,
+            body,
             cluster.peer_timeout,
             cluster.peer_read_timeout,
             cluster.peer_h2c,
@@ -180,6 +187,11 @@ pub(super) fn peer_request(job: &Job, cluster: &Cluster, to: &str, lookup: bool)
     if lookup {
         let _ = request.insert_header(peers::LOOKUP.clone(), "1");
     }
-    cluster.sign_request(&mut request, &job.target.key_prefix, to);
+    match &job.body {
+        Some(body) => {
+            cluster.sign_request_with_body(&mut request, &job.target.key_prefix, to, body)
+        }
+        None => cluster.sign_request(&mut request, &job.target.key_prefix, to),
+    }
     request
 }

@@ -186,12 +186,13 @@ impl OriginClient {
         &self,
         target: &OriginTarget,
         request: &RequestHeader,
+        body: Option<Bytes>,
     ) -> Result<OriginResponse, FetchError> {
         let started = Instant::now();
         let mut request = request.clone();
         target.prepare_upstream(&mut request);
         let request = &request;
-        let result = self.fetch_inner(target, request).await;
+        let result = self.fetch_inner(target, request, body).await;
         let status = result.as_ref().ok().map(|r| r.header.status.as_u16());
         crate::metrics::observe_origin(status, started.elapsed().as_secs_f64());
         result.map_err(|e| {
@@ -207,19 +208,8 @@ impl OriginClient {
     /// Send `request` to another ringside's peer listener at `addr` (`host:port`).
     /// Connecting is bounded by `connect_timeout`; waiting for the answer by
     /// `read_timeout`, which must leave the owner time for its own origin fetch.
-    pub async fn fetch_peer(
-        &self,
-        addr: &str,
-        request: &RequestHeader,
-        connect_timeout: Duration,
-        read_timeout: Duration,
-        h2c: bool,
-    ) -> Result<OriginResponse, FetchError> {
-        self.send_peer(addr, request, None, connect_timeout, read_timeout, h2c)
-            .await
-    }
-
-    /// [`Self::fetch_peer`], with a request body (a handoff's entries).
+    /// With a request body: a handoff's entries, or the body of a POST or
+    /// QUERY cached by its body.
     pub async fn send_peer(
         &self,
         addr: &str,
@@ -264,12 +254,13 @@ impl OriginClient {
         &self,
         target: &OriginTarget,
         request: &RequestHeader,
+        body: Option<Bytes>,
     ) -> pingora::Result<OriginResponse> {
         let peer = target.peer().await?;
         self.send(
             peer,
             request,
-            None,
+            body,
             target.read_timeout,
             target.idle_timeout,
         )

@@ -27,6 +27,7 @@ use crate::net::origin::OriginTarget;
 use crate::rfc::cache_rules::{self, CacheControl, RuleOptions};
 use crate::rfc::cache_status::{CacheStatus, Detail, Fwd};
 use crate::rfc::headers::strip_hop_by_hop;
+use bytes::Bytes;
 use http::header;
 use http::Method;
 use pingora::http::{RequestHeader, ResponseHeader};
@@ -69,7 +70,8 @@ impl Ringside {
     /// The cache key of a (prepared) request, the one place it is built
     /// (the layout is `keys.rs`): the URL's key, then the values of
     /// `cache.key_headers`, then the request's partition when its rule is
-    /// `per-credential` (see `policy.rs`).
+    /// `per-credential`, then, for a POST or QUERY its rule caches, its
+    /// method and the digest of its body (see `policy.rs`, `body.rs`).
     pub(super) fn request_key(
         &self,
         target: &OriginTarget,
@@ -81,7 +83,51 @@ impl Ringside {
         if let Some(partition) = &policy.partition {
             keys::append_partition(&mut key, partition);
         }
+        if let Some(digest) = &policy.body_digest {
+            keys::append_body(&mut key, req.method.as_str(), digest);
+        }
         key
+    }
+
+    /// Send the request to the origin on its own, uncached, answering with
+    /// `status` (the reason) and counting it as `result`. pingora proxies it,
+    /// unless its body was read to key it: then pingora cannot send the body
+    /// again, and a fill of its own that stores nothing sends it instead.
+    pub(super) async fn go_alone(
+        &self,
+        session: &mut Session,
+        ctx: &mut RequestCtx,
+        result: CacheResult,
+        status: CacheStatus,
+    ) -> Result<bool> {
+        match ctx.read_body.take() {
+            None => self.pass(ctx, result, status),
+            Some(body) => {
+                ctx.alone = Some((result, status));
+                // Boxed: a fill's answer can lead back here (once, since
+                // the body is taken), which an async fn cannot hold inline.
+                Box::pin(self.send_once(session, ctx, body)).await
+            }
+        }
+    }
+
+    /// A request whose body was read (a POST or QUERY cached by its body)
+    /// sent to the origin in a fill of its own that stores nothing and that
+    /// no other request joins.
+    pub(super) async fn send_once(
+        &self,
+        session: &mut Session,
+        ctx: &mut RequestCtx,
+        body: Bytes,
+    ) -> Result<bool> {
+        let target = ctx.target.clone().unwrap_or_else(|| self.origin.clone());
+        let req = session.req_header();
+        let key = keys::once(&self.node.cache_key(&target, &req.uri));
+        let found = Found::in_store((None, None));
+        let rules = self.rule_options.clone();
+        let mut job = self.fill_job(req, &target, &key, found, rules, Some(body));
+        job.keep = false;
+        self.fill_and_answer(session, ctx, key, job).await
     }
 
     /// Answer with `object`, saying in Cache-Status the scope the request
@@ -132,6 +178,7 @@ impl Ringside {
         target: Arc<OriginTarget>,
         policy: Policy,
         client_cc: CacheControl,
+        body: Option<Bytes>,
     ) -> Result<bool> {
         let req = session.req_header();
         let plain_key = self.request_key(&target, req, &policy);
@@ -162,7 +209,7 @@ impl Ringside {
             let swr = object.stale_while_revalidate;
             if !forced && !swr.is_zero() && object.staleness(now) <= swr {
                 let object = object.clone();
-                let (flight_key, job) = self.fill_for(req, &target, plain_key, found, rules);
+                let (flight_key, job) = self.fill_for(req, &target, plain_key, found, rules, body);
                 // Refresh in the background unless someone already is.
                 let _ = fill::start(&self.node.filler, flight_key, job, false);
                 ctx.result = CacheResult::Stale;
@@ -175,7 +222,7 @@ impl Ringside {
             let status = CacheStatus::forward(Fwd::Miss).detail(Detail::OnlyIfCached);
             return send_error(session, 504, "not in cache (only-if-cached)\n", status).await;
         }
-        let (flight_key, job) = self.fill_for(req, &target, plain_key, found, rules);
+        let (flight_key, job) = self.fill_for(req, &target, plain_key, found, rules, body);
         self.fill_and_answer(session, ctx, flight_key, job).await
     }
 
@@ -282,12 +329,14 @@ impl Ringside {
         plain_key: String,
         found: Found,
         rules: RuleOptions,
+        body: Option<Bytes>,
     ) -> (String, Job) {
+        let variant_key = found.variant_key.clone();
         let flight_key = flight_key(
-            found.variant_key.unwrap_or_else(|| plain_key.clone()),
+            variant_key.unwrap_or_else(|| plain_key.clone()),
             &found.route,
         );
-        let job = self.fill_job(req, target, &plain_key, found.stored, rules, found.route);
+        let job = self.fill_job(req, target, &plain_key, found, rules, body);
         (flight_key, job)
     }
 
@@ -325,7 +374,7 @@ impl Ringside {
                 Err(WaitError::Abandoned) => {
                     // The leader's fill died; fetch for ourselves, uncached.
                     let status = CacheStatus::forward(Fwd::Miss).detail(Detail::Abandoned);
-                    self.pass(ctx, CacheResult::Miss, status)
+                    self.go_alone(session, ctx, CacheResult::Miss, status).await
                 }
             },
         }
@@ -351,8 +400,11 @@ impl Ringside {
                     let status = CacheStatus::forward(Fwd::UriMiss).detail(Detail::RangeNotStored);
                     return self.pass(ctx, CacheResult::Miss, status);
                 }
-                let cache_status;
+                let mut cache_status;
                 (ctx.result, cache_status) = told(&report, false);
+                if let Some((result, status)) = ctx.alone.take() {
+                    (ctx.result, cache_status) = (result, status);
+                }
                 ctx.overridden = report.overridden;
                 let cache_status = cache_status.scope(told::scope(ctx.scope));
                 send_stream(session, header, body, cache_status).await
@@ -386,7 +438,7 @@ impl Ringside {
                         != object.vary_fingerprint
                 {
                     let status = CacheStatus::forward(Fwd::VaryMiss);
-                    return self.pass(ctx, CacheResult::Miss, status);
+                    return self.go_alone(session, ctx, CacheResult::Miss, status).await;
                 }
                 let status;
                 (ctx.result, status) = told(&Report::fetched(source, revalidated), collapsed);
@@ -406,7 +458,7 @@ impl Ringside {
             }
             Outcome::NotStored => {
                 let status = CacheStatus::forward(Fwd::UriMiss).detail(Detail::NotStored);
-                self.pass(ctx, CacheResult::Miss, status)
+                self.go_alone(session, ctx, CacheResult::Miss, status).await
             }
             Outcome::Failed(e) => {
                 ctx.result = CacheResult::Error;
@@ -439,20 +491,23 @@ impl Ringside {
         req: &RequestHeader,
         target: &Arc<OriginTarget>,
         key: &str,
-        stale: Option<Arc<CachedObject>>,
+        found: Found,
         rules: RuleOptions,
-        route: Route,
+        body: Option<Bytes>,
     ) -> Job {
+        let route = found.route;
         Job {
             owner: route.owner,
             mirror: route.mirror,
             previous_owner: route.previous_owner,
             target: target.clone(),
-            request: fill_request(req, target),
+            request: fill_request(req, target, body.as_ref()),
             key: key.to_owned(),
-            stale,
+            stale: found.stored,
             rules,
             max_object_size: self.node.config.cache.max_object_size,
+            body,
+            keep: true,
         }
     }
 }
@@ -480,7 +535,8 @@ fn wants_part_of(req: &RequestHeader, response: &ResponseHeader) -> bool {
         && response.status == http::StatusCode::OK
 }
 
-/// The request a fill sends: GET, origin-form, the client's end-to-end
+/// The request a fill sends: GET (or, for a POST or QUERY keyed on its
+/// body, that method and body), origin-form, the client's end-to-end
 /// headers minus its own conditionals and `Range`.
 ///
 /// The fill is for the cache and for every request that joins it, so it asks
@@ -494,7 +550,7 @@ fn wants_part_of(req: &RequestHeader, response: &ResponseHeader) -> bool {
 /// go to the origin on their own keep their conditionals and `Range`, and
 /// the origin answers them: bypasses, followers of a fill that is not
 /// stored, a range of what is not stored.
-fn fill_request(req: &RequestHeader, target: &OriginTarget) -> RequestHeader {
+fn fill_request(req: &RequestHeader, target: &OriginTarget, body: Option<&Bytes>) -> RequestHeader {
     let path = req.uri.path_and_query().map_or("/", |p| p.as_str());
     let mut headers = req.headers.clone();
     strip_hop_by_hop(&mut headers);
@@ -513,12 +569,17 @@ fn fill_request(req: &RequestHeader, target: &OriginTarget) -> RequestHeader {
     ] {
         headers.remove(name);
     }
-    let mut fill =
-        RequestHeader::build_no_case(Method::GET, path.as_bytes(), Some(headers.len() + 3))
-            .unwrap_or_else(|_| {
-                RequestHeader::build_no_case(Method::GET, b"/", None).expect("static")
-            });
+    // A read keyed by its body (POST, QUERY) sends its method and body.
+    let method = match body {
+        Some(_) => req.method.clone(),
+        None => Method::GET,
+    };
+    let mut fill = RequestHeader::build_no_case(method, path.as_bytes(), Some(headers.len() + 3))
+        .unwrap_or_else(|_| RequestHeader::build_no_case(Method::GET, b"/", None).expect("static"));
     let _ = fill.insert_header(header::HOST, target.host_header.clone());
+    if let Some(body) = body {
+        let _ = fill.insert_header(header::CONTENT_LENGTH, body.len());
+    }
     for (name, value) in headers.iter() {
         let _ = fill.append_header(name.clone(), value.clone());
     }

@@ -49,6 +49,7 @@ use crate::node::Node;
 use crate::rfc::cache_rules::{self, CacheControl, RuleOptions};
 use crate::shutdown::InFlight;
 use async_trait::async_trait;
+use bytes::Bytes;
 use http::header;
 use http::Method;
 use pingora::http::authority::raw_target_authority;
@@ -59,6 +60,7 @@ use pingora::upstreams::peer::HttpPeer;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+mod body;
 mod cacheable;
 mod invalidate;
 mod peer;
@@ -110,6 +112,14 @@ pub struct RequestCtx {
     scope: Scope,
     /// The answer was stored and served under the rule's override.
     overridden: bool,
+    /// The body of a POST or QUERY read to key it: a request that then goes
+    /// to the origin on its own sends it in a fill (`go_alone`).
+    read_body: Option<Bytes>,
+    /// What a request that went alone is told and counted as.
+    alone: Option<(CacheResult, CacheStatus)>,
+    /// The part of a body over `max_key_body` already read: sent to the
+    /// origin ahead of the rest (`request_body_filter`).
+    body_prefix: Option<Bytes>,
 }
 
 impl Ringside {
@@ -192,6 +202,74 @@ impl Ringside {
     }
 }
 
+impl Ringside {
+    /// A POST or QUERY its path rule caches by its body: read the body (see
+    /// `body.rs`), then serve it as a read keyed by it, or, when it is too
+    /// large to key, send it on uncached.
+    async fn serve_by_body(
+        &self,
+        session: &mut Session,
+        ctx: &mut RequestCtx,
+        target: Arc<OriginTarget>,
+        mut policy: policy::Policy,
+    ) -> Result<bool> {
+        let timeout = self.node.config.cache.key_body_timeout;
+        let too_large = CacheStatus::bypass(Detail::BodyTooLarge);
+        match body::read(session, &policy.body, timeout).await {
+            body::Read::Whole(body) => {
+                let req = session.req_header();
+                if self.role == Role::Peer && !peers::body_matches(&req.headers, &body) {
+                    metrics::PEER_AUTH_FAILURES.inc();
+                    let refusal = "body does not match its signed digest\n";
+                    ctx.result = CacheResult::Error;
+                    return respond::send_refusal(session, 401, refusal, "credentials").await;
+                }
+                let client_cc = cache_rules::request_cache_control(&req.headers);
+                ctx.read_body = Some(body.clone());
+                if client_cc.no_store {
+                    let status = CacheStatus::bypass(Detail::NoStore);
+                    return self
+                        .go_alone(session, ctx, CacheResult::Bypass, status)
+                        .await;
+                }
+                policy.body_digest = Some(body::digest(&body, policy.body.key));
+                self.headers.strip(session.req_header_mut());
+                self.serve_cacheable(session, ctx, target, policy, client_cc, Some(body))
+                    .await
+            }
+            body::Read::Announced => {
+                metrics::KEY_BODY_TOO_LARGE.inc();
+                self.pass(ctx, CacheResult::Bypass, too_large)
+            }
+            body::Read::Prefix(prefix) => {
+                metrics::KEY_BODY_TOO_LARGE.inc();
+                ctx.body_prefix = Some(prefix);
+                self.pass(ctx, CacheResult::Bypass, too_large)
+            }
+            body::Read::WholeTooLarge(body) => {
+                metrics::KEY_BODY_TOO_LARGE.inc();
+                self.send_once(session, ctx, body).await
+            }
+            body::Read::TooSlow => {
+                ctx.result = CacheResult::Error;
+                let status = CacheStatus::bypass(Detail::BodyTimeout);
+                send_error(session, 408, "request body too slow\n", status).await
+            }
+            body::Read::Broken => {
+                ctx.result = CacheResult::Error;
+                let status = CacheStatus::bypass(Detail::BadRequest);
+                send_error(
+                    session,
+                    400,
+                    "request body broken off or malformed\n",
+                    status,
+                )
+                .await
+            }
+        }
+    }
+}
+
 /// Answer a request ringside refuses to act on.
 async fn refuse(
     session: &mut Session,
@@ -247,6 +325,9 @@ impl ProxyHttp for Ringside {
             is_write: false,
             scope: Scope::Shared,
             overridden: false,
+            read_body: None,
+            alone: None,
+            body_prefix: None,
         }
     }
 
@@ -301,24 +382,45 @@ impl ProxyHttp for Ringside {
             return Ok(true);
         }
         let req = session.req_header();
-        if req.method != Method::GET && req.method != Method::HEAD {
+        let policy = self.policy(&target, req);
+        let uncached_target = matches!(normalized, request::Target::PassUncached);
+        let by_body = !policy.bypass && !uncached_target && policy.body.caches(&req.method);
+        if req.method != Method::GET && req.method != Method::HEAD && !by_body {
             ctx.is_write = invalidate::is_unsafe(&req.method);
             return self.pass(ctx, CacheResult::Pass, CacheStatus::METHOD);
         }
-        if matches!(normalized, request::Target::PassUncached) {
+        if uncached_target {
             let status = CacheStatus::bypass(Detail::EncodedSlash);
             return self.pass(ctx, CacheResult::Bypass, status);
         }
-        let policy = self.policy(&target, req);
         ctx.scope = policy.scope;
+        if by_body {
+            return self.serve_by_body(session, ctx, target, policy).await;
+        }
         match bypass_reason(req, policy.bypass) {
             Err(why) => self.pass(ctx, CacheResult::Bypass, CacheStatus::bypass(why)),
             Ok(client_cc) => {
                 self.headers.strip(session.req_header_mut());
-                self.serve_cacheable(session, ctx, target, policy, client_cc)
+                self.serve_cacheable(session, ctx, target, policy, client_cc, None)
                     .await
             }
         }
+    }
+
+    /// A body over `max_key_body` was partly read to key its request: that
+    /// part goes to the origin ahead of the first chunk pingora reads.
+    async fn request_body_filter(
+        &self,
+        _session: &mut Session,
+        body: &mut Option<Bytes>,
+        _end_of_stream: bool,
+        ctx: &mut RequestCtx,
+    ) -> Result<()> {
+        if let Some(prefix) = ctx.body_prefix.take() {
+            let rest = body.take().unwrap_or_default();
+            *body = Some([prefix, rest].concat().into());
+        }
+        Ok(())
     }
 
     async fn upstream_peer(

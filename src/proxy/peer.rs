@@ -18,7 +18,9 @@
 //!   as far as this node's rules allow (`handoff/`);
 //! - a GET with `x-ringside-lookup`: a previous-owner lookup, answered
 //!   from the cache only (`cacheable.rs`);
-//! - other methods than GET/HEAD: 405 (peers only exchange cacheable reads);
+//! - other methods than GET/HEAD, and a POST or QUERY its path rule does
+//!   not cache by its body: 405 (peers only exchange cacheable reads; a
+//!   body's digest is signed, and checked once it is read, `body.rs`);
 //! - ring views: a different generation is counted, and a key this node does
 //!   not think it owns is still served here (never forwarded: the loop guard).
 
@@ -132,8 +134,17 @@ pub async fn handle(
         return Ok(true);
     }
     let req = session.req_header();
-    if req.method != Method::GET && req.method != Method::HEAD {
-        refuse(session, ctx, 405, "peers only exchange GET and HEAD\n").await?;
+    let read = req.method == Method::GET
+        || req.method == Method::HEAD
+        || rs.policy(target, req).body.caches(&req.method);
+    if !read {
+        refuse(
+            session,
+            ctx,
+            405,
+            "peers only exchange reads the cache answers\n",
+        )
+        .await?;
         return Ok(true);
     }
     let ring = cluster.ring();

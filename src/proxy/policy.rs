@@ -36,6 +36,8 @@ pub struct Policy {
     pub partition: Option<String>,
     /// How the body of a POST or QUERY keys the request.
     pub body: BodyPolicy,
+    /// The digest of the body that keys this request, once read (`body.rs`).
+    pub body_digest: Option<String>,
 }
 
 /// Body-keyed reads under a rule.
@@ -101,6 +103,7 @@ impl Ringside {
                     .and_then(|r| r.max_key_body)
                     .unwrap_or(cache.max_key_body),
             },
+            body_digest: None,
         }
     }
 }

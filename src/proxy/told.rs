@@ -19,6 +19,10 @@ pub fn told(report: &Report, collapsed: bool) -> (CacheResult, CacheStatus) {
             CacheStatus::REVALIDATED.detail(detail(why)),
         ),
         (true, _, _) => (CacheResult::Revalidated, CacheStatus::REVALIDATED),
+        (false, Kept::No(NotKept::BodyTooLarge, _), _) => (
+            CacheResult::Bypass,
+            CacheStatus::bypass(Detail::BodyTooLarge),
+        ),
         (false, Kept::No(why, status), source) => (
             result_of(source),
             CacheStatus::forward(Fwd::UriMiss)
@@ -73,6 +77,7 @@ fn detail(why: NotKept) -> Detail {
     match why {
         NotKept::Rule(rule) => Detail::NotStorable(rule),
         NotKept::TooLarge => Detail::TooLarge,
+        NotKept::BodyTooLarge => Detail::BodyTooLarge,
     }
 }
 

@@ -118,6 +118,10 @@ pub enum Detail {
     PeerRefused,
     /// Passed uncached (`cache.encoded_slashes: pass`).
     EncodedSlash,
+    /// A POST or QUERY cached by its body, whose body is over `max_key_body`.
+    BodyTooLarge,
+    /// No byte of a request body for longer than allowed.
+    BodyTimeout,
 }
 
 impl Detail {
@@ -150,6 +154,8 @@ impl Detail {
             Detail::UriTooLong => "uri-too-long",
             Detail::PeerRefused => "peer-refused",
             Detail::EncodedSlash => "encoded-slash",
+            Detail::BodyTooLarge => "body-too-large",
+            Detail::BodyTimeout => "body-timeout",
         }
     }
 }

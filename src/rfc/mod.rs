@@ -6,6 +6,7 @@
 //!   which variant, which validators, how a 304 merges;
 //! - `cache_status`: the RFC 9211 `Cache-Status` vocabulary as a type;
 //! - `headers`: RFC 9110 §7.6.1, the fields that belong to one connection;
+//! - `json`: a canonical form of JSON (RFC 8785's spirit), for keying by a body;
 //! - `normalize`: RFC 3986 §6, the one spelling of a request target;
 //! - `range`: RFC 9110 §14, byte ranges of a complete response.
 //!
@@ -14,5 +15,6 @@
 pub mod cache_rules;
 pub(crate) mod cache_status;
 pub(crate) mod headers;
+pub mod json;
 pub mod normalize;
 pub mod range;

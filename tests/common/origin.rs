@@ -361,7 +361,7 @@ async fn respond(
         };
         body = format!("{name}={values} #{count}").into_bytes();
     }
-    if method == "POST" || method == "PUT" {
+    if method == "POST" || method == "PUT" || method == "QUERY" {
         body = [b"echo:".as_slice(), request_body].concat();
     }
     if q.contains_key("versioned") {
