@@ -44,6 +44,9 @@ pub fn run(config: Config) -> ! {
     server.bootstrap();
     add_services(&mut server, &config, node);
     log::info!("{}", startup_line(&config));
+    for warning in policy_warnings(&config) {
+        log::warn!("{warning}");
+    }
     server.run(RunArgs {
         shutdown_signal: Box::new(DrainOnTerm::new(
             config.shutdown_grace,
@@ -92,6 +95,41 @@ fn start_membership_tasks(node: &Arc<Node>, background: &tokio::runtime::Runtime
     });
 }
 
+/// What an operator asserted with its path rules, said once at start: the
+/// prefixes shared although requests carry credentials, those whose
+/// origin directives the rule's ttl overrides, and, in a cluster without
+/// peer TLS, that credentials of cacheable requests cross the peer channel
+/// in cleartext (signed, not encrypted).
+fn policy_warnings(config: &Config) -> Vec<String> {
+    use crate::config::Scope;
+    let mut warnings = Vec::new();
+    let rules: Vec<_> = config.all_rules().collect();
+    for rule in &rules {
+        if rule.scope == Scope::SharedDespiteCredentials {
+            warnings.push(format!(
+                "rule {}: answers shared although requests carry credentials \
+                 (scope: shared-despite-credentials): the operator asserts they do not depend on the caller",
+                rule.prefix
+            ));
+        }
+        if !rule.overrides.is_empty() {
+            warnings.push(format!(
+                "rule {}: its ttl overrides the origin's {:?} (override)",
+                rule.prefix, rule.overrides.0
+            ));
+        }
+    }
+    let credentialed = rules.iter().any(|r| r.scope != Scope::Shared);
+    if credentialed && config.cluster.enabled && config.cluster.tls.is_none() {
+        warnings.push(
+            "per-credential or shared-despite-credentials rules in a cluster without cluster.tls: \
+             the credentials of cacheable requests cross the peer channel unencrypted"
+                .into(),
+        );
+    }
+    warnings
+}
+
 /// What the process serves, in one line: every listener and its origin,
 /// and the proxy's threads (and, with `threads: 0`, where the number comes from).
 fn startup_line(config: &Config) -> String {
@@ -102,7 +140,9 @@ fn startup_line(config: &Config) -> String {
         config.admin_listen
     );
     for upstream in &config.upstreams {
-        let origin = OriginUrl::parse(&upstream.origin).expect("validated by config");
+        let origin = OriginUrl::parse_base(&upstream.origin)
+            .expect("validated by config")
+            .0;
         line += &format!(
             ", upstream {} (origin {})",
             upstream.listen,
@@ -163,7 +203,9 @@ fn add_services(server: &mut Server, config: &Config, node: Arc<Node>) {
         proxies.add(socket_addr(peer_listen), peers);
     }
     for upstream in &config.upstreams {
-        let url = OriginUrl::parse(&upstream.origin).expect("validated by config");
+        let url = OriginUrl::parse_base(&upstream.origin)
+            .expect("validated by config")
+            .0;
         let origin = node.origins.get(&url).expect("every upstream is an origin");
         let proxy =
             pingora::proxy::http_proxy(&server.configuration, ringside.for_upstream(origin));

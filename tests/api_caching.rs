@@ -534,3 +534,43 @@ async fn a_posts_body_crosses_to_its_owner_and_is_fetched_once_cluster_wide() {
         );
     }
 }
+
+/// `origin.url` may carry a base path: app paths are appended to it, path
+/// rules and keys are the app's paths, and a write's `Location` under the
+/// base path invalidates the app path it names.
+#[tokio::test]
+async fn an_origin_url_with_a_base_path_gets_the_apps_paths_under_it() {
+    let origin = Origin::start().await;
+    let yaml = format!(
+        "origin:\n  url: {}/api/v1/\ncache:\n  rules:\n    - {{prefix: /items/, ttl: 60s}}\n",
+        origin.url()
+    );
+    let rs = Ringside::start_yaml(&yaml).await;
+    let first = rs.get("/items/1?echo=host").await;
+    assert_eq!(origin.hits("/api/v1/items/1?echo=host"), 1, "{first:?}");
+    assert!(
+        is_hit(&rs.get("/items/1?echo=host").await),
+        "the app path's rule applied"
+    );
+    let written = format!("/items/2?location={}", "/api/v1/items/1%3Fecho%3Dhost");
+    let w = rs.request("POST", &written, &[]).await;
+    assert_eq!(w.status, 200, "{w:?}");
+    assert_eq!(origin.hits(&format!("/api/v1{written}")), 1);
+    assert!(
+        !is_hit(&rs.get("/items/1?echo=host").await),
+        "the Location's app path was invalidated"
+    );
+    let e = std::process::Command::new(env!("CARGO_BIN_EXE_ringside"))
+        .args([
+            "--origin",
+            "http://127.0.0.1:1/v1/../x",
+            "--listen",
+            "127.0.0.1:1",
+        ])
+        .arg("--admin-listen")
+        .arg("127.0.0.1:2")
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&e.stderr);
+    assert!(stderr.contains("origin.url"), "{stderr}");
+}

@@ -82,7 +82,7 @@ pub struct Config {
 pub struct UpstreamConfig {
     /// The app-facing listener for this origin.
     pub listen: String,
-    /// `http://host:port` or `https://host[:port]`.
+    /// `http://host:port` or `https://host[:port]`, optionally with a base path.
     pub origin: String,
     /// Path rules for this origin; absent: `cache.rules`.
     #[serde(default)]
@@ -123,7 +123,8 @@ fn yes() -> bool {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct OriginConfig {
-    /// `http://host:port` or `https://host[:port]`; no path.
+    /// `http://host:port` or `https://host[:port]`, optionally with a base
+    /// path (`https://api.example.com/v1`) that app paths are appended to.
     pub url: Option<String>,
     #[serde(deserialize_with = "de_duration")]
     pub connect_timeout: Duration,
@@ -696,7 +697,7 @@ impl Config {
                 ));
             }
             listeners.push(&upstream.listen);
-            let url = OriginUrl::parse(&upstream.origin)
+            let (url, _) = OriginUrl::parse_base(&upstream.origin)
                 .map_err(|why| invalid(&field("origin"), quoted(&upstream.origin), why))?;
             if origins.contains(&url) {
                 let expected = "an origin no other listener fronts";
@@ -736,7 +737,7 @@ impl Config {
                     .into(),
             ));
         };
-        OriginUrl::parse(url).map_err(|why| invalid("origin.url", quoted(url), why))?;
+        OriginUrl::parse_base(url).map_err(|why| invalid("origin.url", quoted(url), why))?;
         for (field, d) in [
             ("origin.connect_timeout", self.origin.connect_timeout),
             ("origin.read_timeout", self.origin.read_timeout),
@@ -1049,7 +1050,8 @@ impl Config {
         self.origin
             .url
             .as_deref()
-            .and_then(|u| OriginUrl::parse(u).ok())
+            .and_then(|u| OriginUrl::parse_base(u).ok())
+            .map(|(url, _)| url)
             .unwrap_or_else(|| OriginUrl {
                 tls: false,
                 host: "127.0.0.1".into(),
@@ -1105,6 +1107,30 @@ impl OriginUrl {
         } else {
             format!("{scheme}://{}:{}", self.host, self.port)
         }
+    }
+
+    /// An origin URL that may end in a base path (`https://api.example/v1`):
+    /// the origin, and the path every request path is appended to when sent
+    /// there ("" for none; normalised, no trailing `/`). The base path is
+    /// how the origin is reached, not part of its identity or of any key.
+    pub fn parse_base(url: &str) -> Result<(OriginUrl, String), &'static str> {
+        const WANT: &str = "a URL like http://host:port or https://host/base/path (no query)";
+        let uri: http::Uri = url.parse().map_err(|_| WANT)?;
+        if uri.query().is_some() {
+            return Err(WANT);
+        }
+        let base = uri.path().trim_end_matches('/').to_string();
+        let normal = crate::rfc::normalize::normalize_path(base.as_bytes());
+        if !base.is_empty() && normal.as_deref().ok() != Some(base.as_str()) {
+            return Err(
+                "a base path in normal form (no //, . or .. segments, uppercase percent-encoding)",
+            );
+        }
+        let origin = match uri.authority() {
+            Some(authority) => format!("{}://{}", uri.scheme_str().unwrap_or(""), authority),
+            None => return Err(WANT),
+        };
+        Ok((OriginUrl::parse(&origin)?, base))
     }
 
     /// The value of the Host header to send: the port is omitted when it is the scheme's default.

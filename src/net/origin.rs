@@ -46,6 +46,8 @@ pub struct OriginTarget {
     resolved: Mutex<Option<(Instant, SocketAddr)>>,
     /// Headers added to every request sent here (never to a peer).
     injected: Injected,
+    /// Prepended to every request's path sent here (`origin.url`'s path).
+    base_path: String,
 }
 
 impl OriginTarget {
@@ -61,6 +63,7 @@ impl OriginTarget {
             verify_tls: config.origin.verify_tls,
             resolved: Mutex::new(None),
             injected: Injected::default(),
+            base_path: String::new(),
             url,
         }
     }
@@ -71,8 +74,26 @@ impl OriginTarget {
         self
     }
 
-    /// A request as this origin gets it: with the injected headers.
+    /// The same target, reached under `base` (`/v1`: app paths appended to it).
+    pub fn with_base_path(mut self, base: String) -> OriginTarget {
+        self.base_path = base;
+        self
+    }
+
+    /// The path under which this origin is reached ("" for its root).
+    pub fn base_path(&self) -> &str {
+        &self.base_path
+    }
+
+    /// A request as this origin gets it: its path under the base path, and
+    /// the injected headers.
     pub fn prepare_upstream(&self, request: &mut RequestHeader) {
+        if !self.base_path.is_empty() {
+            let path = request.uri.path_and_query().map_or("/", |p| p.as_str());
+            if let Ok(uri) = format!("{}{path}", self.base_path).parse::<http::Uri>() {
+                request.set_uri(uri);
+            }
+        }
         self.injected.apply(request);
     }
 

@@ -94,18 +94,39 @@ fn same_origin(reference: &str, request: &Uri, target: &OriginTarget) -> Option<
         let host = authority.host().trim_matches(['[', ']']);
         let url = &target.url;
         let same = tls == url.tls && port == url.port && host.eq_ignore_ascii_case(&url.host);
-        return same.then(|| origin_form(&uri));
+        return same
+            .then(|| origin_form(&uri))
+            .and_then(|u| app_side(&u, target));
     }
     if reference.starts_with("//") {
         return None; // network-path reference: another authority
     }
     if reference.starts_with('/') {
-        return reference.parse().ok().map(|uri| origin_form(&uri));
+        let uri = reference.parse().ok().map(|uri| origin_form(&uri))?;
+        return app_side(&uri, target);
     }
     // A relative path: resolved against the request path's directory (RFC 3986 §5.2).
     let base = request.path();
     let directory = &base[..base.rfind('/').map_or(0, |i| i + 1)];
     format!("{directory}{reference}").parse().ok()
+}
+
+/// An origin's path as the app names it: without the origin's base path
+/// (`origin.url: https://api/v1` names `/v1/items/2` as `/items/2`); None
+/// for a path outside it, which nothing under this origin is keyed by.
+fn app_side(uri: &Uri, target: &OriginTarget) -> Option<Uri> {
+    let base = target.base_path();
+    if base.is_empty() {
+        return Some(uri.clone());
+    }
+    let full = uri.path_and_query().map_or("/", |p| p.as_str());
+    let rest = full.strip_prefix(base)?;
+    match rest.chars().next() {
+        Some('/') => rest.parse().ok(),
+        Some('?') => format!("/{rest}").parse().ok(),
+        None => Some(Uri::from_static("/")),
+        Some(_) => None,
+    }
 }
 
 /// Whether a URI reference starts with a scheme (RFC 3986 §3.1).
