@@ -699,3 +699,37 @@ async fn rfc9110_13_2_1_a_stored_non_2xx_ignores_the_clients_validators() {
     assert!(is_hit(&r), "{r:?}");
     assert_eq!(origin.hits(path), 1);
 }
+
+/// RFC 9213 §2.1: targeted cache-control fields are Structured Fields
+/// (Dictionaries): one that does not parse as one is ignored as a whole,
+/// so `Cache-Control` decides; a valid one's parameters are ignored.
+#[tokio::test]
+async fn rfc9213_2_1_an_invalid_targeted_field_is_ignored_as_a_whole() {
+    let (origin, rs) = setup().await;
+    for invalid in ["MAX-AGE%3D600", "max-age%3D600%2C", "max-age%3D600%3B%3B"] {
+        let path = format!("/tcc-invalid?cc=no-store&tcc={invalid}");
+        rs.get(&path).await;
+        let second = rs.get(&path).await;
+        assert!(!is_hit(&second), "{invalid}: {second:?}");
+        assert_eq!(origin.hits(&path), 2, "{invalid}");
+    }
+    let with_parameters = "/tcc-params?cc=no-store&tcc=max-age%3D600%3Bby%3Dops";
+    rs.get(with_parameters).await;
+    assert!(is_hit(&rs.get(with_parameters).await), "parameters ignored");
+}
+
+/// RFC 9110 §5.6.7: recipients should read a date leniently; in asctime
+/// form the weekday is redundant, so a wrong one does not make `Expires`
+/// invalid (which would mean already expired): the date counts as written.
+#[tokio::test]
+async fn rfc9110_5_6_7_expires_with_a_wrong_weekday_still_counts() {
+    let (origin, rs) = setup().await;
+    let fresh = "/wrong-day?expires=600&expires_fmt=asctime_wrong_weekday";
+    rs.get(fresh).await;
+    assert!(is_hit(&rs.get(fresh).await));
+    assert_eq!(origin.hits(fresh), 1);
+    let past = "/wrong-day?expires=-600&expires_fmt=asctime_wrong_weekday";
+    rs.get(past).await;
+    rs.get(past).await;
+    assert_eq!(origin.hits(past), 2, "an Expires in the past is stale");
+}
