@@ -733,3 +733,39 @@ async fn rfc9110_5_6_7_expires_with_a_wrong_weekday_still_counts() {
     rs.get(past).await;
     assert_eq!(origin.hits(past), 2, "an Expires in the past is stale");
 }
+
+/// RFC 9110 §13.1.1, §13.1.4, §13.2.2: `If-Match` and (without it)
+/// `If-Unmodified-Since` are evaluated against the stored response, as the
+/// origin would against its own: false is 412, true serves it; on a miss
+/// too, against what the fill brought.
+#[tokio::test]
+async fn rfc9110_13_2_2_if_match_and_if_unmodified_since_on_hits() {
+    let (origin, rs) = setup().await;
+    let path = "/pre?cc=max-age%3D600&etag=v1&lm=1";
+    let before = "Tue, 20 Oct 2015 07:28:00 GMT";
+    let after = "Thu, 22 Oct 2015 07:28:00 GMT";
+    let miss = rs.request("GET", path, &[("if-match", "\"v2\"")]).await;
+    assert_eq!(miss.status, 412, "{miss:?}");
+    type Case<'a> = (&'a str, &'a [(&'a str, &'a str)], u16);
+    let cases: [Case; 7] = [
+        ("GET", &[("if-match", "\"v1\"")], 200),
+        ("GET", &[("if-match", "\"v0\", \"v1\"")], 200),
+        ("GET", &[("if-match", "*")], 200),
+        ("GET", &[("if-match", "W/\"v1\"")], 412),
+        ("HEAD", &[("if-match", "\"v2\"")], 412),
+        ("GET", &[("if-unmodified-since", before)], 412),
+        ("GET", &[("if-unmodified-since", after)], 200),
+    ];
+    for (method, headers, status) in cases {
+        let r = rs.request(method, path, headers).await;
+        assert_eq!(r.status, status, "{method} {headers:?}: {r:?}");
+        assert!(is_hit(&r), "{headers:?}: {r:?}");
+    }
+    let both = [("if-match", "\"v1\""), ("if-unmodified-since", before)];
+    assert_eq!(
+        rs.request("GET", path, &both).await.status,
+        200,
+        "If-Match wins"
+    );
+    assert_eq!(origin.hits(path), 1);
+}

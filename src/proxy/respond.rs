@@ -1,11 +1,12 @@
 //! Writing responses: from a stored object (the hit path), from a streamed
 //! origin response, and ringside's own short errors. Either kind of answer
-//! may be a 304 (the client's validators match) or, for a GET with `Range`,
+//! may be a 304 (the client's validators match), a 412 (its `If-Match` or
+//! `If-Unmodified-Since` is false: `cache_rules::preconditions`) or, for a GET with `Range`,
 //! a 206 or 416 cut from the complete response (`crate::rfc::range` decides).
 
 use crate::cache::store::CachedObject;
 use crate::metrics;
-use crate::rfc::cache_rules;
+use crate::rfc::cache_rules::{self, Precondition};
 use crate::rfc::range::{self, ByteRange, Selection};
 use bytes::Bytes;
 use http::header::{self, HeaderName, HeaderValue};
@@ -18,7 +19,8 @@ use std::time::Instant;
 
 use crate::rfc::cache_status::{CacheStatus, Detail, HEADER as CACHE_STATUS};
 
-/// Answer from a stored object: 304 when the client's validators match a
+/// Answer from a stored object: 412 when the client's `If-Match` or
+/// `If-Unmodified-Since` is false, 304 when its validators match a
 /// stored 2xx (RFC 9110 §13.2.1: preconditions are ignored for others), a
 /// 206 or 416 when a GET's `Range` asks for part of it, else the stored
 /// response with Age and Cache-Status.
@@ -39,14 +41,17 @@ pub async fn send_object(
     let req = session.req_header();
     let head = req.method == Method::HEAD;
     let age = HeaderValue::from(object.age(now).as_secs());
-    if object.header.status.is_success()
-        && cache_rules::client_validators_match(&req.headers, &object.header.headers)
-    {
-        let mut h = not_modified_header(&object.header)?;
-        h.insert_header(header::AGE, age)?;
-        h.insert_header(CACHE_STATUS.clone(), cache_status)?;
-        session.write_response_header(Box::new(h), true).await?;
-        return Ok(true);
+    let stored = &object.header;
+    match cache_rules::evaluate_preconditions(&req.headers, stored.status, &stored.headers) {
+        Precondition::Proceed => {}
+        Precondition::NotModified => {
+            let mut h = not_modified_header(&object.header)?;
+            h.insert_header(header::AGE, age)?;
+            h.insert_header(CACHE_STATUS.clone(), cache_status)?;
+            session.write_response_header(Box::new(h), true).await?;
+            return Ok(true);
+        }
+        Precondition::Failed => return send_precondition_failed(session, cache_status).await,
     }
     let complete = object.body.len() as u64;
     match requested_part(req, &object.header, complete) {
@@ -82,6 +87,19 @@ pub async fn send_object(
             .write_response_body(Some(object.body.clone()), true)
             .await?;
     }
+    Ok(true)
+}
+
+/// 412 for a GET or HEAD whose `If-Match` or `If-Unmodified-Since` is false
+/// (RFC 9110 §15.5.13): no content, as the origin would have sent none.
+async fn send_precondition_failed(
+    session: &mut Session,
+    cache_status: HeaderValue,
+) -> Result<bool> {
+    let mut h = ResponseHeader::build(StatusCode::PRECONDITION_FAILED, Some(2))?;
+    h.insert_header(header::CONTENT_LENGTH, 0)?;
+    h.insert_header(CACHE_STATUS.clone(), cache_status)?;
+    session.write_response_header(Box::new(h), true).await?;
     Ok(true)
 }
 
@@ -147,8 +165,9 @@ async fn send_unsatisfiable(
 }
 
 /// Stream a fill's response to the client whose request started it (the
-/// fill's leader). A 200 whose validators the client already holds is
-/// answered 304, as a hit would be (the fill itself asked unconditionally);
+/// fill's leader). A 2xx whose validators the client already holds is
+/// answered 304, and one its `If-Match` or `If-Unmodified-Since` rules out
+/// 412, as a hit would be (the fill itself asked unconditionally);
 /// a `Range` is answered from the stream when its length is known (the
 /// bytes before the part are skipped, the client is answered as soon as the
 /// part is through), else with the whole response, as RFC 9110 §14.2 allows.
@@ -161,13 +180,16 @@ pub async fn send_stream(
     let cache_status = cache_status.header_value();
     let req = session.req_header();
     let head = req.method == Method::HEAD;
-    if header.status == StatusCode::OK
-        && cache_rules::client_validators_match(&req.headers, &header.headers)
-    {
-        let mut h = not_modified_header(&header)?;
-        h.insert_header(CACHE_STATUS.clone(), cache_status.clone())?;
-        session.write_response_header(Box::new(h), true).await?;
-        return Ok(true); // dropping `body` stops the leader's share of the fill
+    // Dropping `body` when answering 304 or 412 stops the leader's share of the fill.
+    match cache_rules::evaluate_preconditions(&req.headers, header.status, &header.headers) {
+        Precondition::Proceed => {}
+        Precondition::NotModified => {
+            let mut h = not_modified_header(&header)?;
+            h.insert_header(CACHE_STATUS.clone(), cache_status.clone())?;
+            session.write_response_header(Box::new(h), true).await?;
+            return Ok(true);
+        }
+        Precondition::Failed => return send_precondition_failed(session, cache_status).await,
     }
     // The whole body's length, when the head says it.
     let complete = header

@@ -27,8 +27,10 @@ use siphasher::sip::SipHasher13;
 use super::headers;
 
 mod http_date;
+mod preconditions;
 mod targeted;
 pub use http_date::parse_http_date;
+pub use preconditions::{evaluate as evaluate_preconditions, Precondition};
 pub use targeted::targeted;
 
 /// RFC 9111 §1.2.2: a delta-seconds value too large to represent is read as 2^31.
