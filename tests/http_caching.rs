@@ -6,7 +6,7 @@ mod common;
 use common::is_hit;
 use common::origin::Origin;
 use common::{eventually, Ringside};
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 
 /// ringside with no default TTL: only the origin's own headers make things cacheable.
 async fn setup() -> (Origin, Ringside) {
@@ -768,4 +768,45 @@ async fn rfc9110_13_2_2_if_match_and_if_unmodified_since_on_hits() {
         "If-Match wins"
     );
     assert_eq!(origin.hits(path), 1);
+}
+
+/// RFC 9110 §6.6.1: `Date` is when the origin generated the response, and
+/// a cache passes it on: a hit carries the stored response's Date (its
+/// `Age` says how long it has been held), not the time of the hit. So does
+/// a response passed through uncached; ringside's own answers get one.
+#[tokio::test]
+async fn rfc9110_6_6_1_a_hit_carries_the_stored_responses_date() {
+    let (_origin, rs) = setup().await;
+    let path = "/dated?cc=max-age%3D600&date_ago=100";
+    let first = rs.get(path).await;
+    let hit = rs.get(path).await;
+    assert!(is_hit(&hit), "{hit:?}");
+    let date = hit.header("date").expect("a Date");
+    assert_eq!(Some(date), first.header("date"), "{first:?}");
+    let generated = httpdate::parse_http_date(date).expect("an HTTP-date");
+    let old = SystemTime::now()
+        .duration_since(generated)
+        .unwrap_or_default();
+    assert!(old >= Duration::from_secs(99), "Date {date} is {old:?} old");
+    let age: u64 = hit.header("age").unwrap().parse().unwrap();
+    assert!(age >= 100, "age {age}");
+
+    let passed = rs.get("/dated-pass?cc=no-store&date_ago=100").await;
+    let generated = httpdate::parse_http_date(passed.header("date").unwrap()).unwrap();
+    let old = SystemTime::now()
+        .duration_since(generated)
+        .unwrap_or_default();
+    assert!(old >= Duration::from_secs(99), "{passed:?}");
+
+    let only_cached = [("cache-control", "only-if-cached")];
+    let own = rs.request("GET", "/never-fetched", &only_cached).await;
+    assert_eq!(own.status, 504);
+    let date = own
+        .header("date")
+        .expect("ringside's own answer has a Date");
+    let generated = httpdate::parse_http_date(date).unwrap();
+    let old = SystemTime::now()
+        .duration_since(generated)
+        .unwrap_or_default();
+    assert!(old < Duration::from_secs(5), "{own:?}");
 }

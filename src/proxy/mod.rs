@@ -268,6 +268,7 @@ impl ProxyHttp for Ringside {
         // Pipelined requests are answered in order (RFC 9112 §9.3.2) rather
         // than dropped after the first response.
         session.set_pipelining_enabled(true);
+        respond::keep_response_dates(session);
         if crate::net::readiness::is_probe(session.req_header()) {
             return crate::net::readiness::answer(session).await;
         }

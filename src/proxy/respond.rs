@@ -14,10 +14,24 @@ use http::response::Parts;
 use http::{Method, StatusCode};
 use pingora::http::{RequestHeader, ResponseHeader};
 use pingora::prelude::*;
+use pingora::protocols::http::ServerSession;
 use pingora::proxy::Session;
 use std::time::Instant;
 
 use crate::rfc::cache_status::{CacheStatus, Detail, HEADER as CACHE_STATUS};
+
+/// Let every response to this request keep the `Date` it carries, which
+/// pingora would set to the current time (RFC 9110 §6.6.1): a hit the
+/// stored response's, a pass-through the origin's; responses without one
+/// (ringside's own) still get the current time. Through the switch
+/// `vendor/pingora-core` adds (see `vendor/README.md`).
+pub fn keep_response_dates(session: &mut Session) {
+    match session.as_downstream_mut() {
+        ServerSession::H1(h1) => h1.set_keep_response_date(true),
+        ServerSession::H2(h2) => h2.set_keep_response_date(true),
+        _ => {}
+    }
+}
 
 /// Answer from a stored object: 412 when the client's `If-Match` or
 /// `If-Unmodified-Since` is false, 304 when its validators match a
