@@ -5,8 +5,10 @@
 mod common;
 use common::is_hit;
 use common::origin::Origin;
+use common::raw::{raw_exchange, RawServer};
 use common::{eventually, Ringside};
 use std::time::{Duration, SystemTime};
+use tokio::io::AsyncWriteExt;
 
 /// ringside with no default TTL: only the origin's own headers make things cacheable.
 async fn setup() -> (Origin, Ringside) {
@@ -809,4 +811,46 @@ async fn rfc9110_6_6_1_a_hit_carries_the_stored_responses_date() {
         .duration_since(generated)
         .unwrap_or_default();
     assert!(old < Duration::from_secs(5), "{own:?}");
+}
+
+/// An origin that sends `103 Early Hints` before every final response.
+async fn hinting_origin() -> RawServer {
+    RawServer::start("127.0.0.1:0", |_, mut stream| async move {
+        let answer = "HTTP/1.1 103 Early Hints\r\nLink: </a.css>; rel=preload\r\n\r\n\
+                      HTTP/1.1 200 OK\r\nCache-Control: max-age=60\r\nContent-Length: 2\r\n\r\nok";
+        let _ = stream.write_all(answer.as_bytes()).await;
+    })
+    .await
+}
+
+/// RFC 9110 §15.2 and RFC 8297: a proxy forwards the 1xx responses it did
+/// not ask for, except to an HTTP/1.0 client; a cache never stores them.
+/// The client whose request fetched the response gets the origin's 103
+/// Early Hints before the 200; a hit gets the 200 alone.
+#[tokio::test]
+async fn rfc9110_15_2_interim_responses_reach_the_client_and_are_never_stored() {
+    let origin = hinting_origin().await;
+    let rs = Ringside::start(&format!("http://{}", origin.addr), "").await;
+    let request = "GET /hinted HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n";
+    let reply = raw_exchange(rs.addr, request).await;
+    let hints = reply.text.find("HTTP/1.1 103").expect(&reply.text);
+    let ok = reply.text.find("HTTP/1.1 200").expect(&reply.text);
+    assert!(hints < ok, "{}", reply.text);
+    assert!(
+        reply.text[hints..ok].contains("</a.css>; rel=preload"),
+        "{}",
+        reply.text
+    );
+    let hit = raw_exchange(rs.addr, request).await;
+    assert_eq!((hit.status(), hit.responses()), (Some(200), 1), "{hit:?}");
+    assert!(hit.text.contains("ringside; hit"), "{}", hit.text);
+    assert_eq!(origin.hits("/hinted"), 1);
+
+    let old_client = "GET /hinted-1.0 HTTP/1.0\r\nHost: x\r\n\r\n";
+    let reply = raw_exchange(rs.addr, old_client).await;
+    assert_eq!(
+        (reply.status(), reply.responses()),
+        (Some(200), 1),
+        "{reply:?}"
+    );
 }

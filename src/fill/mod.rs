@@ -59,7 +59,7 @@ use crate::cluster::peers;
 use crate::cluster::Cluster;
 use crate::metrics;
 use crate::net::origin::{
-    strip_response_hop_by_hop, FetchError, OriginClient, OriginResponse, OriginTarget,
+    strip_response_hop_by_hop, FetchError, InterimSink, OriginClient, OriginResponse, OriginTarget,
 };
 use crate::rfc::cache_rules::{self, RuleOptions};
 
@@ -200,6 +200,9 @@ pub struct Job {
     pub previous_owner: Option<String>,
     /// Where a copy from the owner is kept: the hot area when the key is hot here.
     pub mirror: Option<Arc<Store>>,
+    /// Where the interim (1xx) responses before the answer go: the leader's
+    /// client, which may pass them on; None for a background refresh.
+    pub interim: Option<InterimSink>,
 }
 
 /// Shared by every fill.

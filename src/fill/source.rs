@@ -12,7 +12,7 @@ use crate::cache::singleflight::Waiter;
 use crate::cluster::peers;
 use crate::cluster::Cluster;
 use crate::metrics::{self};
-use crate::net::origin::{FetchError, OriginResponse};
+use crate::net::origin::{FetchError, InterimSink, OriginResponse};
 use pingora::http::RequestHeader;
 use std::collections::HashSet;
 use std::sync::Mutex;
@@ -73,13 +73,14 @@ pub(super) async fn fetch(
     if let Some(cluster) = &filler.cluster {
         if let Some(owner) = &job.owner {
             let request = peer_request(job, cluster, owner, false);
-            if let Asked::Answered(response) = ask_peer(filler, cluster, owner, &request).await {
+            let asked = ask_peer(filler, cluster, owner, &request, job.interim.as_ref()).await;
+            if let Asked::Answered(response) = asked {
                 return (Ok(*response), Source::Owner);
             }
         } else if let (Some(previous), None) = (&job.previous_owner, &job.stale) {
             let _asking = filler.asking_previous.enter(flight_key);
             let request = peer_request(job, cluster, previous, true);
-            let asked = ask_peer(filler, cluster, previous, &request).await;
+            let asked = ask_peer(filler, cluster, previous, &request, job.interim.as_ref()).await;
             metrics::observe_previous_owner_lookup(asked.as_str());
             if let Asked::Answered(response) = asked {
                 return (Ok(*response), Source::PreviousOwner);
@@ -87,7 +88,10 @@ pub(super) async fn fetch(
         }
     }
     (
-        filler.client.fetch(&job.target, &job.request).await,
+        filler
+            .client
+            .fetch(&job.target, &job.request, job.interim.as_ref())
+            .await,
         Source::Origin,
     )
 }
@@ -115,12 +119,14 @@ impl Asked {
 
 /// Send `request` to the peer `addr`, recording how it went. A refusal by
 /// the peer's gate (`proxy/peer.rs`) is the peer failing, not an answer for
-/// the client, except a lookup's "not cached".
+/// the client, except a lookup's "not cached". Interim responses go to
+/// `interim`.
 pub(super) async fn ask_peer(
     filler: &Filler,
     cluster: &Cluster,
     addr: &str,
     request: &RequestHeader,
+    interim: Option<&InterimSink>,
 ) -> Asked {
     let started = Instant::now();
     let response = filler
@@ -128,9 +134,9 @@ pub(super) async fn ask_peer(
         .fetch_peer(
             addr,
             request,
-            cluster.peer_timeout,
-            cluster.peer_read_timeout,
+            (cluster.peer_timeout, cluster.peer_read_timeout),
             cluster.peer_h2c,
+            interim,
         )
         .await;
     let asked = match response {

@@ -12,7 +12,7 @@
 //! none of these ways: it is answered from the cache, or from a fill
 //! already under way here, or refused as not cached.
 
-use super::respond::{send_error, send_object, send_refusal, send_stream};
+use super::respond::{send_error, send_interim, send_object, send_refusal, send_stream};
 use super::told::told;
 use super::{RequestCtx, Ringside, Role};
 use crate::cache::keys;
@@ -22,7 +22,7 @@ use crate::cluster::peers;
 use crate::cluster::Cluster;
 use crate::fill::{self, Job, Kept, LeaderResult, Outcome, Report, Started};
 use crate::metrics::{self, CacheResult};
-use crate::net::origin::OriginTarget;
+use crate::net::origin::{OriginTarget, MAX_INTERIM_RESPONSES};
 use crate::rfc::cache_rules::{self, CacheControl, RuleOptions};
 use crate::rfc::cache_status::{CacheStatus, Detail, Fwd};
 use crate::rfc::headers::strip_hop_by_hop;
@@ -33,6 +33,7 @@ use pingora::prelude::*;
 use pingora::proxy::Session;
 use std::sync::Arc;
 use std::time::Instant;
+use tokio::sync::{mpsc, oneshot};
 
 /// What a request's key has here: the stored object (or mirror) and its
 /// variant key, and where a fill would go.
@@ -143,8 +144,11 @@ impl Ringside {
             let status = CacheStatus::forward(Fwd::Miss).detail(Detail::OnlyIfCached);
             return send_error(session, 504, "not in cache (only-if-cached)\n", status).await;
         }
-        let (flight_key, job) = self.fill_for(req, &target, plain_key, found, rules);
-        self.fill_and_answer(session, ctx, flight_key, job).await
+        let (flight_key, mut job) = self.fill_for(req, &target, plain_key, found, rules);
+        let (interim, hints) = mpsc::channel(MAX_INTERIM_RESPONSES);
+        job.interim = Some(interim);
+        self.fill_and_answer(session, ctx, flight_key, job, hints)
+            .await
     }
 
     /// Where the request's key stands: stored here, mirrored here (a key
@@ -259,22 +263,24 @@ impl Ringside {
         (flight_key, job)
     }
 
-    /// Lead or follow the key's fill, and answer with what it brings.
+    /// Lead or follow the key's fill, and answer with what it brings. The
+    /// leader is also passed the interim responses before it (`hints`).
     async fn fill_and_answer(
         &self,
         session: &mut Session,
         ctx: &mut RequestCtx,
         flight_key: String,
         job: Job,
+        hints: mpsc::Receiver<ResponseHeader>,
     ) -> Result<bool> {
         let timeout = self.node.config.cache.collapse_timeout;
         match fill::start(&self.node.filler, flight_key, job, true) {
             // The wait is for the response head: a body that is still
             // arriving is streamed, however long it takes.
-            Started::Leading(rx) => match tokio::time::timeout(timeout, rx).await {
-                Ok(Ok(result)) => self.send_leader_result(session, ctx, result).await,
+            Started::Leading(rx) => match leader_result(session, rx, hints, timeout).await {
+                Some(result) => self.send_leader_result(session, ctx, result).await,
                 // The fill task always answers; a lost answer means it died.
-                _ => {
+                None => {
                     ctx.result = CacheResult::Error;
                     let body = "origin fetch did not finish\n";
                     send_error(session, 504, body, CacheStatus::forward(Fwd::Miss)).await
@@ -410,12 +416,38 @@ impl Ringside {
             owner: route.owner,
             mirror: route.mirror,
             previous_owner: route.previous_owner,
+            interim: None,
             target: target.clone(),
             request: fill_request(req, target),
             key: key.to_owned(),
             stale,
             rules,
             max_object_size: self.node.config.cache.max_object_size,
+        }
+    }
+}
+
+/// The leader's result of its fill, within `timeout` (None: none came, or
+/// the fill died); the interim responses that come before it are passed to
+/// the client as they arrive (`respond::send_interim`).
+async fn leader_result(
+    session: &mut Session,
+    mut result: oneshot::Receiver<LeaderResult>,
+    mut hints: mpsc::Receiver<ResponseHeader>,
+    timeout: std::time::Duration,
+) -> Option<LeaderResult> {
+    let deadline = tokio::time::sleep(timeout);
+    tokio::pin!(deadline);
+    loop {
+        tokio::select! {
+            // Hints are sent before the result: take them first.
+            biased;
+            Some(head) = hints.recv() => {
+                // A client that cannot take it is gone; the answer says so.
+                let _ = send_interim(session, head).await;
+            }
+            answer = &mut result => return answer.ok(),
+            _ = &mut deadline => return None,
         }
     }
 }

@@ -425,7 +425,11 @@ impl ProxyHttp for Ringside {
             e.etype(),
             ErrorType::WriteError | ErrorType::ReadError | ErrorType::ConnectionClosed
         ) && e.esource() == &ErrorSource::Downstream;
-        if session.response_written().is_none() && !client_gone {
+        // An interim response (a 103 passed on) is no answer yet.
+        let answered = session
+            .response_written()
+            .is_some_and(|r| !r.status.is_informational());
+        if !answered && !client_gone {
             let _ = send_error(session, code, body, ctx.cache_status).await;
         }
         FailToProxy {

@@ -7,6 +7,7 @@
 use crate::cache::store::CachedObject;
 use crate::metrics;
 use crate::rfc::cache_rules::{self, Precondition};
+use crate::rfc::interim;
 use crate::rfc::range::{self, ByteRange, Selection};
 use bytes::Bytes;
 use http::header::{self, HeaderName, HeaderValue};
@@ -31,6 +32,17 @@ pub fn keep_response_dates(session: &mut Session) {
         ServerSession::H2(h2) => h2.set_keep_response_date(true),
         _ => {}
     }
+}
+
+/// Pass an interim (1xx) response the origin sent before the final one to
+/// the client whose request the fill is for, when RFC 9110 §15.2 lets it
+/// have it (`rfc::interim`). It is never stored.
+pub async fn send_interim(session: &mut Session, head: ResponseHeader) -> Result<()> {
+    let req = session.req_header();
+    if !interim::forwarded_to(head.status, req.version, &req.headers) {
+        return Ok(());
+    }
+    session.write_response_header(Box::new(head), false).await
 }
 
 /// Answer from a stored object: 412 when the client's `If-Match` or

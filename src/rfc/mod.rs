@@ -6,6 +6,7 @@
 //!   which variant, which validators, how a 304 merges;
 //! - `cache_status`: the RFC 9211 `Cache-Status` vocabulary as a type;
 //! - `headers`: RFC 9110 §7.6.1, the fields that belong to one connection;
+//! - `interim`: RFC 9110 §15.2, which 1xx responses a client is passed;
 //! - `normalize`: RFC 3986 §6, the one spelling of a request target;
 //! - `range`: RFC 9110 §14, byte ranges of a complete response.
 //!
@@ -14,5 +15,6 @@
 pub mod cache_rules;
 pub(crate) mod cache_status;
 pub(crate) mod headers;
+pub(crate) mod interim;
 pub mod normalize;
 pub mod range;
