@@ -854,3 +854,44 @@ async fn rfc9110_15_2_interim_responses_reach_the_client_and_are_never_stored() 
         "{reply:?}"
     );
 }
+
+/// RFC 9111 §4.3.5: a HEAD on a stale entry revalidates with a conditional
+/// HEAD, so no body crosses for a client that wants none. A 304 refreshes
+/// the entry for everyone; a 200 whose validators differ (the resource
+/// changed) answers the HEAD and retires the stored GET response, so the
+/// next GET fetches the new one.
+#[tokio::test]
+async fn rfc9111_4_3_5_a_head_on_a_stale_entry_revalidates_with_head() {
+    let (origin, rs) = setup().await;
+    let path = "/head-reval?cc1=max-age%3D0&cc=max-age%3D600&etag=v1";
+    let first = rs.get(path).await;
+    let head = rs.request("HEAD", path, &[]).await;
+    assert_eq!(head.status, 200, "{head:?}");
+    assert!(
+        common::cache_status(&head).contains("fwd-status=304"),
+        "{head:?}"
+    );
+    assert_eq!(origin.last_method(path).as_deref(), Some("HEAD"));
+    assert_eq!(
+        origin.last_request_header(path, "if-none-match").as_deref(),
+        Some("\"v1\"")
+    );
+    let get = rs.get(path).await;
+    assert!(is_hit(&get), "the 304 refreshed the entry: {get:?}");
+    assert_eq!(get.body, first.body);
+
+    let changed = "/head-changed?cc=max-age%3D0&etag=v1&etag2=v2";
+    rs.get(changed).await;
+    let head = rs.request("HEAD", changed, &[]).await;
+    assert_eq!(head.status, 200, "{head:?}");
+    assert_eq!(head.header("etag"), Some("\"v2\""), "{head:?}");
+    assert_eq!(origin.last_method(changed).as_deref(), Some("HEAD"));
+    let get = rs.get(changed).await;
+    assert_eq!(get.header("etag"), Some("\"v2\""), "{get:?}");
+    assert_eq!(origin.last_method(changed).as_deref(), Some("GET"));
+    assert_eq!(
+        origin.last_request_header(changed, "if-none-match"),
+        None,
+        "the changed entry was retired, not revalidated"
+    );
+}

@@ -47,8 +47,10 @@
 //!
 //! Here: the flight from start to finish ([`run`]); in `source.rs`, where
 //! the answer comes from; in `keep.rs`, storing it (whole, streaming, or a
-//! 304's refresh); in `stream.rs`, the leader's end of a streamed answer.
+//! 304's refresh); in `head.rs`, a HEAD's revalidation that was not
+//! answered 304; in `stream.rs`, the leader's end of a streamed answer.
 
+mod head;
 mod keep;
 mod source;
 mod stream;
@@ -290,6 +292,9 @@ async fn run(
             response.finish(&filler.client).await;
             return revalidated(&filler, flight, &job, &whole, refresh, leader);
         }
+    }
+    if job.request.method == http::Method::HEAD {
+        return head::answered(filler, flight, job, whole, response, leader).await;
     }
     match not_storable_because(&job, &whole, &response) {
         None if reads_whole(&job, &response) => {

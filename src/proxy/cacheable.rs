@@ -144,7 +144,13 @@ impl Ringside {
             let status = CacheStatus::forward(Fwd::Miss).detail(Detail::OnlyIfCached);
             return send_error(session, 504, "not in cache (only-if-cached)\n", status).await;
         }
+        let head = req.method == Method::HEAD;
         let (flight_key, mut job) = self.fill_for(req, &target, plain_key, found, rules);
+        if head && job.stale.is_some() {
+            // RFC 9111 §4.3.5: revalidate with HEAD; no content for a
+            // client that wants none (`fill/head.rs`).
+            job.request.set_method(Method::HEAD);
+        }
         let (interim, hints) = mpsc::channel(MAX_INTERIM_RESPONSES);
         job.interim = Some(interim);
         self.fill_and_answer(session, ctx, flight_key, job, hints)
@@ -476,7 +482,8 @@ fn wants_part_of(req: &RequestHeader, response: &ResponseHeader) -> bool {
 }
 
 /// The request a fill sends: GET, origin-form, the client's end-to-end
-/// headers minus its own conditionals and `Range`.
+/// headers minus its own conditionals and `Range` (a HEAD that revalidates
+/// a stale entry makes it a HEAD, see `serve_cacheable`).
 ///
 /// The fill is for the cache and for every request that joins it, so it asks
 /// for the whole, current object. The client's `If-None-Match` /

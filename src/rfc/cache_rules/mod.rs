@@ -26,9 +26,11 @@ use siphasher::sip::SipHasher13;
 
 use super::headers;
 
+mod head_freshening;
 mod http_date;
 mod preconditions;
 mod targeted;
+pub use head_freshening::head_describes_stored;
 pub use http_date::parse_http_date;
 pub use preconditions::{evaluate as evaluate_preconditions, Precondition};
 pub use targeted::targeted;
