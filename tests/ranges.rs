@@ -122,19 +122,83 @@ async fn rfc9110_13_1_5_if_range_gets_the_part_only_when_the_validator_matches()
     assert_eq!(origin.hits(&path), 1);
 }
 
-/// RFC 9110 §14.2 and §15.3.7: overlapping or adjacent ranges are coalesced
-/// into one part; ranges that stay apart get the whole 200 (ringside sends
-/// no multipart/byteranges, see `src/range.rs`).
+/// `r` is a 206 whose `multipart/byteranges` body holds exactly the parts
+/// `ranges` of the `len`-byte pattern body, in order, each with its
+/// `Content-Range`.
+#[track_caller]
+fn assert_multipart(r: &Response, ranges: &[(usize, usize)], len: usize) {
+    assert_eq!(r.status, 206, "{r:?}");
+    assert_eq!(r.header("content-range"), None, "{r:?}");
+    let content_type = r.header("content-type").unwrap_or_default();
+    let boundary = content_type
+        .strip_prefix("multipart/byteranges; boundary=")
+        .unwrap_or_else(|| panic!("content-type {content_type:?}"));
+    let length: usize = r.header("content-length").unwrap().parse().unwrap();
+    assert_eq!(length, r.body.len());
+    let whole = pattern_body(len);
+    let mut rest: &[u8] = &r.body;
+    for &(first, last) in ranges {
+        let delimiter = format!("--{boundary}\r\n");
+        let at = rest
+            .windows(delimiter.len())
+            .position(|w| w == delimiter.as_bytes())
+            .expect("a part delimiter");
+        rest = &rest[at + delimiter.len()..];
+        let head_end = rest.windows(4).position(|w| w == b"\r\n\r\n").unwrap();
+        let head = String::from_utf8_lossy(&rest[..head_end]).to_ascii_lowercase();
+        let range = format!("content-range: bytes {first}-{last}/{len}");
+        assert!(head.contains(&range), "{head:?} lacks {range}");
+        rest = &rest[head_end + 4..];
+        let size = last - first + 1;
+        assert!(
+            rest[..size] == whole[first..=last],
+            "bytes of {first}-{last}"
+        );
+        rest = &rest[size..];
+    }
+    let end = format!("\r\n--{boundary}--\r\n");
+    assert_eq!(rest, end.as_bytes(), "the close delimiter ends the body");
+}
+
+/// RFC 9110 §14.2, §14.6 and §15.3.7: overlapping or adjacent ranges are
+/// coalesced into one part; ranges that stay apart are several parts of a
+/// `multipart/byteranges` 206, in ascending order, each with its
+/// `Content-Range`, cut from the stored object. More than 16 parts get the
+/// whole 200 (an amplification guard, RFC 9110 §17.15).
 #[tokio::test]
-async fn rfc9110_14_2_several_ranges_coalesce_or_get_the_whole_200() {
+async fn rfc9110_14_6_several_ranges_are_a_multipart_206_from_the_cache() {
     let (origin, rs, path) = stored("/multi").await;
     let r = get_range(&rs, &path, &[("range", "bytes=0-9, 5-19,20-29")]).await;
     assert_part(&r, 0, 29);
     let r = get_range(&rs, &path, &[("range", "bytes=0-9,5000-")]).await;
     assert_part(&r, 0, 9);
     let r = get_range(&rs, &path, &[("range", "bytes=0-9,100-109")]).await;
-    assert_whole(&r);
+    assert_multipart(&r, &[(0, 9), (100, 109)], LEN);
     assert_eq!(cache_status(&r), "ringside; hit");
+    let r = get_range(&rs, &path, &[("range", "bytes=-10,500-509,0-4,3-7")]).await;
+    assert_multipart(&r, &[(0, 7), (500, 509), (LEN - 10, LEN - 1)], LEN);
+    let many: Vec<String> = (0..17).map(|i| format!("{}-{}", i * 10, i * 10)).collect();
+    let many = format!("bytes={}", many.join(","));
+    assert_whole(&get_range(&rs, &path, &[("range", &many)]).await);
+    assert_eq!(origin.hits(&path), 1);
+}
+
+/// RFC 9110 §14.6 on a miss: the request whose fill streams a larger
+/// object gets its several parts cut from the stream as it arrives.
+#[tokio::test]
+async fn rfc9110_14_6_several_ranges_on_a_streamed_miss_are_a_multipart_206() {
+    let origin = Origin::start().await;
+    let rs = Ringside::start(&origin.url(), "").await;
+    let len = 100_000;
+    let path = format!("/streamed?cc=max-age%3D60&size={len}&pattern=1");
+    let ranges = "bytes=10-19,40000-40009,99990-";
+    let r = get_range(&rs, &path, &[("range", ranges)]).await;
+    let expected = [(10, 19), (40000, 40009), (99990, 99999)];
+    assert_multipart(&r, &expected, len);
+    assert!(cache_status(&r).contains("fwd=uri-miss"), "{r:?}");
+    let hit = get_range(&rs, &path, &[("range", ranges)]).await;
+    assert_multipart(&hit, &expected, len);
+    assert_eq!(cache_status(&hit), "ringside; hit");
     assert_eq!(origin.hits(&path), 1);
 }
 

@@ -58,6 +58,7 @@ use pingora::upstreams::peer::HttpPeer;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+mod byteranges;
 mod cacheable;
 mod invalidate;
 mod peer;

@@ -4,6 +4,7 @@
 //! `If-Unmodified-Since` is false: `cache_rules::preconditions`) or, for a GET with `Range`,
 //! a 206 or 416 cut from the complete response (`crate::rfc::range` decides).
 
+use super::byteranges;
 use crate::cache::store::CachedObject;
 use crate::metrics;
 use crate::rfc::cache_rules::{self, Precondition};
@@ -93,6 +94,27 @@ pub async fn send_object(
             // A part keeps the whole body alive while it is written.
             let _held = metrics::BodyInFlight::new(object.body.len());
             session.write_response_body(Some(body), true).await?;
+            return Ok(true);
+        }
+        Selection::Parts(ranges) => {
+            let whole: Parts = (*object.header).clone();
+            let framing = byteranges::framing(&whole, &ranges, complete);
+            let mut h = byteranges::multipart_head(whole, &framing);
+            h.headers.insert(header::AGE, age);
+            h.headers.insert(CACHE_STATUS.clone(), cache_status);
+            session
+                .write_response_header(Box::new(ResponseHeader::from(h)), false)
+                .await?;
+            let _held = metrics::BodyInFlight::new(object.body.len());
+            let (pieces, end) = byteranges::pieces(framing);
+            for (head, range) in pieces {
+                session.write_response_body(Some(head), false).await?;
+                let part = object
+                    .body
+                    .slice(range.first as usize..=range.last as usize);
+                session.write_response_body(Some(part), false).await?;
+            }
+            session.write_response_body(Some(end), true).await?;
             return Ok(true);
         }
         Selection::Unsatisfiable => {
@@ -223,22 +245,32 @@ pub async fn send_stream(
         .get(header::CONTENT_LENGTH)
         .and_then(|v| v.to_str().ok()?.parse::<u64>().ok());
     let selection = complete.map(|complete| (requested_part(req, &header, complete), complete));
-    let (mut header, window) = match selection {
+    let (mut header, pieces, end) = match selection {
         Some((Selection::Part(part), complete)) => {
             let parts = partial_head(Parts::from(*header), part, complete);
-            (Box::new(ResponseHeader::from(parts)), part)
+            let header = Box::new(ResponseHeader::from(parts));
+            (header, vec![(Bytes::new(), part)], Bytes::new())
+        }
+        Some((Selection::Parts(ranges), complete)) => {
+            let whole = Parts::from(*header);
+            let framing = byteranges::framing(&whole, &ranges, complete);
+            let head = byteranges::multipart_head(whole, &framing);
+            let (pieces, end) = byteranges::pieces(framing);
+            (Box::new(ResponseHeader::from(head)), pieces, end)
         }
         Some((Selection::Unsatisfiable, complete)) => {
             return send_unsatisfiable(session, complete, cache_status).await;
         }
-        Some((Selection::Whole, _)) | None => (header, WHOLE_BODY),
+        Some((Selection::Whole, _)) | None => {
+            (header, vec![(Bytes::new(), WHOLE_BODY)], Bytes::new())
+        }
     };
     header.insert_header(CACHE_STATUS.clone(), cache_status)?;
     session.write_response_header(header, head).await?;
     if head {
         return Ok(true);
     }
-    write_body_window(session, body, window).await
+    write_body_parts(session, body, &pieces, end).await
 }
 
 /// Every byte of a body: the window of a response sent whole.
@@ -247,17 +279,22 @@ const WHOLE_BODY: ByteRange = ByteRange {
     last: u64::MAX,
 };
 
-/// Write the bytes of a streamed body that fall in `window` (positions in
-/// the whole body) and end the response; stop reading once past it.
-async fn write_body_window(
+/// Write a streamed body as `parts`: for each, its head (empty for a
+/// single part or the whole) and the bytes of the body in its window
+/// (positions in the whole body, ascending and apart); then `end` (the
+/// multipart close delimiter, or empty), and end the response. Reading
+/// stops once past the last window.
+async fn write_body_parts(
     session: &mut Session,
     mut body: tokio::sync::mpsc::Receiver<
         std::result::Result<Bytes, crate::net::origin::FetchError>,
     >,
-    window: ByteRange,
+    parts: &[(Bytes, ByteRange)],
+    end: Bytes,
 ) -> Result<bool> {
     let mut position = 0u64;
-    while position <= window.last {
+    let (mut next, mut started) = (0, false);
+    while next < parts.len() {
         let Some(chunk) = body.recv().await else {
             break;
         };
@@ -267,15 +304,33 @@ async fn write_body_window(
         };
         let start = position;
         position = start.saturating_add(chunk.len() as u64);
-        let from = window.first.max(start);
-        let to = position.min(window.last.saturating_add(1));
-        if from < to {
-            let piece = match (from == start, to == position) {
-                (true, true) => chunk,
-                _ => chunk.slice((from - start) as usize..(to - start) as usize),
-            };
-            session.write_response_body(Some(piece), false).await?;
+        while let Some((head, window)) = parts.get(next) {
+            if window.first >= position {
+                break; // this part starts in a later chunk
+            }
+            if !started && !head.is_empty() {
+                session
+                    .write_response_body(Some(head.clone()), false)
+                    .await?;
+            }
+            started = true;
+            let from = window.first.max(start);
+            let to = position.min(window.last.saturating_add(1));
+            if from < to {
+                let piece = match (from == start, to == position) {
+                    (true, true) => chunk.clone(),
+                    _ => chunk.slice((from - start) as usize..(to - start) as usize),
+                };
+                session.write_response_body(Some(piece), false).await?;
+            }
+            if window.last >= position {
+                break; // the part goes on in the next chunk
+            }
+            (next, started) = (next + 1, false);
         }
+    }
+    if !end.is_empty() {
+        session.write_response_body(Some(end), false).await?;
     }
     session.write_response_body(None, true).await?;
     Ok(true)

@@ -2,6 +2,7 @@
 //! clock, no global state. Callers pass headers and timestamps in and get
 //! decisions back, so every rule is unit-tested against the RFC's text.
 //!
+//! - `byteranges`: RFC 9110 §14.6, the multipart body of several ranges;
 //! - `cache_rules`: RFC 9111, what a shared cache may store, for how long,
 //!   which variant, which validators, how a 304 merges;
 //! - `cache_status`: the RFC 9211 `Cache-Status` vocabulary as a type;
@@ -12,6 +13,7 @@
 //!
 //! Imports nothing else from the crate.
 
+pub(crate) mod byteranges;
 pub mod cache_rules;
 pub(crate) mod cache_status;
 pub(crate) mod headers;
