@@ -279,22 +279,24 @@ async fn rfc9110_14_2_a_range_on_a_miss_of_unknown_length_gets_the_whole_then_pa
     assert_eq!(origin.hits(&path), 1);
 }
 
-/// RFC 9111 §3: what ringside does not store (`no-store`, a body over
-/// `max_object_size`) it does not cut parts from either: the range request
-/// goes to the origin itself, `Range` included, and gets the origin's 206.
+/// RFC 9111 §3: what ringside does not store (`no-store`) it does not cut
+/// parts from either: the range request goes to the origin itself, `Range`
+/// included, and gets the origin's 206. A body over `max_object_size`
+/// sends the `Range` to the origin too, as a fill of its own whose 206 is
+/// kept (see the partial entry test below).
 #[tokio::test]
 async fn rfc9111_3_a_range_for_what_is_not_stored_is_left_to_the_origin() {
     let origin = Origin::start().await;
     let rs = Ringside::start(&origin.url(), "cache:\n  max_object_size: 512\n").await;
     let no_store = format!("/ns?cc=no-store&size={LEN}&pattern=1&ranges=1");
     let too_large = format!("/big?cc=max-age%3D60&size={LEN}&pattern=1&ranges=1");
-    for path in [no_store, too_large] {
+    for (path, told) in [
+        (no_store, "detail=range-not-stored"),
+        (too_large, "fwd=uri-miss; stored"),
+    ] {
         let r = get_range(&rs, &path, &[("range", "bytes=100-199")]).await;
         assert_part(&r, 100, 199);
-        assert!(
-            cache_status(&r).contains("detail=range-not-stored"),
-            "{path}: {r:?}"
-        );
+        assert!(cache_status(&r).contains(told), "{path}: {r:?}");
         let range = origin.last_request_header(&path, "range");
         assert_eq!(range.as_deref(), Some("bytes=100-199"), "{path}");
     }
@@ -332,4 +334,53 @@ async fn rfc9111_3_3_a_range_through_a_non_owner_is_cut_from_the_owners_object()
     let r = get_range(other, &path, &[("range", "bytes=2000-")]).await;
     assert_eq!(r.status, 416, "{r:?}");
     assert_eq!(origin.hits(&path), 1, "one origin fetch cluster-wide");
+}
+
+/// RFC 9111 §3.3, §3.4: a response too large to store whole is still
+/// served in parts: its `206` for a range is stored as a partial entry,
+/// which answers the same range and ranges inside it from the cache, and
+/// never one it does not cover (that goes to the origin, and its part
+/// takes the entry's place). Rules apply to a part as to the whole: a
+/// `no-store` one is never kept.
+#[tokio::test]
+async fn rfc9111_3_3_a_206_is_stored_as_a_partial_entry_that_answers_what_it_covers() {
+    let origin = Origin::start().await;
+    let rs = Ringside::start(&origin.url(), "cache:\n  max_object_size: 512\n").await;
+    let path = format!("/partial?cc=max-age%3D60&size={LEN}&pattern=1&ranges=1&etag=v1");
+    let first = get_range(&rs, &path, &[("range", "bytes=100-299")]).await;
+    assert_part(&first, 100, 299);
+    assert_eq!(
+        origin.last_request_header(&path, "range").as_deref(),
+        Some("bytes=100-299")
+    );
+    let fetched = origin.hits(&path);
+    for (value, first, last) in [
+        ("bytes=100-299", 100, 299),
+        ("bytes=150-199", 150, 199),
+        ("bytes=299-299", 299, 299),
+    ] {
+        let r = get_range(&rs, &path, &[("range", value)]).await;
+        assert_part(&r, first, last);
+        assert_eq!(cache_status(&r), "ringside; hit", "{value}");
+        assert_eq!(r.header("etag"), Some("\"v1\""), "{value}");
+    }
+    assert_eq!(
+        origin.hits(&path),
+        fetched,
+        "every covered range from the cache"
+    );
+    // Not covered: the origin answers, nothing stored is cut for it.
+    let r = get_range(&rs, &path, &[("range", "bytes=250-349")]).await;
+    assert_part(&r, 250, 349);
+    assert!(!common::is_hit(&r), "{r:?}");
+    assert!(origin.hits(&path) > fetched);
+    let whole = rs.get(&path).await;
+    assert_eq!(whole.status, 200, "a GET without Range never gets a part");
+    assert!(!common::is_hit(&whole), "{whole:?}");
+
+    let no_store = format!("/partial-ns?cc=no-store&size={LEN}&pattern=1&ranges=1");
+    get_range(&rs, &no_store, &[("range", "bytes=0-99")]).await;
+    let again = get_range(&rs, &no_store, &[("range", "bytes=0-99")]).await;
+    assert_part(&again, 0, 99);
+    assert!(!common::is_hit(&again), "{again:?}");
 }

@@ -7,6 +7,9 @@
 //!              [\x1f<name>[=<values>]]...                 cache.key_headers, in order
 //! variant key  <plain key>\x1fvary=<fingerprint, 16 hex>  one response of a URL that varies
 //! flight key   <plain or variant key>[\x1fvia-peer]       via-peer: filled by asking the owner
+//! partial key  <plain key>\x1fpartial                      the one stored 206 of a URL too large
+//!                                                          to store whole (`proxy/partial.rs`)
+//! range flight <partial key>\x1f<Range value, escaped>     the fill of one range
 //! ```
 //!
 //! `\x1f` (unit separator) never occurs in a normalised target or in an
@@ -99,6 +102,19 @@ pub fn derived_prefix(plain: &str) -> String {
     format!("{plain}{SEPARATOR}")
 }
 
+/// Where the one partial entry (a stored 206) of a URL is kept.
+pub fn partial(plain: &str) -> String {
+    format!("{plain}{SEPARATOR}partial")
+}
+
+/// The singleflight key of a fill of the range `range` (a `Range` value).
+pub fn range_flight(plain: &str, range: &[u8]) -> String {
+    let mut key = partial(plain);
+    key.push(SEPARATOR);
+    push_escaped(&mut key, range);
+    key
+}
+
 /// The singleflight key of a fill that asks the key's owner on another node.
 ///
 /// It differs from the key's own so that a request from a peer (which
@@ -123,6 +139,12 @@ mod tests {
         let prefix = derived_prefix(&plain);
         assert!(variant(&plain, 7).starts_with(&prefix));
         assert!(via_peer(plain.clone()).starts_with(&prefix));
+        assert!(partial(&plain).starts_with(&prefix));
+        assert!(range_flight(&plain, b"bytes=0-9").starts_with(&partial(&plain)));
+        assert_ne!(
+            range_flight(&plain, b"bytes=0-9"),
+            range_flight(&plain, b"bytes=0-99")
+        );
         let mut keyed = plain.clone();
         let names = [HeaderName::from_static("x-tenant")];
         append_header_values(&mut keyed, &names, &HeaderMap::new());

@@ -12,6 +12,7 @@
 //! none of these ways: it is answered from the cache, or from a fill
 //! already under way here, or refused as not cached.
 
+use super::partial;
 use super::respond::{send_error, send_interim, send_object, send_refusal, send_stream};
 use super::told::told;
 use super::{RequestCtx, Ringside, Role};
@@ -20,7 +21,7 @@ use crate::cache::singleflight::WaitError;
 use crate::cache::store::{CachedObject, Entry, Store};
 use crate::cluster::peers;
 use crate::cluster::Cluster;
-use crate::fill::{self, Job, Kept, LeaderResult, Outcome, Report, Started};
+use crate::fill::{self, Job, Kept, LeaderResult, NotKept, Outcome, Report, Started};
 use crate::metrics::{self, CacheResult};
 use crate::net::origin::{OriginTarget, MAX_INTERIM_RESPONSES};
 use crate::rfc::cache_rules::{self, CacheControl, RuleOptions};
@@ -139,6 +140,13 @@ impl Ringside {
                 return send_object(session, &object, status, now).await;
             }
         }
+        if found.stored.is_none() && self.owns(&plain_key) {
+            if let Some((object, asked)) = self.usable_partial(&plain_key, req, now) {
+                ctx.result = CacheResult::Hit;
+                object.record_hit();
+                return partial::send_part(session, &object, asked, CacheStatus::HIT, now).await;
+            }
+        }
         if client_cc.only_if_cached {
             ctx.result = CacheResult::Error;
             let status = CacheStatus::forward(Fwd::Miss).detail(Detail::OnlyIfCached);
@@ -153,7 +161,7 @@ impl Ringside {
         }
         let (interim, hints) = mpsc::channel(MAX_INTERIM_RESPONSES);
         job.interim = Some(interim);
-        self.fill_and_answer(session, ctx, flight_key, job, hints)
+        self.fill_and_answer(session, ctx, flight_key, job, hints, true)
             .await
     }
 
@@ -234,7 +242,7 @@ impl Ringside {
 
     /// Whether `object` may answer `req` as it is: fresh, the variant it
     /// asks for, and not sent back to the origin by its Cache-Control.
-    fn usable_for(
+    pub(super) fn usable_for(
         &self,
         object: &CachedObject,
         client_cc: &CacheControl,
@@ -270,7 +278,9 @@ impl Ringside {
     }
 
     /// Lead or follow the key's fill, and answer with what it brings. The
-    /// leader is also passed the interim responses before it (`hints`).
+    /// leader is also passed the interim responses before it (`hints`);
+    /// `may_fill_range`: a response too large to keep may make it fill its
+    /// range instead (`partial.rs`).
     async fn fill_and_answer(
         &self,
         session: &mut Session,
@@ -278,13 +288,17 @@ impl Ringside {
         flight_key: String,
         job: Job,
         hints: mpsc::Receiver<ResponseHeader>,
+        may_fill_range: bool,
     ) -> Result<bool> {
         let timeout = self.node.config.cache.collapse_timeout;
         match fill::start(&self.node.filler, flight_key, job, true) {
             // The wait is for the response head: a body that is still
             // arriving is streamed, however long it takes.
             Started::Leading(rx) => match leader_result(session, rx, hints, timeout).await {
-                Some(result) => self.send_leader_result(session, ctx, result).await,
+                Some(result) => {
+                    self.send_leader_result(session, ctx, result, may_fill_range)
+                        .await
+                }
                 // The fill task always answers; a lost answer means it died.
                 None => {
                     ctx.result = CacheResult::Error;
@@ -317,6 +331,7 @@ impl Ringside {
         session: &mut Session,
         ctx: &mut RequestCtx,
         result: LeaderResult,
+        may_fill_range: bool,
     ) -> Result<bool> {
         match result {
             LeaderResult::Shared(outcome) => self.send_outcome(session, ctx, outcome, false).await,
@@ -327,6 +342,16 @@ impl Ringside {
             } => {
                 let storing = !matches!(report.kept, Kept::No(..));
                 if !storing && wants_part_of(session.req_header(), &header) {
+                    let too_large = matches!(report.kept, Kept::No(NotKept::TooLarge, _));
+                    let own =
+                        self.owns(&self.request_key(&self.target_of(ctx), session.req_header()));
+                    if may_fill_range
+                        && too_large
+                        && partial::fills_its_range(session.req_header(), own)
+                    {
+                        drop(body); // ends the leader's share of the whole's fill
+                        return Box::pin(self.fill_range(session, ctx)).await;
+                    }
                     // Dropping `body` ends the leader's share of the fill.
                     let status = CacheStatus::forward(Fwd::UriMiss).detail(Detail::RangeNotStored);
                     return self.pass(ctx, CacheResult::Miss, status);
@@ -357,6 +382,18 @@ impl Ringside {
                 revalidated,
                 source,
             } => {
+                if object.header.status == http::StatusCode::PARTIAL_CONTENT {
+                    // A range fill's part: it answers only what it covers.
+                    let Some(asked) = partial::covered(&object, session.req_header()) else {
+                        let status =
+                            CacheStatus::forward(Fwd::UriMiss).detail(Detail::RangeNotStored);
+                        return self.pass(ctx, CacheResult::Miss, status);
+                    };
+                    let status;
+                    (ctx.result, status) = told(&Report::fetched(source, revalidated), collapsed);
+                    return partial::send_part(session, &object, asked, status, Instant::now())
+                        .await;
+                }
                 // A follower may want another variant than the leader fetched.
                 if !object.vary.is_empty()
                     && cache_rules::vary_fingerprint(&object.vary, &session.req_header().headers)
@@ -393,6 +430,40 @@ impl Ringside {
                 send_error(session, e.status(), body, status).await
             }
         }
+    }
+
+    /// Fill the range a request asks for, when its whole response is too
+    /// large to keep (`partial.rs`): a fill of its own, keyed by the
+    /// range, whose `206` becomes the URL's partial entry.
+    async fn fill_range(&self, session: &mut Session, ctx: &mut RequestCtx) -> Result<bool> {
+        let target = self.target_of(ctx);
+        let req = session.req_header();
+        let plain_key = self.request_key(&target, req);
+        let (_, rules) = self.rules_for(&target, req.uri.path());
+        let Some(range) = req.headers.get(header::RANGE).cloned() else {
+            let status = CacheStatus::forward(Fwd::UriMiss).detail(Detail::RangeNotStored);
+            return self.pass(ctx, CacheResult::Miss, status);
+        };
+        let flight_key = keys::range_flight(&plain_key, range.as_bytes());
+        let partial_key = keys::partial(&plain_key);
+        let mut job = self.fill_job(req, &target, &partial_key, None, rules, Route::default());
+        let _ = job.request.insert_header(header::RANGE, range);
+        let (interim, hints) = mpsc::channel(MAX_INTERIM_RESPONSES);
+        job.interim = Some(interim);
+        self.fill_and_answer(session, ctx, flight_key, job, hints, false)
+            .await
+    }
+
+    /// The origin this request is for.
+    fn target_of(&self, ctx: &RequestCtx) -> Arc<OriginTarget> {
+        ctx.target.clone().unwrap_or_else(|| self.origin.clone())
+    }
+
+    /// Whether this node owns `plain_key` (always, outside a cluster).
+    fn owns(&self, plain_key: &str) -> bool {
+        self.node
+            .cluster()
+            .is_none_or(|cluster| cluster.remote_owner(&cluster.ring(), plain_key).is_none())
     }
 
     /// Ask `owner` unless it is backing off; mirror its answer if the key is hot here.

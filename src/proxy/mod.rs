@@ -61,6 +61,7 @@ use std::time::{Duration, Instant};
 mod byteranges;
 mod cacheable;
 mod invalidate;
+mod partial;
 mod peer;
 mod request;
 mod respond;

@@ -68,18 +68,10 @@ pub async fn send_object(
     let req = session.req_header();
     let head = req.method == Method::HEAD;
     let age = HeaderValue::from(object.age(now).as_secs());
-    let stored = &object.header;
-    match cache_rules::evaluate_preconditions(&req.headers, stored.status, &stored.headers) {
-        Precondition::Proceed => {}
-        Precondition::NotModified => {
-            let mut h = not_modified_header(&object.header)?;
-            h.insert_header(header::AGE, age)?;
-            h.insert_header(CACHE_STATUS.clone(), cache_status)?;
-            session.write_response_header(Box::new(h), true).await?;
-            return Ok(true);
-        }
-        Precondition::Failed => return send_precondition_failed(session, cache_status).await,
+    if answered_by_preconditions(session, object, &age, &cache_status).await? {
+        return Ok(true);
     }
+    let req = session.req_header();
     let complete = object.body.len() as u64;
     match requested_part(req, &object.header, complete) {
         Selection::Whole => {}
@@ -136,6 +128,30 @@ pub async fn send_object(
             .await?;
     }
     Ok(true)
+}
+
+/// Evaluate the request's preconditions against a stored response (RFC
+/// 9110 §13.2.2) and send its 304 or 412 if they call for one: true when
+/// that is the answer.
+pub async fn answered_by_preconditions(
+    session: &mut Session,
+    object: &CachedObject,
+    age: &HeaderValue,
+    cache_status: &HeaderValue,
+) -> Result<bool> {
+    let req = session.req_header();
+    let stored = &object.header;
+    match cache_rules::evaluate_preconditions(&req.headers, stored.status, &stored.headers) {
+        Precondition::Proceed => Ok(false),
+        Precondition::NotModified => {
+            let mut h = not_modified_header(&object.header)?;
+            h.insert_header(header::AGE, age.clone())?;
+            h.insert_header(CACHE_STATUS.clone(), cache_status.clone())?;
+            session.write_response_header(Box::new(h), true).await?;
+            Ok(true)
+        }
+        Precondition::Failed => send_precondition_failed(session, cache_status.clone()).await,
+    }
 }
 
 /// 412 for a GET or HEAD whose `If-Match` or `If-Unmodified-Since` is false

@@ -195,6 +195,42 @@ pub fn plan(
     }
 }
 
+/// A single-part `Content-Range` of a 206 (RFC 9110 §14.4): `bytes
+/// first-last/complete`, the complete length known; None for anything
+/// else (`*` length, an unsatisfied range, another unit, garbage).
+pub fn parse_content_range(value: &[u8]) -> Option<(ByteRange, u64)> {
+    let value = std::str::from_utf8(value).ok()?.trim();
+    let (unit, rest) = value.split_once(' ')?;
+    if !unit.eq_ignore_ascii_case("bytes") {
+        return None;
+    }
+    let (range, complete) = rest.trim().split_once('/')?;
+    let (first, last) = range.split_once('-')?;
+    let [first, last, complete] = [first, last, complete].map(|n| number(n.as_bytes()));
+    let (first, last, complete) = (first?, last?, complete?);
+    (first <= last && last < complete).then_some((ByteRange { first, last }, complete))
+}
+
+/// The one range a GET's `Range` asks of a `complete`-byte representation,
+/// when `stored` (a part of it) holds all of it: a single field, one part
+/// after coalescing, no `If-Range` (a part is never the answer to a
+/// validator it might not match). None: the part cannot answer it.
+pub fn within_part(req_headers: &HeaderMap, stored: ByteRange, complete: u64) -> Option<ByteRange> {
+    if req_headers.contains_key(header::IF_RANGE) {
+        return None;
+    }
+    let mut values = req_headers.get_all(header::RANGE).iter();
+    let (Some(value), None) = (values.next(), values.next()) else {
+        return None;
+    };
+    match select(&parse(value.as_bytes())?, complete) {
+        Selection::Part(asked) if stored.first <= asked.first && asked.last <= stored.last => {
+            Some(asked)
+        }
+        _ => None,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -290,6 +326,69 @@ mod tests {
         let touching: Vec<String> = (0..100).map(|i| format!("{i}-{i}")).collect();
         let touching = format!("bytes={}", touching.join(","));
         assert_eq!(selected(&touching, 1000), Some(part(0, 99)));
+    }
+
+    #[test]
+    fn content_ranges_of_one_part_with_a_known_length() {
+        let part = |first, last| ByteRange { first, last };
+        assert_eq!(
+            parse_content_range(b"bytes 0-9/100"),
+            Some((part(0, 9), 100))
+        );
+        assert_eq!(
+            parse_content_range(b" BYTES 99-99/100 "),
+            Some((part(99, 99), 100))
+        );
+        for invalid in [
+            "bytes 0-9/*",
+            "bytes */100",
+            "bytes 9-0/100",
+            "bytes 0-100/100",
+            "items 0-9/100",
+            "bytes 0-9",
+            "bytes=0-9/100",
+            "bytes -1-9/100",
+        ] {
+            assert_eq!(parse_content_range(invalid.as_bytes()), None, "{invalid}");
+        }
+    }
+
+    #[test]
+    fn a_part_answers_only_ranges_inside_it() {
+        let stored = ByteRange {
+            first: 100,
+            last: 299,
+        };
+        let asked = |value: &str| within_part(&headers(&[("range", value)]), stored, 1000);
+        assert_eq!(asked("bytes=100-299"), Some(stored));
+        assert_eq!(
+            asked("bytes=150-199"),
+            Some(ByteRange {
+                first: 150,
+                last: 199
+            })
+        );
+        assert_eq!(asked("bytes=150-160,155-170").map(|r| r.last), Some(170));
+        assert_eq!(asked("bytes=99-150"), None);
+        assert_eq!(asked("bytes=250-300"), None);
+        assert_eq!(asked("bytes=100-"), None, "the rest of 1000 bytes");
+        assert_eq!(asked("bytes=-10"), None);
+        assert_eq!(asked("bytes=100-110,200-210"), None, "two parts");
+        assert_eq!(asked("bytes=5000-"), None, "unsatisfiable");
+        assert_eq!(asked("bytes=x"), None);
+        let with_if_range = headers(&[("range", "bytes=150-199"), ("if-range", "\"v1\"")]);
+        assert_eq!(within_part(&with_if_range, stored, 1000), None);
+        let whole = ByteRange {
+            first: 0,
+            last: 999,
+        };
+        assert_eq!(
+            within_part(&headers(&[("range", "bytes=-10")]), whole, 1000),
+            Some(ByteRange {
+                first: 990,
+                last: 999
+            })
+        );
     }
 
     #[test]
