@@ -557,18 +557,19 @@ static HANDOFF_RECEIVED: Lazy<IntCounterVec> = Lazy::new(|| {
         "ringside_handoff_received_total",
         "Entries handed over by stopping members: stored, or why not (stale, too_large, present: \
          a fresh copy is here already, removed: purged or invalidated since, origin: not one this \
-         node serves).",
+         node serves, partial: a stored 206, never taken over).",
         &["result"],
     )
 });
 
-const HANDOFF_RESULTS: [&str; 6] = [
+const HANDOFF_RESULTS: [&str; 7] = [
     "stored",
     "stale",
     "too_large",
     "present",
     "removed",
     "origin",
+    "partial",
 ];
 
 pub fn observe_handoff_received(result: &'static str) {

@@ -467,8 +467,9 @@ async fn a_body_cut_short_by_the_origin_is_never_passed_off_as_complete() {
 }
 
 /// RFC 9110 §15.2: interim responses (100 Continue, 102, 103 Early Hints)
-/// before the final one are skipped by fills, never stored, and never end
-/// the exchange: the final response is cached as usual.
+/// before the final one are never stored and never end the exchange: the
+/// final response is cached as usual (the hyper client here reads past
+/// the 1xx it is passed; `http_caching.rs` looks at them on the wire).
 #[tokio::test]
 async fn interim_responses_before_the_final_one_are_skipped() {
     let origin = broken_origin().await;

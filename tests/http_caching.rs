@@ -5,8 +5,10 @@
 mod common;
 use common::is_hit;
 use common::origin::Origin;
+use common::raw::{raw_exchange, RawServer};
 use common::{eventually, Ringside};
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
+use tokio::io::AsyncWriteExt;
 
 /// ringside with no default TTL: only the origin's own headers make things cacheable.
 async fn setup() -> (Origin, Ringside) {
@@ -700,4 +702,198 @@ async fn rfc9110_13_2_1_a_stored_non_2xx_ignores_the_clients_validators() {
     assert_eq!(r.status, 404, "{r:?}");
     assert!(is_hit(&r), "{r:?}");
     assert_eq!(origin.hits(path), 1);
+}
+
+/// RFC 9213 §2.1: targeted cache-control fields are Structured Fields
+/// (Dictionaries): one that does not parse as one is ignored as a whole,
+/// so `Cache-Control` decides; a valid one's parameters are ignored.
+#[tokio::test]
+async fn rfc9213_2_1_an_invalid_targeted_field_is_ignored_as_a_whole() {
+    let (origin, rs) = setup().await;
+    for invalid in ["MAX-AGE%3D600", "max-age%3D600%2C", "max-age%3D600%3B%3B"] {
+        let path = format!("/tcc-invalid?cc=no-store&tcc={invalid}");
+        rs.get(&path).await;
+        let second = rs.get(&path).await;
+        assert!(!is_hit(&second), "{invalid}: {second:?}");
+        assert_eq!(origin.hits(&path), 2, "{invalid}");
+    }
+    let with_parameters = "/tcc-params?cc=no-store&tcc=max-age%3D600%3Bby%3Dops";
+    rs.get(with_parameters).await;
+    assert!(is_hit(&rs.get(with_parameters).await), "parameters ignored");
+}
+
+/// RFC 9110 §5.6.7: recipients should read a date leniently; in asctime
+/// form the weekday is redundant, so a wrong one does not make `Expires`
+/// invalid (which would mean already expired): the date counts as written.
+#[tokio::test]
+async fn rfc9110_5_6_7_expires_with_a_wrong_weekday_still_counts() {
+    let (origin, rs) = setup().await;
+    let fresh = "/wrong-day?expires=600&expires_fmt=asctime_wrong_weekday";
+    rs.get(fresh).await;
+    assert!(is_hit(&rs.get(fresh).await));
+    assert_eq!(origin.hits(fresh), 1);
+    let past = "/wrong-day?expires=-600&expires_fmt=asctime_wrong_weekday";
+    rs.get(past).await;
+    rs.get(past).await;
+    assert_eq!(origin.hits(past), 2, "an Expires in the past is stale");
+}
+
+/// RFC 9110 §13.1.1, §13.1.4, §13.2.2: `If-Match` and (without it)
+/// `If-Unmodified-Since` are evaluated against the stored response, as the
+/// origin would against its own: false is 412, true serves it; on a miss
+/// too, against what the fill brought.
+#[tokio::test]
+async fn rfc9110_13_2_2_if_match_and_if_unmodified_since_on_hits() {
+    let (origin, rs) = setup().await;
+    let path = "/pre?cc=max-age%3D600&etag=v1&lm=1";
+    let before = "Tue, 20 Oct 2015 07:28:00 GMT";
+    let after = "Thu, 22 Oct 2015 07:28:00 GMT";
+    let miss = rs.request("GET", path, &[("if-match", "\"v2\"")]).await;
+    assert_eq!(miss.status, 412, "{miss:?}");
+    type Case<'a> = (&'a str, &'a [(&'a str, &'a str)], u16);
+    let cases: [Case; 7] = [
+        ("GET", &[("if-match", "\"v1\"")], 200),
+        ("GET", &[("if-match", "\"v0\", \"v1\"")], 200),
+        ("GET", &[("if-match", "*")], 200),
+        ("GET", &[("if-match", "W/\"v1\"")], 412),
+        ("HEAD", &[("if-match", "\"v2\"")], 412),
+        ("GET", &[("if-unmodified-since", before)], 412),
+        ("GET", &[("if-unmodified-since", after)], 200),
+    ];
+    for (method, headers, status) in cases {
+        let r = rs.request(method, path, headers).await;
+        assert_eq!(r.status, status, "{method} {headers:?}: {r:?}");
+        assert!(is_hit(&r), "{headers:?}: {r:?}");
+    }
+    let both = [("if-match", "\"v1\""), ("if-unmodified-since", before)];
+    assert_eq!(
+        rs.request("GET", path, &both).await.status,
+        200,
+        "If-Match wins"
+    );
+    assert_eq!(origin.hits(path), 1);
+}
+
+/// RFC 9110 §6.6.1: `Date` is when the origin generated the response, and
+/// a cache passes it on: a hit carries the stored response's Date (its
+/// `Age` says how long it has been held), not the time of the hit. So does
+/// a response passed through uncached; ringside's own answers get one.
+#[tokio::test]
+async fn rfc9110_6_6_1_a_hit_carries_the_stored_responses_date() {
+    let (_origin, rs) = setup().await;
+    let path = "/dated?cc=max-age%3D600&date_ago=100";
+    let first = rs.get(path).await;
+    let hit = rs.get(path).await;
+    assert!(is_hit(&hit), "{hit:?}");
+    let date = hit.header("date").expect("a Date");
+    assert_eq!(Some(date), first.header("date"), "{first:?}");
+    let generated = httpdate::parse_http_date(date).expect("an HTTP-date");
+    let old = SystemTime::now()
+        .duration_since(generated)
+        .unwrap_or_default();
+    assert!(old >= Duration::from_secs(99), "Date {date} is {old:?} old");
+    let age: u64 = hit.header("age").unwrap().parse().unwrap();
+    assert!(age >= 100, "age {age}");
+
+    let passed = rs.get("/dated-pass?cc=no-store&date_ago=100").await;
+    let generated = httpdate::parse_http_date(passed.header("date").unwrap()).unwrap();
+    let old = SystemTime::now()
+        .duration_since(generated)
+        .unwrap_or_default();
+    assert!(old >= Duration::from_secs(99), "{passed:?}");
+
+    let only_cached = [("cache-control", "only-if-cached")];
+    let own = rs.request("GET", "/never-fetched", &only_cached).await;
+    assert_eq!(own.status, 504);
+    let date = own
+        .header("date")
+        .expect("ringside's own answer has a Date");
+    let generated = httpdate::parse_http_date(date).unwrap();
+    let old = SystemTime::now()
+        .duration_since(generated)
+        .unwrap_or_default();
+    assert!(old < Duration::from_secs(5), "{own:?}");
+}
+
+/// An origin that sends `103 Early Hints` before every final response.
+async fn hinting_origin() -> RawServer {
+    RawServer::start("127.0.0.1:0", |_, mut stream| async move {
+        let answer = "HTTP/1.1 103 Early Hints\r\nLink: </a.css>; rel=preload\r\n\r\n\
+                      HTTP/1.1 200 OK\r\nCache-Control: max-age=60\r\nContent-Length: 2\r\n\r\nok";
+        let _ = stream.write_all(answer.as_bytes()).await;
+    })
+    .await
+}
+
+/// RFC 9110 §15.2 and RFC 8297: a proxy forwards the 1xx responses it did
+/// not ask for, except to an HTTP/1.0 client; a cache never stores them.
+/// The client whose request fetched the response gets the origin's 103
+/// Early Hints before the 200; a hit gets the 200 alone.
+#[tokio::test]
+async fn rfc9110_15_2_interim_responses_reach_the_client_and_are_never_stored() {
+    let origin = hinting_origin().await;
+    let rs = Ringside::start(&format!("http://{}", origin.addr), "").await;
+    let request = "GET /hinted HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n";
+    let reply = raw_exchange(rs.addr, request).await;
+    let hints = reply.text.find("HTTP/1.1 103").expect(&reply.text);
+    let ok = reply.text.find("HTTP/1.1 200").expect(&reply.text);
+    assert!(hints < ok, "{}", reply.text);
+    assert!(
+        reply.text[hints..ok].contains("</a.css>; rel=preload"),
+        "{}",
+        reply.text
+    );
+    let hit = raw_exchange(rs.addr, request).await;
+    assert_eq!((hit.status(), hit.responses()), (Some(200), 1), "{hit:?}");
+    assert!(hit.text.contains("ringside; hit"), "{}", hit.text);
+    assert_eq!(origin.hits("/hinted"), 1);
+
+    let old_client = "GET /hinted-1.0 HTTP/1.0\r\nHost: x\r\n\r\n";
+    let reply = raw_exchange(rs.addr, old_client).await;
+    assert_eq!(
+        (reply.status(), reply.responses()),
+        (Some(200), 1),
+        "{reply:?}"
+    );
+}
+
+/// RFC 9111 §4.3.5: a HEAD on a stale entry revalidates with a conditional
+/// HEAD, so no body crosses for a client that wants none. A 304 refreshes
+/// the entry for everyone; a 200 whose validators differ (the resource
+/// changed) answers the HEAD and retires the stored GET response, so the
+/// next GET fetches the new one.
+#[tokio::test]
+async fn rfc9111_4_3_5_a_head_on_a_stale_entry_revalidates_with_head() {
+    let (origin, rs) = setup().await;
+    let path = "/head-reval?cc1=max-age%3D0&cc=max-age%3D600&etag=v1";
+    let first = rs.get(path).await;
+    let head = rs.request("HEAD", path, &[]).await;
+    assert_eq!(head.status, 200, "{head:?}");
+    assert!(
+        common::cache_status(&head).contains("fwd-status=304"),
+        "{head:?}"
+    );
+    assert_eq!(origin.last_method(path).as_deref(), Some("HEAD"));
+    assert_eq!(
+        origin.last_request_header(path, "if-none-match").as_deref(),
+        Some("\"v1\"")
+    );
+    let get = rs.get(path).await;
+    assert!(is_hit(&get), "the 304 refreshed the entry: {get:?}");
+    assert_eq!(get.body, first.body);
+
+    let changed = "/head-changed?cc=max-age%3D0&etag=v1&etag2=v2";
+    rs.get(changed).await;
+    let head = rs.request("HEAD", changed, &[]).await;
+    assert_eq!(head.status, 200, "{head:?}");
+    assert_eq!(head.header("etag"), Some("\"v2\""), "{head:?}");
+    assert_eq!(origin.last_method(changed).as_deref(), Some("HEAD"));
+    let get = rs.get(changed).await;
+    assert_eq!(get.header("etag"), Some("\"v2\""), "{get:?}");
+    assert_eq!(origin.last_method(changed).as_deref(), Some("GET"));
+    assert_eq!(
+        origin.last_request_header(changed, "if-none-match"),
+        None,
+        "the changed entry was retired, not revalidated"
+    );
 }

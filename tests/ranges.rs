@@ -122,19 +122,83 @@ async fn rfc9110_13_1_5_if_range_gets_the_part_only_when_the_validator_matches()
     assert_eq!(origin.hits(&path), 1);
 }
 
-/// RFC 9110 §14.2 and §15.3.7: overlapping or adjacent ranges are coalesced
-/// into one part; ranges that stay apart get the whole 200 (ringside sends
-/// no multipart/byteranges, see `src/range.rs`).
+/// `r` is a 206 whose `multipart/byteranges` body holds exactly the parts
+/// `ranges` of the `len`-byte pattern body, in order, each with its
+/// `Content-Range`.
+#[track_caller]
+fn assert_multipart(r: &Response, ranges: &[(usize, usize)], len: usize) {
+    assert_eq!(r.status, 206, "{r:?}");
+    assert_eq!(r.header("content-range"), None, "{r:?}");
+    let content_type = r.header("content-type").unwrap_or_default();
+    let boundary = content_type
+        .strip_prefix("multipart/byteranges; boundary=")
+        .unwrap_or_else(|| panic!("content-type {content_type:?}"));
+    let length: usize = r.header("content-length").unwrap().parse().unwrap();
+    assert_eq!(length, r.body.len());
+    let whole = pattern_body(len);
+    let mut rest: &[u8] = &r.body;
+    for &(first, last) in ranges {
+        let delimiter = format!("--{boundary}\r\n");
+        let at = rest
+            .windows(delimiter.len())
+            .position(|w| w == delimiter.as_bytes())
+            .expect("a part delimiter");
+        rest = &rest[at + delimiter.len()..];
+        let head_end = rest.windows(4).position(|w| w == b"\r\n\r\n").unwrap();
+        let head = String::from_utf8_lossy(&rest[..head_end]).to_ascii_lowercase();
+        let range = format!("content-range: bytes {first}-{last}/{len}");
+        assert!(head.contains(&range), "{head:?} lacks {range}");
+        rest = &rest[head_end + 4..];
+        let size = last - first + 1;
+        assert!(
+            rest[..size] == whole[first..=last],
+            "bytes of {first}-{last}"
+        );
+        rest = &rest[size..];
+    }
+    let end = format!("\r\n--{boundary}--\r\n");
+    assert_eq!(rest, end.as_bytes(), "the close delimiter ends the body");
+}
+
+/// RFC 9110 §14.2, §14.6 and §15.3.7: overlapping or adjacent ranges are
+/// coalesced into one part; ranges that stay apart are several parts of a
+/// `multipart/byteranges` 206, in ascending order, each with its
+/// `Content-Range`, cut from the stored object. More than 16 parts get the
+/// whole 200 (an amplification guard, RFC 9110 §17.15).
 #[tokio::test]
-async fn rfc9110_14_2_several_ranges_coalesce_or_get_the_whole_200() {
+async fn rfc9110_14_6_several_ranges_are_a_multipart_206_from_the_cache() {
     let (origin, rs, path) = stored("/multi").await;
     let r = get_range(&rs, &path, &[("range", "bytes=0-9, 5-19,20-29")]).await;
     assert_part(&r, 0, 29);
     let r = get_range(&rs, &path, &[("range", "bytes=0-9,5000-")]).await;
     assert_part(&r, 0, 9);
     let r = get_range(&rs, &path, &[("range", "bytes=0-9,100-109")]).await;
-    assert_whole(&r);
+    assert_multipart(&r, &[(0, 9), (100, 109)], LEN);
     assert_eq!(cache_status(&r), "ringside; hit");
+    let r = get_range(&rs, &path, &[("range", "bytes=-10,500-509,0-4,3-7")]).await;
+    assert_multipart(&r, &[(0, 7), (500, 509), (LEN - 10, LEN - 1)], LEN);
+    let many: Vec<String> = (0..17).map(|i| format!("{}-{}", i * 10, i * 10)).collect();
+    let many = format!("bytes={}", many.join(","));
+    assert_whole(&get_range(&rs, &path, &[("range", &many)]).await);
+    assert_eq!(origin.hits(&path), 1);
+}
+
+/// RFC 9110 §14.6 on a miss: the request whose fill streams a larger
+/// object gets its several parts cut from the stream as it arrives.
+#[tokio::test]
+async fn rfc9110_14_6_several_ranges_on_a_streamed_miss_are_a_multipart_206() {
+    let origin = Origin::start().await;
+    let rs = Ringside::start(&origin.url(), "").await;
+    let len = 100_000;
+    let path = format!("/streamed?cc=max-age%3D60&size={len}&pattern=1");
+    let ranges = "bytes=10-19,40000-40009,99990-";
+    let r = get_range(&rs, &path, &[("range", ranges)]).await;
+    let expected = [(10, 19), (40000, 40009), (99990, 99999)];
+    assert_multipart(&r, &expected, len);
+    assert!(cache_status(&r).contains("fwd=uri-miss"), "{r:?}");
+    let hit = get_range(&rs, &path, &[("range", ranges)]).await;
+    assert_multipart(&hit, &expected, len);
+    assert_eq!(cache_status(&hit), "ringside; hit");
     assert_eq!(origin.hits(&path), 1);
 }
 
@@ -215,22 +279,24 @@ async fn rfc9110_14_2_a_range_on_a_miss_of_unknown_length_gets_the_whole_then_pa
     assert_eq!(origin.hits(&path), 1);
 }
 
-/// RFC 9111 §3: what ringside does not store (`no-store`, a body over
-/// `max_object_size`) it does not cut parts from either: the range request
-/// goes to the origin itself, `Range` included, and gets the origin's 206.
+/// RFC 9111 §3: what ringside does not store (`no-store`) it does not cut
+/// parts from either: the range request goes to the origin itself, `Range`
+/// included, and gets the origin's 206. A body over `max_object_size`
+/// sends the `Range` to the origin too, as a fill of its own whose 206 is
+/// kept (see the partial entry test below).
 #[tokio::test]
 async fn rfc9111_3_a_range_for_what_is_not_stored_is_left_to_the_origin() {
     let origin = Origin::start().await;
     let rs = Ringside::start(&origin.url(), "cache:\n  max_object_size: 512\n").await;
     let no_store = format!("/ns?cc=no-store&size={LEN}&pattern=1&ranges=1");
     let too_large = format!("/big?cc=max-age%3D60&size={LEN}&pattern=1&ranges=1");
-    for path in [no_store, too_large] {
+    for (path, told) in [
+        (no_store, "detail=range-not-stored"),
+        (too_large, "fwd=uri-miss; stored"),
+    ] {
         let r = get_range(&rs, &path, &[("range", "bytes=100-199")]).await;
         assert_part(&r, 100, 199);
-        assert!(
-            cache_status(&r).contains("detail=range-not-stored"),
-            "{path}: {r:?}"
-        );
+        assert!(cache_status(&r).contains(told), "{path}: {r:?}");
         let range = origin.last_request_header(&path, "range");
         assert_eq!(range.as_deref(), Some("bytes=100-199"), "{path}");
     }
@@ -268,4 +334,53 @@ async fn rfc9111_3_3_a_range_through_a_non_owner_is_cut_from_the_owners_object()
     let r = get_range(other, &path, &[("range", "bytes=2000-")]).await;
     assert_eq!(r.status, 416, "{r:?}");
     assert_eq!(origin.hits(&path), 1, "one origin fetch cluster-wide");
+}
+
+/// RFC 9111 §3.3, §3.4: a response too large to store whole is still
+/// served in parts: its `206` for a range is stored as a partial entry,
+/// which answers the same range and ranges inside it from the cache, and
+/// never one it does not cover (that goes to the origin, and its part
+/// takes the entry's place). Rules apply to a part as to the whole: a
+/// `no-store` one is never kept.
+#[tokio::test]
+async fn rfc9111_3_3_a_206_is_stored_as_a_partial_entry_that_answers_what_it_covers() {
+    let origin = Origin::start().await;
+    let rs = Ringside::start(&origin.url(), "cache:\n  max_object_size: 512\n").await;
+    let path = format!("/partial?cc=max-age%3D60&size={LEN}&pattern=1&ranges=1&etag=v1");
+    let first = get_range(&rs, &path, &[("range", "bytes=100-299")]).await;
+    assert_part(&first, 100, 299);
+    assert_eq!(
+        origin.last_request_header(&path, "range").as_deref(),
+        Some("bytes=100-299")
+    );
+    let fetched = origin.hits(&path);
+    for (value, first, last) in [
+        ("bytes=100-299", 100, 299),
+        ("bytes=150-199", 150, 199),
+        ("bytes=299-299", 299, 299),
+    ] {
+        let r = get_range(&rs, &path, &[("range", value)]).await;
+        assert_part(&r, first, last);
+        assert_eq!(cache_status(&r), "ringside; hit", "{value}");
+        assert_eq!(r.header("etag"), Some("\"v1\""), "{value}");
+    }
+    assert_eq!(
+        origin.hits(&path),
+        fetched,
+        "every covered range from the cache"
+    );
+    // Not covered: the origin answers, nothing stored is cut for it.
+    let r = get_range(&rs, &path, &[("range", "bytes=250-349")]).await;
+    assert_part(&r, 250, 349);
+    assert!(!common::is_hit(&r), "{r:?}");
+    assert!(origin.hits(&path) > fetched);
+    let whole = rs.get(&path).await;
+    assert_eq!(whole.status, 200, "a GET without Range never gets a part");
+    assert!(!common::is_hit(&whole), "{whole:?}");
+
+    let no_store = format!("/partial-ns?cc=no-store&size={LEN}&pattern=1&ranges=1");
+    get_range(&rs, &no_store, &[("range", "bytes=0-99")]).await;
+    let again = get_range(&rs, &no_store, &[("range", "bytes=0-99")]).await;
+    assert_part(&again, 0, 99);
+    assert!(!common::is_hit(&again), "{again:?}");
 }

@@ -9,6 +9,9 @@
 //!              [\x1fbody=<method>:<digest, 32 hex>]       a POST or QUERY keyed on its body
 //! variant key  <plain key>\x1fvary=<fingerprint, 16 hex>  one response of a URL that varies
 //! flight key   <plain or variant key>[\x1fvia-peer]       via-peer: filled by asking the owner
+//! partial key  <plain key>\x1fpartial                      the one stored 206 of a URL too large
+//!                                                          to store whole (`proxy/partial.rs`)
+//! range flight <partial key>\x1f<Range value, escaped>     the fill of one range
 //! ```
 //!
 //! `\x1f` (unit separator) never occurs in a normalised target or in an
@@ -136,6 +139,19 @@ pub fn is_url(key: &str) -> bool {
     !key.contains(SEPARATOR)
 }
 
+/// Where the one partial entry (a stored 206) of a URL is kept.
+pub fn partial(plain: &str) -> String {
+    format!("{plain}{SEPARATOR}partial")
+}
+
+/// The singleflight key of a fill of the range `range` (a `Range` value).
+pub fn range_flight(plain: &str, range: &[u8]) -> String {
+    let mut key = partial(plain);
+    key.push(SEPARATOR);
+    push_escaped(&mut key, range);
+    key
+}
+
 /// The singleflight key of a fill that asks the key's owner on another node.
 ///
 /// It differs from the key's own so that a request from a peer (which
@@ -161,6 +177,12 @@ mod tests {
         assert!(is_url(&plain));
         assert_eq!(url_of(&variant(&plain, 7)), plain);
         assert_eq!(url_of(&via_peer(plain.clone())), plain);
+        assert_eq!(url_of(&partial(&plain)), plain);
+        assert!(range_flight(&plain, b"bytes=0-9").starts_with(&partial(&plain)));
+        assert_ne!(
+            range_flight(&plain, b"bytes=0-9"),
+            range_flight(&plain, b"bytes=0-99")
+        );
         let mut keyed = plain.clone();
         let names = [HeaderName::from_static("x-tenant")];
         append_header_values(&mut keyed, &names, &HeaderMap::new());

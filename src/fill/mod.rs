@@ -47,9 +47,13 @@
 //!
 //! Here: the flight from start to finish ([`run`]); in `source.rs`, where
 //! the answer comes from; in `keep.rs`, storing it (whole, streaming, or a
-//! 304's refresh); in `stream.rs`, the leader's end of a streamed answer.
+//! 304's refresh); in `head.rs`, a HEAD's revalidation that was not
+//! answered 304; in `partial.rs`, the fill of one range (its 206 kept as
+//! a partial entry); in `stream.rs`, the leader's end of a streamed answer.
 
+mod head;
 mod keep;
+mod partial;
 mod source;
 mod stream;
 
@@ -59,7 +63,7 @@ use crate::cluster::peers;
 use crate::cluster::Cluster;
 use crate::metrics;
 use crate::net::origin::{
-    strip_response_hop_by_hop, FetchError, OriginClient, OriginResponse, OriginTarget,
+    strip_response_hop_by_hop, FetchError, InterimSink, OriginClient, OriginResponse, OriginTarget,
 };
 use crate::rfc::cache_rules::{self, RuleOptions};
 
@@ -209,6 +213,9 @@ pub struct Job {
     pub body: Option<Bytes>,
     /// Whether what it fetches may be stored; false: for the leader alone.
     pub keep: bool,
+    /// Where the interim (1xx) responses before the answer go: the leader's
+    /// client, which may pass them on; None for a background refresh.
+    pub interim: Option<InterimSink>,
 }
 
 /// Shared by every fill.
@@ -297,25 +304,43 @@ async fn run(
             return revalidated(&filler, flight, &job, &whole, refresh, leader);
         }
     }
-    match not_storable_because(&job, &whole, &response) {
+    if job.request.method == http::Method::HEAD {
+        return head::answered(filler, flight, job, whole, response, leader).await;
+    }
+    let verdict = match job.request.headers.contains_key(http::header::RANGE) {
+        true => partial::not_storable_because(&job, &whole, &response),
+        false => not_storable_because(&job, &whole, &response),
+    };
+    match verdict {
         None if reads_whole(&job, &response) => {
             store_whole(filler, flight, job, whole, response, leader).await
         }
         None => store_streaming(filler, flight, job, whole, response, leader).await,
-        Some(reason) => {
-            flight.complete(Outcome::NotStored);
-            let report = Report {
-                source,
-                revalidated: false,
-                kept: Kept::No(reason, status.as_u16()),
-                private: false,
-                overridden: false,
-            };
-            let head = leader_head(&response, None);
-            let out = LeaderStream::open(leader, head, report);
-            pump(&filler, response, out).await;
-        }
+        Some(reason) => not_kept(filler, flight, source, reason, response, leader).await,
     }
+}
+
+/// An answer that is not kept: published as such at once, so the waiters
+/// go their own way, and streamed to the leader alone.
+async fn not_kept(
+    filler: Arc<Filler>,
+    flight: Flight<String, Outcome>,
+    source: Source,
+    reason: NotKept,
+    response: OriginResponse,
+    leader: Option<oneshot::Sender<LeaderResult>>,
+) {
+    flight.complete(Outcome::NotStored);
+    let report = Report {
+        source,
+        revalidated: false,
+        kept: Kept::No(reason, response.header.status.as_u16()),
+        private: false,
+        overridden: false,
+    };
+    let head = leader_head(&response, None);
+    let out = LeaderStream::open(leader, head, report);
+    pump(&filler, response, out).await;
 }
 
 /// A fill that finished between our lookup and our joining the flight has

@@ -12,7 +12,7 @@ use crate::cache::singleflight::Waiter;
 use crate::cluster::peers;
 use crate::cluster::Cluster;
 use crate::metrics;
-use crate::net::origin::{FetchError, OriginResponse};
+use crate::net::origin::{FetchError, InterimSink, OriginResponse};
 use bytes::Bytes;
 use pingora::http::RequestHeader;
 use std::collections::HashSet;
@@ -74,14 +74,22 @@ pub(super) async fn fetch(
     if let Some(cluster) = &filler.cluster {
         if let Some(owner) = &job.owner {
             let request = peer_request(job, cluster, owner, false);
-            let asked = ask_peer(filler, cluster, owner, &request, job.body.clone()).await;
+            let request = (&request, job.body.clone());
+            let asked = ask_peer(filler, cluster, owner, request, job.interim.as_ref()).await;
             if let Asked::Answered(response) = asked {
                 return (Ok(*response), Source::Owner);
             }
         } else if let (Some(previous), None, None) = (&job.previous_owner, &job.stale, &job.body) {
             let _asking = filler.asking_previous.enter(flight_key);
             let request = peer_request(job, cluster, previous, true);
-            let asked = ask_peer(filler, cluster, previous, &request, None).await;
+            let asked = ask_peer(
+                filler,
+                cluster,
+                previous,
+                (&request, None),
+                job.interim.as_ref(),
+            )
+            .await;
             metrics::observe_previous_owner_lookup(asked.as_str());
             if let Asked::Answered(response) = asked {
                 return (Ok(*response), Source::PreviousOwner);
@@ -91,7 +99,12 @@ pub(super) async fn fetch(
     (
         filler
             .client
-            .fetch(&job.target, &job.request, job.body.clone())
+            .fetch(
+                &job.target,
+                &job.request,
+                job.body.clone(),
+                job.interim.as_ref(),
+            )
             .await,
         Source::Origin,
     )
@@ -120,24 +133,24 @@ impl Asked {
 
 /// Send `request` to the peer `addr`, recording how it went. A refusal by
 /// the peer's gate (`proxy/peer.rs`) is the peer failing, not an answer for
-/// the client, except a lookup's "not cached".
+/// the client, except a lookup's "not cached". Interim responses go to
+/// `interim`.
 pub(super) async fn ask_peer(
     filler: &Filler,
     cluster: &Cluster,
     addr: &str,
-    request: &RequestHeader,
-    body: Option<Bytes>,
+    request: (&RequestHeader, Option<Bytes>),
+    interim: Option<&InterimSink>,
 ) -> Asked {
     let started = Instant::now();
     let response = filler
         .client
-        .send_peer(
+        .fetch_peer(
             addr,
             request,
-            body,
-            cluster.peer_timeout,
-            cluster.peer_read_timeout,
+            (cluster.peer_timeout, cluster.peer_read_timeout),
             cluster.peer_h2c,
+            interim,
         )
         .await;
     let asked = match response {

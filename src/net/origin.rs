@@ -178,6 +178,12 @@ pub struct OriginClient {
     peer_tls: Option<Arc<PeerTls>>,
 }
 
+/// Where a fetch hands the interim (1xx) responses that come before the
+/// final one: the client whose request started the fill, which may pass
+/// them on (see `proxy/cacheable.rs`). Never waited on: a full or closed
+/// channel drops them.
+pub type InterimSink = tokio::sync::mpsc::Sender<ResponseHeader>;
+
 /// An origin response whose headers have arrived; the body is read on demand.
 pub struct OriginResponse {
     session: HttpSession,
@@ -202,18 +208,19 @@ impl OriginClient {
     }
 
     /// Send `request` (origin-form path, headers already cleaned) and wait for
-    /// the response headers.
+    /// the response headers; interim responses before them go to `interim`.
     pub async fn fetch(
         &self,
         target: &OriginTarget,
         request: &RequestHeader,
         body: Option<Bytes>,
+        interim: Option<&InterimSink>,
     ) -> Result<OriginResponse, FetchError> {
         let started = Instant::now();
         let mut request = request.clone();
         target.prepare_upstream(&mut request);
         let request = &request;
-        let result = self.fetch_inner(target, request, body).await;
+        let result = self.fetch_inner(target, request, body, interim).await;
         let status = result.as_ref().ok().map(|r| r.header.status.as_u16());
         crate::metrics::observe_origin(status, started.elapsed().as_secs_f64());
         result.map_err(|e| {
@@ -229,8 +236,25 @@ impl OriginClient {
     /// Send `request` to another ringside's peer listener at `addr` (`host:port`).
     /// Connecting is bounded by `connect_timeout`; waiting for the answer by
     /// `read_timeout`, which must leave the owner time for its own origin fetch.
-    /// With a request body: a handoff's entries, or the body of a POST or
-    /// QUERY cached by its body.
+    /// Interim responses before the answer go to `interim`. A `body` is
+    /// that of a POST or QUERY cached by its body.
+    pub async fn fetch_peer(
+        &self,
+        addr: &str,
+        (request, body): (&RequestHeader, Option<Bytes>),
+        timeouts: (Duration, Duration),
+        h2c: bool,
+        interim: Option<&InterimSink>,
+    ) -> Result<OriginResponse, FetchError> {
+        let sent = Sent {
+            request,
+            body,
+            interim,
+        };
+        self.send_to_peer(addr, sent, timeouts, h2c).await
+    }
+
+    /// [`Self::fetch_peer`], with a request body (a handoff's entries).
     pub async fn send_peer(
         &self,
         addr: &str,
@@ -240,6 +264,23 @@ impl OriginClient {
         read_timeout: Duration,
         h2c: bool,
     ) -> Result<OriginResponse, FetchError> {
+        let sent = Sent {
+            request,
+            body,
+            interim: None,
+        };
+        self.send_to_peer(addr, sent, (connect_timeout, read_timeout), h2c)
+            .await
+    }
+
+    async fn send_to_peer(
+        &self,
+        addr: &str,
+        sent: Sent<'_>,
+        (connect_timeout, read_timeout): (Duration, Duration),
+        h2c: bool,
+    ) -> Result<OriginResponse, FetchError> {
+        let request = sent.request;
         let timeout = connect_timeout;
         let resolved = match tokio::time::timeout(timeout, tokio::net::lookup_host(addr)).await {
             Ok(Ok(mut addrs)) => addrs.next(),
@@ -260,7 +301,7 @@ impl OriginClient {
         if let Some(tls) = &self.peer_tls {
             tls.configure(&mut peer, addr);
         }
-        self.send(peer, request, body, read_timeout, Duration::from_secs(60))
+        self.send(peer, sent, read_timeout, Duration::from_secs(60))
             .await
             .map_err(|e| {
                 log::warn!("peer {addr} fetch {} failed: {e}", request.uri);
@@ -276,26 +317,30 @@ impl OriginClient {
         target: &OriginTarget,
         request: &RequestHeader,
         body: Option<Bytes>,
+        interim: Option<&InterimSink>,
     ) -> pingora::Result<OriginResponse> {
         let peer = target.peer().await?;
-        self.send(
-            peer,
+        let sent = Sent {
             request,
             body,
-            target.read_timeout,
-            target.idle_timeout,
-        )
-        .await
+            interim,
+        };
+        let timeouts = (target.read_timeout, target.idle_timeout);
+        self.send(peer, sent, timeouts.0, timeouts.1).await
     }
 
     async fn send(
         &self,
         peer: HttpPeer,
-        request: &RequestHeader,
-        body: Option<Bytes>,
+        sent: Sent<'_>,
         read_timeout: Duration,
         idle_timeout: Duration,
     ) -> pingora::Result<OriginResponse> {
+        let Sent {
+            request,
+            body,
+            interim,
+        } = sent;
         let request_time = SystemTime::now();
         let target = peer.reuse_hash();
         // A pooled connection may have been closed by the origin while idle;
@@ -324,7 +369,7 @@ impl OriginClient {
                 // answer is what counts. Retrying instead would resend a
                 // signed request it has served, which it refuses as a replay.
                 let finished = session.finish_request_body().await;
-                match read_final_header(&mut session).await {
+                match read_final_header(&mut session, interim).await {
                     Ok(()) => Ok(()),
                     Err(e) => finished.and(Err(e)),
                 }
@@ -366,24 +411,44 @@ impl OriginClient {
     }
 }
 
-/// Interim responses an origin may send before the final one (RFC 9110
-/// §15.2) that a fill skips; past this many the origin is misbehaving.
-const MAX_INTERIM_RESPONSES: usize = 8;
+/// What a fetch sends, and where the interim responses it gets go.
+struct Sent<'a> {
+    request: &'a RequestHeader,
+    body: Option<Bytes>,
+    interim: Option<&'a InterimSink>,
+}
 
-/// Read response heads until the final one: 100 Continue, 102 Processing and
-/// 103 Early Hints are skipped (a fill has no client to pass hints to, and
-/// nothing interim is stored); 101 is refused, fills never ask to upgrade.
-async fn read_final_header(session: &mut HttpSession) -> pingora::Result<()> {
+/// Interim responses an origin may send before the final one (RFC 9110
+/// §15.2); past this many the origin is misbehaving.
+pub const MAX_INTERIM_RESPONSES: usize = 8;
+
+/// Read response heads until the final one: 100 Continue, 102 Processing
+/// and 103 Early Hints go to `interim` (without their hop-by-hop fields) and
+/// nothing interim is ever part of the response (or stored); 101 is
+/// refused, fills never ask to upgrade.
+async fn read_final_header(
+    session: &mut HttpSession,
+    interim: Option<&InterimSink>,
+) -> pingora::Result<()> {
     for _ in 0..=MAX_INTERIM_RESPONSES {
         session.read_response_header().await?;
         let status = session.response_header().map(|h| h.status.as_u16());
         match status {
             Some(101) => return Error::e_explain(ErrorType::InvalidHTTPHeader, "unasked-for 101"),
-            Some(100..=199) => continue,
+            Some(100..=199) => pass_on_interim(session.response_header(), interim),
             _ => return Ok(()),
         }
     }
     Error::e_explain(ErrorType::InvalidHTTPHeader, "too many interim responses")
+}
+
+/// Hand an interim head to whoever wants it, without waiting.
+fn pass_on_interim(head: Option<&ResponseHeader>, interim: Option<&InterimSink>) {
+    if let (Some(head), Some(interim)) = (head, interim) {
+        let mut head = head.clone();
+        strip_response_hop_by_hop(&mut head);
+        let _ = interim.try_send(head);
+    }
 }
 
 fn is_timeout(e: &Error) -> bool {

@@ -12,8 +12,9 @@
 //! none of these ways: it is answered from the cache, or from a fill
 //! already under way here, or refused as not cached.
 
+use super::partial;
 use super::policy::Policy;
-use super::respond::{send_error, send_object, send_refusal, send_stream};
+use super::respond::{send_error, send_interim, send_object, send_refusal, send_stream};
 use super::told::{self, told};
 use super::{RequestCtx, Ringside, Role};
 use crate::cache::keys;
@@ -21,9 +22,9 @@ use crate::cache::singleflight::WaitError;
 use crate::cache::store::{CachedObject, Entry, Store};
 use crate::cluster::peers;
 use crate::cluster::Cluster;
-use crate::fill::{self, Job, Kept, LeaderResult, Outcome, Report, Started};
+use crate::fill::{self, Job, Kept, LeaderResult, NotKept, Outcome, Report, Started};
 use crate::metrics::{self, CacheResult};
-use crate::net::origin::OriginTarget;
+use crate::net::origin::{OriginTarget, MAX_INTERIM_RESPONSES};
 use crate::rfc::cache_rules::{self, CacheControl, RuleOptions};
 use crate::rfc::cache_status::{CacheStatus, Detail, Fwd};
 use crate::rfc::headers::strip_hop_by_hop;
@@ -35,6 +36,7 @@ use pingora::prelude::*;
 use pingora::proxy::Session;
 use std::sync::Arc;
 use std::time::Instant;
+use tokio::sync::{mpsc, oneshot};
 
 /// What a request's key has here: the stored object (or mirror) and its
 /// variant key, and where a fill would go.
@@ -127,7 +129,10 @@ impl Ringside {
         let rules = self.rule_options.clone();
         let mut job = self.fill_job(req, &target, &key, found, rules, Some(body));
         job.keep = false;
-        self.fill_and_answer(session, ctx, key, job).await
+        let (interim, hints) = mpsc::channel(MAX_INTERIM_RESPONSES);
+        job.interim = Some(interim);
+        self.fill_and_answer(session, ctx, key, job, hints, false)
+            .await
     }
 
     /// Answer with `object`, saying in Cache-Status the scope the request
@@ -217,13 +222,29 @@ impl Ringside {
                 return self.answer(session, ctx, &object, status, now).await;
             }
         }
+        if found.stored.is_none() && self.owns(&plain_key) {
+            if let Some((object, asked)) = self.usable_partial(&plain_key, req, now) {
+                ctx.result = CacheResult::Hit;
+                object.record_hit();
+                return partial::send_part(session, &object, asked, CacheStatus::HIT, now).await;
+            }
+        }
         if client_cc.only_if_cached {
             ctx.result = CacheResult::Error;
             let status = CacheStatus::forward(Fwd::Miss).detail(Detail::OnlyIfCached);
             return send_error(session, 504, "not in cache (only-if-cached)\n", status).await;
         }
-        let (flight_key, job) = self.fill_for(req, &target, plain_key, found, rules, body);
-        self.fill_and_answer(session, ctx, flight_key, job).await
+        let head = req.method == Method::HEAD;
+        let (flight_key, mut job) = self.fill_for(req, &target, plain_key, found, rules, body);
+        if head && job.stale.is_some() {
+            // RFC 9111 §4.3.5: revalidate with HEAD; no content for a
+            // client that wants none (`fill/head.rs`).
+            job.request.set_method(Method::HEAD);
+        }
+        let (interim, hints) = mpsc::channel(MAX_INTERIM_RESPONSES);
+        job.interim = Some(interim);
+        self.fill_and_answer(session, ctx, flight_key, job, hints, true)
+            .await
     }
 
     /// Where the request's key stands: stored here, mirrored here (a key
@@ -303,7 +324,7 @@ impl Ringside {
 
     /// Whether `object` may answer `req` as it is: fresh, the variant it
     /// asks for, and not sent back to the origin by its Cache-Control.
-    fn usable_for(
+    pub(super) fn usable_for(
         &self,
         object: &CachedObject,
         client_cc: &CacheControl,
@@ -340,22 +361,30 @@ impl Ringside {
         (flight_key, job)
     }
 
-    /// Lead or follow the key's fill, and answer with what it brings.
+    /// Lead or follow the key's fill, and answer with what it brings. The
+    /// leader is also passed the interim responses before it (`hints`);
+    /// `may_fill_range`: a response too large to keep may make it fill its
+    /// range instead (`partial.rs`).
     async fn fill_and_answer(
         &self,
         session: &mut Session,
         ctx: &mut RequestCtx,
         flight_key: String,
         job: Job,
+        hints: mpsc::Receiver<ResponseHeader>,
+        may_fill_range: bool,
     ) -> Result<bool> {
         let timeout = self.node.config.cache.collapse_timeout;
         match fill::start(&self.node.filler, flight_key, job, true) {
             // The wait is for the response head: a body that is still
             // arriving is streamed, however long it takes.
-            Started::Leading(rx) => match tokio::time::timeout(timeout, rx).await {
-                Ok(Ok(result)) => self.send_leader_result(session, ctx, result).await,
+            Started::Leading(rx) => match leader_result(session, rx, hints, timeout).await {
+                Some(result) => {
+                    self.send_leader_result(session, ctx, result, may_fill_range)
+                        .await
+                }
                 // The fill task always answers; a lost answer means it died.
-                _ => {
+                None => {
                     ctx.result = CacheResult::Error;
                     let body = "origin fetch did not finish\n";
                     send_error(session, 504, body, CacheStatus::forward(Fwd::Miss)).await
@@ -386,6 +415,7 @@ impl Ringside {
         session: &mut Session,
         ctx: &mut RequestCtx,
         result: LeaderResult,
+        may_fill_range: bool,
     ) -> Result<bool> {
         match result {
             LeaderResult::Shared(outcome) => self.send_outcome(session, ctx, outcome, false).await,
@@ -396,6 +426,17 @@ impl Ringside {
             } => {
                 let storing = !matches!(report.kept, Kept::No(..));
                 if !storing && wants_part_of(session.req_header(), &header) {
+                    let too_large = matches!(report.kept, Kept::No(NotKept::TooLarge, _));
+                    let (target, req) = (self.target_of(ctx), session.req_header());
+                    let own =
+                        self.owns(&self.request_key(&target, req, &self.policy(&target, req)));
+                    if may_fill_range
+                        && too_large
+                        && partial::fills_its_range(session.req_header(), own)
+                    {
+                        drop(body); // ends the leader's share of the whole's fill
+                        return Box::pin(self.fill_range(session, ctx)).await;
+                    }
                     // Dropping `body` ends the leader's share of the fill.
                     let status = CacheStatus::forward(Fwd::UriMiss).detail(Detail::RangeNotStored);
                     return self.pass(ctx, CacheResult::Miss, status);
@@ -432,6 +473,18 @@ impl Ringside {
                 revalidated,
                 source,
             } => {
+                if object.header.status == http::StatusCode::PARTIAL_CONTENT {
+                    // A range fill's part: it answers only what it covers.
+                    let Some(asked) = partial::covered(&object, session.req_header()) else {
+                        let status =
+                            CacheStatus::forward(Fwd::UriMiss).detail(Detail::RangeNotStored);
+                        return self.pass(ctx, CacheResult::Miss, status);
+                    };
+                    let status;
+                    (ctx.result, status) = told(&Report::fetched(source, revalidated), collapsed);
+                    return partial::send_part(session, &object, asked, status, Instant::now())
+                        .await;
+                }
                 // A follower may want another variant than the leader fetched.
                 if !object.vary.is_empty()
                     && cache_rules::vary_fingerprint(&object.vary, &session.req_header().headers)
@@ -472,6 +525,42 @@ impl Ringside {
         }
     }
 
+    /// Fill the range a request asks for, when its whole response is too
+    /// large to keep (`partial.rs`): a fill of its own, keyed by the
+    /// range, whose `206` becomes the URL's partial entry.
+    async fn fill_range(&self, session: &mut Session, ctx: &mut RequestCtx) -> Result<bool> {
+        let target = self.target_of(ctx);
+        let req = session.req_header();
+        let policy = self.policy(&target, req);
+        let plain_key = self.request_key(&target, req, &policy);
+        let rules = policy.rules;
+        let Some(range) = req.headers.get(header::RANGE).cloned() else {
+            let status = CacheStatus::forward(Fwd::UriMiss).detail(Detail::RangeNotStored);
+            return self.pass(ctx, CacheResult::Miss, status);
+        };
+        let flight_key = keys::range_flight(&plain_key, range.as_bytes());
+        let partial_key = keys::partial(&plain_key);
+        let found = Found::in_store((None, None));
+        let mut job = self.fill_job(req, &target, &partial_key, found, rules, None);
+        let _ = job.request.insert_header(header::RANGE, range);
+        let (interim, hints) = mpsc::channel(MAX_INTERIM_RESPONSES);
+        job.interim = Some(interim);
+        self.fill_and_answer(session, ctx, flight_key, job, hints, false)
+            .await
+    }
+
+    /// The origin this request is for.
+    fn target_of(&self, ctx: &RequestCtx) -> Arc<OriginTarget> {
+        ctx.target.clone().unwrap_or_else(|| self.origin.clone())
+    }
+
+    /// Whether this node owns `plain_key` (always, outside a cluster).
+    fn owns(&self, plain_key: &str) -> bool {
+        self.node
+            .cluster()
+            .is_none_or(|cluster| cluster.remote_owner(&cluster.ring(), plain_key).is_none())
+    }
+
     /// Ask `owner` unless it is backing off; mirror its answer if the key is hot here.
     fn route_to_owner(&self, cluster: &Cluster, owner: String, key: &str) -> Route {
         let hot = cluster.hot.touch(key);
@@ -500,6 +589,7 @@ impl Ringside {
             owner: route.owner,
             mirror: route.mirror,
             previous_owner: route.previous_owner,
+            interim: None,
             target: target.clone(),
             request: fill_request(req, target, body.as_ref()),
             key: key.to_owned(),
@@ -508,6 +598,31 @@ impl Ringside {
             max_object_size: self.node.config.cache.max_object_size,
             body,
             keep: true,
+        }
+    }
+}
+
+/// The leader's result of its fill, within `timeout` (None: none came, or
+/// the fill died); the interim responses that come before it are passed to
+/// the client as they arrive (`respond::send_interim`).
+async fn leader_result(
+    session: &mut Session,
+    mut result: oneshot::Receiver<LeaderResult>,
+    mut hints: mpsc::Receiver<ResponseHeader>,
+    timeout: std::time::Duration,
+) -> Option<LeaderResult> {
+    let deadline = tokio::time::sleep(timeout);
+    tokio::pin!(deadline);
+    loop {
+        tokio::select! {
+            // Hints are sent before the result: take them first.
+            biased;
+            Some(head) = hints.recv() => {
+                // A client that cannot take it is gone; the answer says so.
+                let _ = send_interim(session, head).await;
+            }
+            answer = &mut result => return answer.ok(),
+            _ = &mut deadline => return None,
         }
     }
 }
@@ -537,7 +652,8 @@ fn wants_part_of(req: &RequestHeader, response: &ResponseHeader) -> bool {
 
 /// The request a fill sends: GET (or, for a POST or QUERY keyed on its
 /// body, that method and body), origin-form, the client's end-to-end
-/// headers minus its own conditionals and `Range`.
+/// headers minus its own conditionals and `Range` (a HEAD that revalidates
+/// a stale entry makes it a HEAD, see `serve_cacheable`).
 ///
 /// The fill is for the cache and for every request that joins it, so it asks
 /// for the whole, current object. The client's `If-None-Match` /

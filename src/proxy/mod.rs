@@ -61,8 +61,10 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 mod body;
+mod byteranges;
 mod cacheable;
 mod invalidate;
+mod partial;
 mod peer;
 mod policy;
 mod request;
@@ -346,6 +348,7 @@ impl ProxyHttp for Ringside {
         // Pipelined requests are answered in order (RFC 9112 §9.3.2) rather
         // than dropped after the first response.
         session.set_pipelining_enabled(true);
+        respond::keep_response_dates(session);
         if crate::net::readiness::is_probe(session.req_header()) {
             return crate::net::readiness::answer(session).await;
         }
@@ -526,7 +529,11 @@ impl ProxyHttp for Ringside {
             e.etype(),
             ErrorType::WriteError | ErrorType::ReadError | ErrorType::ConnectionClosed
         ) && e.esource() == &ErrorSource::Downstream;
-        if session.response_written().is_none() && !client_gone {
+        // An interim response (a 103 passed on) is no answer yet.
+        let answered = session
+            .response_written()
+            .is_some_and(|r| !r.status.is_informational());
+        if !answered && !client_gone {
             let _ = send_error(session, code, body, ctx.cache_status).await;
         }
         FailToProxy {

@@ -1,11 +1,14 @@
 //! Writing responses: from a stored object (the hit path), from a streamed
 //! origin response, and ringside's own short errors. Either kind of answer
-//! may be a 304 (the client's validators match) or, for a GET with `Range`,
+//! may be a 304 (the client's validators match), a 412 (its `If-Match` or
+//! `If-Unmodified-Since` is false: `cache_rules::preconditions`) or, for a GET with `Range`,
 //! a 206 or 416 cut from the complete response (`crate::rfc::range` decides).
 
+use super::byteranges;
 use crate::cache::store::CachedObject;
 use crate::metrics;
-use crate::rfc::cache_rules;
+use crate::rfc::cache_rules::{self, Precondition};
+use crate::rfc::interim;
 use crate::rfc::range::{self, ByteRange, Selection};
 use bytes::Bytes;
 use http::header::{self, HeaderName, HeaderValue};
@@ -13,12 +16,38 @@ use http::response::Parts;
 use http::{Method, StatusCode};
 use pingora::http::{RequestHeader, ResponseHeader};
 use pingora::prelude::*;
+use pingora::protocols::http::ServerSession;
 use pingora::proxy::Session;
 use std::time::Instant;
 
 use crate::rfc::cache_status::{CacheStatus, Detail, HEADER as CACHE_STATUS};
 
-/// Answer from a stored object: 304 when the client's validators match a
+/// Let every response to this request keep the `Date` it carries, which
+/// pingora would set to the current time (RFC 9110 §6.6.1): a hit the
+/// stored response's, a pass-through the origin's; responses without one
+/// (ringside's own) still get the current time. Through the switch
+/// `vendor/pingora-core` adds (see `vendor/README.md`).
+pub fn keep_response_dates(session: &mut Session) {
+    match session.as_downstream_mut() {
+        ServerSession::H1(h1) => h1.set_keep_response_date(true),
+        ServerSession::H2(h2) => h2.set_keep_response_date(true),
+        _ => {}
+    }
+}
+
+/// Pass an interim (1xx) response the origin sent before the final one to
+/// the client whose request the fill is for, when RFC 9110 §15.2 lets it
+/// have it (`rfc::interim`). It is never stored.
+pub async fn send_interim(session: &mut Session, head: ResponseHeader) -> Result<()> {
+    let req = session.req_header();
+    if !interim::forwarded_to(head.status, req.version, &req.headers) {
+        return Ok(());
+    }
+    session.write_response_header(Box::new(head), false).await
+}
+
+/// Answer from a stored object: 412 when the client's `If-Match` or
+/// `If-Unmodified-Since` is false, 304 when its validators match a
 /// stored 2xx (RFC 9110 §13.2.1: preconditions are ignored for others), a
 /// 206 or 416 when a GET's `Range` asks for part of it, else the stored
 /// response with Age and Cache-Status.
@@ -39,15 +68,10 @@ pub async fn send_object(
     let req = session.req_header();
     let head = req.method == Method::HEAD;
     let age = HeaderValue::from(object.age(now).as_secs());
-    if object.header.status.is_success()
-        && cache_rules::client_validators_match(&req.headers, &object.header.headers)
-    {
-        let mut h = not_modified_header(&object.header)?;
-        h.insert_header(header::AGE, age)?;
-        h.insert_header(CACHE_STATUS.clone(), cache_status)?;
-        session.write_response_header(Box::new(h), true).await?;
+    if answered_by_preconditions(session, object, &age, &cache_status).await? {
         return Ok(true);
     }
+    let req = session.req_header();
     let complete = object.body.len() as u64;
     match requested_part(req, &object.header, complete) {
         Selection::Whole => {}
@@ -62,6 +86,27 @@ pub async fn send_object(
             // A part keeps the whole body alive while it is written.
             let _held = metrics::BodyInFlight::new(object.body.len());
             session.write_response_body(Some(body), true).await?;
+            return Ok(true);
+        }
+        Selection::Parts(ranges) => {
+            let whole: Parts = (*object.header).clone();
+            let framing = byteranges::framing(&whole, &ranges, complete);
+            let mut h = byteranges::multipart_head(whole, &framing);
+            h.headers.insert(header::AGE, age);
+            h.headers.insert(CACHE_STATUS.clone(), cache_status);
+            session
+                .write_response_header(Box::new(ResponseHeader::from(h)), false)
+                .await?;
+            let _held = metrics::BodyInFlight::new(object.body.len());
+            let (pieces, end) = byteranges::pieces(framing);
+            for (head, range) in pieces {
+                session.write_response_body(Some(head), false).await?;
+                let part = object
+                    .body
+                    .slice(range.first as usize..=range.last as usize);
+                session.write_response_body(Some(part), false).await?;
+            }
+            session.write_response_body(Some(end), true).await?;
             return Ok(true);
         }
         Selection::Unsatisfiable => {
@@ -82,6 +127,43 @@ pub async fn send_object(
             .write_response_body(Some(object.body.clone()), true)
             .await?;
     }
+    Ok(true)
+}
+
+/// Evaluate the request's preconditions against a stored response (RFC
+/// 9110 §13.2.2) and send its 304 or 412 if they call for one: true when
+/// that is the answer.
+pub async fn answered_by_preconditions(
+    session: &mut Session,
+    object: &CachedObject,
+    age: &HeaderValue,
+    cache_status: &HeaderValue,
+) -> Result<bool> {
+    let req = session.req_header();
+    let stored = &object.header;
+    match cache_rules::evaluate_preconditions(&req.headers, stored.status, &stored.headers) {
+        Precondition::Proceed => Ok(false),
+        Precondition::NotModified => {
+            let mut h = not_modified_header(&object.header)?;
+            h.insert_header(header::AGE, age.clone())?;
+            h.insert_header(CACHE_STATUS.clone(), cache_status.clone())?;
+            session.write_response_header(Box::new(h), true).await?;
+            Ok(true)
+        }
+        Precondition::Failed => send_precondition_failed(session, cache_status.clone()).await,
+    }
+}
+
+/// 412 for a GET or HEAD whose `If-Match` or `If-Unmodified-Since` is false
+/// (RFC 9110 §15.5.13): no content, as the origin would have sent none.
+async fn send_precondition_failed(
+    session: &mut Session,
+    cache_status: HeaderValue,
+) -> Result<bool> {
+    let mut h = ResponseHeader::build(StatusCode::PRECONDITION_FAILED, Some(2))?;
+    h.insert_header(header::CONTENT_LENGTH, 0)?;
+    h.insert_header(CACHE_STATUS.clone(), cache_status)?;
+    session.write_response_header(Box::new(h), true).await?;
     Ok(true)
 }
 
@@ -147,8 +229,9 @@ async fn send_unsatisfiable(
 }
 
 /// Stream a fill's response to the client whose request started it (the
-/// fill's leader). A 200 whose validators the client already holds is
-/// answered 304, as a hit would be (the fill itself asked unconditionally);
+/// fill's leader). A 2xx whose validators the client already holds is
+/// answered 304, and one its `If-Match` or `If-Unmodified-Since` rules out
+/// 412, as a hit would be (the fill itself asked unconditionally);
 /// a `Range` is answered from the stream when its length is known (the
 /// bytes before the part are skipped, the client is answered as soon as the
 /// part is through), else with the whole response, as RFC 9110 §14.2 allows.
@@ -161,13 +244,16 @@ pub async fn send_stream(
     let cache_status = cache_status.header_value();
     let req = session.req_header();
     let head = req.method == Method::HEAD;
-    if header.status == StatusCode::OK
-        && cache_rules::client_validators_match(&req.headers, &header.headers)
-    {
-        let mut h = not_modified_header(&header)?;
-        h.insert_header(CACHE_STATUS.clone(), cache_status.clone())?;
-        session.write_response_header(Box::new(h), true).await?;
-        return Ok(true); // dropping `body` stops the leader's share of the fill
+    // Dropping `body` when answering 304 or 412 stops the leader's share of the fill.
+    match cache_rules::evaluate_preconditions(&req.headers, header.status, &header.headers) {
+        Precondition::Proceed => {}
+        Precondition::NotModified => {
+            let mut h = not_modified_header(&header)?;
+            h.insert_header(CACHE_STATUS.clone(), cache_status.clone())?;
+            session.write_response_header(Box::new(h), true).await?;
+            return Ok(true);
+        }
+        Precondition::Failed => return send_precondition_failed(session, cache_status).await,
     }
     // The whole body's length, when the head says it.
     let complete = header
@@ -175,22 +261,32 @@ pub async fn send_stream(
         .get(header::CONTENT_LENGTH)
         .and_then(|v| v.to_str().ok()?.parse::<u64>().ok());
     let selection = complete.map(|complete| (requested_part(req, &header, complete), complete));
-    let (mut header, window) = match selection {
+    let (mut header, pieces, end) = match selection {
         Some((Selection::Part(part), complete)) => {
             let parts = partial_head(Parts::from(*header), part, complete);
-            (Box::new(ResponseHeader::from(parts)), part)
+            let header = Box::new(ResponseHeader::from(parts));
+            (header, vec![(Bytes::new(), part)], Bytes::new())
+        }
+        Some((Selection::Parts(ranges), complete)) => {
+            let whole = Parts::from(*header);
+            let framing = byteranges::framing(&whole, &ranges, complete);
+            let head = byteranges::multipart_head(whole, &framing);
+            let (pieces, end) = byteranges::pieces(framing);
+            (Box::new(ResponseHeader::from(head)), pieces, end)
         }
         Some((Selection::Unsatisfiable, complete)) => {
             return send_unsatisfiable(session, complete, cache_status).await;
         }
-        Some((Selection::Whole, _)) | None => (header, WHOLE_BODY),
+        Some((Selection::Whole, _)) | None => {
+            (header, vec![(Bytes::new(), WHOLE_BODY)], Bytes::new())
+        }
     };
     header.insert_header(CACHE_STATUS.clone(), cache_status)?;
     session.write_response_header(header, head).await?;
     if head {
         return Ok(true);
     }
-    write_body_window(session, body, window).await
+    write_body_parts(session, body, &pieces, end).await
 }
 
 /// Every byte of a body: the window of a response sent whole.
@@ -199,17 +295,22 @@ const WHOLE_BODY: ByteRange = ByteRange {
     last: u64::MAX,
 };
 
-/// Write the bytes of a streamed body that fall in `window` (positions in
-/// the whole body) and end the response; stop reading once past it.
-async fn write_body_window(
+/// Write a streamed body as `parts`: for each, its head (empty for a
+/// single part or the whole) and the bytes of the body in its window
+/// (positions in the whole body, ascending and apart); then `end` (the
+/// multipart close delimiter, or empty), and end the response. Reading
+/// stops once past the last window.
+async fn write_body_parts(
     session: &mut Session,
     mut body: tokio::sync::mpsc::Receiver<
         std::result::Result<Bytes, crate::net::origin::FetchError>,
     >,
-    window: ByteRange,
+    parts: &[(Bytes, ByteRange)],
+    end: Bytes,
 ) -> Result<bool> {
     let mut position = 0u64;
-    while position <= window.last {
+    let (mut next, mut started) = (0, false);
+    while next < parts.len() {
         let Some(chunk) = body.recv().await else {
             break;
         };
@@ -219,15 +320,33 @@ async fn write_body_window(
         };
         let start = position;
         position = start.saturating_add(chunk.len() as u64);
-        let from = window.first.max(start);
-        let to = position.min(window.last.saturating_add(1));
-        if from < to {
-            let piece = match (from == start, to == position) {
-                (true, true) => chunk,
-                _ => chunk.slice((from - start) as usize..(to - start) as usize),
-            };
-            session.write_response_body(Some(piece), false).await?;
+        while let Some((head, window)) = parts.get(next) {
+            if window.first >= position {
+                break; // this part starts in a later chunk
+            }
+            if !started && !head.is_empty() {
+                session
+                    .write_response_body(Some(head.clone()), false)
+                    .await?;
+            }
+            started = true;
+            let from = window.first.max(start);
+            let to = position.min(window.last.saturating_add(1));
+            if from < to {
+                let piece = match (from == start, to == position) {
+                    (true, true) => chunk.clone(),
+                    _ => chunk.slice((from - start) as usize..(to - start) as usize),
+                };
+                session.write_response_body(Some(piece), false).await?;
+            }
+            if window.last >= position {
+                break; // the part goes on in the next chunk
+            }
+            (next, started) = (next + 1, false);
         }
+    }
+    if !end.is_empty() {
+        session.write_response_body(Some(end), false).await?;
     }
     session.write_response_body(None, true).await?;
     Ok(true)

@@ -15,13 +15,12 @@
 //!   the representation; ranges that start past its end (or `-0`) are left
 //!   out. None left: unsatisfiable (416, `Content-Range: bytes */len`).
 //!   Overlapping or adjacent ranges are coalesced (§15.3.7 allows it).
-//! - **Several ranges** that stay apart after coalescing get the whole `200`
-//!   rather than `multipart/byteranges`: §14.2 allows ignoring them, every
-//!   client must handle a `200` to a range request, the clients that matter
-//!   (browsers, media players, download resumers) ask for one range, and a
-//!   multipart body cannot be a slice of the stored `Bytes`, so it would
-//!   cost a copy and, with many small overlapping ranges, be an
-//!   amplification vector (§17.15).
+//! - **Several ranges** that stay apart after coalescing are several parts,
+//!   sent as `multipart/byteranges` (§14.6, `byteranges.rs`), in ascending
+//!   order (§15.3.7.2 lets a server reorder them; coalescing already does).
+//!   More than [`MAX_PARTS`] apart get the whole `200` instead (§14.2 lets a
+//!   server ignore such a `Range`): many tiny ranges would make the answer
+//!   mostly part headers, an amplification vector (§17.15).
 //!
 //! Nothing here panics on hostile input: numbers too large for a `u64`
 //! saturate (a position that large is past any representation's end).
@@ -64,12 +63,15 @@ pub enum RangeSpec {
 }
 
 /// What answers a range request.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Selection {
     /// The whole response, as if there were no `Range`.
     Whole,
     /// A `206` with this one part.
     Part(ByteRange),
+    /// A `206` with these parts (at least two, ascending, apart), as
+    /// `multipart/byteranges`.
+    Parts(Vec<ByteRange>),
     /// A `416`: no requested range overlaps the representation.
     Unsatisfiable,
 }
@@ -123,21 +125,32 @@ fn number(digits: &[u8]) -> Option<u64> {
     }))
 }
 
-/// The part of a `len`-byte representation that answers `specs`.
+/// At most this many parts are sent as `multipart/byteranges`; a `Range`
+/// that stays in more pieces after coalescing gets the whole response.
+pub const MAX_PARTS: usize = 16;
+
+/// The part(s) of a `len`-byte representation that answer `specs`:
+/// satisfiable ranges clamped, sorted and coalesced where they overlap or
+/// touch.
 pub fn select(specs: &[RangeSpec], len: u64) -> Selection {
     let mut ranges: Vec<ByteRange> = specs.iter().filter_map(|s| clamp(*s, len)).collect();
     ranges.sort_unstable_by_key(|r| r.first);
-    let mut ranges = ranges.into_iter();
-    let Some(mut merged) = ranges.next() else {
-        return Selection::Unsatisfiable;
-    };
+    let mut parts: Vec<ByteRange> = Vec::with_capacity(ranges.len().min(MAX_PARTS + 1));
     for range in ranges {
-        if range.first > merged.last.saturating_add(1) {
-            return Selection::Whole; // several parts: see the module comment
+        let full = parts.len() == MAX_PARTS;
+        match parts.last_mut() {
+            Some(merged) if range.first <= merged.last.saturating_add(1) => {
+                merged.last = merged.last.max(range.last);
+            }
+            _ if full => return Selection::Whole,
+            _ => parts.push(range),
         }
-        merged.last = merged.last.max(range.last);
     }
-    Selection::Part(merged)
+    match parts.len() {
+        0 => Selection::Unsatisfiable,
+        1 => Selection::Part(parts[0]),
+        _ => Selection::Parts(parts),
+    }
 }
 
 /// A range-spec within a `len`-byte representation, or `None` when it is
@@ -179,6 +192,42 @@ pub fn plan(
     match parse(value.as_bytes()) {
         Some(specs) => select(&specs, len),
         None => Selection::Whole,
+    }
+}
+
+/// A single-part `Content-Range` of a 206 (RFC 9110 §14.4): `bytes
+/// first-last/complete`, the complete length known; None for anything
+/// else (`*` length, an unsatisfied range, another unit, garbage).
+pub fn parse_content_range(value: &[u8]) -> Option<(ByteRange, u64)> {
+    let value = std::str::from_utf8(value).ok()?.trim();
+    let (unit, rest) = value.split_once(' ')?;
+    if !unit.eq_ignore_ascii_case("bytes") {
+        return None;
+    }
+    let (range, complete) = rest.trim().split_once('/')?;
+    let (first, last) = range.split_once('-')?;
+    let [first, last, complete] = [first, last, complete].map(|n| number(n.as_bytes()));
+    let (first, last, complete) = (first?, last?, complete?);
+    (first <= last && last < complete).then_some((ByteRange { first, last }, complete))
+}
+
+/// The one range a GET's `Range` asks of a `complete`-byte representation,
+/// when `stored` (a part of it) holds all of it: a single field, one part
+/// after coalescing, no `If-Range` (a part is never the answer to a
+/// validator it might not match). None: the part cannot answer it.
+pub fn within_part(req_headers: &HeaderMap, stored: ByteRange, complete: u64) -> Option<ByteRange> {
+    if req_headers.contains_key(header::IF_RANGE) {
+        return None;
+    }
+    let mut values = req_headers.get_all(header::RANGE).iter();
+    let (Some(value), None) = (values.next(), values.next()) else {
+        return None;
+    };
+    match select(&parse(value.as_bytes())?, complete) {
+        Selection::Part(asked) if stored.first <= asked.first && asked.last <= stored.last => {
+            Some(asked)
+        }
+        _ => None,
     }
 }
 
@@ -237,14 +286,109 @@ mod tests {
         }
     }
 
+    fn parts(ranges: &[(u64, u64)]) -> Selection {
+        Selection::Parts(
+            ranges
+                .iter()
+                .map(|&(first, last)| ByteRange { first, last })
+                .collect(),
+        )
+    }
+
     #[test]
-    fn several_ranges_coalesce_or_get_the_whole_response() {
+    fn several_ranges_coalesce_or_are_several_parts() {
         assert_eq!(selected("bytes=0-9, 5-19", 100), Some(part(0, 19)));
         assert_eq!(selected("bytes=10-19,0-9", 100), Some(part(0, 19)));
         assert_eq!(selected("bytes=0-9,,500-600", 100), Some(part(0, 9)));
-        assert_eq!(selected("bytes=0-9,20-29", 100), Some(Selection::Whole));
-        assert_eq!(selected("bytes=0-0,-1", 100), Some(Selection::Whole));
+        assert_eq!(
+            selected("bytes=0-9,20-29", 100),
+            Some(parts(&[(0, 9), (20, 29)]))
+        );
+        assert_eq!(
+            selected("bytes=50-59,0-9,5-12,-1", 100),
+            Some(parts(&[(0, 12), (50, 59), (99, 99)]))
+        );
         assert_eq!(selected("bytes=0-0,-1", 1), Some(part(0, 0)));
+    }
+
+    #[test]
+    fn more_parts_than_the_limit_get_the_whole_response() {
+        let ranges = |n: u64| {
+            let list: Vec<String> = (0..n).map(|i| format!("{}-{}", i * 2, i * 2)).collect();
+            format!("bytes={}", list.join(","))
+        };
+        let limit = MAX_PARTS as u64;
+        assert!(
+            matches!(selected(&ranges(limit), 1000), Some(Selection::Parts(p)) if p.len() == MAX_PARTS)
+        );
+        assert_eq!(selected(&ranges(limit + 1), 1000), Some(Selection::Whole));
+        // Touching ranges coalesce, so they never count against the limit.
+        let touching: Vec<String> = (0..100).map(|i| format!("{i}-{i}")).collect();
+        let touching = format!("bytes={}", touching.join(","));
+        assert_eq!(selected(&touching, 1000), Some(part(0, 99)));
+    }
+
+    #[test]
+    fn content_ranges_of_one_part_with_a_known_length() {
+        let part = |first, last| ByteRange { first, last };
+        assert_eq!(
+            parse_content_range(b"bytes 0-9/100"),
+            Some((part(0, 9), 100))
+        );
+        assert_eq!(
+            parse_content_range(b" BYTES 99-99/100 "),
+            Some((part(99, 99), 100))
+        );
+        for invalid in [
+            "bytes 0-9/*",
+            "bytes */100",
+            "bytes 9-0/100",
+            "bytes 0-100/100",
+            "items 0-9/100",
+            "bytes 0-9",
+            "bytes=0-9/100",
+            "bytes -1-9/100",
+        ] {
+            assert_eq!(parse_content_range(invalid.as_bytes()), None, "{invalid}");
+        }
+    }
+
+    #[test]
+    fn a_part_answers_only_ranges_inside_it() {
+        let stored = ByteRange {
+            first: 100,
+            last: 299,
+        };
+        let asked = |value: &str| within_part(&headers(&[("range", value)]), stored, 1000);
+        assert_eq!(asked("bytes=100-299"), Some(stored));
+        assert_eq!(
+            asked("bytes=150-199"),
+            Some(ByteRange {
+                first: 150,
+                last: 199
+            })
+        );
+        assert_eq!(asked("bytes=150-160,155-170").map(|r| r.last), Some(170));
+        assert_eq!(asked("bytes=99-150"), None);
+        assert_eq!(asked("bytes=250-300"), None);
+        assert_eq!(asked("bytes=100-"), None, "the rest of 1000 bytes");
+        assert_eq!(asked("bytes=-10"), None);
+        assert_eq!(asked("bytes=100-110,200-210"), None, "two parts");
+        assert_eq!(asked("bytes=5000-"), None, "unsatisfiable");
+        assert_eq!(asked("bytes=x"), None);
+        let with_if_range = headers(&[("range", "bytes=150-199"), ("if-range", "\"v1\"")]);
+        assert_eq!(within_part(&with_if_range, stored, 1000), None);
+        let whole = ByteRange {
+            first: 0,
+            last: 999,
+        };
+        assert_eq!(
+            within_part(&headers(&[("range", "bytes=-10")]), whole, 1000),
+            Some(ByteRange {
+                first: 990,
+                last: 999
+            })
+        );
     }
 
     #[test]

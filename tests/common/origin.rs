@@ -31,6 +31,11 @@
 //! | `ranges=1`     | a GET's single `Range: bytes=...` is answered 206 with that part |
 //! | `echo=H`       | the body names the request's H values (`H=v1,v2 #count`), or `H=-` |
 //! | `versioned=1`  | the path has a version (0 at first): a PUT bumps it; every answer says it in `X-Version`, a GET's body is [`versioned_body`] |
+//! | `date_ago=N`   | `Date` N seconds before now (a response generated earlier)    |
+//! | `etag2=V`      | from the second request of a target on, `ETag: "V"` instead of `etag` (the resource changed) |
+//!
+//! `expires_fmt=asctime_wrong_weekday` writes `Expires` in asctime form with
+//! the weekday one day off (RFC 9110 §5.6.7: recipients should still read it).
 //!
 //! The origin counts requests per path-and-query and keeps the last request's
 //! headers, so tests assert from the origin's own view. [`Origin::set_failing`]
@@ -60,6 +65,7 @@ type Body = http_body_util::combinators::UnsyncBoxBody<Bytes, Infallible>;
 struct State {
     hits: Mutex<HashMap<String, u64>>,
     last_headers: Mutex<HashMap<String, Vec<(String, String)>>>,
+    last_methods: Mutex<HashMap<String, String>>,
     total: AtomicU64,
     connections: AtomicU64,
     failing: AtomicBool,
@@ -128,6 +134,11 @@ impl Origin {
             .collect()
     }
 
+    /// The method of the last request for this path and query.
+    pub fn last_method(&self, target: &str) -> Option<String> {
+        self.state.last_methods.lock().unwrap().get(target).cloned()
+    }
+
     pub fn set_failing(&self, failing: bool) {
         self.state.failing.store(failing, Ordering::SeqCst);
     }
@@ -185,6 +196,11 @@ async fn answer(request: Request<Incoming>, state: &State) -> std::io::Result<Re
         .unwrap()
         .insert(target.clone(), headers.clone());
     let method = head.method.as_str();
+    state
+        .last_methods
+        .lock()
+        .unwrap()
+        .insert(target.clone(), method.to_owned());
     let body = request_body.to_bytes();
     let answer = respond(method, &target, &headers, &body, count, state).await;
     Ok(answer.into_response(head.method == Method::HEAD, &query(&target)))
@@ -282,8 +298,9 @@ async fn respond(
     }
     let mut headers: Vec<(String, String)> = Vec::new();
     if !q.contains_key("nodate") {
-        let now = std::time::SystemTime::now();
-        headers.push(("Date".into(), httpdate::fmt_http_date(now)));
+        let ago = q.get("date_ago").and_then(|v| v.parse().ok()).unwrap_or(0);
+        let generated = std::time::SystemTime::now() - Duration::from_secs(ago);
+        headers.push(("Date".into(), httpdate::fmt_http_date(generated)));
     }
     // A failing origin (set_failing) answers 503 without the resource's caching headers.
     let cc = match q.get("cc1") {
@@ -324,7 +341,11 @@ async fn respond(
         headers.push(("Set-Cookie".into(), format!("session={count}; Path=/")));
     }
     let mut not_modified = false;
-    if let Some(etag) = q.get("etag") {
+    let etag = match q.get("etag2") {
+        Some(changed) if count >= 2 => Some(changed),
+        _ => q.get("etag"),
+    };
+    if let Some(etag) = etag {
         let quoted = format!("\"{etag}\"");
         if header(req, "if-none-match").is_some_and(|v| v.contains(&quoted)) {
             not_modified = true;
@@ -459,6 +480,11 @@ fn http_date_as(at: std::time::SystemTime, format: &str) -> String {
         "rfc850" => format!("{long_weekday}, {day}-{month}-{} {time} GMT", &year[2..]),
         "asctime" => format!(
             "{weekday} {month} {:>2} {time} {year}",
+            day.trim_start_matches('0')
+        ),
+        "asctime_wrong_weekday" => format!(
+            "{} {month} {:>2} {time} {year}",
+            if weekday == "Mon" { "Tue" } else { "Mon" },
             day.trim_start_matches('0')
         ),
         "lower" => imf.to_ascii_lowercase(),

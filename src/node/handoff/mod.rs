@@ -124,7 +124,9 @@ fn plan(store: &Store, after: &Ring, max_bytes: u64, now: Instant) -> Vec<Shipme
         .objects()
         .filter_map(|(stored_key, object)| {
             let remaining = object.remaining_freshness(now);
-            if remaining.is_zero() {
+            // Partial entries (`proxy/partial.rs`) stay: a part is cheap to
+            // fetch again and is worth little to its next owner.
+            if remaining.is_zero() || object.header.status == http::StatusCode::PARTIAL_CONTENT {
                 return None;
             }
             let plain_key = match object.vary.is_empty() {
@@ -298,6 +300,11 @@ fn keep(
     }
     if object.body.len() as u64 > node.config.cache.max_object_size {
         return "too_large";
+    }
+    if object.header.status == http::StatusCode::PARTIAL_CONTENT {
+        // A part is never handed over (see `plan`); one stored under a
+        // plain key would answer a request for the whole.
+        return "partial";
     }
     let variant = object.variant_key(&key);
     let here = node.store().get(variant.as_deref().unwrap_or(&key));

@@ -29,6 +29,14 @@ use super::headers;
 
 mod policy;
 pub use policy::{has_credentials, Audience, Overrides};
+mod head_freshening;
+mod http_date;
+mod preconditions;
+mod targeted;
+pub use head_freshening::head_describes_stored;
+pub use http_date::parse_http_date;
+pub use preconditions::{evaluate as evaluate_preconditions, Precondition};
+pub use targeted::targeted;
 
 /// RFC 9111 §1.2.2: a delta-seconds value too large to represent is read as 2^31.
 const MAX_DELTA_SECONDS: u64 = 1 << 31;
@@ -447,30 +455,6 @@ fn has_explicit_freshness(resp_headers: &HeaderMap, cc: &CacheControl, opts: &Ru
 
 fn has_validators(resp_headers: &HeaderMap) -> bool {
     resp_headers.contains_key(header::ETAG) || resp_headers.contains_key(header::LAST_MODIFIED)
-}
-
-/// The response as this cache judges it (RFC 9213 §2.1): when one of the
-/// `targets` is present (the first, in the cache's order) with a valid
-/// directive, its value replaces Cache-Control and Expires is ignored; else
-/// the response as it is. Borrowed unless a targeted field applies.
-pub fn targeted<'a>(resp_headers: &'a HeaderMap, targets: &[HeaderName]) -> Cow<'a, HeaderMap> {
-    let Some(field) = targets.iter().find(|t| resp_headers.contains_key(*t)) else {
-        return Cow::Borrowed(resp_headers);
-    };
-    let mut only_field = HeaderMap::new();
-    for value in resp_headers.get_all(field) {
-        only_field.append(header::CACHE_CONTROL, value.clone());
-    }
-    if CacheControl::parse(&only_field) == CacheControl::default() {
-        return Cow::Borrowed(resp_headers); // no valid directive: Cache-Control stands
-    }
-    let mut judged = resp_headers.clone();
-    judged.remove(header::CACHE_CONTROL);
-    judged.remove(header::EXPIRES);
-    for value in only_field.get_all(header::CACHE_CONTROL) {
-        judged.append(header::CACHE_CONTROL, value.clone());
-    }
-    Cow::Owned(judged)
 }
 
 // ---------------------------------------------------------------------------
@@ -932,34 +916,6 @@ fn single_value<'a>(headers: &'a HeaderMap, name: &HeaderName) -> Option<&'a Hea
 fn single_http_date(headers: &HeaderMap, name: &HeaderName) -> Option<SystemTime> {
     let text = single_value(headers, name)?.to_str().ok()?;
     parse_http_date(text.trim())
-}
-
-/// An HTTP-date in any of its three formats (IMF-fixdate, obsolete RFC 850,
-/// asctime; RFC 9110 §5.6.7), with weekday and month names in any case.
-pub fn parse_http_date(text: &str) -> Option<SystemTime> {
-    httpdate::parse_http_date(text)
-        .or_else(|_| httpdate::parse_http_date(&canonical_case(text)))
-        .ok()
-}
-
-/// `sun, 06 NOV 1994 08:49:37 gmt` as `Sun, 06 Nov 1994 08:49:37 GMT`.
-fn canonical_case(text: &str) -> String {
-    let mut out = String::with_capacity(text.len());
-    let mut word_start = true;
-    for c in text.chars() {
-        if c.is_ascii_alphabetic() {
-            out.push(if word_start {
-                c.to_ascii_uppercase()
-            } else {
-                c.to_ascii_lowercase()
-            });
-            word_start = false;
-        } else {
-            out.push(c);
-            word_start = true;
-        }
-    }
-    out.replace("Gmt", "GMT")
 }
 
 #[cfg(test)]
