@@ -574,3 +574,102 @@ async fn an_origin_url_with_a_base_path_gets_the_apps_paths_under_it() {
     let stderr = String::from_utf8_lossy(&e.stderr);
     assert!(stderr.contains("origin.url"), "{stderr}");
 }
+
+/// The README's three recipes, `examples/api-caching/*.yaml`, run as they
+/// are with `--origin`, `--listen` and `--admin-listen`, and answer with the
+/// Cache-Status lines their comments show.
+#[tokio::test]
+async fn the_api_caching_recipes_run_as_they_are() {
+    let origin = Origin::start().await;
+    let recipe = |name: &str| {
+        format!(
+            "{}/examples/api-caching/{name}.yaml",
+            env!("CARGO_MANIFEST_DIR")
+        )
+    };
+    let start = |name: &'static str| {
+        let origin = origin.url();
+        let file = recipe(name);
+        async move {
+            let listen = format!("127.0.0.1:{}", common::free_port());
+            let admin = format!("127.0.0.1:{}", common::free_port());
+            let mut command = std::process::Command::new(env!("CARGO_BIN_EXE_ringside"));
+            command.args([
+                "--config",
+                &file,
+                "--origin",
+                &origin,
+                "--listen",
+                &listen,
+                "--admin-listen",
+                &admin,
+            ]);
+            let log = std::env::temp_dir().join(format!(
+                "ringside-recipe-{name}-{}.log",
+                common::free_port()
+            ));
+            let mut process = common::process::Process::spawn(name, command, &log);
+            let admin_addr: std::net::SocketAddr = admin.parse().unwrap();
+            let ready = || async move {
+                matches!(common::get(admin_addr, "/readyz").await, Ok(r) if r.status == 200)
+            };
+            process
+                .wait_until(
+                    std::time::Duration::from_secs(30),
+                    "the recipe's node is ready",
+                    ready,
+                )
+                .await;
+            (process, listen.parse::<std::net::SocketAddr>().unwrap())
+        }
+    };
+    let ask = |addr,
+               method: &'static str,
+               path: &'static str,
+               headers: &'static [(&'static str, &'static str)],
+               body: &'static [u8]| async move {
+        let mut conn = common::Conn::connect(addr).await.unwrap();
+        conn.request_with_body(method, path, headers, body)
+            .await
+            .unwrap()
+    };
+
+    let (_node, addr) = start("per-credential").await;
+    let key = &[("x-api-key", "k1")];
+    let first = ask(addr, "GET", "/v1/me?echo=x-api-key", key, b"").await;
+    assert_eq!(
+        cache_status(&first),
+        "ringside; fwd=uri-miss; stored; scope=per-credential"
+    );
+    let again = ask(addr, "GET", "/v1/me?echo=x-api-key", key, b"").await;
+    assert_eq!(cache_status(&again), "ringside; hit; scope=per-credential");
+
+    let (_node, addr) = start("override").await;
+    let first = ask(addr, "GET", "/v1/x?cc=no-store", &[], b"").await;
+    assert_eq!(
+        cache_status(&first),
+        "ringside; fwd=uri-miss; stored; override"
+    );
+    let again = ask(addr, "GET", "/v1/x?cc=no-store", &[], b"").await;
+    assert_eq!(cache_status(&again), "ringside; hit; override");
+
+    let (_node, addr) = start("post-search").await;
+    let json = &[("content-type", "application/json")];
+    let first = ask(addr, "POST", "/v1/search", json, br#"{"q":"tea","k":5}"#).await;
+    assert_eq!(cache_status(&first), "ringside; fwd=uri-miss; stored");
+    let again = ask(
+        addr,
+        "POST",
+        "/v1/search",
+        json,
+        br#"{ "k": 5, "q": "tea" }"#,
+    )
+    .await;
+    assert_eq!(cache_status(&again), "ringside; hit");
+    let big: &'static [u8] = Box::leak(vec![b'x'; 70_000].into_boxed_slice());
+    let large = ask(addr, "POST", "/v1/search", json, big).await;
+    assert_eq!(
+        cache_status(&large),
+        "ringside; fwd=bypass; detail=body-too-large"
+    );
+}
