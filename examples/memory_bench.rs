@@ -76,6 +76,9 @@ struct Cli {
     /// How long the slowloris connections keep trying, in seconds.
     #[arg(long, default_value_t = 25)]
     slowloris_secs: u64,
+    /// Distinct 8 KiB-key objects stored in the mixed case's second phase.
+    #[arg(long, default_value_t = 24_000)]
+    mixed_long_keys: u64,
     /// Concurrent keep-alive clients for the request-driven cases.
     #[arg(long, default_value_t = 32)]
     clients: u64,
@@ -96,10 +99,11 @@ enum Case {
     Idle,
     KeepAlive,
     Slowloris,
+    Mixed,
 }
 
 impl Case {
-    const ALL: [Case; 7] = [
+    const ALL: [Case; 8] = [
         Case::Tiny,
         Case::Variants,
         Case::HotKeys,
@@ -107,6 +111,7 @@ impl Case {
         Case::Idle,
         Case::KeepAlive,
         Case::Slowloris,
+        Case::Mixed,
     ];
 
     fn name(self) -> &'static str {
@@ -118,6 +123,7 @@ impl Case {
             Case::Idle => "idle connections",
             Case::KeepAlive => "idle keep-alive connections",
             Case::Slowloris => "slowloris",
+            Case::Mixed => "tiny, then 8 KB keys, then Vary",
         }
     }
 }
@@ -180,6 +186,7 @@ async fn run(cli: Cli) -> Result<(), String> {
             Case::Idle => bench.idle().await?,
             Case::KeepAlive => bench.keep_alive().await?,
             Case::Slowloris => bench.slowloris().await?,
+            Case::Mixed => bench.mixed().await?,
         };
         eprintln!("  {}", row.line());
         rows.push(row);
@@ -308,6 +315,58 @@ impl Bench {
         let note = format!("other URLs still cached: {survived}/{OTHERS}");
         let load = load.describe("GETs of one URL, new X-V each");
         self.row(Case::Variants, &nodes, ready, load, note).await
+    }
+
+    /// The workload changes under a full cache, on one process: the tiny
+    /// case's load, then distinct objects under 8 KiB keys (each asked
+    /// twice, so that they are worth admitting over the tiny ones), then the
+    /// Vary case's load. Each phase evicts the last one's entries; the
+    /// peak is over all three.
+    async fn mixed(&self) -> Result<Row, String> {
+        let nodes = self.nodes(1).await?;
+        let node = &nodes.nodes[0];
+        let ready = rss(node.pid())?;
+        let (addr, clients) = (node.proxy_addr, self.cli.clients);
+        drive(
+            addr,
+            clients,
+            self.cli.tiny_requests,
+            self.deadline(),
+            |i| (format!("/tiny/{i}?size=10&cc=max-age%3D3600"), None),
+        )
+        .await;
+        let after_tiny = peak_rss(node.pid())?;
+        let pad = "k".repeat(8 * 1024);
+        let long = 2 * self.cli.mixed_long_keys;
+        drive(addr, clients, long, self.deadline(), move |i| {
+            let path = format!("/long/{}?size=10&cc=max-age%3D3600&pad={pad}", i / 2);
+            (path, None)
+        })
+        .await;
+        let after_long = peak_rss(node.pid())?;
+        let load = drive(
+            addr,
+            clients,
+            self.cli.variant_requests,
+            self.deadline(),
+            |i| {
+                let path = "/v?vary=X-V&cc=max-age%3D3600".to_owned();
+                (path, Some(("X-V", format!("{i:x}"))))
+            },
+        )
+        .await;
+        let note = format!(
+            "peak after tiny {:.0}, after 8 KB keys {:.0}",
+            mib(after_tiny),
+            mib(after_long)
+        );
+        let load = format!(
+            "{} tiny, 2 x {} long keys, {}",
+            self.cli.tiny_requests,
+            self.cli.mixed_long_keys,
+            load.describe("Vary GETs")
+        );
+        self.row(Case::Mixed, &nodes, ready, load, note).await
     }
 
     /// Long URLs owned by the other node of a 2-node cluster, asked of the

@@ -15,6 +15,12 @@
 //! (`secret_files`). Request heads over 64 KiB get 431, as on the proxy's
 //! listeners.
 //!
+//! Its connections have bounds of their own, small ones
+//! (`admin_max_connections`, `admin_request_header_timeout`,
+//! `admin_idle_timeout`): the injected sidecar listens on the pod's address,
+//! so anything on the pod network can open connections here, and probes,
+//! scrapes and purges need a few (`connections.rs`, as on the proxy's).
+//!
 //! Purge: `PURGE /path?query` or `DELETE /cache/path?query` removes that key
 //! (all its Vary variants) for the configured origin; header
 //! `ringside-purge: prefix` removes every key starting with the path, and
@@ -245,7 +251,24 @@ fn with_type(status: StatusCode, content_type: &str, body: Vec<u8>) -> Response<
 
 #[async_trait]
 impl ServeHttp for Admin {
+    /// Out of the head deadline while it is answered; then the connection
+    /// may wait `admin_idle_timeout` for its next request (pingora's own
+    /// keep-alive for this kind of app is a fixed 60 s, or none when the
+    /// process is stopping).
     async fn response(&self, session: &mut ServerSession) -> Response<Vec<u8>> {
+        connections::head_received(session);
+        if session.get_keepalive().is_some() {
+            let idle = self.node.config.admin_idle_timeout.as_secs().max(1);
+            session.set_keepalive(Some(idle));
+        }
+        let response = self.answer(session).await;
+        connections::exchange_finished(session);
+        response
+    }
+}
+
+impl Admin {
+    async fn answer(&self, session: &mut ServerSession) -> Response<Vec<u8>> {
         let req = session.req_header();
         if connections::header_bytes(req) > connections::MAX_REQUEST_HEADER_BYTES {
             let body = b"request headers too large\n".to_vec();

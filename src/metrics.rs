@@ -721,6 +721,46 @@ pub fn connection_metrics(listener: &str) -> (IntGauge, IntCounter) {
     )
 }
 
+static REQUESTS_REFUSED: Lazy<IntCounterVec> = Lazy::new(|| {
+    counter_vec(
+        "ringside_requests_refused_total",
+        "Requests refused for what they hold a listener to, by listener and reason: uri-too-long (414), headers-too-large (431), bad-chunk (400), body-timeout (408), too-many-bodies (503).",
+        &["listener", "reason"],
+    )
+});
+
+/// The `reason`s of `ringside_requests_refused_total`.
+const REFUSAL_REASONS: [&str; 5] = [
+    "uri-too-long",
+    "headers-too-large",
+    "bad-chunk",
+    "body-timeout",
+    "too-many-bodies",
+];
+
+/// The refusals counter of one listener and reason.
+pub fn request_refusals(listener: &str, reason: &str) -> IntCounter {
+    REQUESTS_REFUSED.with_label_values(&[listener, reason])
+}
+
+static REQUEST_BODIES: Lazy<IntGaugeVec> = Lazy::new(|| {
+    register(
+        IntGaugeVec::new(
+            Opts::new(
+                "ringside_request_bodies",
+                "Requests whose bodies are arriving right now (at most max_request_bodies), by listener.",
+            ),
+            &["listener"],
+        )
+        .expect("valid metric"),
+    )
+});
+
+/// The gauge of request bodies arriving on one listener.
+pub fn request_bodies(listener: &str) -> IntGauge {
+    REQUEST_BODIES.with_label_values(&[listener])
+}
+
 // ---- CONNECT tunnels (`tunnel.rs`) ----
 
 static TUNNELS: Lazy<IntCounterVec> = Lazy::new(|| {
@@ -899,8 +939,14 @@ pub fn init(capacity_bytes: u64) {
     for notice in ["leaving", "joined"] {
         MEMBER_NOTICES.with_label_values(&[notice]);
     }
-    for listener in ["proxy", "upstream", "peers"] {
+    for listener in ["proxy", "upstream", "peers", "admin"] {
         connection_metrics(listener);
+    }
+    for listener in ["proxy", "upstream", "peers"] {
+        request_bodies(listener);
+        for reason in REFUSAL_REASONS {
+            request_refusals(listener, reason);
+        }
     }
     // Every label value known in advance starts at zero, so dashboards show 0, not "no data".
     for class in ["1xx", "2xx", "3xx", "4xx", "5xx", "error"] {

@@ -14,6 +14,7 @@ use crate::net::listeners::ByListener;
 use crate::net::origin::OriginClient;
 use crate::net::peer_tls::CleartextListener;
 use crate::net::readiness;
+use crate::net::refusals::Refusals;
 use crate::net::tunnel::Tunnels;
 use crate::node::handoff;
 use crate::node::Node;
@@ -191,6 +192,8 @@ fn add_services(server: &mut Server, config: &Config, node: Arc<Node>) {
         if h2c {
             let mut options = HttpServerOptions::default();
             options.h2c = true;
+            // HTTP/2 multiplexes: its connection's idle time is pingora's to watch.
+            options.h2_idle_timeout = Some(config.idle_timeout);
             peers.server_options = Some(options);
         }
         let kind = if h2c {
@@ -223,8 +226,16 @@ fn add_services(server: &mut Server, config: &Config, node: Arc<Node>) {
         service.add_listener(connections::listener(addr));
     }
     server.add_service(service);
+    let admin_limits = Limits {
+        max_connections: config.admin_max_connections,
+        head_timeout: Some(config.admin_request_header_timeout),
+        tunnels: None,
+        handshake: None,
+        refusals: Arc::new(Refusals::new("admin", false)),
+    };
     let admin = Admin::new(node, probed).unwrap_or_else(|e| fatal(&e));
-    let mut admin = Service::new("ringside admin".into(), admin);
+    let admin_app = Guarded::new(admin, admin_limits);
+    let mut admin = Service::new("ringside admin".into(), admin_app);
     // Probes, scrapes and purges: light work, apart from the proxy's workers.
     admin.threads = Some(1);
     admin.add_listener(connections::listener(&config.admin_listen));
@@ -292,8 +303,9 @@ fn guarded<A: ServerApp + Send + Sync + 'static>(
             ))
         }),
         handshake,
+        refusals: Arc::new(Refusals::new(kind.label(), kind.is_peers())),
     };
-    Guarded::new(app, limits, kind.label())
+    Guarded::new(app, limits)
 }
 
 /// The kinds of listener a node has.
@@ -308,6 +320,10 @@ enum Listener {
 }
 
 impl Listener {
+    fn is_peers(self) -> bool {
+        matches!(self, Listener::Peers | Listener::PeersH2c)
+    }
+
     /// The `listener` label of its connection metrics.
     fn label(self) -> &'static str {
         match self {

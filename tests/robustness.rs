@@ -445,3 +445,94 @@ async fn shutdown_delay_keeps_serving_with_readyz_failing_then_exits() {
     assert!(TcpStream::connect(addr).is_err());
     assert!(rs.log().contains("shutdown_delay"), "{}", rs.log());
 }
+
+/// The status says what is wrong, however far past the limit a request
+/// goes: a request line over 16 KiB gets 414 (pingora alone answers 400
+/// past 64 KiB, where the URI no longer parses), more header fields than
+/// pingora parses (256) 431, as does a head over 64 KiB (pingora alone
+/// reads up to 1 MiB of it).
+#[tokio::test]
+async fn over_long_request_lines_and_too_many_fields_get_414_and_431() {
+    let (origin, mut rs) = setup().await;
+    let line = |n: usize| format!("GET /long/{} HTTP/1.1\r\nHost: x\r\n\r\n", "a".repeat(n));
+    let fields = |n: usize| -> String { (0..n).map(|i| format!("X-H{i}: v\r\n")).collect() };
+    let cases = [
+        ("a 20 KB request line", line(20 * 1024), 414),
+        ("a 70 KB request line", line(70 * 1024), 414),
+        ("a 1 MB request line", line(1024 * 1024), 414),
+        (
+            "300 header fields",
+            format!("GET /fields/300 HTTP/1.1\r\nHost: x\r\n{}\r\n", fields(300)),
+            431,
+        ),
+        (
+            "a 2 MB head",
+            format!(
+                "GET /huge HTTP/1.1\r\nHost: x\r\nX-Big: {}\r\n\r\n",
+                "b".repeat(2 << 20)
+            ),
+            431,
+        ),
+    ];
+    for (what, request, status) in cases {
+        let reply = raw_first_response(rs.addr, request.into_bytes()).await;
+        assert_eq!(
+            reply.status(),
+            Some(status),
+            "{what}: {:?}",
+            &reply.text[..reply.text.len().min(300)]
+        );
+        assert_still_healthy(&mut rs, &origin, what).await;
+    }
+    assert_eq!(origin.total_hits() - origin.hits("/still-ok"), 0);
+    // At the limits, requests are served: 255 fields and Host, a 16 KB line.
+    let at_limit = format!("GET /fields/256 HTTP/1.1\r\nHost: x\r\n{}\r\n", fields(255));
+    let reply = raw_first_response(rs.addr, at_limit.into_bytes()).await;
+    assert_eq!(
+        reply.status(),
+        Some(200),
+        "{:?}",
+        &reply.text[..reply.text.len().min(300)]
+    );
+    let target = format!("/long/{}", "a".repeat(16 * 1024 - 30));
+    let reply =
+        raw_first_response(rs.addr, format!("GET {target} HTTP/1.1\r\nHost: x\r\n\r\n")).await;
+    assert_eq!(
+        reply.status(),
+        Some(200),
+        "{:?}",
+        &reply.text[..reply.text.len().min(300)]
+    );
+}
+
+/// A chunk-size line must hold a size (RFC 9112 §7.1: `1*HEXDIG`): an
+/// empty one is not the last chunk. pingora reads it as a size of 0 and
+/// ends the body there, so what follows would be read as the next request;
+/// ringside refuses the request (400) and the origin never gets a whole one.
+#[tokio::test]
+async fn an_empty_chunk_size_line_does_not_end_a_request_body() {
+    let (origin, mut rs) = setup().await;
+    for (what, body) in [
+        ("an empty line", "5\r\nhello\r\n\r\n\r\n"),
+        ("a blank line", "5\r\nhello\r\n \r\n\r\n"),
+        ("an extension alone", "5\r\nhello\r\n;ext=1\r\n\r\n"),
+    ] {
+        let request = format!(
+            "POST /chunks HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n{body}\
+             GET /after-chunks HTTP/1.1\r\nHost: x\r\n\r\n"
+        );
+        let reply = raw_exchange(rs.addr, request.into_bytes()).await;
+        assert_eq!(reply.status(), Some(400), "{what}: {:?}", reply.text);
+        assert_eq!(reply.responses(), 1, "{what}: {:?}", reply.text);
+        assert!(reply.closed, "{what}: connection kept open");
+        assert_still_healthy(&mut rs, &origin, what).await;
+    }
+    assert_eq!(origin.hits("/chunks"), 0, "the origin got a whole request");
+    assert_eq!(origin.hits("/after-chunks"), 0);
+    // A well-formed chunked body still goes through.
+    let request = "POST /chunks-ok HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n\
+                   5\r\nhello\r\n0\r\n\r\n";
+    let reply = raw_first_response(rs.addr, request).await;
+    assert_eq!(reply.status(), Some(200), "{:?}", reply.text);
+    assert!(reply.text.ends_with("echo:hello"), "{:?}", reply.text);
+}

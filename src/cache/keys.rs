@@ -104,7 +104,13 @@ pub fn once(key: &str) -> String {
 
 /// Where one response of a varying URL is stored.
 pub fn variant(plain: &str, fingerprint: u64) -> String {
-    format!("{plain}{VARIANT_MARK}{fingerprint:016x}")
+    // Allocated once at its length: it is stored as the variant's key
+    // (`format!` would double the allocation past the plain key).
+    let mut key = String::with_capacity(plain.len() + VARIANT_MARK.len() + 16);
+    key.push_str(plain);
+    key.push_str(VARIANT_MARK);
+    key.push_str(&format!("{fingerprint:016x}"));
+    key
 }
 
 /// The plain key of a variant key ([`variant`]); None for any other key.

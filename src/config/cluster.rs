@@ -50,6 +50,10 @@ pub struct ClusterConfig {
     /// previous owner before its origin (0: never).
     #[serde(deserialize_with = "de_duration")]
     pub previous_owner_window: Duration,
+    /// Without `tls`: a peer request signed as coming from a member whose
+    /// address is an IP must come from that IP (off behind NAT, or a mesh
+    /// that rewrites source addresses).
+    pub check_sender_address: bool,
 }
 
 /// `cluster.tls`: every node serves its peer listener over TLS and shows a
@@ -297,6 +301,7 @@ impl Default for ClusterConfig {
             tls: None,
             handoff: HandoffConfig::default(),
             previous_owner_window: Duration::from_secs(60),
+            check_sender_address: true,
         }
     }
 }

@@ -66,6 +66,24 @@ pub struct Config {
     /// the connection's start, for its first request).
     #[serde(deserialize_with = "de_duration")]
     pub request_header_timeout: Duration,
+    /// A client connection with no request under way for this long is closed
+    /// (app, upstream and peer listeners; whole seconds).
+    #[serde(deserialize_with = "de_duration")]
+    pub idle_timeout: Duration,
+    /// A request body in which no byte arrives for this long is answered 408.
+    #[serde(deserialize_with = "de_duration")]
+    pub request_body_timeout: Duration,
+    /// Requests per listener whose bodies are still arriving (each holding an
+    /// origin connection meanwhile); another one is answered 503. Not set: a
+    /// quarter of `max_connections` (see [`Config::request_bodies`]).
+    pub max_request_bodies: Option<usize>,
+    /// The admin listener's own bounds, small: probes, scrapes and purges
+    /// need a few connections.
+    pub admin_max_connections: usize,
+    #[serde(deserialize_with = "de_duration")]
+    pub admin_request_header_timeout: Duration,
+    #[serde(deserialize_with = "de_duration")]
+    pub admin_idle_timeout: Duration,
     pub origin: OriginConfig,
     /// More origins, each fronted on a listener of its own.
     pub upstreams: Vec<UpstreamConfig>,
@@ -448,6 +466,12 @@ impl Default for Config {
             log_level: LogLevel::Info,
             max_connections: 1024,
             request_header_timeout: Duration::from_secs(10),
+            idle_timeout: Duration::from_secs(75),
+            request_body_timeout: Duration::from_secs(30),
+            max_request_bodies: None,
+            admin_max_connections: 64,
+            admin_request_header_timeout: Duration::from_secs(5),
+            admin_idle_timeout: Duration::from_secs(60),
             origin: OriginConfig::default(),
             upstreams: Vec::new(),
             forward_proxy: ForwardProxyConfig::default(),
@@ -657,6 +681,7 @@ impl Config {
         self.validate_origins()?;
         self.validate_cache()?;
         self.validate_memory_bounds()?;
+        self.validate_connection_limits()?;
         self.cluster.validate(&self.listen, &self.admin_listen)?;
         self.cluster.validate_handoff(self.shutdown_grace)?;
         if !self.admin_token.is_empty() && !self.admin_token_file.is_empty() {
@@ -1045,6 +1070,54 @@ impl Config {
         Ok(())
     }
 
+    /// Request bodies a listener receives at once: `max_request_bodies`, or
+    /// a quarter of `max_connections`.
+    pub fn request_bodies(&self) -> usize {
+        self.max_request_bodies
+            .unwrap_or(self.max_connections / 4)
+            .max(1)
+    }
+
+    /// How long each listener lets a client hold a connection, a head, a
+    /// body; the admin listener's own bounds.
+    fn validate_connection_limits(&self) -> Result<(), ConfigError> {
+        if let Some(bodies) = self.max_request_bodies {
+            if !(1..=self.max_connections).contains(&bodies) {
+                let expected = format!("1 to max_connections ({})", self.max_connections);
+                return Err(invalid("max_request_bodies", bodies, &expected));
+            }
+        }
+        if !(1..=100_000).contains(&self.admin_max_connections) {
+            let value = self.admin_max_connections;
+            return Err(invalid("admin_max_connections", value, "1 to 100000"));
+        }
+        for (field, d) in [
+            ("request_body_timeout", self.request_body_timeout),
+            (
+                "admin_request_header_timeout",
+                self.admin_request_header_timeout,
+            ),
+        ] {
+            if d.is_zero() {
+                return Err(invalid(field, "0", "a positive duration such as \"10s\""));
+            }
+        }
+        // pingora counts keep-alive timeouts in whole seconds (0 would be "forever").
+        for (field, d) in [
+            ("idle_timeout", self.idle_timeout),
+            ("admin_idle_timeout", self.admin_idle_timeout),
+        ] {
+            if d < Duration::from_secs(1) {
+                return Err(invalid(
+                    field,
+                    format!("{d:?}"),
+                    "at least \"1s\" (whole seconds)",
+                ));
+            }
+        }
+        Ok(())
+    }
+
     pub fn origin_url(&self) -> OriginUrl {
         // validate() has checked it; fall back to a harmless value rather than panic.
         self.origin
@@ -1379,6 +1452,20 @@ mod tests {
             ("request_header_timeout: 0", "request_header_timeout"),
             ("request_header_timeout: soon", "request_header_timeout"),
             ("cache: {max_variants: 0}", "cache.max_variants"),
+            ("max_request_bodies: 0", "max_request_bodies"),
+            (
+                "max_connections: 8\nmax_request_bodies: 9",
+                "max_request_bodies",
+            ),
+            ("admin_max_connections: 0", "admin_max_connections"),
+            (
+                "admin_request_header_timeout: 0",
+                "admin_request_header_timeout",
+            ),
+            ("request_body_timeout: 0s", "request_body_timeout"),
+            ("idle_timeout: 500ms", "idle_timeout"),
+            ("admin_idle_timeout: 0", "admin_idle_timeout"),
+            ("admin_idle_timeout: soon", "admin_idle_timeout"),
         ] {
             let e = load(&format!("{base}{yaml}")).unwrap_err();
             assert!(e.contains(field), "{yaml}: {e}");
@@ -1387,6 +1474,14 @@ mod tests {
         assert_eq!(c.max_connections, 1024);
         assert_eq!(c.request_header_timeout, Duration::from_secs(10));
         assert_eq!(c.cache.max_variants, 32);
+        assert_eq!(c.idle_timeout, Duration::from_secs(75));
+        assert_eq!(c.request_body_timeout, Duration::from_secs(30));
+        assert_eq!(c.request_bodies(), 256);
+        let few = load(&format!("{base}max_connections: 6")).unwrap();
+        assert_eq!(few.request_bodies(), 1, "a quarter, at least one");
+        assert_eq!(c.admin_max_connections, 64);
+        assert_eq!(c.admin_request_header_timeout, Duration::from_secs(5));
+        assert_eq!(c.admin_idle_timeout, Duration::from_secs(60));
     }
 
     #[test]

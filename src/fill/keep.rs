@@ -73,31 +73,57 @@ pub(super) async fn store_whole(
             }
         }
     }
-    let outcome = keep(&filler, &job, &whole, response, body).await;
-    publish(flight, leader, outcome);
+    match keep(&filler, &job, &whole, response, body).await {
+        (outcome, None) => publish(flight, leader, outcome),
+        (outcome, Some(own)) => {
+            // Fields for this one client: the followers get the shared copy.
+            flight.complete(outcome);
+            send_own(leader, own, whole.source);
+        }
+    }
+}
+
+/// The leader's own copy of what it fetched: the shared one plus fields
+/// the origin kept to this one client (`no-cache="..."`, `private="..."`).
+fn send_own(
+    leader: Option<oneshot::Sender<LeaderResult>>,
+    object: Arc<CachedObject>,
+    source: Source,
+) {
+    if let Some(leader) = leader {
+        let report = Report {
+            overridden: object.overridden,
+            ..Report::fetched(source, false)
+        };
+        let _ = leader.send(LeaderResult::Private { object, report });
+    }
 }
 
 /// A response read whole: made an object, its connection returned, stored
-/// where it belongs, as the outcome for everyone waiting.
+/// where it belongs, as the outcome for everyone waiting; and, when the
+/// response keeps fields for the client it was fetched for, that client's
+/// own copy (see [`CachedObject::for_sharing`]).
 pub(super) async fn keep(
     filler: &Filler,
     job: &Job,
     whole: &Whole,
     mut response: OriginResponse,
     body: BytesMut,
-) -> Outcome {
+) -> (Outcome, Option<Arc<CachedObject>>) {
     let body = footprint::exact_body(body);
     let object = build_object(&mut response, body, &whole.request_headers, &job.rules);
+    let (object, own) = object.for_sharing(&job.rules);
     response.finish(&filler.client).await;
     if let Some(store) = &whole.store {
         let variant = object.variant_key(&job.key);
         store.insert_fetched(whole.since, &job.key, variant, object.clone());
     }
-    Outcome::Fetched {
+    let outcome = Outcome::Fetched {
         object,
         revalidated: false,
         source: whole.source,
-    }
+    };
+    (outcome, own)
 }
 
 /// Read a storable response whole for the cache while streaming it to the
@@ -168,7 +194,9 @@ pub(super) async fn store_streaming(
             }
         }
     }
-    flight.complete(keep(&filler, &job, &whole, response, body).await);
+    // The leader's head, fields for it alone included, is out already.
+    let (outcome, _own) = keep(&filler, &job, &whole, response, body).await;
+    flight.complete(outcome);
     // The followers are served; the leader takes the rest at its own pace.
     out.push_held(&mut held);
     out.flush().await;
@@ -197,7 +225,7 @@ pub(super) fn revalidated(
     refresh: Refresh,
     leader: Option<oneshot::Sender<LeaderResult>>,
 ) {
-    let shared = refreshed(&refresh, &job.rules, false);
+    let (shared, unshared) = refreshed(&refresh, &job.rules, false).for_sharing(&job.rules);
     let for_leader = refreshed(&refresh, &job.rules, true);
     let verdict = judge(job, whole, &shared.header);
     match verdict {
@@ -211,11 +239,11 @@ pub(super) fn revalidated(
                 revalidated: true,
                 source: whole.source,
             };
-            if !refresh
+            let cookie = refresh
                 .not_modified
                 .headers
-                .contains_key(header::SET_COOKIE)
-            {
+                .contains_key(header::SET_COOKIE);
+            if !cookie && unshared.is_none() {
                 return publish(flight, leader, outcome);
             }
             flight.complete(outcome);

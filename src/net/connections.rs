@@ -10,7 +10,8 @@
 //!
 //! - [`Guarded`] counts open connections; past `max_connections` a new one
 //!   is answered `503` and closed at once (`ringside_connections_refused_total`;
-//!   during a flood, past 64 refusals at a time, closed without an answer);
+//!   during a flood, past 64 refusals at a time, closed without an answer;
+//!   on the peer listener marked as a refusal, see `refusals.rs`);
 //! - the stream pingora reads is a [`HeadDeadline`]: while a request head is
 //!   being read, reads fail once `request_header_timeout` has passed since
 //!   the head's first byte (since the connection opened, for its first
@@ -18,7 +19,14 @@
 //!   head ends ([`head_received`], first thing in its request phases) and
 //!   where the exchange ends ([`exchange_finished`], in `logging`); request
 //!   bodies and the idle time between keep-alive requests are not under this
-//!   deadline (pingora's keep-alive timeout closes idle connections);
+//!   deadline (the proxy gives pingora `request_body_timeout` for bodies and
+//!   `idle_timeout` for keep-alive: `Session::set_read_timeout` and
+//!   `set_keepalive`);
+//! - every byte pingora reads from it passes the connection screen
+//!   (`screen.rs`): a head it refuses is answered here (414, 431) and the
+//!   connection closed, after the exchange before it if that is still under
+//!   way; a body it refuses fails pingora's read with an error the proxy
+//!   answers (400, [`refused_by_screen`]);
 //! - a new connection is handed to pingora only once its first byte has
 //!   arrived (within the head deadline): pingora's per-connection request
 //!   state takes about 30 KiB, a connection waiting for its first byte a
@@ -38,6 +46,8 @@
 //! so there the head deadline is off; the connection cap still applies.
 
 use crate::metrics;
+use crate::net::refusals::Refusals;
+use crate::net::screen::{Refusal, Screen};
 use crate::net::tunnel::{self, Tunnels};
 use async_trait::async_trait;
 use bytes::{Buf, BytesMut};
@@ -52,9 +62,9 @@ use prometheus::{IntCounter, IntGauge};
 use std::future::Future;
 use std::io;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicU8, AtomicUsize, Ordering};
-use std::sync::Arc;
-use std::task::{Context, Poll};
+use std::sync::atomic::{AtomicBool, AtomicU8, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll, Waker};
 use std::time::Duration;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio::time::{Instant, Sleep};
@@ -90,6 +100,8 @@ pub struct Limits {
     pub tunnels: Option<Arc<Tunnels>>,
     /// What a new connection goes through before HTTP.
     pub handshake: Option<Arc<dyn Handshake>>,
+    /// How this listener answers on the wire when it refuses.
+    pub refusals: Arc<Refusals>,
 }
 
 /// A step between accepting a connection and speaking HTTP on it, such as
@@ -115,8 +127,8 @@ pub struct Guarded<A> {
 
 impl<A> Guarded<A> {
     /// `app` with `limits`; `listener` names it in the metrics.
-    pub fn new(app: A, limits: Limits, listener: &str) -> Guarded<A> {
-        let (open_gauge, refused) = metrics::connection_metrics(listener);
+    pub fn new(app: A, limits: Limits) -> Guarded<A> {
+        let (open_gauge, refused) = metrics::connection_metrics(limits.refusals.listener());
         Guarded {
             app: Arc::new(app),
             limits,
@@ -164,7 +176,8 @@ impl<A: ServerApp + Send + Sync + 'static> ServerApp for Guarded<A> {
         let Some(_slot) = self.enter() else {
             self.refused.inc();
             if self.refusing.fetch_add(1, Ordering::AcqRel) < REFUSALS_AT_ONCE {
-                refuse(stream).await;
+                let mut stream = stream;
+                answer_and_close(&mut stream, self.limits.refusals.busy()).await;
             }
             self.refusing.fetch_sub(1, Ordering::AcqRel);
             return None;
@@ -175,7 +188,8 @@ impl<A: ServerApp + Send + Sync + 'static> ServerApp for Guarded<A> {
         };
         let stream: Stream = match self.limits.head_timeout {
             Some(timeout) => {
-                let mut stream = HeadDeadline::new(stream, timeout);
+                let refusals = self.limits.refusals.clone();
+                let mut stream = HeadDeadline::new(stream, timeout, refusals);
                 // pingora's request state is large (tens of KiB a
                 // connection): wait for the client's first byte before
                 // handing it over, so a silent connection costs little.
@@ -206,11 +220,6 @@ impl<A: ServerApp + Send + Sync + 'static> ServerApp for Guarded<A> {
     }
 }
 
-/// What a connection past the cap gets before it is closed.
-const BUSY: &[u8] = b"HTTP/1.1 503 Service Unavailable\r\n\
-    Content-Type: text/plain\r\nContent-Length: 21\r\nCache-Control: no-store\r\n\
-    Retry-After: 1\r\nConnection: close\r\n\r\ntoo many connections\n";
-
 /// How long a refused connection is given to take its 503.
 const REFUSAL_TIME: Duration = Duration::from_millis(500);
 
@@ -218,11 +227,6 @@ const REFUSAL_TIME: Duration = Duration::from_millis(500);
 /// a refused connection is closed without an answer, so that refusing
 /// costs a bounded amount of memory too.
 const REFUSALS_AT_ONCE: usize = 64;
-
-/// Answer 503 and close.
-async fn refuse(mut stream: Stream) {
-    answer_and_close(&mut stream, BUSY).await;
-}
 
 /// Write `answer` (a whole HTTP response) and close. The client's side is
 /// read (and dropped) until it closes or half a second passes, so that the
@@ -245,12 +249,21 @@ const READING_HEAD: u8 = 0;
 const IN_EXCHANGE: u8 = 1;
 const IDLE: u8 = 2;
 
-/// A stream whose reads fail once a request head has been arriving for too long.
+/// A client's stream as pingora reads it: reads fail once a request head
+/// has been arriving for too long, and every byte read passes the screen.
 #[derive(Debug)]
 pub struct HeadDeadline {
     inner: Stream,
     timeout: Duration,
     phase: AtomicU8,
+    screen: Screen,
+    refusals: Arc<Refusals>,
+    /// A refusal of the screen's under way, if any.
+    refusing: Option<Refusing>,
+    /// A head refused during the exchange before it waits for the
+    /// exchange's end ([`exchange_finished`] wakes it).
+    waiting: AtomicBool,
+    waker: Mutex<Option<Waker>>,
     /// When the head being read must be complete.
     due: Instant,
     /// A timer for `due`, armed only when a head read has to wait: a client
@@ -263,11 +276,16 @@ pub struct HeadDeadline {
 
 impl HeadDeadline {
     /// A new connection: its first head is due `timeout` from now.
-    fn new(inner: Stream, timeout: Duration) -> HeadDeadline {
+    fn new(inner: Stream, timeout: Duration, refusals: Arc<Refusals>) -> HeadDeadline {
         HeadDeadline {
             inner,
             timeout,
             phase: AtomicU8::new(READING_HEAD),
+            screen: Screen::new(),
+            refusals,
+            refusing: None,
+            waiting: AtomicBool::new(false),
+            waker: Mutex::new(None),
             due: Instant::now() + timeout,
             deadline: Box::pin(tokio::time::sleep(timeout)),
             replay: BytesMut::new(),
@@ -343,7 +361,168 @@ pub fn head_received(session: &pingora::protocols::http::ServerSession) {
 /// The session's exchange is over: the next byte read starts the next head.
 pub fn exchange_finished(session: &pingora::protocols::http::ServerSession) {
     if let Some(stream) = HeadDeadline::of(session) {
-        stream.phase.store(IDLE, Ordering::Relaxed);
+        stream.phase.store(IDLE, Ordering::Release);
+        if stream.waiting.swap(false, Ordering::AcqRel) {
+            let waker = stream
+                .waker
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .take();
+            if let Some(waker) = waker {
+                waker.wake();
+            }
+        }
+    }
+}
+
+/// The screen's refusal behind a failed read (a body it refused), if it was one.
+pub fn refused_by_screen(e: &pingora::Error) -> Option<Refusal> {
+    let io = e.root_cause().downcast_ref::<io::Error>()?;
+    io.get_ref()?.downcast_ref::<ScreenRefused>().map(|r| r.0)
+}
+
+/// A read failed because the screen refused what the client sent.
+#[derive(Debug)]
+struct ScreenRefused(Refusal);
+
+impl std::fmt::Display for ScreenRefused {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "refused by ringside ({})", self.0.reason())
+    }
+}
+
+impl std::error::Error for ScreenRefused {}
+
+/// Where a refusal of the screen's is.
+#[derive(Debug, Clone, Copy)]
+enum Refusing {
+    /// A head refused while the exchange before it is under way: answered
+    /// once that exchange is over, so that its response is not cut into.
+    AfterExchange(Refusal),
+    /// The answer is being written (`written` bytes so far).
+    Writing { refusal: Refusal, written: usize },
+    /// Answered: the client's bytes are read and dropped until it closes or
+    /// the time is up, so that the close does not destroy the answer.
+    Draining(Refusal),
+    /// Over: every read fails.
+    Closed(Refusal),
+}
+
+impl HeadDeadline {
+    /// Pass the bytes just read (from `before` in `buf`) through the screen:
+    /// on a refusal, keep what comes before the refused head or line and
+    /// start refusing.
+    fn screen_read(
+        &mut self,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+        before: usize,
+    ) -> Poll<io::Result<()>> {
+        let Some(refused) = self.screen.scan(&buf.filled()[before..]) else {
+            return Poll::Ready(Ok(()));
+        };
+        self.refusals.count(refused.refusal);
+        buf.set_filled(before + refused.deliver);
+        self.refusing = Some(match refused.refusal.is_head() {
+            false => Refusing::Closed(refused.refusal),
+            true => Refusing::AfterExchange(refused.refusal),
+        });
+        match refused.deliver {
+            0 => self.poll_refusal(cx),
+            _ => Poll::Ready(Ok(())),
+        }
+    }
+
+    /// Go on refusing: wait for the exchange's end, write the answer, drain,
+    /// then fail every read.
+    fn poll_refusal(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        loop {
+            let Some(refusing) = self.refusing else {
+                return Poll::Ready(Ok(()));
+            };
+            let next = match refusing {
+                Refusing::AfterExchange(refusal) => {
+                    if self.in_exchange(cx) {
+                        return Poll::Pending;
+                    }
+                    self.deadline.as_mut().reset(Instant::now() + REFUSAL_TIME);
+                    Refusing::Writing {
+                        refusal,
+                        written: 0,
+                    }
+                }
+                Refusing::Writing { refusal, written } => {
+                    match self.poll_answer(cx, refusal, written) {
+                        Poll::Ready(Some(written)) => Refusing::Writing { refusal, written },
+                        Poll::Ready(None) => Refusing::Draining(refusal),
+                        Poll::Pending => match self.deadline.as_mut().poll(cx) {
+                            Poll::Ready(()) => Refusing::Closed(refusal),
+                            Poll::Pending => return Poll::Pending,
+                        },
+                    }
+                }
+                Refusing::Draining(refusal) => {
+                    let mut sink = [0u8; 512];
+                    let mut sink = ReadBuf::new(&mut sink);
+                    match Pin::new(&mut self.inner).poll_read(cx, &mut sink) {
+                        Poll::Ready(Ok(())) if !sink.filled().is_empty() => continue,
+                        Poll::Ready(_) => Refusing::Closed(refusal),
+                        Poll::Pending => match self.deadline.as_mut().poll(cx) {
+                            Poll::Ready(()) => Refusing::Closed(refusal),
+                            Poll::Pending => return Poll::Pending,
+                        },
+                    }
+                }
+                Refusing::Closed(refusal) => {
+                    let kind = match refusal.is_head() {
+                        true => io::ErrorKind::ConnectionAborted,
+                        false => io::ErrorKind::InvalidData,
+                    };
+                    return Poll::Ready(Err(io::Error::new(kind, ScreenRefused(refusal))));
+                }
+            };
+            self.refusing = Some(next);
+        }
+    }
+
+    /// Whether the exchange before a refused head is still under way; if
+    /// so, [`exchange_finished`] wakes this task.
+    fn in_exchange(&self, cx: &Context<'_>) -> bool {
+        if self.phase.load(Ordering::Acquire) != IN_EXCHANGE {
+            return false;
+        }
+        *self.waker.lock().unwrap_or_else(|p| p.into_inner()) = Some(cx.waker().clone());
+        self.waiting.store(true, Ordering::Release);
+        // The exchange may have ended meanwhile, before the waker was there.
+        self.phase.load(Ordering::Acquire) == IN_EXCHANGE
+    }
+
+    /// Write more of the answer: `Some(written)` while there is more to
+    /// write, None once it is out (flushed, and our side shut).
+    fn poll_answer(
+        &mut self,
+        cx: &mut Context<'_>,
+        refusal: Refusal,
+        written: usize,
+    ) -> Poll<Option<usize>> {
+        let answer = self.refusals.answer(refusal);
+        let inner = Pin::new(&mut self.inner);
+        if written < answer.len() {
+            return match inner.poll_write(cx, &answer[written..]) {
+                Poll::Ready(Ok(n)) if n > 0 => Poll::Ready(Some(written + n)),
+                Poll::Ready(_) => Poll::Ready(None),
+                Poll::Pending => Poll::Pending,
+            };
+        }
+        let mut inner = inner;
+        match inner.as_mut().poll_flush(cx) {
+            Poll::Pending => return Poll::Pending,
+            Poll::Ready(_) => {}
+        }
+        match inner.poll_shutdown(cx) {
+            Poll::Pending => Poll::Pending,
+            Poll::Ready(_) => Poll::Ready(None),
+        }
     }
 }
 
@@ -382,29 +561,47 @@ impl AsyncRead for HeadDeadline {
         buf: &mut ReadBuf<'_>,
     ) -> Poll<io::Result<()>> {
         let this = self.get_mut();
-        if !this.replay.is_empty() {
-            let n = this.replay.len().min(buf.remaining());
-            buf.put_slice(&this.replay[..n]);
-            this.replay.advance(n);
-            if this.replay.is_empty() && buf.remaining() > 0 {
+        if this.refusing.is_some() {
+            return this.poll_refusal(cx);
+        }
+        let before = buf.filled().len();
+        match this.poll_read_unscreened(cx, buf) {
+            Poll::Ready(Ok(())) if buf.filled().len() > before => this.screen_read(cx, buf, before),
+            read => read,
+        }
+    }
+}
+
+impl HeadDeadline {
+    /// A read as the head deadline allows it, before the screen sees it.
+    fn poll_read_unscreened(
+        &mut self,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        if !self.replay.is_empty() {
+            let n = self.replay.len().min(buf.remaining());
+            buf.put_slice(&self.replay[..n]);
+            self.replay.advance(n);
+            if self.replay.is_empty() && buf.remaining() > 0 {
                 // The rest of what has arrived, if any, in the same read.
-                let _ = Pin::new(&mut this.inner).poll_read(cx, buf);
+                let _ = Pin::new(&mut self.inner).poll_read(cx, buf);
             }
             return Poll::Ready(Ok(()));
         }
-        match this.phase.load(Ordering::Relaxed) {
-            READING_HEAD => this.poll_read_head(cx, buf),
+        match self.phase.load(Ordering::Relaxed) {
+            READING_HEAD => self.poll_read_head(cx, buf),
             IDLE => {
                 let before = buf.filled().len();
-                let read = Pin::new(&mut this.inner).poll_read(cx, buf);
+                let read = Pin::new(&mut self.inner).poll_read(cx, buf);
                 if matches!(read, Poll::Ready(Ok(()))) && buf.filled().len() > before {
                     // The first bytes of the next request: its head is due in `timeout`.
-                    this.due = Instant::now() + this.timeout;
-                    this.phase.store(READING_HEAD, Ordering::Relaxed);
+                    self.due = Instant::now() + self.timeout;
+                    self.phase.store(READING_HEAD, Ordering::Relaxed);
                 }
                 read
             }
-            _ => Pin::new(&mut this.inner).poll_read(cx, buf),
+            _ => Pin::new(&mut self.inner).poll_read(cx, buf),
         }
     }
 }

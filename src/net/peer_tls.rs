@@ -280,7 +280,7 @@ fn is_tls_failure(e: &Error) -> bool {
 }
 
 /// The host of a `host:port` address, without IPv6 brackets.
-fn host(addr: &str) -> &str {
+pub(crate) fn host(addr: &str) -> &str {
     let host = addr.rsplit_once(':').map_or(addr, |(host, _)| host);
     host.trim_start_matches('[').trim_end_matches(']')
 }

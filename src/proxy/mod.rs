@@ -1,11 +1,18 @@
 //! The proxy: a client request's whole way through ringside, in one place.
 //!
 //! ```text
+//! early_request_filter
+//!   timeouts ......... out of the head deadline; idle_timeout for the
+//!                      keep-alive wait after it, request_body_timeout for
+//!                      its body (pingora's set_keepalive, set_read_timeout)
 //! request_filter
 //!   readiness? ....... this process's own /readyz probe: 204, answered here
 //!                      and not counted (readiness.rs)
-//!   too large? ....... request line over 16 KiB: 414; head over 64 KiB: 431;
-//!                      HTTP/1.1 without Host: 400
+//!   too large? ....... request line over 16 KiB: 414; head over 64 KiB: 431
+//!                      (over HTTP/1 the connection screen answers first);
+//!                      HTTP/1.1 without Host: 400; on the peer listener
+//!                      marked as refusals (x-ringside-refused)
+//!   a body? .......... one of max_request_bodies, else 503
 //!   admit / route .... peer listener: signature, origin (peer.rs);
 //!                      app listener: the configured origin, or an
 //!                      absolute-form URL on the allowlist (routes.rs;
@@ -32,7 +39,9 @@
 //! response_filter .... Cache-Status on responses pingora proxied; a write's
 //!                      2xx/3xx first invalidates its URIs cluster-wide
 //!                      (invalidate.rs)
-//! fail_to_proxy ...... origin down: 502, origin slow: 504
+//! request_body_filter  the body is in: its max_request_bodies slot is free
+//! fail_to_proxy ...... origin down: 502, origin slow: 504; a body that
+//!                      stopped: 408; one the screen refused: 400
 //! logging ............ one metrics observation per request
 //! ```
 //!
@@ -43,6 +52,7 @@
 use crate::cluster::peers;
 use crate::config::Scope;
 use crate::metrics::{self, CacheResult};
+use crate::net::bodies::{Bodies, BodySlot};
 use crate::net::connections;
 use crate::net::origin::OriginTarget;
 use crate::node::Node;
@@ -72,7 +82,7 @@ mod respond;
 mod told;
 
 use crate::rfc::cache_status::{CacheStatus, Detail, HEADER as CACHE_STATUS};
-use respond::send_error;
+use respond::{send_error, send_refusal, send_unavailable};
 
 /// Which listener a [`Ringside`] serves.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -95,6 +105,10 @@ pub struct Ringside {
     headers: Arc<request::HeaderPolicy>,
     /// The caching rules' options every path shares (rules add their ttl).
     rule_options: RuleOptions,
+    /// The listener's metrics label (`proxy`, `upstream`, `peers`).
+    listener: &'static str,
+    /// Request bodies arriving on this listener (`max_request_bodies`).
+    bodies: Arc<Bodies>,
 }
 
 /// Per-request state carried across pingora's phases.
@@ -122,6 +136,8 @@ pub struct RequestCtx {
     /// The part of a body over `max_key_body` already read: sent to the
     /// origin ahead of the rest (`request_body_filter`).
     body_prefix: Option<Bytes>,
+    /// Held while the request's body arrives.
+    body_slot: Option<BodySlot>,
 }
 
 impl Ringside {
@@ -136,12 +152,15 @@ impl Ringside {
             credentials: config.credential_headers().into(),
             ..RuleOptions::default()
         };
+        let bodies = Bodies::new(config.request_bodies(), "proxy");
         Ringside {
             role: Role::App,
             origin: node.origins.default().clone(),
             node,
             headers,
             rule_options,
+            listener: "proxy",
+            bodies,
         }
     }
 
@@ -149,6 +168,8 @@ impl Ringside {
     pub fn for_peers(&self) -> Ringside {
         Ringside {
             role: Role::Peer,
+            listener: "peers",
+            bodies: Bodies::new(self.node.config.request_bodies(), "peers"),
             ..self.clone()
         }
     }
@@ -199,6 +220,8 @@ impl Ringside {
     pub fn for_upstream(&self, origin: Arc<OriginTarget>) -> Ringside {
         Ringside {
             origin,
+            listener: "upstream",
+            bodies: Bodies::new(self.node.config.request_bodies(), "upstream"),
             ..self.clone()
         }
     }
@@ -272,20 +295,87 @@ impl Ringside {
     }
 }
 
+impl Ringside {
+    /// Answer an error of ringside's own. One that refuses the request
+    /// (`reason`: not an origin's failure) is marked as a refusal on the
+    /// peer listener, so that the asking node does not take it for the
+    /// owner's answer.
+    async fn send_own_error(
+        &self,
+        session: &mut Session,
+        code: u16,
+        body: &'static str,
+        status: CacheStatus,
+        reason: Option<&'static str>,
+    ) -> Result<bool> {
+        match (self.role, reason) {
+            (Role::Peer, Some(reason)) => send_refusal(session, code, body, reason).await,
+            _ => send_error(session, code, body, status).await,
+        }
+    }
+
+    /// A slot for this request's body, if it has one: false (answered 503)
+    /// when `max_request_bodies` bodies are arriving already.
+    async fn admit_body(&self, session: &mut Session, ctx: &mut RequestCtx) -> Result<bool> {
+        if !request::has_body(session.req_header()) {
+            return Ok(true);
+        }
+        if let Some(slot) = self.bodies.enter() {
+            ctx.body_slot = Some(slot);
+            return Ok(true);
+        }
+        ctx.result = CacheResult::Error;
+        let body = "too many request bodies at once\n";
+        let peer = self.role == Role::Peer;
+        send_unavailable(session, body, ctx.cache_status, peer).await?;
+        Ok(false)
+    }
+}
+
 /// Answer a request ringside refuses to act on.
 async fn refuse(
+    rs: &Ringside,
     session: &mut Session,
     ctx: &mut RequestCtx,
     refusal: request::Refusal,
 ) -> Result<bool> {
     ctx.result = CacheResult::Error;
-    send_error(
-        session,
-        refusal.status,
-        refusal.message,
-        refusal.cache_status,
-    )
-    .await
+    let reason = match refusal.status {
+        414 => "too-large",
+        _ => "malformed",
+    };
+    let (code, message) = (refusal.status, refusal.message);
+    rs.send_own_error(session, code, message, refusal.cache_status, Some(reason))
+        .await
+}
+
+/// What a failed proxying is answered: status, body, and, for the
+/// client's own faults, the refusal reason on the peer listener. Those
+/// first: a body that stopped (408), one the connection screen refused
+/// (400). An origin's failure is an answer, not a refusal.
+fn failure_answer(e: &Error) -> (u16, &'static str, Option<&'static str>) {
+    let downstream = e.esource() == &ErrorSource::Downstream;
+    if connections::refused_by_screen(e).is_some() {
+        return (400, "malformed request body\n", Some("malformed"));
+    }
+    match e.etype() {
+        ErrorType::HTTPStatus(code) => (*code, "error\n", None),
+        ErrorType::ReadTimedout if downstream => (408, "request body timed out\n", Some("timeout")),
+        ErrorType::ConnectTimedout | ErrorType::ReadTimedout | ErrorType::WriteTimedout => {
+            (504, "origin timed out\n", None)
+        }
+        _ => match e.esource() {
+            ErrorSource::Upstream => (502, "origin unreachable\n", None),
+            ErrorSource::Downstream => (400, "bad request\n", Some("malformed")),
+            _ => (500, "internal error\n", None),
+        },
+    }
+}
+
+/// pingora counts keep-alive timeouts in whole seconds; the config checks
+/// that there is at least one.
+fn whole_seconds(d: Duration) -> u64 {
+    d.as_secs_f64().ceil().max(1.0) as u64
 }
 
 /// Why a GET/HEAD skips the cache, if it does; else the request's own
@@ -330,17 +420,26 @@ impl ProxyHttp for Ringside {
             read_body: None,
             alone: None,
             body_prefix: None,
+            body_slot: None,
         }
     }
 
     /// The request head is in: from here on the connection is not under the
-    /// head deadline (its body may take as long as it takes).
+    /// head deadline. Its body may take as long as it takes while it moves
+    /// (`request_body_timeout` between bytes), and the connection may then
+    /// wait `idle_timeout` for the next request (unless pingora will close
+    /// it: the client asked, or the process is stopping).
     async fn early_request_filter(
         &self,
         session: &mut Session,
         _ctx: &mut RequestCtx,
     ) -> Result<()> {
         connections::head_received(session.as_downstream());
+        let config = &self.node.config;
+        if session.get_keepalive().is_some() {
+            session.set_keepalive(Some(whole_seconds(config.idle_timeout)));
+        }
+        session.set_read_timeout(Some(config.request_body_timeout));
         Ok(())
     }
 
@@ -353,12 +452,18 @@ impl ProxyHttp for Ringside {
             return crate::net::readiness::answer(session).await;
         }
         if let Err(refusal) = request::check_protocol(session.req_header()) {
-            return refuse(session, ctx, refusal).await;
+            return refuse(self, session, ctx, refusal).await;
         }
         if connections::header_bytes(session.req_header()) > connections::MAX_REQUEST_HEADER_BYTES {
             ctx.result = CacheResult::Error;
             let status = CacheStatus::bypass(Detail::HeaderTooLarge);
-            return send_error(session, 431, "request headers too large\n", status).await;
+            let body = "request headers too large\n";
+            return self
+                .send_own_error(session, 431, body, status, Some("too-large"))
+                .await;
+        }
+        if !self.admit_body(session, ctx).await? {
+            return Ok(true);
         }
         let target = if self.role == Role::Peer {
             match peer::admit(self, session, ctx).await? {
@@ -379,7 +484,7 @@ impl ProxyHttp for Ringside {
         ctx.target = Some(target.clone());
         let normalized = match self.prepare(session.req_header_mut()) {
             Ok(normalized) => normalized,
-            Err(refusal) => return refuse(session, ctx, refusal).await,
+            Err(refusal) => return refuse(self, session, ctx, refusal).await,
         };
         if self.role == Role::Peer && peer::handle(self, session, ctx, &target).await? {
             return Ok(true);
@@ -411,17 +516,21 @@ impl ProxyHttp for Ringside {
     }
 
     /// A body over `max_key_body` was partly read to key its request: that
-    /// part goes to the origin ahead of the first chunk pingora reads.
+    /// part goes to the origin ahead of the first chunk pingora reads. Once
+    /// the body is in, its slot under `max_request_bodies` is free again.
     async fn request_body_filter(
         &self,
         _session: &mut Session,
         body: &mut Option<Bytes>,
-        _end_of_stream: bool,
+        end_of_stream: bool,
         ctx: &mut RequestCtx,
     ) -> Result<()> {
         if let Some(prefix) = ctx.body_prefix.take() {
             let rest = body.take().unwrap_or_default();
             *body = Some([prefix, rest].concat().into());
+        }
+        if end_of_stream {
+            ctx.body_slot = None;
         }
         Ok(())
     }
@@ -508,33 +617,30 @@ impl ProxyHttp for Ringside {
         e: &Error,
         ctx: &mut RequestCtx,
     ) -> FailToProxy {
-        let (code, body): (u16, &'static str) = match e.etype() {
-            ErrorType::HTTPStatus(code) => (*code, "error\n"),
-            ErrorType::ConnectTimedout | ErrorType::ReadTimedout | ErrorType::WriteTimedout => {
-                (504, "origin timed out\n")
-            }
-            _ => match e.esource() {
-                ErrorSource::Upstream => (502, "origin unreachable\n"),
-                ErrorSource::Downstream => (400, "bad request\n"),
-                _ => (500, "internal error\n"),
-            },
-        };
+        let (code, body, reason) = failure_answer(e);
         ctx.result = CacheResult::Error;
         if let Some(started) = ctx.origin_started.take() {
             if e.esource() == &ErrorSource::Upstream {
                 metrics::observe_origin(None, started.elapsed().as_secs_f64());
             }
         }
+        if code == 408 {
+            metrics::request_refusals(self.listener, "body-timeout").inc();
+        }
         let client_gone = matches!(
             e.etype(),
             ErrorType::WriteError | ErrorType::ReadError | ErrorType::ConnectionClosed
-        ) && e.esource() == &ErrorSource::Downstream;
+        ) && e.esource() == &ErrorSource::Downstream
+            && connections::refused_by_screen(e).is_none();
         // An interim response (a 103 passed on) is no answer yet.
         let answered = session
             .response_written()
             .is_some_and(|r| !r.status.is_informational());
         if !answered && !client_gone {
-            let _ = send_error(session, code, body, ctx.cache_status).await;
+            let status = ctx.cache_status;
+            let _ = self
+                .send_own_error(session, code, body, status, reason)
+                .await;
         }
         FailToProxy {
             error_code: code,

@@ -7,6 +7,13 @@
 //! - with `cluster.tls`, the connection's certificate: valid under the CA
 //!   as it is now, for the member that signed the request, which must be a
 //!   member of this node's ring, else 403 (counted; see `peer_tls.rs`);
+//! - without it, the connection's source address: a request signed as
+//!   coming from a member whose address is an IP must come from that IP,
+//!   else 403 (`address`, counted with the auth failures), since the
+//!   signature only proves knowing the cluster secret, which every member
+//!   does. A member named by a DNS name is not checked (a lookup per
+//!   request; TLS is the answer there), nor where
+//!   `cluster.check_sender_address` is off (NAT, a mesh rewriting sources);
 //! - origin: the `x-ringside-origin` it names must be one this node may
 //!   reach too (its origin or forward-proxy allowlist), else 403;
 //!
@@ -38,6 +45,7 @@ use bytes::{Bytes, BytesMut};
 use http::Method;
 use pingora::prelude::*;
 use pingora::proxy::Session;
+use std::net::IpAddr;
 use std::sync::Arc;
 
 /// Check a peer request's credentials (over the target as sent) and origin.
@@ -75,6 +83,14 @@ pub async fn admit(
         send_refusal(session, 403, body, why.reason()).await?;
         return Ok(None);
     }
+    if let Err(why) = check_address(rs, &cluster, session) {
+        metrics::PEER_AUTH_FAILURES.inc();
+        log::warn!("peer request refused: {why}");
+        ctx.result = CacheResult::Error;
+        let body = "peer request from another address than its sender's\n";
+        send_refusal(session, 403, body, "address").await?;
+        return Ok(None);
+    }
     // Act on signed headers only.
     let req = session.req_header_mut();
     for name in peers::unsigned_headers(&req.headers) {
@@ -106,6 +122,31 @@ fn check_certificate(cluster: &Cluster, session: &Session) -> Result<(), TlsRefu
         .unwrap_or_default();
     let ssl = session.digest().and_then(|d| d.ssl_digest.as_deref());
     tls.check_sender(ssl, from, cluster.is_member(from))
+}
+
+/// Without `cluster.tls`: the request's signed sender, when its address is
+/// an IP, is where the connection comes from.
+fn check_address(rs: &Ringside, cluster: &Cluster, session: &Session) -> Result<(), String> {
+    if cluster.tls.is_some() || !rs.node.config.cluster.check_sender_address {
+        return Ok(());
+    }
+    let from = session
+        .req_header()
+        .headers
+        .get(&peers::FROM)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or_default();
+    let Ok(claimed) = crate::net::peer_tls::host(from).parse::<IpAddr>() else {
+        return Ok(());
+    };
+    let source = session
+        .client_addr()
+        .and_then(|a| a.as_inet())
+        .map(|a| a.ip().to_canonical());
+    match source {
+        Some(ip) if ip == claimed.to_canonical() => Ok(()),
+        other => Err(format!("signed by {from}, sent from {other:?}")),
+    }
 }
 
 /// Act on an admitted peer request whose target is normalised: `PURGE` and

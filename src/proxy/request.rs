@@ -24,7 +24,8 @@ use std::borrow::Cow;
 
 /// Request lines longer than this get 414, as nginx's and Apache's default
 /// limits (8 KiB) would, with room for the long query strings APIs use.
-pub const MAX_REQUEST_LINE_BYTES: usize = 16 * 1024;
+/// Over HTTP/1 the connection screen refuses them first, at any length.
+pub use crate::net::screen::MAX_REQUEST_LINE_BYTES;
 
 /// A request ringside answers itself with an error.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

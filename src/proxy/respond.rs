@@ -359,7 +359,25 @@ pub async fn send_error(
     body: &'static str,
     cache_status: CacheStatus,
 ) -> Result<bool> {
-    send_plain(session, code, body, cache_status, None).await
+    send_plain(session, code, body, cache_status, &[]).await
+}
+
+/// A 503 that asks the client to come back in a second; on the peer
+/// listener (`peer`) marked as a refusal, so that the asking node loads
+/// from its origin instead.
+pub async fn send_unavailable(
+    session: &mut Session,
+    body: &'static str,
+    cache_status: CacheStatus,
+    peer: bool,
+) -> Result<bool> {
+    let retry = (&header::RETRY_AFTER, "1");
+    let refused = (&crate::cluster::peers::REFUSED, "overloaded");
+    let extra: &[(&HeaderName, &'static str)] = match peer {
+        true => &[retry, refused],
+        false => &[retry],
+    };
+    send_plain(session, 503, body, cache_status, extra).await
 }
 
 /// A peer listener's refusal: an error that says so in `x-ringside-refused`.
@@ -369,9 +387,9 @@ pub async fn send_refusal(
     body: &'static str,
     reason: &'static str,
 ) -> Result<bool> {
-    let refused = Some((&crate::cluster::peers::REFUSED, reason));
+    let refused = (&crate::cluster::peers::REFUSED, reason);
     let status = CacheStatus::bypass(Detail::PeerRefused);
-    send_plain(session, code, body, status, refused).await
+    send_plain(session, code, body, status, &[refused]).await
 }
 
 async fn send_plain(
@@ -379,11 +397,11 @@ async fn send_plain(
     code: u16,
     body: &'static str,
     cache_status: CacheStatus,
-    extra: Option<(&HeaderName, &'static str)>,
+    extra: &[(&HeaderName, &'static str)],
 ) -> Result<bool> {
-    let mut h = ResponseHeader::build(code, Some(5))?;
-    if let Some((name, value)) = extra {
-        h.insert_header(name.clone(), value)?;
+    let mut h = ResponseHeader::build(code, Some(5 + extra.len()))?;
+    for (name, value) in extra {
+        h.insert_header((*name).clone(), *value)?;
     }
     h.insert_header(header::CONTENT_TYPE, "text/plain")?;
     h.insert_header(header::CONTENT_LENGTH, body.len())?;

@@ -21,6 +21,7 @@
 //! | `cc1=V`        | on the first request of a target, `Cache-Control: V` instead of `cc` |
 //! | `cc304=V`      | on a 304, `Cache-Control: V` instead of `cc`                  |
 //! | `cookie304=1`  | on a 304 only, `Set-Cookie: session=<count>`                  |
+//! | `cookie200=1`  | on a 200 only, `Set-Cookie: session=<count>`                  |
 //! | `drip_ms=N`    | send the body in 4 pieces, N ms apart (a slow download)       |
 //! | `gdelay_ms=N`  | like `delay_ms`, for GET and HEAD only                        |
 //! | `wstatus=N`    | status for other methods than GET and HEAD (writes)           |
@@ -164,6 +165,8 @@ async fn serve_connection(stream: TcpStream, state: Arc<State>) {
     });
     let _ = http1::Builder::new()
         .title_case_headers(true)
+        // As many fields as ringside lets a client send (pingora parses 256).
+        .max_headers(512)
         .auto_date_header(false) // `nodate=1` means none; `respond` sets it
         .serve_connection(TokioIo::new(stream), service)
         .await;
@@ -405,6 +408,9 @@ async fn respond(
         if q.contains_key("cookie304") {
             headers.push(("Set-Cookie".into(), format!("session={count}; Path=/")));
         }
+    }
+    if q.contains_key("cookie200") && status == 200 {
+        headers.push(("Set-Cookie".into(), format!("session={count}; Path=/")));
     }
     if let Some((first, last)) = q
         .get("ranges")

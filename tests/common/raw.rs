@@ -54,6 +54,26 @@ pub async fn raw_first_response(addr: SocketAddr, bytes: impl AsRef<[u8]>) -> Ra
     exchange(addr, bytes.as_ref(), true).await
 }
 
+/// As [`raw_first_response`], from the local address `source` (another
+/// loopback address, say: 127.0.0.2), for a peer that claims to be
+/// somewhere it is not.
+pub async fn raw_first_response_from(
+    source: std::net::IpAddr,
+    addr: SocketAddr,
+    bytes: impl AsRef<[u8]>,
+) -> RawReply {
+    let socket = match source {
+        std::net::IpAddr::V4(_) => tokio::net::TcpSocket::new_v4(),
+        std::net::IpAddr::V6(_) => tokio::net::TcpSocket::new_v6(),
+    }
+    .expect("a socket");
+    socket
+        .bind(SocketAddr::new(source, 0))
+        .expect("bind the source address");
+    let stream = socket.connect(addr).await.expect("connect");
+    exchange_on(stream, bytes.as_ref(), true).await
+}
+
 /// A new connection with `bytes` sent on it, for tests that go on by hand
 /// (send more, slowly; or just go away).
 pub async fn raw_open(addr: SocketAddr, bytes: impl AsRef<[u8]>) -> TcpStream {
@@ -63,7 +83,11 @@ pub async fn raw_open(addr: SocketAddr, bytes: impl AsRef<[u8]>) -> TcpStream {
 }
 
 async fn exchange(addr: SocketAddr, bytes: &[u8], first_only: bool) -> RawReply {
-    let mut stream = TcpStream::connect(addr).await.expect("connect");
+    let stream = TcpStream::connect(addr).await.expect("connect");
+    exchange_on(stream, bytes, first_only).await
+}
+
+async fn exchange_on(mut stream: TcpStream, bytes: &[u8], first_only: bool) -> RawReply {
     // The server may refuse before reading everything; that is fine.
     let _ = stream.write_all(bytes).await;
     let mut out = Vec::new();

@@ -4,7 +4,9 @@
 //! ([`CachedObject::refreshed_by`]), and from a copy another node handed
 //! over ([`CachedObject::ready_to_serve`]). Each way judges the head once,
 //! with the caching rules (freshness, stale windows, Vary), and stores the
-//! head as hits serve it ([`with_serving_slots`]).
+//! head as hits serve it ([`with_serving_slots`]). What a response keeps
+//! for its one client (`no-cache="..."`, `private="..."`) stays out of the
+//! copy that is shared ([`CachedObject::for_sharing`]).
 
 use super::footprint;
 use crate::cache::keys;
@@ -14,6 +16,7 @@ use bytes::Bytes;
 use http::header::{self, HeaderMap, HeaderName};
 use pingora::http::ResponseHeader;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
 /// A stored response with everything needed to judge and serve it.
@@ -187,6 +190,40 @@ impl CachedObject {
         let header = std::mem::replace(&mut self.header, placeholder);
         self.header = with_serving_slots(header);
         self
+    }
+
+    /// The object as it may be shared, and the object for the one client it
+    /// was fetched for when those differ: the fields its `no-cache="..."`
+    /// or `private="..."` name (RFC 9111 §5.2.2.4, §5.2.2.7) are that
+    /// client's alone, so the shared copy goes without them. Nearly every
+    /// response names none: the object itself, shared.
+    pub fn for_sharing(
+        self: Arc<Self>,
+        rules: &RuleOptions,
+    ) -> (Arc<CachedObject>, Option<Arc<CachedObject>>) {
+        let fields = cache_rules::unshared_fields(&self.header.headers, &rules.targeted);
+        if !fields.iter().any(|f| self.header.headers.contains_key(f)) {
+            return (self, None);
+        }
+        let mut parts = self.header.as_owned_parts();
+        for field in &fields {
+            parts.headers.remove(field);
+        }
+        let shared = CachedObject {
+            header: footprint::compact_head(parts),
+            body: self.body.clone(),
+            initial_age: self.initial_age,
+            received_at: self.received_at,
+            freshness: self.freshness,
+            stale_while_revalidate: self.stale_while_revalidate,
+            stale_if_error: self.stale_if_error,
+            revalidation_window: self.revalidation_window,
+            vary: self.vary.clone(),
+            vary_fingerprint: self.vary_fingerprint,
+            hits: self.hits().into(),
+            overridden: self.overridden,
+        };
+        (Arc::new(shared), Some(self))
     }
 
     /// Where this object is stored under the plain `key`: the key itself,

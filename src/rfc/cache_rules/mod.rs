@@ -49,7 +49,10 @@ const MAX_DELTA_SECONDS: u64 = 1 << 31;
 /// directive names are case-insensitive; values may be quoted (`"60"`). A duplicated or malformed
 /// delta-seconds value for max-age/s-maxage is treated as 0 (RFC 9111 §4.2.1: invalid => stale).
 /// delta-seconds saturate at 2^31 instead of overflowing (§1.2.2). `private="set-cookie"` or
-/// `no-cache="x"` with a field list is treated like the unqualified directive (conservative).
+/// `no-cache="x"` with a list of field names (§5.2.2.7, §5.2.2.4) lets a shared cache store the
+/// response without those fields ([`CacheControl::unshared_fields`]); a list that is empty, not
+/// field names, or names a field the stored response needs (its caching fields, its framing and
+/// representation metadata) is read as the unqualified directive (conservative).
 ///
 /// For the other delta-seconds directives a malformed value is ignored and duplicates are merged
 /// conservatively: the smallest stale-while-revalidate / stale-if-error / max-stale wins, the
@@ -70,6 +73,10 @@ pub struct CacheControl {
     pub min_fresh: Option<u64>,
     /// `Some(None)` = `max-stale` without a value (any staleness is acceptable).
     pub max_stale: Option<Option<u64>>,
+    /// The fields `no-cache="..."` and `private="..."` name: a shared cache
+    /// stores the response without them (RFC 9111 §5.2.2.4, §5.2.2.7), so
+    /// they go to the client whose request brought the response, to no other.
+    pub unshared_fields: Vec<HeaderName>,
 }
 
 impl CacheControl {
@@ -90,8 +97,14 @@ impl CacheControl {
     fn apply(&mut self, name: &[u8], argument: Option<&[u8]>) {
         match name {
             b"no-store" => self.no_store = true,
-            b"no-cache" => self.no_cache = true,
-            b"private" => self.private = true,
+            b"no-cache" => match argument.and_then(unshared_field_names) {
+                Some(names) => self.unshared(names),
+                None => self.no_cache = true,
+            },
+            b"private" => match argument.and_then(unshared_field_names) {
+                Some(names) => self.unshared(names),
+                None => self.private = true,
+            },
             b"public" => self.public = true,
             b"must-revalidate" => self.must_revalidate = true,
             b"proxy-revalidate" => self.proxy_revalidate = true,
@@ -107,6 +120,55 @@ impl CacheControl {
             _ => {}
         }
     }
+}
+
+impl CacheControl {
+    fn unshared(&mut self, names: Vec<HeaderName>) {
+        for name in names {
+            if !self.unshared_fields.contains(&name) {
+                self.unshared_fields.push(name);
+            }
+        }
+    }
+}
+
+/// Fields a stored response cannot do without: what the cache judges it by
+/// and what frames or describes its body. A qualified `no-cache` or
+/// `private` naming one of them is read unqualified.
+const NEEDED_FIELDS: [HeaderName; 12] = [
+    header::AGE,
+    header::CACHE_CONTROL,
+    header::CONTENT_ENCODING,
+    header::CONTENT_LENGTH,
+    header::CONTENT_RANGE,
+    header::CONTENT_TYPE,
+    header::DATE,
+    header::ETAG,
+    header::EXPIRES,
+    header::LAST_MODIFIED,
+    header::TRANSFER_ENCODING,
+    header::VARY,
+];
+
+/// The field names of a qualified `no-cache` / `private` (`"a, b"`), when
+/// every one is a valid name a stored response can do without.
+fn unshared_field_names(argument: &[u8]) -> Option<Vec<HeaderName>> {
+    let mut names = Vec::new();
+    for name in split_list(argument) {
+        let name = HeaderName::from_bytes(name).ok()?;
+        if NEEDED_FIELDS.contains(&name) {
+            return None;
+        }
+        names.push(name);
+    }
+    (!names.is_empty()).then_some(names)
+}
+
+/// The fields of a response a shared cache must not store with it
+/// (`no-cache="..."`, `private="..."`), as this cache judges it (`targets`:
+/// RFC 9213 targeted fields). Empty for nearly every response.
+pub fn unshared_fields(resp_headers: &HeaderMap, targets: &[HeaderName]) -> Vec<HeaderName> {
+    CacheControl::parse(&targeted(resp_headers, targets)).unshared_fields
 }
 
 /// Request directives, with the HTTP/1.0 fallback: `Pragma: no-cache` counts as

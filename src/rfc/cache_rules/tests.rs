@@ -133,11 +133,32 @@ fn huge_delta_seconds_saturate() {
 }
 
 #[test]
-fn qualified_private_and_no_cache_act_unqualified() {
-    let parsed = cc("private=\"set-cookie\", no-cache=\"x-foo, max-age=5\"");
-    assert!(parsed.private && parsed.no_cache);
+fn qualified_private_and_no_cache_name_fields_a_shared_cache_leaves_out() {
+    let parsed = cc("private=\"Set-Cookie\", no-cache=\"x-user, set-cookie\", max-age=5");
+    assert!(!parsed.private && !parsed.no_cache, "{parsed:?}");
+    let names: Vec<&str> = parsed.unshared_fields.iter().map(|n| n.as_str()).collect();
+    assert_eq!(names, ["set-cookie", "x-user"]);
+    assert_eq!(parsed.max_age, Some(5));
+    // The token form (which senders should not use) names a field too.
+    assert_eq!(cc("no-cache=set-cookie").unshared_fields.len(), 1);
+}
+
+#[test]
+fn qualified_lists_that_name_no_field_or_a_needed_one_act_unqualified() {
     // The comma inside the quoted field list does not start a new directive.
+    let parsed = cc("private=\"set-cookie\", no-cache=\"x-foo, max-age=5\"");
+    assert!(parsed.no_cache, "not a field name: unqualified");
     assert_eq!(parsed.max_age, None);
+    for value in [
+        "no-cache=\"\"",
+        "no-cache=\"etag\"",
+        "no-cache=\"Cache-Control\"",
+    ] {
+        assert!(cc(value).no_cache, "{value}");
+    }
+    for value in ["private=\"content-type, set-cookie\"", "private=\" , \""] {
+        assert!(cc(value).private, "{value}");
+    }
 }
 
 #[test]
@@ -349,9 +370,19 @@ fn private_responses_are_not_stored_by_a_shared_cache() {
         storable(
             &[],
             200,
-            &[("cache-control", "max-age=60, private=\"set-cookie\"")]
+            &[("cache-control", "max-age=60, private=\"vary\"")]
         ),
-        Err(NotStorable::Private)
+        Err(NotStorable::Private),
+        "a needed field named: unqualified"
+    );
+    // Naming fields, the rest is storable (the fields are left out).
+    assert_eq!(
+        storable(
+            &[],
+            200,
+            &[("cache-control", "max-age=60, private=\"x-user\"")]
+        ),
+        Ok(())
     );
 }
 
