@@ -1,0 +1,329 @@
+//! The owner's end of a channel connection: answer the handshake (the
+//! [`Owner`] admits or refuses the asker), then read requests and serve
+//! each on a task of its own, its answer's frames queued as they are ready,
+//! so a slow fill never holds up a hit behind it.
+//!
+//! Streams in flight per connection are bounded ([`MAX_STREAMS`]): a
+//! request over the bound is answered with a reset (the asker goes to its
+//! origin). The table of streams is that bound's size at most and is
+//! emptied as streams finish.
+
+use super::conn::{spawn_writer, write_plain, Inbox, Outbox, ReadError};
+use super::handshake::{self, Keys, NO_COMMON_VERSION, VERSIONS};
+use super::record::{codec, Opener, Sealer};
+use super::wire::{fields_of, Frame, Hello, Request, Welcome, MAX_DATA};
+use crate::metrics;
+use bytes::{Bytes, BytesMut};
+use futures::StreamExt;
+use pingora::http::ResponseHeader;
+use pingora::protocols::Stream;
+use ring::hmac;
+use std::collections::HashMap;
+use std::future::Future;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+use tokio::io::WriteHalf;
+use tokio_util::codec::FramedRead;
+
+/// Requests in flight on one connection at most.
+pub const MAX_STREAMS: usize = 1024;
+
+/// What serves a channel: who this node is, whom it admits, and how it
+/// answers a request.
+pub trait Owner: Send + Sync + 'static {
+    /// What admission learnt of the asker, for its requests.
+    type Asker: Send + Sync + 'static;
+
+    /// This node's advertised peer address and ring generation.
+    fn me(&self) -> (String, u64);
+
+    /// The cluster secret, as it is now.
+    fn secret(&self) -> hmac::Key;
+
+    /// Whether the connection is mutual TLS (records then go unsealed).
+    fn tls(&self) -> bool;
+
+    /// Admit the asker of `hello` on `stream` (the member it claims to be,
+    /// from where it connects, its certificate), or the refusal's reason.
+    fn admit(&self, hello: &Hello, stream: &Stream) -> Result<Self::Asker, &'static str>;
+
+    /// Serve one request, answering on `reply`.
+    fn serve(
+        self: &Arc<Self>,
+        asker: &Arc<Self::Asker>,
+        request: Request,
+        reply: Reply,
+    ) -> impl Future<Output = ()> + Send + 'static;
+}
+
+/// Where one stream's answer goes.
+pub struct Reply {
+    stream: u32,
+    outbox: Outbox,
+    canceled: Arc<AtomicBool>,
+    streams: Arc<Streams>,
+}
+
+/// The answer can go no further: the asker cancelled, or the connection closed.
+#[derive(Debug)]
+pub struct Gone;
+
+impl Reply {
+    async fn send(&self, frame: Frame) -> Result<(), Gone> {
+        if self.canceled.load(Ordering::Relaxed) {
+            return Err(Gone);
+        }
+        self.outbox.send(frame).await.map_err(|_| Gone)
+    }
+
+    /// The response head; `end`: no body follows.
+    pub async fn head(&self, head: &ResponseHeader, end: bool) -> Result<(), Gone> {
+        let frame = Frame::Head(super::wire::Head {
+            stream: self.stream,
+            status: head.status.as_u16(),
+            end,
+            headers: fields_of(&head.headers),
+        });
+        self.send(frame).await
+    }
+
+    /// A piece of the body, sent in frames of at most [`MAX_DATA`]; `end`:
+    /// the last.
+    pub async fn data(&self, mut data: Bytes, end: bool) -> Result<(), Gone> {
+        loop {
+            let piece = data.split_to(data.len().min(MAX_DATA));
+            let last = data.is_empty();
+            let frame = Frame::Data {
+                stream: self.stream,
+                end: end && last,
+                data: piece,
+            };
+            self.send(frame).await?;
+            if last {
+                return Ok(());
+            }
+        }
+    }
+
+    /// The answer broke off.
+    pub async fn reset(&self) {
+        let _ = self
+            .send(Frame::Reset {
+                stream: self.stream,
+            })
+            .await;
+    }
+}
+
+impl Drop for Reply {
+    fn drop(&mut self) {
+        self.streams.finish(self.stream);
+    }
+}
+
+/// The streams of a connection in flight, each with its cancel flag.
+#[derive(Default)]
+pub struct Streams(Mutex<HashMap<u32, Arc<AtomicBool>>>);
+
+impl Streams {
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<u32, Arc<AtomicBool>>> {
+        self.0.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Start `stream`: its cancel flag, or None over the bound or when it
+    /// is in flight already.
+    fn start(&self, stream: u32) -> Option<Arc<AtomicBool>> {
+        let mut streams = self.lock();
+        if streams.len() >= MAX_STREAMS || streams.contains_key(&stream) {
+            return None;
+        }
+        let flag = Arc::new(AtomicBool::new(false));
+        streams.insert(stream, flag.clone());
+        Some(flag)
+    }
+
+    fn cancel(&self, stream: u32) {
+        if let Some(flag) = self.lock().get(&stream) {
+            flag.store(true, Ordering::Relaxed);
+        }
+    }
+
+    fn finish(&self, stream: u32) {
+        self.lock().remove(&stream);
+    }
+}
+
+/// Serve a channel connection whose preface has been read (`buffered`: the
+/// bytes read after it). `timeout` bounds the handshake and each write.
+pub async fn serve<O: Owner>(owner: Arc<O>, stream: Stream, buffered: &[u8], timeout: Duration) {
+    let Some((asker, mut inbox, outbox)) = open(&owner, stream, buffered, timeout).await else {
+        return;
+    };
+    metrics::PEER_CHANNELS.with_label_values(&["owner"]).inc();
+    let streams = Arc::new(Streams::default());
+    loop {
+        let frame = match inbox.next().await {
+            Ok(frame) => frame,
+            Err(ReadError::Closed) => break,
+            Err(ReadError::Record(why)) => {
+                metrics::observe_channel_refusal("frame");
+                log::warn!("peer channel: {why}; closing the connection");
+                break;
+            }
+        };
+        match frame {
+            Frame::Request(request) => {
+                let Some(canceled) = streams.start(request.stream) else {
+                    let _ = outbox.try_send(Frame::Reset {
+                        stream: request.stream,
+                    });
+                    continue;
+                };
+                let reply = Reply {
+                    stream: request.stream,
+                    outbox: outbox.clone(),
+                    canceled,
+                    streams: streams.clone(),
+                };
+                tokio::spawn(owner.serve(&asker, request, reply));
+            }
+            Frame::Cancel { stream } => streams.cancel(stream),
+            other => {
+                metrics::observe_channel_refusal("frame");
+                log::warn!("peer channel: unexpected {other:?} from an asker; closing");
+                break;
+            }
+        }
+    }
+    metrics::PEER_CHANNELS.with_label_values(&["owner"]).dec();
+}
+
+/// The handshake, the owner's side: the asker admitted, the reading end
+/// and the writer's outbox; None when refused or broken (the reason sent,
+/// logged and counted).
+async fn open<O: Owner>(
+    owner: &Arc<O>,
+    mut stream: Stream,
+    buffered: &[u8],
+    timeout: Duration,
+) -> Option<(Arc<O::Asker>, Inbox, Outbox)> {
+    let from = peer_address(&stream);
+    let first = tokio::time::timeout(timeout, read_hello(&mut stream, buffered)).await;
+    let admitted = match first {
+        Ok(Ok((hello, leftover))) => {
+            admit(owner.as_ref(), &hello, &stream).map(|a| (hello, a, leftover))
+        }
+        Ok(Err(reason)) => Err(reason),
+        Err(_) => Err("timeout"),
+    };
+    let (read, mut write) = tokio::io::split(stream);
+    let outcome = match admitted {
+        Ok((hello, asker, leftover)) => {
+            let mut inbox = Inbox::new(read, &leftover);
+            let done = tokio::time::timeout(
+                timeout,
+                welcome(owner.as_ref(), &mut inbox, &mut write, &hello),
+            )
+            .await;
+            match done {
+                Ok(Ok(keys)) => Ok((asker, inbox, keys)),
+                Ok(Err(reason)) => Err(reason),
+                Err(_) => Err("timeout"),
+            }
+        }
+        Err(reason) => Err(reason),
+    };
+    let (asker, mut inbox, keys) = match outcome {
+        Ok(open) => open,
+        Err(reason) => {
+            refuse(&mut write, &from, reason, timeout).await;
+            return None;
+        }
+    };
+    inbox.protect(Opener::new(keys.to_owner));
+    let (outbox, _writer) = spawn_writer(write, Sealer::new(keys.to_asker), timeout);
+    outbox.send(Frame::Accepted).await.ok()?;
+    Some((Arc::new(asker), inbox, outbox))
+}
+
+/// Count, log and send a refusal of the handshake.
+async fn refuse(
+    write: &mut WriteHalf<Stream>,
+    from: &str,
+    reason: &'static str,
+    timeout: Duration,
+) {
+    metrics::observe_channel_refusal(reason);
+    if reason == "credentials" {
+        metrics::PEER_AUTH_FAILURES.inc();
+    }
+    log::warn!("peer channel from {from} refused: {reason}");
+    let refused = Frame::Refused {
+        reason: reason.to_string(),
+    };
+    let _ = tokio::time::timeout(timeout, write_plain(write, false, &[refused])).await;
+}
+
+/// The asker's Hello (the first frame), and the bytes read after it.
+async fn read_hello(
+    stream: &mut Stream,
+    buffered: &[u8],
+) -> Result<(Hello, BytesMut), &'static str> {
+    let mut framed = FramedRead::new(stream, codec());
+    framed.read_buffer_mut().extend_from_slice(buffered);
+    let record = match framed.next().await {
+        Some(Ok(record)) => record,
+        _ => return Err("malformed"),
+    };
+    match Frame::parse(record.freeze()) {
+        Ok(Frame::Hello(hello)) => Ok((hello, framed.read_buffer().clone())),
+        _ => Err("malformed"),
+    }
+}
+
+/// A Hello this node answers: a version in common, and an asker the owner admits.
+fn admit<O: Owner>(owner: &O, hello: &Hello, stream: &Stream) -> Result<O::Asker, &'static str> {
+    handshake::choose_version(hello.versions, VERSIONS).ok_or(NO_COMMON_VERSION)?;
+    owner.admit(hello, stream)
+}
+
+/// The rest of the handshake, the owner's side: the Welcome with its
+/// proof, then the asker's. Err: the reason to refuse.
+async fn welcome<O: Owner>(
+    owner: &O,
+    inbox: &mut Inbox,
+    write: &mut WriteHalf<Stream>,
+    hello: &Hello,
+) -> Result<Keys, &'static str> {
+    let version = handshake::choose_version(hello.versions, VERSIONS).ok_or(NO_COMMON_VERSION)?;
+    let (me, generation) = owner.me();
+    let mut welcome = Welcome {
+        version,
+        from: me,
+        generation,
+        nonce: handshake::nonce().ok_or("no random nonce")?,
+        mac: [0; 32],
+    };
+    let secret = owner.secret();
+    let transcript = handshake::transcript(hello, &welcome);
+    welcome.mac = handshake::server_proof(&secret, &transcript);
+    write_plain(write, false, &[Frame::Welcome(welcome)])
+        .await
+        .map_err(|_| "closed")?;
+    let Ok(Frame::Finish { mac }) = inbox.next().await else {
+        return Err("malformed");
+    };
+    if !handshake::proof_matches(&mac, &handshake::client_proof(&secret, &transcript)) {
+        return Err("credentials");
+    }
+    Ok(handshake::session_keys(&secret, &transcript, owner.tls()))
+}
+
+/// The address a connection comes from, for the log.
+fn peer_address(stream: &Stream) -> String {
+    stream
+        .get_socket_digest()
+        .and_then(|d| d.peer_addr().map(|a| a.to_string()))
+        .unwrap_or_else(|| "an unknown address".into())
+}
