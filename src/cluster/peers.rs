@@ -300,6 +300,12 @@ impl PeerAuth {
         Ok(PeerAuth { key })
     }
 
+    /// The cluster secret's HMAC key as it is now (the peer channel's
+    /// handshake proves it and derives its session keys from it).
+    pub fn current_key(&self) -> hmac::Key {
+        self.key.current().as_ref().clone()
+    }
+
     /// The signature of a request whose headers already carry its envelope
     /// (and everything else it will be sent with, but `host`).
     pub fn sign(&self, method: &str, path: &str, headers: &HeaderMap) -> HeaderValue {

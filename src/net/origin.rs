@@ -14,6 +14,7 @@
 //! disconnects (see `fill.rs`).
 
 use crate::config::{Config, OriginUrl};
+use crate::net::channel::client::{Ask, AskError, ChannelBody, Channels, Identity};
 use crate::net::idle_pool::IdlePool;
 use crate::net::inject::Injected;
 use crate::net::peer_tls::PeerTls;
@@ -176,6 +177,8 @@ pub struct OriginClient {
     connector: Connector,
     idle: IdlePool,
     peer_tls: Option<Arc<PeerTls>>,
+    /// Connections of the peer channel, by peer (`channel/`).
+    channels: Channels,
 }
 
 /// Where a fetch hands the interim (1xx) responses that come before the
@@ -186,11 +189,7 @@ pub type InterimSink = tokio::sync::mpsc::Sender<ResponseHeader>;
 
 /// An origin response whose headers have arrived; the body is read on demand.
 pub struct OriginResponse {
-    session: HttpSession,
-    peer: HttpPeer,
-    /// The peer's `reuse_hash`: which idle connections it may reuse.
-    target: u64,
-    idle_timeout: Duration,
+    body: Body,
     pub header: ResponseHeader,
     pub request_time: SystemTime,
     pub response_time: SystemTime,
@@ -204,6 +203,7 @@ impl OriginClient {
             connector: Connector::new(None),
             idle: IdlePool::default(),
             peer_tls,
+            channels: Channels::default(),
         }
     }
 
@@ -273,14 +273,13 @@ impl OriginClient {
             .await
     }
 
-    async fn send_to_peer(
+    /// The peer listener at `addr` as a connection target: resolved within
+    /// `connect_timeout`, over TLS with `cluster.tls`.
+    async fn peer_target(
         &self,
         addr: &str,
-        sent: Sent<'_>,
         (connect_timeout, read_timeout): (Duration, Duration),
-        h2c: bool,
-    ) -> Result<OriginResponse, FetchError> {
-        let request = sent.request;
+    ) -> Result<HttpPeer, FetchError> {
         let timeout = connect_timeout;
         let resolved = match tokio::time::timeout(timeout, tokio::net::lookup_host(addr)).await {
             Ok(Ok(mut addrs)) => addrs.next(),
@@ -295,11 +294,57 @@ impl OriginClient {
         peer.options.read_timeout = Some(read_timeout);
         peer.options.write_timeout = Some(read_timeout);
         peer.options.idle_timeout = Some(Duration::from_secs(60));
-        if h2c {
-            peer.options.set_http_version(2, 2);
-        }
         if let Some(tls) = &self.peer_tls {
             tls.configure(&mut peer, addr);
+        }
+        Ok(peer)
+    }
+
+    /// Whether to ask `addr` over the peer channel: not known to lack it.
+    pub fn channel_worth_trying(&self, addr: &str) -> bool {
+        self.channels.worth_trying(addr)
+    }
+
+    /// Ask the peer at `addr` over the peer channel (`channel/`), as
+    /// `identity`. `UseHttp`: it does not speak the channel, ask it over
+    /// HTTP. Timeouts as for [`Self::fetch_peer`].
+    pub async fn ask_channel(
+        &self,
+        addr: &str,
+        identity: &dyn Identity,
+        ask: Ask<'_>,
+        timeouts: (Duration, Duration),
+        interim: Option<&InterimSink>,
+    ) -> Result<OriginResponse, AskError> {
+        let peer = self
+            .peer_target(addr, timeouts)
+            .await
+            .map_err(AskError::Failed)?;
+        let request_time = SystemTime::now();
+        let (header, body) = self
+            .channels
+            .ask((addr, &peer), identity, ask, timeouts.1, interim)
+            .await?;
+        Ok(OriginResponse {
+            body: Body::Channel(body),
+            header,
+            request_time,
+            response_time: SystemTime::now(),
+        })
+    }
+
+    async fn send_to_peer(
+        &self,
+        addr: &str,
+        sent: Sent<'_>,
+        timeouts: (Duration, Duration),
+        h2c: bool,
+    ) -> Result<OriginResponse, FetchError> {
+        let request = sent.request;
+        let read_timeout = timeouts.1;
+        let mut peer = self.peer_target(addr, timeouts).await?;
+        if h2c {
+            peer.options.set_http_version(2, 2);
         }
         self.send(peer, sent, read_timeout, Duration::from_secs(60))
             .await
@@ -382,10 +427,12 @@ impl OriginClient {
                         .cloned()
                         .ok_or_else(|| Error::explain(ErrorType::InvalidHTTPHeader, "no header"))?;
                     return Ok(OriginResponse {
-                        session,
-                        peer,
-                        target,
-                        idle_timeout,
+                        body: Body::Http {
+                            session,
+                            peer,
+                            target,
+                            idle_timeout,
+                        },
                         header,
                         request_time,
                         response_time: SystemTime::now(),
@@ -409,6 +456,20 @@ impl OriginClient {
             None => self.connector.get_http_session(peer).await,
         }
     }
+}
+
+/// Where a response's body comes from.
+enum Body {
+    /// An HTTP session (an origin, or a peer over HTTP), pooled once read.
+    Http {
+        session: HttpSession,
+        peer: HttpPeer,
+        /// The peer's `reuse_hash`: which idle connections it may reuse.
+        target: u64,
+        idle_timeout: Duration,
+    },
+    /// A stream of the peer channel.
+    Channel(ChannelBody),
 }
 
 /// What a fetch sends, and where the interim responses it gets go.
@@ -458,10 +519,13 @@ fn is_timeout(e: &Error) -> bool {
 impl OriginResponse {
     /// The next body chunk, or None at the end.
     pub async fn read_chunk(&mut self) -> Result<Option<Bytes>, FetchError> {
-        self.session
-            .read_response_body()
-            .await
-            .map_err(|e| FetchError::from_pingora(&e))
+        match &mut self.body {
+            Body::Http { session, .. } => session
+                .read_response_body()
+                .await
+                .map_err(|e| FetchError::from_pingora(&e)),
+            Body::Channel(body) => body.read_chunk().await,
+        }
     }
 
     /// The body length the origin announced, if it did.
@@ -475,8 +539,18 @@ impl OriginResponse {
 
     /// Return the connection to the pool once the body has been read whole;
     /// otherwise close it (a half-read connection cannot be reused).
+    /// A channel stream has nothing to return: dropped before its end, it
+    /// is cancelled.
     pub async fn finish(self, client: &OriginClient) {
-        let mut session = self.session;
+        let Body::Http {
+            mut session,
+            peer,
+            target,
+            idle_timeout,
+        } = self.body
+        else {
+            return;
+        };
         if !session.response_done() {
             return session.shutdown().await;
         }
@@ -484,13 +558,13 @@ impl OriginResponse {
             HttpSession::H1(mut session) => {
                 session.respect_keepalive();
                 if let Some(stream) = session.reuse().await {
-                    client.idle.put(self.target, stream, self.idle_timeout);
+                    client.idle.put(target, stream, idle_timeout);
                 }
             }
             session => {
                 client
                     .connector
-                    .release_http_session(session, &self.peer, Some(self.idle_timeout))
+                    .release_http_session(session, &peer, Some(idle_timeout))
                     .await
             }
         }

@@ -30,7 +30,7 @@ use http::response::Parts;
 use http::{Method, StatusCode};
 use pingora::http::{RequestHeader, ResponseHeader};
 use pingora::prelude::*;
-use pingora::proxy::Session;
+use super::downstream::Downstream;
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -78,7 +78,7 @@ impl Ringside {
 /// Answer the range `asked` from the partial entry `object` that covers it
 /// (see [`covered`]): its preconditions first, as for any stored response.
 pub(super) async fn send_part(
-    session: &mut Session,
+    session: &mut impl Downstream,
     object: &CachedObject,
     asked: ByteRange,
     cache_status: CacheStatus,
