@@ -1610,6 +1610,48 @@ fn example_values() {
     validate("example", &template("example", &values));
 }
 
+/// examples/kubernetes/api-caching.yaml over the typical install: it
+/// renders and validates, the catalog caches /v1/ per credential, the
+/// storefront's sidecars inject the weather API's key from its Secret, and
+/// every config passes `ringside check-config`.
+#[test]
+fn the_api_caching_example() {
+    let values = std::fs::read_to_string(root().join("examples/kubernetes/values.yaml")).unwrap();
+    let overlay = root().join("examples/kubernetes/api-caching.yaml");
+    let rendered = template_in(
+        &chart(),
+        "api-caching",
+        &values,
+        &["-f", overlay.to_str().unwrap(), "--kube-version", "1.30.0"],
+    )
+    .unwrap_or_else(|e| panic!("{e}"));
+    let docs = validate("api-caching", &rendered);
+    let (_, catalog) = app_config(&docs, "catalog");
+    let rule = &catalog.cache.rules[0];
+    assert_eq!(
+        (rule.prefix.as_str(), rule.scope),
+        ("/v1/", ringside::config::Scope::PerCredential)
+    );
+    let (_, storefront) = app_config(&docs, "storefront");
+    let injected = &storefront.origin.inject_headers[0];
+    assert_eq!(
+        (injected.name.as_str(), injected.value_file.as_str()),
+        (
+            "Authorization",
+            "/etc/ringside-headers/weather-api-key/token"
+        )
+    );
+    assert_eq!(storefront.cache.capacity, 128 << 20);
+    let args = webhook_args(&docs);
+    for wanted in [
+        "--app-header-secrets=shop/storefront=weather-api-key/token",
+        "--app-capacities=shop/storefront=128MiB",
+    ] {
+        assert!(args.iter().any(|a| a == wanted), "{wanted}: {args:?}");
+    }
+    every_config_passes_check_config("api-caching", &docs);
+}
+
 #[test]
 fn schema_rejects_bad_values() {
     let cases: &[(&str, &str)] = &[
@@ -1963,6 +2005,29 @@ fn checkov_finds_image_digests_and_secrets_as_files() {
                 ],
             ),
         ),
+    ];
+    // The sidecar of an app with an injected header: its Secret is a file.
+    let headers = manual_example(
+        "manual-checkov-headers",
+        &[
+            "--set",
+            &format!("ringside.{digest}"),
+            "--set",
+            &format!("image=ghcr.io/example/catalog:1.4.2@{DIGEST}"),
+            "--set-json",
+            "ringside.apps=[{\"name\":\"catalog\",\"selector\":{\"app\":\"catalog\"},\
+             \"injectHeaders\":[{\"name\":\"X-Api-Key\",\"secret\":\"catalog-api-key\",\
+             \"key\":\"key\"}]}]",
+        ],
+    );
+    assert!(
+        headers.contains("path: catalog-api-key/key"),
+        "the header's Secret is not mounted:\n{headers}"
+    );
+    let renders = [
+        renders[0].clone(),
+        renders[1].clone(),
+        ("manual-example-headers", headers),
     ];
     for (name, rendered) in &renders {
         let verdicts = checkov(name, rendered, CHECKS);
