@@ -54,11 +54,9 @@ fn newest() -> &'static str {
     })
 }
 
-fn tmpdir(name: &str) -> PathBuf {
-    let dir = std::env::temp_dir().join(format!("ringside-helm-{}-{name}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).unwrap();
-    dir
+/// A directory for one call's files, removed when the call is done.
+fn tmpdir(name: &str) -> common::ScratchDir {
+    common::ScratchDir::new(&format!("helm-{name}"))
 }
 
 /// `helm template` with a values file; Ok(stdout) or Err(stderr).
@@ -2062,7 +2060,7 @@ fn manual_example(name: &str, extra: &[&str]) -> String {
     let status = Command::new("cp")
         .arg("-r")
         .arg(&example)
-        .arg(&dir)
+        .arg(dir.path())
         .status()
         .unwrap();
     assert!(status.success());

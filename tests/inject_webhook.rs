@@ -1593,6 +1593,15 @@ ringside:
         .find(|m| m["name"] == "ringside-headers")
         .unwrap_or_else(|| panic!("no header Secrets mounted: {c}"));
     assert_eq!(mount["readOnly"], true);
+    // The app's own container never gets the key.
+    let app = patched["spec"]["containers"].as_array().unwrap().iter();
+    let app = app.filter(|c| c["name"] != "ringside").collect::<Vec<_>>();
+    assert_eq!(app.len(), 1, "{patched:#}");
+    assert!(
+        !app[0].to_string().contains("ringside-headers"),
+        "{:#}",
+        app[0]
+    );
     let mount_path = mount["mountPath"].as_str().unwrap();
     let dir = hook.dir.join("mounted-headers");
     let volume = volume(&patched, "ringside-headers").expect("the header Secrets' volume");
