@@ -124,7 +124,7 @@ const INVALIDATION_TIMEOUT: Duration = Duration::from_secs(2);
 /// `ringside_invalidation_peer_failures_total` summed over the nodes, within
 /// the windows where every member was up (each opens once the ring is whole
 /// again and the write timeouts of the down window have passed, and closes
-/// before the next kill), and over the whole run.
+/// before the next kill).
 #[derive(Default)]
 struct PeerFailures {
     window_start: Vec<u64>,
