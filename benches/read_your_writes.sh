@@ -7,7 +7,9 @@
 #   DURATION=120 KILL_EVERY=30 benches/read_your_writes.sh
 #   RINGSIDE=/path/to/ringside benches/read_your_writes.sh   # another binary (A/B)
 #
-# Prints a RESULT line; exits non-zero when a GET broke read-your-writes.
+# Prints a RESULT line; exits non-zero when a GET broke read-your-writes, or
+# when, with every member up, a write went unconfirmed or a member failed an
+# invalidation (ringside_invalidation_peer_failures_total).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 [ -x target/release/examples/cluster_bench ] || cargo build --release --quiet --bin ringside --example cluster_bench

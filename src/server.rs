@@ -11,7 +11,6 @@ use crate::config::{Config, OriginUrl, PeerProtocol};
 use crate::metrics;
 use crate::net::connections::{self, Guarded, Handshake, Limits};
 use crate::net::listeners::ByListener;
-use crate::net::origin::OriginClient;
 use crate::net::peer_tls::CleartextListener;
 use crate::net::readiness;
 use crate::net::refusals::Refusals;
@@ -91,7 +90,7 @@ fn start_membership_tasks(node: &Arc<Node>, background: &tokio::runtime::Runtime
         };
         let origin = &node.origins.default().key_prefix;
         let peer_listen = &node.config.cluster.peer_listen;
-        let client = OriginClient::new(cluster.tls.clone());
+        let client = cluster.peer_client();
         announce::joined(&client, cluster, origin, peer_listen).await;
     });
 }

@@ -250,6 +250,108 @@ async fn per_credential_answers_stay_with_their_caller_across_a_cluster() {
     }
 }
 
+/// Within a partition every way an answer comes back stays its caller's: a
+/// stale-while-revalidate refresh goes out with the partition's own
+/// credential and its 304 renews that caller's copy only; a Range and a
+/// conditional request are answered from the caller's copy.
+#[tokio::test]
+async fn per_credential_answers_stay_with_their_caller_through_refreshes_304s_and_ranges() {
+    let origin = Origin::start().await;
+    let rs = node(&origin, "    - {prefix: /v1/, scope: per-credential}\n").await;
+    // Stale on arrival, revalidated by ETag; a 304 gives a minute.
+    let path = "/v1/me?echo=x-api-key&etag=v1\
+                &cc=max-age%3D0%2C%20stale-while-revalidate%3D60&cc304=max-age%3D60";
+    let ask = |key: &'static str, extra: &'static [(&'static str, &'static str)]| {
+        let rs = &rs;
+        async move {
+            let mut headers = vec![("x-api-key", key)];
+            headers.extend_from_slice(extra);
+            rs.request("GET", path, &headers).await
+        }
+    };
+    let k1 = ask("k1", &[]).await;
+    let k2 = ask("k2", &[]).await;
+    assert!(k1.text().starts_with("x-api-key=k1 "), "{k1:?}");
+    assert!(k2.text().starts_with("x-api-key=k2 "), "{k2:?}");
+    for (key, first, fetches) in [("k1", &k1, 3), ("k2", &k2, 4)] {
+        let stale = ask(key, &[]).await;
+        assert!(
+            cache_status(&stale).contains("stale-while-revalidate"),
+            "{key}: {stale:?}"
+        );
+        assert_eq!(stale.text(), first.text(), "{key}'s own stale copy");
+        common::eventually(
+            std::time::Duration::from_secs(10),
+            "the partition's background refresh",
+            || async { origin.hits(path) == fetches },
+        )
+        .await;
+        assert_eq!(
+            origin.last_request_header(path, "x-api-key").as_deref(),
+            Some(key),
+            "a refresh carries its own partition's credential"
+        );
+        common::eventually(
+            std::time::Duration::from_secs(10),
+            "the refreshed copy is a hit for its caller",
+            || async {
+                let r = ask(key, &[]).await;
+                assert_eq!(r.text(), first.text(), "{key}: {r:?}");
+                is_hit(&r)
+            },
+        )
+        .await;
+    }
+    for (key, first) in [("k1", &k1), ("k2", &k2)] {
+        let part = ask(key, &[("range", "bytes=10-11")]).await;
+        assert_eq!(
+            (part.status, part.text()),
+            (206, key.to_string()),
+            "{part:?}"
+        );
+        let same = ask(key, &[("if-none-match", "\"v1\"")]).await;
+        assert_eq!(same.status, 304, "{same:?}");
+        assert_eq!(ask(key, &[]).await.text(), first.text());
+    }
+    assert_eq!(origin.hits(path), 4, "ranges and 304s came from the copies");
+}
+
+/// Hot keys owned by another node are mirrored on the asking node per
+/// partition: callers asking one node for the same paths, interleaved,
+/// each get only their own answers while mirrors answer.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn per_credential_answers_stay_with_their_caller_in_hot_mirrors() {
+    let origin = Origin::start().await;
+    let rules = format!("{RULES}    - {{prefix: /v1/, ttl: 60s, scope: per-credential}}\n");
+    let extra = format!("  hot: {{fraction: 0.2, min_rate: 5}}\n{rules}");
+    let nodes = common::start_cluster(&origin.url(), 3, &extra).await;
+    let asker = &nodes[1];
+    for cc in ["max-age%3D60", "private%2C%20max-age%3D60"] {
+        for i in 0..6 {
+            let path = format!("/v1/hot/{i}?echo=authorization&cc={cc}");
+            let mut seen = std::collections::HashMap::new();
+            for _ in 0..30 {
+                for key in ["k1", "k2"] {
+                    let bearer = format!("Bearer {key}");
+                    let r = asker
+                        .request("GET", &path, &[("authorization", &bearer)])
+                        .await;
+                    assert_eq!(r.status, 200, "{r:?}");
+                    let body = seen.entry(key).or_insert_with(|| r.text());
+                    assert!(
+                        body.starts_with(&format!("authorization={bearer} ")),
+                        "{r:?}"
+                    );
+                    assert_eq!(&r.text(), body, "{path}: {key} got {r:?}");
+                }
+            }
+            assert_eq!(origin.hits(&path), 2, "{path}: one fetch per caller");
+        }
+    }
+    let mirrored = asker.metric("ringside_hot_hits_total", &[]).await;
+    assert!(mirrored > 0.0, "no answer came from a hot mirror");
+}
+
 /// A file for an injected credential, removed when dropped.
 struct SecretFile(std::path::PathBuf);
 
@@ -604,10 +706,8 @@ async fn the_api_caching_recipes_run_as_they_are() {
                 "--admin-listen",
                 &admin,
             ]);
-            let log = std::env::temp_dir().join(format!(
-                "ringside-recipe-{name}-{}.log",
-                common::free_port()
-            ));
+            let scratch = common::ScratchDir::new(&format!("recipe-{name}"));
+            let log = scratch.join("ringside.log");
             let mut process = common::process::Process::spawn(name, command, &log);
             let admin_addr: std::net::SocketAddr = admin.parse().unwrap();
             let ready = || async move {
@@ -620,7 +720,8 @@ async fn the_api_caching_recipes_run_as_they_are() {
                     ready,
                 )
                 .await;
-            (process, listen.parse::<std::net::SocketAddr>().unwrap())
+            let addr: std::net::SocketAddr = listen.parse().unwrap();
+            ((process, scratch), addr)
         }
     };
     let ask = |addr,

@@ -54,11 +54,9 @@ fn newest() -> &'static str {
     })
 }
 
-fn tmpdir(name: &str) -> PathBuf {
-    let dir = std::env::temp_dir().join(format!("ringside-helm-{}-{name}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).unwrap();
-    dir
+/// A directory for one call's files, removed when the call is done.
+fn tmpdir(name: &str) -> common::ScratchDir {
+    common::ScratchDir::new(&format!("helm-{name}"))
 }
 
 /// `helm template` with a values file; Ok(stdout) or Err(stderr).
@@ -384,6 +382,368 @@ fn an_apps_peer_tls_secret_is_in_its_config_and_the_webhooks_args() {
         !args.iter().any(|a| a.starts_with("--peer-tls-secrets")),
         "{args:?}"
     );
+}
+
+/// The config.yaml of the ConfigMap `name` in `namespace` (release rs).
+fn config_text<'a>(docs: &'a [serde_yaml::Value], name: &str, namespace: &str) -> &'a str {
+    docs.iter()
+        .find(|d| {
+            kind(d) == "ConfigMap"
+                && d["metadata"]["name"].as_str() == Some(name)
+                && d["metadata"]["namespace"].as_str() == Some(namespace)
+        })
+        .and_then(|cm| cm["data"]["config.yaml"].as_str())
+        .unwrap_or_else(|| panic!("no ConfigMap {namespace}/{name}"))
+}
+
+/// The environment the chart's sidecar gives ringside (`ringside.sidecar`,
+/// and the webhook alike) for the default values: listeners, threads and the
+/// peer Secret's files.
+const SIDECAR_ENV: &[(&str, &str)] = &[
+    ("RINGSIDE_LISTEN", "127.0.0.1:8080"),
+    ("RINGSIDE_ADMIN_LISTEN", "0.0.0.0:9090"),
+    ("RINGSIDE_PEER_LISTEN", "0.0.0.0:7070"),
+    ("RINGSIDE_THREADS", "2"),
+    (
+        "RINGSIDE_CLUSTER_SECRET_FILE",
+        "/etc/ringside-secret/secret",
+    ),
+    (
+        "RINGSIDE_ADMIN_TOKEN_FILE",
+        "/etc/ringside-secret/admin-token",
+    ),
+];
+
+/// The real `ringside check-config` on a rendered config.yaml, in the
+/// sidecar's environment: Ok, or its message.
+fn check_config(name: &str, config: &str) -> Result<(), String> {
+    let dir = tmpdir(&format!("{name}-check-config"));
+    let file = dir.join("config.yaml");
+    std::fs::write(&file, config).unwrap();
+    let mut command = Command::new(env!("CARGO_BIN_EXE_ringside"));
+    common::process::without_ringside_env(&mut command);
+    let out = command
+        .arg("check-config")
+        .arg(&file)
+        .envs(SIDECAR_ENV.iter().copied())
+        .output()
+        .unwrap();
+    match out.status.success() {
+        true => Ok(()),
+        false => Err(String::from_utf8_lossy(&out.stderr).into_owned()),
+    }
+}
+
+/// Every rendered ConfigMap passes the real `ringside check-config`.
+fn every_config_passes_check_config(name: &str, docs: &[serde_yaml::Value]) {
+    // ringside's configs; the chart's other ConfigMaps (dashboards) hold none.
+    let configs: Vec<_> = (docs.iter())
+        .filter(|d| kind(d) == "ConfigMap")
+        .filter_map(|cm| Some((cm, cm["data"]["config.yaml"].as_str()?)))
+        .collect();
+    assert!(!configs.is_empty(), "{name}: no ringside ConfigMap");
+    for (cm, text) in configs {
+        let which = cm["metadata"]["name"].as_str().unwrap();
+        check_config(name, text)
+            .unwrap_or_else(|e| panic!("{name}: {which} refused by check-config: {e}\n{text}"));
+    }
+}
+
+/// A global config (sidecar.extraConfig) and one app's own config over it.
+const MERGED: &str = r#"
+sidecar:
+  origin: http://catalog-api.shop:8000
+  extraConfig:
+    origin: {read_timeout: 10s, verify_tls: false}
+    cache:
+      include_query: true
+      credential_headers_extra: [X-Tenant-Key]
+      rules:
+        - {prefix: /static/, ttl: 1h}
+apps:
+  - name: catalog
+    namespace: shop
+    selector: {app: catalog}
+    config:
+      origin: {verify_tls: true}
+      cache:
+        include_query: false
+        rules:
+          - {prefix: /v1/, ttl: 60s, scope: per-credential}
+  - name: search
+    namespace: shop
+    selector: {app: search}
+"#;
+
+/// `apps[].config` is merged over the global config as values.yaml says:
+/// maps key by key (what the app does not set keeps the global value), any
+/// other value replaced, lists included (the app's rules are its rules), and
+/// false over true. Apps without
+/// a config of their own, and the standalone config, get the global one;
+/// every rendered config passes the real `ringside check-config`.
+#[test]
+fn an_apps_config_is_merged_over_the_global_config() {
+    use ringside::config::Scope;
+    use std::time::Duration;
+    let docs = validate("merged", &template("merged", MERGED));
+    let rules = |c: &ringside::config::Config| {
+        c.cache
+            .rules
+            .iter()
+            .map(|r| (r.prefix.clone(), r.ttl, r.scope))
+            .collect::<Vec<_>>()
+    };
+    let (_, catalog) = app_config(&docs, "catalog");
+    assert_eq!(
+        rules(&catalog),
+        vec![(
+            "/v1/".to_string(),
+            Some(Duration::from_secs(60)),
+            Scope::PerCredential
+        )],
+        "the app's list replaces the global one"
+    );
+    assert!(
+        catalog.origin.verify_tls,
+        "the app's true over the global false"
+    );
+    assert!(
+        !catalog.cache.include_query,
+        "the app's false over the global true"
+    );
+    assert_eq!(
+        catalog.origin.read_timeout,
+        Duration::from_secs(10),
+        "a key the app does not set keeps the global value"
+    );
+    assert_eq!(catalog.cache.credential_headers_extra, ["X-Tenant-Key"]);
+    let global = |c: &ringside::config::Config| {
+        assert_eq!(
+            rules(c),
+            vec![(
+                "/static/".to_string(),
+                Some(Duration::from_secs(3600)),
+                Scope::Shared
+            )]
+        );
+        assert!(!c.origin.verify_tls && c.cache.include_query);
+        assert_eq!(c.origin.read_timeout, Duration::from_secs(10));
+    };
+    global(&app_config(&docs, "search").1);
+    let standalone = config_text(&docs, "rs-ringside-config", "shop");
+    global(
+        &ringside::config::Config::from_yaml(standalone, "standalone")
+            .unwrap()
+            .finish(Default::default())
+            .unwrap(),
+    );
+    every_config_passes_check_config("merged", &docs);
+}
+
+/// What the schema cannot see (a contradiction between fields) the rendered
+/// config's `ringside check-config` refuses, naming the field: the check
+/// the merge test relies on can fail.
+#[test]
+fn check_config_refuses_a_contradiction_the_schema_lets_through() {
+    let values = format!("{APPS}    config:\n      cache:\n        rules:\n          - {{prefix: /v1/, override: true}}\n");
+    let docs = documents(&template("override-without-ttl", &values));
+    let text = config_text(&docs, "rs-ringside-config-search", "ringside");
+    let e = check_config("override-without-ttl", text).expect_err("override without a ttl");
+    assert!(
+        e.contains("cache.rules[0].override: set without a ttl"),
+        "{e}"
+    );
+}
+
+/// A wrong scope (or any policy value of a rule) fails `helm template`
+/// itself, at the value's path, listing what it may be.
+#[test]
+fn a_wrong_scope_fails_the_render_naming_the_field_and_the_scopes() {
+    let values = format!("{APPS}    config:\n      cache:\n        rules:\n          - {{prefix: /v1/, ttl: 60s, scope: per-user}}\n");
+    let e = template_in(&chart(), "bad-scope", &values, &[]).expect_err("scope: per-user");
+    assert!(
+        e.contains("/apps/1/config/cache/rules/0/scope")
+            && e.contains("'shared', 'per-credential', 'shared-despite-credentials'"),
+        "{e}"
+    );
+    // The same in the global config, and in an upstream's rules.
+    let global =
+        "sidecar:\n  extraConfig:\n    cache:\n      rules: [{prefix: /, scope: private}]\n";
+    let e = template_in(&chart(), "bad-global-scope", global, &[]).expect_err("scope: private");
+    assert!(
+        e.contains("/sidecar/extraConfig/cache/rules/0/scope"),
+        "{e}"
+    );
+    let upstream = format!(
+        "{APPS}    config:\n      upstreams:\n        - listen: 127.0.0.1:8081\n          \
+         origin: https://partner.example.com\n          rules: [{{prefix: /, scope: mine}}]\n"
+    );
+    let e = template_in(&chart(), "bad-upstream-scope", &upstream, &[]).expect_err("mine");
+    assert!(
+        e.contains("/apps/1/config/upstreams/0/rules/0/scope"),
+        "{e}"
+    );
+}
+
+/// Per app, a header injected into the origin's requests from a key of a
+/// Secret: the app's config names the file the key is mounted as
+/// (`value_file`), never an environment variable, for the app's origin and
+/// for an upstream it names; the webhook is told which keys to mount, and
+/// other apps get none. The configs pass `ringside check-config`.
+#[test]
+fn an_injected_header_reads_its_secret_from_a_mounted_file() {
+    let values = r#"
+sidecar:
+  origin: http://catalog-api.shop:8000
+apps:
+  - name: catalog
+    namespace: shop
+    selector: {app: catalog}
+    config:
+      upstreams:
+        - {listen: "127.0.0.1:8081", origin: "https://partner.example.com"}
+    injectHeaders:
+      - {name: Authorization, secret: catalog-api-key, key: token, prefix: "Bearer "}
+      - {name: X-Client-Id, secret: catalog-api-key, key: client-id}
+      - {name: X-Api-Key, secret: partner-key, key: key, origin: "https://partner.example.com", replace: false}
+  - name: search
+    namespace: shop
+    selector: {app: search}
+"#;
+    let docs = validate("inject-headers", &template("inject-headers", values));
+    let headers = |list: &[ringside::config::InjectHeader]| {
+        list.iter()
+            .map(|h| {
+                assert!(h.value_env.is_empty(), "{h:?}");
+                (
+                    h.name.clone(),
+                    h.value_file.clone(),
+                    h.prefix.clone(),
+                    h.replace,
+                )
+            })
+            .collect::<Vec<_>>()
+    };
+    let (_, catalog) = app_config(&docs, "catalog");
+    let file = |secret: &str, key: &str| format!("/etc/ringside-headers/{secret}/{key}");
+    assert_eq!(
+        headers(&catalog.origin.inject_headers),
+        vec![
+            (
+                "Authorization".to_string(),
+                file("catalog-api-key", "token"),
+                "Bearer ".to_string(),
+                true
+            ),
+            (
+                "X-Client-Id".to_string(),
+                file("catalog-api-key", "client-id"),
+                String::new(),
+                true
+            ),
+        ]
+    );
+    assert_eq!(
+        headers(&catalog.upstreams[0].inject_headers),
+        vec![(
+            "X-Api-Key".to_string(),
+            file("partner-key", "key"),
+            String::new(),
+            false
+        )]
+    );
+    let (_, search) = app_config(&docs, "search");
+    assert!(search.origin.inject_headers.is_empty());
+    let args = webhook_args(&docs);
+    assert!(
+        args.iter().any(|a| a
+            == "--app-header-secrets=shop/catalog=catalog-api-key/client-id,\
+                shop/catalog=catalog-api-key/token,shop/catalog=partner-key/key"),
+        "{args:?}"
+    );
+    every_config_passes_check_config("inject-headers", &docs);
+    // Without injected headers, no flag.
+    let args = webhook_args(&documents(&template("no-inject-headers", APPS)));
+    assert!(
+        !args.iter().any(|a| a.starts_with("--app-header-secrets")),
+        "{args:?}"
+    );
+}
+
+/// An app's capacity is its sidecars' cache capacity (its ConfigMap) and
+/// the webhook sizes their memory by it; other apps keep sidecar.capacity. A
+/// capacity whose memory request exceeds an explicit limit fails the
+/// render, naming the app's capacity.
+#[test]
+fn an_apps_capacity_sizes_its_sidecars() {
+    let values = APPS.replace(
+        "    selector: {app: catalog}\n",
+        "    selector: {app: catalog}\n    capacity: 1GiB\n",
+    );
+    let docs = validate("app-capacity", &template("app-capacity", &values));
+    assert_eq!(app_config(&docs, "catalog").1.cache.capacity, 1 << 30);
+    assert_eq!(app_config(&docs, "search").1.cache.capacity, 256 << 20);
+    let args = webhook_args(&docs);
+    assert!(
+        args.iter()
+            .any(|a| a == "--app-capacities=shop/catalog=1GiB"),
+        "{args:?}"
+    );
+    let e = template_in(
+        &chart(),
+        "app-capacity-limit",
+        &values.replace("sidecar:\n", "sidecar:\n  memoryLimit: 1Gi\n"),
+        &[],
+    )
+    .expect_err("a 1228Mi request under a 1Gi limit");
+    assert!(
+        e.contains("apps[catalog].capacity: memory request 1228Mi is above the memory limit 1Gi"),
+        "{e}"
+    );
+}
+
+/// The fields the chart sets itself, secrets, and injected headers written
+/// as ringside config are refused in sidecar.extraConfig and apps[].config,
+/// the message naming the field and the value to set instead; an injected
+/// header for an origin the app does not have, or twice for one origin, is
+/// refused naming the entry.
+#[test]
+fn an_apps_config_cannot_set_what_the_chart_sets() {
+    let app = |config: &str| format!("{APPS}    config:\n      {config}\n");
+    let headers = |list: &str| format!("{APPS}    injectHeaders:\n{list}");
+    let cases = [
+        (app("cache: {capacity: 1GiB}"), "apps[search].config.cache.capacity: set by the chart from apps[].capacity"),
+        (app("origin: {url: \"http://other:8000\"}"), "apps[search].config.origin.url: set by the chart from apps[].origin"),
+        (app("listen: 127.0.0.1:9999"), "apps[search].config.listen: set by the chart"),
+        (app("cluster: {secret: 0123456789abcdef0123}"), "apps[search].config.cluster.secret: a secret in a ConfigMap"),
+        (app("admin_token: 0123456789abcdef0123"), "apps[search].config.admin_token: a secret in a ConfigMap"),
+        (
+            app("origin: {inject_headers: [{name: X-Api-Key, value_env: API_KEY}]}"),
+            "apps[search].config.origin.inject_headers: use apps[].injectHeaders",
+        ),
+        (
+            app("upstreams: [{listen: \"127.0.0.1:8081\", origin: \"https://p.example.com\", \
+                 inject_headers: [{name: X-Api-Key, value_file: /k}]}]"),
+            "apps[search].config.upstreams[0].inject_headers: use apps[].injectHeaders with origin: https://p.example.com",
+        ),
+        (
+            "sidecar:\n  extraConfig:\n    threads: 4\n".to_string(),
+            "sidecar.extraConfig.threads: set by the chart: sidecar.threads",
+        ),
+        (
+            headers("      - {name: X-Api-Key, secret: k, key: key, origin: \"https://elsewhere.example.com\"}\n"),
+            "apps[search].injectHeaders[0].origin: \"https://elsewhere.example.com\" is neither the app's origin (http://catalog-api.shop:8000)",
+        ),
+        (
+            headers("      - {name: X-Api-Key, secret: k, key: a}\n      - {name: x-api-key, secret: k, key: b}\n"),
+            "apps[search].injectHeaders[1].name: x-api-key is injected into the app's origin twice",
+        ),
+    ];
+    for (values, wanted) in cases {
+        let e = template_in(&chart(), "chart-owned", &values, &[])
+            .expect_err(&format!("rendered:\n{values}"));
+        assert!(e.contains(wanted), "{values}\nwanted {wanted:?} in:\n{e}");
+    }
 }
 
 #[test]
@@ -1251,6 +1611,48 @@ fn example_values() {
     validate("example", &template("example", &values));
 }
 
+/// examples/kubernetes/api-caching.yaml over the typical install: it
+/// renders and validates, the catalog caches /v1/ per credential, the
+/// storefront's sidecars inject the weather API's key from its Secret, and
+/// every config passes `ringside check-config`.
+#[test]
+fn the_api_caching_example() {
+    let values = std::fs::read_to_string(root().join("examples/kubernetes/values.yaml")).unwrap();
+    let overlay = root().join("examples/kubernetes/api-caching.yaml");
+    let rendered = template_in(
+        &chart(),
+        "api-caching",
+        &values,
+        &["-f", overlay.to_str().unwrap(), "--kube-version", "1.30.0"],
+    )
+    .unwrap_or_else(|e| panic!("{e}"));
+    let docs = validate("api-caching", &rendered);
+    let (_, catalog) = app_config(&docs, "catalog");
+    let rule = &catalog.cache.rules[0];
+    assert_eq!(
+        (rule.prefix.as_str(), rule.scope),
+        ("/v1/", ringside::config::Scope::PerCredential)
+    );
+    let (_, storefront) = app_config(&docs, "storefront");
+    let injected = &storefront.origin.inject_headers[0];
+    assert_eq!(
+        (injected.name.as_str(), injected.value_file.as_str()),
+        (
+            "Authorization",
+            "/etc/ringside-headers/weather-api-key/token"
+        )
+    );
+    assert_eq!(storefront.cache.capacity, 128 << 20);
+    let args = webhook_args(&docs);
+    for wanted in [
+        "--app-header-secrets=shop/storefront=weather-api-key/token",
+        "--app-capacities=shop/storefront=128MiB",
+    ] {
+        assert!(args.iter().any(|a| a == wanted), "{wanted}: {args:?}");
+    }
+    every_config_passes_check_config("api-caching", &docs);
+}
+
 #[test]
 fn schema_rejects_bad_values() {
     let cases: &[(&str, &str)] = &[
@@ -1284,6 +1686,45 @@ fn schema_rejects_bad_values() {
             "apps:\n  - name: ok\n    selector: {app: x}\n    allowAppIngressFrom: \
              [{podSelector: {}}]\n",
             "appPorts",
+        ),
+        ("apps:\n  - name: ok\n    selector: {app: x}\n    capacity: lots\n", "capacity"),
+        (
+            "apps:\n  - name: ok\n    selector: {app: x}\n    config: {cache: {rule: []}}\n",
+            "'rule' not allowed",
+        ),
+        (
+            "sidecar:\n  extraConfig: {cache: {rules: [{prefix: /, override: [no-transform]}]}}\n",
+            "override",
+        ),
+        (
+            "sidecar:\n  extraConfig: {cache: {rules: [{prefix: /, methods: [GET]}]}}\n",
+            "methods",
+        ),
+        (
+            "sidecar:\n  extraConfig: {cache: {rules: [{prefix: /, body_key: yaml}]}}\n",
+            "body_key",
+        ),
+        (
+            "sidecar:\n  extraConfig: {cache: {rules: [{ttl: 60s}]}}\n",
+            "missing property 'prefix'",
+        ),
+        (
+            "sidecar:\n  extraConfig: {cache: {credential_headers_extra: [\"X Key\"]}}\n",
+            "credential_headers_extra",
+        ),
+        (
+            "apps:\n  - name: ok\n    selector: {app: x}\n    injectHeaders: [{name: X-Api-Key, secret: k}]\n",
+            "missing property 'key'",
+        ),
+        (
+            "apps:\n  - name: ok\n    selector: {app: x}\n    injectHeaders: \
+             [{name: X-Api-Key, secret: My_Key, key: k}]\n",
+            "secret",
+        ),
+        (
+            "apps:\n  - name: ok\n    selector: {app: x}\n    injectHeaders: \
+             [{name: X-Api-Key, secret: k, key: k, value_env: KEY}]\n",
+            "'value_env' not allowed",
         ),
     ];
     for (values, field) in cases {
@@ -1566,6 +2007,29 @@ fn checkov_finds_image_digests_and_secrets_as_files() {
             ),
         ),
     ];
+    // The sidecar of an app with an injected header: its Secret is a file.
+    let headers = manual_example(
+        "manual-checkov-headers",
+        &[
+            "--set",
+            &format!("ringside.{digest}"),
+            "--set",
+            &format!("image=ghcr.io/example/catalog:1.4.2@{DIGEST}"),
+            "--set-json",
+            "ringside.apps=[{\"name\":\"catalog\",\"selector\":{\"app\":\"catalog\"},\
+             \"injectHeaders\":[{\"name\":\"X-Api-Key\",\"secret\":\"catalog-api-key\",\
+             \"key\":\"key\"}]}]",
+        ],
+    );
+    assert!(
+        headers.contains("path: catalog-api-key/key"),
+        "the header's Secret is not mounted:\n{headers}"
+    );
+    let renders = [
+        renders[0].clone(),
+        renders[1].clone(),
+        ("manual-example-headers", headers),
+    ];
     for (name, rendered) in &renders {
         let verdicts = checkov(name, rendered, CHECKS);
         for check in CHECKS {
@@ -1599,7 +2063,7 @@ fn manual_example(name: &str, extra: &[&str]) -> String {
     let status = Command::new("cp")
         .arg("-r")
         .arg(&example)
-        .arg(&dir)
+        .arg(dir.path())
         .status()
         .unwrap();
     assert!(status.success());

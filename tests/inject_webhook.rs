@@ -1015,6 +1015,19 @@ fn refuses_bad_flags() {
         ("--apps=shop/catalog", "--tls-cert"),
         ("--peer-tls-secrets=shop/catalog", "NAMESPACE/APP=SECRET"),
         (
+            "--app-capacities=shop/catalog=lots",
+            "--app-capacities: \"lots\"",
+        ),
+        (
+            "--app-header-secrets=shop/catalog=key",
+            "--app-header-secrets: \"key\" (for shop/catalog) is invalid; expected SECRET/KEY",
+        ),
+        // An app's capacity too large for the limit (flags split at spaces).
+        (
+            "--memory-limit=8Gi --app-capacities=shop/catalog=64GiB",
+            "--app-capacities (shop/catalog): memory request",
+        ),
+        (
             "--security-context=[1]",
             "--security-context: \"[1]\" is invalid",
         ),
@@ -1029,8 +1042,8 @@ fn refuses_bad_flags() {
                 "--tls-cert=/nonexistent.pem",
                 "--tls-key=/nonexistent.key",
                 "--sidecar-image=x",
-                flag,
             ])
+            .args(flag.split_whitespace())
             .env_remove("RINGSIDE_LISTEN")
             .output()
             .unwrap();
@@ -1203,6 +1216,15 @@ fn chart_and_webhook_inject_the_same_container() {
              namespace: shop\n      selector: {app: catalog}\n",
             formula(64 * MIB, 256, 128 * MIB),
         ),
+        (
+            "app-capacity-and-headers",
+            "app: catalog\nringside:\n  apps:\n    - name: catalog\n      namespace: shop\n      \
+             selector: {app: catalog}\n      capacity: 1GiB\n      injectHeaders:\n        \
+             - {name: Authorization, secret: catalog-api-key, key: token, prefix: \"Bearer \"}\n        \
+             - {name: X-Client-Id, secret: catalog-api-key, key: client-id}\n        \
+             - {name: X-Tenant, secret: a-tenant, key: id}\n",
+            formula(1024 * MIB, 256, 128 * MIB),
+        ),
     ];
     for (name, values, (request, limit)) in cases {
         let docs = render_with_manual_pods(name, values);
@@ -1256,6 +1278,13 @@ fn chart_and_webhook_inject_the_same_container() {
             let memory = &from_chart["resources"];
             assert_eq!(memory["requests"]["memory"], *request, "{name}");
             assert_eq!(memory["limits"]["memory"], *limit, "{name}");
+            // Both mount the header Secrets (so that agreeing is not both lacking them).
+            let headers = volume(manual, "ringside-headers");
+            assert_eq!(
+                headers.is_some(),
+                *name == "app-capacity-and-headers",
+                "{name}"
+            );
         }
     }
 }
@@ -1472,4 +1501,151 @@ fn chart_and_webhook_mount_an_apps_peer_tls_secret() {
     let other = hook.inject(&pod("search"));
     assert!(volume(&other, "ringside-peer-tls").is_none(), "{other}");
     assert!(!mounts(&other).to_string().contains("ringside-peer-tls"));
+}
+
+/// Made-up contents of the Secrets an app's injected headers read: (Secret,
+/// key, value).
+const SECRET_DATA: &[(&str, &str, &str)] = &[
+    ("catalog-api-key", "token", "cat-3f9a-token-value"),
+    ("partner-key", "key", "partner-77c1-key-value"),
+];
+
+/// Lay out `volume` (a projected volume of Secret keys) in `dir` as the
+/// kubelet would, each item's file holding its key's value from
+/// [`SECRET_DATA`] (with the trailing newline `kubectl create secret
+/// --from-file` often leaves); how many files were written.
+fn materialize_secrets(volume: &Value, dir: &Path) -> usize {
+    let mut written = 0;
+    for source in volume["projected"]["sources"].as_array().unwrap() {
+        let secret = source["secret"]["name"].as_str().unwrap();
+        for item in source["secret"]["items"].as_array().unwrap() {
+            let key = item["key"].as_str().unwrap();
+            let (.., value) = SECRET_DATA
+                .iter()
+                .find(|(s, k, _)| *s == secret && *k == key)
+                .unwrap_or_else(|| panic!("no data for {secret}/{key}"));
+            let file = dir.join(item["path"].as_str().unwrap());
+            std::fs::create_dir_all(file.parent().unwrap()).unwrap();
+            std::fs::write(&file, format!("{value}\n")).unwrap();
+            written += 1;
+        }
+    }
+    written
+}
+
+/// An app's injected headers end to end: the chart's ConfigMap for the app
+/// and the pod the webhook makes (started with the chart's args) agree on
+/// where each Secret key is. The test lays the patched pod's projected
+/// volume out as the kubelet would (made-up Secret data), runs the real
+/// ringside on the app's rendered config with that directory in place of
+/// the mount path, and the origin and the upstream each receive their
+/// header, from the file; the values are in no environment variable of the
+/// container and in no log line.
+#[test]
+fn an_injected_header_reaches_the_origin_from_its_mounted_secret() {
+    use common::origin::Origin;
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    let (origin, partner) =
+        runtime.block_on(async { (Origin::start().await, Origin::start().await) });
+    let upstream: std::net::SocketAddr = format!("127.0.0.1:{}", common::free_port())
+        .parse()
+        .unwrap();
+    let values = format!(
+        r#"app: catalog
+ringside:
+  sidecar: {{origin: "{origin}"}}
+  apps:
+    - name: catalog
+      namespace: shop
+      selector: {{app: catalog}}
+      config:
+        upstreams:
+          - {{listen: "{upstream}", origin: "{partner}"}}
+      injectHeaders:
+        - {{name: Authorization, secret: catalog-api-key, key: token, prefix: "Bearer "}}
+        - {{name: X-Api-Key, secret: partner-key, key: key, origin: "{partner}"}}
+"#,
+        origin = origin.url(),
+        partner = partner.url(),
+    );
+    let docs = render_with_manual_pods("headers-e2e", &values);
+    let args = webhook_args(&docs);
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let hook = launch("headers-e2e", &args);
+    let pod = pod_with(
+        "catalog",
+        json!({"ringside.io/inject": "true", "ringside.io/app": "catalog",
+               "ringside.io/native-sidecar": "false"}),
+        json!({}),
+        json!([{"name": "app", "image": "app:1"}]),
+    );
+    let patched = hook.inject(&pod);
+    let c = container(&patched, "containers");
+    // Files, never the environment.
+    assert!(c.get("envFrom").is_none(), "{c}");
+    for e in c["env"].as_array().unwrap() {
+        assert!(e["valueFrom"].get("secretKeyRef").is_none(), "{e}");
+    }
+    let mount = c["volumeMounts"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|m| m["name"] == "ringside-headers")
+        .unwrap_or_else(|| panic!("no header Secrets mounted: {c}"));
+    assert_eq!(mount["readOnly"], true);
+    // The app's own container never gets the key.
+    let app = patched["spec"]["containers"].as_array().unwrap().iter();
+    let app = app.filter(|c| c["name"] != "ringside").collect::<Vec<_>>();
+    assert_eq!(app.len(), 1, "{patched:#}");
+    assert!(
+        !app[0].to_string().contains("ringside-headers"),
+        "{:#}",
+        app[0]
+    );
+    let mount_path = mount["mountPath"].as_str().unwrap();
+    let dir = hook.dir.join("mounted-headers");
+    let volume = volume(&patched, "ringside-headers").expect("the header Secrets' volume");
+    assert_eq!(materialize_secrets(volume, &dir), 2, "{volume}");
+    // The app's rendered config, with the directory for the mount path; the
+    // listeners and the cluster (the pod's network) are the test's.
+    let config = docs
+        .iter()
+        .find(|d| d["kind"] == "ConfigMap" && d["metadata"]["name"] == "rs-ringside-config-catalog")
+        .expect("catalog's ConfigMap");
+    let mut config: serde_yaml::Mapping =
+        serde_yaml::from_str(config["data"]["config.yaml"].as_str().unwrap()).unwrap();
+    for key in ["listen", "admin_listen", "log_level", "cluster"] {
+        config.remove(key);
+    }
+    let yaml = serde_yaml::to_string(&config).unwrap();
+    assert!(
+        yaml.contains(&format!("value_file: {mount_path}/")),
+        "{yaml}"
+    );
+    let yaml = yaml.replace(mount_path, dir.to_str().unwrap());
+    runtime.block_on(async {
+        let ringside = common::Ringside::start_yaml(&yaml).await;
+        assert_eq!(ringside.get("/v1/items/1").await.status, 200);
+        assert_eq!(
+            origin.last_request_header("/v1/items/1", "authorization"),
+            Some("Bearer cat-3f9a-token-value".to_string())
+        );
+        assert_eq!(
+            origin.last_request_header("/v1/items/1", "x-api-key"),
+            None,
+            "the upstream's header stays with the upstream"
+        );
+        let quoted = common::get(upstream, "/quote").await.expect("the upstream");
+        assert_eq!(quoted.status, 200);
+        assert_eq!(
+            partner.last_request_header("/quote", "x-api-key"),
+            Some("partner-77c1-key-value".to_string())
+        );
+        assert_eq!(partner.last_request_header("/quote", "authorization"), None);
+        let log = ringside.log();
+        for (.., value) in SECRET_DATA {
+            assert!(!log.contains(value), "a secret in the log:\n{log}");
+            assert!(!c.to_string().contains(value));
+        }
+    });
 }

@@ -295,7 +295,13 @@ fn head_of(text: &str) -> &str {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_request_body_that_stops_gets_408() {
     let origin = Origin::start().await;
-    let rs = Ringside::start(&origin.url(), "request_body_timeout: 2s\n").await;
+    // The origin's read timeout well past the body's, so that the one that
+    // fires is the body's.
+    let yaml = format!(
+        "origin:\n  url: {}\n  read_timeout: 10s\nrequest_body_timeout: 2s\n",
+        origin.url()
+    );
+    let rs = Ringside::start_yaml(&yaml).await;
     let head = "POST /stalled HTTP/1.1\r\nHost: x\r\nContent-Length: 10\r\n\r\nabc";
     let mut stalled = raw_open(rs.addr, head).await;
     let started = Instant::now();

@@ -164,8 +164,10 @@ async fn size_gauges_report_capacity_and_follow_fills() {
     rs.get("/g1?size=10000&cc=max-age%3D60").await;
     assert_eq!(rs.metric("ringside_cache_entries", &[]).await, 1.0);
     let one = rs.metric("ringside_cache_bytes", &[]).await;
+    // The body's 10,000 bytes sit in the allocator's 12 KiB size class,
+    // and are charged at it (`footprint::allocated`).
     assert!(
-        (10000.0..12000.0).contains(&one),
+        (10000.0..13500.0).contains(&one),
         "one 10 kB object weighs {one}"
     );
 
@@ -173,7 +175,7 @@ async fn size_gauges_report_capacity_and_follow_fills() {
     assert_eq!(rs.metric("ringside_cache_entries", &[]).await, 2.0);
     let two = rs.metric("ringside_cache_bytes", &[]).await;
     assert!(
-        two >= one + 20000.0 && two < one + 22000.0,
+        two >= one + 20000.0 && two < one + 25000.0,
         "{one} then {two}"
     );
 

@@ -11,6 +11,8 @@
 //!       previous-owner lookups on and off (see `churn.rs`)
 //!   target/release/examples/cluster_bench writes
 //!       read-your-writes under load, nodes killed (see `writes.rs`)
+//!   target/release/examples/cluster_bench writes-beside-hits
+//!       what a stream of writes costs one node's hits (`writes_beside_hits.rs`)
 //!
 //! Built on the demo's machinery (`ringside::demo`): the same sample origin,
 //! the same child-process nodes, the same workload and counters.
@@ -18,6 +20,7 @@
 mod churn;
 mod etcd;
 mod writes;
+mod writes_beside_hits;
 
 use clap::{Parser, Subcommand};
 use ringside::demo::cluster::NodeOptions;
@@ -60,6 +63,8 @@ enum Cmd {
     DoubleFills(churn::ChurnArgs),
     /// Read-your-writes under load, one node killed at a time.
     Writes(writes::WritesArgs),
+    /// Hits of one node alone and beside a stream of writes.
+    WritesBesideHits(writes_beside_hits::Args),
 }
 
 #[derive(clap::Args)]
@@ -110,6 +115,7 @@ fn main() -> ExitCode {
         Cmd::ScaleUp(args) => runtime.block_on(churn::under_load(args, true)),
         Cmd::DoubleFills(args) => runtime.block_on(churn::double_fills(args)),
         Cmd::Writes(args) => runtime.block_on(writes::run(args)),
+        Cmd::WritesBesideHits(args) => runtime.block_on(writes_beside_hits::run(args)),
     };
     runtime.shutdown_timeout(Duration::from_millis(100));
     match outcome {

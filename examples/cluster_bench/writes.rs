@@ -9,7 +9,10 @@
 //! per item, the highest version a PUT answered with and without
 //! `detail=invalidation-incomplete`; a GET reads that floor before it is
 //! sent, and an answer below it is a violation. Unconfirmed writes are
-//! counted apart while every member is up and while one is down.
+//! counted apart while every member is up and while one is down, and so are
+//! the nodes' `ringside_invalidation_peer_failures_total`. The run fails on
+//! a violation, or on an unconfirmed write or a failed invalidation with
+//! every member up.
 
 use ringside::demo::client::{Conn, Response};
 use ringside::demo::cluster::{NodeOptions, Nodes};
@@ -88,27 +91,81 @@ pub async fn run(args: WritesArgs) -> Result<(), String> {
     let started = Instant::now();
     let mut kills = 0;
     let mut rss = Vec::new();
+    let mut failures = PeerFailures::default();
+    failures.window_opens(&nodes).await?;
     while args.kill_every_secs > 0 && Instant::now() + kill_gap(&args) < until {
         tokio::time::sleep(kill_gap(&args)).await;
         rss.push(resident_mib(&nodes));
+        failures.window_closes(&nodes).await?;
         let victim = kills % nodes.nodes.len();
         checker.all_up.store(false, Ordering::SeqCst);
         nodes.kill_and_restart(victim).await?;
         nodes.wait_for_ring(3).await?;
         checker.all_up.store(true, Ordering::SeqCst);
         kills += 1;
+        // A write begun while the node was down may still be waiting for
+        // it: its failure belongs to the down window.
+        tokio::time::sleep(INVALIDATION_TIMEOUT + Duration::from_secs(1)).await;
+        failures.window_opens(&nodes).await?;
     }
     for client in clients {
         client.await.map_err(|e| format!("a client task: {e}"))?;
     }
     rss.push(resident_mib(&nodes));
-    report(&checker, &origin, started.elapsed(), kills, &rss);
+    failures.window_closes(&nodes).await?;
+    report(&checker, &origin, started.elapsed(), kills, &rss, &failures);
     nodes.stop().await?;
-    let violations = checker.counts.violations.load(Ordering::Relaxed)
-        + checker.counts.wrong_bodies.load(Ordering::Relaxed);
-    match violations {
-        0 => Ok(()),
-        n => Err(format!("{n} GETs broke read-your-writes")),
+    verdict(&checker, &failures)
+}
+
+/// `cluster.invalidation_timeout`'s default, which the nodes run with.
+const INVALIDATION_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// `ringside_invalidation_peer_failures_total` summed over the nodes, within
+/// the windows where every member was up (each opens once the ring is whole
+/// again and the write timeouts of the down window have passed, and closes
+/// before the next kill).
+#[derive(Default)]
+struct PeerFailures {
+    window_start: Vec<u64>,
+    all_up: u64,
+}
+
+impl PeerFailures {
+    async fn window_opens(&mut self, nodes: &Nodes) -> Result<(), String> {
+        self.window_start = peer_failures(nodes).await?;
+        Ok(())
+    }
+
+    async fn window_closes(&mut self, nodes: &Nodes) -> Result<(), String> {
+        let now = peer_failures(nodes).await?;
+        let grew = now
+            .iter()
+            .zip(&self.window_start)
+            .map(|(n, s)| n.saturating_sub(*s));
+        self.all_up += grew.sum::<u64>();
+        Ok(())
+    }
+}
+
+/// Each node's count of members that did not confirm an invalidation.
+async fn peer_failures(nodes: &Nodes) -> Result<Vec<u64>, String> {
+    let views = nodes.metrics().await?;
+    Ok(views.iter().map(|v| v.invalidation_peer_failures).collect())
+}
+
+/// The run fails when a GET broke read-your-writes, or when, with every
+/// member up, a write went unconfirmed or a member failed an invalidation.
+fn verdict(checker: &Checker, failures: &PeerFailures) -> Result<(), String> {
+    let c = &checker.counts;
+    let broken = c.violations.load(Ordering::Relaxed) + c.wrong_bodies.load(Ordering::Relaxed);
+    let unconfirmed = c.unconfirmed_all_up.load(Ordering::Relaxed);
+    match (broken, unconfirmed, failures.all_up) {
+        (0, 0, 0) => Ok(()),
+        (0, u, f) => Err(format!(
+            "with every member up, {u} writes went unconfirmed and {f} invalidations failed"
+        )),
+        (n, _, _) => Err(format!("{n} GETs broke read-your-writes")),
     }
 }
 
@@ -136,6 +193,7 @@ fn report(
     took: Duration,
     kills: usize,
     rss: &[Vec<u64>],
+    failures: &PeerFailures,
 ) {
     let c = &checker.counts;
     let n = |a: &AtomicU64| a.load(Ordering::Relaxed);
@@ -152,19 +210,24 @@ fn report(
         n(&c.put_errors),
         origin.hits()
     );
+    println!(
+        "invalidation peer failures while every member was up: {}",
+        failures.all_up
+    );
     println!("resident memory (MiB) per node, before each kill and at the end: {rss:?}");
     for v in checker.first_violations.lock().unwrap().iter() {
         println!("violation: {v}");
     }
     println!(
         "RESULT read_your_writes violations={} wrong_bodies={} gets={} confirmed_puts={} \
-         unconfirmed_all_up={} unconfirmed_one_down={}",
+         unconfirmed_all_up={} unconfirmed_one_down={} peer_failures_all_up={}",
         n(&c.violations),
         n(&c.wrong_bodies),
         n(&c.gets),
         n(&c.confirmed_puts),
         n(&c.unconfirmed_all_up),
-        n(&c.unconfirmed_one_down)
+        n(&c.unconfirmed_one_down),
+        failures.all_up
     );
 }
 

@@ -432,6 +432,13 @@ impl Cluster {
         Ok(status)
     }
 
+    /// A client for this node's peer requests: over peer TLS when it is on,
+    /// and from this node's member address.
+    pub fn peer_client(&self) -> OriginClient {
+        let source = self.me.parse::<std::net::SocketAddr>().ok().map(|a| a.ip());
+        OriginClient::new(self.tls.clone()).with_peer_source(source)
+    }
+
     /// Check a request that arrived on the peer listener: signed by a member
     /// for this node, and not seen before.
     pub fn verify_request(&self, request: &RequestHeader) -> Result<(), Refusal> {

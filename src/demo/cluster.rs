@@ -211,16 +211,22 @@ impl Nodes {
         self.nodes.iter().map(|n| n.proxy_addr).collect()
     }
 
+    /// Each node's `/metrics`, now.
+    pub async fn metrics(&self) -> Result<Vec<RingsideView>, String> {
+        let mut views = Vec::new();
+        for node in &self.nodes {
+            views.push(fetch_metrics(node).await?);
+        }
+        Ok(views)
+    }
+
     /// Each node's `/metrics`, once together they have counted `requests`
     /// client requests (the last few are counted just after their
     /// responses); after a second, take whatever they say.
     pub async fn settled_metrics(&self, requests: u64) -> Result<Vec<RingsideView>, String> {
         let deadline = Instant::now() + Duration::from_secs(1);
         loop {
-            let mut views = Vec::new();
-            for node in &self.nodes {
-                views.push(fetch_metrics(node).await?);
-            }
+            let views = self.metrics().await?;
             let total: u64 = views.iter().map(RingsideView::total).sum();
             if total >= requests || Instant::now() > deadline {
                 return Ok(views);

@@ -62,6 +62,9 @@ pub struct RingsideView {
     /// `ringside_cache_entries` and `ringside_cache_bytes`: this node's own keys.
     pub cache_entries: u64,
     pub cache_bytes: u64,
+    /// `ringside_invalidation_peer_failures_total`: members that did not
+    /// confirm a write's invalidation in time.
+    pub invalidation_peer_failures: u64,
 }
 
 impl RingsideView {
@@ -84,6 +87,9 @@ impl RingsideView {
                 "ringside_ring_members" => view.ring_members = value,
                 "ringside_cache_entries" => view.cache_entries = value,
                 "ringside_cache_bytes" => view.cache_bytes = value,
+                "ringside_invalidation_peer_failures_total" => {
+                    view.invalidation_peer_failures += value
+                }
                 _ => {}
             }
         }

@@ -31,12 +31,7 @@ pub(super) async fn answered(
         if status == http::StatusCode::OK
             && cache_rules::head_describes_stored(&stale.header.headers, &response.header.headers)
         {
-            let refresh = Refresh {
-                stale,
-                not_modified: response.header.clone(),
-                request_time: response.request_time,
-                response_time: response.response_time,
-            };
+            let refresh = Refresh::new(stale, &response);
             response.finish(&filler.client).await;
             return revalidated(&filler, flight, &job, &whole, refresh, leader);
         }

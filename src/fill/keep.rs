@@ -210,6 +210,19 @@ pub(super) struct Refresh {
     pub(super) response_time: SystemTime,
 }
 
+impl Refresh {
+    /// `response` (a 304, or a 200 to a HEAD that describes the copy)
+    /// answering for `stale`.
+    pub(super) fn new(stale: Arc<CachedObject>, response: &OriginResponse) -> Refresh {
+        Refresh {
+            stale,
+            not_modified: response.header.clone(),
+            request_time: response.request_time,
+            response_time: response.response_time,
+        }
+    }
+}
+
 /// A 304 refreshed the stale copy (RFC 9111 §4.3.4). A Set-Cookie in the 304
 /// belongs to the client whose request caused it: it goes to the leader and
 /// never into the store (a background refresh, with no leader, drops it).

@@ -294,12 +294,7 @@ async fn run(
     }
     if status == http::StatusCode::NOT_MODIFIED {
         if let Some(stale) = job.stale.clone() {
-            let refresh = Refresh {
-                stale,
-                not_modified: response.header.clone(),
-                request_time: response.request_time,
-                response_time: response.response_time,
-            };
+            let refresh = Refresh::new(stale, &response);
             response.finish(&filler.client).await;
             return revalidated(&filler, flight, &job, &whole, refresh, leader);
         }

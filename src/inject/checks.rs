@@ -228,7 +228,7 @@ mod tests {
     #[test]
     fn unfit_pods_are_named() {
         let s = Settings::default();
-        let o = s.pod_options(&json!({})).unwrap();
+        let o = s.pod_options(&json!({}), "shop").unwrap();
         let host = json!({"spec": {"hostNetwork": true, "containers": []}});
         assert_eq!(unfit(&host, &o).unwrap().0, "host_network");
         let taken = json!({"spec": {"containers": [

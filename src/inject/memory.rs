@@ -24,6 +24,18 @@
 const MIB: u64 = 1 << 20;
 const KIB: u64 = 1 << 10;
 
+/// A cache capacity, the formula's input: a ringside size (`512MiB`) or a
+/// Kubernetes quantity (`512Mi`, `1Gi`), in bytes.
+pub fn parse_capacity(v: &str) -> Option<u64> {
+    let v = v.trim();
+    for (k8s, ours) in [("Ki", "KiB"), ("Mi", "MiB"), ("Gi", "GiB")] {
+        if let Some(num) = v.strip_suffix(k8s) {
+            return crate::config::parse_size(&format!("{num}{ours}"));
+        }
+    }
+    crate::config::parse_size(v)
+}
+
 /// Resident memory per byte of cache capacity, as a percentage (1.15 x).
 pub const FOOTPRINT_PERCENT: u64 = 115;
 /// The process itself: runtime, threads, allocator, metrics, pools.
@@ -152,6 +164,14 @@ impl Memory {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn capacities() {
+        assert_eq!(parse_capacity("512Mi"), Some(512 * MIB));
+        assert_eq!(parse_capacity("512MiB"), Some(512 * MIB));
+        assert_eq!(parse_capacity("1Gi"), Some(1024 * MIB));
+        assert_eq!(parse_capacity("lots"), None);
+    }
 
     #[test]
     fn quantities() {

@@ -2,8 +2,9 @@
 //! sidecar to Pods annotated `ringside.io/inject: "true"`.
 //!
 //! This module owns the command's flags ([`InjectArgs`]) and the HTTPS
-//! server; what is injected lives in [`sidecar`], the AdmissionReview
-//! envelope in [`review`]. The server is a pingora HTTP app on a rustls TLS
+//! server; what is injected lives in [`sidecar`], what the chart says about
+//! each of its apps (capacity, peer TLS, the Secrets of injected headers) in
+//! [`apps`], the AdmissionReview envelope in [`review`]. The server is a pingora HTTP app on a rustls TLS
 //! listener (the same runtime as the proxy, no second HTTP stack):
 //!
 //! * `POST /mutate`: AdmissionReview v1 in, AdmissionReview out; an
@@ -25,6 +26,7 @@
 //! renewal takes effect within a second of the kubelet swapping the files,
 //! no restart.
 
+pub mod apps;
 pub mod checks;
 pub mod memory;
 pub mod pod;
@@ -33,6 +35,7 @@ pub mod sidecar;
 
 use crate::net::tls_files::CertificateFiles;
 use crate::net::watched_files::Watched;
+use apps::{AppFlags, AppSidecars};
 use async_trait::async_trait;
 use http::{Method, Response, StatusCode};
 use pingora::apps::http_app::ServeHttp;
@@ -152,12 +155,25 @@ pub struct InjectArgs {
     /// /etc/ringside-peer-tls, where the app's ConfigMap expects it.
     #[arg(long, value_delimiter = ',')]
     pub peer_tls_secrets: Vec<String>,
+    /// The apps whose sidecars have a cache capacity of their own (the
+    /// chart's `apps[].capacity`), as NAMESPACE/APP=SIZE, comma-separated:
+    /// instead of --sidecar-capacity, for their RINGSIDE_CAPACITY and their
+    /// memory request and limit (a pod's ringside.io/capacity still wins).
+    #[arg(long, value_delimiter = ',')]
+    pub app_capacities: Vec<String>,
+    /// The Secret keys the apps' injected headers read (the chart's
+    /// `apps[].injectHeaders`), as NAMESPACE/APP=SECRET/KEY, comma-separated,
+    /// an app repeated for each key: their sidecars mount each key as the
+    /// file /etc/ringside-headers/SECRET/KEY, which the app's ConfigMap names
+    /// as the header's value_file (never an environment variable).
+    #[arg(long, value_delimiter = ',')]
+    pub app_header_secrets: Vec<String>,
 }
 
 impl InjectArgs {
     /// Check the flags and turn them into injection [`Settings`].
     pub fn settings(&self) -> Result<Settings, String> {
-        let capacity = sidecar::parse_capacity(&self.sidecar_capacity)
+        let capacity = memory::parse_capacity(&self.sidecar_capacity)
             .filter(|c| *c > 0)
             .ok_or_else(|| {
                 format!(
@@ -166,6 +182,7 @@ impl InjectArgs {
                 )
             })?;
         let (sizing, memory_request, memory_limit) = self.memory_flags(capacity)?;
+        let app_sidecars = self.app_sidecars(sizing, &memory_request, &memory_limit)?;
         if self.sidecar_image.trim().is_empty() {
             return Err("--sidecar-image: empty; expected an image reference".into());
         }
@@ -212,13 +229,29 @@ impl InjectArgs {
                     .filter(|n| !n.is_empty())
                     .collect()
             }),
-            peer_tls_secrets: self
-                .peer_tls_secrets
-                .iter()
-                .filter(|s| !s.trim().is_empty())
-                .map(|s| parse_peer_tls_secret(s.trim()))
-                .collect::<Result<Vec<_>, String>>()?,
+            app_sidecars,
         })
+    }
+
+    /// The per-app flags, each app's capacity checked against the memory
+    /// flags as --sidecar-capacity is.
+    fn app_sidecars(
+        &self,
+        sizing: memory::Sizing,
+        request: &Option<memory::Quantity>,
+        limit: &Option<memory::Quantity>,
+    ) -> Result<AppSidecars, String> {
+        let apps = AppSidecars::from_flags(AppFlags {
+            capacities: &self.app_capacities,
+            peer_tls_secrets: &self.peer_tls_secrets,
+            header_secrets: &self.app_header_secrets,
+        })?;
+        for (app, capacity) in apps.capacities() {
+            memory::Memory::resolve(capacity, sizing, request.clone(), limit.clone()).map_err(
+                |why| format!("--memory-request, --memory-limit, --app-capacities ({app}): {why}"),
+            )?;
+        }
+        Ok(apps)
     }
 
     /// The memory flags: how requests and limits are sized, and the explicit
@@ -294,21 +327,6 @@ type MemoryFlags = (
     Option<memory::Quantity>,
     Option<memory::Quantity>,
 );
-
-/// `NAMESPACE/APP=SECRET` of `--peer-tls-secrets`.
-fn parse_peer_tls_secret(text: &str) -> Result<(String, String, String), String> {
-    let parsed = text.split_once('=').and_then(|(app, secret)| {
-        let (namespace, name) = app.split_once('/')?;
-        let parts = [namespace, name, secret];
-        parts
-            .iter()
-            .all(|p| !p.is_empty())
-            .then(|| parts.map(str::to_string).into())
-    });
-    parsed.ok_or_else(|| {
-        format!("--peer-tls-secrets: {text:?} is invalid; expected NAMESPACE/APP=SECRET")
-    })
-}
 
 /// The webhook's HTTP app.
 pub struct Webhook {

@@ -3,6 +3,7 @@
 //! both the injection (`sidecar`) and the warnings about a pod (`checks`)
 //! read from.
 
+use super::apps::HeaderSecrets;
 use super::memory::Memory;
 
 /// Annotation that asks for injection (`"true"`).
@@ -86,6 +87,9 @@ pub struct PodOptions {
     pub wait_before_exit_seconds: u32,
     /// The app's peer TLS Secret, mounted at the sidecar's `PEER_TLS_DIR`.
     pub peer_tls_secret: Option<String>,
+    /// The Secret keys the app's injected headers read, mounted as files
+    /// under the sidecar's `HEADER_SECRETS_DIR`.
+    pub header_secrets: HeaderSecrets,
     /// Proxy worker threads (`RINGSIDE_THREADS`).
     pub threads: u32,
 }

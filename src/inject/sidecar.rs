@@ -8,10 +8,11 @@
 //! `serde_json::Value`: unit-testable without a server, and tolerant of any
 //! pod shape the API server may send (missing arrays, maps or fields).
 
+use super::apps::{AppSidecar, AppSidecars, HeaderSecrets};
 use super::checks;
-use super::memory::{Memory, Quantity, Sizing, QUANTITY_HINT};
+use super::memory::{parse_capacity, Memory, Quantity, Sizing, QUANTITY_HINT};
 use super::pod::*; // the annotations and PodOptions
-use crate::config::{parse_size, OriginUrl};
+use crate::config::OriginUrl;
 use serde_json::{json, Map, Value};
 
 /// Longest wait before exit accepted (beyond it the pod's grace period ends first).
@@ -41,6 +42,13 @@ pub const SECRET_DIR: &str = "/etc/ringside-secret";
 pub const PEER_TLS_VOLUME: &str = "ringside-peer-tls";
 /// Where it is mounted (the app's ConfigMap names the files there).
 pub const PEER_TLS_DIR: &str = "/etc/ringside-peer-tls";
+/// Volume holding the Secret keys an app's injected headers read (a
+/// projected volume: one source per Secret, only the keys named).
+pub const HEADER_SECRETS_VOLUME: &str = "ringside-headers";
+/// Where it is mounted: key KEY of Secret SECRET is the file
+/// `HEADER_SECRETS_DIR/SECRET/KEY`, the header's `value_file` in the app's
+/// ConfigMap (read again when the kubelet updates the Secret).
+pub const HEADER_SECRETS_DIR: &str = "/etc/ringside-headers";
 
 const MIB: u64 = 1 << 20;
 
@@ -94,9 +102,10 @@ pub struct Settings {
     /// chart's release, apps' and `namespaces`): a pod of no app elsewhere
     /// could not start. None: not checked.
     pub config_namespaces: Option<Vec<String>>,
-    /// The apps whose peers speak mutual TLS, as (namespace, app, Secret):
-    /// their sidecars mount the Secret at [`PEER_TLS_DIR`].
-    pub peer_tls_secrets: Vec<(String, String, String)>,
+    /// What each app's sidecars get besides these: capacity, peer TLS
+    /// Secret (mounted at [`PEER_TLS_DIR`]), the Secrets of injected headers
+    /// (at [`HEADER_SECRETS_DIR`]).
+    pub app_sidecars: AppSidecars,
 }
 
 impl Default for Settings {
@@ -122,7 +131,7 @@ impl Default for Settings {
             security_context: default_security_context(),
             apps: None,
             config_namespaces: None,
-            peer_tls_secrets: Vec::new(),
+            app_sidecars: AppSidecars::default(),
         }
     }
 }
@@ -202,6 +211,20 @@ fn annotated_origin(pod: &Value) -> Result<Option<String>, String> {
     Ok(Some(v.trim().to_string()))
 }
 
+/// The capacity annotation, or `default` (the app's, else the release's).
+fn annotated_capacity(pod: &Value, default: u64) -> Result<u64, String> {
+    let Some(v) = annotation(pod, ANNOTATION_CAPACITY) else {
+        return Ok(default);
+    };
+    match parse_capacity(v) {
+        Some(c) if c > 0 => Ok(c),
+        _ => Err(format!(
+            "annotation {ANNOTATION_CAPACITY}: {v:?} is invalid; expected a size \
+             such as \"512MiB\", \"512Mi\", \"1GiB\" or a byte count"
+        )),
+    }
+}
+
 fn annotation<'a>(pod: &'a Value, key: &str) -> Option<&'a str> {
     annotations(pod)?.get(key)?.as_str()
 }
@@ -256,8 +279,9 @@ impl Settings {
         }
     }
 
-    /// Apply the pod's annotations; an unusable value is an error naming the annotation.
-    pub fn pod_options(&self, pod: &Value) -> Result<PodOptions, String> {
+    /// Apply the pod's app (its `ringside.io/app` in `namespace`) and
+    /// annotations; an unusable value is an error naming the annotation.
+    pub fn pod_options(&self, pod: &Value, namespace: &str) -> Result<PodOptions, String> {
         if let Some(v) = annotation(pod, ANNOTATION_PEER_PORT) {
             return Err(format!(
                 "annotation {ANNOTATION_PEER_PORT}: {v:?} is not supported: peers dial every \
@@ -266,7 +290,15 @@ impl Settings {
                 self.peer_port
             ));
         }
-        let capacity = self.annotated_capacity(pod)?;
+        let app = self
+            .app_sidecars
+            .get(namespace, annotation(pod, ANNOTATION_APP));
+        let capacity = annotated_capacity(pod, app.capacity.unwrap_or(self.capacity))?;
+        let AppSidecar {
+            peer_tls_secret,
+            header_secrets,
+            ..
+        } = app;
         let opts = PodOptions {
             origin: annotated_origin(pod)?,
             capacity,
@@ -277,7 +309,8 @@ impl Settings {
             native: self.annotated_native(pod)?,
             config_map: self.annotated_config_map(pod)?,
             wait_before_exit_seconds: self.annotated_wait_before_exit(pod)?,
-            peer_tls_secret: None,
+            peer_tls_secret,
+            header_secrets,
             threads: self.annotated_threads(pod)?,
         };
         if opts.port == opts.admin_port
@@ -291,19 +324,6 @@ impl Settings {
             ));
         }
         Ok(opts)
-    }
-
-    fn annotated_capacity(&self, pod: &Value) -> Result<u64, String> {
-        let Some(v) = annotation(pod, ANNOTATION_CAPACITY) else {
-            return Ok(self.capacity);
-        };
-        match parse_capacity(v) {
-            Some(c) if c > 0 => Ok(c),
-            _ => Err(format!(
-                "annotation {ANNOTATION_CAPACITY}: {v:?} is invalid; expected a size \
-                 such as \"512MiB\", \"512Mi\", \"1GiB\" or a byte count"
-            )),
-        }
     }
 
     fn annotated_native(&self, pod: &Value) -> Result<bool, String> {
@@ -443,23 +463,18 @@ impl Settings {
                 c.remove("securityContext");
             }
         }
-        if o.peer_tls_secret.is_some() {
-            let mount =
-                json!({"name": PEER_TLS_VOLUME, "mountPath": PEER_TLS_DIR, "readOnly": true});
-            if let Some(mounts) = c["volumeMounts"].as_array_mut() {
-                mounts.push(mount);
+        if let Some(mounts) = c["volumeMounts"].as_array_mut() {
+            if o.peer_tls_secret.is_some() {
+                mounts.push(
+                    json!({"name": PEER_TLS_VOLUME, "mountPath": PEER_TLS_DIR, "readOnly": true}),
+                );
+            }
+            if !o.header_secrets.is_empty() {
+                mounts.push(json!({"name": HEADER_SECRETS_VOLUME,
+                    "mountPath": HEADER_SECRETS_DIR, "readOnly": true}));
             }
         }
         c
-    }
-
-    /// The peer TLS Secret of `app` in `namespace`, if it has one.
-    fn peer_tls_secret(&self, app: Option<&str>, namespace: &str) -> Option<String> {
-        let app = app?.trim();
-        self.peer_tls_secrets
-            .iter()
-            .find(|(ns, name, _)| ns == namespace && name == app)
-            .map(|(_, _, secret)| secret.clone())
     }
 
     /// Decide what to do with one pod object created in `namespace`, asked
@@ -469,7 +484,7 @@ impl Settings {
         let mut warnings = checks::near_misses(pod);
         match &decision {
             Decision::Patch(..) => {
-                if let Ok(opts) = self.pod_options(pod) {
+                if let Ok(opts) = self.pod_options(pod, namespace) {
                     warnings.extend(checks::ignored(pod, &opts));
                 }
             }
@@ -499,11 +514,10 @@ impl Settings {
             AskedBy::Pod => Decision::Deny(reason, why),
             AskedBy::Namespace => Decision::Skip(reason, why),
         };
-        let mut opts = match self.pod_options(pod) {
+        let opts = match self.pod_options(pod, namespace) {
             Ok(o) => o,
             Err(e) => return Decision::Deny("invalid_annotation", e),
         };
-        opts.peer_tls_secret = self.peer_tls_secret(annotation(pod, ANNOTATION_APP), namespace);
         if let (Some(app), Some(apps)) = (annotation(pod, ANNOTATION_APP), &self.apps) {
             if let Some(why) = checks::unknown_app(app.trim(), namespace, apps) {
                 return Decision::Deny("unknown_app", why);
@@ -519,13 +533,17 @@ impl Settings {
         if let Some((reason, why)) = checks::unfit(pod, &opts) {
             return refuse(reason, why);
         }
-        let summary = format!(
+        let mut summary = format!(
             "{} sidecar, ConfigMap {}, memory {}/{}",
             if opts.native { "native" } else { "regular" },
             opts.config_map,
             opts.memory.request.text,
             opts.memory.limit.text
         );
+        if !opts.header_secrets.is_empty() {
+            let names: Vec<&str> = opts.header_secrets.keys().map(String::as_str).collect();
+            summary.push_str(&format!(", header Secrets {}", names.join(", ")));
+        }
         Decision::Patch(self.patch(pod, &opts), summary, by)
     }
 
@@ -554,6 +572,9 @@ impl Settings {
         if let Some(secret) = &o.peer_tls_secret {
             volumes.push(json!({"name": PEER_TLS_VOLUME, "secret": {"secretName": secret}}));
         }
+        if let Some(volume) = header_secrets_volume(&o.header_secrets) {
+            volumes.push(volume);
+        }
         if has("volumes") {
             for v in volumes {
                 ops.push(json!({"op": "add", "path": "/spec/volumes/-", "value": v}));
@@ -573,6 +594,24 @@ impl Settings {
         }
         Value::Array(ops)
     }
+}
+
+/// The projected volume of the Secret keys an app's injected headers read:
+/// key KEY of Secret SECRET at `SECRET/KEY`, only the keys named (the chart's
+/// `ringside.sidecarVolumes` writes the same); None when there are none.
+fn header_secrets_volume(secrets: &HeaderSecrets) -> Option<Value> {
+    let sources: Vec<Value> = secrets
+        .iter()
+        .map(|(secret, keys)| {
+            let items: Vec<Value> = keys
+                .iter()
+                .map(|key| json!({"key": key, "path": format!("{secret}/{key}")}))
+                .collect();
+            json!({"secret": {"name": secret, "items": items}})
+        })
+        .collect();
+    (!sources.is_empty())
+        .then(|| json!({"name": HEADER_SECRETS_VOLUME, "projected": {"sources": sources}}))
 }
 
 /// The skip for a pod not asked for: by its own annotation (only "true"
@@ -613,17 +652,6 @@ pub fn escape_pointer(key: &str) -> String {
     key.replace('~', "~0").replace('/', "~1")
 }
 
-/// ringside sizes (`512MiB`) and Kubernetes quantities (`512Mi`, `1Gi`).
-pub fn parse_capacity(v: &str) -> Option<u64> {
-    let v = v.trim();
-    for (k8s, ours) in [("Ki", "KiB"), ("Mi", "MiB"), ("Gi", "GiB")] {
-        if let Some(num) = v.strip_suffix(k8s) {
-            return parse_size(&format!("{num}{ours}"));
-        }
-    }
-    parse_size(v)
-}
-
 fn is_dns_label(s: &str) -> bool {
     !s.is_empty()
         && s.len() <= 63
@@ -660,23 +688,84 @@ mod tests {
     }
 
     #[test]
-    fn sizes() {
-        assert_eq!(parse_capacity("512Mi"), Some(512 * MIB));
-        assert_eq!(parse_capacity("512MiB"), Some(512 * MIB));
-        assert_eq!(parse_capacity("1Gi"), Some(1024 * MIB));
-        assert_eq!(parse_capacity("lots"), None);
-    }
-
-    #[test]
     fn resources_follow_capacity() {
         let s = Settings::default();
         let o = s
-            .pod_options(&pod(json!({ANNOTATION_CAPACITY: "128Mi"})))
+            .pod_options(&pod(json!({ANNOTATION_CAPACITY: "128Mi"})), "shop")
             .unwrap();
         let c = s.container(&o);
         // 1.15 x 128 MiB + 40 MiB + 256 x 40 KiB = 197.2 MiB; + 128 MiB headroom.
         assert_eq!(c["resources"]["requests"]["memory"], "198Mi");
         assert_eq!(c["resources"]["limits"]["memory"], "326Mi");
+    }
+
+    #[test]
+    fn an_apps_capacity_and_header_secrets_reach_its_pods_only() {
+        let capacities = vec!["shop/catalog=1GiB".to_string()];
+        let headers = vec![
+            "shop/catalog=partner-key/token".to_string(),
+            "shop/catalog=billing/key".to_string(),
+        ];
+        let s = Settings {
+            app_sidecars: AppSidecars::from_flags(super::super::apps::AppFlags {
+                capacities: &capacities,
+                header_secrets: &headers,
+                ..Default::default()
+            })
+            .unwrap(),
+            ..Settings::default()
+        };
+        let catalog = pod(json!({ANNOTATION_APP: "catalog"}));
+        let o = s.pod_options(&catalog, "shop").unwrap();
+        let c = s.container(&o);
+        let env = |name: &str| {
+            c["env"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .find(|e| e["name"] == name)
+                .cloned()
+        };
+        assert_eq!(env("RINGSIDE_CAPACITY").unwrap()["value"], "1073741824");
+        // 1.15 x 1 GiB + 40 MiB + 10 MiB = 1227.6 MiB.
+        assert_eq!(c["resources"]["requests"]["memory"], "1228Mi");
+        let mount = json!({"name": HEADER_SECRETS_VOLUME, "mountPath": HEADER_SECRETS_DIR,
+            "readOnly": true});
+        assert!(
+            c["volumeMounts"].as_array().unwrap().contains(&mount),
+            "{c}"
+        );
+        assert!(!c.to_string().contains("secretKeyRef"), "{c}");
+        let volume = json!({"name": HEADER_SECRETS_VOLUME, "projected": {"sources": [
+            {"secret": {"name": "billing", "items": [{"key": "key", "path": "billing/key"}]}},
+            {"secret": {"name": "partner-key",
+                        "items": [{"key": "token", "path": "partner-key/token"}]}},
+        ]}});
+        let ops = s.patch(&catalog, &o);
+        let volumes = ops
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|op| op["path"] == "/spec/volumes");
+        assert!(
+            volumes.unwrap()["value"]
+                .as_array()
+                .unwrap()
+                .contains(&volume),
+            "{ops}"
+        );
+        // A pod's own annotation still wins over the app's capacity.
+        let sized = pod(json!({ANNOTATION_APP: "catalog", ANNOTATION_CAPACITY: "64Mi"}));
+        assert_eq!(s.pod_options(&sized, "shop").unwrap().capacity, 64 * MIB);
+        // The same name in another namespace is another app.
+        let elsewhere = s.pod_options(&catalog, "web").unwrap();
+        assert_eq!(elsewhere.capacity, 256 * MIB);
+        let c = s.container(&elsewhere);
+        assert!(!c.to_string().contains(HEADER_SECRETS_DIR), "{c}");
+        assert!(!s
+            .patch(&catalog, &elsewhere)
+            .to_string()
+            .contains("projected"));
     }
 
     #[test]

@@ -179,6 +179,11 @@ pub struct OriginClient {
     peer_tls: Option<Arc<PeerTls>>,
     /// Connections of the peer channel, by peer (`channel/`).
     channels: Channels,
+    /// The address peer connections are made from: this node's member
+    /// address, which a receiver without peer TLS checks the sender's
+    /// connection against (`proxy/peer.rs`, `proxy/channel.rs`). None:
+    /// the kernel's choice.
+    peer_source: Option<std::net::IpAddr>,
 }
 
 /// Where a fetch hands the interim (1xx) responses that come before the
@@ -204,7 +209,16 @@ impl OriginClient {
             idle: IdlePool::default(),
             peer_tls,
             channels: Channels::default(),
+            peer_source: None,
         }
+    }
+
+    /// The same client, making its peer connections from `ip` (this
+    /// node's member address; an unspecified one leaves the choice to the
+    /// kernel).
+    pub fn with_peer_source(mut self, ip: Option<std::net::IpAddr>) -> OriginClient {
+        self.peer_source = ip.filter(|ip| !ip.is_unspecified());
+        self
     }
 
     /// Send `request` (origin-form path, headers already cleaned) and wait for
@@ -296,6 +310,11 @@ impl OriginClient {
         peer.options.idle_timeout = Some(Duration::from_secs(60));
         if let Some(tls) = &self.peer_tls {
             tls.configure(&mut peer, addr);
+        }
+        if let Some(ip) = self.peer_source {
+            let mut bind = pingora::connectors::l4::BindTo::default();
+            bind.addr = Some(std::net::SocketAddr::new(ip, 0));
+            peer.options.bind_to = Some(bind);
         }
         Ok(peer)
     }

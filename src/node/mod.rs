@@ -42,7 +42,9 @@ impl Node {
     ) -> Result<Node, String> {
         let filler = Arc::new(Filler {
             flights: Group::new(),
-            client: OriginClient::new(cluster.as_ref().and_then(|c| c.tls.clone())),
+            client: cluster
+                .as_ref()
+                .map_or_else(|| OriginClient::new(None), |c| c.peer_client()),
             store: Arc::new(store),
             cluster,
             asking_previous: Default::default(),

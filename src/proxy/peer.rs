@@ -108,18 +108,19 @@ pub async fn admit(
     }
 }
 
+/// The sender a peer request names (signed with it), or "".
+fn claimed_sender(session: &Session) -> &str {
+    let from = session.req_header().headers.get(&peers::FROM);
+    from.and_then(|v| v.to_str().ok()).unwrap_or_default()
+}
+
 /// With `cluster.tls`: the connection's certificate, for the request's
 /// signed sender.
 fn check_certificate(cluster: &Cluster, session: &Session) -> Result<(), TlsRefusal> {
     let Some(tls) = &cluster.tls else {
         return Ok(());
     };
-    let from = session
-        .req_header()
-        .headers
-        .get(&peers::FROM)
-        .and_then(|v| v.to_str().ok())
-        .unwrap_or_default();
+    let from = claimed_sender(session);
     let ssl = session.digest().and_then(|d| d.ssl_digest.as_deref());
     tls.check_sender(ssl, from, cluster.is_member(from))
 }
@@ -130,12 +131,7 @@ fn check_address(rs: &Ringside, cluster: &Cluster, session: &Session) -> Result<
     if cluster.tls.is_some() || !rs.node.config.cluster.check_sender_address {
         return Ok(());
     }
-    let from = session
-        .req_header()
-        .headers
-        .get(&peers::FROM)
-        .and_then(|v| v.to_str().ok())
-        .unwrap_or_default();
+    let from = claimed_sender(session);
     let Ok(claimed) = crate::net::peer_tls::host(from).parse::<IpAddr>() else {
         return Ok(());
     };

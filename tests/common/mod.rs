@@ -175,6 +175,42 @@ impl Drop for Ringside {
     }
 }
 
+/// A directory of its own under the system's temp dir, removed with all it
+/// holds when dropped (a test's files never outlive it).
+pub struct ScratchDir(PathBuf);
+
+impl ScratchDir {
+    /// `ringside-{what}-{pid}-{n}`, created empty.
+    pub fn new(what: &str) -> ScratchDir {
+        use std::sync::atomic::{AtomicUsize, Ordering};
+        static N: AtomicUsize = AtomicUsize::new(0);
+        let n = N.fetch_add(1, Ordering::Relaxed);
+        let name = format!("ringside-{what}-{}-{n}", std::process::id());
+        let dir = std::env::temp_dir().join(name);
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).expect("a scratch directory");
+        ScratchDir(dir)
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.0
+    }
+}
+
+impl std::ops::Deref for ScratchDir {
+    type Target = Path;
+
+    fn deref(&self) -> &Path {
+        &self.0
+    }
+}
+
+impl Drop for ScratchDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
 /// Run ringside on `config_path`, appending its output to `log_path`.
 fn spawn(config_path: &Path, log_path: &Path) -> Process {
     let mut command = Command::new(env!("CARGO_BIN_EXE_ringside"));

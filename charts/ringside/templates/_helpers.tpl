@@ -117,6 +117,78 @@ webhook mounts SECRET into their sidecars. */}}
 {{- join "," $list -}}
 {{- end -}}
 
+{{/* The apps entry named .app (for ringside.sidecar), as JSON; {} for none. */}}
+{{- define "ringside.appNamed" -}}
+{{- $name := .app | default "" -}}
+{{- $found := dict -}}
+{{- range .Values.apps -}}
+{{- if eq .name $name }}{{ $found = . }}{{ end -}}
+{{- end -}}
+{{- toJson $found -}}
+{{- end -}}
+
+{{/* The cache capacity of an app's sidecars and the value that says it, as
+JSON {"capacity", "field"}: apps[].capacity, else sidecar.capacity. Takes
+(dict "root" $ "app" $app-or-empty). */}}
+{{- define "ringside.capacity" -}}
+{{- if and .app .app.capacity -}}
+{{- dict "capacity" .app.capacity "field" (printf "apps[%s].capacity" .app.name) | toJson -}}
+{{- else -}}
+{{- dict "capacity" .root.Values.sidecar.capacity "field" "sidecar.capacity" | toJson -}}
+{{- end -}}
+{{- end -}}
+
+{{/* The apps with a capacity of their own as NAMESPACE/APP=SIZE,
+comma-separated: the webhook sizes their sidecars by it. */}}
+{{- define "ringside.appCapacityList" -}}
+{{- $root := . -}}
+{{- $list := list -}}
+{{- range $app := .Values.apps -}}
+{{- with $app.capacity -}}
+{{- $list = append $list (printf "%s/%s=%s" (include "ringside.appNamespace" (dict "root" $root "app" $app)) $app.name .) -}}
+{{- end -}}
+{{- end -}}
+{{- join "," $list -}}
+{{- end -}}
+
+{{/* Where the Secrets of an app's injected headers are mounted: key KEY of
+Secret SECRET is the file <dir>/SECRET/KEY (src/inject/sidecar.rs,
+HEADER_SECRETS_DIR). */}}
+{{- define "ringside.headerSecretsDir" -}}/etc/ringside-headers{{- end -}}
+
+{{/* The Secrets an app's injectHeaders read, as a JSON list of {"secret",
+"keys"}: each Secret once, sorted by name, its keys sorted (the webhook
+mounts them in the same order). Takes the app (or {}). */}}
+{{- define "ringside.headerSecrets" -}}
+{{- $bySecret := dict -}}
+{{- range (.injectHeaders | default list) -}}
+{{- $keys := get $bySecret .secret | default list -}}
+{{- $_ := set $bySecret .secret (append $keys .key | uniq | sortAlpha) -}}
+{{- end -}}
+{{- $out := list -}}
+{{- range $secret := keys $bySecret | sortAlpha -}}
+{{- $out = append $out (dict "secret" $secret "keys" (get $bySecret $secret)) -}}
+{{- end -}}
+{{- toJson $out -}}
+{{- end -}}
+
+{{/* Every app's header Secret keys as NAMESPACE/APP=SECRET/KEY,
+comma-separated: the webhook mounts them into the app's sidecars. */}}
+{{- define "ringside.headerSecretList" -}}
+{{- $root := . -}}
+{{- $list := list -}}
+{{- range $app := .Values.apps -}}
+{{- $namespace := include "ringside.appNamespace" (dict "root" $root "app" $app) -}}
+{{- range include "ringside.headerSecrets" $app | fromJsonArray -}}
+{{- $secret := .secret -}}
+{{- range .keys -}}
+{{- $list = append $list (printf "%s/%s=%s/%s" $namespace $app.name $secret .) -}}
+{{- end -}}
+{{- end -}}
+{{- end -}}
+{{- join "," $list -}}
+{{- end -}}
+
 {{/* The peer TLS Secret of the app named .app (for ringside.sidecar), or "". */}}
 {{- define "ringside.appPeerTlsSecret" -}}
 {{- $name := .app | default "" -}}
@@ -140,18 +212,28 @@ apps + namespaces (for pods of no app, e.g. namespace-wide injection). */}}
 {{- end -}}
 
 {{/*
-ringside config.yaml: (dict "root" $ "app" $app-or-nil). With an app, the
-cluster is on and finds its peers through the app's headless Service.
-Listen addresses are also set per pod by RINGSIDE_LISTEN/RINGSIDE_ADMIN_LISTEN.
+ringside config.yaml: (dict "root" $ "app" $app-or-nil), in four layers:
+1. what the chart derives: listen addresses (also set per pod by
+   RINGSIDE_LISTEN / RINGSIDE_ADMIN_LISTEN), log level, cache capacity
+   (apps[].capacity, else sidecar.capacity), origin (apps[].origin, else
+   sidecar.origin) and, with an app, the cluster, whose peers are found
+   through the app's headless Service;
+2. sidecar.extraConfig, merged over it (ringside.mergeInto);
+3. with an app, apps[].config, merged over that;
+4. with an app, apps[].injectHeaders, appended to the inject_headers of the
+   origin they name (ringside.addInjectHeaders).
+Fields the chart sets from values of its own are refused in 2 and 3
+(ringside.checkOverlay), naming the value to set instead.
 */}}
 {{- define "ringside.config" -}}
 {{- $v := .root.Values -}}
 {{- $s := $v.sidecar -}}
+{{- $capacity := include "ringside.capacity" . | fromJson -}}
 {{- $cfg := dict
   "listen" (printf "127.0.0.1:%d" (int $s.port))
   "admin_listen" (printf "0.0.0.0:%d" (int $s.adminPort))
   "log_level" $s.logLevel
-  "cache" (dict "capacity" $s.capacity) -}}
+  "cache" (dict "capacity" $capacity.capacity) -}}
 {{- $origin := $s.origin -}}
 {{- if and .app .app.origin }}{{ $origin = .app.origin }}{{ end -}}
 {{- if $origin }}{{ $_ := set $cfg "origin" (dict "url" $origin) }}{{ end -}}
@@ -171,8 +253,131 @@ certificate names the peers' Service, shared by every replica. */ -}}
   "peer_name" $dns) -}}
 {{- end -}}
 {{- end -}}
-{{- $cfg = mustMergeOverwrite $cfg (deepCopy $s.extraConfig) -}}
+{{- $extra := $s.extraConfig | default dict -}}
+{{- include "ringside.checkOverlay" (dict "field" "sidecar.extraConfig" "config" $extra) -}}
+{{- include "ringside.mergeInto" (dict "dst" $cfg "src" $extra) -}}
+{{- if .app -}}
+{{- $own := .app.config | default dict -}}
+{{- include "ringside.checkOverlay" (dict "field" (printf "apps[%s].config" .app.name) "config" $own) -}}
+{{- include "ringside.mergeInto" (dict "dst" $cfg "src" $own) -}}
+{{- include "ringside.addInjectHeaders" (dict "cfg" $cfg "app" .app) -}}
+{{- end -}}
 {{- toYaml $cfg -}}
+{{- end -}}
+
+{{/*
+Merge .src into .dst, in place (the merge of sidecar.extraConfig and
+apps[].config): for each key of .src, where both values are maps they are
+merged the same way, key by key; otherwise the value of .src replaces that
+of .dst, whatever it is: a list replaces the whole list (an app's
+cache.rules are its rules, not the global ones plus its own), and false, 0,
+"" and [] replace too. Keys .src does not have keep .dst's value. Written
+out here rather than left to Sprig's mergeOverwrite, whose handling of empty
+values follows the mergo version of the Helm that renders it. .dst must be
+the chart's own copy: what .src gives is copied in.
+*/}}
+{{- define "ringside.mergeInto" -}}
+{{- $dst := .dst -}}
+{{- range $key, $value := .src -}}
+{{- $current := get $dst $key -}}
+{{- if and (kindIs "map" $value) (kindIs "map" $current) -}}
+{{- include "ringside.mergeInto" (dict "dst" $current "src" $value) -}}
+{{- else -}}
+{{- $_ := set $dst $key (deepCopy $value) -}}
+{{- end -}}
+{{- end -}}
+{{- end -}}
+
+{{/*
+Refuse, in config merged over the chart's (.config, written at .field:
+sidecar.extraConfig or apps[NAME].config), the fields the chart sets itself
+or that would put a secret in a ConfigMap, naming the value to set instead.
+Injected headers come from apps[].injectHeaders only: the chart then mounts
+their Secret as a file, never an environment variable.
+*/}}
+{{- define "ringside.checkOverlay" -}}
+{{- $field := .field -}}
+{{- $config := .config -}}
+{{- $secret := "a secret in a ConfigMap is readable by anyone who may read ConfigMaps; the chart mounts it from the peer Secret as a file" -}}
+{{- $owned := dict
+  "listen" "set by the chart: the sidecar listens on 127.0.0.1:<sidecar.port> (per pod: ringside.io/port)"
+  "admin_listen" "set by the chart from sidecar.adminPort (per pod: ringside.io/admin-port)"
+  "threads" "set by the chart: sidecar.threads (per pod: ringside.io/threads)"
+  "shutdown_delay" "set by the chart: sidecar.waitBeforeExitSeconds (per pod: ringside.io/wait-before-exit-seconds)"
+  "admin_token" (printf "%s (adminToken or existingPeerSecret)" $secret)
+  "admin_token_file" (printf "set by the chart: %s (adminToken or existingPeerSecret)" $secret)
+  "cache.capacity" "set by the chart from apps[].capacity, else sidecar.capacity (per pod: ringside.io/capacity), which the container's memory request and limit follow; set that instead"
+  "origin.url" "set by the chart from apps[].origin, else sidecar.origin (per pod: ringside.io/origin)"
+  "origin.inject_headers" "use apps[].injectHeaders (name, secret, key, prefix): the chart mounts the Secret into the sidecar as a file and writes the header's value_file"
+  "cluster.peer_listen" "set by the chart from sidecar.peerPort"
+  "cluster.secret" (printf "%s (peerSecret or existingPeerSecret)" $secret)
+  "cluster.secret_file" (printf "set by the chart: %s (peerSecret or existingPeerSecret)" $secret)
+  "cluster.membership" "set by the chart: an app's sidecars find each other through its headless Service"
+  "cluster.tls" "set by the chart from apps[].peerTls" -}}
+{{- range $path := keys $owned | sortAlpha -}}
+{{- $node := $config -}}
+{{- $found := true -}}
+{{- range $part := splitList "." $path -}}
+{{- if and $found (kindIs "map" $node) (hasKey $node $part) -}}
+{{- $node = index $node $part -}}
+{{- else -}}
+{{- $found = false -}}
+{{- end -}}
+{{- end -}}
+{{- if $found -}}
+{{- fail (printf "%s.%s: %s" $field $path (get $owned $path)) -}}
+{{- end -}}
+{{- end -}}
+{{- range $i, $upstream := $config.upstreams | default list -}}
+{{- if and (kindIs "map" $upstream) (hasKey $upstream "inject_headers") -}}
+{{- fail (printf "%s.upstreams[%d].inject_headers: use apps[].injectHeaders with origin: %s (name, secret, key, prefix): the chart mounts the Secret into the sidecar as a file and writes the header's value_file" $field $i ($upstream.origin | default "<the upstream's origin>")) -}}
+{{- end -}}
+{{- end -}}
+{{- end -}}
+
+{{/*
+Append an app's injectHeaders to its config (.cfg, after the merges): each
+to the inject_headers of the origin it names, the app's origin when it names
+none (or that one), else the upstream whose origin it is, with value_file
+the file its Secret key is mounted as (ringside.headerSecretsDir/SECRET/KEY).
+A header named twice for one origin, or an origin the config does not
+have, fails the render, naming the entry.
+*/}}
+{{- define "ringside.addInjectHeaders" -}}
+{{- $cfg := .cfg -}}
+{{- $app := .app -}}
+{{- $origin := dig "origin" "url" "" $cfg -}}
+{{- range $i, $h := $app.injectHeaders | default list -}}
+{{- $field := printf "apps[%s].injectHeaders[%d]" $app.name $i -}}
+{{- $target := dict -}}
+{{- if or (not $h.origin) (eq $h.origin $origin) -}}
+{{- if not (hasKey $cfg "origin") }}{{ $_ := set $cfg "origin" (dict) }}{{ end -}}
+{{- $target = $cfg.origin -}}
+{{- else -}}
+{{- $known := list -}}
+{{- $found := false -}}
+{{- range $upstream := $cfg.upstreams | default list -}}
+{{- $known = append $known ($upstream.origin | default "") -}}
+{{- if eq ($upstream.origin | default "") $h.origin -}}
+{{- $target = $upstream -}}
+{{- $found = true -}}
+{{- end -}}
+{{- end -}}
+{{- if not $found -}}
+{{- fail (printf "%s.origin: %q is neither the app's origin (%s) nor an upstream's in its config (upstreams[].origin: %s); leave it out for the app's origin" $field $h.origin ($origin | default "none: set per pod") ($known | join ", " | default "none")) -}}
+{{- end -}}
+{{- end -}}
+{{- $headers := get $target "inject_headers" | default list -}}
+{{- range $headers -}}
+{{- if eq (lower .name) (lower $h.name) -}}
+{{- fail (printf "%s.name: %s is injected into %s twice; one entry per header and origin" $field $h.name ($h.origin | default "the app's origin")) -}}
+{{- end -}}
+{{- end -}}
+{{- $entry := dict "name" $h.name "value_file" (printf "%s/%s/%s" (include "ringside.headerSecretsDir" .) $h.secret $h.key) -}}
+{{- with $h.prefix }}{{ $_ := set $entry "prefix" . }}{{ end -}}
+{{- if hasKey $h "replace" }}{{ $_ := set $entry "replace" $h.replace }}{{ end -}}
+{{- $_ := set $target "inject_headers" (append $headers $entry) -}}
+{{- end -}}
 {{- end -}}
 
 {{/*
@@ -192,7 +397,9 @@ is not set).
 */}}
 {{- define "ringside.sidecar" -}}
 {{- $s := .Values.sidecar -}}
-{{- $memory := include "ringside.memory" $s | fromJson -}}
+{{- $app := include "ringside.appNamed" . | fromJson -}}
+{{- $capacity := include "ringside.capacity" (dict "root" . "app" $app) | fromJson -}}
+{{- $memory := include "ringside.memory" (merge (dict "capacity" $capacity.capacity "capacityField" $capacity.field) $s) | fromJson -}}
 - name: ringside
   image: {{ include "ringside.image" . }}
   imagePullPolicy: {{ .Values.image.pullPolicy }}
@@ -220,7 +427,7 @@ is not set).
     - name: RINGSIDE_PEER_LISTEN
       value: "0.0.0.0:{{ $s.peerPort }}"
     - name: RINGSIDE_CAPACITY
-      value: {{ include "ringside.toBytes" $s.capacity | quote }}
+      value: {{ include "ringside.toBytes" $capacity.capacity | quote }}
     - name: RINGSIDE_THREADS
       value: {{ $s.threads | int | toString | quote }}
     {{- /* The Secret is mounted as files (ringside-secret below), never
@@ -275,6 +482,13 @@ is not set).
       mountPath: /etc/ringside-peer-tls
       readOnly: true
     {{- end }}
+    {{- /* The Secrets of the app's injected headers, as files its config
+    names (value_file), never environment variables. */}}
+    {{- if include "ringside.headerSecrets" $app | fromJsonArray }}
+    - name: ringside-headers
+      mountPath: {{ include "ringside.headerSecretsDir" . }}
+      readOnly: true
+    {{- end }}
   terminationMessagePolicy: FallbackToLogsOnError
 {{- end -}}
 
@@ -294,6 +508,22 @@ is not set).
   secret:
     secretName: {{ . }}
 {{- end }}
+{{- with include "ringside.headerSecrets" (include "ringside.appNamed" . | fromJson) | fromJsonArray }}
+{{- /* Only the keys the headers read, each at SECRET/KEY. */}}
+- name: ringside-headers
+  projected:
+    sources:
+      {{- range . }}
+      {{- $secret := .secret }}
+      - secret:
+          name: {{ $secret }}
+          items:
+            {{- range .keys }}
+            - key: {{ . }}
+              path: {{ $secret }}/{{ . }}
+            {{- end }}
+      {{- end }}
+{{- end }}
 {{- end -}}
 
 {{/*
@@ -303,7 +533,8 @@ derived from the measured footprint (README, Memory), each in MiB rounded up:
 request = 1.15 x capacity + 40 MiB + 40 KiB x memoryConnections, limit =
 request + memoryHeadroom. src/inject/memory.rs computes the same for the
 webhook, and tests/inject_webhook.rs checks both against the formula. Takes
-the sidecar values.
+the sidecar values, with the capacity of an app's sidecars and the value
+that says it (capacityField, for the error) where it has one.
 */}}
 {{- define "ringside.memory" -}}
 {{- $mib := 1048576 -}}
@@ -316,7 +547,7 @@ the sidecar values.
 {{- $request := default (printf "%dMi" $requestMi) .memoryRequest -}}
 {{- $limit := default (printf "%dMi" $limitMi) .memoryLimit -}}
 {{- if gt (include "ringside.toBytes" $request | int64) (include "ringside.toBytes" $limit | int64) -}}
-{{- fail (printf "sidecar.memoryRequest, sidecar.memoryLimit, sidecar.capacity: memory request %s is above the memory limit %s; without an explicit value the request is 1.15 x the cache capacity + 40 MiB + 40 KiB x memoryConnections and the limit the request + memoryHeadroom" $request $limit) -}}
+{{- fail (printf "sidecar.memoryRequest, sidecar.memoryLimit, %s: memory request %s is above the memory limit %s; without an explicit value the request is 1.15 x the cache capacity + 40 MiB + 40 KiB x memoryConnections and the limit the request + memoryHeadroom" (.capacityField | default "sidecar.capacity") $request $limit) -}}
 {{- end -}}
 {{- dict "request" $request "limit" $limit | toJson -}}
 {{- end -}}

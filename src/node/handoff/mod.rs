@@ -75,7 +75,7 @@ pub async fn at_sigterm(node: Arc<Node>) {
     let config = &node.config;
     let started = Instant::now();
     let deadline = started + config.cluster.handoff.time_bound(config.shutdown_grace);
-    let client = OriginClient::new(cluster.tls.clone());
+    let client = cluster.peer_client();
     let origin = node.origins.default().key_prefix.clone();
     let within = cluster.peer_timeout.min(deadline - Instant::now());
     crate::cluster::announce::leaving(&client, &cluster, &origin, config.shutdown_delay, within)

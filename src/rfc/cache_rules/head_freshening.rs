@@ -40,16 +40,7 @@ fn same_value(a: &HeaderMap, b: &HeaderMap, name: &HeaderName) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use http::HeaderValue;
-
-    fn headers(pairs: &[(&str, &str)]) -> HeaderMap {
-        let mut map = HeaderMap::new();
-        for (name, value) in pairs {
-            let name = HeaderName::from_bytes(name.as_bytes()).unwrap();
-            map.append(name, HeaderValue::from_str(value).unwrap());
-        }
-        map
-    }
+    use crate::rfc::cache_rules::tests::headers;
 
     const LM: &str = "Wed, 21 Oct 2015 07:28:00 GMT";
 

@@ -123,16 +123,7 @@ fn strong_tags(mut input: &[u8]) -> Option<Vec<Option<&[u8]>>> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use http::{HeaderName, HeaderValue};
-
-    fn headers(pairs: &[(&str, &str)]) -> HeaderMap {
-        let mut map = HeaderMap::new();
-        for (name, value) in pairs {
-            let name = HeaderName::from_bytes(name.as_bytes()).unwrap();
-            map.append(name, HeaderValue::from_str(value).unwrap());
-        }
-        map
-    }
+    use crate::rfc::cache_rules::tests::headers;
 
     const MODIFIED: &str = "Wed, 21 Oct 2015 07:28:00 GMT";
     const BEFORE: &str = "Tue, 20 Oct 2015 07:28:00 GMT";

@@ -2,7 +2,8 @@
 use super::*;
 use std::time::UNIX_EPOCH;
 
-fn headers(pairs: &[(&str, &str)]) -> HeaderMap {
+/// A header map of `pairs`, in order (shared by the submodules' tests).
+pub(super) fn headers(pairs: &[(&str, &str)]) -> HeaderMap {
     let mut map = HeaderMap::new();
     for (name, value) in pairs {
         map.append(
