@@ -25,7 +25,6 @@ use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
-use tokio::io::AsyncReadExt;
 use tokio::sync::mpsc;
 
 /// How long a peer found not to speak the channel is asked over HTTP
@@ -307,14 +306,10 @@ const WRITE_TIMEOUT: Duration = Duration::from_secs(10);
 /// Whether the first bytes back are the channel's, not an HTTP answer or a
 /// close (a node without the channel).
 async fn speaks_channel(inbox: &mut Inbox) -> bool {
-    while inbox.buffered().len() < 5 {
-        let mut chunk = [0u8; 512];
-        match inbox.get_mut().read(&mut chunk).await {
-            Ok(0) | Err(_) => return false,
-            Ok(n) => inbox.read_buffer_mut().extend_from_slice(&chunk[..n]),
-        }
+    match inbox.first_bytes(5).await {
+        Some(first) => first != b"HTTP/",
+        None => false,
     }
-    !inbox.buffered().starts_with(b"HTTP/")
 }
 
 fn refused(addr: &str, reason: &str) -> AskError {
@@ -495,11 +490,6 @@ impl ChannelBody {
                 Err(AskError::UseHttp) => return Err(FetchError::Unreachable),
             }
         }
-    }
-
-    /// Whether the whole body has been read.
-    pub fn is_done(&self) -> bool {
-        self.done
     }
 }
 

@@ -10,16 +10,15 @@
 //! closes, failing its streams.
 
 use super::handshake::PREFACE;
-use super::record::{codec, plain, Opener, RecordError, Sealer};
+use super::record::{codec, plain, Opener, RecordError, Sealer, MAX_RECORD};
 use super::wire::Frame;
 use crate::metrics;
 use bytes::BytesMut;
-use futures::StreamExt;
 use pingora::protocols::Stream;
 use std::time::Duration;
-use tokio::io::{AsyncWriteExt, ReadHalf, WriteHalf};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt, ReadHalf, WriteHalf};
 use tokio::sync::mpsc;
-use tokio_util::codec::{FramedRead, LengthDelimitedCodec};
+use tokio_util::codec::{Decoder, LengthDelimitedCodec};
 
 /// Frames queued for the writer at most, per connection.
 pub const OUTBOX_FRAMES: usize = 256;
@@ -30,9 +29,72 @@ const COALESCE_BYTES: usize = 256 * 1024;
 /// Where a connection's streams queue their frames.
 pub type Outbox = mpsc::Sender<Frame>;
 
+/// Records read off a connection: one buffer, decoded by tokio-util's
+/// length-delimited codec, filled from the connection only when it holds
+/// no whole record. (`FramedRead` reads from the connection before it
+/// decodes bytes it was handed, so it would wait on the preface's
+/// read-ahead for bytes the other end only sends after its answer.)
+/// Cancel-safe: its only state is the buffer and the codec's.
+pub struct Records<R> {
+    read: R,
+    buffer: BytesMut,
+    codec: LengthDelimitedCodec,
+}
+
+impl<R: AsyncRead + Unpin> Records<R> {
+    /// Records from `read`, `buffered` first (bytes already read from
+    /// it), none longer than `max` bytes.
+    pub fn new(read: R, buffered: &[u8], max: usize) -> Records<R> {
+        Records {
+            read,
+            buffer: BytesMut::from(buffered),
+            codec: codec(max),
+        }
+    }
+
+    /// The next record; None: the connection closed (cleanly between
+    /// records, or cut inside one), failed, or sent a length over `max`.
+    pub async fn next(&mut self) -> Option<BytesMut> {
+        loop {
+            match self.codec.decode(&mut self.buffer) {
+                Ok(Some(record)) => return Some(record),
+                Ok(None) => {}
+                Err(_) => return None,
+            }
+            self.buffer.reserve(8 * 1024);
+            match self.read.read_buf(&mut self.buffer).await {
+                Ok(0) | Err(_) => return None,
+                Ok(_) => {}
+            }
+        }
+    }
+
+    /// Read until at least `n` bytes are buffered; false: the connection
+    /// closed first.
+    pub async fn fill(&mut self, n: usize) -> bool {
+        while self.buffer.len() < n {
+            match self.read.read_buf(&mut self.buffer).await {
+                Ok(0) | Err(_) => return false,
+                Ok(_) => {}
+            }
+        }
+        true
+    }
+
+    /// What is buffered and not yet taken as a record.
+    pub fn buffered(&self) -> &[u8] {
+        &self.buffer
+    }
+
+    /// The connection and what is buffered of it.
+    pub fn into_parts(self) -> (R, BytesMut) {
+        (self.read, self.buffer)
+    }
+}
+
 /// The reading end of a connection.
 pub struct Inbox {
-    framed: FramedRead<ReadHalf<Stream>, LengthDelimitedCodec>,
+    records: Records<ReadHalf<Stream>>,
     opener: Option<Opener>,
 }
 
@@ -48,10 +110,8 @@ pub enum ReadError {
 impl Inbox {
     /// The reading end of `read`; `buffered`: bytes already read from it.
     pub fn new(read: ReadHalf<Stream>, buffered: &[u8]) -> Inbox {
-        let mut framed = FramedRead::new(read, codec());
-        framed.read_buffer_mut().extend_from_slice(buffered);
         Inbox {
-            framed,
+            records: Records::new(read, buffered, MAX_RECORD),
             opener: None,
         }
     }
@@ -69,14 +129,9 @@ impl Inbox {
 
     /// The next record, unopened.
     pub async fn next_record(&mut self) -> Result<BytesMut, ReadError> {
-        match self.framed.next().await {
-            Some(Ok(record)) => {
-                metrics::observe_channel_frames("in", 1);
-                Ok(record)
-            }
-            // A cut inside a frame, a length over the limit, a reset.
-            Some(Err(_)) | None => Err(ReadError::Closed),
-        }
+        let record = self.records.next().await.ok_or(ReadError::Closed)?;
+        metrics::observe_channel_frames("in", 1);
+        Ok(record)
     }
 
     /// Open `record`: protected once [`Self::protect`] was called, else as it is.
@@ -89,18 +144,13 @@ impl Inbox {
         }
     }
 
-    /// The bytes that arrived first, before any frame (the asking side
-    /// checks them for an HTTP answer from a node without the channel).
-    pub fn buffered(&self) -> &BytesMut {
-        self.framed.read_buffer()
-    }
-
-    pub fn get_mut(&mut self) -> &mut ReadHalf<Stream> {
-        self.framed.get_mut()
-    }
-
-    pub fn read_buffer_mut(&mut self) -> &mut BytesMut {
-        self.framed.read_buffer_mut()
+    /// The first `n` bytes back (the asking side checks them for an HTTP
+    /// answer from a node without the channel); None: closed first.
+    pub async fn first_bytes(&mut self, n: usize) -> Option<&[u8]> {
+        match self.records.fill(n).await {
+            true => Some(&self.records.buffered()[..n]),
+            false => None,
+        }
     }
 }
 

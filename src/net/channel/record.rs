@@ -157,10 +157,14 @@ pub fn plain(frame: &Frame, out: &mut BytesMut) {
     out.put_slice(&payload);
 }
 
-/// The framing both sides read records with.
-pub fn codec() -> tokio_util::codec::LengthDelimitedCodec {
+/// The longest record after the handshake: a frame, its sequence number
+/// and its tag.
+pub const MAX_RECORD: usize = MAX_FRAME + 8 + TAG_LEN;
+
+/// The framing both sides read records with, none longer than `max`.
+pub fn codec(max: usize) -> tokio_util::codec::LengthDelimitedCodec {
     tokio_util::codec::LengthDelimitedCodec::builder()
-        .max_frame_length(MAX_FRAME + 8 + TAG_LEN)
+        .max_frame_length(max)
         .new_codec()
 }
 
@@ -182,7 +186,7 @@ mod tests {
         for frame in frames {
             sealer.seal(frame, &mut out);
         }
-        let mut codec = codec();
+        let mut codec = codec(MAX_RECORD);
         std::iter::from_fn(|| codec.decode(&mut out).unwrap()).collect()
     }
 

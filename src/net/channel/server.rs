@@ -8,13 +8,12 @@
 //! origin). The table of streams is that bound's size at most and is
 //! emptied as streams finish.
 
-use super::conn::{spawn_writer, write_plain, Inbox, Outbox, ReadError};
+use super::conn::{spawn_writer, write_plain, Inbox, Outbox, ReadError, Records};
 use super::handshake::{self, Keys, NO_COMMON_VERSION, VERSIONS};
-use super::record::{codec, Opener, Sealer};
+use super::record::{Opener, Sealer};
 use super::wire::{fields_of, Frame, Hello, Request, Welcome, MAX_DATA};
 use crate::metrics;
 use bytes::{Bytes, BytesMut};
-use futures::StreamExt;
 use pingora::http::ResponseHeader;
 use pingora::protocols::Stream;
 use ring::hmac;
@@ -24,7 +23,6 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio::io::WriteHalf;
-use tokio_util::codec::FramedRead;
 
 /// Requests in flight on one connection at most.
 pub const MAX_STREAMS: usize = 1024;
@@ -270,17 +268,17 @@ async fn read_hello(
     stream: &mut Stream,
     buffered: &[u8],
 ) -> Result<(Hello, BytesMut), &'static str> {
-    let mut framed = FramedRead::new(stream, codec());
-    framed.read_buffer_mut().extend_from_slice(buffered);
-    let record = match framed.next().await {
-        Some(Ok(record)) => record,
-        _ => return Err("malformed"),
-    };
+    let mut records = Records::new(stream, buffered, MAX_HELLO);
+    let record = records.next().await.ok_or("malformed")?;
     match Frame::parse(record.freeze()) {
-        Ok(Frame::Hello(hello)) => Ok((hello, framed.read_buffer().clone())),
+        Ok(Frame::Hello(hello)) => Ok((hello, records.into_parts().1)),
         _ => Err("malformed"),
     }
 }
+
+/// The longest Hello read: two member addresses and a few numbers, far
+/// below this; an unauthenticated connection holds no more.
+const MAX_HELLO: usize = 4096;
 
 /// A Hello this node answers: a version in common, and an asker the owner admits.
 fn admit<O: Owner>(owner: &O, hello: &Hello, stream: &Stream) -> Result<O::Asker, &'static str> {
