@@ -4,7 +4,8 @@
 #
 #   benches/peer_hop.sh            # DURATION=1s CONNS=8 KEYS=200 by default
 #   BUILD=1 benches/peer_hop.sh    # rebuild the release binaries first
-#   PEER_PROTOCOL=h2c benches/peer_hop.sh   # peers on HTTP/2 over cleartext
+#   PEER_PROTOCOL=http1 benches/peer_hop.sh # peers on signed HTTP/1.1 (the channel is the default)
+#   PEER_PROTOCOL=h2c benches/peer_hop.sh   # peers on signed HTTP/2 over cleartext
 #   PEER_TLS=1 benches/peer_hop.sh          # peers on mutual TLS (cluster.tls;
 #                                           # certificates made here with openssl)
 #   THREADS=2 benches/peer_hop.sh           # two proxy threads per node (default 1)
@@ -23,7 +24,7 @@ DURATION=${DURATION:-1s}
 CONNS=${CONNS:-8}
 KEYS=${KEYS:-200}
 BODY_BYTES=${BODY_BYTES:-1024}
-PEER_PROTOCOL=${PEER_PROTOCOL:-http1}   # or h2c
+PEER_PROTOCOL=${PEER_PROTOCOL:-channel} # or http1, h2c
 PEER_TLS=${PEER_TLS:-0}                 # 1: cluster.tls between A and B
 THREADS=${THREADS:-1}                   # proxy threads of each node
 

@@ -205,8 +205,12 @@ fn add_services(server: &mut Server, config: &Config, node: Arc<Node>) {
         if config.cluster.peer_protocol == PeerProtocol::Channel {
             // The peer channel on the same port (`proxy/channel.rs`); a
             // handshake and each write are bounded like a request head.
-            let timeout = config.request_header_timeout.max(config.cluster.peer_timeout);
-            peers.divert(ChannelListener::new(ringside.for_peers(), timeout).map(|c| Arc::new(c) as _));
+            let timeout = config
+                .request_header_timeout
+                .max(config.cluster.peer_timeout);
+            peers.divert(
+                ChannelListener::new(ringside.for_peers(), timeout).map(|c| Arc::new(c) as _),
+            );
         }
         proxies.add(socket_addr(peer_listen), peers);
     }

@@ -477,7 +477,7 @@ impl crate::net::channel::client::Identity for Cluster {
         &self.me
     }
 
-    fn secret(&self) -> ::ring::hmac::Key {
+    fn secret(&self) -> Arc<::ring::hmac::Key> {
         self.auth.current_key()
     }
 }

@@ -301,9 +301,11 @@ impl PeerAuth {
     }
 
     /// The cluster secret's HMAC key as it is now (the peer channel's
-    /// handshake proves it and derives its session keys from it).
-    pub fn current_key(&self) -> hmac::Key {
-        self.key.current().as_ref().clone()
+    /// handshake proves it and derives its session keys from it). A new
+    /// `Arc` when the secret's file changed: a channel opened under another
+    /// one is closed (`net/channel/`).
+    pub fn current_key(&self) -> std::sync::Arc<hmac::Key> {
+        self.key.current()
     }
 
     /// The signature of a request whose headers already carry its envelope

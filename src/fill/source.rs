@@ -189,7 +189,10 @@ async fn over_channel(
     job: &Job,
     lookup: bool,
 ) -> Option<Result<OriginResponse, FetchError>> {
-    let fits = job.body.as_ref().is_none_or(|b| b.len() <= MAX_CHANNEL_BODY);
+    let fits = job
+        .body
+        .as_ref()
+        .is_none_or(|b| b.len() <= MAX_CHANNEL_BODY);
     if !cluster.peer_channel || !fits || !filler.client.channel_worth_trying(addr) {
         return None;
     }
@@ -209,6 +212,7 @@ async fn over_channel(
         Ok(response) => Some(Ok(response)),
         Err(AskError::UseHttp) => None,
         Err(AskError::Failed(e)) => Some(Err(e)),
+        Err(AskError::Connect(e)) => Some(Err(FetchError::from_pingora(&e))),
     }
 }
 

@@ -15,6 +15,7 @@
 
 use crate::config::{Config, OriginUrl};
 use crate::net::channel::client::{Ask, AskError, ChannelBody, Channels, Identity};
+pub use crate::net::fetch::{FetchError, InterimSink};
 use crate::net::idle_pool::IdlePool;
 use crate::net::inject::Injected;
 use crate::net::peer_tls::PeerTls;
@@ -144,33 +145,6 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
-/// Why a fetch produced no response.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum FetchError {
-    /// Connecting or reading took longer than configured: 504.
-    Timeout,
-    /// Refused, unreachable, reset, or garbled: 502.
-    Unreachable,
-}
-
-impl FetchError {
-    pub fn status(self) -> u16 {
-        match self {
-            FetchError::Timeout => 504,
-            FetchError::Unreachable => 502,
-        }
-    }
-
-    pub fn from_pingora(e: &Error) -> FetchError {
-        match e.etype() {
-            ErrorType::ConnectTimedout | ErrorType::ReadTimedout | ErrorType::WriteTimedout => {
-                FetchError::Timeout
-            }
-            _ => FetchError::Unreachable,
-        }
-    }
-}
-
 /// The client for cache fills: a pooled connector shared by every fill,
 /// and with `cluster.tls` the TLS every request to a peer goes over.
 pub struct OriginClient {
@@ -185,12 +159,6 @@ pub struct OriginClient {
     /// the kernel's choice.
     peer_source: Option<std::net::IpAddr>,
 }
-
-/// Where a fetch hands the interim (1xx) responses that come before the
-/// final one: the client whose request started the fill, which may pass
-/// them on (see `proxy/cacheable.rs`). Never waited on: a full or closed
-/// channel drops them.
-pub type InterimSink = tokio::sync::mpsc::Sender<ResponseHeader>;
 
 /// An origin response whose headers have arrived; the body is read on demand.
 pub struct OriginResponse {
@@ -340,10 +308,20 @@ impl OriginClient {
             .await
             .map_err(AskError::Failed)?;
         let request_time = SystemTime::now();
-        let (header, body) = self
+        let asked = self
             .channels
             .ask((addr, &peer), identity, ask, timeouts.1, interim)
-            .await?;
+            .await;
+        let (header, body) = match asked {
+            Ok(answer) => answer,
+            Err(AskError::Connect(e)) => {
+                if let Some(tls) = &self.peer_tls {
+                    tls.note_failure(addr, &e);
+                }
+                return Err(AskError::Failed(FetchError::from_pingora(&e)));
+            }
+            Err(e) => return Err(e),
+        };
         Ok(OriginResponse {
             body: Body::Channel(body),
             header,

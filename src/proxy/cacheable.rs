@@ -12,6 +12,7 @@
 //! none of these ways: it is answered from the cache, or from a fill
 //! already under way here, or refused as not cached.
 
+use super::downstream::Downstream;
 use super::partial;
 use super::policy::Policy;
 use super::respond::{send_error, send_interim, send_object, send_refusal, send_stream};
@@ -33,7 +34,6 @@ use http::header;
 use http::Method;
 use pingora::http::{RequestHeader, ResponseHeader};
 use pingora::prelude::*;
-use super::downstream::Downstream;
 use std::sync::Arc;
 use std::time::Instant;
 use tokio::sync::{mpsc, oneshot};
@@ -528,7 +528,11 @@ impl Ringside {
     /// Fill the range a request asks for, when its whole response is too
     /// large to keep (`partial.rs`): a fill of its own, keyed by the
     /// range, whose `206` becomes the URL's partial entry.
-    async fn fill_range(&self, session: &mut impl Downstream, ctx: &mut RequestCtx) -> Result<bool> {
+    async fn fill_range(
+        &self,
+        session: &mut impl Downstream,
+        ctx: &mut RequestCtx,
+    ) -> Result<bool> {
         let target = self.target_of(ctx);
         let req = session.req_header();
         let policy = self.policy(&target, req);

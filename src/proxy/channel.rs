@@ -95,7 +95,7 @@ impl Owner for ChannelOwner {
         (self.cluster.me.clone(), self.cluster.ring().generation())
     }
 
-    fn secret(&self) -> ::ring::hmac::Key {
+    fn secret(&self) -> Arc<::ring::hmac::Key> {
         self.cluster.auth.current_key()
     }
 
@@ -257,7 +257,10 @@ impl Ringside {
                 let status = CacheStatus::bypass(Detail::EncodedSlash);
                 self.pass(ctx, CacheResult::Bypass, status)?
             }
-            _ => self.serve_read(d, ctx, target.clone(), policy, request.body).await?,
+            _ => {
+                self.serve_read(d, ctx, target.clone(), policy, request.body)
+                    .await?
+            }
         };
         match passed {
             true => Ok(true),
@@ -286,7 +289,9 @@ impl Ringside {
     ) -> Result<bool> {
         ctx.scope = policy.scope;
         let client_cc = match (&request_body, bypass_reason(&d.req, policy.bypass)) {
-            (None, Err(why)) => return self.pass(ctx, CacheResult::Bypass, CacheStatus::bypass(why)),
+            (None, Err(why)) => {
+                return self.pass(ctx, CacheResult::Bypass, CacheStatus::bypass(why))
+            }
             (None, Ok(client_cc)) => client_cc,
             (Some(_), _) if policy.bypass => {
                 return self.pass(ctx, CacheResult::Bypass, CacheStatus::bypass(Detail::Rule))
@@ -392,7 +397,11 @@ impl Downstream for ChannelDownstream {
         &self.req
     }
 
-    async fn write_response_header(&mut self, mut head: Box<ResponseHeader>, end: bool) -> Result<()> {
+    async fn write_response_header(
+        &mut self,
+        mut head: Box<ResponseHeader>,
+        end: bool,
+    ) -> Result<()> {
         // The channel frames the body itself.
         head.remove_header(&header::TRANSFER_ENCODING);
         self.reply.head(&head, end).await.map_err(gone)

@@ -15,7 +15,7 @@ use super::record::{Opener, Sealer};
 use super::server::MAX_STREAMS;
 use super::wire::{fields_of, Frame, Head, Hello, Request};
 use crate::metrics;
-use crate::net::origin::{FetchError, InterimSink};
+use crate::net::fetch::{FetchError, InterimSink};
 use bytes::Bytes;
 use pingora::connectors::TransportConnector;
 use pingora::http::{RequestHeader, ResponseHeader};
@@ -40,7 +40,9 @@ const STREAM_EVENTS: usize = 32;
 /// Who asks: this node's address, the cluster secret as it is now.
 pub trait Identity: Send + Sync {
     fn me(&self) -> &str;
-    fn secret(&self) -> hmac::Key;
+    /// A new `Arc` when the secret changed: connections opened under the
+    /// previous one are not used again.
+    fn secret(&self) -> Arc<hmac::Key>;
 }
 
 /// One request to a peer over the channel.
@@ -55,13 +57,16 @@ pub struct Ask<'a> {
 }
 
 /// Why the channel gave no answer.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug)]
 pub enum AskError {
     /// The peer does not speak the channel (or not now: too many requests
     /// in flight on it): ask it over HTTP.
     UseHttp,
     /// The peer failed: refused the handshake, broke off, timed out.
     Failed(FetchError),
+    /// The connection (or its TLS handshake) could not be made: the
+    /// caller notes why, as for any peer connection (`peer_tls.rs`).
+    Connect(Box<pingora::Error>),
 }
 
 /// The asking end's connections, by peer address.
@@ -172,7 +177,7 @@ impl Channels {
         peer: &HttpPeer,
         identity: &dyn Identity,
     ) -> Result<Arc<Conn>, AskError> {
-        if let Some(conn) = self.open_conn(addr) {
+        if let Some(conn) = self.open_conn(addr, identity) {
             return Ok(conn);
         }
         let dial = {
@@ -181,7 +186,7 @@ impl Channels {
             dialing.entry(addr.to_owned()).or_default().clone()
         };
         let _one_at_a_time = dial.lock().await;
-        if let Some(conn) = self.open_conn(addr) {
+        if let Some(conn) = self.open_conn(addr, identity) {
             return Ok(conn);
         }
         let conn = match self.dial(addr, peer, identity).await {
@@ -198,9 +203,16 @@ impl Channels {
         Ok(conn)
     }
 
-    fn open_conn(&self, addr: &str) -> Option<Arc<Conn>> {
-        let open = lock(&self.open);
-        open.get(addr).filter(|c| !c.is_closed()).cloned()
+    fn open_conn(&self, addr: &str, identity: &dyn Identity) -> Option<Arc<Conn>> {
+        let secret = identity.secret();
+        let mut open = lock(&self.open);
+        let conn = open.get(addr)?;
+        if conn.reusable(&secret) {
+            return Some(conn.clone());
+        }
+        // Idle or closed: dropped, which closes it once its last answer is read.
+        open.remove(addr).map(|conn| conn.retire());
+        None
     }
 
     /// Connect and run the handshake, within the peer's connect timeout.
@@ -214,12 +226,11 @@ impl Channels {
             .options
             .connection_timeout
             .unwrap_or(Duration::from_secs(1));
-        let unreachable = AskError::Failed(FetchError::Unreachable);
         let stream = match tokio::time::timeout(timeout, self.connector.new_stream(peer)).await {
             Ok(Ok(stream)) => stream,
             Ok(Err(e)) => {
                 log::warn!("peer channel to {addr}: cannot connect: {e}");
-                return Err(unreachable);
+                return Err(AskError::Connect(e));
             }
             Err(_) => return Err(AskError::Failed(FetchError::Timeout)),
         };
@@ -238,26 +249,26 @@ async fn handshake(
     identity: &dyn Identity,
     tls: bool,
 ) -> Result<Arc<Conn>, AskError> {
-    let failed = AskError::Failed(FetchError::Unreachable);
+    let failed = || AskError::Failed(FetchError::Unreachable);
     let hello = Hello {
         versions: VERSIONS,
         from: identity.me().to_owned(),
         to: addr.to_owned(),
         generation: 0,
-        nonce: handshake::nonce().ok_or(failed)?,
+        nonce: handshake::nonce().ok_or_else(failed)?,
     };
     let (read, mut write) = tokio::io::split(stream);
     let mut inbox = Inbox::new(read, &[]);
     write_plain(&mut write, true, &[Frame::Hello(hello.clone())])
         .await
-        .map_err(|_| failed)?;
+        .map_err(|_| failed())?;
     if !speaks_channel(&mut inbox).await {
         return Err(AskError::UseHttp);
     }
     let welcome = match inbox.next().await {
         Ok(Frame::Welcome(welcome)) => welcome,
         Ok(Frame::Refused { reason }) => return Err(refused(addr, &reason)),
-        _ => return Err(failed),
+        _ => return Err(failed()),
     };
     let secret = identity.secret();
     let transcript = handshake::transcript(&hello, &welcome);
@@ -269,32 +280,34 @@ async fn handshake(
              (it says {:?}); not using it",
             welcome.from
         );
-        return Err(failed);
+        return Err(failed());
     }
     let finish = Frame::Finish {
         mac: handshake::client_proof(&secret, &transcript),
     };
     write_plain(&mut write, false, &[finish])
         .await
-        .map_err(|_| failed)?;
+        .map_err(|_| failed())?;
     let keys = handshake::session_keys(&secret, &transcript, tls);
-    let record = inbox.next_record().await.map_err(|_| failed)?;
+    let record = inbox.next_record().await.map_err(|_| failed())?;
     if let Ok(Frame::Refused { reason }) = Frame::parse(record.clone().freeze()) {
         return Err(refused(addr, &reason));
     }
     inbox.protect(Opener::new(keys.to_asker));
     if !matches!(inbox.open(record), Ok(Frame::Accepted)) {
-        return Err(failed);
+        return Err(failed());
     }
     // Writes to a peer wait as long as its answers may.
-    let (outbox, _writer) = spawn_writer(write, Sealer::new(keys.to_owner), WRITE_TIMEOUT);
+    let (outbox, writer) = spawn_writer(write, Sealer::new(keys.to_owner), WRITE_TIMEOUT);
     let conn = Arc::new(Conn {
         outbox,
         streams: Mutex::new(HashMap::new()),
         next_stream: AtomicU32::new(1),
         closed: AtomicBool::new(false),
+        last_used: Mutex::new(Instant::now()),
+        secret: secret.clone(),
     });
-    tokio::spawn(read_answers(inbox, conn.clone(), addr.to_owned()));
+    tokio::spawn(read_answers(inbox, writer, conn.clone(), addr.to_owned()));
     metrics::PEER_CHANNELS.with_label_values(&["asker"]).inc();
     Ok(conn)
 }
@@ -328,7 +341,16 @@ struct Conn {
     streams: Mutex<HashMap<u32, mpsc::Sender<Event>>>,
     next_stream: AtomicU32,
     closed: AtomicBool,
+    /// When a stream last started on it.
+    last_used: Mutex<Instant>,
+    /// The cluster secret its handshake proved.
+    secret: Arc<hmac::Key>,
 }
+
+/// A connection unused for this long is not used again but closed and
+/// replaced: well within the owner's idle limit ([`super::server::IDLE`]),
+/// so no request is ever sent on a connection the owner is closing.
+pub const IDLE_REUSE: Duration = Duration::from_secs(60);
 
 /// What arrives for a stream.
 enum Event {
@@ -342,6 +364,14 @@ impl Conn {
         self.closed.load(Ordering::Relaxed) || self.outbox.is_closed()
     }
 
+    /// Whether it is open, was used recently enough, and was opened under
+    /// the cluster secret as it is now (`current`).
+    fn reusable(&self, current: &Arc<hmac::Key>) -> bool {
+        !self.is_closed()
+            && lock(&self.last_used).elapsed() < IDLE_REUSE
+            && Arc::ptr_eq(&self.secret, current)
+    }
+
     fn streams_lock(&self) -> std::sync::MutexGuard<'_, HashMap<u32, mpsc::Sender<Event>>> {
         lock(&self.streams)
     }
@@ -352,6 +382,7 @@ impl Conn {
         if streams.len() >= MAX_STREAMS {
             return None;
         }
+        *lock(&self.last_used) = Instant::now();
         let (tx, rx) = mpsc::channel(STREAM_EVENTS);
         loop {
             let stream = self.next_stream.fetch_add(1, Ordering::Relaxed);
@@ -360,6 +391,12 @@ impl Conn {
                 return Some((stream, rx));
             }
         }
+    }
+
+    /// No new stream starts on it. The streams under way finish; the
+    /// owner closes the connection at its idle limit.
+    fn retire(&self) {
+        self.closed.store(true, Ordering::Relaxed);
     }
 
     /// The asker gave up `stream`: forget it, and tell the owner.
@@ -372,9 +409,19 @@ impl Conn {
 
 /// Route each answer's frames to its stream until the connection ends;
 /// then every stream still waiting sees it closed.
-async fn read_answers(mut inbox: Inbox, conn: Arc<Conn>, addr: String) {
+async fn read_answers(
+    mut inbox: Inbox,
+    mut writer: tokio::task::JoinHandle<()>,
+    conn: Arc<Conn>,
+    addr: String,
+) {
     loop {
-        let (stream, event, last) = match inbox.next().await {
+        let next = tokio::select! {
+            next = inbox.next() => next,
+            // The writer gave up: the owner stopped reading.
+            _ = &mut writer => break,
+        };
+        let (stream, event, last) = match next {
             Ok(Frame::Head(head)) => (head.stream, Event::Head(head.clone()), head.end),
             Ok(Frame::Data { stream, end, data }) => (stream, Event::Data(data, end), end),
             Ok(Frame::Reset { stream }) => (stream, Event::Reset, true),
@@ -407,6 +454,7 @@ async fn read_answers(mut inbox: Inbox, conn: Arc<Conn>, addr: String) {
     }
     conn.closed.store(true, Ordering::Relaxed);
     conn.streams_lock().clear();
+    writer.abort();
     metrics::PEER_CHANNELS.with_label_values(&["asker"]).dec();
 }
 
@@ -440,11 +488,11 @@ fn request_frame(stream: u32, ask: &Ask<'_>) -> Request {
 }
 
 fn response_header(head: Head) -> Result<ResponseHeader, AskError> {
-    let garbled = AskError::Failed(FetchError::Unreachable);
+    let garbled = |_| AskError::Failed(FetchError::Unreachable);
     let mut header =
-        ResponseHeader::build(head.status, Some(head.headers.len())).map_err(|_| garbled)?;
+        ResponseHeader::build(head.status, Some(head.headers.len())).map_err(garbled)?;
     for (name, value) in head.headers {
-        header.append_header(name, value).map_err(|_| garbled)?;
+        header.append_header(name, value).map_err(garbled)?;
     }
     Ok(header)
 }
@@ -452,7 +500,9 @@ fn response_header(head: Head) -> Result<ResponseHeader, AskError> {
 /// Hand an interim head on without waiting (as the HTTP path does).
 fn pass_on_interim(mut head: ResponseHeader, interim: Option<&InterimSink>) {
     if let Some(interim) = interim {
-        crate::net::origin::strip_response_hop_by_hop(&mut head);
+        for name in crate::rfc::headers::hop_by_hop_names(&head.headers) {
+            head.remove_header(&name);
+        }
         let _ = interim.try_send(head);
     }
 }
@@ -487,7 +537,7 @@ impl ChannelBody {
                 }
                 Ok(_) => return Err(FetchError::Unreachable),
                 Err(AskError::Failed(e)) => return Err(e),
-                Err(AskError::UseHttp) => return Err(FetchError::Unreachable),
+                Err(_) => return Err(FetchError::Unreachable),
             }
         }
     }

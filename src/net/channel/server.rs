@@ -23,6 +23,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio::io::WriteHalf;
+use tokio::task::JoinHandle;
 
 /// Requests in flight on one connection at most.
 pub const MAX_STREAMS: usize = 1024;
@@ -36,8 +37,9 @@ pub trait Owner: Send + Sync + 'static {
     /// This node's advertised peer address and ring generation.
     fn me(&self) -> (String, u64);
 
-    /// The cluster secret, as it is now.
-    fn secret(&self) -> hmac::Key;
+    /// The cluster secret, as it is now: a new `Arc` when it changed, and
+    /// connections opened under the previous one are closed.
+    fn secret(&self) -> Arc<hmac::Key>;
 
     /// Whether the connection is mutual TLS (records then go unsealed).
     fn tls(&self) -> bool;
@@ -147,6 +149,10 @@ impl Streams {
         }
     }
 
+    fn is_empty(&self) -> bool {
+        self.lock().is_empty()
+    }
+
     fn finish(&self, stream: u32) {
         self.lock().remove(&stream);
     }
@@ -155,22 +161,42 @@ impl Streams {
 /// Serve a channel connection whose preface has been read (`buffered`: the
 /// bytes read after it). `timeout` bounds the handshake and each write.
 pub async fn serve<O: Owner>(owner: Arc<O>, stream: Stream, buffered: &[u8], timeout: Duration) {
-    let Some((asker, mut inbox, outbox)) = open(&owner, stream, buffered, timeout).await else {
+    let Some(open) = open(&owner, stream, buffered, timeout).await else {
         return;
     };
+    let Open {
+        asker,
+        mut inbox,
+        outbox,
+        mut writer,
+        secret,
+    } = open;
     metrics::PEER_CHANNELS.with_label_values(&["owner"]).inc();
     let streams = Arc::new(Streams::default());
     loop {
-        let frame = match inbox.next().await {
-            Ok(frame) => frame,
-            Err(ReadError::Closed) => break,
-            Err(ReadError::Record(why)) => {
+        let next = tokio::select! {
+            next = tokio::time::timeout(IDLE, inbox.next()) => next,
+            // The writer gave up: the asker stopped reading.
+            _ = &mut writer => break,
+        };
+        let frame = match next {
+            Ok(Ok(frame)) => frame,
+            Err(_idle) if streams.is_empty() => break,
+            Err(_idle) => continue,
+            Ok(Err(ReadError::Closed)) => break,
+            Ok(Err(ReadError::Record(why))) => {
                 metrics::observe_channel_refusal("frame");
                 log::warn!("peer channel: {why}; closing the connection");
                 break;
             }
         };
         match frame {
+            Frame::Request(_) if !Arc::ptr_eq(&secret, &owner.secret()) => {
+                // Opened under the previous cluster secret: the asker
+                // dials again, and proves the current one.
+                log::info!("peer channel: the cluster secret changed; closing");
+                break;
+            }
             Frame::Request(request) => {
                 let Some(canceled) = streams.start(request.stream) else {
                     let _ = outbox.try_send(Frame::Reset {
@@ -194,7 +220,26 @@ pub async fn serve<O: Owner>(owner: Arc<O>, stream: Stream, buffered: &[u8], tim
             }
         }
     }
+    // Streams still being served find their replies gone once the writer
+    // stops; it stops with the last outbox.
+    writer.abort();
     metrics::PEER_CHANNELS.with_label_values(&["owner"]).dec();
+}
+
+/// An owner closes a connection on which nothing arrived for this long
+/// and no answer is under way. Askers stop using a connection well before
+/// (`client::IDLE_REUSE`), so they never send on one being closed.
+pub const IDLE: Duration = Duration::from_secs(120);
+
+/// An open connection, the owner's side.
+struct Open<A> {
+    asker: Arc<A>,
+    inbox: Inbox,
+    outbox: Outbox,
+    /// Ends when a write fails or makes no progress.
+    writer: JoinHandle<()>,
+    /// The cluster secret the handshake proved.
+    secret: Arc<hmac::Key>,
 }
 
 /// The handshake, the owner's side: the asker admitted, the reading end
@@ -205,7 +250,7 @@ async fn open<O: Owner>(
     mut stream: Stream,
     buffered: &[u8],
     timeout: Duration,
-) -> Option<(Arc<O::Asker>, Inbox, Outbox)> {
+) -> Option<Open<O::Asker>> {
     let from = peer_address(&stream);
     let first = tokio::time::timeout(timeout, read_hello(&mut stream, buffered)).await;
     let admitted = match first {
@@ -232,7 +277,7 @@ async fn open<O: Owner>(
         }
         Err(reason) => Err(reason),
     };
-    let (asker, mut inbox, keys) = match outcome {
+    let (asker, mut inbox, (keys, secret)) = match outcome {
         Ok(open) => open,
         Err(reason) => {
             refuse(&mut write, &from, reason, timeout).await;
@@ -240,9 +285,15 @@ async fn open<O: Owner>(
         }
     };
     inbox.protect(Opener::new(keys.to_owner));
-    let (outbox, _writer) = spawn_writer(write, Sealer::new(keys.to_asker), timeout);
+    let (outbox, writer) = spawn_writer(write, Sealer::new(keys.to_asker), timeout);
     outbox.send(Frame::Accepted).await.ok()?;
-    Some((Arc::new(asker), inbox, outbox))
+    Some(Open {
+        asker: Arc::new(asker),
+        inbox,
+        outbox,
+        writer,
+        secret,
+    })
 }
 
 /// Count, log and send a refusal of the handshake.
@@ -293,7 +344,7 @@ async fn welcome<O: Owner>(
     inbox: &mut Inbox,
     write: &mut WriteHalf<Stream>,
     hello: &Hello,
-) -> Result<Keys, &'static str> {
+) -> Result<(Keys, Arc<hmac::Key>), &'static str> {
     let version = handshake::choose_version(hello.versions, VERSIONS).ok_or(NO_COMMON_VERSION)?;
     let (me, generation) = owner.me();
     let mut welcome = Welcome {
@@ -315,7 +366,10 @@ async fn welcome<O: Owner>(
     if !handshake::proof_matches(&mac, &handshake::client_proof(&secret, &transcript)) {
         return Err("credentials");
     }
-    Ok(handshake::session_keys(&secret, &transcript, owner.tls()))
+    Ok((
+        handshake::session_keys(&secret, &transcript, owner.tls()),
+        secret,
+    ))
 }
 
 /// The address a connection comes from, for the log.
