@@ -94,7 +94,7 @@ async fn a_member_is_answered_from_the_store_many_requests_at_a_time() {
     // Fifty requests in flight on the one connection, sent before any
     // answer is read, a slow one first: it holds up none of the others.
     for k in 0..50u32 {
-        let delay = if k == 0 { "&delay_ms=3000" } else { "" };
+        let delay = if k == 0 { "&delay_ms=1500" } else { "" };
         let path = format!("/ch/many/{k}?cc=max-age%3D60{delay}");
         conn.send(&channel::get(100 + k, &origin, &path))
             .await
