@@ -87,18 +87,12 @@ pub(super) async fn fetch(
             }
         }
     }
-    (
-        filler
-            .client
-            .fetch(
-                &job.target,
-                &job.request,
-                job.body.clone(),
-                job.interim.as_ref(),
-            )
-            .await,
-        Source::Origin,
-    )
+    // Boxed, as the HTTP peer fetch below: pingora's client futures are
+    // large, and a fill that asks over the peer channel should not carry
+    // them (each fill is a task of its own, moved when spawned).
+    let body = job.body.clone();
+    let fetched = (filler.client).fetch(&job.target, &job.request, body, job.interim.as_ref());
+    (Box::pin(fetched).await, Source::Origin)
 }
 
 /// What asking a peer brought.
@@ -143,9 +137,9 @@ pub(super) async fn ask_peer(
         None => {
             let request = peer_request(job, cluster, addr, lookup);
             let request = (&request, job.body.clone());
-            (filler.client)
-                .fetch_peer(addr, request, timeouts, cluster.peer_h2c, interim)
-                .await
+            let fetched =
+                (filler.client).fetch_peer(addr, request, timeouts, cluster.peer_h2c, interim);
+            Box::pin(fetched).await
         }
     };
     let asked = match response {

@@ -243,8 +243,10 @@ impl Ringside {
         }
         let (interim, hints) = mpsc::channel(MAX_INTERIM_RESPONSES);
         job.interim = Some(interim);
-        self.fill_and_answer(session, ctx, flight_key, job, hints, true)
-            .await
+        // Boxed: a fill's state is most of this path's, and the peer
+        // channel spawns this future per request (`channel.rs`): a hit's
+        // stays small.
+        Box::pin(self.fill_and_answer(session, ctx, flight_key, job, hints, true)).await
     }
 
     /// Where the request's key stands: stored here, mirrored here (a key

@@ -141,6 +141,8 @@ impl Owner for ChannelOwner {
         reply: Reply,
     ) -> impl std::future::Future<Output = ()> + Send + 'static {
         let (owner, asker) = (self.clone(), asker.clone());
+        // Spawned per request (`server.rs`): its future is kept small by
+        // boxing the paths a hit does not take (fills, origin fetches).
         async move { owner.answer(&asker, request, reply).await }
     }
 }
@@ -244,7 +246,7 @@ impl Ringside {
         }
         self.compare_generation(request.generation);
         if request.lookup {
-            return self.answer_lookup(d, ctx, &target).await;
+            return Box::pin(self.answer_lookup(d, ctx, &target)).await;
         }
         let key = self.request_key(&target, &d.req, &policy);
         if let Some(cluster) = self.node.cluster() {
@@ -264,7 +266,8 @@ impl Ringside {
         };
         match passed {
             true => Ok(true),
-            false => self.fetch_alone(d, ctx, &target).await,
+            // Boxed, as every origin fetch here: a hit's future stays small.
+            false => Box::pin(self.fetch_alone(d, ctx, &target)).await,
         }
     }
 
@@ -302,7 +305,7 @@ impl Ringside {
                 let client_cc = crate::rfc::cache_rules::request_cache_control(&d.req.headers);
                 if client_cc.no_store {
                     let status = CacheStatus::bypass(Detail::NoStore);
-                    return self.go_alone(d, ctx, CacheResult::Bypass, status).await;
+                    return Box::pin(self.go_alone(d, ctx, CacheResult::Bypass, status)).await;
                 }
                 client_cc
             }

@@ -189,7 +189,9 @@ impl Channels {
         if let Some(conn) = self.open_conn(addr, identity) {
             return Ok(conn);
         }
-        let conn = match self.dial(addr, peer, identity).await {
+        // Boxed: connecting is rare, and its state (pingora's connector,
+        // TLS) would otherwise be carried by every request's future.
+        let conn = match Box::pin(self.dial(addr, peer, identity)).await {
             Ok(conn) => conn,
             Err(AskError::UseHttp) => {
                 self.mark_legacy(addr);

@@ -197,6 +197,10 @@ async fn write_loop(
         let mut frames = 1;
         sealer.seal(&frame, &mut out);
         drop(frame);
+        // Let the tasks that are ready now queue their frames first: they
+        // go out in this write (one system call, and one wakeup of the
+        // other end, for all of them).
+        tokio::task::yield_now().await;
         while out.len() < COALESCE_BYTES {
             let Ok(frame) = rx.try_recv() else { break };
             sealer.seal(&frame, &mut out);
