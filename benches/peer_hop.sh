@@ -4,7 +4,8 @@
 #
 #   benches/peer_hop.sh            # DURATION=1s CONNS=8 KEYS=200 by default
 #   BUILD=1 benches/peer_hop.sh    # rebuild the release binaries first
-#   PEER_PROTOCOL=h2c benches/peer_hop.sh   # peers on HTTP/2 over cleartext
+#   PEER_PROTOCOL=http1 benches/peer_hop.sh # peers on signed HTTP/1.1 (the channel is the default)
+#   PEER_PROTOCOL=h2c benches/peer_hop.sh   # peers on signed HTTP/2 over cleartext
 #   PEER_TLS=1 benches/peer_hop.sh          # peers on mutual TLS (cluster.tls;
 #                                           # certificates made here with openssl)
 #   THREADS=2 benches/peer_hop.sh           # two proxy threads per node (default 1)
@@ -23,7 +24,7 @@ DURATION=${DURATION:-1s}
 CONNS=${CONNS:-8}
 KEYS=${KEYS:-200}
 BODY_BYTES=${BODY_BYTES:-1024}
-PEER_PROTOCOL=${PEER_PROTOCOL:-http1}   # or h2c
+PEER_PROTOCOL=${PEER_PROTOCOL:-channel} # or http1, h2c
 PEER_TLS=${PEER_TLS:-0}                 # 1: cluster.tls between A and B
 THREADS=${THREADS:-1}                   # proxy threads of each node
 
@@ -182,6 +183,17 @@ echo "added latency of the hop at p50: $((P50[peer] - P50[local])) us"
 hops=$((peer_after - peer_before))
 sent=$(awk '/requests in/{print $1}' "$WORK/peer.wrk")
 echo "A counted $hops peer hops during the runs (result=\"peer\"), of $sent requests for B's keys"
+if [ "$PEER_PROTOCOL" = channel ]; then
+    # Frames per write (system call) on each end: several when they queue.
+    for node in A B; do
+        admin_var=${node}_ADMIN
+        curl -sf "http://${!admin_var}/metrics" | awk -v node="$node" '
+            /^ringside_peer_channel_frames_total/ && /direction="out"/ {f=$2}
+            /^ringside_peer_channel_writes_total/ {w=$2}
+            END { if (w > 0) printf "%s: %d channel frames out in %d writes (%.2f a write)\n", node, f, w, f/w }'
+    done
+fi
+[ -z "${KEEP_LOGS:-}" ] || cp "$WORK"/a.log "$WORK"/b.log "$KEEP_LOGS"/
 if [ "$hops" -lt "$sent" ]; then
     refused=$(curl -sf "http://$B_ADMIN/metrics" | awk '/^ringside_peer_nonce_refusals_total/{s+=$2} END{print s+0}')
     echo "WARNING: $((sent - hops)) requests did not hop (B refused $refused for its nonce table): shorten DURATION"

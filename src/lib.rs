@@ -38,4 +38,7 @@ pub mod server;
 pub(crate) mod shutdown;
 
 pub use cluster::{membership, peers, ring};
+/// The peer channel's handshake, records and frames, for tests that speak
+/// it as a member, an impostor or a broken peer would.
+pub use net::channel;
 pub use rfc::{cache_rules, json, normalize, range};

@@ -378,6 +378,61 @@ pub static PEER_AUTH_FAILURES: Lazy<IntCounter> = Lazy::new(|| {
     )
 });
 
+/// Open peer-channel connections, by this node's role on them (`asker`,
+/// `owner`).
+pub static PEER_CHANNELS: Lazy<IntGaugeVec> = Lazy::new(|| {
+    register(
+        IntGaugeVec::new(
+            Opts::new(
+                "ringside_peer_channels",
+                "Open peer-channel connections, by this node's role on them (asker, owner).",
+            ),
+            &["role"],
+        )
+        .expect("valid metric"),
+    )
+});
+
+static PEER_CHANNEL_FRAMES: Lazy<IntCounterVec> = Lazy::new(|| {
+    counter_vec(
+        "ringside_peer_channel_frames_total",
+        "Peer-channel frames, by direction (in, out).",
+        &["direction"],
+    )
+});
+
+static PEER_CHANNEL_WRITES: Lazy<IntCounter> = Lazy::new(|| {
+    counter(
+        "ringside_peer_channel_writes_total",
+        "Writes (system calls) the peer channel made: under load several frames go in one.",
+    )
+});
+
+static PEER_CHANNEL_REFUSALS: Lazy<IntCounterVec> = Lazy::new(|| {
+    counter_vec(
+        "ringside_peer_channel_refusals_total",
+        "Peer-channel handshakes refused and connections closed for a bad frame, by reason \
+         (credentials, not-for-me, from-me, not-a-member, address, certificate, identity, \
+         version, malformed, timeout, frame, owner-proof, refused-by-owner).",
+        &["reason"],
+    )
+});
+
+/// `frames` frames went `direction` (`in`, `out`); an `out` is one write.
+pub fn observe_channel_frames(direction: &str, frames: u64) {
+    PEER_CHANNEL_FRAMES
+        .with_label_values(&[direction])
+        .inc_by(frames);
+    if direction == "out" {
+        PEER_CHANNEL_WRITES.inc();
+    }
+}
+
+/// A channel handshake refused, or a connection closed for a bad frame.
+pub fn observe_channel_refusal(reason: &str) {
+    PEER_CHANNEL_REFUSALS.with_label_values(&[reason]).inc();
+}
+
 pub static ADMIN_AUTH_FAILURES: Lazy<IntCounter> = Lazy::new(|| {
     counter(
         "ringside_admin_auth_failures_total",
@@ -928,6 +983,13 @@ pub fn init(capacity_bytes: u64) {
     }
     Lazy::force(&RESPONSE_BODY_BYTES);
     Lazy::force(&FILL_IDLE_CONNECTIONS);
+    for role in ["asker", "owner"] {
+        PEER_CHANNELS.with_label_values(&[role]);
+    }
+    for direction in ["in", "out"] {
+        PEER_CHANNEL_FRAMES.with_label_values(&[direction]);
+    }
+    Lazy::force(&PEER_CHANNEL_WRITES);
     for result in ["hit", "miss", "error"] {
         PREVIOUS_OWNER_LOOKUPS.with_label_values(&[result]);
     }

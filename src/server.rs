@@ -17,7 +17,7 @@ use crate::net::refusals::Refusals;
 use crate::net::tunnel::Tunnels;
 use crate::node::handoff;
 use crate::node::Node;
-use crate::proxy::Ringside;
+use crate::proxy::{ChannelListener, Ringside};
 use crate::shutdown::DrainOnTerm;
 use pingora::apps::{HttpServerOptions, ServerApp};
 use pingora::server::configuration::ServerConf;
@@ -201,7 +201,17 @@ fn add_services(server: &mut Server, config: &Config, node: Arc<Node>) {
             Listener::Peers
         };
         let handshake = peer_handshake(config, &node);
-        let peers = guarded(config, kind, peers, Some(handshake));
+        let mut peers = guarded(config, kind, peers, Some(handshake));
+        if config.cluster.peer_protocol == PeerProtocol::Channel {
+            // The peer channel on the same port (`proxy/channel.rs`); a
+            // handshake and each write are bounded like a request head.
+            let timeout = config
+                .request_header_timeout
+                .max(config.cluster.peer_timeout);
+            peers.divert(
+                ChannelListener::new(ringside.for_peers(), timeout).map(|c| Arc::new(c) as _),
+            );
+        }
         proxies.add(socket_addr(peer_listen), peers);
     }
     for upstream in &config.upstreams {
@@ -231,6 +241,7 @@ fn add_services(server: &mut Server, config: &Config, node: Arc<Node>) {
         tunnels: None,
         handshake: None,
         refusals: Arc::new(Refusals::new("admin", false)),
+        diverted: None,
     };
     let admin = Admin::new(node, probed).unwrap_or_else(|e| fatal(&e));
     let admin_app = Guarded::new(admin, admin_limits);
@@ -303,6 +314,7 @@ fn guarded<A: ServerApp + Send + Sync + 'static>(
         }),
         handshake,
         refusals: Arc::new(Refusals::new(kind.label(), kind.is_peers())),
+        diverted: None,
     };
     Guarded::new(app, limits)
 }

@@ -427,12 +427,22 @@ async fn injected_credentials_reach_the_origin_and_follow_their_file() {
 
 /// In a cluster a node never sends its injected credential to a peer: the
 /// owner injects its own. A member that records what reaches it stands in
-/// for the owner (and answers nothing, so the asker goes to its origin).
+/// for the owner (and answers nothing, so the asker goes to its origin):
+/// over the peer channel it opens the channel and records each request in
+/// plain text; over signed HTTP (`peer_protocol: http1`) it records the
+/// bytes.
 #[tokio::test]
 async fn injected_credentials_never_cross_the_peer_channel() {
+    let recorder_addr = format!("127.0.0.1:{}", common::free_port());
+    let recorder = common::channel::Recorder::start(&recorder_addr, common::CLUSTER_SECRET).await;
+    let seen = recorder.seen.clone();
+    let wire = move || seen.lock().unwrap().clone();
+    injected_credentials_stay_home(&recorder_addr, "", wire).await;
+}
+
+#[tokio::test]
+async fn injected_credentials_never_cross_to_a_peer_over_http() {
     use tokio::io::AsyncReadExt;
-    let origin = Origin::start().await;
-    let secret = SecretFile::new("inject-peer", "peer-secret-0003");
     let recorder = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let recorder_addr = recorder.local_addr().unwrap().to_string();
     let recorded = std::sync::Arc::new(std::sync::Mutex::new(Vec::<u8>::new()));
@@ -451,17 +461,30 @@ async fn injected_credentials_never_cross_the_peer_channel() {
             });
         }
     });
+    let wire = move || String::from_utf8_lossy(&recorded.lock().unwrap()).into_owned();
+    injected_credentials_stay_home(&recorder_addr, "  peer_protocol: http1\n", wire).await;
+}
+
+/// A node injecting a key asks the member at `recorder_addr` for keys it
+/// owns; `wire()` is what that member saw.
+async fn injected_credentials_stay_home(
+    recorder_addr: &str,
+    cluster_extra: &str,
+    wire: impl Fn() -> String,
+) {
+    let origin = Origin::start().await;
+    let secret = SecretFile::new("inject-peer", "peer-secret-0003");
     let me = format!("127.0.0.1:{}", common::free_port());
-    let members = vec![me.clone(), recorder_addr.clone()];
+    let members = vec![me.clone(), recorder_addr.to_owned()];
     let yaml = format!(
         "origin:\n  url: {}\n  connect_timeout: 1s\n  read_timeout: 2s\n  inject_headers:\n    - {{name: X-Api-Key, value_file: {}}}\n{}",
         origin.url(),
         secret.path(),
-        common::cluster_yaml(&me, &members, "")
+        common::cluster_yaml(&me, &members, cluster_extra)
     );
     let rs = Ringside::start_yaml(&yaml).await;
     let paths = common::paths_owned_by(
-        &recorder_addr,
+        recorder_addr,
         &members,
         &origin.url(),
         "/b/",
@@ -477,7 +500,7 @@ async fn injected_credentials_never_cross_the_peer_channel() {
             "the origin got the injected key"
         );
     }
-    let wire = String::from_utf8_lossy(&recorded.lock().unwrap()).into_owned();
+    let wire = wire();
     assert!(
         wire.contains(&paths[0][..paths[0].find('?').unwrap()]),
         "the peer was asked: {wire}"

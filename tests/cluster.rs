@@ -955,7 +955,9 @@ async fn captured_peer_requests_cannot_be_tampered_with_redirected_or_replayed()
     // B, once real, fills from its origin (not from A's copy, as the key's
     // new owner would by asking the previous one): what reaches the origin
     // tells what B accepted.
-    let extra = "  hot: {fraction: 0}\n  previous_owner_window: 0s\n";
+    // Signed HTTP is what this test captures (the peer channel's own
+    // handshake and records are tested in `peer_channel.rs`).
+    let extra = "  hot: {fraction: 0}\n  previous_owner_window: 0s\n  peer_protocol: http1\n";
     // A stand-in for B: records the head of every request A sends it, then
     // hangs up (so A falls back to the origin, or counts the purge as
     // unconfirmed).

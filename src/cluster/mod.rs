@@ -67,6 +67,9 @@ pub struct Cluster {
     pub peer_read_timeout: Duration,
     /// Talk HTTP/2 over cleartext to peers instead of HTTP/1.1.
     pub peer_h2c: bool,
+    /// Ask peers over the peer channel (`net/channel/`), HTTP only for
+    /// those that do not speak it.
+    pub peer_channel: bool,
     /// How long a write waits for members to confirm its invalidation.
     pub invalidation_timeout: Duration,
     /// Mutual TLS with peers (`cluster.tls`); None: signed cleartext.
@@ -147,6 +150,7 @@ impl Cluster {
             peer_timeout: config.peer_timeout,
             peer_read_timeout: config.peer_timeout + origin_budget,
             peer_h2c: config.peer_protocol == PeerProtocol::H2c,
+            peer_channel: config.peer_protocol == PeerProtocol::Channel,
             invalidation_timeout: config.invalidation_timeout,
             tls,
         });
@@ -464,6 +468,17 @@ impl Cluster {
     pub fn remote_owner(&self, ring: &Ring, key: &str) -> Option<String> {
         let owner = ring.owner(key)?;
         (owner.addr != self.me).then(|| owner.addr.clone())
+    }
+}
+
+/// The asking end of the peer channel speaks for this node.
+impl crate::net::channel::client::Identity for Cluster {
+    fn me(&self) -> &str {
+        &self.me
+    }
+
+    fn secret(&self) -> Arc<::ring::hmac::Key> {
+        self.auth.current_key()
     }
 }
 

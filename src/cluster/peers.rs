@@ -300,6 +300,14 @@ impl PeerAuth {
         Ok(PeerAuth { key })
     }
 
+    /// The cluster secret's HMAC key as it is now (the peer channel's
+    /// handshake proves it and derives its session keys from it). A new
+    /// `Arc` when the secret's file changed: a channel opened under another
+    /// one is closed (`net/channel/`).
+    pub fn current_key(&self) -> std::sync::Arc<hmac::Key> {
+        self.key.current()
+    }
+
     /// The signature of a request whose headers already carry its envelope
     /// (and everything else it will be sent with, but `host`).
     pub fn sign(&self, method: &str, path: &str, headers: &HeaderMap) -> HeaderValue {

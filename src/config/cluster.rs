@@ -37,8 +37,11 @@ pub struct ClusterConfig {
     /// After a peer fails, how long before it is tried again (doubles up to 16x).
     #[serde(deserialize_with = "de_duration")]
     pub peer_backoff: Duration,
-    /// How peers talk: `http1` (pooled keep-alive connections) or `h2c`
-    /// (HTTP/2 over cleartext, multiplexed on one connection per peer).
+    /// How peers talk: `channel` (the peer channel: connection-authenticated,
+    /// multiplexed frames, falling back to `http1` for a peer that does not
+    /// speak it), `http1` (signed requests on pooled keep-alive connections,
+    /// the channel neither sent nor accepted) or `h2c` (the same signed
+    /// requests over HTTP/2 in cleartext).
     pub peer_protocol: PeerProtocol,
     pub hot: HotConfig,
     pub membership: MembershipConfig,
@@ -117,6 +120,7 @@ impl Default for HandoffConfig {
 #[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq)]
 #[serde(rename_all = "lowercase")]
 pub enum PeerProtocol {
+    Channel,
     Http1,
     H2c,
 }
@@ -295,7 +299,7 @@ impl Default for ClusterConfig {
             peer_timeout: Duration::from_secs(2),
             invalidation_timeout: Duration::from_secs(2),
             peer_backoff: Duration::from_secs(1),
-            peer_protocol: PeerProtocol::Http1,
+            peer_protocol: PeerProtocol::Channel,
             hot: HotConfig::default(),
             membership: MembershipConfig::default(),
             tls: None,
@@ -433,7 +437,7 @@ impl ClusterConfig {
             return Err(invalid(
                 "cluster.peer_protocol",
                 "h2c",
-                "http1 with cluster.tls (h2c is HTTP/2 over cleartext)",
+                "channel or http1 with cluster.tls (h2c is HTTP/2 over cleartext)",
             ));
         }
         Ok(())

@@ -300,7 +300,10 @@ async fn run(
         }
     }
     if job.request.method == http::Method::HEAD {
-        return head::answered(filler, flight, job, whole, response, leader).await;
+        // Boxed, as the other uncommon ends below: each fill is a task of
+        // its own, moved when spawned, and the common end (stored whole)
+        // should not carry their state.
+        return Box::pin(head::answered(filler, flight, job, whole, response, leader)).await;
     }
     let verdict = match job.request.headers.contains_key(http::header::RANGE) {
         true => partial::not_storable_because(&job, &whole, &response),
@@ -310,8 +313,13 @@ async fn run(
         None if reads_whole(&job, &response) => {
             store_whole(filler, flight, job, whole, response, leader).await
         }
-        None => store_streaming(filler, flight, job, whole, response, leader).await,
-        Some(reason) => not_kept(filler, flight, source, reason, response, leader).await,
+        None => {
+            Box::pin(store_streaming(
+                filler, flight, job, whole, response, leader,
+            ))
+            .await
+        }
+        Some(reason) => Box::pin(not_kept(filler, flight, source, reason, response, leader)).await,
     }
 }
 

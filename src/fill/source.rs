@@ -12,8 +12,9 @@ use crate::cache::singleflight::Waiter;
 use crate::cluster::peers;
 use crate::cluster::Cluster;
 use crate::metrics;
-use crate::net::origin::{FetchError, InterimSink, OriginResponse};
-use bytes::Bytes;
+use crate::net::channel::client::{Ask, AskError};
+use crate::net::channel::wire;
+use crate::net::origin::{FetchError, OriginResponse};
 use pingora::http::RequestHeader;
 use std::collections::HashSet;
 use std::sync::Mutex;
@@ -73,41 +74,25 @@ pub(super) async fn fetch(
 ) -> (Result<OriginResponse, FetchError>, Source) {
     if let Some(cluster) = &filler.cluster {
         if let Some(owner) = &job.owner {
-            let request = peer_request(job, cluster, owner, false);
-            let request = (&request, job.body.clone());
-            let asked = ask_peer(filler, cluster, owner, request, job.interim.as_ref()).await;
+            let asked = ask_peer(filler, cluster, owner, job, false).await;
             if let Asked::Answered(response) = asked {
                 return (Ok(*response), Source::Owner);
             }
         } else if let (Some(previous), None, None) = (&job.previous_owner, &job.stale, &job.body) {
             let _asking = filler.asking_previous.enter(flight_key);
-            let request = peer_request(job, cluster, previous, true);
-            let asked = ask_peer(
-                filler,
-                cluster,
-                previous,
-                (&request, None),
-                job.interim.as_ref(),
-            )
-            .await;
+            let asked = ask_peer(filler, cluster, previous, job, true).await;
             metrics::observe_previous_owner_lookup(asked.as_str());
             if let Asked::Answered(response) = asked {
                 return (Ok(*response), Source::PreviousOwner);
             }
         }
     }
-    (
-        filler
-            .client
-            .fetch(
-                &job.target,
-                &job.request,
-                job.body.clone(),
-                job.interim.as_ref(),
-            )
-            .await,
-        Source::Origin,
-    )
+    // Boxed, as the HTTP peer fetch below: pingora's client futures are
+    // large, and a fill that asks over the peer channel should not carry
+    // them (each fill is a task of its own, moved when spawned).
+    let body = job.body.clone();
+    let fetched = (filler.client).fetch(&job.target, &job.request, body, job.interim.as_ref());
+    (Box::pin(fetched).await, Source::Origin)
 }
 
 /// What asking a peer brought.
@@ -131,28 +116,32 @@ impl Asked {
     }
 }
 
-/// Send `request` to the peer `addr`, recording how it went. A refusal by
-/// the peer's gate (`proxy/peer.rs`) is the peer failing, not an answer for
-/// the client, except a lookup's "not cached". Interim responses go to
-/// `interim`.
+/// Ask the peer `addr` for `job` (a previous-owner `lookup`, or the
+/// owner's answer), over the peer channel when it speaks it, else signed
+/// over HTTP; recording how it went. A refusal by the peer's gate
+/// (`proxy/peer.rs`, `proxy/channel.rs`) is the peer failing, not an answer
+/// for the client, except a lookup's "not cached". Interim responses go to
+/// the job's leader.
 pub(super) async fn ask_peer(
     filler: &Filler,
     cluster: &Cluster,
     addr: &str,
-    request: (&RequestHeader, Option<Bytes>),
-    interim: Option<&InterimSink>,
+    job: &Job,
+    lookup: bool,
 ) -> Asked {
     let started = Instant::now();
-    let response = filler
-        .client
-        .fetch_peer(
-            addr,
-            request,
-            (cluster.peer_timeout, cluster.peer_read_timeout),
-            cluster.peer_h2c,
-            interim,
-        )
-        .await;
+    let timeouts = (cluster.peer_timeout, cluster.peer_read_timeout);
+    let interim = job.interim.as_ref();
+    let response = match over_channel(filler, cluster, addr, job, lookup).await {
+        Some(response) => response,
+        None => {
+            let request = peer_request(job, cluster, addr, lookup);
+            let request = (&request, job.body.clone());
+            let fetched =
+                (filler.client).fetch_peer(addr, request, timeouts, cluster.peer_h2c, interim);
+            Box::pin(fetched).await
+        }
+    };
     let asked = match response {
         Ok(response) => match refusal_reason(&response) {
             None => Asked::Answered(Box::new(response)),
@@ -183,6 +172,47 @@ pub(super) async fn ask_peer(
     }
     asked
 }
+
+/// Ask `addr` over the peer channel; None: ask it over HTTP instead (the
+/// channel is off, the peer does not speak it, or the body is too large
+/// for one frame).
+async fn over_channel(
+    filler: &Filler,
+    cluster: &Cluster,
+    addr: &str,
+    job: &Job,
+    lookup: bool,
+) -> Option<Result<OriginResponse, FetchError>> {
+    let fits = job
+        .body
+        .as_ref()
+        .is_none_or(|b| b.len() <= MAX_CHANNEL_BODY);
+    if !cluster.peer_channel || !fits || !filler.client.channel_worth_trying(addr) {
+        return None;
+    }
+    let ask = Ask {
+        request: &job.request,
+        body: job.body.clone(),
+        origin: &job.target.key_prefix,
+        lookup,
+        generation: cluster.ring().generation(),
+    };
+    let timeouts = (cluster.peer_timeout, cluster.peer_read_timeout);
+    let interim = job.interim.as_ref();
+    match (filler.client)
+        .ask_channel(addr, cluster, ask, timeouts, interim)
+        .await
+    {
+        Ok(response) => Some(Ok(response)),
+        Err(AskError::UseHttp) => None,
+        Err(AskError::Failed(e)) => Some(Err(e)),
+        Err(AskError::Connect(e)) => Some(Err(FetchError::from_pingora(&e))),
+    }
+}
+
+/// Request bodies the channel carries in its request frame; larger ones
+/// (larger than any body keyed for the cache by default) go over HTTP.
+const MAX_CHANNEL_BODY: usize = wire::MAX_FRAME - 64 * 1024;
 
 /// Why a peer's gate refused the request (`proxy/peer.rs`), if it did.
 pub(super) fn refusal_reason(response: &OriginResponse) -> Option<&[u8]> {

@@ -102,6 +102,20 @@ pub struct Limits {
     pub handshake: Option<Arc<dyn Handshake>>,
     /// How this listener answers on the wire when it refuses.
     pub refusals: Arc<Refusals>,
+    /// Another protocol served here instead of HTTP, to connections that
+    /// open with its preface (the peer channel; needs `head_timeout`).
+    pub diverted: Option<Arc<dyn Diverted>>,
+}
+
+/// A protocol a listener serves beside HTTP, told apart by the first
+/// bytes a connection sends (its preface, which must not be HTTP).
+#[async_trait]
+pub trait Diverted: Send + Sync {
+    fn preface(&self) -> &'static [u8];
+
+    /// Serve a connection whose preface has been read; `buffered`: the
+    /// bytes read after it.
+    async fn serve(&self, stream: Stream, buffered: BytesMut);
 }
 
 /// A step between accepting a connection and speaking HTTP on it, such as
@@ -137,6 +151,11 @@ impl<A> Guarded<A> {
             open_gauge,
             refused,
         }
+    }
+
+    /// Serve `diverted` instead of HTTP to connections that open with its preface.
+    pub fn divert(&mut self, diverted: Option<Arc<dyn Diverted>>) {
+        self.limits.diverted = diverted;
     }
 
     /// Take a connection slot, if one is free; it is given back on drop.
@@ -195,6 +214,17 @@ impl<A: ServerApp + Send + Sync + 'static> ServerApp for Guarded<A> {
                 // handing it over, so a silent connection costs little.
                 if !stream.first_byte().await {
                     return None;
+                }
+                if let Some(diverted) = &self.limits.diverted {
+                    match stream.opens_with(diverted.preface()).await {
+                        Ok(false) => {}
+                        Ok(true) => {
+                            let (inner, buffered) = stream.into_parts();
+                            diverted.serve(inner, buffered).await;
+                            return None;
+                        }
+                        Err(_) => return None,
+                    }
                 }
                 if let Some(tunnels) = &self.limits.tunnels {
                     match stream.connect_head().await {
@@ -325,6 +355,23 @@ impl HeadDeadline {
         };
         self.phase.store(IN_EXCHANGE, Ordering::Relaxed);
         Ok(Some(head))
+    }
+
+    /// Whether the connection opens with `preface` (read within the head
+    /// deadline, then consumed; otherwise nothing is consumed).
+    async fn opens_with(&mut self, preface: &[u8]) -> io::Result<bool> {
+        self.read_ahead(|b| b.len() >= preface.len() || !preface.starts_with(b))
+            .await?;
+        if !self.replay.starts_with(preface) {
+            return Ok(false);
+        }
+        let _ = self.replay.split_to(preface.len());
+        Ok(true)
+    }
+
+    /// The stream under the deadline and the bytes read from it ahead.
+    fn into_parts(self) -> (Stream, BytesMut) {
+        (self.inner, self.replay)
     }
 
     /// Read into `replay` until `enough` holds, within the head deadline.

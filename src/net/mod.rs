@@ -4,13 +4,15 @@
 //! `bodies`; the listeners sharing one service, `listeners`; CONNECT
 //! tunnels, `tunnel`; readiness probes, `readiness`), what goes out (origin
 //! targets and the fetch client, `origin`, with its idle keep-alive
-//! connections, `idle_pool`), TLS (`peer_tls` between peers, `tls_files`
-//! for certificates read from files and reloaded) and secrets read from
+//! connections, `idle_pool`; the peer channel, `channel`; what both report,
+//! `fetch`), TLS (`peer_tls` between peers, `tls_files` for certificates read from files and reloaded) and secrets read from
 //! files (`secret_files`), both on `watched_files`. No caching decisions
 //! are made here.
 
 pub(crate) mod bodies;
+pub mod channel;
 pub(crate) mod connections;
+pub(crate) mod fetch;
 pub(crate) mod idle_pool;
 pub(crate) mod inject;
 pub(crate) mod listeners;

@@ -14,6 +14,8 @@
 //! disconnects (see `fill.rs`).
 
 use crate::config::{Config, OriginUrl};
+use crate::net::channel::client::{Ask, AskError, ChannelBody, Channels, Identity};
+pub use crate::net::fetch::{FetchError, InterimSink};
 use crate::net::idle_pool::IdlePool;
 use crate::net::inject::Injected;
 use crate::net::peer_tls::PeerTls;
@@ -143,58 +145,24 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
-/// Why a fetch produced no response.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum FetchError {
-    /// Connecting or reading took longer than configured: 504.
-    Timeout,
-    /// Refused, unreachable, reset, or garbled: 502.
-    Unreachable,
-}
-
-impl FetchError {
-    pub fn status(self) -> u16 {
-        match self {
-            FetchError::Timeout => 504,
-            FetchError::Unreachable => 502,
-        }
-    }
-
-    pub fn from_pingora(e: &Error) -> FetchError {
-        match e.etype() {
-            ErrorType::ConnectTimedout | ErrorType::ReadTimedout | ErrorType::WriteTimedout => {
-                FetchError::Timeout
-            }
-            _ => FetchError::Unreachable,
-        }
-    }
-}
-
 /// The client for cache fills: a pooled connector shared by every fill,
 /// and with `cluster.tls` the TLS every request to a peer goes over.
 pub struct OriginClient {
     connector: Connector,
     idle: IdlePool,
     peer_tls: Option<Arc<PeerTls>>,
+    /// Connections of the peer channel, by peer (`channel/`).
+    channels: Channels,
     /// The address peer connections are made from: this node's member
     /// address, which a receiver without peer TLS checks the sender's
-    /// connection against (`proxy/peer.rs`). None: the kernel's choice.
+    /// connection against (`proxy/peer.rs`, `proxy/channel.rs`). None:
+    /// the kernel's choice.
     peer_source: Option<std::net::IpAddr>,
 }
 
-/// Where a fetch hands the interim (1xx) responses that come before the
-/// final one: the client whose request started the fill, which may pass
-/// them on (see `proxy/cacheable.rs`). Never waited on: a full or closed
-/// channel drops them.
-pub type InterimSink = tokio::sync::mpsc::Sender<ResponseHeader>;
-
 /// An origin response whose headers have arrived; the body is read on demand.
 pub struct OriginResponse {
-    session: HttpSession,
-    peer: HttpPeer,
-    /// The peer's `reuse_hash`: which idle connections it may reuse.
-    target: u64,
-    idle_timeout: Duration,
+    body: Body,
     pub header: ResponseHeader,
     pub request_time: SystemTime,
     pub response_time: SystemTime,
@@ -208,6 +176,7 @@ impl OriginClient {
             connector: Connector::new(None),
             idle: IdlePool::default(),
             peer_tls,
+            channels: Channels::default(),
             peer_source: None,
         }
     }
@@ -286,14 +255,13 @@ impl OriginClient {
             .await
     }
 
-    async fn send_to_peer(
+    /// The peer listener at `addr` as a connection target: resolved within
+    /// `connect_timeout`, over TLS with `cluster.tls`.
+    async fn peer_target(
         &self,
         addr: &str,
-        sent: Sent<'_>,
         (connect_timeout, read_timeout): (Duration, Duration),
-        h2c: bool,
-    ) -> Result<OriginResponse, FetchError> {
-        let request = sent.request;
+    ) -> Result<HttpPeer, FetchError> {
         let timeout = connect_timeout;
         let resolved = match tokio::time::timeout(timeout, tokio::net::lookup_host(addr)).await {
             Ok(Ok(mut addrs)) => addrs.next(),
@@ -308,9 +276,6 @@ impl OriginClient {
         peer.options.read_timeout = Some(read_timeout);
         peer.options.write_timeout = Some(read_timeout);
         peer.options.idle_timeout = Some(Duration::from_secs(60));
-        if h2c {
-            peer.options.set_http_version(2, 2);
-        }
         if let Some(tls) = &self.peer_tls {
             tls.configure(&mut peer, addr);
         }
@@ -318,6 +283,65 @@ impl OriginClient {
             let mut bind = pingora::connectors::l4::BindTo::default();
             bind.addr = Some(std::net::SocketAddr::new(ip, 0));
             peer.options.bind_to = Some(bind);
+        }
+        Ok(peer)
+    }
+
+    /// Whether to ask `addr` over the peer channel: not known to lack it.
+    pub fn channel_worth_trying(&self, addr: &str) -> bool {
+        self.channels.worth_trying(addr)
+    }
+
+    /// Ask the peer at `addr` over the peer channel (`channel/`), as
+    /// `identity`. `UseHttp`: it does not speak the channel, ask it over
+    /// HTTP. Timeouts as for [`Self::fetch_peer`].
+    pub async fn ask_channel(
+        &self,
+        addr: &str,
+        identity: &dyn Identity,
+        ask: Ask<'_>,
+        timeouts: (Duration, Duration),
+        interim: Option<&InterimSink>,
+    ) -> Result<OriginResponse, AskError> {
+        let peer = self
+            .peer_target(addr, timeouts)
+            .await
+            .map_err(AskError::Failed)?;
+        let request_time = SystemTime::now();
+        let asked = self
+            .channels
+            .ask((addr, &peer), identity, ask, timeouts.1, interim)
+            .await;
+        let (header, body) = match asked {
+            Ok(answer) => answer,
+            Err(AskError::Connect(e)) => {
+                if let Some(tls) = &self.peer_tls {
+                    tls.note_failure(addr, &e);
+                }
+                return Err(AskError::Failed(FetchError::from_pingora(&e)));
+            }
+            Err(e) => return Err(e),
+        };
+        Ok(OriginResponse {
+            body: Body::Channel(body),
+            header,
+            request_time,
+            response_time: SystemTime::now(),
+        })
+    }
+
+    async fn send_to_peer(
+        &self,
+        addr: &str,
+        sent: Sent<'_>,
+        timeouts: (Duration, Duration),
+        h2c: bool,
+    ) -> Result<OriginResponse, FetchError> {
+        let request = sent.request;
+        let read_timeout = timeouts.1;
+        let mut peer = self.peer_target(addr, timeouts).await?;
+        if h2c {
+            peer.options.set_http_version(2, 2);
         }
         self.send(peer, sent, read_timeout, Duration::from_secs(60))
             .await
@@ -400,10 +424,12 @@ impl OriginClient {
                         .cloned()
                         .ok_or_else(|| Error::explain(ErrorType::InvalidHTTPHeader, "no header"))?;
                     return Ok(OriginResponse {
-                        session,
-                        peer,
-                        target,
-                        idle_timeout,
+                        body: Body::Http {
+                            session,
+                            peer,
+                            target,
+                            idle_timeout,
+                        },
                         header,
                         request_time,
                         response_time: SystemTime::now(),
@@ -427,6 +453,20 @@ impl OriginClient {
             None => self.connector.get_http_session(peer).await,
         }
     }
+}
+
+/// Where a response's body comes from.
+enum Body {
+    /// An HTTP session (an origin, or a peer over HTTP), pooled once read.
+    Http {
+        session: HttpSession,
+        peer: HttpPeer,
+        /// The peer's `reuse_hash`: which idle connections it may reuse.
+        target: u64,
+        idle_timeout: Duration,
+    },
+    /// A stream of the peer channel.
+    Channel(ChannelBody),
 }
 
 /// What a fetch sends, and where the interim responses it gets go.
@@ -476,10 +516,13 @@ fn is_timeout(e: &Error) -> bool {
 impl OriginResponse {
     /// The next body chunk, or None at the end.
     pub async fn read_chunk(&mut self) -> Result<Option<Bytes>, FetchError> {
-        self.session
-            .read_response_body()
-            .await
-            .map_err(|e| FetchError::from_pingora(&e))
+        match &mut self.body {
+            Body::Http { session, .. } => session
+                .read_response_body()
+                .await
+                .map_err(|e| FetchError::from_pingora(&e)),
+            Body::Channel(body) => body.read_chunk().await,
+        }
     }
 
     /// The body length the origin announced, if it did.
@@ -493,8 +536,18 @@ impl OriginResponse {
 
     /// Return the connection to the pool once the body has been read whole;
     /// otherwise close it (a half-read connection cannot be reused).
+    /// A channel stream has nothing to return: dropped before its end, it
+    /// is cancelled.
     pub async fn finish(self, client: &OriginClient) {
-        let mut session = self.session;
+        let Body::Http {
+            mut session,
+            peer,
+            target,
+            idle_timeout,
+        } = self.body
+        else {
+            return;
+        };
         if !session.response_done() {
             return session.shutdown().await;
         }
@@ -502,13 +555,13 @@ impl OriginResponse {
             HttpSession::H1(mut session) => {
                 session.respect_keepalive();
                 if let Some(stream) = session.reuse().await {
-                    client.idle.put(self.target, stream, self.idle_timeout);
+                    client.idle.put(target, stream, idle_timeout);
                 }
             }
             session => {
                 client
                     .connector
-                    .release_http_session(session, &self.peer, Some(self.idle_timeout))
+                    .release_http_session(session, &peer, Some(idle_timeout))
                     .await
             }
         }

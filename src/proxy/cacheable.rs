@@ -12,6 +12,7 @@
 //! none of these ways: it is answered from the cache, or from a fill
 //! already under way here, or refused as not cached.
 
+use super::downstream::Downstream;
 use super::partial;
 use super::policy::Policy;
 use super::respond::{send_error, send_interim, send_object, send_refusal, send_stream};
@@ -33,7 +34,6 @@ use http::header;
 use http::Method;
 use pingora::http::{RequestHeader, ResponseHeader};
 use pingora::prelude::*;
-use pingora::proxy::Session;
 use std::sync::Arc;
 use std::time::Instant;
 use tokio::sync::{mpsc, oneshot};
@@ -97,7 +97,7 @@ impl Ringside {
     /// again, and a fill of its own that stores nothing sends it instead.
     pub(super) async fn go_alone(
         &self,
-        session: &mut Session,
+        session: &mut impl Downstream,
         ctx: &mut RequestCtx,
         result: CacheResult,
         status: CacheStatus,
@@ -118,7 +118,7 @@ impl Ringside {
     /// no other request joins.
     pub(super) async fn send_once(
         &self,
-        session: &mut Session,
+        session: &mut impl Downstream,
         ctx: &mut RequestCtx,
         body: Bytes,
     ) -> Result<bool> {
@@ -139,7 +139,7 @@ impl Ringside {
     /// used and whether the object is served under an override.
     async fn answer(
         &self,
-        session: &mut Session,
+        session: &mut impl Downstream,
         ctx: &mut RequestCtx,
         object: &CachedObject,
         status: CacheStatus,
@@ -178,7 +178,7 @@ impl Ringside {
     /// Serve a GET or HEAD that the cache may answer.
     pub(super) async fn serve_cacheable(
         &self,
-        session: &mut Session,
+        session: &mut impl Downstream,
         ctx: &mut RequestCtx,
         target: Arc<OriginTarget>,
         policy: Policy,
@@ -243,8 +243,10 @@ impl Ringside {
         }
         let (interim, hints) = mpsc::channel(MAX_INTERIM_RESPONSES);
         job.interim = Some(interim);
-        self.fill_and_answer(session, ctx, flight_key, job, hints, true)
-            .await
+        // Boxed: a fill's state is most of this path's, and the peer
+        // channel spawns this future per request (`channel.rs`): a hit's
+        // stays small.
+        Box::pin(self.fill_and_answer(session, ctx, flight_key, job, hints, true)).await
     }
 
     /// Where the request's key stands: stored here, mirrored here (a key
@@ -290,7 +292,7 @@ impl Ringside {
     /// forwards, so a lookup cannot loop.
     pub(super) async fn answer_lookup(
         &self,
-        session: &mut Session,
+        session: &mut impl Downstream,
         ctx: &mut RequestCtx,
         target: &OriginTarget,
     ) -> Result<bool> {
@@ -367,7 +369,7 @@ impl Ringside {
     /// range instead (`partial.rs`).
     async fn fill_and_answer(
         &self,
-        session: &mut Session,
+        session: &mut impl Downstream,
         ctx: &mut RequestCtx,
         flight_key: String,
         job: Job,
@@ -412,7 +414,7 @@ impl Ringside {
     /// Answer the request whose fill this was.
     async fn send_leader_result(
         &self,
-        session: &mut Session,
+        session: &mut impl Downstream,
         ctx: &mut RequestCtx,
         result: LeaderResult,
         may_fill_range: bool,
@@ -462,7 +464,7 @@ impl Ringside {
     /// Answer with what a fill produced.
     async fn send_outcome(
         &self,
-        session: &mut Session,
+        session: &mut impl Downstream,
         ctx: &mut RequestCtx,
         outcome: Outcome,
         collapsed: bool,
@@ -528,7 +530,11 @@ impl Ringside {
     /// Fill the range a request asks for, when its whole response is too
     /// large to keep (`partial.rs`): a fill of its own, keyed by the
     /// range, whose `206` becomes the URL's partial entry.
-    async fn fill_range(&self, session: &mut Session, ctx: &mut RequestCtx) -> Result<bool> {
+    async fn fill_range(
+        &self,
+        session: &mut impl Downstream,
+        ctx: &mut RequestCtx,
+    ) -> Result<bool> {
         let target = self.target_of(ctx);
         let req = session.req_header();
         let policy = self.policy(&target, req);
@@ -606,7 +612,7 @@ impl Ringside {
 /// the fill died); the interim responses that come before it are passed to
 /// the client as they arrive (`respond::send_interim`).
 async fn leader_result(
-    session: &mut Session,
+    session: &mut impl Downstream,
     mut result: oneshot::Receiver<LeaderResult>,
     mut hints: mpsc::Receiver<ResponseHeader>,
     timeout: std::time::Duration,

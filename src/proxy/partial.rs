@@ -18,6 +18,7 @@
 //! its own per range, `fill/partial.rs`), and that `206` becomes the URL's
 //! partial entry: one per URL, the latest replacing the one before.
 
+use super::downstream::Downstream;
 use super::respond::answered_by_preconditions;
 use super::Ringside;
 use crate::cache::keys;
@@ -30,7 +31,6 @@ use http::response::Parts;
 use http::{Method, StatusCode};
 use pingora::http::{RequestHeader, ResponseHeader};
 use pingora::prelude::*;
-use pingora::proxy::Session;
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -78,7 +78,7 @@ impl Ringside {
 /// Answer the range `asked` from the partial entry `object` that covers it
 /// (see [`covered`]): its preconditions first, as for any stored response.
 pub(super) async fn send_part(
-    session: &mut Session,
+    session: &mut impl Downstream,
     object: &CachedObject,
     asked: ByteRange,
     cache_status: CacheStatus,

@@ -5,6 +5,7 @@
 //! is stopped when its handle drops.
 #![allow(dead_code)]
 
+pub mod channel;
 pub mod dns;
 pub mod etcd;
 pub mod origin;
