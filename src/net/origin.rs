@@ -455,7 +455,9 @@ impl OriginClient {
     }
 }
 
-/// Where a response's body comes from.
+/// Where a response's body comes from (one per fetch, read in place: the
+/// HTTP session's size costs a channel answer nothing worth boxing for).
+#[allow(clippy::large_enum_variant)]
 enum Body {
     /// An HTTP session (an origin, or a peer over HTTP), pooled once read.
     Http {

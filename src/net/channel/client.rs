@@ -212,8 +212,10 @@ impl Channels {
         if conn.reusable(&secret) {
             return Some(conn.clone());
         }
-        // Idle or closed: dropped, which closes it once its last answer is read.
-        open.remove(addr).map(|conn| conn.retire());
+        // Idle, closed, or opened under another secret: not used again.
+        if let Some(conn) = open.remove(addr) {
+            conn.retire();
+        }
         None
     }
 
