@@ -26,7 +26,6 @@ use crate::net::channel::server::{self, Owner, Reply};
 use crate::net::channel::wire::{Hello, Request};
 use crate::net::connections::Diverted;
 use crate::net::origin::OriginTarget;
-use crate::net::peer_tls::TlsRefusal;
 use crate::rfc::cache_status::{CacheStatus, Detail, HEADER as CACHE_STATUS};
 use crate::rfc::headers::strip_hop_by_hop;
 use async_trait::async_trait;
@@ -121,7 +120,7 @@ impl Owner for ChannelOwner {
         match &cluster.tls {
             Some(tls) => tls
                 .check_sender(ssl.as_deref(), &hello.from, true)
-                .map_err(|why| tls_reason(&why))?,
+                .map_err(|why| why.reason())?,
             None => self.check_address(&hello.from, stream)?,
         }
         if hello.generation != cluster.ring().generation() {
@@ -145,10 +144,6 @@ impl Owner for ChannelOwner {
         // boxing the paths a hit does not take (fills, origin fetches).
         async move { owner.answer(&asker, request, reply).await }
     }
-}
-
-fn tls_reason(why: &TlsRefusal) -> &'static str {
-    why.reason()
 }
 
 impl ChannelOwner {

@@ -120,10 +120,9 @@ impl Raw {
 
 /// The bytes of a handshake frame on the wire.
 pub fn plain(frame: &Frame) -> Vec<u8> {
-    let payload = frame.to_bytes();
-    let mut out = (payload.len() as u32).to_be_bytes().to_vec();
-    out.extend_from_slice(&payload);
-    out
+    let mut out = BytesMut::new();
+    ringside::channel::record::plain(frame, &mut out);
+    out.to_vec()
 }
 
 /// A Hello for `claim`, with a fresh nonce.
