@@ -275,6 +275,11 @@ async fn a_cut_or_stalled_asker_costs_the_owner_nothing_lasting() {
         let frame = channel::get(1 + 2 * k, &origin, &path);
         stalled.send(&frame).await.unwrap();
     }
+    // Open first (else the wait below could pass before it began)...
+    eventually(WITHIN, "the owner counts the stalled channel", || async {
+        lone.open_channels().await >= 1.0
+    })
+    .await;
     eventually(WITHIN, "the owner closes both connections", || async {
         lone.open_channels().await == 0.0
     })
