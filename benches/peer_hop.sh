@@ -156,11 +156,13 @@ to_us() { # wrk latency (e.g. 412.00us, 1.20ms, 2.00s) -> microseconds
 peer_before=$(curl -sf "http://$A_ADMIN/metrics" | awk '/^ringside_requests_total/ && /result="peer"/{s+=$2} END{print s+0}')
 # CPU time (user + system, in clock ticks) a process has used so far.
 cpu_ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; }
+# Minor page faults so far: memory the allocator gives back and takes again.
+minor_faults() { awk '{print $10}' "/proc/$1/stat"; }
 TICK_US=$((1000000 / $(getconf CLK_TCK)))
 A_PID=${PIDS[1]}; B_PID=${PIDS[2]}
-declare -A P50 P99 RPS CPU_A CPU_B
+declare -A P50 P99 RPS CPU_A CPU_B FAULTS_A
 for kind in local peer; do
-    a0=$(cpu_ticks "$A_PID"); b0=$(cpu_ticks "$B_PID")
+    a0=$(cpu_ticks "$A_PID"); b0=$(cpu_ticks "$B_PID"); f0=$(minor_faults "$A_PID")
     wrk -t1 -c"$CONNS" -d"$DURATION" --latency -s "$WORK/$kind.txt.lua" "http://$A" >"$WORK/$kind.wrk"
     P50[$kind]=$(to_us "$(awk '$1=="50%"{print $2}' "$WORK/$kind.wrk")")
     P99[$kind]=$(to_us "$(awk '$1=="99%"{print $2}' "$WORK/$kind.wrk")")
@@ -168,6 +170,7 @@ for kind in local peer; do
     n=$(awk '/requests in/{print $1}' "$WORK/$kind.wrk")
     CPU_A[$kind]=$(awk -v t="$(( $(cpu_ticks "$A_PID") - a0 ))" -v u="$TICK_US" -v n="$n" 'BEGIN{printf "%.1f", t*u/n}')
     CPU_B[$kind]=$(awk -v t="$(( $(cpu_ticks "$B_PID") - b0 ))" -v u="$TICK_US" -v n="$n" 'BEGIN{printf "%.1f", t*u/n}')
+    FAULTS_A[$kind]=$(awk -v f="$(( $(minor_faults "$A_PID") - f0 ))" -v n="$n" 'BEGIN{printf "%.3f", f/n}')
     errors=$(awk '/Non-2xx|Socket errors/' "$WORK/$kind.wrk")
     [ -z "$errors" ] || echo "$kind: $errors"
 done
@@ -180,6 +183,7 @@ printf '%-28s %10s %10s %12s %14s %14s\n' "" "p50 (us)" "p99 (us)" "requests/s" 
 printf '%-28s %10s %10s %12s %14s %14s\n' "local hit (A owns the key)" "${P50[local]}" "${P99[local]}" "${RPS[local]}" "${CPU_A[local]}" "${CPU_B[local]}"
 printf '%-28s %10s %10s %12s %14s %14s\n' "peer hop (B owns the key)" "${P50[peer]}" "${P99[peer]}" "${RPS[peer]}" "${CPU_A[peer]}" "${CPU_B[peer]}"
 echo "added latency of the hop at p50: $((P50[peer] - P50[local])) us"
+echo "A's minor page faults per request: local hit ${FAULTS_A[local]}, peer hop ${FAULTS_A[peer]}"
 hops=$((peer_after - peer_before))
 sent=$(awk '/requests in/{print $1}' "$WORK/peer.wrk")
 echo "A counted $hops peer hops during the runs (result=\"peer\"), of $sent requests for B's keys"
