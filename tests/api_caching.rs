@@ -436,7 +436,7 @@ async fn injected_credentials_never_cross_the_peer_channel() {
     let recorder_addr = format!("127.0.0.1:{}", common::free_port());
     let recorder = common::channel::Recorder::start(&recorder_addr, common::CLUSTER_SECRET).await;
     let seen = recorder.seen.clone();
-    let wire = move || seen.lock().unwrap().clone();
+    let wire = move || seen.lock().clone();
     injected_credentials_stay_home(&recorder_addr, "", wire).await;
 }
 
@@ -445,7 +445,7 @@ async fn injected_credentials_never_cross_to_a_peer_over_http() {
     use tokio::io::AsyncReadExt;
     let recorder = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let recorder_addr = recorder.local_addr().unwrap().to_string();
-    let recorded = std::sync::Arc::new(std::sync::Mutex::new(Vec::<u8>::new()));
+    let recorded = std::sync::Arc::new(parking_lot::Mutex::new(Vec::<u8>::new()));
     let sink = recorded.clone();
     tokio::spawn(async move {
         while let Ok((mut stream, _)) = recorder.accept().await {
@@ -456,12 +456,12 @@ async fn injected_credentials_never_cross_to_a_peer_over_http() {
                     if n == 0 {
                         break;
                     }
-                    sink.lock().unwrap().extend_from_slice(&buf[..n]);
+                    sink.lock().extend_from_slice(&buf[..n]);
                 }
             });
         }
     });
-    let wire = move || String::from_utf8_lossy(&recorded.lock().unwrap()).into_owned();
+    let wire = move || String::from_utf8_lossy(&recorded.lock()).into_owned();
     injected_credentials_stay_home(&recorder_addr, "  peer_protocol: http1\n", wire).await;
 }
 

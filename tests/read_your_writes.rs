@@ -14,9 +14,10 @@
 mod common;
 use common::origin::{versioned_body, Origin};
 use common::{metric_sum, start_cluster, Conn, Response};
+use parking_lot::Mutex;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 
 const KEYS: usize = 2_000;
 const CLIENTS: usize = 24;
@@ -44,7 +45,7 @@ impl Checker {
     }
 
     fn violation(&self, what: String) {
-        self.violations.lock().unwrap().push(what);
+        self.violations.lock().push(what);
     }
 }
 
@@ -150,7 +151,7 @@ async fn no_get_after_a_confirmed_write_is_answered_with_the_old_version() {
     for client in clients {
         client.await.expect("a client task");
     }
-    let violations = checker.violations.lock().unwrap().clone();
+    let violations = checker.violations.lock().clone();
     let gets = checker.gets.load(Ordering::Relaxed);
     let confirmed = checker.confirmed_puts.load(Ordering::Relaxed);
     let unconfirmed = checker.unconfirmed_puts.load(Ordering::Relaxed);

@@ -170,18 +170,18 @@ async fn the_cluster_secret_comes_from_a_file_and_follows_it() {
     // B's Secret is rotated first: A's requests are refused (B counts them)
     // and A loads from the origin, with no client error.
     swap(&file_b, new);
-    let answers = std::sync::Mutex::new(Vec::new());
+    let answers = parking_lot::Mutex::new(Vec::new());
     common::eventually(Duration::from_secs(10), "B refuses the old secret", || {
         let path = fresh.next().expect("more keys owned by B");
         let (a, b, answers) = (&a, &b, &answers);
         async move {
             let r = a.get(path).await;
-            answers.lock().unwrap().push((r.status, through_b(&r)));
+            answers.lock().push((r.status, through_b(&r)));
             b.metric("ringside_peer_auth_failures_total", &[]).await >= 1.0
         }
     })
     .await;
-    let (status, hopped) = *answers.lock().unwrap().last().unwrap();
+    let (status, hopped) = *answers.lock().last().unwrap();
     assert_eq!(status, 200, "the client got the origin's answer");
     assert!(!hopped, "B answered a request signed with the old secret");
 

@@ -13,6 +13,7 @@
 //! Origin requests come from the sample origin's own counter.
 
 use super::etcd::Etcd;
+use parking_lot::RwLock;
 use ringside::demo::client;
 use ringside::demo::cluster::{Membership, NodeOptions, Nodes};
 use ringside::demo::process::ringside_beside_examples;
@@ -21,7 +22,7 @@ use ringside::demo::workload::{Steady, Targets, Workload};
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, RwLock};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 #[derive(clap::Args, Clone)]
@@ -240,21 +241,17 @@ impl Loaded {
     /// No more load to node `i` (as its readiness probe failing would do).
     fn take_out(&self, i: usize) {
         let addr = self.nodes.nodes[i].proxy_addr;
-        self.write_targets().retain(|a| *a != addr);
+        self.targets.write().retain(|a| *a != addr);
     }
 
     /// Node `i` takes load again.
     fn put_back(&self, i: usize) {
         let addr = self.nodes.nodes[i].proxy_addr;
-        let mut targets = self.write_targets();
+        let mut targets = self.targets.write();
         if !targets.contains(&addr) {
             targets.push(addr);
             targets.sort();
         }
-    }
-
-    fn write_targets(&self) -> std::sync::RwLockWriteGuard<'_, Vec<SocketAddr>> {
-        self.targets.write().unwrap_or_else(|p| p.into_inner())
     }
 
     /// The change is over: measure `after_secs` more, stop everything.
@@ -362,10 +359,7 @@ async fn double_fills_once(args: &ChurnArgs, handoff: bool) -> Result<(Fills, Fi
     tokio::time::sleep(Duration::from_secs(1)).await;
     nodes.add().await?;
     let added = nodes.nodes[nodes.nodes.len() - 1].proxy_addr;
-    targets
-        .write()
-        .unwrap_or_else(|p| p.into_inner())
-        .push(added);
+    targets.write().push(added);
     nodes.wait_for_ring(args.nodes + 1).await?;
     tokio::time::sleep(Duration::from_secs(1)).await;
     let join = probe.stop().await;
@@ -373,10 +367,7 @@ async fn double_fills_once(args: &ChurnArgs, handoff: bool) -> Result<(Fills, Fi
     let probe = Probe::start(targets.clone(), 2_000_000, origin.clone());
     tokio::time::sleep(Duration::from_secs(1)).await;
     let leaving = nodes.nodes[1].proxy_addr;
-    targets
-        .write()
-        .unwrap_or_else(|p| p.into_inner())
-        .retain(|a| *a != leaving);
+    targets.write().retain(|a| *a != leaving);
     nodes.signal_stop(1);
     nodes.wait_for_ring_except(args.nodes, &[1]).await?;
     tokio::time::sleep(Duration::from_secs(1)).await;
@@ -436,7 +427,7 @@ async fn probe(targets: Targets, first_id: u64, stop: Arc<AtomicBool>) -> (u64, 
                 if round == 1 {
                     tokio::time::sleep(ROUND_GAP).await;
                 }
-                let now: Vec<SocketAddr> = targets.read().unwrap_or_else(|p| p.into_inner()).clone();
+                let now: Vec<SocketAddr> = targets.read().clone();
                 let asks = now.into_iter().map(|addr| async move {
                     matches!(client::get(addr, &format!("/items/{id}")).await, Ok(r) if r.status == 200)
                 });

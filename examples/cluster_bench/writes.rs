@@ -14,6 +14,7 @@
 //! a violation, or on an unconfirmed write or a failed invalidation with
 //! every member up.
 
+use parking_lot::Mutex;
 use ringside::demo::client::{Conn, Response};
 use ringside::demo::cluster::{NodeOptions, Nodes};
 use ringside::demo::process::ringside_beside_examples;
@@ -21,7 +22,7 @@ use ringside::demo::sample_origin::SampleOrigin;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 #[derive(clap::Args)]
@@ -215,7 +216,7 @@ fn report(
         failures.all_up
     );
     println!("resident memory (MiB) per node, before each kill and at the end: {rss:?}");
-    for v in checker.first_violations.lock().unwrap().iter() {
+    for v in checker.first_violations.lock().iter() {
         println!("violation: {v}");
     }
     println!(
@@ -321,7 +322,7 @@ async fn get(conn: &mut Conn, key: usize, checker: &Checker) {
     }
     if v < floor {
         c.violations.fetch_add(1, Ordering::Relaxed);
-        let mut first = checker.first_violations.lock().unwrap();
+        let mut first = checker.first_violations.lock();
         if first.len() < 10 {
             first.push(format!(
                 "item {key}: v{v} after a confirmed write of v{floor} ({}, age {})",

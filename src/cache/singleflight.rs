@@ -31,10 +31,11 @@
 //! that the load completes for the waiters even if the leader's own client
 //! goes away. `fill.rs` is its one user, for origin and owner fetches alike.
 
+use parking_lot::Mutex;
 use std::collections::HashMap;
 use std::hash::Hash;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::watch;
 
@@ -97,7 +98,7 @@ impl<K: Hash + Eq + Clone, V: Clone> Group<K, V> {
 
     /// Join the flight for `key`, starting one if there is none.
     pub fn join(self: &Arc<Self>, key: K) -> Join<K, V> {
-        let mut flights = self.lock();
+        let mut flights = self.flights.lock();
         if let Some(shared) = flights.get(&key) {
             return Join::Follower(Waiter {
                 shared: shared.clone(),
@@ -120,7 +121,7 @@ impl<K: Hash + Eq + Clone, V: Clone> Group<K, V> {
 
     /// Wait on the flight for `key` if there is one; never start one.
     pub fn follow(&self, key: &K) -> Option<Waiter<V>> {
-        let shared = self.lock().get(key)?.clone();
+        let shared = self.flights.lock().get(key)?.clone();
         Some(Waiter { shared })
     }
 
@@ -128,19 +129,13 @@ impl<K: Hash + Eq + Clone, V: Clone> Group<K, V> {
     /// flights, while the forgotten ones still complete for their waiters.
     /// Scans the flights under way (a table as large as the loads in flight).
     pub fn forget_where(&self, mut matches: impl FnMut(&K) -> bool) {
-        self.lock().retain(|key, _| !matches(key));
+        self.flights.lock().retain(|key, _| !matches(key));
     }
 
     /// Number of keys being loaded right now.
     #[cfg(test)]
     pub fn in_flight(&self) -> usize {
-        self.lock().len()
-    }
-
-    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<K, Shared<V>>> {
-        // A panic while holding this lock cannot leave the map inconsistent
-        // (every operation is a single insert/remove), so poisoning is ignored.
-        self.flights.lock().unwrap_or_else(|p| p.into_inner())
+        self.flights.lock().len()
     }
 }
 
@@ -164,7 +159,7 @@ impl<K: Hash + Eq + Clone, V: Clone> Flight<K, V> {
     /// Remove this flight from the map, if it is still there: a forgotten
     /// flight's key may hold a newer flight by now, which stays.
     fn leave_the_map(&self) {
-        let mut flights = self.group.lock();
+        let mut flights = self.group.flights.lock();
         if let Some(shared) = flights.get(&self.key) {
             if shared.value.same_channel(&self.sender.subscribe()) {
                 flights.remove(&self.key);

@@ -13,6 +13,7 @@
 //! `shutdown_delay`): until then the others may ask it for the keys it
 //! owned (`cluster::previous_owner`).
 
+use crate::cluster::backoff;
 use crate::cluster::peers;
 use crate::cluster::Cluster;
 use crate::metrics;
@@ -24,6 +25,9 @@ use std::time::Duration;
 /// Rounds of `JOINED` notices to members that did not confirm (down, or
 /// not started yet: they will build their ring with this node anyway).
 const JOIN_ROUNDS: u32 = 4;
+
+/// The wait before the second round of notices, doubled for each later one.
+const JOIN_RETRY: Duration = Duration::from_secs(2);
 
 /// The longest a member is taken to keep serving after its notice.
 const MAX_SERVING: Duration = Duration::from_secs(600);
@@ -70,7 +74,7 @@ pub async fn joined(client: &OriginClient, cluster: &Cluster, origin: &str, peer
     let mut pending = others(cluster);
     for round in 0..JOIN_ROUNDS {
         if round > 0 {
-            tokio::time::sleep(Duration::from_secs(1 << round)).await;
+            tokio::time::sleep(backoff::after(round, JOIN_RETRY, JOIN_RETRY * 8)).await;
         }
         let within = cluster.peer_timeout;
         let notices = pending

@@ -21,6 +21,7 @@
 //! just joined counts the ring without itself as the one before.
 
 pub(crate) mod announce;
+mod backoff;
 pub(crate) mod hot;
 pub mod membership;
 pub mod peers;
@@ -38,9 +39,10 @@ use crate::net::origin::{FetchError, OriginClient};
 use crate::net::peer_tls::PeerTls;
 use bytes::Bytes;
 use http::{header, HeaderValue};
+use parking_lot::{Mutex, RwLock};
 use pingora::http::RequestHeader;
 use std::collections::{HashMap, VecDeque};
-use std::sync::{Arc, Mutex, RwLock};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 pub struct Cluster {
@@ -170,7 +172,7 @@ impl Cluster {
     /// are forgotten once the source no longer lists the member and it no
     /// longer serves.
     fn install(&self, listed: Vec<Member>) {
-        let mut view = self.view();
+        let mut view = self.view.lock();
         let now = Instant::now();
         view.leaving.retain(|addr, departure| {
             now < departure.serving_until || listed.iter().any(|m| m.addr == *addr)
@@ -184,7 +186,7 @@ impl Cluster {
     /// or on a previous ring (its source may have dropped it already).
     pub fn member_leaving(&self, from: &str, serving_for: Duration) -> bool {
         let previous = self.previous_rings();
-        let mut view = self.view();
+        let mut view = self.view.lock();
         let on = |ring: &Ring| ring.members().iter().any(|m| m.addr == from);
         let known = view.listed.iter().any(|m| m.addr == from)
             || on(&self.ring())
@@ -203,7 +205,7 @@ impl Cluster {
 
     /// `from` announced it is (back) in the cluster: its departure is over.
     pub fn member_joined(&self, from: &str) -> bool {
-        let mut view = self.view();
+        let mut view = self.view.lock();
         if view.leaving.remove(from).is_none() {
             return false;
         }
@@ -213,20 +215,16 @@ impl Cluster {
 
     /// The departure `from` announced, if it did.
     pub fn departure(&self, from: &str) -> Option<Departure> {
-        self.view().leaving.get(from).copied()
+        self.view.lock().leaving.get(from).copied()
     }
 
     /// This node leaves: from now on its own ring, too, is the ring
     /// without it, which it returns.
     pub fn leave(&self) -> Arc<Ring> {
-        let mut view = self.view();
+        let mut view = self.view.lock();
         view.me_leaving = true;
         self.rebuild(&view);
         self.ring()
-    }
-
-    fn view(&self) -> std::sync::MutexGuard<'_, View> {
-        self.view.lock().unwrap_or_else(|p| p.into_inner())
     }
 
     /// Build the ring `view` describes and swap it in (called under the
@@ -248,7 +246,7 @@ impl Cluster {
         let ring = Arc::new(Ring::new(members, &self.hash_key, self.vnodes));
         let addrs: Vec<String> = ring.members().iter().map(|m| m.addr.clone()).collect();
         let previous = {
-            let mut slot = self.ring.write().unwrap_or_else(|p| p.into_inner());
+            let mut slot = self.ring.write();
             std::mem::replace(&mut *slot, ring.clone())
         };
         if previous.generation() == ring.generation() {
@@ -278,7 +276,7 @@ impl Cluster {
     }
 
     pub fn ring(&self) -> Arc<Ring> {
-        self.ring.read().unwrap_or_else(|p| p.into_inner()).clone()
+        self.ring.read().clone()
     }
 
     /// Remember `previous`, just replaced by `current`, for the window. A
@@ -302,7 +300,7 @@ impl Cluster {
             }
         };
         let now = Instant::now();
-        let mut rings = self.previous.write().unwrap_or_else(|p| p.into_inner());
+        let mut rings = self.previous.write();
         rings.retain(|p| now < p.until);
         rings.truncate(MAX_PREVIOUS_RINGS - 1);
         rings.push_front(Previous {
@@ -336,7 +334,7 @@ impl Cluster {
     /// way round.)
     fn previous_rings(&self) -> Vec<Arc<Ring>> {
         let now = Instant::now();
-        let previous = self.previous.read().unwrap_or_else(|p| p.into_inner());
+        let previous = self.previous.read();
         (previous.iter())
             .filter(|p| now < p.until)
             .map(|p| p.ring.clone())
@@ -460,7 +458,7 @@ impl Cluster {
         if on(&self.ring()) {
             return true;
         }
-        let announced = self.view().leaving.contains_key(addr);
+        let announced = self.view.lock().leaving.contains_key(addr);
         announced || self.previous_rings().iter().any(|r| on(r))
     }
 

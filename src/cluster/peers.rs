@@ -73,6 +73,7 @@
 //! that doubles with each failure (up to 16x), so a dead peer costs one
 //! timeout, not one per request.
 
+use crate::cluster::backoff;
 use crate::config::{ClusterConfig, MIN_SECRET_LEN};
 use crate::metrics;
 use crate::net::secret_files;
@@ -84,11 +85,12 @@ use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use moka::notification::RemovalCause;
 use moka::policy::EvictionPolicy;
 use moka::sync::Cache;
+use parking_lot::Mutex;
 use ring::hmac;
 use std::collections::HashMap;
 use std::fmt;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use subtle::ConstantTimeEq;
 
@@ -525,7 +527,7 @@ impl SeenNonces {
             .time_to_idle(NONCE_WINDOW)
             .eviction_listener(move |_, window: Arc<Mutex<Window>>, cause| {
                 if cause == RemovalCause::Size {
-                    let newest = window.lock().map_or(u64::MAX, |w| w.newest);
+                    let newest = window.lock().newest;
                     watermark.fetch_max(newest, Ordering::Relaxed);
                 }
             })
@@ -555,7 +557,7 @@ impl SeenNonces {
         let window = self
             .senders
             .get_with(process, || Arc::new(Mutex::new(Window::new())));
-        let mut window = window.lock().unwrap_or_else(|p| p.into_inner());
+        let mut window = window.lock();
         window.accept(counter, nonce.timestamp.max(1))
     }
 }
@@ -580,20 +582,21 @@ impl PeerHealth {
         }
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, (Instant, u32)>> {
-        self.down.lock().unwrap_or_else(|p| p.into_inner())
-    }
-
     /// Should we ask this peer now? (False while it is backing off.)
     pub fn is_available(&self, peer: &str) -> bool {
-        match self.lock().get(peer) {
-            Some((until, _)) => Instant::now() >= *until,
+        self.is_available_at(peer, Instant::now())
+    }
+
+    /// [`is_available`](Self::is_available) at `now` (tests pass their clock).
+    fn is_available_at(&self, peer: &str, now: Instant) -> bool {
+        match self.down.lock().get(peer) {
+            Some((until, _)) => now >= *until,
             None => true,
         }
     }
 
     pub fn record_success(&self, peer: &str) {
-        let mut down = self.lock();
+        let mut down = self.down.lock();
         if down.remove(peer).is_some() {
             log::info!("peer {peer} is answering again");
             metrics::PEERS_DOWN.set(down.len() as i64);
@@ -601,17 +604,21 @@ impl PeerHealth {
     }
 
     pub fn record_failure(&self, peer: &str) {
-        let mut down = self.lock();
+        self.record_failure_at(peer, Instant::now());
+    }
+
+    fn record_failure_at(&self, peer: &str, now: Instant) {
+        let mut down = self.down.lock();
         let failures = down.get(peer).map_or(0, |(_, n)| *n) + 1;
-        let backoff = self.base_backoff * 2u32.pow(failures.min(5) - 1);
-        down.insert(peer.to_string(), (Instant::now() + backoff, failures));
+        let backoff = backoff::after(failures, self.base_backoff, self.base_backoff * 16);
+        down.insert(peer.to_string(), (now + backoff, failures));
         log::warn!("peer {peer} failed ({failures} in a row); skipping it for {backoff:?}");
         metrics::PEERS_DOWN.set(down.len() as i64);
     }
 
     /// Forget peers that left the ring.
     pub fn retain(&self, members: &[String]) {
-        let mut down = self.lock();
+        let mut down = self.down.lock();
         down.retain(|peer, _| members.contains(peer));
         metrics::PEERS_DOWN.set(down.len() as i64);
     }
@@ -955,19 +962,21 @@ mod tests {
 
     #[test]
     fn backoff_skips_a_failed_peer_then_lets_it_back() {
-        let health = PeerHealth::new(Duration::from_millis(30));
-        assert!(health.is_available("p"));
-        health.record_failure("p");
-        assert!(!health.is_available("p"));
-        std::thread::sleep(Duration::from_millis(40));
-        assert!(health.is_available("p"));
-        health.record_failure("p");
-        std::thread::sleep(Duration::from_millis(40));
+        let base = Duration::from_millis(30);
+        let health = PeerHealth::new(base);
+        let t0 = Instant::now();
+        assert!(health.is_available_at("p", t0));
+        health.record_failure_at("p", t0);
+        assert!(!health.is_available_at("p", t0 + base - Duration::from_millis(1)));
+        let t1 = t0 + base;
+        assert!(health.is_available_at("p", t1));
+        health.record_failure_at("p", t1);
         assert!(
-            !health.is_available("p"),
+            !health.is_available_at("p", t1 + base),
             "second failure doubles the backoff"
         );
+        assert!(health.is_available_at("p", t1 + 2 * base));
         health.record_success("p");
-        assert!(health.is_available("p"));
+        assert!(health.is_available_at("p", t1));
     }
 }

@@ -2,11 +2,12 @@
 //! its output kept for error messages, stopped by PID (SIGTERM, then kill).
 
 use super::client;
+use parking_lot::Mutex;
 use std::io::{BufRead, BufReader, Read};
 use std::net::SocketAddr;
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 /// How long ringside gets to answer on its admin port.
@@ -185,7 +186,7 @@ impl RingsideProcess {
     }
 
     fn log_lines(&self) -> Vec<String> {
-        self.log.lock().map(|l| l.clone()).unwrap_or_default()
+        self.log.lock().clone()
     }
 
     /// `why`, followed by the last lines ringside printed.
@@ -295,12 +296,11 @@ fn keep_lines(
 ) -> std::thread::JoinHandle<()> {
     std::thread::spawn(move || {
         for line in BufReader::new(output).lines().map_while(Result::ok) {
-            if let Ok(mut log) = log.lock() {
-                if log.len() == LOG_LINES_KEPT {
-                    log.remove(0);
-                }
-                log.push(line);
+            let mut log = log.lock();
+            if log.len() == LOG_LINES_KEPT {
+                log.remove(0);
             }
+            log.push(line);
         }
     })
 }

@@ -21,10 +21,11 @@ use hyper::body::Incoming;
 use hyper::server::conn::http1;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioIo, TokioTimer};
+use parking_lot::Mutex;
 use std::collections::HashMap;
 use std::convert::Infallible;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 use tokio::net::{TcpListener, TcpStream};
 
@@ -145,13 +146,13 @@ pub const VERSION: http::HeaderName = http::HeaderName::from_static("x-version")
 
 impl SampleOrigin {
     fn version(&self, id: u64) -> u64 {
-        let versions = self.versions.lock().unwrap_or_else(|p| p.into_inner());
+        let versions = self.versions.lock();
         versions.get(&id).copied().unwrap_or(0)
     }
 
     /// A write to item `id`: its new version.
     fn write(&self, id: u64) -> u64 {
-        let mut versions = self.versions.lock().unwrap_or_else(|p| p.into_inner());
+        let mut versions = self.versions.lock();
         let version = versions.entry(id).or_insert(0);
         *version += 1;
         *version

@@ -14,9 +14,10 @@
 use super::client::Conn;
 use super::report::PhaseResult;
 use super::sample_origin::SampleOrigin;
+use parking_lot::RwLock;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, RwLock};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 /// One request taking longer than this counts as failed.
@@ -268,7 +269,7 @@ async fn steady_client(
 
 /// Client `index`'s node now.
 fn target(targets: &Targets, index: u32) -> Option<SocketAddr> {
-    let targets = targets.read().unwrap_or_else(|p| p.into_inner());
+    let targets = targets.read();
     targets.get(index as usize % targets.len().max(1)).copied()
 }
 

@@ -15,9 +15,9 @@ use crate::metrics;
 use crate::net::channel::client::{Ask, AskError};
 use crate::net::channel::wire;
 use crate::net::origin::{FetchError, OriginResponse};
+use parking_lot::Mutex;
 use pingora::http::RequestHeader;
 use std::collections::HashSet;
-use std::sync::Mutex;
 use std::time::Instant;
 
 /// The flights asking a previous owner right now, by flight key.
@@ -31,12 +31,8 @@ pub(super) struct Asking<'a> {
 }
 
 impl AskingPrevious {
-    fn lock(&self) -> std::sync::MutexGuard<'_, HashSet<String>> {
-        self.0.lock().unwrap_or_else(|p| p.into_inner())
-    }
-
     fn enter(&self, key: &str) -> Asking<'_> {
-        self.lock().insert(key.to_owned());
+        self.0.lock().insert(key.to_owned());
         Asking {
             set: self,
             key: key.to_owned(),
@@ -44,13 +40,13 @@ impl AskingPrevious {
     }
 
     fn contains(&self, key: &str) -> bool {
-        self.lock().contains(key)
+        self.0.lock().contains(key)
     }
 }
 
 impl Drop for Asking<'_> {
     fn drop(&mut self) {
-        self.set.lock().remove(&self.key);
+        self.set.0.lock().remove(&self.key);
     }
 }
 

@@ -51,6 +51,7 @@ use crate::net::screen::{Refusal, Screen};
 use crate::net::tunnel::{self, Tunnels};
 use async_trait::async_trait;
 use bytes::{Buf, BytesMut};
+use parking_lot::Mutex;
 use pingora::apps::ServerApp;
 use pingora::listeners::{L4BufferSettings, ListenerConfig};
 use pingora::protocols::{
@@ -63,7 +64,7 @@ use std::future::Future;
 use std::io;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, AtomicU8, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::task::{Context, Poll, Waker};
 use std::time::Duration;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
@@ -410,11 +411,7 @@ pub fn exchange_finished(session: &pingora::protocols::http::ServerSession) {
     if let Some(stream) = HeadDeadline::of(session) {
         stream.phase.store(IDLE, Ordering::Release);
         if stream.waiting.swap(false, Ordering::AcqRel) {
-            let waker = stream
-                .waker
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .take();
+            let waker = stream.waker.lock().take();
             if let Some(waker) = waker {
                 waker.wake();
             }
@@ -538,7 +535,7 @@ impl HeadDeadline {
         if self.phase.load(Ordering::Acquire) != IN_EXCHANGE {
             return false;
         }
-        *self.waker.lock().unwrap_or_else(|p| p.into_inner()) = Some(cx.waker().clone());
+        *self.waker.lock() = Some(cx.waker().clone());
         self.waiting.store(true, Ordering::Release);
         // The exchange may have ended meanwhile, before the waker was there.
         self.phase.load(Ordering::Acquire) == IN_EXCHANGE

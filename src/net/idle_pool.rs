@@ -23,10 +23,10 @@
 
 use crate::metrics;
 use futures::FutureExt;
+use parking_lot::Mutex;
 use pingora::protocols::Stream;
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Mutex;
 use std::time::{Duration, Instant};
 use tokio::io::AsyncReadExt;
 
@@ -55,7 +55,7 @@ impl IdlePool {
     pub fn take(&self, target: u64) -> Option<Stream> {
         let now = Instant::now();
         loop {
-            let idle = self.lock().get_mut(&target)?.pop()?;
+            let idle = self.targets.lock().get_mut(&target)?.pop()?;
             metrics::FILL_IDLE_CONNECTIONS.dec();
             let mut stream = idle.stream;
             if idle.until > now && still_idle(&mut stream) {
@@ -72,7 +72,7 @@ impl IdlePool {
             until: now + idle_timeout,
         };
         let closed = {
-            let mut targets = self.lock();
+            let mut targets = self.targets.lock();
             let list = targets.entry(target).or_default();
             let mut closed = expired(list, now);
             if list.len() >= MAX_IDLE_PER_TARGET {
@@ -98,12 +98,8 @@ impl IdlePool {
 
     /// Close every idle connection to `target`: one of them turned out dead.
     pub fn clear(&self, target: u64) {
-        let closed = self.lock().remove(&target).unwrap_or_default();
+        let closed = self.targets.lock().remove(&target).unwrap_or_default();
         metrics::FILL_IDLE_CONNECTIONS.sub(closed.len() as i64);
-    }
-
-    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<u64, Vec<Idle>>> {
-        self.targets.lock().unwrap_or_else(|p| p.into_inner())
     }
 }
 
@@ -187,7 +183,7 @@ mod tests {
             ends.push(theirs);
             pool.put(7, ours, Duration::from_secs(60));
         }
-        assert_eq!(pool.lock()[&7].len(), MAX_IDLE_PER_TARGET);
+        assert_eq!(pool.targets.lock()[&7].len(), MAX_IDLE_PER_TARGET);
         pool.clear(7);
         assert!(pool.take(7).is_none());
     }
@@ -195,7 +191,7 @@ mod tests {
     impl IdlePool {
         /// Whether the last connection of `target` would be refused now.
         fn peek_dead(&self, target: u64) -> bool {
-            let mut targets = self.lock();
+            let mut targets = self.targets.lock();
             let Some(idle) = targets.get_mut(&target).and_then(|l| l.last_mut()) else {
                 return true;
             };

@@ -21,6 +21,7 @@ use crate::net::inject::Injected;
 use crate::net::peer_tls::PeerTls;
 use bytes::Bytes;
 use http::header::{self, HeaderValue};
+use parking_lot::Mutex;
 use pingora::connectors::http::Connector;
 use pingora::http::{RequestHeader, ResponseHeader};
 use pingora::protocols::http::client::HttpSession;
@@ -28,7 +29,7 @@ use pingora::protocols::http::v1::client::HttpSession as Http1Session;
 use pingora::upstreams::peer::{HttpPeer, Peer};
 use pingora::{Error, ErrorType};
 use std::net::SocketAddr;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
 /// How long a DNS answer for an origin host is reused.
@@ -118,7 +119,7 @@ impl OriginTarget {
         if let Ok(ip) = self.url.host.parse::<std::net::IpAddr>() {
             return Ok(SocketAddr::new(ip, self.url.port));
         }
-        if let Some((at, addr)) = *lock(&self.resolved) {
+        if let Some((at, addr)) = *self.resolved.lock() {
             if at.elapsed() < DNS_TTL {
                 return Ok(addr);
             }
@@ -130,7 +131,7 @@ impl OriginTarget {
         };
         match addr {
             Some(addr) => {
-                *lock(&self.resolved) = Some((Instant::now(), addr));
+                *self.resolved.lock() = Some((Instant::now(), addr));
                 Ok(addr)
             }
             None => Error::e_explain(
@@ -139,10 +140,6 @@ impl OriginTarget {
             ),
         }
     }
-}
-
-fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
 /// The client for cache fills: a pooled connector shared by every fill,

@@ -39,6 +39,7 @@ use crate::net::tls_files::{Ca, CertificateFiles, TrustedCa};
 use crate::net::watched_files::Watched;
 use async_trait::async_trait;
 use once_cell::sync::Lazy;
+use parking_lot::Mutex;
 use pingora::listeners::tls::{Acceptor, TlsSettings};
 use pingora::listeners::TlsAccept;
 use pingora::protocols::l4::stream::Stream as TcpStream;
@@ -51,7 +52,7 @@ use rustls::client::verify_server_name;
 use rustls::server::ParsedCertificate;
 use std::any::Any;
 use std::fmt;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
 /// The first byte of a TLS connection: a handshake record (RFC 8446 §5.1).
@@ -231,7 +232,7 @@ impl PeerTls {
             ));
         };
         let (ca, generation) = self.ca.current_with_generation();
-        let mut checked = peer.checked.lock().unwrap_or_else(|p| p.into_inner());
+        let mut checked = peer.checked.lock();
         let (leaf, intermediates) = peer.chain.split_first().ok_or_else(|| {
             TlsRefusal::Certificate("no client certificate on the connection".into())
         })?;

@@ -16,9 +16,10 @@
 //! reloads are counted. A value with no files ([`Watched::fixed`]) never
 //! changes: a setting given in the configuration itself.
 
+use parking_lot::Mutex;
 use std::fmt;
 use std::os::unix::fs::MetadataExt;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
 /// How often a [`Watched`] value looks at its files, at most.
@@ -104,7 +105,7 @@ impl<T> Watched<T> {
 
     /// The current value and its generation (which changes with the value).
     pub fn current_with_generation(&self) -> (Arc<T>, u64) {
-        let mut state = self.state.lock().unwrap_or_else(|p| p.into_inner());
+        let mut state = self.state.lock();
         if state.checked.elapsed() >= RECHECK {
             state.checked = Instant::now();
             let stamps: Vec<Stamp> = self.paths.iter().map(|p| stamp(p)).collect();
@@ -171,10 +172,10 @@ mod tests {
         // Not looked at again within RECHECK.
         std::fs::write(&path, "22").unwrap();
         assert_eq!(*watched.current(), 1);
-        watched.state.lock().unwrap().checked -= RECHECK;
+        watched.state.lock().checked -= RECHECK;
         assert_eq!(watched.current_with_generation(), (Arc::new(22), 1));
         std::fs::write(&path, "not a number").unwrap();
-        watched.state.lock().unwrap().checked -= RECHECK;
+        watched.state.lock().checked -= RECHECK;
         assert_eq!(
             *watched.current(),
             22,

@@ -312,7 +312,7 @@ pub fn foreign_sealer() -> Sealer {
 /// would (proving `secret`), records every request it is sent, in plain
 /// text, and resets each (so the asker falls back to its origin).
 pub struct Recorder {
-    pub seen: std::sync::Arc<std::sync::Mutex<String>>,
+    pub seen: std::sync::Arc<parking_lot::Mutex<String>>,
     task: tokio::task::JoinHandle<()>,
 }
 
@@ -325,7 +325,7 @@ impl Drop for Recorder {
 impl Recorder {
     pub async fn start(addr: &str, secret: &str) -> Recorder {
         let listener = tokio::net::TcpListener::bind(addr).await.expect("bind");
-        let seen = std::sync::Arc::new(std::sync::Mutex::new(String::new()));
+        let seen = std::sync::Arc::new(parking_lot::Mutex::new(String::new()));
         let (me, secret, log) = (addr.to_owned(), key(secret), seen.clone());
         let task = tokio::spawn(async move {
             while let Ok((stream, _)) = listener.accept().await {
@@ -347,7 +347,7 @@ async fn record_session(
     mut raw: Raw,
     me: &str,
     secret: &hmac::Key,
-    log: &std::sync::Mutex<String>,
+    log: &parking_lot::Mutex<String>,
 ) -> Option<()> {
     let mut preface = vec![0u8; PREFACE.len()];
     raw.stream.read_exact(&mut preface).await.ok()?;
@@ -377,7 +377,7 @@ async fn record_session(
         let Frame::Request(request) = frame else {
             continue;
         };
-        log.lock().unwrap().push_str(&format!("{request:?}\n"));
+        log.lock().push_str(&format!("{request:?}\n"));
         let mut out = BytesMut::new();
         let reset = Frame::Reset {
             stream: request.stream,

@@ -9,9 +9,10 @@
 use hickory_proto::op::{Message, MessageType, ResponseCode};
 use hickory_proto::rr::rdata::{A, AAAA, SRV};
 use hickory_proto::rr::{Name, RData, Record, RecordType};
+use parking_lot::Mutex;
 use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, UdpSocket};
 
@@ -164,7 +165,7 @@ impl DnsServer {
     }
 
     pub fn set(&self, mode: Mode) {
-        *self.mode.lock().unwrap() = mode;
+        *self.mode.lock() = mode;
     }
 
     /// Answer A queries with `v4` (and AAAA with nothing).
@@ -173,21 +174,21 @@ impl DnsServer {
     }
 
     pub fn nxdomain_a_answers(&self) -> u32 {
-        self.counts.lock().unwrap().0
+        self.counts.lock().0
     }
 
     pub fn record_a_answers(&self) -> u32 {
-        self.counts.lock().unwrap().1
+        self.counts.lock().1
     }
 
     /// A queries for the name left unanswered ([`Mode::Silent`]).
     pub fn unanswered_a_queries(&self) -> u32 {
-        self.counts.lock().unwrap().2
+        self.counts.lock().2
     }
 
     /// SRV queries for the name left unanswered ([`Mode::Silent`]).
     pub fn unanswered_srv_queries(&self) -> u32 {
-        self.counts.lock().unwrap().3
+        self.counts.lock().3
     }
 }
 
@@ -207,7 +208,7 @@ fn respond(
     response.metadata.recursion_desired = query.metadata.recursion_desired;
     response.add_query(q.clone());
     let ours = q.name().to_ascii().eq_ignore_ascii_case(name);
-    let mut mode = mode.lock().unwrap();
+    let mut mode = mode.lock();
     if let Mode::Srv { records, glue } = &*mode {
         let records = records.clone();
         let glue = *glue;
@@ -219,10 +220,10 @@ fn respond(
     let (v4, v6, nxdomain) = match &mut *mode {
         Mode::Silent => {
             if ours && is_a {
-                counts.lock().unwrap().2 += 1;
+                counts.lock().2 += 1;
             }
             if ours && q.query_type() == RecordType::SRV {
-                counts.lock().unwrap().3 += 1;
+                counts.lock().3 += 1;
             }
             return None;
         }
@@ -245,12 +246,12 @@ fn respond(
     if !ours || nxdomain {
         response.metadata.response_code = ResponseCode::NXDomain;
         if ours && is_a {
-            counts.lock().unwrap().0 += 1;
+            counts.lock().0 += 1;
         }
     } else {
         match q.query_type() {
             RecordType::A => {
-                counts.lock().unwrap().1 += 1;
+                counts.lock().1 += 1;
                 for ip in v4 {
                     response.add_answer(Record::from_rdata(q.name().clone(), 1, RData::A(A(ip))));
                 }

@@ -27,15 +27,15 @@ use std::time::{Duration, Instant};
 /// binds it, and never handed out twice by one test binary (tests run in
 /// parallel threads, and a cluster's ports are chosen before any node binds).
 pub fn free_port() -> u16 {
+    use parking_lot::Mutex;
     use std::collections::hash_map::RandomState;
     use std::collections::HashSet;
     use std::hash::BuildHasher;
-    use std::sync::Mutex;
     static GIVEN: Mutex<Option<HashSet<u16>>> = Mutex::new(None);
     let random = RandomState::new();
     for attempt in 0u64.. {
         let port = 20_000 + (random.hash_one(attempt) % 12_000) as u16;
-        let mut given = GIVEN.lock().unwrap_or_else(|p| p.into_inner());
+        let mut given = GIVEN.lock();
         let given = given.get_or_insert_with(HashSet::new);
         if given.contains(&port) || TcpListener::bind(("127.0.0.1", port)).is_err() {
             assert!(attempt < 10_000, "no free port");

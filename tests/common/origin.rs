@@ -52,11 +52,12 @@ use hyper::body::{Frame, Incoming};
 use hyper::server::conn::http1;
 use hyper::service::service_fn;
 use hyper_util::rt::TokioIo;
+use parking_lot::Mutex;
 use std::collections::HashMap;
 use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 use tokio::net::{TcpListener, TcpStream};
 
@@ -102,7 +103,7 @@ impl Origin {
 
     /// Requests seen for exactly this path and query.
     pub fn hits(&self, target: &str) -> u64 {
-        let hits = self.state.hits.lock().unwrap();
+        let hits = self.state.hits.lock();
         hits.get(target).copied().unwrap_or(0)
     }
 
@@ -117,7 +118,7 @@ impl Origin {
 
     /// The headers of the last request for this path and query (lowercase names).
     pub fn last_request_header(&self, target: &str, name: &str) -> Option<String> {
-        let all = self.state.last_headers.lock().unwrap();
+        let all = self.state.last_headers.lock();
         all.get(target)?
             .iter()
             .find(|(n, _)| n == name)
@@ -126,7 +127,7 @@ impl Origin {
 
     /// Every value of `name` in the last request for this path and query, in order.
     pub fn last_request_header_all(&self, target: &str, name: &str) -> Vec<String> {
-        let all = self.state.last_headers.lock().unwrap();
+        let all = self.state.last_headers.lock();
         all.get(target)
             .into_iter()
             .flatten()
@@ -137,7 +138,7 @@ impl Origin {
 
     /// The method of the last request for this path and query.
     pub fn last_method(&self, target: &str) -> Option<String> {
-        self.state.last_methods.lock().unwrap().get(target).cloned()
+        self.state.last_methods.lock().get(target).cloned()
     }
 
     pub fn set_failing(&self, failing: bool) {
@@ -187,7 +188,7 @@ async fn answer(request: Request<Incoming>, state: &State) -> std::io::Result<Re
         .map(|(n, v)| (n.to_string(), String::from_utf8_lossy(v.as_bytes()).into()))
         .collect();
     let count = {
-        let mut hits = state.hits.lock().unwrap();
+        let mut hits = state.hits.lock();
         let n = hits.entry(target.clone()).or_insert(0);
         *n += 1;
         *n
@@ -196,13 +197,11 @@ async fn answer(request: Request<Incoming>, state: &State) -> std::io::Result<Re
     state
         .last_headers
         .lock()
-        .unwrap()
         .insert(target.clone(), headers.clone());
     let method = head.method.as_str();
     state
         .last_methods
         .lock()
-        .unwrap()
         .insert(target.clone(), method.to_owned());
     let body = request_body.to_bytes();
     let answer = respond(method, &target, &headers, &body, count, state).await;
@@ -390,7 +389,7 @@ async fn respond(
     }
     if q.contains_key("versioned") {
         let path = target.split('?').next().unwrap_or(target).to_string();
-        let mut versions = state.versions.lock().unwrap();
+        let mut versions = state.versions.lock();
         let version = versions.entry(path.clone()).or_insert(0);
         if method == "PUT" {
             *version += 1;

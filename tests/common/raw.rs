@@ -6,9 +6,10 @@
 //! hanging up unanswered). Everything well-formed goes through the demo's
 //! hyper client and the hyper test origin instead.
 
+use parking_lot::Mutex;
 use std::future::Future;
 use std::net::SocketAddr;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
@@ -149,7 +150,7 @@ impl RawServer {
                 let (recorded, answer) = (recorded.clone(), answer.clone());
                 tokio::spawn(async move {
                     let received = read_head(&mut stream).await;
-                    recorded.lock().unwrap().push(received.clone());
+                    recorded.lock().push(received.clone());
                     answer(received, stream).await;
                 });
             }
@@ -159,12 +160,12 @@ impl RawServer {
 
     /// Every request head received so far, in order.
     pub fn heads(&self) -> Vec<Vec<u8>> {
-        self.heads.lock().unwrap().clone()
+        self.heads.lock().clone()
     }
 
     /// How many requests had `path` as their target.
     pub fn hits(&self, path: &str) -> u64 {
-        let heads = self.heads.lock().unwrap();
+        let heads = self.heads.lock();
         heads.iter().filter(|h| target(h) == path).count() as u64
     }
 

@@ -87,7 +87,7 @@ pub struct SketchSizing {
     started: AtomicBool,
     placeholders: Arc<Placeholders>,
     /// The sizing's thread (tests wait for it).
-    thread: std::sync::Mutex<Option<std::thread::JoinHandle<()>>>,
+    thread: parking_lot::Mutex<Option<std::thread::JoinHandle<()>>>,
 }
 
 /// The placeholders in the store while the sizing runs, so that the size
@@ -121,7 +121,7 @@ impl SketchSizing {
             .name("ringside-sketch".into())
             .spawn(move || size_sketch(&cache, capacity, &placeholders));
         match spawned {
-            Ok(thread) => *self.thread.lock().unwrap_or_else(|p| p.into_inner()) = Some(thread),
+            Ok(thread) => *self.thread.lock() = Some(thread),
             Err(e) => {
                 log::warn!("admission filter left at moka's size: cannot start a thread: {e}")
             }
@@ -141,7 +141,7 @@ impl SketchSizing {
     /// Whether the sizing has started; if so, wait for it to end.
     #[cfg(test)]
     pub fn wait(&self) -> bool {
-        if let Some(thread) = self.thread.lock().unwrap().take() {
+        if let Some(thread) = self.thread.lock().take() {
             thread.join().unwrap();
         }
         self.started.load(Ordering::Relaxed)
@@ -307,9 +307,9 @@ mod tests {
     const KEYS: usize = 20_000;
     const FITS: u64 = 1000;
 
-    fn heavy() -> std::sync::MutexGuard<'static, ()> {
+    fn heavy() -> parking_lot::MutexGuard<'static, ()> {
         let lock = &super::super::ALLOCATION_HEAVY_TESTS;
-        lock.lock().unwrap_or_else(|p| p.into_inner())
+        lock.lock()
     }
 
     #[test]

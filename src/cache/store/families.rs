@@ -20,8 +20,8 @@
 use super::Entry;
 use crate::cache::keys;
 use moka::sync::Cache;
+use parking_lot::Mutex;
 use std::collections::{HashMap, HashSet};
-use std::sync::Mutex;
 
 /// What one listed key costs: the key's bytes plus a set slot and, per
 /// URL, a map entry (charged to every derived entry twice, see the module
@@ -50,7 +50,7 @@ impl Families {
         if keys::is_url(key) {
             return;
         }
-        let mut index = self.lock();
+        let mut index = self.index.lock();
         let url = keys::url_of(key);
         let added = match index.by_url.get_mut(url) {
             Some(family) => family.insert(key.to_owned()),
@@ -68,7 +68,7 @@ impl Families {
 
     /// The keys listed under `url`, no longer listed.
     pub fn take(&self, url: &str) -> HashSet<String> {
-        let mut index = self.lock();
+        let mut index = self.index.lock();
         let family = index.by_url.remove(url).unwrap_or_default();
         index.records -= family.len();
         family
@@ -77,17 +77,13 @@ impl Families {
     /// How many keys are listed (some may be gone from the cache).
     #[cfg(test)]
     pub fn records(&self) -> usize {
-        self.lock().records
+        self.index.lock().records
     }
 
     /// Drop every listed key the cache no longer holds.
     #[cfg(test)]
     pub fn sweep(&self, cache: &Cache<String, Entry>) {
-        sweep(&mut self.lock(), cache);
-    }
-
-    fn lock(&self) -> std::sync::MutexGuard<'_, Index> {
-        self.index.lock().unwrap_or_else(|p| p.into_inner())
+        sweep(&mut self.index.lock(), cache);
     }
 }
 

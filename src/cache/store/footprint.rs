@@ -298,9 +298,7 @@ mod tests {
     /// One test, so that no other measurement runs beside it in this module.
     #[test]
     fn weight_covers_what_an_entry_allocates() {
-        let _quiet = crate::cache::store::ALLOCATION_HEAVY_TESTS
-            .lock()
-            .unwrap_or_else(|p| p.into_inner());
+        let _quiet = crate::cache::store::ALLOCATION_HEAVY_TESTS.lock();
         let n = 20_000;
         let (raw, _, raw_store) = allocated_per_entry(n, |i| ResponseHeader::from(parsed_head(i)));
         let (allocated, weight, store) = allocated_per_entry(n, |i| compact_head(parsed_head(i)));

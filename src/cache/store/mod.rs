@@ -40,10 +40,11 @@ use moka::ops::compute::Op;
 use moka::sync::Cache;
 use moka::Expiry;
 pub use object::{ensure_date, has_body, CachedObject};
+use parking_lot::Mutex;
 use std::collections::{HashMap, VecDeque};
 use std::hash::BuildHasher;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 /// Held by tests that fill stores by the thousand and by the one that
@@ -348,7 +349,7 @@ impl Store {
         variant_key: Option<String>,
         object: Arc<CachedObject>,
     ) -> bool {
-        let removals = self.removals();
+        let removals = self.removals.lock();
         let removed = removals.removed_since(key, since)
             || variant_key
                 .as_deref()
@@ -364,7 +365,7 @@ impl Store {
     /// derived from it: its variants, its header-keyed copies and theirs.
     /// Fills of any of them that began before do not store.
     pub fn remove_url(&self, url: &str) {
-        let mut removals = self.removals();
+        let mut removals = self.removals.lock();
         removals.record_url(url);
         self.cache.invalidate(url);
         for key in self.families.take(url) {
@@ -375,19 +376,15 @@ impl Store {
     /// Remove one stored key (a variant that may no longer be served, say);
     /// fills of its URL that began before do not store.
     pub fn remove(&self, key: &str) {
-        let mut removals = self.removals();
+        let mut removals = self.removals.lock();
         removals.record_url(keys::url_of(key));
         self.cache.invalidate(key);
-    }
-
-    fn removals(&self) -> std::sync::MutexGuard<'_, Removals> {
-        self.removals.lock().unwrap_or_else(|p| p.into_inner())
     }
 
     /// Remove every key starting with `prefix` (variants included, since
     /// their keys extend the plain key).
     pub fn remove_prefix(&self, prefix: &str) {
-        self.removals().record_prefix(prefix);
+        self.removals.lock().record_prefix(prefix);
         let prefix = prefix.to_owned();
         if let Err(e) = self
             .cache
@@ -523,9 +520,7 @@ mod tests {
 
     #[test]
     fn the_families_index_forgets_what_the_cache_evicted() {
-        let _heavy = ALLOCATION_HEAVY_TESTS
-            .lock()
-            .unwrap_or_else(|p| p.into_inner());
+        let _heavy = ALLOCATION_HEAVY_TESTS.lock();
         // Room for a few hundred entries: most of 20,000 are evicted.
         let store = Store::new(256 << 10);
         for i in 0..20_000 {

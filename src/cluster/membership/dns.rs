@@ -38,6 +38,7 @@
 //! records' TTL, decides how fresh the list is.
 
 use super::{normalize, publish_if_changed, Member};
+use crate::cluster::backoff;
 use crate::config::{ClusterConfig, DnsMembership};
 use hickory_resolver::config::{NameServerConfig, ResolveHosts, ResolverConfig};
 use hickory_resolver::net::runtime::TokioRuntimeProvider;
@@ -335,12 +336,11 @@ impl Poller {
     }
 }
 
-/// `interval` doubled per consecutive failure, capped at
-/// `max(interval, MAX_BACKOFF)`.
+/// The delay before the next poll after `failures` failed in a row: the
+/// usual interval counts as the first step, so one failure waits twice it;
+/// capped at `max(interval, MAX_BACKOFF)`.
 fn backoff(interval: Duration, failures: u32) -> Duration {
-    let cap = interval.max(MAX_BACKOFF);
-    let factor = 1u32 << failures.min(16);
-    interval.saturating_mul(factor).min(cap)
+    backoff::after(failures.saturating_add(1), interval, MAX_BACKOFF)
 }
 
 fn build_resolver(

@@ -17,13 +17,14 @@ use super::wire::{fields_of, Frame, Head, Hello, Request};
 use crate::metrics;
 use crate::net::fetch::{FetchError, InterimSink};
 use bytes::Bytes;
+use parking_lot::Mutex;
 use pingora::connectors::TransportConnector;
 use pingora::http::{RequestHeader, ResponseHeader};
 use pingora::upstreams::peer::HttpPeer;
 use ring::hmac;
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio::sync::mpsc;
 
@@ -77,10 +78,6 @@ pub struct Channels {
     legacy: Mutex<HashMap<String, Instant>>,
 }
 
-fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|p| p.into_inner())
-}
-
 /// Keep `map` under [`MAX_PEERS`] before an insert: drop what `stale`
 /// says, then, if still full, everything (it is all cheap to make again).
 fn make_room<V>(map: &mut HashMap<String, V>, stale: impl Fn(&V) -> bool) {
@@ -107,7 +104,7 @@ impl Default for Channels {
 impl Channels {
     /// Whether to try the channel with `addr` (not known to lack it).
     pub fn worth_trying(&self, addr: &str) -> bool {
-        let mut legacy = lock(&self.legacy);
+        let mut legacy = self.legacy.lock();
         match legacy.get(addr) {
             Some(until) if Instant::now() < *until => false,
             Some(_) => {
@@ -119,7 +116,7 @@ impl Channels {
     }
 
     fn mark_legacy(&self, addr: &str) {
-        let mut legacy = lock(&self.legacy);
+        let mut legacy = self.legacy.lock();
         let now = Instant::now();
         make_room(&mut legacy, |until| *until <= now);
         legacy.insert(addr.to_owned(), now + LEGACY_RECHECK);
@@ -143,7 +140,7 @@ impl Channels {
         };
         let request = Frame::Request(request_frame(stream, &ask));
         if conn.outbox.send(request).await.is_err() {
-            conn.streams_lock().remove(&stream);
+            conn.streams.lock().remove(&stream);
             return Err(AskError::Failed(FetchError::Unreachable));
         }
         let mut body = ChannelBody {
@@ -181,7 +178,7 @@ impl Channels {
             return Ok(conn);
         }
         let dial = {
-            let mut dialing = lock(&self.dialing);
+            let mut dialing = self.dialing.lock();
             make_room(&mut dialing, |d| Arc::strong_count(d) == 1);
             dialing.entry(addr.to_owned()).or_default().clone()
         };
@@ -199,7 +196,7 @@ impl Channels {
             }
             Err(e) => return Err(e),
         };
-        let mut open = lock(&self.open);
+        let mut open = self.open.lock();
         make_room(&mut open, |c: &Arc<Conn>| c.is_closed());
         open.insert(addr.to_owned(), conn.clone());
         Ok(conn)
@@ -207,7 +204,7 @@ impl Channels {
 
     fn open_conn(&self, addr: &str, identity: &dyn Identity) -> Option<Arc<Conn>> {
         let secret = identity.secret();
-        let mut open = lock(&self.open);
+        let mut open = self.open.lock();
         let conn = open.get(addr)?;
         if conn.reusable(&secret) {
             return Some(conn.clone());
@@ -372,21 +369,17 @@ impl Conn {
     /// the cluster secret as it is now (`current`).
     fn reusable(&self, current: &Arc<hmac::Key>) -> bool {
         !self.is_closed()
-            && lock(&self.last_used).elapsed() < IDLE_REUSE
+            && self.last_used.lock().elapsed() < IDLE_REUSE
             && Arc::ptr_eq(&self.secret, current)
-    }
-
-    fn streams_lock(&self) -> std::sync::MutexGuard<'_, HashMap<u32, mpsc::Sender<Event>>> {
-        lock(&self.streams)
     }
 
     /// A new stream and its events; None when too many are in flight.
     fn start(&self) -> Option<(u32, mpsc::Receiver<Event>)> {
-        let mut streams = self.streams_lock();
+        let mut streams = self.streams.lock();
         if streams.len() >= MAX_STREAMS {
             return None;
         }
-        *lock(&self.last_used) = Instant::now();
+        *self.last_used.lock() = Instant::now();
         let (tx, rx) = mpsc::channel(STREAM_EVENTS);
         loop {
             let stream = self.next_stream.fetch_add(1, Ordering::Relaxed);
@@ -405,7 +398,7 @@ impl Conn {
 
     /// The asker gave up `stream`: forget it, and tell the owner.
     fn cancel(&self, stream: u32) {
-        if self.streams_lock().remove(&stream).is_some() {
+        if self.streams.lock().remove(&stream).is_some() {
             let _ = self.outbox.try_send(Frame::Cancel { stream });
         }
     }
@@ -441,7 +434,7 @@ async fn read_answers(
             }
         };
         let tx = {
-            let mut streams = conn.streams_lock();
+            let mut streams = conn.streams.lock();
             match last {
                 true => streams.remove(&stream),
                 false => streams.get(&stream).cloned(),
@@ -457,7 +450,7 @@ async fn read_answers(
         }
     }
     conn.closed.store(true, Ordering::Relaxed);
-    conn.streams_lock().clear();
+    conn.streams.lock().clear();
     writer.abort();
     metrics::PEER_CHANNELS.with_label_values(&["asker"]).dec();
 }

@@ -14,13 +14,14 @@ use super::record::{Opener, Sealer};
 use super::wire::{fields_of, Frame, Hello, Request, Welcome, MAX_DATA};
 use crate::metrics;
 use bytes::{Bytes, BytesMut};
+use parking_lot::Mutex;
 use pingora::http::ResponseHeader;
 use pingora::protocols::Stream;
 use ring::hmac;
 use std::collections::HashMap;
 use std::future::Future;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 use tokio::io::WriteHalf;
 use tokio::task::JoinHandle;
@@ -127,14 +128,10 @@ impl Drop for Reply {
 pub struct Streams(Mutex<HashMap<u32, Arc<AtomicBool>>>);
 
 impl Streams {
-    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<u32, Arc<AtomicBool>>> {
-        self.0.lock().unwrap_or_else(|p| p.into_inner())
-    }
-
     /// Start `stream`: its cancel flag, or None over the bound or when it
     /// is in flight already.
     fn start(&self, stream: u32) -> Option<Arc<AtomicBool>> {
-        let mut streams = self.lock();
+        let mut streams = self.0.lock();
         if streams.len() >= MAX_STREAMS || streams.contains_key(&stream) {
             return None;
         }
@@ -144,17 +141,17 @@ impl Streams {
     }
 
     fn cancel(&self, stream: u32) {
-        if let Some(flag) = self.lock().get(&stream) {
+        if let Some(flag) = self.0.lock().get(&stream) {
             flag.store(true, Ordering::Relaxed);
         }
     }
 
     fn is_empty(&self) -> bool {
-        self.lock().is_empty()
+        self.0.lock().is_empty()
     }
 
     fn finish(&self, stream: u32) {
-        self.lock().remove(&stream);
+        self.0.lock().remove(&stream);
     }
 }
 

@@ -24,6 +24,7 @@ use crate::config::{EtcdMembership, OriginUrl};
 use bytes::Bytes;
 use http::header;
 use log::{debug, info};
+use parking_lot::Mutex;
 use pingora::connectors::http::Connector;
 use pingora::http::RequestHeader;
 use pingora::protocols::http::client::HttpSession;
@@ -34,7 +35,6 @@ use std::fmt;
 use std::future::Future;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::Mutex;
 use std::time::Duration;
 
 /// Largest unary answer accepted (a range over the prefix lists every member).
@@ -128,16 +128,16 @@ impl Endpoint {
     }
 
     fn token(&self) -> Option<String> {
-        lock(&self.token).clone()
+        self.token.lock().clone()
     }
 
     fn set_token(&self, token: Option<String>) {
-        *lock(&self.token) = token;
+        *self.token.lock() = token;
     }
 
     /// Forget `rejected`, unless another call has already replaced it.
     fn forget_token(&self, rejected: &str) {
-        let mut token = lock(&self.token);
+        let mut token = self.token.lock();
         if token.as_deref() == Some(rejected) {
             *token = None;
         }
@@ -172,10 +172,6 @@ impl Endpoint {
         options.write_timeout = Some(timeout);
         Ok(peer)
     }
-}
-
-fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
 async fn resolve(url: &OriginUrl) -> pingora::Result<SocketAddr> {

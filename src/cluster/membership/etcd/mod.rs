@@ -47,6 +47,7 @@ mod gateway;
 
 use super::publish_if_changed;
 use super::{normalize, Member};
+use crate::cluster::backoff::Backoff;
 use crate::config::EtcdMembership;
 use base64::engine::general_purpose::STANDARD as B64;
 use base64::Engine as _;
@@ -206,7 +207,7 @@ impl Node {
                 }
                 Err(e) => {
                     failures += 1;
-                    let delay = backoff.next();
+                    let delay = backoff.next_delay();
                     log!(
                         level(failures),
                         "membership (etcd): registering {} failed ({failures} in a row), retrying in {delay:?}: {e}",
@@ -366,7 +367,7 @@ impl Node {
                 Ok(listed) => listed,
                 Err(e) => {
                     failures += 1;
-                    let delay = backoff.next();
+                    let delay = backoff.next_delay();
                     log!(
                         level(failures),
                         "membership (etcd): listing members failed ({failures} in a row), keeping the current list, retrying in {delay:?}: {e}"
@@ -387,7 +388,7 @@ impl Node {
             if created {
                 backoff.reset();
             }
-            let delay = backoff.next();
+            let delay = backoff.next_delay();
             match outcome {
                 Err(e) => warn!("membership (etcd): watch ended ({e}); listing again in {delay:?}"),
                 Ok(()) => debug!("membership (etcd): re-listing (resync)"),
@@ -639,47 +640,7 @@ impl Renewals {
     /// The delay after a renewal that failed.
     fn failed(&mut self) -> Duration {
         self.failures += 1;
-        self.backoff.next()
-    }
-}
-
-/// Exponential backoff with jitter (50-100% of the step), so that many
-/// sidecars do not retry a recovering etcd in lockstep.
-struct Backoff {
-    base: Duration,
-    max: Duration,
-    step: Duration,
-    seed: u64,
-}
-
-impl Backoff {
-    fn new(base: Duration, max: Duration) -> Backoff {
-        let seed = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map(|d| d.as_nanos() as u64)
-            .unwrap_or(0x9e37_79b9_7f4a_7c15)
-            | 1;
-        Backoff {
-            base,
-            max: max.max(base),
-            step: base,
-            seed,
-        }
-    }
-
-    fn next(&mut self) -> Duration {
-        // xorshift64: plenty for jitter.
-        self.seed ^= self.seed << 13;
-        self.seed ^= self.seed >> 7;
-        self.seed ^= self.seed << 17;
-        let fraction = 0.5 + (self.seed % 1000) as f64 / 2000.0;
-        let delay = self.step.mul_f64(fraction);
-        self.step = self.step.saturating_mul(2).min(self.max);
-        delay
-    }
-
-    fn reset(&mut self) {
-        self.step = self.base;
+        self.backoff.next_delay()
     }
 }
 
@@ -725,15 +686,5 @@ mod tests {
         );
         assert_eq!(int(&json!(12)), Some(12));
         assert_eq!(int(&json!(null)), None);
-    }
-
-    #[test]
-    fn backoff_grows_with_jitter_and_resets() {
-        let mut b = Backoff::new(Duration::from_millis(100), Duration::from_millis(400));
-        let d: Vec<_> = (0..5).map(|_| b.next()).collect();
-        assert!(d[0] >= Duration::from_millis(50) && d[0] <= Duration::from_millis(100));
-        assert!(d[4] >= Duration::from_millis(200) && d[4] <= Duration::from_millis(400));
-        b.reset();
-        assert!(b.next() <= Duration::from_millis(100));
     }
 }
