@@ -696,13 +696,5 @@ async fn metrics_text(admin: SocketAddr) -> Result<String, String> {
 
 /// Sum of the samples of `name` whose labels contain `label` (empty: all).
 fn sample(text: &str, name: &str, label: &str) -> f64 {
-    text.lines()
-        .filter(|l| !l.starts_with('#'))
-        .filter(|l| {
-            l.starts_with(name) && matches!(l.as_bytes().get(name.len()), Some(b'{') | Some(b' '))
-        })
-        .filter(|l| l.contains(label))
-        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-        .sum::<f64>()
-        + 0.0 // an empty sum is -0.0
+    ringside::demo::prometheus::sum(text, name, &[label])
 }

@@ -20,6 +20,7 @@
 pub mod client;
 pub mod cluster;
 pub mod process;
+pub mod prometheus;
 pub mod report;
 pub mod sample_origin;
 pub mod workload;

@@ -5,6 +5,7 @@
 //! (percentiles, ratios) and the parsing of the Prometheus text can be tested
 //! without starting anything.
 
+use super::prometheus;
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
 use std::time::Duration;
@@ -71,17 +72,23 @@ impl RingsideView {
     /// Read the counters the demo reports from Prometheus text.
     pub fn parse(metrics: &str) -> RingsideView {
         let mut view = RingsideView::default();
-        for (name, labels, value) in metrics.lines().filter_map(parse_sample) {
+        for sample in prometheus::samples(metrics) {
+            let (name, labels) = (sample.name, sample.labels);
+            // Counters and gauges the demo reports are whole and not negative.
+            if !(sample.value.is_finite() && sample.value >= 0.0) {
+                continue;
+            }
+            let value = sample.value.round() as u64;
             match name {
                 "ringside_requests_total" => {
-                    let result = label(labels, "result").unwrap_or("unknown");
+                    let result = prometheus::label(labels, "result").unwrap_or("unknown");
                     *view.requests.entry(result.to_owned()).or_default() += value;
                 }
                 "ringside_origin_requests_total" => view.origin_requests += value,
                 "ringside_singleflight_coalesced_total" => view.coalesced += value,
                 "ringside_hot_hits_total" => view.hot_hits += value,
                 "ringside_peer_served_total" => {
-                    let result = label(labels, "result").unwrap_or("unknown");
+                    let result = prometheus::label(labels, "result").unwrap_or("unknown");
                     *view.peer_served.entry(result.to_owned()).or_default() += value;
                 }
                 "ringside_ring_members" => view.ring_members = value,
@@ -109,31 +116,6 @@ impl RingsideView {
     pub fn served_for_peers(&self) -> u64 {
         self.peer_served.values().sum()
     }
-}
-
-/// `name{a="x",b="y"} 12` → (`name`, `a="x",b="y"`, 12). Comments and
-/// anything unparsable give `None`.
-fn parse_sample(line: &str) -> Option<(&str, &str, u64)> {
-    let line = line.trim();
-    if line.starts_with('#') {
-        return None;
-    }
-    let (series, value) = line.rsplit_once(' ')?;
-    let value: f64 = value.parse().ok()?;
-    let (name, labels) = match series.split_once('{') {
-        Some((name, rest)) => (name, rest.strip_suffix('}')?),
-        None => (series, ""),
-    };
-    let value = (value.is_finite() && value >= 0.0).then_some(value.round() as u64)?;
-    Some((name, labels, value))
-}
-
-/// The value of label `name` in `a="x",b="y"`.
-fn label<'a>(labels: &'a str, name: &str) -> Option<&'a str> {
-    labels.split(',').find_map(|pair| {
-        let (key, value) = pair.split_once('=')?;
-        (key.trim() == name).then(|| value.trim().trim_matches('"'))
-    })
 }
 
 /// One way of serving the workload, for the comparison table.

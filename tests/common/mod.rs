@@ -220,16 +220,7 @@ fn spawn(config_path: &Path, log_path: &Path) -> Process {
 }
 
 /// Sum the samples of `name` (exact metric name, no suffix) matching `labels`.
-pub fn metric_sum(text: &str, name: &str, labels: &[&str]) -> f64 {
-    text.lines()
-        .filter(|l| !l.starts_with('#'))
-        .filter(|l| {
-            l.starts_with(name) && matches!(l.as_bytes().get(name.len()), Some(b'{') | Some(b' '))
-        })
-        .filter(|l| labels.iter().all(|want| l.contains(want)))
-        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-        .sum()
-}
+pub use ringside::demo::prometheus::sum as metric_sum;
 
 pub const CLUSTER_SECRET: &str = "test-secret-0123456789";
 
