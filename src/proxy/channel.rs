@@ -167,21 +167,26 @@ impl ChannelOwner {
 
     /// Whether the asker still speaks for a member: checked again when the
     /// ring changed since (and, under TLS, its certificate against the CA
-    /// as it is now).
-    fn still_admitted(&self, asker: &Asker) -> bool {
+    /// as it is now; a certificate refused is counted as on the HTTP path).
+    /// Refused: the reason and the body of the 403.
+    fn still_admitted(&self, asker: &Asker) -> Result<(), (&'static str, &'static str)> {
         let generation = self.cluster.ring().generation();
         if asker.checked.load(Ordering::Relaxed) != generation {
             if !self.cluster.is_member(&asker.from) {
-                return false;
+                log::warn!("peer channel: {} is no longer a member", asker.from);
+                return Err(("not-a-member", "no longer a member\n"));
             }
             asker.checked.store(generation, Ordering::Relaxed);
         }
-        match &self.cluster.tls {
-            Some(tls) => tls
-                .check_sender(asker.ssl.as_deref(), &asker.from, true)
-                .is_ok(),
-            None => true,
-        }
+        let Some(tls) = &self.cluster.tls else {
+            return Ok(());
+        };
+        tls.check_sender(asker.ssl.as_deref(), &asker.from, true)
+            .map_err(|why| {
+                metrics::observe_peer_tls_refusal(why.reason());
+                log::warn!("peer channel: {} refused: {why}", asker.from);
+                (why.reason(), "peer certificate refused\n")
+            })
     }
 
     /// Serve one request, counted as a peer request.
@@ -192,13 +197,11 @@ impl ChannelOwner {
         };
         let rs = &self.rs;
         let served = match self.still_admitted(asker) {
-            false => {
-                log::warn!("peer channel: {} is no longer admitted", asker.from);
+            Err((reason, body)) => {
                 ctx.result = CacheResult::Error;
-                let body = "no longer a member\n";
-                send_refusal(&mut downstream, 403, body, "not-a-member").await
+                send_refusal(&mut downstream, 403, body, reason).await
             }
-            true => rs.serve_channel(&mut downstream, &mut ctx, request).await,
+            Ok(()) => rs.serve_channel(&mut downstream, &mut ctx, request).await,
         };
         if served.is_err() {
             downstream.reply.reset().await;
