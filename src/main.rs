@@ -11,44 +11,32 @@ use std::process::ExitCode;
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
-/// mimalloc's options that keep the cache's byte bound the process's memory
-/// when the workload changes (`benches/memory.sh --case mixed`: tiny
-/// objects, then 8 KiB keys, then Vary, at 64 MiB). By default mimalloc
-/// commits its arenas (1 GiB of address space each) when it reserves them
-/// on a system that overcommits, and what it purges from such an arena
-/// stayed resident: evicting one workload's entries for the next's, the
-/// peak was 132 MiB against the bound's 113.6. With arenas committed as
-/// they are used (`arena_eager_commit` 0): 117-119 MiB. (Purging at once, `MIMALLOC_PURGE_DELAY=0`, gains nothing more and
-/// took local hits from 66k/s to 44k/s in `../shared/bench/peers.sh`: a
-/// syscall for each page a request empties.)
+/// mimalloc commits its arenas as it uses them, so that the cache's byte
+/// bound stays the process's memory when the workload changes
+/// (`benches/memory.sh --case mixed`: tiny objects, then 8 KiB keys, then
+/// Vary, at 64 MiB). By default it commits each arena (1 GiB of address
+/// space) when it reserves it on a system that overcommits, and what it
+/// purged from such an arena stayed resident: evicting one workload's
+/// entries for the next's, the peak was 132 MiB against the bound's 113.6;
+/// with `arena_eager_commit` 0 it is 117-119 MiB, and hits are as fast
+/// (benches/README, "Memory"). Purging at once as well
+/// (`MIMALLOC_PURGE_DELAY=0`) gained nothing more and cost a syscall for
+/// each page a request empties.
 ///
-/// mimalloc reserves that arena on the first allocation, before `main`, so
-/// the options are set by a constructor that runs after mimalloc's own
-/// (priority 101, which reads the `MIMALLOC_*` variables) and before Rust's
-/// runtime allocates. A variable of the same name still wins.
-const ALLOCATOR_OPTIONS: [(
-    &std::ffi::CStr,
-    libmimalloc_sys::mi_option_t,
-    std::ffi::c_long,
-); 1] = [(
-    c"MIMALLOC_ARENA_EAGER_COMMIT",
-    MI_OPTION_ARENA_EAGER_COMMIT,
-    0,
-)];
-
-/// `mi_option_arena_eager_commit` in `mimalloc.h` (the same in mimalloc 2
-/// and 3; the Rust bindings name only some of the options).
-const MI_OPTION_ARENA_EAGER_COMMIT: libmimalloc_sys::mi_option_t = 4;
-
-extern "C" fn tune_allocator() {
-    for (variable, option, value) in ALLOCATOR_OPTIONS {
-        // SAFETY: `getenv` reads the environment, which nothing changes this
-        // early (no thread runs yet); it allocates nothing, so it cannot
-        // reserve the arena first. Setting an option is safe at any time.
-        unsafe {
-            if nix::libc::getenv(variable.as_ptr()).is_null() {
-                libmimalloc_sys::mi_option_set(option, value);
-            }
+/// mimalloc reserves its first arena on the first allocation, before
+/// `main`, so this runs as a constructor: after mimalloc's own (priority
+/// 101, which reads the `MIMALLOC_*` variables) and before Rust's runtime
+/// allocates. `MIMALLOC_ARENA_EAGER_COMMIT`, when set, still wins.
+extern "C" fn commit_arenas_as_used() {
+    /// `mi_option_arena_eager_commit` in `mimalloc.h` (the same in mimalloc
+    /// 2 and 3; the Rust bindings name only some of the options).
+    const ARENA_EAGER_COMMIT: libmimalloc_sys::mi_option_t = 4;
+    // SAFETY: `getenv` reads the environment, which nothing changes this
+    // early (no thread runs yet), and allocates nothing, so it cannot
+    // reserve the arena first. Setting an option is safe at any time.
+    unsafe {
+        if nix::libc::getenv(c"MIMALLOC_ARENA_EAGER_COMMIT".as_ptr()).is_null() {
+            libmimalloc_sys::mi_option_set(ARENA_EAGER_COMMIT, 0);
         }
     }
 }
@@ -56,7 +44,7 @@ extern "C" fn tune_allocator() {
 #[cfg(target_os = "linux")]
 #[used]
 #[link_section = ".init_array.00102"]
-static TUNE_ALLOCATOR: extern "C" fn() = tune_allocator;
+static COMMIT_ARENAS_AS_USED: extern "C" fn() = commit_arenas_as_used;
 
 #[derive(Parser)]
 #[command(
