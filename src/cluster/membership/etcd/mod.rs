@@ -150,6 +150,11 @@ struct Node {
 
 impl Node {
     async fn run(self, tx: watch::Sender<Vec<Member>>) {
+        // The exit waits (within `shutdown_grace`) until the lease is
+        // revoked below: taken at SIGTERM instead, the hold could come after
+        // a drain that ends at once, and the key would outlive the process
+        // by its lease's TTL.
+        let _hold = crate::shutdown::hold_exit();
         tokio::select! {
             _ = tx.closed() => {}
             _ = crate::shutdown::left(ANNOUNCE_FIRST) => {}
