@@ -117,10 +117,8 @@ impl Owner for ChannelOwner {
             return Err("not-a-member");
         }
         let ssl = stream.get_ssl_digest();
-        match &cluster.tls {
-            Some(tls) => tls
-                .check_sender(ssl.as_deref(), &hello.from, true)
-                .map_err(|why| why.reason())?,
+        match cluster.tls {
+            Some(_) => self.check_certificate(ssl.as_deref(), &hello.from)?,
             None => self.check_address(&hello.from, stream)?,
         }
         if hello.generation != cluster.ring().generation() {
@@ -167,7 +165,7 @@ impl ChannelOwner {
 
     /// Whether the asker still speaks for a member: checked again when the
     /// ring changed since (and, under TLS, its certificate against the CA
-    /// as it is now; a certificate refused is counted as on the HTTP path).
+    /// as it is now).
     /// Refused: the reason and the body of the 403.
     fn still_admitted(&self, asker: &Asker) -> Result<(), (&'static str, &'static str)> {
         let generation = self.cluster.ring().generation();
@@ -178,15 +176,22 @@ impl ChannelOwner {
             }
             asker.checked.store(generation, Ordering::Relaxed);
         }
+        self.check_certificate(asker.ssl.as_deref(), &asker.from)
+            .map_err(|reason| (reason, "peer certificate refused\n"))
+    }
+
+    /// Under `cluster.tls`, whether the connection's certificate is valid
+    /// under the CA as it is now and names `from`; a refusal is counted and
+    /// logged as on the HTTP path (`peer.rs`). Without TLS: nothing to check.
+    fn check_certificate(&self, ssl: Option<&SslDigest>, from: &str) -> Result<(), &'static str> {
         let Some(tls) = &self.cluster.tls else {
             return Ok(());
         };
-        tls.check_sender(asker.ssl.as_deref(), &asker.from, true)
-            .map_err(|why| {
-                metrics::observe_peer_tls_refusal(why.reason());
-                log::warn!("peer channel: {} refused: {why}", asker.from);
-                (why.reason(), "peer certificate refused\n")
-            })
+        tls.check_sender(ssl, from, true).map_err(|why| {
+            metrics::observe_peer_tls_refusal(why.reason());
+            log::warn!("peer channel: {from} refused: {why}");
+            why.reason()
+        })
     }
 
     /// Serve one request, counted as a peer request.
