@@ -7,7 +7,7 @@
 use ringside::membership::Member;
 use ringside::ring::Ring;
 use std::collections::HashMap;
-use std::time::Instant;
+use tokio::time::Instant;
 
 const KEYS: usize = 1_000_000;
 

@@ -168,7 +168,7 @@ impl Admin {
             return (0, 0);
         };
         let within = 2 * cluster.peer_timeout;
-        let client = &self.node.filler.client;
+        let client = &self.node.client;
         let peers = purge::Order {
             origin: &order.target.key_prefix,
             path: &order.path,

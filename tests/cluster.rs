@@ -15,7 +15,8 @@ use ringside::peers::{self, Envelope, PeerAuth};
 use ringside::ring::Ring;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
+use tokio::time::Instant;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn one_origin_fetch_per_key_for_the_whole_cluster() {

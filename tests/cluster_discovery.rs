@@ -16,7 +16,8 @@ use std::hash::BuildHasher;
 use std::net::{Ipv4Addr, SocketAddr};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
+use tokio::time::Instant;
 
 const DNS_NAME: &str = "peers.test.";
 const LEASE_TTL: Duration = Duration::from_secs(2);

@@ -6,8 +6,9 @@ mod common;
 use common::origin::Origin;
 use common::raw::{target, RawServer};
 use common::{eventually, Conn, Response, Ringside};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 use tokio::io::AsyncWriteExt;
+use tokio::time::Instant;
 
 /// ringside in front of a port nothing listens on.
 async fn refused() -> Ringside {

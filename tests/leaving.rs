@@ -6,7 +6,8 @@ mod common;
 use common::etcd::Etcd;
 use common::origin::Origin;
 use common::{eventually, free_port, Ringside};
-use std::time::{Duration, Instant};
+use std::time::Duration;
+use tokio::time::Instant;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn sigterm_deregisters_from_etcd_before_the_lease_expires() {

@@ -12,9 +12,10 @@ use common::origin::Origin;
 use common::raw::{raw_first_response, raw_first_response_from, raw_open};
 use common::{cluster_yaml, eventually, free_port, get, paths_owned_by, Conn, Ringside};
 use std::net::SocketAddr;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
+use tokio::time::Instant;
 
 /// Read from `stream` until the server closes it or `within` passes:
 /// what came, and whether it closed.

@@ -11,7 +11,8 @@ use common::etcd::Etcd;
 use common::free_port;
 use ringside::config::{ClusterConfig, EtcdMembership, MembershipConfig};
 use ringside::membership::{start, Member};
-use std::time::{Duration, Instant};
+use std::time::Duration;
+use tokio::time::Instant;
 
 const PREFIX: &str = "/ringside/members/";
 

@@ -13,8 +13,9 @@ use common::{eventually, Conn, Ringside};
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::time::Instant;
 
 const MIB: u64 = 1 << 20;
 /// A small cache, so that a few thousand requests fill it several times over.

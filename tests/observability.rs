@@ -31,7 +31,8 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
+use tokio::time::Instant;
 
 const INSTALL: &str = "bash tests/tools/install-observability-tools.sh";
 const RULES: &str = "monitoring/ringside-rules.yaml";

@@ -26,7 +26,8 @@ use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
+use tokio::time::Instant;
 
 /// A node's TLS files, as a mounted Secret: `ca.crt`, `tls.crt`, `tls.key`
 /// in a directory of its own, removed on drop.

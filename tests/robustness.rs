@@ -8,7 +8,8 @@ use common::origin::Origin;
 use common::raw::{raw_exchange, raw_first_response};
 use common::{eventually, get, Conn, Ringside};
 use std::net::TcpStream;
-use std::time::{Duration, Instant};
+use std::time::Duration;
+use tokio::time::Instant;
 
 async fn setup() -> (Origin, Ringside) {
     let origin = Origin::start().await;

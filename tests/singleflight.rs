@@ -10,9 +10,10 @@ use common::{eventually, Response, Ringside};
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
+use tokio::time::Instant;
 
 /// No client may wait longer than this for any answer: a hang fails the test.
 const HANG: Duration = Duration::from_secs(10);

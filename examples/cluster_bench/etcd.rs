@@ -5,7 +5,8 @@
 use ringside::demo::{client, process::free_ports};
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
+use tokio::time::Instant;
 
 pub struct Etcd {
     child: Child,

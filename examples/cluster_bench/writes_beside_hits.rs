@@ -16,7 +16,8 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
+use tokio::time::Instant;
 
 #[derive(clap::Args)]
 pub struct Args {
@@ -146,7 +147,7 @@ async fn hits(node: SocketAddr, args: &Args, with_writes: bool) -> (f64, f64) {
                     writes.fetch_add(1, Ordering::Relaxed);
                 }
                 next += gap;
-                tokio::time::sleep_until(next.into()).await;
+                tokio::time::sleep_until(next).await;
             }
         })
     });

@@ -198,7 +198,7 @@ mod tests {
     use super::*;
     use std::sync::atomic::{AtomicUsize, Ordering};
 
-    #[tokio::test]
+    #[tokio::test(start_paused = true)]
     async fn concurrent_joins_share_one_load() {
         let group: Arc<Group<&str, u32>> = Group::new();
         let loads = Arc::new(AtomicUsize::new(0));
@@ -239,7 +239,7 @@ mod tests {
         assert!(group.follow(&1).is_none(), "completed flights are gone");
     }
 
-    #[tokio::test]
+    #[tokio::test(start_paused = true)]
     async fn an_abandoned_flight_releases_waiters_at_once() {
         let group: Arc<Group<u8, u8>> = Group::new();
         let Join::Leader(flight) = group.join(1) else {
@@ -248,7 +248,7 @@ mod tests {
         let Join::Follower(waiter) = group.join(1) else {
             panic!("second join follows")
         };
-        let started = std::time::Instant::now();
+        let started = tokio::time::Instant::now();
         drop(flight);
         assert_eq!(
             waiter.wait(Duration::from_secs(10)).await,
@@ -261,7 +261,7 @@ mod tests {
         );
     }
 
-    #[tokio::test]
+    #[tokio::test(start_paused = true)]
     async fn waiting_is_bounded() {
         let group: Arc<Group<u8, u8>> = Group::new();
         let _flight = group.join(1);
@@ -361,7 +361,7 @@ mod tests {
         assert!(matches!(group.join(2), Join::Leader(_)));
     }
 
-    #[tokio::test]
+    #[tokio::test(start_paused = true)]
     async fn the_load_outlives_the_leaders_caller() {
         // The leader hands its flight to a spawned task and then goes away (as
         // a disconnected client would): the waiter still gets the value.

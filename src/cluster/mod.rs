@@ -43,7 +43,8 @@ use parking_lot::{Mutex, RwLock};
 use pingora::http::RequestHeader;
 use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
+use tokio::time::Instant;
 
 pub struct Cluster {
     /// This node's advertised peer address.

@@ -91,8 +91,9 @@ use std::collections::HashMap;
 use std::fmt;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use subtle::ConstantTimeEq;
+use tokio::time::Instant;
 
 pub static ORIGIN: HeaderName = HeaderName::from_static("x-ringside-origin");
 pub static FROM: HeaderName = HeaderName::from_static("x-ringside-from");
@@ -584,13 +585,8 @@ impl PeerHealth {
 
     /// Should we ask this peer now? (False while it is backing off.)
     pub fn is_available(&self, peer: &str) -> bool {
-        self.is_available_at(peer, Instant::now())
-    }
-
-    /// [`is_available`](Self::is_available) at `now` (tests pass their clock).
-    fn is_available_at(&self, peer: &str, now: Instant) -> bool {
         match self.down.lock().get(peer) {
-            Some((until, _)) => now >= *until,
+            Some((until, _)) => Instant::now() >= *until,
             None => true,
         }
     }
@@ -604,10 +600,7 @@ impl PeerHealth {
     }
 
     pub fn record_failure(&self, peer: &str) {
-        self.record_failure_at(peer, Instant::now());
-    }
-
-    fn record_failure_at(&self, peer: &str, now: Instant) {
+        let now = Instant::now();
         let mut down = self.down.lock();
         let failures = down.get(peer).map_or(0, |(_, n)| *n) + 1;
         let backoff = backoff::after(failures, self.base_backoff, self.base_backoff * 16);
@@ -960,23 +953,27 @@ mod tests {
         );
     }
 
-    #[test]
-    fn backoff_skips_a_failed_peer_then_lets_it_back() {
+    #[tokio::test(start_paused = true)]
+    async fn backoff_skips_a_failed_peer_then_lets_it_back() {
+        use tokio::time::advance;
         let base = Duration::from_millis(30);
         let health = PeerHealth::new(base);
-        let t0 = Instant::now();
-        assert!(health.is_available_at("p", t0));
-        health.record_failure_at("p", t0);
-        assert!(!health.is_available_at("p", t0 + base - Duration::from_millis(1)));
-        let t1 = t0 + base;
-        assert!(health.is_available_at("p", t1));
-        health.record_failure_at("p", t1);
+        assert!(health.is_available("p"));
+        health.record_failure("p");
+        advance(base - Duration::from_millis(1)).await;
+        assert!(!health.is_available("p"));
+        advance(Duration::from_millis(1)).await;
+        assert!(health.is_available("p"));
+        health.record_failure("p");
+        advance(base).await;
         assert!(
-            !health.is_available_at("p", t1 + base),
+            !health.is_available("p"),
             "second failure doubles the backoff"
         );
-        assert!(health.is_available_at("p", t1 + 2 * base));
+        advance(base).await;
+        assert!(health.is_available("p"));
+        health.record_failure("p");
         health.record_success("p");
-        assert!(health.is_available_at("p", t1));
+        assert!(health.is_available("p"), "an answer ends the backoff");
     }
 }

@@ -13,7 +13,8 @@ use super::report::RingsideView;
 use super::{client, report};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::time::{Duration, Instant, SystemTime};
+use std::time::{Duration, SystemTime};
+use tokio::time::Instant;
 
 /// How the nodes are set up.
 #[derive(Debug, Clone)]

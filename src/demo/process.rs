@@ -8,7 +8,8 @@ use std::net::SocketAddr;
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
+use tokio::time::Instant;
 
 /// How long ringside gets to answer on its admin port.
 const STARTUP_TIMEOUT: Duration = Duration::from_secs(20);

@@ -18,7 +18,8 @@ use parking_lot::RwLock;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
+use tokio::time::Instant;
 
 /// One request taking longer than this counts as failed.
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);

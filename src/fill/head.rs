@@ -32,7 +32,7 @@ pub(super) async fn answered(
             && cache_rules::head_describes_stored(&stale.header.headers, &response.header.headers)
         {
             let refresh = Refresh::new(stale, &response);
-            response.finish(&filler.client).await;
+            filler.upstream.finish(response).await;
             return revalidated(&filler, flight, &job, &whole, refresh, leader);
         }
         if status.is_success() {

@@ -59,7 +59,7 @@ pub(super) async fn store_whole(
             }
             // More than announced: pingora's framing never gives that; refuse it.
             Ok(Some(_)) => {
-                response.finish(&filler.client).await;
+                filler.upstream.finish(response).await;
                 return publish(
                     flight,
                     leader,
@@ -68,7 +68,7 @@ pub(super) async fn store_whole(
             }
             Ok(None) => break,
             Err(e) => {
-                response.finish(&filler.client).await;
+                filler.upstream.finish(response).await;
                 return publish(flight, leader, failure(job.stale.as_ref(), e));
             }
         }
@@ -113,7 +113,7 @@ pub(super) async fn keep(
     let body = footprint::exact_body(body);
     let object = build_object(&mut response, body, &whole.request_headers, &job.rules);
     let (object, own) = object.for_sharing(&job.rules);
-    response.finish(&filler.client).await;
+    filler.upstream.finish(response).await;
     if let Some(store) = &whole.store {
         let variant = object.variant_key(&job.key);
         store.insert_fetched(whole.since, &job.key, variant, object.clone());
@@ -186,7 +186,7 @@ pub(super) async fn store_streaming(
             }
             Ok(None) => break,
             Err(e) => {
-                response.finish(&filler.client).await;
+                filler.upstream.finish(response).await;
                 flight.complete(failure(job.stale.as_ref(), e));
                 out.push_held(&mut held);
                 out.send(Err(e)).await;

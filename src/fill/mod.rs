@@ -49,13 +49,18 @@
 //! the answer comes from; in `keep.rs`, storing it (whole, streaming, or a
 //! 304's refresh); in `head.rs`, a HEAD's revalidation that was not
 //! answered 304; in `partial.rs`, the fill of one range (its 206 kept as
-//! a partial entry); in `stream.rs`, the leader's end of a streamed answer.
+//! a partial entry); in `stream.rs`, the leader's end of a streamed answer;
+//! in `upstream.rs`, the seam to whoever answers (the node's client, or a
+//! test's fakes).
 
 mod head;
 mod keep;
 mod partial;
 mod source;
 mod stream;
+#[cfg(test)]
+mod tests;
+mod upstream;
 
 use crate::cache::singleflight::{Flight, Group, Join, Waiter};
 use crate::cache::store::{CachedObject, Entry, Epoch, Store};
@@ -63,20 +68,21 @@ use crate::cluster::peers;
 use crate::cluster::Cluster;
 use crate::metrics;
 use crate::net::origin::{
-    strip_response_hop_by_hop, FetchError, InterimSink, OriginClient, OriginResponse, OriginTarget,
+    strip_response_hop_by_hop, FetchError, InterimSink, OriginResponse, OriginTarget,
 };
 use crate::rfc::cache_rules::{self, RuleOptions};
 
 use bytes::Bytes;
 use pingora::http::{RequestHeader, ResponseHeader};
 use std::sync::Arc;
-use std::time::Instant;
 use tokio::sync::{mpsc, oneshot};
+use tokio::time::Instant;
 
 use keep::{reads_whole, revalidated, store_streaming, store_whole, Refresh};
 use source::fetch;
 pub use source::{follow_for_lookup, AskingPrevious};
 use stream::{leader_head, pump, LeaderStream};
+pub use upstream::Upstream;
 
 /// What a fill published to everyone waiting on the key.
 #[derive(Clone)]
@@ -221,7 +227,8 @@ pub struct Job {
 /// Shared by every fill.
 pub struct Filler {
     pub flights: Arc<Group<String, Outcome>>,
-    pub client: OriginClient,
+    /// Who answers: the origin, the owner, the previous owner.
+    pub upstream: Arc<dyn Upstream>,
     pub store: Arc<Store>,
     pub cluster: Option<Arc<Cluster>>,
     pub asking_previous: AskingPrevious,
@@ -283,7 +290,7 @@ async fn run(
     let status = response.header.status;
     if status.is_server_error() {
         if let Some(object) = usable_if_error(job.stale.as_ref()) {
-            response.finish(&filler.client).await;
+            filler.upstream.finish(response).await;
             let origin_status = status.as_u16();
             let outcome = Outcome::UseStale {
                 object,
@@ -295,7 +302,7 @@ async fn run(
     if status == http::StatusCode::NOT_MODIFIED {
         if let Some(stale) = job.stale.clone() {
             let refresh = Refresh::new(stale, &response);
-            response.finish(&filler.client).await;
+            filler.upstream.finish(response).await;
             return revalidated(&filler, flight, &job, &whole, refresh, leader);
         }
     }

@@ -12,13 +12,10 @@ use crate::cache::singleflight::Waiter;
 use crate::cluster::peers;
 use crate::cluster::Cluster;
 use crate::metrics;
-use crate::net::channel::client::{Ask, AskError};
-use crate::net::channel::wire;
 use crate::net::origin::{FetchError, OriginResponse};
 use parking_lot::Mutex;
-use pingora::http::RequestHeader;
 use std::collections::HashSet;
-use std::time::Instant;
+use tokio::time::Instant;
 
 /// The flights asking a previous owner right now, by flight key.
 #[derive(Default)]
@@ -83,12 +80,7 @@ pub(super) async fn fetch(
             }
         }
     }
-    // Boxed, as the HTTP peer fetch below: pingora's client futures are
-    // large, and a fill that asks over the peer channel should not carry
-    // them (each fill is a task of its own, moved when spawned).
-    let body = job.body.clone();
-    let fetched = (filler.client).fetch(&job.target, &job.request, body, job.interim.as_ref());
-    (Box::pin(fetched).await, Source::Origin)
+    (filler.upstream.origin(job).await, Source::Origin)
 }
 
 /// What asking a peer brought.
@@ -113,12 +105,11 @@ impl Asked {
 }
 
 /// Ask the peer `addr` for `job` (a previous-owner `lookup`, or the
-/// owner's answer), over the peer channel when it speaks it, else signed
-/// over HTTP; recording how it went. A refusal by the peer's gate
+/// owner's answer), recording how it went. A refusal by the peer's gate
 /// (`proxy/peer.rs`, `proxy/channel.rs`) is the peer failing, not an answer
 /// for the client, except a lookup's "not cached". Interim responses go to
 /// the job's leader.
-pub(super) async fn ask_peer(
+async fn ask_peer(
     filler: &Filler,
     cluster: &Cluster,
     addr: &str,
@@ -126,18 +117,7 @@ pub(super) async fn ask_peer(
     lookup: bool,
 ) -> Asked {
     let started = Instant::now();
-    let timeouts = (cluster.peer_timeout, cluster.peer_read_timeout);
-    let interim = job.interim.as_ref();
-    let response = match over_channel(filler, cluster, addr, job, lookup).await {
-        Some(response) => response,
-        None => {
-            let request = peer_request(job, cluster, addr, lookup);
-            let request = (&request, job.body.clone());
-            let fetched =
-                (filler.client).fetch_peer(addr, request, timeouts, cluster.peer_h2c, interim);
-            Box::pin(fetched).await
-        }
-    };
+    let response = filler.upstream.peer(cluster, addr, job, lookup).await;
     let asked = match response {
         Ok(response) => match refusal_reason(&response) {
             None => Asked::Answered(Box::new(response)),
@@ -147,7 +127,7 @@ pub(super) async fn ask_peer(
                     let why = String::from_utf8_lossy(reason);
                     log::warn!("peer {addr} refused us: {} {why}", response.header.status);
                 }
-                response.finish(&filler.client).await;
+                filler.upstream.finish(response).await;
                 match not_cached {
                     true => Asked::NotCached,
                     false => Asked::Failed,
@@ -169,68 +149,11 @@ pub(super) async fn ask_peer(
     asked
 }
 
-/// Ask `addr` over the peer channel; None: ask it over HTTP instead (the
-/// channel is off, the peer does not speak it, or the body is too large
-/// for one frame).
-async fn over_channel(
-    filler: &Filler,
-    cluster: &Cluster,
-    addr: &str,
-    job: &Job,
-    lookup: bool,
-) -> Option<Result<OriginResponse, FetchError>> {
-    let fits = job
-        .body
-        .as_ref()
-        .is_none_or(|b| b.len() <= MAX_CHANNEL_BODY);
-    if !cluster.peer_channel || !fits || !filler.client.channel_worth_trying(addr) {
-        return None;
-    }
-    let ask = Ask {
-        request: &job.request,
-        body: job.body.clone(),
-        origin: &job.target.key_prefix,
-        lookup,
-        generation: cluster.ring().generation(),
-    };
-    let timeouts = (cluster.peer_timeout, cluster.peer_read_timeout);
-    let interim = job.interim.as_ref();
-    match (filler.client)
-        .ask_channel(addr, cluster, ask, timeouts, interim)
-        .await
-    {
-        Ok(response) => Some(Ok(response)),
-        Err(AskError::UseHttp) => None,
-        Err(AskError::Failed(e)) => Some(Err(e)),
-        Err(AskError::Connect(e)) => Some(Err(FetchError::from_pingora(&e))),
-    }
-}
-
-/// Request bodies the channel carries in its request frame; larger ones
-/// (larger than any body keyed for the cache by default) go over HTTP.
-const MAX_CHANNEL_BODY: usize = wire::MAX_FRAME - 64 * 1024;
-
 /// Why a peer's gate refused the request (`proxy/peer.rs`), if it did.
-pub(super) fn refusal_reason(response: &OriginResponse) -> Option<&[u8]> {
+fn refusal_reason(response: &OriginResponse) -> Option<&[u8]> {
     response
         .header
         .headers
         .get(&peers::REFUSED)
         .map(|v| v.as_bytes())
-}
-
-/// The fill request plus the peer protocol's headers (see `peers.rs`), for
-/// the peer `to`; a `lookup` asks for its cached copy only.
-pub(super) fn peer_request(job: &Job, cluster: &Cluster, to: &str, lookup: bool) -> RequestHeader {
-    let mut request = job.request.clone();
-    if lookup {
-        let _ = request.insert_header(peers::LOOKUP.clone(), "1");
-    }
-    match &job.body {
-        Some(body) => {
-            cluster.sign_request_with_body(&mut request, &job.target.key_prefix, to, body)
-        }
-        None => cluster.sign_request(&mut request, &job.target.key_prefix, to),
-    }
-    request
 }

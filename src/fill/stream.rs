@@ -110,7 +110,7 @@ pub(super) async fn pump(filler: &Filler, mut response: OriginResponse, mut out:
             }
         }
     }
-    response.finish(&filler.client).await;
+    filler.upstream.finish(response).await;
 }
 
 /// The head the leader's client gets for a streamed response: HTTP/1.1

@@ -386,7 +386,7 @@ impl ServeHttp for Webhook {
                         }
                     }
                 }
-                let started = std::time::Instant::now();
+                let started = tokio::time::Instant::now();
                 match review::respond(&body, &self.settings, by) {
                     Ok(out) => {
                         record(&out, started.elapsed().as_secs_f64());

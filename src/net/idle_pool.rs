@@ -27,8 +27,9 @@ use parking_lot::Mutex;
 use pingora::protocols::Stream;
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 use tokio::io::AsyncReadExt;
+use tokio::time::Instant;
 
 /// Idle connections kept per target; more are closed, oldest first.
 pub const MAX_IDLE_PER_TARGET: usize = 128;

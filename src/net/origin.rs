@@ -30,7 +30,8 @@ use pingora::upstreams::peer::{HttpPeer, Peer};
 use pingora::{Error, ErrorType};
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::{Duration, Instant, SystemTime};
+use std::time::{Duration, SystemTime};
+use tokio::time::Instant;
 
 /// How long a DNS answer for an origin host is reused.
 const DNS_TTL: Duration = Duration::from_secs(30);
@@ -466,6 +467,9 @@ enum Body {
     },
     /// A stream of the peer channel.
     Channel(ChannelBody),
+    /// A whole body in memory, until read: a test's fake upstream.
+    #[cfg(test)]
+    Memory(Option<Bytes>),
 }
 
 /// What a fetch sends, and where the interim responses it gets go.
@@ -521,6 +525,22 @@ impl OriginResponse {
                 .await
                 .map_err(|e| FetchError::from_pingora(&e)),
             Body::Channel(body) => body.read_chunk().await,
+            #[cfg(test)]
+            Body::Memory(body) => Ok(body.take()),
+        }
+    }
+
+    /// A response whose `body` is all in memory, as a test's fake
+    /// upstream answers (its Content-Length set).
+    #[cfg(test)]
+    pub fn from_memory(mut header: ResponseHeader, body: Bytes) -> OriginResponse {
+        let _ = header.insert_header(header::CONTENT_LENGTH, body.len());
+        let now = SystemTime::now();
+        OriginResponse {
+            body: Body::Memory(Some(body)),
+            header,
+            request_time: now,
+            response_time: now,
         }
     }
 

@@ -20,7 +20,8 @@ use parking_lot::Mutex;
 use std::fmt;
 use std::os::unix::fs::MetadataExt;
 use std::sync::Arc;
-use std::time::{Duration, Instant, SystemTime};
+use std::time::{Duration, SystemTime};
+use tokio::time::Instant;
 
 /// How often a [`Watched`] value looks at its files, at most.
 pub const RECHECK: Duration = Duration::from_secs(1);

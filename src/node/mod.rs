@@ -27,6 +27,9 @@ pub struct Node {
     pub config: Arc<Config>,
     pub origins: Origins,
     pub filler: Arc<Filler>,
+    /// Origins and peers are reached through it: the fills' upstream, and
+    /// what else speaks to them (purges, announcements, handoff, tunnels).
+    pub client: Arc<OriginClient>,
     /// Names the cache partitions of `scope: per-credential` rules.
     pub partitions: Partitions,
 }
@@ -40,11 +43,14 @@ impl Node {
         store: Store,
         cluster: Option<Arc<Cluster>>,
     ) -> Result<Node, String> {
-        let filler = Arc::new(Filler {
-            flights: Group::new(),
-            client: cluster
+        let client = Arc::new(
+            cluster
                 .as_ref()
                 .map_or_else(|| OriginClient::new(None), |c| c.peer_client()),
+        );
+        let filler = Arc::new(Filler {
+            flights: Group::new(),
+            upstream: client.clone(),
             store: Arc::new(store),
             cluster,
             asking_previous: Default::default(),
@@ -55,6 +61,7 @@ impl Node {
             partitions: Partitions::new(secret.as_deref(), config.credential_headers()),
             config,
             filler,
+            client,
         })
     }
 

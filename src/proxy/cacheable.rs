@@ -35,8 +35,8 @@ use http::Method;
 use pingora::http::{RequestHeader, ResponseHeader};
 use pingora::prelude::*;
 use std::sync::Arc;
-use std::time::Instant;
 use tokio::sync::{mpsc, oneshot};
+use tokio::time::Instant;
 
 /// What a request's key has here: the stored object (or mirror) and its
 /// variant key, and where a fill would go.

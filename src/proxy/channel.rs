@@ -333,7 +333,7 @@ impl Ringside {
             req.remove_header(name);
         }
         let body = ctx.read_body.take();
-        let client = &self.node.filler.client;
+        let client = &self.node.client;
         let mut response = match client.fetch(target, &req, body, None).await {
             Ok(response) => response,
             Err(e) => {

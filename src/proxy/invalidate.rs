@@ -163,7 +163,7 @@ pub async fn everywhere(
             prefix: false,
         };
         let purge_here = move || node.purge_here(key, false);
-        purge::broadcast(cluster, &node.filler.client, order, within, purge_here)
+        purge::broadcast(cluster, &node.client, order, within, purge_here)
     });
     let unconfirmed: usize = futures::future::join_all(asks)
         .await

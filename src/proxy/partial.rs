@@ -32,7 +32,7 @@ use http::{Method, StatusCode};
 use pingora::http::{RequestHeader, ResponseHeader};
 use pingora::prelude::*;
 use std::sync::Arc;
-use std::time::Instant;
+use tokio::time::Instant;
 
 /// The range of `req` that the partial entry `object` can answer, if any.
 pub(super) fn covered(object: &CachedObject, req: &RequestHeader) -> Option<ByteRange> {

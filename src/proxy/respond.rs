@@ -20,7 +20,7 @@ use pingora::protocols::http::ServerSession;
 use pingora::proxy::Session;
 
 use super::downstream::Downstream;
-use std::time::Instant;
+use tokio::time::Instant;
 
 use crate::rfc::cache_status::{CacheStatus, Detail, HEADER as CACHE_STATUS};
 

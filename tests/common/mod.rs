@@ -18,7 +18,8 @@ pub use ringside::demo::client::{get, Conn, Response};
 use std::net::{SocketAddr, TcpListener};
 use std::path::{Path, PathBuf};
 use std::process::Command;
-use std::time::{Duration, Instant};
+use std::time::Duration;
+use tokio::time::Instant;
 
 /// A port free right now, for a server a test is about to start.
 ///

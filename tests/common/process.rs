@@ -7,7 +7,8 @@
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
+use tokio::time::Instant;
 
 /// A child process of a test. Dropping it kills the process (SIGKILL).
 pub struct Process {

@@ -43,7 +43,8 @@ use super::Entry;
 use moka::sync::Cache;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
+use tokio::time::Instant;
 
 /// Placeholder keys start with this; a real key starts with its origin.
 const PLACEHOLDER_MARK: char = '\u{1e}';

@@ -45,7 +45,7 @@ use std::collections::{HashMap, VecDeque};
 use std::hash::BuildHasher;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 /// Held by tests that fill stores by the thousand and by the one that
 /// counts what an entry allocates: moka frees a store's memory later, on
@@ -95,8 +95,16 @@ impl Entry {
 
 struct UsableLife;
 
+// moka keeps its own clock, std's: entries expire in real time, which a
+// paused test clock does not move (the freshness checks do follow it).
+#[allow(clippy::disallowed_types)]
 impl Expiry<String, Entry> for UsableLife {
-    fn expire_after_create(&self, _: &String, value: &Entry, _: Instant) -> Option<Duration> {
+    fn expire_after_create(
+        &self,
+        _: &String,
+        value: &Entry,
+        _: std::time::Instant,
+    ) -> Option<Duration> {
         Some(value.life())
     }
 
@@ -104,7 +112,7 @@ impl Expiry<String, Entry> for UsableLife {
         &self,
         _: &String,
         value: &Entry,
-        _: Instant,
+        _: std::time::Instant,
         _: Option<Duration>,
     ) -> Option<Duration> {
         Some(value.life())

@@ -17,7 +17,8 @@ use http::header::{self, HeaderMap, HeaderName};
 use pingora::http::ResponseHeader;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
-use std::time::{Duration, Instant, SystemTime};
+use std::time::{Duration, SystemTime};
+use tokio::time::Instant;
 
 /// A stored response with everything needed to judge and serve it.
 #[derive(Debug)]

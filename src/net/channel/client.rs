@@ -25,8 +25,9 @@ use ring::hmac;
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 use tokio::sync::mpsc;
+use tokio::time::Instant;
 
 /// How long a peer found not to speak the channel is asked over HTTP
 /// before the channel is tried again.

@@ -47,7 +47,8 @@ use pingora::http::RequestHeader;
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
+use tokio::time::Instant;
 
 pub use wire::Malformed;
 
@@ -190,7 +191,6 @@ async fn push(
     let pushes = shipments
         .into_iter()
         .map(|s| push_shipment(client, cluster, store, s, deadline, &sent));
-    let deadline = tokio::time::Instant::from_std(deadline);
     if tokio::time::timeout_at(deadline, join_all(pushes))
         .await
         .is_err()

@@ -21,7 +21,8 @@ use bytes::{BufMut, Bytes, BytesMut};
 use http::{HeaderName, HeaderValue, StatusCode};
 use pingora::http::ResponseHeader;
 use serde::{Deserialize, Serialize};
-use std::time::{Duration, Instant};
+use std::time::Duration;
+use tokio::time::Instant;
 
 /// Header fields one handed-over head may have.
 const MAX_FIELDS: usize = 512;

@@ -563,7 +563,7 @@ mod tests {
             &[format!("http://127.0.0.1:{port}")],
             Duration::from_millis(300),
         );
-        let started = std::time::Instant::now();
+        let started = tokio::time::Instant::now();
         let outcome = gateway.call("/v3/kv/range", &json!({})).await;
         let took = started.elapsed();
         assert!(
