@@ -17,7 +17,8 @@
 # - BuildKit cache mounts keep the cargo registry and target/ between builds:
 #   a source edit recompiles ringside, not its dependencies.
 # - The binary is built without debug info and stripped (Cargo.toml keeps
-#   `debug = 1` for local profiling).
+#   `debug = 1` for local profiling), and without the `demo` feature (the
+#   demo and its hyper client and server: no HTTP stack but pingora's).
 # - Base images are pinned by digest: change a tag and its digest together
 #   (`docker buildx imagetools inspect <tag>` shows the digest).
 # - OCI labels (org.opencontainers.image.*) say what the image is, which
@@ -63,7 +64,7 @@ RUN --mount=type=cache,target=/usr/local/cargo/registry,sharing=locked \
     set -eu; \
     . /cross.env; \
     CARGO_PROFILE_RELEASE_DEBUG=0 CARGO_PROFILE_RELEASE_STRIP=symbols \
-      cargo build --release --locked --bin ringside; \
+      cargo build --release --locked --no-default-features --bin ringside; \
     cp "target/$CARGO_BUILD_TARGET/release/ringside" /ringside
 
 # --- runtime -----------------------------------------------------------------

@@ -18,7 +18,8 @@
 //!
 //! The public API is what the binary, the examples and the tests use: the
 //! configuration, running a node (`server::run`) or the webhook (`inject`),
-//! the demo, and the pure parts worth testing from outside (caching rules,
+//! the demo (the `demo` feature, on by default; the image leaves it out),
+//! and the pure parts worth testing from outside (caching rules,
 //! normalisation, ranges, the ring, membership sources, peer signatures).
 //! Everything else is internal to the crate.
 
@@ -26,6 +27,8 @@ pub(crate) mod admin;
 pub(crate) mod cache;
 pub(crate) mod cluster;
 pub mod config;
+/// The demo and the kit the tests drive ringside with (the `demo` feature).
+#[cfg(feature = "demo")]
 pub mod demo;
 pub(crate) mod fill;
 pub mod inject;

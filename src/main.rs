@@ -131,6 +131,7 @@ enum Command {
         flags: Box<ConfigFlags>,
     },
     /// Run a local demo: a slow sample origin, ringside in front, a burst of clients.
+    #[cfg(feature = "demo")]
     Demo(ringside::demo::DemoArgs),
     /// Run the Kubernetes admission webhook that injects the ringside sidecar (HTTPS on --listen).
     Inject(Box<ringside::inject::InjectArgs>),
@@ -204,6 +205,7 @@ fn main() -> ExitCode {
                 .expect("parsed as check-config");
             check_config(file, flags.load(Some(file), sub, sub_matches))
         }
+        #[cfg(feature = "demo")]
         Some(Command::Demo(args)) => ringside::demo::run(args),
         Some(Command::Inject(args)) => ringside::inject::run(args),
         None => match cli.flags.load(cli.config.as_ref(), &command, &matches) {
