@@ -91,7 +91,7 @@ fn start_membership_tasks(node: &Arc<Node>, background: &tokio::runtime::Runtime
         let origin = &node.origins.default().key_prefix;
         let peer_listen = &node.config.cluster.peer_listen;
         let client = cluster.peer_client();
-        announce::joined(&client, cluster, origin, peer_listen).await;
+        announce::joined(&client, cluster, origin, *peer_listen).await;
     });
 }
 
@@ -178,10 +178,10 @@ fn server_conf(config: &Config) -> ServerConf {
 fn add_services(server: &mut Server, config: &Config, node: Arc<Node>) {
     let ringside = Ringside::new(node.clone());
     let mut proxies = ByListener::new();
-    let probe = |addr: &str| readiness::Listener::plain(socket_addr(addr));
-    let mut probed = vec![probe(&config.listen)];
+    let probe = readiness::Listener::plain;
+    let mut probed = vec![probe(config.listen)];
     if config.cluster.enabled {
-        let peer_listen = &config.cluster.peer_listen;
+        let peer_listen = config.cluster.peer_listen;
         probed.push(readiness::Listener {
             tls: node.cluster().and_then(|c| c.tls.clone()),
             ..probe(peer_listen)
@@ -212,7 +212,7 @@ fn add_services(server: &mut Server, config: &Config, node: Arc<Node>) {
                 ChannelListener::new(ringside.for_peers(), timeout).map(|c| Arc::new(c) as _),
             );
         }
-        proxies.add(socket_addr(peer_listen), peers);
+        proxies.add(peer_listen, peers);
     }
     for upstream in &config.upstreams {
         let url = OriginUrl::parse_base(&upstream.origin)
@@ -221,14 +221,13 @@ fn add_services(server: &mut Server, config: &Config, node: Arc<Node>) {
         let origin = node.origins.get(&url).expect("every upstream is an origin");
         let proxy =
             pingora::proxy::http_proxy(&server.configuration, ringside.for_upstream(origin));
-        let addr = &upstream.listen;
         let proxy = guarded(config, Listener::Upstream, proxy, None);
-        proxies.add(socket_addr(addr), proxy);
-        probed.push(probe(addr));
+        proxies.add(upstream.listen, proxy);
+        probed.push(probe(upstream.listen));
     }
     let proxy = pingora::proxy::http_proxy(&server.configuration, ringside);
     let proxy = guarded(config, Listener::App, proxy, None);
-    proxies.add(socket_addr(&config.listen), proxy);
+    proxies.add(config.listen, proxy);
     let listeners: Vec<_> = proxies.addresses().map(|a| a.to_string()).collect();
     let mut service = Service::new("ringside proxy".into(), proxies);
     for addr in &listeners {
@@ -248,7 +247,7 @@ fn add_services(server: &mut Server, config: &Config, node: Arc<Node>) {
     let mut admin = Service::new("ringside admin".into(), admin_app);
     // Probes, scrapes and purges: light work, apart from the proxy's workers.
     admin.threads = Some(1);
-    admin.add_listener(connections::listener(&config.admin_listen));
+    admin.add_listener(connections::listener(&config.admin_listen.to_string()));
     server.add_service(admin);
 }
 
@@ -269,7 +268,7 @@ fn check_listeners_free(config: &Config) {
         addresses.push((format!("upstreams[{i}].listen"), &upstream.listen));
     }
     for (field, addr) in addresses {
-        if let Err(why) = connections::check_free(&field, addr) {
+        if let Err(why) = connections::check_free(&field, *addr) {
             fatal(&why);
         }
     }
@@ -284,11 +283,6 @@ fn peer_handshake(config: &Config, node: &Node) -> Arc<dyn Handshake> {
         Some(tls) => tls.listener(timeout),
         None => Arc::new(CleartextListener { timeout }),
     }
-}
-
-/// A listener address the config has validated.
-fn socket_addr(addr: &str) -> std::net::SocketAddr {
-    addr.parse().expect("validated by config")
 }
 
 /// A listener's app: `app` with the connection cap, the limits of its kind

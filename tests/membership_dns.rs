@@ -24,7 +24,7 @@ fn logs() {
 fn cluster(advertise: &str, peer_listen: &str, dns: DnsMembership) -> ClusterConfig {
     ClusterConfig {
         enabled: true,
-        peer_listen: peer_listen.into(),
+        peer_listen: peer_listen.parse().expect("an IP:port"),
         advertise: advertise.into(),
         membership: MembershipConfig::Dns(dns),
         ..Default::default()

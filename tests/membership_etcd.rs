@@ -23,7 +23,7 @@ fn logs() {
 fn cluster(advertise: &str, endpoints: Vec<String>, lease_ttl: Duration) -> ClusterConfig {
     ClusterConfig {
         enabled: true,
-        peer_listen: "127.0.0.1:7070".into(),
+        peer_listen: "127.0.0.1:7070".parse().unwrap(),
         advertise: advertise.into(),
         membership: MembershipConfig::Etcd(EtcdMembership {
             endpoints,

@@ -59,10 +59,15 @@ pub async fn leaving(
 /// its source has listed other members, tell every other member that it is
 /// (back) in the ring; members that do not confirm are asked again a few
 /// times, a little later each time.
-pub async fn joined(client: &OriginClient, cluster: &Cluster, origin: &str, peer_listen: &str) {
+pub async fn joined(
+    client: &OriginClient,
+    cluster: &Cluster,
+    origin: &str,
+    peer_listen: std::net::SocketAddr,
+) {
     let started = async {
         let ready = || async { !others(cluster).is_empty() };
-        crate::cluster::membership::listening(peer_listen).await
+        crate::cluster::membership::listening(&peer_listen.to_string()).await
             && crate::cluster::membership::poll_until(ready).await
     };
     if !started.await {

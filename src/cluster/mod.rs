@@ -126,7 +126,7 @@ impl Cluster {
             None => None,
         };
         let auth = PeerAuth::from_config(config)?;
-        let peer_listen = Some(config.peer_listen.clone());
+        let peer_listen = Some(config.peer_listen.to_string());
         let mut members = membership::start_serving(config, peer_listen).await?;
         let first = members.borrow_and_update().clone();
         let min_rate = if hot_capacity == 0 {

@@ -12,7 +12,8 @@ use std::time::Duration;
 pub struct ClusterConfig {
     pub enabled: bool,
     /// Where other sidecars reach this one (never the app-facing listener).
-    pub peer_listen: String,
+    #[serde(deserialize_with = "super::de_addr")]
+    pub peer_listen: SocketAddr,
     /// This node's peer address as the others know it (`host:port`). Empty:
     /// `$POD_IP` with peer_listen's port when POD_IP is set, else peer_listen.
     pub advertise: String,
@@ -290,7 +291,7 @@ impl Default for ClusterConfig {
     fn default() -> Self {
         ClusterConfig {
             enabled: false,
-            peer_listen: "127.0.0.1:7070".into(),
+            peer_listen: SocketAddr::from(([127, 0, 0, 1], 7070)),
             advertise: String::new(),
             secret: String::new(),
             secret_file: String::new(),
@@ -325,24 +326,24 @@ impl ClusterConfig {
         if !self.advertise.is_empty() {
             return self.advertise.clone();
         }
-        match (
-            std::env::var("POD_IP"),
-            self.peer_listen.parse::<SocketAddr>(),
-        ) {
-            (Ok(ip), Ok(listen)) if !ip.is_empty() => format!("{ip}:{}", listen.port()),
-            _ => self.peer_listen.clone(),
+        match std::env::var("POD_IP") {
+            Ok(ip) if !ip.is_empty() => format!("{ip}:{}", self.peer_listen.port()),
+            _ => self.peer_listen.to_string(),
         }
     }
 
-    pub(super) fn validate(&self, listen: &str, admin_listen: &str) -> Result<(), ConfigError> {
+    pub(super) fn validate(
+        &self,
+        listen: SocketAddr,
+        admin_listen: SocketAddr,
+    ) -> Result<(), ConfigError> {
         if !self.enabled {
             return Ok(());
         }
-        super::check_addr("cluster.peer_listen", &self.peer_listen)?;
         if self.peer_listen == listen || self.peer_listen == admin_listen {
             return Err(invalid(
                 "cluster.peer_listen",
-                quoted(&self.peer_listen),
+                quoted(&self.peer_listen.to_string()),
                 "an address different from listen and admin_listen",
             ));
         }

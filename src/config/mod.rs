@@ -39,9 +39,11 @@ fn invalid(field: &str, value: impl fmt::Display, expected: &str) -> ConfigError
 #[serde(deny_unknown_fields, default)]
 pub struct Config {
     /// Where the app's requests come in.
-    pub listen: String,
+    #[serde(deserialize_with = "de_addr")]
+    pub listen: SocketAddr,
     /// Metrics, health and readiness.
-    pub admin_listen: String,
+    #[serde(deserialize_with = "de_addr")]
+    pub admin_listen: SocketAddr,
     /// Bearer token for the admin listener's purge endpoint; empty: purge is
     /// refused. Never the cluster secret, which must not cross the wire.
     pub admin_token: String,
@@ -99,7 +101,8 @@ pub struct Config {
 #[serde(deny_unknown_fields)]
 pub struct UpstreamConfig {
     /// The app-facing listener for this origin.
-    pub listen: String,
+    #[serde(deserialize_with = "de_addr")]
+    pub listen: SocketAddr,
     /// `http://host:port` or `https://host[:port]`, optionally with a base path.
     pub origin: String,
     /// Path rules for this origin; absent: `cache.rules`.
@@ -456,8 +459,8 @@ impl LogLevel {
 impl Default for Config {
     fn default() -> Self {
         Config {
-            listen: "127.0.0.1:8080".into(),
-            admin_listen: "127.0.0.1:9090".into(),
+            listen: SocketAddr::from(([127, 0, 0, 1], 8080)),
+            admin_listen: SocketAddr::from(([127, 0, 0, 1], 9090)),
             admin_token: String::new(),
             admin_token_file: String::new(),
             threads: 0,
@@ -608,10 +611,10 @@ impl Config {
 
     fn apply(mut self, o: Overrides) -> Result<Config, ConfigError> {
         if let Some(v) = o.listen {
-            self.listen = v;
+            self.listen = parse_addr("listen", &v)?;
         }
         if let Some(v) = o.admin_listen {
-            self.admin_listen = v;
+            self.admin_listen = parse_addr("admin_listen", &v)?;
         }
         if let Some(v) = o.origin {
             self.origin.url = Some(v);
@@ -623,7 +626,7 @@ impl Config {
             self.cache.max_object_size = self.cache.max_object_size.min(self.cache.capacity);
         }
         if let Some(v) = o.peer_listen {
-            self.cluster.peer_listen = v;
+            self.cluster.peer_listen = parse_addr("cluster.peer_listen", &v)?;
         }
         // A secret given by a flag or variable replaces both of the file's
         // forms (the value and the file), so that the override wins.
@@ -682,7 +685,7 @@ impl Config {
         self.validate_cache()?;
         self.validate_memory_bounds()?;
         self.validate_connection_limits()?;
-        self.cluster.validate(&self.listen, &self.admin_listen)?;
+        self.cluster.validate(self.listen, self.admin_listen)?;
         self.cluster.validate_handoff(self.shutdown_grace)?;
         if !self.admin_token.is_empty() && !self.admin_token_file.is_empty() {
             return Err(both_given("admin_token", "admin_token_file"));
@@ -705,23 +708,22 @@ impl Config {
     /// Each upstream: its own listener, an origin no other listener fronts,
     /// valid rules.
     fn validate_upstreams(&self) -> Result<(), ConfigError> {
-        let mut listeners = vec![self.listen.as_str(), self.admin_listen.as_str()];
+        let mut listeners = vec![self.listen, self.admin_listen];
         if self.cluster.enabled {
-            listeners.push(&self.cluster.peer_listen);
+            listeners.push(self.cluster.peer_listen);
         }
         let mut origins = vec![self.origin_url()];
         for (i, upstream) in self.upstreams.iter().enumerate() {
             let field = |name: &str| format!("upstreams[{i}].{name}");
-            check_addr(&field("listen"), &upstream.listen)?;
-            if listeners.contains(&upstream.listen.as_str()) {
+            if listeners.contains(&upstream.listen) {
                 let expected = "an address no other listener of this config uses";
                 return Err(invalid(
                     &field("listen"),
-                    quoted(&upstream.listen),
+                    quoted(&upstream.listen.to_string()),
                     expected,
                 ));
             }
-            listeners.push(&upstream.listen);
+            listeners.push(upstream.listen);
             let (url, _) = OriginUrl::parse_base(&upstream.origin)
                 .map_err(|why| invalid(&field("origin"), quoted(&upstream.origin), why))?;
             if origins.contains(&url) {
@@ -741,12 +743,10 @@ impl Config {
     }
 
     fn validate_listeners(&self) -> Result<(), ConfigError> {
-        check_addr("listen", &self.listen)?;
-        check_addr("admin_listen", &self.admin_listen)?;
         if self.listen == self.admin_listen {
             return Err(invalid(
                 "admin_listen",
-                quoted(&self.admin_listen),
+                quoted(&self.admin_listen.to_string()),
                 "an address different from listen",
             ));
         }
@@ -1243,14 +1243,18 @@ fn both_given(value: &str, file: &str) -> ConfigError {
     ))
 }
 
+const ADDR_HINT: &str = "an IP:port address such as 127.0.0.1:8080";
+
 fn check_addr(field: &str, value: &str) -> Result<(), ConfigError> {
-    value.parse::<SocketAddr>().map(|_| ()).map_err(|_| {
-        invalid(
-            field,
-            quoted(value),
-            "an IP:port address such as 127.0.0.1:8080",
-        )
-    })
+    parse_addr(field, value).map(|_| ())
+}
+
+/// A listener address given by a flag or variable.
+fn parse_addr(field: &str, value: &str) -> Result<SocketAddr, ConfigError> {
+    value
+        .trim()
+        .parse()
+        .map_err(|_| invalid(field, quoted(value), ADDR_HINT))
 }
 
 fn quoted(s: &str) -> String {
@@ -1342,6 +1346,13 @@ fn de_size<'de, D: Deserializer<'de>>(d: D) -> Result<u64, D::Error> {
     d.deserialize_any(ParseVisitor {
         hint: SIZE_HINT,
         parse: parse_size,
+    })
+}
+
+fn de_addr<'de, D: Deserializer<'de>>(d: D) -> Result<SocketAddr, D::Error> {
+    d.deserialize_any(ParseVisitor {
+        hint: ADDR_HINT,
+        parse: |s| s.trim().parse().ok(),
     })
 }
 

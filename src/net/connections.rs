@@ -80,7 +80,7 @@ pub fn listener(addr: &str) -> ListenerConfig {
 /// now, e.g. another process holds it. Checked before pingora starts: it
 /// would retry for 30 s and then stop that listener's thread while the rest
 /// of the process runs on (and `/readyz` says why it is not ready).
-pub fn check_free(field: &str, addr: &str) -> Result<(), String> {
+pub fn check_free(field: &str, addr: std::net::SocketAddr) -> Result<(), String> {
     match std::net::TcpListener::bind(addr) {
         Ok(_) => Ok(()),
         Err(e) if e.kind() == std::io::ErrorKind::AddrInUse => Err(format!(

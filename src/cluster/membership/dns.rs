@@ -75,7 +75,7 @@ pub async fn start(
         Records::Srv
     } else {
         Records::Addresses {
-            port: member_port(&dns, config)?,
+            port: member_port(&dns, config),
         }
     };
     let nameserver =
@@ -101,24 +101,10 @@ pub async fn start(
     Ok(rx)
 }
 
-/// The peer port of every member found by address records.
-fn member_port(dns: &DnsMembership, config: &ClusterConfig) -> Result<u16, String> {
-    match dns.port {
-        Some(port) => Ok(port),
-        None => listen_port(&config.peer_listen).ok_or_else(|| {
-            format!(
-                "cluster.membership.dns.port is not set and cluster.peer_listen {:?} has no port to use instead",
-                config.peer_listen
-            )
-        }),
-    }
-}
-
-fn listen_port(listen: &str) -> Option<u16> {
-    match listen.parse::<SocketAddr>() {
-        Ok(addr) => Some(addr.port()),
-        Err(_) => listen.rsplit_once(':')?.1.parse().ok(),
-    }
+/// The peer port of every member found by address records: `port`, else
+/// `cluster.peer_listen`'s.
+fn member_port(dns: &DnsMembership, config: &ClusterConfig) -> u16 {
+    dns.port.unwrap_or(config.peer_listen.port())
 }
 
 /// Which records name the members.
@@ -518,14 +504,6 @@ mod tests {
         assert_eq!(relative_weights(&[0, 5]), vec![1, 5]);
         assert_eq!(relative_weights(&[1, 65535]), vec![1, 100]);
         assert!(relative_weights(&[]).is_empty());
-    }
-
-    #[test]
-    fn listen_port_reads_ip_and_host_forms() {
-        assert_eq!(listen_port("0.0.0.0:7070"), Some(7070));
-        assert_eq!(listen_port("[::]:7071"), Some(7071));
-        assert_eq!(listen_port("peers.local:7072"), Some(7072));
-        assert_eq!(listen_port("nope"), None);
     }
 
     #[test]
