@@ -164,11 +164,7 @@ impl ConfigFlags {
         command: &clap::Command,
         matches: &ArgMatches,
     ) -> Result<Config, ConfigError> {
-        let base = match file {
-            Some(path) => Config::from_file(path)?,
-            None => Config::default(),
-        };
-        base.finish(self.overrides(command, matches))
+        Config::load(file.map(PathBuf::as_path), self.overrides(command, matches))
     }
 }
 

@@ -7,7 +7,7 @@ use crate::admin::Admin;
 use crate::cache::store::Store;
 use crate::cluster::announce;
 use crate::cluster::Cluster;
-use crate::config::{Config, OriginUrl, PeerProtocol};
+use crate::config::{Config, PeerProtocol};
 use crate::metrics;
 use crate::net::connections::{self, Guarded, Handshake, Limits};
 use crate::net::listeners::ByListener;
@@ -136,17 +136,18 @@ fn startup_line(config: &Config) -> String {
     let mut line = format!(
         "ringside listening on {} (origin {}), admin {}",
         config.listen,
-        config.origin_url().key_prefix(),
+        config
+            .origin
+            .url
+            .as_ref()
+            .map_or("none".into(), |o| o.url.key_prefix()),
         config.admin_listen
     );
     for upstream in &config.upstreams {
-        let origin = OriginUrl::parse_base(&upstream.origin)
-            .expect("validated by config")
-            .0;
         line += &format!(
             ", upstream {} (origin {})",
             upstream.listen,
-            origin.key_prefix()
+            upstream.origin.url.key_prefix()
         );
     }
     if config.cluster.enabled {
@@ -215,10 +216,10 @@ fn add_services(server: &mut Server, config: &Config, node: Arc<Node>) {
         proxies.add(peer_listen, peers);
     }
     for upstream in &config.upstreams {
-        let url = OriginUrl::parse_base(&upstream.origin)
-            .expect("validated by config")
-            .0;
-        let origin = node.origins.get(&url).expect("every upstream is an origin");
+        let origin = node
+            .origins
+            .get(&upstream.origin.url)
+            .expect("every upstream is an origin");
         let proxy =
             pingora::proxy::http_proxy(&server.configuration, ringside.for_upstream(origin));
         let proxy = guarded(config, Listener::Upstream, proxy, None);

@@ -104,7 +104,7 @@ pub struct UpstreamConfig {
     #[serde(deserialize_with = "de_addr")]
     pub listen: SocketAddr,
     /// `http://host:port` or `https://host[:port]`, optionally with a base path.
-    pub origin: String,
+    pub origin: OriginBase,
     /// Path rules for this origin; absent: `cache.rules`.
     #[serde(default)]
     pub rules: Option<Vec<PathRule>>,
@@ -146,7 +146,7 @@ fn yes() -> bool {
 pub struct OriginConfig {
     /// `http://host:port` or `https://host[:port]`, optionally with a base
     /// path (`https://api.example.com/v1`) that app paths are appended to.
-    pub url: Option<String>,
+    pub url: Option<OriginBase>,
     #[serde(deserialize_with = "de_duration")]
     pub connect_timeout: Duration,
     #[serde(deserialize_with = "de_duration")]
@@ -165,7 +165,7 @@ pub struct OriginConfig {
 pub struct ForwardProxyConfig {
     /// Origins an app may reach with absolute-form requests (`HTTP_PROXY`),
     /// as `http://host[:port]` or `https://host[:port]`. Empty = forward proxy off.
-    pub allow: Vec<String>,
+    pub allow: Vec<OriginUrl>,
     /// `host:port`s an app may open CONNECT tunnels to (`HTTPS_PROXY`):
     /// relayed uncached (see `tunnel.rs`). Empty = CONNECT gets 405.
     pub connect_allow: Vec<String>,
@@ -546,6 +546,22 @@ pub struct Overrides {
     pub sources: Vec<(&'static str, String)>,
 }
 
+impl Overrides {
+    /// The fields the file's values are replaced in, of those parsed as
+    /// they are read (an address, a URL).
+    fn replaced(&self) -> Vec<&'static str> {
+        [
+            ("listen", &self.listen),
+            ("admin_listen", &self.admin_listen),
+            ("origin.url", &self.origin),
+            ("cluster.peer_listen", &self.peer_listen),
+        ]
+        .into_iter()
+        .filter_map(|(field, value)| value.is_some().then_some(field))
+        .collect()
+    }
+}
+
 /// `error`, saying which flag or variable set its field, if one did
 /// (`sources` as in [`Overrides::sources`]).
 fn attribute(error: ConfigError, sources: &[(&'static str, String)]) -> ConfigError {
@@ -572,6 +588,11 @@ impl Config {
         if text.trim().is_empty() {
             return Ok(Config::default());
         }
+        Config::parse_yaml(text, source).map_err(|(_, e)| e)
+    }
+
+    /// [`from_yaml`](Self::from_yaml), the error with the field it names.
+    fn parse_yaml(text: &str, source: &str) -> Result<Config, (String, ConfigError)> {
         // serde_path_to_error names the exact field (`cache.capacity`), where
         // serde_yaml alone names only the enclosing map.
         serde_path_to_error::deserialize(serde_yaml::Deserializer::from_str(text)).map_err(|e| {
@@ -588,16 +609,64 @@ impl Config {
                 Some((path, rest)) if !path.contains([' ', '"', '`']) => rest,
                 _ => reason,
             };
-            ConfigError::Invalid(format!("{source}{at}: {field}: {reason}"))
+            let error = ConfigError::Invalid(format!("{source}{at}: {field}: {reason}"));
+            (field, error)
         })
     }
 
     pub fn from_file(path: &Path) -> Result<Config, ConfigError> {
-        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+        Config::read(path).and_then(|text| Config::from_yaml(&text, &path.display().to_string()))
+    }
+
+    fn read(path: &Path) -> Result<String, ConfigError> {
+        std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
             path: path.display().to_string(),
             source,
-        })?;
-        Config::from_yaml(&text, &path.display().to_string())
+        })
+    }
+
+    /// The file at `path` (None: the defaults) with `o` applied, checked.
+    /// The overrides win over the file, a wrong value in it included: a
+    /// field an override replaces is not read from the file.
+    pub fn load(path: Option<&Path>, o: Overrides) -> Result<Config, ConfigError> {
+        let Some(path) = path else {
+            return Config::default().finish(o);
+        };
+        let text = Config::read(path)?;
+        let source = path.display().to_string();
+        let replaced = o.replaced();
+        let base = match Config::parse_yaml(&text, &source) {
+            Err((field, _)) if replaced.contains(&field.as_str()) => {
+                Config::parse_yaml_without(&text, &source, &replaced)?
+            }
+            parsed => parsed.map_err(|(_, e)| e)?,
+        };
+        base.finish(o)
+    }
+
+    /// The YAML `text` without the `fields` (dotted paths) that overrides
+    /// replace; its errors (in other fields) come without a position.
+    fn parse_yaml_without(
+        text: &str,
+        source: &str,
+        fields: &[&str],
+    ) -> Result<Config, ConfigError> {
+        let mut doc: serde_yaml::Value = serde_yaml::from_str(text)
+            .map_err(|e| ConfigError::Invalid(format!("{source}: {e}")))?;
+        for field in fields {
+            let (parents, last) = match field.rsplit_once('.') {
+                Some((parents, last)) => (parents.split('.').collect::<Vec<_>>(), last),
+                None => (Vec::new(), *field),
+            };
+            let map = parents
+                .iter()
+                .try_fold(&mut doc, |doc, key| doc.get_mut(*key));
+            if let Some(serde_yaml::Value::Mapping(map)) = map {
+                map.remove(last);
+            }
+        }
+        serde_path_to_error::deserialize(doc)
+            .map_err(|e| ConfigError::Invalid(format!("{source}: {}: {}", e.path(), e.inner())))
     }
 
     /// Apply overrides, then validate everything. A mistake in a field that
@@ -617,7 +686,9 @@ impl Config {
             self.admin_listen = parse_addr("admin_listen", &v)?;
         }
         if let Some(v) = o.origin {
-            self.origin.url = Some(v);
+            let url =
+                OriginBase::parse(&v).map_err(|why| invalid("origin.url", quoted(&v), why))?;
+            self.origin.url = Some(url);
         }
         if let Some(v) = o.capacity {
             self.cache.capacity =
@@ -712,7 +783,7 @@ impl Config {
         if self.cluster.enabled {
             listeners.push(self.cluster.peer_listen);
         }
-        let mut origins = vec![self.origin_url()];
+        let mut origins: Vec<_> = self.origin.url.iter().map(|o| o.url.clone()).collect();
         for (i, upstream) in self.upstreams.iter().enumerate() {
             let field = |name: &str| format!("upstreams[{i}].{name}");
             if listeners.contains(&upstream.listen) {
@@ -724,17 +795,16 @@ impl Config {
                 ));
             }
             listeners.push(upstream.listen);
-            let (url, _) = OriginUrl::parse_base(&upstream.origin)
-                .map_err(|why| invalid(&field("origin"), quoted(&upstream.origin), why))?;
-            if origins.contains(&url) {
+            let url = &upstream.origin.url;
+            if origins.contains(url) {
                 let expected = "an origin no other listener fronts";
                 return Err(invalid(
                     &field("origin"),
-                    quoted(&upstream.origin),
+                    quoted(&upstream.origin.to_string()),
                     expected,
                 ));
             }
-            origins.push(url);
+            origins.push(url.clone());
             if let Some(rules) = &upstream.rules {
                 validate_rules(&field("rules"), rules)?;
             }
@@ -755,14 +825,13 @@ impl Config {
 
     /// The origin, its timeouts, and the forward-proxy allowlist.
     fn validate_origins(&self) -> Result<(), ConfigError> {
-        let Some(url) = &self.origin.url else {
+        if self.origin.url.is_none() {
             return Err(ConfigError::Invalid(
                 "origin.url: missing; set it in the file, with --origin or RINGSIDE_ORIGIN \
                  (e.g. http://127.0.0.1:8000)"
                     .into(),
             ));
-        };
-        OriginUrl::parse_base(url).map_err(|why| invalid("origin.url", quoted(url), why))?;
+        }
         for (field, d) in [
             ("origin.connect_timeout", self.origin.connect_timeout),
             ("origin.read_timeout", self.origin.read_timeout),
@@ -771,10 +840,6 @@ impl Config {
             if d.is_zero() {
                 return Err(invalid(field, "0", "a positive duration such as \"2s\""));
             }
-        }
-        for (i, url) in self.forward_proxy.allow.iter().enumerate() {
-            OriginUrl::parse(url)
-                .map_err(|why| invalid(&format!("forward_proxy.allow[{i}]"), quoted(url), why))?;
         }
         for (i, authority) in self.forward_proxy.connect_allow.iter().enumerate() {
             if crate::rfc::normalize::authority_form(authority).is_none() {
@@ -1118,18 +1183,60 @@ impl Config {
         Ok(())
     }
 
-    pub fn origin_url(&self) -> OriginUrl {
-        // validate() has checked it; fall back to a harmless value rather than panic.
-        self.origin
-            .url
-            .as_deref()
-            .and_then(|u| OriginUrl::parse_base(u).ok())
-            .map(|(url, _)| url)
-            .unwrap_or_else(|| OriginUrl {
-                tls: false,
-                host: "127.0.0.1".into(),
-                port: 80,
-            })
+    /// The main origin; a checked config (`finish`) always has one.
+    pub fn origin(&self) -> Result<&OriginBase, ConfigError> {
+        self.origin.url.as_ref().ok_or_else(|| {
+            ConfigError::Invalid(
+                "origin.url: missing; set it in the file, with --origin or RINGSIDE_ORIGIN \
+                 (e.g. http://127.0.0.1:8000)"
+                    .into(),
+            )
+        })
+    }
+}
+
+/// An origin URL as the config gives it (`origin.url`, `upstreams[].origin`),
+/// parsed: the origin, and the base path requests are sent under.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OriginBase {
+    pub url: OriginUrl,
+    /// Prepended to every request path sent there ("" for none); not part
+    /// of any key (see [`OriginUrl::parse_base`]).
+    pub base_path: String,
+    /// As written, for messages.
+    text: String,
+}
+
+impl OriginBase {
+    pub fn parse(text: &str) -> Result<OriginBase, &'static str> {
+        let (url, base_path) = OriginUrl::parse_base(text)?;
+        Ok(OriginBase {
+            url,
+            base_path,
+            text: text.to_owned(),
+        })
+    }
+}
+
+impl fmt::Display for OriginBase {
+    fn fmt(&self, f: &mut fmt::Formatter) -> fmt::Result {
+        f.write_str(&self.text)
+    }
+}
+
+impl<'de> Deserialize<'de> for OriginBase {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<OriginBase, D::Error> {
+        let text = String::deserialize(d)?;
+        OriginBase::parse(&text)
+            .map_err(|why| de::Error::custom(format!("{text:?} is invalid; expected {why}")))
+    }
+}
+
+impl<'de> Deserialize<'de> for OriginUrl {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<OriginUrl, D::Error> {
+        let text = String::deserialize(d)?;
+        OriginUrl::parse(&text)
+            .map_err(|why| de::Error::custom(format!("{text:?} is invalid; expected {why}")))
     }
 }
 
@@ -1385,7 +1492,7 @@ mod tests {
     fn the_shipped_config_is_valid() {
         let text = include_str!("../../config.yaml");
         let c = load(text).expect("config.yaml must be valid");
-        assert_eq!(c.origin_url().port, 8000);
+        assert_eq!(c.origin().unwrap().url.port, 8000);
     }
 
     #[test]
@@ -1506,7 +1613,7 @@ mod tests {
             })
             .unwrap();
         assert_eq!(
-            c.origin_url(),
+            c.origin().unwrap().url,
             OriginUrl {
                 tls: true,
                 host: "b".into(),
@@ -1514,5 +1621,45 @@ mod tests {
             }
         );
         assert_eq!(c.cache.capacity, 1 << 20);
+    }
+
+    #[test]
+    fn an_override_wins_over_a_wrong_address_or_url_in_the_file_and_is_parsed_itself() {
+        let path =
+            std::env::temp_dir().join(format!("ringside-config-{}.yaml", std::process::id()));
+        let text = "listen: nowhere\norigin: {url: \"ftp://x\", read_timeout: 3s}\ncluster: {peer_listen: x}\n";
+        std::fs::write(&path, text).unwrap();
+        let overrides = || Overrides {
+            listen: Some("127.0.0.1:1".into()),
+            origin: Some("http://b:2/v1".into()),
+            peer_listen: Some("127.0.0.1:3".into()),
+            ..Default::default()
+        };
+        let c = Config::load(Some(&path), overrides()).unwrap();
+        assert_eq!(c.listen, SocketAddr::from(([127, 0, 0, 1], 1)));
+        assert_eq!(c.cluster.peer_listen, SocketAddr::from(([127, 0, 0, 1], 3)));
+        let origin = c.origin().unwrap();
+        assert_eq!((origin.url.port, origin.base_path.as_str()), (2, "/v1"));
+        assert_eq!(
+            c.origin.read_timeout,
+            Duration::from_secs(3),
+            "the rest is read"
+        );
+
+        let without_listen = Overrides {
+            listen: None,
+            ..overrides()
+        };
+        let e = Config::load(Some(&path), without_listen)
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("listen: \"nowhere\" is invalid"), "{e}");
+        let bad_flag = Overrides {
+            listen: Some("here".into()),
+            ..overrides()
+        };
+        let e = Config::load(Some(&path), bad_flag).unwrap_err().to_string();
+        assert!(e.starts_with("listen: \"here\" is invalid"), "{e}");
+        std::fs::remove_file(&path).unwrap();
     }
 }

@@ -41,36 +41,29 @@ impl Origins {
     /// inject read now (an error names the field: a file that cannot be read).
     pub fn new(config: &Config) -> Result<Origins, String> {
         let injected = Injected::load("origin.inject_headers", &config.origin.inject_headers)?;
-        let base = config
-            .origin
-            .url
-            .as_deref()
-            .map_or_else(String::new, base_path);
-        let default = OriginTarget::new(config.origin_url(), config)
+        let origin = config.origin().map_err(|e| e.to_string())?;
+        let default = OriginTarget::new(origin.url.clone(), config)
             .with_injected(injected)
-            .with_base_path(base);
+            .with_base_path(origin.base_path.clone());
         let default = Arc::new(default);
         let mut by_url = HashMap::new();
         by_url.insert(default.url.clone(), default.clone());
         let mut own_rules = HashMap::new();
         for (i, upstream) in config.upstreams.iter().enumerate() {
-            if let Ok((url, base)) = OriginUrl::parse_base(&upstream.origin) {
-                if let Some(rules) = &upstream.rules {
-                    own_rules.insert(url.clone(), rules.clone());
-                }
-                let field = format!("upstreams[{i}].inject_headers");
-                let injected = Injected::load(&field, &upstream.inject_headers)?;
-                let target = OriginTarget::new(url.clone(), config)
-                    .with_injected(injected)
-                    .with_base_path(base);
-                by_url.entry(url).or_insert(Arc::new(target));
+            let url = &upstream.origin.url;
+            if let Some(rules) = &upstream.rules {
+                own_rules.insert(url.clone(), rules.clone());
             }
+            let field = format!("upstreams[{i}].inject_headers");
+            let injected = Injected::load(&field, &upstream.inject_headers)?;
+            let target = OriginTarget::new(url.clone(), config)
+                .with_injected(injected)
+                .with_base_path(upstream.origin.base_path.clone());
+            by_url.entry(url.clone()).or_insert(Arc::new(target));
         }
         for url in &config.forward_proxy.allow {
-            if let Ok(url) = OriginUrl::parse(url) {
-                let target = Arc::new(OriginTarget::new(url.clone(), config));
-                by_url.entry(url).or_insert(target);
-            }
+            let target = Arc::new(OriginTarget::new(url.clone(), config));
+            by_url.entry(url.clone()).or_insert(target);
         }
         Ok(Origins {
             default,
@@ -124,11 +117,6 @@ impl Origins {
         self.get(&url)
             .ok_or((403, "origin is not on ringside's forward_proxy allowlist\n"))
     }
-}
-
-/// The base path of a checked origin URL ("" when it has none).
-fn base_path(url: &str) -> String {
-    OriginUrl::parse_base(url).map_or_else(|_| String::new(), |(_, base)| base)
 }
 
 /// The origin URL of an absolute-form target's scheme and authority.
