@@ -5,13 +5,14 @@
 //! tunnels, `tunnel`; readiness probes, `readiness`), what goes out (origin
 //! targets and the fetch client, `origin`, with its idle keep-alive
 //! connections, `idle_pool`; the peer channel, `channel`; what both report,
-//! `fetch`), TLS (`peer_tls` between peers, `tls_files` for certificates read from files and reloaded) and secrets read from
+//! `fetch`; names looked up, `dns`), TLS (`peer_tls` between peers, `tls_files` for certificates read from files and reloaded) and secrets read from
 //! files (`secret_files`), both on `watched_files`. No caching decisions
 //! are made here.
 
 pub(crate) mod bodies;
 pub mod channel;
 pub(crate) mod connections;
+pub(crate) mod dns;
 pub(crate) mod fetch;
 pub(crate) mod idle_pool;
 pub(crate) mod inject;

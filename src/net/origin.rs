@@ -15,13 +15,13 @@
 
 use crate::config::{Config, OriginUrl};
 use crate::net::channel::client::{Ask, AskError, ChannelBody, Channels, Identity};
+use crate::net::dns::Resolver;
 pub use crate::net::fetch::{FetchError, InterimSink};
 use crate::net::idle_pool::IdlePool;
 use crate::net::inject::Injected;
 use crate::net::peer_tls::PeerTls;
 use bytes::Bytes;
 use http::header::{self, HeaderValue};
-use parking_lot::Mutex;
 use pingora::connectors::http::Connector;
 use pingora::http::{RequestHeader, ResponseHeader};
 use pingora::protocols::http::client::HttpSession;
@@ -32,9 +32,6 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 use tokio::time::Instant;
-
-/// How long a DNS answer for an origin host is reused.
-const DNS_TTL: Duration = Duration::from_secs(30);
 
 /// One upstream origin.
 pub struct OriginTarget {
@@ -47,7 +44,8 @@ pub struct OriginTarget {
     read_timeout: Duration,
     idle_timeout: Duration,
     verify_tls: bool,
-    resolved: Mutex<Option<(Instant, SocketAddr)>>,
+    /// Its host's addresses, kept for their TTL.
+    dns: Resolver,
     /// Headers added to every request sent here (never to a peer).
     injected: Injected,
     /// Prepended to every request's path sent here (`origin.url`'s path).
@@ -65,7 +63,7 @@ impl OriginTarget {
             read_timeout: config.origin.read_timeout,
             idle_timeout: config.origin.idle_timeout,
             verify_tls: config.origin.verify_tls,
-            resolved: Mutex::new(None),
+            dns: Resolver::default(),
             injected: Injected::default(),
             base_path: String::new(),
             url,
@@ -117,24 +115,9 @@ impl OriginTarget {
     }
 
     async fn resolve(&self) -> pingora::Result<SocketAddr> {
-        if let Ok(ip) = self.url.host.parse::<std::net::IpAddr>() {
-            return Ok(SocketAddr::new(ip, self.url.port));
-        }
-        if let Some((at, addr)) = *self.resolved.lock() {
-            if at.elapsed() < DNS_TTL {
-                return Ok(addr);
-            }
-        }
-        let lookup = tokio::net::lookup_host((self.url.host.as_str(), self.url.port));
-        let addr = match tokio::time::timeout(self.connect_timeout, lookup).await {
-            Ok(Ok(mut addrs)) => addrs.next(),
-            _ => None,
-        };
-        match addr {
-            Some(addr) => {
-                *self.resolved.lock() = Some((Instant::now(), addr));
-                Ok(addr)
-            }
+        let (host, port) = (&self.url.host, self.url.port);
+        match self.dns.socket_addr(host, port, self.connect_timeout).await {
+            Some(addr) => Ok(addr),
             None => Error::e_explain(
                 ErrorType::ConnectNoRoute,
                 format!("cannot resolve origin host {}", self.url.host),
@@ -156,6 +139,8 @@ pub struct OriginClient {
     /// connection against (`proxy/peer.rs`, `proxy/channel.rs`). None:
     /// the kernel's choice.
     peer_source: Option<std::net::IpAddr>,
+    /// For peers named by host rather than address.
+    dns: Resolver,
 }
 
 /// An origin response whose headers have arrived; the body is read on demand.
@@ -176,6 +161,7 @@ impl OriginClient {
             peer_tls,
             channels: Channels::default(),
             peer_source: None,
+            dns: Resolver::default(),
         }
     }
 
@@ -261,11 +247,7 @@ impl OriginClient {
         (connect_timeout, read_timeout): (Duration, Duration),
     ) -> Result<HttpPeer, FetchError> {
         let timeout = connect_timeout;
-        let resolved = match tokio::time::timeout(timeout, tokio::net::lookup_host(addr)).await {
-            Ok(Ok(mut addrs)) => addrs.next(),
-            _ => None,
-        };
-        let Some(socket) = resolved else {
+        let Some(socket) = self.dns.host_port(addr, timeout).await else {
             return Err(FetchError::Unreachable);
         };
         let mut peer = HttpPeer::new(socket, false, String::new());

@@ -31,17 +31,14 @@
 //!   this node alone: a Service briefly has no ready endpoints while it is
 //!   being rewritten.
 //!
-//! The resolver is `hickory-resolver`: with `dns.nameserver` it asks that
-//! server only (UDP, and TCP for an answer too large for UDP), without
-//! it it follows the system's resolv.conf (search domains, ndots, servers).
-//! Its cache is cleared before every poll so that `interval`, not the
+//! The resolver is the one every lookup uses (`net/dns.rs`, hickory's):
+//! with `dns.nameserver` it asks that server only, without it it follows
+//! the system's configuration. Its cache is cleared before every poll so that `interval`, not the
 //! records' TTL, decides how fresh the list is.
 
 use super::{normalize, publish_if_changed, Member};
 use crate::cluster::backoff;
 use crate::config::{ClusterConfig, DnsMembership};
-use hickory_resolver::config::{NameServerConfig, ResolveHosts, ResolverConfig};
-use hickory_resolver::net::runtime::TokioRuntimeProvider;
 use hickory_resolver::net::NetError;
 use hickory_resolver::proto::rr::{Name, RData, RecordType};
 use hickory_resolver::TokioResolver;
@@ -333,32 +330,10 @@ fn build_resolver(
     nameserver: Option<SocketAddr>,
     interval: Duration,
 ) -> Result<TokioResolver, String> {
-    let provider = TokioRuntimeProvider::default();
-    let mut builder = match nameserver {
-        Some(ns) => {
-            let mut server = NameServerConfig::udp_and_tcp(ns.ip());
-            for connection in &mut server.connections {
-                connection.port = ns.port();
-            }
-            let mut builder = TokioResolver::builder_with_config(
-                ResolverConfig::from_name_servers(vec![server]),
-                provider,
-            );
-            // The operator named a server: ask it, not /etc/hosts.
-            builder.options_mut().use_hosts_file = ResolveHosts::Never;
-            builder
-        }
-        None => TokioResolver::builder(provider)
-            .map_err(|e| format!("reading the system DNS configuration: {e}"))?,
-    };
-    let options = builder.options_mut();
     // A poll should end well before the next is due; 5 s (resolv.conf's
     // default) at most.
-    options.timeout = interval.clamp(Duration::from_millis(500), Duration::from_secs(5));
-    options.attempts = 2;
-    builder
-        .build()
-        .map_err(|e| format!("building the DNS resolver: {e}"))
+    let timeout = interval.clamp(Duration::from_millis(500), Duration::from_secs(5));
+    crate::net::dns::build(nameserver, timeout)
 }
 
 /// The members `name`'s A or AAAA records name, each on `port`.

@@ -21,6 +21,7 @@
 
 use super::credentials;
 use crate::config::{EtcdMembership, OriginUrl};
+use crate::net::dns::Resolver;
 use bytes::Bytes;
 use http::header;
 use log::{debug, info};
@@ -33,7 +34,6 @@ use pingora::{Error, ErrorType};
 use serde_json::{json, Value};
 use std::fmt;
 use std::future::Future;
-use std::net::{IpAddr, SocketAddr};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
@@ -111,6 +111,7 @@ struct Login {
 
 struct Endpoint {
     url: OriginUrl,
+    dns: Resolver,
     host_header: String,
     /// The auth token this endpoint issued, while it is believed valid.
     token: Mutex<Option<String>>,
@@ -123,6 +124,7 @@ impl Endpoint {
         Ok(Endpoint {
             host_header: url.host_header(),
             url,
+            dns: Resolver::default(),
             token: Mutex::new(None),
         })
     }
@@ -160,10 +162,14 @@ impl Endpoint {
         Ok(request)
     }
 
-    /// Where to connect now (resolved afresh: etcd's address may move),
-    /// connecting, writing and each read bounded by `timeout`.
+    /// Where to connect now (its name's answer kept no longer than its
+    /// TTL: etcd's address may move), connecting, writing and each read
+    /// bounded by `timeout`.
     async fn peer(&self, timeout: Duration) -> pingora::Result<HttpPeer> {
-        let addr = resolve(&self.url).await?;
+        let (host, port) = (&self.url.host, self.url.port);
+        let Some(addr) = self.dns.socket_addr(host, port, timeout).await else {
+            return Error::e_explain(ErrorType::ConnectNoRoute, format!("cannot resolve {host}"));
+        };
         let mut peer = HttpPeer::new(addr, self.url.tls, self.url.host.clone());
         let options = &mut peer.options;
         options.connection_timeout = Some(timeout);
@@ -171,24 +177,6 @@ impl Endpoint {
         options.read_timeout = Some(timeout);
         options.write_timeout = Some(timeout);
         Ok(peer)
-    }
-}
-
-async fn resolve(url: &OriginUrl) -> pingora::Result<SocketAddr> {
-    if let Ok(ip) = url.host.parse::<IpAddr>() {
-        return Ok(SocketAddr::new(ip, url.port));
-    }
-    match tokio::net::lookup_host((url.host.as_str(), url.port)).await {
-        Ok(mut addrs) => addrs.next().ok_or_else(|| {
-            Error::explain(
-                ErrorType::ConnectNoRoute,
-                format!("{} has no address", url.host),
-            )
-        }),
-        Err(e) => Error::e_explain(
-            ErrorType::ConnectNoRoute,
-            format!("cannot resolve {}: {e}", url.host),
-        ),
     }
 }
 
