@@ -29,6 +29,7 @@
 
 use crate::cluster::purge;
 use crate::config::{Config, OriginUrl};
+use crate::error::{Error, Result};
 use crate::metrics;
 use crate::net::connections;
 use crate::net::origin::OriginTarget;
@@ -56,7 +57,7 @@ pub struct Admin {
 
 impl Admin {
     /// Err: the token file cannot be used (the message names the field).
-    pub fn new(node: Arc<Node>, listeners: Vec<Listener>) -> Result<Admin, String> {
+    pub fn new(node: Arc<Node>, listeners: Vec<Listener>) -> Result<Admin> {
         let token = purge_token(&node.config)?;
         Ok(Admin {
             node,
@@ -191,7 +192,7 @@ struct PurgeOrder {
 /// `admin_token_file`, read again when it changes); None: purge is off.
 /// Config validation compares a token and a cluster secret given as values;
 /// here, one from a file is compared with the other once, at start.
-fn purge_token(config: &Config) -> Result<Option<Watched<String>>, String> {
+fn purge_token(config: &Config) -> Result<Option<Watched<String>>> {
     let (value, file) = (&config.admin_token, config.admin_token_file.trim());
     if value.is_empty() && file.is_empty() {
         return Ok(None);
@@ -216,10 +217,10 @@ fn purge_token(config: &Config) -> Result<Option<Watched<String>>, String> {
             } else {
                 "admin_token_file"
             };
-            return Err(format!(
+            return Err(Error::invalid(format!(
                 "{field}: the same as the cluster secret; choose another (a bearer token is sent \
                  with every purge, and the cluster secret must never cross the wire)"
-            ));
+            )));
         }
     }
     Ok(Some(token))

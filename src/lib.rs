@@ -30,6 +30,8 @@ pub mod config;
 /// The demo and the kit the tests drive ringside with (the `demo` feature).
 #[cfg(feature = "demo")]
 pub mod demo;
+/// Start-up and cluster errors, with their causes.
+pub mod error;
 pub(crate) mod fill;
 pub mod inject;
 pub(crate) mod metrics;

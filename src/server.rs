@@ -72,7 +72,7 @@ fn build_node(config: &Arc<Config>, background: &tokio::runtime::Runtime) -> Nod
             .unwrap_or_else(|e| fatal(&format!("cluster: {e}")))
     });
     let store = Store::new(main_capacity).with_max_variants(config.cache.max_variants);
-    Node::new(config.clone(), store, cluster).unwrap_or_else(|e| fatal(&e))
+    Node::new(config.clone(), store, cluster).unwrap_or_else(|e| fatal(&e.to_string()))
 }
 
 /// In a cluster, on `background`: announce this node once its peer
@@ -243,7 +243,7 @@ fn add_services(server: &mut Server, config: &Config, node: Arc<Node>) {
         refusals: Arc::new(Refusals::new("admin", false)),
         diverted: None,
     };
-    let admin = Admin::new(node, probed).unwrap_or_else(|e| fatal(&e));
+    let admin = Admin::new(node, probed).unwrap_or_else(|e| fatal(&e.to_string()));
     let admin_app = Guarded::new(admin, admin_limits);
     let mut admin = Service::new("ringside admin".into(), admin_app);
     // Probes, scrapes and purges: light work, apart from the proxy's workers.
@@ -270,7 +270,7 @@ fn check_listeners_free(config: &Config) {
     }
     for (field, addr) in addresses {
         if let Err(why) = connections::check_free(&field, *addr) {
-            fatal(&why);
+            fatal(&why.to_string());
         }
     }
 }

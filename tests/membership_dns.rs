@@ -253,7 +253,7 @@ async fn a_bad_nameserver_is_a_start_error() {
             nameserver: Some("not-an-address".into()),
         },
     );
-    let err = start(&config).await.expect_err("must refuse");
+    let err = start(&config).await.expect_err("must refuse").to_string();
     assert!(err.contains("nameserver"), "{err}");
 }
 

@@ -120,7 +120,7 @@ impl Cluster {
         hot_capacity: u64,
         max_variants: usize,
         origin_budget: Duration,
-    ) -> Result<Arc<Cluster>, String> {
+    ) -> crate::error::Result<Arc<Cluster>> {
         let tls = match &config.tls {
             Some(tls) => Some(Arc::new(PeerTls::load(tls, &config.advertise_addr())?)),
             None => None,

@@ -292,7 +292,7 @@ impl PeerAuth {
 
     /// The secret `config` gives: `secret`, or the file `secret_file`
     /// (read now, and again when it changes). Err names the field.
-    pub fn from_config(config: &ClusterConfig) -> Result<PeerAuth, String> {
+    pub fn from_config(config: &ClusterConfig) -> crate::error::Result<PeerAuth> {
         let kind = secret_files::Kind {
             field: "cluster.secret",
             check: |secret| secret_files::at_least(secret, MIN_SECRET_LEN),

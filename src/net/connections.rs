@@ -80,13 +80,18 @@ pub fn listener(addr: &str) -> ListenerConfig {
 /// now, e.g. another process holds it. Checked before pingora starts: it
 /// would retry for 30 s and then stop that listener's thread while the rest
 /// of the process runs on (and `/readyz` says why it is not ready).
-pub fn check_free(field: &str, addr: std::net::SocketAddr) -> Result<(), String> {
+pub fn check_free(field: &str, addr: std::net::SocketAddr) -> crate::error::Result<()> {
+    use crate::error::{Error, Kind};
     match std::net::TcpListener::bind(addr) {
         Ok(_) => Ok(()),
-        Err(e) if e.kind() == std::io::ErrorKind::AddrInUse => Err(format!(
-            "{field}: {addr} is in use by another process; ringside cannot listen there"
+        Err(e) if e.kind() == std::io::ErrorKind::AddrInUse => Err(Error::new(
+            Kind::Listen,
+            format!("{field}: {addr} is in use by another process; ringside cannot listen there"),
         )),
-        Err(e) => Err(format!("{field}: cannot listen on {addr}: {e}")),
+        Err(e) => {
+            let what = format!("{field}: cannot listen on {addr}");
+            Err(Error::new(Kind::Listen, what).caused_by(e))
+        }
     }
 }
 

@@ -16,6 +16,7 @@
 //! the etcd client's; DNS membership's, in its task). A runtime that ends
 //! takes only its own resolvers' connections with it.
 
+use crate::error::{Error, Kind, Result};
 use hickory_resolver::config::{NameServerConfig, ResolveHosts, ResolverConfig};
 use hickory_resolver::net::runtime::TokioRuntimeProvider;
 use hickory_resolver::TokioResolver;
@@ -25,7 +26,7 @@ use tokio::sync::OnceCell;
 
 /// A hickory resolver: asking `nameserver` only when given, else the
 /// system's configuration; each query bounded by `timeout`.
-pub fn build(nameserver: Option<SocketAddr>, timeout: Duration) -> Result<TokioResolver, String> {
+pub fn build(nameserver: Option<SocketAddr>, timeout: Duration) -> Result<TokioResolver> {
     let provider = TokioRuntimeProvider::default();
     let mut builder = match nameserver {
         Some(ns) => {
@@ -41,15 +42,16 @@ pub fn build(nameserver: Option<SocketAddr>, timeout: Duration) -> Result<TokioR
             builder.options_mut().use_hosts_file = ResolveHosts::Never;
             builder
         }
-        None => TokioResolver::builder(provider)
-            .map_err(|e| format!("reading the system DNS configuration: {e}"))?,
+        None => TokioResolver::builder(provider).map_err(|e| {
+            Error::new(Kind::Dns, "reading the system DNS configuration").caused_by(e)
+        })?,
     };
     let options = builder.options_mut();
     options.timeout = timeout;
     options.attempts = 2;
     builder
         .build()
-        .map_err(|e| format!("building the DNS resolver: {e}"))
+        .map_err(|e| Error::new(Kind::Dns, "building the DNS resolver").caused_by(e))
 }
 
 /// Host names to addresses, with the system's configuration, built when

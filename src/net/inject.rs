@@ -14,6 +14,7 @@
 use super::secret_files;
 use super::watched_files::Watched;
 use crate::config::InjectHeader;
+use crate::error::{Error, Result};
 use http::header::{HeaderName, HeaderValue};
 use pingora::http::RequestHeader;
 
@@ -34,7 +35,7 @@ struct Header {
 impl Injected {
     /// The headers `list` (the config's `field`) describes, their values read
     /// now. An error names the field and the file or variable, never a value.
-    pub fn load(field: &str, list: &[InjectHeader]) -> Result<Injected, String> {
+    pub fn load(field: &str, list: &[InjectHeader]) -> Result<Injected> {
         let headers = list
             .iter()
             .enumerate()
@@ -56,9 +57,11 @@ impl Injected {
 }
 
 impl Header {
-    fn load(field: &str, config: &InjectHeader) -> Result<Header, String> {
-        let name = HeaderName::from_bytes(config.name.as_bytes())
-            .map_err(|_| format!("{field}.name: {:?} is not a header name", config.name))?;
+    fn load(field: &str, config: &InjectHeader) -> Result<Header> {
+        let name = HeaderName::from_bytes(config.name.as_bytes()).map_err(|_| {
+            let name = &config.name;
+            Error::invalid(format!("{field}.name: {name:?} is not a header name"))
+        })?;
         let prefix = config.prefix.clone();
         let value = match (config.value_file.trim(), config.value_env.trim()) {
             (path, "") if !path.is_empty() => {
@@ -73,13 +76,14 @@ impl Header {
             }
             ("", var) if !var.is_empty() => {
                 let field = format!("{field}.value_env");
-                let text = std::env::var(var).map_err(|_| format!("{field}: ${var} is not set"))?;
+                let text = std::env::var(var)
+                    .map_err(|_| Error::invalid(format!("{field}: ${var} is not set")))?;
                 Watched::fixed(&field, header_value(&field, &prefix, &text)?)
             }
             _ => {
-                return Err(format!(
+                return Err(Error::invalid(format!(
                     "{field}: expected exactly one of value_file (a mounted Secret) and value_env"
-                ))
+                )))
             }
         };
         Ok(Header {
@@ -92,12 +96,15 @@ impl Header {
 
 /// `prefix` + `text` as a header value marked sensitive; the error names
 /// `field`, never the value.
-fn header_value(field: &str, prefix: &str, text: &str) -> Result<HeaderValue, String> {
+fn header_value(field: &str, prefix: &str, text: &str) -> Result<HeaderValue> {
     if text.trim().is_empty() {
-        return Err(format!("{field}: empty"));
+        return Err(Error::invalid(format!("{field}: empty")));
     }
-    let mut value = HeaderValue::from_str(&format!("{prefix}{}", text.trim()))
-        .map_err(|_| format!("{field}: not a valid header value (control characters?)"))?;
+    let mut value = HeaderValue::from_str(&format!("{prefix}{}", text.trim())).map_err(|_| {
+        Error::invalid(format!(
+            "{field}: not a valid header value (control characters?)"
+        ))
+    })?;
     value.set_sensitive(true);
     Ok(value)
 }
@@ -145,20 +152,26 @@ mod tests {
     #[test]
     fn mistakes_name_the_field_and_never_the_value() {
         let list = [config("Authorization", "", "", "", true)];
-        let e = Injected::load("origin.inject_headers", &list).unwrap_err();
+        let e = Injected::load("origin.inject_headers", &list)
+            .unwrap_err()
+            .to_string();
         assert!(
             e.starts_with("origin.inject_headers[0]: expected exactly one"),
             "{e}"
         );
         let list = [config("X-Key", "/nonexistent/key", "", "", true)];
-        let e = Injected::load("upstreams[1].inject_headers", &list).unwrap_err();
+        let e = Injected::load("upstreams[1].inject_headers", &list)
+            .unwrap_err()
+            .to_string();
         assert!(
             e.starts_with("upstreams[1].inject_headers[0].value_file: /nonexistent/key"),
             "{e}"
         );
         std::env::set_var("RINGSIDE_TEST_INJECT_BAD", "bad\u{1}value");
         let list = [config("X-Key", "", "RINGSIDE_TEST_INJECT_BAD", "", true)];
-        let e = Injected::load("origin.inject_headers", &list).unwrap_err();
+        let e = Injected::load("origin.inject_headers", &list)
+            .unwrap_err()
+            .to_string();
         assert!(!e.contains("bad"), "{e}");
     }
 }

@@ -33,6 +33,7 @@
 //! and the asker loads from its origin: slower, never wrong, never a hang.
 
 use crate::config::PeerTlsConfig;
+use crate::error;
 use crate::metrics;
 use crate::net::connections::{answer_and_close, Handshake};
 use crate::net::tls_files::{Ca, CertificateFiles, TrustedCa};
@@ -110,7 +111,7 @@ impl PeerTls {
     /// Read the files of `config` and check that this node's certificate is
     /// one its peers will accept: from the CA, naming `me` (this node's
     /// advertised peer address) or `peer_name`. Errors name the field.
-    pub fn load(config: &PeerTlsConfig, me: &str) -> Result<PeerTls, String> {
+    pub fn load(config: &PeerTlsConfig, me: &str) -> error::Result<PeerTls> {
         let ca_file = config.ca_file.clone();
         let ca = Watched::new(
             "peer TLS CA",
@@ -118,7 +119,7 @@ impl PeerTls {
             move || Ca::load(&ca_file),
             |loaded| metrics::observe_peer_tls_reload("ca", loaded),
         )
-        .map_err(|e| format!("cluster.tls.ca_file: {e}"))?;
+        .map_err(|e| e.within("cluster.tls.ca_file"))?;
         let (cert_file, key_file) = (config.cert_file.clone(), config.key_file.clone());
         let certificate = Watched::new(
             "peer TLS certificate",
@@ -126,10 +127,10 @@ impl PeerTls {
             move || CertificateFiles::load(&cert_file, &key_file),
             |loaded| metrics::observe_peer_tls_reload("certificate", loaded),
         )
-        .map_err(|e| format!("cluster.tls.cert_file, cluster.tls.key_file: {e}"))?;
+        .map_err(|e| e.within("cluster.tls.cert_file, cluster.tls.key_file"))?;
         let (certificate, ca) = (Arc::new(certificate), Arc::new(ca));
         let mut settings = TlsSettings::with_callbacks(Box::new(KeepCertificate))
-            .map_err(|e| format!("cluster.tls: {e}"))?;
+            .map_err(|e| error::Error::invalid("cluster.tls").caused_by(e))?;
         settings.set_cert_resolver(certificate.clone());
         settings.set_client_cert_verifier(Arc::new(TrustedCa { ca: ca.clone() }));
         let tls = PeerTls {
@@ -144,24 +145,28 @@ impl PeerTls {
     }
 
     /// This node's certificate, as its peers will check it.
-    fn check_own_certificate(&self) -> Result<(), String> {
+    fn check_own_certificate(&self) -> error::Result<()> {
         let chain: Vec<CertificateDer<'static>> = self.certificate.current().served.cert.clone();
-        let (leaf, intermediates) = chain.split_first().ok_or("cluster.tls.cert_file: empty")?;
+        let (leaf, intermediates) = chain
+            .split_first()
+            .ok_or_else(|| error::Error::invalid("cluster.tls.cert_file: empty"))?;
         self.ca
             .current()
             .client_verifier
             .verify_client_cert(leaf, intermediates, UnixTime::now())
             .map_err(|e| {
-                format!(
-                    "cluster.tls.cert_file: not a valid certificate from cluster.tls.ca_file: {e}"
-                )
+                let what =
+                    "cluster.tls.cert_file: not a valid certificate from cluster.tls.ca_file";
+                error::Error::invalid(what).caused_by(e)
             })?;
         check_name(leaf, self.identity_of(&self.me)).map_err(|why| {
             let field = match self.peer_name {
                 Some(_) => "cluster.tls.peer_name",
                 None => "this node's peer address (cluster.advertise)",
             };
-            format!("cluster.tls.cert_file: {why}; peers expect it for {field}")
+            error::Error::invalid(format!(
+                "cluster.tls.cert_file: {why}; peers expect it for {field}"
+            ))
         })
     }
 
@@ -249,7 +254,8 @@ impl PeerTls {
                 })?;
         }
         if !name_ok {
-            check_name(leaf, self.identity_of(from)).map_err(TlsRefusal::Identity)?;
+            check_name(leaf, self.identity_of(from))
+                .map_err(|e| TlsRefusal::Identity(e.to_string()))?;
             *checked = Some(Checked {
                 ca_generation: generation,
                 sender: from.to_string(),
@@ -287,13 +293,14 @@ pub(crate) fn host(addr: &str) -> &str {
 }
 
 /// Whether `cert` is valid for `name` (DNS name or IP address).
-fn check_name(cert: &CertificateDer<'_>, name: &str) -> Result<(), String> {
-    let server_name =
-        ServerName::try_from(name).map_err(|_| format!("{name:?} is not a host name or IP"))?;
-    let parsed =
-        ParsedCertificate::try_from(cert).map_err(|e| format!("unreadable certificate: {e}"))?;
-    verify_server_name(&parsed, &server_name)
-        .map_err(|e| format!("the certificate is not valid for {name:?}: {e}"))
+fn check_name(cert: &CertificateDer<'_>, name: &str) -> error::Result<()> {
+    let server_name = ServerName::try_from(name)
+        .map_err(|_| error::Error::invalid(format!("{name:?} is not a host name or IP")))?;
+    let parsed = ParsedCertificate::try_from(cert)
+        .map_err(|e| error::Error::invalid("unreadable certificate").caused_by(e))?;
+    verify_server_name(&parsed, &server_name).map_err(|e| {
+        error::Error::invalid(format!("the certificate is not valid for {name:?}")).caused_by(e)
+    })
 }
 
 /// What the peer listener keeps of a connection's client certificate: the

@@ -11,12 +11,14 @@
 //! value, so users ask for the current one the same way either way.
 
 use super::watched_files::Watched;
+use crate::error::{self, Error, Result};
 
 /// The secret in the file at `path`: its content without a trailing newline
 /// (`echo`, editors and `kubectl create secret --from-file` of such a file
 /// leave one). The error names `field` and the path, never the content.
-pub fn read(field: &str, path: &str) -> Result<String, String> {
-    let text = std::fs::read_to_string(path).map_err(|e| format!("{field}: {path}: {e}"))?;
+pub fn read(field: &str, path: &str) -> Result<String> {
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| Error::new(error::Kind::Read, format!("{field}: {path}")).caused_by(e))?;
     let text = text.strip_suffix('\n').unwrap_or(&text);
     Ok(text.strip_suffix('\r').unwrap_or(text).to_string())
 }
@@ -27,7 +29,7 @@ pub struct Kind<T> {
     /// is this plus `_file`.
     pub field: &'static str,
     /// What is wrong with a secret, if anything (never quoting it).
-    pub check: fn(&str) -> Result<(), String>,
+    pub check: fn(&str) -> Result<()>,
     /// The form its user keeps (the text, an HMAC key).
     pub make: fn(&str) -> T,
     /// Told of every reload of the file: true when it loaded.
@@ -40,7 +42,7 @@ pub fn watch<T: Send + Sync + 'static>(
     kind: Kind<T>,
     value: &str,
     path: &str,
-) -> Result<Watched<T>, String> {
+) -> Result<Watched<T>> {
     let Kind {
         field,
         check,
@@ -49,24 +51,26 @@ pub fn watch<T: Send + Sync + 'static>(
     } = kind;
     let what = field.replace(['.', '_'], " ");
     if path.is_empty() {
-        check(value).map_err(|why| format!("{field}: {why}"))?;
+        check(value).map_err(|why| why.within(field))?;
         return Ok(Watched::fixed(&what, make(value)));
     }
     let file_field = format!("{field}_file");
     let owned = path.to_string();
     let load = move || {
         let text = read(&file_field, &owned)?;
-        check(&text).map_err(|why| format!("{file_field}: {owned}: {why}"))?;
+        check(&text).map_err(|why| why.within(&owned).within(&file_field))?;
         Ok(make(&text))
     };
     Watched::new(&what, &[path], load, on_reload)
 }
 
 /// At least `min` bytes long (the message gives the length, not the text).
-pub fn at_least(text: &str, min: usize) -> Result<(), String> {
+pub fn at_least(text: &str, min: usize) -> Result<()> {
     match text.len() {
-        0 => Err("empty".into()),
-        n if n < min => Err(format!("{n} characters; expected {min} or more")),
+        0 => Err(Error::invalid("empty")),
+        n if n < min => Err(Error::invalid(format!(
+            "{n} characters; expected {min} or more"
+        ))),
         _ => Ok(()),
     }
 }
@@ -92,13 +96,16 @@ mod tests {
         let watched = watch(kind(), "", &path).unwrap();
         assert_eq!(*watched.current(), "s3cret-token");
         std::fs::write(&path, "abc").unwrap();
-        let e = watch(kind(), "", &path).err().unwrap();
+        let e = watch(kind(), "", &path).err().unwrap().to_string();
         assert!(
             e.contains("admin_token_file") && e.contains("3 characters"),
             "{e}"
         );
         assert!(!e.contains("abc"), "the secret is never in a message: {e}");
-        let e = watch(kind(), "", "/nonexistent/token").err().unwrap();
+        let e = watch(kind(), "", "/nonexistent/token")
+            .err()
+            .unwrap()
+            .to_string();
         assert!(e.starts_with("admin_token_file: /nonexistent/token"), "{e}");
         let fixed = watch(kind(), "given-in-config", "").unwrap();
         assert_eq!(*fixed.current(), "given-in-config");

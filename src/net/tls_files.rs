@@ -15,6 +15,7 @@
 //! always asks the current CA.
 
 use super::watched_files::Watched;
+use crate::error::{self, Error, Kind};
 use pingora::tls::sign::CertifiedKey;
 use pingora::tls::{
     load_certs_and_key_files, CertificateDer, ClientCertVerified, ClientCertVerifier, ClientHello,
@@ -35,22 +36,26 @@ pub struct CertificateFiles {
 
 impl CertificateFiles {
     /// Read the pair and check that the key is the certificate's.
-    pub fn load(cert_path: &str, key_path: &str) -> Result<CertificateFiles, String> {
+    pub fn load(cert_path: &str, key_path: &str) -> error::Result<CertificateFiles> {
         let (certs, key) = match load_certs_and_key_files(cert_path, key_path) {
             Ok(Some(pair)) => pair,
             Ok(None) => {
-                return Err(format!(
+                return Err(Error::invalid(format!(
                     "{cert_path:?} holds no PEM certificate or {key_path:?} no PEM private key"
-                ))
+                )))
             }
-            Err(e) => return Err(format!("cannot read {cert_path:?} or {key_path:?}: {e}")),
+            Err(e) => {
+                let what = format!("cannot read {cert_path:?} or {key_path:?}");
+                return Err(Error::new(Kind::Read, what).caused_by(e));
+            }
         };
         let der: Vec<Vec<u8>> = certs.iter().map(|c| c.as_ref().to_vec()).collect();
         let key_der = key.secret_der().to_vec();
         // First: this parses the certificate (pingora's CertKey would panic
         // on one it cannot parse).
         let served = CertifiedKey::from_der(certs, key, &*crypto_provider()?).map_err(|e| {
-            format!("{cert_path:?} and {key_path:?} are not a certificate and its key: {e}")
+            let what = format!("{cert_path:?} and {key_path:?} are not a certificate and its key");
+            Error::invalid(what).caused_by(e)
         })?;
         let shown = CertKey::new(der, key_der);
         Ok(CertificateFiles {
@@ -66,11 +71,11 @@ impl ResolvesServerCert for Watched<CertificateFiles> {
     }
 }
 
-fn crypto_provider() -> Result<Arc<CryptoProvider>, String> {
+fn crypto_provider() -> error::Result<Arc<CryptoProvider>> {
     pingora::tls::install_default_crypto_provider();
     CryptoProvider::get_default()
         .cloned()
-        .ok_or_else(|| "no TLS crypto provider installed".to_string())
+        .ok_or_else(|| Error::invalid("no TLS crypto provider installed"))
 }
 
 /// The CA certificates of one file, as a client verifier (for a listener
@@ -83,25 +88,25 @@ pub struct Ca {
 }
 
 impl Ca {
-    pub fn load(path: &str) -> Result<Ca, String> {
+    pub fn load(path: &str) -> error::Result<Ca> {
         // Every certificate in the file: during a rotation it may hold the
         // old CA and the new one.
         let certs = CertificateDer::pem_file_iter(path)
             .and_then(|certs| certs.collect::<Result<Vec<_>, _>>())
-            .map_err(|e| format!("{path:?}: {e}"))?;
+            .map_err(|e| Error::new(Kind::Read, format!("{path:?}")).caused_by(e))?;
         if certs.is_empty() {
-            return Err(format!("{path:?} holds no PEM certificate"));
+            return Err(Error::invalid(format!("{path:?} holds no PEM certificate")));
         }
         let mut roots = RootCertStore::empty();
         for cert in &certs {
-            roots
-                .add(cert.clone())
-                .map_err(|e| format!("{path:?}: not a CA certificate: {e}"))?;
+            roots.add(cert.clone()).map_err(|e| {
+                Error::invalid(format!("{path:?}: not a CA certificate")).caused_by(e)
+            })?;
         }
         let client_verifier =
             WebPkiClientVerifier::builder_with_provider(Arc::new(roots), crypto_provider()?)
                 .build()
-                .map_err(|e| format!("{path:?}: {e}"))?;
+                .map_err(|e| Error::invalid(format!("{path:?}")).caused_by(e))?;
         let for_peers = certs
             .into_iter()
             .map(|der| WrappedX509::new(der.to_vec(), parse_x509))

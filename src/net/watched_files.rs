@@ -16,6 +16,7 @@
 //! reloads are counted. A value with no files ([`Watched::fixed`]) never
 //! changes: a setting given in the configuration itself.
 
+use crate::error::{Error, Result};
 use parking_lot::Mutex;
 use std::fmt;
 use std::os::unix::fs::MetadataExt;
@@ -34,7 +35,7 @@ fn stamp(path: &str) -> Stamp {
     Some((m.modified().ok()?, m.len(), m.ino()))
 }
 
-type Loader<T> = Box<dyn Fn() -> Result<T, String> + Send + Sync>;
+type Loader<T> = Box<dyn Fn() -> Result<T> + Send + Sync>;
 
 /// A value loaded from files, loaded again when they change.
 pub struct Watched<T> {
@@ -62,9 +63,9 @@ impl<T> Watched<T> {
     pub fn new(
         what: &str,
         paths: &[&str],
-        load: impl Fn() -> Result<T, String> + Send + Sync + 'static,
+        load: impl Fn() -> Result<T> + Send + Sync + 'static,
         on_reload: fn(bool),
-    ) -> Result<Watched<T>, String> {
+    ) -> Result<Watched<T>> {
         let paths: Vec<String> = paths.iter().map(|p| p.to_string()).collect();
         let stamps = paths.iter().map(|p| stamp(p)).collect();
         let value = Arc::new(load()?);
@@ -88,7 +89,7 @@ impl<T> Watched<T> {
         Watched {
             what: what.to_string(),
             paths: Vec::new(),
-            load: Box::new(|| Err("a fixed value is never loaded again".into())),
+            load: Box::new(|| Err(Error::invalid("a fixed value is never loaded again"))),
             on_reload: |_| {},
             state: Mutex::new(State {
                 stamps: Vec::new(),
@@ -162,10 +163,11 @@ mod tests {
         let read = {
             let path = path.clone();
             move || {
-                let text = std::fs::read_to_string(&path).map_err(|e| e.to_string())?;
+                let text = std::fs::read_to_string(&path)
+                    .map_err(|e| Error::new(crate::error::Kind::Read, &path).caused_by(e))?;
                 text.trim()
                     .parse::<u32>()
-                    .map_err(|e| format!("{text:?}: {e}"))
+                    .map_err(|e| Error::invalid(format!("{text:?}: {e}")))
             }
         };
         let watched = Watched::new("a number", &[&path], read, count).unwrap();

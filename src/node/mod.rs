@@ -42,7 +42,7 @@ impl Node {
         config: Arc<Config>,
         store: Store,
         cluster: Option<Arc<Cluster>>,
-    ) -> Result<Node, String> {
+    ) -> crate::error::Result<Node> {
         let client = Arc::new(
             cluster
                 .as_ref()

@@ -39,9 +39,11 @@ pub type Unroutable = (u16, &'static str);
 impl Origins {
     /// The origins of a checked `config`, the values of the headers they
     /// inject read now (an error names the field: a file that cannot be read).
-    pub fn new(config: &Config) -> Result<Origins, String> {
+    pub fn new(config: &Config) -> crate::error::Result<Origins> {
         let injected = Injected::load("origin.inject_headers", &config.origin.inject_headers)?;
-        let origin = config.origin().map_err(|e| e.to_string())?;
+        let origin = config
+            .origin()
+            .map_err(|e| crate::error::Error::invalid(e.to_string()))?;
         let default = OriginTarget::new(origin.url.clone(), config)
             .with_injected(injected)
             .with_base_path(origin.base_path.clone());

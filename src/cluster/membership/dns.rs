@@ -39,6 +39,7 @@
 use super::{normalize, publish_if_changed, Member};
 use crate::cluster::backoff;
 use crate::config::{ClusterConfig, DnsMembership};
+use crate::error;
 use hickory_resolver::net::NetError;
 use hickory_resolver::proto::rr::{Name, RData, RecordType};
 use hickory_resolver::TokioResolver;
@@ -67,7 +68,7 @@ pub async fn start(
     dns: DnsMembership,
     config: &ClusterConfig,
     me: Member,
-) -> Result<watch::Receiver<Vec<Member>>, String> {
+) -> error::Result<watch::Receiver<Vec<Member>>> {
     let records = if dns.srv {
         Records::Srv
     } else {
@@ -75,13 +76,13 @@ pub async fn start(
             port: member_port(&dns, config),
         }
     };
-    let nameserver =
-        match &dns.nameserver {
-            Some(ns) => Some(ns.parse::<SocketAddr>().map_err(|_| {
-                format!("cluster.membership.dns.nameserver {ns:?}: expected ip:port")
-            })?),
-            None => None,
-        };
+    let nameserver = match &dns.nameserver {
+        Some(ns) => Some(ns.parse::<SocketAddr>().map_err(|_| {
+            let why = format!("cluster.membership.dns.nameserver {ns:?}: expected ip:port");
+            error::Error::invalid(why)
+        })?),
+        None => None,
+    };
     let (tx, rx) = watch::channel(normalize(Vec::new(), &me));
     let poller = Poller {
         known: vec![BTreeSet::new(); records.queries().len()],
@@ -184,7 +185,7 @@ impl Poller {
     }
 
     /// Every query's answer, asked together, within the deadline.
-    async fn look_up(&mut self) -> Result<Vec<Answer>, String> {
+    async fn look_up(&mut self) -> error::Result<Vec<Answer>> {
         let resolver = match &self.resolver {
             Some(r) => r,
             None => self
@@ -208,12 +209,12 @@ impl Poller {
         };
         tokio::time::timeout(POLL_DEADLINE, lookups)
             .await
-            .map_err(|_| format!("no answer within {POLL_DEADLINE:?}"))
+            .map_err(|_| dns_error(format!("no answer within {POLL_DEADLINE:?}")))
     }
 
     /// Take in one poll's answers. Ok: the queries that failed (and kept
     /// their members); Err: nothing usable came back.
-    fn update(&mut self, answers: Vec<Answer>) -> Result<Vec<String>, String> {
+    fn update(&mut self, answers: Vec<Answer>) -> error::Result<Vec<String>> {
         let mut failures = Vec::new();
         let mut any_records = false;
         let mut no_records = 0;
@@ -231,7 +232,7 @@ impl Poller {
         } else {
             // At least one query failed, none found records: keep the list,
             // leave the empty streak as it is, back off.
-            return Err(failures.join("; "));
+            return Err(dns_error(failures.join("; ")));
         }
         Ok(failures)
     }
@@ -299,7 +300,7 @@ impl Poller {
     }
 
     /// Log a failed poll and return the backed-off delay before the next.
-    fn failed(&mut self, why: &str) -> Duration {
+    fn failed(&mut self, why: &error::Error) -> Duration {
         self.failed_polls = self.failed_polls.saturating_add(1);
         let delay = backoff(self.interval, self.failed_polls);
         // Loud on the first failure, then once in a while: a DNS outage
@@ -329,11 +330,15 @@ fn backoff(interval: Duration, failures: u32) -> Duration {
 fn build_resolver(
     nameserver: Option<SocketAddr>,
     interval: Duration,
-) -> Result<TokioResolver, String> {
+) -> error::Result<TokioResolver> {
     // A poll should end well before the next is due; 5 s (resolv.conf's
     // default) at most.
     let timeout = interval.clamp(Duration::from_millis(500), Duration::from_secs(5));
     crate::net::dns::build(nameserver, timeout)
+}
+
+fn dns_error(why: String) -> error::Error {
+    error::Error::new(error::Kind::Dns, why)
 }
 
 /// The members `name`'s A or AAAA records name, each on `port`.

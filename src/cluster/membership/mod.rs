@@ -26,7 +26,7 @@ pub fn normalize(mut members: Vec<Member>, me: &Member) -> Vec<Member> {
 
 /// Start the configured source. The receiver holds the current list at all
 /// times (this node alone until the source first answers).
-pub async fn start(config: &ClusterConfig) -> Result<watch::Receiver<Vec<Member>>, String> {
+pub async fn start(config: &ClusterConfig) -> crate::error::Result<watch::Receiver<Vec<Member>>> {
     start_serving(config, None).await
 }
 
@@ -37,7 +37,7 @@ pub async fn start(config: &ClusterConfig) -> Result<watch::Receiver<Vec<Member>
 pub async fn start_serving(
     config: &ClusterConfig,
     peer_listen: Option<String>,
-) -> Result<watch::Receiver<Vec<Member>>, String> {
+) -> crate::error::Result<watch::Receiver<Vec<Member>>> {
     let me = Member::new(config.advertise_addr(), 1);
     let list = match &config.membership {
         MembershipConfig::Dns(dns) => return dns::start(dns.clone(), config, me).await,

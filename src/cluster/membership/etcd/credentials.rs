@@ -4,6 +4,7 @@
 //! name, rather than failing every call later.
 
 use crate::config::{EtcdAuth, EtcdTls};
+use crate::error::{Error, Kind, Result};
 use pingora::connectors::http::Connector;
 use pingora::connectors::ConnectorOptions;
 use pingora::tls::{self, RootCertStore};
@@ -19,7 +20,7 @@ const POOL_SIZE: usize = 1;
 ///
 /// pingora reads the files itself and panics on one it cannot use, so each
 /// is loaded here first, by the same loaders.
-pub(super) fn connector(tls: Option<&EtcdTls>) -> Result<Connector, String> {
+pub(super) fn connector(tls: Option<&EtcdTls>) -> Result<Connector> {
     let Some(config) = tls else {
         return Ok(Connector::new(None));
     };
@@ -38,33 +39,37 @@ pub(super) fn connector(tls: Option<&EtcdTls>) -> Result<Connector, String> {
     Ok(Connector::new(Some(options)))
 }
 
-fn load_ca(path: &str, roots: &mut RootCertStore) -> Result<(), String> {
+fn load_ca(path: &str, roots: &mut RootCertStore) -> Result<()> {
     tls::load_ca_file_into_store(path, roots)
-        .map_err(|e| format!("{TLS}.ca_file: {path:?}: {e}"))?;
+        .map_err(|e| Error::new(Kind::Read, format!("{TLS}.ca_file: {path:?}")).caused_by(e))?;
     if roots.is_empty() {
-        return Err(format!("{TLS}.ca_file: {path:?} holds no PEM certificate"));
+        return Err(Error::invalid(format!(
+            "{TLS}.ca_file: {path:?} holds no PEM certificate"
+        )));
     }
     Ok(())
 }
 
 /// The certificate and key load, and go together.
-fn check_client_cert(cert: &str, key: &str, roots: RootCertStore) -> Result<(), String> {
+fn check_client_cert(cert: &str, key: &str, roots: RootCertStore) -> Result<()> {
     let cert_der = tls::load_pem_file_ca(&cert.to_string())
-        .map_err(|e| format!("{TLS}.cert_file: {cert:?}: {e}"))?;
+        .map_err(|e| Error::new(Kind::Read, format!("{TLS}.cert_file: {cert:?}")).caused_by(e))?;
     if cert_der.is_empty() {
-        return Err(format!(
+        return Err(Error::invalid(format!(
             "{TLS}.cert_file: {cert:?} holds no PEM certificate"
-        ));
+        )));
     }
     let key_der = tls::load_pem_file_private_key(&key.to_string())
-        .map_err(|e| format!("{TLS}.key_file: {key:?}: {e}"))?;
+        .map_err(|e| Error::new(Kind::Read, format!("{TLS}.key_file: {key:?}")).caused_by(e))?;
     if key_der.is_empty() {
-        return Err(format!(
+        return Err(Error::invalid(format!(
             "{TLS}.key_file: {key:?} holds no PEM private key (PKCS#8, PKCS#1 or SEC1)"
-        ));
+        )));
     }
     let mismatch = |e: &dyn std::fmt::Display| {
-        format!("{TLS}.key_file: {key:?} is not the key of cert_file {cert:?}: {e}")
+        Error::invalid(format!(
+            "{TLS}.key_file: {key:?} is not the key of cert_file {cert:?}: {e}"
+        ))
     };
     let Some((certs, private_key)) =
         tls::load_certs_and_key_files(cert, key).map_err(|e| mismatch(&e))?
@@ -80,22 +85,28 @@ fn check_client_cert(cert: &str, key: &str, roots: RootCertStore) -> Result<(), 
 
 /// The password, from the file or the environment variable `auth` names.
 /// A trailing newline (`echo pw > file`) is no part of it.
-pub(super) fn password(auth: &EtcdAuth) -> Result<String, String> {
+pub(super) fn password(auth: &EtcdAuth) -> Result<String> {
     let (field, read) = match (&auth.password_file, &auth.password_env) {
         (Some(path), _) => (
             "password_file",
-            std::fs::read_to_string(path).map_err(|e| format!("{path:?}: {e}")),
+            std::fs::read_to_string(path)
+                .map_err(|e| Error::new(Kind::Read, format!("{path:?}")).caused_by(e)),
         ),
         (None, Some(name)) => (
             "password_env",
-            std::env::var(name).map_err(|e| format!("${name}: {e}")),
+            std::env::var(name).map_err(|e| Error::invalid(format!("${name}")).caused_by(e)),
         ),
-        (None, None) => return Err(format!("{AUTH}: neither password_file nor password_env")),
+        (None, None) => {
+            let why = format!("{AUTH}: neither password_file nor password_env");
+            return Err(Error::invalid(why));
+        }
     };
-    let password = read.map_err(|e| format!("{AUTH}.{field}: {e}"))?;
+    let password = read.map_err(|e| e.within(format!("{AUTH}.{field}")))?;
     let password = password.trim_end_matches(['\r', '\n']);
     if password.is_empty() {
-        return Err(format!("{AUTH}.{field}: the password is empty"));
+        return Err(Error::invalid(format!(
+            "{AUTH}.{field}: the password is empty"
+        )));
     }
     Ok(password.to_string())
 }
@@ -141,11 +152,13 @@ mod tests {
     fn passwords_come_from_a_file_or_a_variable_without_the_newline() {
         let file = Temp::new("password", "s3cret\r\n");
         assert_eq!(
-            password(&auth(Some(file.path()), None)),
+            password(&auth(Some(file.path()), None)).map_err(|e| e.to_string()),
             Ok("s3cret".into())
         );
         let empty = Temp::new("empty-password", "\n");
-        let e = password(&auth(Some(empty.path()), None)).unwrap_err();
+        let e = password(&auth(Some(empty.path()), None))
+            .unwrap_err()
+            .to_string();
         assert!(
             e.contains("auth.password_file: the password is empty"),
             "{e}"
@@ -153,8 +166,10 @@ mod tests {
         // A name no other test uses: set once, never removed.
         let name = format!("RINGSIDE_UNIT_TEST_ETCD_PASSWORD_{}", std::process::id());
         std::env::set_var(&name, "from-env");
-        assert_eq!(password(&auth(None, Some(&name))), Ok("from-env".into()));
-        let e = password(&auth(None, Some("RINGSIDE_UNIT_TEST_UNSET_VARIABLE"))).unwrap_err();
+        let from_env = password(&auth(None, Some(&name))).map_err(|e| e.to_string());
+        assert_eq!(from_env, Ok("from-env".into()));
+        let unset = auth(None, Some("RINGSIDE_UNIT_TEST_UNSET_VARIABLE"));
+        let e = password(&unset).unwrap_err().to_string();
         assert!(
             e.contains("auth.password_env: $RINGSIDE_UNIT_TEST_UNSET_VARIABLE"),
             "{e}"
@@ -181,15 +196,19 @@ mod tests {
         );
         let roots = RootCertStore::empty();
         assert_eq!(
-            check_client_cert(&cert.path(), &key.path(), roots.clone()),
+            check_client_cert(&cert.path(), &key.path(), roots.clone()).map_err(|e| e.to_string()),
             Ok(())
         );
-        let e = check_client_cert(&cert.path(), &other_key.path(), roots).unwrap_err();
+        let e = check_client_cert(&cert.path(), &other_key.path(), roots)
+            .unwrap_err()
+            .to_string();
         assert!(
             e.contains("tls.key_file") && e.contains("is not the key of cert_file"),
             "{e}"
         );
-        let e = check_client_cert(&key.path(), &key.path(), RootCertStore::empty()).unwrap_err();
+        let e = check_client_cert(&key.path(), &key.path(), RootCertStore::empty())
+            .unwrap_err()
+            .to_string();
         assert!(
             e.contains("tls.cert_file") && e.contains("no PEM certificate"),
             "{e}"

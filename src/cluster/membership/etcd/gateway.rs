@@ -21,6 +21,7 @@
 
 use super::credentials;
 use crate::config::{EtcdMembership, OriginUrl};
+use crate::error;
 use crate::net::dns::Resolver;
 use bytes::Bytes;
 use http::header;
@@ -118,9 +119,10 @@ struct Endpoint {
 }
 
 impl Endpoint {
-    fn parse(url: &str) -> Result<Endpoint, String> {
-        let url = OriginUrl::parse(url)
-            .map_err(|why| format!("cluster.membership.etcd.endpoints: {url:?}: {why}"))?;
+    fn parse(url: &str) -> error::Result<Endpoint> {
+        let url = OriginUrl::parse(url).map_err(|why| {
+            error::Error::invalid(format!("cluster.membership.etcd.endpoints: {url:?}: {why}"))
+        })?;
         Ok(Endpoint {
             host_header: url.host_header(),
             url,
@@ -181,14 +183,15 @@ impl Endpoint {
 }
 
 impl Gateway {
-    pub(super) fn new(config: &EtcdMembership, timeout: Duration) -> Result<Gateway, String> {
+    pub(super) fn new(config: &EtcdMembership, timeout: Duration) -> error::Result<Gateway> {
         let endpoints = config
             .endpoints
             .iter()
             .map(|url| Endpoint::parse(url))
             .collect::<Result<Vec<_>, _>>()?;
         if endpoints.is_empty() {
-            return Err("cluster.membership.etcd.endpoints: none given".into());
+            let why = "cluster.membership.etcd.endpoints: none given";
+            return Err(error::Error::invalid(why));
         }
         let login = match &config.auth {
             Some(auth) => Some(Login {
@@ -441,7 +444,8 @@ pub(super) struct JsonStream {
 
 impl JsonStream {
     /// The next value, or None when the stream ended cleanly.
-    pub(super) async fn next_json(&mut self) -> Result<Option<Value>, String> {
+    pub(super) async fn next_json(&mut self) -> error::Result<Option<Value>> {
+        let broken = |why: String| error::Error::new(error::Kind::Etcd, why);
         loop {
             let mut values =
                 serde_json::Deserializer::from_slice(&self.pending).into_iter::<Value>();
@@ -451,17 +455,21 @@ impl JsonStream {
                     self.pending.drain(..used);
                     return Ok(Some(value));
                 }
-                Some(Err(e)) if !e.is_eof() => return Err(format!("bad JSON in the stream: {e}")),
+                Some(Err(e)) if !e.is_eof() => {
+                    return Err(broken("bad JSON in the stream".into()).caused_by(e))
+                }
                 // Only whitespace, or a value cut short: read on.
                 _ => {}
             }
-            match self.answer.next_data().await.map_err(|e| e.to_string())? {
+            let next = self.answer.next_data().await;
+            match next.map_err(|e| broken(e.to_string()))? {
                 Some(data) if self.pending.len() + data.len() > MAX_MESSAGE => {
-                    return Err(format!("streamed message larger than {MAX_MESSAGE} bytes"));
+                    let why = format!("streamed message larger than {MAX_MESSAGE} bytes");
+                    return Err(broken(why));
                 }
                 Some(data) => self.pending.extend_from_slice(&data),
                 None if self.pending.iter().all(u8::is_ascii_whitespace) => return Ok(None),
-                None => return Err("the stream ended inside a message".into()),
+                None => return Err(broken("the stream ended inside a message".into())),
             }
         }
     }
@@ -601,14 +609,17 @@ mod tests {
             Ok(s) => s,
             Err(e) => panic!("{e}"),
         };
-        let first = stream.next_json().await;
+        let first = stream.next_json().await.map_err(|e| e.to_string());
         assert_eq!(first, Ok(Some(json!({"result":{"created":true}}))));
-        let second = stream.next_json().await;
+        let second = stream.next_json().await.map_err(|e| e.to_string());
         assert_eq!(
             second,
             Ok(Some(json!({"result":{"events":[{"kv":{"key":"YQ=="}}]}})))
         );
-        assert_eq!(stream.next_json().await, Ok(None));
+        assert_eq!(
+            stream.next_json().await.map_err(|e| e.to_string()),
+            Ok(None)
+        );
         let _ = server.await;
     }
 }

@@ -49,6 +49,7 @@ use super::publish_if_changed;
 use super::{normalize, Member};
 use crate::cluster::backoff::Backoff;
 use crate::config::EtcdMembership;
+use crate::error;
 use base64::engine::general_purpose::STANDARD as B64;
 use base64::Engine as _;
 use gateway::{CallError, Gateway};
@@ -56,6 +57,7 @@ use log::{debug, info, log, warn, Level};
 use serde_json::{json, Value};
 use std::collections::BTreeMap;
 use std::convert::Infallible;
+use std::fmt;
 use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
 use std::time::Duration;
 use tokio::sync::{watch, Notify};
@@ -82,7 +84,7 @@ pub async fn start(
     etcd: EtcdMembership,
     me: Member,
     serving: Option<String>,
-) -> Result<watch::Receiver<Vec<Member>>, String> {
+) -> error::Result<watch::Receiver<Vec<Member>>> {
     let gateway = Gateway::new(&etcd, call_timeout(etcd.lease_ttl))?;
     let range_end = prefix_range_end(etcd.prefix.as_bytes());
     let node = Node {
@@ -226,14 +228,14 @@ impl Node {
 
     /// Grant a lease and put our key under it: `(lease, ttl)`. A lease left
     /// unused by a failed put expires by itself.
-    async fn register(&self) -> Result<(i64, i64), String> {
+    async fn register(&self) -> error::Result<(i64, i64)> {
         let (lease, ttl) = self
             .grant()
             .await
-            .map_err(|e| format!("lease grant: {e}"))?;
+            .map_err(|e| etcd_error("lease grant", e))?;
         // Recorded before the put, so that a revoke at exit covers a put in flight.
         self.lease.store(lease, Ordering::Release);
-        self.put(lease).await.map_err(|e| format!("put: {e}"))?;
+        self.put(lease).await.map_err(|e| etcd_error("put", e))?;
         Ok((lease, ttl))
     }
 
@@ -448,24 +450,25 @@ impl Node {
         members: &mut Members,
         tx: &watch::Sender<Vec<Member>>,
         created: &mut bool,
-    ) -> Result<(), String> {
+    ) -> error::Result<()> {
+        let broken = |why: String| error::Error::new(error::Kind::Etcd, why);
         let mut stream = self
             .gateway
             .stream("/v3/watch", &self.watch_request(start_revision))
             .await
-            .map_err(|e| e.to_string())?;
+            .map_err(|e| broken(e.to_string()))?;
         loop {
             let message = tokio::select! {
                 _ = self.resync.notified() => return Ok(()),
                 next = tokio::time::timeout(WATCH_IDLE, stream.next_json()) => match next {
-                    Err(_) => return Err(format!("no word from etcd for {WATCH_IDLE:?}")),
+                    Err(_) => return Err(broken(format!("no word from etcd for {WATCH_IDLE:?}"))),
                     Ok(Err(e)) => return Err(e),
-                    Ok(Ok(None)) => return Err("etcd closed the watch stream".into()),
+                    Ok(Ok(None)) => return Err(broken("etcd closed the watch stream".into())),
                     Ok(Ok(Some(message))) => message,
                 },
             };
             let result = watch_result(&message).inspect_err(|e| {
-                if e.contains("permission denied") {
+                if e.to_string().contains("permission denied") {
                     // Likely a token that expired just before the watch began.
                     self.gateway.forget_tokens();
                 }
@@ -546,12 +549,13 @@ impl Node {
 
 /// A watch message's `result`, or why the watch is over: etcd reported an
 /// error, or cancelled the watch (compaction past its revision, permissions).
-fn watch_result(message: &Value) -> Result<&Value, String> {
+fn watch_result(message: &Value) -> error::Result<&Value> {
+    let broken = |why: String| error::Error::new(error::Kind::Etcd, why);
     if let Some(e) = message.get("error") {
-        return Err(format!("etcd: {e}"));
+        return Err(broken(format!("etcd: {e}")));
     }
     let Some(result) = message.get("result") else {
-        return Err(format!("unexpected watch message: {message}"));
+        return Err(broken(format!("unexpected watch message: {message}")));
     };
     if result.get("canceled").and_then(Value::as_bool) != Some(true) {
         return Ok(result);
@@ -564,7 +568,14 @@ fn watch_result(message: &Value) -> Result<&Value, String> {
         Some(revision) if revision > 0 => format!(" (compacted up to revision {revision})"),
         _ => String::new(),
     };
-    Err(format!("watch cancelled by etcd: {reason:?}{compacted}"))
+    Err(broken(format!(
+        "watch cancelled by etcd: {reason:?}{compacted}"
+    )))
+}
+
+/// `call` to etcd failed with `e`.
+fn etcd_error(call: &str, e: impl fmt::Display) -> error::Error {
+    error::Error::new(error::Kind::Etcd, format!("{call}: {e}"))
 }
 
 fn parse_member(key_suffix: &[u8], value: &[u8]) -> Option<Member> {
