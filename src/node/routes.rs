@@ -33,8 +33,40 @@ pub struct Origins {
     rules: Vec<PathRule>,
 }
 
-/// Why a request has no origin: the status and body of the answer.
-pub type Unroutable = (u16, &'static str);
+/// Why a request has no origin.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Unroutable {
+    /// CONNECT after a connection's first request.
+    LateConnect,
+    /// An absolute-form target whose authority pingora and we may read apart.
+    AmbiguousTarget,
+    InvalidTarget,
+    UnsupportedScheme,
+    /// An origin not on `forward_proxy.allow`.
+    NotAllowed,
+}
+
+impl Unroutable {
+    /// The answer's status.
+    pub fn status(self) -> u16 {
+        match self {
+            Unroutable::LateConnect => 405,
+            Unroutable::NotAllowed => 403,
+            _ => 400,
+        }
+    }
+
+    /// The answer's body.
+    pub fn message(self) -> &'static str {
+        match self {
+            Unroutable::LateConnect => "CONNECT only as a connection's first request, to a host on forward_proxy.connect_allow\n",
+            Unroutable::AmbiguousTarget => "ambiguous request target\n",
+            Unroutable::InvalidTarget => "invalid request target\n",
+            Unroutable::UnsupportedScheme => "unsupported URL scheme\n",
+            Unroutable::NotAllowed => "origin is not on ringside's forward_proxy allowlist\n",
+        }
+    }
+}
 
 impl Origins {
     /// The origins of a checked `config`, the values of the headers they
@@ -102,33 +134,30 @@ impl Origins {
     ) -> Result<Arc<OriginTarget>, Unroutable> {
         if req.method == Method::CONNECT {
             // Tunnels open at a connection's start (tunnel.rs), or not at all.
-            return Err((405, "CONNECT only as a connection's first request, to a host on forward_proxy.connect_allow\n"));
+            return Err(Unroutable::LateConnect);
         }
         // pingora keeps only the path in `req.uri`; an absolute-form
         // target's scheme and authority are in the raw target.
         let (scheme, authority) = match raw_target_authority(req.raw_path()) {
             RawTargetAuthority::None => return Ok(listener_origin.clone()),
-            RawTargetAuthority::AmbiguousAuthority => {
-                return Err((400, "ambiguous request target\n"))
-            }
+            RawTargetAuthority::AmbiguousAuthority => return Err(Unroutable::AmbiguousTarget),
             RawTargetAuthority::Absolute {
                 scheme, authority, ..
             } => (scheme, authority),
         };
         let url = absolute_origin(scheme, authority)?;
-        self.get(&url)
-            .ok_or((403, "origin is not on ringside's forward_proxy allowlist\n"))
+        self.get(&url).ok_or(Unroutable::NotAllowed)
     }
 }
 
 /// The origin URL of an absolute-form target's scheme and authority.
 fn absolute_origin(scheme: &[u8], authority: &[u8]) -> Result<OriginUrl, Unroutable> {
     let authority =
-        http::uri::Authority::try_from(authority).map_err(|_| (400, "invalid request target\n"))?;
+        http::uri::Authority::try_from(authority).map_err(|_| Unroutable::InvalidTarget)?;
     let tls = match scheme.to_ascii_lowercase().as_slice() {
         b"http" => false,
         b"https" => true,
-        _ => return Err((400, "unsupported URL scheme\n")),
+        _ => return Err(Unroutable::UnsupportedScheme),
     };
     Ok(OriginUrl {
         tls,

@@ -479,9 +479,10 @@ impl ProxyHttp for Ringside {
         };
         let target = match target {
             Ok(target) => target,
-            Err((code, message)) => {
+            Err(unroutable) => {
                 ctx.result = CacheResult::Error;
                 let status = CacheStatus::bypass(Detail::Refused);
+                let (code, message) = (unroutable.status(), unroutable.message());
                 return send_error(session, code, message, status).await;
             }
         };

@@ -56,7 +56,7 @@ pub async fn admit(
     ctx: &mut RequestCtx,
 ) -> Result<Option<Arc<OriginTarget>>> {
     let Some(cluster) = rs.node.filler.cluster.clone() else {
-        return refuse(session, ctx, 404, "not a cluster member\n").await;
+        return refuse(session, ctx, Refused::NotAMember).await;
     };
     if let Err(why) = cluster.verify_request(session.req_header()) {
         if why.status() == 401 {
@@ -66,11 +66,7 @@ pub async fn admit(
             "peer request from {:?} refused: {why}",
             session.req_header().headers.get(&peers::FROM)
         );
-        let body = match why {
-            Refusal::Forgotten => "too many peer requests; ask the origin\n",
-            _ => "peer credentials missing or invalid\n",
-        };
-        return refuse(session, ctx, why.status(), body).await;
+        return refuse(session, ctx, Refused::Credentials(why)).await;
     }
     if let Err(why) = check_certificate(&cluster, session) {
         metrics::observe_peer_tls_refusal(why.reason());
@@ -104,7 +100,7 @@ pub async fn admit(
         .and_then(|v| OriginUrl::parse(v).ok());
     match origin.and_then(|url| rs.node.origins.get(&url)) {
         Some(target) => Ok(Some(target)),
-        None => refuse(session, ctx, 403, "origin not served by this node\n").await,
+        None => refuse(session, ctx, Refused::OriginNotServed).await,
     }
 }
 
@@ -175,13 +171,7 @@ pub async fn handle(
         || req.method == Method::HEAD
         || rs.policy(target, req).body.caches(&req.method);
     if !read {
-        refuse(
-            session,
-            ctx,
-            405,
-            "peers only exchange reads the cache answers\n",
-        )
-        .await?;
+        refuse(session, ctx, Refused::NotARead).await?;
         return Ok(true);
     }
     let ring = cluster.ring();
@@ -252,12 +242,12 @@ async fn receive_handoff(
 ) -> Result<()> {
     let limit = handoff::max_batch_bytes(rs.node.config.cache.max_object_size);
     let Some(body) = read_body(session, limit).await? else {
-        refuse(session, ctx, 413, "handoff batch too large\n").await?;
+        refuse(session, ctx, Refused::BatchTooLarge).await?;
         return Ok(());
     };
     if !peers::body_matches(&session.req_header().headers, &body) {
         metrics::PEER_AUTH_FAILURES.inc();
-        refuse(session, ctx, 401, "body does not match its signed digest\n").await?;
+        refuse(session, ctx, Refused::BodyNotSigned).await?;
         return Ok(());
     }
     match handoff::accept(&rs.node, target, from, &body) {
@@ -268,7 +258,7 @@ async fn receive_handoff(
         }
         Err(why) => {
             log::warn!("handoff from {from} refused: {why:?}");
-            refuse(session, ctx, 400, "malformed handoff batch\n").await?;
+            refuse(session, ctx, Refused::MalformedBatch).await?;
         }
     }
     Ok(())
@@ -286,22 +276,64 @@ async fn read_body(session: &mut Session, limit: usize) -> Result<Option<Bytes>>
     Ok(Some(body.freeze()))
 }
 
+/// Why this node's gate refuses a peer request (the certificate and
+/// sender-address refusals have their own reasons).
+#[derive(Debug, Clone, Copy)]
+enum Refused {
+    /// This node is in no cluster.
+    NotAMember,
+    /// Its signature does not hold (401), or its nonce is older than those
+    /// remembered (503: ask the origin).
+    Credentials(Refusal),
+    /// It names an origin this node does not serve.
+    OriginNotServed,
+    /// A method whose answer the cache does not keep.
+    NotARead,
+    BatchTooLarge,
+    /// A handoff batch whose body is not the one signed.
+    BodyNotSigned,
+    MalformedBatch,
+}
+
+impl Refused {
+    /// The answer: status, body and `x-ringside-refused` reason.
+    fn answer(self) -> (u16, &'static str, &'static str) {
+        match self {
+            Refused::NotAMember => (404, "not a cluster member\n", "not-a-member"),
+            Refused::Credentials(Refusal::Forgotten) => (
+                Refusal::Forgotten.status(),
+                "too many peer requests; ask the origin\n",
+                "overloaded",
+            ),
+            Refused::Credentials(why) => (
+                why.status(),
+                "peer credentials missing or invalid\n",
+                "credentials",
+            ),
+            Refused::OriginNotServed => (403, "origin not served by this node\n", "origin"),
+            Refused::NotARead => (
+                405,
+                "peers only exchange reads the cache answers\n",
+                "method",
+            ),
+            Refused::BatchTooLarge => (413, "handoff batch too large\n", "too-large"),
+            Refused::BodyNotSigned => (
+                401,
+                "body does not match its signed digest\n",
+                "credentials",
+            ),
+            Refused::MalformedBatch => (400, "malformed handoff batch\n", "malformed"),
+        }
+    }
+}
+
 async fn refuse(
     session: &mut Session,
     ctx: &mut RequestCtx,
-    code: u16,
-    body: &'static str,
+    why: Refused,
 ) -> Result<Option<Arc<OriginTarget>>> {
     ctx.result = CacheResult::Error;
-    let reason = match code {
-        400 => "malformed",
-        401 => "credentials",
-        403 => "origin",
-        404 => "not-a-member",
-        405 => "method",
-        413 => "too-large",
-        _ => "overloaded",
-    };
-    send_refusal(session, code, body, reason).await?;
+    let (status, body, reason) = why.answer();
+    send_refusal(session, status, body, reason).await?;
     Ok(None)
 }
