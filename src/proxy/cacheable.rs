@@ -44,6 +44,9 @@ struct Found {
     variant_key: Option<String>,
     stored: Option<Arc<CachedObject>>,
     mirrored: bool,
+    /// This node owns the key (always, outside a cluster): read from the
+    /// same ring as the lookup.
+    owned_here: bool,
     route: Route,
 }
 
@@ -54,6 +57,7 @@ impl Found {
             variant_key,
             stored,
             mirrored: false,
+            owned_here: true,
             route: Route::default(),
         }
     }
@@ -222,7 +226,7 @@ impl Ringside {
                 return self.answer(session, ctx, &object, status, now).await;
             }
         }
-        if found.stored.is_none() && self.owns(&plain_key) {
+        if found.stored.is_none() && found.owned_here {
             if let Some((object, asked)) = self.usable_partial(&plain_key, req, now) {
                 ctx.result = CacheResult::Hit;
                 object.record_hit();
@@ -265,6 +269,7 @@ impl Ringside {
                 // hot area), not in this store, which would never keep it.
                 let uncounted = |key: &str| store.get_uncounted(key);
                 let mut found = Found::in_store(Self::lookup(uncounted, plain_key, req));
+                found.owned_here = false;
                 if found.stored.is_none() {
                     let mirror = |key: &str| cluster.hot.store.get(key);
                     (found.variant_key, found.stored) = Self::lookup(mirror, plain_key, req);
@@ -274,7 +279,10 @@ impl Ringside {
                 found
             }
             // A peer's request for a key owned elsewhere is served here (the loop guard).
-            Some(_) => Found::in_store(Self::lookup(counted, plain_key, req)),
+            Some(_) => Found {
+                owned_here: false,
+                ..Found::in_store(Self::lookup(counted, plain_key, req))
+            },
             None => {
                 let mut found = Found::in_store(Self::lookup(counted, plain_key, req));
                 if found.stored.is_none() {

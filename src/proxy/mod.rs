@@ -31,7 +31,7 @@
 //!   fresh? ........... hit: answer from memory (304 if the client's validators match,
 //!                      206/416 for a GET's Range, see range.rs)
 //!   stale-while-rev .. answer stale now, refresh once in the background
-//!   otherwise ........ fill (fill.rs): one fetch per key, shared by every
+//!   otherwise ........ fill (fill/): one fetch per key, shared by every
 //!                      concurrent request for it, from the key's owner
 //!                      (cluster, app listener only) or the origin,
 //!                      revalidating the stale copy when there is one
@@ -48,6 +48,14 @@
 //! Responses answered from the cache or by a fill are written in
 //! `request_filter` (which then returns `Ok(true)`); everything else returns
 //! `Ok(false)` and pingora's proxy phases stream it both ways.
+//!
+//! A peer's request over the peer channel (the default `peer_protocol`)
+//! takes none of pingora's phases: `channel.rs` reads it from a connection
+//! its handshake authenticated (`net/channel/server.rs`), checks the sender
+//! is still a member, then prepares and looks it up as above (`prepare`,
+//! `policy`, `cacheable.rs`), answering on the channel's stream. The signed
+//! HTTP path (`peer.rs`) remains for peers that do not speak the channel,
+//! and for PURGE, LEAVING, JOINED and HANDOFF.
 
 use crate::cluster::peers;
 use crate::config::Scope;
