@@ -633,6 +633,9 @@ impl Config {
             return Config::default().finish(o);
         };
         let text = Config::read(path)?;
+        if text.trim().is_empty() {
+            return Config::default().finish(o);
+        }
         let source = path.display().to_string();
         let replaced = o.replaced();
         let base = match Config::parse_yaml(&text, &source) {

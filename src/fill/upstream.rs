@@ -40,12 +40,10 @@ pub trait Upstream: Send + Sync {
 #[async_trait]
 impl Upstream for OriginClient {
     async fn origin(&self, job: &Job) -> Result<OriginResponse, FetchError> {
-        // Boxed, as the HTTP peer fetch below: pingora's client futures are
-        // large, and a fill that asks over the peer channel should not carry
-        // them.
+        // On the heap already: a trait method's future is boxed.
         let body = job.body.clone();
-        let fetched = self.fetch(&job.target, &job.request, body, job.interim.as_ref());
-        Box::pin(fetched).await
+        self.fetch(&job.target, &job.request, body, job.interim.as_ref())
+            .await
     }
 
     async fn peer(
@@ -62,6 +60,8 @@ impl Upstream for OriginClient {
         let request = peer_request(job, cluster, addr, lookup);
         let request = (&request, job.body.clone());
         let interim = job.interim.as_ref();
+        // Boxed apart: pingora's client futures are large, and the channel's
+        // ask (the usual case) should not allocate room for them.
         let fetched = self.fetch_peer(addr, request, timeouts, cluster.peer_h2c, interim);
         Box::pin(fetched).await
     }

@@ -10,11 +10,12 @@
 //! traffic. An IP literal is never looked up.
 //!
 //! hickory runs a connection's background work on the runtime whose task
-//! opened it, and pingora runs several runtimes. So no resolver is shared
-//! between them: each user holds its own [`Resolver`] (an origin target,
-//! used by the proxy's fills; the fetch client's, for peers named by host;
-//! the etcd client's; DNS membership's, in its task). A runtime that ends
-//! takes only its own resolvers' connections with it.
+//! opened it, and pingora runs several runtimes. So each user holds its own
+//! [`Resolver`]: an origin target (asked by the proxy's fills), a fetch
+//! client (for peers named by host), the etcd client, DNS membership (in
+//! its task). The one shared between runtimes is the node's fetch client's
+//! (the proxy's and the admin listener's, for a purge), and both live as
+//! long as the process.
 
 use crate::error::{Error, Kind, Result};
 use hickory_resolver::config::{NameServerConfig, ResolveHosts, ResolverConfig};
