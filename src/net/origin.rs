@@ -404,12 +404,12 @@ impl OriginClient {
                         .cloned()
                         .ok_or_else(|| Error::explain(ErrorType::InvalidHTTPHeader, "no header"))?;
                     return Ok(OriginResponse {
-                        body: Body::Http {
+                        body: Body::Http(Box::new(HttpBody {
                             session,
                             peer,
                             target,
                             idle_timeout,
-                        },
+                        })),
                         header,
                         request_time,
                         response_time: SystemTime::now(),
@@ -435,23 +435,26 @@ impl OriginClient {
     }
 }
 
-/// Where a response's body comes from (one per fetch, read in place: the
-/// HTTP session's size costs a channel answer nothing worth boxing for).
-#[allow(clippy::large_enum_variant)]
+/// Where a response's body comes from (one per fetch).
 enum Body {
     /// An HTTP session (an origin, or a peer over HTTP), pooled once read.
-    Http {
-        session: HttpSession,
-        peer: HttpPeer,
-        /// The peer's `reuse_hash`: which idle connections it may reuse.
-        target: u64,
-        idle_timeout: Duration,
-    },
+    /// Boxed: a session and its peer are over a kilobyte, and a response is
+    /// moved through the fill several times (each move a copy), the peer
+    /// channel's answers (the usual hop) included.
+    Http(Box<HttpBody>),
     /// A stream of the peer channel.
     Channel(ChannelBody),
     /// A whole body in memory, until read: a test's fake upstream.
     #[cfg(test)]
     Memory(Option<Bytes>),
+}
+
+struct HttpBody {
+    session: HttpSession,
+    peer: HttpPeer,
+    /// The peer's `reuse_hash`: which idle connections it may reuse.
+    target: u64,
+    idle_timeout: Duration,
 }
 
 /// What a fetch sends, and where the interim responses it gets go.
@@ -502,7 +505,8 @@ impl OriginResponse {
     /// The next body chunk, or None at the end.
     pub async fn read_chunk(&mut self) -> Result<Option<Bytes>, FetchError> {
         match &mut self.body {
-            Body::Http { session, .. } => session
+            Body::Http(http) => http
+                .session
                 .read_response_body()
                 .await
                 .map_err(|e| FetchError::from_pingora(&e)),
@@ -540,15 +544,15 @@ impl OriginResponse {
     /// A channel stream has nothing to return: dropped before its end, it
     /// is cancelled.
     pub async fn finish(self, client: &OriginClient) {
-        let Body::Http {
+        let Body::Http(http) = self.body else {
+            return;
+        };
+        let HttpBody {
             mut session,
             peer,
             target,
             idle_timeout,
-        } = self.body
-        else {
-            return;
-        };
+        } = *http;
         if !session.response_done() {
             return session.shutdown().await;
         }
