@@ -614,10 +614,6 @@ impl Config {
         })
     }
 
-    pub fn from_file(path: &Path) -> Result<Config, ConfigError> {
-        Config::read(path).and_then(|text| Config::from_yaml(&text, &path.display().to_string()))
-    }
-
     fn read(path: &Path) -> Result<String, ConfigError> {
         std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
             path: path.display().to_string(),
