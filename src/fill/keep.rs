@@ -111,7 +111,7 @@ pub(super) async fn keep(
     body: BytesMut,
 ) -> (Outcome, Option<Arc<CachedObject>>) {
     let body = footprint::exact_body(body);
-    let object = build_object(&mut response, body, &whole.request_headers, &job.rules);
+    let object = build_object(&mut response, body, &job.request.headers, &job.rules);
     let (object, own) = object.for_sharing(&job.rules);
     filler.upstream.finish(response).await;
     if let Some(store) = &whole.store {
@@ -240,7 +240,7 @@ pub(super) fn revalidated(
 ) {
     let (shared, unshared) = refreshed(&refresh, &job.rules, false).for_sharing(&job.rules);
     let for_leader = refreshed(&refresh, &job.rules, true);
-    let verdict = judge(job, whole, &shared.header);
+    let verdict = judge(job, &shared.header);
     match verdict {
         Ok(()) => {
             if let Some(store) = &whole.store {

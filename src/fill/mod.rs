@@ -270,7 +270,6 @@ async fn run(
         return publish(flight, leader, stored);
     }
     add_validators(&mut job);
-    let request_headers = job.request.headers.clone();
     let since = Epoch::now();
     let (response, source) = fetch(&filler, &job, flight.key()).await;
     let mut response = match response {
@@ -285,7 +284,6 @@ async fn run(
         },
         since,
         source,
-        request_headers,
     };
     let status = response.header.status;
     if status.is_server_error() {
@@ -313,8 +311,8 @@ async fn run(
         return Box::pin(head::answered(filler, flight, job, whole, response, leader)).await;
     }
     let verdict = match job.request.headers.contains_key(http::header::RANGE) {
-        true => partial::not_storable_because(&job, &whole, &response),
-        false => not_storable_because(&job, &whole, &response),
+        true => partial::not_storable_because(&job, &response),
+        false => not_storable_because(&job, &response),
     };
     match verdict {
         None if reads_whole(&job, &response) => {
@@ -396,11 +394,11 @@ fn clean_response(response: &mut OriginResponse, via_peer: bool) {
 }
 
 /// Whether `head` may be stored, as the answer to this fill's GET.
-fn judge(job: &Job, whole: &Whole, head: &ResponseHeader) -> Result<(), cache_rules::NotStorable> {
+fn judge(job: &Job, head: &ResponseHeader) -> Result<(), cache_rules::NotStorable> {
     let get = http::Method::GET;
     cache_rules::check_storable(
         &get,
-        &whole.request_headers,
+        &job.request.headers,
         head.status,
         &head.headers,
         &job.rules,
@@ -408,11 +406,11 @@ fn judge(job: &Job, whole: &Whole, head: &ResponseHeader) -> Result<(), cache_ru
 }
 
 /// Why this response is not stored (counted), or None when it is.
-fn not_storable_because(job: &Job, whole: &Whole, response: &OriginResponse) -> Option<NotKept> {
+fn not_storable_because(job: &Job, response: &OriginResponse) -> Option<NotKept> {
     if !job.keep {
         return Some(NotKept::BodyTooLarge);
     }
-    match judge(job, whole, &response.header) {
+    match judge(job, &response.header) {
         Err(why) => {
             metrics::observe_not_stored(why.as_str());
             Some(NotKept::Rule(why))
@@ -435,7 +433,6 @@ struct Whole {
     /// Taken before the fetch: a removal of the key after it wins.
     since: Epoch,
     source: Source,
-    request_headers: http::HeaderMap,
 }
 
 /// What waiters get when the fetch failed: the stale copy if stale-if-error allows it.

@@ -10,7 +10,7 @@
 //! (a `200` that ignored the `Range`, a multipart answer) is passed on and
 //! never kept here: only a part may be stored under a partial key.
 
-use super::{judge, Job, NotKept, Whole};
+use super::{judge, Job, NotKept};
 use crate::metrics::{self};
 use crate::net::origin::OriginResponse;
 use crate::rfc::cache_rules::{self, NotStorable};
@@ -19,11 +19,7 @@ use http::header;
 use http::StatusCode;
 
 /// Why this answer to a range fill is not kept, or None when it is.
-pub(super) fn not_storable_because(
-    job: &Job,
-    whole: &Whole,
-    response: &OriginResponse,
-) -> Option<NotKept> {
+pub(super) fn not_storable_because(job: &Job, response: &OriginResponse) -> Option<NotKept> {
     let head = &response.header;
     let one_part = head.status == StatusCode::PARTIAL_CONTENT
         && head
@@ -38,7 +34,7 @@ pub(super) fn not_storable_because(
     // Judged as the complete response it is a part of.
     let mut as_whole = head.clone();
     as_whole.set_status(StatusCode::OK).ok()?;
-    if let Err(why) = judge(job, whole, &as_whole) {
+    if let Err(why) = judge(job, &as_whole) {
         metrics::observe_not_stored(why.as_str());
         return Some(NotKept::Rule(why));
     }
