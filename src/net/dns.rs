@@ -59,7 +59,9 @@ pub fn build(nameserver: Option<SocketAddr>, timeout: Duration) -> Result<TokioR
 /// first asked.
 #[derive(Default)]
 pub struct Resolver {
-    resolver: OnceCell<Option<TokioResolver>>,
+    /// Built on the first lookup; a build that failed (no readable
+    /// resolv.conf) is tried again on the next one.
+    resolver: OnceCell<TokioResolver>,
 }
 
 /// A query's own bound; a caller bounds the whole lookup (its connect
@@ -74,8 +76,8 @@ impl Resolver {
         if let Ok(ip) = host.parse::<IpAddr>() {
             return Some(SocketAddr::new(ip, port));
         }
-        let resolver = self.resolver.get_or_init(|| async { system() }).await;
-        let lookup = resolver.as_ref()?.lookup_ip(host);
+        let built = self.resolver.get_or_try_init(|| async { system() }).await;
+        let lookup = built.ok()?.lookup_ip(host);
         match tokio::time::timeout(within, lookup).await {
             Ok(Ok(found)) => found.iter().next().map(|ip| SocketAddr::new(ip, port)),
             Ok(Err(e)) => {
@@ -97,11 +99,9 @@ impl Resolver {
     }
 }
 
-/// The system's resolver; None (logged) when its configuration cannot be read.
-fn system() -> Option<TokioResolver> {
-    build(None, QUERY_TIMEOUT)
-        .inspect_err(|e| log::warn!("no DNS: {e}"))
-        .ok()
+/// The system's resolver; an error (logged) when its configuration cannot be read.
+fn system() -> Result<TokioResolver> {
+    build(None, QUERY_TIMEOUT).inspect_err(|e| log::warn!("no DNS: {e}"))
 }
 
 #[cfg(test)]
